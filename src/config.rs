@@ -1,0 +1,284 @@
+//! Configuration: every limit the hub enforces, with documented defaults, validated once by
+//! [`Hub::new`](crate::Hub::new).
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// A principal's service tier. Each tier has its own quotas ([`TierQuota`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Tier {
+    /// The free tier (default quotas: 3 connections per user, 30 messages per minute).
+    #[default]
+    Free,
+    /// Early-stage paid tier (10 connections, 100 messages per minute).
+    Early,
+    /// Mid-market tier (15 connections, 200 messages per minute).
+    Mid,
+    /// Enterprise tier (25 connections, 500 messages per minute).
+    Enterprise,
+}
+
+impl Tier {
+    /// Every tier, in ascending order.
+    pub const ALL: [Tier; 4] = [Tier::Free, Tier::Early, Tier::Mid, Tier::Enterprise];
+
+    /// The tier's lower-case name, as used in metrics and the wire protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Free => "free",
+            Tier::Early => "early",
+            Tier::Mid => "mid",
+            Tier::Enterprise => "enterprise",
+        }
+    }
+}
+
+/// The quotas of one tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierQuota {
+    /// How many connections one user of this tier may hold at once.
+    pub max_connections_per_user: u32,
+    /// Sustained rate of client `message` frames per connection, per minute (token bucket refill).
+    pub messages_per_minute: u32,
+    /// Token bucket capacity: how many `message` frames may arrive back to back.
+    pub message_burst: u32,
+}
+
+/// Quotas for every tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierQuotas {
+    /// [`Tier::Free`].
+    pub free: TierQuota,
+    /// [`Tier::Early`].
+    pub early: TierQuota,
+    /// [`Tier::Mid`].
+    pub mid: TierQuota,
+    /// [`Tier::Enterprise`].
+    pub enterprise: TierQuota,
+}
+
+impl TierQuotas {
+    /// The quota of `tier`.
+    pub fn get(&self, tier: Tier) -> &TierQuota {
+        match tier {
+            Tier::Free => &self.free,
+            Tier::Early => &self.early,
+            Tier::Mid => &self.mid,
+            Tier::Enterprise => &self.enterprise,
+        }
+    }
+}
+
+impl Default for TierQuotas {
+    fn default() -> Self {
+        let q = |conns, per_min, burst| TierQuota {
+            max_connections_per_user: conns,
+            messages_per_minute: per_min,
+            message_burst: burst,
+        };
+        Self {
+            free: q(3, 30, 10),
+            early: q(10, 100, 20),
+            mid: q(15, 200, 40),
+            enterprise: q(25, 500, 100),
+        }
+    }
+}
+
+/// What to do when a user who already holds its tier's maximum of connections connects again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UserLimitPolicy {
+    /// Refuse the new connection with [`ConnectError::UserLimit`](crate::ConnectError::UserLimit).
+    #[default]
+    Reject,
+    /// Admit it and close the user's oldest connection with
+    /// [`CloseReason::Replaced`](crate::CloseReason::Replaced).
+    EvictOldest,
+}
+
+/// Heartbeat timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// After this long without any inbound frame or pong, the hub asks for a `Ping` (default 25 s).
+    pub interval: Duration,
+    /// After a `Ping`, how long to wait for any sign of life before closing with
+    /// [`CloseReason::HeartbeatTimeout`](crate::CloseReason::HeartbeatTimeout) (default 10 s).
+    pub timeout: Duration,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(25), timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Everything the hub enforces. Build with `Config::default()` and adjust fields; the hub checks
+/// the result in [`Hub::new`](crate::Hub::new).
+/// Construct with struct-update syntax: `Config { max_connections: 10, ..Config::default() }`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Maximum open connections in the hub (default 100,000).
+    pub max_connections: u32,
+    /// Maximum open connections per tenant, if any (default: no per-tenant cap).
+    pub max_connections_per_tenant: Option<u32>,
+    /// Per-tier quotas.
+    pub tiers: TierQuotas,
+    /// What happens at the per-user connection limit.
+    pub user_limit_policy: UserLimitPolicy,
+    /// Largest inbound frame accepted, in bytes (default 64 KiB).
+    pub max_frame_bytes: usize,
+    /// Maximum rooms one connection may be in (default 128).
+    pub max_rooms_per_connection: u32,
+    /// Maximum threads one connection may narrow its stream to with `subscribe` (default 64).
+    pub max_thread_subscriptions: u32,
+    /// Longest identifier (thread id) a client may send, in bytes (default 128).
+    pub max_client_id_bytes: usize,
+    /// Control frames (`subscribe`, `unsubscribe`, `ping`, `resume`) per connection per minute,
+    /// sustained (default 600), with `control_burst` back to back (default 60).
+    pub control_frames_per_minute: u32,
+    /// See `control_frames_per_minute`.
+    pub control_burst: u32,
+    /// Protocol violations (malformed, unknown, oversized or rate-limited frames) a connection may
+    /// commit back to back before it is closed with
+    /// [`CloseReason::ProtocolViolation`](crate::CloseReason::ProtocolViolation) (default 5).
+    /// The allowance refills at one per `violation_refill`.
+    pub max_violations: u32,
+    /// See `max_violations` (default 12 s, so five per minute are forgiven).
+    pub violation_refill: Duration,
+    /// Heartbeat timing.
+    pub heartbeat: Heartbeat,
+    /// How long before a session's `expires_at` the hub sends `refresh_required` (default 60 s).
+    pub session_grace: Duration,
+    /// How long a user's state outlives its last connection (default 2 min).
+    pub user_retention: Duration,
+    /// How long a closed connection's id is remembered as "recently closed" (default 60 s).
+    pub tombstone_ttl: Duration,
+    /// Whether [`Target::Everyone`](crate::Target::Everyone) is allowed (default `false`). Every
+    /// use is audited either way.
+    pub allow_global_broadcast: bool,
+    /// JSON object keys whose values are replaced by `"[redacted]"` at any depth before a frame is
+    /// built. Matched ignoring ASCII case. Default: `password`, `api_key`, `token`, `secret`,
+    /// `authorization`.
+    pub redact_keys: Vec<String>,
+    /// Seed of the hub's generator (stream epochs). The hub never reads OS entropy; give each
+    /// process a different seed (the time at startup will do) so that epochs differ across restarts.
+    pub seed: u64,
+    /// If set, the hub emits a [`MetricEvent::Snapshot`](crate::MetricEvent::Snapshot) of its
+    /// stats this often (default: never).
+    pub snapshot_interval: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_connections_per_tenant: None,
+            tiers: TierQuotas::default(),
+            user_limit_policy: UserLimitPolicy::Reject,
+            max_frame_bytes: 64 * 1024,
+            max_rooms_per_connection: 128,
+            max_thread_subscriptions: 64,
+            max_client_id_bytes: 128,
+            control_frames_per_minute: 600,
+            control_burst: 60,
+            max_violations: 5,
+            violation_refill: Duration::from_secs(12),
+            heartbeat: Heartbeat::default(),
+            session_grace: Duration::from_secs(60),
+            user_retention: Duration::from_secs(120),
+            tombstone_ttl: Duration::from_secs(60),
+            allow_global_broadcast: false,
+            redact_keys: ["password", "api_key", "token", "secret", "authorization"]
+                .map(String::from)
+                .to_vec(),
+            seed: 0x5eed_5b0a_2d00_0001,
+            snapshot_interval: None,
+        }
+    }
+}
+
+impl Config {
+    /// Checks that every limit makes sense. [`Hub::new`](crate::Hub::new) calls this.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let nonzero = |field: &'static str, v: u64| {
+            if v == 0 { Err(ConfigError::Zero { field }) } else { Ok(()) }
+        };
+        nonzero("max_connections", self.max_connections.into())?;
+        // Slot indices are u32 and one index is kept free of meaning; stay well inside.
+        if self.max_connections > (u32::MAX >> 1) {
+            return Err(ConfigError::TooLarge {
+                field: "max_connections",
+                max: u64::from(u32::MAX >> 1),
+            });
+        }
+        if let Some(t) = self.max_connections_per_tenant {
+            nonzero("max_connections_per_tenant", t.into())?;
+        }
+        for tier in Tier::ALL {
+            let q = self.tiers.get(tier);
+            let field = |f| ConfigError::ZeroTierQuota { tier, field: f };
+            if q.max_connections_per_user == 0 {
+                return Err(field("max_connections_per_user"));
+            }
+            if q.messages_per_minute == 0 {
+                return Err(field("messages_per_minute"));
+            }
+            if q.message_burst == 0 {
+                return Err(field("message_burst"));
+            }
+        }
+        nonzero("max_frame_bytes", self.max_frame_bytes as u64)?;
+        nonzero("max_rooms_per_connection", self.max_rooms_per_connection.into())?;
+        nonzero("max_thread_subscriptions", self.max_thread_subscriptions.into())?;
+        nonzero("max_client_id_bytes", self.max_client_id_bytes as u64)?;
+        nonzero("control_frames_per_minute", self.control_frames_per_minute.into())?;
+        nonzero("control_burst", self.control_burst.into())?;
+        nonzero("max_violations", self.max_violations.into())?;
+        let nonzero_d = |field: &'static str, d: Duration| {
+            if d.is_zero() { Err(ConfigError::Zero { field }) } else { Ok(()) }
+        };
+        nonzero_d("violation_refill", self.violation_refill)?;
+        nonzero_d("heartbeat.interval", self.heartbeat.interval)?;
+        nonzero_d("heartbeat.timeout", self.heartbeat.timeout)?;
+        if let Some(d) = self.snapshot_interval {
+            nonzero_d("snapshot_interval", d)?;
+        }
+        for key in &self.redact_keys {
+            if key.is_empty() {
+                return Err(ConfigError::EmptyRedactKey);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_matches_the_documented_tiers() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.tiers.get(Tier::Free).max_connections_per_user, 3);
+        assert_eq!(c.tiers.get(Tier::Enterprise).messages_per_minute, 500);
+    }
+
+    #[test]
+    fn zero_limits_are_rejected_by_name() {
+        let mut c = Config { max_rooms_per_connection: 0, ..Config::default() };
+        assert_eq!(c.validate(), Err(ConfigError::Zero { field: "max_rooms_per_connection" }));
+        c = Config::default();
+        c.tiers.mid.messages_per_minute = 0;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ZeroTierQuota { tier: Tier::Mid, field: "messages_per_minute" })
+        );
+        c = Config::default();
+        c.heartbeat.timeout = Duration::ZERO;
+        assert_eq!(c.validate(), Err(ConfigError::Zero { field: "heartbeat.timeout" }));
+        c = Config { redact_keys: vec![String::new()], ..Config::default() };
+        assert_eq!(c.validate(), Err(ConfigError::EmptyRedactKey));
+    }
+}

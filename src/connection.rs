@@ -1,0 +1,209 @@
+//! Per-connection lifecycle: the binding to one `(tenant, user)`, liveness and session deadlines,
+//! the client's thread filter, room memberships, rate allowances, and the slot table that gives
+//! every id a generation and remembers recently closed ones.
+
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::config::{Config, Tier};
+use crate::ids::{ConnId, Roles, RoomId, TenantId, ThreadId, UserId};
+use crate::limits::Bucket;
+use crate::timer::TimerId;
+
+/// One room membership, with the member's position in the room's member list so that leaving is
+/// O(1) (see `routing::Room`).
+#[derive(Debug)]
+pub(crate) struct Membership {
+    pub(crate) room: RoomId,
+    pub(crate) pos: u32,
+}
+
+/// An open connection. Its `(tenant, user)` binding is set at connect and never changes.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub(crate) tenant: TenantId,
+    pub(crate) user_id: UserId,
+    /// Index of the user's state in the hub's user slab.
+    pub(crate) user: u32,
+    /// Position in the tenant's connection list.
+    pub(crate) tenant_pos: u32,
+    pub(crate) tier: Tier,
+    pub(crate) roles: Roles,
+    pub(crate) opened_at: Instant,
+    /// Last inbound frame or pong.
+    pub(crate) last_seen: Instant,
+    /// Set while a ping is outstanding.
+    pub(crate) ping_sent: Option<Instant>,
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) refresh_sent: bool,
+    /// The connection's one timer, armed at or before its next deadline.
+    pub(crate) timer: TimerId,
+    /// `None`: all of the user's events. `Some(threads)`: thread-less events plus these threads'.
+    pub(crate) threads: Option<Vec<ThreadId>>,
+    pub(crate) rooms: Vec<Membership>,
+    pub(crate) messages: Bucket,
+    pub(crate) control: Bucket,
+    pub(crate) violations: Bucket,
+    /// Bytes handed out in `Deliver` and not yet confirmed by `written`.
+    pub(crate) unwritten: u64,
+}
+
+/// What a connection's timer found due, in the order the hub acts on it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    Close(crate::action::CloseReason),
+    /// Send `refresh_required`, and maybe a ping as well.
+    RefreshRequired {
+        expires_in: Duration,
+        ping: bool,
+    },
+    Ping,
+    Nothing,
+}
+
+impl Connection {
+    /// Whether an event of `thread` (or a thread-less one) passes this connection's filter.
+    pub(crate) fn wants(&self, thread: Option<&ThreadId>) -> bool {
+        match (&self.threads, thread) {
+            (None, _) | (Some(_), None) => true,
+            (Some(threads), Some(t)) => threads.contains(t),
+        }
+    }
+
+    /// Any inbound frame or pong proves the peer alive.
+    pub(crate) fn seen(&mut self, now: Instant) {
+        self.last_seen = now;
+        self.ping_sent = None;
+    }
+
+    /// The earliest instant at which this connection has something to do. Activity only ever moves
+    /// it later, which is why the armed timer may lag behind it (see `Hub::on_conn_timer`).
+    pub(crate) fn next_deadline(&self, cfg: &Config) -> Instant {
+        let heartbeat = match self.ping_sent {
+            Some(sent) => sent + cfg.heartbeat.timeout,
+            None => self.last_seen + cfg.heartbeat.interval,
+        };
+        match self.expires_at {
+            Some(exp) if self.refresh_sent => heartbeat.min(exp),
+            Some(exp) => heartbeat.min(exp.checked_sub(cfg.session_grace).unwrap_or(exp)),
+            None => heartbeat,
+        }
+    }
+
+    /// Decides what is due at `now` and updates the connection's state as if it were done.
+    pub(crate) fn due(&mut self, now: Instant, cfg: &Config) -> Due {
+        use crate::action::CloseReason;
+        if let Some(exp) = self.expires_at {
+            if now >= exp {
+                return Due::Close(CloseReason::SessionExpired);
+            }
+        }
+        let ping = match self.ping_sent {
+            Some(sent) if now >= sent + cfg.heartbeat.timeout => {
+                return Due::Close(CloseReason::HeartbeatTimeout);
+            }
+            Some(_) => false,
+            None => now >= self.last_seen + cfg.heartbeat.interval,
+        };
+        if ping {
+            self.ping_sent = Some(now);
+        }
+        if let Some(exp) = self.expires_at {
+            let refresh_at = exp.checked_sub(cfg.session_grace).unwrap_or(exp);
+            if !self.refresh_sent && now >= refresh_at {
+                self.refresh_sent = true;
+                return Due::RefreshRequired { expires_in: exp - now, ping };
+            }
+        }
+        if ping { Due::Ping } else { Due::Nothing }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SlotMeta {
+    /// Generation of the slot's current or most recent occupant.
+    generation: u32,
+    /// When the most recent occupant closed (`None` while occupied or never closed).
+    closed_at: Option<Instant>,
+}
+
+/// The connection slab plus, per slot, the generation that makes stale ids detectable and the
+/// close time that makes "recently closed" answerable. Slots are bounded by `max_connections`, so
+/// this table is too.
+#[derive(Debug, Default)]
+pub(crate) struct Connections {
+    slab: Slab<Connection>,
+    slots: Vec<SlotMeta>,
+}
+
+/// How an id resolved.
+pub(crate) enum Lookup {
+    Live(u32),
+    /// The id's slot now belongs to a newer connection.
+    Stale,
+    /// The id is closed and its slot is free, or the id never existed.
+    Gone {
+        recently_closed: bool,
+    },
+}
+
+impl Connections {
+    pub(crate) fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// The slot the next `insert` will use.
+    pub(crate) fn next_index(&self) -> u32 {
+        self.slab.vacant_key() as u32
+    }
+
+    pub(crate) fn insert(&mut self, conn: Connection) -> ConnId {
+        let index = self.slab.insert(conn);
+        if index == self.slots.len() {
+            self.slots.push(SlotMeta { generation: 0, closed_at: None });
+        }
+        let slot = &mut self.slots[index];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.closed_at = None;
+        ConnId::new(index as u32, slot.generation)
+    }
+
+    pub(crate) fn remove(&mut self, index: u32, now: Instant) -> Connection {
+        self.slots[index as usize].closed_at = Some(now);
+        self.slab.remove(index as usize)
+    }
+
+    pub(crate) fn id_of(&self, index: u32) -> ConnId {
+        ConnId::new(index, self.slots[index as usize].generation)
+    }
+
+    pub(crate) fn lookup(&self, id: ConnId, now: Instant, tombstone: Duration) -> Lookup {
+        let Some(slot) = self.slots.get(id.index as usize) else {
+            return Lookup::Gone { recently_closed: false };
+        };
+        let occupied = self.slab.contains(id.index as usize);
+        if id.generation == slot.generation {
+            if occupied {
+                return Lookup::Live(id.index);
+            }
+            let recently_closed =
+                slot.closed_at.is_some_and(|at| now.saturating_duration_since(at) <= tombstone);
+            return Lookup::Gone { recently_closed };
+        }
+        // Generations only grow (modulo wrap-around), so an older id in a reused slot is stale.
+        if occupied && id.generation < slot.generation {
+            Lookup::Stale
+        } else {
+            Lookup::Gone { recently_closed: false }
+        }
+    }
+
+    pub(crate) fn get(&self, index: u32) -> &Connection {
+        &self.slab[index as usize]
+    }
+
+    pub(crate) fn get_mut(&mut self, index: u32) -> &mut Connection {
+        &mut self.slab[index as usize]
+    }
+}

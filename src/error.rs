@@ -1,0 +1,214 @@
+//! Errors as values. The caller's misuse ([`ConnError`]: an id that is unknown, closed or stale)
+//! is kept apart from a peer's misbehaviour ([`PeerError`]: a malformed, oversized or flooding
+//! client), and every limit has an error of its own.
+
+use thiserror::Error;
+
+use crate::config::Tier;
+
+/// The configuration makes no sense; returned by [`Hub::new`](crate::Hub::new).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A limit or duration that must be positive is zero.
+    #[error("config field `{field}` must be greater than zero")]
+    Zero {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A limit is larger than the hub can represent.
+    #[error("config field `{field}` must be at most {max}")]
+    TooLarge {
+        /// The field's name.
+        field: &'static str,
+        /// The largest value accepted.
+        max: u64,
+    },
+    /// A tier quota is zero.
+    #[error("tier quota `{field}` of tier {tier:?} must be greater than zero")]
+    ZeroTierQuota {
+        /// The tier.
+        tier: Tier,
+        /// The quota's name.
+        field: &'static str,
+    },
+    /// A redaction key is the empty string.
+    #[error("redact_keys must not contain an empty key")]
+    EmptyRedactKey,
+}
+
+/// The caller addressed a connection that is not open. This is the caller's bug or race, never
+/// the peer's doing.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnError {
+    /// No open connection has this id. `recently_closed` is true if it was open within
+    /// [`Config::tombstone_ttl`](crate::Config::tombstone_ttl): the usual race between a close the
+    /// hub decided and an event the transport had already queued.
+    #[error("unknown connection (recently closed: {recently_closed})")]
+    Unknown {
+        /// Whether the id belonged to a connection that closed recently.
+        recently_closed: bool,
+    },
+    /// The id is from an earlier occupant of a slot that now holds another connection. It was
+    /// rejected and audited ([`AuditKind::StaleConnId`](crate::AuditKind::StaleConnId)).
+    #[error("stale connection id: its slot now belongs to another connection")]
+    Stale,
+}
+
+/// A connection was refused; nothing was created.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The hub holds [`Config::max_connections`](crate::Config::max_connections) connections.
+    #[error("hub connection limit reached ({limit})")]
+    TooManyConnections {
+        /// The limit.
+        limit: u32,
+    },
+    /// The tenant holds its maximum of connections.
+    #[error("tenant connection limit reached ({limit})")]
+    TenantLimit {
+        /// The limit.
+        limit: u32,
+    },
+    /// The user holds its tier's maximum of connections and the policy is
+    /// [`UserLimitPolicy::Reject`](crate::UserLimitPolicy::Reject).
+    #[error("per-user connection limit of tier {tier:?} reached ({limit})")]
+    UserLimit {
+        /// The principal's tier.
+        tier: Tier,
+        /// The tier's limit.
+        limit: u32,
+    },
+    /// The principal's `expires_at` is not in the future.
+    #[error("the session has already expired")]
+    SessionExpired,
+    /// An identifier in the principal is empty.
+    #[error("principal has an empty {field}")]
+    EmptyId {
+        /// Which identifier.
+        field: &'static str,
+    },
+}
+
+/// A client frame was refused. The hub has already queued an `error` frame for the client with
+/// [`code`](PeerError::code); after [`Config::max_violations`](crate::Config::max_violations) of
+/// these in a row it also closes the connection.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The frame is larger than [`Config::max_frame_bytes`](crate::Config::max_frame_bytes).
+    #[error("frame of {size} bytes exceeds the limit of {limit}")]
+    FrameTooLarge {
+        /// The frame's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The frame is not a JSON object (or not valid UTF-8).
+    #[error("malformed frame at line {line}, column {column}")]
+    Malformed {
+        /// Where parsing failed (1-based).
+        line: usize,
+        /// Where parsing failed (1-based).
+        column: usize,
+    },
+    /// The frame has no string `type` field.
+    #[error("frame has no `type`")]
+    MissingType,
+    /// The frame's `type` is not one the protocol knows.
+    #[error("unknown frame type")]
+    UnknownType,
+    /// A field the frame type requires is missing or has the wrong JSON type.
+    #[error("frame field `{field}` is missing or invalid")]
+    InvalidField {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// The connection sent `message` frames faster than its tier allows, or control frames faster
+    /// than the control allowance.
+    #[error("rate limit exceeded")]
+    RateLimited,
+    /// `subscribe` would narrow the connection to more threads than allowed.
+    #[error("thread subscription limit reached ({limit})")]
+    TooManySubscriptions {
+        /// The limit.
+        limit: u32,
+    },
+}
+
+impl PeerError {
+    /// The machine-readable code sent to the client in the `error` frame.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PeerError::FrameTooLarge { .. } => "frame_too_large",
+            PeerError::Malformed { .. } => "malformed",
+            PeerError::MissingType => "missing_type",
+            PeerError::UnknownType => "unknown_type",
+            PeerError::InvalidField { .. } => "invalid_field",
+            PeerError::RateLimited => "rate_limited",
+            PeerError::TooManySubscriptions { .. } => "too_many_subscriptions",
+        }
+    }
+}
+
+/// Why [`Hub::receive`](crate::Hub::receive) refused a frame.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    /// The connection id is not open (caller's side).
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    /// The client misbehaved (peer's side).
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+}
+
+/// Why [`Hub::publish`](crate::Hub::publish) refused an envelope. Nothing was delivered.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// `Target::Connection` names a connection that is not open.
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    /// `Target::Everyone` while [`Config::allow_global_broadcast`](crate::Config::allow_global_broadcast)
+    /// is off. Audited.
+    #[error("global broadcast is disabled")]
+    GlobalBroadcastDisabled,
+    /// A custom event kind is empty or uses a name the protocol reserves
+    /// ([`EventKind::RESERVED`](crate::EventKind::RESERVED)).
+    #[error("invalid event kind: custom kinds must be non-empty and not reserved")]
+    InvalidKind,
+    /// `Target::Thread` names one thread and the envelope's `thread` another.
+    #[error("envelope thread differs from the target's thread")]
+    ThreadMismatch,
+}
+
+/// Why [`Hub::join`](crate::Hub::join) refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RoomError {
+    /// The connection id is not open.
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    /// The connection is in [`Config::max_rooms_per_connection`](crate::Config::max_rooms_per_connection)
+    /// rooms already.
+    #[error("room limit per connection reached ({limit})")]
+    TooManyRooms {
+        /// The limit.
+        limit: u32,
+    },
+}
+
+/// Why [`Hub::refresh`](crate::Hub::refresh) refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefreshError {
+    /// The connection id is not open.
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    /// The new expiry is not in the future; the session keeps its old expiry.
+    #[error("new session expiry is not in the future")]
+    ExpiryInPast,
+}

@@ -1,0 +1,133 @@
+//! # switchboard
+//!
+//! An embeddable, **sans-io** connection hub for multi-user, real-time AI-agent backends. It keeps
+//! track of who is connected, which connection belongs to which user and tenant, and where every
+//! agent event must go, and it guarantees that an event for one user never reaches another.
+//!
+//! ## Sans-io
+//!
+//! The [`Hub`] performs no I/O, reads no clock, spawns nothing and holds no global state. The
+//! caller owns the sockets and the time: it tells the hub what happened ([`Hub::connect`],
+//! [`Hub::receive`], [`Hub::pong`], [`Hub::publish`], [`Hub::written`], [`Hub::refresh`],
+//! [`Hub::join`], [`Hub::leave`], [`Hub::disconnect`], [`Hub::tick`]), each call carrying `now`,
+//! and then performs what the hub asks for, drained from [`Hub::poll_action`]: deliver a frame,
+//! ping, close, hand an inbound message to the application, log an audit event, record a metric.
+//! So the hub runs on tokio, smol or a hand-written loop alike, and every behaviour can be tested
+//! with a virtual clock.
+//!
+//! ## The drive loop
+//!
+//! After **every** call into the hub, drain [`Hub::poll_action`] until it returns `None`, then ask
+//! [`Hub::poll_timeout`] when to call [`Hub::tick`] next:
+//!
+//! ```text
+//! loop {
+//!     event = wait for (socket event | publish request | timer at hub.poll_timeout())
+//!     match event { .. => hub.receive(now, conn, bytes) / hub.publish(now, env) / hub.tick(now) }
+//!     while let Some(action) = hub.poll_action() { perform(action) }
+//! }
+//! ```
+//!
+//! ## A complete example
+//!
+//! Two users of one tenant, one of another; an agent event for Alice reaches Alice only.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use switchboard::{Action, Config, Envelope, EventKind, Hub, Principal, Target};
+//!
+//! let mut hub = Hub::new(Config::default())?;
+//! let now = Instant::now();
+//!
+//! let alice = hub.connect(now, Principal::new("acme", "alice"))?;
+//! let bob = hub.connect(now, Principal::new("acme", "bob"))?;
+//! let eve = hub.connect(now, Principal::new("globex", "eve"))?;
+//! while hub.poll_action().is_some() {} // `connected` frames and metrics, omitted here
+//!
+//! let event = Envelope::new(
+//!     Target::User { tenant: "acme".into(), user: "alice".into() },
+//!     EventKind::AgentStarted,
+//! )
+//! .thread("t1")
+//! .data(serde_json::json!({ "agent": "researcher", "api_key": "sk-123" }));
+//! let published = hub.publish(now, event)?;
+//! assert_eq!(published.delivered, 1);
+//!
+//! let mut delivered = Vec::new();
+//! while let Some(action) = hub.poll_action() {
+//!     match action {
+//!         Action::Deliver { conn, frame } => delivered.push((conn, frame)),
+//!         Action::Ping { .. } | Action::Close { .. } => { /* transport work */ }
+//!         _ => { /* inbound, audit, metric */ }
+//!     }
+//! }
+//! assert_eq!(delivered.len(), 1);
+//! assert_eq!(delivered[0].0, alice);
+//! assert!(!delivered.iter().any(|(c, _)| *c == bob || *c == eve));
+//! // Configured keys are redacted before the frame is built.
+//! assert!(delivered[0].1.as_str().contains(r#""api_key":"[redacted]""#));
+//!
+//! // Timers: nothing is due until the heartbeat interval has passed.
+//! let next = hub.poll_timeout().expect("heartbeats are armed");
+//! assert_eq!(next, now + Duration::from_secs(25));
+//! hub.tick(next);
+//! let pings = std::iter::from_fn(|| hub.poll_action())
+//!     .filter(|a| matches!(a, Action::Ping { .. }))
+//!     .count();
+//! assert_eq!(pings, 3);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Decisions worth knowing
+//!
+//! - **Isolation.** A connection is bound to one `(tenant, user)` at [`Hub::connect`] and never
+//!   rebound. Targets resolve only through tenant-scoped indexes; [`Target::Everyone`] is refused
+//!   unless [`Config::allow_global_broadcast`] is set, and audited either way.
+//! - **Ids.** [`ConnId`] carries a generation. An id whose slot was reused is refused with
+//!   [`ConnError::Stale`] and an [`AuditKind::StaleConnId`] event; an id of a connection closed
+//!   within [`Config::tombstone_ttl`] reports `recently_closed`.
+//! - **Threads.** A connection receives all of its user's events until the client sends
+//!   `subscribe`; then it receives events of the threads it subscribed to plus thread-less user
+//!   events. `unsubscribe` without a `thread_id` widens it back to everything. `Target::Connection`
+//!   bypasses the filter: the application addressed that connection on purpose.
+//! - **Time.** A `now` earlier than one already seen is taken as the latest one seen.
+//! - **Output queue.** The queue holds the outputs of the calls since the last drain; it is the
+//!   caller's to empty (a publish to N connections queues N deliveries).
+//! - **Rates.** `message` frames spend the tier's token bucket; control frames (`subscribe`,
+//!   `unsubscribe`, `ping`) spend a separate allowance ([`Config::control_frames_per_minute`]).
+//! - **Close codes** are in 4000–4999; see [`CloseReason`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod action;
+mod config;
+mod connection;
+mod error;
+mod hub;
+mod ids;
+mod limits;
+mod protocol;
+mod routing;
+mod stats;
+mod stream;
+mod timer;
+mod user;
+mod view;
+
+pub use action::{
+    Action, AuditEvent, AuditKind, CloseReason, ClosedBy, DisconnectReason, Frame, Inbound,
+    LimitKind, MetricEvent, Origin,
+};
+pub use config::{Config, Heartbeat, Tier, TierQuota, TierQuotas, UserLimitPolicy};
+pub use error::{
+    ConfigError, ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError,
+    RoomError,
+};
+pub use hub::{Hub, Principal, Published};
+pub use ids::{ConnId, Role, Roles, RoomId, RunId, TenantId, ThreadId, UserId};
+pub use protocol::{Audience, Envelope, EventKind, Priority, Target};
+pub use stats::{ClosedCounts, HubStats, LimitCounts};
+pub use stream::{StreamName, StreamPos};
+pub use user::UserPhase;
+pub use view::{ConnView, UserView};

@@ -1,0 +1,575 @@
+//! The wire protocol (JSON text frames) in both directions, the envelope an application publishes,
+//! and redaction.
+//!
+//! Server → client event frame:
+//! `{"type":"agent_started","stream":"u","epoch":77,"seq":42,"thread_id":"t1","run_id":"r9","data":{..}}`.
+//! Control frames: `connected`, `refresh_required`, `error`, `pong`.
+//! Client → server: `subscribe`, `unsubscribe`, `message`, `ping`.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::action::Frame;
+use crate::error::PeerError;
+use crate::ids::{ConnId, Role, RoomId, RunId, TenantId, ThreadId, UserId};
+use crate::stream::{StreamName, StreamPos};
+
+/// What an event is. The five agent events have fixed wire names; `Custom` carries the
+/// application's own.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// `agent_started`: an agent run began.
+    AgentStarted,
+    /// `agent_thinking`: progress while the agent reasons. The only low-priority kind: under
+    /// backpressure it may be skipped (and counted).
+    AgentThinking,
+    /// `tool_executing`: the agent called a tool.
+    ToolExecuting,
+    /// `tool_completed`: a tool returned.
+    ToolCompleted,
+    /// `agent_completed`: the run finished.
+    AgentCompleted,
+    /// An application-defined event type. Its name must not be one of the protocol's own frame
+    /// types (see [`EventKind::RESERVED`]).
+    Custom(Cow<'static, str>),
+}
+
+/// How much an event matters under pressure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// May be skipped for a connection that is behind.
+    Low,
+    /// Delivered in order, or the connection is closed so that the client resumes.
+    Critical,
+}
+
+impl EventKind {
+    /// Frame types a custom kind may not use.
+    pub const RESERVED: &'static [&'static str] = &[
+        "agent_started",
+        "agent_thinking",
+        "tool_executing",
+        "tool_completed",
+        "agent_completed",
+        "connected",
+        "resumed",
+        "refresh_required",
+        "error",
+        "pong",
+        "ping",
+        "subscribe",
+        "unsubscribe",
+        "message",
+        "resume",
+    ];
+
+    /// A custom kind.
+    pub fn custom(name: impl Into<Cow<'static, str>>) -> Self {
+        EventKind::Custom(name.into())
+    }
+
+    /// The wire name (`type` field).
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::AgentStarted => "agent_started",
+            EventKind::AgentThinking => "agent_thinking",
+            EventKind::ToolExecuting => "tool_executing",
+            EventKind::ToolCompleted => "tool_completed",
+            EventKind::AgentCompleted => "agent_completed",
+            EventKind::Custom(name) => name,
+        }
+    }
+
+    /// The kind's priority: `Low` for `agent_thinking`, `Critical` for everything else.
+    pub fn priority(&self) -> Priority {
+        match self {
+            EventKind::AgentThinking => Priority::Low,
+            _ => Priority::Critical,
+        }
+    }
+
+    /// Whether this kind can be sent: custom names must be non-empty and not reserved.
+    pub(crate) fn is_valid(&self) -> bool {
+        match self {
+            EventKind::Custom(name) => !name.is_empty() && !Self::RESERVED.contains(&&**name),
+            _ => true,
+        }
+    }
+}
+
+/// Who a tenant broadcast reaches.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Audience {
+    /// Every connection of the tenant.
+    All,
+    /// Connections whose principal holds this role.
+    Role(Role),
+}
+
+/// Where an envelope goes. Every target but `Everyone` is confined to one tenant; `Everyone`
+/// needs [`Config::allow_global_broadcast`](crate::Config::allow_global_broadcast) and is audited.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Target {
+    /// Every connection of one user (those narrowed to threads get only their threads' events and
+    /// thread-less ones).
+    User {
+        /// The tenant.
+        tenant: TenantId,
+        /// The user.
+        user: UserId,
+    },
+    /// One thread of one user: the user's connections that are not narrowed to other threads.
+    Thread {
+        /// The tenant.
+        tenant: TenantId,
+        /// The user.
+        user: UserId,
+        /// The thread.
+        thread: ThreadId,
+    },
+    /// Exactly one connection (on its user's stream).
+    Connection(ConnId),
+    /// Every member of a room of one tenant.
+    Room {
+        /// The tenant.
+        tenant: TenantId,
+        /// The room.
+        room: RoomId,
+    },
+    /// A tenant-wide broadcast.
+    Tenant {
+        /// The tenant.
+        tenant: TenantId,
+        /// All of it, or one role.
+        audience: Audience,
+    },
+    /// Every connection of every tenant. Off unless the config allows it.
+    Everyone,
+}
+
+/// An event to publish: where it goes, what it is, and its payload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    /// Where it goes.
+    pub target: Target,
+    /// What it is.
+    pub kind: EventKind,
+    /// The thread it belongs to, if any (set automatically for `Target::Thread`).
+    pub thread: Option<ThreadId>,
+    /// The agent run it belongs to, if any.
+    pub run: Option<RunId>,
+    /// The payload. Configured keys are redacted at any depth before serialization.
+    pub data: Value,
+}
+
+impl Envelope {
+    /// An envelope with no thread, no run and `null` data.
+    pub fn new(target: Target, kind: EventKind) -> Self {
+        Self { target, kind, thread: None, run: None, data: Value::Null }
+    }
+
+    /// Sets the thread.
+    pub fn thread(mut self, thread: impl Into<ThreadId>) -> Self {
+        self.thread = Some(thread.into());
+        self
+    }
+
+    /// Sets the run.
+    pub fn run(mut self, run: impl Into<RunId>) -> Self {
+        self.run = Some(run.into());
+        self
+    }
+
+    /// Sets the payload.
+    pub fn data(mut self, data: Value) -> Self {
+        self.data = data;
+        self
+    }
+
+    /// Sets the payload from any serializable value.
+    pub fn data_from<T: Serialize>(self, data: &T) -> Result<Self, serde_json::Error> {
+        Ok(self.data(serde_json::to_value(data)?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redaction
+
+/// Replaces the values of configured keys, at any depth, while serializing: one pass, no copy of
+/// the payload.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Redactor {
+    keys: Box<[Box<str>]>,
+}
+
+const REDACTED: &str = "[redacted]";
+
+impl Redactor {
+    pub(crate) fn new(keys: &[String]) -> Self {
+        Self { keys: keys.iter().map(|k| Box::from(k.as_str())).collect() }
+    }
+
+    fn hides(&self, key: &str) -> bool {
+        self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
+    }
+}
+
+struct Redacted<'a> {
+    value: &'a Value,
+    redactor: &'a Redactor,
+}
+
+impl Serialize for Redacted<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.redactor.keys.is_empty() {
+            return self.value.serialize(s);
+        }
+        let child = |value| Redacted { value, redactor: self.redactor };
+        match self.value {
+            Value::Object(map) => {
+                let mut m = s.serialize_map(Some(map.len()))?;
+                for (k, v) in map {
+                    if self.redactor.hides(k) {
+                        m.serialize_entry(k, REDACTED)?;
+                    } else {
+                        m.serialize_entry(k, &child(v))?;
+                    }
+                }
+                m.end()
+            }
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    seq.serialize_element(&child(v))?;
+                }
+                seq.end()
+            }
+            scalar => scalar.serialize(s),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server → client
+
+struct WireStream<'a>(&'a StreamName);
+
+impl Serialize for WireStream<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            StreamName::User => s.serialize_str("u"),
+            StreamName::Tenant => s.serialize_str("t"),
+            StreamName::Room(_) => s.collect_str(self.0),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EventFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    stream: WireStream<'a>,
+    epoch: u64,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_id: Option<&'a str>,
+    data: Redacted<'a>,
+}
+
+#[derive(Serialize)]
+struct Position {
+    epoch: u64,
+    seq: u64,
+}
+
+struct Positions<'a>(&'a [(StreamName, StreamPos)]);
+
+impl Serialize for Positions<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, pos) in self.0 {
+            m.serialize_entry(&WireStream(name), &Position { epoch: pos.epoch, seq: pos.seq })?;
+        }
+        m.end()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ControlFrame<'a> {
+    Connected {
+        conn_id: String,
+        tenant: &'a TenantId,
+        user: &'a UserId,
+        heartbeat_ms: u64,
+        session_expires_in_ms: Option<u64>,
+        streams: Positions<'a>,
+    },
+    RefreshRequired {
+        expires_in_ms: u64,
+    },
+    Error {
+        code: &'a str,
+        message: String,
+    },
+    Pong,
+}
+
+/// Builds frames into one reusable buffer, then copies the bytes once into the shared [`Frame`].
+#[derive(Debug, Default)]
+pub(crate) struct FrameWriter {
+    buf: Vec<u8>,
+}
+
+impl FrameWriter {
+    fn finish(&mut self) -> Frame {
+        // Serializing JSON from `Value`s, `str`s and numbers never produces invalid UTF-8, and
+        // serde_json cannot fail on them (map keys are strings, no non-finite floats exist in a
+        // `Value`); an error would be a bug in this module.
+        let text = std::str::from_utf8(&self.buf).expect("serde_json writes UTF-8");
+        Frame::new(text)
+    }
+
+    fn write<T: Serialize>(&mut self, frame: &T) -> Frame {
+        self.buf.clear();
+        serde_json::to_writer(&mut self.buf, frame).expect("in-memory JSON serialization");
+        self.finish()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn event(
+        &mut self,
+        kind: &EventKind,
+        stream: &StreamName,
+        pos: StreamPos,
+        thread: Option<&ThreadId>,
+        run: Option<&RunId>,
+        data: &Value,
+        redactor: &Redactor,
+    ) -> Frame {
+        self.write(&EventFrame {
+            kind: kind.as_str(),
+            stream: WireStream(stream),
+            epoch: pos.epoch,
+            seq: pos.seq,
+            thread_id: thread.map(ThreadId::as_str),
+            run_id: run.map(RunId::as_str),
+            data: Redacted { value: data, redactor },
+        })
+    }
+
+    pub(crate) fn connected(
+        &mut self,
+        conn: ConnId,
+        tenant: &TenantId,
+        user: &UserId,
+        heartbeat_ms: u64,
+        session_expires_in_ms: Option<u64>,
+        streams: &[(StreamName, StreamPos)],
+    ) -> Frame {
+        self.write(&ControlFrame::Connected {
+            conn_id: conn.to_string(),
+            tenant,
+            user,
+            heartbeat_ms,
+            session_expires_in_ms,
+            streams: Positions(streams),
+        })
+    }
+
+    pub(crate) fn refresh_required(&mut self, expires_in_ms: u64) -> Frame {
+        self.write(&ControlFrame::RefreshRequired { expires_in_ms })
+    }
+
+    pub(crate) fn error(&mut self, err: &PeerError) -> Frame {
+        self.write(&ControlFrame::Error { code: err.code(), message: err.to_string() })
+    }
+
+    pub(crate) fn pong(&mut self) -> Frame {
+        self.write(&ControlFrame::Pong)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client → server
+
+/// Every field any client frame may carry; validated per type afterwards. One parse, and a clear
+/// error for a missing or wrong field rather than serde's message about enum variants.
+#[derive(Deserialize)]
+struct RawClientFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    thread_id: Option<Cow<'a, str>>,
+    data: Option<Value>,
+}
+
+/// A parsed, validated client frame.
+#[derive(Debug, PartialEq)]
+pub(crate) enum ClientFrame<'a> {
+    Subscribe {
+        thread: Cow<'a, str>,
+    },
+    /// `None` clears the filter: the connection receives all of its user's events again.
+    Unsubscribe {
+        thread: Option<Cow<'a, str>>,
+    },
+    Message {
+        thread: Option<Cow<'a, str>>,
+        data: Value,
+    },
+    Ping,
+}
+
+impl ClientFrame<'_> {
+    pub(crate) fn is_message(&self) -> bool {
+        matches!(self, ClientFrame::Message { .. })
+    }
+}
+
+/// Parses one client frame. The caller has already checked its size.
+pub(crate) fn parse_client_frame(
+    bytes: &[u8],
+    max_id: usize,
+) -> Result<ClientFrame<'_>, PeerError> {
+    let raw: RawClientFrame<'_> = serde_json::from_slice(bytes)
+        .map_err(|e| PeerError::Malformed { line: e.line(), column: e.column() })?;
+    let kind = raw.kind.ok_or(PeerError::MissingType)?;
+    let thread = raw.thread_id;
+    if thread.as_ref().is_some_and(|t| t.is_empty() || t.len() > max_id) {
+        return Err(PeerError::InvalidField { field: "thread_id" });
+    }
+    match &*kind {
+        "subscribe" => match thread {
+            Some(thread) => Ok(ClientFrame::Subscribe { thread }),
+            None => Err(PeerError::InvalidField { field: "thread_id" }),
+        },
+        "unsubscribe" => Ok(ClientFrame::Unsubscribe { thread }),
+        "message" => Ok(ClientFrame::Message { thread, data: raw.data.unwrap_or(Value::Null) }),
+        "ping" => Ok(ClientFrame::Ping),
+        _ => Err(PeerError::UnknownType),
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn redactor() -> Redactor {
+        Redactor::new(&["password".into(), "api_key".into()])
+    }
+
+    #[test]
+    fn event_frames_follow_the_wire_format() {
+        let mut w = FrameWriter::default();
+        let f = w.event(
+            &EventKind::AgentStarted,
+            &StreamName::User,
+            StreamPos { epoch: 5, seq: 42 },
+            Some(&ThreadId::from("t1")),
+            Some(&RunId::from("r9")),
+            &json!({"step": 1}),
+            &redactor(),
+        );
+        assert_eq!(
+            f.as_str(),
+            r#"{"type":"agent_started","stream":"u","epoch":5,"seq":42,"thread_id":"t1","run_id":"r9","data":{"step":1}}"#
+        );
+        let room = w.event(
+            &EventKind::custom("note"),
+            &StreamName::Room(RoomId::from("a\"b")),
+            StreamPos { epoch: 1, seq: 1 },
+            None,
+            None,
+            &Value::Null,
+            &redactor(),
+        );
+        let v: Value = serde_json::from_str(room.as_str()).unwrap();
+        assert_eq!(v["stream"], "r:a\"b");
+        assert!(v.get("thread_id").is_none());
+    }
+
+    #[test]
+    fn redaction_reaches_any_depth_and_ignores_case() {
+        let mut w = FrameWriter::default();
+        let data = json!({
+            "Password": "hunter2",
+            "nested": [{"api_key": "k", "keep": {"password": {"deep": 1}}}],
+            "keep": "visible"
+        });
+        let f = w.event(
+            &EventKind::ToolExecuting,
+            &StreamName::User,
+            StreamPos { epoch: 1, seq: 1 },
+            None,
+            None,
+            &data,
+            &redactor(),
+        );
+        let v: Value = serde_json::from_str(f.as_str()).unwrap();
+        assert_eq!(
+            v["data"],
+            json!({
+                "Password": "[redacted]",
+                "nested": [{"api_key": "[redacted]", "keep": {"password": "[redacted]"}}],
+                "keep": "visible"
+            })
+        );
+        assert!(!f.as_str().contains("hunter2"));
+    }
+
+    #[test]
+    fn client_frames_parse_and_validate() {
+        fn p(s: &str) -> Result<ClientFrame<'_>, PeerError> {
+            parse_client_frame(s.as_bytes(), 8)
+        }
+        assert_eq!(
+            p(r#"{"type":"subscribe","thread_id":"t1"}"#),
+            Ok(ClientFrame::Subscribe { thread: "t1".into() })
+        );
+        assert_eq!(p(r#"{"type":"unsubscribe"}"#), Ok(ClientFrame::Unsubscribe { thread: None }));
+        assert_eq!(p(r#"{"type":"ping","extra":[1,2]}"#), Ok(ClientFrame::Ping));
+        assert_eq!(
+            p(r#"{"type":"message","data":{"user_id":"mallory"}}"#),
+            Ok(ClientFrame::Message { thread: None, data: json!({"user_id":"mallory"}) })
+        );
+        assert_eq!(
+            p(r#"{"type":"subscribe"}"#),
+            Err(PeerError::InvalidField { field: "thread_id" })
+        );
+        assert_eq!(
+            p(r#"{"type":"subscribe","thread_id":"123456789"}"#),
+            Err(PeerError::InvalidField { field: "thread_id" })
+        );
+        assert_eq!(p(r#"{"type":"launch"}"#), Err(PeerError::UnknownType));
+        assert_eq!(p(r#"{"thread_id":"t"}"#), Err(PeerError::MissingType));
+        assert!(matches!(p("{not json"), Err(PeerError::Malformed { .. })));
+        assert!(matches!(p(r#"{"type":7}"#), Err(PeerError::Malformed { .. })));
+        assert!(matches!(p("[]"), Err(PeerError::Malformed { .. })));
+        assert!(matches!(parse_client_frame(&[0xff, 0xfe], 8), Err(PeerError::Malformed { .. })));
+    }
+
+    #[test]
+    fn custom_kinds_may_not_impersonate_protocol_frames() {
+        assert!(EventKind::custom("invoice_ready").is_valid());
+        assert!(!EventKind::custom("connected").is_valid());
+        assert!(!EventKind::custom("").is_valid());
+        assert_eq!(EventKind::AgentThinking.priority(), Priority::Low);
+        assert_eq!(EventKind::ToolCompleted.priority(), Priority::Critical);
+    }
+}

@@ -1,0 +1,132 @@
+//! Membership indexes and recipient resolution.
+//!
+//! Every index here is keyed by slab positions of connections that the hub minted, and every one
+//! of them is reached only through a tenant: a room is found in its tenant's room map, a tenant
+//! broadcast walks its tenant's connection list. Nothing resolves across tenants except
+//! `Everyone`, which the hub gates and audits.
+//!
+//! Lists are dense vectors with back-pointers (each connection knows its position in its tenant's
+//! list and in each room's member list), so joining, leaving and closing are O(1) per membership
+//! and a fan-out is a linear walk over exactly the recipients.
+
+use hashbrown::HashMap;
+
+use crate::connection::{Connections, Membership};
+use crate::ids::{Role, RoomId};
+use crate::stream::Stream;
+
+/// A tenant's shared state.
+#[derive(Debug)]
+pub(crate) struct Tenant {
+    /// Open connections of the tenant.
+    pub(crate) conns: Vec<u32>,
+    /// User states (active and detached) of the tenant; the tenant is dropped when this and
+    /// `rooms` are empty.
+    pub(crate) users: u32,
+    pub(crate) rooms: HashMap<RoomId, Room>,
+    /// The tenant broadcast stream.
+    pub(crate) stream: Stream,
+}
+
+/// A room: its members and its stream. Dropped when its last member leaves.
+#[derive(Debug)]
+pub(crate) struct Room {
+    pub(crate) members: Vec<Member>,
+    pub(crate) stream: Stream,
+}
+
+/// A room member: the connection and the position of this membership in its `rooms` list.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Member {
+    pub(crate) conn: u32,
+    pub(crate) slot: u32,
+}
+
+impl Tenant {
+    pub(crate) fn new(stream: Stream) -> Self {
+        Self { conns: Vec::new(), users: 0, rooms: HashMap::new(), stream }
+    }
+
+    pub(crate) fn is_unused(&self) -> bool {
+        self.users == 0 && self.rooms.is_empty()
+    }
+
+    pub(crate) fn add_conn(&mut self, conns: &mut Connections, idx: u32) {
+        conns.get_mut(idx).tenant_pos = self.conns.len() as u32;
+        self.conns.push(idx);
+    }
+
+    pub(crate) fn remove_conn(&mut self, conns: &mut Connections, idx: u32) {
+        let pos = conns.get(idx).tenant_pos as usize;
+        debug_assert_eq!(self.conns[pos], idx);
+        self.conns.swap_remove(pos);
+        if let Some(&moved) = self.conns.get(pos) {
+            conns.get_mut(moved).tenant_pos = pos as u32;
+        }
+    }
+
+    /// Puts connection `idx` into `room`, creating the room (with `new_stream`) if needed.
+    /// Returns false if it was already a member. The caller has checked the per-connection limit.
+    pub(crate) fn join(
+        &mut self,
+        conns: &mut Connections,
+        idx: u32,
+        room: &RoomId,
+        new_stream: impl FnOnce() -> Stream,
+    ) -> bool {
+        let conn = conns.get_mut(idx);
+        if conn.rooms.iter().any(|m| &m.room == room) {
+            return false;
+        }
+        let r = self
+            .rooms
+            .entry_ref(room)
+            .or_insert_with(|| Room { members: Vec::new(), stream: new_stream() });
+        let slot = conn.rooms.len() as u32;
+        conn.rooms.push(Membership { room: room.clone(), pos: r.members.len() as u32 });
+        r.members.push(Member { conn: idx, slot });
+        true
+    }
+
+    /// Takes connection `idx` out of `room`. Returns false if it was not a member.
+    pub(crate) fn leave(&mut self, conns: &mut Connections, idx: u32, room: &str) -> bool {
+        let Some(slot) = conns.get(idx).rooms.iter().position(|m| m.room.as_str() == room) else {
+            return false;
+        };
+        self.leave_slot(conns, idx, slot);
+        true
+    }
+
+    /// Takes connection `idx` out of every room (on close).
+    pub(crate) fn leave_all(&mut self, conns: &mut Connections, idx: u32) {
+        while !conns.get(idx).rooms.is_empty() {
+            let last = conns.get(idx).rooms.len() - 1;
+            self.leave_slot(conns, idx, last);
+        }
+    }
+
+    fn leave_slot(&mut self, conns: &mut Connections, idx: u32, slot: usize) {
+        let conn = conns.get_mut(idx);
+        let gone = conn.rooms.swap_remove(slot);
+        // The membership that moved into `slot` must tell its room where it now lives.
+        let moved_room = conn.rooms.get(slot).map(|m| (m.room.clone(), m.pos));
+        if let Some((moved_room, pos)) = moved_room {
+            let r = self.rooms.get_mut(&moved_room).expect("member of a live room");
+            r.members[pos as usize].slot = slot as u32;
+        }
+        let r = self.rooms.get_mut(&gone.room).expect("member of a live room");
+        let pos = gone.pos as usize;
+        r.members.swap_remove(pos);
+        if let Some(moved) = r.members.get(pos).copied() {
+            conns.get_mut(moved.conn).rooms[moved.slot as usize].pos = pos as u32;
+        }
+        if r.members.is_empty() {
+            self.rooms.remove(&gone.room);
+        }
+    }
+}
+
+/// Who a tenant broadcast is for.
+pub(crate) fn audience_admits(roles: &crate::ids::Roles, role: Option<&Role>) -> bool {
+    role.is_none_or(|r| roles.contains(r.as_str()))
+}

@@ -1,0 +1,139 @@
+//! Read-only views of one user or one connection. They borrow the hub, so they can never outlive
+//! the state they show, and the hub returns `None` once that state is gone.
+
+use std::time::Instant;
+
+use crate::config::Tier;
+use crate::connection::{Connection, Connections};
+use crate::ids::{ConnId, Roles, RoomId, TenantId, ThreadId, UserId};
+use crate::stream::StreamPos;
+use crate::timer::{TimerId, TimerQueue};
+use crate::user::{UserPhase, UserState};
+
+/// A user's state, as of now.
+#[derive(Debug)]
+pub struct UserView<'a> {
+    pub(crate) state: &'a UserState,
+    pub(crate) conns: &'a Connections,
+    pub(crate) retires_at: Option<Instant>,
+}
+
+impl<'a> UserView<'a> {
+    /// The tenant.
+    pub fn tenant(&self) -> &'a TenantId {
+        &self.state.tenant
+    }
+
+    /// The user.
+    pub fn user(&self) -> &'a UserId {
+        &self.state.user
+    }
+
+    /// Active, or detached until when.
+    pub fn phase(&self) -> UserPhase {
+        match (self.state.retire, self.retires_at) {
+            (Some((_, since)), Some(retires_at)) => UserPhase::Detached { since, retires_at },
+            _ => UserPhase::Active,
+        }
+    }
+
+    /// The user's open connections, oldest first.
+    pub fn connections(&self) -> impl Iterator<Item = ConnId> + 'a {
+        let conns = self.conns;
+        self.state.conns.iter().map(move |&i| conns.id_of(i))
+    }
+
+    /// How many connections are open.
+    pub fn connection_count(&self) -> usize {
+        self.state.conns.len()
+    }
+
+    /// The position of the last message of the user's stream.
+    pub fn stream_position(&self) -> StreamPos {
+        self.state.stream.position()
+    }
+
+    /// When the state was created (first connection).
+    pub fn created_at(&self) -> Instant {
+        self.state.created_at
+    }
+}
+
+/// An open connection, as of now.
+#[derive(Debug)]
+pub struct ConnView<'a> {
+    pub(crate) id: ConnId,
+    pub(crate) conn: &'a Connection,
+    pub(crate) next_timer: Instant,
+}
+
+impl<'a> ConnView<'a> {
+    /// The connection's id.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Its tenant (fixed at connect).
+    pub fn tenant(&self) -> &'a TenantId {
+        &self.conn.tenant
+    }
+
+    /// Its user (fixed at connect).
+    pub fn user(&self) -> &'a UserId {
+        &self.conn.user_id
+    }
+
+    /// The principal's tier.
+    pub fn tier(&self) -> Tier {
+        self.conn.tier
+    }
+
+    /// The principal's roles.
+    pub fn roles(&self) -> &'a Roles {
+        &self.conn.roles
+    }
+
+    /// When it opened.
+    pub fn opened_at(&self) -> Instant {
+        self.conn.opened_at
+    }
+
+    /// Its last inbound frame or pong (or its opening).
+    pub fn last_seen(&self) -> Instant {
+        self.conn.last_seen
+    }
+
+    /// Whether a ping is outstanding.
+    pub fn awaiting_pong(&self) -> bool {
+        self.conn.ping_sent.is_some()
+    }
+
+    /// When its session expires, if it does.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.conn.expires_at
+    }
+
+    /// The threads it narrowed its stream to; `None` when it receives all of its user's events.
+    pub fn threads(&self) -> Option<&'a [ThreadId]> {
+        self.conn.threads.as_deref()
+    }
+
+    /// The rooms it is in.
+    pub fn rooms(&self) -> impl Iterator<Item = &'a RoomId> + 'a {
+        self.conn.rooms.iter().map(|m| &m.room)
+    }
+
+    /// Bytes handed out in `Deliver` actions and not yet confirmed by `written`.
+    pub fn unwritten_bytes(&self) -> u64 {
+        self.conn.unwritten
+    }
+
+    /// When the hub will next look at this connection (heartbeat or session), at the latest.
+    pub fn next_check(&self) -> Instant {
+        self.next_timer
+    }
+}
+
+pub(crate) fn retires_at<K: Copy>(state: &UserState, timers: &TimerQueue<K>) -> Option<Instant> {
+    state.retire.map(|(t, _): (TimerId, Instant)| timers.deadline(t))
+}
