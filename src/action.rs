@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::config::Tier;
 use crate::ids::{ConnId, TenantId, ThreadId, UserId};
+use crate::limits::BreakerState;
 use crate::stats::HubStats;
 
 /// A serialized text frame, shared by every recipient of one publish.
@@ -195,6 +196,13 @@ pub enum AuditKind {
     MalformedFrame,
     /// A client was closed for repeated protocol violations.
     ViolationClose,
+    /// A user's reconnect breaker opened (too many abnormal closes).
+    BreakerOpened,
+    /// A connect was refused because the user's breaker is open.
+    BreakerRefused,
+    /// A `resume` named a stream the connection does not have (another user's, a room it is not
+    /// in, or nonsense). Nothing was replayed for it.
+    ForeignStream,
 }
 
 /// Which limit was hit.
@@ -280,6 +288,15 @@ pub enum MetricEvent {
     LimitRejected {
         /// Which limit.
         limit: LimitKind,
+    },
+    /// A user's reconnect breaker changed state.
+    BreakerChanged {
+        /// The tenant.
+        tenant: TenantId,
+        /// The user.
+        user: UserId,
+        /// The new state.
+        state: BreakerState,
     },
     /// A periodic snapshot ([`Config::snapshot_interval`](crate::Config::snapshot_interval)).
     Snapshot(Box<HubStats>),

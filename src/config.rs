@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::stream::Retention;
 
 /// A principal's service tier. Each tier has its own quotas ([`TierQuota`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -113,6 +114,32 @@ impl Default for Heartbeat {
     }
 }
 
+/// The per-user reconnect breaker: it stops a client that keeps failing from reconnecting in a
+/// tight loop (the origin documents' circuit breaker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Abnormal closes within `window` that open the breaker (default 5).
+    pub threshold: u32,
+    /// See `threshold` (default 60 s).
+    pub window: Duration,
+    /// How long it stays open; connects fail with `retry_after` meanwhile (default 60 s).
+    pub open_for: Duration,
+    /// After `open_for` it is half-open and admits one probe connection; the probe closes the
+    /// breaker once it has stayed up this long, or reopens it by failing (default 10 s).
+    pub probe_healthy_after: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 5,
+            window: Duration::from_secs(60),
+            open_for: Duration::from_secs(60),
+            probe_healthy_after: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Everything the hub enforces. Build with `Config::default()` and adjust fields; the hub checks
 /// the result in [`Hub::new`](crate::Hub::new).
 /// Construct with struct-update syntax: `Config { max_connections: 10, ..Config::default() }`.
@@ -150,8 +177,30 @@ pub struct Config {
     pub heartbeat: Heartbeat,
     /// How long before a session's `expires_at` the hub sends `refresh_required` (default 60 s).
     pub session_grace: Duration,
-    /// How long a user's state outlives its last connection (default 2 min).
+    /// How long a user's state outlives its last connection (default 2 min). While detached, its
+    /// stream keeps buffering (within `retention`) so that a returning client can resume.
     pub user_retention: Duration,
+    /// Most detached users kept at once (default 100,000). Beyond it, the one closest to
+    /// retirement is retired early, so that churn of distinct users cannot grow memory.
+    pub max_detached_users: u32,
+    /// Bounds of every stream's recovery buffer (default 1000 messages, 1 MiB, 2 min).
+    pub retention: Retention,
+    /// Unwritten bytes past which `agent_thinking` frames are skipped for a connection (and
+    /// counted) (default 128 KiB).
+    pub max_inflight_bytes: u64,
+    /// Unwritten bytes a critical frame may not push a connection past; if it would, the
+    /// connection is closed with [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer)
+    /// (default 1 MiB). Replays on resume are exempt: they are bounded by `retention`.
+    pub max_unwritten_bytes: u64,
+    /// How long a new connection waits for its client's first frame before live delivery starts
+    /// (default 0: at once). With a window, events published between `connect` and the client's
+    /// `resume` are not sent ahead of the replay, so a resuming client sees every stream exactly
+    /// in order; any first frame, or the window running out, starts live delivery.
+    pub resume_window: Duration,
+    /// The per-user reconnect breaker.
+    pub breaker: BreakerConfig,
+    /// Time constant of the moving averages in the rate views (default 60 s).
+    pub rate_window: Duration,
     /// How long a closed connection's id is remembered as "recently closed" (default 60 s).
     pub tombstone_ttl: Duration,
     /// Whether [`Target::Everyone`](crate::Target::Everyone) is allowed (default `false`). Every
@@ -187,6 +236,13 @@ impl Default for Config {
             heartbeat: Heartbeat::default(),
             session_grace: Duration::from_secs(60),
             user_retention: Duration::from_secs(120),
+            max_detached_users: 100_000,
+            retention: Retention::default(),
+            max_inflight_bytes: 128 * 1024,
+            max_unwritten_bytes: 1024 * 1024,
+            resume_window: Duration::ZERO,
+            breaker: BreakerConfig::default(),
+            rate_window: Duration::from_secs(60),
             tombstone_ttl: Duration::from_secs(60),
             allow_global_broadcast: false,
             redact_keys: ["password", "api_key", "token", "secret", "authorization"]
@@ -239,6 +295,21 @@ impl Config {
             if d.is_zero() { Err(ConfigError::Zero { field }) } else { Ok(()) }
         };
         nonzero_d("violation_refill", self.violation_refill)?;
+        nonzero("max_detached_users", self.max_detached_users.into())?;
+        nonzero("retention.max_messages", self.retention.max_messages as u64)?;
+        nonzero("retention.max_bytes", self.retention.max_bytes as u64)?;
+        nonzero_d("retention.max_age", self.retention.max_age)?;
+        nonzero("max_inflight_bytes", self.max_inflight_bytes)?;
+        if self.max_unwritten_bytes < self.max_inflight_bytes {
+            return Err(ConfigError::Inconsistent {
+                detail: "max_unwritten_bytes must be at least max_inflight_bytes",
+            });
+        }
+        nonzero("breaker.threshold", self.breaker.threshold.into())?;
+        nonzero_d("breaker.window", self.breaker.window)?;
+        nonzero_d("breaker.open_for", self.breaker.open_for)?;
+        nonzero_d("breaker.probe_healthy_after", self.breaker.probe_healthy_after)?;
+        nonzero_d("rate_window", self.rate_window)?;
         nonzero_d("heartbeat.interval", self.heartbeat.interval)?;
         nonzero_d("heartbeat.timeout", self.heartbeat.timeout)?;
         if let Some(d) = self.snapshot_interval {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use crate::action::CloseReason;
 use crate::config::{Config, Tier};
 use crate::ids::{ConnId, Roles, RoomId, TenantId, ThreadId, UserId};
 use crate::limits::Bucket;
@@ -17,6 +18,8 @@ use crate::timer::TimerId;
 pub(crate) struct Membership {
     pub(crate) room: RoomId,
     pub(crate) pos: u32,
+    /// The room stream's seq when the connection joined: live delivery covers what follows.
+    pub(crate) base: u64,
 }
 
 /// An open connection. Its `(tenant, user)` binding is set at connect and never changes.
@@ -47,19 +50,27 @@ pub(crate) struct Connection {
     pub(crate) violations: Bucket,
     /// Bytes handed out in `Deliver` and not yet confirmed by `written`.
     pub(crate) unwritten: u64,
+    /// `agent_thinking` frames skipped since the last delivery (reported by a `skipped` frame).
+    pub(crate) skipped: u32,
+    /// Waiting for the client's first frame (within `resume_window`) before going live.
+    pub(crate) held: bool,
+    /// Whether the client already sent `resume`.
+    pub(crate) resumed: bool,
+    /// The user stream's and the tenant stream's seq at connect: live delivery covers what
+    /// follows, a resume replays up to here.
+    pub(crate) user_base: u64,
+    pub(crate) tenant_base: u64,
 }
 
-/// What a connection's timer found due, in the order the hub acts on it.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Due {
-    Close(crate::action::CloseReason),
-    /// Send `refresh_required`, and maybe a ping as well.
-    RefreshRequired {
-        expires_in: Duration,
-        ping: bool,
-    },
-    Ping,
-    Nothing,
+/// What a connection's timer found due. A close excludes everything else.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Due {
+    pub(crate) close: Option<CloseReason>,
+    /// Send `refresh_required`: the session expires in this long.
+    pub(crate) refresh: Option<Duration>,
+    pub(crate) ping: bool,
+    /// The resume window ran out: start live delivery.
+    pub(crate) release: bool,
 }
 
 impl Connection {
@@ -80,44 +91,49 @@ impl Connection {
     /// The earliest instant at which this connection has something to do. Activity only ever moves
     /// it later, which is why the armed timer may lag behind it (see `Hub::on_conn_timer`).
     pub(crate) fn next_deadline(&self, cfg: &Config) -> Instant {
-        let heartbeat = match self.ping_sent {
+        let mut at = match self.ping_sent {
             Some(sent) => sent + cfg.heartbeat.timeout,
             None => self.last_seen + cfg.heartbeat.interval,
         };
-        match self.expires_at {
-            Some(exp) if self.refresh_sent => heartbeat.min(exp),
-            Some(exp) => heartbeat.min(exp.checked_sub(cfg.session_grace).unwrap_or(exp)),
-            None => heartbeat,
+        if let Some(exp) = self.expires_at {
+            at = at.min(if self.refresh_sent { exp } else { refresh_at(exp, cfg) });
         }
+        if self.held {
+            at = at.min(self.opened_at + cfg.resume_window);
+        }
+        at
     }
 
     /// Decides what is due at `now` and updates the connection's state as if it were done.
     pub(crate) fn due(&mut self, now: Instant, cfg: &Config) -> Due {
-        use crate::action::CloseReason;
-        if let Some(exp) = self.expires_at {
-            if now >= exp {
-                return Due::Close(CloseReason::SessionExpired);
-            }
+        if self.expires_at.is_some_and(|exp| now >= exp) {
+            return Due { close: Some(CloseReason::SessionExpired), ..Due::default() };
         }
-        let ping = match self.ping_sent {
+        let mut due = Due::default();
+        match self.ping_sent {
             Some(sent) if now >= sent + cfg.heartbeat.timeout => {
-                return Due::Close(CloseReason::HeartbeatTimeout);
+                return Due { close: Some(CloseReason::HeartbeatTimeout), ..Due::default() };
             }
-            Some(_) => false,
-            None => now >= self.last_seen + cfg.heartbeat.interval,
-        };
-        if ping {
-            self.ping_sent = Some(now);
+            Some(_) => {}
+            None if now >= self.last_seen + cfg.heartbeat.interval => {
+                self.ping_sent = Some(now);
+                due.ping = true;
+            }
+            None => {}
         }
         if let Some(exp) = self.expires_at {
-            let refresh_at = exp.checked_sub(cfg.session_grace).unwrap_or(exp);
-            if !self.refresh_sent && now >= refresh_at {
+            if !self.refresh_sent && now >= refresh_at(exp, cfg) {
                 self.refresh_sent = true;
-                return Due::RefreshRequired { expires_in: exp - now, ping };
+                due.refresh = Some(exp - now);
             }
         }
-        if ping { Due::Ping } else { Due::Nothing }
+        due.release = self.held && now >= self.opened_at + cfg.resume_window;
+        due
     }
+}
+
+fn refresh_at(expires_at: Instant, cfg: &Config) -> Instant {
+    expires_at.checked_sub(cfg.session_grace).unwrap_or(expires_at)
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -2,6 +2,8 @@
 //! is kept apart from a peer's misbehaviour ([`PeerError`]: a malformed, oversized or flooding
 //! client), and every limit has an error of its own.
 
+use std::time::Duration;
+
 use thiserror::Error;
 
 use crate::config::Tier;
@@ -31,6 +33,12 @@ pub enum ConfigError {
         tier: Tier,
         /// The quota's name.
         field: &'static str,
+    },
+    /// Two settings contradict each other.
+    #[error("inconsistent config: {detail}")]
+    Inconsistent {
+        /// Which settings, and why.
+        detail: &'static str,
     },
     /// A redaction key is the empty string.
     #[error("redact_keys must not contain an empty key")]
@@ -84,6 +92,13 @@ pub enum ConnectError {
     /// The principal's `expires_at` is not in the future.
     #[error("the session has already expired")]
     SessionExpired,
+    /// The user's reconnect breaker is open: it failed too often recently. Retry after the given
+    /// time.
+    #[error("reconnect breaker open; retry after {retry_after:?}")]
+    BreakerOpen {
+        /// When a connect may succeed again.
+        retry_after: Duration,
+    },
     /// An identifier in the principal is empty.
     #[error("principal has an empty {field}")]
     EmptyId {
@@ -130,6 +145,9 @@ pub enum PeerError {
     /// than the control allowance.
     #[error("rate limit exceeded")]
     RateLimited,
+    /// The connection already resumed once.
+    #[error("the connection already resumed")]
+    AlreadyResumed,
     /// `subscribe` would narrow the connection to more threads than allowed.
     #[error("thread subscription limit reached ({limit})")]
     TooManySubscriptions {
@@ -149,6 +167,7 @@ impl PeerError {
             PeerError::InvalidField { .. } => "invalid_field",
             PeerError::RateLimited => "rate_limited",
             PeerError::TooManySubscriptions { .. } => "too_many_subscriptions",
+            PeerError::AlreadyResumed => "already_resumed",
         }
     }
 }

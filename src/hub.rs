@@ -1,32 +1,26 @@
-//! The [`Hub`]: every entry point of the state machine. It validates its inputs, delegates to the
-//! per-connection, per-user and routing modules, and owns the queue of actions.
+//! The [`Hub`]: the state it owns, the connection and user lifecycles, timers, and the views.
+//! Publishing lives in `delivery.rs`, client frames and resume in `inbound.rs`.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
 use crate::action::{
-    Action, AuditEvent, AuditKind, CloseReason, ClosedBy, DisconnectReason, Frame, Inbound,
-    LimitKind, MetricEvent, Origin,
+    Action, AuditKind, CloseReason, ClosedBy, DisconnectReason, Frame, LimitKind, MetricEvent,
 };
 use crate::config::{Config, Tier, UserLimitPolicy};
-use crate::connection::{Connection, Connections, Due, Lookup};
-use crate::error::{
-    ConfigError, ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError,
-    RoomError,
-};
-use crate::ids::{ConnId, Role, Roles, RoomId, RunId, TenantId, ThreadId, UserId};
-use crate::limits::{Bucket, Rate};
-use crate::protocol::{
-    Audience, ClientFrame, Envelope, EventKind, FrameWriter, Redactor, Target, parse_client_frame,
-};
-use crate::routing::{Tenant, audience_admits};
-use crate::stats::HubStats;
-use crate::stream::{Epochs, Stream, StreamName, StreamPos};
+use crate::connection::{Connection, Connections, Lookup};
+use crate::delivery::{Sink, tier_index};
+use crate::error::{ConfigError, ConnError, ConnectError, RefreshError, RoomError};
+use crate::ids::{ConnId, Role, Roles, RoomId, TenantId, UserId};
+use crate::limits::{Breaker, Bucket, Transition};
+use crate::protocol::Redactor;
+use crate::routing::Tenant;
+use crate::stats::{HubStats, MeterClock, Meters, Rates};
+use crate::stream::{Epochs, Stream, StreamName};
 use crate::timer::{TimerId, TimerQueue};
 use crate::user::{UserState, Users};
-use crate::view::{ConnView, UserView, retires_at};
+use crate::view::{ConnView, UserView};
 
 /// Who is connecting: an identity the caller has already authenticated (the hub never parses
 /// tokens). It is bound to the connection for its whole life.
@@ -75,87 +69,35 @@ impl Principal {
     }
 }
 
-/// What a publish did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Published {
-    /// Connections a `Deliver` was queued for.
-    pub delivered: usize,
-    /// The stream the message went into and its position there; `None` when there was no such
-    /// stream (a user the hub does not hold, a room without members, a tenant without state) or
-    /// when it went into several (`Everyone`: one message per tenant).
-    pub position: Option<(StreamName, StreamPos)>,
-}
-
-impl Published {
-    /// Whether the message reached no connection.
-    pub fn undeliverable(&self) -> bool {
-        self.delivered == 0
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
-enum TimerKey {
+pub(crate) enum TimerKey {
     Conn(u32),
-    User(u32),
+    Breaker(u32),
     Snapshot,
-}
-
-/// The action queue and the counters, kept together because almost every output bumps one.
-#[derive(Debug, Default)]
-struct Sink {
-    actions: VecDeque<Action>,
-    stats: HubStats,
-}
-
-impl Sink {
-    fn deliver(&mut self, conns: &mut Connections, idx: u32, frame: &Frame) {
-        let conn = conns.get_mut(idx);
-        conn.unwritten += frame.len() as u64;
-        self.stats.deliveries += 1;
-        self.stats.bytes_delivered += frame.len() as u64;
-        self.actions.push_back(Action::Deliver { conn: conns.id_of(idx), frame: frame.clone() });
-    }
-
-    fn audit(
-        &mut self,
-        kind: AuditKind,
-        conn: Option<ConnId>,
-        tenant: Option<&TenantId>,
-        user: Option<&UserId>,
-    ) {
-        self.stats.security_violations += 1;
-        self.actions.push_back(Action::Audit(AuditEvent {
-            kind,
-            conn,
-            tenant: tenant.cloned(),
-            user: user.cloned(),
-        }));
-    }
-
-    fn limit(&mut self, limit: LimitKind, conn: Option<ConnId>, tenant: &TenantId, user: &UserId) {
-        self.stats.limit_rejections.bump(limit);
-        self.actions.push_back(Action::Metric(MetricEvent::LimitRejected { limit }));
-        self.audit(AuditKind::LimitHit(limit), conn, Some(tenant), Some(user));
-    }
 }
 
 /// The connection hub: a synchronous, sans-io state machine. See the [crate docs](crate) for the
 /// drive loop.
 #[derive(Debug)]
 pub struct Hub {
-    cfg: Config,
-    redactor: Redactor,
-    last_now: Option<Instant>,
-    conns: Connections,
-    users: Users,
-    tenants: HashMap<TenantId, Tenant>,
-    timers: TimerQueue<TimerKey>,
+    pub(crate) cfg: Config,
+    pub(crate) redactor: Redactor,
+    /// The first `now` seen (the meters count seconds from it) and the latest.
+    origin: Option<Instant>,
+    pub(crate) last_now: Option<Instant>,
+    pub(crate) conns: Connections,
+    pub(crate) users: Users,
+    pub(crate) tenants: HashMap<TenantId, Tenant>,
+    pub(crate) timers: TimerQueue<TimerKey>,
+    /// Detached users by retirement time: the retirement timers, and the order in which
+    /// `max_detached_users` evicts.
+    detached: TimerQueue<u32>,
     snapshot: Option<TimerId>,
-    out: Sink,
-    writer: FrameWriter,
-    pong: Option<Frame>,
-    epochs: Epochs,
+    pub(crate) out: Sink,
+    pub(crate) pong: Option<Frame>,
+    pub(crate) epochs: Epochs,
+    /// Scratch: connections a fan-out found over their hard limit, closed after it.
+    pub(crate) doomed: Vec<u32>,
 }
 
 impl Hub {
@@ -165,16 +107,18 @@ impl Hub {
         Ok(Self {
             redactor: Redactor::new(&cfg.redact_keys),
             epochs: Epochs::new(cfg.seed),
+            out: Sink::new(MeterClock::new(Duration::ZERO, cfg.rate_window)),
             cfg,
+            origin: None,
             last_now: None,
             conns: Connections::default(),
             users: Users::default(),
             tenants: HashMap::new(),
             timers: TimerQueue::new(),
+            detached: TimerQueue::new(),
             snapshot: None,
-            out: Sink::default(),
-            writer: FrameWriter::default(),
             pong: None,
+            doomed: Vec::new(),
         })
     }
 
@@ -184,9 +128,11 @@ impl Hub {
     }
 
     /// Time never goes backwards inside the hub: an earlier `now` is taken as the last one seen.
-    fn clock(&mut self, now: Instant) -> Instant {
+    pub(crate) fn clock(&mut self, now: Instant) -> Instant {
         let now = self.last_now.map_or(now, |last| last.max(now));
         self.last_now = Some(now);
+        let origin = *self.origin.get_or_insert(now);
+        self.out.clock = MeterClock::new(now - origin, self.cfg.rate_window);
         if self.snapshot.is_none() {
             if let Some(every) = self.cfg.snapshot_interval {
                 self.snapshot = Some(self.timers.insert(now + every, TimerKey::Snapshot));
@@ -196,7 +142,7 @@ impl Hub {
     }
 
     /// Resolves a caller-supplied id; a stale one is refused and audited.
-    fn resolve(&mut self, now: Instant, id: ConnId) -> Result<u32, ConnError> {
+    pub(crate) fn resolve(&mut self, now: Instant, id: ConnId) -> Result<u32, ConnError> {
         match self.conns.lookup(id, now, self.cfg.tombstone_ttl) {
             Lookup::Live(idx) => Ok(idx),
             Lookup::Stale => {
@@ -214,10 +160,10 @@ impl Hub {
     /// Opens a connection for an authenticated principal. The first action for it is the
     /// `connected` frame.
     ///
-    /// Refused, with nothing created, when the session already expired or a limit is reached
-    /// (total, per tenant, or per user with [`UserLimitPolicy::Reject`]). With
-    /// [`UserLimitPolicy::EvictOldest`] the user's oldest connection is closed with
-    /// [`CloseReason::Replaced`] instead.
+    /// Refused, with nothing created, when the session already expired, the user's reconnect
+    /// breaker is open, or a limit is reached (total, per tenant, or per user with
+    /// [`UserLimitPolicy::Reject`]). With [`UserLimitPolicy::EvictOldest`] the user's oldest
+    /// connection is closed with [`CloseReason::Replaced`] instead.
     pub fn connect(&mut self, now: Instant, principal: Principal) -> Result<ConnId, ConnectError> {
         let now = self.clock(now);
         if principal.tenant.as_str().is_empty() {
@@ -231,28 +177,40 @@ impl Hub {
             return Err(ConnectError::SessionExpired);
         }
         let (tenant_id, user_id) = (&principal.tenant, &principal.user);
-        let limit = self.cfg.tiers.get(principal.tier).max_connections_per_user;
         let uidx = self.users.find(tenant_id.as_str(), user_id.as_str());
+        if let Some(u) = uidx {
+            let user = self.users.get(u);
+            let probe_opened = self.probe_opened(&user.breaker);
+            if let Err(retry_after) = user.breaker.admit(now, &self.cfg.breaker, probe_opened) {
+                self.out.stats.breaker_refusals += 1;
+                self.out.audit(AuditKind::BreakerRefused, None, Some(tenant_id), Some(user_id));
+                return Err(ConnectError::BreakerOpen { retry_after });
+            }
+        }
+        let limit = self.cfg.tiers.get(principal.tier).max_connections_per_user;
         let held = uidx.map_or(0, |u| self.users.get(u).conns.len());
         // Connections that admitting this one will evict (they free their own slots).
         let mut evict = 0;
         if held >= limit as usize {
             match self.cfg.user_limit_policy {
                 UserLimitPolicy::Reject => {
-                    self.out.limit(LimitKind::UserConnections, None, tenant_id, user_id);
+                    let kind = LimitKind::UserConnections;
+                    self.out.limit(kind, AuditKind::LimitHit(kind), None, tenant_id, user_id);
                     return Err(ConnectError::UserLimit { tier: principal.tier, limit });
                 }
                 UserLimitPolicy::EvictOldest => evict = held + 1 - limit as usize,
             }
         }
         if self.conns.len() - evict >= self.cfg.max_connections as usize {
-            self.out.limit(LimitKind::TotalConnections, None, tenant_id, user_id);
+            let kind = LimitKind::TotalConnections;
+            self.out.limit(kind, AuditKind::LimitHit(kind), None, tenant_id, user_id);
             return Err(ConnectError::TooManyConnections { limit: self.cfg.max_connections });
         }
         if let Some(cap) = self.cfg.max_connections_per_tenant {
             let in_tenant = self.tenants.get(tenant_id).map_or(0, |t| t.conns.len());
             if in_tenant - evict >= cap as usize {
-                self.out.limit(LimitKind::TenantConnections, None, tenant_id, user_id);
+                let kind = LimitKind::TenantConnections;
+                self.out.limit(kind, AuditKind::LimitHit(kind), None, tenant_id, user_id);
                 return Err(ConnectError::TenantLimit { limit: cap });
             }
         }
@@ -266,6 +224,8 @@ impl Hub {
             None => self.create_user(now, &principal),
         };
         let idx = self.conns.next_index();
+        let tenant = self.tenants.get_mut(&principal.tenant).expect("created with the user");
+        let user = self.users.get_mut(uidx);
         let conn = Connection {
             tenant: principal.tenant.clone(),
             user_id: principal.user.clone(),
@@ -285,42 +245,55 @@ impl Hub {
             control: Bucket::full(now),
             violations: Bucket::full(now),
             unwritten: 0,
+            skipped: 0,
+            held: !self.cfg.resume_window.is_zero(),
+            resumed: false,
+            user_base: user.stream.position().seq,
+            tenant_base: tenant.stream.position().seq,
         };
         let deadline = conn.next_deadline(&self.cfg);
         let id = self.conns.insert(conn);
         debug_assert_eq!(id.index, idx);
         self.conns.get_mut(idx).timer = self.timers.insert(deadline, TimerKey::Conn(idx));
-        let tenant = self.tenants.get_mut(&principal.tenant).expect("created with the user");
         tenant.add_conn(&mut self.conns, idx);
-        let tenant_pos = tenant.stream.position();
-        let user = self.users.get_mut(uidx);
         user.conns.push(idx);
-        let user_pos = user.stream.position();
+        user.meters.connects.add(self.out.clock, 1);
+        let positions = [
+            (StreamName::User, user.stream.position()),
+            (StreamName::Tenant, tenant.stream.position()),
+        ];
+        let probe = user.breaker.admitted(id);
+        if probe {
+            self.arm_breaker(uidx);
+        }
 
         let stats = &mut self.out.stats;
         stats.connections_opened += 1;
         stats.connections_active += 1;
+        self.out.tiers[tier_index(principal.tier)].connects.add(self.out.clock, 1);
         self.out.actions.push_back(Action::Metric(MetricEvent::ConnectionOpened {
             conn: id,
             tenant: principal.tenant.clone(),
             user: principal.user.clone(),
             tier: principal.tier,
         }));
-        let frame = self.writer.connected(
+        let frame = self.out.writer.connected(
             id,
             &principal.tenant,
             &principal.user,
             millis(self.cfg.heartbeat.interval),
             principal.expires_at.map(|exp| millis(exp - now)),
-            &[(StreamName::User, user_pos), (StreamName::Tenant, tenant_pos)],
+            &positions,
         );
         self.out.deliver(&mut self.conns, idx, &frame);
 
         for _ in 0..evict {
             let oldest = self.users.get(uidx).conns[0];
             let oldest_id = self.conns.id_of(oldest);
+            let kind = LimitKind::UserConnectionsEvicted;
             self.out.limit(
-                LimitKind::UserConnectionsEvicted,
+                kind,
+                AuditKind::LimitHit(kind),
                 Some(oldest_id),
                 &principal.tenant,
                 &principal.user,
@@ -344,6 +317,9 @@ impl Hub {
             stream: Stream::new(self.epochs.next()),
             created_at: now,
             retire: None,
+            breaker: Breaker::new(),
+            breaker_timer: None,
+            meters: Meters::default(),
         });
         let stats = &mut self.out.stats;
         stats.users_created += 1;
@@ -359,36 +335,48 @@ impl Hub {
     /// A detached user's connection came back within retention: it keeps its stream.
     fn reattach_user(&mut self, uidx: u32) {
         if let Some((timer, _)) = self.users.get_mut(uidx).retire.take() {
-            self.timers.cancel(timer);
+            self.detached.cancel(timer);
             self.out.stats.users_detached -= 1;
             self.out.stats.users_active += 1;
         }
     }
 
     /// Removes a connection from every index. A hub-initiated close also emits `Close`.
-    fn close_conn(&mut self, now: Instant, idx: u32, by: ClosedBy) {
+    pub(crate) fn close_conn(&mut self, now: Instant, idx: u32, by: ClosedBy) {
         let id = self.conns.id_of(idx);
         let (tenant_id, uidx, timer) = {
             let c = self.conns.get(idx);
             (c.tenant.clone(), c.user, c.timer)
         };
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
-        let rooms_before = tenant.rooms.len();
-        tenant.leave_all(&mut self.conns, idx);
+        let out = &mut self.out;
+        tenant.leave_all(&mut self.conns, idx, |room| {
+            out.stats.rooms -= 1;
+            out.dropped(&room.stream);
+        });
         tenant.remove_conn(&mut self.conns, idx);
-        let rooms_dropped = rooms_before - tenant.rooms.len();
         self.timers.cancel(timer);
+        self.doomed.retain(|&d| d != idx);
         let conn = self.conns.remove(idx, now);
         let user = self.users.get_mut(uidx);
         user.conns.retain(|&c| c != idx);
         let detached = user.conns.is_empty();
+        let abnormal = matches!(
+            by,
+            ClosedBy::Transport(DisconnectReason::Abnormal)
+                | ClosedBy::Hub(
+                    CloseReason::HeartbeatTimeout
+                        | CloseReason::SlowConsumer
+                        | CloseReason::ProtocolViolation
+                )
+        );
+        let transition = user.breaker.closed(now, id, abnormal, &self.cfg.breaker);
 
         if let ClosedBy::Hub(reason) = by {
             self.out.actions.push_back(Action::Close { conn: id, reason });
         }
         let lifetime = now.saturating_duration_since(conn.opened_at);
         let stats = &mut self.out.stats;
-        stats.rooms -= rooms_dropped as u64;
         stats.connections_closed += 1;
         stats.connections_active -= 1;
         stats.closed_by.bump(by);
@@ -400,28 +388,45 @@ impl Hub {
             lifetime,
             reason: by,
         }));
+        if let Some(t) = transition {
+            self.breaker_transition(uidx, t);
+        }
         if detached {
             self.out.stats.users_active -= 1;
-            if self.cfg.user_retention.is_zero() {
-                self.retire_user(uidx);
-            } else {
-                self.out.stats.users_detached += 1;
-                let timer = self.timers.insert(now + self.cfg.user_retention, TimerKey::User(uidx));
-                self.users.get_mut(uidx).retire = Some((timer, now));
-            }
+            self.detach_user(now, uidx);
         }
     }
 
+    fn detach_user(&mut self, now: Instant, uidx: u32) {
+        if self.cfg.user_retention.is_zero() {
+            self.retire_user(uidx);
+            return;
+        }
+        if self.detached.len() >= self.cfg.max_detached_users as usize {
+            let oldest = self.detached.pop_first().expect("the cap is positive");
+            self.users.get_mut(oldest).retire = None;
+            self.out.stats.users_detached -= 1;
+            self.out.stats.users_evicted += 1;
+            self.retire_user(oldest);
+        }
+        self.out.stats.users_detached += 1;
+        let timer = self.detached.insert(now + self.cfg.user_retention, uidx);
+        self.users.get_mut(uidx).retire = Some((timer, now));
+    }
+
+    /// Forgets a user's state, its stream and buffer. Its retirement timer, if any, has already
+    /// fired or been cancelled.
     fn retire_user(&mut self, uidx: u32) {
         let user = self.users.remove(uidx);
-        // Its retire timer, if any, is the one that just fired (zero retention arms none).
-        if user.retire.is_some() {
-            self.out.stats.users_detached -= 1;
+        if let Some(timer) = user.breaker_timer {
+            self.timers.cancel(timer);
         }
+        self.out.dropped(&user.stream);
         if let Some(tenant) = self.tenants.get_mut(&user.tenant) {
             tenant.users -= 1;
             if tenant.is_unused() {
-                self.tenants.remove(&user.tenant);
+                let tenant = self.tenants.remove(&user.tenant).expect("present");
+                self.out.dropped(&tenant.stream);
             }
         }
         let stats = &mut self.out.stats;
@@ -433,7 +438,54 @@ impl Hub {
         }));
     }
 
+    /// When the breaker's probe connection opened, if it has a live one.
+    fn probe_opened(&self, breaker: &Breaker) -> Option<Instant> {
+        match breaker.state {
+            crate::limits::BreakerState::HalfOpen { probe: Some(id) } => {
+                match self.conns.lookup(id, self.last_now?, Duration::ZERO) {
+                    Lookup::Live(idx) => Some(self.conns.get(idx).opened_at),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// (Re)arms a user's breaker timer for its current state.
+    fn arm_breaker(&mut self, uidx: u32) {
+        let user = self.users.get(uidx);
+        let deadline = user.breaker.deadline(self.probe_opened(&user.breaker), &self.cfg.breaker);
+        let user = self.users.get_mut(uidx);
+        match (user.breaker_timer, deadline) {
+            (Some(t), Some(at)) => self.timers.reschedule(t, at),
+            (None, Some(at)) => {
+                user.breaker_timer = Some(self.timers.insert(at, TimerKey::Breaker(uidx)))
+            }
+            (Some(t), None) => {
+                self.timers.cancel(t);
+                user.breaker_timer = None;
+            }
+            (None, None) => {}
+        }
+    }
+
+    fn breaker_transition(&mut self, uidx: u32, transition: Transition) {
+        self.arm_breaker(uidx);
+        let user = self.users.get(uidx);
+        let (tenant, user_id, state) = (user.tenant.clone(), user.user.clone(), user.breaker.state);
+        if transition == Transition::Opened {
+            self.out.stats.breakers_opened += 1;
+            self.out.audit(AuditKind::BreakerOpened, None, Some(&tenant), Some(&user_id));
+        }
+        self.out.actions.push_back(Action::Metric(MetricEvent::BreakerChanged {
+            tenant,
+            user: user_id,
+            state,
+        }));
+    }
+
     /// The transport went away. The connection is forgotten; no `Close` is emitted.
+    /// [`DisconnectReason::Abnormal`] counts toward the user's reconnect breaker.
     pub fn disconnect(
         &mut self,
         now: Instant,
@@ -446,7 +498,8 @@ impl Hub {
         Ok(())
     }
 
-    /// The application closes a connection (for example, the user was removed). Emits `Close`.
+    /// The application closes a connection (for example, the user was removed, or the server
+    /// shuts down). Emits `Close`.
     pub fn close(
         &mut self,
         now: Instant,
@@ -468,7 +521,8 @@ impl Hub {
         Ok(())
     }
 
-    /// The transport flushed `bytes` bytes of frames delivered to this connection.
+    /// The transport flushed `bytes` bytes of frames delivered to this connection: they no longer
+    /// count against its backpressure limits.
     pub fn written(&mut self, now: Instant, conn: ConnId, bytes: usize) -> Result<(), ConnError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
@@ -493,20 +547,26 @@ impl Hub {
         let c = self.conns.get_mut(idx);
         c.expires_at = expires_at;
         c.refresh_sent = false;
+        self.rearm_if_earlier(idx);
+        self.out.stats.sessions_refreshed += 1;
+        Ok(())
+    }
+
+    /// Deadlines that move later are picked up lazily when the armed timer fires; one that moves
+    /// earlier must move the timer now.
+    pub(crate) fn rearm_if_earlier(&mut self, idx: u32) {
+        let c = self.conns.get(idx);
         let deadline = c.next_deadline(&self.cfg);
-        // Deadlines that move later are picked up lazily when the armed timer fires; an earlier
-        // one must move the timer now.
         if deadline < self.timers.deadline(c.timer) {
             self.timers.reschedule(c.timer, deadline);
         }
-        self.out.stats.sessions_refreshed += 1;
-        Ok(())
     }
 
     // -----------------------------------------------------------------------------------------
     // Rooms
 
     /// Puts a connection into a room of its own tenant. Returns `false` if it was already there.
+    /// Live delivery of the room's stream starts at its current position.
     pub fn join(&mut self, now: Instant, conn: ConnId, room: RoomId) -> Result<bool, RoomError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
@@ -516,7 +576,8 @@ impl Hub {
         }
         if c.rooms.len() >= self.cfg.max_rooms_per_connection as usize {
             let (t, u) = (c.tenant.clone(), c.user_id.clone());
-            self.out.limit(LimitKind::RoomsPerConnection, Some(conn), &t, &u);
+            let kind = LimitKind::RoomsPerConnection;
+            self.out.limit(kind, AuditKind::LimitHit(kind), Some(conn), &t, &u);
             return Err(RoomError::TooManyRooms { limit: self.cfg.max_rooms_per_connection });
         }
         let tenant = self.tenants.get_mut(&c.tenant).expect("connection's tenant exists");
@@ -533,328 +594,46 @@ impl Hub {
         let idx = self.resolve(now, conn)?;
         let tenant_id = self.conns.get(idx).tenant.clone();
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
-        let before = tenant.rooms.len();
-        let left = tenant.leave(&mut self.conns, idx, room);
-        self.out.stats.rooms -= (before - tenant.rooms.len()) as u64;
+        let (left, dropped) = tenant.leave(&mut self.conns, idx, room);
+        if let Some(room) = dropped {
+            self.out.stats.rooms -= 1;
+            self.out.dropped(&room.stream);
+        }
         Ok(left)
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // Client frames
-
-    /// A text (or binary) frame arrived from the client. Any frame proves the peer alive.
-    ///
-    /// A frame that is oversized, malformed, unknown, over a rate or over a limit gets an `error`
-    /// frame and `Err(ReceiveError::Peer(..))`; after `max_violations` of those in a row the
-    /// connection is also closed with [`CloseReason::ProtocolViolation`].
-    pub fn receive(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        frame: &[u8],
-    ) -> Result<(), ReceiveError> {
-        let now = self.clock(now);
-        let idx = self.resolve(now, conn)?;
-        self.out.stats.frames_received += 1;
-        self.conns.get_mut(idx).seen(now);
-        if frame.len() > self.cfg.max_frame_bytes {
-            let err =
-                PeerError::FrameTooLarge { size: frame.len(), limit: self.cfg.max_frame_bytes };
-            return Err(self.peer_error(
-                now,
-                idx,
-                err,
-                Some(LimitKind::FrameSize),
-                AuditKind::OversizedFrame,
-            ));
-        }
-        let parsed = match parse_client_frame(frame, self.cfg.max_client_id_bytes) {
-            Ok(f) => f,
-            Err(err) => {
-                return Err(self.peer_error(now, idx, err, None, AuditKind::MalformedFrame));
-            }
-        };
-        let c = self.conns.get_mut(idx);
-        let (bucket, rate, limit) = if parsed.is_message() {
-            let q = self.cfg.tiers.get(c.tier);
-            (
-                &mut c.messages,
-                Rate::per_minute(q.messages_per_minute, q.message_burst),
-                LimitKind::MessageRate,
-            )
-        } else {
-            (
-                &mut c.control,
-                Rate::per_minute(self.cfg.control_frames_per_minute, self.cfg.control_burst),
-                LimitKind::ControlRate,
-            )
-        };
-        if !bucket.try_take(now, rate) {
-            return Err(self.peer_error(
-                now,
-                idx,
-                PeerError::RateLimited,
-                Some(limit),
-                AuditKind::Flood,
-            ));
-        }
-        match parsed {
-            ClientFrame::Subscribe { thread } => {
-                let max = self.cfg.max_thread_subscriptions;
-                let threads = c.threads.get_or_insert_with(Vec::new);
-                if !threads.iter().any(|t| t.as_str() == thread) {
-                    if threads.len() >= max as usize {
-                        let err = PeerError::TooManySubscriptions { limit: max };
-                        return Err(self.peer_error(
-                            now,
-                            idx,
-                            err,
-                            Some(LimitKind::ThreadSubscriptions),
-                            AuditKind::LimitHit(LimitKind::ThreadSubscriptions),
-                        ));
-                    }
-                    threads.push(ThreadId::from(&*thread));
-                }
-            }
-            ClientFrame::Unsubscribe { thread: None } => c.threads = None,
-            ClientFrame::Unsubscribe { thread: Some(thread) } => {
-                if let Some(threads) = &mut c.threads {
-                    threads.retain(|t| t.as_str() != thread);
-                }
-            }
-            ClientFrame::Message { thread, data } => {
-                let from = Origin { tenant: c.tenant.clone(), user: c.user_id.clone(), conn };
-                self.out.stats.inbound_messages += 1;
-                self.out.actions.push_back(Action::Inbound(Box::new(Inbound {
-                    from,
-                    thread: thread.map(|t| ThreadId::from(&*t)),
-                    data,
-                })));
-            }
-            ClientFrame::Ping => {
-                let writer = &mut self.writer;
-                let pong = self.pong.get_or_insert_with(|| writer.pong()).clone();
-                self.out.deliver(&mut self.conns, idx, &pong);
-            }
-        }
-        Ok(())
-    }
-
-    /// Answers a misbehaving frame: count it, audit it, tell the client, and close the connection
-    /// once its violation allowance is spent.
-    fn peer_error(
-        &mut self,
-        now: Instant,
-        idx: u32,
-        err: PeerError,
-        limit: Option<LimitKind>,
-        audit: AuditKind,
-    ) -> ReceiveError {
-        let id = self.conns.id_of(idx);
-        let (tenant, user) = {
-            let c = self.conns.get(idx);
-            (c.tenant.clone(), c.user_id.clone())
-        };
-        self.out.stats.protocol_errors += 1;
-        match limit {
-            Some(limit) => {
-                // `limit` audits as LimitHit; other audits (flood, oversized) add their own kind.
-                self.out.stats.limit_rejections.bump(limit);
-                self.out.actions.push_back(Action::Metric(MetricEvent::LimitRejected { limit }));
-                self.out.audit(audit, Some(id), Some(&tenant), Some(&user));
-            }
-            None => self.out.audit(audit, Some(id), Some(&tenant), Some(&user)),
-        }
-        let frame = self.writer.error(&err);
-        self.out.deliver(&mut self.conns, idx, &frame);
-        let allowance = Rate::every(self.cfg.violation_refill, self.cfg.max_violations);
-        if !self.conns.get_mut(idx).violations.try_take(now, allowance) {
-            self.out.audit(AuditKind::ViolationClose, Some(id), Some(&tenant), Some(&user));
-            self.close_conn(now, idx, ClosedBy::Hub(CloseReason::ProtocolViolation));
-        }
-        ReceiveError::Peer(err)
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // Publishing
-
-    /// Routes an envelope to its target's connections: serialized once, shared by every
-    /// recipient.
-    pub fn publish(&mut self, now: Instant, envelope: Envelope) -> Result<Published, PublishError> {
-        let now = self.clock(now);
-        if !envelope.kind.is_valid() {
-            return Err(PublishError::InvalidKind);
-        }
-        let Envelope { target, kind, thread, run, data } = envelope;
-        let result = match target {
-            Target::User { tenant, user } => {
-                self.publish_user((&tenant, &user), None, &kind, thread, run.as_ref(), &data)?
-            }
-            Target::Thread { tenant, user, thread: target_thread } => {
-                if thread.as_ref().is_some_and(|t| *t != target_thread) {
-                    return Err(PublishError::ThreadMismatch);
-                }
-                self.publish_user(
-                    (&tenant, &user),
-                    None,
-                    &kind,
-                    Some(target_thread),
-                    run.as_ref(),
-                    &data,
-                )?
-            }
-            Target::Connection(id) => {
-                let idx = self.resolve(now, id)?;
-                let c = self.conns.get(idx);
-                let (tenant, user) = (c.tenant.clone(), c.user_id.clone());
-                self.publish_user((&tenant, &user), Some(idx), &kind, thread, run.as_ref(), &data)?
-            }
-            Target::Room { tenant, room } => {
-                let Some(t) = self.tenants.get_mut(&tenant) else {
-                    return Ok(self.undeliverable());
-                };
-                let Some(r) = t.rooms.get_mut(&room) else { return Ok(self.undeliverable()) };
-                let pos = r.stream.assign();
-                let name = StreamName::Room(room);
-                let frame = self.writer.event(
-                    &kind,
-                    &name,
-                    pos,
-                    thread.as_ref(),
-                    run.as_ref(),
-                    &data,
-                    &self.redactor,
-                );
-                for m in &r.members {
-                    self.out.deliver(&mut self.conns, m.conn, &frame);
-                }
-                Published { delivered: r.members.len(), position: Some((name, pos)) }
-            }
-            Target::Tenant { tenant, audience } => {
-                let Some(t) = self.tenants.get_mut(&tenant) else {
-                    return Ok(self.undeliverable());
-                };
-                let role = match &audience {
-                    Audience::All => None,
-                    Audience::Role(r) => Some(r),
-                };
-                let pos = t.stream.assign();
-                let frame = self.writer.event(
-                    &kind,
-                    &StreamName::Tenant,
-                    pos,
-                    thread.as_ref(),
-                    run.as_ref(),
-                    &data,
-                    &self.redactor,
-                );
-                let mut delivered = 0;
-                for &idx in &t.conns {
-                    if audience_admits(&self.conns.get(idx).roles, role) {
-                        self.out.deliver(&mut self.conns, idx, &frame);
-                        delivered += 1;
-                    }
-                }
-                Published { delivered, position: Some((StreamName::Tenant, pos)) }
-            }
-            Target::Everyone => {
-                if !self.cfg.allow_global_broadcast {
-                    self.out.audit(AuditKind::GlobalBroadcastDenied, None, None, None);
-                    return Err(PublishError::GlobalBroadcastDisabled);
-                }
-                self.out.audit(AuditKind::GlobalBroadcast, None, None, None);
-                let mut delivered = 0;
-                for t in self.tenants.values_mut() {
-                    if t.conns.is_empty() {
-                        continue;
-                    }
-                    let pos = t.stream.assign();
-                    let frame = self.writer.event(
-                        &kind,
-                        &StreamName::Tenant,
-                        pos,
-                        thread.as_ref(),
-                        run.as_ref(),
-                        &data,
-                        &self.redactor,
-                    );
-                    for &idx in &t.conns {
-                        self.out.deliver(&mut self.conns, idx, &frame);
-                    }
-                    delivered += t.conns.len();
-                }
-                Published { delivered, position: None }
-            }
-        };
-        self.out.stats.publishes += 1;
-        if result.delivered == 0 {
-            self.out.stats.undeliverable += 1;
-        }
-        Ok(result)
-    }
-
-    fn undeliverable(&mut self) -> Published {
-        self.out.stats.publishes += 1;
-        self.out.stats.undeliverable += 1;
-        Published { delivered: 0, position: None }
-    }
-
-    /// Publishes on a user's stream: to `only` if given, else to every connection whose thread
-    /// filter admits `thread`.
-    #[allow(clippy::too_many_arguments)]
-    fn publish_user(
-        &mut self,
-        (tenant, user): (&TenantId, &UserId),
-        only: Option<u32>,
-        kind: &EventKind,
-        thread: Option<ThreadId>,
-        run: Option<&RunId>,
-        data: &serde_json::Value,
-    ) -> Result<Published, PublishError> {
-        let Some(uidx) = self.users.find(tenant.as_str(), user.as_str()) else {
-            // A user the hub does not hold: nothing is created for it.
-            return Ok(Published { delivered: 0, position: None });
-        };
-        let u = self.users.get_mut(uidx);
-        let pos = u.stream.assign();
-        let frame = self.writer.event(
-            kind,
-            &StreamName::User,
-            pos,
-            thread.as_ref(),
-            run,
-            data,
-            &self.redactor,
-        );
-        let mut delivered = 0;
-        match only {
-            Some(idx) => {
-                self.out.deliver(&mut self.conns, idx, &frame);
-                delivered = 1;
-            }
-            None => {
-                for &idx in &u.conns {
-                    if self.conns.get(idx).wants(thread.as_ref()) {
-                        self.out.deliver(&mut self.conns, idx, &frame);
-                        delivered += 1;
-                    }
-                }
-            }
-        }
-        Ok(Published { delivered, position: Some((StreamName::User, pos)) })
     }
 
     // -----------------------------------------------------------------------------------------
     // Timers
 
-    /// Runs every timer that is due: heartbeats, pong timeouts, session refresh and expiry, user
-    /// retirement, snapshots. Costs O((due + 1) · log n); calling it early or twice is harmless.
+    /// Runs every timer that is due: heartbeats, pong timeouts, session refresh and expiry,
+    /// resume windows, user retirement, breakers, snapshots. Costs O((due + 1) · log n); calling it
+    /// early or twice is harmless.
     pub fn tick(&mut self, now: Instant) {
         let now = self.clock(now);
+        while let Some(uidx) = self.detached.pop_due(now) {
+            self.users.get_mut(uidx).retire = None;
+            self.out.stats.users_detached -= 1;
+            if self.users.get(uidx).breaker.state != crate::limits::BreakerState::Closed {
+                // Its breaker must outlive it, or waiting out retention would reset it.
+                self.detach_user(now, uidx);
+            } else {
+                self.retire_user(uidx);
+            }
+        }
         while let Some(key) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Conn(idx) => self.on_conn_timer(now, idx),
-                TimerKey::User(uidx) => self.retire_user(uidx),
+                TimerKey::Breaker(uidx) => {
+                    let user = self.users.get_mut(uidx);
+                    user.breaker_timer = None;
+                    let user = self.users.get(uidx);
+                    let probe = self.probe_opened(&user.breaker);
+                    let user = self.users.get_mut(uidx);
+                    match user.breaker.on_timer(now, probe, &self.cfg.breaker) {
+                        Some(t) => self.breaker_transition(uidx, t),
+                        None => self.arm_breaker(uidx),
+                    }
+                }
                 TimerKey::Snapshot => {
                     let every = self.cfg.snapshot_interval.expect("armed only when configured");
                     self.snapshot = Some(self.timers.insert(now + every, TimerKey::Snapshot));
@@ -869,27 +648,25 @@ impl Hub {
         let c = self.conns.get_mut(idx);
         let due = c.due(now, &self.cfg);
         // The popped timer is gone; re-arm before acting so that a close can cancel it. Every
-        // outcome but a close leaves the next deadline in the future.
+        // outcome but a close leaves the next deadline in the future (or releases the hold).
         let next = c.next_deadline(&self.cfg).max(now + Duration::from_nanos(1));
         c.timer = self.timers.insert(next, TimerKey::Conn(idx));
         let id = self.conns.id_of(idx);
-        let ping = match due {
-            Due::Close(reason) => {
-                self.close_conn(now, idx, ClosedBy::Hub(reason));
-                return;
-            }
-            Due::RefreshRequired { expires_in, ping } => {
-                let frame = self.writer.refresh_required(millis(expires_in));
-                self.out.deliver(&mut self.conns, idx, &frame);
-                self.out.stats.refresh_required_sent += 1;
-                ping
-            }
-            Due::Ping => true,
-            Due::Nothing => false,
-        };
-        if ping {
+        if let Some(reason) = due.close {
+            self.close_conn(now, idx, ClosedBy::Hub(reason));
+            return;
+        }
+        if let Some(expires_in) = due.refresh {
+            let frame = self.out.writer.refresh_required(millis(expires_in));
+            self.out.deliver(&mut self.conns, idx, &frame);
+            self.out.stats.refresh_required_sent += 1;
+        }
+        if due.ping {
             self.out.stats.pings_sent += 1;
             self.out.actions.push_back(Action::Ping { conn: id });
+        }
+        if due.release {
+            self.release(now, idx, None);
         }
     }
 
@@ -910,7 +687,10 @@ impl Hub {
         if !self.out.actions.is_empty() {
             return self.last_now;
         }
-        self.timers.peek()
+        match (self.timers.peek(), self.detached.peek()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Counters and gauges.
@@ -918,16 +698,25 @@ impl Hub {
         &self.out.stats
     }
 
+    /// Moving averages of one tier's traffic.
+    pub fn tier_rates(&self, tier: Tier) -> Rates {
+        self.out.tiers[tier_index(tier)].rates(self.out.clock)
+    }
+
     /// A user's state, if the hub holds it (active or detached).
     pub fn user(&self, tenant: &str, user: &str) -> Option<UserView<'_>> {
         let state = self.users.get(self.users.find(tenant, user)?);
-        Some(UserView { state, conns: &self.conns, retires_at: retires_at(state, &self.timers) })
+        Some(UserView {
+            state,
+            conns: &self.conns,
+            retires_at: state.retire.map(|(t, _)| self.detached.deadline(t)),
+            clock: self.out.clock,
+        })
     }
 
     /// An open connection, or `None` (closed, stale or never existed).
     pub fn connection(&self, id: ConnId) -> Option<ConnView<'_>> {
-        let last = self.last_now?;
-        match self.conns.lookup(id, last, Duration::ZERO) {
+        match self.conns.lookup(id, self.last_now?, Duration::ZERO) {
             Lookup::Live(idx) => {
                 let conn = self.conns.get(idx);
                 Some(ConnView { id, conn, next_timer: self.timers.deadline(conn.timer) })
@@ -937,6 +726,6 @@ impl Hub {
     }
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -107,9 +107,11 @@ pub struct ReadmeDoctests;
 mod action;
 mod config;
 mod connection;
+mod delivery;
 mod error;
 mod hub;
 mod ids;
+mod inbound;
 mod limits;
 mod protocol;
 mod routing;
@@ -123,15 +125,17 @@ pub use action::{
     Action, AuditEvent, AuditKind, CloseReason, ClosedBy, DisconnectReason, Frame, Inbound,
     LimitKind, MetricEvent, Origin,
 };
-pub use config::{Config, Heartbeat, Tier, TierQuota, TierQuotas, UserLimitPolicy};
+pub use config::{BreakerConfig, Config, Heartbeat, Tier, TierQuota, TierQuotas, UserLimitPolicy};
+pub use delivery::Published;
 pub use error::{
     ConfigError, ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError,
     RoomError,
 };
-pub use hub::{Hub, Principal, Published};
+pub use hub::{Hub, Principal};
 pub use ids::{ConnId, Role, Roles, RoomId, RunId, TenantId, ThreadId, UserId};
+pub use limits::BreakerState;
 pub use protocol::{Audience, Envelope, EventKind, Priority, Target};
-pub use stats::{ClosedCounts, HubStats, LimitCounts};
-pub use stream::{StreamName, StreamPos};
+pub use stats::{ClosedCounts, HubStats, LimitCounts, Rates};
+pub use stream::{Retention, StreamName, StreamPos};
 pub use user::UserPhase;
 pub use view::{ConnView, UserView};

@@ -66,6 +66,7 @@ impl EventKind {
         "unsubscribe",
         "message",
         "resume",
+        "skipped",
     ];
 
     /// A custom kind.
@@ -306,7 +307,7 @@ impl Serialize for Positions<'_> {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ControlFrame<'a> {
     Connected {
-        conn_id: String,
+        conn_id: WireConnId,
         tenant: &'a TenantId,
         user: &'a UserId,
         heartbeat_ms: u64,
@@ -321,6 +322,51 @@ enum ControlFrame<'a> {
         message: String,
     },
     Pong,
+    Skipped {
+        count: u32,
+    },
+    Resumed {
+        recovered: bool,
+        streams: Reports<'a>,
+    },
+}
+
+/// Writes a `ConnId` as text without an intermediate `String`.
+struct WireConnId(ConnId);
+
+impl Serialize for WireConnId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// What `resume` found for one stream, reported in the `resumed` frame.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct StreamReport {
+    /// Whether exactly the missing messages were replayed.
+    pub(crate) recovered: bool,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<&'static str>,
+    /// The stream's current position (`epoch` 0 for a stream the connection does not have).
+    pub(crate) epoch: u64,
+    pub(crate) seq: u64,
+    /// The oldest seq the stream still holds.
+    pub(crate) available_from: u64,
+    /// Messages replayed to this connection.
+    pub(crate) replayed: u32,
+}
+
+struct Reports<'a>(&'a [(String, StreamReport)]);
+
+impl Serialize for Reports<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, report) in self.0 {
+            m.serialize_entry(name, report)?;
+        }
+        m.end()
+    }
 }
 
 /// Builds frames into one reusable buffer, then copies the bytes once into the shared [`Frame`].
@@ -376,7 +422,7 @@ impl FrameWriter {
         streams: &[(StreamName, StreamPos)],
     ) -> Frame {
         self.write(&ControlFrame::Connected {
-            conn_id: conn.to_string(),
+            conn_id: WireConnId(conn),
             tenant,
             user,
             heartbeat_ms,
@@ -396,6 +442,14 @@ impl FrameWriter {
     pub(crate) fn pong(&mut self) -> Frame {
         self.write(&ControlFrame::Pong)
     }
+
+    pub(crate) fn skipped(&mut self, count: u32) -> Frame {
+        self.write(&ControlFrame::Skipped { count })
+    }
+
+    pub(crate) fn resumed(&mut self, recovered: bool, reports: &[(String, StreamReport)]) -> Frame {
+        self.write(&ControlFrame::Resumed { recovered, streams: Reports(reports) })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -410,6 +464,42 @@ struct RawClientFrame<'a> {
     #[serde(borrow)]
     thread_id: Option<Cow<'a, str>>,
     data: Option<Value>,
+    #[serde(borrow)]
+    positions: Option<RawPositions<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPos {
+    epoch: u64,
+    seq: u64,
+}
+
+/// A JSON object of stream name → position, kept in order as a list (its size is bounded by the
+/// frame size limit, checked before parsing).
+struct RawPositions<'a>(Vec<(Cow<'a, str>, StreamPos)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawPositions<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = RawPositions<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of stream positions")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((name, pos)) = map.next_entry::<Cow<'a, str>, RawPos>()? {
+                    out.push((name, StreamPos { epoch: pos.epoch, seq: pos.seq }));
+                }
+                Ok(RawPositions(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// A parsed, validated client frame.
@@ -427,6 +517,10 @@ pub(crate) enum ClientFrame<'a> {
         data: Value,
     },
     Ping,
+    /// Stream name (`u`, `t`, `r:<room>`) → the last position the client saw.
+    Resume {
+        positions: Vec<(Cow<'a, str>, StreamPos)>,
+    },
 }
 
 impl ClientFrame<'_> {
@@ -439,6 +533,7 @@ impl ClientFrame<'_> {
 pub(crate) fn parse_client_frame(
     bytes: &[u8],
     max_id: usize,
+    max_positions: usize,
 ) -> Result<ClientFrame<'_>, PeerError> {
     let raw: RawClientFrame<'_> = serde_json::from_slice(bytes)
         .map_err(|e| PeerError::Malformed { line: e.line(), column: e.column() })?;
@@ -455,6 +550,10 @@ pub(crate) fn parse_client_frame(
         "unsubscribe" => Ok(ClientFrame::Unsubscribe { thread }),
         "message" => Ok(ClientFrame::Message { thread, data: raw.data.unwrap_or(Value::Null) }),
         "ping" => Ok(ClientFrame::Ping),
+        "resume" => match raw.positions {
+            Some(p) if p.0.len() <= max_positions => Ok(ClientFrame::Resume { positions: p.0 }),
+            _ => Err(PeerError::InvalidField { field: "positions" }),
+        },
         _ => Err(PeerError::UnknownType),
     }
 }
@@ -536,7 +635,7 @@ mod tests {
     #[test]
     fn client_frames_parse_and_validate() {
         fn p(s: &str) -> Result<ClientFrame<'_>, PeerError> {
-            parse_client_frame(s.as_bytes(), 8)
+            parse_client_frame(s.as_bytes(), 8, 2)
         }
         assert_eq!(
             p(r#"{"type":"subscribe","thread_id":"t1"}"#),
@@ -557,11 +656,32 @@ mod tests {
             Err(PeerError::InvalidField { field: "thread_id" })
         );
         assert_eq!(p(r#"{"type":"launch"}"#), Err(PeerError::UnknownType));
+        assert_eq!(
+            p(
+                r#"{"type":"resume","positions":{"u":{"epoch":3,"seq":9},"r:x":{"epoch":1,"seq":0}}}"#
+            ),
+            Ok(ClientFrame::Resume {
+                positions: vec![
+                    ("u".into(), StreamPos { epoch: 3, seq: 9 }),
+                    ("r:x".into(), StreamPos { epoch: 1, seq: 0 })
+                ]
+            })
+        );
+        let three = r#"{"type":"resume","positions":{"u":{"epoch":1,"seq":1},"t":{"epoch":1,"seq":1},"r:a":{"epoch":1,"seq":1}}}"#;
+        assert_eq!(p(three), Err(PeerError::InvalidField { field: "positions" }));
+        assert_eq!(p(r#"{"type":"resume"}"#), Err(PeerError::InvalidField { field: "positions" }));
+        assert!(matches!(
+            p(r#"{"type":"resume","positions":{"u":{"epoch":-1,"seq":1}}}"#),
+            Err(PeerError::Malformed { .. })
+        ));
         assert_eq!(p(r#"{"thread_id":"t"}"#), Err(PeerError::MissingType));
         assert!(matches!(p("{not json"), Err(PeerError::Malformed { .. })));
         assert!(matches!(p(r#"{"type":7}"#), Err(PeerError::Malformed { .. })));
         assert!(matches!(p("[]"), Err(PeerError::Malformed { .. })));
-        assert!(matches!(parse_client_frame(&[0xff, 0xfe], 8), Err(PeerError::Malformed { .. })));
+        assert!(matches!(
+            parse_client_frame(&[0xff, 0xfe], 8, 2),
+            Err(PeerError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -11,9 +11,9 @@
 
 use hashbrown::HashMap;
 
-use crate::connection::{Connections, Membership};
-use crate::ids::{Role, RoomId};
-use crate::stream::Stream;
+use crate::connection::{Connection, Connections, Membership};
+use crate::ids::{ConnId, Role, RoomId};
+use crate::stream::{Scope, Stream};
 
 /// A tenant's shared state.
 #[derive(Debug)]
@@ -83,29 +83,42 @@ impl Tenant {
             .entry_ref(room)
             .or_insert_with(|| Room { members: Vec::new(), stream: new_stream() });
         let slot = conn.rooms.len() as u32;
-        conn.rooms.push(Membership { room: room.clone(), pos: r.members.len() as u32 });
+        let base = r.stream.position().seq;
+        conn.rooms.push(Membership { room: room.clone(), pos: r.members.len() as u32, base });
         r.members.push(Member { conn: idx, slot });
         true
     }
 
-    /// Takes connection `idx` out of `room`. Returns false if it was not a member.
-    pub(crate) fn leave(&mut self, conns: &mut Connections, idx: u32, room: &str) -> bool {
+    /// Takes connection `idx` out of `room`. Returns whether it was a member, and the dropped
+    /// room's stream if it was the last member.
+    pub(crate) fn leave(
+        &mut self,
+        conns: &mut Connections,
+        idx: u32,
+        room: &str,
+    ) -> (bool, Option<Room>) {
         let Some(slot) = conns.get(idx).rooms.iter().position(|m| m.room.as_str() == room) else {
-            return false;
+            return (false, None);
         };
-        self.leave_slot(conns, idx, slot);
-        true
+        (true, self.leave_slot(conns, idx, slot))
     }
 
-    /// Takes connection `idx` out of every room (on close).
-    pub(crate) fn leave_all(&mut self, conns: &mut Connections, idx: u32) {
+    /// Takes connection `idx` out of every room (on close), handing each dropped room to `dropped`.
+    pub(crate) fn leave_all(
+        &mut self,
+        conns: &mut Connections,
+        idx: u32,
+        mut dropped: impl FnMut(Room),
+    ) {
         while !conns.get(idx).rooms.is_empty() {
             let last = conns.get(idx).rooms.len() - 1;
-            self.leave_slot(conns, idx, last);
+            if let Some(room) = self.leave_slot(conns, idx, last) {
+                dropped(room);
+            }
         }
     }
 
-    fn leave_slot(&mut self, conns: &mut Connections, idx: u32, slot: usize) {
+    fn leave_slot(&mut self, conns: &mut Connections, idx: u32, slot: usize) -> Option<Room> {
         let conn = conns.get_mut(idx);
         let gone = conn.rooms.swap_remove(slot);
         // The membership that moved into `slot` must tell its room where it now lives.
@@ -120,13 +133,22 @@ impl Tenant {
         if let Some(moved) = r.members.get(pos).copied() {
             conns.get_mut(moved.conn).rooms[moved.slot as usize].pos = pos as u32;
         }
-        if r.members.is_empty() {
-            self.rooms.remove(&gone.room);
-        }
+        if r.members.is_empty() { self.rooms.remove(&gone.room) } else { None }
     }
 }
 
 /// Who a tenant broadcast is for.
 pub(crate) fn audience_admits(roles: &crate::ids::Roles, role: Option<&Role>) -> bool {
     role.is_none_or(|r| roles.contains(r.as_str()))
+}
+
+/// Whether a buffered message may be replayed to this connection: the same rule that routed it
+/// live, so a replay never shows a connection more than live delivery would have.
+pub(crate) fn scope_admits(conn: &Connection, id: ConnId, scope: &Scope) -> bool {
+    match scope {
+        Scope::All => true,
+        Scope::Thread(t) => conn.wants(Some(t)),
+        Scope::Conn(c) => *c == id,
+        Scope::Role(r) => audience_admits(&conn.roles, Some(r)),
+    }
 }

@@ -173,6 +173,27 @@ pub struct HubStats {
     pub refresh_required_sent: u64,
     /// Sessions refreshed.
     pub sessions_refreshed: u64,
+    /// `agent_thinking` frames skipped for connections over `max_inflight_bytes`.
+    pub thinking_skipped: u64,
+    /// Event frames not sent live to a connection still in its resume window (they are replayed
+    /// from the buffer when it goes live).
+    pub held_back: u64,
+    /// Messages replayed from recovery buffers.
+    pub replayed: u64,
+    /// `resume` frames answered `recovered: true`.
+    pub resumes_recovered: u64,
+    /// `resume` frames answered `recovered: false`.
+    pub resumes_unrecovered: u64,
+    /// Gauge: messages in all recovery buffers.
+    pub buffered_messages: u64,
+    /// Gauge: frame bytes in all recovery buffers.
+    pub buffered_bytes: u64,
+    /// Reconnect breakers opened.
+    pub breakers_opened: u64,
+    /// Connects refused by an open breaker.
+    pub breaker_refusals: u64,
+    /// Detached users retired early because `max_detached_users` was reached.
+    pub users_evicted: u64,
     /// Sum of the lifetimes of closed connections, for the average.
     pub total_connection_lifetime: Duration,
 }
@@ -191,5 +212,107 @@ impl HubStats {
             let n = u32::try_from(self.connections_closed).unwrap_or(u32::MAX);
             self.total_connection_lifetime / n
         }
+    }
+}
+
+/// Moving averages of one user's or one tier's traffic (the origin documents' usage
+/// prediction), per minute.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rates {
+    /// Client `message` frames accepted.
+    pub inbound_per_minute: f64,
+    /// Frames delivered.
+    pub delivered_per_minute: f64,
+    /// Connections opened.
+    pub connects_per_minute: f64,
+}
+
+/// The time base of the meters: the current one-second bucket and the smoothing factor per
+/// bucket. The hub computes it once per call, so metering a fan-out costs an add per recipient.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MeterClock {
+    pub(crate) bucket: u32,
+    pub(crate) alpha: f32,
+}
+
+impl MeterClock {
+    pub(crate) fn new(elapsed: Duration, window: Duration) -> Self {
+        let bucket = u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX);
+        let alpha = 1.0 - (-1.0 / window.as_secs_f64().max(1.0)).exp();
+        Self { bucket, alpha: alpha as f32 }
+    }
+}
+
+/// An exponentially weighted moving average over one-second buckets: events are counted into
+/// the current bucket and folded into the average when the bucket changes. 12 bytes, no timer.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Meter {
+    avg: f32,
+    count: u32,
+    bucket: u32,
+}
+
+impl Meter {
+    pub(crate) fn add(&mut self, clock: MeterClock, n: u32) {
+        self.roll(clock);
+        self.count = self.count.saturating_add(n);
+    }
+
+    fn roll(&mut self, clock: MeterClock) {
+        let k = clock.bucket.saturating_sub(self.bucket);
+        if k == 0 {
+            return;
+        }
+        self.avg += clock.alpha * (self.count as f32 - self.avg);
+        if k > 1 {
+            self.avg *= (1.0 - clock.alpha).powi(i32::try_from(k - 1).unwrap_or(i32::MAX));
+        }
+        self.count = 0;
+        self.bucket = clock.bucket;
+    }
+
+    pub(crate) fn per_minute(mut self, clock: MeterClock) -> f64 {
+        self.roll(clock);
+        f64::from(self.avg) * 60.0
+    }
+}
+
+/// The three meters kept per user and per tier.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Meters {
+    pub(crate) inbound: Meter,
+    pub(crate) delivered: Meter,
+    pub(crate) connects: Meter,
+}
+
+impl Meters {
+    pub(crate) fn rates(&self, clock: MeterClock) -> Rates {
+        Rates {
+            inbound_per_minute: self.inbound.per_minute(clock),
+            delivered_per_minute: self.delivered.per_minute(clock),
+            connects_per_minute: self.connects.per_minute(clock),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_steady_rate_converges_and_silence_decays() {
+        let window = Duration::from_secs(60);
+        let clock = |s| MeterClock::new(Duration::from_secs(s), window);
+        let mut m = Meter::default();
+        // Two events a second for ten minutes: about 120 per minute.
+        for s in 0..600 {
+            m.add(clock(s), 2);
+        }
+        let steady = m.per_minute(clock(600));
+        assert!((steady - 120.0).abs() < 2.0, "{steady}");
+        // One time constant of silence leaves about 1/e of it.
+        let later = m.per_minute(clock(660));
+        assert!((later / steady - (-1.0f64).exp()).abs() < 0.02, "{later}");
+        assert!(m.per_minute(clock(600 + 3600)) < 0.01);
     }
 }

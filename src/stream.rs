@@ -5,9 +5,12 @@
 //! replace that seam with positions handed out by a broker, so nothing else may assume that seqs
 //! are minted locally.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::time::{Duration, Instant};
 
-use crate::ids::RoomId;
+use crate::action::Frame;
+use crate::ids::{ConnId, Role, RoomId, ThreadId};
 
 /// Which stream a message belongs to, as named on the wire (`"u"`, `"t"`, `"r:<room>"`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -42,16 +45,79 @@ pub struct StreamPos {
     pub seq: u64,
 }
 
-/// The sequence state of one stream.
-#[derive(Clone, Copy, Debug)]
+/// Who may receive a buffered message when it is replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Anyone on the stream.
+    All,
+    /// Connections whose thread filter admits this thread.
+    Thread(ThreadId),
+    /// Exactly this connection (a `Target::Connection` message).
+    Conn(ConnId),
+    /// Connections whose principal holds this role.
+    Role(Role),
+}
+
+/// One message kept for recovery. The frame is the one that was delivered live (shared).
+#[derive(Clone, Debug)]
+pub(crate) struct Buffered {
+    pub(crate) seq: u64,
+    pub(crate) at: Instant,
+    pub(crate) frame: Frame,
+    pub(crate) scope: Scope,
+}
+
+/// Bounds of one stream's recovery buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Most messages kept (default 1000).
+    pub max_messages: usize,
+    /// Most frame bytes kept (default 1 MiB).
+    pub max_bytes: usize,
+    /// Oldest message kept (default 2 min).
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { max_messages: 1000, max_bytes: 1 << 20, max_age: Duration::from_secs(120) }
+    }
+}
+
+/// Why a stream could not be recovered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unrecoverable {
+    /// The client's epoch is not the stream's: the stream was created anew since.
+    EpochMismatch,
+    /// The client claims a seq the stream has not reached.
+    FutureSeq,
+    /// The messages after the client's seq are no longer all buffered.
+    GapTooOld,
+}
+
+impl Unrecoverable {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Unrecoverable::EpochMismatch => "epoch_mismatch",
+            Unrecoverable::FutureSeq => "future_seq",
+            Unrecoverable::GapTooOld => "gap_too_old",
+        }
+    }
+}
+
+/// The sequence state and recovery buffer of one stream.
+#[derive(Debug)]
 pub(crate) struct Stream {
     epoch: u64,
     last_seq: u64,
+    /// Contiguous: every assigned seq is pushed, so entries hold `first..=last_seq`.
+    buf: VecDeque<Buffered>,
+    bytes: usize,
 }
 
 impl Stream {
     pub(crate) fn new(epoch: u64) -> Self {
-        Self { epoch, last_seq: 0 }
+        Self { epoch, last_seq: 0, buf: VecDeque::new(), bytes: 0 }
     }
 
     /// The position of the last message (seq 0 if none yet).
@@ -63,6 +129,67 @@ impl Stream {
     pub(crate) fn assign(&mut self) -> StreamPos {
         self.last_seq += 1;
         StreamPos { epoch: self.epoch, seq: self.last_seq }
+    }
+
+    /// Keeps the message at `seq` (just assigned) for recovery, within `limits`.
+    pub(crate) fn keep(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        frame: &Frame,
+        scope: Scope,
+        limits: &Retention,
+    ) {
+        debug_assert!(self.buf.back().is_none_or(|b| b.seq + 1 == seq));
+        self.bytes += frame.len();
+        self.buf.push_back(Buffered { seq, at: now, frame: frame.clone(), scope });
+        self.trim(now, limits);
+    }
+
+    /// Drops what exceeds the count, byte and age bounds (oldest first).
+    pub(crate) fn trim(&mut self, now: Instant, limits: &Retention) {
+        while let Some(front) = self.buf.front() {
+            let too_old = now.saturating_duration_since(front.at) > limits.max_age;
+            if self.buf.len() > limits.max_messages || self.bytes > limits.max_bytes || too_old {
+                self.bytes -= front.frame.len();
+                self.buf.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Buffered messages and their frame bytes.
+    pub(crate) fn buffered(&self) -> (usize, usize) {
+        (self.buf.len(), self.bytes)
+    }
+
+    /// The oldest seq still buffered (`last_seq + 1` when nothing is).
+    pub(crate) fn available_from(&self) -> u64 {
+        self.buf.front().map_or(self.last_seq + 1, |b| b.seq)
+    }
+
+    /// The messages in `(after, upto]`, if the buffer holds all of them. `after == upto` is an
+    /// empty, always covered range.
+    pub(crate) fn range(
+        &self,
+        epoch: u64,
+        after: u64,
+        upto: u64,
+    ) -> Result<impl Iterator<Item = &Buffered>, Unrecoverable> {
+        if epoch != self.epoch {
+            return Err(Unrecoverable::EpochMismatch);
+        }
+        if after > self.last_seq || upto > self.last_seq {
+            return Err(Unrecoverable::FutureSeq);
+        }
+        if after < upto && self.available_from() > after + 1 {
+            return Err(Unrecoverable::GapTooOld);
+        }
+        let first = self.available_from();
+        let skip = (after + 1).saturating_sub(first) as usize;
+        let take = upto.saturating_sub(after) as usize;
+        Ok(self.buf.iter().skip(skip).take(take))
     }
 }
 
@@ -104,6 +231,52 @@ mod tests {
         assert_eq!(s.assign().seq, 1);
         assert_eq!(s.assign().seq, 2);
         assert_eq!(s.position(), StreamPos { epoch: 7, seq: 2 });
+    }
+
+    fn frame(n: usize) -> Frame {
+        Frame::new(&"x".repeat(n))
+    }
+
+    #[test]
+    fn the_buffer_replays_exact_ranges_and_refuses_what_it_no_longer_holds() {
+        let t0 = Instant::now();
+        let limits =
+            Retention { max_messages: 3, max_bytes: 1000, max_age: Duration::from_secs(60) };
+        let mut s = Stream::new(9);
+        for _ in 0..5 {
+            let pos = s.assign();
+            s.keep(t0, pos.seq, &frame(10), Scope::All, &limits);
+        }
+        // Holds seqs 3, 4, 5.
+        assert_eq!(s.available_from(), 3);
+        fn seqs<'a>(r: Result<impl Iterator<Item = &'a Buffered>, Unrecoverable>) -> Vec<u64> {
+            r.unwrap().map(|b| b.seq).collect()
+        }
+        assert_eq!(seqs(s.range(9, 2, 5)), vec![3, 4, 5]);
+        assert_eq!(seqs(s.range(9, 3, 4)), vec![4]);
+        assert_eq!(seqs(s.range(9, 5, 5)), Vec::<u64>::new());
+        assert_eq!(s.range(9, 1, 5).err(), Some(Unrecoverable::GapTooOld));
+        assert_eq!(s.range(8, 4, 5).err(), Some(Unrecoverable::EpochMismatch));
+        assert_eq!(s.range(9, 6, 6).err(), Some(Unrecoverable::FutureSeq));
+        // Nothing missing is always recoverable, even when nothing is buffered any more.
+        s.trim(t0 + Duration::from_secs(61), &limits);
+        assert_eq!(s.buffered(), (0, 0));
+        assert_eq!(seqs(s.range(9, 5, 5)), Vec::<u64>::new());
+        assert_eq!(s.range(9, 4, 5).err(), Some(Unrecoverable::GapTooOld));
+    }
+
+    #[test]
+    fn the_buffer_respects_its_byte_bound() {
+        let t0 = Instant::now();
+        let limits =
+            Retention { max_messages: 100, max_bytes: 25, max_age: Duration::from_secs(60) };
+        let mut s = Stream::new(1);
+        for _ in 0..10 {
+            let pos = s.assign();
+            s.keep(t0, pos.seq, &frame(10), Scope::All, &limits);
+            assert!(s.buffered().1 <= 25);
+        }
+        assert_eq!(s.buffered(), (2, 20));
     }
 
     #[test]

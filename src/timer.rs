@@ -45,7 +45,6 @@ impl<K: Copy> TimerQueue<K> {
         Self { heap: Vec::new(), entries: Slab::new() }
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.heap.len()
     }
@@ -94,6 +93,14 @@ impl<K: Copy> TimerQueue<K> {
         if top.at > now {
             return None;
         }
+        let entry = self.entries.remove(top.id as usize);
+        self.remove_at(0);
+        Some(entry.key)
+    }
+
+    /// Removes and returns the earliest timer, due or not.
+    pub(crate) fn pop_first(&mut self) -> Option<K> {
+        let top = *self.heap.first()?;
         let entry = self.entries.remove(top.id as usize);
         self.remove_at(0);
         Some(entry.key)

@@ -9,6 +9,8 @@ use hashbrown::{Equivalent, HashMap};
 use slab::Slab;
 
 use crate::ids::{TenantId, UserId};
+use crate::limits::Breaker;
+use crate::stats::Meters;
 use crate::stream::Stream;
 use crate::timer::TimerId;
 
@@ -34,8 +36,13 @@ pub(crate) struct UserState {
     pub(crate) conns: Vec<u32>,
     pub(crate) stream: Stream,
     pub(crate) created_at: Instant,
-    /// Armed while detached.
+    /// While detached: the retirement timer (in the hub's detached-user queue) and when the
+    /// user detached.
     pub(crate) retire: Option<(TimerId, Instant)>,
+    pub(crate) breaker: Breaker,
+    /// Armed while the breaker is open or has a probe.
+    pub(crate) breaker_timer: Option<TimerId>,
+    pub(crate) meters: Meters,
 }
 
 /// The key of the user index: `(tenant, user)`. Hashes exactly like `(&str, &str)`, so lookups
@@ -111,6 +118,9 @@ mod tests {
             stream: Stream::new(1),
             created_at: t0,
             retire: None,
+            breaker: Breaker::new(),
+            breaker_timer: None,
+            meters: Meters::default(),
         };
         let a = users.insert(mk("acme", "alice"));
         let b = users.insert(mk("globex", "alice"));

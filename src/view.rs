@@ -6,8 +6,9 @@ use std::time::Instant;
 use crate::config::Tier;
 use crate::connection::{Connection, Connections};
 use crate::ids::{ConnId, Roles, RoomId, TenantId, ThreadId, UserId};
+use crate::limits::BreakerState;
+use crate::stats::{MeterClock, Rates};
 use crate::stream::StreamPos;
-use crate::timer::{TimerId, TimerQueue};
 use crate::user::{UserPhase, UserState};
 
 /// A user's state, as of now.
@@ -16,6 +17,7 @@ pub struct UserView<'a> {
     pub(crate) state: &'a UserState,
     pub(crate) conns: &'a Connections,
     pub(crate) retires_at: Option<Instant>,
+    pub(crate) clock: MeterClock,
 }
 
 impl<'a> UserView<'a> {
@@ -51,6 +53,21 @@ impl<'a> UserView<'a> {
     /// The position of the last message of the user's stream.
     pub fn stream_position(&self) -> StreamPos {
         self.state.stream.position()
+    }
+
+    /// Messages and frame bytes in the user stream's recovery buffer.
+    pub fn buffered(&self) -> (usize, usize) {
+        self.state.stream.buffered()
+    }
+
+    /// The user's reconnect breaker.
+    pub fn breaker(&self) -> BreakerState {
+        self.state.breaker.state
+    }
+
+    /// Moving averages of the user's traffic.
+    pub fn rates(&self) -> Rates {
+        self.state.meters.rates(self.clock)
     }
 
     /// When the state was created (first connection).
@@ -128,12 +145,18 @@ impl<'a> ConnView<'a> {
         self.conn.unwritten
     }
 
+    /// `agent_thinking` frames skipped since its last delivery (the next delivery reports them).
+    pub fn skipped_pending(&self) -> u32 {
+        self.conn.skipped
+    }
+
+    /// Whether it is still in its resume window (live delivery not started).
+    pub fn held(&self) -> bool {
+        self.conn.held
+    }
+
     /// When the hub will next look at this connection (heartbeat or session), at the latest.
     pub fn next_check(&self) -> Instant {
         self.next_timer
     }
-}
-
-pub(crate) fn retires_at<K: Copy>(state: &UserState, timers: &TimerQueue<K>) -> Option<Instant> {
-    state.retire.map(|(t, _): (TimerId, Instant)| timers.deadline(t))
 }
