@@ -185,6 +185,10 @@ pub struct Config {
     pub max_detached_users: u32,
     /// Bounds of every stream's recovery buffer (default 1000 messages, 1 MiB, 2 min).
     pub retention: Retention,
+    /// Frame bytes kept in all recovery buffers together (default 512 MiB). Past it, detached
+    /// users are retired early, oldest first, and a stream that still does not fit sheds its
+    /// oldest messages (a later resume across them says `recovered: false`).
+    pub max_buffered_bytes: u64,
     /// Unwritten bytes past which `agent_thinking` frames are skipped for a connection (and
     /// counted) (default 128 KiB).
     pub max_inflight_bytes: u64,
@@ -238,6 +242,7 @@ impl Default for Config {
             user_retention: Duration::from_secs(120),
             max_detached_users: 100_000,
             retention: Retention::default(),
+            max_buffered_bytes: 512 << 20,
             max_inflight_bytes: 128 * 1024,
             max_unwritten_bytes: 1024 * 1024,
             resume_window: Duration::ZERO,
@@ -300,6 +305,7 @@ impl Config {
         nonzero("retention.max_bytes", self.retention.max_bytes as u64)?;
         nonzero_d("retention.max_age", self.retention.max_age)?;
         nonzero("max_inflight_bytes", self.max_inflight_bytes)?;
+        nonzero("max_buffered_bytes", self.max_buffered_bytes)?;
         if self.max_unwritten_bytes < self.max_inflight_bytes {
             return Err(ConfigError::Inconsistent {
                 detail: "max_unwritten_bytes must be at least max_inflight_bytes",

@@ -180,6 +180,19 @@ impl Sink {
     ) {
         let before = stream.buffered();
         stream.keep(now, pos.seq, frame, scope, &cfg.retention);
+        let over = (self.stats.buffered_bytes + stream.buffered().1 as u64)
+            .saturating_sub(before.1 as u64)
+            .saturating_sub(cfg.max_buffered_bytes);
+        if over > 0 {
+            stream.shed(usize::try_from(over).unwrap_or(usize::MAX));
+        }
+        self.rebuffered(before, stream.buffered());
+    }
+
+    /// Trims a stream to its bounds at `now` (the age bound is otherwise applied when it grows).
+    pub(crate) fn trim(&mut self, stream: &mut Stream, now: Instant, cfg: &Config) {
+        let before = stream.buffered();
+        stream.trim(now, &cfg.retention);
         self.rebuffered(before, stream.buffered());
     }
 
@@ -277,7 +290,10 @@ impl Hub {
                     return Err(PublishError::GlobalBroadcastDisabled);
                 }
                 self.out.audit(AuditKind::GlobalBroadcast, None, None, None);
-                let tenants: Vec<TenantId> = self.tenants.keys().cloned().collect();
+                // Sorted: map order is randomized per process, and the hub's outputs must depend
+                // on its inputs only.
+                let mut tenants: Vec<TenantId> = self.tenants.keys().cloned().collect();
+                tenants.sort_unstable();
                 let mut total = Published::none();
                 for tenant in &tenants {
                     let r = self.publish_tenant(now, tenant, None, &msg);
@@ -293,6 +309,10 @@ impl Hub {
             self.out.stats.undeliverable += 1;
         }
         self.close_doomed(now);
+        // Make room under the hub-wide buffer cap at the expense of users who left, before a
+        // live stream has to shed.
+        let watermark = self.cfg.max_buffered_bytes - self.cfg.max_buffered_bytes / 8;
+        while self.out.stats.buffered_bytes > watermark && self.evict_detached() {}
         Ok(result)
     }
 

@@ -403,15 +403,21 @@ impl Hub {
             return;
         }
         if self.detached.len() >= self.cfg.max_detached_users as usize {
-            let oldest = self.detached.pop_first().expect("the cap is positive");
-            self.users.get_mut(oldest).retire = None;
-            self.out.stats.users_detached -= 1;
-            self.out.stats.users_evicted += 1;
-            self.retire_user(oldest);
+            self.evict_detached();
         }
         self.out.stats.users_detached += 1;
         let timer = self.detached.insert(now + self.cfg.user_retention, uidx);
         self.users.get_mut(uidx).retire = Some((timer, now));
+    }
+
+    /// Retires the detached user closest to retirement, early. False if there is none.
+    pub(crate) fn evict_detached(&mut self) -> bool {
+        let Some(oldest) = self.detached.pop_first() else { return false };
+        self.users.get_mut(oldest).retire = None;
+        self.out.stats.users_detached -= 1;
+        self.out.stats.users_evicted += 1;
+        self.retire_user(oldest);
+        true
     }
 
     /// Forgets a user's state, its stream and buffer. Its retirement timer, if any, has already
@@ -666,7 +672,7 @@ impl Hub {
             self.out.actions.push_back(Action::Ping { conn: id });
         }
         if due.release {
-            self.release(now, idx, None);
+            let _still_open = self.release(now, idx, None);
         }
     }
 

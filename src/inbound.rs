@@ -76,11 +76,12 @@ impl Hub {
                 ));
             }
             c.resumed = true;
-            self.release(now, idx, Some(positions));
+            let _still_open = self.release(now, idx, Some(positions));
             return Ok(());
         }
-        if c.held {
-            self.release(now, idx, None);
+        if c.held && !self.release(now, idx, None) {
+            // Its backlog was lost: it was closed (SlowConsumer) and the frame goes with it.
+            return Ok(());
         }
         let c = self.conns.get_mut(idx);
         match parsed {
@@ -167,12 +168,14 @@ impl Hub {
     /// `(client's seq, base]` for a live connection and `(client's seq, now]` for a held one, and
     /// without a `resume` a held connection gets `(base, now]`. If a held connection's own backlog
     /// is no longer buffered, messages would be lost: it is closed with `SlowConsumer` instead.
+    /// Returns whether the connection is still open.
+    #[must_use]
     pub(crate) fn release(
         &mut self,
         now: Instant,
         idx: u32,
         positions: Option<&[(Cow<'_, str>, StreamPos)]>,
-    ) {
+    ) -> bool {
         let c = self.conns.get_mut(idx);
         let was_held = std::mem::replace(&mut c.held, false);
         let (uidx, tenant_id) = (c.user, c.tenant.clone());
@@ -182,20 +185,25 @@ impl Hub {
         let mut replay =
             Replay { idx, was_held, positions, reports: Vec::new(), replayed: 0, lost: false };
         for (name, base) in bases.into_iter().chain(rooms) {
+            let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
             let stream = match &name {
-                StreamName::User => &self.users.get(uidx).stream,
-                StreamName::Tenant => &self.tenants[&tenant_id].stream,
-                StreamName::Room(room) => &self.tenants[&tenant_id].rooms[room].stream,
+                StreamName::User => &mut self.users.get_mut(uidx).stream,
+                StreamName::Tenant => &mut tenant.stream,
+                StreamName::Room(room) => {
+                    &mut tenant.rooms.get_mut(room).expect("member's room").stream
+                }
             };
+            // Apply the age bound first, so nothing older than `max_age` is ever replayed.
+            self.out.trim(stream, now, &self.cfg);
             replay.stream(&mut self.out, &mut self.conns, &name, stream, base);
         }
         let Replay { reports, replayed, lost, .. } = replay;
         self.out.stats.replayed += u64::from(replayed);
         if lost {
             self.close_conn(now, idx, ClosedBy::Hub(CloseReason::SlowConsumer));
-            return;
+            return false;
         }
-        let Some(positions) = positions else { return };
+        let Some(positions) = positions else { return true };
         let mut reports = reports;
         let mut foreign = false;
         for (name, _) in positions {
@@ -225,6 +233,7 @@ impl Hub {
         }
         let frame = self.out.writer.resumed(recovered, &reports);
         self.out.deliver(&mut self.conns, idx, &frame);
+        true
     }
 }
 

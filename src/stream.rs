@@ -159,6 +159,17 @@ impl Stream {
         }
     }
 
+    /// Drops the oldest messages until `bytes` are freed, keeping at least the newest one (the
+    /// hub-wide buffer cap, when this stream is the one growing).
+    pub(crate) fn shed(&mut self, bytes: usize) {
+        let mut freed = 0;
+        while freed < bytes && self.buf.len() > 1 {
+            let front = self.buf.pop_front().expect("len > 1");
+            freed += front.frame.len();
+            self.bytes -= front.frame.len();
+        }
+    }
+
     /// Buffered messages and their frame bytes.
     pub(crate) fn buffered(&self) -> (usize, usize) {
         (self.buf.len(), self.bytes)
