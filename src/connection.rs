@@ -169,6 +169,11 @@ impl Connections {
         self.slab.len()
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Connection)> {
+        self.slab.iter().map(|(i, c)| (i as u32, c))
+    }
+
     /// The slot the next `insert` will use.
     pub(crate) fn next_index(&self) -> u32 {
         self.slab.vacant_key() as u32

@@ -112,6 +112,8 @@ mod error;
 mod hub;
 mod ids;
 mod inbound;
+#[cfg(any(test, feature = "fuzzing"))]
+mod invariants;
 mod limits;
 mod protocol;
 mod routing;

@@ -94,6 +94,16 @@ impl Users {
         state
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &UserState)> {
+        self.slab.iter().map(|(i, u)| (i as u32, u))
+    }
+
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn indexed(&self) -> usize {
+        self.index.len()
+    }
+
     pub(crate) fn get(&self, idx: u32) -> &UserState {
         &self.slab[idx as usize]
     }

@@ -1,0 +1,164 @@
+//! A full consistency check of the hub's internal indexes and gauges, for fuzzers, simulations and
+//! tests (feature `fuzzing`). It walks everything, so it is far too slow for production use.
+
+use crate::hub::Hub;
+use crate::stream::Stream;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+impl Hub {
+    /// Checks that every index agrees with every other and that every gauge in
+    /// [`stats`](Hub::stats) equals what it counts. Returns a description of the first
+    /// disagreement. Costs O(everything).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let cfg = &self.cfg;
+        let stats = self.stats();
+        let mut buffered = (0usize, 0usize);
+        let mut stream_ok = |what: &str, s: &Stream| -> Result<(), String> {
+            let (n, b) = s.buffered();
+            ensure!(n <= cfg.retention.max_messages, "{what}: {n} messages over the bound");
+            ensure!(b <= cfg.retention.max_bytes, "{what}: {b} bytes over the bound");
+            buffered.0 += n;
+            buffered.1 += b;
+            Ok(())
+        };
+
+        let mut n_conns = 0;
+        for (idx, c) in self.conns.iter() {
+            n_conns += 1;
+            let user =
+                self.users.slab.get(c.user as usize).ok_or(format!("conn {idx}: no user"))?;
+            ensure!(user.conns.contains(&idx), "conn {idx}: not in its user's list");
+            ensure!(
+                user.tenant == c.tenant && user.user == c.user_id,
+                "conn {idx}: bound to {}/{} but filed under {}/{}",
+                c.tenant,
+                c.user_id,
+                user.tenant,
+                user.user
+            );
+            let tenant = self.tenants.get(&c.tenant).ok_or(format!("conn {idx}: no tenant"))?;
+            ensure!(
+                tenant.conns.get(c.tenant_pos as usize) == Some(&idx),
+                "conn {idx}: tenant back-pointer broken"
+            );
+            ensure!(
+                c.rooms.len() <= cfg.max_rooms_per_connection as usize,
+                "conn {idx}: too many rooms"
+            );
+            for (slot, m) in c.rooms.iter().enumerate() {
+                let room = tenant
+                    .rooms
+                    .get(&m.room)
+                    .ok_or(format!("conn {idx}: room {} missing", m.room))?;
+                let member =
+                    room.members.get(m.pos as usize).ok_or(format!("conn {idx}: bad room pos"))?;
+                ensure!(
+                    member.conn == idx && member.slot as usize == slot,
+                    "conn {idx}: room {} back-pointer broken",
+                    m.room
+                );
+            }
+            if let Some(threads) = &c.threads {
+                ensure!(
+                    threads.len() <= cfg.max_thread_subscriptions as usize,
+                    "conn {idx}: too many threads"
+                );
+            }
+            let armed = self.timers.deadline(c.timer);
+            ensure!(armed <= c.next_deadline(cfg), "conn {idx}: timer armed after its deadline");
+        }
+        ensure!(
+            n_conns as u64 == stats.connections_active,
+            "connections_active {} != {n_conns}",
+            stats.connections_active
+        );
+        ensure!(n_conns <= cfg.max_connections as usize, "over max_connections");
+
+        let (mut active, mut detached, mut breaker_timers) = (0u64, 0u64, 0usize);
+        for (uidx, u) in self.users.iter() {
+            ensure!(
+                self.users.find(u.tenant.as_str(), u.user.as_str()) == Some(uidx),
+                "user {uidx}: not indexed"
+            );
+            for &c in &u.conns {
+                let conn = self.conns.iter().find(|(i, _)| *i == c);
+                ensure!(
+                    conn.is_some_and(|(_, conn)| conn.user == uidx),
+                    "user {uidx}: lists a foreign conn {c}"
+                );
+            }
+            if u.conns.is_empty() {
+                detached += 1;
+                ensure!(u.retire.is_some(), "user {uidx}: detached without a retirement timer");
+            } else {
+                active += 1;
+                ensure!(u.retire.is_none(), "user {uidx}: active with a retirement timer");
+            }
+            breaker_timers += usize::from(u.breaker_timer.is_some());
+            ensure!(self.tenants.contains_key(&u.tenant), "user {uidx}: tenant missing");
+            stream_ok("user stream", &u.stream)?;
+        }
+        ensure!(self.users.indexed() == self.users.slab.len(), "user index size differs");
+        ensure!(active == stats.users_active, "users_active {} != {active}", stats.users_active);
+        ensure!(
+            detached == stats.users_detached,
+            "users_detached {} != {detached}",
+            stats.users_detached
+        );
+        ensure!(detached as usize <= cfg.max_detached_users as usize, "over max_detached_users");
+
+        let mut rooms = 0u64;
+        for (name, t) in &self.tenants {
+            let users = self.users.iter().filter(|(_, u)| &u.tenant == name).count();
+            ensure!(
+                users == t.users as usize,
+                "tenant {name}: {} users counted, {users} found",
+                t.users
+            );
+            ensure!(!t.is_unused(), "tenant {name}: kept while unused");
+            let conns = self.conns.iter().filter(|(_, c)| &c.tenant == name).count();
+            ensure!(
+                conns == t.conns.len(),
+                "tenant {name}: {} conns listed, {conns} found",
+                t.conns.len()
+            );
+            stream_ok("tenant stream", &t.stream)?;
+            for (room, r) in &t.rooms {
+                rooms += 1;
+                ensure!(!r.members.is_empty(), "room {room}: kept while empty");
+                stream_ok("room stream", &r.stream)?;
+            }
+        }
+        ensure!(self.tenants.len() as u64 == stats.tenants, "tenants gauge");
+        ensure!(rooms == stats.rooms, "rooms gauge {} != {rooms}", stats.rooms);
+        ensure!(
+            buffered.0 as u64 == stats.buffered_messages
+                && buffered.1 as u64 == stats.buffered_bytes,
+            "buffered gauges {}/{} != {}/{}",
+            stats.buffered_messages,
+            stats.buffered_bytes,
+            buffered.0,
+            buffered.1
+        );
+        let expected_timers = n_conns
+            + breaker_timers
+            + usize::from(cfg.snapshot_interval.is_some() && self.last_now.is_some());
+        ensure!(
+            self.timers.len() == expected_timers,
+            "{} timers armed, {expected_timers} expected",
+            self.timers.len()
+        );
+        ensure!(
+            stats.connections_opened == stats.connections_closed + stats.connections_active,
+            "opened != closed + active"
+        );
+        Ok(())
+    }
+}
