@@ -297,8 +297,13 @@ impl Config {
         nonzero("control_burst", self.control_burst.into())?;
         nonzero("max_violations", self.max_violations.into())?;
         let nonzero_d = |field: &'static str, d: Duration| {
-            if d.is_zero() { Err(ConfigError::Zero { field }) } else { Ok(()) }
+            if d.is_zero() { Err(ConfigError::Zero { field }) } else { bounded(field, d) }
         };
+        // Durations that may be zero still may not be absurd: `now + d` must stay an instant.
+        bounded("session_grace", self.session_grace)?;
+        bounded("user_retention", self.user_retention)?;
+        bounded("tombstone_ttl", self.tombstone_ttl)?;
+        bounded("resume_window", self.resume_window)?;
         nonzero_d("violation_refill", self.violation_refill)?;
         nonzero("max_detached_users", self.max_detached_users.into())?;
         nonzero("retention.max_messages", self.retention.max_messages as u64)?;
@@ -330,6 +335,19 @@ impl Config {
     }
 }
 
+/// The longest duration any setting accepts (ten years): "never" in practice, and far enough from
+/// `Duration::MAX` that adding it to an instant, or multiplying a rate interval by a burst, stays
+/// in range.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+fn bounded(field: &'static str, d: Duration) -> Result<(), ConfigError> {
+    if d > MAX_DURATION {
+        Err(ConfigError::TooLarge { field, max: MAX_DURATION.as_secs() })
+    } else {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +373,11 @@ mod tests {
         c = Config::default();
         c.heartbeat.timeout = Duration::ZERO;
         assert_eq!(c.validate(), Err(ConfigError::Zero { field: "heartbeat.timeout" }));
+        c = Config { user_retention: Duration::MAX, ..Config::default() };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::TooLarge { field: "user_retention", max: MAX_DURATION.as_secs() })
+        );
         c = Config { redact_keys: vec![String::new()], ..Config::default() };
         assert_eq!(c.validate(), Err(ConfigError::EmptyRedactKey));
     }

@@ -18,7 +18,7 @@ pub enum ConfigError {
         /// The field's name.
         field: &'static str,
     },
-    /// A limit is larger than the hub can represent.
+    /// A limit is larger than the hub can represent (for durations: `max` is in seconds).
     #[error("config field `{field}` must be at most {max}")]
     TooLarge {
         /// The field's name.

@@ -534,7 +534,7 @@ impl Hub {
         let idx = self.resolve(now, conn)?;
         let c = self.conns.get_mut(idx);
         c.unwritten = c.unwritten.saturating_sub(bytes as u64);
-        self.out.stats.bytes_written += bytes as u64;
+        self.out.stats.bytes_written = self.out.stats.bytes_written.saturating_add(bytes as u64);
         Ok(())
     }
 

@@ -127,7 +127,9 @@ pub use action::{
     Action, AuditEvent, AuditKind, CloseReason, ClosedBy, DisconnectReason, Frame, Inbound,
     LimitKind, MetricEvent, Origin,
 };
-pub use config::{BreakerConfig, Config, Heartbeat, Tier, TierQuota, TierQuotas, UserLimitPolicy};
+pub use config::{
+    BreakerConfig, Config, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas, UserLimitPolicy,
+};
 pub use delivery::Published;
 pub use error::{
     ConfigError, ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError,

@@ -29,7 +29,7 @@ impl Rate {
     }
 
     fn tolerance(self) -> Duration {
-        self.interval * (self.burst - 1)
+        self.interval.saturating_mul(self.burst - 1)
     }
 }
 

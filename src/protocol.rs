@@ -456,50 +456,97 @@ impl FrameWriter {
 // Client → server
 
 /// Every field any client frame may carry; validated per type afterwards. One parse, and a clear
-/// error for a missing or wrong field rather than serde's message about enum variants.
+/// error for a missing or wrongly typed field rather than serde's message about the whole frame.
 #[derive(Deserialize)]
 struct RawClientFrame<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    thread_id: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Loose<'a>,
+    #[serde(borrow, default)]
+    thread_id: Loose<'a>,
     data: Option<Value>,
-    #[serde(borrow)]
-    positions: Option<RawPositions<'a>>,
+    positions: Option<Value>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPos {
-    epoch: u64,
-    seq: u64,
+/// A field that should be a string: the string, absent, or something else (reported as an invalid
+/// field by the caller, not as a malformed frame).
+#[derive(Default, Debug)]
+enum Loose<'a> {
+    #[default]
+    Absent,
+    Str(Cow<'a, str>),
+    Other,
 }
 
-/// A JSON object of stream name → position, kept in order as a list (its size is bounded by the
-/// frame size limit, checked before parsing).
-struct RawPositions<'a>(Vec<(Cow<'a, str>, StreamPos)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawPositions<'a> {
+impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<'a>(std::marker::PhantomData<&'a ()>);
         impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = RawPositions<'a>;
+            type Value = Loose<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of stream positions")
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Loose::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Loose::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Loose::Str(Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some((name, pos)) = map.next_entry::<Cow<'a, str>, RawPos>()? {
-                    out.push((name, StreamPos { epoch: pos.epoch, seq: pos.seq }));
-                }
-                Ok(RawPositions(out))
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
             }
         }
-        d.deserialize_map(V(std::marker::PhantomData))
+        d.deserialize_any(V(std::marker::PhantomData))
     }
+}
+
+/// `positions`: an object of stream name → `{epoch, seq}` (non-negative integers).
+fn parse_positions(
+    value: Value,
+    max: usize,
+) -> Result<Vec<(Cow<'static, str>, StreamPos)>, PeerError> {
+    let invalid = PeerError::InvalidField { field: "positions" };
+    let Value::Object(map) = value else { return Err(invalid) };
+    if map.len() > max {
+        return Err(invalid);
+    }
+    let mut out = Vec::with_capacity(map.len());
+    for (name, pos) in map {
+        let field = |f: &str| pos.get(f).and_then(Value::as_u64);
+        match (field("epoch"), field("seq")) {
+            (Some(epoch), Some(seq)) => out.push((Cow::Owned(name), StreamPos { epoch, seq })),
+            _ => return Err(invalid),
+        }
+    }
+    Ok(out)
 }
 
 /// A parsed, validated client frame.
@@ -537,11 +584,12 @@ pub(crate) fn parse_client_frame(
 ) -> Result<ClientFrame<'_>, PeerError> {
     let raw: RawClientFrame<'_> = serde_json::from_slice(bytes)
         .map_err(|e| PeerError::Malformed { line: e.line(), column: e.column() })?;
-    let kind = raw.kind.ok_or(PeerError::MissingType)?;
-    let thread = raw.thread_id;
-    if thread.as_ref().is_some_and(|t| t.is_empty() || t.len() > max_id) {
-        return Err(PeerError::InvalidField { field: "thread_id" });
-    }
+    let Loose::Str(kind) = raw.kind else { return Err(PeerError::MissingType) };
+    let thread = match raw.thread_id {
+        Loose::Absent => None,
+        Loose::Str(t) if !t.is_empty() && t.len() <= max_id => Some(t),
+        _ => return Err(PeerError::InvalidField { field: "thread_id" }),
+    };
     match &*kind {
         "subscribe" => match thread {
             Some(thread) => Ok(ClientFrame::Subscribe { thread }),
@@ -550,10 +598,10 @@ pub(crate) fn parse_client_frame(
         "unsubscribe" => Ok(ClientFrame::Unsubscribe { thread }),
         "message" => Ok(ClientFrame::Message { thread, data: raw.data.unwrap_or(Value::Null) }),
         "ping" => Ok(ClientFrame::Ping),
-        "resume" => match raw.positions {
-            Some(p) if p.0.len() <= max_positions => Ok(ClientFrame::Resume { positions: p.0 }),
-            _ => Err(PeerError::InvalidField { field: "positions" }),
-        },
+        "resume" => {
+            let positions = raw.positions.ok_or(PeerError::InvalidField { field: "positions" })?;
+            Ok(ClientFrame::Resume { positions: parse_positions(positions, max_positions)? })
+        }
         _ => Err(PeerError::UnknownType),
     }
 }
@@ -661,22 +709,31 @@ mod tests {
                 r#"{"type":"resume","positions":{"u":{"epoch":3,"seq":9},"r:x":{"epoch":1,"seq":0}}}"#
             ),
             Ok(ClientFrame::Resume {
+                // Order does not matter: the hub walks its own streams.
                 positions: vec![
-                    ("u".into(), StreamPos { epoch: 3, seq: 9 }),
-                    ("r:x".into(), StreamPos { epoch: 1, seq: 0 })
+                    ("r:x".into(), StreamPos { epoch: 1, seq: 0 }),
+                    ("u".into(), StreamPos { epoch: 3, seq: 9 })
                 ]
             })
         );
         let three = r#"{"type":"resume","positions":{"u":{"epoch":1,"seq":1},"t":{"epoch":1,"seq":1},"r:a":{"epoch":1,"seq":1}}}"#;
         assert_eq!(p(three), Err(PeerError::InvalidField { field: "positions" }));
         assert_eq!(p(r#"{"type":"resume"}"#), Err(PeerError::InvalidField { field: "positions" }));
-        assert!(matches!(
+        assert_eq!(
             p(r#"{"type":"resume","positions":{"u":{"epoch":-1,"seq":1}}}"#),
-            Err(PeerError::Malformed { .. })
-        ));
+            Err(PeerError::InvalidField { field: "positions" })
+        );
+        assert_eq!(
+            p(r#"{"type":"resume","positions":[1]}"#),
+            Err(PeerError::InvalidField { field: "positions" })
+        );
         assert_eq!(p(r#"{"thread_id":"t"}"#), Err(PeerError::MissingType));
         assert!(matches!(p("{not json"), Err(PeerError::Malformed { .. })));
-        assert!(matches!(p(r#"{"type":7}"#), Err(PeerError::Malformed { .. })));
+        assert_eq!(p(r#"{"type":7}"#), Err(PeerError::MissingType));
+        assert_eq!(
+            p(r#"{"type":"subscribe","thread_id":5}"#),
+            Err(PeerError::InvalidField { field: "thread_id" })
+        );
         assert!(matches!(p("[]"), Err(PeerError::Malformed { .. })));
         assert!(matches!(
             parse_client_frame(&[0xff, 0xfe], 8, 2),

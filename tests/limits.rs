@@ -733,7 +733,7 @@ fn huge_durations_are_refused_by_validate_or_never_make_the_hub_panic() {
     // "Never" is a natural thing to configure (`Duration::MAX`). Either `Config::validate`
     // refuses it, or the hub must cope: a panic is always a bug (DESIGN §2.4, §2.5).
     type Edit = fn(&mut Config);
-    let cases: [(&str, Edit); 7] = [
+    let cases: [(&str, Edit); 13] = [
         ("heartbeat.interval", |c| c.heartbeat.interval = Duration::MAX),
         ("heartbeat.timeout", |c| c.heartbeat.timeout = Duration::MAX),
         ("user_retention", |c| c.user_retention = Duration::MAX),
@@ -741,6 +741,12 @@ fn huge_durations_are_refused_by_validate_or_never_make_the_hub_panic() {
         ("snapshot_interval", |c| c.snapshot_interval = Some(Duration::MAX)),
         ("session_grace", |c| c.session_grace = Duration::MAX),
         ("tombstone_ttl", |c| c.tombstone_ttl = Duration::MAX),
+        ("retention.max_age", |c| c.retention.max_age = Duration::MAX),
+        ("resume_window", |c| c.resume_window = Duration::MAX),
+        ("breaker.window", |c| c.breaker.window = Duration::MAX),
+        ("breaker.open_for", |c| c.breaker.open_for = Duration::MAX),
+        ("breaker.probe_healthy_after", |c| c.breaker.probe_healthy_after = Duration::MAX),
+        ("rate_window", |c| c.rate_window = Duration::MAX),
     ];
     let mut panicked = Vec::new();
     for (field, edit) in cases {
