@@ -109,6 +109,9 @@ mod config;
 mod connection;
 mod delivery;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 mod ids;
 mod inbound;
