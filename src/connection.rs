@@ -8,7 +8,7 @@ use slab::Slab;
 
 use crate::action::CloseReason;
 use crate::config::{Config, Tier};
-use crate::ids::{ConnId, Roles, RoomId, TenantId, ThreadId, UserId};
+use crate::ids::{ConnId, Roles, RoomId, ThreadId};
 use crate::limits::Bucket;
 use crate::timer::TimerId;
 
@@ -22,11 +22,10 @@ pub(crate) struct Membership {
     pub(crate) base: u64,
 }
 
-/// An open connection. Its `(tenant, user)` binding is set at connect and never changes.
+/// An open connection. Its binding to one user's state (and so to one `(tenant, user)`) is set at
+/// connect and never changes; the ids themselves live only in that state, once.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    pub(crate) tenant: TenantId,
-    pub(crate) user_id: UserId,
     /// Index of the user's state in the hub's user slab.
     pub(crate) user: u32,
     /// Position in the tenant's connection list.
@@ -43,7 +42,8 @@ pub(crate) struct Connection {
     /// The connection's one timer, armed at or before its next deadline.
     pub(crate) timer: TimerId,
     /// `None`: all of the user's events. `Some(threads)`: thread-less events plus these threads'.
-    pub(crate) threads: Option<Vec<ThreadId>>,
+    /// Boxed: most connections never narrow, and this keeps them a pointer smaller.
+    pub(crate) threads: Option<Box<Threads>>,
     pub(crate) rooms: Vec<Membership>,
     pub(crate) messages: Bucket,
     pub(crate) control: Bucket,
@@ -62,6 +62,10 @@ pub(crate) struct Connection {
     pub(crate) tenant_base: u64,
 }
 
+/// The threads a connection narrowed itself to.
+#[derive(Debug, Default)]
+pub(crate) struct Threads(pub(crate) Vec<ThreadId>);
+
 /// What a connection's timer found due. A close excludes everything else.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Due {
@@ -78,7 +82,7 @@ impl Connection {
     pub(crate) fn wants(&self, thread: Option<&ThreadId>) -> bool {
         match (&self.threads, thread) {
             (None, _) | (Some(_), None) => true,
-            (Some(threads), Some(t)) => threads.contains(t),
+            (Some(threads), Some(t)) => threads.0.contains(t),
         }
     }
 

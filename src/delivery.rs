@@ -272,8 +272,7 @@ impl Hub {
             }
             Target::Connection(id) => {
                 let idx = self.resolve(now, *id)?;
-                let c = self.conns.get(idx);
-                let (tenant, user) = (c.tenant.clone(), c.user_id.clone());
+                let (tenant, user) = self.owner(idx);
                 self.publish_user(now, &tenant, &user, Some(idx), &msg)
             }
             Target::Room { tenant, room } => self.publish_room(now, tenant, room, &msg),

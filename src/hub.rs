@@ -141,6 +141,12 @@ impl Hub {
         now
     }
 
+    /// The `(tenant, user)` a connection is bound to (cheap clones).
+    pub(crate) fn owner(&self, idx: u32) -> (TenantId, UserId) {
+        let user = self.users.get(self.conns.get(idx).user);
+        (user.tenant.clone(), user.user.clone())
+    }
+
     /// Resolves a caller-supplied id; a stale one is refused and audited.
     pub(crate) fn resolve(&mut self, now: Instant, id: ConnId) -> Result<u32, ConnError> {
         match self.conns.lookup(id, now, self.cfg.tombstone_ttl) {
@@ -227,8 +233,6 @@ impl Hub {
         let tenant = self.tenants.get_mut(&principal.tenant).expect("created with the user");
         let user = self.users.get_mut(uidx);
         let conn = Connection {
-            tenant: principal.tenant.clone(),
-            user_id: principal.user.clone(),
             user: uidx,
             tenant_pos: 0,
             tier: principal.tier,
@@ -344,10 +348,11 @@ impl Hub {
     /// Removes a connection from every index. A hub-initiated close also emits `Close`.
     pub(crate) fn close_conn(&mut self, now: Instant, idx: u32, by: ClosedBy) {
         let id = self.conns.id_of(idx);
-        let (tenant_id, uidx, timer) = {
+        let (uidx, timer) = {
             let c = self.conns.get(idx);
-            (c.tenant.clone(), c.user, c.timer)
+            (c.user, c.timer)
         };
+        let tenant_id = self.users.get(uidx).tenant.clone();
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
         let out = &mut self.out;
         tenant.leave_all(&mut self.conns, idx, |room| {
@@ -383,8 +388,8 @@ impl Hub {
         stats.total_connection_lifetime += lifetime;
         self.out.actions.push_back(Action::Metric(MetricEvent::ConnectionClosed {
             conn: id,
-            tenant: conn.tenant,
-            user: conn.user_id,
+            tenant: tenant_id,
+            user: self.users.get(uidx).user.clone(),
             lifetime,
             reason: by,
         }));
@@ -581,12 +586,15 @@ impl Hub {
             return Ok(false);
         }
         if c.rooms.len() >= self.cfg.max_rooms_per_connection as usize {
-            let (t, u) = (c.tenant.clone(), c.user_id.clone());
+            let (t, u) = self.owner(idx);
             let kind = LimitKind::RoomsPerConnection;
             self.out.limit(kind, AuditKind::LimitHit(kind), Some(conn), &t, &u);
             return Err(RoomError::TooManyRooms { limit: self.cfg.max_rooms_per_connection });
         }
-        let tenant = self.tenants.get_mut(&c.tenant).expect("connection's tenant exists");
+        let tenant = self
+            .tenants
+            .get_mut(&self.users.get(c.user).tenant)
+            .expect("connection's tenant exists");
         let before = tenant.rooms.len();
         let epochs = &mut self.epochs;
         let joined = tenant.join(&mut self.conns, idx, &room, || Stream::new(epochs.next()));
@@ -598,7 +606,7 @@ impl Hub {
     pub fn leave(&mut self, now: Instant, conn: ConnId, room: &str) -> Result<bool, ConnError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
-        let tenant_id = self.conns.get(idx).tenant.clone();
+        let tenant_id = self.owner(idx).0;
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
         let (left, dropped) = tenant.leave(&mut self.conns, idx, room);
         if let Some(room) = dropped {
@@ -725,7 +733,8 @@ impl Hub {
         match self.conns.lookup(id, self.last_now?, Duration::ZERO) {
             Lookup::Live(idx) => {
                 let conn = self.conns.get(idx);
-                Some(ConnView { id, conn, next_timer: self.timers.deadline(conn.timer) })
+                let user = self.users.get(conn.user);
+                Some(ConnView { id, conn, user, next_timer: self.timers.deadline(conn.timer) })
             }
             _ => None,
         }

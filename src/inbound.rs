@@ -87,7 +87,7 @@ impl Hub {
         match parsed {
             ClientFrame::Subscribe { thread } => {
                 let max = self.cfg.max_thread_subscriptions;
-                let threads = c.threads.get_or_insert_with(Vec::new);
+                let threads = &mut c.threads.get_or_insert_with(Box::default).0;
                 if !threads.iter().any(|t| t.as_str() == thread) {
                     if threads.len() >= max as usize {
                         let err = PeerError::TooManySubscriptions { limit: max };
@@ -106,12 +106,13 @@ impl Hub {
             ClientFrame::Unsubscribe { thread: None } => c.threads = None,
             ClientFrame::Unsubscribe { thread: Some(thread) } => {
                 if let Some(threads) = &mut c.threads {
-                    threads.retain(|t| t.as_str() != thread);
+                    threads.0.retain(|t| t.as_str() != thread);
                 }
             }
             ClientFrame::Message { thread, data } => {
-                let from = Origin { tenant: c.tenant.clone(), user: c.user_id.clone(), conn };
                 let (tier, user) = (c.tier, c.user);
+                let owner = self.users.get(user);
+                let from = Origin { tenant: owner.tenant.clone(), user: owner.user.clone(), conn };
                 self.out.stats.inbound_messages += 1;
                 self.out.tiers[tier_index(tier)].inbound.add(self.out.clock, 1);
                 self.users.get_mut(user).meters.inbound.add(self.out.clock, 1);
@@ -143,8 +144,7 @@ impl Hub {
         audit: AuditKind,
     ) -> ReceiveError {
         let id = self.conns.id_of(idx);
-        let c = self.conns.get(idx);
-        let (tenant, user) = (c.tenant.clone(), c.user_id.clone());
+        let (tenant, user) = self.owner(idx);
         self.out.stats.protocol_errors += 1;
         match limit {
             Some(limit) => self.out.limit(limit, audit, Some(id), &tenant, &user),
@@ -178,7 +178,8 @@ impl Hub {
     ) -> bool {
         let c = self.conns.get_mut(idx);
         let was_held = std::mem::replace(&mut c.held, false);
-        let (uidx, tenant_id) = (c.user, c.tenant.clone());
+        let uidx = c.user;
+        let tenant_id = self.users.get(uidx).tenant.clone();
         let bases = [(StreamName::User, c.user_base), (StreamName::Tenant, c.tenant_base)];
         let rooms: Vec<(StreamName, u64)> =
             c.rooms.iter().map(|m| (StreamName::Room(m.room.clone()), m.base)).collect();
@@ -221,8 +222,7 @@ impl Hub {
             }
         }
         if foreign {
-            let c = self.conns.get(idx);
-            let (id, t, u) = (self.conns.id_of(idx), c.tenant.clone(), c.user_id.clone());
+            let (id, (t, u)) = (self.conns.id_of(idx), self.owner(idx));
             self.out.audit(AuditKind::ForeignStream, Some(id), Some(&t), Some(&u));
         }
         let recovered = reports.iter().all(|(_, r)| r.recovered);

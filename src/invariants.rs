@@ -35,15 +35,7 @@ impl Hub {
             let user =
                 self.users.slab.get(c.user as usize).ok_or(format!("conn {idx}: no user"))?;
             ensure!(user.conns.contains(&idx), "conn {idx}: not in its user's list");
-            ensure!(
-                user.tenant == c.tenant && user.user == c.user_id,
-                "conn {idx}: bound to {}/{} but filed under {}/{}",
-                c.tenant,
-                c.user_id,
-                user.tenant,
-                user.user
-            );
-            let tenant = self.tenants.get(&c.tenant).ok_or(format!("conn {idx}: no tenant"))?;
+            let tenant = self.tenants.get(&user.tenant).ok_or(format!("conn {idx}: no tenant"))?;
             ensure!(
                 tenant.conns.get(c.tenant_pos as usize) == Some(&idx),
                 "conn {idx}: tenant back-pointer broken"
@@ -67,7 +59,7 @@ impl Hub {
             }
             if let Some(threads) = &c.threads {
                 ensure!(
-                    threads.len() <= cfg.max_thread_subscriptions as usize,
+                    threads.0.len() <= cfg.max_thread_subscriptions as usize,
                     "conn {idx}: too many threads"
                 );
             }
@@ -123,7 +115,8 @@ impl Hub {
                 t.users
             );
             ensure!(!t.is_unused(), "tenant {name}: kept while unused");
-            let conns = self.conns.iter().filter(|(_, c)| &c.tenant == name).count();
+            let conns =
+                self.conns.iter().filter(|(_, c)| &self.users.get(c.user).tenant == name).count();
             ensure!(
                 conns == t.conns.len(),
                 "tenant {name}: {} conns listed, {conns} found",

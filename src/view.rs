@@ -81,6 +81,7 @@ impl<'a> UserView<'a> {
 pub struct ConnView<'a> {
     pub(crate) id: ConnId,
     pub(crate) conn: &'a Connection,
+    pub(crate) user: &'a UserState,
     pub(crate) next_timer: Instant,
 }
 
@@ -92,12 +93,12 @@ impl<'a> ConnView<'a> {
 
     /// Its tenant (fixed at connect).
     pub fn tenant(&self) -> &'a TenantId {
-        &self.conn.tenant
+        &self.user.tenant
     }
 
     /// Its user (fixed at connect).
     pub fn user(&self) -> &'a UserId {
-        &self.conn.user_id
+        &self.user.user
     }
 
     /// The principal's tier.
@@ -132,7 +133,7 @@ impl<'a> ConnView<'a> {
 
     /// The threads it narrowed its stream to; `None` when it receives all of its user's events.
     pub fn threads(&self) -> Option<&'a [ThreadId]> {
-        self.conn.threads.as_deref()
+        self.conn.threads.as_deref().map(|t| t.0.as_slice())
     }
 
     /// The rooms it is in.
