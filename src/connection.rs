@@ -92,8 +92,9 @@ impl Connection {
         self.ping_sent = None;
     }
 
-    /// The earliest instant at which this connection has something to do. Activity only ever moves
-    /// it later, which is why the armed timer may lag behind it (see `Hub::on_conn_timer`).
+    /// The earliest instant at which this connection has something to do. The armed timer may be
+    /// earlier than this (activity moves deadlines later lazily) but never later: whatever moves
+    /// it earlier re-arms the timer (`Hub::rearm_if_earlier`).
     pub(crate) fn next_deadline(&self, cfg: &Config) -> Instant {
         let mut at = match self.ping_sent {
             Some(sent) => sent + cfg.heartbeat.timeout,

@@ -528,6 +528,7 @@ impl Hub {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
         self.conns.get_mut(idx).seen(now);
+        self.rearm_if_earlier(idx);
         self.out.stats.pongs_received += 1;
         Ok(())
     }
@@ -564,7 +565,9 @@ impl Hub {
     }
 
     /// Deadlines that move later are picked up lazily when the armed timer fires; one that moves
-    /// earlier must move the timer now.
+    /// earlier must move the timer now. (Activity usually moves a deadline later, but ending an
+    /// outstanding ping moves it from `ping + timeout` to `now + interval`, which is earlier when
+    /// the interval is the shorter.)
     pub(crate) fn rearm_if_earlier(&mut self, idx: u32) {
         let c = self.conns.get(idx);
         let deadline = c.next_deadline(&self.cfg);

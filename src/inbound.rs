@@ -31,6 +31,7 @@ impl Hub {
         let idx = self.resolve(now, conn)?;
         self.out.stats.frames_received += 1;
         self.conns.get_mut(idx).seen(now);
+        self.rearm_if_earlier(idx);
         if frame.len() > self.cfg.max_frame_bytes {
             let err =
                 PeerError::FrameTooLarge { size: frame.len(), limit: self.cfg.max_frame_bytes };

@@ -582,6 +582,16 @@ pub(crate) fn parse_client_frame(
     max_id: usize,
     max_positions: usize,
 ) -> Result<ClientFrame<'_>, PeerError> {
+    // A frame is a JSON object; serde would also read a struct from an array, position by
+    // position, which the protocol does not allow.
+    if let Some(at) = bytes.iter().position(|b| !b.is_ascii_whitespace()) {
+        if bytes[at] != b'{' {
+            let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+            let column =
+                at - bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |nl| nl + 1) + 1;
+            return Err(PeerError::Malformed { line, column });
+        }
+    }
     let raw: RawClientFrame<'_> = serde_json::from_slice(bytes)
         .map_err(|e| PeerError::Malformed { line: e.line(), column: e.column() })?;
     let Loose::Str(kind) = raw.kind else { return Err(PeerError::MissingType) };
@@ -734,7 +744,12 @@ mod tests {
             p(r#"{"type":"subscribe","thread_id":5}"#),
             Err(PeerError::InvalidField { field: "thread_id" })
         );
-        assert!(matches!(p("[]"), Err(PeerError::Malformed { .. })));
+        assert_eq!(p("[]"), Err(PeerError::Malformed { line: 1, column: 1 }));
+        assert_eq!(p(" \n  [\"ping\"]"), Err(PeerError::Malformed { line: 2, column: 3 }));
+        assert_eq!(
+            p(r#"["message","t",{"n":1}]"#),
+            Err(PeerError::Malformed { line: 1, column: 1 })
+        );
         assert!(matches!(
             parse_client_frame(&[0xff, 0xfe], 8, 2),
             Err(PeerError::Malformed { .. })

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchboard::{
-    Action, Audience, ConnId, Config, DisconnectReason, Envelope, EventKind, Hub, Principal,
+    Action, Audience, Config, ConnId, DisconnectReason, Envelope, EventKind, Hub, Principal,
     Retention, Target, Tier,
 };
 
@@ -92,7 +92,9 @@ impl Client {
         match wire {
             "u" => Stream::User(self.tenant, self.user),
             "t" => Stream::Tenant(self.tenant),
-            room => Stream::Room(self.tenant, room.trim_start_matches("r:room").parse().expect("room")),
+            room => {
+                Stream::Room(self.tenant, room.trim_start_matches("r:room").parse().expect("room"))
+            }
         }
     }
 
@@ -203,7 +205,13 @@ impl World {
                     };
                     (target, Vis::Thread(th))
                 } else {
-                    (Target::User { tenant: format!("t{tenant}").into(), user: format!("u{user}").into() }, Vis::All)
+                    (
+                        Target::User {
+                            tenant: format!("t{tenant}").into(),
+                            user: format!("u{user}").into(),
+                        },
+                        Vis::All,
+                    )
                 }
             }
             50..=64 => {
@@ -218,22 +226,39 @@ impl World {
             }
             65..=84 => {
                 let room = self.rng.below(ROOMS);
-                (Target::Room { tenant: format!("t{tenant}").into(), room: format!("room{room}").into() }, Vis::All)
+                (
+                    Target::Room {
+                        tenant: format!("t{tenant}").into(),
+                        room: format!("room{room}").into(),
+                    },
+                    Vis::All,
+                )
             }
             _ => {
                 if self.rng.below(2) == 0 {
                     let role = format!("role{}", self.rng.below(2));
                     let audience = Audience::Role(role.as_str().into());
-                    (Target::Tenant { tenant: format!("t{tenant}").into(), audience }, Vis::Role(role))
+                    (
+                        Target::Tenant { tenant: format!("t{tenant}").into(), audience },
+                        Vis::Role(role),
+                    )
                 } else {
-                    (Target::Tenant { tenant: format!("t{tenant}").into(), audience: Audience::All }, Vis::All)
+                    (
+                        Target::Tenant {
+                            tenant: format!("t{tenant}").into(),
+                            audience: Audience::All,
+                        },
+                        Vis::All,
+                    )
                 }
             }
         };
         let id = self.next_id;
         self.next_id += 1;
-        let env = Envelope::new(target.clone(), kind).data(json!({"id": id, "pad": "x".repeat(self.rng.below(200))}));
-        let published = self.hub.publish(self.now, env).unwrap_or_else(|e| self.fail(format!("publish: {e}")));
+        let env = Envelope::new(target.clone(), kind)
+            .data(json!({"id": id, "pad": "x".repeat(self.rng.below(200))}));
+        let published =
+            self.hub.publish(self.now, env).unwrap_or_else(|e| self.fail(format!("publish: {e}")));
         let Some((_, pos)) = published.position else { return };
         let stream = match &target {
             Target::User { .. } | Target::Thread { .. } => Stream::User(tenant, user),
@@ -243,7 +268,9 @@ impl World {
             }
             Target::Room { .. } => {
                 let room = match &target {
-                    Target::Room { room, .. } => room.as_str().trim_start_matches("room").parse().unwrap(),
+                    Target::Room { room, .. } => {
+                        room.as_str().trim_start_matches("room").parse().unwrap()
+                    }
                     _ => unreachable!(),
                 };
                 Stream::Room(tenant, room)
@@ -252,7 +279,8 @@ impl World {
         };
         self.heads.insert(stream.clone(), (pos.epoch, pos.seq));
         self.log.entry((stream.clone(), pos.epoch)).or_default().insert(pos.seq, id);
-        self.msgs.insert(id, Msg { stream, epoch: pos.epoch, critical: !thinking, vis, at: self.now });
+        self.msgs
+            .insert(id, Msg { stream, epoch: pos.epoch, critical: !thinking, vis, at: self.now });
     }
 
     /// Checks a gap (after, upto) a client skipped over: only messages it may not see, or
@@ -291,12 +319,15 @@ impl World {
                         continue;
                     }
                     self.stats.resumes_reset += 1;
-                    let (e, s) = (report["epoch"].as_u64().unwrap(), report["seq"].as_u64().unwrap());
+                    let (e, s) =
+                        (report["epoch"].as_u64().unwrap(), report["seq"].as_u64().unwrap());
                     let reason = report["reason"].as_str().unwrap_or("?");
                     match reason {
                         "epoch_mismatch" => {
                             if e == ce {
-                                self.fail(format!("client {ci}: epoch_mismatch on {wire} with equal epochs"));
+                                self.fail(format!(
+                                    "client {ci}: epoch_mismatch on {wire} with equal epochs"
+                                ));
                             }
                         }
                         "gap_too_old" => {
@@ -307,7 +338,8 @@ impl World {
                                 .map(|l| l.range(cs + 1..).map(|(_, id)| &self.msgs[id]).collect())
                                 .unwrap_or_default();
                             let too_many = missing.len() > ret.max_messages;
-                            let too_old = missing.first().is_some_and(|m| self.now - m.at > ret.max_age);
+                            let too_old =
+                                missing.first().is_some_and(|m| self.now - m.at > ret.max_age);
                             if !too_many && !too_old {
                                 self.fail(format!(
                                     "client {ci}: {wire} unrecoverable after {} messages, oldest {:?} old",
@@ -316,7 +348,9 @@ impl World {
                                 ));
                             }
                         }
-                        other => self.fail(format!("client {ci}: unexpected reason {other} for {wire}")),
+                        other => {
+                            self.fail(format!("client {ci}: unexpected reason {other} for {wire}"))
+                        }
                     }
                     // The client refetches that stream's state and continues from the head.
                     self.clients[ci].cursors.insert(wire.clone(), (e, s));
@@ -328,13 +362,21 @@ impl World {
                 let wire = v["stream"].as_str().unwrap().to_owned();
                 let (epoch, seq) = (v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap());
                 let id = v["data"]["id"].as_u64().unwrap();
-                let m = self.msgs.get(&id).unwrap_or_else(|| self.fail(format!("unknown message {id}")));
+                let m = self
+                    .msgs
+                    .get(&id)
+                    .unwrap_or_else(|| self.fail(format!("unknown message {id}")));
                 let stream = c.stream_of(&wire);
                 if m.stream != stream || m.epoch != epoch {
-                    self.fail(format!("client {ci} of t{}/u{} got message {id} of {:?} as {wire}", c.tenant, c.user, m.stream));
+                    self.fail(format!(
+                        "client {ci} of t{}/u{} got message {id} of {:?} as {wire}",
+                        c.tenant, c.user, m.stream
+                    ));
                 }
                 match &m.vis {
-                    Vis::Role(r) if !c.roles.contains(r) => self.fail(format!("client {ci} got role {r} message {id}")),
+                    Vis::Role(r) if !c.roles.contains(r) => {
+                        self.fail(format!("client {ci} got role {r} message {id}"))
+                    }
                     Vis::Conn(target) if c.conn != Some(*target) => {
                         self.fail(format!("client {ci} got message {id} meant for {target:?}"))
                     }
@@ -347,7 +389,9 @@ impl World {
                     self.fail(format!("client {ci}: {wire} epoch {epoch} while at {ce}"));
                 }
                 if seq <= cs {
-                    self.fail(format!("client {ci}: {wire} seq {seq} after {cs} (duplicate or reorder)"));
+                    self.fail(format!(
+                        "client {ci}: {wire} seq {seq} after {cs} (duplicate or reorder)"
+                    ));
                 }
                 self.check_gap(ci, &stream, epoch, cs, seq, "live or replay");
                 self.clients[ci].cursors.insert(wire, (epoch, seq));
@@ -417,7 +461,8 @@ impl World {
         if self.rng.chance(500) {
             self.now += Duration::from_secs(20);
         }
-        let tick_at = if self.rng.chance(20_000) { self.now - Duration::from_secs(3) } else { self.now };
+        let tick_at =
+            if self.rng.chance(20_000) { self.now - Duration::from_secs(3) } else { self.now };
         self.hub.tick(tick_at);
         self.drain();
 
@@ -426,14 +471,16 @@ impl World {
                 None if self.now >= self.clients[ci].reconnect_at => self.connect(ci),
                 Some(conn) if self.rng.chance(800) => {
                     let abnormal = self.rng.below(3) == 0;
-                    let reason = if abnormal { DisconnectReason::Abnormal } else { DisconnectReason::Clean };
+                    let reason =
+                        if abnormal { DisconnectReason::Abnormal } else { DisconnectReason::Clean };
                     self.hub.disconnect(self.now, conn, reason).unwrap();
                     self.by_conn.remove(&conn);
                     let c = &mut self.clients[ci];
                     c.conn = None;
                     c.queue.clear();
                     // Mostly back within retention; sometimes long after (the user retires).
-                    let away = if self.rng.below(10) == 0 { 200 } else { 1 + self.rng.below(40) as u64 };
+                    let away =
+                        if self.rng.below(10) == 0 { 200 } else { 1 + self.rng.below(40) as u64 };
                     c.reconnect_at = self.now + Duration::from_secs(away);
                 }
                 Some(_) if self.rng.chance(300) => {
@@ -466,7 +513,11 @@ fn run(seed: u64, minutes: u64) -> SimStats {
         max_connections: 2_000,
         seed,
         user_retention: Duration::from_secs(60),
-        retention: Retention { max_messages: 150, max_bytes: 1 << 20, max_age: Duration::from_secs(90) },
+        retention: Retention {
+            max_messages: 150,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(90),
+        },
         max_inflight_bytes: 2 * 1024,
         max_unwritten_bytes: 8 * 1024,
         resume_window: Duration::from_secs(1),
