@@ -12,48 +12,12 @@ use common::*;
 use serde_json::Value;
 use switchboard::{
     Action, AuditEvent, AuditKind, CloseReason, ClosedBy, Config, ConnError, ConnId, ConnectError,
-    DisconnectReason, Envelope, EventKind, Heartbeat, MetricEvent, Principal, PublishError,
-    ReceiveError, RefreshError, RoomError, RoomId, StreamName, StreamPos, Target, UserPhase,
+    DisconnectReason, Envelope, EventKind, MetricEvent, Principal, PublishError, ReceiveError,
+    RefreshError, RoomError, RoomId, StreamName, StreamPos, Target, UserPhase,
 };
 
 // ---------------------------------------------------------------------------------------------
 // Local helpers
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-fn ms(m: u64) -> Duration {
-    Duration::from_millis(m)
-}
-
-/// A config whose heartbeats stay out of the way of session and retention tests.
-fn quiet() -> Config {
-    Config {
-        heartbeat: Heartbeat { interval: secs(3600), timeout: secs(600) },
-        ..Config::default()
-    }
-}
-
-fn metrics(actions: &[Action]) -> Vec<MetricEvent> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Metric(m) => Some(m.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn audit_events(actions: &[Action]) -> Vec<AuditEvent> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Audit(e) => Some(e.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 /// The connection a transport action (`Deliver`, `Ping`, `Close`) is addressed to.
 fn transport_target(action: &Action) -> Option<ConnId> {
@@ -63,10 +27,6 @@ fn transport_target(action: &Action) -> Option<ConnId> {
         }
         _ => None,
     }
-}
-
-fn inbound_count(actions: &[Action]) -> usize {
-    actions.iter().filter(|a| matches!(a, Action::Inbound(_))).count()
 }
 
 fn user_env(tenant: &str, user: &str, kind: EventKind) -> Envelope {

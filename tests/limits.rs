@@ -8,52 +8,12 @@ use std::time::Duration;
 use common::*;
 use switchboard::{
     Action, AuditEvent, AuditKind, CloseReason, ClosedBy, Config, ConfigError, ConnError, ConnId,
-    ConnectError, DisconnectReason, Heartbeat, Hub, LimitKind, MetricEvent, PeerError, Principal,
+    ConnectError, DisconnectReason, Hub, LimitKind, MetricEvent, PeerError, Principal,
     ReceiveError, RoomError, RoomId, ThreadId, Tier, UserLimitPolicy,
 };
 
 // ---------------------------------------------------------------------------------------------
 // Local helpers
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-fn ms(m: u64) -> Duration {
-    Duration::from_millis(m)
-}
-
-/// Heartbeats out of the way (1 h), so that long tests are about the limit under test.
-fn quiet() -> Config {
-    Config {
-        heartbeat: Heartbeat { interval: secs(3600), timeout: secs(600) },
-        ..Config::default()
-    }
-}
-
-fn metrics(actions: &[Action]) -> Vec<MetricEvent> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Metric(m) => Some(m.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn audit_events(actions: &[Action]) -> Vec<AuditEvent> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Audit(e) => Some(e.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn inbound_count(actions: &[Action]) -> usize {
-    actions.iter().filter(|a| matches!(a, Action::Inbound(_))).count()
-}
 
 fn audit(kind: AuditKind, conn: Option<ConnId>, tenant: &str, user: &str) -> AuditEvent {
     AuditEvent { kind, conn, tenant: Some(tenant.into()), user: Some(user.into()) }

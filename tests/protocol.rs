@@ -11,24 +11,12 @@ use common::*;
 use serde_json::{Value, json};
 use switchboard::{
     Action, Audience, AuditEvent, AuditKind, CloseReason, ClosedBy, Config, ConnId,
-    DisconnectReason, Envelope, EventKind, Frame, Heartbeat, Inbound, Origin, PeerError, Principal,
+    DisconnectReason, Envelope, EventKind, Frame, Inbound, Origin, PeerError, Principal,
     PublishError, ReceiveError, RoomId, StreamName, StreamPos, Target,
 };
 
 // ---------------------------------------------------------------------------------------------
 // Local helpers
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-/// Heartbeats out of the way (1 h).
-fn quiet() -> Config {
-    Config {
-        heartbeat: Heartbeat { interval: secs(3600), timeout: secs(600) },
-        ..Config::default()
-    }
-}
 
 fn user(tenant: &str, user: &str) -> Target {
     Target::User { tenant: tenant.into(), user: user.into() }
@@ -67,16 +55,6 @@ fn inbounds(actions: &[Action]) -> Vec<Inbound> {
         .iter()
         .filter_map(|a| match a {
             Action::Inbound(i) => Some((**i).clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn audit_events(actions: &[Action]) -> Vec<AuditEvent> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Audit(e) => Some(e.clone()),
             _ => None,
         })
         .collect()

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 use switchboard::{
-    Action, Audience, AuditEvent, AuditKind, CloseReason, ClosedBy, Config, ConnError, ConnId,
-    ConnectError, DisconnectReason, Envelope, EventKind, LimitKind, MetricEvent, Principal,
-    PublishError, ReceiveError, RefreshError, RoomError, RoomId, Target, Tier, UserPhase,
+    Action, Audience, AuditKind, CloseReason, ClosedBy, Config, ConnError, ConnId, ConnectError,
+    DisconnectReason, Envelope, EventKind, LimitKind, MetricEvent, Principal, PublishError,
+    ReceiveError, RefreshError, RoomError, RoomId, Target, Tier, UserPhase,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -26,36 +26,6 @@ const AGENT_EVENTS: [(EventKind, &str); 5] = [
     (EventKind::ToolCompleted, "tool_completed"),
     (EventKind::AgentCompleted, "agent_completed"),
 ];
-
-fn user_target(tenant: &str, user: &str) -> Target {
-    Target::User { tenant: tenant.into(), user: user.into() }
-}
-
-fn thread_target(tenant: &str, user: &str, thread: &str) -> Target {
-    Target::Thread { tenant: tenant.into(), user: user.into(), thread: thread.into() }
-}
-
-/// Every metric event, in order.
-fn metrics(actions: &[Action]) -> Vec<MetricEvent> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Metric(m) => Some(m.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Every audit event, in order.
-fn audit_events(actions: &[Action]) -> Vec<AuditEvent> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Audit(e) => Some(e.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 /// The `type`s of the frames delivered to one connection.
 fn types_for(actions: &[Action], conn: ConnId) -> Vec<String> {

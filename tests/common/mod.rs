@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchboard::{
-    Action, AuditKind, CloseReason, Config, ConnId, Envelope, EventKind, Hub, Principal, Target,
+    Action, AuditEvent, AuditKind, CloseReason, Config, ConnId, Envelope, EventKind, Heartbeat,
+    Hub, MetricEvent, Principal, Target,
 };
 
 /// A hub driven on a virtual clock.
@@ -109,4 +110,55 @@ pub fn audits(actions: &[Action]) -> Vec<AuditKind> {
             _ => None,
         })
         .collect()
+}
+
+/// Every audit event, in order.
+pub fn audit_events(actions: &[Action]) -> Vec<AuditEvent> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Audit(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every metric event, in order.
+pub fn metrics(actions: &[Action]) -> Vec<MetricEvent> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Metric(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many `Inbound` actions there are.
+pub fn inbound_count(actions: &[Action]) -> usize {
+    actions.iter().filter(|a| matches!(a, Action::Inbound(_))).count()
+}
+
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+/// A config whose heartbeats stay out of the way of session, retention and limit tests.
+pub fn quiet() -> Config {
+    Config {
+        heartbeat: Heartbeat { interval: secs(3600), timeout: secs(600) },
+        ..Config::default()
+    }
+}
+
+pub fn user_target(tenant: &str, user: &str) -> Target {
+    Target::User { tenant: tenant.into(), user: user.into() }
+}
+
+pub fn thread_target(tenant: &str, user: &str, thread: &str) -> Target {
+    Target::Thread { tenant: tenant.into(), user: user.into(), thread: thread.into() }
 }
