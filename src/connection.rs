@@ -174,6 +174,11 @@ impl Connections {
         self.slab.len()
     }
 
+    /// Whether slot `index` holds an open connection (for callers that may just have closed it).
+    pub(crate) fn contains(&self, index: u32) -> bool {
+        self.slab.contains(index as usize)
+    }
+
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Connection)> {
         self.slab.iter().map(|(i, c)| (i as u32, c))

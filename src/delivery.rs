@@ -11,12 +11,13 @@ use crate::action::{
 use crate::config::{Config, Tier};
 use crate::connection::Connections;
 use crate::error::PublishError;
-use crate::hub::Hub;
+use crate::hub::{Hub, TrimKey};
 use crate::ids::{ConnId, RunId, TenantId, ThreadId, UserId};
 use crate::protocol::{Audience, Envelope, EventKind, FrameWriter, Priority, Target};
 use crate::routing::audience_admits;
 use crate::stats::{HubStats, MeterClock, Meters};
 use crate::stream::{Scope, Stream, StreamName, StreamPos};
+use crate::timer::TimerQueue;
 use crate::user::Users;
 
 /// What a publish did.
@@ -29,6 +30,8 @@ pub struct Published {
     pub skipped: usize,
     /// Connections closed with `SlowConsumer` because this critical frame did not fit.
     pub closed: usize,
+    /// Connections still in their resume window: they get it from the buffer when they go live.
+    pub held: usize,
     /// The stream the message went into and its position there; `None` when there was no such
     /// stream (a user the hub does not hold, a room without members, a tenant without state) or
     /// when it went into several (`Everyone`: one message per tenant).
@@ -37,13 +40,13 @@ pub struct Published {
 
 impl Published {
     fn none() -> Self {
-        Published { delivered: 0, skipped: 0, closed: 0, position: None }
+        Published { delivered: 0, skipped: 0, closed: 0, held: 0, position: None }
     }
 
-    /// Whether the message reached no connection live. (A detached user's message is still kept
-    /// for its resume.)
+    /// Whether the message reached no connection, live or held. (It is still kept in its stream
+    /// for a later resume, if it has a stream.)
     pub fn undeliverable(&self) -> bool {
-        self.delivered == 0
+        self.delivered == 0 && self.held == 0
     }
 
     fn add(&mut self, offer: Offer) {
@@ -51,7 +54,7 @@ impl Published {
             Offer::Delivered => self.delivered += 1,
             Offer::Skipped => self.skipped += 1,
             Offer::Overflow => self.closed += 1,
-            Offer::Held => {}
+            Offer::Held => self.held += 1,
         }
     }
 }
@@ -125,7 +128,7 @@ impl Sink {
             self.stats.held_back += 1;
             return Offer::Held;
         }
-        let after = conn.unwritten + frame.len() as u64;
+        let after = conn.unwritten + notice_len(conn.skipped) + frame.len() as u64;
         if priority == Priority::Low && after > cfg.max_inflight_bytes {
             conn.skipped = conn.skipped.saturating_add(1);
             self.stats.thinking_skipped += 1;
@@ -203,9 +206,53 @@ impl Sink {
         s.buffered_bytes = (s.buffered_bytes + after.1 as u64) - before.1 as u64;
     }
 
-    /// A stream is dropped with its buffer.
-    pub(crate) fn dropped(&mut self, stream: &Stream) {
+    /// A stream is dropped with its buffer and its age timer.
+    pub(crate) fn dropped(&mut self, trims: &mut TimerQueue<TrimKey>, stream: &Stream) {
         self.rebuffered(stream.buffered(), (0, 0));
+        if let Some(timer) = stream.trim_timer {
+            trims.cancel(timer);
+        }
+    }
+
+    /// Offers a control frame (`pong`, `error`, `refresh_required`, `joined`, …) under the hard
+    /// limit: a client that never reads cannot make them pile up. `Overflow`: the caller closes
+    /// the connection with `SlowConsumer`.
+    pub(crate) fn control(
+        &mut self,
+        conns: &mut Connections,
+        idx: u32,
+        frame: &Frame,
+        cfg: &Config,
+    ) -> Offer {
+        let conn = conns.get(idx);
+        if conn.unwritten + notice_len(conn.skipped) + frame.len() as u64 > cfg.max_unwritten_bytes
+        {
+            return Offer::Overflow;
+        }
+        self.deliver(conns, idx, frame);
+        Offer::Delivered
+    }
+}
+
+/// The length of the `skipped` notice that precedes the next frame after `skipped` skips:
+/// `{"type":"skipped","count":N}`. Backpressure checks count it with the frame it precedes.
+pub(crate) fn notice_len(skipped: u32) -> u64 {
+    if skipped == 0 { 0 } else { 27 + u64::from(skipped.checked_ilog10().unwrap_or(0) + 1) }
+}
+
+/// Arms a stream's age timer if it buffers anything and has none armed. It fires just after the
+/// oldest message outlives `max_age`.
+pub(crate) fn arm_trim(
+    trims: &mut TimerQueue<TrimKey>,
+    stream: &mut Stream,
+    key: impl FnOnce() -> TrimKey,
+    max_age: std::time::Duration,
+) {
+    if stream.trim_timer.is_none() {
+        if let Some(at) = stream.oldest_at() {
+            let due = at + max_age + std::time::Duration::from_nanos(1);
+            stream.trim_timer = Some(trims.insert(due, key()));
+        }
     }
 }
 
@@ -304,7 +351,7 @@ impl Hub {
             }
         };
         self.out.stats.publishes += 1;
-        if result.delivered == 0 {
+        if result.undeliverable() {
             self.out.stats.undeliverable += 1;
         }
         self.close_doomed(now);
@@ -347,6 +394,12 @@ impl Hub {
             (None, None) => Scope::All,
         };
         self.out.keep(&mut u.stream, now, pos, &frame, scope, &self.cfg);
+        arm_trim(
+            &mut self.trims,
+            &mut u.stream,
+            || TrimKey::User(uidx),
+            self.cfg.retention.max_age,
+        );
         let mut result = Published { position: Some((StreamName::User, pos)), ..Published::none() };
         let priority = msg.kind.priority();
         let only_slot = only.unwrap_or_default();
@@ -382,6 +435,8 @@ impl Hub {
         let name = StreamName::Room(room.clone());
         let frame = msg.frame(&mut self.out.writer, &name, pos, &self.redactor);
         self.out.keep(&mut r.stream, now, pos, &frame, Scope::All, &self.cfg);
+        let key = || TrimKey::Room(tenant.clone(), room.clone());
+        arm_trim(&mut self.trims, &mut r.stream, key, self.cfg.retention.max_age);
         let mut result = Published { position: Some((name, pos)), ..Published::none() };
         let members = r.members.iter().map(|m| &m.conn);
         let (out, conns, users, cfg) = (&mut self.out, &mut self.conns, &mut self.users, &self.cfg);
@@ -414,6 +469,8 @@ impl Hub {
         let frame = msg.frame(&mut self.out.writer, &StreamName::Tenant, pos, &self.redactor);
         let scope = role.map_or(Scope::All, |r| Scope::Role(r.clone()));
         self.out.keep(&mut t.stream, now, pos, &frame, scope, &self.cfg);
+        let key = || TrimKey::Tenant(tenant.clone());
+        arm_trim(&mut self.trims, &mut t.stream, key, self.cfg.retention.max_age);
         let mut result =
             Published { position: Some((StreamName::Tenant, pos)), ..Published::none() };
         let (out, conns, users, cfg) = (&mut self.out, &mut self.conns, &mut self.users, &self.cfg);
@@ -452,5 +509,19 @@ impl Message<'_> {
         redactor: &crate::protocol::Redactor,
     ) -> Frame {
         writer.event(self.kind, stream, pos, self.thread, self.run, self.data, redactor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_notice_length_is_the_written_notice_length() {
+        let mut w = FrameWriter::default();
+        for n in [1, 9, 10, 99, 100, 12345, u32::MAX] {
+            assert_eq!(notice_len(n), w.skipped(n).len() as u64, "count {n}");
+        }
+        assert_eq!(notice_len(0), 0);
     }
 }

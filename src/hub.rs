@@ -10,7 +10,7 @@ use crate::action::{
 };
 use crate::config::{Config, Tier, UserLimitPolicy};
 use crate::connection::{Connection, Connections, Lookup};
-use crate::delivery::{Sink, tier_index};
+use crate::delivery::{Offer, Sink, arm_trim, tier_index};
 use crate::error::{ConfigError, ConnError, ConnectError, RefreshError, RoomError};
 use crate::ids::{ConnId, Role, Roles, RoomId, TenantId, UserId};
 use crate::limits::{Breaker, Bucket, Transition};
@@ -76,6 +76,15 @@ pub(crate) enum TimerKey {
     Snapshot,
 }
 
+/// Which stream an age timer belongs to (a queue of its own, so that the per-connection timer
+/// entries stay small).
+#[derive(Clone, Debug)]
+pub(crate) enum TrimKey {
+    User(u32),
+    Tenant(TenantId),
+    Room(TenantId, RoomId),
+}
+
 /// The connection hub: a synchronous, sans-io state machine. See the [crate docs](crate) for the
 /// drive loop.
 #[derive(Debug)]
@@ -89,6 +98,8 @@ pub struct Hub {
     pub(crate) users: Users,
     pub(crate) tenants: HashMap<TenantId, Tenant>,
     pub(crate) timers: TimerQueue<TimerKey>,
+    /// Streams by the instant their oldest buffered message outlives `retention.max_age`.
+    pub(crate) trims: TimerQueue<TrimKey>,
     /// Detached users by retirement time: the retirement timers, and the order in which
     /// `max_detached_users` evicts.
     detached: TimerQueue<u32>,
@@ -116,6 +127,7 @@ impl Hub {
             tenants: HashMap::new(),
             timers: TimerQueue::new(),
             detached: TimerQueue::new(),
+            trims: TimerQueue::new(),
             snapshot: None,
             pong: None,
             doomed: Vec::new(),
@@ -354,10 +366,10 @@ impl Hub {
         };
         let tenant_id = self.users.get(uidx).tenant.clone();
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
-        let out = &mut self.out;
+        let (out, trims) = (&mut self.out, &mut self.trims);
         tenant.leave_all(&mut self.conns, idx, |room| {
             out.stats.rooms -= 1;
-            out.dropped(&room.stream);
+            out.dropped(trims, &room.stream);
         });
         tenant.remove_conn(&mut self.conns, idx);
         self.timers.cancel(timer);
@@ -432,12 +444,12 @@ impl Hub {
         if let Some(timer) = user.breaker_timer {
             self.timers.cancel(timer);
         }
-        self.out.dropped(&user.stream);
+        self.out.dropped(&mut self.trims, &user.stream);
         if let Some(tenant) = self.tenants.get_mut(&user.tenant) {
             tenant.users -= 1;
             if tenant.is_unused() {
                 let tenant = self.tenants.remove(&user.tenant).expect("present");
-                self.out.dropped(&tenant.stream);
+                self.out.dropped(&mut self.trims, &tenant.stream);
             }
         }
         let stats = &mut self.out.stats;
@@ -602,7 +614,20 @@ impl Hub {
         let epochs = &mut self.epochs;
         let joined = tenant.join(&mut self.conns, idx, &room, || Stream::new(epochs.next()));
         self.out.stats.rooms += (tenant.rooms.len() - before) as u64;
+        if joined {
+            // Tell the client where the room's stream stands, so that it can resume it later.
+            let pos = tenant.rooms[&room].stream.position();
+            let frame = self.out.writer.joined(&StreamName::Room(room), pos);
+            self.control_or_close(now, idx, &frame);
+        }
         Ok(joined)
+    }
+
+    /// Sends a control frame, or closes the connection if it is too far behind to take one.
+    pub(crate) fn control_or_close(&mut self, now: Instant, idx: u32, frame: &Frame) {
+        if self.out.control(&mut self.conns, idx, frame, &self.cfg) == Offer::Overflow {
+            self.close_conn(now, idx, ClosedBy::Hub(CloseReason::SlowConsumer));
+        }
     }
 
     /// Takes a connection out of a room. Returns `false` if it was not there.
@@ -614,7 +639,11 @@ impl Hub {
         let (left, dropped) = tenant.leave(&mut self.conns, idx, room);
         if let Some(room) = dropped {
             self.out.stats.rooms -= 1;
-            self.out.dropped(&room.stream);
+            self.out.dropped(&mut self.trims, &room.stream);
+        }
+        if left {
+            let frame = self.out.writer.left(&StreamName::Room(RoomId::from(room)));
+            self.control_or_close(now, idx, &frame);
         }
         Ok(left)
     }
@@ -630,11 +659,30 @@ impl Hub {
         while let Some(uidx) = self.detached.pop_due(now) {
             self.users.get_mut(uidx).retire = None;
             self.out.stats.users_detached -= 1;
-            if self.users.get(uidx).breaker.state != crate::limits::BreakerState::Closed {
-                // Its breaker must outlive it, or waiting out retention would reset it.
+            if matches!(
+                self.users.get(uidx).breaker.state,
+                crate::limits::BreakerState::Open { .. }
+            ) {
+                // An open breaker must outlive the user, or waiting out retention would reset it.
+                // (Half-open without a probe admits the next connect anyway: let it go.)
                 self.detach_user(now, uidx);
             } else {
                 self.retire_user(uidx);
+            }
+        }
+        while let Some(key) = self.trims.pop_due(now) {
+            let stream = match &key {
+                TrimKey::User(u) => self.users.slab.get_mut(*u as usize).map(|u| &mut u.stream),
+                TrimKey::Tenant(t) => self.tenants.get_mut(t).map(|t| &mut t.stream),
+                TrimKey::Room(t, r) => {
+                    self.tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r)).map(|r| &mut r.stream)
+                }
+            };
+            // Always found: dropping a stream cancels its timer.
+            if let Some(stream) = stream {
+                stream.trim_timer = None;
+                self.out.trim(stream, now, &self.cfg);
+                arm_trim(&mut self.trims, stream, || key, self.cfg.retention.max_age);
             }
         }
         while let Some(key) = self.timers.pop_due(now) {
@@ -675,8 +723,11 @@ impl Hub {
         }
         if let Some(expires_in) = due.refresh {
             let frame = self.out.writer.refresh_required(millis(expires_in));
-            self.out.deliver(&mut self.conns, idx, &frame);
             self.out.stats.refresh_required_sent += 1;
+            self.control_or_close(now, idx, &frame);
+            if !self.conns.contains(idx) {
+                return;
+            }
         }
         if due.ping {
             self.out.stats.pings_sent += 1;
@@ -704,10 +755,7 @@ impl Hub {
         if !self.out.actions.is_empty() {
             return self.last_now;
         }
-        match (self.timers.peek(), self.detached.peek()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.timers.peek(), self.detached.peek(), self.trims.peek()].into_iter().flatten().min()
     }
 
     /// Counters and gauges.

@@ -80,7 +80,11 @@ impl Hub {
             let _still_open = self.release(now, idx, Some(positions));
             return Ok(());
         }
-        if c.held && !self.release(now, idx, None) {
+        // Filters may be set while held (so that the replay already honours them); any other
+        // frame starts live delivery.
+        let filter =
+            matches!(parsed, ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. });
+        if c.held && !filter && !self.release(now, idx, None) {
             // Its backlog was lost: it was closed (SlowConsumer) and the frame goes with it.
             return Ok(());
         }
@@ -127,7 +131,7 @@ impl Hub {
             ClientFrame::Ping => {
                 let writer = &mut self.out.writer;
                 let pong = self.pong.get_or_insert_with(|| writer.pong()).clone();
-                self.out.deliver(&mut self.conns, idx, &pong);
+                self.control_or_close(now, idx, &pong);
             }
             ClientFrame::Resume { .. } => unreachable!("handled above"),
         }
@@ -152,7 +156,10 @@ impl Hub {
             None => self.out.audit(audit, Some(id), Some(&tenant), Some(&user)),
         }
         let frame = self.out.writer.error(&err);
-        self.out.deliver(&mut self.conns, idx, &frame);
+        self.control_or_close(now, idx, &frame);
+        if !self.conns.contains(idx) {
+            return ReceiveError::Peer(err);
+        }
         let allowance = Rate::every(self.cfg.violation_refill, self.cfg.max_violations);
         if !self.conns.get_mut(idx).violations.try_take(now, allowance) {
             self.out.audit(AuditKind::ViolationClose, Some(id), Some(&tenant), Some(&user));

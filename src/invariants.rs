@@ -20,8 +20,12 @@ impl Hub {
         let cfg = &self.cfg;
         let stats = self.stats();
         let mut buffered = (0usize, 0usize);
+        let mut trim_timers = 0usize;
         let mut stream_ok = |what: &str, s: &Stream| -> Result<(), String> {
             let (n, b) = s.buffered();
+            let armed = s.trim_timer.is_some();
+            ensure!(armed == (n > 0), "{what}: age timer armed {armed} with {n} buffered");
+            trim_timers += usize::from(armed);
             ensure!(n <= cfg.retention.max_messages, "{what}: {n} messages over the bound");
             ensure!(b <= cfg.retention.max_bytes, "{what}: {b} bytes over the bound");
             buffered.0 += n;
@@ -139,6 +143,11 @@ impl Hub {
             stats.buffered_bytes,
             buffered.0,
             buffered.1
+        );
+        ensure!(
+            self.trims.len() == trim_timers,
+            "{} age timers armed, {trim_timers} expected",
+            self.trims.len()
         );
         let expected_timers = n_conns
             + breaker_timers

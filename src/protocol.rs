@@ -67,6 +67,8 @@ impl EventKind {
         "message",
         "resume",
         "skipped",
+        "joined",
+        "left",
     ];
 
     /// A custom kind.
@@ -325,6 +327,14 @@ enum ControlFrame<'a> {
     Skipped {
         count: u32,
     },
+    Joined {
+        stream: WireStream<'a>,
+        epoch: u64,
+        seq: u64,
+    },
+    Left {
+        stream: WireStream<'a>,
+    },
     Resumed {
         recovered: bool,
         streams: Reports<'a>,
@@ -445,6 +455,19 @@ impl FrameWriter {
 
     pub(crate) fn skipped(&mut self, count: u32) -> Frame {
         self.write(&ControlFrame::Skipped { count })
+    }
+
+    /// The connection was put into a room: live delivery of its stream starts after `pos`.
+    pub(crate) fn joined(&mut self, stream: &StreamName, pos: StreamPos) -> Frame {
+        self.write(&ControlFrame::Joined {
+            stream: WireStream(stream),
+            epoch: pos.epoch,
+            seq: pos.seq,
+        })
+    }
+
+    pub(crate) fn left(&mut self, stream: &StreamName) -> Frame {
+        self.write(&ControlFrame::Left { stream: WireStream(stream) })
     }
 
     pub(crate) fn resumed(&mut self, recovered: bool, reports: &[(String, StreamReport)]) -> Frame {

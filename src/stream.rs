@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::action::Frame;
 use crate::ids::{ConnId, Role, RoomId, ThreadId};
+use crate::timer::TimerId;
 
 /// Which stream a message belongs to, as named on the wire (`"u"`, `"t"`, `"r:<room>"`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -113,11 +114,19 @@ pub(crate) struct Stream {
     /// Contiguous: every assigned seq is pushed, so entries hold `first..=last_seq`.
     buf: VecDeque<Buffered>,
     bytes: usize,
+    /// Armed while anything is buffered: fires when the oldest message outlives `max_age`, so
+    /// that quiet streams age too (the hub owns the timer; see `Hub::arm_trim`).
+    pub(crate) trim_timer: Option<TimerId>,
 }
 
 impl Stream {
     pub(crate) fn new(epoch: u64) -> Self {
-        Self { epoch, last_seq: 0, buf: VecDeque::new(), bytes: 0 }
+        Self { epoch, last_seq: 0, buf: VecDeque::new(), bytes: 0, trim_timer: None }
+    }
+
+    /// When the oldest buffered message was kept.
+    pub(crate) fn oldest_at(&self) -> Option<Instant> {
+        self.buf.front().map(|b| b.at)
     }
 
     /// The position of the last message (seq 0 if none yet).

@@ -40,7 +40,7 @@ pub(crate) struct TimerQueue<K> {
     entries: Slab<Entry<K>>,
 }
 
-impl<K: Copy> TimerQueue<K> {
+impl<K> TimerQueue<K> {
     pub(crate) fn new() -> Self {
         Self { heap: Vec::new(), entries: Slab::new() }
     }
