@@ -160,15 +160,11 @@ impl World {
         c.queue.clear();
         let rooms = c.rooms.clone();
         for r in rooms {
+            // A room the client has no position in yet starts where its `joined` frame says.
             self.hub.join(self.now, id, format!("room{r}").into()).unwrap();
-            let wire = format!("r:room{r}");
-            // A room the client has no position in starts where the room stands now.
-            let head = self.heads.get(&Stream::Room(self.clients[ci].tenant, r)).copied();
-            self.clients[ci].cursors.entry(wire).or_insert(head.unwrap_or((0, 0)));
         }
         let c = &self.clients[ci];
-        // Resume with what it saw (a first connection only knows where its rooms stood when it
-        // joined them, and learns the truth from `resumed`); with nothing to resume, just ping.
+        // Resume with what it saw; with nothing to resume (a first connection), just ping.
         let frame = if !c.cursors.is_empty() {
             let positions: serde_json::Map<String, Value> = c
                 .cursors
@@ -357,6 +353,11 @@ impl World {
                 }
             }
             "pong" | "skipped" => {}
+            "joined" => {
+                let wire = v["stream"].as_str().unwrap().to_owned();
+                let (e, s) = (v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap());
+                self.clients[ci].cursors.entry(wire).or_insert((e, s));
+            }
             kind if v.get("seq").is_some() => {
                 self.stats.events_seen += 1;
                 let wire = v["stream"].as_str().unwrap().to_owned();
