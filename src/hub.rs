@@ -144,7 +144,7 @@ impl Hub {
         let now = self.last_now.map_or(now, |last| last.max(now));
         self.last_now = Some(now);
         let origin = *self.origin.get_or_insert(now);
-        self.out.clock = MeterClock::new(now - origin, self.cfg.rate_window);
+        self.out.clock = self.out.clock.at(now - origin);
         if self.snapshot.is_none() {
             if let Some(every) = self.cfg.snapshot_interval {
                 self.snapshot = Some(self.timers.insert(now + every, TimerKey::Snapshot));

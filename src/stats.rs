@@ -237,9 +237,13 @@ pub(crate) struct MeterClock {
 
 impl MeterClock {
     pub(crate) fn new(elapsed: Duration, window: Duration) -> Self {
-        let bucket = u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX);
         let alpha = 1.0 - (-1.0 / window.as_secs_f64().max(1.0)).exp();
-        Self { bucket, alpha: alpha as f32 }
+        Self { bucket: 0, alpha: alpha as f32 }.at(elapsed)
+    }
+
+    /// The same smoothing at another time (no floating-point work: this runs on every call).
+    pub(crate) fn at(self, elapsed: Duration) -> Self {
+        Self { bucket: u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX), ..self }
     }
 }
 
