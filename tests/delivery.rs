@@ -921,9 +921,17 @@ fn malformed_oversized_and_repeated_resumes_get_a_clear_error_frame() {
         ("far too many positions", many(1000), "invalid_field"),
         ("no positions", r#"{"type":"resume"}"#.into(), "invalid_field"),
         ("null positions", r#"{"type":"resume","positions":null}"#.into(), "invalid_field"),
-        ("positions as a list", r#"{"type":"resume","positions":[["u",1,0]]}"#.into(), "invalid_field"),
+        (
+            "positions as a list",
+            r#"{"type":"resume","positions":[["u",1,0]]}"#.into(),
+            "invalid_field",
+        ),
         ("positions as a string", r#"{"type":"resume","positions":"u"}"#.into(), "invalid_field"),
-        ("missing seq", r#"{"type":"resume","positions":{"u":{"epoch":1}}}"#.into(), "invalid_field"),
+        (
+            "missing seq",
+            r#"{"type":"resume","positions":{"u":{"epoch":1}}}"#.into(),
+            "invalid_field",
+        ),
         (
             "negative epoch",
             r#"{"type":"resume","positions":{"u":{"epoch":-1,"seq":0}}}"#.into(),
@@ -944,7 +952,11 @@ fn malformed_oversized_and_repeated_resumes_get_a_clear_error_frame() {
             r#"{"type":"resume","positions":{"u":{"epoch":"1","seq":0}}}"#.into(),
             "invalid_field",
         ),
-        ("position not an object", r#"{"type":"resume","positions":{"u":7}}"#.into(), "invalid_field"),
+        (
+            "position not an object",
+            r#"{"type":"resume","positions":{"u":7}}"#.into(),
+            "invalid_field",
+        ),
         ("truncated", r#"{"type":"resume","positions":{"u":{"epoch":1,"#.into(), "malformed"),
     ];
     for (what, frame, code) in bad {

@@ -5,11 +5,24 @@
 //! exactly when it did not (epoch changed, or the gap is no longer buffered).
 //!
 //! The model knows nothing of the hub's internals. It learns epochs from the frames the hub sends
-//! (`connected`, `resumed`, `Published::position`) and checks that they change exactly when a
-//! stream is created anew (a user retired and seen again, a tenant dropped, a room emptied). It
-//! keeps every published message with the rule that routed it, and for each connection decides
-//! what it must see: live messages under the connection's current thread filter, and on resume
-//! the buffered range `(client's seq, upto]` under the filter the connection has at that moment.
+//! (`connected`, `joined`, `resumed`, `Published::position`) and checks that they change exactly
+//! when a stream is created anew (a user retired and seen again, a tenant dropped, a room
+//! emptied). It keeps every published message with the rule that routed it, and for each
+//! connection decides what it must see: live messages under the connection's current thread
+//! filter, and on resume the buffered range `(client's seq, upto]` under the filter the
+//! connection has at that moment. A client takes its starting positions from `connected` (`u`,
+//! `t`) and `joined` (rooms), and otherwise remembers the last event it saw per stream.
+//!
+//! Retention is modelled exactly, not approximately: a stream keeps its last `MAX_MESSAGES`
+//! messages, and a message leaves it once it is older than `MAX_AGE`, at the first of: the
+//! stream gets a message, a replay from the stream is about to start, or the stream's age timer
+//! fires (a `tick` at or after `kept_at + MAX_AGE + 1ns`). Ticks come on time, or late: the clock
+//! moves, the next call reaches the hub before the tick does. The buffered gauge, each user's
+//! buffer, and each `resumed` report's `available_from` are checked against the model.
+//!
+//! With a resume window, the client sets its thread filter first (right after connecting, or
+//! right before resuming), then resumes: the replay honours the filter, and `Published::held`
+//! counts exactly the held connections a message is for.
 //!
 //! Backpressure is kept out: every delivered frame is confirmed with `written` at once.
 mod common;
@@ -22,7 +35,8 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use switchboard::{
     Action, Audience, AuditKind, BreakerConfig, Config, ConnError, ConnId, DisconnectReason,
-    Envelope, EventKind, Principal, PublishError, Retention, StreamName, Target,
+    Envelope, EventKind, PeerError, Principal, PublishError, ReceiveError, Retention, StreamName,
+    Target,
 };
 
 const TENANTS: [&str; 2] = ["acme", "globex"];
@@ -38,7 +52,22 @@ const ADMIN: &str = "admin";
 const MAX_MESSAGES: usize = 6;
 const MAX_AGE: Duration = Duration::from_secs(30);
 const USER_RETENTION: Duration = Duration::from_secs(60);
-const TICKS: [u64; 6] = [1, 5, 20, 29, 31, 61];
+/// Clock steps. With steps of whole seconds and of one nanosecond, a message's age lands exactly
+/// on `MAX_AGE` (kept) and one nanosecond past it (dropped), and a detached user's on
+/// `USER_RETENTION`.
+const TICKS: [Duration; 9] = [
+    Duration::from_nanos(1),
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(20),
+    Duration::from_secs(29),
+    Duration::from_secs(30),
+    Duration::from_secs(31),
+    Duration::from_secs(61),
+];
+/// How many ways `bad_position` can spoil a position.
+const BAD_POSITIONS: usize = 6;
 
 fn kind(i: usize) -> EventKind {
     match i % 6 {
@@ -64,6 +93,19 @@ fn config(resume_window: Duration) -> Config {
     }
 }
 
+/// The position `(epoch, seq)` spoiled in one of `BAD_POSITIONS` ways: wrongly typed (string,
+/// negative, fractional, a list, null) or incomplete. The hub must answer `invalid_field`.
+fn bad_position(variant: usize, epoch: u64, seq: u64) -> Value {
+    match variant % BAD_POSITIONS {
+        0 => json!({"epoch": epoch.to_string(), "seq": seq}),
+        1 => json!({"epoch": epoch, "seq": -1}),
+        2 => json!({"epoch": epoch, "seq": seq as f64 + 0.5}),
+        3 => json!([epoch, seq]),
+        4 => json!({"epoch": null, "seq": seq}),
+        _ => json!({"epoch": epoch}),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Operations
 
@@ -72,8 +114,14 @@ struct ClientSpec {
     /// Threads the client narrows its connections to (`None`: all of its user's events).
     filter: Option<Vec<usize>>,
     admin: bool,
-    /// Rooms the application puts every connection of this client into.
+    /// Rooms the application puts every connection of this client into when it connects.
     rooms: Vec<usize>,
+    /// With a window: narrow right before resuming instead of right after connecting.
+    late_subscribe: bool,
+    /// Before its real `resume`, the client sends one with a spoiled position (which way).
+    bad_resume: Option<usize>,
+    /// The client's positions carry fields of its own, which the hub must ignore.
+    extra_fields: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -113,8 +161,22 @@ enum Op {
     Resume {
         client: usize,
     },
+    /// The application puts the client's live connection into a room (again).
+    Join {
+        client: usize,
+        room: usize,
+    },
+    /// The application takes the client's live connection out of a room.
+    Leave {
+        client: usize,
+        room: usize,
+    },
+    /// The clock moves by `d`. On time: the hub's `tick` comes at once. Late: the next operation
+    /// reaches the hub first, at the new time, and the tick right after it (if that operation
+    /// moves the clock again, the pending tick comes first).
     Tick {
-        secs: u64,
+        d: Duration,
+        late: bool,
     },
 }
 
@@ -123,12 +185,18 @@ fn spec() -> impl Strategy<Value = ClientSpec> {
         prop_oneof![Just(None), Just(Some(vec![0])), Just(Some(vec![1])), Just(Some(vec![0, 1]))],
         any::<bool>(),
         prop_oneof![Just(vec![]), Just(vec![0]), Just(vec![1]), Just(vec![0, 1])],
+        any::<bool>(),
+        proptest::option::weighted(0.25, 0..BAD_POSITIONS),
+        any::<bool>(),
     )
-        .prop_map(|(filter, admin, rooms)| ClientSpec { filter, admin, rooms })
+        .prop_map(|(filter, admin, rooms, late_subscribe, bad_resume, extra_fields)| {
+            ClientSpec { filter, admin, rooms, late_subscribe, bad_resume, extra_fields }
+        })
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let k = 0..6usize;
+    let d = || proptest::sample::select(TICKS.to_vec());
     prop_oneof![
         4 => (0..USERS.len(), proptest::option::of(0..2usize), k.clone())
             .prop_map(|(user, thread, kind)| Op::PublishUser { user, thread, kind }),
@@ -143,7 +211,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(client, abnormal)| Op::Disconnect { client, abnormal }),
         4 => (0..CLIENTS).prop_map(|client| Op::Connect { client }),
         2 => (0..CLIENTS).prop_map(|client| Op::Resume { client }),
-        3 => proptest::sample::select(TICKS.to_vec()).prop_map(|secs| Op::Tick { secs }),
+        1 => (0..CLIENTS, 0..2usize).prop_map(|(client, room)| Op::Join { client, room }),
+        1 => (0..CLIENTS, 0..2usize).prop_map(|(client, room)| Op::Leave { client, room }),
+        3 => d().prop_map(|d| Op::Tick { d, late: false }),
+        2 => d().prop_map(|d| Op::Tick { d, late: true }),
     ]
 }
 
@@ -181,7 +252,7 @@ struct MStream {
     seq: u64,
     /// Every message of the current incarnation.
     log: Vec<Msg>,
-    /// (seq, published at), trimmed the way the hub trims: on each publish, by count and age.
+    /// (seq, kept at) of what the hub buffers now.
     buf: VecDeque<(u64, Instant)>,
     past_epochs: HashSet<u64>,
 }
@@ -221,26 +292,48 @@ impl MStream {
         }
     }
 
-    /// Oldest seq the hub still holds (lazy trimming: only when the stream gets a message).
-    fn available_from_lazy(&self) -> u64 {
-        self.buf.front().map_or(self.seq + 1, |b| b.0)
+    /// Keeps message `seq` at `now`: then the oldest go while over the count or older than
+    /// `MAX_AGE`.
+    fn keep(&mut self, seq: u64, now: Instant) {
+        assert_eq!(self.buf.back().map_or(seq - 1, |b| b.0), seq - 1, "contiguous");
+        self.buf.push_back((seq, now));
+        while self.buf.len() > MAX_MESSAGES || self.too_old(now) {
+            self.buf.pop_front();
+        }
     }
 
-    /// Oldest seq that is not older than `max_age` at `now`.
-    fn available_from_strict(&self, now: Instant) -> u64 {
-        self.buf
-            .iter()
-            .find(|(_, at)| now.saturating_duration_since(*at) <= MAX_AGE)
-            .map_or(self.seq + 1, |b| b.0)
+    /// Drops what is older than `MAX_AGE` at `now`.
+    fn trim_age(&mut self, now: Instant) {
+        while self.too_old(now) {
+            self.buf.pop_front();
+        }
+    }
+
+    fn too_old(&self, now: Instant) -> bool {
+        self.buf.front().is_some_and(|(_, at)| now.saturating_duration_since(*at) > MAX_AGE)
+    }
+
+    /// The oldest seq buffered (`seq + 1` when nothing is).
+    fn available_from(&self) -> u64 {
+        self.buf.front().map_or(self.seq + 1, |b| b.0)
     }
 }
 
 #[derive(Debug)]
 struct Live {
     id: ConnId,
+    /// In its resume window: nothing goes out live yet.
     held: bool,
+    /// When it connected: its window ends `resume_window` later.
+    opened_at: Instant,
+    /// Its `resume` was accepted (from then on a room it joins starts at the `joined` position).
+    resumed: bool,
+    /// The client has sent its `subscribe` frames.
+    subscribed: bool,
     /// The thread filter the hub applies now.
     filter: Option<Vec<usize>>,
+    /// Rooms the connection is in, in joining order.
+    rooms: Vec<usize>,
     /// Each stream's seq when the connection attached to it.
     bases: HashMap<Key, u64>,
 }
@@ -263,10 +356,18 @@ impl Client {
         USERS[self.user].0
     }
 
-    fn keys(&self) -> Vec<Key> {
+    /// Every stream the client could ever be on.
+    fn all_keys(&self) -> Vec<Key> {
         let t = self.tenant();
+        vec![Key::User(self.user), Key::Tenant(t), Key::Room(t, 0), Key::Room(t, 1)]
+    }
+
+    /// The streams of its live connection.
+    fn live_keys(&self) -> Vec<Key> {
+        let t = self.tenant();
+        let live = self.live.as_ref().expect("live");
         let mut keys = vec![Key::User(self.user), Key::Tenant(t)];
-        keys.extend(self.spec.rooms.iter().map(|&r| Key::Room(t, r)));
+        keys.extend(live.rooms.iter().map(|&r| Key::Room(t, r)));
         keys
     }
 
@@ -304,6 +405,7 @@ impl Client {
         }
     }
 
+    /// Ends the current stretch of `key`: everything expected must have arrived.
     fn settle(&mut self, key: Key) {
         let e = self.expected.remove(&key).unwrap_or_default();
         let r = self.received.remove(&key).unwrap_or_default();
@@ -323,8 +425,18 @@ struct UserModel {
 enum Outcome {
     Recovered,
     Lost(&'static str),
-    /// Messages older than `max_age` that the hub may or may not have dropped yet.
-    Either,
+}
+
+/// Counters the model predicts for `HubStats`.
+#[derive(Debug, Default)]
+struct Counts {
+    publishes: u64,
+    undeliverable: u64,
+    held_back: u64,
+    replayed: u64,
+    resumes_recovered: u64,
+    resumes_unrecovered: u64,
+    protocol_errors: u64,
 }
 
 struct World {
@@ -337,6 +449,9 @@ struct World {
     msgs: HashMap<u64, (Key, u64, u64)>,
     next_id: u64,
     room_members: HashMap<(usize, usize), usize>,
+    /// The clock moved and the hub has not been ticked since.
+    late: bool,
+    counts: Counts,
 }
 
 impl World {
@@ -363,6 +478,8 @@ impl World {
             msgs: HashMap::new(),
             next_id: 1,
             room_members: HashMap::new(),
+            late: false,
+            counts: Counts::default(),
         }
     }
 
@@ -378,12 +495,24 @@ impl World {
         self.clients.iter().position(|c| c.live.as_ref().is_some_and(|l| l.id == conn))
     }
 
+    fn live(&self, c: usize) -> &Live {
+        self.clients[c].live.as_ref().expect("live")
+    }
+
+    fn live_mut(&mut self, c: usize) -> &mut Live {
+        self.clients[c].live.as_mut().expect("live")
+    }
+
     /// Drains the hub; confirms every delivered byte; answers pings. Returns the deliveries as
     /// (client, parsed frame) in order. No connection may be closed by the hub here.
     fn drain(&mut self) -> Vec<(usize, Value)> {
         let actions = self.sim.drain();
+        self.take(&actions)
+    }
+
+    fn take(&mut self, actions: &[Action]) -> Vec<(usize, Value)> {
         let mut out = Vec::new();
-        for a in &actions {
+        for a in actions {
             match a {
                 Action::Deliver { conn, frame } => {
                     let c = self.client_of(*conn).expect("a delivery to a live connection");
@@ -422,7 +551,7 @@ impl World {
 
     fn check_all(&self) {
         for c in &self.clients {
-            for key in c.keys() {
+            for key in c.all_keys() {
                 let e = c.expected.get(&key).cloned().unwrap_or_default();
                 let r = c.received.get(&key).cloned().unwrap_or_default();
                 assert_eq!(r, e, "client of user {} on {key:?}: received vs expected", c.user);
@@ -433,10 +562,20 @@ impl World {
         assert_eq!(stats.connections_active, live);
         assert_eq!(stats.thinking_skipped, 0);
         assert_eq!(stats.closed_by.slow_consumer, 0);
-        // The buffered gauges follow every stream's buffer, through user retirement, tenant and
-        // room drops (the hub trims a buffer when the stream gets a message).
+        // The buffered gauge follows every stream's buffer exactly: trims on keep, before a
+        // replay and on the age timers, user retirement, tenant and room drops.
         let buffered: usize = self.streams.values().filter(|s| s.alive).map(|s| s.buf.len()).sum();
         assert_eq!(stats.buffered_messages, buffered as u64, "buffered_messages gauge");
+        let rooms = self.streams.iter().filter(|(k, s)| matches!(k, Key::Room(..)) && s.alive);
+        assert_eq!(stats.rooms, rooms.count() as u64, "rooms gauge");
+        let n = &self.counts;
+        assert_eq!(stats.publishes, n.publishes, "publishes");
+        assert_eq!(stats.undeliverable, n.undeliverable, "undeliverable publishes");
+        assert_eq!(stats.held_back, n.held_back, "held_back");
+        assert_eq!(stats.replayed, n.replayed, "replayed");
+        assert_eq!(stats.resumes_recovered, n.resumes_recovered, "resumes_recovered");
+        assert_eq!(stats.resumes_unrecovered, n.resumes_unrecovered, "resumes_unrecovered");
+        assert_eq!(stats.protocol_errors, n.protocol_errors, "protocol_errors");
         for (u, model) in self.users.iter().enumerate() {
             let view = self.sim.hub.user(TENANTS[USERS[u].0], USERS[u].1);
             assert_eq!(view.is_some(), model.exists, "user {u} state");
@@ -448,11 +587,26 @@ impl World {
             let detached = matches!(view.phase(), switchboard::UserPhase::Detached { .. });
             assert_eq!(detached, model.detached_at.is_some(), "user {u} phase");
         }
+        for (i, c) in self.clients.iter().enumerate() {
+            let Some(live) = &c.live else { continue };
+            let view = self.sim.hub.connection(live.id).expect("a live connection");
+            assert_eq!(view.held(), live.held, "client {i}: held");
+            let mut got: Vec<&str> = view.rooms().map(|r| r.as_str()).collect();
+            let mut want: Vec<&str> = live.rooms.iter().map(|&r| ROOMS[r]).collect();
+            want.sort_unstable();
+            got.sort_unstable();
+            assert_eq!(got, want, "client {i}: rooms");
+            let threads = view.threads().map(|ts| ts.iter().map(|t| t.as_str()).collect());
+            let want: Option<Vec<&str>> =
+                live.filter.as_ref().map(|f| f.iter().map(|&t| THREADS[t]).collect());
+            assert_eq!(threads, want, "client {i}: thread filter");
+        }
     }
 
     // -----------------------------------------------------------------------------------------
 
     fn run(&mut self, op: &Op) {
+        let was_late = self.late;
         match *op {
             Op::PublishUser { user, thread, kind } => {
                 let target = Target::User {
@@ -526,14 +680,32 @@ impl World {
                     self.resume(client);
                 }
             }
-            Op::Tick { secs } => self.tick(Duration::from_secs(secs)),
+            Op::Join { client, room } => {
+                if self.clients[client].live.is_some() {
+                    self.join(client, room);
+                }
+            }
+            Op::Leave { client, room } => {
+                if self.clients[client].live.is_some() {
+                    self.leave(client, room);
+                }
+            }
+            Op::Tick { d, late } => self.advance(d, late),
         }
         self.check_all();
+        if was_late && self.late && !matches!(op, Op::Tick { .. }) {
+            // The late tick comes right after the operation that overtook it.
+            self.tick();
+            self.check_all();
+        }
+        if let Err(e) = self.sim.hub.check_invariants() {
+            panic!("hub invariants after {op:?}: {e}");
+        }
     }
 
     fn publish(&mut self, env: Envelope, key: Key, scope: Scope, exists: bool) {
         // A held connection's backlog must stay buffered until its resume (otherwise the hub
-        // closes it, by design; that case is tested on its own): resume before it could drop.
+        // closes it, by design; that case is tested on its own): resume before it would drop.
         if exists {
             let seq = self.streams.get(&key).map_or(0, |s| s.seq);
             let due: Vec<usize> = (0..CLIENTS)
@@ -541,9 +713,7 @@ impl World {
                     let live = self.clients[c].live.as_ref();
                     live.is_some_and(|l| {
                         l.held
-                            && l.bases
-                                .get(&key)
-                                .is_some_and(|&b| seq + 1 - b >= MAX_MESSAGES as u64)
+                            && l.bases.get(&key).is_some_and(|&b| seq + 1 - b > MAX_MESSAGES as u64)
                     })
                 })
                 .collect();
@@ -555,10 +725,13 @@ impl World {
         self.next_id += 1;
         let env = env.data(json!({ "id": id }));
         let published = self.sim.hub.publish(self.sim.now, env).expect("publish accepted");
+        self.counts.publishes += 1;
         let now = self.sim.now;
         if !exists {
             assert_eq!(published.position, None, "a stream the model says does not exist");
-            assert_eq!(published.delivered, 0);
+            assert_eq!((published.delivered, published.held), (0, 0));
+            assert!(published.undeliverable());
+            self.counts.undeliverable += 1;
             assert!(self.drain().is_empty());
             return;
         }
@@ -574,27 +747,29 @@ impl World {
         assert_eq!(pos.seq, s.seq + 1, "seqs grow by one per message");
         s.seq = pos.seq;
         s.log.push(Msg { id, seq: pos.seq, scope: scope.clone() });
-        s.buf.push_back((pos.seq, now));
-        while s.buf.len() > MAX_MESSAGES
-            || s.buf.front().is_some_and(|(_, at)| now.saturating_duration_since(*at) > MAX_AGE)
-        {
-            s.buf.pop_front();
-        }
+        s.keep(pos.seq, now);
         self.msgs.insert(id, (key, pos.epoch, pos.seq));
 
-        let mut live_recipients = 0;
+        let (mut live_recipients, mut held_recipients) = (0, 0);
         for c in &mut self.clients {
             let Some(live) = &c.live else { continue };
-            if live.held || !c.keys().contains(&key) {
+            if !c.live_keys().contains(&key) || !c.admits(live.id, &live.filter, key, &scope) {
                 continue;
             }
-            if c.admits(live.id, &live.filter, key, &scope) {
+            if live.held {
+                held_recipients += 1;
+            } else {
                 c.expected.entry(key).or_default().push(id);
                 live_recipients += 1;
             }
         }
         assert_eq!(published.delivered, live_recipients, "Published::delivered");
+        assert_eq!(published.held, held_recipients, "Published::held");
         assert_eq!((published.skipped, published.closed), (0, 0));
+        let undeliverable = live_recipients + held_recipients == 0;
+        assert_eq!(published.undeliverable(), undeliverable, "Published::undeliverable");
+        self.counts.undeliverable += u64::from(undeliverable);
+        self.counts.held_back += held_recipients as u64;
         for (c, f) in self.drain() {
             assert!(f.get("stream").is_some(), "only event frames on publish: {f}");
             self.on_event(c, &f);
@@ -625,19 +800,27 @@ impl World {
         self.users[user].detached_at = None;
 
         let window = self.window;
-        self.clients[c].live = Some(Live { id, held: window, filter: None, bases: HashMap::new() });
+        self.clients[c].live = Some(Live {
+            id,
+            held: window,
+            opened_at: self.sim.now,
+            resumed: false,
+            subscribed: false,
+            filter: None,
+            rooms: Vec::new(),
+            bases: HashMap::new(),
+        });
         let frames = self.drain();
         assert_eq!(frames.len(), 1, "only the connected frame: {frames:?}");
         let (fc, connected) = &frames[0];
         assert_eq!((*fc, connected["type"].as_str()), (c, Some("connected")));
-        let mut bases = HashMap::new();
         for (wire, key) in [("u", Key::User(user)), ("t", Key::Tenant(tenant))] {
             let p = &connected["streams"][wire];
             let (epoch, seq) = (p["epoch"].as_u64().unwrap(), p["seq"].as_u64().unwrap());
             let s = self.stream(key);
             s.observe(epoch, "connected");
             assert_eq!(seq, s.seq, "connected frame position of {key:?}");
-            bases.insert(key, seq);
+            self.live_mut(c).bases.insert(key, seq);
             let client = &mut self.clients[c];
             if !client.last_seen.contains_key(&key) {
                 // First sight of this stream: the client starts from the connected position.
@@ -647,64 +830,117 @@ impl World {
         }
         // The application puts the connection into its rooms.
         for r in self.clients[c].spec.rooms.clone() {
-            let joined = self.sim.hub.join(self.sim.now, id, ROOMS[r].into()).expect("join");
-            assert!(joined);
-            let members = self.room_members.entry((tenant, r)).or_insert(0);
-            *members += 1;
-            if *members == 1 {
-                self.stream(Key::Room(tenant, r)).start();
-            }
-            let seq = self.stream(Key::Room(tenant, r)).seq;
-            bases.insert(Key::Room(tenant, r), seq);
-            assert!(self.drain().is_empty());
+            self.join(c, r);
         }
-        self.clients[c].live.as_mut().unwrap().bases = bases;
-        if !window {
-            // Without a window the client narrows its stream first, then resumes at once.
+        if !window || !self.clients[c].spec.late_subscribe {
             self.subscribe(c);
+        }
+        if !window {
+            // Without a window the client narrows its streams first, then resumes at once.
             self.resume(c);
         }
     }
 
+    /// The application puts client `c`'s connection into room `r`.
+    fn join(&mut self, c: usize, r: usize) {
+        let (id, tenant) = (self.live(c).id, self.clients[c].tenant());
+        let key = Key::Room(tenant, r);
+        let joined = self.sim.hub.join(self.sim.now, id, ROOMS[r].into()).expect("join");
+        if self.live(c).rooms.contains(&r) {
+            assert!(!joined, "joined a room twice");
+            assert!(self.drain().is_empty());
+            return;
+        }
+        assert!(joined);
+        let members = self.room_members.entry((tenant, r)).or_insert(0);
+        *members += 1;
+        if *members == 1 {
+            self.stream(key).start();
+        }
+        let frames = self.drain();
+        assert_eq!(frames.len(), 1, "only the joined frame: {frames:?}");
+        let (fc, f) = &frames[0];
+        assert_eq!((*fc, f["type"].as_str()), (c, Some("joined")), "{f}");
+        assert_eq!(f["stream"].as_str(), Some(format!("r:{}", ROOMS[r]).as_str()));
+        let (epoch, seq) = (f["epoch"].as_u64().unwrap(), f["seq"].as_u64().unwrap());
+        let s = self.stream(key);
+        s.observe(epoch, "joined");
+        assert_eq!(seq, s.seq, "joined frame position of {key:?}");
+        let live = self.live_mut(c);
+        live.rooms.push(r);
+        live.bases.insert(key, seq);
+        let resumed = live.resumed;
+        let client = &mut self.clients[c];
+        // Before its resume the client keeps what it last saw of the room (to resume from it);
+        // otherwise (first sight, or a live connection that can no longer resume) it starts
+        // from the joined position.
+        if resumed || !client.last_seen.contains_key(&key) {
+            client.settle(key);
+            client.last_seen.insert(key, (epoch, seq));
+        }
+    }
+
+    /// The application takes client `c`'s connection out of room `r`.
+    fn leave(&mut self, c: usize, r: usize) {
+        let (id, tenant) = (self.live(c).id, self.clients[c].tenant());
+        let key = Key::Room(tenant, r);
+        let left = self.sim.hub.leave(self.sim.now, id, ROOMS[r]).expect("leave");
+        let Some(at) = self.live(c).rooms.iter().position(|&x| x == r) else {
+            assert!(!left, "left a room it was not in");
+            assert!(self.drain().is_empty());
+            return;
+        };
+        assert!(left);
+        let live = self.live_mut(c);
+        live.rooms.remove(at);
+        live.bases.remove(&key);
+        let frames = self.drain();
+        assert_eq!(frames.len(), 1, "only the left frame: {frames:?}");
+        let (fc, f) = &frames[0];
+        assert_eq!(*fc, c);
+        assert_eq!(f, &json!({"type": "left", "stream": format!("r:{}", ROOMS[r])}));
+        let members = self.room_members.get_mut(&(tenant, r)).unwrap();
+        *members -= 1;
+        if *members == 0 {
+            self.stream(key).end();
+        }
+        // The stretch of this room on this connection is over.
+        self.clients[c].settle(key);
+    }
+
     fn subscribe(&mut self, c: usize) {
-        let live = self.clients[c].live.as_ref().unwrap();
-        let id = live.id;
+        let id = self.live(c).id;
         let filter = self.clients[c].spec.filter.clone();
         for &t in filter.iter().flatten() {
             let frame = json!({"type": "subscribe", "thread_id": THREADS[t]}).to_string();
             self.sim.hub.receive(self.sim.now, id, frame.as_bytes()).expect("subscribe");
         }
-        self.clients[c].live.as_mut().unwrap().filter = filter;
-        assert!(self.drain().is_empty());
+        let live = self.live_mut(c);
+        live.filter = filter;
+        live.subscribed = true;
+        assert!(self.drain().is_empty(), "subscribing delivers nothing (and releases nothing)");
     }
 
     fn predict(&self, c: usize, key: Key, pos: (u64, u64)) -> Outcome {
-        let live = self.clients[c].live.as_ref().unwrap();
+        let live = self.live(c);
         let s = &self.streams[&key];
-        match s.epoch {
-            Some(e) if e == pos.0 => {}
-            // Unknown epoch: the stream was created anew and nobody has seen it yet.
-            _ => return Outcome::Lost("epoch_mismatch"),
+        if s.epoch != Some(pos.0) {
+            return Outcome::Lost("epoch_mismatch");
         }
         let upto = if live.held { s.seq } else { live.bases[&key] };
         let after = pos.1;
         assert!(after <= s.seq, "the client cannot be ahead of the stream");
-        if after >= upto {
-            return Outcome::Recovered;
-        }
-        let lazy = s.available_from_lazy() <= after + 1;
-        let strict = lazy && s.available_from_strict(self.sim.now) <= after + 1;
-        match (strict, lazy) {
-            (true, true) => Outcome::Recovered,
-            (false, false) => Outcome::Lost("gap_too_old"),
-            _ => Outcome::Either,
+        if after >= upto || s.available_from() <= after + 1 {
+            Outcome::Recovered
+        } else {
+            Outcome::Lost("gap_too_old")
         }
     }
 
     /// Messages of `key` in `(after, upto]` that client `c`'s connection may see now.
     fn visible(&self, c: usize, key: Key, after: u64, upto: u64) -> Vec<u64> {
         let client = &self.clients[c];
-        let live = client.live.as_ref().unwrap();
+        let live = self.live(c);
         self.streams[&key]
             .log
             .iter()
@@ -714,20 +950,54 @@ impl World {
             .collect()
     }
 
+    /// A `resume` with a spoiled position: refused with `invalid_field`; the connection stays
+    /// as it was (held if it was, not resumed).
+    fn bad_resume(&mut self, c: usize, variant: usize, positions: &serde_json::Map<String, Value>) {
+        let id = self.live(c).id;
+        let mut positions = positions.clone();
+        let (e, s) = self.clients[c].last_seen[&Key::User(self.clients[c].user)];
+        positions.insert("u".into(), bad_position(variant, e, s));
+        let frame = json!({"type": "resume", "positions": positions}).to_string();
+        let r = self.sim.hub.receive(self.sim.now, id, frame.as_bytes());
+        assert_eq!(r, Err(ReceiveError::Peer(PeerError::InvalidField { field: "positions" })));
+        self.counts.protocol_errors += 1;
+        let actions = self.sim.drain();
+        assert_eq!(common::audits(&actions), vec![AuditKind::MalformedFrame]);
+        let rest: Vec<Action> =
+            actions.into_iter().filter(|a| !matches!(a, Action::Audit(_))).collect();
+        let frames = self.take(&rest);
+        assert_eq!(frames.len(), 1, "only the error frame: {frames:?}");
+        assert_eq!(frames[0].0, c);
+        assert_eq!(frames[0].1["type"], "error");
+        assert_eq!(frames[0].1["code"], "invalid_field", "{}", frames[0].1);
+    }
+
     fn resume(&mut self, c: usize) {
+        if !self.live(c).subscribed {
+            self.subscribe(c);
+        }
+        let (id, held) = (self.live(c).id, self.live(c).held);
         let client = &self.clients[c];
-        let live = client.live.as_ref().unwrap();
-        let id = live.id;
-        let held = live.held;
-        let named: Vec<(Key, (u64, u64))> = client
-            .keys()
-            .into_iter()
-            .filter_map(|k| client.last_seen.get(&k).map(|p| (k, *p)))
-            .collect();
-        let positions: serde_json::Map<String, Value> = named
-            .iter()
-            .map(|(k, (e, s))| (client.wire(*k), json!({"epoch": e, "seq": s})))
-            .collect();
+        let keys = client.live_keys();
+        let named: Vec<(Key, (u64, u64))> =
+            keys.iter().map(|k| (*k, client.last_seen[k])).collect();
+        let mut positions = serde_json::Map::new();
+        for (k, (e, s)) in &named {
+            let mut p = json!({"epoch": e, "seq": s});
+            if client.spec.extra_fields {
+                p["at"] = json!("2026-01-01T00:00:00Z");
+                p["seq_hint"] = json!({"nested": [1, 2]});
+            }
+            positions.insert(client.wire(*k), p);
+        }
+        if let Some(variant) = client.spec.bad_resume {
+            self.bad_resume(c, variant, &positions);
+        }
+        // The hub trims every stream of the connection by age right before replaying from it.
+        let now = self.sim.now;
+        for k in &keys {
+            self.stream(*k).trim_age(now);
+        }
         let predictions: Vec<Outcome> =
             named.iter().map(|(k, p)| self.predict(c, *k, *p)).collect();
         let frame = json!({"type": "resume", "positions": positions}).to_string();
@@ -742,6 +1012,7 @@ impl World {
 
         let mut all = true;
         let mut resets = Vec::new();
+        let mut replayed = 0;
         for ((key, pos), predicted) in named.iter().zip(predictions) {
             let wire = self.clients[c].wire(*key);
             let r = &reports[&wire];
@@ -750,22 +1021,24 @@ impl World {
             let s = self.stream(*key);
             s.observe(epoch, "resumed");
             assert_eq!(seq, s.seq, "{key:?}: reported position");
+            assert_eq!(r["available_from"].as_u64(), Some(s.available_from()), "{key:?}: {r}");
             match predicted {
-                Outcome::Recovered => assert!(recovered, "{key:?} from {pos:?}: {r}"),
+                Outcome::Recovered => {
+                    assert!(recovered, "{key:?} from {pos:?}: {r}");
+                    assert!(r.get("reason").is_none_or(Value::is_null), "{r}");
+                }
                 Outcome::Lost(why) => {
                     assert!(!recovered, "{key:?} from {pos:?}: {r}");
                     assert_eq!(r["reason"], why);
                 }
-                Outcome::Either if !recovered => assert_eq!(r["reason"], "gap_too_old"),
-                Outcome::Either => {}
             }
             all &= recovered;
-            let live = self.clients[c].live.as_ref().unwrap();
-            let base = live.bases[key];
+            let base = self.live(c).bases[key];
             let upto = if held { seq } else { base };
             if recovered {
                 let add = self.visible(c, *key, pos.1, upto);
                 assert_eq!(r["replayed"].as_u64(), Some(add.len() as u64), "{key:?}: replayed");
+                replayed += add.len();
                 self.clients[c].expected.entry(*key).or_default().extend(add);
             } else {
                 assert_eq!(r["replayed"], 0);
@@ -773,24 +1046,19 @@ impl World {
                 self.clients[c].settle(*key);
                 if held {
                     let add = self.visible(c, *key, base, upto);
+                    replayed += add.len();
                     self.clients[c].expected.entry(*key).or_default().extend(add);
                 }
                 resets.push((*key, (epoch, seq)));
             }
         }
         assert_eq!(resumed["recovered"].as_bool(), Some(all), "overall flag: {resumed}");
-        if held {
-            // Streams the client could not name (rooms it never saw an event of): the backlog
-            // since the connection attached.
-            for key in self.clients[c].keys() {
-                if named.iter().any(|(k, _)| *k == key) {
-                    continue;
-                }
-                let base = self.clients[c].live.as_ref().unwrap().bases[&key];
-                let upto = self.streams[&key].seq;
-                let add = self.visible(c, key, base, upto);
-                self.clients[c].expected.entry(key).or_default().extend(add);
-            }
+        assert_eq!(events.len(), replayed, "replayed frames: {frames:?}");
+        self.counts.replayed += replayed as u64;
+        if all {
+            self.counts.resumes_recovered += 1;
+        } else {
+            self.counts.resumes_unrecovered += 1;
         }
         for (fc, f) in events {
             assert!(f.get("stream").is_some(), "only event frames before resumed: {f}");
@@ -799,11 +1067,9 @@ impl World {
         for (key, pos) in resets {
             self.clients[c].last_seen.insert(key, pos);
         }
-        self.clients[c].live.as_mut().unwrap().held = false;
-        if self.window {
-            // With a window, `resume` must be the first frame; the client narrows right after.
-            self.subscribe(c);
-        }
+        let live = self.live_mut(c);
+        live.held = false;
+        live.resumed = true;
     }
 
     fn disconnect(&mut self, c: usize, abnormal: bool) {
@@ -816,30 +1082,43 @@ impl World {
         if self.users[user].active == 0 {
             self.users[user].detached_at = Some(self.sim.now);
         }
-        for r in self.clients[c].spec.rooms.clone() {
+        for r in live.rooms {
             let members = self.room_members.get_mut(&(tenant, r)).unwrap();
             *members -= 1;
             if *members == 0 {
                 self.stream(Key::Room(tenant, r)).end();
             }
         }
-        // A stream the client has no position for cannot be resumed: its stretch ends here.
-        for key in self.clients[c].keys() {
-            if !self.clients[c].last_seen.contains_key(&key) {
-                self.clients[c].settle(key);
-            }
-        }
         assert!(self.drain().is_empty(), "a transport disconnect delivers nothing");
     }
 
-    fn tick(&mut self, d: Duration) {
-        // With a window, clients resume within it.
+    /// The clock moves by `d`; the hub is ticked at once unless the tick is `late`.
+    fn advance(&mut self, d: Duration, late: bool) {
+        if self.late {
+            // A late tick is overtaken by one call, not by a clock that keeps moving.
+            self.tick();
+        }
+        // With a window, clients resume within it: those whose window would end by then resume
+        // now (the others stay held across the tick).
+        let (then, window) = (self.sim.now + d, self.sim.hub.config().resume_window);
         for c in 0..CLIENTS {
-            if self.clients[c].live.as_ref().is_some_and(|l| l.held) {
+            let live = self.clients[c].live.as_ref();
+            if live.is_some_and(|l| l.held && l.opened_at + window <= then) {
                 self.resume(c);
             }
         }
         self.sim.now += d;
+        if late {
+            self.late = true;
+        } else {
+            self.tick();
+        }
+    }
+
+    /// The hub's tick at the current time: users retire, and every stream's age timer that is
+    /// due fires, so no stream keeps anything older than `MAX_AGE`.
+    fn tick(&mut self) {
+        self.late = false;
         let now = self.sim.now;
         self.sim.hub.tick(now);
         for (u, &(t, _)) in USERS.iter().enumerate() {
@@ -852,6 +1131,9 @@ impl World {
                     self.stream(Key::Tenant(t)).end();
                 }
             }
+        }
+        for s in self.streams.values_mut().filter(|s| s.alive) {
+            s.trim_age(now);
         }
         let frames = self.drain();
         assert!(frames.is_empty(), "ticks deliver nothing here: {frames:?}");
@@ -869,10 +1151,15 @@ fn run_case(specs: Vec<ClientSpec>, ops: Vec<Op>, resume_window: Duration) {
     }
     // Finally everyone comes back and resumes: the last stretch must be complete too.
     for c in 0..CLIENTS {
-        world.connect(c);
+        world.run(&Op::Connect { client: c });
     }
-    world.tick(Duration::from_secs(1));
-    world.check_all();
+    for c in 0..CLIENTS {
+        world.run(&Op::Resume { client: c });
+    }
+    world.run(&Op::Tick { d: Duration::from_secs(1), late: false });
+    for c in 0..CLIENTS {
+        assert!(world.clients[c].live.as_ref().is_some_and(|l| l.resumed), "client {c}");
+    }
 }
 
 fn cases() -> u32 {
@@ -887,7 +1174,7 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    /// No resume window: each client resumes right after connecting, before anything else.
+    /// No resume window: each client narrows and resumes right after connecting.
     #[test]
     fn resume_replays_exactly_what_was_missed_without_window(
         specs in proptest::collection::vec(spec(), CLIENTS),
@@ -896,7 +1183,8 @@ proptest! {
         run_case(specs, ops, Duration::ZERO);
     }
 
-    /// With a resume window: publishes may come between a connect and its resume.
+    /// With a resume window: publishes may come between a connect and its resume, and the
+    /// client narrows before it resumes.
     #[test]
     fn resume_replays_exactly_what_was_missed_with_window(
         specs in proptest::collection::vec(spec(), CLIENTS),
@@ -904,4 +1192,108 @@ proptest! {
     ) {
         run_case(specs, ops, Duration::from_secs(3));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Late ticks, deterministically: the clock passes an age timer's deadline and a `resume` reaches
+// the hub before the tick does (as when a socket event and a due timer are ready together).
+
+fn user_env(user: &str, n: u64) -> Envelope {
+    let target = Target::User { tenant: "acme".into(), user: user.into() };
+    Envelope::new(target, EventKind::ToolCompleted).data(json!({ "id": n }))
+}
+
+/// Connects `alice` and returns the id and her user stream's epoch from the `connected` frame.
+fn connect_alice(sim: &mut Sim) -> (ConnId, u64) {
+    let id = sim.hub.connect(sim.now, Principal::new("acme", "alice")).expect("admitted");
+    let frames = common::frames_for(&sim.drain(), id);
+    assert_eq!(frames[0]["type"], "connected");
+    (id, frames[0]["streams"]["u"]["epoch"].as_u64().expect("epoch"))
+}
+
+fn resume_u(sim: &mut Sim, id: ConnId, epoch: u64, seq: u64) -> Vec<Value> {
+    let frame = json!({"type": "resume", "positions": {"u": {"epoch": epoch, "seq": seq}}});
+    sim.hub.receive(sim.now, id, frame.to_string().as_bytes()).expect("resume accepted");
+    common::frames_for(&sim.drain(), id)
+}
+
+/// Within the window, a late `resume` replays nothing older than `max_age`: the hub trims by
+/// age right before the replay, although the age timer has not fired yet.
+#[test]
+fn a_late_resume_in_the_window_replays_nothing_older_than_max_age() {
+    let mut sim = Sim::new(config(Duration::from_secs(3)));
+    let (phone, epoch) = connect_alice(&mut sim);
+    let frames = resume_u(&mut sim, phone, epoch, 0);
+    assert_eq!(frames.last().expect("resumed")["recovered"], true);
+    sim.hub.disconnect(sim.now, phone, DisconnectReason::Clean).expect("live");
+
+    // m1 at t0, m2 at t0+10s, both kept for the detached user.
+    let p = sim.hub.publish(sim.now, user_env("alice", 1)).expect("accepted");
+    assert_eq!((p.delivered, p.held, p.undeliverable()), (0, 0, true));
+    assert!(common::deliveries(&sim.advance(Duration::from_secs(10))).is_empty());
+    sim.hub.publish(sim.now, user_env("alice", 2)).expect("accepted");
+    // t0+29s: the phone is back, held; m3 waits for its resume.
+    assert!(common::deliveries(&sim.advance(Duration::from_secs(19))).is_empty());
+    let (phone, again) = connect_alice(&mut sim);
+    assert_eq!(again, epoch);
+    let p = sim.hub.publish(sim.now, user_env("alice", 3)).expect("accepted");
+    assert_eq!((p.delivered, p.held, p.undeliverable()), (0, 1, false));
+    assert_eq!(sim.hub.stats().buffered_messages, 3);
+
+    // t0+30s+1ns, no tick yet: m1 is past max_age and its timer is overdue.
+    sim.now += Duration::from_secs(1) + Duration::from_nanos(1);
+    let frames = resume_u(&mut sim, phone, epoch, 0);
+    let ids: Vec<u64> = frames.iter().filter_map(|f| f["data"]["id"].as_u64()).collect();
+    assert_eq!(ids, vec![3], "only the held-back m3 (the gap from seq 0 needs m1): {frames:?}");
+    let report = &frames.last().expect("resumed")["streams"]["u"];
+    assert_eq!(report["recovered"], false, "{report}");
+    assert_eq!(report["reason"], "gap_too_old");
+    assert_eq!(
+        (report["available_from"].as_u64(), report["replayed"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(sim.hub.stats().buffered_messages, 2);
+    sim.hub.check_invariants().expect("invariants");
+    assert!(common::deliveries(&sim.advance(Duration::ZERO)).is_empty());
+    assert_eq!(sim.hub.stats().buffered_messages, 2);
+    sim.hub.check_invariants().expect("invariants after the late tick");
+}
+
+/// Regression (fails against the hub as of 9ef776e): a late `resume` whose age trim empties a
+/// stream's buffer leaves that stream's age timer armed, and `check_invariants` reports
+/// "user stream: age timer armed true with 0 buffered" (the documented invariant, see
+/// `Stream::trim_timer`: armed exactly while anything is buffered).
+///
+/// Input: alice connects (no window) at t0; an event is published to her (seq 1); she
+/// disconnects; the clock moves 31 s without a `tick` (the age timer, due at t0+30s+1ns, is
+/// overdue); she reconnects and resumes from seq 0. Expected: `gap_too_old`, nothing buffered,
+/// no age timer armed, invariants hold. Actual: the report and the gauge are right, but the
+/// timer stays armed on the empty stream until the next `tick` (harmless then: it fires, trims
+/// nothing and is not re-armed).
+///
+/// Suspected cause: `Hub::release` (src/inbound.rs) trims each stream with `Sink::trim` before
+/// replaying but, unlike `Hub::tick`, neither cancels nor re-arms the stream's `trim_timer`
+/// afterwards.
+#[test]
+fn a_late_replay_that_empties_a_buffer_leaves_no_age_timer_armed() {
+    let mut sim = Sim::new(config(Duration::ZERO));
+    let (laptop, epoch) = connect_alice(&mut sim);
+    let p = sim.hub.publish(sim.now, user_env("alice", 1)).expect("accepted");
+    assert_eq!(p.delivered, 1);
+    sim.drain();
+    sim.hub.disconnect(sim.now, laptop, DisconnectReason::Clean).expect("live");
+    sim.hub.check_invariants().expect("invariants before");
+
+    sim.now += MAX_AGE + Duration::from_secs(1);
+    let (laptop, _) = connect_alice(&mut sim);
+    let frames = resume_u(&mut sim, laptop, epoch, 0);
+    assert_eq!(frames.len(), 1, "only the resumed frame: {frames:?}");
+    let report = &frames[0]["streams"]["u"];
+    assert_eq!(
+        (report["recovered"].as_bool(), report["reason"].as_str()),
+        (Some(false), Some("gap_too_old"))
+    );
+    assert_eq!(report["available_from"].as_u64(), Some(2));
+    assert_eq!(sim.hub.stats().buffered_messages, 0);
+    assert_eq!(sim.hub.check_invariants(), Ok(()), "right after the late replay");
 }
