@@ -199,7 +199,8 @@ pub struct Config {
     /// How long a new connection waits for its client's first frame before live delivery starts
     /// (default 0: at once). With a window, events published between `connect` and the client's
     /// `resume` are not sent ahead of the replay, so a resuming client sees every stream exactly
-    /// in order; any first frame, or the window running out, starts live delivery.
+    /// in order. Any valid frame but `subscribe`/`unsubscribe` (which may come first, so that the
+    /// replay honours the filter), or the window running out, starts live delivery.
     pub resume_window: Duration,
     /// The per-user reconnect breaker.
     pub breaker: BreakerConfig,

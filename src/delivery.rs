@@ -193,10 +193,23 @@ impl Sink {
     }
 
     /// Trims a stream to its bounds at `now` (the age bound is otherwise applied when it grows).
-    pub(crate) fn trim(&mut self, stream: &mut Stream, now: Instant, cfg: &Config) {
+    /// A stream left empty disarms its age timer; one still holding messages keeps it (it may
+    /// fire early, which only re-arms it).
+    pub(crate) fn trim(
+        &mut self,
+        trims: &mut TimerQueue<TrimKey>,
+        stream: &mut Stream,
+        now: Instant,
+        cfg: &Config,
+    ) {
         let before = stream.buffered();
         stream.trim(now, &cfg.retention);
         self.rebuffered(before, stream.buffered());
+        if stream.buffered().0 == 0 {
+            if let Some(timer) = stream.trim_timer.take() {
+                trims.cancel(timer);
+            }
+        }
     }
 
     /// Adjusts the buffered gauges after a stream changed from `before` to `after`.

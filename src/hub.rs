@@ -681,7 +681,7 @@ impl Hub {
             // Always found: dropping a stream cancels its timer.
             if let Some(stream) = stream {
                 stream.trim_timer = None;
-                self.out.trim(stream, now, &self.cfg);
+                self.out.trim(&mut self.trims, stream, now, &self.cfg);
                 arm_trim(&mut self.trims, stream, || key, self.cfg.retention.max_age);
             }
         }

@@ -16,7 +16,8 @@ use crate::stream::{Stream, StreamName, StreamPos, Unrecoverable};
 
 impl Hub {
     /// A text (or binary) frame arrived from the client. Any frame proves the peer alive, and any
-    /// valid one ends the connection's resume window.
+    /// valid one but `subscribe`/`unsubscribe` ends the connection's resume window (filters may be
+    /// set first, so that the replay honours them).
     ///
     /// A frame that is oversized, malformed, unknown, over a rate or over a limit gets an `error`
     /// frame and `Err(ReceiveError::Peer(..))`; after `max_violations` of those in a row the
@@ -203,7 +204,7 @@ impl Hub {
                 }
             };
             // Apply the age bound first, so nothing older than `max_age` is ever replayed.
-            self.out.trim(stream, now, &self.cfg);
+            self.out.trim(&mut self.trims, stream, now, &self.cfg);
             replay.stream(&mut self.out, &mut self.conns, &name, stream, base);
         }
         let Replay { reports, replayed, lost, .. } = replay;
