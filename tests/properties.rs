@@ -2,50 +2,85 @@
 //! model, with checks after every step.
 //!
 //! The model ([`Model`]) is written from the design document and the public API docs, not from
-//! the hub's internals: plain maps of live connections, held users, tenants and rooms, one counter
-//! per stream, and a token bucket per allowance. Where the docs leave an order open it follows the
+//! the hub's internals: plain maps of live connections, held users, tenants and rooms; per stream a
+//! counter and a recovery buffer (seq, time, frame text, who may see it); a token bucket per
+//! allowance; a reconnect breaker per user. Where the docs leave an order open it follows the
 //! documented one (a frame is size-checked, then parsed, then rate-limited; an envelope's kind is
-//! checked before its target), and where several connect limits apply at once it accepts any of
+//! checked before its target), and where several connect refusals apply at once it accepts any of
 //! them. For every operation it predicts the call's result and the exact multiset of actions the
-//! hub must queue (deliveries with frame type, stream and seq; pings; closes; inbound messages;
-//! audits; metrics). On top of that exact comparison each step asserts the four properties of
-//! the design (section 9) directly:
+//! hub must queue: every `Deliver` down to the frame's text (connected, error with its message,
+//! pong, refresh_required, skipped, resumed, event frames with epoch, seq, thread and redacted
+//! data), pings, closes, inbound messages, audits and metrics (breaker changes included). On top
+//! of that exact comparison each step asserts the four properties of the design (section 9)
+//! directly:
 //!
-//! 1. every `Deliver` goes to a connection that is live, and every event frame to one whose
-//!    `(tenant, user)` (room membership, role, thread filter) the publish target admits;
+//! 1. every `Deliver` goes to a connection that is live, every live event frame to one whose
+//!    `(tenant, user)` (room membership, role, thread filter) the publish target admits, and every
+//!    replayed one to the connection that resumed (or whose resume window ended), from one of its
+//!    own streams;
 //! 2. no stale or closed id is honoured: the call fails, nothing is queued for the id, and an id
 //!    whose slot now holds another connection gets `ConnError::Stale` plus an
 //!    `AuditKind::StaleConnId` audit;
-//! 3. `hub.stats()` equals the model's counters and gauges, field by field;
-//! 4. per (connection, stream, epoch) the seqs of event frames strictly increase (and a stream
-//!    created anew gets a new epoch).
+//! 3. `hub.stats()` equals the model's counters and gauges, field by field (breaker counters,
+//!    skipped thinking frames, held-back and replayed messages, resumes, buffered messages and
+//!    bytes, early evictions included), and `hub.check_invariants()` holds;
+//! 4. per (connection, stream, epoch) the seqs of live event frames strictly increase, no
+//!    (connection, stream, epoch, seq) is delivered twice (live or replayed), and a stream created
+//!    anew gets a new epoch.
 //!
 //! Closes are checked for a reason consistent with the model (heartbeat timeout only after a ping
 //! and `heartbeat.timeout` of silence, session expiry only at or after `expires_at`, `Replaced`
 //! only under `EvictOldest` and for the connecting user, `ProtocolViolation` only once the
-//! violation allowance is spent, the others only from `Hub::close`); pings only after
+//! violation allowance is spent, `SlowConsumer` only from a publish, from the end of a resume
+//! window or from `Hub::close`, the others only from `Hub::close`); pings only after
 //! `heartbeat.interval` of silence. Every step also checks that redacted keys never reach a
 //! frame, that the recipients of one message share one buffer, that `poll_timeout` is the last
 //! `now` while actions are queued and in the future after a tick, and that the read-only views
-//! and `poll_timeout` agree with the model (a timer is never armed after the model's deadline).
+//! (unwritten bytes, pending skips, resume hold, buffered messages, breaker state) and
+//! `poll_timeout` agree with the model (a timer is never armed after the model's deadline).
 //!
-//! Two properties fail today because of hub bugs; each has its minimal case written out as a plain
-//! `regression_*` test at the end of the file.
+//! What the model takes from the hub instead of predicting, and why:
+//! - stream epochs come from the seeded generator: the model learns each new incarnation's epoch
+//!   from the hub's first report of it (`connected` frame, publish position) and checks that it
+//!   is new for that stream and stable afterwards;
+//! - the docs leave open in which order timers that are due at the same `tick` run, and in which
+//!   order the connections one fan-out found over their hard limit are closed; the model runs
+//!   them in the order the hub's actions show. This matters for the breaker (a probe that times
+//!   out in the tick that would have declared it healthy) and for `max_detached_users` (which
+//!   users detach first, and so which older ones are evicted to make room);
+//! - `max_detached_users` and `max_buffered_bytes` retire "the detached user closest to
+//!   retirement"; among users with the same deadline the model evicts one the hub no longer holds.
+//!
+//! What is restricted, and so not covered here:
+//! - the breaker trips only in cases with a non-zero `user_retention` and a `max_detached_users`
+//!   that is never reached; elsewhere its threshold is `u32::MAX`, which provably never trips (a
+//!   case opens at most 60 connections, so it sees at most 60 abnormal closes). With zero
+//!   retention an open breaker is lost with its user (see
+//!   `regression_zero_retention_discards_an_open_breaker`), and with a small `max_detached_users`
+//!   a user kept for its open breaker could evict another in the middle of a tick, in an order the
+//!   docs leave open;
+//! - `resume` names the user stream, the tenant stream and a stream the connection does not have;
+//!   resumes of room streams (whose epoch the model may not have seen yet) are left to
+//!   `tests/simulation.rs`, which also covers clients that reconnect and resume for real;
+//! - the rate views (moving averages) and snapshots are not checked.
+//!
+//! The two `regression_*` tests that follow the properties are minimal cases of bugs the
+//! properties found and that are fixed; the third documents a bug that is not.
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use common::Sim;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
 use switchboard::{
-    Action, Audience, AuditKind, CloseReason, ClosedBy, Config, ConnError, ConnId, ConnectError,
-    DisconnectReason, Envelope, EventKind, Heartbeat, LimitKind, MetricEvent, Principal,
-    PublishError, ReceiveError, RefreshError, Role, RoomError, Target, Tier, TierQuota,
-    UserLimitPolicy, UserPhase,
+    Action, Audience, AuditKind, BreakerConfig, BreakerState, CloseReason, ClosedBy, Config,
+    ConnError, ConnId, ConnectError, DisconnectReason, Envelope, EventKind, Heartbeat, LimitKind,
+    MetricEvent, PeerError, Principal, PublishError, ReceiveError, RefreshError, Retention, Role,
+    RoomError, Target, Tier, TierQuota, UserLimitPolicy, UserPhase,
 };
 
 /// Milliseconds since the simulation's start instant.
@@ -69,6 +104,8 @@ const SESSION_GRACE: Ms = 4_000;
 const RETENTION: Ms = 20_000;
 const TOMBSTONE: Ms = 10_000;
 const MAX_FRAME_BYTES: usize = 160;
+/// `max_detached_users` when it must never be reached (there are only `TENANTS * USERS` users).
+const NO_DETACHED_CAP: u32 = 1_000;
 
 fn tenant_name(t: usize) -> String {
     format!("t{t}")
@@ -89,6 +126,10 @@ fn slot_of(id: ConnId) -> u32 {
     // `to_u64` is `generation << 32 | index`.
     id.to_u64() as u32
 }
+/// The model index in a name such as `t2` or `u0`.
+fn index_in(name: &str) -> Option<usize> {
+    name.get(1..)?.parse().ok()
+}
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -102,24 +143,69 @@ struct Knobs {
     tenant_cap: Option<u32>,
     /// `(interval, timeout)` of the heartbeat, in ms.
     heartbeat: (Ms, Ms),
+    /// Bounds of every recovery buffer: `(messages, bytes, age in ms)`; `None`: the defaults
+    /// (only the age bound is ever reached).
+    retention: Option<(usize, usize, Ms)>,
+    /// `None`: the default, never reached.
+    max_buffered_bytes: Option<u64>,
+    /// `(max_inflight_bytes, max_unwritten_bytes)`; `None`: the defaults, never reached.
+    backpressure: Option<(u64, u64)>,
+    /// `resume_window` in ms (mostly 0: live at once).
+    resume_window: Ms,
+    /// `(threshold, window, open_for, probe_healthy_after)`, durations in ms; `None`: a threshold
+    /// of `u32::MAX`, which never trips (a case opens at most 60 connections).
+    breaker: Option<(u32, Ms, Ms, Ms)>,
+    max_detached_users: u32,
 }
 
 /// The heartbeat most tests run with: the interval longer than the timeout, as by default.
 const HEARTBEAT: (Ms, Ms) = (HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT);
 
 fn knobs(policy: UserLimitPolicy, heartbeat: (Ms, Ms)) -> impl Strategy<Value = Knobs> {
-    (any::<bool>(), prop::bool::weighted(0.2), prop::option::weighted(0.3, 3u32..6)).prop_map(
-        move |(global_broadcast, zero_retention, tenant_cap)| Knobs {
-            policy,
-            global_broadcast,
-            zero_retention,
-            tenant_cap,
-            heartbeat,
+    let basics = (any::<bool>(), prop::bool::weighted(0.2), prop::option::weighted(0.3, 3u32..6));
+    let delivery = (
+        prop::option::weighted(0.5, (1usize..6, 150usize..900, 2_000u64..40_000)),
+        prop::option::weighted(0.3, 200u64..2_500),
+        prop::option::weighted(0.6, (250u64..1_200, 0u64..1_200)),
+        prop_oneof![3 => Just(0u64), 1 => 500u64..6_000],
+    );
+    let protection = (
+        prop::option::weighted(0.7, (1u32..4, 2_000u64..30_000, 1_000u64..20_000, 500u64..8_000)),
+        prop::option::weighted(0.2, 1u32..4),
+    );
+    (basics, delivery, protection).prop_map(
+        move |(
+            (global_broadcast, zero_retention, tenant_cap),
+            (retention, max_buffered_bytes, backpressure, resume_window),
+            (breaker, small_detached_cap),
+        )| {
+            // See the module docs: the breaker trips only where no user kept for it can be lost
+            // (zero retention) or evict another in the middle of a tick (a small cap).
+            let breaker =
+                if zero_retention || small_detached_cap.is_some() { None } else { breaker };
+            Knobs {
+                policy,
+                global_broadcast,
+                zero_retention,
+                tenant_cap,
+                heartbeat,
+                retention,
+                max_buffered_bytes,
+                backpressure: backpressure.map(|(soft, extra)| (soft, soft + extra)),
+                resume_window,
+                breaker,
+                max_detached_users: small_detached_cap.unwrap_or(NO_DETACHED_CAP),
+            }
         },
     )
 }
 
+fn ms(d: Ms) -> Duration {
+    Duration::from_millis(d)
+}
+
 fn config(k: &Knobs) -> Config {
+    let defaults = Config::default();
     let mut cfg = Config {
         max_connections: 8,
         max_connections_per_tenant: k.tenant_cap,
@@ -132,19 +218,32 @@ fn config(k: &Knobs) -> Config {
         control_burst: 4,
         max_violations: 3,
         violation_refill: Duration::from_secs(4),
-        heartbeat: Heartbeat {
-            interval: Duration::from_millis(k.heartbeat.0),
-            timeout: Duration::from_millis(k.heartbeat.1),
+        heartbeat: Heartbeat { interval: ms(k.heartbeat.0), timeout: ms(k.heartbeat.1) },
+        session_grace: ms(SESSION_GRACE),
+        user_retention: if k.zero_retention { Duration::ZERO } else { ms(RETENTION) },
+        max_detached_users: k.max_detached_users,
+        retention: match k.retention {
+            Some((max_messages, max_bytes, age)) => {
+                Retention { max_messages, max_bytes, max_age: ms(age) }
+            }
+            None => Retention::default(),
         },
-        session_grace: Duration::from_millis(SESSION_GRACE),
-        user_retention: if k.zero_retention {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(RETENTION)
+        max_buffered_bytes: k.max_buffered_bytes.unwrap_or(defaults.max_buffered_bytes),
+        max_inflight_bytes: k.backpressure.map_or(defaults.max_inflight_bytes, |b| b.0),
+        max_unwritten_bytes: k.backpressure.map_or(defaults.max_unwritten_bytes, |b| b.1),
+        resume_window: ms(k.resume_window),
+        breaker: match k.breaker {
+            Some((threshold, window, open_for, healthy)) => BreakerConfig {
+                threshold,
+                window: ms(window),
+                open_for: ms(open_for),
+                probe_healthy_after: ms(healthy),
+            },
+            None => BreakerConfig { threshold: u32::MAX, ..BreakerConfig::default() },
         },
-        tombstone_ttl: Duration::from_millis(TOMBSTONE),
+        tombstone_ttl: ms(TOMBSTONE),
         allow_global_broadcast: k.global_broadcast,
-        ..Config::default()
+        ..defaults
     };
     let quota = |conns, per_minute, burst| TierQuota {
         max_connections_per_user: conns,
@@ -162,12 +261,14 @@ fn config(k: &Knobs) -> Config {
 // Operations
 
 /// Which connection an operation addresses: a live one (if any), or any id ever minted
-/// (preferring closed and stale ones).
+/// (preferring closed and stale ones). `NEWEST` addresses the newest live connection.
 #[derive(Clone, Copy, Debug)]
 struct Who {
     live: bool,
     n: u8,
 }
+
+const NEWEST: Who = Who { live: true, n: u8::MAX };
 
 /// A client frame.
 #[derive(Clone, Debug)]
@@ -176,32 +277,51 @@ enum In {
     Unsubscribe(Option<usize>),
     Message(Option<usize>, u8),
     Ping,
+    /// `resume` naming up to three streams: `(stream, wrong epoch, seq)` where the stream is the
+    /// user's (0), the tenant's (1) or one the connection does not have (2), and the seq is taken
+    /// modulo the stream's seq + 2 (so sometimes ahead of it).
+    Resume(Vec<(usize, bool, u8)>),
     /// One of [`GARBAGE`].
     Garbage(usize),
     /// A well-formed `message` this many bytes over `max_frame_bytes`.
     Oversized(usize),
 }
 
-/// Frames the hub must refuse, with the error code it must answer. The protocol's client frames are
-/// JSON objects (`PeerError::Malformed`: "the frame is not a JSON object"); the last
-/// [`NON_OBJECTS`] entries are JSON arrays whose elements line up with the fields of a valid frame.
-const GARBAGE: &[(&[u8], &str)] = &[
-    (br#"{"type":"message""#, "malformed"),
-    (b"not json", "malformed"),
-    (b"\xff\xfe{}", "malformed"),
-    (b"null", "malformed"),
-    (br#"{"type":42}"#, "malformed"),
-    (br#"{"type":"message","thread_id":5}"#, "malformed"),
-    (b"[1,2,3]", "malformed"),
-    (br#"{"thread_id":"th1"}"#, "missing_type"),
-    (br#"{"type":null}"#, "missing_type"),
-    (br#"{"type":"dance"}"#, "unknown_type"),
-    (br#"{"type":"subscribe"}"#, "invalid_field"),
-    (br#"{"type":"message","thread_id":""}"#, "invalid_field"),
-    (br#"{"type":"subscribe","thread_id":"far-too-long"}"#, "invalid_field"),
-    (br#"["ping",null,null]"#, "malformed"),
-    (br#"["message","th1",{"n":1}]"#, "malformed"),
-    (br#"["subscribe","th1",null]"#, "malformed"),
+/// Frames the hub must refuse, with the error it must answer. The protocol's client frames are
+/// JSON objects (`PeerError::Malformed`: "the frame is not a JSON object", located at the first
+/// character that is not whitespace); the last [`NON_OBJECTS`] entries are JSON arrays whose
+/// elements line up with the fields of a valid frame.
+const GARBAGE: &[(&[u8], PeerError)] = &[
+    (br#"{"type":"message""#, PeerError::Malformed { line: 1, column: 17 }),
+    (b"not json", PeerError::Malformed { line: 1, column: 1 }),
+    (b"\xff\xfe{}", PeerError::Malformed { line: 1, column: 1 }),
+    (b"null", PeerError::Malformed { line: 1, column: 1 }),
+    (b"[1,2,3]", PeerError::Malformed { line: 1, column: 1 }),
+    (br#"{"type":42}"#, PeerError::MissingType),
+    (br#"{"thread_id":"th1"}"#, PeerError::MissingType),
+    (br#"{"type":null}"#, PeerError::MissingType),
+    (br#"{"type":"dance"}"#, PeerError::UnknownType),
+    (br#"{"type":"message","thread_id":5}"#, PeerError::InvalidField { field: "thread_id" }),
+    (br#"{"type":"subscribe"}"#, PeerError::InvalidField { field: "thread_id" }),
+    (br#"{"type":"message","thread_id":""}"#, PeerError::InvalidField { field: "thread_id" }),
+    (
+        br#"{"type":"subscribe","thread_id":"far-too-long"}"#,
+        PeerError::InvalidField { field: "thread_id" },
+    ),
+    (br#"{"type":"resume"}"#, PeerError::InvalidField { field: "positions" }),
+    (br#"{"type":"resume","positions":[]}"#, PeerError::InvalidField { field: "positions" }),
+    (
+        br#"{"type":"resume","positions":{"u":{"epoch":1}}}"#,
+        PeerError::InvalidField { field: "positions" },
+    ),
+    // More streams than a connection can have (2 + max_rooms_per_connection).
+    (
+        br#"{"type":"resume","positions":{"a":{"epoch":1,"seq":1},"b":{"epoch":1,"seq":1},"c":{"epoch":1,"seq":1},"d":{"epoch":1,"seq":1},"e":{"epoch":1,"seq":1}}}"#,
+        PeerError::InvalidField { field: "positions" },
+    ),
+    (br#"["ping",null,null]"#, PeerError::Malformed { line: 1, column: 1 }),
+    (br#"["message","th1",{"n":1}]"#, PeerError::Malformed { line: 1, column: 1 }),
+    (b" \n [\"subscribe\",\"th1\",null]", PeerError::Malformed { line: 2, column: 2 }),
 ];
 const NON_OBJECTS: usize = 3;
 /// Garbage frames that are JSON objects or not JSON at all.
@@ -339,6 +459,8 @@ fn client_frame(garbage: usize) -> impl Strategy<Value = In> {
         2 => prop::option::of(0..THREADS).prop_map(In::Unsubscribe),
         4 => (prop::option::of(0..THREADS), any::<u8>()).prop_map(|(t, n)| In::Message(t, n)),
         2 => Just(In::Ping),
+        2 => prop::collection::vec((0..3usize, prop::bool::weighted(0.2), any::<u8>()), 0..4)
+            .prop_map(In::Resume),
         3 => (0..garbage).prop_map(In::Garbage),
         1 => (1usize..40).prop_map(In::Oversized),
     ]
@@ -374,7 +496,9 @@ fn op(garbage: usize) -> impl Strategy<Value = Op> {
         1 => (who(), 0..APP_CLOSE_REASONS.len()).prop_map(|(who, reason)| Op::Close { who, reason }),
         7 => (who(), client_frame(garbage)).prop_map(|(who, frame)| Op::Receive { who, frame }),
         2 => who().prop_map(|who| Op::Pong { who }),
-        1 => (who(), 0u32..400).prop_map(|(who, bytes)| Op::Written { who, bytes }),
+        // Part of what is unwritten, or everything (`written` saturates).
+        2 => (who(), prop_oneof![3 => 0u32..400, 1 => Just(100_000u32)])
+            .prop_map(|(who, bytes)| Op::Written { who, bytes }),
         2 => (who(), prop::option::weighted(0.8, -3_000i32..30_000))
             .prop_map(|(who, expires_in)| Op::Refresh { who, expires_in }),
         5 => (who(), 0..ROOMS).prop_map(|(who, room)| Op::Join { who, room }),
@@ -396,7 +520,8 @@ fn back() -> impl Strategy<Value = u32> {
 
 /// One step, a burst of client frames to one connection (so that rate limits, subscription limits
 /// and the violation allowance are reached), a burst of connects (so that connection limits are),
-/// or several connections joining one room.
+/// several connections joining one room, a failing client's reconnect loop, a resume after
+/// events, or a burst of publishes to one user (so that backpressure is reached).
 fn chunk(garbage: usize) -> impl Strategy<Value = Vec<Step>> {
     prop_oneof![
         12 => (back(), op(garbage)).prop_map(|(back, op)| vec![Step { back, op }]),
@@ -416,7 +541,66 @@ fn chunk(garbage: usize) -> impl Strategy<Value = Vec<Step>> {
                 .map(|n| Step { back: 0, op: Op::Join { who: Who { live: true, n }, room } })
                 .collect()
         }),
+        1 => reconnect_loop(),
+        1 => resume_after_events(),
+        1 => (who(), prop::collection::vec((0..6usize, thread()), 2..7)).prop_map(|(w, kinds)| {
+            kinds
+                .into_iter()
+                .map(|(kind, thread)| Step {
+                    back: 0,
+                    op: Op::Publish { target: Tgt::UserOf(w), kind, thread },
+                })
+                .collect()
+        }),
     ]
+}
+
+/// An envelope's thread, if any.
+fn thread() -> impl Strategy<Value = Option<usize>> {
+    prop::option::weighted(0.3, 0..THREADS)
+}
+
+fn at_once(ops: Vec<Op>) -> Vec<Step> {
+    ops.into_iter().map(|op| Step { back: 0, op }).collect()
+}
+
+/// A client that keeps failing and reconnecting (so that breakers open, refuse, half-open and
+/// close), with time passing.
+fn reconnect_loop() -> impl Strategy<Value = Vec<Step>> {
+    let shape = (0..TENANTS, 0..USERS, 1..5usize, 500u32..25_000, 0u32..12_000);
+    shape.prop_map(|(tenant, user, failures, wait, up)| {
+        let connect = Op::Connect { tenant, user, tier: 3, roles: 1, expires_in: None };
+        let fail = Op::Disconnect { who: NEWEST, clean: false };
+        let mut ops = Vec::new();
+        for _ in 0..failures {
+            ops.extend([connect.clone(), fail.clone()]);
+        }
+        ops.extend([connect.clone(), Op::Tick(wait), connect.clone(), Op::Tick(up), connect]);
+        at_once(ops)
+    })
+}
+
+/// Events for a user and its tenant, then a client of the user that connects (maybe narrows
+/// itself to a thread) and resumes from early positions (so that replays happen).
+fn resume_after_events() -> impl Strategy<Value = Vec<Step>> {
+    let events = prop::collection::vec((0..6usize, thread(), any::<bool>()), 0..5);
+    let shape = (0..TENANTS, 0..USERS, events, 0u8..3, 0u8..3, prop::option::of(0..THREADS));
+    shape.prop_map(|(tenant, user, events, useq, tseq, narrow)| {
+        let connect = Op::Connect { tenant, user, tier: 3, roles: 1, expires_in: None };
+        let mut ops = vec![connect.clone()];
+        for (kind, thread, broadcast) in events {
+            let target =
+                if broadcast { Tgt::Tenant(tenant, None) } else { Tgt::User(tenant, user) };
+            ops.push(Op::Publish { target, kind, thread });
+        }
+        ops.push(connect);
+        if let Some(th) = narrow {
+            ops.push(Op::Receive { who: NEWEST, frame: In::Subscribe(th) });
+        }
+        let resume = In::Resume(vec![(0, false, useq), (1, false, tseq)]);
+        ops.push(Op::Receive { who: NEWEST, frame: resume });
+        at_once(ops)
+    })
 }
 
 /// Up to 60 steps.
@@ -426,31 +610,97 @@ fn steps(garbage: usize) -> impl Strategy<Value = Vec<Step>> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Frames, as the protocol documents them (field order included).
+
+fn js(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+/// The `connected` frame: the id, `(tenant, user)`, the heartbeat, the session's remaining time,
+/// and the `(epoch, seq)` of the user and tenant streams.
+fn f_connected(
+    id: ConnId,
+    (t, u): (usize, usize),
+    hb: Ms,
+    expires_in: Option<Ms>,
+    user: (u64, u64),
+    tenant: (u64, u64),
+) -> String {
+    let exp = expires_in.map_or("null".to_owned(), |e| e.to_string());
+    format!(
+        r#"{{"type":"connected","conn_id":"{id}","tenant":{},"user":{},"heartbeat_ms":{hb},"session_expires_in_ms":{exp},"streams":{{"u":{{"epoch":{},"seq":{}}},"t":{{"epoch":{},"seq":{}}}}}}}"#,
+        js(&tenant_name(t)),
+        js(&user_name(u)),
+        user.0,
+        user.1,
+        tenant.0,
+        tenant.1
+    )
+}
+fn f_pong() -> String {
+    r#"{"type":"pong"}"#.to_owned()
+}
+fn f_error(e: &PeerError) -> String {
+    format!(r#"{{"type":"error","code":{},"message":{}}}"#, js(e.code()), js(&e.to_string()))
+}
+fn f_refresh(expires_in: Ms) -> String {
+    format!(r#"{{"type":"refresh_required","expires_in_ms":{expires_in}}}"#)
+}
+fn f_skipped(count: u32) -> String {
+    format!(r#"{{"type":"skipped","count":{count}}}"#)
+}
+/// An event frame; the payload is the one every publish carries, `n` its number.
+fn f_event(
+    kind: &str,
+    stream: &str,
+    (epoch, seq): (u64, u64),
+    thread: Option<usize>,
+    n: u64,
+) -> String {
+    let thread =
+        thread.map_or(String::new(), |t| format!(r#","thread_id":{}"#, js(&thread_name(t))));
+    format!(
+        r#"{{"type":{},"stream":{},"epoch":{epoch},"seq":{seq}{thread},"data":{{"api_key":"[redacted]","n":{n}}}}}"#,
+        js(kind),
+        js(stream)
+    )
+}
+
+/// What `resume` found for one stream.
+#[derive(Clone, Debug)]
+struct Report {
+    recovered: bool,
+    reason: Option<&'static str>,
+    epoch: u64,
+    seq: u64,
+    available_from: u64,
+    replayed: u32,
+}
+
+fn f_resumed(recovered: bool, reports: &[(String, Report)]) -> String {
+    let streams: Vec<String> = reports
+        .iter()
+        .map(|(name, r)| {
+            let reason = r.reason.map_or(String::new(), |w| format!(r#","reason":{}"#, js(w)));
+            format!(
+                r#"{}:{{"recovered":{}{reason},"epoch":{},"seq":{},"available_from":{},"replayed":{}}}"#,
+                js(name),
+                r.recovered,
+                r.epoch,
+                r.seq,
+                r.available_from,
+                r.replayed
+            )
+        })
+        .collect();
+    format!(r#"{{"type":"resumed","recovered":{recovered},"streams":{{{}}}}}"#, streams.join(","))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Normalized outputs: the model predicts these strings, the hub's actions are mapped onto them.
 
-/// The `connected` frame: its `conn_id`, `(tenant, user)`, heartbeat, the seqs of the user and
-/// tenant streams, and the session's remaining time.
-fn o_connected(
-    c: ConnId,
-    id: &str,
-    (t, u): (&str, &str),
-    hb: u64,
-    (useq, tseq): (u64, u64),
-    exp: Option<u64>,
-) -> String {
-    format!("deliver {c} connected id={id} {t}/{u} hb={hb} u={useq} t={tseq} exp={exp:?}")
-}
-fn o_pong(c: ConnId) -> String {
-    format!("deliver {c} pong")
-}
-fn o_error(c: ConnId, code: &str) -> String {
-    format!("deliver {c} error {code}")
-}
-fn o_refresh(c: ConnId, expires_in: u64) -> String {
-    format!("deliver {c} refresh_required {expires_in}")
-}
-fn o_event(c: ConnId, kind: &str, stream: &str, seq: u64, thread: Option<&str>) -> String {
-    format!("deliver {c} event {kind} {stream} seq={seq} thread={thread:?}")
+fn o_deliver(c: ConnId, frame: &str) -> String {
+    format!("deliver {c} {frame}")
 }
 fn o_ping(c: ConnId) -> String {
     format!("ping {c}")
@@ -479,42 +729,26 @@ fn o_user_retired(t: &str, u: &str) -> String {
 fn o_limit(limit: LimitKind) -> String {
     format!("metric limit {limit:?}")
 }
+fn o_breaker(t: &str, u: &str, state: &BState) -> String {
+    format!("metric breaker {t}/{u} {state:?}")
+}
 
 fn parse_frame(text: &str) -> Value {
     serde_json::from_str(text).expect("every frame is JSON")
 }
 
-fn normalize(a: &Action) -> String {
+/// A breaker state with its instant as ms since `start`.
+fn breaker_state(state: BreakerState, start: Instant) -> BState {
+    match state {
+        BreakerState::Closed => BState::Closed,
+        BreakerState::Open { until } => BState::Open((until - start).as_millis() as Ms),
+        BreakerState::HalfOpen { probe } => BState::HalfOpen(probe),
+    }
+}
+
+fn normalize(a: &Action, start: Instant) -> String {
     match a {
-        Action::Deliver { conn, frame } => {
-            let v = parse_frame(frame.as_str());
-            let s = |v: &Value| v.as_str().unwrap_or("<missing>").to_owned();
-            match v["type"].as_str().unwrap_or("<missing>") {
-                "connected" => o_connected(
-                    *conn,
-                    &s(&v["conn_id"]),
-                    (&s(&v["tenant"]), &s(&v["user"])),
-                    v["heartbeat_ms"].as_u64().unwrap_or(u64::MAX),
-                    (
-                        v["streams"]["u"]["seq"].as_u64().unwrap_or(u64::MAX),
-                        v["streams"]["t"]["seq"].as_u64().unwrap_or(u64::MAX),
-                    ),
-                    v["session_expires_in_ms"].as_u64(),
-                ),
-                "pong" => o_pong(*conn),
-                "error" => o_error(*conn, &s(&v["code"])),
-                "refresh_required" => {
-                    o_refresh(*conn, v["expires_in_ms"].as_u64().unwrap_or(u64::MAX))
-                }
-                kind => o_event(
-                    *conn,
-                    kind,
-                    &s(&v["stream"]),
-                    v["seq"].as_u64().unwrap_or(u64::MAX),
-                    v["thread_id"].as_str(),
-                ),
-            }
-        }
+        Action::Deliver { conn, frame } => o_deliver(*conn, frame.as_str()),
         Action::Ping { conn } => o_ping(*conn),
         Action::Close { conn, reason } => o_close(*conn, *reason),
         Action::Inbound(i) => o_inbound(
@@ -543,6 +777,9 @@ fn normalize(a: &Action) -> String {
             o_user_retired(tenant.as_str(), user.as_str())
         }
         Action::Metric(MetricEvent::LimitRejected { limit }) => o_limit(*limit),
+        Action::Metric(MetricEvent::BreakerChanged { tenant, user, state }) => {
+            o_breaker(tenant.as_str(), user.as_str(), &breaker_state(*state, start))
+        }
         other => format!("unexpected {other:?}"),
     }
 }
@@ -593,12 +830,22 @@ struct MConn {
     exp: Option<Ms>,
     refresh_sent: bool,
     threads: Option<Vec<usize>>,
-    rooms: Vec<usize>,
+    /// Rooms, with the room stream's seq when the connection joined.
+    rooms: Vec<(usize, u64)>,
     messages: Allowance,
     control: Allowance,
     violations: Allowance,
     peer_errors: u32,
+    /// Bytes delivered and not yet confirmed by `written`.
     unwritten: u64,
+    /// `agent_thinking` frames skipped since the last delivery.
+    skipped: u32,
+    /// In its resume window: live delivery has not started.
+    held: bool,
+    resumed: bool,
+    /// The user and tenant streams' seqs at connect.
+    user_base: u64,
+    tenant_base: u64,
 }
 
 impl MConn {
@@ -612,13 +859,82 @@ impl MConn {
     fn has_role(&self, role: usize) -> bool {
         role < 8 && self.roles & (1 << role) != 0
     }
+
+    fn in_room(&self, room: usize) -> bool {
+        self.rooms.iter().any(|(r, _)| *r == room)
+    }
+
+    /// Whether a buffered message of this scope may be replayed to this connection.
+    fn admits(&self, id: ConnId, scope: &MScope) -> bool {
+        match scope {
+            MScope::All => true,
+            MScope::Thread(t) => self.wants(Some(*t)),
+            MScope::Conn(c) => *c == id,
+            MScope::Role(r) => self.has_role(*r),
+        }
+    }
 }
 
-/// One incarnation of a stream: a fresh one gets a new `inc` (and must get a new epoch).
+/// Who may see a buffered message.
+#[derive(Clone, Debug, PartialEq)]
+enum MScope {
+    All,
+    Thread(usize),
+    Conn(ConnId),
+    Role(usize),
+}
+
+#[derive(Clone, Debug)]
+struct MEntry {
+    seq: u64,
+    at: Ms,
+    frame: String,
+    scope: MScope,
+}
+
+/// One incarnation of a stream: a fresh one gets a new `inc` (and must get a new epoch), learned
+/// from the hub when it first reports it.
 #[derive(Clone, Debug)]
 struct MStream {
     inc: u64,
+    epoch: Option<u64>,
     seq: u64,
+    buf: VecDeque<MEntry>,
+    bytes: usize,
+}
+
+impl MStream {
+    fn epoch(&self) -> u64 {
+        self.epoch.unwrap_or_default()
+    }
+
+    /// The oldest seq still buffered (the next seq when nothing is).
+    fn available_from(&self) -> u64 {
+        self.buf.front().map_or(self.seq + 1, |e| e.seq)
+    }
+
+    /// Drops what exceeds the count, byte and age bounds, oldest first.
+    fn trim(&mut self, now: Ms, r: &Retention) {
+        let age = Model::ms(r.max_age);
+        while let Some(front) = self.buf.front() {
+            if self.buf.len() > r.max_messages || self.bytes > r.max_bytes || now - front.at > age {
+                self.bytes -= front.frame.len();
+                self.buf.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// A user's reconnect breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BState {
+    Closed,
+    /// Until when.
+    Open(Ms),
+    /// With its probe connection, once there is one.
+    HalfOpen(Option<ConnId>),
 }
 
 #[derive(Clone, Debug)]
@@ -628,6 +944,9 @@ struct MUser {
     conns: Vec<ConnId>,
     detached_since: Option<Ms>,
     stream: MStream,
+    breaker: BState,
+    /// Abnormal closes while closed, within the window.
+    failures: VecDeque<Ms>,
 }
 
 #[derive(Clone, Debug)]
@@ -636,10 +955,19 @@ struct MRoom {
     stream: MStream,
 }
 
+/// A stream, by owner.
+#[derive(Clone, Copy, Debug)]
+enum SKey {
+    User(usize, usize),
+    Tenant(usize),
+    Room(usize, usize),
+}
+
 #[derive(Clone, Debug, Default)]
 struct Counters {
     users_created: u64,
     users_retired: u64,
+    users_evicted: u64,
     opened: u64,
     closed: u64,
     closed_by: HashMap<ClosedBy, u64>,
@@ -650,6 +978,7 @@ struct Counters {
     publishes: u64,
     undeliverable: u64,
     deliveries: u64,
+    bytes_delivered: u64,
     bytes_written: u64,
     frames_received: u64,
     inbound: u64,
@@ -658,11 +987,47 @@ struct Counters {
     pongs: u64,
     refresh_required: u64,
     refreshed: u64,
+    thinking_skipped: u64,
+    held_back: u64,
+    replayed: u64,
+    resumes_recovered: u64,
+    resumes_unrecovered: u64,
+    breakers_opened: u64,
+    breaker_refusals: u64,
     lifetime: Ms,
 }
 
-/// What a publish should report: recipients and the stream position (name, seq, incarnation).
-type ExpectPublished = (usize, Option<(String, u64, u64)>);
+/// What a publish should report: recipients delivered, skipped and closed, and the stream
+/// position (name, seq, incarnation).
+#[derive(Clone, Debug, Default)]
+struct Expect {
+    delivered: usize,
+    skipped: usize,
+    closed: usize,
+    position: Option<(String, u64, u64)>,
+}
+
+/// What the model takes from the hub's outputs of the current step (see the module docs).
+#[derive(Clone, Debug, Default)]
+struct Hints {
+    /// Index of the first action concerning each connection.
+    conn_order: HashMap<ConnId, usize>,
+    /// Index of the first breaker change a timer makes (to half-open or closed), per user.
+    breaker_order: HashMap<(usize, usize), usize>,
+    /// Users the hub no longer holds after the step.
+    gone: BTreeSet<(usize, usize)>,
+    /// Epochs the hub reported: in the new connection's `connected` frame, in a publish position.
+    user_epoch: Option<u64>,
+    tenant_epoch: Option<u64>,
+    position_epoch: Option<u64>,
+}
+
+/// Something due in a tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    Conn(ConnId),
+    Breaker((usize, usize)),
+}
 
 #[derive(Clone, Debug)]
 struct Model {
@@ -681,6 +1046,7 @@ struct Model {
     c: Counters,
     /// The outputs the current operation must produce.
     out: Vec<String>,
+    hints: Hints,
 }
 
 impl Model {
@@ -698,6 +1064,7 @@ impl Model {
             next_inc: 0,
             c: Counters::default(),
             out: Vec::new(),
+            hints: Hints::default(),
         }
     }
 
@@ -711,18 +1078,80 @@ impl Model {
         self.clock
     }
 
-    fn stream(&mut self) -> MStream {
+    fn stream(&mut self, epoch: Option<u64>) -> MStream {
         self.next_inc += 1;
-        MStream { inc: self.next_inc, seq: 0 }
+        MStream { inc: self.next_inc, epoch, seq: 0, buf: VecDeque::new(), bytes: 0 }
+    }
+
+    fn stream_ref(&self, key: SKey) -> &MStream {
+        match key {
+            SKey::User(t, u) => &self.users[&(t, u)].stream,
+            SKey::Tenant(t) => &self.tenants[&t],
+            SKey::Room(t, r) => &self.rooms[&(t, r)].stream,
+        }
+    }
+
+    fn stream_mut(&mut self, key: SKey) -> &mut MStream {
+        match key {
+            SKey::User(t, u) => &mut self.users.get_mut(&(t, u)).expect("held user").stream,
+            SKey::Tenant(t) => self.tenants.get_mut(&t).expect("tenant with state"),
+            SKey::Room(t, r) => &mut self.rooms.get_mut(&(t, r)).expect("room with members").stream,
+        }
+    }
+
+    /// Messages and frame bytes in all recovery buffers.
+    fn buffered(&self) -> (u64, u64) {
+        let users = self.users.values().map(|u| &u.stream);
+        let rooms = self.rooms.values().map(|r| &r.stream);
+        users
+            .chain(self.tenants.values())
+            .chain(rooms)
+            .fold((0, 0), |(n, b), s| (n + s.buf.len() as u64, b + s.bytes as u64))
+    }
+
+    /// Keeps a message for recovery: within the stream's bounds, then within the hub-wide byte
+    /// cap at the expense of this stream's oldest messages (its newest is always kept).
+    fn keep(&mut self, key: SKey, seq: u64, frame: &str, scope: MScope) {
+        let now = self.clock;
+        let total = self.buffered().1;
+        let (retention, cap) = (self.cfg.retention, self.cfg.max_buffered_bytes);
+        let s = self.stream_mut(key);
+        let before = s.bytes as u64;
+        s.buf.push_back(MEntry { seq, at: now, frame: frame.to_owned(), scope });
+        s.bytes += frame.len();
+        s.trim(now, &retention);
+        let over = (total + s.bytes as u64).saturating_sub(before).saturating_sub(cap);
+        let mut freed = 0;
+        while freed < over && s.buf.len() > 1 {
+            let front = s.buf.pop_front().expect("len > 1");
+            freed += front.frame.len() as u64;
+            s.bytes -= front.frame.len();
+        }
     }
 
     fn emit(&mut self, s: String) {
-        if s.starts_with("deliver ") {
-            self.c.deliveries += 1;
-        } else if s.starts_with("audit ") {
+        if s.starts_with("audit ") {
             self.c.security += 1;
         }
         self.out.push(s);
+    }
+
+    /// Queues a frame for a connection, preceded by a `skipped` notice if thinking frames were
+    /// skipped since its last delivery.
+    fn deliver(&mut self, id: ConnId, frame: &str) {
+        let c = self.live.get_mut(&id).expect("delivering to a live connection");
+        let mut frames = Vec::new();
+        if c.skipped > 0 {
+            frames.push(f_skipped(c.skipped));
+            c.skipped = 0;
+        }
+        frames.push(frame.to_owned());
+        for f in frames {
+            c.unwritten += f.len() as u64;
+            self.c.deliveries += 1;
+            self.c.bytes_delivered += f.len() as u64;
+            self.out.push(o_deliver(id, &f));
+        }
     }
 
     fn limit(&mut self, kind: LimitKind, conn: Option<ConnId>, t: usize, u: usize) {
@@ -761,14 +1190,29 @@ impl Model {
         tier: Tier,
         exp: Option<Ms>,
     ) -> Result<usize, Vec<ConnectError>> {
-        if exp.is_some_and(|e| e <= self.clock) {
+        let now = self.clock;
+        if exp.is_some_and(|e| e <= now) {
             self.c.refused_expired += 1;
             return Err(vec![ConnectError::SessionExpired]);
         }
-        let limit = self.cfg.tiers.get(tier).max_connections_per_user;
-        let held = self.users.get(&(t, u)).map_or(0, |s| s.conns.len());
-        let mut evict = 0;
         let mut refused = Vec::new();
+        let held = self.users.get(&(t, u)).map_or(0, |s| s.conns.len());
+        if let Some(user) = self.users.get(&(t, u)) {
+            // Refused until the breaker is half-open, or while its probe proves itself; never
+            // told to retry in less than a second.
+            let healthy = Self::ms(self.cfg.breaker.probe_healthy_after);
+            let retry_at = match user.breaker {
+                BState::Closed | BState::HalfOpen(None) => None,
+                BState::Open(until) => Some(until),
+                BState::HalfOpen(Some(probe)) => Some(self.live[&probe].opened + healthy),
+            };
+            if let Some(at) = retry_at {
+                let retry_after = Duration::from_millis(at.saturating_sub(now).max(1_000));
+                refused.push(ConnectError::BreakerOpen { retry_after });
+            }
+        }
+        let limit = self.cfg.tiers.get(tier).max_connections_per_user;
+        let mut evict = 0;
         if held >= limit as usize {
             match self.cfg.user_limit_policy {
                 UserLimitPolicy::Reject => refused.push(ConnectError::UserLimit { tier, limit }),
@@ -792,6 +1236,12 @@ impl Model {
             ConnectError::UserLimit { .. } => LimitKind::UserConnections,
             ConnectError::TooManyConnections { .. } => LimitKind::TotalConnections,
             ConnectError::TenantLimit { .. } => LimitKind::TenantConnections,
+            ConnectError::BreakerOpen { .. } => {
+                self.c.breaker_refusals += 1;
+                let (tn, un) = (tenant_name(t), user_name(u));
+                self.emit(o_audit(AuditKind::BreakerRefused, None, Some(&tn), Some(&un)));
+                return;
+            }
             _ => return,
         };
         self.limit(kind, None, t, u);
@@ -814,17 +1264,26 @@ impl Model {
             user.detached_since = None;
         } else {
             if !self.tenants.contains_key(&t) {
-                let s = self.stream();
+                let s = self.stream(self.hints.tenant_epoch);
                 self.tenants.insert(t, s);
             }
-            let stream = self.stream();
-            let user = MUser { created: now, conns: Vec::new(), detached_since: None, stream };
+            let stream = self.stream(self.hints.user_epoch);
+            let user = MUser {
+                created: now,
+                conns: Vec::new(),
+                detached_since: None,
+                stream,
+                breaker: BState::Closed,
+                failures: VecDeque::new(),
+            };
             self.users.insert((t, u), user);
             self.c.users_created += 1;
             self.emit(o_user_created(&tn, &un));
         }
         let cfg = &self.cfg;
         let quota = cfg.tiers.get(tier);
+        let user = &self.users[&(t, u)];
+        let tenant = &self.tenants[&t];
         let conn = MConn {
             tenant: t,
             user: u,
@@ -850,19 +1309,32 @@ impl Model {
             violations: Allowance::new(cfg.violation_refill, cfg.max_violations, now),
             peer_errors: 0,
             unwritten: 0,
+            skipped: 0,
+            held: !cfg.resume_window.is_zero(),
+            resumed: false,
+            user_base: user.stream.seq,
+            tenant_base: tenant.seq,
         };
+        let frame = f_connected(
+            id,
+            (t, u),
+            Self::ms(cfg.heartbeat.interval),
+            exp.map(|e| e - now),
+            (user.stream.epoch(), user.stream.seq),
+            (tenant.epoch(), tenant.seq),
+        );
         self.live.insert(id, conn);
         self.minted.push(id);
         self.binding.insert(id, (t, u));
-        self.users.get_mut(&(t, u)).unwrap().conns.push(id);
+        let user = self.users.get_mut(&(t, u)).unwrap();
+        user.conns.push(id);
+        // While half-open, the first connection admitted is the probe.
+        if user.breaker == BState::HalfOpen(None) {
+            user.breaker = BState::HalfOpen(Some(id));
+        }
         self.c.opened += 1;
         self.emit(o_opened(id, &tn, &un, tier));
-        let useq = self.users[&(t, u)].stream.seq;
-        let tseq = self.tenants[&t].seq;
-        let hb = Self::ms(self.cfg.heartbeat.interval);
-        let frame =
-            o_connected(id, &id.to_string(), (&tn, &un), hb, (useq, tseq), exp.map(|e| e - now));
-        self.emit(frame);
+        self.deliver(id, &frame);
         for _ in 0..evict {
             let oldest = self.users[&(t, u)].conns[0];
             self.limit(LimitKind::UserConnectionsEvicted, Some(oldest), t, u);
@@ -873,7 +1345,7 @@ impl Model {
     fn close_conn(&mut self, id: ConnId, by: ClosedBy) {
         let now = self.clock;
         let c = self.live.remove(&id).expect("closing a live connection");
-        for r in &c.rooms {
+        for (r, _) in &c.rooms {
             let key = (c.tenant, *r);
             let room = self.rooms.get_mut(&key).expect("member of a live room");
             room.members.retain(|m| *m != id);
@@ -891,15 +1363,103 @@ impl Model {
         *self.c.closed_by.entry(by).or_default() += 1;
         self.c.lifetime += now - c.opened;
         let key = (c.tenant, c.user);
+        let abnormal = matches!(
+            by,
+            ClosedBy::Transport(DisconnectReason::Abnormal)
+                | ClosedBy::Hub(
+                    CloseReason::HeartbeatTimeout
+                        | CloseReason::SlowConsumer
+                        | CloseReason::ProtocolViolation
+                )
+        );
+        let b = self.cfg.breaker;
         let user = self.users.get_mut(&key).expect("a live connection's user is held");
         user.conns.retain(|m| *m != id);
-        if user.conns.is_empty() {
-            if self.cfg.user_retention.is_zero() {
-                self.retire(key);
-            } else {
-                user.detached_since = Some(now);
+        // The breaker: a failing probe reopens it, a clean one makes room for another probe;
+        // while closed, `threshold` abnormal closes within `window` open it.
+        let mut opened = false;
+        match &mut user.breaker {
+            BState::HalfOpen(probe) if *probe == Some(id) => {
+                if abnormal {
+                    user.breaker = BState::Open(now + Self::ms(b.open_for));
+                    opened = true;
+                } else {
+                    *probe = None;
+                }
             }
+            BState::Closed if abnormal => {
+                let window = Self::ms(b.window);
+                while user.failures.front().is_some_and(|&f| now - f >= window) {
+                    user.failures.pop_front();
+                }
+                user.failures.push_back(now);
+                if user.failures.len() >= b.threshold as usize {
+                    user.failures.clear();
+                    user.breaker = BState::Open(now + Self::ms(b.open_for));
+                    opened = true;
+                }
+            }
+            _ => {}
         }
+        let detached = user.conns.is_empty();
+        if opened {
+            self.c.breakers_opened += 1;
+            self.emit(o_audit(AuditKind::BreakerOpened, None, Some(&tn), Some(&un)));
+            self.breaker_changed(key);
+        }
+        if detached {
+            self.detach(key);
+        }
+    }
+
+    fn breaker_changed(&mut self, (t, u): (usize, usize)) {
+        let state = self.users[&(t, u)].breaker;
+        self.emit(o_breaker(&tenant_name(t), &user_name(u), &state));
+    }
+
+    /// A user lost its last connection: kept for `user_retention` (retired at once without),
+    /// making room under `max_detached_users` first.
+    fn detach(&mut self, key: (usize, usize)) {
+        if self.cfg.user_retention.is_zero() {
+            self.retire(key);
+            return;
+        }
+        let detached = self.users.values().filter(|u| u.detached_since.is_some()).count();
+        if detached >= self.cfg.max_detached_users as usize {
+            self.evict_detached();
+        }
+        self.users.get_mut(&key).unwrap().detached_since = Some(self.clock);
+    }
+
+    /// Retires the detached user closest to retirement, early. False if there is none.
+    fn evict_detached(&mut self) -> bool {
+        let Some(first) = self.users.values().filter_map(|u| u.detached_since).min() else {
+            return false;
+        };
+        let tied: Vec<(usize, usize)> = self
+            .users
+            .iter()
+            .filter(|(_, u)| u.detached_since == Some(first))
+            .map(|(k, _)| *k)
+            .collect();
+        // Which of several users with the same deadline goes first is left open: one the hub no
+        // longer holds. Among those, the one that frees the fewest bytes (when evictions go on
+        // while buffers are over a mark, the hub's order evicted all of them only if every
+        // shorter prefix left the buffers over it, and freeing the least first keeps that so).
+        let gone: Vec<(usize, usize)> =
+            tied.iter().copied().filter(|k| self.hints.gone.contains(k)).collect();
+        let from = if gone.is_empty() { tied } else { gone };
+        let key = *from.iter().min_by_key(|k| self.freed_by_retiring(**k)).expect("a candidate");
+        self.c.users_evicted += 1;
+        self.retire(key);
+        true
+    }
+
+    /// Buffered bytes that retiring this user would free (its stream, and its tenant's if it is
+    /// the tenant's last user).
+    fn freed_by_retiring(&self, (t, u): (usize, usize)) -> usize {
+        let last = !self.users.keys().any(|k| k.0 == t && k.1 != u);
+        self.users[&(t, u)].stream.bytes + if last { self.tenants[&t].bytes } else { 0 }
     }
 
     fn retire(&mut self, key: (usize, usize)) {
@@ -946,7 +1506,7 @@ impl Model {
     fn join(&mut self, id: ConnId, room: usize) -> Result<bool, RoomError> {
         self.lookup(id)?;
         let c = &self.live[&id];
-        if c.rooms.contains(&room) {
+        if c.in_room(room) {
             return Ok(false);
         }
         let limit = self.cfg.max_rooms_per_connection;
@@ -957,18 +1517,20 @@ impl Model {
         }
         let key = (c.tenant, room);
         if !self.rooms.contains_key(&key) {
-            let stream = self.stream();
+            let stream = self.stream(None);
             self.rooms.insert(key, MRoom { members: Vec::new(), stream });
         }
-        self.rooms.get_mut(&key).unwrap().members.push(id);
-        self.live.get_mut(&id).unwrap().rooms.push(room);
+        let r = self.rooms.get_mut(&key).unwrap();
+        r.members.push(id);
+        let base = r.stream.seq;
+        self.live.get_mut(&id).unwrap().rooms.push((room, base));
         Ok(true)
     }
 
     fn leave(&mut self, id: ConnId, room: usize) -> Result<bool, ConnError> {
         self.lookup(id)?;
         let c = self.live.get_mut(&id).unwrap();
-        let Some(pos) = c.rooms.iter().position(|r| *r == room) else { return Ok(false) };
+        let Some(pos) = c.rooms.iter().position(|(r, _)| *r == room) else { return Ok(false) };
         c.rooms.remove(pos);
         let key = (c.tenant, room);
         let r = self.rooms.get_mut(&key).unwrap();
@@ -979,41 +1541,56 @@ impl Model {
         Ok(true)
     }
 
-    /// A client frame; `Err(Ok(code))` is a peer error with its code.
-    fn receive(&mut self, id: ConnId, frame: &In) -> Result<(), Result<&'static str, ConnError>> {
+    /// A client frame of `size` bytes (`positions`: a `resume`'s, as sent); `Err(Ok(e))` is a
+    /// peer error.
+    fn receive(
+        &mut self,
+        id: ConnId,
+        frame: &In,
+        size: usize,
+        positions: Option<&[(String, u64, u64)]>,
+    ) -> Result<(), Result<PeerError, ConnError>> {
         self.lookup(id).map_err(Err)?;
         let now = self.clock;
         self.c.frames_received += 1;
         let c = self.live.get_mut(&id).unwrap();
         c.last_act = now;
         c.ping_at = None;
-        let (tn, un) = (tenant_name(c.tenant), user_name(c.user));
-        match frame {
-            In::Oversized(_) => {
-                return Err(Ok(self.peer_error(
-                    id,
-                    "frame_too_large",
-                    Some(LimitKind::FrameSize),
-                    AuditKind::OversizedFrame,
-                )));
-            }
-            In::Garbage(i) => {
-                return Err(Ok(self.peer_error(
-                    id,
-                    GARBAGE[*i].1,
-                    None,
-                    AuditKind::MalformedFrame,
-                )));
-            }
-            _ => {}
+        let limit = self.cfg.max_frame_bytes;
+        if size > limit {
+            let err = PeerError::FrameTooLarge { size, limit };
+            let limit = Some(LimitKind::FrameSize);
+            return Err(Ok(self.peer_error(id, err, limit, AuditKind::OversizedFrame)));
         }
+        if let In::Garbage(i) = frame {
+            let err = GARBAGE[*i].1.clone();
+            return Err(Ok(self.peer_error(id, err, None, AuditKind::MalformedFrame)));
+        }
+        assert!(!matches!(frame, In::Oversized(_)), "oversized frames are over the limit");
+        let c = self.live.get_mut(&id).unwrap();
         let (allowed, limit) = match frame {
             In::Message(..) => (c.messages.take(now), LimitKind::MessageRate),
             _ => (c.control.take(now), LimitKind::ControlRate),
         };
         if !allowed {
-            return Err(Ok(self.peer_error(id, "rate_limited", Some(limit), AuditKind::Flood)));
+            let err = PeerError::RateLimited;
+            return Err(Ok(self.peer_error(id, err, Some(limit), AuditKind::Flood)));
         }
+        if let In::Resume(_) = frame {
+            if c.resumed {
+                let err = PeerError::AlreadyResumed;
+                return Err(Ok(self.peer_error(id, err, None, AuditKind::MalformedFrame)));
+            }
+            c.resumed = true;
+            let _still_open = self.release(id, Some(positions.expect("a resume's positions")));
+            return Ok(());
+        }
+        // Any other valid frame ends the resume window: what was held back follows first.
+        if c.held && !self.release(id, None) {
+            return Ok(());
+        }
+        let c = self.live.get_mut(&id).unwrap();
+        let (tn, un) = (tenant_name(c.tenant), user_name(c.user));
         match frame {
             In::Subscribe(th) => {
                 let max = self.cfg.max_thread_subscriptions as usize;
@@ -1021,12 +1598,9 @@ impl Model {
                 if !threads.contains(th) {
                     if threads.len() >= max {
                         let limit = LimitKind::ThreadSubscriptions;
-                        return Err(Ok(self.peer_error(
-                            id,
-                            "too_many_subscriptions",
-                            Some(limit),
-                            AuditKind::LimitHit(limit),
-                        )));
+                        let err = PeerError::TooManySubscriptions { limit: max as u32 };
+                        let audit = AuditKind::LimitHit(limit);
+                        return Err(Ok(self.peer_error(id, err, Some(limit), audit)));
                     }
                     threads.push(*th);
                 }
@@ -1042,8 +1616,8 @@ impl Model {
                 let thread = th.map(thread_name);
                 self.emit(o_inbound(id, &tn, &un, thread.as_deref(), &json!({ "n": n })));
             }
-            In::Ping => self.emit(o_pong(id)),
-            In::Garbage(_) | In::Oversized(_) => unreachable!(),
+            In::Ping => self.deliver(id, &f_pong()),
+            In::Resume(_) | In::Garbage(_) | In::Oversized(_) => unreachable!(),
         }
         Ok(())
     }
@@ -1051,10 +1625,10 @@ impl Model {
     fn peer_error(
         &mut self,
         id: ConnId,
-        code: &'static str,
+        err: PeerError,
         limit: Option<LimitKind>,
         audit: AuditKind,
-    ) -> &'static str {
+    ) -> PeerError {
         let now = self.clock;
         self.c.protocol_errors += 1;
         let c = &self.live[&id];
@@ -1064,14 +1638,146 @@ impl Model {
             self.emit(o_limit(limit));
         }
         self.emit(o_audit(audit, Some(id), Some(&tn), Some(&un)));
-        self.emit(o_error(id, code));
+        self.deliver(id, &f_error(&err));
         let c = self.live.get_mut(&id).unwrap();
         c.peer_errors += 1;
         if !c.violations.take(now) {
             self.emit(o_audit(AuditKind::ViolationClose, Some(id), Some(&tn), Some(&un)));
             self.close_conn(id, ClosedBy::Hub(CloseReason::ProtocolViolation));
         }
-        code
+        err
+    }
+
+    /// Ends the resume window and answers a `resume` (DESIGN section 5, `Config::resume_window`):
+    /// per stream of the connection (user, tenant, rooms), live delivery covered what followed
+    /// its base unless the connection was held. A named stream is replayed from the client's
+    /// position up to the base (up to now if held), if the buffer covers it; a held connection's
+    /// own backlog follows regardless, and if that is no longer buffered the connection is closed
+    /// with `SlowConsumer` instead. Returns whether the connection is still open.
+    fn release(&mut self, id: ConnId, positions: Option<&[(String, u64, u64)]>) -> bool {
+        let now = self.clock;
+        let retention = self.cfg.retention;
+        let c = self.live.get_mut(&id).unwrap();
+        let was_held = std::mem::replace(&mut c.held, false);
+        let (t, u) = (c.tenant, c.user);
+        let mut streams = vec![
+            ("u".to_owned(), SKey::User(t, u), c.user_base),
+            ("t".into(), SKey::Tenant(t), c.tenant_base),
+        ];
+        for (r, base) in &c.rooms {
+            streams.push((format!("r:{}", room_name(*r)), SKey::Room(t, *r), *base));
+        }
+        let (mut replayed, mut lost, mut reports) = (0u32, false, Vec::new());
+        for (name, key, base) in streams {
+            self.stream_mut(key).trim(now, &retention);
+            let s = self.stream_ref(key);
+            let (epoch, seq) = (s.epoch, s.seq);
+            let upto = if was_held { seq } else { base };
+            let requested = positions.and_then(|p| p.iter().find(|(n, ..)| *n == name));
+            let outcome = match requested {
+                None => None,
+                Some(&(_, e, s)) if Some(e) == epoch && s >= upto && s <= seq => Some(Ok(0)),
+                Some(&(_, e, s)) => Some(self.send(id, key, Some(e), s, upto)),
+            };
+            let backlog = match outcome {
+                None => was_held,
+                Some(Ok(n)) => {
+                    replayed += n;
+                    let r = self.report(key, true, None, n);
+                    reports.push((name, r));
+                    false
+                }
+                Some(Err(why)) => {
+                    let r = self.report(key, false, Some(why), 0);
+                    reports.push((name, r));
+                    was_held
+                }
+            };
+            if backlog {
+                match self.send(id, key, None, base, upto) {
+                    Ok(n) => replayed += n,
+                    Err(_) => lost = true,
+                }
+            }
+        }
+        self.c.replayed += u64::from(replayed);
+        if lost {
+            self.close_conn(id, ClosedBy::Hub(CloseReason::SlowConsumer));
+            return false;
+        }
+        let Some(positions) = positions else { return true };
+        let mut foreign = false;
+        for (name, ..) in positions {
+            if !reports.iter().any(|(n, _)| n == name) {
+                foreign = true;
+                let report = Report {
+                    recovered: false,
+                    reason: Some("unknown_stream"),
+                    epoch: 0,
+                    seq: 0,
+                    available_from: 0,
+                    replayed: 0,
+                };
+                reports.push((name.clone(), report));
+            }
+        }
+        if foreign {
+            let (tn, un) = (tenant_name(t), user_name(u));
+            self.emit(o_audit(AuditKind::ForeignStream, Some(id), Some(&tn), Some(&un)));
+        }
+        let recovered = reports.iter().all(|(_, r)| r.recovered);
+        if recovered {
+            self.c.resumes_recovered += 1;
+        } else {
+            self.c.resumes_unrecovered += 1;
+        }
+        self.deliver(id, &f_resumed(recovered, &reports));
+        true
+    }
+
+    fn report(&self, key: SKey, recovered: bool, reason: Option<&'static str>, n: u32) -> Report {
+        let s = self.stream_ref(key);
+        Report {
+            recovered,
+            reason,
+            epoch: s.epoch(),
+            seq: s.seq,
+            available_from: s.available_from(),
+            replayed: n,
+        }
+    }
+
+    /// Replays the buffered messages in `(after, upto]` that the connection may see, if the
+    /// buffer holds all of them (`epoch`: the client's; `None`: the stream's own).
+    fn send(
+        &mut self,
+        id: ConnId,
+        key: SKey,
+        epoch: Option<u64>,
+        after: u64,
+        upto: u64,
+    ) -> Result<u32, &'static str> {
+        let s = self.stream_ref(key);
+        if epoch.is_some_and(|e| Some(e) != s.epoch) {
+            return Err("epoch_mismatch");
+        }
+        if after > s.seq || upto > s.seq {
+            return Err("future_seq");
+        }
+        if after < upto && s.available_from() > after + 1 {
+            return Err("gap_too_old");
+        }
+        let c = &self.live[&id];
+        let frames: Vec<String> = s
+            .buf
+            .iter()
+            .filter(|e| e.seq > after && e.seq <= upto && c.admits(id, &e.scope))
+            .map(|e| e.frame.clone())
+            .collect();
+        for f in &frames {
+            self.deliver(id, f);
+        }
+        Ok(frames.len() as u32)
     }
 
     // --- publishing ---
@@ -1081,149 +1787,178 @@ impl Model {
         target: &ResolvedTarget,
         kind: &EventKind,
         thread: Option<usize>,
-    ) -> Result<ExpectPublished, PublishError> {
+    ) -> Result<Expect, PublishError> {
         let custom_ok = |n: &str| !n.is_empty() && !EventKind::RESERVED.contains(&n);
         if let EventKind::Custom(name) = kind {
             if !custom_ok(name) {
                 return Err(PublishError::InvalidKind);
             }
         }
-        let k = kind.as_str();
+        let msg = Msg {
+            kind: kind.as_str().to_owned(),
+            low: *kind == EventKind::AgentThinking,
+            thread,
+            n: self.c.publishes,
+        };
+        let mut doomed = Vec::new();
         let result = match target {
-            ResolvedTarget::User(t, u) => self.publish_user((*t, *u), None, k, thread),
+            ResolvedTarget::User(t, u) => self.publish_user((*t, *u), None, &msg, &mut doomed),
             ResolvedTarget::Thread(t, u, th) => {
                 if thread.is_some_and(|x| x != *th) {
                     return Err(PublishError::ThreadMismatch);
                 }
-                self.publish_user((*t, *u), None, k, Some(*th))
+                let msg = Msg { thread: Some(*th), ..msg };
+                self.publish_user((*t, *u), None, &msg, &mut doomed)
             }
             ResolvedTarget::Conn(id) => {
                 self.lookup(*id)?;
                 let key = self.binding[id];
-                self.publish_user(key, Some(*id), k, thread)
+                self.publish_user(key, Some(*id), &msg, &mut doomed)
             }
             ResolvedTarget::Room(t, r) => match self.rooms.get_mut(&(*t, *r)) {
-                None => (0, None),
+                None => Expect::default(),
                 Some(room) => {
+                    room.stream.epoch = room.stream.epoch.or(self.hints.position_epoch);
                     room.stream.seq += 1;
-                    let (seq, inc) = (room.stream.seq, room.stream.inc);
-                    let stream = format!("r:{}", room_name(*r));
-                    let th = thread.map(thread_name);
-                    for m in room.members.clone() {
-                        self.emit(o_event(m, k, &stream, seq, th.as_deref()));
+                    let s = &room.stream;
+                    let (pos, inc) = ((s.epoch(), s.seq), s.inc);
+                    let name = format!("r:{}", room_name(*r));
+                    let frame = f_event(&msg.kind, &name, pos, msg.thread, msg.n);
+                    let members = room.members.clone();
+                    self.keep(SKey::Room(*t, *r), pos.1, &frame, MScope::All);
+                    let mut result = Expect::default();
+                    for m in members {
+                        self.offer(m, &frame, msg.low, &mut result, &mut doomed);
                     }
-                    (self.rooms[&(*t, *r)].members.len(), Some((stream, seq, inc)))
+                    result.position = Some((name, pos.1, inc));
+                    result
                 }
             },
-            ResolvedTarget::Tenant(t, role) => match self.tenants.get_mut(t) {
-                None => (0, None),
-                Some(s) => {
-                    s.seq += 1;
-                    let (seq, inc) = (s.seq, s.inc);
-                    let th = thread.map(thread_name);
-                    let to: Vec<ConnId> = self
-                        .live
-                        .iter()
-                        .filter(|(_, c)| c.tenant == *t && role.is_none_or(|r| c.has_role(r)))
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in &to {
-                        self.emit(o_event(*id, k, "t", seq, th.as_deref()));
-                    }
-                    (to.len(), Some(("t".to_owned(), seq, inc)))
-                }
-            },
+            ResolvedTarget::Tenant(t, role) => self.publish_tenant(*t, *role, &msg, &mut doomed),
             ResolvedTarget::Everyone => {
                 if !self.cfg.allow_global_broadcast {
                     self.emit(o_audit(AuditKind::GlobalBroadcastDenied, None, None, None));
                     return Err(PublishError::GlobalBroadcastDisabled);
                 }
                 self.emit(o_audit(AuditKind::GlobalBroadcast, None, None, None));
-                let th = thread.map(thread_name);
-                let mut delivered = 0;
+                let mut total = Expect::default();
                 let tenants: Vec<usize> = self.tenants.keys().copied().collect();
                 for t in tenants {
-                    let to: Vec<ConnId> = self
-                        .live
-                        .iter()
-                        .filter(|(_, c)| c.tenant == t)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    if to.is_empty() {
-                        continue;
-                    }
-                    let s = self.tenants.get_mut(&t).unwrap();
-                    s.seq += 1;
-                    let seq = s.seq;
-                    for id in &to {
-                        self.emit(o_event(*id, k, "t", seq, th.as_deref()));
-                    }
-                    delivered += to.len();
+                    let r = self.publish_tenant(t, None, &msg, &mut doomed);
+                    total.delivered += r.delivered;
+                    total.skipped += r.skipped;
+                    total.closed += r.closed;
                 }
-                (delivered, None)
+                total
             }
         };
         self.c.publishes += 1;
-        if result.0 == 0 {
+        if result.delivered == 0 {
             self.c.undeliverable += 1;
         }
+        doomed.sort_by_key(|id| (self.hints.conn_order.get(id).copied(), *id));
+        for id in doomed {
+            self.close_conn(id, ClosedBy::Hub(CloseReason::SlowConsumer));
+        }
+        // Room under the hub-wide cap is made at the expense of detached users.
+        let cap = self.cfg.max_buffered_bytes;
+        while self.buffered().1 > cap - cap / 8 && self.evict_detached() {}
         Ok(result)
+    }
+
+    /// Offers a live event frame under the connection's backpressure.
+    fn offer(
+        &mut self,
+        id: ConnId,
+        frame: &str,
+        low: bool,
+        r: &mut Expect,
+        doomed: &mut Vec<ConnId>,
+    ) {
+        let c = self.live.get_mut(&id).expect("offering to a live connection");
+        if c.held {
+            self.c.held_back += 1;
+            return;
+        }
+        let after = c.unwritten + frame.len() as u64;
+        if low && after > self.cfg.max_inflight_bytes {
+            c.skipped += 1;
+            self.c.thinking_skipped += 1;
+            r.skipped += 1;
+        } else if after > self.cfg.max_unwritten_bytes {
+            doomed.push(id);
+            r.closed += 1;
+        } else {
+            self.deliver(id, frame);
+            r.delivered += 1;
+        }
     }
 
     fn publish_user(
         &mut self,
         key: (usize, usize),
         only: Option<ConnId>,
-        kind: &str,
-        thread: Option<usize>,
-    ) -> ExpectPublished {
-        let Some(user) = self.users.get_mut(&key) else { return (0, None) };
+        msg: &Msg,
+        doomed: &mut Vec<ConnId>,
+    ) -> Expect {
+        let Some(user) = self.users.get_mut(&key) else { return Expect::default() };
         user.stream.seq += 1;
-        let (seq, inc) = (user.stream.seq, user.stream.inc);
+        let s = &user.stream;
+        let (pos, inc) = ((s.epoch(), s.seq), s.inc);
+        let frame = f_event(&msg.kind, "u", pos, msg.thread, msg.n);
+        let scope = match (only, msg.thread) {
+            (Some(id), _) => MScope::Conn(id),
+            (None, Some(t)) => MScope::Thread(t),
+            (None, None) => MScope::All,
+        };
         let to: Vec<ConnId> = match only {
             Some(id) => vec![id],
-            None => user.conns.iter().copied().filter(|id| self.live[id].wants(thread)).collect(),
+            None => {
+                user.conns.iter().copied().filter(|id| self.live[id].wants(msg.thread)).collect()
+            }
         };
-        let th = thread.map(thread_name);
-        for id in &to {
-            self.emit(o_event(*id, kind, "u", seq, th.as_deref()));
+        self.keep(SKey::User(key.0, key.1), pos.1, &frame, scope);
+        let mut result = Expect::default();
+        for id in to {
+            self.offer(id, &frame, msg.low, &mut result, doomed);
         }
-        (to.len(), Some(("u".to_owned(), seq, inc)))
+        result.position = Some(("u".to_owned(), pos.1, inc));
+        result
+    }
+
+    fn publish_tenant(
+        &mut self,
+        t: usize,
+        role: Option<usize>,
+        msg: &Msg,
+        doomed: &mut Vec<ConnId>,
+    ) -> Expect {
+        let Some(s) = self.tenants.get_mut(&t) else { return Expect::default() };
+        s.seq += 1;
+        let (pos, inc) = ((s.epoch(), s.seq), s.inc);
+        let frame = f_event(&msg.kind, "t", pos, msg.thread, msg.n);
+        let scope = role.map_or(MScope::All, MScope::Role);
+        self.keep(SKey::Tenant(t), pos.1, &frame, scope);
+        let to: Vec<ConnId> = self
+            .live
+            .iter()
+            .filter(|(_, c)| c.tenant == t && role.is_none_or(|r| c.has_role(r)))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut result = Expect::default();
+        for id in to {
+            self.offer(id, &frame, msg.low, &mut result, doomed);
+        }
+        result.position = Some(("t".to_owned(), pos.1, inc));
+        result
     }
 
     // --- timers ---
 
     fn tick(&mut self) {
         let now = self.clock;
-        let interval = Self::ms(self.cfg.heartbeat.interval);
-        let timeout = Self::ms(self.cfg.heartbeat.timeout);
-        let grace = Self::ms(self.cfg.session_grace);
-        let ids: Vec<ConnId> = self.live.keys().copied().collect();
-        for id in ids {
-            let c = &self.live[&id];
-            if c.exp.is_some_and(|e| e <= now) {
-                self.close_conn(id, ClosedBy::Hub(CloseReason::SessionExpired));
-                continue;
-            }
-            if c.ping_at.is_some_and(|p| now >= p + timeout) {
-                self.close_conn(id, ClosedBy::Hub(CloseReason::HeartbeatTimeout));
-                continue;
-            }
-            let c = self.live.get_mut(&id).unwrap();
-            if c.ping_at.is_none() && now >= c.last_act + interval {
-                c.ping_at = Some(now);
-                self.c.pings += 1;
-                self.emit(o_ping(id));
-            }
-            let c = self.live.get_mut(&id).unwrap();
-            if let Some(exp) = c.exp {
-                if !c.refresh_sent && now + grace >= exp {
-                    c.refresh_sent = true;
-                    self.c.refresh_required += 1;
-                    self.emit(o_refresh(id, exp - now));
-                }
-            }
-        }
+        // Retirements first. A user whose breaker is not closed is kept for another retention
+        // period: waiting out retention must not reset its breaker.
         let retention = Self::ms(self.cfg.user_retention);
         let due: Vec<(usize, usize)> = self
             .users
@@ -1232,7 +1967,104 @@ impl Model {
             .map(|(k, _)| *k)
             .collect();
         for key in due {
-            self.retire(key);
+            let Some(user) = self.users.get_mut(&key) else { continue };
+            if user.breaker == BState::Closed {
+                self.retire(key);
+            } else {
+                user.detached_since = None;
+                self.detach(key);
+            }
+        }
+        // Connection and breaker timers, in the order the hub ran them.
+        let mut due: Vec<(usize, Due)> = Vec::new();
+        for (id, c) in &self.live {
+            if self.conn_deadline(c) <= now {
+                due.push((
+                    self.hints.conn_order.get(id).copied().unwrap_or(usize::MAX),
+                    Due::Conn(*id),
+                ));
+            }
+        }
+        for (key, u) in &self.users {
+            if self.breaker_deadline(u).is_some_and(|d| d <= now) {
+                let order = self.hints.breaker_order.get(key).copied().unwrap_or(usize::MAX);
+                due.push((order, Due::Breaker(*key)));
+            }
+        }
+        due.sort();
+        for (_, d) in due {
+            match d {
+                Due::Conn(id) if self.live.contains_key(&id) => self.conn_timer(id),
+                Due::Breaker(key) if self.users.contains_key(&key) => self.breaker_timer(key),
+                _ => {}
+            }
+        }
+    }
+
+    fn conn_timer(&mut self, id: ConnId) {
+        let now = self.clock;
+        let cfg = &self.cfg;
+        let (interval, timeout) =
+            (Self::ms(cfg.heartbeat.interval), Self::ms(cfg.heartbeat.timeout));
+        let (grace, window) = (Self::ms(cfg.session_grace), Self::ms(cfg.resume_window));
+        let c = self.live.get_mut(&id).unwrap();
+        if c.exp.is_some_and(|e| e <= now) {
+            self.close_conn(id, ClosedBy::Hub(CloseReason::SessionExpired));
+            return;
+        }
+        if c.ping_at.is_some_and(|p| now >= p + timeout) {
+            self.close_conn(id, ClosedBy::Hub(CloseReason::HeartbeatTimeout));
+            return;
+        }
+        let ping = c.ping_at.is_none() && now >= c.last_act + interval;
+        if ping {
+            c.ping_at = Some(now);
+        }
+        let refresh = match c.exp {
+            Some(exp) if !c.refresh_sent && now + grace >= exp => {
+                c.refresh_sent = true;
+                Some(exp - now)
+            }
+            _ => None,
+        };
+        let release = c.held && now >= c.opened + window;
+        if let Some(expires_in) = refresh {
+            self.c.refresh_required += 1;
+            self.deliver(id, &f_refresh(expires_in));
+        }
+        if ping {
+            self.c.pings += 1;
+            self.emit(o_ping(id));
+        }
+        if release {
+            let _still_open = self.release(id, None);
+        }
+    }
+
+    fn breaker_timer(&mut self, key: (usize, usize)) {
+        let now = self.clock;
+        let user = &self.users[&key];
+        let Some(deadline) = self.breaker_deadline(user) else { return };
+        if deadline > now {
+            return;
+        }
+        let user = self.users.get_mut(&key).unwrap();
+        user.breaker = match user.breaker {
+            BState::Open(_) => BState::HalfOpen(None),
+            _ => BState::Closed,
+        };
+        self.breaker_changed(key);
+    }
+
+    /// When a user's breaker changes by itself: open → half-open, or a probe that stayed up
+    /// closes it.
+    fn breaker_deadline(&self, u: &MUser) -> Option<Ms> {
+        match u.breaker {
+            BState::Open(until) => Some(until),
+            BState::HalfOpen(Some(probe)) => {
+                Some(self.live[&probe].opened + Self::ms(self.cfg.breaker.probe_healthy_after))
+            }
+            _ => None,
         }
     }
 
@@ -1248,6 +2080,9 @@ impl Model {
                 d = d.min(exp.saturating_sub(Self::ms(self.cfg.session_grace)));
             }
         }
+        if c.held {
+            d = d.min(c.opened + Self::ms(self.cfg.resume_window));
+        }
         d
     }
 
@@ -1256,8 +2091,20 @@ impl Model {
         let conns = self.live.values().map(|c| self.conn_deadline(c));
         let retention = Self::ms(self.cfg.user_retention);
         let users = self.users.values().filter_map(|u| u.detached_since.map(|d| d + retention));
-        conns.chain(users).min()
+        let breakers = self.users.values().filter_map(|u| self.breaker_deadline(u));
+        conns.chain(users).chain(breakers).min()
     }
+}
+
+/// The parts of an envelope that make up its frame.
+#[derive(Clone, Debug)]
+struct Msg {
+    kind: String,
+    /// `agent_thinking`: skipped for a connection that is behind.
+    low: bool,
+    thread: Option<usize>,
+    /// The payload's number.
+    n: u64,
 }
 
 /// A publish target with its connection resolved to an id.
@@ -1290,13 +2137,16 @@ struct Runner {
     model: Model,
     /// The caller's clock.
     t: Ms,
-    /// Last seq seen per (connection, stream, epoch).
+    /// Last seq seen live per (connection, stream, epoch).
     seqs: HashMap<(ConnId, String, u64), u64>,
+    /// Every (connection, stream, epoch, seq) delivered, live or replayed.
+    delivered: HashSet<(ConnId, String, u64, u64)>,
     /// Epoch learned per stream incarnation, and every epoch seen per stream identity.
     epochs: HashMap<u64, u64>,
     stream_epochs: HashMap<String, HashSet<u64>>,
-    /// Sum of the lengths of every delivered frame.
-    bytes_delivered: u64,
+    /// `poll_timeout` right after the hub call, and the actions it queued.
+    pending: Option<Instant>,
+    actions: Vec<Action>,
 }
 
 fn fail(msg: String) -> TestCaseError {
@@ -1311,17 +2161,25 @@ impl Runner {
             model: Model::new(cfg),
             t: T0,
             seqs: HashMap::new(),
+            delivered: HashSet::new(),
             epochs: HashMap::new(),
             stream_epochs: HashMap::new(),
-            bytes_delivered: 0,
+            pending: None,
+            actions: Vec::new(),
         }
     }
 
-    fn at(&self, ms: Ms) -> std::time::Instant {
+    fn at(&self, ms: Ms) -> Instant {
         self.sim.start + Duration::from_millis(ms)
     }
 
     fn pick(&self, who: Who) -> Option<ConnId> {
+        if who.live && who.n == NEWEST.n {
+            let newest = self.model.minted.iter().rev().find(|id| self.model.live.contains_key(id));
+            if let Some(id) = newest {
+                return Some(*id);
+            }
+        }
         let live: Vec<ConnId> = self.model.live.keys().copied().collect();
         let dead: Vec<ConnId> = self
             .model
@@ -1343,6 +2201,40 @@ impl Runner {
         (self.t as i64 + i64::from(d)).max(0) as Ms
     }
 
+    /// Takes what the hub queued (after noting `poll_timeout`), and what the model may learn
+    /// from it (see [`Hints`]).
+    fn collect(&mut self) {
+        self.pending = self.sim.hub.poll_timeout();
+        self.actions = self.sim.drain();
+        let mut h = Hints::default();
+        for (i, a) in self.actions.iter().enumerate() {
+            let conn = match a {
+                Action::Deliver { conn, .. }
+                | Action::Ping { conn }
+                | Action::Close { conn, .. } => Some(*conn),
+                Action::Metric(MetricEvent::ConnectionClosed { conn, .. }) => Some(*conn),
+                _ => None,
+            };
+            if let Some(conn) = conn {
+                h.conn_order.entry(conn).or_insert(i);
+            }
+            if let Action::Metric(MetricEvent::BreakerChanged { tenant, user, state }) = a {
+                if !matches!(state, BreakerState::Open { .. }) {
+                    if let (Some(t), Some(u)) = (index_in(tenant.as_str()), index_in(user.as_str()))
+                    {
+                        h.breaker_order.entry((t, u)).or_insert(i);
+                    }
+                }
+            }
+        }
+        let hub = &self.sim.hub;
+        h.gone = (self.model.users.keys())
+            .filter(|(t, u)| hub.user(&tenant_name(*t), &user_name(*u)).is_none())
+            .copied()
+            .collect();
+        self.model.hints = h;
+    }
+
     fn run(&mut self, steps: &[Step]) -> Result<(), TestCaseError> {
         for (i, s) in steps.iter().enumerate() {
             self.step(s).map_err(|e| fail(format!("step {i}: {s:?}\n{e}")))?;
@@ -1350,9 +2242,29 @@ impl Runner {
         Ok(())
     }
 
+    /// A `resume`'s positions, as `(stream, epoch, seq)` sorted by stream (as the JSON object
+    /// holds them).
+    fn positions(&self, id: ConnId, spec: &[(usize, bool, u8)]) -> Vec<(String, u64, u64)> {
+        let (t, u) = self.model.binding[&id];
+        let mut out = BTreeMap::new();
+        for &(stream, wrong, n) in spec {
+            let (name, s) = match stream {
+                0 => ("u", self.model.users.get(&(t, u)).map(|u| &u.stream)),
+                1 => ("t", self.model.tenants.get(&t)),
+                _ => ("zz", None),
+            };
+            let (epoch, seq) = s.map_or((1, 0), |s| (s.epoch.unwrap_or(1), s.seq));
+            let epoch = if wrong { epoch + 1 } else { epoch };
+            out.insert(name.to_owned(), (epoch, u64::from(n) % (seq + 2)));
+        }
+        out.into_iter().map(|(n, (e, s))| (n, e, s)).collect()
+    }
+
     fn step(&mut self, step: &Step) -> Result<(), TestCaseError> {
         let pre = self.model.clone();
         self.model.out.clear();
+        self.pending = None;
+        self.actions.clear();
         let now = self.t.saturating_sub(u64::from(step.back));
         let mut ctx = Ctx::Other;
         // An id the step addresses, and the debug form of what the hub answered.
@@ -1369,6 +2281,21 @@ impl Runner {
                     p = p.expires_at(self.at(e));
                 }
                 let got = self.sim.hub.connect(self.at(now), p);
+                self.collect();
+                if let Ok(id) = got {
+                    // A new user's and tenant's epochs are the generator's: learn them from the
+                    // `connected` frame (checked below to be new for their streams).
+                    let connected = self.actions.iter().find_map(|a| match a {
+                        Action::Deliver { conn, frame } if *conn == id => {
+                            Some(parse_frame(frame.as_str()))
+                        }
+                        _ => None,
+                    });
+                    if let Some(v) = connected {
+                        self.model.hints.user_epoch = v["streams"]["u"]["epoch"].as_u64();
+                        self.model.hints.tenant_epoch = v["streams"]["t"]["epoch"].as_u64();
+                    }
+                }
                 self.model.observe(now);
                 let want = self.model.admission(t, u, tier, exp);
                 match (got, want) {
@@ -1398,6 +2325,7 @@ impl Runner {
                 let reason =
                     if *clean { DisconnectReason::Clean } else { DisconnectReason::Abnormal };
                 let got = self.sim.hub.disconnect(self.at(now), id, reason);
+                self.collect();
                 self.model.observe(now);
                 let want = self.model.lookup(id).map(|()| {
                     self.model.close_conn(id, ClosedBy::Transport(reason));
@@ -1409,6 +2337,7 @@ impl Runner {
                 let Some(id) = self.pick(*who) else { return Ok(()) };
                 let reason = APP_CLOSE_REASONS[*reason];
                 let got = self.sim.hub.close(self.at(now), id, reason);
+                self.collect();
                 self.model.observe(now);
                 let want = self.model.lookup(id).map(|()| {
                     self.model.close_conn(id, ClosedBy::Hub(reason));
@@ -1419,6 +2348,10 @@ impl Runner {
             }
             Op::Receive { who, frame } => {
                 let Some(id) = self.pick(*who) else { return Ok(()) };
+                let positions = match frame {
+                    In::Resume(spec) => Some(self.positions(id, spec)),
+                    _ => None,
+                };
                 let bytes: Vec<u8> = match frame {
                     In::Subscribe(th) => {
                         json!({"type": "subscribe", "thread_id": thread_name(*th)})
@@ -1439,6 +2372,12 @@ impl Runner {
                         m.to_string().into()
                     }
                     In::Ping => br#"{"type":"ping"}"#.to_vec(),
+                    In::Resume(_) => {
+                        let streams: serde_json::Map<String, Value> = (positions.iter().flatten())
+                            .map(|(n, e, s)| (n.clone(), json!({"epoch": e, "seq": s})))
+                            .collect();
+                        json!({"type": "resume", "positions": streams}).to_string().into()
+                    }
                     In::Garbage(i) => GARBAGE[*i].0.to_vec(),
                     In::Oversized(extra) => {
                         let head = br#"{"type":"message","data":""#;
@@ -1451,13 +2390,14 @@ impl Runner {
                     }
                 };
                 let got = self.sim.hub.receive(self.at(now), id, &bytes);
+                self.collect();
                 self.model.observe(now);
-                let want = self.model.receive(id, frame);
+                let want = self.model.receive(id, frame, bytes.len(), positions.as_deref());
                 let peer_error = matches!(got, Err(ReceiveError::Peer(_)));
                 match (&got, &want) {
                     (Ok(()), Ok(())) => {}
                     (Err(ReceiveError::Conn(g)), Err(Err(w))) if g == w => {}
-                    (Err(ReceiveError::Peer(g)), Err(Ok(code))) if g.code() == *code => {}
+                    (Err(ReceiveError::Peer(g)), Err(Ok(w))) if g == w => {}
                     _ => return Err(fail(format!("receive: hub {got:?}, model {want:?}"))),
                 }
                 addressed = Some((id, format!("{got:?}")));
@@ -1466,6 +2406,7 @@ impl Runner {
             Op::Pong { who } => {
                 let Some(id) = self.pick(*who) else { return Ok(()) };
                 let got = self.sim.hub.pong(self.at(now), id);
+                self.collect();
                 self.model.observe(now);
                 let want = self.model.pong(id);
                 prop_assert_eq!(&got, &want, "pong {}", id);
@@ -1474,6 +2415,7 @@ impl Runner {
             Op::Written { who, bytes } => {
                 let Some(id) = self.pick(*who) else { return Ok(()) };
                 let got = self.sim.hub.written(self.at(now), id, *bytes as usize);
+                self.collect();
                 self.model.observe(now);
                 let want = self.model.written(id, *bytes);
                 prop_assert_eq!(&got, &want, "written {}", id);
@@ -1483,6 +2425,7 @@ impl Runner {
                 let Some(id) = self.pick(*who) else { return Ok(()) };
                 let exp = expires_in.map(|d| self.rel(d));
                 let got = self.sim.hub.refresh(self.at(now), id, exp.map(|e| self.at(e)));
+                self.collect();
                 self.model.observe(now);
                 let want = self.model.refresh(id, exp);
                 prop_assert_eq!(&got, &want, "refresh {}", id);
@@ -1491,6 +2434,7 @@ impl Runner {
             Op::Join { who, room } => {
                 let Some(id) = self.pick(*who) else { return Ok(()) };
                 let got = self.sim.hub.join(self.at(now), id, room_name(*room).into());
+                self.collect();
                 self.model.observe(now);
                 let want = self.model.join(id, *room);
                 prop_assert_eq!(&got, &want, "join {}", id);
@@ -1499,13 +2443,13 @@ impl Runner {
             Op::Leave { who, room, joined } => {
                 let Some(id) = self.pick(*who) else { return Ok(()) };
                 let room = match self.model.live.get(&id) {
-                    Some(c) if *joined && !c.rooms.is_empty() => &c.rooms[room % c.rooms.len()],
-                    _ => room,
+                    Some(c) if *joined && !c.rooms.is_empty() => c.rooms[room % c.rooms.len()].0,
+                    _ => *room,
                 };
-                let room = &room.clone();
-                let got = self.sim.hub.leave(self.at(now), id, &room_name(*room));
+                let got = self.sim.hub.leave(self.at(now), id, &room_name(room));
+                self.collect();
                 self.model.observe(now);
-                let want = self.model.leave(id, *room);
+                let want = self.model.leave(id, room);
                 prop_assert_eq!(&got, &want, "leave {}", id);
                 addressed = Some((id, format!("{got:?}")));
             }
@@ -1532,7 +2476,7 @@ impl Runner {
                             // Mostly a room the connection is in.
                             Tgt::RoomOf(_, r) => match self.model.live.get(&id) {
                                 Some(c) if !c.rooms.is_empty() => {
-                                    ResolvedTarget::Room(t, c.rooms[r % c.rooms.len()])
+                                    ResolvedTarget::Room(t, c.rooms[r % c.rooms.len()].0)
                                 }
                                 _ => ResolvedTarget::Room(t, *r),
                             },
@@ -1572,15 +2516,23 @@ impl Runner {
                     env = env.thread(thread_name(*th));
                 }
                 let got = self.sim.hub.publish(self.at(now), env);
+                self.collect();
+                // A room's epoch is first reported by its first publish.
+                if let Ok(p) = &got {
+                    self.model.hints.position_epoch = p.position.as_ref().map(|(_, pos)| pos.epoch);
+                }
                 self.model.observe(now);
                 let want = self.model.publish(&resolved, &kind, *thread);
                 match (&got, &want) {
-                    (Ok(p), Ok((delivered, position))) => {
-                        prop_assert_eq!(p.delivered, *delivered, "publish delivered");
+                    (Ok(p), Ok(w)) => {
+                        prop_assert_eq!(p.delivered, w.delivered, "publish delivered");
+                        prop_assert_eq!(p.skipped, w.skipped, "publish skipped");
+                        prop_assert_eq!(p.closed, w.closed, "publish closed");
+                        prop_assert_eq!(p.undeliverable(), w.delivered == 0);
                         let got_pos = p.position.as_ref().map(|(n, pos)| (n.to_string(), pos.seq));
-                        let want_pos = position.as_ref().map(|(n, seq, _)| (n.clone(), *seq));
+                        let want_pos = w.position.as_ref().map(|(n, seq, _)| (n.clone(), *seq));
                         prop_assert_eq!(got_pos, want_pos, "publish position");
-                        if let (Some((n, pos)), Some((_, _, inc))) = (&p.position, position) {
+                        if let (Some((n, pos)), Some((_, _, inc))) = (&p.position, &w.position) {
                             let identity = self.stream_identity(&n.to_string(), &resolved);
                             self.learn_epoch(*inc, identity, pos.epoch)?;
                         }
@@ -1603,16 +2555,12 @@ impl Runner {
             Op::Tick(ms) => {
                 self.t += u64::from(*ms);
                 let now = self.t.saturating_sub(u64::from(step.back));
-                self.sim.hub.tick(self.at(now));
-                self.model.observe(now);
-                self.model.tick();
+                self.tick(now);
                 ctx = Ctx::Tick;
             }
             Op::TickBack(ms) => {
                 let now = self.t.saturating_sub(u64::from(*ms));
-                self.sim.hub.tick(self.at(now));
-                self.model.observe(now);
-                self.model.tick();
+                self.tick(now);
                 ctx = Ctx::Tick;
             }
             Op::TickNext => {
@@ -1620,18 +2568,14 @@ impl Runner {
                 let since = next.saturating_duration_since(self.sim.start).as_nanos();
                 let now = since.div_ceil(1_000_000) as Ms;
                 self.t = self.t.max(now);
-                self.sim.hub.tick(self.at(now));
-                self.model.observe(now);
-                self.model.tick();
+                self.tick(now);
                 ctx = Ctx::Tick;
             }
         }
         // While actions are queued, `poll_timeout` is the last `now` seen ("drain first").
-        let pending = self.sim.hub.poll_timeout();
-        let actions = self.sim.drain();
-        if !actions.is_empty() {
+        if !self.actions.is_empty() {
             prop_assert_eq!(
-                pending,
+                self.pending,
                 Some(self.at(self.model.clock)),
                 "poll_timeout with actions queued"
             );
@@ -1646,9 +2590,18 @@ impl Runner {
                 next.map(|n| n - self.sim.start)
             );
         }
+        let actions = std::mem::take(&mut self.actions);
         self.check_actions(&pre, &ctx, addressed.as_ref(), &actions)?;
-        self.check_stats(&actions)?;
-        self.check_views()
+        self.check_stats()?;
+        self.check_views()?;
+        self.sim.hub.check_invariants().map_err(|e| fail(format!("hub invariant: {e}")))
+    }
+
+    fn tick(&mut self, now: Ms) {
+        self.sim.hub.tick(self.at(now));
+        self.collect();
+        self.model.observe(now);
+        self.model.tick();
     }
 
     fn stream_identity(&self, wire: &str, target: &ResolvedTarget) -> String {
@@ -1676,6 +2629,7 @@ impl Runner {
                 )
             }
             None => {
+                prop_assert!(epoch != 0, "stream {identity} has epoch 0");
                 let seen = self.stream_epochs.entry(identity.clone()).or_default();
                 prop_assert!(
                     seen.insert(epoch),
@@ -1695,7 +2649,7 @@ impl Runner {
         actions: &[Action],
     ) -> Result<(), TestCaseError> {
         // Exact agreement with the model: every predicted output, nothing else.
-        let mut got: Vec<String> = actions.iter().map(normalize).collect();
+        let mut got: Vec<String> = actions.iter().map(|a| normalize(a, self.sim.start)).collect();
         let mut want = self.model.out.clone();
         got.sort();
         want.sort();
@@ -1713,6 +2667,8 @@ impl Runner {
         };
         let cfg = &pre.cfg;
         let mut closed_here: BTreeSet<ConnId> = BTreeSet::new();
+        // Seqs replayed in this step, per (connection, stream): in order.
+        let mut replayed: HashMap<(ConnId, String), u64> = HashMap::new();
         for a in actions {
             let mentioned = match a {
                 Action::Deliver { conn, .. }
@@ -1747,48 +2703,90 @@ impl Runner {
                         self.learn_epoch(user_inc, format!("u@{t}/{u}"), ue)?;
                         self.learn_epoch(tenant_inc, format!("t@{t}"), te)?;
                     }
-                    if ["connected", "pong", "error", "refresh_required"].contains(&ty) {
+                    let control =
+                        ["connected", "pong", "error", "refresh_required", "skipped", "resumed"];
+                    if control.contains(&ty) {
                         continue;
                     }
-                    // An event frame: the target must admit the connection's binding.
-                    let Ctx::Publish { target, thread } = ctx else {
-                        return Err(fail(format!("event frame outside a publish: {a:?}")));
-                    };
                     let c = &pre.live[conn];
-                    let admitted = match target {
-                        ResolvedTarget::User(t, u) => {
-                            (c.tenant, c.user) == (*t, *u) && c.wants(*thread)
-                        }
-                        ResolvedTarget::Thread(t, u, th) => {
-                            (c.tenant, c.user) == (*t, *u) && c.wants(Some(*th))
-                        }
-                        ResolvedTarget::Conn(id) => conn == id,
-                        ResolvedTarget::Room(t, r) => c.tenant == *t && c.rooms.contains(r),
-                        ResolvedTarget::Tenant(t, role) => {
-                            c.tenant == *t && role.is_none_or(|r| c.has_role(r))
-                        }
-                        ResolvedTarget::Everyone => cfg.allow_global_broadcast,
-                    };
-                    prop_assert!(admitted, "(1) {target:?} does not admit {conn} ({c:?}): {frame}");
-                    // (4) Seqs strictly increase per (connection, stream, epoch).
+                    let (t, u) = (c.tenant, c.user);
                     let stream = v["stream"].as_str().unwrap_or_default().to_owned();
                     let epoch = v["epoch"].as_u64().unwrap_or_default();
                     let seq = v["seq"].as_u64().unwrap_or_default();
                     prop_assert!(seq >= 1, "seqs start at 1: {frame}");
-                    let last = self.seqs.entry((*conn, stream.clone(), epoch)).or_insert(0);
-                    prop_assert!(seq > *last, "(4) seq {seq} after {} on {conn} {stream}", *last);
-                    *last = seq;
-                    let (t, u) = (c.tenant, c.user);
-                    let (inc, identity) = match stream.as_str() {
-                        "u" => (self.model.users[&(t, u)].stream.inc, format!("u@{t}/{u}")),
-                        "t" => (self.model.tenants[&t].inc, format!("t@{t}")),
-                        room => {
-                            let r = (0..ROOMS).find(|r| format!("r:{}", room_name(*r)) == room);
-                            let r = r.ok_or_else(|| fail(format!("unknown stream {room}")))?;
-                            (self.model.rooms[&(t, r)].stream.inc, format!("{room}@{t}"))
+                    let room = (0..ROOMS).find(|r| format!("r:{}", room_name(*r)) == stream);
+                    let (inc, identity) = match (stream.as_str(), room) {
+                        ("u", _) => (pre.users[&(t, u)].stream.inc, format!("u@{t}/{u}")),
+                        ("t", _) => (pre.tenants[&t].inc, format!("t@{t}")),
+                        (_, Some(r)) => {
+                            let room = pre.rooms.get(&(t, r));
+                            let room = room.ok_or_else(|| fail(format!("no room for {frame}")))?;
+                            (room.stream.inc, format!("{stream}@{t}"))
                         }
+                        _ => return Err(fail(format!("unknown stream {stream}"))),
                     };
-                    self.learn_epoch(inc, identity, epoch)?;
+                    prop_assert!(
+                        self.delivered.insert((*conn, stream.clone(), epoch, seq)),
+                        "(4) {} delivered twice to {}",
+                        frame,
+                        conn
+                    );
+                    if let Ctx::Publish { target, thread } = ctx {
+                        // A live event frame: the target must admit the connection's binding.
+                        let admitted = match target {
+                            ResolvedTarget::User(t, u) => {
+                                (c.tenant, c.user) == (*t, *u) && c.wants(*thread)
+                            }
+                            ResolvedTarget::Thread(t, u, th) => {
+                                (c.tenant, c.user) == (*t, *u) && c.wants(Some(*th))
+                            }
+                            ResolvedTarget::Conn(id) => conn == id,
+                            ResolvedTarget::Room(t, r) => c.tenant == *t && c.in_room(*r),
+                            ResolvedTarget::Tenant(t, role) => {
+                                c.tenant == *t && role.is_none_or(|r| c.has_role(r))
+                            }
+                            ResolvedTarget::Everyone => cfg.allow_global_broadcast,
+                        };
+                        prop_assert!(
+                            admitted,
+                            "(1) {target:?} does not admit {conn} ({c:?}): {frame}"
+                        );
+                        // (4) Seqs strictly increase per (connection, stream, epoch).
+                        let last = self.seqs.entry((*conn, stream.clone(), epoch)).or_insert(0);
+                        prop_assert!(
+                            seq > *last,
+                            "(4) seq {seq} after {} on {conn} {stream}",
+                            *last
+                        );
+                        *last = seq;
+                        self.learn_epoch(inc, identity, epoch)?;
+                    } else {
+                        // A replay: to the connection that resumed (or whose window ended),
+                        // from its own streams only, in order.
+                        let replaying = match ctx {
+                            Ctx::Receive { id, .. } => id == conn,
+                            Ctx::Tick => c.held,
+                            _ => false,
+                        };
+                        prop_assert!(
+                            replaying,
+                            "(1) event frame outside a publish or replay: {a:?}"
+                        );
+                        prop_assert!(
+                            room.is_none_or(|r| c.in_room(r)),
+                            "(1) replay of a room {conn} is not in"
+                        );
+                        let own = self.epochs.get(&inc).copied();
+                        prop_assert_eq!(
+                            Some(epoch),
+                            own,
+                            "(1) replay from another stream: {}",
+                            frame
+                        );
+                        let last = replayed.entry((*conn, stream.clone())).or_insert(0);
+                        prop_assert!(seq > *last, "(4) replay of seq {seq} after {}", *last);
+                        *last = seq;
+                    }
                 }
                 Action::Ping { conn } => {
                     let c = &pre.live[conn];
@@ -1803,6 +2801,8 @@ impl Runner {
                     closed_here.insert(*conn);
                     let c = &pre.live[conn];
                     let at = self.model.clock;
+                    let app_close =
+                        matches!(ctx, Ctx::AppClose { id, reason: r } if id == conn && r == reason);
                     let consistent = match reason {
                         CloseReason::HeartbeatTimeout => {
                             matches!(ctx, Ctx::Tick)
@@ -1822,9 +2822,16 @@ impl Runner {
                             matches!(ctx, Ctx::Receive { id, peer_error: true } if id == conn)
                                 && c.peer_errors >= cfg.max_violations
                         }
-                        other => {
-                            matches!(ctx, Ctx::AppClose { id, reason } if id == conn && reason == other)
+                        CloseReason::SlowConsumer => {
+                            // Over its hard limit in a fan-out, or its held-back backlog is no
+                            // longer buffered when its resume window ends.
+                            app_close
+                                || matches!(ctx, Ctx::Publish { .. })
+                                || (c.held
+                                    && (matches!(ctx, Ctx::Tick)
+                                        || matches!(ctx, Ctx::Receive { id, .. } if id == conn)))
                         }
+                        _ => app_close,
                     };
                     prop_assert!(
                         consistent,
@@ -1886,25 +2893,17 @@ impl Runner {
                 );
             }
         }
-
-        // What the transport has not confirmed yet, per connection.
-        for a in actions {
-            if let Action::Deliver { conn, frame } = a {
-                if let Some(c) = self.model.live.get_mut(conn) {
-                    c.unwritten += frame.len() as u64;
-                }
-            }
-        }
         Ok(())
     }
 
     /// (3) The hub's counters and gauges equal the model's.
-    fn check_stats(&mut self, actions: &[Action]) -> Result<(), TestCaseError> {
+    fn check_stats(&self) -> Result<(), TestCaseError> {
         let s = *self.sim.hub.stats();
         let m = &self.model;
         let c = &m.c;
         let active_users = m.users.values().filter(|u| !u.conns.is_empty()).count() as u64;
-        let pairs: [(&str, u64, u64); 25] = [
+        let (buffered_messages, buffered_bytes) = m.buffered();
+        let pairs: [(&str, u64, u64); 37] = [
             ("connections_active", s.connections_active, m.live.len() as u64),
             ("connections_opened", s.connections_opened, c.opened),
             ("connections_closed", s.connections_closed, c.closed),
@@ -1912,6 +2911,7 @@ impl Runner {
             ("users_detached", s.users_detached, m.users.len() as u64 - active_users),
             ("users_created", s.users_created, c.users_created),
             ("users_retired", s.users_retired, c.users_retired),
+            ("users_evicted", s.users_evicted, c.users_evicted),
             ("tenants", s.tenants, m.tenants.len() as u64),
             ("rooms", s.rooms, m.rooms.len() as u64),
             ("connects_refused_expired", s.connects_refused_expired, c.refused_expired),
@@ -1920,6 +2920,7 @@ impl Runner {
             ("publishes", s.publishes, c.publishes),
             ("undeliverable", s.undeliverable, c.undeliverable),
             ("deliveries", s.deliveries, c.deliveries),
+            ("bytes_delivered", s.bytes_delivered, c.bytes_delivered),
             ("bytes_written", s.bytes_written, c.bytes_written),
             ("frames_received", s.frames_received, c.frames_received),
             ("inbound_messages", s.inbound_messages, c.inbound),
@@ -1928,12 +2929,25 @@ impl Runner {
             ("pongs_received", s.pongs_received, c.pongs),
             ("refresh_required_sent", s.refresh_required_sent, c.refresh_required),
             ("sessions_refreshed", s.sessions_refreshed, c.refreshed),
+            ("thinking_skipped", s.thinking_skipped, c.thinking_skipped),
+            ("held_back", s.held_back, c.held_back),
+            ("replayed", s.replayed, c.replayed),
+            ("resumes_recovered", s.resumes_recovered, c.resumes_recovered),
+            ("resumes_unrecovered", s.resumes_unrecovered, c.resumes_unrecovered),
+            ("buffered_messages", s.buffered_messages, buffered_messages),
+            ("buffered_bytes", s.buffered_bytes, buffered_bytes),
+            ("breakers_opened", s.breakers_opened, c.breakers_opened),
+            ("breaker_refusals", s.breaker_refusals, c.breaker_refusals),
             (
                 "total_connection_lifetime_ms",
                 s.total_connection_lifetime.as_millis() as u64,
                 c.lifetime,
             ),
             ("limit_rejections total", s.limit_rejections.total(), c.limits.values().sum()),
+            ("heartbeat_timeouts", s.heartbeat_timeouts(), {
+                let by = ClosedBy::Hub(CloseReason::HeartbeatTimeout);
+                c.closed_by.get(&by).copied().unwrap_or_default()
+            }),
         ];
         for (name, hub, model) in pairs {
             prop_assert_eq!(hub, model, "(3) stats.{} differs", name);
@@ -1951,16 +2965,6 @@ impl Runner {
                 kind
             );
         }
-        // Bytes delivered: what the Deliver actions carried.
-        let bytes: u64 = actions
-            .iter()
-            .map(|a| match a {
-                Action::Deliver { frame, .. } => frame.len() as u64,
-                _ => 0,
-            })
-            .sum();
-        self.bytes_delivered += bytes;
-        prop_assert_eq!(s.bytes_delivered, self.bytes_delivered, "(3) stats.bytes_delivered");
         Ok(())
     }
 
@@ -1991,9 +2995,11 @@ impl Runner {
             let want = c.threads.as_ref().map(|ts| ts.iter().map(|t| thread_name(*t)).collect());
             prop_assert_eq!(threads, want, "thread filter of {}", id);
             let rooms: BTreeSet<String> = v.rooms().map(|r| r.to_string()).collect();
-            let want: BTreeSet<String> = c.rooms.iter().map(|r| room_name(*r)).collect();
+            let want: BTreeSet<String> = c.rooms.iter().map(|(r, _)| room_name(*r)).collect();
             prop_assert_eq!(rooms, want, "rooms of {}", id);
             prop_assert_eq!(v.unwritten_bytes(), c.unwritten, "unwritten bytes of {}", id);
+            prop_assert_eq!(v.skipped_pending(), c.skipped, "skipped_pending of {}", id);
+            prop_assert_eq!(v.held(), c.held, "held of {}", id);
             let deadline = self.at(m.conn_deadline(c));
             prop_assert!(
                 v.next_check() <= deadline,
@@ -2013,6 +3019,14 @@ impl Runner {
                 prop_assert_eq!(v.connection_count(), mu.conns.len());
                 prop_assert_eq!(v.connections().collect::<Vec<_>>(), mu.conns.clone());
                 prop_assert_eq!(v.stream_position().seq, mu.stream.seq);
+                prop_assert_eq!(v.buffered(), (mu.stream.buf.len(), mu.stream.bytes));
+                prop_assert_eq!(
+                    breaker_state(v.breaker(), self.sim.start),
+                    mu.breaker,
+                    "breaker of t{}/u{}",
+                    t,
+                    u
+                );
                 prop_assert_eq!(v.created_at(), self.at(mu.created));
                 let retention = Model::ms(m.cfg.user_retention);
                 let phase = match mu.detached_since {
@@ -2057,7 +3071,7 @@ fn policy() -> impl Strategy<Value = UserLimitPolicy> {
 proptest! {
     #![proptest_config(ProptestConfig {
         failure_persistence: None,
-        ..ProptestConfig::with_cases(4000)
+        ..ProptestConfig::with_cases(2000)
     })]
 
     /// Random sequences under `UserLimitPolicy::Reject`.
@@ -2086,7 +3100,7 @@ proptest! {
     })]
 
     /// The same model with a heartbeat interval shorter than its timeout (a configuration
-    /// `Config::validate` accepts). Fails today: see
+    /// `Config::validate` accepts); see
     /// `regression_ping_after_activity_is_late_when_interval_is_shorter_than_timeout`.
     #[test]
     fn hub_matches_the_model_with_a_heartbeat_interval_shorter_than_its_timeout(
@@ -2097,7 +3111,7 @@ proptest! {
     }
 
     /// The same model with client frames that are JSON arrays rather than objects among the
-    /// garbage. Fails today: see `regression_json_array_frames_are_refused_as_malformed`.
+    /// garbage; see `regression_json_array_frames_are_refused_as_malformed`.
     #[test]
     fn hub_matches_the_model_when_clients_send_non_object_json(
         knobs in policy().prop_flat_map(|p| knobs(p, HEARTBEAT)),
@@ -2111,9 +3125,10 @@ proptest! {
 // Regressions: minimal failing cases found by the properties above, written out.
 
 /// After activity answers a ping, the next ping is due `heartbeat.interval` later. When the
-/// interval is shorter than the timeout, the hub keeps the connection's timer at
-/// `ping + timeout` and sends the next ping late (here at 12 s instead of 8 s); `poll_timeout` and
-/// `ConnView::next_check` report the late instant as well.
+/// interval is shorter than the timeout, the hub used to keep the connection's timer at
+/// `ping + timeout` and send the next ping late (here at 12 s instead of 8 s); `poll_timeout` and
+/// `ConnView::next_check` reported the late instant as well. Fixed: ending a ping re-arms an
+/// earlier heartbeat.
 #[test]
 fn regression_ping_after_activity_is_late_when_interval_is_shorter_than_timeout() {
     let cfg = Config {
@@ -2139,7 +3154,8 @@ fn regression_ping_after_activity_is_late_when_interval_is_shorter_than_timeout(
 
 /// Client frames are JSON objects; `PeerError::Malformed` documents "the frame is not a JSON
 /// object". A JSON array whose elements line up with the frame's fields (`type`, `thread_id`,
-/// `data`) is accepted as that frame instead: here a `message` surfaces as `Action::Inbound`.
+/// `data`) used to be accepted as that frame instead: here a `message` surfaced as
+/// `Action::Inbound`. Fixed: a frame that does not start with `{` is malformed.
 #[test]
 fn regression_json_array_frames_are_refused_as_malformed() {
     let mut sim = Sim::default();
@@ -2151,4 +3167,38 @@ fn regression_json_array_frames_are_refused_as_malformed() {
         "a JSON array was accepted as a client frame: {result:?} {actions:?}"
     );
     assert!(!actions.iter().any(|a| matches!(a, Action::Inbound(_))), "{actions:?}");
+}
+
+/// The breaker "stops a client that keeps failing from reconnecting in a tight loop":
+/// `threshold` abnormal closes within `window` open it, and for `open_for` "connects fail with
+/// `retry_after`" (`BreakerConfig`); the hub keeps a detached user whose breaker is not closed
+/// past its retention for exactly this reason ("its breaker must outlive it, or waiting out
+/// retention would reset it", `Hub::tick`). With `user_retention` zero (which `Config::validate`
+/// accepts), the user is retired the moment its last connection closes, breaker and failure
+/// count with it: here the breaker opens (`BreakerOpened` audit, `BreakerChanged { Open }`
+/// metric), the user retires in the same call, and the very next connect is admitted instead of
+/// failing with `ConnectError::BreakerOpen`. A client with one connection that keeps failing is
+/// never stopped, since every failure is forgotten with its user.
+///
+/// Fails today. Suspected cause: `Hub::detach_user` retires at once when `user_retention` is
+/// zero without the breaker check `Hub::tick` makes before retiring.
+#[test]
+fn regression_zero_retention_discards_an_open_breaker() {
+    let cfg = Config {
+        user_retention: Duration::ZERO,
+        breaker: BreakerConfig { threshold: 1, ..BreakerConfig::default() },
+        ..Config::default()
+    };
+    let mut sim = Sim::new(cfg);
+    let conn = sim.connect("acme", "alice");
+    sim.hub.disconnect(sim.now, conn, DisconnectReason::Abnormal).expect("live");
+    let actions = sim.drain();
+    assert_eq!(common::audits(&actions), vec![AuditKind::BreakerOpened], "{actions:?}");
+    assert_eq!(sim.hub.stats().breakers_opened, 1);
+    let again = sim.hub.connect(sim.now, Principal::new("acme", "alice"));
+    assert!(
+        matches!(again, Err(ConnectError::BreakerOpen { .. })),
+        "the breaker opened and the next connect was {again:?}: {:?}",
+        sim.drain()
+    );
 }
