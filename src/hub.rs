@@ -13,7 +13,7 @@ use crate::connection::{Connection, Connections, Lookup};
 use crate::delivery::{Offer, Sink, arm_trim, tier_index};
 use crate::error::{ConfigError, ConnError, ConnectError, RefreshError, RoomError};
 use crate::ids::{ConnId, Role, Roles, RoomId, TenantId, UserId};
-use crate::limits::{Breaker, Bucket, Transition};
+use crate::limits::{Breaker, BreakerState, Bucket, Transition};
 use crate::protocol::Redactor;
 use crate::routing::Tenant;
 use crate::stats::{HubStats, MeterClock, Meters, Rates};
@@ -415,15 +415,21 @@ impl Hub {
     }
 
     fn detach_user(&mut self, now: Instant, uidx: u32) {
-        if self.cfg.user_retention.is_zero() {
-            self.retire_user(uidx);
-            return;
-        }
+        // An open breaker must outlive the user, or waiting out retention (or having none) would
+        // reset it: keep the user at least until the breaker half-opens.
+        let retire_at = match self.users.get(uidx).breaker.state {
+            BreakerState::Open { until } if until > now => until.max(now + self.cfg.user_retention),
+            _ if self.cfg.user_retention.is_zero() => {
+                self.retire_user(uidx);
+                return;
+            }
+            _ => now + self.cfg.user_retention,
+        };
         if self.detached.len() >= self.cfg.max_detached_users as usize {
             self.evict_detached();
         }
         self.out.stats.users_detached += 1;
-        let timer = self.detached.insert(now + self.cfg.user_retention, uidx);
+        let timer = self.detached.insert(retire_at, uidx);
         self.users.get_mut(uidx).retire = Some((timer, now));
     }
 
@@ -464,7 +470,7 @@ impl Hub {
     /// When the breaker's probe connection opened, if it has a live one.
     fn probe_opened(&self, breaker: &Breaker) -> Option<Instant> {
         match breaker.state {
-            crate::limits::BreakerState::HalfOpen { probe: Some(id) } => {
+            BreakerState::HalfOpen { probe: Some(id) } => {
                 match self.conns.lookup(id, self.last_now?, Duration::ZERO) {
                     Lookup::Live(idx) => Some(self.conns.get(idx).opened_at),
                     _ => None,
@@ -659,10 +665,8 @@ impl Hub {
         while let Some(uidx) = self.detached.pop_due(now) {
             self.users.get_mut(uidx).retire = None;
             self.out.stats.users_detached -= 1;
-            if matches!(
-                self.users.get(uidx).breaker.state,
-                crate::limits::BreakerState::Open { .. }
-            ) {
+            if matches!(self.users.get(uidx).breaker.state, BreakerState::Open { until } if until > now)
+            {
                 // An open breaker must outlive the user, or waiting out retention would reset it.
                 // (Half-open without a probe admits the next connect anyway: let it go.)
                 self.detach_user(now, uidx);
