@@ -27,7 +27,10 @@ use crate::auth::Keys;
 
 /// The switchboard demo server.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "The switchboard demo server: the hub on tokio behind WebSockets, with a live page at /"
+)]
 struct Cli {
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
