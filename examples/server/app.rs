@@ -1,0 +1,140 @@
+//! Wires the pieces together: the hub and its driver, the demo agent, and the HTTP server. Both
+//! `main.rs` and `tests/server_e2e.rs` start the server through [`start`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard::{Config, ConfigError, Hub, Inbound};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::agent;
+use crate::auth::{self, Keys};
+use crate::driver::{self, DriverConfig, Handle};
+use crate::http::{self, AppState, HttpCounters};
+
+/// Everything the server runs with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The hub's configuration.
+    pub hub: Config,
+    /// The driver's queues and timeouts.
+    pub driver: DriverConfig,
+    /// The HS256 secret tokens are verified with.
+    pub jwt_secret: Vec<u8>,
+    /// The key `POST /publish` requires (`Authorization: Bearer <key>`).
+    pub admin_key: String,
+    /// Pause between the demo agent's events.
+    pub agent_pace: Duration,
+}
+
+/// The hub configuration the server runs with unless told otherwise: the library defaults, plus
+/// a short resume window (so a reconnecting client's `resume` is answered before live events,
+/// which keeps every stream exactly in order) and a seed that differs per process (so stream
+/// epochs differ across restarts).
+pub fn default_hub_config() -> Config {
+    Config {
+        resume_window: Duration::from_millis(1500),
+        seed: auth::random_u64(),
+        ..Config::default()
+    }
+}
+
+impl Settings {
+    /// Defaults for everything but the secrets.
+    pub fn new(jwt_secret: impl Into<Vec<u8>>, admin_key: impl Into<String>) -> Self {
+        Settings {
+            hub: default_hub_config(),
+            driver: DriverConfig::default(),
+            jwt_secret: jwt_secret.into(),
+            admin_key: admin_key.into(),
+            agent_pace: Duration::from_millis(400),
+        }
+    }
+}
+
+/// A running server.
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The hub task's handle.
+    pub handle: Handle,
+    /// The HTTP layer's counters.
+    #[allow(dead_code)] // read by the tests
+    pub http: Arc<HttpCounters>,
+    server: JoinHandle<()>,
+    stop_http: oneshot::Sender<()>,
+}
+
+/// Why the server did not start.
+#[derive(Debug)]
+pub enum StartError {
+    Config(ConfigError),
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "invalid hub configuration: {e}"),
+            StartError::Io(e) => write!(f, "cannot listen: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Starts the hub task, the demo agent and the HTTP server on `listener`.
+pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running, StartError> {
+    let addr = listener.local_addr().map_err(StartError::Io)?;
+    let hub = Hub::new(settings.hub).map_err(StartError::Config)?;
+    let (handle, inbound) = driver::spawn(hub, settings.driver);
+    tokio::spawn(run_agent(handle.clone(), inbound, settings.agent_pace));
+    let state = AppState::new(handle.clone(), Keys::new(&settings.jwt_secret), settings.admin_key);
+    let counters = state.counters.clone();
+    let router = http::router(state);
+    let (stop_http, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = serve.await {
+            eprintln!("switchboard: HTTP server failed: {e}");
+        }
+    });
+    Ok(Running { addr, handle, http: counters, server, stop_http })
+}
+
+impl Running {
+    /// Closes every WebSocket with `server_shutdown` (4006), waits for the close frames to go
+    /// out, then stops the HTTP server.
+    pub async fn shutdown(self) {
+        self.handle.shutdown().await;
+        let _ = self.stop_http.send(());
+        let mut server = self.server;
+        if tokio::time::timeout(Duration::from_secs(5), &mut server).await.is_err() {
+            server.abort();
+        }
+    }
+}
+
+/// The demo agent: each client `message` starts a run that publishes the script's events.
+async fn run_agent(handle: Handle, mut inbound: mpsc::Receiver<Box<Inbound>>, pace: Duration) {
+    let mut runs: u64 = 0;
+    while let Some(msg) = inbound.recv().await {
+        runs += 1;
+        let run = format!("run-{runs}");
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            for step in agent::script(&agent::prompt_of(&msg), pace) {
+                tokio::time::sleep(step.after).await;
+                if let Err(e) = handle.publish(agent::envelope(&msg, &run, &step)).await {
+                    eprintln!("switchboard: demo agent {run} stopped: {e:?}");
+                    break;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,325 @@
+//! The HTTP surface: `GET /ws` (authenticated upgrade), `POST /publish` (admin key),
+//! `GET /metrics` (Prometheus text), `GET /healthz`, and `GET /` (the demo page).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use switchboard::{Audience, ConnectError, Envelope, EventKind, PublishError, StreamName, Target};
+
+use crate::auth::{AuthError, Keys};
+use crate::driver::{Handle, PublishFailed, Refused};
+use crate::metrics;
+
+/// Counters of the HTTP layer (the hub never sees what it refuses here).
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    pub unauthorized_missing: AtomicU64,
+    pub unauthorized_expired: AtomicU64,
+    pub unauthorized_invalid: AtomicU64,
+    /// Authenticated upgrades the hub refused (limits, breaker).
+    pub connect_refused: AtomicU64,
+    pub publish_accepted: AtomicU64,
+    pub publish_rejected: AtomicU64,
+    pub publish_unauthorized: AtomicU64,
+}
+
+impl HttpCounters {
+    fn unauthorized(&self, err: &AuthError) {
+        let c = match err {
+            AuthError::Missing => &self.unauthorized_missing,
+            AuthError::Expired => &self.unauthorized_expired,
+            AuthError::Invalid(_) => &self.unauthorized_invalid,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub handle: Handle,
+    pub keys: Keys,
+    pub admin_key: Arc<str>,
+    pub counters: Arc<HttpCounters>,
+}
+
+impl AppState {
+    pub fn new(handle: Handle, keys: Keys, admin_key: String) -> Self {
+        AppState { handle, keys, admin_key: admin_key.into(), counters: Arc::default() }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/ws", get(websocket))
+        .route("/publish", post(publish))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn healthz(State(app): State<AppState>) -> Response {
+    match app.handle.snapshot().await {
+        Some(s) => {
+            Json(json!({ "status": "ok", "connections": s.hub.connections_active })).into_response()
+        }
+        None => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "stopped" }))).into_response()
+        }
+    }
+}
+
+async fn metrics_text(State(app): State<AppState>) -> Response {
+    let Some(snapshot) = app.handle.snapshot().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let body = metrics::render(&snapshot, &app.counters);
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+}
+
+fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": code, "message": message.to_string() }))).into_response()
+}
+
+/// The bearer token of an `Authorization` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`: authenticate, let the hub admit the principal, then upgrade. A missing, bad or
+/// expired token is a 401 and touches no hub state.
+async fn websocket(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let token = bearer(&headers).or(query.token.as_deref()).filter(|t| !t.is_empty());
+    let identity = match token.ok_or(AuthError::Missing).and_then(|t| app.keys.verify(t)) {
+        Ok(identity) => identity,
+        Err(err) => {
+            app.counters.unauthorized(&err);
+            let mut res = error(StatusCode::UNAUTHORIZED, err.as_str(), &err);
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return res;
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    match app.handle.connect(identity.principal, identity.rooms).await {
+        Ok(accepted) => {
+            let handle = app.handle.clone();
+            upgrade.on_upgrade(move |socket| handle.serve(accepted, socket))
+        }
+        Err(refused) => {
+            app.counters.connect_refused.fetch_add(1, Ordering::Relaxed);
+            refusal(refused)
+        }
+    }
+}
+
+fn refusal(refused: Refused) -> Response {
+    let err = match refused {
+        Refused::Stopping => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stopping",
+                "the server is shutting down",
+            );
+        }
+        Refused::Hub(err) => err,
+    };
+    let (status, code) = match err {
+        ConnectError::SessionExpired => (StatusCode::UNAUTHORIZED, "expired"),
+        ConnectError::UserLimit { .. } => (StatusCode::TOO_MANY_REQUESTS, "user_limit"),
+        ConnectError::TenantLimit { .. } => (StatusCode::TOO_MANY_REQUESTS, "tenant_limit"),
+        ConnectError::BreakerOpen { .. } => (StatusCode::TOO_MANY_REQUESTS, "breaker_open"),
+        ConnectError::TooManyConnections { .. } => (StatusCode::SERVICE_UNAVAILABLE, "full"),
+        _ => (StatusCode::FORBIDDEN, "refused"),
+    };
+    let mut res = error(status, code, err);
+    if let ConnectError::BreakerOpen { retry_after } = err {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    res
+}
+
+/// The body of `POST /publish`: flat, so that it is easy to write with curl.
+///
+/// The target is chosen by which fields are present: `user` (with `thread`, one thread of that
+/// user), `room`, or neither (the tenant's broadcast, narrowed to `role` if given). `everyone:
+/// true` without a tenant is a global broadcast, refused unless the hub config allows it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    pub tenant: Option<String>,
+    pub user: Option<String>,
+    pub thread: Option<String>,
+    pub room: Option<String>,
+    pub role: Option<String>,
+    #[serde(default)]
+    pub everyone: bool,
+    /// `agent_started`, `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed`,
+    /// or a custom kind.
+    pub kind: String,
+    pub run: Option<String>,
+    #[serde(default)]
+    pub data: Value,
+}
+
+impl PublishRequest {
+    /// The envelope it describes, or what is wrong with it.
+    pub fn envelope(self) -> Result<Envelope, &'static str> {
+        let kind = match self.kind.as_str() {
+            "agent_started" => EventKind::AgentStarted,
+            "agent_thinking" => EventKind::AgentThinking,
+            "tool_executing" => EventKind::ToolExecuting,
+            "tool_completed" => EventKind::ToolCompleted,
+            "agent_completed" => EventKind::AgentCompleted,
+            _ => EventKind::custom(self.kind),
+        };
+        let target = match (self.everyone, self.tenant, self.user, self.room) {
+            (true, None, None, None) if self.role.is_none() && self.thread.is_none() => {
+                Target::Everyone
+            }
+            (true, ..) => return Err("`everyone` excludes every other target field"),
+            (false, None, ..) => return Err("`tenant` is required"),
+            (false, Some(_), Some(_), Some(_)) => return Err("give `user` or `room`, not both"),
+            (false, Some(_), _, _) if self.role.is_some() && self.thread.is_some() => {
+                return Err("`role` and `thread` do not go together");
+            }
+            (false, Some(tenant), Some(user), None) => {
+                if self.role.is_some() {
+                    return Err("`role` narrows a tenant broadcast, not a user");
+                }
+                match self.thread {
+                    Some(thread) => Target::Thread {
+                        tenant: tenant.into(),
+                        user: user.into(),
+                        thread: thread.into(),
+                    },
+                    None => Target::User { tenant: tenant.into(), user: user.into() },
+                }
+            }
+            (false, Some(tenant), None, Some(room)) => {
+                if self.role.is_some() || self.thread.is_some() {
+                    return Err("`room` takes no `role` or `thread`");
+                }
+                Target::Room { tenant: tenant.into(), room: room.into() }
+            }
+            (false, Some(tenant), None, None) => {
+                if self.thread.is_some() {
+                    return Err("`thread` needs a `user`");
+                }
+                let audience = match self.role {
+                    Some(role) => Audience::Role(role.into()),
+                    None => Audience::All,
+                };
+                Target::Tenant { tenant: tenant.into(), audience }
+            }
+        };
+        let mut env = Envelope::new(target, kind).data(self.data);
+        if let Some(run) = self.run {
+            env = env.run(run);
+        }
+        Ok(env)
+    }
+}
+
+/// Compares without returning early, so the time taken does not reveal how much of the key
+/// matched.
+fn same_key(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, byte) in b.iter().enumerate() {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
+    }
+    diff == 0
+}
+
+/// `POST /publish`: any backend publishes an event to a user, a thread, a room or a tenant.
+async fn publish(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let c = &app.counters;
+    if !bearer(&headers).is_some_and(|key| same_key(key, &app.admin_key)) {
+        c.publish_unauthorized.fetch_add(1, Ordering::Relaxed);
+        let mut res = error(StatusCode::UNAUTHORIZED, "unauthorized", "admin key required");
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return res;
+    }
+    let rejected = |status, code, message: String| {
+        c.publish_rejected.fetch_add(1, Ordering::Relaxed);
+        error(status, code, message)
+    };
+    let request: PublishRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return rejected(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    };
+    let envelope = match request.envelope() {
+        Ok(env) => env,
+        Err(why) => return rejected(StatusCode::BAD_REQUEST, "bad_target", why.to_string()),
+    };
+    match app.handle.publish(envelope).await {
+        Ok(published) => {
+            c.publish_accepted.fetch_add(1, Ordering::Relaxed);
+            let (stream, epoch, seq) = match &published.position {
+                Some((name, pos)) => (Some(stream_name(name)), Some(pos.epoch), Some(pos.seq)),
+                None => (None, None, None),
+            };
+            Json(json!({
+                "delivered": published.delivered,
+                "skipped": published.skipped,
+                "closed": published.closed,
+                "stream": stream,
+                "epoch": epoch,
+                "seq": seq,
+            }))
+            .into_response()
+        }
+        Err(PublishFailed::Hub(err)) => {
+            let status = match err {
+                PublishError::GlobalBroadcastDisabled => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            rejected(status, "refused", err.to_string())
+        }
+        Err(PublishFailed::Stopped) => rejected(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the server is shutting down".into(),
+        ),
+    }
+}
+
+fn stream_name(name: &StreamName) -> String {
+    name.to_string()
+}

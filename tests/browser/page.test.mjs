@@ -1,0 +1,109 @@
+// Drives the demo page in a real headless chromium: connect with a token, type a message, send
+// it, and wait for the demo agent's five kinds of events to appear in order. Then drop the
+// socket from inside the page and check that it reconnects and resumes by itself.
+//
+//   node page.test.mjs 'http://127.0.0.1:PORT/?token=…'
+//
+// Env: CHROMIUM (default /usr/bin/chromium), SCREENSHOT (a PNG path to save the page to).
+
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const url = process.argv[2];
+if (!url) {
+  console.error("usage: node page.test.mjs <page url with ?token=>");
+  process.exit(2);
+}
+const RUN = [
+  "agent_started",
+  "agent_thinking",
+  "agent_thinking",
+  "agent_thinking",
+  "tool_executing",
+  "tool_completed",
+  "agent_completed",
+];
+const TIMEOUT = 20_000;
+
+function check(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+const userDataDir = await mkdtemp(join(tmpdir(), "switchboard-chromium-"));
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const page = context.pages()[0] ?? (await context.newPage());
+const logs = [];
+page.on("console", (m) => logs.push(`console.${m.type()}: ${m.text()}`));
+page.on("pageerror", (e) => logs.push(`pageerror: ${e.message}`));
+
+let failed = false;
+try {
+  await page.goto(url);
+  await page.waitForFunction(() => document.getElementById("status").className === "connected", null, { timeout: TIMEOUT });
+  const who = await page.textContent("#who");
+  console.log(`connected as ${who}`);
+
+  // Type a message and send it.
+  await page.fill("#thread", "browser");
+  await page.fill("#message", "What does switchboard do?");
+  await page.click("#send");
+  await page.waitForSelector('.run .event[data-kind="agent_completed"]', { timeout: TIMEOUT });
+  const kinds = await page.$$eval(".run .event", (els) => els.map((e) => e.dataset.kind));
+  console.log(`events: ${kinds.join(", ")}`);
+  check(JSON.stringify(kinds) === JSON.stringify(RUN), `expected ${RUN.join(", ")}`);
+  const seqs = await page.$$eval(".run .event", (els) => els.map((e) => Number(e.dataset.seq)));
+  check(seqs.every((s, i) => i === 0 || s === seqs[i - 1] + 1), `seqs not consecutive: ${seqs}`);
+  const started = await page.textContent('.run .event[data-kind="agent_started"] .text');
+  check(started.includes("What does switchboard do?"), `agent_started shows the prompt: ${started}`);
+  check((await page.textContent(".run h3")).includes("thread browser"), "the run names its thread");
+
+  // Reconnect and resume: drop the socket from inside the page (the page's own debugging hook),
+  // and wait for the page to come back and report every stream recovered.
+  const resumedBefore = await page.$$eval(".notice", (els) => els.length);
+  await page.evaluate(() => window.switchboard.drop());
+  await page.waitForFunction(() => document.getElementById("reconnects").textContent !== "0", null, { timeout: TIMEOUT });
+  await page.waitForFunction(
+    (n) => [...document.querySelectorAll(".notice")].slice(n).some((e) => e.textContent.startsWith("reconnected:")),
+    resumedBefore,
+    { timeout: TIMEOUT },
+  );
+  await page.waitForFunction(() => document.getElementById("status").className === "connected", null, { timeout: TIMEOUT });
+  console.log("reconnected and resumed");
+
+  // And the product still works after the resume.
+  await page.fill("#message", "Once more");
+  await page.click("#send");
+  await page.waitForFunction(() => document.querySelectorAll('.run .event[data-kind="agent_completed"]').length === 2, null, { timeout: TIMEOUT });
+  const all = await page.$$eval(".run .event", (els) => els.map((e) => e.dataset.kind));
+  check(JSON.stringify(all) === JSON.stringify([...RUN, ...RUN]), `second run: ${all.join(", ")}`);
+  console.log("second run complete");
+
+  if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
+  console.log("browser test passed");
+} catch (e) {
+  failed = true;
+  console.error(`browser test FAILED: ${e.message}`);
+  for (const line of logs) console.error(line);
+  try {
+    console.error((await page.textContent("body")).replace(/\s+/g, " ").slice(0, 2000));
+    if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
+  } catch {}
+} finally {
+  await context.close();
+  await rm(userDataDir, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
