@@ -61,7 +61,10 @@ fn inbounds(actions: &[Action]) -> Vec<Inbound> {
 }
 
 /// Publishes, drains, and returns (delivered count, actions).
+/// Publishes and returns what that publish did (earlier actions, such as `joined`
+/// announcements, are drained first).
 fn publish(sim: &mut Sim, env: Envelope) -> (usize, Vec<Action>) {
+    sim.drain();
     let p = sim.hub.publish(sim.now, env).expect("publish accepted");
     (p.delivered, sim.drain())
 }

@@ -89,12 +89,21 @@ impl Server {
         Ok(Client { ws })
     }
 
-    /// A connection that has read its `connected` frame and gone live.
+    /// A connection that has read its `connected` frame, the `joined` announcements of the
+    /// rooms its token names, and gone live.
     async fn live(&self, token: &str) -> (Client, Value) {
         let mut c = self.ws_with(Some(token), None).await.expect("valid token connects");
         let connected = c.recv().await;
         assert_eq!(connected["type"], "connected", "{connected}");
-        c.sync().await;
+        c.send(json!({"type": "ping"})).await;
+        loop {
+            let f = c.recv().await;
+            match f["type"].as_str() {
+                Some("pong") => break,
+                Some("joined") => assert!(f["stream"].as_str().is_some_and(|s| s.starts_with("r:"))),
+                _ => panic!("expected joined frames, then the pong; got {f}"),
+            }
+        }
         (c, connected)
     }
 
