@@ -180,6 +180,13 @@ pub struct Config {
     /// How long a user's state outlives its last connection (default 2 min). While detached, its
     /// stream keeps buffering (within `retention`) so that a returning client can resume.
     pub user_retention: Duration,
+    /// How long a room outlives its last member, its stream still buffering, so that members who
+    /// drop off for a moment can resume it (default 0: an empty room is dropped at once, and a
+    /// room joined again starts a new epoch).
+    pub room_retention: Duration,
+    /// Most idle (member-less) rooms kept at once (default 100,000); beyond it the one closest to
+    /// being dropped is dropped early.
+    pub max_idle_rooms: u32,
     /// Most detached users kept at once (default 100,000). Beyond it, the one closest to
     /// retirement is retired early, so that churn of distinct users cannot grow memory.
     pub max_detached_users: u32,
@@ -242,6 +249,8 @@ impl Default for Config {
             session_grace: Duration::from_secs(60),
             user_retention: Duration::from_secs(120),
             max_detached_users: 100_000,
+            room_retention: Duration::ZERO,
+            max_idle_rooms: 100_000,
             retention: Retention::default(),
             max_buffered_bytes: 512 << 20,
             max_inflight_bytes: 128 * 1024,
@@ -305,8 +314,10 @@ impl Config {
         bounded("user_retention", self.user_retention)?;
         bounded("tombstone_ttl", self.tombstone_ttl)?;
         bounded("resume_window", self.resume_window)?;
+        bounded("room_retention", self.room_retention)?;
         nonzero_d("violation_refill", self.violation_refill)?;
         nonzero("max_detached_users", self.max_detached_users.into())?;
+        nonzero("max_idle_rooms", self.max_idle_rooms.into())?;
         nonzero("retention.max_messages", self.retention.max_messages as u64)?;
         nonzero("retention.max_bytes", self.retention.max_bytes as u64)?;
         nonzero_d("retention.max_age", self.retention.max_age)?;

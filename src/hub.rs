@@ -98,6 +98,8 @@ pub struct Hub {
     pub(crate) users: Users,
     pub(crate) tenants: HashMap<TenantId, Tenant>,
     pub(crate) timers: TimerQueue<TimerKey>,
+    /// Rooms without members by the instant they are dropped (`room_retention`).
+    pub(crate) idle_rooms: TimerQueue<(TenantId, RoomId)>,
     /// Streams by the instant their oldest buffered message outlives `retention.max_age`.
     pub(crate) trims: TimerQueue<TrimKey>,
     /// Detached users by retirement time: the retirement timers, and the order in which
@@ -128,6 +130,7 @@ impl Hub {
             timers: TimerQueue::new(),
             detached: TimerQueue::new(),
             trims: TimerQueue::new(),
+            idle_rooms: TimerQueue::new(),
             snapshot: None,
             pong: None,
             doomed: Vec::new(),
@@ -366,11 +369,9 @@ impl Hub {
         };
         let tenant_id = self.users.get(uidx).tenant.clone();
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
-        let (out, trims) = (&mut self.out, &mut self.trims);
-        tenant.leave_all(&mut self.conns, idx, |room| {
-            out.stats.rooms -= 1;
-            out.dropped(trims, &room.stream);
-        });
+        // Rooms it was the last member of (allocates only when there are any).
+        let mut emptied = Vec::new();
+        tenant.leave_all(&mut self.conns, idx, |room| emptied.push(room));
         tenant.remove_conn(&mut self.conns, idx);
         self.timers.cancel(timer);
         self.doomed.retain(|&d| d != idx);
@@ -400,13 +401,16 @@ impl Hub {
         stats.total_connection_lifetime += lifetime;
         self.out.actions.push_back(Action::Metric(MetricEvent::ConnectionClosed {
             conn: id,
-            tenant: tenant_id,
+            tenant: tenant_id.clone(),
             user: self.users.get(uidx).user.clone(),
             lifetime,
             reason: by,
         }));
         if let Some(t) = transition {
             self.breaker_transition(uidx, t);
+        }
+        for room in emptied {
+            self.room_emptied(now, &tenant_id, room);
         }
         if detached {
             self.out.stats.users_active -= 1;
@@ -441,6 +445,48 @@ impl Hub {
         self.out.stats.users_evicted += 1;
         self.retire_user(oldest);
         true
+    }
+
+    /// A room lost its last member: drop it, or keep it idle for `room_retention` so that its
+    /// members can come back and resume it.
+    fn room_emptied(&mut self, now: Instant, tenant_id: &TenantId, room: RoomId) {
+        self.out.stats.rooms -= 1;
+        if self.cfg.room_retention.is_zero() {
+            self.drop_room(tenant_id, &room);
+            return;
+        }
+        if self.idle_rooms.len() >= self.cfg.max_idle_rooms as usize {
+            let (t, r) = self.idle_rooms.pop_first().expect("the cap is positive");
+            self.out.stats.rooms_idle -= 1;
+            self.tenants
+                .get_mut(&t)
+                .expect("idle room's tenant")
+                .rooms
+                .get_mut(&r)
+                .expect("idle room")
+                .idle = None;
+            self.drop_room(&t, &r);
+        }
+        let timer = self
+            .idle_rooms
+            .insert(now + self.cfg.room_retention, (tenant_id.clone(), room.clone()));
+        let tenant = self.tenants.get_mut(tenant_id).expect("room's tenant");
+        tenant.rooms.get_mut(&room).expect("emptied room").idle = Some(timer);
+        self.out.stats.rooms_idle += 1;
+    }
+
+    /// Forgets an empty room and its stream (and its tenant, if nothing else holds it). Its idle
+    /// timer, if any, has fired or been taken.
+    fn drop_room(&mut self, tenant_id: &TenantId, room: &RoomId) {
+        let tenant = self.tenants.get_mut(tenant_id).expect("room's tenant");
+        let r = tenant.rooms.remove(room).expect("dropped room exists");
+        debug_assert!(r.members.is_empty() && r.idle.is_none());
+        self.out.dropped(&mut self.trims, &r.stream);
+        if tenant.is_unused() {
+            let tenant = self.tenants.remove(tenant_id).expect("present");
+            self.out.dropped(&mut self.trims, &tenant.stream);
+            self.out.stats.tenants = self.tenants.len() as u64;
+        }
     }
 
     /// Forgets a user's state, its stream and buffer. Its retirement timer, if any, has already
@@ -616,10 +662,18 @@ impl Hub {
             .tenants
             .get_mut(&self.users.get(c.user).tenant)
             .expect("connection's tenant exists");
-        let before = tenant.rooms.len();
+        // An idle room comes back with its stream; otherwise a new room starts a new one.
+        let revived = tenant.rooms.get_mut(&room).and_then(|r| r.idle.take());
+        if let Some(timer) = revived {
+            self.idle_rooms.cancel(timer);
+            self.out.stats.rooms_idle -= 1;
+        }
+        let fresh = !tenant.rooms.contains_key(&room);
         let epochs = &mut self.epochs;
         let joined = tenant.join(&mut self.conns, idx, &room, || Stream::new(epochs.next()));
-        self.out.stats.rooms += (tenant.rooms.len() - before) as u64;
+        if fresh || revived.is_some() {
+            self.out.stats.rooms += 1;
+        }
         if joined {
             // Tell the client where the room's stream stands, so that it can resume it later.
             let pos = tenant.rooms[&room].stream.position();
@@ -642,10 +696,9 @@ impl Hub {
         let idx = self.resolve(now, conn)?;
         let tenant_id = self.owner(idx).0;
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
-        let (left, dropped) = tenant.leave(&mut self.conns, idx, room);
-        if let Some(room) = dropped {
-            self.out.stats.rooms -= 1;
-            self.out.dropped(&mut self.trims, &room.stream);
+        let (left, emptied) = tenant.leave(&mut self.conns, idx, room);
+        if let Some(room) = emptied {
+            self.room_emptied(now, &tenant_id, room);
         }
         if left {
             let frame = self.out.writer.left(&StreamName::Room(RoomId::from(room)));
@@ -673,6 +726,17 @@ impl Hub {
             } else {
                 self.retire_user(uidx);
             }
+        }
+        while let Some((tenant, room)) = self.idle_rooms.pop_due(now) {
+            self.out.stats.rooms_idle -= 1;
+            self.tenants
+                .get_mut(&tenant)
+                .expect("idle room's tenant")
+                .rooms
+                .get_mut(&room)
+                .expect("idle room")
+                .idle = None;
+            self.drop_room(&tenant, &room);
         }
         while let Some(key) = self.trims.pop_due(now) {
             let stream = match &key {
@@ -759,7 +823,10 @@ impl Hub {
         if !self.out.actions.is_empty() {
             return self.last_now;
         }
-        [self.timers.peek(), self.detached.peek(), self.trims.peek()].into_iter().flatten().min()
+        [self.timers.peek(), self.detached.peek(), self.trims.peek(), self.idle_rooms.peek()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Counters and gauges.

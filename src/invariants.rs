@@ -110,7 +110,7 @@ impl Hub {
         );
         ensure!(detached as usize <= cfg.max_detached_users as usize, "over max_detached_users");
 
-        let mut rooms = 0u64;
+        let (mut rooms, mut idle) = (0u64, 0u64);
         for (name, t) in &self.tenants {
             let users = self.users.iter().filter(|(_, u)| &u.tenant == name).count();
             ensure!(
@@ -128,13 +128,21 @@ impl Hub {
             );
             stream_ok("tenant stream", &t.stream)?;
             for (room, r) in &t.rooms {
-                rooms += 1;
-                ensure!(!r.members.is_empty(), "room {room}: kept while empty");
+                if r.members.is_empty() {
+                    idle += 1;
+                    ensure!(r.idle.is_some(), "room {room}: kept while empty and not idle");
+                } else {
+                    rooms += 1;
+                    ensure!(r.idle.is_none(), "room {room}: idle with members");
+                }
                 stream_ok("room stream", &r.stream)?;
             }
         }
         ensure!(self.tenants.len() as u64 == stats.tenants, "tenants gauge");
         ensure!(rooms == stats.rooms, "rooms gauge {} != {rooms}", stats.rooms);
+        ensure!(idle == stats.rooms_idle, "rooms_idle gauge {} != {idle}", stats.rooms_idle);
+        ensure!(self.idle_rooms.len() as u64 == idle, "idle room timers");
+        ensure!(idle <= u64::from(cfg.max_idle_rooms), "over max_idle_rooms");
         ensure!(
             buffered.0 as u64 == stats.buffered_messages
                 && buffered.1 as u64 == stats.buffered_bytes,

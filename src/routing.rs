@@ -14,6 +14,7 @@ use hashbrown::HashMap;
 use crate::connection::{Connection, Connections, Membership};
 use crate::ids::{ConnId, Role, RoomId};
 use crate::stream::{Scope, Stream};
+use crate::timer::TimerId;
 
 /// A tenant's shared state.
 #[derive(Debug)]
@@ -28,11 +29,14 @@ pub(crate) struct Tenant {
     pub(crate) stream: Stream,
 }
 
-/// A room: its members and its stream. Dropped when its last member leaves.
+/// A room: its members and its stream. When its last member leaves it is dropped, or, with
+/// `Config::room_retention`, kept idle (its stream still buffering) until the retention runs out.
 #[derive(Debug)]
 pub(crate) struct Room {
     pub(crate) members: Vec<Member>,
     pub(crate) stream: Stream,
+    /// Armed while the room has no members.
+    pub(crate) idle: Option<TimerId>,
 }
 
 /// A room member: the connection and the position of this membership in its `rooms` list.
@@ -78,10 +82,11 @@ impl Tenant {
         if conn.rooms.iter().any(|m| &m.room == room) {
             return false;
         }
-        let r = self
-            .rooms
-            .entry_ref(room)
-            .or_insert_with(|| Room { members: Vec::new(), stream: new_stream() });
+        let r = self.rooms.entry_ref(room).or_insert_with(|| Room {
+            members: Vec::new(),
+            stream: new_stream(),
+            idle: None,
+        });
         let slot = conn.rooms.len() as u32;
         let base = r.stream.position().seq;
         conn.rooms.push(Membership { room: room.clone(), pos: r.members.len() as u32, base });
@@ -89,36 +94,37 @@ impl Tenant {
         true
     }
 
-    /// Takes connection `idx` out of `room`. Returns whether it was a member, and the dropped
-    /// room's stream if it was the last member.
+    /// Takes connection `idx` out of `room`. Returns whether it was a member, and the room if it
+    /// was the last member (the room stays in place; the hub drops it or keeps it idle).
     pub(crate) fn leave(
         &mut self,
         conns: &mut Connections,
         idx: u32,
         room: &str,
-    ) -> (bool, Option<Room>) {
+    ) -> (bool, Option<RoomId>) {
         let Some(slot) = conns.get(idx).rooms.iter().position(|m| m.room.as_str() == room) else {
             return (false, None);
         };
         (true, self.leave_slot(conns, idx, slot))
     }
 
-    /// Takes connection `idx` out of every room (on close), handing each dropped room to `dropped`.
+    /// Takes connection `idx` out of every room (on close), handing each room it emptied to
+    /// `emptied`.
     pub(crate) fn leave_all(
         &mut self,
         conns: &mut Connections,
         idx: u32,
-        mut dropped: impl FnMut(Room),
+        mut emptied: impl FnMut(RoomId),
     ) {
         while !conns.get(idx).rooms.is_empty() {
             let last = conns.get(idx).rooms.len() - 1;
             if let Some(room) = self.leave_slot(conns, idx, last) {
-                dropped(room);
+                emptied(room);
             }
         }
     }
 
-    fn leave_slot(&mut self, conns: &mut Connections, idx: u32, slot: usize) -> Option<Room> {
+    fn leave_slot(&mut self, conns: &mut Connections, idx: u32, slot: usize) -> Option<RoomId> {
         let conn = conns.get_mut(idx);
         let gone = conn.rooms.swap_remove(slot);
         // The membership that moved into `slot` must tell its room where it now lives.
@@ -133,7 +139,7 @@ impl Tenant {
         if let Some(moved) = r.members.get(pos).copied() {
             conns.get_mut(moved.conn).rooms[moved.slot as usize].pos = pos as u32;
         }
-        if r.members.is_empty() { self.rooms.remove(&gone.room) } else { None }
+        if r.members.is_empty() { Some(gone.room) } else { None }
     }
 }
 

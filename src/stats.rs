@@ -133,6 +133,8 @@ pub struct HubStats {
     pub tenants: u64,
     /// Gauge: rooms with members.
     pub rooms: u64,
+    /// Gauge: rooms without members kept for `room_retention`.
+    pub rooms_idle: u64,
     /// Connections opened.
     pub connections_opened: u64,
     /// Gauge: connections open now.

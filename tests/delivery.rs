@@ -1309,3 +1309,112 @@ fn messages_older_than_max_age_are_neither_kept_nor_replayed() {
     );
     assert_eq!(resumed["streams"]["u"]["reason"], "gap_too_old");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Room retention
+
+fn room_note(room: &str, n: u64) -> Envelope {
+    let target = Target::Room { tenant: "acme".into(), room: room.into() };
+    Envelope::new(target, EventKind::custom("note")).data(json!({ "n": n }))
+}
+
+/// Joins `room` and returns its `joined` position.
+fn join_at(sim: &mut Sim, conn: ConnId, room: &str) -> (u64, u64) {
+    assert!(sim.hub.join(sim.now, conn, room.into()).unwrap());
+    let frames = frames_for(&sim.drain(), conn);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(
+        (frames[0]["type"].as_str(), frames[0]["stream"].as_str()),
+        (Some("joined"), Some(&*format!("r:{room}")))
+    );
+    (frames[0]["epoch"].as_u64().unwrap(), frames[0]["seq"].as_u64().unwrap())
+}
+
+#[test]
+fn an_idle_room_keeps_its_stream_so_its_only_member_can_resume_it() {
+    let cfg = Config { room_retention: secs(30), ..quiet() };
+    let mut sim = Sim::new(cfg);
+    let (a1, _) = open(&mut sim, Principal::new("acme", "alice"));
+    let (epoch, seq) = join_at(&mut sim, a1, "lobby");
+    assert_eq!(seq, 0);
+    let (_, actions) = publish(&mut sim, room_note("lobby", 1));
+    assert_eq!(seqs(&events(&frames_for(&actions, a1))), vec![1]);
+
+    // Her only connection drops: the room goes idle, its stream keeps buffering.
+    sim.hub.disconnect(sim.now, a1, DisconnectReason::Abnormal).unwrap();
+    sim.drain();
+    assert_eq!((sim.hub.stats().rooms, sim.hub.stats().rooms_idle), (0, 1));
+    for n in 2..=4 {
+        let (p, _) = publish(&mut sim, room_note("lobby", n));
+        assert!(p.undeliverable());
+        assert_eq!(p.position.unwrap().1.seq, n);
+    }
+    sim.now += secs(29);
+    sim.hub.tick(sim.now);
+    sim.drain();
+    assert_eq!(sim.hub.stats().rooms_idle, 1, "still within room_retention");
+
+    // She comes back: the same room, the same epoch, and exactly what she missed.
+    let (a2, _) = open(&mut sim, Principal::new("acme", "alice"));
+    assert_eq!(join_at(&mut sim, a2, "lobby"), (epoch, 4));
+    assert_eq!((sim.hub.stats().rooms, sim.hub.stats().rooms_idle), (1, 0));
+    let (r, actions) = send(&mut sim, a2, &resume(&[("r:lobby", epoch, 1)]));
+    r.unwrap();
+    let frames = frames_for(&actions, a2);
+    let replayed: Vec<u64> = frames
+        .iter()
+        .filter(|f| f["type"] == "note")
+        .map(|f| f["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(replayed, vec![2, 3, 4]);
+    let resumed = frames.last().unwrap();
+    assert_eq!(resumed["type"], "resumed");
+    assert_eq!(resumed["streams"]["r:lobby"]["recovered"], true);
+    sim.hub.check_invariants().unwrap();
+
+    // Past room_retention an idle room is dropped: joining it again starts a new stream.
+    sim.hub.disconnect(sim.now, a2, DisconnectReason::Clean).unwrap();
+    sim.drain();
+    sim.now += secs(31);
+    sim.hub.tick(sim.now);
+    sim.drain();
+    assert_eq!((sim.hub.stats().rooms, sim.hub.stats().rooms_idle), (0, 0));
+    let (a3, _) = open(&mut sim, Principal::new("acme", "alice"));
+    let (new_epoch, new_seq) = join_at(&mut sim, a3, "lobby");
+    assert_ne!(new_epoch, epoch);
+    assert_eq!(new_seq, 0);
+    let (_, actions) = send(&mut sim, a3, &resume(&[("r:lobby", epoch, 4)]));
+    let resumed = frames_for(&actions, a3).pop().unwrap();
+    assert_eq!(resumed["streams"]["r:lobby"]["reason"], "epoch_mismatch");
+    sim.hub.check_invariants().unwrap();
+}
+
+#[test]
+fn idle_rooms_are_capped_and_the_oldest_goes_first() {
+    let cfg = Config { room_retention: secs(60), max_idle_rooms: 1, ..quiet() };
+    let mut sim = Sim::new(cfg);
+    let (a, _) = open(&mut sim, Principal::new("acme", "alice"));
+    let (old_epoch, _) = join_at(&mut sim, a, "first");
+    let (second_epoch, _) = join_at(&mut sim, a, "second");
+    sim.hub.leave(sim.now, a, "first").unwrap();
+    assert_eq!(sim.hub.stats().rooms_idle, 1);
+    sim.now += secs(1);
+    sim.hub.leave(sim.now, a, "second").unwrap();
+    sim.drain();
+    // Only one idle room may be kept: "first" was dropped early, "second" is kept.
+    assert_eq!((sim.hub.stats().rooms, sim.hub.stats().rooms_idle), (0, 1));
+    assert_ne!(join_at(&mut sim, a, "first").0, old_epoch, "first was dropped and starts anew");
+    assert_eq!(join_at(&mut sim, a, "second").0, second_epoch, "second was kept idle");
+    sim.hub.check_invariants().unwrap();
+}
+
+#[test]
+fn without_room_retention_an_emptied_room_is_dropped_at_once() {
+    let mut sim = Sim::new(quiet());
+    let (a, _) = open(&mut sim, Principal::new("acme", "alice"));
+    let (epoch, _) = join_at(&mut sim, a, "lobby");
+    sim.hub.leave(sim.now, a, "lobby").unwrap();
+    sim.drain();
+    assert_eq!((sim.hub.stats().rooms, sim.hub.stats().rooms_idle), (0, 0));
+    assert_ne!(join_at(&mut sim, a, "lobby").0, epoch);
+}

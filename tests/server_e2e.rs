@@ -100,7 +100,9 @@ impl Server {
             let f = c.recv().await;
             match f["type"].as_str() {
                 Some("pong") => break,
-                Some("joined") => assert!(f["stream"].as_str().is_some_and(|s| s.starts_with("r:"))),
+                Some("joined") => {
+                    assert!(f["stream"].as_str().is_some_and(|s| s.starts_with("r:")))
+                }
                 _ => panic!("expected joined frames, then the pong; got {f}"),
             }
         }

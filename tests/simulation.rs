@@ -522,6 +522,8 @@ fn run(seed: u64, minutes: u64) -> SimStats {
         max_inflight_bytes: 2 * 1024,
         max_unwritten_bytes: 8 * 1024,
         resume_window: Duration::from_secs(1),
+        // Rooms outlive their members for a while, so that they can be resumed like users.
+        room_retention: Duration::from_secs(45),
         max_buffered_bytes: 64 << 20,
         ..Config::default()
     };

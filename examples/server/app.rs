@@ -32,13 +32,16 @@ pub struct Settings {
 
 /// The hub configuration the server runs with unless told otherwise: the library defaults, plus
 /// a short resume window (so a reconnecting client's `resume` is answered before live events,
-/// which keeps every stream exactly in order) and a seed that differs per process (so stream
+/// which keeps every stream exactly in order), rooms kept as long as users (so that the only
+/// member of a room can drop off and resume it), and a seed that differs per process (so stream
 /// epochs differ across restarts).
 pub fn default_hub_config() -> Config {
+    let defaults = Config::default();
     Config {
         resume_window: Duration::from_millis(1500),
+        room_retention: defaults.user_retention,
         seed: auth::random_u64(),
-        ..Config::default()
+        ..defaults
     }
 }
 

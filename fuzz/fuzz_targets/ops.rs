@@ -76,6 +76,8 @@ fuzz_target!(|ops: Vec<Op>| {
         max_unwritten_bytes: 2000,
         max_buffered_bytes: 20_000,
         resume_window: Duration::from_millis(200),
+        room_retention: Duration::from_secs(20),
+        max_idle_rooms: 2,
         allow_global_broadcast: true,
         user_limit_policy: UserLimitPolicy::EvictOldest,
         snapshot_interval: Some(Duration::from_secs(30)),
