@@ -76,6 +76,19 @@ impl EventKind {
         EventKind::Custom(name.into())
     }
 
+    /// The kind with this wire name: one of the five agent events, or else a custom kind (which
+    /// `publish` refuses if the name is reserved). For transports that take event names as text.
+    pub fn from_wire(name: &str) -> Self {
+        match name {
+            "agent_started" => EventKind::AgentStarted,
+            "agent_thinking" => EventKind::AgentThinking,
+            "tool_executing" => EventKind::ToolExecuting,
+            "tool_completed" => EventKind::ToolCompleted,
+            "agent_completed" => EventKind::AgentCompleted,
+            other => EventKind::Custom(Cow::Owned(other.to_owned())),
+        }
+    }
+
     /// The wire name (`type` field).
     pub fn as_str(&self) -> &str {
         match self {
@@ -777,6 +790,21 @@ mod tests {
             parse_client_frame(&[0xff, 0xfe], 8, 2),
             Err(PeerError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn wire_names_read_back_as_their_kinds() {
+        for kind in [
+            EventKind::AgentStarted,
+            EventKind::AgentThinking,
+            EventKind::ToolExecuting,
+            EventKind::ToolCompleted,
+            EventKind::AgentCompleted,
+            EventKind::custom("invoice_ready"),
+        ] {
+            assert_eq!(EventKind::from_wire(kind.as_str()), kind);
+        }
+        assert!(!EventKind::from_wire("connected").is_valid());
     }
 
     #[test]

@@ -196,14 +196,7 @@ pub struct PublishRequest {
 impl PublishRequest {
     /// The envelope it describes, or what is wrong with it.
     pub fn envelope(self) -> Result<Envelope, &'static str> {
-        let kind = match self.kind.as_str() {
-            "agent_started" => EventKind::AgentStarted,
-            "agent_thinking" => EventKind::AgentThinking,
-            "tool_executing" => EventKind::ToolExecuting,
-            "tool_completed" => EventKind::ToolCompleted,
-            "agent_completed" => EventKind::AgentCompleted,
-            _ => EventKind::custom(self.kind),
-        };
+        let kind = EventKind::from_wire(&self.kind);
         let target = match (self.everyone, self.tenant, self.user, self.room) {
             (true, None, None, None) if self.role.is_none() && self.thread.is_none() => {
                 Target::Everyone
