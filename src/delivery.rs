@@ -10,10 +10,11 @@ use crate::action::{
 };
 use crate::config::{Config, Tier};
 use crate::connection::Connections;
+use crate::envelope::{Audience, Envelope, EventKind, Priority, Target};
 use crate::error::PublishError;
 use crate::hub::{Hub, TrimKey};
 use crate::ids::{ConnId, RunId, TenantId, ThreadId, UserId};
-use crate::protocol::{Audience, Envelope, EventKind, FrameWriter, Priority, Target};
+use crate::protocol::FrameWriter;
 use crate::routing::audience_admits;
 use crate::stats::{HubStats, MeterClock, Meters};
 use crate::stream::{Scope, Stream, StreamName, StreamPos};

@@ -3,8 +3,9 @@
 
 use serde_json::{Value, json};
 
+use crate::envelope::EventKind;
 use crate::ids::{RoomId, RunId, ThreadId};
-use crate::protocol::{ClientFrame, EventKind, FrameWriter, Redactor, parse_client_frame};
+use crate::protocol::{ClientFrame, FrameWriter, Redactor, parse_client_frame};
 use crate::stream::{StreamName, StreamPos};
 
 /// Parses `bytes` as a client frame; if it parses, serializes what was understood back to JSON,

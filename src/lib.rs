@@ -108,6 +108,7 @@ mod action;
 mod config;
 mod connection;
 mod delivery;
+mod envelope;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -119,6 +120,7 @@ mod inbound;
 mod invariants;
 mod limits;
 mod protocol;
+mod rooms;
 mod routing;
 mod stats;
 mod stream;
@@ -134,6 +136,7 @@ pub use config::{
     BreakerConfig, Config, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas, UserLimitPolicy,
 };
 pub use delivery::Published;
+pub use envelope::{Audience, Envelope, EventKind, Priority, Target};
 pub use error::{
     ConfigError, ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError,
     RoomError,
@@ -141,7 +144,6 @@ pub use error::{
 pub use hub::{Hub, Principal};
 pub use ids::{ConnId, Role, Roles, RoomId, RunId, TenantId, ThreadId, UserId};
 pub use limits::BreakerState;
-pub use protocol::{Audience, Envelope, EventKind, Priority, Target};
 pub use stats::{ClosedCounts, HubStats, LimitCounts, Rates};
 pub use stream::{Retention, StreamName, StreamPos};
 pub use user::UserPhase;

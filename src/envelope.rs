@@ -1,0 +1,240 @@
+//! What an application publishes: an [`Envelope`] of an [`EventKind`] for a [`Target`].
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::ids::{ConnId, Role, RoomId, RunId, TenantId, ThreadId, UserId};
+
+/// What an event is. The five agent events have fixed wire names; `Custom` carries the
+/// application's own.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// `agent_started`: an agent run began.
+    AgentStarted,
+    /// `agent_thinking`: progress while the agent reasons. The only low-priority kind: under
+    /// backpressure it may be skipped (and counted).
+    AgentThinking,
+    /// `tool_executing`: the agent called a tool.
+    ToolExecuting,
+    /// `tool_completed`: a tool returned.
+    ToolCompleted,
+    /// `agent_completed`: the run finished.
+    AgentCompleted,
+    /// An application-defined event type. Its name must not be one of the protocol's own frame
+    /// types (see [`EventKind::RESERVED`]).
+    Custom(Cow<'static, str>),
+}
+
+/// How much an event matters under pressure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// May be skipped for a connection that is behind.
+    Low,
+    /// Delivered in order, or the connection is closed so that the client resumes.
+    Critical,
+}
+
+impl EventKind {
+    /// Frame types a custom kind may not use.
+    pub const RESERVED: &'static [&'static str] = &[
+        "agent_started",
+        "agent_thinking",
+        "tool_executing",
+        "tool_completed",
+        "agent_completed",
+        "connected",
+        "resumed",
+        "refresh_required",
+        "error",
+        "pong",
+        "ping",
+        "subscribe",
+        "unsubscribe",
+        "message",
+        "resume",
+        "skipped",
+        "joined",
+        "left",
+    ];
+
+    /// A custom kind.
+    pub fn custom(name: impl Into<Cow<'static, str>>) -> Self {
+        EventKind::Custom(name.into())
+    }
+
+    /// The kind with this wire name: one of the five agent events, or else a custom kind (which
+    /// `publish` refuses if the name is reserved). For transports that take event names as text.
+    pub fn from_wire(name: &str) -> Self {
+        match name {
+            "agent_started" => EventKind::AgentStarted,
+            "agent_thinking" => EventKind::AgentThinking,
+            "tool_executing" => EventKind::ToolExecuting,
+            "tool_completed" => EventKind::ToolCompleted,
+            "agent_completed" => EventKind::AgentCompleted,
+            other => EventKind::Custom(Cow::Owned(other.to_owned())),
+        }
+    }
+
+    /// The wire name (`type` field).
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::AgentStarted => "agent_started",
+            EventKind::AgentThinking => "agent_thinking",
+            EventKind::ToolExecuting => "tool_executing",
+            EventKind::ToolCompleted => "tool_completed",
+            EventKind::AgentCompleted => "agent_completed",
+            EventKind::Custom(name) => name,
+        }
+    }
+
+    /// The kind's priority: `Low` for `agent_thinking`, `Critical` for everything else.
+    pub fn priority(&self) -> Priority {
+        match self {
+            EventKind::AgentThinking => Priority::Low,
+            _ => Priority::Critical,
+        }
+    }
+
+    /// Whether this kind can be sent: custom names must be non-empty and not reserved.
+    pub(crate) fn is_valid(&self) -> bool {
+        match self {
+            EventKind::Custom(name) => !name.is_empty() && !Self::RESERVED.contains(&&**name),
+            _ => true,
+        }
+    }
+}
+
+/// Who a tenant broadcast reaches.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Audience {
+    /// Every connection of the tenant.
+    All,
+    /// Connections whose principal holds this role.
+    Role(Role),
+}
+
+/// Where an envelope goes. Every target but `Everyone` is confined to one tenant; `Everyone`
+/// needs [`Config::allow_global_broadcast`](crate::Config::allow_global_broadcast) and is audited.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Target {
+    /// Every connection of one user (those narrowed to threads get only their threads' events and
+    /// thread-less ones).
+    User {
+        /// The tenant.
+        tenant: TenantId,
+        /// The user.
+        user: UserId,
+    },
+    /// One thread of one user: the user's connections that are not narrowed to other threads.
+    Thread {
+        /// The tenant.
+        tenant: TenantId,
+        /// The user.
+        user: UserId,
+        /// The thread.
+        thread: ThreadId,
+    },
+    /// Exactly one connection (on its user's stream).
+    Connection(ConnId),
+    /// Every member of a room of one tenant.
+    Room {
+        /// The tenant.
+        tenant: TenantId,
+        /// The room.
+        room: RoomId,
+    },
+    /// A tenant-wide broadcast.
+    Tenant {
+        /// The tenant.
+        tenant: TenantId,
+        /// All of it, or one role.
+        audience: Audience,
+    },
+    /// Every connection of every tenant. Off unless the config allows it.
+    Everyone,
+}
+
+/// An event to publish: where it goes, what it is, and its payload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    /// Where it goes.
+    pub target: Target,
+    /// What it is.
+    pub kind: EventKind,
+    /// The thread it belongs to, if any (set automatically for `Target::Thread`).
+    pub thread: Option<ThreadId>,
+    /// The agent run it belongs to, if any.
+    pub run: Option<RunId>,
+    /// The payload. Configured keys are redacted at any depth before serialization.
+    pub data: Value,
+}
+
+impl Envelope {
+    /// An envelope with no thread, no run and `null` data.
+    pub fn new(target: Target, kind: EventKind) -> Self {
+        Self { target, kind, thread: None, run: None, data: Value::Null }
+    }
+
+    /// Sets the thread.
+    pub fn thread(mut self, thread: impl Into<ThreadId>) -> Self {
+        self.thread = Some(thread.into());
+        self
+    }
+
+    /// Sets the run.
+    pub fn run(mut self, run: impl Into<RunId>) -> Self {
+        self.run = Some(run.into());
+        self
+    }
+
+    /// Sets the payload.
+    pub fn data(mut self, data: Value) -> Self {
+        self.data = data;
+        self
+    }
+
+    /// Sets the payload from any serializable value.
+    pub fn data_from<T: Serialize>(self, data: &T) -> Result<Self, serde_json::Error> {
+        Ok(self.data(serde_json::to_value(data)?))
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_read_back_as_their_kinds() {
+        for kind in [
+            EventKind::AgentStarted,
+            EventKind::AgentThinking,
+            EventKind::ToolExecuting,
+            EventKind::ToolCompleted,
+            EventKind::AgentCompleted,
+            EventKind::custom("invoice_ready"),
+        ] {
+            assert_eq!(EventKind::from_wire(kind.as_str()), kind);
+        }
+        assert!(!EventKind::from_wire("connected").is_valid());
+    }
+
+    #[test]
+    fn custom_kinds_may_not_impersonate_protocol_frames() {
+        assert!(EventKind::custom("invoice_ready").is_valid());
+        assert!(!EventKind::custom("connected").is_valid());
+        assert!(!EventKind::custom("").is_valid());
+        assert_eq!(EventKind::AgentThinking.priority(), Priority::Low);
+        assert_eq!(EventKind::ToolCompleted.priority(), Priority::Critical);
+    }
+}

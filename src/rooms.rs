@@ -1,0 +1,111 @@
+//! Rooms: server-side membership (`join`/`leave`, each announced to the connection), and what
+//! happens to a room its last member leaves (dropped, or kept idle for `room_retention`).
+
+use std::time::Instant;
+
+use crate::action::{AuditKind, LimitKind};
+use crate::error::{ConnError, RoomError};
+use crate::hub::Hub;
+use crate::ids::{ConnId, RoomId, TenantId};
+use crate::stream::{Stream, StreamName};
+
+impl Hub {
+    /// Puts a connection into a room of its own tenant. Returns `false` if it was already there.
+    /// Live delivery of the room's stream starts at its current position.
+    pub fn join(&mut self, now: Instant, conn: ConnId, room: RoomId) -> Result<bool, RoomError> {
+        let now = self.clock(now);
+        let idx = self.resolve(now, conn)?;
+        let c = self.conns.get(idx);
+        if c.rooms.iter().any(|m| m.room == room) {
+            return Ok(false);
+        }
+        if c.rooms.len() >= self.cfg.max_rooms_per_connection as usize {
+            let (t, u) = self.owner(idx);
+            let kind = LimitKind::RoomsPerConnection;
+            self.out.limit(kind, AuditKind::LimitHit(kind), Some(conn), &t, &u);
+            return Err(RoomError::TooManyRooms { limit: self.cfg.max_rooms_per_connection });
+        }
+        let tenant = self
+            .tenants
+            .get_mut(&self.users.get(c.user).tenant)
+            .expect("connection's tenant exists");
+        // An idle room comes back with its stream; otherwise a new room starts a new one.
+        let revived = tenant.rooms.get_mut(&room).and_then(|r| r.idle.take());
+        if let Some(timer) = revived {
+            self.idle_rooms.cancel(timer);
+            self.out.stats.rooms_idle -= 1;
+        }
+        let fresh = !tenant.rooms.contains_key(&room);
+        let epochs = &mut self.epochs;
+        let joined = tenant.join(&mut self.conns, idx, &room, || Stream::new(epochs.next()));
+        if fresh || revived.is_some() {
+            self.out.stats.rooms += 1;
+        }
+        if joined {
+            // Tell the client where the room's stream stands, so that it can resume it later.
+            let pos = tenant.rooms[&room].stream.position();
+            let frame = self.out.writer.joined(&StreamName::Room(room), pos);
+            self.control_or_close(now, idx, &frame);
+        }
+        Ok(joined)
+    }
+
+    /// Takes a connection out of a room. Returns `false` if it was not there.
+    pub fn leave(&mut self, now: Instant, conn: ConnId, room: &str) -> Result<bool, ConnError> {
+        let now = self.clock(now);
+        let idx = self.resolve(now, conn)?;
+        let tenant_id = self.owner(idx).0;
+        let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
+        let (left, emptied) = tenant.leave(&mut self.conns, idx, room);
+        if let Some(room) = emptied {
+            self.room_emptied(now, &tenant_id, room);
+        }
+        if left {
+            let frame = self.out.writer.left(&StreamName::Room(RoomId::from(room)));
+            self.control_or_close(now, idx, &frame);
+        }
+        Ok(left)
+    }
+
+    /// A room lost its last member: drop it, or keep it idle for `room_retention` so that its
+    /// members can come back and resume it.
+    pub(crate) fn room_emptied(&mut self, now: Instant, tenant_id: &TenantId, room: RoomId) {
+        self.out.stats.rooms -= 1;
+        if self.cfg.room_retention.is_zero() {
+            self.drop_room(tenant_id, &room);
+            return;
+        }
+        if self.idle_rooms.len() >= self.cfg.max_idle_rooms as usize {
+            let (t, r) = self.idle_rooms.pop_first().expect("the cap is positive");
+            self.out.stats.rooms_idle -= 1;
+            self.tenants
+                .get_mut(&t)
+                .expect("idle room's tenant")
+                .rooms
+                .get_mut(&r)
+                .expect("idle room")
+                .idle = None;
+            self.drop_room(&t, &r);
+        }
+        let timer = self
+            .idle_rooms
+            .insert(now + self.cfg.room_retention, (tenant_id.clone(), room.clone()));
+        let tenant = self.tenants.get_mut(tenant_id).expect("room's tenant");
+        tenant.rooms.get_mut(&room).expect("emptied room").idle = Some(timer);
+        self.out.stats.rooms_idle += 1;
+    }
+
+    /// Forgets an empty room and its stream (and its tenant, if nothing else holds it). Its idle
+    /// timer, if any, has fired or been taken.
+    pub(crate) fn drop_room(&mut self, tenant_id: &TenantId, room: &RoomId) {
+        let tenant = self.tenants.get_mut(tenant_id).expect("room's tenant");
+        let r = tenant.rooms.remove(room).expect("dropped room exists");
+        debug_assert!(r.members.is_empty() && r.idle.is_none());
+        self.out.dropped(&mut self.trims, &r.stream);
+        if tenant.is_unused() {
+            let tenant = self.tenants.remove(tenant_id).expect("present");
+            self.out.dropped(&mut self.trims, &tenant.stream);
+            self.out.stats.tenants = self.tenants.len() as u64;
+        }
+    }
+}
