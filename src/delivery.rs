@@ -254,19 +254,25 @@ pub(crate) fn notice_len(skipped: u32) -> u64 {
     if skipped == 0 { 0 } else { 27 + u64::from(skipped.checked_ilog10().unwrap_or(0) + 1) }
 }
 
-/// Arms a stream's age timer if it buffers anything and has none armed. It fires just after the
-/// oldest message outlives `max_age`.
-pub(crate) fn arm_trim(
+/// Keeps a stream's age timer in step with its buffer: armed (if it is not already) while the
+/// stream holds messages, to fire just after the oldest outlives `max_age`; disarmed once it holds
+/// none (a keep can empty a buffer: a message larger than the byte bound is not kept).
+pub(crate) fn sync_age_timer(
     trims: &mut TimerQueue<TrimKey>,
     stream: &mut Stream,
     key: impl FnOnce() -> TrimKey,
     max_age: std::time::Duration,
 ) {
-    if stream.trim_timer.is_none() {
-        if let Some(at) = stream.oldest_at() {
+    match (stream.trim_timer, stream.oldest_at()) {
+        (None, Some(at)) => {
             let due = at + max_age + std::time::Duration::from_nanos(1);
             stream.trim_timer = Some(trims.insert(due, key()));
         }
+        (Some(timer), None) => {
+            trims.cancel(timer);
+            stream.trim_timer = None;
+        }
+        _ => {}
     }
 }
 
@@ -360,6 +366,7 @@ impl Hub {
                     total.delivered += r.delivered;
                     total.skipped += r.skipped;
                     total.closed += r.closed;
+                    total.held += r.held;
                 }
                 total
             }
@@ -408,7 +415,7 @@ impl Hub {
             (None, None) => Scope::All,
         };
         self.out.keep(&mut u.stream, now, pos, &frame, scope, &self.cfg);
-        arm_trim(
+        sync_age_timer(
             &mut self.trims,
             &mut u.stream,
             || TrimKey::User(uidx),
@@ -450,7 +457,7 @@ impl Hub {
         let frame = msg.frame(&mut self.out.writer, &name, pos, &self.redactor);
         self.out.keep(&mut r.stream, now, pos, &frame, Scope::All, &self.cfg);
         let key = || TrimKey::Room(tenant.clone(), room.clone());
-        arm_trim(&mut self.trims, &mut r.stream, key, self.cfg.retention.max_age);
+        sync_age_timer(&mut self.trims, &mut r.stream, key, self.cfg.retention.max_age);
         let mut result = Published { position: Some((name, pos)), ..Published::none() };
         let members = r.members.iter().map(|m| &m.conn);
         let (out, conns, users, cfg) = (&mut self.out, &mut self.conns, &mut self.users, &self.cfg);
@@ -484,7 +491,7 @@ impl Hub {
         let scope = role.map_or(Scope::All, |r| Scope::Role(r.clone()));
         self.out.keep(&mut t.stream, now, pos, &frame, scope, &self.cfg);
         let key = || TrimKey::Tenant(tenant.clone());
-        arm_trim(&mut self.trims, &mut t.stream, key, self.cfg.retention.max_age);
+        sync_age_timer(&mut self.trims, &mut t.stream, key, self.cfg.retention.max_age);
         let mut result =
             Published { position: Some((StreamName::Tenant, pos)), ..Published::none() };
         let (out, conns, users, cfg) = (&mut self.out, &mut self.conns, &mut self.users, &self.cfg);

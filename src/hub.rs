@@ -10,7 +10,7 @@ use crate::action::{
 };
 use crate::config::{Config, Tier, UserLimitPolicy};
 use crate::connection::{Connection, Connections, Lookup};
-use crate::delivery::{Offer, Sink, arm_trim, tier_index};
+use crate::delivery::{Offer, Sink, sync_age_timer, tier_index};
 use crate::error::{ConfigError, ConnError, ConnectError, RefreshError};
 use crate::ids::{ConnId, Role, Roles, RoomId, TenantId, UserId};
 use crate::limits::{Breaker, BreakerState, Bucket, Transition};
@@ -648,7 +648,7 @@ impl Hub {
             if let Some(stream) = stream {
                 stream.trim_timer = None;
                 self.out.trim(&mut self.trims, stream, now, &self.cfg);
-                arm_trim(&mut self.trims, stream, || key, self.cfg.retention.max_age);
+                sync_age_timer(&mut self.trims, stream, || key, self.cfg.retention.max_age);
             }
         }
         while let Some(key) = self.timers.pop_due(now) {

@@ -115,7 +115,7 @@ pub(crate) struct Stream {
     buf: VecDeque<Buffered>,
     bytes: usize,
     /// Armed while anything is buffered: fires when the oldest message outlives `max_age`, so
-    /// that quiet streams age too (the hub owns the timer; see `Hub::arm_trim`).
+    /// that quiet streams age too (the hub owns the timer; see `delivery::sync_age_timer`).
     pub(crate) trim_timer: Option<TimerId>,
 }
 

@@ -68,17 +68,13 @@
 //!   retirement"; among users with the same deadline the model evicts the one the hub retires
 //!   first in the step.
 //!
-//! Where the model follows the hub rather than its docs: a `Target::Everyone` publish reports
-//! `held: 0` and counts as undeliverable when it reached only held connections (see
-//! [`EVERYONE_COUNTS_HELD`] and `regression_everyone_counts_held_connections`).
-//!
 //! What is restricted, and so not covered here:
 //! - in some cases the breaker's threshold is `u32::MAX`, which provably never trips (a case opens
 //!   at most 60 connections, so it sees at most 60 abnormal closes); in the others it trips, with
 //!   any `user_retention` (zero included) and `max_detached_users`;
 //! - `retention.max_bytes` is never below the size of one event frame (150 bytes and up): a frame
-//!   that does not fit on its own empties a non-empty buffer and leaves its age timer armed (see
-//!   `regression_a_frame_over_the_byte_bound_leaves_an_age_timer_armed`);
+//!   that does not fit on its own empties a non-empty buffer (that case, which once left an age
+//!   timer armed, is `regression_a_frame_over_the_byte_bound_leaves_an_age_timer_armed`);
 //! - a `resume` with more positions than a connection has streams does not fit in
 //!   `max_frame_bytes` when generated (the model still checks the bound; [`GARBAGE`] covers it);
 //! - the rate views (moving averages) and snapshots are not checked.
@@ -125,12 +121,6 @@ const TOMBSTONE: Ms = 10_000;
 const MAX_FRAME_BYTES: usize = 160;
 /// `max_detached_users` when it must never be reached (there are only `TENANTS * USERS` users).
 const NO_DETACHED_CAP: u32 = 1_000;
-/// Whether a `Target::Everyone` publish reports the held connections of every tenant in
-/// `Published::held` (and so is not `undeliverable` when it reached only held connections), as
-/// `Published` documents. The hub sums only `delivered`, `skipped` and `closed` over the tenants
-/// (see `regression_everyone_counts_held_connections`); the model follows the hub here so that
-/// the properties check everything else. Set to `true` once that is fixed.
-const EVERYONE_COUNTS_HELD: bool = false;
 
 fn tenant_name(t: usize) -> String {
     format!("t{t}")
@@ -1965,9 +1955,7 @@ impl Model {
                     total.delivered += r.delivered;
                     total.skipped += r.skipped;
                     total.closed += r.closed;
-                    if EVERYONE_COUNTS_HELD {
-                        total.held += r.held;
-                    }
+                    total.held += r.held;
                 }
                 total
             }
