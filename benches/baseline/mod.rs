@@ -77,6 +77,7 @@ pub struct Message {
 }
 
 /// Where a message goes.
+#[derive(Clone, Copy)]
 pub enum To<'a> {
     User { tenant: &'a str, user: &'a str },
     Thread { tenant: &'a str, user: &'a str, thread: &'a str },
