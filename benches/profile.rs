@@ -1,0 +1,356 @@
+//! A profiling driver, not a benchmark: builds one of `hub.rs`'s workloads (same populations, same
+//! payload), then runs its measured step `N` times inside `region`, so that callgrind can count
+//! exactly that:
+//!
+//! ```text
+//! cargo bench --bench profile --no-run     # prints the binary's path
+//! valgrind --tool=callgrind --toggle-collect='profile::region' <binary> <workload> <N>
+//! callgrind_annotate --inclusive=yes callgrind.out.<pid>
+//! ```
+//!
+//! Instructions per step = the collected total ÷ N; the same workload prefixed with `baseline-`
+//! runs the baseline. Instruction counts do not depend on the machine's load, so their ratios are
+//! a steadier companion to the wall-clock ratios of `hub.rs` on a shared machine (they ignore
+//! cache misses, which the wall clock does not).
+//!
+//! Workloads: `churn`, `publish-1`, `publish-1-noredact`, `publish-3`, `room-<n>`, `tenant-<n>`,
+//! `tick-<n>`, `sweep-<k>-of-<n>`, `resume-1000`.
+
+mod baseline;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchboard::{
+    Audience, Config, ConnId, DisconnectReason, Envelope, EventKind, Hub, Principal, Target, Tier,
+};
+
+use baseline::{Baseline, BaselineConfig, Message, To};
+
+const TENANT: &str = "acme";
+
+/// The same payload as `hub.rs`.
+fn payload() -> Value {
+    json!({
+        "agent": "researcher",
+        "step": 3,
+        "status": "running",
+        "message": "Querying the quarterly revenue table for the last four quarters",
+        "tool": {
+            "name": "sql",
+            "args": {
+                "query": "select quarter, revenue from sales where year = 2025",
+                "limit": 100,
+                "api_key": "sk-live-0123456789"
+            }
+        },
+        "tokens": { "prompt": 1234, "completion": 321 }
+    })
+}
+
+fn envelope(target: Target) -> Envelope {
+    Envelope::new(target, EventKind::ToolExecuting).run("run-42").data(payload())
+}
+
+fn message() -> Message {
+    Message {
+        kind: "tool_executing".into(),
+        thread_id: None,
+        run_id: Some("run-42".into()),
+        data: payload(),
+    }
+}
+
+fn drain(hub: &mut Hub) {
+    while let Some(action) = hub.poll_action() {
+        black_box(&action);
+    }
+}
+
+fn drain_baseline(b: &Baseline) {
+    b.drain(|id, out| {
+        black_box((id, &out));
+    });
+}
+
+/// The measured region: callgrind collects only inside this function.
+#[inline(never)]
+fn region(n: usize, step: &mut dyn FnMut()) {
+    for _ in 0..n {
+        step();
+    }
+}
+
+/// Both sides, populated alike.
+struct Pair {
+    hub: Hub,
+    b: Baseline,
+    now: Instant,
+}
+
+impl Pair {
+    fn new(redact: bool, per_user: u32) -> Self {
+        let mut cfg = Config {
+            max_connections: 1_100_000,
+            max_detached_users: 1_100_000,
+            ..Config::default()
+        };
+        cfg.tiers.enterprise.max_connections_per_user = per_user;
+        let mut bcfg = BaselineConfig {
+            max_connections: 1_100_000,
+            max_connections_per_user: per_user as usize,
+            ..BaselineConfig::default()
+        };
+        if !redact {
+            cfg.redact_keys.clear();
+            bcfg.redact_keys.clear();
+        }
+        Self { hub: Hub::new(cfg).unwrap(), b: Baseline::new(bcfg), now: Instant::now() }
+    }
+
+    /// One connection of `user` on each side (`Enterprise` tier, so `per_user` applies).
+    fn connect(&mut self, at: Instant, user: &str) -> (ConnId, u64) {
+        let p = Principal::new(TENANT, user).tier(Tier::Enterprise);
+        let id = self.hub.connect(at, p).unwrap();
+        let bid = self.b.connect(at, TENANT, user).unwrap();
+        drain(&mut self.hub);
+        drain_baseline(&self.b);
+        (id, bid)
+    }
+
+    fn populate(&mut self, n: usize) {
+        for i in 0..n {
+            self.connect(self.now, &format!("bg{i}"));
+        }
+    }
+}
+
+/// Publishes `n` pre-built inputs to `target`/`to` on one side, acknowledging deliveries to
+/// `ids` every 128 publishes (as `hub.rs` does, there outside the clock).
+fn publish(p: &mut Pair, baseline: bool, n: usize, target: Target, to: To<'_>, ids: &[ConnId]) {
+    let now = p.now;
+    if baseline {
+        let mut inputs: Vec<Message> = (0..n).map(|_| message()).collect();
+        let b = &p.b;
+        region(n, &mut || {
+            let m = inputs.pop().unwrap();
+            black_box(b.publish(now, to, m));
+            drain_baseline(b);
+        });
+    } else {
+        let env = envelope(target);
+        let mut inputs: Vec<Envelope> = (0..n).map(|_| env.clone()).collect();
+        let hub = &mut p.hub;
+        let mut done = 0;
+        region(n, &mut || {
+            black_box(hub.publish(now, inputs.pop().unwrap()).unwrap());
+            drain(hub);
+            done += 1;
+            if done % 128 == 0 {
+                for &id in ids {
+                    hub.written(now, id, usize::MAX >> 1).unwrap();
+                }
+            }
+        });
+    }
+}
+
+fn number(s: &str) -> usize {
+    s.parse().unwrap_or_else(|_| panic!("not a number: {s}"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(workload), Some(n)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: profile [baseline-]<workload> <N>  (see the file's docs)");
+        std::process::exit(2);
+    };
+    let n = number(n);
+    let (baseline, workload) = match workload.strip_prefix("baseline-") {
+        Some(w) => (true, w),
+        None => (false, workload.as_str()),
+    };
+    let parts: Vec<&str> = workload.split('-').collect();
+    match parts.as_slice() {
+        ["churn"] => {
+            let mut p = Pair::new(true, 3);
+            p.populate(10_000);
+            let users: Vec<String> = (0..1000).map(|i| format!("returning-{i}")).collect();
+            let principals: Vec<Principal> =
+                users.iter().map(|u| Principal::new(TENANT, u.as_str())).collect();
+            for u in &users {
+                let (id, bid) = p.connect(p.now, u);
+                p.hub.disconnect(p.now, id, DisconnectReason::Clean).unwrap();
+                p.b.disconnect(p.now, bid);
+            }
+            drain(&mut p.hub);
+            let (now, mut i) = (p.now, 0);
+            if baseline {
+                let b = &p.b;
+                region(n, &mut || {
+                    i = (i + 1) % users.len();
+                    let id = b.connect(now, TENANT, &users[i]).unwrap();
+                    drain_baseline(b);
+                    b.disconnect(now, id);
+                    drain_baseline(b);
+                });
+            } else {
+                let hub = &mut p.hub;
+                region(n, &mut || {
+                    i = (i + 1) % principals.len();
+                    let id = hub.connect(now, principals[i].clone()).unwrap();
+                    drain(hub);
+                    hub.disconnect(now, id, DisconnectReason::Clean).unwrap();
+                    drain(hub);
+                });
+            }
+        }
+        ["publish", conns, rest @ ..] => {
+            let mut p = Pair::new(rest != ["noredact"], 3);
+            p.populate(10_000);
+            let ids: Vec<ConnId> =
+                (0..number(conns)).map(|_| p.connect(p.now, "alice").0).collect();
+            let target = Target::User { tenant: TENANT.into(), user: "alice".into() };
+            let to = To::User { tenant: TENANT, user: "alice" };
+            publish(&mut p, baseline, n, target, to, &ids);
+        }
+        [kind @ ("room" | "tenant"), members] => {
+            let room = *kind == "room";
+            let mut p = Pair::new(true, 3);
+            let mut ids = Vec::new();
+            for i in 0..number(members) {
+                let user = format!("member-{i}");
+                let id = p.hub.connect(p.now, Principal::new(TENANT, user.as_str())).unwrap();
+                let bid = p.b.connect(p.now, TENANT, &user).unwrap();
+                if room {
+                    p.hub.join(p.now, id, "lobby".into()).unwrap();
+                    p.b.join(bid, "lobby");
+                }
+                ids.push(id);
+                if i % 1024 == 0 {
+                    drain(&mut p.hub);
+                    drain_baseline(&p.b);
+                }
+            }
+            drain(&mut p.hub);
+            drain_baseline(&p.b);
+            let (target, to) = if room {
+                (
+                    Target::Room { tenant: TENANT.into(), room: "lobby".into() },
+                    To::Room { tenant: TENANT, room: "lobby" },
+                )
+            } else {
+                (
+                    Target::Tenant { tenant: TENANT.into(), audience: Audience::All },
+                    To::Tenant { tenant: TENANT },
+                )
+            };
+            publish(&mut p, baseline, n, target, to, &ids);
+        }
+        ["tick", conns] => {
+            let mut p = Pair::new(true, 4);
+            for u in 0..number(conns) / 4 {
+                let user = format!("user-{u:07}");
+                for _ in 0..4 {
+                    if baseline {
+                        p.b.connect(p.now, TENANT, &user).unwrap();
+                    } else {
+                        let pr = Principal::new(TENANT, user.as_str()).tier(Tier::Enterprise);
+                        p.hub.connect(p.now, pr).unwrap();
+                    }
+                }
+                drain(&mut p.hub);
+                drain_baseline(&p.b);
+            }
+            let at = p.now + Duration::from_secs(1);
+            if baseline {
+                let b = &p.b;
+                region(n, &mut || {
+                    b.sweep(at);
+                    drain_baseline(b);
+                });
+            } else {
+                let hub = &mut p.hub;
+                region(n, &mut || {
+                    hub.tick(at);
+                    drain(hub);
+                });
+            }
+        }
+        ["sweep", k, "of", conns] => {
+            // As in `hub.rs`: phases over the interval, k due per sweep, pongs right back. Here
+            // the pongs are inside the region (callgrind reports `Hub::pong` on its own).
+            let (k, conns) = (number(k), number(conns));
+            let phases = conns / k;
+            let interval = Config::default().heartbeat.interval;
+            let step = interval / phases as u32;
+            let mut p = Pair::new(true, 3);
+            let mut ids: Vec<Vec<(ConnId, u64)>> = Vec::new();
+            for ph in 0..phases {
+                let at = p.now + step * ph as u32;
+                ids.push((0..k).map(|i| p.connect(at, &format!("u{ph}-{i}"))).collect());
+            }
+            let (t0, mut j) = (p.now, 0u64);
+            let mut sweep = |p: &mut Pair, j: &mut u64| {
+                let at = t0 + interval + step * *j as u32;
+                let phase = &ids[(*j % phases as u64) as usize];
+                *j += 1;
+                if baseline {
+                    p.b.sweep(at);
+                    drain_baseline(&p.b);
+                    phase.iter().for_each(|&(_, bid)| p.b.pong(at, bid));
+                } else {
+                    p.hub.tick(at);
+                    drain(&mut p.hub);
+                    phase.iter().for_each(|&(id, _)| p.hub.pong(at, id).unwrap());
+                }
+            };
+            for _ in 0..2 * phases {
+                sweep(&mut p, &mut j);
+            }
+            region(n, &mut || sweep(&mut p, &mut j));
+        }
+        ["resume", "1000"] => {
+            let mut p = Pair::new(true, 3);
+            p.populate(10_000);
+            let now = p.now;
+            let (id, bid) = p.connect(now, "alice");
+            p.hub.disconnect(now, id, DisconnectReason::Clean).unwrap();
+            p.b.disconnect(now, bid);
+            let target = || Target::User { tenant: TENANT.into(), user: "alice".into() };
+            for _ in 0..1000 {
+                p.hub.publish(now, envelope(target())).unwrap();
+            }
+            drain(&mut p.hub);
+            let epoch = p.hub.user(TENANT, "alice").unwrap().stream_position().epoch;
+            let resume = json!({"type": "resume", "positions": {"u": {"epoch": epoch, "seq": 0}}})
+                .to_string();
+            if baseline {
+                // The refill (1,000 queued publishes) is inside the region here; callgrind shows
+                // `Baseline::publish` apart from `Baseline::connect`, which does the replay.
+                let b = &p.b;
+                region(n, &mut || {
+                    for _ in 0..1000 {
+                        b.publish(now, To::User { tenant: TENANT, user: "alice" }, message());
+                    }
+                    let id = b.connect(now, TENANT, "alice").unwrap();
+                    drain_baseline(b);
+                    b.disconnect(now, id);
+                });
+            } else {
+                let hub = &mut p.hub;
+                let alice = Principal::new(TENANT, "alice");
+                region(n, &mut || {
+                    let id = hub.connect(now, alice.clone()).unwrap();
+                    drain(hub);
+                    hub.receive(now, id, resume.as_bytes()).unwrap();
+                    drain(hub);
+                    hub.disconnect(now, id, DisconnectReason::Clean).unwrap();
+                    drain(hub);
+                });
+            }
+        }
+        _ => panic!("unknown workload {workload}"),
+    }
+}
