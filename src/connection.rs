@@ -10,6 +10,7 @@ use crate::action::CloseReason;
 use crate::config::{Config, Tier};
 use crate::ids::{ConnId, Roles, RoomId, ThreadId};
 use crate::limits::Bucket;
+use crate::stats::Meter;
 use crate::timer::TimerId;
 
 /// One room membership, with the member's position in the room's member list so that leaving is
@@ -50,6 +51,8 @@ pub(crate) struct Connection {
     pub(crate) violations: Bucket,
     /// Bytes handed out in `Deliver` and not yet confirmed by `written`.
     pub(crate) unwritten: u64,
+    /// Live event frames delivered (folded into the user's meter when the connection closes).
+    pub(crate) delivered: Meter,
     /// `agent_thinking` frames skipped since the last delivery (reported by a `skipped` frame).
     pub(crate) skipped: u32,
     /// Waiting for the client's first frame (within `resume_window`) before going live.

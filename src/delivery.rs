@@ -19,7 +19,6 @@ use crate::routing::audience_admits;
 use crate::stats::{HubStats, MeterClock, Meters};
 use crate::stream::{Scope, Stream, StreamName, StreamPos};
 use crate::timer::TimerQueue;
-use crate::user::Users;
 
 /// What a publish did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,7 +104,6 @@ impl Sink {
             conn.unwritten += notice.len() as u64;
         }
         conn.unwritten += frame.len() as u64;
-        self.tiers[tier_index(conn.tier)].delivered.add(self.clock, 1);
         self.push_deliver(id, frame);
     }
 
@@ -138,6 +136,10 @@ impl Sink {
         if after > cfg.max_unwritten_bytes {
             return Offer::Overflow;
         }
+        // Metered on the connection, whose record this already touches: a fan-out must not
+        // visit every recipient's user state (the user view sums its connections' meters).
+        conn.delivered.add(self.clock, 1);
+        self.tiers[tier_index(conn.tier)].delivered.add(self.clock, 1);
         self.deliver(conns, idx, frame);
         Offer::Delivered
     }
@@ -285,13 +287,12 @@ pub(crate) fn tier_index(tier: Tier) -> usize {
     }
 }
 
-/// Offers `frame` to each of `recipients` (connection slots) that `admit` accepts, metering each
-/// recipient's user, and collects connections that overflowed into `doomed`.
+/// Offers `frame` to each of `recipients` (connection slots) that `admit` accepts, and collects
+/// connections that overflowed into `doomed`.
 #[allow(clippy::too_many_arguments)]
 fn fan_out<'a>(
     out: &mut Sink,
     conns: &mut Connections,
-    users: &mut Users,
     cfg: &Config,
     recipients: impl Iterator<Item = &'a u32>,
     admit: impl Fn(&crate::connection::Connection) -> bool,
@@ -305,11 +306,8 @@ fn fan_out<'a>(
         if !admit(conn) {
             continue;
         }
-        let user = conn.user;
         let offer = out.offer(conns, idx, frame, priority, cfg);
-        if offer == Offer::Delivered {
-            users.get_mut(user).meters.delivered.add(out.clock, 1);
-        } else if offer == Offer::Overflow {
+        if offer == Offer::Overflow {
             doomed.push(idx);
         }
         result.add(offer);
@@ -438,7 +436,6 @@ impl Hub {
             }
             result.add(offer);
         }
-        u.meters.delivered.add(self.out.clock, result.delivered as u32);
         result
     }
 
@@ -460,11 +457,10 @@ impl Hub {
         sync_age_timer(&mut self.trims, &mut r.stream, key, self.cfg.retention.max_age);
         let mut result = Published { position: Some((name, pos)), ..Published::none() };
         let members = r.members.iter().map(|m| &m.conn);
-        let (out, conns, users, cfg) = (&mut self.out, &mut self.conns, &mut self.users, &self.cfg);
+        let (out, conns, cfg) = (&mut self.out, &mut self.conns, &self.cfg);
         fan_out(
             out,
             conns,
-            users,
             cfg,
             members,
             |_| true,
@@ -494,12 +490,11 @@ impl Hub {
         sync_age_timer(&mut self.trims, &mut t.stream, key, self.cfg.retention.max_age);
         let mut result =
             Published { position: Some((StreamName::Tenant, pos)), ..Published::none() };
-        let (out, conns, users, cfg) = (&mut self.out, &mut self.conns, &mut self.users, &self.cfg);
+        let (out, conns, cfg) = (&mut self.out, &mut self.conns, &self.cfg);
         let admit = |c: &crate::connection::Connection| audience_admits(&c.roles, role);
         fan_out(
             out,
             conns,
-            users,
             cfg,
             t.conns.iter(),
             admit,

@@ -16,7 +16,7 @@ use crate::ids::{ConnId, Role, Roles, RoomId, TenantId, UserId};
 use crate::limits::{Breaker, BreakerState, Bucket, Transition};
 use crate::protocol::Redactor;
 use crate::routing::Tenant;
-use crate::stats::{HubStats, MeterClock, Meters, Rates};
+use crate::stats::{HubStats, Meter, MeterClock, Meters, Rates};
 use crate::stream::{Epochs, Stream, StreamName};
 use crate::timer::{TimerId, TimerQueue};
 use crate::user::{UserState, Users};
@@ -264,6 +264,7 @@ impl Hub {
             control: Bucket::full(now),
             violations: Bucket::full(now),
             unwritten: 0,
+            delivered: Meter::default(),
             skipped: 0,
             held: !self.cfg.resume_window.is_zero(),
             resumed: false,
@@ -378,6 +379,7 @@ impl Hub {
         let conn = self.conns.remove(idx, now);
         let user = self.users.get_mut(uidx);
         user.conns.retain(|&c| c != idx);
+        user.meters.delivered.absorb(conn.delivered, self.out.clock);
         let detached = user.conns.is_empty();
         let abnormal = matches!(
             by,

@@ -277,6 +277,15 @@ impl Meter {
         self.bucket = clock.bucket;
     }
 
+    /// Adds another meter's history to this one. The average is linear, so the result is the
+    /// meter of both event streams together.
+    pub(crate) fn absorb(&mut self, mut other: Meter, clock: MeterClock) {
+        self.roll(clock);
+        other.roll(clock);
+        self.avg += other.avg;
+        self.count = self.count.saturating_add(other.count);
+    }
+
     pub(crate) fn per_minute(mut self, clock: MeterClock) -> f64 {
         self.roll(clock);
         f64::from(self.avg) * 60.0

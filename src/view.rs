@@ -67,7 +67,11 @@ impl<'a> UserView<'a> {
 
     /// Moving averages of the user's traffic.
     pub fn rates(&self) -> Rates {
-        self.state.meters.rates(self.clock)
+        let mut meters = self.state.meters;
+        for &c in &self.state.conns {
+            meters.delivered.absorb(self.conns.get(c).delivered, self.clock);
+        }
+        meters.rates(self.clock)
     }
 
     /// When the state was created (first connection).
