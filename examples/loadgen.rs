@@ -733,13 +733,19 @@ async fn publisher(ctx: Arc<Ctx>, plan: Arc<Plan>, index: usize) -> PublishStats
         if sent_at >= plan.from && sent_at < plan.to {
             stats.in_window += 1;
         }
-        let answer = match conn.as_mut() {
+        let mut answer = match conn.as_mut() {
             Some(c) => c.post(&ctx.addr, "/publish", &plan.admin_key, &body).await,
-            None => match HttpConn::connect(ctx.addr).await {
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        };
+        if answer.is_err() {
+            // No connection yet, or the server closed an idle keep-alive connection (node does
+            // after 5 s) before reading this request: connect anew and send it once more, as
+            // HTTP clients do. The payload keeps its first `ts`.
+            answer = match HttpConn::connect(ctx.addr).await {
                 Ok(c) => conn.insert(c).post(&ctx.addr, "/publish", &plan.admin_key, &body).await,
                 Err(e) => Err(e),
-            },
-        };
+            };
+        }
         match answer {
             Ok((200, reply)) => {
                 if delivered_of(&reply).is_some_and(|d| d != fanout) {
