@@ -9,6 +9,7 @@
 #   tenant:0          tenant broadcasts as fast as the server delivers (fan-out CLIENTS/TENANTS)
 #   user:0            publishes to single users as fast as the server delivers (fan-out CONNS_PER_USER)
 #   tenant:TENANT_RATE, user:USER_RATE   a fixed offered load both servers sustain, for latency
+# Publishes go through each server's POST /publish from PUBLISHERS keep-alive connections.
 # Memory per connection is the server's RSS with every client live minus before the first
 # connect, over CLIENTS. Each figure in the table is the median over REPS repetitions (the servers
 # take turns going first).
@@ -17,7 +18,7 @@
 # (taskset), so both servers get the same single core: node runs JavaScript on one thread anyway,
 # and the load generator cannot steal the server's core. PIN=0 lets the kernel place everything.
 #
-#   scripts/bench-e2e.sh                          # defaults: 10,000 clients, 3 repetitions
+#   scripts/bench-e2e.sh                          # defaults: 10,000 clients, 3 repetitions (~6 min)
 #   CLIENTS=2000 REPS=1 DURATION=3 scripts/bench-e2e.sh  # a quick look
 #   RAW=results.txt scripts/bench-e2e.sh          # keep the loadgen's RESULT lines
 set -euo pipefail
