@@ -1,0 +1,133 @@
+// The Socket.IO peer of switchboard's end-to-end benchmark (`scripts/bench-e2e.sh`,
+// `examples/loadgen.rs`): the same job as `cargo run --example server`, the way people write it
+// with Socket.IO today.
+//
+// - Clients connect over WebSocket (`/socket.io/?EIO=4&transport=websocket`) and authenticate
+//   with an HS256 JWT in the Socket.IO handshake (`auth: { token }`), verified by a middleware
+//   with the same claims as switchboard's server (`sub`, `tenant`, `exp`).
+// - Each socket joins its user's room and its tenant's room.
+// - `POST /publish` (admin key as `Authorization: Bearer <key>`) takes switchboard's flat body,
+//   `{"tenant", "user"?, "kind", "data"}`, and emits `kind` with `data` to the user's room or,
+//   without `user`, to the tenant's room. It answers `{"delivered": <sockets in the room>}`.
+// - `GET /healthz` answers `{"status":"ok","connections":N}`.
+//
+// Plain Socket.IO 4 on one node process with its defaults (in-memory adapter, heartbeats every
+// 25 s, no compression): nothing switched off, nothing added.
+//
+//   node server.js --listen 127.0.0.1:8081 --jwt-secret S --admin-key K
+
+"use strict";
+
+const http = require("node:http");
+const { Server } = require("socket.io");
+const jwt = require("jsonwebtoken");
+
+function parseArgs(argv) {
+  const opts = {
+    listen: process.env.PEER_LISTEN || "127.0.0.1:8081",
+    jwtSecret: process.env.PEER_JWT_SECRET,
+    adminKey: process.env.PEER_ADMIN_KEY,
+  };
+  for (let i = 2; i < argv.length; i++) {
+    const [flag, inline] = argv[i].split("=", 2);
+    const value = () => (inline !== undefined ? inline : argv[++i]);
+    switch (flag) {
+      case "--listen": opts.listen = value(); break;
+      case "--jwt-secret": opts.jwtSecret = value(); break;
+      case "--admin-key": opts.adminKey = value(); break;
+      case "--help":
+        console.log("node server.js --listen HOST:PORT --jwt-secret SECRET --admin-key KEY");
+        process.exit(0);
+        break;
+      default:
+        console.error(`unknown argument ${argv[i]}`);
+        process.exit(2);
+    }
+  }
+  if (!opts.jwtSecret || !opts.adminKey) {
+    console.error("--jwt-secret and --admin-key are required");
+    process.exit(2);
+  }
+  return opts;
+}
+
+const opts = parseArgs(process.argv);
+const userRoom = (tenant, user) => `u:${tenant}:${user}`;
+const tenantRoom = (tenant) => `t:${tenant}`;
+
+function reply(res, status, body) {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(text),
+  });
+  res.end(text);
+}
+
+function publish(req, res) {
+  if (req.headers.authorization !== `Bearer ${opts.adminKey}`) {
+    return reply(res, 401, { error: "unauthorized" });
+  }
+  const chunks = [];
+  req.on("data", (c) => chunks.push(c));
+  req.on("end", () => {
+    let body;
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+    } catch (e) {
+      return reply(res, 400, { error: "bad_request", message: e.message });
+    }
+    if (typeof body.tenant !== "string" || typeof body.kind !== "string") {
+      return reply(res, 400, { error: "bad_target", message: "`tenant` and `kind` are required" });
+    }
+    const room = typeof body.user === "string" ? userRoom(body.tenant, body.user) : tenantRoom(body.tenant);
+    io.to(room).emit(body.kind, body.data === undefined ? null : body.data);
+    const members = io.of("/").adapter.rooms.get(room);
+    reply(res, 200, { delivered: members ? members.size : 0 });
+  });
+}
+
+const httpServer = http.createServer((req, res) => {
+  const path = req.url.split("?", 1)[0];
+  if (req.method === "POST" && path === "/publish") return publish(req, res);
+  if (req.method === "GET" && path === "/healthz") {
+    return reply(res, 200, { status: "ok", connections: io.engine.clientsCount });
+  }
+  reply(res, 404, { error: "not_found" });
+});
+
+const io = new Server(httpServer, { serveClient: false });
+
+io.use((socket, next) => {
+  const token = socket.handshake.auth && socket.handshake.auth.token;
+  if (typeof token !== "string") return next(new Error("unauthorized"));
+  try {
+    const claims = jwt.verify(token, opts.jwtSecret, { algorithms: ["HS256"] });
+    if (!claims.sub || !claims.tenant) return next(new Error("unauthorized"));
+    socket.data.tenant = claims.tenant;
+    socket.data.user = claims.sub;
+    next();
+  } catch {
+    next(new Error("unauthorized"));
+  }
+});
+
+io.on("connection", (socket) => {
+  const { tenant, user } = socket.data;
+  socket.join([userRoom(tenant, user), tenantRoom(tenant)]);
+});
+
+const sep = opts.listen.lastIndexOf(":");
+const host = opts.listen.slice(0, sep);
+const port = Number(opts.listen.slice(sep + 1));
+httpServer.listen(port, host, () => {
+  const addr = httpServer.address();
+  console.log(`socket.io peer listening on http://${addr.address}:${addr.port} (pid ${process.pid})`);
+});
+
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.on(signal, () => {
+    io.close(() => process.exit(0));
+    setTimeout(() => process.exit(0), 2000).unref();
+  });
+}

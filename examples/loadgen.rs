@@ -1,0 +1,1266 @@
+//! End-to-end load generator: N WebSocket clients against switchboard's example server or the
+//! Socket.IO peer (`benches/peers/socketio/`), publishes through the server's HTTP publish API, and
+//! reports delivered messages per second, publish-to-receive latency and the server's memory per
+//! connection. `scripts/bench-e2e.sh` runs it against both servers and prints one table.
+//!
+//! ```sh
+//! cargo build --release --example server --example loadgen
+//! target/release/examples/server --listen 127.0.0.1:18080 --jwt-secret s --admin-key k &
+//! target/release/examples/loadgen --server switchboard --addr 127.0.0.1:18080 \
+//!     --jwt-secret s --admin-key k --pid $! --clients 10000 --phase tenant:0 --phase tenant:10
+//! ```
+//!
+//! # The load
+//!
+//! `--clients` connections belong to users of `--conns-per-user` connections each; user `u` belongs
+//! to tenant `u % --tenants`. Every client authenticates with an HS256 JWT for its user (minted
+//! here with `--jwt-secret`, the same claims for both servers). Publishes are
+//! `POST /publish {"tenant","user"?,"kind":"bench","data":{"ts":…,"pad":…}}` with the admin key,
+//! from `--publishers` keep-alive HTTP connections; the same body works for both servers.
+//!
+//! The clients connect once; then each `--phase TARGET:RATE` runs in turn (warm-up, measurement
+//! window, drain). `TARGET` is `user` (publishes go round-robin over the users, each reaching that
+//! user's connections) or `tenant` (round-robin over the tenants, each reaching every connection
+//! of the tenant). `RATE` is publishes per second in total, open loop (latency is measured from
+//! the moment each request is written), or `0`: as fast as the server delivers, with at most
+//! `--window` deliveries outstanding (published but not yet received by every recipient), so the
+//! figure is the server's delivery capacity, not the depth of its queues.
+//!
+//! # What it measures
+//!
+//! - **delivered/s**: event frames received by all clients during a phase's measurement window
+//!   (after `--warmup`, for `--duration`), divided by its length.
+//! - **p50/p99 latency**: receive time minus the `ts` (microseconds on this process's clock)
+//!   that the publisher embedded in the payload, over every event received in the window.
+//! - **memory per connection**: the server's `VmRSS` from `/proc/<--pid>/status` once every
+//!   client is connected and live (after `--settle`), minus it before the first connect, divided
+//!   by the number of clients.
+//! - **server and loadgen CPU** over the window (`/proc/<pid>/stat`, all threads), so that a run
+//!   where the load generator itself was saturated is visible as such, and deliveries per
+//!   server CPU-second.
+//!
+//! Every phase ends with a line `RESULT key=value …` for scripts, after a readable summary.
+//!
+//! # The clients
+//!
+//! A minimal RFC 6455 client over tokio's `TcpStream`: an HTTP/1.1 upgrade, masked client frames,
+//! unmasked server frames parsed in place (fragmented messages reassembled; pings answered with
+//! pongs), no extension negotiated (so no compression on either server). Receiving is the load
+//! generator's hot path and costs one scan per frame and no allocation, so that the clients stay
+//! cheaper than the servers they measure. On top of it:
+//!
+//! - switchboard: `GET /ws` with `Authorization: Bearer <jwt>`; waits for `connected`, sends
+//!   `{"type":"ping"}` (a first frame ends the resume window, as README's clients do) and is
+//!   live at the `pong`.
+//! - Socket.IO: Engine.IO v4 over WebSocket only (`/socket.io/?EIO=4&transport=websocket`):
+//!   the server's open packet `0{…}`, then the Socket.IO v5 connect `40{"token":…}` and its
+//!   answer `40{"sid":…}`; events arrive as `42["bench",{…}]`; Engine.IO pings `2` are answered
+//!   with `3`.
+//!
+//! It raises its own `RLIMIT_NOFILE` (the soft limit up to the hard one, and the hard one too
+//! when it runs as root) so that 10,000 and more clients fit.
+
+#[allow(dead_code)] // only the token minting is used here
+#[path = "server/auth.rs"]
+mod auth;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
+
+use crate::auth::{Claims, Keys};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ServerKind {
+    /// switchboard's example server (`cargo run --example server`).
+    Switchboard,
+    /// The Socket.IO peer (`benches/peers/socketio/server.js`).
+    Socketio,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TargetKind {
+    /// Each publish goes to one user (all of its connections).
+    User,
+    /// Each publish goes to one tenant (every connection of it).
+    Tenant,
+}
+
+/// One measured phase: what to publish to, and how fast.
+#[derive(Clone, Copy, Debug)]
+struct PhaseSpec {
+    target: TargetKind,
+    /// Publishes per second; 0: as fast as the server delivers.
+    rate: f64,
+}
+
+impl FromStr for PhaseSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (target, rate) = s.split_once(':').unwrap_or((s, "0"));
+        let target = match target {
+            "user" => TargetKind::User,
+            "tenant" => TargetKind::Tenant,
+            other => return Err(format!("unknown target `{other}` (user or tenant)")),
+        };
+        let rate: f64 = rate.parse().map_err(|e| format!("bad rate `{rate}`: {e}"))?;
+        if !(rate >= 0.0 && rate.is_finite()) {
+            return Err(format!("bad rate `{rate}`"));
+        }
+        Ok(PhaseSpec { target, rate })
+    }
+}
+
+/// switchboard's end-to-end load generator.
+#[derive(Debug, Parser)]
+#[command(
+    about = "WebSocket load generator for switchboard's example server and the Socket.IO peer"
+)]
+struct Cli {
+    /// Which server speaks at `--addr`.
+    #[arg(long, value_enum)]
+    server: ServerKind,
+    /// The server's address (HTTP and WebSocket).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// The server's process id, for its memory and CPU from /proc.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// HS256 secret the server verifies tokens with.
+    #[arg(long, env = "LOADGEN_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    /// The key of the publish endpoint (`Authorization: Bearer <key>`).
+    #[arg(long, env = "LOADGEN_ADMIN_KEY", hide_env_values = true)]
+    admin_key: String,
+    /// WebSocket clients.
+    #[arg(long, default_value_t = 2000)]
+    clients: usize,
+    /// Connections per user.
+    #[arg(long, default_value_t = 2)]
+    conns_per_user: usize,
+    /// Tenants the users are spread over.
+    #[arg(long, default_value_t = 10)]
+    tenants: usize,
+    /// A phase, `user:RATE` or `tenant:RATE` (publishes per second, 0 = as fast as delivered);
+    /// repeat for several, run in order on the same connections.
+    #[arg(long = "phase", default_value = "tenant:0")]
+    phases: Vec<PhaseSpec>,
+    /// With rate 0: deliveries that may be outstanding (default: 16 publishes' worth, at least
+    /// 16,384).
+    #[arg(long)]
+    window: Option<u64>,
+    /// Concurrent keep-alive HTTP connections that publish.
+    #[arg(long, default_value_t = 16)]
+    publishers: usize,
+    /// Seconds of publishing before each measurement window.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds of each measurement window.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds to wait after the last client is live before reading the server's memory.
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
+    /// Bytes of padding in each payload.
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+    /// Connection attempts in flight while connecting.
+    #[arg(long, default_value_t = 128)]
+    connect_concurrency: usize,
+    /// Runtime worker threads (default: the CPUs this process may run on; 1 runs a
+    /// current-thread runtime).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// A label for the RESULT lines.
+    #[arg(long, default_value = "-")]
+    label: String,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cli = Cli::parse();
+    if cli.clients == 0 || cli.conns_per_user == 0 || cli.tenants == 0 || cli.publishers == 0 {
+        return Err(
+            "--clients, --conns-per-user, --tenants and --publishers must be positive".into()
+        );
+    }
+    let fds = raise_fd_limit(cli.clients as u64 + cli.publishers as u64 + 256)?;
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    };
+    eprintln!(
+        "loadgen: {:?} at {}, {} clients, {threads} runtime threads, fd limit {fds}",
+        cli.server, cli.addr, cli.clients
+    );
+    rt.block_on(run(cli))
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to at least `want` (up to the hard limit, or beyond it when
+/// privileged). Returns the soft limit in force.
+fn raise_fd_limit(want: u64) -> Result<u64, String> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+    }
+    if lim.rlim_cur >= want {
+        return Ok(lim.rlim_cur);
+    }
+    let mut new =
+        libc::rlimit { rlim_cur: lim.rlim_max.max(want), rlim_max: lim.rlim_max.max(want) };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+        // Not privileged: the hard limit is as far as we may go.
+        new = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+            return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+        }
+    }
+    if new.rlim_cur < want {
+        return Err(format!(
+            "{want} file descriptors needed, the hard limit is {}: raise it (ulimit -Hn) or use fewer --clients",
+            new.rlim_cur
+        ));
+    }
+    Ok(new.rlim_cur)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state
+
+/// A latency histogram with about 1.5 % resolution, in microseconds, shared by every client.
+struct Hist {
+    buckets: Vec<AtomicU64>,
+}
+
+impl Hist {
+    const LINEAR: u64 = 128;
+    const SUB: u64 = 64;
+
+    fn new() -> Self {
+        Hist { buckets: (0..2560).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    fn index(v: u64) -> usize {
+        if v < Self::LINEAR {
+            return v as usize;
+        }
+        let msb = 63 - u64::from(v.leading_zeros());
+        let shift = msb - 6;
+        let i = Self::LINEAR + (msb - 7) * Self::SUB + ((v >> shift) & (Self::SUB - 1));
+        (i as usize).min(2559)
+    }
+
+    /// The lowest value of bucket `i`.
+    fn value(i: usize) -> u64 {
+        let i = i as u64;
+        if i < Self::LINEAR {
+            return i;
+        }
+        let k = (i - Self::LINEAR) / Self::SUB;
+        let m = (i - Self::LINEAR) % Self::SUB;
+        (Self::SUB + m) << (k + 1)
+    }
+
+    fn record(&self, v: u64) {
+        self.buckets[Self::index(v)].fetch_add(1, Relaxed);
+    }
+
+    fn reset(&self) {
+        for b in &self.buckets {
+            b.store(0, Relaxed);
+        }
+    }
+
+    fn counts(&self) -> Vec<u64> {
+        self.buckets.iter().map(|b| b.load(Relaxed)).collect()
+    }
+
+    fn percentile(counts: &[u64], p: f64) -> u64 {
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::value(i);
+            }
+        }
+        Self::value(counts.len() - 1)
+    }
+}
+
+/// What every task shares.
+struct Ctx {
+    kind: ServerKind,
+    addr: SocketAddr,
+    /// The clock every `ts` is measured on.
+    t0: Instant,
+    /// The measurement window, in microseconds since `t0` (set before publishing starts).
+    window_from: AtomicU64,
+    window_to: AtomicU64,
+    /// Event frames received, ever (for the in-flight window).
+    received: AtomicU64,
+    /// Deliveries the publishes so far should produce.
+    expected: AtomicU64,
+    /// Events received in the window, by latency.
+    hist: Hist,
+    /// Event frames without a readable `ts`.
+    unreadable: AtomicU64,
+    /// Clients that are live.
+    ready: AtomicUsize,
+    /// Clients that failed to connect or ended before the shutdown.
+    failed: AtomicUsize,
+    /// Clients that finished (after the shutdown, or failed).
+    finished: AtomicUsize,
+    /// Connections the server closed or reset while running.
+    dropped: AtomicUsize,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Ctx {
+    fn now_us(&self) -> u64 {
+        self.t0.elapsed().as_micros() as u64
+    }
+
+    fn fail(&self, why: String) {
+        let mut first = self.first_error.lock().unwrap();
+        if first.is_none() {
+            *first = Some(why);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+#[derive(Default)]
+struct PublishStats {
+    sent: u64,
+    in_window: u64,
+    errors: u64,
+    /// Answers whose `delivered` differs from the recipients this load generator holds.
+    mismatched: u64,
+}
+
+/// Who is where: the recipients of every target.
+struct Layout {
+    user_conns: Vec<u64>,
+    tenant_conns: Vec<u64>,
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let n = cli.clients;
+    let users = n.div_ceil(cli.conns_per_user);
+    let tenants = cli.tenants.min(users);
+    let user_of = |client: usize| client / cli.conns_per_user;
+    let mut layout = Layout { user_conns: vec![0; users], tenant_conns: vec![0; tenants] };
+    for c in 0..n {
+        layout.user_conns[user_of(c)] += 1;
+        layout.tenant_conns[user_of(c) % tenants] += 1;
+    }
+    let layout = Arc::new(layout);
+
+    // One token per user, the same claims for both servers.
+    let keys = Keys::new(cli.jwt_secret.as_bytes());
+    let tokens: Vec<Arc<str>> = (0..users)
+        .map(|u| {
+            let claims = Claims {
+                tier: Some("enterprise".into()),
+                ..Claims::new(
+                    &format!("t{}", u % tenants),
+                    &format!("u{u}"),
+                    Duration::from_secs(3600),
+                )
+            };
+            Arc::from(keys.sign(&claims))
+        })
+        .collect();
+
+    let ctx = Arc::new(Ctx {
+        kind: cli.server,
+        addr: cli.addr,
+        t0: Instant::now(),
+        window_from: AtomicU64::new(u64::MAX),
+        window_to: AtomicU64::new(u64::MAX),
+        received: AtomicU64::new(0),
+        expected: AtomicU64::new(0),
+        hist: Hist::new(),
+        unreadable: AtomicU64::new(0),
+        ready: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        finished: AtomicUsize::new(0),
+        dropped: AtomicUsize::new(0),
+        first_error: std::sync::Mutex::new(None),
+    });
+
+    let rss_before = cli.pid.and_then(|p| proc_status_kb(p, "VmRSS"));
+
+    // Connect every client, at most `connect_concurrency` handshakes at a time.
+    let connect_started = Instant::now();
+    let gate = Arc::new(Semaphore::new(cli.connect_concurrency.max(1)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for c in 0..n {
+        let permit = gate.clone().acquire_owned().await?;
+        let ctx = ctx.clone();
+        let token = tokens[user_of(c)].clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut permit = Some(permit);
+            if let Err(e) = client(&ctx, c as u64, &token, &mut permit, stop).await {
+                ctx.failed.fetch_add(1, Relaxed);
+                ctx.fail(format!("client {c}: {e}"));
+            }
+            ctx.finished.fetch_add(1, Relaxed);
+        });
+    }
+    let connect_deadline = Instant::now() + Duration::from_secs(180);
+    while ctx.ready.load(Relaxed) + ctx.failed.load(Relaxed) < n {
+        if Instant::now() > connect_deadline {
+            return Err(format!(
+                "only {} of {n} clients live after 180 s ({} failed)",
+                ctx.ready.load(Relaxed),
+                ctx.failed.load(Relaxed)
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    let failed = ctx.failed.load(Relaxed);
+    if failed > 0 {
+        let why = ctx.first_error.lock().unwrap().clone().unwrap_or_default();
+        return Err(format!("{failed} of {n} clients failed to connect; first: {why}").into());
+    }
+    tokio::time::sleep(Duration::from_secs_f64(cli.settle)).await;
+    let rss_live = cli.pid.and_then(|p| proc_status_kb(p, "VmRSS"));
+    let mem_per_conn = match (rss_before, rss_live) {
+        (Some(a), Some(b)) => Some((b.saturating_sub(a) * 1024) as f64 / n as f64),
+        _ => None,
+    };
+    println!(
+        "{:?}: {n} clients ({users} users of {} connections, {tenants} tenants) live in {connect_secs:.1} s",
+        cli.server, cli.conns_per_user
+    );
+    println!(
+        "  server memory      {} KiB before, {} KiB with every client live = {} bytes per connection",
+        fmt_opt(rss_before.map(|v| v as f64), 0),
+        fmt_opt(rss_live.map(|v| v as f64), 0),
+        fmt_opt(mem_per_conn, 0)
+    );
+
+    for spec in &cli.phases {
+        let r = phase(&cli, &ctx, &layout, *spec).await;
+        let rss_loaded = cli.pid.and_then(|p| proc_status_kb(p, "VmRSS"));
+        let fanout = r.fanout;
+        println!(
+            "{:?} → {:?} (fan-out {fanout}), {}",
+            cli.server,
+            spec.target,
+            if spec.rate > 0.0 {
+                format!("{} publishes/s offered", spec.rate)
+            } else {
+                format!("as fast as delivered, at most {} deliveries outstanding", r.window)
+            }
+        );
+        let secs = cli.duration;
+        let s = &r.stats;
+        println!(
+            "  publishes          {} sent, {} in the window ({:.0}/s), {} errors, {} with another recipient count",
+            s.sent,
+            s.in_window,
+            s.in_window as f64 / secs,
+            s.errors,
+            s.mismatched
+        );
+        println!("  delivered          {} in {secs:.1} s = {:.0}/s", r.measured, r.delivered_per_s);
+        println!(
+            "  latency (µs)       p50 {}  p99 {}  p99.9 {}  max {}",
+            r.p50, r.p99, r.p999, r.max
+        );
+        println!(
+            "  cpu in window      server {}%, loadgen {}% (of one core); {} delivered per server CPU-second",
+            fmt_opt(r.server_cpu, 0),
+            fmt_opt(r.loadgen_cpu, 0),
+            fmt_opt(r.per_cpu_s, 0)
+        );
+        println!(
+            "  after              server RSS {} KiB; {} deliveries missing after the drain, {} connections dropped, {} unreadable events",
+            fmt_opt(rss_loaded.map(|v| v as f64), 0),
+            r.missing,
+            ctx.dropped.load(Relaxed),
+            ctx.unreadable.load(Relaxed)
+        );
+        let mut line = String::from("RESULT");
+        let mut kv = |k: &str, v: String| {
+            let _ = write!(line, " {k}={v}");
+        };
+        kv("label", cli.label.clone());
+        kv("server", format!("{:?}", cli.server).to_lowercase());
+        kv("target", format!("{:?}", spec.target).to_lowercase());
+        kv("rate", spec.rate.to_string());
+        kv("clients", n.to_string());
+        kv("fanout", fanout.to_string());
+        kv("publish_per_s", format!("{:.0}", s.in_window as f64 / secs));
+        kv("delivered_per_s", format!("{:.0}", r.delivered_per_s));
+        kv("p50_us", r.p50.to_string());
+        kv("p99_us", r.p99.to_string());
+        kv("mem_per_conn", fmt_opt(mem_per_conn, 0));
+        kv("rss_before_kib", fmt_opt(rss_before.map(|v| v as f64), 0));
+        kv("rss_live_kib", fmt_opt(rss_live.map(|v| v as f64), 0));
+        kv("rss_after_kib", fmt_opt(rss_loaded.map(|v| v as f64), 0));
+        kv("server_cpu_pct", fmt_opt(r.server_cpu, 0));
+        kv("loadgen_cpu_pct", fmt_opt(r.loadgen_cpu, 0));
+        kv("delivered_per_cpu_s", fmt_opt(r.per_cpu_s, 0));
+        kv("missing", r.missing.to_string());
+        kv("dropped", ctx.dropped.load(Relaxed).to_string());
+        kv("errors", s.errors.to_string());
+        kv("connect_s", format!("{connect_secs:.1}"));
+        println!("{line}");
+    }
+
+    // Close every client cleanly and wait for them (bounded).
+    let _ = stop_tx.send(true);
+    let close_deadline = Instant::now() + Duration::from_secs(15);
+    while ctx.finished.load(Relaxed) < n && Instant::now() < close_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(why) = ctx.first_error.lock().unwrap().as_ref() {
+        eprintln!("loadgen: first error: {why}");
+    }
+    Ok(())
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(v) => format!("{v:.digits$}"),
+        None => "-".into(),
+    }
+}
+
+/// What one phase measured.
+struct PhaseResult {
+    fanout: u64,
+    window: u64,
+    stats: PublishStats,
+    measured: u64,
+    delivered_per_s: f64,
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+    server_cpu: Option<f64>,
+    loadgen_cpu: Option<f64>,
+    per_cpu_s: Option<f64>,
+    missing: u64,
+}
+
+/// Publishes for warm-up plus the window, then waits for what is in flight.
+async fn phase(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSpec) -> PhaseResult {
+    ctx.hist.reset();
+    let warmup = Duration::from_secs_f64(cli.warmup);
+    let duration = Duration::from_secs_f64(cli.duration);
+    let start = Instant::now();
+    let from = start + warmup;
+    let to = from + duration;
+    let us = |t: Instant| t.duration_since(ctx.t0).as_micros() as u64;
+    ctx.window_from.store(us(from), Relaxed);
+    ctx.window_to.store(us(to), Relaxed);
+    let fanout = match spec.target {
+        TargetKind::User => layout.user_conns.iter().copied().max().unwrap_or(1),
+        TargetKind::Tenant => layout.tenant_conns.iter().copied().max().unwrap_or(1),
+    };
+    let window = cli.window.unwrap_or((16 * fanout).max(16_384)).max(fanout);
+    let plan = Arc::new(Plan {
+        spec,
+        layout: layout.clone(),
+        next: AtomicU64::new(0),
+        publishers: cli.publishers,
+        window,
+        pad: "x".repeat(cli.payload_bytes),
+        admin_key: cli.admin_key.clone(),
+        start,
+        from,
+        to,
+    });
+    let publishers: Vec<_> = (0..cli.publishers)
+        .map(|i| tokio::spawn(publisher(ctx.clone(), plan.clone(), i)))
+        .collect();
+
+    // CPU over the window.
+    tokio::time::sleep_until(from.into()).await;
+    let cpu_from = (cli.pid.and_then(proc_cpu_ticks), proc_cpu_ticks(std::process::id()));
+    tokio::time::sleep_until(to.into()).await;
+    let cpu_to = (cli.pid.and_then(proc_cpu_ticks), proc_cpu_ticks(std::process::id()));
+
+    let mut stats = PublishStats::default();
+    for p in publishers {
+        if let Ok(s) = p.await {
+            stats.sent += s.sent;
+            stats.in_window += s.in_window;
+            stats.errors += s.errors;
+            stats.mismatched += s.mismatched;
+        }
+    }
+    // Let what is in flight arrive.
+    let drain_deadline = Instant::now() + Duration::from_secs(20);
+    while ctx.received.load(Relaxed) < ctx.expected.load(Relaxed) && Instant::now() < drain_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let missing = ctx.expected.load(Relaxed).saturating_sub(ctx.received.load(Relaxed));
+    // Count what never came as received, so that the next phase's window starts even.
+    ctx.received.fetch_add(missing, Relaxed);
+
+    let counts = ctx.hist.counts();
+    let measured: u64 = counts.iter().sum();
+    let secs = duration.as_secs_f64();
+    let delivered_per_s = measured as f64 / secs;
+    let tick = clock_ticks_per_sec();
+    let cpu_pct = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / tick / secs * 100.0),
+        _ => None,
+    };
+    let server_cpu = cpu_pct(cpu_from.0, cpu_to.0);
+    PhaseResult {
+        fanout,
+        window,
+        stats,
+        measured,
+        delivered_per_s,
+        p50: Hist::percentile(&counts, 0.50),
+        p99: Hist::percentile(&counts, 0.99),
+        p999: Hist::percentile(&counts, 0.999),
+        max: Hist::percentile(&counts, 1.0),
+        server_cpu,
+        loadgen_cpu: cpu_pct(cpu_from.1, cpu_to.1),
+        per_cpu_s: server_cpu.filter(|c| *c > 0.0).map(|c| delivered_per_s / (c / 100.0)),
+        missing,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publishing
+
+struct Plan {
+    spec: PhaseSpec,
+    layout: Arc<Layout>,
+    next: AtomicU64,
+    publishers: usize,
+    window: u64,
+    pad: String,
+    admin_key: String,
+    start: Instant,
+    from: Instant,
+    to: Instant,
+}
+
+/// One keep-alive HTTP connection publishing until the window ends.
+async fn publisher(ctx: Arc<Ctx>, plan: Arc<Plan>, index: usize) -> PublishStats {
+    let mut stats = PublishStats::default();
+    let mut conn: Option<HttpConn> = None;
+    let rate = plan.spec.rate;
+    let interval = (rate > 0.0).then(|| Duration::from_secs_f64(plan.publishers as f64 / rate));
+    let mut due = plan.start
+        + interval.map_or(Duration::ZERO, |i| i.mul_f64(index as f64 / plan.publishers as f64));
+    let mut body = String::with_capacity(plan.pad.len() + 128);
+    loop {
+        if let Some(interval) = interval {
+            if due >= plan.to {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+            due += interval;
+        } else if Instant::now() >= plan.to {
+            break;
+        }
+        let k = plan.next.fetch_add(1, Relaxed);
+        let layout = &plan.layout;
+        let tenants = layout.tenant_conns.len();
+        let (tenant, user, fanout) = match plan.spec.target {
+            TargetKind::User => {
+                let u = (k % layout.user_conns.len() as u64) as usize;
+                (u % tenants, Some(u), layout.user_conns[u])
+            }
+            TargetKind::Tenant => {
+                let t = (k % tenants as u64) as usize;
+                (t, None, layout.tenant_conns[t])
+            }
+        };
+        if interval.is_none() {
+            // Closed loop: wait until the deliveries in flight leave room for this one.
+            while ctx.expected.load(Relaxed).saturating_sub(ctx.received.load(Relaxed)) + fanout
+                > plan.window
+            {
+                if Instant::now() >= plan.to {
+                    return stats;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        ctx.expected.fetch_add(fanout, Relaxed);
+        let sent_at = Instant::now();
+        body.clear();
+        let _ = write!(body, r#"{{"tenant":"t{tenant}","#);
+        if let Some(u) = user {
+            let _ = write!(body, r#""user":"u{u}","#);
+        }
+        let _ = write!(
+            body,
+            r#""kind":"bench","data":{{"ts":{},"pad":"{}"}}}}"#,
+            sent_at.duration_since(ctx.t0).as_micros(),
+            plan.pad
+        );
+        stats.sent += 1;
+        if sent_at >= plan.from && sent_at < plan.to {
+            stats.in_window += 1;
+        }
+        let mut answer = match conn.as_mut() {
+            Some(c) => c.post(&ctx.addr, "/publish", &plan.admin_key, &body).await,
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        };
+        if answer.is_err() {
+            // No connection yet, or the server closed an idle keep-alive connection (node does
+            // after 5 s) before reading this request: connect anew and send it once more, as
+            // HTTP clients do. The payload keeps its first `ts`.
+            answer = match HttpConn::connect(ctx.addr).await {
+                Ok(c) => conn.insert(c).post(&ctx.addr, "/publish", &plan.admin_key, &body).await,
+                Err(e) => Err(e),
+            };
+        }
+        match answer {
+            Ok((200, reply)) => {
+                if delivered_of(&reply).is_some_and(|d| d != fanout) {
+                    stats.mismatched += 1;
+                }
+            }
+            Ok((status, reply)) => {
+                stats.errors += 1;
+                ctx.expected.fetch_sub(fanout, Relaxed);
+                ctx.fail(format!("publish answered {status}: {}", String::from_utf8_lossy(&reply)));
+            }
+            Err(e) => {
+                stats.errors += 1;
+                ctx.expected.fetch_sub(fanout, Relaxed);
+                ctx.fail(format!("publish failed: {e}"));
+                conn = None;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    stats
+}
+
+/// The `delivered` count of a publish answer (both servers give one).
+fn delivered_of(body: &[u8]) -> Option<u64> {
+    let at = find(body, b"\"delivered\":")? + b"\"delivered\":".len();
+    parse_u64(&body[at..])
+}
+
+/// A minimal HTTP/1.1 keep-alive client.
+struct HttpConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    request: Vec<u8>,
+}
+
+impl HttpConn {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn { stream, buf: Vec::with_capacity(4096), request: Vec::with_capacity(1024) })
+    }
+
+    /// Posts a JSON body; returns the status and the response body.
+    async fn post(
+        &mut self,
+        addr: &SocketAddr,
+        path: &str,
+        bearer: &str,
+        body: &str,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        self.request.clear();
+        let _ = std::io::Write::write_fmt(
+            &mut self.request,
+            format_args!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            ),
+        );
+        self.request.extend_from_slice(body.as_bytes());
+        self.stream.write_all(&self.request).await?;
+        // Head.
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await?;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end]).map_err(invalid)?;
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| invalid("no status line"))?;
+        let mut length = None;
+        let mut chunked = false;
+        for line in head.split("\r\n").skip(1) {
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse::<usize>().ok();
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.to_ascii_lowercase().contains("chunked");
+                }
+            }
+        }
+        self.buf.drain(..head_end);
+        let body = if chunked {
+            let mut body = Vec::new();
+            loop {
+                let line_end = loop {
+                    if let Some(i) = find(&self.buf, b"\r\n") {
+                        break i;
+                    }
+                    self.fill().await?;
+                };
+                let size_text = std::str::from_utf8(&self.buf[..line_end]).map_err(invalid)?;
+                let size =
+                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(invalid)?;
+                while self.buf.len() < line_end + 2 + size + 2 {
+                    self.fill().await?;
+                }
+                body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                self.buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break body;
+                }
+            }
+        } else {
+            let length = length.ok_or_else(|| invalid("no content-length"))?;
+            while self.buf.len() < length {
+                self.fill().await?;
+            }
+            self.buf.drain(..length).collect()
+        };
+        Ok((status, body))
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+fn invalid(e: impl ToString) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The WebSocket clients
+
+/// Where a client is in its handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// switchboard: waiting for `connected`; Socket.IO: waiting for the Engine.IO open packet.
+    Opening,
+    /// switchboard: waiting for the `pong`; Socket.IO: waiting for the Socket.IO connect answer.
+    Joining,
+    Live,
+    /// We sent a close frame.
+    Closing,
+}
+
+/// One client's connection: a read buffer parsed in place and a small write buffer.
+struct Ws {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// A fragmented message being reassembled.
+    partial: Vec<u8>,
+    partial_open: bool,
+    out: Vec<u8>,
+    mask_state: u32,
+}
+
+impl Ws {
+    /// Opens the TCP connection and performs the HTTP/1.1 upgrade.
+    async fn open(
+        addr: SocketAddr,
+        path: &str,
+        bearer: Option<&str>,
+        seed: u64,
+    ) -> std::io::Result<Ws> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: bG9hZGdlbi1zd2l0Y2hiZA==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut ws = Ws {
+            stream,
+            buf: vec![0; 8192],
+            start: 0,
+            end: 0,
+            partial: Vec::new(),
+            partial_open: false,
+            out: Vec::with_capacity(256),
+            mask_state: (seed as u32).wrapping_mul(2_654_435_761) | 1,
+        };
+        let head_end = loop {
+            if let Some(i) = find(&ws.buf[..ws.end], b"\r\n\r\n") {
+                break i + 4;
+            }
+            if ws.read_more().await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        };
+        let head = String::from_utf8_lossy(&ws.buf[..head_end]).into_owned();
+        if !head.starts_with("HTTP/1.1 101") {
+            let line = head.lines().next().unwrap_or("").to_owned();
+            let body = String::from_utf8_lossy(&ws.buf[head_end..ws.end]).into_owned();
+            return Err(invalid(format!("upgrade refused: {line} {body}")));
+        }
+        ws.start = head_end;
+        Ok(ws)
+    }
+
+    /// Reads more bytes into the buffer, compacting or growing it first if needed.
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+        }
+        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// The next complete frame in the buffer, as (fin, opcode, payload range), consuming it.
+    fn next_frame(&mut self) -> std::io::Result<Option<(bool, u8, std::ops::Range<usize>)>> {
+        let avail = &self.buf[self.start..self.end];
+        if avail.len() < 2 {
+            return Ok(None);
+        }
+        let fin = avail[0] & 0x80 != 0;
+        let opcode = avail[0] & 0x0f;
+        let masked = avail[1] & 0x80 != 0;
+        let (len, mut at) = match avail[1] & 0x7f {
+            126 if avail.len() >= 4 => (u64::from(u16::from_be_bytes([avail[2], avail[3]])), 4),
+            127 if avail.len() >= 10 => {
+                (u64::from_be_bytes(avail[2..10].try_into().expect("8 bytes")), 10)
+            }
+            126 | 127 => return Ok(None),
+            n => (u64::from(n), 2),
+        };
+        if masked {
+            return Err(invalid("the server masked a frame"));
+        }
+        let len = usize::try_from(len).map_err(invalid)?;
+        if len > 64 * 1024 * 1024 {
+            return Err(invalid("frame over 64 MiB"));
+        }
+        if avail.len() < at + len {
+            if self.start + at + len > self.buf.len() {
+                // Make room for the whole frame.
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+                if at + len > self.buf.len() {
+                    self.buf.resize((at + len).next_power_of_two(), 0);
+                }
+            }
+            return Ok(None);
+        }
+        at += self.start;
+        self.start = at + len;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        Ok(Some((fin, opcode, at..at + len)))
+    }
+
+    /// Queues a masked client frame.
+    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        self.out.push(0x80 | opcode);
+        match payload.len() {
+            n if n < 126 => self.out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                self.out.push(0x80 | 126);
+                self.out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                self.out.push(0x80 | 127);
+                self.out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        // xorshift32: the mask need not be secret here, only present.
+        let mut x = self.mask_state;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.mask_state = x;
+        let mask = x.to_be_bytes();
+        self.out.extend_from_slice(&mask);
+        self.out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
+
+/// One client from connect to close. Releases `permit` once it is live.
+async fn client(
+    ctx: &Ctx,
+    index: u64,
+    token: &str,
+    permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut ws = match ctx.kind {
+        ServerKind::Switchboard => Ws::open(ctx.addr, "/ws", Some(token), index).await?,
+        ServerKind::Socketio => {
+            Ws::open(ctx.addr, "/socket.io/?EIO=4&transport=websocket", None, index).await?
+        }
+    };
+    let connect_packet = format!(r#"40{{"token":"{token}"}}"#);
+    let mut phase = Phase::Opening;
+    let mut stopping = false;
+    let mut close_deadline = None;
+    loop {
+        // Every complete frame in the buffer.
+        let mut events = 0u64;
+        while let Some((fin, opcode, range)) = ws.next_frame()? {
+            // A whole message: in the read buffer, or reassembled from fragments.
+            let mut whole: Option<Vec<u8>> = None;
+            let range = match opcode {
+                0x0 => {
+                    ws.partial.extend_from_slice(&ws.buf[range]);
+                    if !(fin && ws.partial_open) {
+                        continue;
+                    }
+                    ws.partial_open = false;
+                    whole = Some(std::mem::take(&mut ws.partial));
+                    0..0
+                }
+                0x1 | 0x2 if !fin => {
+                    ws.partial.clear();
+                    ws.partial.extend_from_slice(&ws.buf[range]);
+                    ws.partial_open = true;
+                    continue;
+                }
+                0x1 | 0x2 => range,
+                0x8 => {
+                    if phase != Phase::Closing {
+                        // The server closed on us: answer, and count it unless we were stopping.
+                        let why = String::from_utf8_lossy(&ws.buf[range]).into_owned();
+                        ws.queue(0x8, &[0x03, 0xe8]);
+                        let _ = ws.flush().await;
+                        if !stopping {
+                            ctx.dropped.fetch_add(1, Relaxed);
+                            return Err(invalid(format!("closed by the server: {why}")));
+                        }
+                    }
+                    return Ok(());
+                }
+                0x9 => {
+                    let payload = ws.buf[range].to_vec();
+                    ws.queue(0xA, &payload);
+                    continue;
+                }
+                _ => continue,
+            };
+            let payload: &[u8] = whole.as_deref().unwrap_or(&ws.buf[range]);
+            match handle_message(ctx, payload, phase) {
+                Handled::Event(ts) => {
+                    events += 1;
+                    match ts {
+                        Some(ts) => {
+                            let now = ctx.now_us();
+                            if now >= ctx.window_from.load(Relaxed)
+                                && now < ctx.window_to.load(Relaxed)
+                            {
+                                ctx.hist.record(now.saturating_sub(ts));
+                            }
+                        }
+                        None => {
+                            ctx.unreadable.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+                Handled::Opened => {
+                    match ctx.kind {
+                        // Socket.IO: connect to the main namespace with the token.
+                        ServerKind::Socketio => ws.queue(0x1, connect_packet.as_bytes()),
+                        // switchboard: a first frame, so that live delivery starts now.
+                        ServerKind::Switchboard => ws.queue(0x1, br#"{"type":"ping"}"#),
+                    }
+                    phase = Phase::Joining;
+                }
+                Handled::Live => {
+                    if phase == Phase::Joining {
+                        phase = Phase::Live;
+                        permit.take();
+                        ctx.ready.fetch_add(1, Relaxed);
+                    }
+                }
+                Handled::EnginePing => ws.queue(0x1, b"3"),
+                Handled::Refused(why) => return Err(invalid(why)),
+                Handled::Other => {}
+            }
+        }
+        if events > 0 {
+            ctx.received.fetch_add(events, Relaxed);
+        }
+        ws.flush().await?;
+        if stopping && phase != Phase::Closing {
+            ws.queue(0x8, &[0x03, 0xe8]); // 1000, normal closure
+            ws.flush().await?;
+            phase = Phase::Closing;
+            close_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+        }
+        let deadline = async {
+            match close_deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            n = ws.read_more() => {
+                if n? == 0 {
+                    if phase == Phase::Closing {
+                        return Ok(());
+                    }
+                    ctx.dropped.fetch_add(1, Relaxed);
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            changed = stop.changed(), if !stopping => {
+                let _ = changed;
+                stopping = true;
+            }
+            () = deadline => return Ok(()),
+        }
+    }
+}
+
+enum Handled {
+    /// An event, with its `ts` if it had one.
+    Event(Option<u64>),
+    /// switchboard's `connected`, or Engine.IO's open packet.
+    Opened,
+    /// switchboard's `pong`, or the Socket.IO connect answer.
+    Live,
+    /// Engine.IO ping.
+    EnginePing,
+    Refused(String),
+    Other,
+}
+
+fn handle_message(ctx: &Ctx, payload: &[u8], phase: Phase) -> Handled {
+    match ctx.kind {
+        ServerKind::Switchboard => {
+            if let Some(i) = find(payload, b"\"ts\":") {
+                return Handled::Event(parse_u64(&payload[i + 5..]));
+            }
+            if phase == Phase::Opening && payload.starts_with(br#"{"type":"connected""#) {
+                return Handled::Opened;
+            }
+            if payload.starts_with(br#"{"type":"pong""#) {
+                return Handled::Live;
+            }
+            if payload.starts_with(br#"{"type":"error""#) {
+                return Handled::Refused(String::from_utf8_lossy(payload).into_owned());
+            }
+            Handled::Other
+        }
+        ServerKind::Socketio => match payload {
+            [b'4', b'2', rest @ ..] => {
+                Handled::Event(find(rest, b"\"ts\":").and_then(|i| parse_u64(&rest[i + 5..])))
+            }
+            [b'2', ..] => Handled::EnginePing,
+            [b'0', ..] if phase == Phase::Opening => Handled::Opened,
+            [b'4', b'0', ..] => Handled::Live,
+            [b'4', b'4', ..] | [b'1', ..] => {
+                Handled::Refused(String::from_utf8_lossy(payload).into_owned())
+            }
+            _ => Handled::Other,
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_u64(bytes: &[u8]) -> Option<u64> {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    std::str::from_utf8(&bytes[..digits]).ok()?.parse().ok()
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in KiB.
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+/// User plus system CPU time of a process (all threads), in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at its closing paren.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}

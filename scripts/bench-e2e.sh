@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: switchboard's example server against a Socket.IO server doing the same
+# fan-out (benches/peers/socketio), under the same load from examples/loadgen.rs, side by side in
+# one run. Prints one table with both servers' figures and their ratios.
+#
+# Installs the peer's npm dependencies (npm ci), builds the server and the load generator in
+# release mode, then for each repetition starts each server on 127.0.0.1 (stopped by PID), connects
+# CLIENTS clients once and runs four phases on them:
+#   tenant:0          tenant broadcasts as fast as the server delivers (fan-out CLIENTS/TENANTS)
+#   user:0            publishes to single users as fast as the server delivers (fan-out CONNS_PER_USER)
+#   tenant:TENANT_RATE, user:USER_RATE   a fixed offered load both servers sustain, for latency
+# Publishes go through each server's POST /publish from PUBLISHERS keep-alive connections.
+# Memory per connection is the server's RSS with every client live minus before the first
+# connect, over CLIENTS. Each figure in the table is the median over REPS repetitions (the servers
+# take turns going first).
+#
+# With PIN=1 (the default on 2+ CPUs) each server runs on CPU 0 and the load generator on CPU 1
+# (taskset), so both servers get the same single core: node runs JavaScript on one thread anyway,
+# and the load generator cannot steal the server's core. PIN=0 lets the kernel place everything.
+#
+#   scripts/bench-e2e.sh                          # defaults: 10,000 clients, 3 repetitions (~6 min)
+#   CLIENTS=2000 REPS=1 DURATION=3 scripts/bench-e2e.sh  # a quick look
+#   RAW=results.txt scripts/bench-e2e.sh          # keep the loadgen's RESULT lines
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLIENTS="${CLIENTS:-10000}"
+CONNS_PER_USER="${CONNS_PER_USER:-2}"
+TENANTS="${TENANTS:-10}"
+REPS="${REPS:-3}"
+WARMUP="${WARMUP:-2}"
+DURATION="${DURATION:-6}"
+TENANT_RATE="${TENANT_RATE:-10}"
+USER_RATE="${USER_RATE:-1000}"
+PUBLISHERS="${PUBLISHERS:-64}"
+PAYLOAD_BYTES="${PAYLOAD_BYTES:-64}"
+SB_PORT="${SB_PORT:-18080}"
+SIO_PORT="${SIO_PORT:-18081}"
+PIN="${PIN:-auto}"
+
+for tool in node npm curl; do
+  command -v "$tool" >/dev/null || { echo "bench-e2e: $tool is required" >&2; exit 1; }
+done
+
+echo "== installing the Socket.IO peer (npm ci)"
+(cd benches/peers/socketio && npm ci --no-audit --no-fund --loglevel=error)
+
+echo "== building the server and the load generator (release)"
+cargo build --release --quiet --example server --example loadgen
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')
+server_bin="$target_dir/release/examples/server"
+loadgen_bin="$target_dir/release/examples/loadgen"
+
+# Each server needs a descriptor per client; the load generator raises its own limit.
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt $((CLIENTS + 1024)) ]; then
+  echo "bench-e2e: the hard file-descriptor limit ($hard) is below CLIENTS+1024; raise it (ulimit -Hn)" >&2
+  exit 1
+fi
+ulimit -n "$hard"
+
+server_pin=()
+loadgen_pin=()
+if [ "$PIN" = auto ]; then
+  if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then PIN=1; else PIN=0; fi
+fi
+if [ "$PIN" = 1 ]; then
+  server_pin=(taskset -c 0)
+  loadgen_pin=(taskset -c 1)
+fi
+
+secret="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+admin="admin-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+work=$(mktemp -d)
+raw="${RAW:-$work/results.txt}"
+: >"$raw"
+pid=""
+cleanup() {
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+start_server() { # kind port
+  local kind=$1 port=$2
+  case "$kind" in
+    switchboard)
+      "${server_pin[@]}" "$server_bin" --listen "127.0.0.1:$port" --jwt-secret "$secret" \
+        --admin-key "$admin" >"$work/$kind.log" 2>&1 &
+      ;;
+    socketio)
+      "${server_pin[@]}" node benches/peers/socketio/server.js --listen "127.0.0.1:$port" \
+        --jwt-secret "$secret" --admin-key "$admin" >"$work/$kind.log" 2>&1 &
+      ;;
+  esac
+  pid=$!
+  for _ in $(seq 100); do
+    if curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  echo "bench-e2e: $kind did not come up:" >&2
+  cat "$work/$kind.log" >&2
+  exit 1
+}
+
+stop_server() {
+  kill -INT "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  pid=""
+}
+
+run_one() { # kind port rep
+  local kind=$1 port=$2 rep=$3
+  echo "== rep $rep/$REPS: $kind ($CLIENTS clients)"
+  start_server "$kind" "$port"
+  "${loadgen_pin[@]}" "$loadgen_bin" --server "$kind" --addr "127.0.0.1:$port" --pid "$pid" \
+    --jwt-secret "$secret" --admin-key "$admin" --clients "$CLIENTS" \
+    --conns-per-user "$CONNS_PER_USER" --tenants "$TENANTS" --publishers "$PUBLISHERS" \
+    --payload-bytes "$PAYLOAD_BYTES" --warmup "$WARMUP" --duration "$DURATION" --label "$rep" \
+    --phase tenant:0 --phase user:0 --phase "tenant:$TENANT_RATE" --phase "user:$USER_RATE" \
+    | tee "$work/out.txt" | sed 's/^/   /' | grep -v '^   RESULT'
+  grep '^RESULT' "$work/out.txt" >>"$raw"
+  stop_server
+}
+
+for rep in $(seq "$REPS"); do
+  if [ $((rep % 2)) = 1 ]; then order="switchboard socketio"; else order="socketio switchboard"; fi
+  for kind in $order; do
+    if [ "$kind" = switchboard ]; then run_one "$kind" "$SB_PORT" "$rep"; else run_one "$kind" "$SIO_PORT" "$rep"; fi
+  done
+done
+
+echo
+echo "== $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(date -u +%Y-%m-%d), pinned: $([ "$PIN" = 1 ] && echo 'server CPU 0, loadgen CPU 1' || echo no)"
+echo "== $CLIENTS clients, $CONNS_PER_USER per user, $TENANTS tenants; ${WARMUP}s warm-up + ${DURATION}s per phase; median of $REPS"
+echo
+CLIENTS="$CLIENTS" TENANT_RATE="$TENANT_RATE" USER_RATE="$USER_RATE" node - "$raw" <<'EOF'
+const fs = require("node:fs");
+const rows = fs.readFileSync(process.argv[2], "utf8").trim().split("\n").filter(Boolean).map((line) =>
+  Object.fromEntries(line.split(" ").slice(1).map((kv) => kv.split("="))));
+const median = (xs) => {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (!s.length) return NaN;
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const pick = (server, target, rate, key) => median(rows
+  .filter((r) => r.server === server && r.target === target && Number(r.rate) === rate)
+  .map((r) => Number(r[key])));
+const fmt = (x, digits = 0) => Number.isFinite(x)
+  ? x.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits }) : "-";
+const ratio = (a, b) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}×` : "-");
+const fanout = (target) => rows.find((r) => r.target === target)?.fanout ?? "?";
+const tr = Number(process.env.TENANT_RATE), ur = Number(process.env.USER_RATE);
+const lines = [];
+const row = (what, key, target, rate, scale = 1, digits = 0) => {
+  const a = pick("switchboard", target, rate, key) / scale, b = pick("socketio", target, rate, key) / scale;
+  lines.push(`| ${what} | ${fmt(a, digits)} | ${fmt(b, digits)} | ${ratio(a, b)} |`);
+  return [a, b];
+};
+lines.push("| figure | switchboard | Socket.IO | switchboard ÷ Socket.IO |");
+lines.push("|---|---:|---:|---:|");
+const [tA, tB] = row(`delivered msg/s, tenant broadcast (fan-out ${fanout("tenant")}), as fast as delivered`, "delivered_per_s", "tenant", 0);
+const [uA, uB] = row(`delivered msg/s, one user (fan-out ${fanout("user")}), as fast as delivered`, "delivered_per_s", "user", 0);
+row("  server CPU in the tenant phase (% of a core)", "server_cpu_pct", "tenant", 0);
+row("  loadgen CPU in the tenant phase (% of a core)", "loadgen_cpu_pct", "tenant", 0);
+row("  delivered per server CPU-second, tenant phase", "delivered_per_cpu_s", "tenant", 0);
+row("  delivered per server CPU-second, user phase", "delivered_per_cpu_s", "user", 0);
+row(`p50 latency ms, tenant broadcast at ${tr} publishes/s`, "p50_us", "tenant", tr, 1000, 2);
+row(`p99 latency ms, tenant broadcast at ${tr} publishes/s`, "p99_us", "tenant", tr, 1000, 2);
+row(`p50 latency ms, one user at ${ur} publishes/s`, "p50_us", "user", ur, 1000, 2);
+row(`p99 latency ms, one user at ${ur} publishes/s`, "p99_us", "user", ur, 1000, 2);
+const [mA, mB] = row(`server memory per connection, bytes (RSS, ${process.env.CLIENTS} live clients)`, "mem_per_conn", "tenant", 0);
+console.log(lines.join("\n"));
+const missing = rows.reduce((s, r) => s + Number(r.missing) + Number(r.dropped) + Number(r.errors), 0);
+console.log(`\nlost deliveries, dropped connections and publish errors over all runs: ${missing}`);
+const verdict = (ok) => (ok ? "met" : "MISSED");
+console.log(`target: ≥ 3× Socket.IO's delivered msg/s: tenant ${ratio(tA, tB)} ${verdict(tA / tB >= 3)}, user ${ratio(uA, uB)} ${verdict(uA / uB >= 3)}`);
+console.log(`target: ≤ 1/5 of Socket.IO's memory per connection: ${ratio(mA, mB)} ${verdict(mA / mB <= 0.2)}`);
+EOF
+if [ -n "${RAW:-}" ]; then echo "RESULT lines kept in $RAW"; fi
