@@ -136,7 +136,7 @@ async fn websocket(
             let handle = app.handle.clone();
             // A 4 KiB read buffer, not tungstenite's 128 KiB (which it zero-fills, so every page
             // stays resident): client frames are small, and that buffer was 93% of the server's
-            // memory per connection (benches/E2E.md). The transport cuts off messages over
+            // memory per connection (BENCHMARKS.md, end to end). The transport cuts off messages over
             // 1 MiB; the hub refuses anything over its `max_frame_bytes` (64 KiB) anyway.
             upgrade
                 .read_buffer_size(4 * 1024)
