@@ -96,6 +96,25 @@
 //! - **Rates.** `message` frames spend the tier's token bucket; control frames (`subscribe`,
 //!   `unsubscribe`, `ping`) spend a separate allowance ([`Config::control_frames_per_minute`]).
 //! - **Close codes** are in 4000–4999; see [`CloseReason`].
+//! - **Streams.** Every event frame carries `stream`, `epoch` and `seq` (the epoch too, not only in
+//!   `connected`, so a client always knows which incarnation a seq belongs to). `Everyone` is one
+//!   message per tenant broadcast stream. `Target::Connection` messages go on the user's stream but
+//!   are replayed only to that same connection, so a reconnect does not see them.
+//! - **Resume.** A `resume` is answered once per connection: replay, then `resumed` with a report
+//!   per stream. With [`Config::resume_window`] a new connection is held (its events stay in the
+//!   buffer) until its first frame other than `subscribe`/`unsubscribe`, so filters may be set
+//!   before the replay. A held connection whose backlog fell out of the buffer is closed
+//!   `SlowConsumer` rather than silently missing it.
+//! - **Rooms** announce themselves with `joined`/`left` frames (the `joined` position lets a room
+//!   be resumed before its first event). DESIGN says an empty room is dropped; that is the
+//!   default, and [`Config::room_retention`] keeps it idle instead, its stream buffering.
+//! - **Backpressure** counts control frames too: a client that never reads cannot pile up pongs
+//!   or error frames; it is closed `SlowConsumer` like one that cannot take a critical event.
+//! - **Breaker.** Abnormal closes are transport errors, heartbeat timeouts, slow-consumer and
+//!   protocol-violation closes. A user whose breaker is open is kept (detached) until it
+//!   half-opens, even with zero retention, so that waiting does not reset it.
+//! - **Rates** count live event frames only (not replays or control frames); a user's delivered
+//!   rate is the sum of its connections' meters, folded into the user's when one closes.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
