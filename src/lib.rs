@@ -113,7 +113,7 @@
 //! - **Breaker.** Abnormal closes are transport errors, heartbeat timeouts, slow-consumer and
 //!   protocol-violation closes. A user whose breaker is open is kept (detached) until it
 //!   half-opens, even with zero retention, so that waiting does not reset it.
-//! - **Rates** count live event frames only (not replays or control frames); a user's delivered
+//! - **Meters** count live event frames only (not replays or control frames); a user's delivered
 //!   rate is the sum of its connections' meters, folded into the user's when one closes.
 
 #![forbid(unsafe_code)]
