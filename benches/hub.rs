@@ -14,6 +14,7 @@
 //! Run: `cargo bench --bench hub -- --warm-up-time 1 --measurement-time 3`.
 
 mod baseline;
+mod workload;
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -27,32 +28,12 @@ use switchboard::{
 };
 
 use baseline::{Baseline, BaselineConfig, Message, Out, To};
+use workload::{TENANT, payload};
 
 /// Iterations timed back to back before the `written` acknowledgements are replayed: at most
 /// this many frames (~450 bytes each) are unacknowledged on any connection, far below the soft
 /// limit (128 KiB).
 const CHUNK: u64 = 128;
-
-const TENANT: &str = "acme";
-
-/// A typical agent event: a tool call with arguments, one key that the default config redacts.
-fn payload() -> Value {
-    json!({
-        "agent": "researcher",
-        "step": 3,
-        "status": "running",
-        "message": "Querying the quarterly revenue table for the last four quarters",
-        "tool": {
-            "name": "sql",
-            "args": {
-                "query": "select quarter, revenue from sales where year = 2025",
-                "limit": 100,
-                "api_key": "sk-live-0123456789"
-            }
-        },
-        "tokens": { "prompt": 1234, "completion": 321 }
-    })
-}
 
 fn hub_config() -> Config {
     Config { max_connections: 1_100_000, max_detached_users: 1_100_000, ..Config::default() }

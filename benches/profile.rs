@@ -17,6 +17,7 @@
 //! `tick-<n>`, `sweep-<k>-of-<n>`, `resume-1000`.
 
 mod baseline;
+mod workload;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -27,27 +28,7 @@ use switchboard::{
 };
 
 use baseline::{Baseline, BaselineConfig, Message, To};
-
-const TENANT: &str = "acme";
-
-/// The same payload as `hub.rs`.
-fn payload() -> Value {
-    json!({
-        "agent": "researcher",
-        "step": 3,
-        "status": "running",
-        "message": "Querying the quarterly revenue table for the last four quarters",
-        "tool": {
-            "name": "sql",
-            "args": {
-                "query": "select quarter, revenue from sales where year = 2025",
-                "limit": 100,
-                "api_key": "sk-live-0123456789"
-            }
-        },
-        "tokens": { "prompt": 1234, "completion": 321 }
-    })
-}
+use workload::{TENANT, payload};
 
 fn envelope(target: Target) -> Envelope {
     Envelope::new(target, EventKind::ToolExecuting).run("run-42").data(payload())
