@@ -153,6 +153,21 @@ pub enum ClosedBy {
     Transport(DisconnectReason),
 }
 
+impl ClosedBy {
+    /// Every way a connection can end (for exporting `HubStats::closed_by` as labelled metrics).
+    pub const ALL: [ClosedBy; 9] = [
+        ClosedBy::Hub(CloseReason::HeartbeatTimeout),
+        ClosedBy::Hub(CloseReason::SessionExpired),
+        ClosedBy::Hub(CloseReason::Replaced),
+        ClosedBy::Hub(CloseReason::SlowConsumer),
+        ClosedBy::Hub(CloseReason::ProtocolViolation),
+        ClosedBy::Hub(CloseReason::Kicked),
+        ClosedBy::Hub(CloseReason::ServerShutdown),
+        ClosedBy::Transport(DisconnectReason::Clean),
+        ClosedBy::Transport(DisconnectReason::Abnormal),
+    ];
+}
+
 /// The authenticated identity of a client message, stamped by the hub from the connection's
 /// binding. Trust this, never ids found inside the message's payload.
 #[derive(Clone, Debug, PartialEq, Eq)]

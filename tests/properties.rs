@@ -474,17 +474,7 @@ struct Step {
     op: Op,
 }
 
-const CLOSED_BY: [ClosedBy; 9] = [
-    ClosedBy::Hub(CloseReason::HeartbeatTimeout),
-    ClosedBy::Hub(CloseReason::SessionExpired),
-    ClosedBy::Hub(CloseReason::Replaced),
-    ClosedBy::Hub(CloseReason::SlowConsumer),
-    ClosedBy::Hub(CloseReason::ProtocolViolation),
-    ClosedBy::Hub(CloseReason::Kicked),
-    ClosedBy::Hub(CloseReason::ServerShutdown),
-    ClosedBy::Transport(DisconnectReason::Clean),
-    ClosedBy::Transport(DisconnectReason::Abnormal),
-];
+const CLOSED_BY: [ClosedBy; 9] = ClosedBy::ALL;
 
 const LIMIT_KINDS: [LimitKind; 9] = [
     LimitKind::TotalConnections,

@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use switchboard::{CloseReason, ClosedBy, DisconnectReason, LimitKind};
+use switchboard::{ClosedBy, DisconnectReason, LimitKind};
 
 use crate::driver::Snapshot;
 use crate::http::HttpCounters;
@@ -74,17 +74,7 @@ impl Builder {
     }
 }
 
-const CLOSE_REASONS: [ClosedBy; 9] = [
-    ClosedBy::Hub(CloseReason::HeartbeatTimeout),
-    ClosedBy::Hub(CloseReason::SessionExpired),
-    ClosedBy::Hub(CloseReason::Replaced),
-    ClosedBy::Hub(CloseReason::SlowConsumer),
-    ClosedBy::Hub(CloseReason::ProtocolViolation),
-    ClosedBy::Hub(CloseReason::Kicked),
-    ClosedBy::Hub(CloseReason::ServerShutdown),
-    ClosedBy::Transport(DisconnectReason::Clean),
-    ClosedBy::Transport(DisconnectReason::Abnormal),
-];
+const CLOSE_REASONS: [ClosedBy; 9] = ClosedBy::ALL;
 
 fn closed_label(by: ClosedBy) -> &'static str {
     match by {
