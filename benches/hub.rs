@@ -23,12 +23,11 @@ use std::time::{Duration, Instant, SystemTime};
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use serde_json::{Value, json};
 use switchboard::{
-    Action, Audience, Config, ConnId, DisconnectReason, Envelope, EventKind, Hub, Principal,
-    Target, Tier,
+    Action, Audience, Config, ConnId, DisconnectReason, Envelope, Hub, Principal, Target, Tier,
 };
 
 use baseline::{Baseline, BaselineConfig, Message, Out, To};
-use workload::{TENANT, payload};
+use workload::{TENANT, envelope, message};
 
 /// Iterations timed back to back before the `written` acknowledgements are replayed: at most
 /// this many frames (~450 bytes each) are unacknowledged on any connection, far below the soft
@@ -84,19 +83,6 @@ fn acknowledge(hub: &mut Hub, now: Instant, ids: &[ConnId]) {
 
 fn user_target(user: &str) -> Target {
     Target::User { tenant: TENANT.into(), user: user.into() }
-}
-
-fn envelope(target: Target) -> Envelope {
-    Envelope::new(target, EventKind::ToolExecuting).run("run-42").data(payload())
-}
-
-fn message() -> Message {
-    Message {
-        kind: "tool_executing".into(),
-        thread_id: None,
-        run_id: Some("run-42".into()),
-        data: payload(),
-    }
 }
 
 /// Times `run` over `iters` fresh inputs made by `make` (outside the clock), in chunks, and runs

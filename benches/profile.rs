@@ -28,20 +28,7 @@ use switchboard::{
 };
 
 use baseline::{Baseline, BaselineConfig, Message, To};
-use workload::{TENANT, payload};
-
-fn envelope(target: Target) -> Envelope {
-    Envelope::new(target, EventKind::ToolExecuting).run("run-42").data(payload())
-}
-
-fn message() -> Message {
-    Message {
-        kind: "tool_executing".into(),
-        thread_id: None,
-        run_id: Some("run-42".into()),
-        data: payload(),
-    }
-}
+use workload::{TENANT, envelope, message, payload};
 
 fn drain(hub: &mut Hub) {
     while let Some(action) = hub.poll_action() {

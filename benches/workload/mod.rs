@@ -2,6 +2,9 @@
 //! instruction figures measure the same work.
 
 use serde_json::{Value, json};
+use switchboard::{Envelope, EventKind, Target};
+
+use crate::baseline::Message;
 
 pub const TENANT: &str = "acme";
 
@@ -22,4 +25,19 @@ pub fn payload() -> Value {
         },
         "tokens": { "prompt": 1234, "completion": 321 }
     })
+}
+
+/// The event switchboard publishes in every workload.
+pub fn envelope(target: Target) -> Envelope {
+    Envelope::new(target, EventKind::ToolExecuting).run("run-42").data(payload())
+}
+
+/// The same event as the baseline's message.
+pub fn message() -> Message {
+    Message {
+        kind: "tool_executing".into(),
+        thread_id: None,
+        run_id: Some("run-42".into()),
+        data: payload(),
+    }
 }
