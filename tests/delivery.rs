@@ -126,22 +126,6 @@ fn advance_alive(sim: &mut Sim, total: Duration, step: Duration) -> Vec<Action> 
     all
 }
 
-/// A small deterministic generator (xorshift64*), so the simulation is reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const CRITICAL: [EventKind; 4] = [
     EventKind::AgentStarted,
     EventKind::ToolExecuting,

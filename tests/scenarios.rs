@@ -73,26 +73,6 @@ fn any_delivery(actions: &[Action]) -> bool {
     actions.iter().any(|a| matches!(a, Action::Deliver { .. }))
 }
 
-/// A small deterministic generator (xorshift64*), so that churn is reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Isolation of agent events (seed 004: "25 users x 2 connections each"; seed 001:
 //    "test_message_cross_contamination")

@@ -162,3 +162,23 @@ pub fn user_target(tenant: &str, user: &str) -> Target {
 pub fn thread_target(tenant: &str, user: &str, thread: &str) -> Target {
     Target::Thread { tenant: tenant.into(), user: user.into(), thread: thread.into() }
 }
+
+/// A small deterministic generator (xorshift64*), so that randomized tests are reproducible.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
