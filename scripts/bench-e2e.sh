@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end benchmark: switchboard's example server against a Socket.IO server doing the same
-# fan-out (benches/peers/socketio), under the same load from examples/loadgen.rs, side by side in
+# End-to-end benchmark: switchboard's server against a Socket.IO server doing the same
+# fan-out (benches/peers/socketio), under the same load from tools/loadgen, side by side in
 # one run. Prints one table with both servers' figures and their ratios.
 #
 # Installs the peer's npm dependencies (npm ci), builds the server and the load generator in
@@ -46,11 +46,11 @@ echo "== installing the Socket.IO peer (npm ci)"
 (cd benches/peers/socketio && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== building the server and the load generator (release)"
-cargo build --release --quiet --example server --example loadgen
+cargo build --release --quiet -p switchboard-server -p switchboard-loadgen
 target_dir=$(cargo metadata --format-version 1 --no-deps |
   node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')
-server_bin="$target_dir/release/examples/server"
-loadgen_bin="$target_dir/release/examples/loadgen"
+server_bin="$target_dir/release/switchboard"
+loadgen_bin="$target_dir/release/loadgen"
 
 # Each server needs a descriptor per client; the load generator raises its own limit.
 hard=$(ulimit -Hn)

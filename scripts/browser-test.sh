@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo page in a real headless browser: installs Debian's chromium if it is missing and
-# playwright-core from tests/browser/package-lock.json, builds and starts the example server on a
-# free port, lets tests/browser/page.test.mjs type a message and wait for the agent's events (and
+# playwright-core from server/tests/browser/package-lock.json, builds and starts the server on a
+# free port, lets server/tests/browser/page.test.mjs type a message and wait for the agent's events (and
 # a reconnect with resume), then stops the server with SIGINT (its Ctrl-C path) by PID and checks
 # that it exited cleanly. Idempotent; exits non-zero on any failure.
 #
@@ -20,12 +20,12 @@ fi
 CHROMIUM="${CHROMIUM:-$(command -v chromium)}"
 export CHROMIUM
 
-(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+(cd server/tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
-cargo build --quiet --example server
+cargo build --quiet -p switchboard-server --bin switchboard
 target_dir=$(cargo metadata --format-version 1 --no-deps |
   node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')
-server="$target_dir/debug/examples/server"
+server="$target_dir/debug/switchboard"
 
 log=$(mktemp)
 pid=""
@@ -49,7 +49,7 @@ if [ -z "$page_url" ]; then cat "$log" >&2; echo "no demo token printed" >&2; ex
 echo "server $pid at $base"
 
 status=0
-node tests/browser/page.test.mjs "$page_url" || status=$?
+node server/tests/browser/page.test.mjs "$page_url" || status=$?
 
 # Stop it the way Ctrl-C does and expect a clean exit.
 kill -INT "$pid"

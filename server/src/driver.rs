@@ -162,7 +162,9 @@ pub struct DriverStats {
 /// The hub's counters and the driver's, read at one instant.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
+    /// The hub's counters and gauges.
     pub hub: HubStats,
+    /// The driver's own counters.
     pub driver: DriverStats,
     /// Moving averages of each tier's traffic.
     pub tiers: Vec<(Tier, Rates)>,

@@ -1,25 +1,8 @@
-//! End-to-end tests of the example server over real WebSockets on loopback.
+//! End-to-end tests of the server over real WebSockets on loopback.
 //!
-//! The server's modules are compiled into this test as they are (`#[path]`), and each test starts
-//! its own server on a free port of 127.0.0.1. Clients are tokio-tungstenite; plain HTTP requests
+//! Each test starts its own server (the library's `app::start`, as the binary does) on a free
+//! port of 127.0.0.1. Clients are tokio-tungstenite; plain HTTP requests
 //! are written by hand.
-
-#![allow(dead_code)]
-
-#[path = "../examples/server/agent.rs"]
-mod agent;
-#[path = "../examples/server/app.rs"]
-mod app;
-#[path = "../examples/server/auth.rs"]
-mod auth;
-#[path = "../examples/server/driver.rs"]
-mod driver;
-#[path = "../examples/server/http.rs"]
-mod http;
-#[path = "../examples/server/metrics.rs"]
-mod metrics;
-
-mod e2e_client;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -31,10 +14,13 @@ use switchboard::{Envelope, EventKind, Target};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
-use e2e_client::{Client, RUN, Response, WAIT, eventually, http_request, http_status, read_run};
+use switchboard_testkit::ws::{
+    Client, RUN, Response, WAIT, eventually, http_request, http_status, read_run,
+};
 
-use app::{Running, Settings};
-use auth::{Claims, Keys};
+use switchboard_server::app::{self, Running, Settings};
+use switchboard_server::auth::{self, Claims, Keys};
+use switchboard_server::driver;
 
 const SECRET: &str = "e2e-test-secret";
 const ADMIN: &str = "e2e-admin-key";

@@ -74,7 +74,9 @@ pub struct Running {
 /// Why the server did not start.
 #[derive(Debug)]
 pub enum StartError {
+    /// The hub refused its configuration.
     Config(ConfigError),
+    /// The listener's address could not be read.
     Io(std::io::Error),
 }
 

@@ -1,6 +1,5 @@
-//! A small WebSocket and HTTP client for the end-to-end tests (`server_e2e`, `smol_e2e`).
-
-#![allow(dead_code)]
+//! A small WebSocket and HTTP client for the end-to-end tests of the servers
+//! (`server/tests/e2e.rs`, `examples/smol_server/tests/e2e.rs`).
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -1,20 +1,15 @@
 //! The same wire protocol on smol and async-tungstenite: proof that the hub does not care which
 //! runtime drives it. Kept small: one WebSocket endpoint (any path) with the same JWT check and
-//! the same demo agent; no publish API, metrics or page (see `examples/server` for those).
+//! the same demo agent as the tokio server (`switchboard_server::{auth, agent}`, which are plain
+//! code without a runtime); no publish API, metrics or page (see `server/` for those).
 //!
 //! ```sh
-//! cargo run --example smol_server           # ws://127.0.0.1:8081/?token=…, prints demo tokens
-//! SWITCHBOARD_JWT_SECRET=… SWITCHBOARD_LISTEN=127.0.0.1:9000 cargo run --example smol_server
+//! cargo run -p switchboard-smol-example     # ws://127.0.0.1:8081/?token=…, prints demo tokens
+//! SWITCHBOARD_JWT_SECRET=… SWITCHBOARD_LISTEN=127.0.0.1:9000 cargo run -p switchboard-smol-example
 //! ```
 //!
 //! Same shape as the tokio driver: the hub in one task, fed by one bounded channel; a reader and
 //! a writer per connection; the writer reports `written`; one timer follows `poll_timeout`.
-
-#[path = "server/agent.rs"]
-mod agent;
-// `pub` so that tests which include this file can build its keys.
-#[path = "server/auth.rs"]
-pub mod auth;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -31,7 +26,8 @@ use switchboard::{
     Principal, RoomId,
 };
 
-use auth::{Identity, Keys};
+use switchboard_server::agent;
+pub use switchboard_server::auth::{self, Identity, Keys};
 
 enum Cmd {
     Open {
@@ -62,24 +58,6 @@ enum Out {
     Text(Frame),
     Ping,
     Close(CloseReason),
-}
-
-fn main() -> std::io::Result<()> {
-    let listen = std::env::var("SWITCHBOARD_LISTEN").unwrap_or_else(|_| "127.0.0.1:8081".into());
-    let secret = std::env::var("SWITCHBOARD_JWT_SECRET").ok();
-    let dev = secret.is_none();
-    let keys = Keys::new(secret.unwrap_or_else(auth::dev_secret).as_bytes());
-    smol::block_on(async {
-        let listener = TcpListener::bind(listen.as_str()).await?;
-        let addr = listener.local_addr()?;
-        println!("switchboard (smol) listening on ws://{addr}");
-        if dev {
-            for (demo, token) in auth::demo_tokens(&keys, Duration::from_secs(24 * 3600)) {
-                println!("  {}/{}: ws://{addr}/?token={token}", demo.tenant, demo.user);
-            }
-        }
-        serve(listener, keys, Duration::from_millis(400)).await
-    })
 }
 
 /// Accepts connections until the listener fails.

@@ -13,8 +13,11 @@ use switchboard::{Envelope, EventKind, Inbound, Target};
 /// One event of a run, published `after` the previous one.
 #[derive(Clone, Debug)]
 pub struct Step {
+    /// The pause before this event.
     pub after: Duration,
+    /// The event's kind.
     pub kind: EventKind,
+    /// The event's payload.
     pub data: Value,
 }
 

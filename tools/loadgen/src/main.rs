@@ -1,12 +1,12 @@
-//! End-to-end load generator: N WebSocket clients against switchboard's example server or the
+//! End-to-end load generator: N WebSocket clients against switchboard's server or the
 //! Socket.IO peer (`benches/peers/socketio/`), publishes through the server's HTTP publish API, and
 //! reports delivered messages per second, publish-to-receive latency and the server's memory per
 //! connection. `scripts/bench-e2e.sh` runs it against both servers and prints one table.
 //!
 //! ```sh
-//! cargo build --release --example server --example loadgen
-//! target/release/examples/server --listen 127.0.0.1:18080 --jwt-secret s --admin-key k &
-//! target/release/examples/loadgen --server switchboard --addr 127.0.0.1:18080 \
+//! cargo build --release -p switchboard-server -p switchboard-loadgen
+//! target/release/switchboard --listen 127.0.0.1:18080 --jwt-secret s --admin-key k &
+//! target/release/loadgen --server switchboard --addr 127.0.0.1:18080 \
 //!     --jwt-secret s --admin-key k --pid $! --clients 10000 --phase tenant:0 --phase tenant:10
 //! ```
 //!
@@ -60,10 +60,6 @@
 //! It raises its own `RLIMIT_NOFILE` (the soft limit up to the hard one, and the hard one too
 //! when it runs as root) so that 10,000 and more clients fit.
 
-#[allow(dead_code)] // only the token minting is used here
-#[path = "server/auth.rs"]
-mod auth;
-
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -76,11 +72,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 
-use crate::auth::{Claims, Keys};
+use switchboard_server::auth::{Claims, Keys};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ServerKind {
-    /// switchboard's example server (`cargo run --example server`).
+    /// switchboard's server (`cargo run`, the `switchboard` binary).
     Switchboard,
     /// The Socket.IO peer (`benches/peers/socketio/server.js`).
     Socketio,

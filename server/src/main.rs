@@ -1,35 +1,25 @@
-//! The switchboard demo server: the hub on tokio behind a real WebSocket endpoint, with JWT
-//! authentication, a publish API, Prometheus metrics and a browser page.
+//! `switchboard`: the hub on tokio behind a real WebSocket endpoint, with JWT authentication, a
+//! publish API, Prometheus metrics and a browser page. Everything it runs is the
+//! `switchboard_server` library; this file reads the command line and prints the welcome.
 //!
 //! ```sh
-//! cargo run --example server                      # http://127.0.0.1:8080, dev secret, demo tokens
-//! cargo run --example server -- --help            # flags (each also reads an env variable)
+//! cargo run                   # from the workspace root: http://127.0.0.1:8080, dev secret, demo tokens
+//! cargo run -- --help         # flags (each also reads an env variable)
 //! ```
-//!
-//! Modules: `driver` (the hub task and the connection tasks; lift it into your application),
-//! `auth` (HS256 JWT → `Principal`), `http` (routes), `metrics` (Prometheus text), `agent` (the
-//! demo pipeline), `app` (wiring), `page.html` (the page at `/`).
-
-mod agent;
-mod app;
-mod auth;
-mod driver;
-mod http;
-mod metrics;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
 
-use crate::app::Settings;
-use crate::auth::Keys;
+use switchboard_server::app::{self, Settings};
+use switchboard_server::auth::{self, Keys};
 
-/// The switchboard demo server.
+/// The switchboard server.
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "The switchboard demo server: the hub on tokio behind WebSockets, with a live page at /"
+    about = "switchboard: the sans-io hub on tokio behind WebSockets, with a live page at /"
 )]
 struct Cli {
     /// Address to listen on (port 0 picks a free port; the address is printed).

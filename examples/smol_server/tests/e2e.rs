@@ -1,19 +1,14 @@
-//! The smol server (`examples/smol_server.rs`) over real WebSockets on loopback: the same JWT
-//! check and the same wire protocol as the tokio server, driven by another runtime.
-
-#![allow(dead_code)]
-
-mod e2e_client;
-#[path = "../examples/smol_server.rs"]
-mod smol_server;
+//! The smol server over real WebSockets on loopback: the same JWT check and the same wire
+//! protocol as the tokio server, driven by another runtime.
 
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use e2e_client::{Client, RUN, http_status, read_run};
-use smol_server::auth::{Claims, Keys};
+use switchboard_smol_example as smol_server;
+use switchboard_smol_example::auth::{Claims, Keys};
+use switchboard_testkit::ws::{Client, RUN, http_status, read_run};
 
 const SECRET: &str = "smol-test-secret";
 
@@ -23,7 +18,6 @@ async fn the_smol_server_speaks_the_same_protocol() {
     let addr = std_listener.local_addr().unwrap();
     std::thread::spawn(move || {
         let listener = smol::net::TcpListener::try_from(std_listener).unwrap();
-        // smol_server includes its own copy of auth.rs.
         let keys = smol_server::auth::Keys::new(SECRET.as_bytes());
         let _ = smol::block_on(smol_server::serve(listener, keys, Duration::from_millis(5)));
     });

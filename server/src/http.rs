@@ -22,13 +22,19 @@ use crate::metrics;
 /// Counters of the HTTP layer (the hub never sees what it refuses here).
 #[derive(Debug, Default)]
 pub struct HttpCounters {
+    /// Upgrades without a token.
     pub unauthorized_missing: AtomicU64,
+    /// Upgrades with an expired token.
     pub unauthorized_expired: AtomicU64,
+    /// Upgrades with a token that failed verification.
     pub unauthorized_invalid: AtomicU64,
     /// Authenticated upgrades the hub refused (limits, breaker).
     pub connect_refused: AtomicU64,
+    /// `POST /publish` requests the hub accepted.
     pub publish_accepted: AtomicU64,
+    /// `POST /publish` requests refused as invalid or by the hub.
     pub publish_rejected: AtomicU64,
+    /// `POST /publish` requests without the admin key.
     pub publish_unauthorized: AtomicU64,
 }
 
@@ -46,18 +52,25 @@ impl HttpCounters {
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
+    /// The hub task.
     pub handle: Handle,
+    /// Verifies connection tokens.
     pub keys: Keys,
+    /// What `POST /publish` requires as `Authorization: Bearer <key>`.
     pub admin_key: Arc<str>,
+    /// The HTTP layer's counters, rendered by `/metrics`.
     pub counters: Arc<HttpCounters>,
 }
 
 impl AppState {
+    /// State for [`router`], with fresh counters.
     pub fn new(handle: Handle, keys: Keys, admin_key: String) -> Self {
         AppState { handle, keys, admin_key: admin_key.into(), counters: Arc::default() }
     }
 }
 
+/// The routes: `GET /ws`, `POST /publish`, `GET /metrics`, `GET /healthz`, `GET /`. Merge it
+/// into the application's own router, or nest it under a prefix.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(page))
@@ -185,17 +198,25 @@ fn refusal(refused: Refused) -> Response {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
+    /// The tenant (required unless `everyone`).
     pub tenant: Option<String>,
+    /// One user of the tenant.
     pub user: Option<String>,
+    /// One thread of that user.
     pub thread: Option<String>,
+    /// One room of the tenant.
     pub room: Option<String>,
+    /// Narrows a tenant broadcast to one role.
     pub role: Option<String>,
+    /// Every tenant (needs `Config::allow_global_broadcast`).
     #[serde(default)]
     pub everyone: bool,
     /// `agent_started`, `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed`,
     /// or a custom kind.
     pub kind: String,
+    /// The agent run the event belongs to.
     pub run: Option<String>,
+    /// The payload.
     #[serde(default)]
     pub data: Value,
 }

@@ -50,7 +50,9 @@ impl Claims {
 /// A verified identity: the principal for [`switchboard::Hub::connect`] and the rooms to join.
 #[derive(Clone, Debug)]
 pub struct Identity {
+    /// Who the token proved.
     pub principal: Principal,
+    /// The rooms the token's `rooms` claim puts the connection in.
     pub rooms: Vec<RoomId>,
 }
 
@@ -177,10 +179,15 @@ pub fn dev_secret() -> String {
 /// One demo identity printed at startup in development mode.
 #[derive(Clone, Debug)]
 pub struct DemoUser {
+    /// Its tenant.
     pub tenant: &'static str,
+    /// Its user id.
     pub user: &'static str,
+    /// Its tier, as the `tier` claim spells it.
     pub tier: &'static str,
+    /// Its roles.
     pub roles: &'static [&'static str],
+    /// The rooms its token joins.
     pub rooms: &'static [&'static str],
 }
 

@@ -1,0 +1,62 @@
+//! # switchboard-server
+//!
+//! The [`switchboard`] hub on tokio, behind axum WebSockets: a library an application adds as a
+//! dependency instead of copying a driver, and the `switchboard` binary built from it.
+//!
+//! ```text
+//!  socket ──► connection task (reader) ──┐                      ┌──► connection task (writer) ──► socket
+//!  HTTP /publish, /metrics ─────────────►├─ one bounded mpsc ──►│ hub task: owns the Hub,
+//!                                        │  of commands         │ one timer at poll_timeout,
+//!  writer: `written n bytes` ────────────┘                      │ drains poll_action into
+//!                                                               └─ per-connection outboxes
+//! ```
+//!
+//! - [`driver`]: the hub task and the connection tasks, and [`driver::Handle`], the cheap clone
+//!   through which everything else talks to the hub.
+//! - [`auth`]: HS256 JWTs to [`switchboard::Principal`]s.
+//! - [`http`]: the routes (`/ws`, `/publish`, `/metrics`, `/healthz`, `/`) as an axum
+//!   [`Router`](axum::Router) to mount or merge into the application's own.
+//! - [`metrics`]: the Prometheus text of `/metrics`.
+//! - [`app`]: everything wired together, as the binary runs it; [`agent`]: the demo agent.
+//!
+//! ## Embedding
+//!
+//! An application starts the hub task, builds the routes around its handle, and serves them
+//! beside its own. Client messages arrive on the returned receiver, stamped with the identity
+//! the token proved; publishing goes through the handle.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use switchboard::{Config, Envelope, EventKind, Hub, Target};
+//! use switchboard_server::{auth::Keys, driver::{self, DriverConfig}, http::{self, AppState}};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (handle, mut inbound) = driver::spawn(Hub::new(Config::default())?, DriverConfig::default());
+//! let keys = Keys::new(b"a secret of at least thirty-two bytes!!");
+//! let routes = http::router(AppState::new(handle.clone(), keys, "an admin key, 16+ bytes".into()));
+//! let app = Router::new().route("/version", get(|| async { "1.0" })).merge(routes);
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! tokio::spawn(async move { axum::serve(listener, app).await });
+//!
+//! // The application's side: answer client messages, publish agent events.
+//! tokio::spawn(async move {
+//!     while let Some(msg) = inbound.recv().await {
+//!         let to = Target::User { tenant: msg.from.tenant.clone(), user: msg.from.user.clone() };
+//!         let _ = handle.publish(Envelope::new(to, EventKind::AgentStarted)).await;
+//!     }
+//! });
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod app;
+pub mod auth;
+pub mod driver;
+pub mod http;
+pub mod metrics;
