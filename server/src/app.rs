@@ -28,6 +28,11 @@ pub struct Settings {
     pub admin_key: String,
     /// Pause between the demo agent's events.
     pub agent_pace: Duration,
+    /// Browser origins allowed to open `/ws`; empty allows any (see
+    /// [`AppState::allowed_origins`]).
+    pub allowed_origins: Vec<String>,
+    /// Whether `GET /metrics` requires the admin key.
+    pub metrics_require_admin: bool,
 }
 
 /// The hub configuration the server runs with unless told otherwise: the library defaults, plus
@@ -54,6 +59,8 @@ impl Settings {
             jwt_secret: jwt_secret.into(),
             admin_key: admin_key.into(),
             agent_pace: Duration::from_millis(400),
+            allowed_origins: Vec::new(),
+            metrics_require_admin: false,
         }
     }
 }
@@ -78,6 +85,8 @@ pub enum StartError {
     Config(ConfigError),
     /// The listener's address could not be read.
     Io(std::io::Error),
+    /// The JWT secret or the admin key is too short.
+    Keys(auth::KeyError),
 }
 
 impl std::fmt::Display for StartError {
@@ -85,6 +94,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Config(e) => write!(f, "invalid hub configuration: {e}"),
             StartError::Io(e) => write!(f, "cannot listen: {e}"),
+            StartError::Keys(e) => write!(f, "{e}"),
         }
     }
 }
@@ -94,10 +104,15 @@ impl std::error::Error for StartError {}
 /// Starts the hub task, the demo agent and the HTTP server on `listener`.
 pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running, StartError> {
     let addr = listener.local_addr().map_err(StartError::Io)?;
+    let keys = Keys::new(&settings.jwt_secret).map_err(StartError::Keys)?;
+    auth::check_admin_key(&settings.admin_key).map_err(StartError::Keys)?;
     let hub = Hub::new(settings.hub).map_err(StartError::Config)?;
     let (handle, inbound) = driver::spawn(hub, settings.driver);
     tokio::spawn(run_agent(handle.clone(), inbound, settings.agent_pace));
-    let state = AppState::new(handle.clone(), Keys::new(&settings.jwt_secret), settings.admin_key);
+    let state = AppState::new(handle.clone(), keys, settings.admin_key)
+        .map_err(StartError::Keys)?
+        .allowed_origins(settings.allowed_origins)
+        .metrics_require_admin(settings.metrics_require_admin);
     let counters = state.counters.clone();
     let router = http::router(state);
     let (stop_http, stopped) = oneshot::channel::<()>();

@@ -12,6 +12,23 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use switchboard::{Principal, RoomId, Tier};
 
+/// The shortest HS256 secret [`Keys::new`] accepts, in bytes (RFC 7518 §3.2: a key of at least
+/// the hash's size). A shorter one is refused: an empty secret would let anyone sign any token.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// The shortest admin key ([`check_admin_key`]) accepted, in bytes.
+pub const MIN_ADMIN_KEY_BYTES: usize = 16;
+/// The longest token [`Keys::verify`] looks at, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The longest `sub`, `tenant`, role or room name a token may carry, in bytes.
+pub const MAX_CLAIM_BYTES: usize = 256;
+/// The most roles a token may carry.
+pub const MAX_ROLES: usize = 32;
+/// The most rooms a token may carry (the hub's default `max_rooms_per_connection`).
+pub const MAX_ROOMS: usize = 128;
+/// How far in the future a token's `exp` may lie by default: 30 days. A token that claims a
+/// longer session is refused ([`Keys::with_max_session`] changes it).
+pub const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The claims the server understands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -29,8 +46,12 @@ pub struct Claims {
     /// never by a client frame; the token is the server's word).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rooms: Vec<String>,
-    /// Expiry, seconds since the Unix epoch. Required; it becomes the session's `expires_at`.
+    /// Expiry, seconds since the Unix epoch. Required; it becomes the session's `expires_at`. At
+    /// most the keys' maximum session length ([`DEFAULT_MAX_SESSION`]) from now.
     pub exp: u64,
+    /// Not before, seconds since the Unix epoch: optional; a token used earlier is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 impl Claims {
@@ -42,7 +63,8 @@ impl Claims {
             tier: None,
             roles: Vec::new(),
             rooms: Vec::new(),
-            exp: unix_now() + ttl.as_secs(),
+            exp: unix_now().saturating_add(ttl.as_secs()),
+            nbf: None,
         }
     }
 }
@@ -56,15 +78,19 @@ pub struct Identity {
     pub rooms: Vec<RoomId>,
 }
 
-/// Why a token was refused. Every variant is an HTTP 401.
+/// Why a token was refused. Every variant is an HTTP 401. The texts are short and fixed: a
+/// refusal never echoes the token or the parser's own message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthError {
     /// No token in the request.
     Missing,
     /// The token's `exp` has passed.
     Expired,
-    /// Bad signature, wrong algorithm, not a JWT, or claims that make no sense.
-    Invalid(String),
+    /// The token's `nbf` has not come yet.
+    NotYetValid,
+    /// Bad signature, wrong algorithm, not a JWT, or claims that make no sense; the text says
+    /// which in a few words.
+    Invalid(&'static str),
 }
 
 impl AuthError {
@@ -73,6 +99,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing",
             AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
             AuthError::Invalid(_) => "invalid",
         }
     }
@@ -85,9 +112,55 @@ impl std::fmt::Display for AuthError {
                 f.write_str("no token: send `Authorization: Bearer <jwt>` or `?token=<jwt>`")
             }
             AuthError::Expired => f.write_str("the token has expired"),
+            AuthError::NotYetValid => f.write_str("the token is not valid yet (`nbf`)"),
             AuthError::Invalid(why) => write!(f, "invalid token: {why}"),
         }
     }
+}
+
+impl std::error::Error for AuthError {}
+
+/// A secret or key too short to be safe: the server refuses to start with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyError {
+    /// The JWT secret has fewer than [`MIN_SECRET_BYTES`] bytes.
+    SecretTooShort {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The admin key has fewer than [`MIN_ADMIN_KEY_BYTES`] bytes.
+    AdminKeyTooShort {
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::SecretTooShort { len } => write!(
+                f,
+                "the JWT secret has {len} bytes; at least {MIN_SECRET_BYTES} are required \
+                 (for example `openssl rand -hex 32`), or leave it unset for development mode"
+            ),
+            KeyError::AdminKeyTooShort { len } => write!(
+                f,
+                "the admin key has {len} bytes; at least {MIN_ADMIN_KEY_BYTES} are required \
+                 (for example `openssl rand -hex 16`), or leave it unset to have one generated"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// Checks that an admin key (what `POST /publish` requires) is at least [`MIN_ADMIN_KEY_BYTES`]
+/// long.
+pub fn check_admin_key(key: &str) -> Result<(), KeyError> {
+    if key.len() < MIN_ADMIN_KEY_BYTES {
+        return Err(KeyError::AdminKeyTooShort { len: key.len() });
+    }
+    Ok(())
 }
 
 /// The HS256 signing and verifying keys.
@@ -96,6 +169,7 @@ pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    max_session: Duration,
 }
 
 impl std::fmt::Debug for Keys {
@@ -105,16 +179,29 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
-    /// Keys for a shared secret.
-    pub fn new(secret: &[u8]) -> Self {
+    /// Keys for a shared secret of at least [`MIN_SECRET_BYTES`] bytes; a shorter one (an empty
+    /// one above all) is refused.
+    pub fn new(secret: &[u8]) -> Result<Self, KeyError> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(KeyError::SecretTooShort { len: secret.len() });
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         // An expired token is expired: no grace. (`exp` is required by default.)
         validation.leeway = 0;
-        Keys {
+        validation.validate_nbf = true;
+        Ok(Keys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
-        }
+            max_session: DEFAULT_MAX_SESSION,
+        })
+    }
+
+    /// The longest session a token may claim: a token whose `exp` lies further in the future is
+    /// refused as invalid. Defaults to [`DEFAULT_MAX_SESSION`].
+    pub fn with_max_session(mut self, max: Duration) -> Self {
+        self.max_session = max;
+        self
     }
 
     /// Signs claims.
@@ -126,30 +213,61 @@ impl Keys {
     /// Verifies a token and maps its claims onto a principal whose session ends at `exp`.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Invalid("token too long"));
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(e.to_string()),
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    AuthError::Invalid("algorithm not accepted (HS256 only)")
+                }
+                ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("missing claim"),
+                _ => AuthError::Invalid("malformed token"),
             })?;
         let claims = data.claims;
         let now_unix = unix_now();
         if claims.exp <= now_unix {
             return Err(AuthError::Expired);
         }
+        if claims.nbf.is_some_and(|nbf| nbf > now_unix) {
+            return Err(AuthError::NotYetValid);
+        }
+        let remaining = Duration::from_secs(claims.exp - now_unix);
+        if remaining > self.max_session {
+            return Err(AuthError::Invalid("`exp` beyond the maximum session length"));
+        }
+        let too_long = |s: &String| s.len() > MAX_CLAIM_BYTES;
         if claims.sub.is_empty() || claims.tenant.is_empty() {
-            return Err(AuthError::Invalid("empty `sub` or `tenant`".into()));
+            return Err(AuthError::Invalid("empty `sub` or `tenant`"));
+        }
+        if too_long(&claims.sub) || too_long(&claims.tenant) {
+            return Err(AuthError::Invalid("`sub` or `tenant` too long"));
         }
         let tier = match claims.tier.as_deref() {
             None | Some("free") => Tier::Free,
             Some("early") => Tier::Early,
             Some("mid") => Tier::Mid,
             Some("enterprise") => Tier::Enterprise,
-            Some(other) => return Err(AuthError::Invalid(format!("unknown tier `{other}`"))),
+            Some(_) => return Err(AuthError::Invalid("unknown tier")),
         };
-        if claims.rooms.iter().any(String::is_empty) {
-            return Err(AuthError::Invalid("empty room name".into()));
+        if claims.roles.len() > MAX_ROLES {
+            return Err(AuthError::Invalid("too many roles"));
         }
-        let expires_at = Instant::now() + Duration::from_secs(claims.exp - now_unix);
+        if claims.roles.iter().any(|r| r.is_empty() || too_long(r)) {
+            return Err(AuthError::Invalid("empty or too long role"));
+        }
+        if claims.rooms.len() > MAX_ROOMS {
+            return Err(AuthError::Invalid("too many rooms"));
+        }
+        if claims.rooms.iter().any(|r| r.is_empty() || too_long(r)) {
+            return Err(AuthError::Invalid("empty or too long room name"));
+        }
+        let expires_at = Instant::now()
+            .checked_add(remaining)
+            .ok_or(AuthError::Invalid("`exp` beyond the maximum session length"))?;
         let principal = Principal::new(claims.tenant, claims.sub)
             .tier(tier)
             .roles(claims.roles)

@@ -1,8 +1,8 @@
 //! The HTTP surface: `GET /ws` (authenticated upgrade), `POST /publish` (admin key),
 //! `GET /metrics` (Prometheus text), `GET /healthz`, and `GET /` (the demo page).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Json;
 use axum::Router;
@@ -11,11 +11,13 @@ use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use switchboard::{Audience, ConnectError, Envelope, EventKind, PublishError, StreamName, Target};
 
-use crate::auth::{AuthError, Keys};
+use crate::auth::{AuthError, KeyError, Keys, check_admin_key};
 use crate::driver::{Handle, PublishFailed, Refused};
 use crate::metrics;
 
@@ -26,8 +28,12 @@ pub struct HttpCounters {
     pub unauthorized_missing: AtomicU64,
     /// Upgrades with an expired token.
     pub unauthorized_expired: AtomicU64,
+    /// Upgrades with a token whose `nbf` has not come yet.
+    pub unauthorized_not_yet_valid: AtomicU64,
     /// Upgrades with a token that failed verification.
     pub unauthorized_invalid: AtomicU64,
+    /// Upgrades refused with 403 because their `Origin` is not on the allowlist.
+    pub origin_refused: AtomicU64,
     /// Authenticated upgrades the hub refused (limits, breaker).
     pub connect_refused: AtomicU64,
     /// `POST /publish` requests the hub accepted.
@@ -36,6 +42,8 @@ pub struct HttpCounters {
     pub publish_rejected: AtomicU64,
     /// `POST /publish` requests without the admin key.
     pub publish_unauthorized: AtomicU64,
+    /// `GET /metrics` requests without the admin key, when it is required.
+    pub metrics_unauthorized: AtomicU64,
 }
 
 impl HttpCounters {
@@ -43,6 +51,7 @@ impl HttpCounters {
         let c = match err {
             AuthError::Missing => &self.unauthorized_missing,
             AuthError::Expired => &self.unauthorized_expired,
+            AuthError::NotYetValid => &self.unauthorized_not_yet_valid,
             AuthError::Invalid(_) => &self.unauthorized_invalid,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -60,12 +69,56 @@ pub struct AppState {
     pub admin_key: Arc<str>,
     /// The HTTP layer's counters, rendered by `/metrics`.
     pub counters: Arc<HttpCounters>,
+    /// The browser origins allowed to open `/ws` (exact `scheme://host[:port]`); `None` allows
+    /// any. A request without an `Origin` header (not a browser) is not affected.
+    pub allowed_origins: Option<Arc<[String]>>,
+    /// Whether `GET /metrics` requires the admin key as well.
+    pub metrics_require_admin: bool,
 }
 
 impl AppState {
-    /// State for [`router`], with fresh counters.
-    pub fn new(handle: Handle, keys: Keys, admin_key: String) -> Self {
-        AppState { handle, keys, admin_key: admin_key.into(), counters: Arc::default() }
+    /// State for [`router`], with fresh counters, any origin allowed and `/metrics` open. The
+    /// admin key must have at least [`MIN_ADMIN_KEY_BYTES`](crate::auth::MIN_ADMIN_KEY_BYTES)
+    /// bytes.
+    pub fn new(handle: Handle, keys: Keys, admin_key: String) -> Result<Self, KeyError> {
+        check_admin_key(&admin_key)?;
+        Ok(AppState {
+            handle,
+            keys,
+            admin_key: admin_key.into(),
+            counters: Arc::default(),
+            allowed_origins: None,
+            metrics_require_admin: false,
+        })
+    }
+
+    /// Allows WebSocket upgrades only from these browser origins (`https://app.example.com`,
+    /// compared without a trailing `/` and ignoring ASCII case); an empty list allows any. Any
+    /// deployment whose clients authenticate with something the browser sends by itself (a
+    /// cookie put into the token by a proxy, say) should set it, against cross-site WebSocket
+    /// hijacking.
+    pub fn allowed_origins(mut self, origins: impl IntoIterator<Item = String>) -> Self {
+        let list: Vec<String> = origins
+            .into_iter()
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect();
+        self.allowed_origins = (!list.is_empty()).then(|| list.into());
+        self
+    }
+
+    /// Puts `GET /metrics` behind the admin key (`Authorization: Bearer <key>`).
+    pub fn metrics_require_admin(mut self, required: bool) -> Self {
+        self.metrics_require_admin = required;
+        self
+    }
+
+    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(allowed) = &self.allowed_origins else { return true };
+        let Some(origin) = headers.get(header::ORIGIN) else { return true };
+        let Ok(origin) = origin.to_str() else { return false };
+        let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+        allowed.contains(&origin)
     }
 }
 
@@ -83,8 +136,35 @@ pub fn router(state: AppState) -> Router {
 
 const PAGE: &str = include_str!("page.html");
 
-async fn page() -> Html<&'static str> {
-    Html(PAGE)
+/// The page's Content-Security-Policy: nothing but its own inline script and style (allowed by
+/// their hashes), WebSockets and fetches to its own origin, and no framing.
+fn page_csp() -> &'static str {
+    static CSP: OnceLock<String> = OnceLock::new();
+    CSP.get_or_init(|| {
+        let hash = |open: &str, close: &str| {
+            let start = PAGE.find(open).map(|i| i + open.len()).expect("page.html has the element");
+            let end = start + PAGE[start..].find(close).expect("page.html closes the element");
+            let digest = Sha256::digest(&PAGE.as_bytes()[start..end]);
+            format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest))
+        };
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self'; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash("<script>", "</script>"),
+            hash("<style>", "</style>"),
+        )
+    })
+}
+
+async fn page() -> Response {
+    let headers = [
+        (header::CONTENT_SECURITY_POLICY, page_csp()),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    (headers, Html(PAGE)).into_response()
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {
@@ -98,12 +178,22 @@ async fn healthz(State(app): State<AppState>) -> Response {
     }
 }
 
-async fn metrics_text(State(app): State<AppState>) -> Response {
+/// `GET /metrics`: OpenMetrics text when the `Accept` header asks for it, the Prometheus text
+/// format 0.0.4 otherwise. With `metrics_require_admin`, only with the admin key.
+async fn metrics_text(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if app.metrics_require_admin && !bearer(&headers).is_some_and(|k| same_key(k, &app.admin_key)) {
+        app.counters.metrics_unauthorized.fetch_add(1, Ordering::Relaxed);
+        let mut res = error(StatusCode::UNAUTHORIZED, "unauthorized", "admin key required");
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return res;
+    }
     let Some(snapshot) = app.handle.snapshot().await else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
-    let body = metrics::render(&snapshot, &app.counters);
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let format = metrics::Format::negotiate(accept);
+    let body = metrics::render(&snapshot, &app.counters, format);
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
 fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
@@ -130,6 +220,10 @@ async fn websocket(
     Query(query): Query<TokenQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if !app.origin_allowed(&headers) {
+        app.counters.origin_refused.fetch_add(1, Ordering::Relaxed);
+        return error(StatusCode::FORBIDDEN, "origin_not_allowed", "this origin may not connect");
+    }
     let token = bearer(&headers).or(query.token.as_deref()).filter(|t| !t.is_empty());
     let identity = match token.ok_or(AuthError::Missing).and_then(|t| app.keys.verify(t)) {
         Ok(identity) => identity,
@@ -320,6 +414,7 @@ async fn publish(
                 "delivered": published.delivered,
                 "skipped": published.skipped,
                 "closed": published.closed,
+                "held": published.held,
                 "stream": stream,
                 "epoch": epoch,
                 "seq": seq,

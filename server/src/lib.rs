@@ -33,8 +33,8 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let (handle, mut inbound) = driver::spawn(Hub::new(Config::default())?, DriverConfig::default());
-//! let keys = Keys::new(b"a secret of at least thirty-two bytes!!");
-//! let routes = http::router(AppState::new(handle.clone(), keys, "an admin key, 16+ bytes".into()));
+//! let keys = Keys::new(b"a secret of at least thirty-two bytes!!")?;
+//! let routes = http::router(AppState::new(handle.clone(), keys, "an admin key, 16+ bytes".into())?);
 //! let app = Router::new().route("/version", get(|| async { "1.0" })).merge(routes);
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -51,6 +51,14 @@ struct Cli {
     /// Log every audit event to stderr.
     #[arg(long, env = "SWITCHBOARD_LOG_AUDITS")]
     log_audits: bool,
+    /// A browser origin allowed to open /ws (`https://app.example.com`); repeat it or give a
+    /// comma-separated list. Without one any origin may connect. Recommended wherever a browser
+    /// sends credentials by itself (cookies).
+    #[arg(long = "allowed-origin", env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Require the admin key (`Authorization: Bearer <key>`) for GET /metrics.
+    #[arg(long, env = "SWITCHBOARD_METRICS_REQUIRE_ADMIN")]
+    metrics_require_admin: bool,
 }
 
 #[tokio::main]
@@ -59,6 +67,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev_mode = cli.jwt_secret.is_none();
     let jwt_secret = cli.jwt_secret.clone().unwrap_or_else(auth::dev_secret);
     let admin_key = cli.admin_key.clone().unwrap_or_else(auth::dev_secret);
+    // A short or empty secret would let anyone sign tokens: refuse to start.
+    let keys = match Keys::new(jwt_secret.as_bytes())
+        .and_then(|keys| auth::check_admin_key(&admin_key).map(|()| keys))
+    {
+        Ok(keys) => keys,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            std::process::exit(2);
+        }
+    };
 
     let mut settings = Settings::new(jwt_secret.clone(), admin_key.clone());
     settings.hub.heartbeat.interval = Duration::from_secs(cli.heartbeat_secs.max(1));
@@ -66,6 +84,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     settings.hub.resume_window = Duration::from_millis(cli.resume_window_ms);
     settings.agent_pace = Duration::from_millis(cli.agent_pace_ms);
     settings.driver.log_audits = cli.log_audits;
+    settings.allowed_origins = cli.allowed_origins.clone();
+    settings.metrics_require_admin = cli.metrics_require_admin;
 
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     let running = app::start(listener, settings).await?;
@@ -74,7 +94,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("switchboard listening on {base}");
     let mut exports = Vec::new();
     if dev_mode {
-        let keys = Keys::new(jwt_secret.as_bytes());
         let ttl = Duration::from_secs(cli.demo_token_hours * 3600);
         println!(
             "\nNo --jwt-secret: using a generated development secret. Open the page as one of the \

@@ -9,7 +9,8 @@ fn main() -> std::io::Result<()> {
     let listen = std::env::var("SWITCHBOARD_LISTEN").unwrap_or_else(|_| "127.0.0.1:8081".into());
     let secret = std::env::var("SWITCHBOARD_JWT_SECRET").ok();
     let dev = secret.is_none();
-    let keys = Keys::new(secret.unwrap_or_else(auth::dev_secret).as_bytes());
+    let keys = Keys::new(secret.unwrap_or_else(auth::dev_secret).as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     smol::block_on(async {
         let listener = TcpListener::bind(listen.as_str()).await?;
         let addr = listener.local_addr()?;

@@ -10,7 +10,7 @@ use switchboard_smol_example as smol_server;
 use switchboard_smol_example::auth::{Claims, Keys};
 use switchboard_testkit::ws::{Client, RUN, http_status, read_run};
 
-const SECRET: &str = "smol-test-secret";
+const SECRET: &str = "smol-test-secret, thirty-two bytes or more";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smol_server_speaks_the_same_protocol() {
@@ -18,10 +18,10 @@ async fn the_smol_server_speaks_the_same_protocol() {
     let addr = std_listener.local_addr().unwrap();
     std::thread::spawn(move || {
         let listener = smol::net::TcpListener::try_from(std_listener).unwrap();
-        let keys = smol_server::auth::Keys::new(SECRET.as_bytes());
+        let keys = smol_server::auth::Keys::new(SECRET.as_bytes()).unwrap();
         let _ = smol::block_on(smol_server::serve(listener, keys, Duration::from_millis(5)));
     });
-    let keys = Keys::new(SECRET.as_bytes());
+    let keys = Keys::new(SECRET.as_bytes()).unwrap();
     let connect = |token: Option<String>| async move {
         let url = match token {
             Some(t) => format!("ws://{addr}/ws?token={t}"),
@@ -31,7 +31,9 @@ async fn the_smol_server_speaks_the_same_protocol() {
         tokio_tungstenite::client_async(url, stream).await.map(|(ws, _)| Client { ws })
     };
     assert_eq!(http_status(connect(None).await.err().expect("refused")), 401);
-    let forged = Keys::new(b"other").sign(&Claims::new("acme", "eve", Duration::from_secs(60)));
+    let forged = Keys::new(b"another secret, also thirty-two bytes long")
+        .unwrap()
+        .sign(&Claims::new("acme", "eve", Duration::from_secs(60)));
     assert_eq!(http_status(connect(Some(forged)).await.err().expect("refused")), 401);
 
     let token = keys.sign(&Claims::new("acme", "alice", Duration::from_secs(3600)));

@@ -1,6 +1,8 @@
 // Drives the demo page in a real headless chromium: connect with a token, type a message, send
 // it, and wait for the demo agent's five kinds of events to appear in order. Then drop the
-// socket from inside the page and check that it reconnects and resumes by itself.
+// socket from inside the page and check that it reconnects and resumes by itself, and that the
+// server counted the drop as a clean close. Then open the page with a rejected token: it must say
+// so and stop, and connect again once a good token is pasted.
 //
 //   node page.test.mjs 'http://127.0.0.1:PORT/?token=…'
 //
@@ -57,6 +59,16 @@ try {
   const who = await page.textContent("#who");
   console.log(`connected as ${who}`);
 
+  // The token left the address bar, and is kept for this tab only.
+  const stored = await page.evaluate(() => ({
+    search: location.search,
+    local: localStorage.getItem("switchboard-token"),
+    session: sessionStorage.getItem("switchboard-token"),
+  }));
+  check(!stored.search.includes("token"), `the token is still in the URL: ${stored.search}`);
+  check(stored.local === null, "the token is in localStorage");
+  check(stored.session && url.includes(stored.session), "the token is not in sessionStorage");
+
   // Type a message and send it.
   await page.fill("#thread", "browser");
   await page.fill("#message", "What does switchboard do?");
@@ -84,6 +96,16 @@ try {
   await page.waitForFunction(() => document.getElementById("status").className === "connected", null, { timeout: TIMEOUT });
   console.log("reconnected and resumed");
 
+  // The drop was a clean close: it does not count towards the user's reconnect breaker.
+  const metrics = await page.evaluate(async () => (await fetch("/metrics")).text());
+  const closed = (reason) => {
+    const line = metrics.split("\n").find((l) => l.startsWith(`switchboard_connections_closed_total{reason="${reason}"} `));
+    return Number(line?.split(" ")[1]);
+  };
+  check(closed("client_abnormal") === 0, `the drop counted as abnormal: ${closed("client_abnormal")}`);
+  check(closed("client_clean") >= 1, `the drop is not a clean close: ${closed("client_clean")}`);
+  console.log("the drop closed cleanly");
+
   // And the product still works after the resume.
   await page.fill("#message", "Once more");
   await page.click("#send");
@@ -91,6 +113,25 @@ try {
   const all = await page.$$eval(".run .event", (els) => els.map((e) => e.dataset.kind));
   check(JSON.stringify(all) === JSON.stringify([...RUN, ...RUN]), `second run: ${all.join(", ")}`);
   console.log("second run complete");
+
+  // A rejected token: the page says so, offers the login form, and does not retry.
+  const good = new URL(url).searchParams.get("token");
+  const bad = new URL(url);
+  bad.searchParams.set("token", good.slice(0, -4) + (good.endsWith("AAAA") ? "BBBB" : "AAAA"));
+  await page.goto(bad.href);
+  await page.waitForFunction(() => document.getElementById("status").textContent === "token rejected", null, { timeout: TIMEOUT });
+  const said = await page.$$eval(".notice.bad", (els) => els.map((e) => e.textContent));
+  check(said.some((t) => t.includes("refused the token") && t.includes("bad signature")), `no message: ${said}`);
+  check(await page.isVisible("#login"), "the login form is not shown");
+  await page.waitForTimeout(2500);
+  check((await page.textContent("#reconnects")) === "0", "the page retried a rejected token");
+  check((await page.textContent("#status")) === "token rejected", "the page left the rejected state");
+  check(await page.evaluate(() => sessionStorage.getItem("switchboard-token")) === null, "the rejected token was kept");
+  // A good token pasted into the form connects.
+  await page.fill("#token-input", good);
+  await page.click("#login-form button");
+  await page.waitForFunction(() => document.getElementById("status").className === "connected", null, { timeout: TIMEOUT });
+  console.log("a rejected token is reported and not retried; a pasted one connects");
 
   if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
   console.log("browser test passed");

@@ -376,7 +376,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let layout = Arc::new(layout);
 
     // One token per user, the same claims for both servers.
-    let keys = Keys::new(cli.jwt_secret.as_bytes());
+    let keys = Keys::new(cli.jwt_secret.as_bytes())?;
     let tokens: Vec<Arc<str>> = (0..users)
         .map(|u| {
             let claims = Claims {
