@@ -1,0 +1,327 @@
+//! The driver: runs a sans-io [`Hub`] on tokio for axum WebSocket connections.
+//!
+//! This module holds the public surface ([`spawn`], [`Handle`], [`DriverConfig`], [`Snapshot`]);
+//! `hub_task` is the task that owns the hub, `connection` the reader and writer of one socket.
+//!
+//! # Design
+//!
+//! ```text
+//!   HTTP handlers ──┐                         ┌──► conn task A: writer ──► socket A
+//!   (publish,       │   one bounded channel   │      (frames, pings, close)
+//!    stats, auth'd  ├──► ┌──────────────┐ ────┤
+//!    connect)       │    │   hub task   │     └──► conn task B: writer ──► socket B
+//!   conn readers ───┤    │  owns `Hub`  │          per-connection bounded outbox + close slot
+//!   (frames, pongs, │    │  + one timer │
+//!    gone)          │    └──────┬───────┘
+//!   conn writers ───┘           └──► application channel (Inbound messages, bounded)
+//!   (written n bytes)
+//! ```
+//!
+//! - **One owner.** The [`Hub`] lives in one task and nothing else touches it: no mutex, no shared
+//!   state. Everything else talks to that task through [`Handle`], a cheap clone around one
+//!   bounded `mpsc` channel of [`Command`]s. A full channel makes readers wait, which stops them
+//!   reading their sockets: TCP pushes back on the clients, never on the hub.
+//! - **The drive loop.** The task waits for a command or for the deadline of
+//!   [`Hub::poll_timeout`] (one `sleep_until`, re-armed every turn), calls into the hub with
+//!   `Instant::now()`, and drains [`Hub::poll_action`] until `None` after every call.
+//! - **The hub never waits for a socket.** Each connection has a bounded outbox (`try_send`
+//!   only) and a one-shot close slot. `Deliver` and `Ping` go into the outbox; `Close` goes into
+//!   the slot, which the writer watches even while a send is blocked on a slow peer. The hub
+//!   already bounds what it hands a connection by bytes (`max_unwritten_bytes`, released by
+//!   `written`); the outbox's frame count is a second fence, and overflowing it closes the
+//!   connection as a slow consumer, exactly as the hub would.
+//! - **Writers report progress.** After flushing a batch of text frames the writer reports the
+//!   bytes with `written`, which is what lets the hub skip `agent_thinking` for a connection that
+//!   is behind and close one that cannot keep up, while everyone else goes on receiving.
+//! - **Transport mapping.** `Ping` → WebSocket ping; a pong → [`Hub::pong`]; `Close { reason }` →
+//!   a close frame with `reason.code()` and `reason.as_str()` (frames queued before it are sent
+//!   first, except for `SlowConsumer`, whose queue is abandoned); a client close frame with
+//!   1000/1001 (or none) → `disconnect(Clean)`, anything else (reset, EOF, other codes) →
+//!   `disconnect(Abnormal)`, which feeds the user's reconnect breaker.
+//! - **Connect before the upgrade.** [`Handle::connect`] runs `Hub::connect` while the HTTP request
+//!   is still open, so a refused connection is an HTTP error, not an opened-then-closed socket.
+//!   The returned [`Accepted`] owns the outbox; if the upgrade never happens, dropping it reports
+//!   the connection gone.
+//! - **Shutdown.** [`Handle::shutdown`] closes every connection with
+//!   [`CloseReason::ServerShutdown`] through [`Hub::close`], then waits (bounded) until every
+//!   connection task has sent its close frame and ended; new connects are refused meanwhile.
+//!
+//! Application hooks: inbound client messages arrive on the `mpsc::Receiver<Box<Inbound>>`
+//! returned by [`spawn`]; publish with [`Handle::publish`]; read counters with
+//! [`Handle::snapshot`]. Audit events are counted by kind (and logged when `log_audits` is set).
+
+mod connection;
+mod hub_task;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use switchboard::{
+    AuditKind, CloseReason, ConnId, ConnectError, DisconnectReason, Envelope, Frame, Hub, HubStats,
+    Inbound, Principal, PublishError, Published, Rates, RoomId, Tier,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use hub_task::Driver;
+
+/// Sizes and timeouts of the driver.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// Capacity of the channel into the hub task.
+    pub command_queue: usize,
+    /// Frames one connection's outbox holds before the connection is closed as a slow consumer.
+    pub outbox_frames: usize,
+    /// Capacity of the channel of inbound client messages to the application.
+    pub inbound_queue: usize,
+    /// How long a writer may take to send its close frame, and how long the reader then waits for
+    /// the peer's close reply, before the socket is dropped.
+    pub close_timeout: Duration,
+    /// Bytes of text frames a writer sends before it flushes and reports `written`.
+    pub flush_bytes: usize,
+    /// Log audit events to stderr.
+    pub log_audits: bool,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            command_queue: 4096,
+            // The hub's byte budget (1 MiB by default) is the real bound; at ~64 bytes for the
+            // smallest frame this count is reached only by a peer that is behind anyway.
+            outbox_frames: 16 * 1024,
+            inbound_queue: 1024,
+            close_timeout: Duration::from_secs(5),
+            flush_bytes: 64 * 1024,
+            log_audits: false,
+        }
+    }
+}
+
+/// What connection tasks and the application send to the hub task.
+enum Command {
+    Connect {
+        principal: Principal,
+        rooms: Vec<RoomId>,
+        reply: oneshot::Sender<Result<Accepted, Refused>>,
+    },
+    Frame {
+        conn: ConnId,
+        bytes: Bytes,
+    },
+    Pong {
+        conn: ConnId,
+    },
+    Written {
+        conn: ConnId,
+        bytes: usize,
+    },
+    Gone {
+        conn: ConnId,
+        reason: DisconnectReason,
+    },
+    Publish {
+        envelope: Envelope,
+        reply: oneshot::Sender<Result<Published, PublishError>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Why a connect did not produce a connection.
+#[derive(Debug)]
+pub enum Refused {
+    /// The hub refused it (a limit, the reconnect breaker, an expired session).
+    Hub(ConnectError),
+    /// The server is shutting down.
+    Stopping,
+}
+
+/// Why a publish failed.
+#[derive(Debug)]
+pub enum PublishFailed {
+    /// The hub refused the envelope.
+    Hub(PublishError),
+    /// The hub task is gone.
+    Stopped,
+}
+
+/// What the driver counts beside the hub's own stats.
+#[derive(Clone, Debug, Default)]
+pub struct DriverStats {
+    /// Audit events by kind.
+    pub audits: BTreeMap<&'static str, u64>,
+    /// Connections closed because their outbox was full.
+    pub outbox_overflows: u64,
+    /// Inbound messages dropped because the application's channel was full or gone.
+    pub inbound_dropped: u64,
+    /// Open connections as the driver sees them.
+    pub connections: usize,
+}
+
+/// The hub's counters and the driver's, read at one instant.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The hub's counters and gauges.
+    pub hub: HubStats,
+    /// The driver's own counters.
+    pub driver: DriverStats,
+    /// Moving averages of each tier's traffic.
+    pub tiers: Vec<(Tier, Rates)>,
+}
+
+/// What a writer sends, in order.
+#[derive(Debug)]
+enum Out {
+    Text(Frame),
+    Ping,
+}
+
+/// The driver's side of one connection.
+struct Peer {
+    frames: mpsc::Sender<Out>,
+    close: oneshot::Sender<CloseReason>,
+}
+
+/// A connection the hub admitted, waiting for its socket ([`Handle::serve`]). Dropping it unused
+/// (the upgrade failed) reports the connection gone.
+pub struct Accepted {
+    id: ConnId,
+    parts: Option<AcceptedParts>,
+}
+
+struct AcceptedParts {
+    frames: mpsc::Receiver<Out>,
+    close: oneshot::Receiver<CloseReason>,
+    handle: Handle,
+    /// Held while the connection's task runs; shutdown waits until every clone is gone.
+    _alive: mpsc::Sender<()>,
+}
+
+impl Accepted {
+    /// The hub's id of the connection.
+    #[allow(dead_code)] // for applications that keep their own map of connections
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+}
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            parts
+                .handle
+                .send_now(Command::Gone { conn: self.id, reason: DisconnectReason::Abnormal });
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the hub task.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    cfg: std::sync::Arc<DriverConfig>,
+}
+
+/// Starts the hub task. Returns its handle and the application's channel of client messages.
+pub fn spawn(hub: Hub, cfg: DriverConfig) -> (Handle, mpsc::Receiver<Box<Inbound>>) {
+    let (tx, rx) = mpsc::channel(cfg.command_queue);
+    let (inbound_tx, inbound_rx) = mpsc::channel(cfg.inbound_queue);
+    let handle = Handle { tx, cfg: std::sync::Arc::new(cfg) };
+    tokio::spawn(Driver::new(hub, rx, handle.clone(), inbound_tx).run());
+    (handle, inbound_rx)
+}
+
+impl Handle {
+    async fn send(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+
+    /// For `Drop`: enqueue without waiting, or hand the wait to a task.
+    fn send_now(&self, cmd: Command) {
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.tx.try_send(cmd) {
+            let tx = self.tx.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+            }
+        }
+    }
+
+    /// Admits an authenticated principal and puts it into `rooms`. Call before the WebSocket
+    /// upgrade; hand the result and the socket to [`Handle::serve`].
+    pub async fn connect(
+        &self,
+        principal: Principal,
+        rooms: Vec<RoomId>,
+    ) -> Result<Accepted, Refused> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Command::Connect { principal, rooms, reply }).await {
+            return Err(Refused::Stopping);
+        }
+        rx.await.unwrap_or(Err(Refused::Stopping))
+    }
+
+    /// Publishes an envelope.
+    pub async fn publish(&self, envelope: Envelope) -> Result<Published, PublishFailed> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Command::Publish { envelope, reply }).await {
+            return Err(PublishFailed::Stopped);
+        }
+        match rx.await {
+            Ok(result) => result.map_err(PublishFailed::Hub),
+            Err(_) => Err(PublishFailed::Stopped),
+        }
+    }
+
+    /// The hub's and the driver's counters, or `None` if the hub task is gone.
+    pub async fn snapshot(&self) -> Option<Snapshot> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Snapshot { reply }).await;
+        rx.await.ok()
+    }
+
+    /// Closes every connection with [`CloseReason::ServerShutdown`] and waits (at most about
+    /// twice `close_timeout`) until every connection task has ended. Later connects are refused.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Shutdown { reply }).await {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// A stable snake_case name for an audit kind (a metrics label).
+pub fn audit_name(kind: AuditKind) -> &'static str {
+    use switchboard::LimitKind;
+    match kind {
+        AuditKind::StaleConnId => "stale_conn_id",
+        AuditKind::GlobalBroadcastDenied => "global_broadcast_denied",
+        AuditKind::GlobalBroadcast => "global_broadcast",
+        AuditKind::LimitHit(limit) => match limit {
+            LimitKind::TotalConnections => "limit_total_connections",
+            LimitKind::TenantConnections => "limit_tenant_connections",
+            LimitKind::UserConnections => "limit_user_connections",
+            LimitKind::UserConnectionsEvicted => "limit_user_connections_evicted",
+            LimitKind::RoomsPerConnection => "limit_rooms_per_connection",
+            LimitKind::ThreadSubscriptions => "limit_thread_subscriptions",
+            LimitKind::MessageRate => "limit_message_rate",
+            LimitKind::ControlRate => "limit_control_rate",
+            LimitKind::FrameSize => "limit_frame_size",
+            _ => "limit_other",
+        },
+        AuditKind::Flood => "flood",
+        AuditKind::OversizedFrame => "oversized_frame",
+        AuditKind::MalformedFrame => "malformed_frame",
+        AuditKind::ViolationClose => "violation_close",
+        AuditKind::BreakerOpened => "breaker_opened",
+        AuditKind::BreakerRefused => "breaker_refused",
+        AuditKind::ForeignStream => "foreign_stream",
+        _ => "other",
+    }
+}
