@@ -14,15 +14,22 @@ use super::{Accepted, AcceptedParts, Command, Handle, Out};
 impl Handle {
     /// Runs one connection on its socket until it ends: a reader feeding the hub, and a writer
     /// performing what the hub asks for.
+    ///
+    /// What the transport refuses never reaches the hub: a binary frame is closed with 1003
+    /// (unsupported data; the protocol is JSON text), a text frame that is not UTF-8 with 1007,
+    /// a message over the transport's size limit ([`Handle::configure`]) with 1009, any other
+    /// WebSocket protocol error with 1002. Each ends the connection as abnormal.
     pub async fn serve(self, mut accepted: Accepted, socket: WebSocket) {
         let id = accepted.id;
         let Some(parts) = accepted.parts.take() else { return };
         let AcceptedParts { frames, close, _alive, .. } = parts;
         let close_timeout = self.cfg.close_timeout;
         let (sink, mut stream) = socket.split();
-        let mut writer = tokio::spawn(write_loop(self.clone(), id, sink, frames, close));
+        let (refuse, refused) = oneshot::channel();
+        let mut writer = tokio::spawn(write_loop(self.clone(), id, sink, frames, close, refused));
         let mut writer_done = false;
         let mut linger: Option<tokio::time::Instant> = None;
+        let mut refusal: Option<CloseFrame> = None;
         let reason = loop {
             let lingering = async {
                 match linger {
@@ -35,8 +42,12 @@ impl Handle {
                     Some(Ok(Message::Text(text))) => {
                         self.send(Command::Frame { conn: id, bytes: Bytes::from(text) }).await;
                     }
-                    Some(Ok(Message::Binary(bytes))) => {
-                        self.send(Command::Frame { conn: id, bytes }).await;
+                    Some(Ok(Message::Binary(_))) => {
+                        if writer_done {
+                            continue; // closing already; only the peer's close reply matters
+                        }
+                        refusal = Some(close_frame(1003, "binary frames are not supported"));
+                        break DisconnectReason::Abnormal;
                     }
                     Some(Ok(Message::Pong(_))) => {
                         self.send(Command::Pong { conn: id }).await;
@@ -47,7 +58,13 @@ impl Handle {
                         let clean = frame.is_none_or(|f| matches!(f.code, 1000 | 1001));
                         break if clean { DisconnectReason::Clean } else { DisconnectReason::Abnormal };
                     }
-                    Some(Err(_)) | None => break DisconnectReason::Abnormal,
+                    Some(Err(err)) => {
+                        if !writer_done {
+                            refusal = transport_refusal(&err);
+                        }
+                        break DisconnectReason::Abnormal;
+                    }
+                    None => break DisconnectReason::Abnormal,
                 },
                 _ = &mut writer, if !writer_done => {
                     // The writer ended: the hub closed the connection (close frame sent or timed
@@ -58,6 +75,9 @@ impl Handle {
                 () = lingering => break DisconnectReason::Abnormal,
             }
         };
+        // The writer looks at this before anything else, so it sends this close frame even
+        // though `Gone` below also ends it.
+        let refused = refusal.is_some_and(|frame| refuse.send(frame).is_ok());
         // If the hub closed it, it already forgot it and ignores this.
         self.send(Command::Gone { conn: id, reason }).await;
         if !writer_done {
@@ -66,6 +86,36 @@ impl Handle {
                 writer.abort();
             }
         }
+        if refused {
+            // Let the peer read the close frame and answer it (a stream that failed is already
+            // over and returns `None` at once).
+            let _ = tokio::time::timeout(close_timeout, async {
+                while let Some(Ok(msg)) = stream.next().await {
+                    if let Message::Close(_) = msg {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}
+
+fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
+    CloseFrame { code, reason: Utf8Bytes::from_static(reason) }
+}
+
+/// The close frame that answers a read error, if the peer is still there to read one: 1009 for a
+/// message over the size limit, 1007 for text that is not UTF-8, 1002 for other protocol errors.
+fn transport_refusal(err: &axum::Error) -> Option<CloseFrame> {
+    use tungstenite::error::{Error, ProtocolError};
+    let err = std::error::Error::source(err)?.downcast_ref::<Error>()?;
+    match err {
+        Error::Capacity(_) => Some(close_frame(1009, "message too big")),
+        Error::Utf8(_) => Some(close_frame(1007, "text frame is not valid UTF-8")),
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        Error::Protocol(_) => Some(close_frame(1002, "protocol error")),
+        _ => None,
     }
 }
 
@@ -79,11 +129,24 @@ async fn write_loop(
     mut sink: Sink,
     mut frames: mpsc::Receiver<Out>,
     mut close: oneshot::Receiver<CloseReason>,
+    refused: oneshot::Receiver<CloseFrame>,
 ) {
     let cfg = handle.cfg.clone();
+    // Resolves only with a frame: a reader that ends without refusing anything drops the sender.
+    let refused = async move {
+        match refused.await {
+            Ok(frame) => frame,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::pin!(refused);
     loop {
         let first = tokio::select! {
             biased;
+            frame = &mut refused => {
+                send_close_frame(&mut sink, frame, cfg.close_timeout).await;
+                return;
+            }
             reason = &mut close => {
                 if let Ok(reason) = reason {
                     send_close(&mut sink, &mut frames, reason, cfg.close_timeout).await;
@@ -98,6 +161,10 @@ async fn write_loop(
         let batch = send_batch(&mut sink, first, &mut frames, cfg.flush_bytes);
         let sent = tokio::select! {
             biased;
+            frame = &mut refused => {
+                send_close_frame(&mut sink, frame, cfg.close_timeout).await;
+                return;
+            }
             reason = &mut close => {
                 // The hub closed it while a send was stuck (a slow consumer) or in progress.
                 if let Ok(reason) = reason {
@@ -168,4 +235,10 @@ async fn send_close(
         sink.send(Message::Close(Some(frame))).await
     })
     .await;
+}
+
+/// Sends a close frame the transport chose (the peer broke the protocol), abandoning whatever is
+/// queued, within `timeout`.
+async fn send_close_frame(sink: &mut Sink, frame: CloseFrame, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, sink.send(Message::Close(Some(frame)))).await;
 }

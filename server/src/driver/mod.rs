@@ -57,6 +57,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::WebSocketUpgrade;
 use switchboard::{
     AuditKind, CloseReason, ConnId, ConnectError, DisconnectReason, Envelope, Frame, Hub, HubStats,
     Inbound, Principal, PublishError, Published, Rates, RoomId, Tier,
@@ -225,18 +226,49 @@ impl Drop for Accepted {
 pub struct Handle {
     tx: mpsc::Sender<Command>,
     cfg: std::sync::Arc<DriverConfig>,
+    /// The largest message the transport reads ([`Handle::configure`]).
+    max_message: usize,
 }
 
 /// Starts the hub task. Returns its handle and the application's channel of client messages.
 pub fn spawn(hub: Hub, cfg: DriverConfig) -> (Handle, mpsc::Receiver<Box<Inbound>>) {
     let (tx, rx) = mpsc::channel(cfg.command_queue);
     let (inbound_tx, inbound_rx) = mpsc::channel(cfg.inbound_queue);
-    let handle = Handle { tx, cfg: std::sync::Arc::new(cfg) };
+    let max_message = transport_limit(hub.config().max_frame_bytes);
+    let handle = Handle { tx, cfg: std::sync::Arc::new(cfg), max_message };
     tokio::spawn(Driver::new(hub, rx, handle.clone(), inbound_tx).run());
     (handle, inbound_rx)
 }
 
+/// The transport's message size limit for a hub that accepts frames up to `max_frame_bytes`:
+/// twice that, at least 16 KiB. A frame a little over the hub's limit still reaches the hub, which
+/// answers it with an `error` frame (`frame_too_large`) and keeps the connection; one far over it
+/// is never buffered whole: the transport closes the connection with 1009.
+fn transport_limit(max_frame_bytes: usize) -> usize {
+    max_frame_bytes.saturating_mul(2).max(16 * 1024)
+}
+
 impl Handle {
+    /// Applies the driver's transport settings to a WebSocket upgrade before
+    /// [`on_upgrade`](WebSocketUpgrade::on_upgrade): a 4 KiB read buffer and the message and frame
+    /// size limit derived from the hub's `Config::max_frame_bytes` (twice it, at least 16 KiB).
+    ///
+    /// The read buffer is 4 KiB rather than tungstenite's 128 KiB (which it zero-fills, so every
+    /// page stays resident): client frames are small, and that buffer was 93% of the server's
+    /// memory per connection (BENCHMARKS.md, end to end).
+    pub fn configure(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+        upgrade
+            .read_buffer_size(4 * 1024)
+            .max_message_size(self.max_message)
+            .max_frame_size(self.max_message)
+    }
+
+    /// The largest message the transport reads; see [`Handle::configure`].
+    #[must_use]
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message
+    }
+
     async fn send(&self, cmd: Command) -> bool {
         self.tx.send(cmd).await.is_ok()
     }
