@@ -1,13 +1,18 @@
 //! The hub task: owns the [`Hub`], performs its actions, and answers the [`Handle`]'s commands.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use switchboard::{Action, CloseReason, ConnId, Hub, Inbound, Principal, RoomId, Tier};
+use switchboard::{
+    Action, CloseReason, ConnId, ConnectError, Hub, Inbound, Principal, RoomId, Tier,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accepted, AcceptedParts, Command, DriverStats, Handle, Out, Peer, Refused, Snapshot, audit_name,
+    Accepted, AcceptedParts, Alive, Command, DriverStats, Handle, Out, Peer, Refused, Snapshot,
+    audit_name,
 };
 
 /// The hub task's state.
@@ -21,6 +26,8 @@ pub(super) struct Driver {
     /// The liveness token every connection task holds a clone of, and its receiver; taken by
     /// shutdown to wait for every task to end.
     alive: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    /// Connection tasks alive; each one's [`Alive`] decrements it when it ends.
+    live: Arc<AtomicUsize>,
 }
 
 impl Driver {
@@ -39,6 +46,7 @@ impl Driver {
             inbound,
             stats: DriverStats::default(),
             alive: Some((alive, alive_rx)),
+            live: Arc::default(),
         }
     }
 
@@ -100,6 +108,8 @@ impl Driver {
             Command::Snapshot { reply } => {
                 let mut driver = self.stats.clone();
                 driver.connections = self.peers.len();
+                driver.sockets = self.live.load(Ordering::Relaxed);
+                self.handle.listener.read_into(&mut driver);
                 let tiers = Tier::ALL.iter().map(|&t| (t, self.hub.tier_rates(t))).collect();
                 let _ = reply.send(Snapshot { hub: *self.hub.stats(), driver, tiers });
             }
@@ -116,7 +126,16 @@ impl Driver {
     ) -> Result<Accepted, Refused> {
         let Some((alive, _)) = &self.alive else { return Err(Refused::Stopping) };
         let alive = alive.clone();
+        let live = self.live.load(Ordering::Relaxed);
+        if let Some(cap) = self.handle.cfg.max_connections.filter(|&cap| live >= cap) {
+            // Every socket beyond this would eat into the descriptors kept for plain HTTP.
+            self.stats.refused_at_capacity += 1;
+            let limit = u32::try_from(cap).unwrap_or(u32::MAX);
+            return Err(Refused::Hub(ConnectError::TooManyConnections { limit }));
+        }
         let id = self.hub.connect(now, principal).map_err(Refused::Hub)?;
+        self.live.fetch_add(1, Ordering::Relaxed);
+        let alive = Alive { _tx: alive, live: self.live.clone() };
         let (frames_tx, frames_rx) = mpsc::channel(self.handle.cfg.outbox_frames);
         let (close_tx, close_rx) = oneshot::channel();
         self.peers.insert(id, Peer { frames: frames_tx, close: close_tx });

@@ -19,7 +19,7 @@
 //!
 //! - **One owner.** The [`Hub`] lives in one task and nothing else touches it: no mutex, no shared
 //!   state. Everything else talks to that task through [`Handle`], a cheap clone around one
-//!   bounded `mpsc` channel of [`Command`]s. A full channel makes readers wait, which stops them
+//!   bounded `mpsc` channel of `Command`s. A full channel makes readers wait, which stops them
 //!   reading their sockets: TCP pushes back on the clients, never on the hub.
 //! - **The drive loop.** The task waits for a command or for the deadline of
 //!   [`Hub::poll_timeout`] (one `sleep_until`, re-armed every turn), calls into the hub with
@@ -54,6 +54,8 @@ mod connection;
 mod hub_task;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -82,6 +84,12 @@ pub struct DriverConfig {
     pub flush_bytes: usize,
     /// Log audit events to stderr.
     pub log_audits: bool,
+    /// WebSocket connections the driver holds at once: admitted, open, or still closing (each
+    /// holds a socket). Over it, [`Handle::connect`] is refused with
+    /// `ConnectError::TooManyConnections` (HTTP 503) while plain HTTP requests still work. The
+    /// binary derives it from `RLIMIT_NOFILE` (see [`crate::listen::FdBudget`]); `None`: only the
+    /// hub's `max_connections` applies.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for DriverConfig {
@@ -95,6 +103,7 @@ impl Default for DriverConfig {
             close_timeout: Duration::from_secs(5),
             flush_bytes: 64 * 1024,
             log_audits: false,
+            max_connections: None,
         }
     }
 }
@@ -162,6 +171,44 @@ pub struct DriverStats {
     pub inbound_dropped: u64,
     /// Open connections as the driver sees them.
     pub connections: usize,
+    /// Connection tasks alive (admitted, open or closing): what [`DriverConfig::max_connections`]
+    /// bounds.
+    pub sockets: usize,
+    /// Connects refused at [`DriverConfig::max_connections`].
+    pub refused_at_capacity: u64,
+    /// Accepts that failed because the process or the system ran out of file descriptors
+    /// (`EMFILE`/`ENFILE`), counted by the listener ([`crate::listen`]).
+    pub accept_fd_exhausted: u64,
+    /// Accepts that failed for any other reason but a peer's reset.
+    pub accept_errors: u64,
+    /// TCP connections closed at once because `max_pending` connections had not yet upgraded.
+    pub pending_refused: u64,
+    /// HTTP connections closed because the request's headers did not arrive in time.
+    pub header_timeouts: u64,
+}
+
+/// Counters the listener ([`crate::listen`]) keeps outside the hub task; every [`Snapshot`]
+/// reads them into [`DriverStats`].
+#[derive(Debug, Default)]
+pub struct ListenerCounters {
+    /// See [`DriverStats::accept_fd_exhausted`].
+    pub accept_fd_exhausted: AtomicU64,
+    /// See [`DriverStats::accept_errors`].
+    pub accept_errors: AtomicU64,
+    /// See [`DriverStats::pending_refused`].
+    pub pending_refused: AtomicU64,
+    /// See [`DriverStats::header_timeouts`].
+    pub header_timeouts: AtomicU64,
+}
+
+impl ListenerCounters {
+    fn read_into(&self, stats: &mut DriverStats) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        stats.accept_fd_exhausted = load(&self.accept_fd_exhausted);
+        stats.accept_errors = load(&self.accept_errors);
+        stats.pending_refused = load(&self.pending_refused);
+        stats.header_timeouts = load(&self.header_timeouts);
+    }
 }
 
 /// The hub's counters and the driver's, read at one instant.
@@ -200,7 +247,20 @@ struct AcceptedParts {
     close: oneshot::Receiver<CloseReason>,
     handle: Handle,
     /// Held while the connection's task runs; shutdown waits until every clone is gone.
-    _alive: mpsc::Sender<()>,
+    _alive: Alive,
+}
+
+/// A connection task's share of the driver: shutdown waits until every sender clone is gone, and
+/// `live` counts the tasks for [`DriverConfig::max_connections`].
+struct Alive {
+    _tx: mpsc::Sender<()>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Accepted {
@@ -225,7 +285,8 @@ impl Drop for Accepted {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
-    cfg: std::sync::Arc<DriverConfig>,
+    cfg: Arc<DriverConfig>,
+    listener: Arc<ListenerCounters>,
     /// The largest message the transport reads ([`Handle::configure`]).
     max_message: usize,
 }
@@ -235,7 +296,7 @@ pub fn spawn(hub: Hub, cfg: DriverConfig) -> (Handle, mpsc::Receiver<Box<Inbound
     let (tx, rx) = mpsc::channel(cfg.command_queue);
     let (inbound_tx, inbound_rx) = mpsc::channel(cfg.inbound_queue);
     let max_message = transport_limit(hub.config().max_frame_bytes);
-    let handle = Handle { tx, cfg: std::sync::Arc::new(cfg), max_message };
+    let handle = Handle { tx, cfg: Arc::new(cfg), listener: Arc::default(), max_message };
     tokio::spawn(Driver::new(hub, rx, handle.clone(), inbound_tx).run());
     (handle, inbound_rx)
 }
@@ -261,6 +322,12 @@ impl Handle {
             .read_buffer_size(4 * 1024)
             .max_message_size(self.max_message)
             .max_frame_size(self.max_message)
+    }
+
+    /// The counters a listener in front of this driver keeps ([`crate::listen::serve`]); they
+    /// appear in every [`Snapshot`].
+    pub fn listener_counters(&self) -> Arc<ListenerCounters> {
+        self.listener.clone()
     }
 
     /// The largest message the transport reads; see [`Handle::configure`].
