@@ -65,9 +65,10 @@ pub struct FdBudget {
 }
 
 impl FdBudget {
-    /// The budget for `fd_limit` descriptors. `reserve` defaults to a quarter of the limit, at
-    /// least 32 and at most 4,096; pending connections get half the reserve, at most 1,024. With
-    /// no finite limit: no WebSocket cap, 1,024 pending.
+    /// The budget for `fd_limit` descriptors. `reserve` defaults to an eighth of the limit, at
+    /// least 32 and at most 1,024 (so a limit of N + 1,024 always holds N WebSockets); pending
+    /// connections get half the reserve, at most 1,024. With no finite limit: no WebSocket cap,
+    /// 1,024 pending.
     #[must_use]
     pub fn new(fd_limit: Option<u64>, reserve: Option<usize>) -> FdBudget {
         let Some(limit) = fd_limit else {
@@ -79,7 +80,7 @@ impl FdBudget {
             };
         };
         let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-        let reserve = reserve.unwrap_or((limit_usize / 4).clamp(32, 4096));
+        let reserve = reserve.unwrap_or((limit_usize / 8).clamp(32, 1024));
         FdBudget {
             fd_limit,
             reserve,
@@ -129,7 +130,7 @@ pub async fn serve(
     counters: Arc<ListenerCounters>,
     stop: impl Future<Output = ()>,
 ) {
-    let max_pending = cfg.max_pending.clamp(1, Semaphore::MAX_PERMITS);
+    let max_pending = cfg.max_pending.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let pending = Arc::new(Semaphore::new(max_pending));
     let (stopping_tx, stopping) = watch::channel(false);
     let mut backoff = Backoff::default();
@@ -277,9 +278,12 @@ mod tests {
     #[test]
     fn the_budget_keeps_a_reserve_and_shares_it() {
         let b = FdBudget::new(Some(256), None);
-        assert_eq!(b.reserve, 64);
-        assert_eq!(b.max_websockets, Some(192));
-        assert_eq!(b.max_pending, 32);
+        assert_eq!(b.reserve, 32);
+        assert_eq!(b.max_websockets, Some(224));
+        assert_eq!(b.max_pending, 16);
+
+        let b = FdBudget::new(Some(4096), None);
+        assert_eq!((b.reserve, b.max_websockets, b.max_pending), (512, Some(3584), 256));
 
         let b = FdBudget::new(Some(64), None);
         assert_eq!((b.reserve, b.max_websockets, b.max_pending), (32, Some(32), 16));
@@ -287,7 +291,7 @@ mod tests {
         let b = FdBudget::new(Some(1 << 20), None);
         assert_eq!(
             (b.reserve, b.max_websockets, b.max_pending),
-            (4096, Some((1 << 20) - 4096), 1024)
+            (1024, Some((1 << 20) - 1024), 512)
         );
 
         let b = FdBudget::new(Some(100), Some(10));

@@ -60,11 +60,11 @@ struct Cli {
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Most TCP connections that have not become WebSockets (plain HTTP, or an upgrade under
-    /// way); more are answered 503 and closed. Default: half the reserve, at most 1,024.
+    /// way); more are answered 503 and closed. Default: half the reserve.
     #[arg(long, env = "SWITCHBOARD_MAX_PENDING_CONNECTIONS")]
     max_pending_connections: Option<usize>,
     /// File descriptors kept from WebSockets for plain HTTP (/healthz, /publish, /metrics) and
-    /// the process itself. Default: a quarter of RLIMIT_NOFILE, between 32 and 4,096.
+    /// the process itself. Default: an eighth of RLIMIT_NOFILE, between 32 and 1,024.
     #[arg(long, env = "SWITCHBOARD_FD_RESERVE")]
     fd_reserve: Option<usize>,
 }
@@ -209,9 +209,9 @@ mod tests {
         let mut settings = Settings::new(b"x".repeat(32), "y".repeat(16));
         settings.apply_budget(FdBudget::new(Some(256), None));
         let line = limits_line(&settings);
-        assert!(line.contains("at most 192 WebSockets"), "{line}");
-        assert!(line.contains("RLIMIT_NOFILE 256 minus a reserve of 64"), "{line}");
-        assert!(line.contains("32 pending"), "{line}");
+        assert!(line.contains("at most 224 WebSockets"), "{line}");
+        assert!(line.contains("RLIMIT_NOFILE 256 minus a reserve of 32"), "{line}");
+        assert!(line.contains("16 pending"), "{line}");
 
         settings.driver.max_connections = Some(10);
         assert!(limits_line(&settings).contains("at most 10 WebSockets (--max-connections)"));

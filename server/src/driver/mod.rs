@@ -37,7 +37,12 @@
 //!   a close frame with `reason.code()` and `reason.as_str()` (frames queued before it are sent
 //!   first, except for `SlowConsumer`, whose queue is abandoned); a client close frame with
 //!   1000/1001 (or none) → `disconnect(Clean)`, anything else (reset, EOF, other codes) →
-//!   `disconnect(Abnormal)`, which feeds the user's reconnect breaker.
+//!   `disconnect(Abnormal)`, which feeds the user's reconnect breaker. What the transport itself
+//!   refuses is closed without reaching the hub: a binary frame with 1003, text that is not
+//!   UTF-8 with 1007, a message over twice `max_frame_bytes` with 1009 (see [`Handle::serve`]).
+//! - **A socket budget.** [`DriverConfig::max_connections`] bounds the connection tasks alive
+//!   (each holds a socket until its close is done); over it, connects are refused with 503 so
+//!   that file descriptors remain for plain HTTP ([`crate::listen::FdBudget`]).
 //! - **Connect before the upgrade.** [`Handle::connect`] runs `Hub::connect` while the HTTP request
 //!   is still open, so a refused connection is an HTTP error, not an opened-then-closed socket.
 //!   The returned [`Accepted`] owns the outbox; if the upgrade never happens, dropping it reports
