@@ -1,5 +1,5 @@
 //! Wires the pieces together: the hub and its driver, the demo agent, and the HTTP server. Both
-//! `main.rs` and `tests/server_e2e.rs` start the server through [`start`].
+//! `main.rs` and the tests in `tests/` start the server through [`start`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use crate::agent;
 use crate::auth::{self, Keys};
 use crate::driver::{self, DriverConfig, Handle};
 use crate::http::{self, AppState, HttpCounters};
+use crate::listen::{self, FdBudget, ListenConfig};
 
 /// Everything the server runs with.
 #[derive(Clone, Debug)]
@@ -33,6 +34,10 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// Whether `GET /metrics` requires the admin key.
     pub metrics_require_admin: bool,
+    /// The HTTP listener's header-read timeout and pending-connection cap.
+    pub listen: ListenConfig,
+    /// The file-descriptor budget the caps were derived from (see [`Settings::apply_budget`]).
+    pub budget: FdBudget,
 }
 
 /// The hub configuration the server runs with unless told otherwise: the library defaults, plus
@@ -51,9 +56,10 @@ pub fn default_hub_config() -> Config {
 }
 
 impl Settings {
-    /// Defaults for everything but the secrets.
+    /// Defaults for everything but the secrets, with the connection caps derived from this
+    /// process's `RLIMIT_NOFILE` ([`FdBudget::of_process`]).
     pub fn new(jwt_secret: impl Into<Vec<u8>>, admin_key: impl Into<String>) -> Self {
-        Settings {
+        let mut settings = Settings {
             hub: default_hub_config(),
             driver: DriverConfig::default(),
             jwt_secret: jwt_secret.into(),
@@ -61,7 +67,27 @@ impl Settings {
             agent_pace: Duration::from_millis(400),
             allowed_origins: Vec::new(),
             metrics_require_admin: false,
-        }
+            listen: ListenConfig::default(),
+            budget: FdBudget::new(None, None),
+        };
+        settings.apply_budget(FdBudget::of_process(None));
+        settings
+    }
+
+    /// Sets the WebSocket cap ([`DriverConfig::max_connections`]) and the pending-connection cap
+    /// ([`ListenConfig::max_pending`]) from `budget`, and remembers it.
+    pub fn apply_budget(&mut self, budget: FdBudget) {
+        self.driver.max_connections = budget.max_websockets;
+        self.listen.max_pending = budget.max_pending;
+        self.budget = budget;
+    }
+
+    /// The most WebSocket connections this server holds: the hub's `max_connections` or the
+    /// driver's cap, whichever is lower.
+    #[must_use]
+    pub fn websocket_cap(&self) -> usize {
+        let hub = usize::try_from(self.hub.max_connections).unwrap_or(usize::MAX);
+        self.driver.max_connections.map_or(hub, |cap| cap.min(hub))
     }
 }
 
@@ -108,23 +134,20 @@ pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running,
     auth::check_admin_key(&settings.admin_key).map_err(StartError::Keys)?;
     let hub = Hub::new(settings.hub).map_err(StartError::Config)?;
     let (handle, inbound) = driver::spawn(hub, settings.driver);
+    let counters = handle.listener_counters();
     tokio::spawn(run_agent(handle.clone(), inbound, settings.agent_pace));
     let state = AppState::new(handle.clone(), keys, settings.admin_key)
         .map_err(StartError::Keys)?
         .allowed_origins(settings.allowed_origins)
         .metrics_require_admin(settings.metrics_require_admin);
-    let counters = state.counters.clone();
+    let http_counters = state.counters.clone();
     let router = http::router(state);
     let (stop_http, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        if let Err(e) = serve.await {
-            eprintln!("switchboard: HTTP server failed: {e}");
-        }
-    });
-    Ok(Running { addr, handle, http: counters, server, stop_http })
+    let stop = async {
+        let _ = stopped.await;
+    };
+    let server = tokio::spawn(listen::serve(listener, router, settings.listen, counters, stop));
+    Ok(Running { addr, handle, http: http_counters, server, stop_http })
 }
 
 impl Running {

@@ -241,14 +241,8 @@ async fn websocket(
     match app.handle.connect(identity.principal, identity.rooms).await {
         Ok(accepted) => {
             let handle = app.handle.clone();
-            // A 4 KiB read buffer, not tungstenite's 128 KiB (which it zero-fills, so every page
-            // stays resident): client frames are small, and that buffer was 93% of the server's
-            // memory per connection (BENCHMARKS.md, end to end). The transport cuts off messages over
-            // 1 MiB; the hub refuses anything over its `max_frame_bytes` (64 KiB) anyway.
-            upgrade
-                .read_buffer_size(4 * 1024)
-                .max_message_size(1 << 20)
-                .on_upgrade(move |socket| handle.serve(accepted, socket))
+            // A small read buffer, and a size limit derived from the hub's `max_frame_bytes`.
+            handle.configure(upgrade).on_upgrade(move |socket| handle.serve(accepted, socket))
         }
         Err(refused) => {
             app.counters.connect_refused.fetch_add(1, Ordering::Relaxed);

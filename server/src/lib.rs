@@ -16,6 +16,8 @@
 //! - [`auth`]: HS256 JWTs to [`switchboard::Principal`]s.
 //! - [`http`]: the routes (`/ws`, `/publish`, `/metrics`, `/healthz`, `/`) as an axum
 //!   [`Router`](axum::Router) to mount or merge into the application's own.
+//! - [`listen`]: the HTTP listener: a header-read timeout, a cap on connections that have not
+//!   upgraded, and a file-descriptor budget derived from `RLIMIT_NOFILE`.
 //! - [`metrics`]: the Prometheus text of `/metrics`.
 //! - [`app`]: everything wired together, as the binary runs it; [`agent`]: the demo agent.
 //!
@@ -29,6 +31,7 @@
 //! use axum::{Router, routing::get};
 //! use switchboard::{Config, Envelope, EventKind, Hub, Target};
 //! use switchboard_server::{auth::Keys, driver::{self, DriverConfig}, http::{self, AppState}};
+//! use switchboard_server::listen::{self, ListenConfig};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,8 +40,12 @@
 //! let routes = http::router(AppState::new(handle.clone(), keys, "an admin key, 16+ bytes".into())?);
 //! let app = Router::new().route("/version", get(|| async { "1.0" })).merge(routes);
 //!
+//! // `axum::serve` works too; `listen::serve` adds a header-read timeout, a cap on connections
+//! // that have not upgraded, and survives running out of file descriptors.
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! tokio::spawn(async move { axum::serve(listener, app).await });
+//! let counters = handle.listener_counters();
+//! let stop = std::future::pending(); // or a shutdown signal
+//! tokio::spawn(listen::serve(listener, app, ListenConfig::default(), counters, stop));
 //!
 //! // The application's side: answer client messages, publish agent events.
 //! tokio::spawn(async move {
@@ -51,7 +58,8 @@
 //! # }
 //! ```
 
-#![forbid(unsafe_code)]
+// One `unsafe` call in the crate: `getrlimit` in `listen::nofile_limit`.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod agent;
@@ -59,4 +67,5 @@ pub mod app;
 pub mod auth;
 pub mod driver;
 pub mod http;
+pub mod listen;
 pub mod metrics;

@@ -14,6 +14,7 @@ use clap::Parser;
 
 use switchboard_server::app::{self, Settings};
 use switchboard_server::auth::{self, Keys};
+use switchboard_server::listen::FdBudget;
 
 /// The switchboard server.
 #[derive(Debug, Parser)]
@@ -59,6 +60,21 @@ struct Cli {
     /// Require the admin key (`Authorization: Bearer <key>`) for GET /metrics.
     #[arg(long, env = "SWITCHBOARD_METRICS_REQUIRE_ADMIN")]
     metrics_require_admin: bool,
+    /// Seconds a connection may take to send a request's headers before it is closed.
+    #[arg(long, env = "SWITCHBOARD_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    header_read_timeout_secs: u64,
+    /// Most WebSocket connections at once; more are answered 503. Default: RLIMIT_NOFILE minus
+    /// the reserve (printed at start), and at most the hub's 100,000.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most TCP connections that have not become WebSockets (plain HTTP, or an upgrade under
+    /// way); more are answered 503 and closed. Default: half the reserve.
+    #[arg(long, env = "SWITCHBOARD_MAX_PENDING_CONNECTIONS")]
+    max_pending_connections: Option<usize>,
+    /// File descriptors kept from WebSockets for plain HTTP (/healthz, /publish, /metrics) and
+    /// the process itself. Default: an eighth of RLIMIT_NOFILE, between 32 and 1,024.
+    #[arg(long, env = "SWITCHBOARD_FD_RESERVE")]
+    fd_reserve: Option<usize>,
 }
 
 #[tokio::main]
@@ -86,12 +102,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     settings.driver.log_audits = cli.log_audits;
     settings.allowed_origins = cli.allowed_origins.clone();
     settings.metrics_require_admin = cli.metrics_require_admin;
+    settings.apply_budget(FdBudget::of_process(cli.fd_reserve));
+    if let Some(max) = cli.max_connections {
+        settings.driver.max_connections = Some(max);
+        settings.hub.max_connections = u32::try_from(max).unwrap_or(u32::MAX).max(1);
+    }
+    if let Some(max) = cli.max_pending_connections {
+        settings.listen.max_pending = max.max(1);
+    }
+    settings.listen.header_read_timeout = Duration::from_secs(cli.header_read_timeout_secs.max(1));
+    let limits = limits_line(&settings);
 
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     let running = app::start(listener, settings).await?;
     let base = format!("http://{}", running.addr);
     let ws = format!("ws://{}", running.addr);
     println!("switchboard listening on {base}");
+    println!("{limits}");
     let mut exports = Vec::new();
     if dev_mode {
         let ttl = Duration::from_secs(cli.demo_token_hours * 3600);
@@ -122,16 +149,90 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             exports.join(" \\\n         ")
         );
     }
-    println!(
-        "\nTry:\n  websocat \"{ws}/ws?token=$ALICE\"\n    \
-         then type {{\"type\":\"message\",\"thread_id\":\"t1\",\"data\":{{\"text\":\"hello\"}}}}\n  \
-         curl -H \"Authorization: Bearer $ADMIN\" -d '{{\"tenant\":\"acme\",\"kind\":\"notice\",\"data\":{{\"text\":\"hi all\"}}}}' {base}/publish\n  \
-         curl {base}/metrics\n\nCtrl-C closes every connection with code 4006 and exits."
-    );
+    println!("{}", try_block(&base, &ws, dev_mode, cli.admin_key.is_none()));
 
     tokio::signal::ctrl_c().await?;
     println!("\nshutting down: closing every connection with server_shutdown (4006)");
     running.shutdown().await;
     println!("bye");
     Ok(())
+}
+
+/// The connection caps and where they come from, for the start-up banner.
+fn limits_line(settings: &Settings) -> String {
+    let budget = &settings.budget;
+    let source = match (budget.fd_limit, settings.driver.max_connections) {
+        (Some(limit), Some(cap)) if budget.max_websockets == Some(cap) => format!(
+            " (RLIMIT_NOFILE {limit} minus a reserve of {} for HTTP and the process)",
+            budget.reserve
+        ),
+        (_, Some(_)) => " (--max-connections)".to_owned(),
+        (None, None) => " (the hub's limit; RLIMIT_NOFILE is unlimited or unknown)".to_owned(),
+        (Some(_), None) => String::new(),
+    };
+    format!(
+        "connections: at most {} WebSockets{source}, {} pending HTTP connections, request headers \
+         within {} s",
+        settings.websocket_cap(),
+        settings.listen.max_pending,
+        settings.listen.header_read_timeout.as_secs(),
+    )
+}
+
+/// The "Try:" commands, naming only the shell variables the banner exported: `$ALICE` with the
+/// demo tokens (no `--jwt-secret`), `$ADMIN` with a generated admin key (no `--admin-key`).
+fn try_block(base: &str, ws: &str, demo_tokens: bool, admin_exported: bool) -> String {
+    let mut lines = vec!["\nTry:".to_owned()];
+    if demo_tokens {
+        lines.push(format!(
+            "  websocat \"{ws}/ws?token=$ALICE\"\n    \
+             then type {{\"type\":\"message\",\"thread_id\":\"t1\",\"data\":{{\"text\":\"hello\"}}}}"
+        ));
+    }
+    if admin_exported {
+        lines.push(format!(
+            "  curl -H \"Authorization: Bearer $ADMIN\" -d '{{\"tenant\":\"acme\",\"kind\":\"notice\",\"data\":{{\"text\":\"hi all\"}}}}' {base}/publish"
+        ));
+    }
+    lines.push(format!("  curl {base}/healthz"));
+    lines.push(format!("  curl {base}/metrics"));
+    lines.push("\nCtrl-C closes every connection with code 4006 and exits.".to_owned());
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "http://127.0.0.1:8080";
+    const WS: &str = "ws://127.0.0.1:8080";
+
+    #[test]
+    fn try_names_only_the_variables_that_were_exported() {
+        let both_given = try_block(BASE, WS, false, false);
+        assert!(!both_given.contains('$'), "{both_given}");
+        assert!(both_given.contains("/metrics") && both_given.contains("/healthz"));
+
+        let dev = try_block(BASE, WS, true, true);
+        assert!(dev.contains("token=$ALICE") && dev.contains("Bearer $ADMIN"), "{dev}");
+
+        let secret_given = try_block(BASE, WS, false, true);
+        assert!(!secret_given.contains("$ALICE") && secret_given.contains("$ADMIN"));
+
+        let key_given = try_block(BASE, WS, true, false);
+        assert!(key_given.contains("$ALICE") && !key_given.contains("$ADMIN"));
+    }
+
+    #[test]
+    fn the_banner_says_where_the_cap_comes_from() {
+        let mut settings = Settings::new(b"x".repeat(32), "y".repeat(16));
+        settings.apply_budget(FdBudget::new(Some(256), None));
+        let line = limits_line(&settings);
+        assert!(line.contains("at most 224 WebSockets"), "{line}");
+        assert!(line.contains("RLIMIT_NOFILE 256 minus a reserve of 32"), "{line}");
+        assert!(line.contains("16 pending"), "{line}");
+
+        settings.driver.max_connections = Some(10);
+        assert!(limits_line(&settings).contains("at most 10 WebSockets (--max-connections)"));
+    }
 }

@@ -376,6 +376,32 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters, format: Format) -> Strin
         "Client messages dropped: the application was behind",
         d.inbound_dropped,
     );
+    b.gauge(
+        "sockets",
+        "WebSocket connection tasks alive, open or closing (what the connection cap bounds)",
+        u64::try_from(d.sockets).unwrap_or(u64::MAX),
+    );
+    b.counter(
+        "connects_refused_capacity",
+        "WebSocket upgrades refused with 503 at the connection cap (the file-descriptor reserve)",
+        d.refused_at_capacity,
+    );
+    b.counter(
+        "accept_fd_exhausted",
+        "Accepts that failed: out of file descriptors (EMFILE/ENFILE)",
+        d.accept_fd_exhausted,
+    );
+    b.counter("accept_errors", "Accepts that failed for other reasons", d.accept_errors);
+    b.counter(
+        "http_pending_refused",
+        "TCP connections answered 503 and closed: too many had not upgraded",
+        d.pending_refused,
+    );
+    b.counter(
+        "http_header_timeouts",
+        "HTTP connections closed: the request headers did not arrive in time",
+        d.header_timeouts,
+    );
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     b.counters(
         "http_unauthorized",

@@ -1,0 +1,224 @@
+//! The hub task: owns the [`Hub`], performs its actions, and answers the [`Handle`]'s commands.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use switchboard::{
+    Action, CloseReason, ConnId, ConnectError, Hub, Inbound, Principal, RoomId, Tier,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Accepted, AcceptedParts, Alive, Command, DriverStats, Handle, Out, Peer, Refused, Snapshot,
+    audit_name,
+};
+
+/// The hub task's state.
+pub(super) struct Driver {
+    hub: Hub,
+    rx: mpsc::Receiver<Command>,
+    handle: Handle,
+    peers: HashMap<ConnId, Peer>,
+    inbound: mpsc::Sender<Box<Inbound>>,
+    stats: DriverStats,
+    /// The liveness token every connection task holds a clone of, and its receiver; taken by
+    /// shutdown to wait for every task to end.
+    alive: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    /// Connection tasks alive; each one's [`Alive`] decrements it when it ends.
+    live: Arc<AtomicUsize>,
+}
+
+impl Driver {
+    pub(super) fn new(
+        hub: Hub,
+        rx: mpsc::Receiver<Command>,
+        handle: Handle,
+        inbound: mpsc::Sender<Box<Inbound>>,
+    ) -> Self {
+        let (alive, alive_rx) = mpsc::channel(1);
+        Driver {
+            hub,
+            rx,
+            handle,
+            peers: HashMap::new(),
+            inbound,
+            stats: DriverStats::default(),
+            alive: Some((alive, alive_rx)),
+            live: Arc::default(),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            let deadline = self.hub.poll_timeout();
+            let timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    self.handle(cmd);
+                    // Take what else is ready before looking at the timer again.
+                    for _ in 0..256 {
+                        let Ok(cmd) = self.rx.try_recv() else { break };
+                        self.handle(cmd);
+                    }
+                }
+                () = timer => {
+                    self.hub.tick(Instant::now());
+                    self.drain(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Connect { principal, rooms, reply } => {
+                let result = self.connect(now, principal, rooms);
+                let _ = reply.send(result);
+            }
+            Command::Frame { conn, bytes } => {
+                // A refused frame was already answered with an `error` frame (and maybe a close);
+                // an unknown id is a connection the hub closed a moment ago.
+                let _ = self.hub.receive(now, conn, &bytes);
+            }
+            Command::Pong { conn } => {
+                let _ = self.hub.pong(now, conn);
+            }
+            Command::Written { conn, bytes } => {
+                let _ = self.hub.written(now, conn, bytes);
+            }
+            Command::Gone { conn, reason } => {
+                self.peers.remove(&conn);
+                let _ = self.hub.disconnect(now, conn, reason);
+            }
+            Command::Publish { envelope, reply } => {
+                let result = self.hub.publish(now, envelope);
+                self.drain(now);
+                let _ = reply.send(result);
+            }
+            Command::Snapshot { reply } => {
+                let mut driver = self.stats.clone();
+                driver.connections = self.peers.len();
+                driver.sockets = self.live.load(Ordering::Relaxed);
+                self.handle.listener.read_into(&mut driver);
+                let tiers = Tier::ALL.iter().map(|&t| (t, self.hub.tier_rates(t))).collect();
+                let _ = reply.send(Snapshot { hub: *self.hub.stats(), driver, tiers });
+            }
+            Command::Shutdown { reply } => self.shutdown(now, reply),
+        }
+        self.drain(now);
+    }
+
+    fn connect(
+        &mut self,
+        now: Instant,
+        principal: Principal,
+        rooms: Vec<RoomId>,
+    ) -> Result<Accepted, Refused> {
+        let Some((alive, _)) = &self.alive else { return Err(Refused::Stopping) };
+        let alive = alive.clone();
+        let live = self.live.load(Ordering::Relaxed);
+        if let Some(cap) = self.handle.cfg.max_connections.filter(|&cap| live >= cap) {
+            // Every socket beyond this would eat into the descriptors kept for plain HTTP.
+            self.stats.refused_at_capacity += 1;
+            let limit = u32::try_from(cap).unwrap_or(u32::MAX);
+            return Err(Refused::Hub(ConnectError::TooManyConnections { limit }));
+        }
+        let id = self.hub.connect(now, principal).map_err(Refused::Hub)?;
+        self.live.fetch_add(1, Ordering::Relaxed);
+        let alive = Alive { _tx: alive, live: self.live.clone() };
+        let (frames_tx, frames_rx) = mpsc::channel(self.handle.cfg.outbox_frames);
+        let (close_tx, close_rx) = oneshot::channel();
+        self.peers.insert(id, Peer { frames: frames_tx, close: close_tx });
+        for room in rooms {
+            if let Err(e) = self.hub.join(now, id, room.clone()) {
+                eprintln!("switchboard: {id} could not join room {room}: {e}");
+            }
+        }
+        let parts = AcceptedParts {
+            frames: frames_rx,
+            close: close_rx,
+            handle: self.handle.clone(),
+            _alive: alive,
+        };
+        Ok(Accepted { id, parts: Some(parts) })
+    }
+
+    fn shutdown(&mut self, now: Instant, reply: oneshot::Sender<()>) {
+        let Some((alive, mut all_done)) = self.alive.take() else {
+            let _ = reply.send(());
+            return;
+        };
+        drop(alive);
+        let ids: Vec<ConnId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let _ = self.hub.close(now, id, CloseReason::ServerShutdown);
+            self.drain(now);
+        }
+        // Every connection task holds a clone of `alive`; `recv` returns `None` once all are gone.
+        // Writers take at most `close_timeout`, readers linger at most as long again.
+        let wait = self.handle.cfg.close_timeout * 2 + Duration::from_secs(1);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(wait, all_done.recv()).await;
+            let _ = reply.send(());
+        });
+    }
+
+    /// Performs every queued action.
+    fn drain(&mut self, now: Instant) {
+        while let Some(action) = self.hub.poll_action() {
+            match action {
+                Action::Deliver { conn, frame } => self.push(now, conn, Out::Text(frame)),
+                Action::Ping { conn } => self.push(now, conn, Out::Ping),
+                Action::Close { conn, reason } => {
+                    if let Some(peer) = self.peers.remove(&conn) {
+                        let _ = peer.close.send(reason);
+                    }
+                }
+                Action::Inbound(msg) => {
+                    // The application is behind (or gone): drop rather than stall every user.
+                    let dropped = self.inbound.try_send(msg).is_err();
+                    self.stats.inbound_dropped += u64::from(dropped);
+                }
+                Action::Audit(event) => {
+                    *self.stats.audits.entry(audit_name(event.kind)).or_default() += 1;
+                    if self.handle.cfg.log_audits {
+                        eprintln!(
+                            "switchboard audit: {:?} conn={:?} tenant={:?} user={:?}",
+                            event.kind, event.conn, event.tenant, event.user
+                        );
+                    }
+                }
+                // The same numbers accumulate in `hub.stats()`, which /metrics reads.
+                Action::Metric(_) => {}
+                _ => {}
+            }
+        }
+    }
+
+    /// Queues a frame or ping for a connection's writer without waiting.
+    fn push(&mut self, now: Instant, conn: ConnId, out: Out) {
+        let Some(peer) = self.peers.get(&conn) else { return };
+        match peer.frames.try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Out::Ping)) => {} // it is behind; pings can wait
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Its `Close` action follows in this drain.
+                if self.hub.close(now, conn, CloseReason::SlowConsumer).is_ok() {
+                    self.stats.outbox_overflows += 1;
+                }
+            }
+            // The writer ended; the reader reports the connection gone.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}

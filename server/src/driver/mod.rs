@@ -1,0 +1,431 @@
+//! The driver: runs a sans-io [`Hub`] on tokio for axum WebSocket connections.
+//!
+//! This module holds the public surface ([`spawn`], [`Handle`], [`DriverConfig`], [`Snapshot`]);
+//! `hub_task` is the task that owns the hub, `connection` the reader and writer of one socket.
+//!
+//! # Design
+//!
+//! ```text
+//!   HTTP handlers ──┐                         ┌──► conn task A: writer ──► socket A
+//!   (publish,       │   one bounded channel   │      (frames, pings, close)
+//!    stats, auth'd  ├──► ┌──────────────┐ ────┤
+//!    connect)       │    │   hub task   │     └──► conn task B: writer ──► socket B
+//!   conn readers ───┤    │  owns `Hub`  │          per-connection bounded outbox + close slot
+//!   (frames, pongs, │    │  + one timer │
+//!    gone)          │    └──────┬───────┘
+//!   conn writers ───┘           └──► application channel (Inbound messages, bounded)
+//!   (written n bytes)
+//! ```
+//!
+//! - **One owner.** The [`Hub`] lives in one task and nothing else touches it: no mutex, no shared
+//!   state. Everything else talks to that task through [`Handle`], a cheap clone around one
+//!   bounded `mpsc` channel of `Command`s. A full channel makes readers wait, which stops them
+//!   reading their sockets: TCP pushes back on the clients, never on the hub.
+//! - **The drive loop.** The task waits for a command or for the deadline of
+//!   [`Hub::poll_timeout`] (one `sleep_until`, re-armed every turn), calls into the hub with
+//!   `Instant::now()`, and drains [`Hub::poll_action`] until `None` after every call.
+//! - **The hub never waits for a socket.** Each connection has a bounded outbox (`try_send`
+//!   only) and a one-shot close slot. `Deliver` and `Ping` go into the outbox; `Close` goes into
+//!   the slot, which the writer watches even while a send is blocked on a slow peer. The hub
+//!   already bounds what it hands a connection by bytes (`max_unwritten_bytes`, released by
+//!   `written`); the outbox's frame count is a second fence, and overflowing it closes the
+//!   connection as a slow consumer, exactly as the hub would.
+//! - **Writers report progress.** After flushing a batch of text frames the writer reports the
+//!   bytes with `written`, which is what lets the hub skip `agent_thinking` for a connection that
+//!   is behind and close one that cannot keep up, while everyone else goes on receiving.
+//! - **Transport mapping.** `Ping` → WebSocket ping; a pong → [`Hub::pong`]; `Close { reason }` →
+//!   a close frame with `reason.code()` and `reason.as_str()` (frames queued before it are sent
+//!   first, except for `SlowConsumer`, whose queue is abandoned); a client close frame with
+//!   1000/1001 (or none) → `disconnect(Clean)`, anything else (reset, EOF, other codes) →
+//!   `disconnect(Abnormal)`, which feeds the user's reconnect breaker. What the transport itself
+//!   refuses is closed without reaching the hub: a binary frame with 1003, text that is not
+//!   UTF-8 with 1007, a message over twice `max_frame_bytes` with 1009 (see [`Handle::serve`]).
+//! - **A socket budget.** [`DriverConfig::max_connections`] bounds the connection tasks alive
+//!   (each holds a socket until its close is done); over it, connects are refused with 503 so
+//!   that file descriptors remain for plain HTTP ([`crate::listen::FdBudget`]).
+//! - **Connect before the upgrade.** [`Handle::connect`] runs `Hub::connect` while the HTTP request
+//!   is still open, so a refused connection is an HTTP error, not an opened-then-closed socket.
+//!   The returned [`Accepted`] owns the outbox; if the upgrade never happens, dropping it reports
+//!   the connection gone.
+//! - **Shutdown.** [`Handle::shutdown`] closes every connection with
+//!   [`CloseReason::ServerShutdown`] through [`Hub::close`], then waits (bounded) until every
+//!   connection task has sent its close frame and ended; new connects are refused meanwhile.
+//!
+//! Application hooks: inbound client messages arrive on the `mpsc::Receiver<Box<Inbound>>`
+//! returned by [`spawn`]; publish with [`Handle::publish`]; read counters with
+//! [`Handle::snapshot`]. Audit events are counted by kind (and logged when `log_audits` is set).
+
+mod connection;
+mod hub_task;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::WebSocketUpgrade;
+use switchboard::{
+    AuditKind, CloseReason, ConnId, ConnectError, DisconnectReason, Envelope, Frame, Hub, HubStats,
+    Inbound, Principal, PublishError, Published, Rates, RoomId, Tier,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use hub_task::Driver;
+
+/// Sizes and timeouts of the driver.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// Capacity of the channel into the hub task.
+    pub command_queue: usize,
+    /// Frames one connection's outbox holds before the connection is closed as a slow consumer.
+    pub outbox_frames: usize,
+    /// Capacity of the channel of inbound client messages to the application.
+    pub inbound_queue: usize,
+    /// How long a writer may take to send its close frame, and how long the reader then waits for
+    /// the peer's close reply, before the socket is dropped.
+    pub close_timeout: Duration,
+    /// Bytes of text frames a writer sends before it flushes and reports `written`.
+    pub flush_bytes: usize,
+    /// Log audit events to stderr.
+    pub log_audits: bool,
+    /// WebSocket connections the driver holds at once: admitted, open, or still closing (each
+    /// holds a socket). Over it, [`Handle::connect`] is refused with
+    /// `ConnectError::TooManyConnections` (HTTP 503) while plain HTTP requests still work. The
+    /// binary derives it from `RLIMIT_NOFILE` (see [`crate::listen::FdBudget`]); `None`: only the
+    /// hub's `max_connections` applies.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            command_queue: 4096,
+            // The hub's byte budget (1 MiB by default) is the real bound; at ~64 bytes for the
+            // smallest frame this count is reached only by a peer that is behind anyway.
+            outbox_frames: 16 * 1024,
+            inbound_queue: 1024,
+            close_timeout: Duration::from_secs(5),
+            flush_bytes: 64 * 1024,
+            log_audits: false,
+            max_connections: None,
+        }
+    }
+}
+
+/// What connection tasks and the application send to the hub task.
+enum Command {
+    Connect {
+        principal: Principal,
+        rooms: Vec<RoomId>,
+        reply: oneshot::Sender<Result<Accepted, Refused>>,
+    },
+    Frame {
+        conn: ConnId,
+        bytes: Bytes,
+    },
+    Pong {
+        conn: ConnId,
+    },
+    Written {
+        conn: ConnId,
+        bytes: usize,
+    },
+    Gone {
+        conn: ConnId,
+        reason: DisconnectReason,
+    },
+    Publish {
+        envelope: Envelope,
+        reply: oneshot::Sender<Result<Published, PublishError>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Why a connect did not produce a connection.
+#[derive(Debug)]
+pub enum Refused {
+    /// The hub refused it (a limit, the reconnect breaker, an expired session).
+    Hub(ConnectError),
+    /// The server is shutting down.
+    Stopping,
+}
+
+/// Why a publish failed.
+#[derive(Debug)]
+pub enum PublishFailed {
+    /// The hub refused the envelope.
+    Hub(PublishError),
+    /// The hub task is gone.
+    Stopped,
+}
+
+/// What the driver counts beside the hub's own stats.
+#[derive(Clone, Debug, Default)]
+pub struct DriverStats {
+    /// Audit events by kind.
+    pub audits: BTreeMap<&'static str, u64>,
+    /// Connections closed because their outbox was full.
+    pub outbox_overflows: u64,
+    /// Inbound messages dropped because the application's channel was full or gone.
+    pub inbound_dropped: u64,
+    /// Open connections as the driver sees them.
+    pub connections: usize,
+    /// Connection tasks alive (admitted, open or closing): what [`DriverConfig::max_connections`]
+    /// bounds.
+    pub sockets: usize,
+    /// Connects refused at [`DriverConfig::max_connections`].
+    pub refused_at_capacity: u64,
+    /// Accepts that failed because the process or the system ran out of file descriptors
+    /// (`EMFILE`/`ENFILE`), counted by the listener ([`crate::listen`]).
+    pub accept_fd_exhausted: u64,
+    /// Accepts that failed for any other reason but a peer's reset.
+    pub accept_errors: u64,
+    /// TCP connections closed at once because `max_pending` connections had not yet upgraded.
+    pub pending_refused: u64,
+    /// HTTP connections closed because the request's headers did not arrive in time.
+    pub header_timeouts: u64,
+}
+
+/// Counters the listener ([`crate::listen`]) keeps outside the hub task; every [`Snapshot`]
+/// reads them into [`DriverStats`].
+#[derive(Debug, Default)]
+pub struct ListenerCounters {
+    /// See [`DriverStats::accept_fd_exhausted`].
+    pub accept_fd_exhausted: AtomicU64,
+    /// See [`DriverStats::accept_errors`].
+    pub accept_errors: AtomicU64,
+    /// See [`DriverStats::pending_refused`].
+    pub pending_refused: AtomicU64,
+    /// See [`DriverStats::header_timeouts`].
+    pub header_timeouts: AtomicU64,
+}
+
+impl ListenerCounters {
+    fn read_into(&self, stats: &mut DriverStats) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        stats.accept_fd_exhausted = load(&self.accept_fd_exhausted);
+        stats.accept_errors = load(&self.accept_errors);
+        stats.pending_refused = load(&self.pending_refused);
+        stats.header_timeouts = load(&self.header_timeouts);
+    }
+}
+
+/// The hub's counters and the driver's, read at one instant.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The hub's counters and gauges.
+    pub hub: HubStats,
+    /// The driver's own counters.
+    pub driver: DriverStats,
+    /// Moving averages of each tier's traffic.
+    pub tiers: Vec<(Tier, Rates)>,
+}
+
+/// What a writer sends, in order.
+#[derive(Debug)]
+enum Out {
+    Text(Frame),
+    Ping,
+}
+
+/// The driver's side of one connection.
+struct Peer {
+    frames: mpsc::Sender<Out>,
+    close: oneshot::Sender<CloseReason>,
+}
+
+/// A connection the hub admitted, waiting for its socket ([`Handle::serve`]). Dropping it unused
+/// (the upgrade failed) reports the connection gone.
+pub struct Accepted {
+    id: ConnId,
+    parts: Option<AcceptedParts>,
+}
+
+struct AcceptedParts {
+    frames: mpsc::Receiver<Out>,
+    close: oneshot::Receiver<CloseReason>,
+    handle: Handle,
+    /// Held while the connection's task runs; shutdown waits until every clone is gone.
+    _alive: Alive,
+}
+
+/// A connection task's share of the driver: shutdown waits until every sender clone is gone, and
+/// `live` counts the tasks for [`DriverConfig::max_connections`].
+struct Alive {
+    _tx: mpsc::Sender<()>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Accepted {
+    /// The hub's id of the connection.
+    #[allow(dead_code)] // for applications that keep their own map of connections
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+}
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            parts
+                .handle
+                .send_now(Command::Gone { conn: self.id, reason: DisconnectReason::Abnormal });
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the hub task.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    cfg: Arc<DriverConfig>,
+    listener: Arc<ListenerCounters>,
+    /// The largest message the transport reads ([`Handle::configure`]).
+    max_message: usize,
+}
+
+/// Starts the hub task. Returns its handle and the application's channel of client messages.
+pub fn spawn(hub: Hub, cfg: DriverConfig) -> (Handle, mpsc::Receiver<Box<Inbound>>) {
+    let (tx, rx) = mpsc::channel(cfg.command_queue);
+    let (inbound_tx, inbound_rx) = mpsc::channel(cfg.inbound_queue);
+    let max_message = transport_limit(hub.config().max_frame_bytes);
+    let handle = Handle { tx, cfg: Arc::new(cfg), listener: Arc::default(), max_message };
+    tokio::spawn(Driver::new(hub, rx, handle.clone(), inbound_tx).run());
+    (handle, inbound_rx)
+}
+
+/// The transport's message size limit for a hub that accepts frames up to `max_frame_bytes`:
+/// twice that, at least 16 KiB. A frame a little over the hub's limit still reaches the hub, which
+/// answers it with an `error` frame (`frame_too_large`) and keeps the connection; one far over it
+/// is never buffered whole: the transport closes the connection with 1009.
+fn transport_limit(max_frame_bytes: usize) -> usize {
+    max_frame_bytes.saturating_mul(2).max(16 * 1024)
+}
+
+impl Handle {
+    /// Applies the driver's transport settings to a WebSocket upgrade before
+    /// [`on_upgrade`](WebSocketUpgrade::on_upgrade): a 4 KiB read buffer and the message and frame
+    /// size limit derived from the hub's `Config::max_frame_bytes` (twice it, at least 16 KiB).
+    ///
+    /// The read buffer is 4 KiB rather than tungstenite's 128 KiB (which it zero-fills, so every
+    /// page stays resident): client frames are small, and that buffer was 93% of the server's
+    /// memory per connection (BENCHMARKS.md, end to end).
+    pub fn configure(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+        upgrade
+            .read_buffer_size(4 * 1024)
+            .max_message_size(self.max_message)
+            .max_frame_size(self.max_message)
+    }
+
+    /// The counters a listener in front of this driver keeps ([`crate::listen::serve`]); they
+    /// appear in every [`Snapshot`].
+    pub fn listener_counters(&self) -> Arc<ListenerCounters> {
+        self.listener.clone()
+    }
+
+    /// The largest message the transport reads; see [`Handle::configure`].
+    #[must_use]
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message
+    }
+
+    async fn send(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+
+    /// For `Drop`: enqueue without waiting, or hand the wait to a task.
+    fn send_now(&self, cmd: Command) {
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.tx.try_send(cmd) {
+            let tx = self.tx.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+            }
+        }
+    }
+
+    /// Admits an authenticated principal and puts it into `rooms`. Call before the WebSocket
+    /// upgrade; hand the result and the socket to [`Handle::serve`].
+    pub async fn connect(
+        &self,
+        principal: Principal,
+        rooms: Vec<RoomId>,
+    ) -> Result<Accepted, Refused> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Command::Connect { principal, rooms, reply }).await {
+            return Err(Refused::Stopping);
+        }
+        rx.await.unwrap_or(Err(Refused::Stopping))
+    }
+
+    /// Publishes an envelope.
+    pub async fn publish(&self, envelope: Envelope) -> Result<Published, PublishFailed> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Command::Publish { envelope, reply }).await {
+            return Err(PublishFailed::Stopped);
+        }
+        match rx.await {
+            Ok(result) => result.map_err(PublishFailed::Hub),
+            Err(_) => Err(PublishFailed::Stopped),
+        }
+    }
+
+    /// The hub's and the driver's counters, or `None` if the hub task is gone.
+    pub async fn snapshot(&self) -> Option<Snapshot> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Snapshot { reply }).await;
+        rx.await.ok()
+    }
+
+    /// Closes every connection with [`CloseReason::ServerShutdown`] and waits (at most about
+    /// twice `close_timeout`) until every connection task has ended. Later connects are refused.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Shutdown { reply }).await {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// A stable snake_case name for an audit kind (a metrics label).
+pub fn audit_name(kind: AuditKind) -> &'static str {
+    use switchboard::LimitKind;
+    match kind {
+        AuditKind::StaleConnId => "stale_conn_id",
+        AuditKind::GlobalBroadcastDenied => "global_broadcast_denied",
+        AuditKind::GlobalBroadcast => "global_broadcast",
+        AuditKind::LimitHit(limit) => match limit {
+            LimitKind::TotalConnections => "limit_total_connections",
+            LimitKind::TenantConnections => "limit_tenant_connections",
+            LimitKind::UserConnections => "limit_user_connections",
+            LimitKind::UserConnectionsEvicted => "limit_user_connections_evicted",
+            LimitKind::RoomsPerConnection => "limit_rooms_per_connection",
+            LimitKind::ThreadSubscriptions => "limit_thread_subscriptions",
+            LimitKind::MessageRate => "limit_message_rate",
+            LimitKind::ControlRate => "limit_control_rate",
+            LimitKind::FrameSize => "limit_frame_size",
+            _ => "limit_other",
+        },
+        AuditKind::Flood => "flood",
+        AuditKind::OversizedFrame => "oversized_frame",
+        AuditKind::MalformedFrame => "malformed_frame",
+        AuditKind::ViolationClose => "violation_close",
+        AuditKind::BreakerOpened => "breaker_opened",
+        AuditKind::BreakerRefused => "breaker_refused",
+        AuditKind::ForeignStream => "foreign_stream",
+        _ => "other",
+    }
+}
