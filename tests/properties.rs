@@ -9,13 +9,13 @@
 use proptest::prelude::*;
 use switchboard::UserLimitPolicy;
 use switchboard_testkit::run;
-use switchboard_testkit::strategy::{knobs, policy, steps};
+use switchboard_testkit::strategy::{cases, knobs, policy, steps};
 use switchboard_testkit::vocab::{GARBAGE, HEARTBEAT, OBJECT_GARBAGE};
 
 proptest! {
     #![proptest_config(ProptestConfig {
         failure_persistence: None,
-        ..ProptestConfig::with_cases(2000)
+        ..ProptestConfig::with_cases(cases(2000))
     })]
 
     /// Random sequences under `UserLimitPolicy::Reject`.
@@ -40,7 +40,7 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig {
         failure_persistence: None,
-        ..ProptestConfig::with_cases(1000)
+        ..ProptestConfig::with_cases(cases(1000))
     })]
 
     /// The same model with a heartbeat interval shorter than its timeout (a configuration

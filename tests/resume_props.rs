@@ -38,6 +38,9 @@ use switchboard::{
     Envelope, EventKind, PeerError, Principal, PublishError, ReceiveError, Retention, StreamName,
     Target,
 };
+use switchboard_testkit::frames::{EventFrame, parse};
+use switchboard_testkit::strategy::cases;
+use switchboard_testkit::vocab::event_kind;
 
 const TENANTS: [&str; 2] = ["acme", "globex"];
 /// (tenant index, user). `dave` never connects: publishing to him reaches no stream.
@@ -69,15 +72,9 @@ const TICKS: [Duration; 9] = [
 /// How many ways `bad_position` can spoil a position.
 const BAD_POSITIONS: usize = 6;
 
+/// One of the six kinds a publish may have (the vocabulary's; the seventh, reserved, is left out).
 fn kind(i: usize) -> EventKind {
-    match i % 6 {
-        0 => EventKind::AgentStarted,
-        1 => EventKind::AgentThinking,
-        2 => EventKind::ToolExecuting,
-        3 => EventKind::ToolCompleted,
-        4 => EventKind::AgentCompleted,
-        _ => EventKind::custom("note"),
-    }
+    event_kind(i % 6)
 }
 
 fn config(resume_window: Duration) -> Config {
@@ -517,7 +514,7 @@ impl World {
                 Action::Deliver { conn, frame } => {
                     let c = self.client_of(*conn).expect("a delivery to a live connection");
                     self.sim.hub.written(self.sim.now, *conn, frame.len()).expect("live");
-                    out.push((c, serde_json::from_str(frame.as_str()).expect("JSON")));
+                    out.push((c, parse(frame.as_str())));
                 }
                 Action::Ping { conn } => self.sim.hub.pong(self.sim.now, *conn).expect("live"),
                 Action::Close { conn, reason } => {
@@ -535,9 +532,10 @@ impl World {
     /// A live event frame (or a replayed one) reached client `c`.
     fn on_event(&mut self, c: usize, f: &Value) {
         let client = &self.clients[c];
-        let key = client.key_of(f["stream"].as_str().expect("stream"));
+        let event = EventFrame::decode(f).expect("an event frame");
+        let key = client.key_of(&event.stream);
         let id = f["data"]["id"].as_u64().expect("every test message carries its id");
-        let (epoch, seq) = (f["epoch"].as_u64().unwrap(), f["seq"].as_u64().unwrap());
+        let (epoch, seq) = (event.epoch, event.seq);
         let &(mkey, mepoch, mseq) = self.msgs.get(&id).expect("a published message");
         assert_eq!(mkey, key, "message {id} of {mkey:?} reached a client of {key:?}");
         assert_eq!((mepoch, mseq), (epoch, seq), "frame position differs from the publish's");
@@ -1162,13 +1160,9 @@ fn run_case(specs: Vec<ClientSpec>, ops: Vec<Op>, resume_window: Duration) {
     }
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000).max(1000)
-}
-
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(),
+        cases: cases(1000),
         max_shrink_iters: 20_000,
         failure_persistence: None,
         ..ProptestConfig::default()

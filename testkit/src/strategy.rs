@@ -69,6 +69,7 @@ pub fn client_frame(garbage: usize) -> impl Strategy<Value = In> {
     ]
 }
 
+/// A publish target, by indices or relative to a connection.
 pub fn target() -> impl Strategy<Value = Tgt> {
     // One tenant and one user index beyond those that ever connect: never seen by the hub.
     prop_oneof![
@@ -85,6 +86,7 @@ pub fn target() -> impl Strategy<Value = Tgt> {
     ]
 }
 
+/// One operation; client garbage from the first `garbage` entries of [`GARBAGE`].
 pub fn op(garbage: usize) -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..TENANTS, 0..USERS, 0..4usize, 0u8..4, prop::option::weighted(0.4, -2_000i32..30_000))
@@ -117,6 +119,7 @@ pub fn op(garbage: usize) -> impl Strategy<Value = Op> {
     ]
 }
 
+/// How far behind the caller's clock a call is made: mostly not at all.
 pub fn back() -> impl Strategy<Value = u32> {
     prop_oneof![6 => Just(0u32), 1 => 1u32..4_000]
 }
@@ -163,6 +166,7 @@ pub fn thread() -> impl Strategy<Value = Option<usize>> {
     prop::option::weighted(0.3, 0..THREADS)
 }
 
+/// Operations made one after another at the caller's clock.
 pub fn at_once(ops: Vec<Op>) -> Vec<Step> {
     ops.into_iter().map(|op| Step { back: 0, op }).collect()
 }
@@ -223,4 +227,13 @@ pub fn steps(garbage: usize) -> impl Strategy<Value = Vec<Step>> {
 /// Either user-limit policy.
 pub fn policy() -> impl Strategy<Value = UserLimitPolicy> {
     prop_oneof![Just(UserLimitPolicy::Reject), Just(UserLimitPolicy::EvictOldest)]
+}
+
+/// How many cases a property runs: `PROPTEST_CASES` if set, never fewer than `at_least` (the
+/// count the property is written for), so that the variable lengthens runs and never shortens
+/// them.
+#[must_use]
+pub fn cases(at_least: u32) -> u32 {
+    let env = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok());
+    env.unwrap_or(at_least).max(at_least)
 }

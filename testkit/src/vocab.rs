@@ -15,9 +15,13 @@ use switchboard::{
 /// Milliseconds since the simulation's start instant.
 pub type Ms = u64;
 
+/// Tenants that connect (`t0`..); targets may also name one more that never does.
 pub const TENANTS: usize = 3;
+/// Users per tenant that connect (`u0`..); targets may also name one more that never does.
 pub const USERS: usize = 4;
+/// Rooms per tenant (`room0`..).
 pub const ROOMS: usize = 3;
+/// Threads per user (`th0`..).
 pub const THREADS: usize = 3;
 /// Role names by bit; index 2 is a role nobody holds.
 pub const ROLES: [&str; 3] = ["admin", "ops", "ghost"];
@@ -27,30 +31,42 @@ pub const T0: Ms = 100_000;
 /// Put into every payload under a redacted key: it must never appear in a frame.
 pub const SECRET: &str = "sk-SECRET-7f3a";
 
+/// The default heartbeat interval of a case, in ms.
 pub const HEARTBEAT_INTERVAL: Ms = 10_000;
+/// The default heartbeat timeout of a case, in ms.
 pub const HEARTBEAT_TIMEOUT: Ms = 5_000;
+/// `Config::session_grace`, in ms.
 pub const SESSION_GRACE: Ms = 4_000;
+/// `Config::user_retention` unless a case asks for zero, in ms.
 pub const RETENTION: Ms = 20_000;
+/// `Config::tombstone_ttl`, in ms.
 pub const TOMBSTONE: Ms = 10_000;
+/// `Config::max_frame_bytes` (small, so that oversized frames are cheap to make).
 pub const MAX_FRAME_BYTES: usize = 160;
 /// `max_detached_users` when it must never be reached (there are only `TENANTS * USERS` users).
 pub const NO_DETACHED_CAP: u32 = 1_000;
 
+/// The name of tenant `t`.
 pub fn tenant_name(t: usize) -> String {
     format!("t{t}")
 }
+/// The name of user `u`.
 pub fn user_name(u: usize) -> String {
     format!("u{u}")
 }
+/// The name of room `r`.
 pub fn room_name(r: usize) -> String {
     format!("room{r}")
 }
+/// The name of thread `t`.
 pub fn thread_name(t: usize) -> String {
     format!("th{t}")
 }
+/// The tier with this index (modulo the number of tiers).
 pub fn tier_of(i: usize) -> Tier {
     Tier::ALL[i % Tier::ALL.len()]
 }
+/// The slab slot of a connection id.
 pub fn slot_of(id: ConnId) -> u32 {
     // `to_u64` is `generation << 32 | index`.
     id.to_u64() as u32
@@ -66,9 +82,13 @@ pub fn index_in(name: &str) -> Option<usize> {
 /// The parts of the configuration a test case varies.
 #[derive(Clone, Debug)]
 pub struct Knobs {
+    /// `Config::user_limit_policy`.
     pub policy: UserLimitPolicy,
+    /// `Config::allow_global_broadcast`.
     pub global_broadcast: bool,
+    /// A `user_retention` of zero (else [`RETENTION`]).
     pub zero_retention: bool,
+    /// `Config::max_connections_per_tenant`.
     pub tenant_cap: Option<u32>,
     /// `(interval, timeout)` of the heartbeat, in ms.
     pub heartbeat: (Ms, Ms),
@@ -84,12 +104,14 @@ pub struct Knobs {
     /// `(threshold, window, open_for, probe_healthy_after)`, durations in ms; `None`: a threshold
     /// of `u32::MAX`, which never trips (a case opens at most 60 connections).
     pub breaker: Option<(u32, Ms, Ms, Ms)>,
+    /// `Config::max_detached_users` ([`NO_DETACHED_CAP`]: never reached).
     pub max_detached_users: u32,
 }
 
 /// The heartbeat most tests run with: the interval longer than the timeout, as by default.
 pub const HEARTBEAT: (Ms, Ms) = (HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT);
 
+/// Milliseconds as a duration.
 pub fn ms(d: Ms) -> Duration {
     Duration::from_millis(d)
 }
@@ -126,6 +148,7 @@ pub fn epochs() -> &'static [u64] {
     })
 }
 
+/// The hub configuration of a case with these knobs (the same for hub and model).
 pub fn config(k: &Knobs) -> Config {
     let defaults = Config::default();
     let mut cfg = Config {
@@ -275,6 +298,7 @@ pub const GARBAGE: &[(&[u8], PeerError)] = &[
     (br#"["message","th1",{"n":1}]"#, PeerError::Malformed { line: 1, column: 1 }),
     (b" \n [\"subscribe\",\"th1\",null]", PeerError::Malformed { line: 2, column: 2 }),
 ];
+/// How many of the last [`GARBAGE`] entries are JSON arrays rather than objects.
 pub const NON_OBJECTS: usize = 3;
 /// Garbage frames that are JSON objects or not JSON at all.
 pub const OBJECT_GARBAGE: usize = GARBAGE.len() - NON_OBJECTS;
@@ -282,6 +306,7 @@ pub const OBJECT_GARBAGE: usize = GARBAGE.len() - NON_OBJECTS;
 /// A publish target, by model indices, or relative to a connection (so that targets often reach
 /// someone).
 #[derive(Clone, Debug)]
+#[allow(missing_docs)]
 pub enum Tgt {
     User(usize, usize),
     Thread(usize, usize, usize),
@@ -295,53 +320,32 @@ pub enum Tgt {
     TenantOf(Who, Option<usize>),
 }
 
+/// One operation: one variant per `Hub` input method (`connect`, `disconnect`, `close`,
+/// `receive`, `pong`, `written`, `refresh`, `join`, `leave`, `publish`, `tick`), plus the
+/// caller's clock. Names are model indices ([`tenant_name`] …); connections are [`Who`]s.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Connect {
-        tenant: usize,
-        user: usize,
-        tier: usize,
-        roles: u8,
-        expires_in: Option<i32>,
-    },
-    Disconnect {
-        who: Who,
-        clean: bool,
-    },
-    Close {
-        who: Who,
-        reason: usize,
-    },
-    Receive {
-        who: Who,
-        frame: In,
-    },
-    Pong {
-        who: Who,
-    },
-    Written {
-        who: Who,
-        bytes: u32,
-    },
-    Refresh {
-        who: Who,
-        expires_in: Option<i32>,
-    },
-    Join {
-        who: Who,
-        room: usize,
-    },
+    /// `Hub::connect` of `(tenant, user)` with a tier, roles by bit of [`ROLES`] and a session
+    /// that expires this many ms from the caller's clock.
+    Connect { tenant: usize, user: usize, tier: usize, roles: u8, expires_in: Option<i32> },
+    /// `Hub::disconnect`, clean or abnormal.
+    Disconnect { who: Who, clean: bool },
+    /// `Hub::close` with one of [`APP_CLOSE_REASONS`].
+    Close { who: Who, reason: usize },
+    /// `Hub::receive` of a client frame.
+    Receive { who: Who, frame: In },
+    /// `Hub::pong`.
+    Pong { who: Who },
+    /// `Hub::written` of this many bytes.
+    Written { who: Who, bytes: u32 },
+    /// `Hub::refresh` to a session that ends this many ms from the caller's clock (or never).
+    Refresh { who: Who, expires_in: Option<i32> },
+    /// `Hub::join`.
+    Join { who: Who, room: usize },
     /// Leave a room; with `joined`, one of the rooms the connection is in (if any).
-    Leave {
-        who: Who,
-        room: usize,
-        joined: bool,
-    },
-    Publish {
-        target: Tgt,
-        kind: usize,
-        thread: Option<usize>,
-    },
+    Leave { who: Who, room: usize, joined: bool },
+    /// `Hub::publish` of an event of kind [`event_kind`]`(kind)`, maybe on a thread.
+    Publish { target: Tgt, kind: usize, thread: Option<usize> },
     /// The caller's clock moves on; the hub is not called.
     Sleep(u32),
     /// The caller's clock moves on by this much, then `tick`.
@@ -356,12 +360,16 @@ pub enum Op {
 /// time going backwards must be clamped by the hub).
 #[derive(Clone, Debug)]
 pub struct Step {
+    /// How many ms before the caller's clock the call is made.
     pub back: u32,
+    /// The operation.
     pub op: Op,
 }
 
+/// Every way a connection ends, in the order of the stats' counters.
 pub const CLOSED_BY: [ClosedBy; 9] = ClosedBy::ALL;
 
+/// Every limit kind, in the order of the stats' counters.
 pub const LIMIT_KINDS: [LimitKind; 9] = [
     LimitKind::TotalConnections,
     LimitKind::TenantConnections,
@@ -374,9 +382,12 @@ pub const LIMIT_KINDS: [LimitKind; 9] = [
     LimitKind::FrameSize,
 ];
 
+/// The reasons an application closes a connection with (`Op::Close`).
 pub const APP_CLOSE_REASONS: [CloseReason; 3] =
     [CloseReason::Kicked, CloseReason::ServerShutdown, CloseReason::SlowConsumer];
 
+/// The event kind with this index: the five agent kinds, a custom one, and (6) a reserved name
+/// the hub refuses.
 pub fn event_kind(i: usize) -> EventKind {
     match i {
         0 => EventKind::AgentStarted,
