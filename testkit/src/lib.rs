@@ -11,7 +11,7 @@
 //!   hub and to the model and checks the design's invariants after every step;
 //! - [`rng`]: the one seeded generator; [`frames`]: the actions of a drain by kind and delivered
 //!   frames decoded; [`sim`]: a hub on a virtual clock;
-//! - [`ws`] (feature `ws`): a small WebSocket and HTTP client for the end-to-end tests of the
+//! - `ws` (feature `ws`): a small WebSocket and HTTP client for the end-to-end tests of the
 //!   servers.
 
 #![forbid(unsafe_code)]

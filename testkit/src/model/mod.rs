@@ -1,7 +1,7 @@
-//! Property tests: random operation sequences run against the hub and against a small reference
-//! model, with checks after every step.
+//! The one reference model: operation sequences run against the hub and against a small model
+//! of it, with checks after every step.
 //!
-//! The model ([`Model`]) is written from the design document and the public API docs, not from the
+//! The model (`Model`) is written from the design document and the public API docs, not from the
 //! hub's internals: plain maps of live connections, held users, tenants and rooms; per stream a
 //! counter and a recovery buffer (seq, time, frame text, who may see it); a token bucket per
 //! allowance; a reconnect breaker per user; a retirement deadline per detached user. Where the docs
@@ -55,8 +55,8 @@
 //! What the model takes from the hub instead of predicting, and why:
 //! - stream epochs come from the seeded generator, one per stream created (a new tenant's before
 //!   its first user's): the model reads the sequence for the seed off a scratch hub once (see
-//!   [`crate::vocab::epochs`]) and gives each stream it creates the next one, so that it predicts every frame
-//!   exactly (a `joined` frame's length decides whether it fits under the hard limit, and a room
+//!   [`crate::vocab::epochs`]) and gives each stream it creates the next one, so that it predicts
+//!   every frame exactly (a `joined` frame's length decides whether it fits under the hard limit, and a room
 //!   whose `joined` frame did not fit is dropped again unseen). The runner still checks that a
 //!   stream created anew gets an epoch new for it and that it is stable afterwards;
 //! - the docs leave open in which order timers that are due at the same `tick` run, and in which
@@ -79,8 +79,13 @@
 //!   `max_frame_bytes` when generated (the model still checks the bound; [`GARBAGE`] covers it);
 //! - the rate views (moving averages) and snapshots are not checked.
 //!
-//! Of the `regression_*` tests (`tests/properties_regressions.rs`), the first three are minimal cases of
-//! bugs the properties found and that are fixed; the last two document bugs that are not.
+//! Of the `regression_*` tests (`tests/properties_regressions.rs`), the first three are minimal
+//! cases of bugs the properties found and that are fixed; the last two document bugs that are not.
+//!
+//! Who uses it: the property tests (`tests/properties.rs`, cases from [`crate::strategy`]) and the
+//! `ops` fuzz target (cases from `crate::fuzz`, feature `arbitrary`) both run [`Runner::apply`]
+//! step by step; neither keeps a model of its own. Forged ids ([`Who::forged`]) are predicted
+//! like any other: stale when their slot holds a later occupant, unknown otherwise.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
