@@ -13,8 +13,6 @@
 //! - bounded memory: the hub's buffer gauges stay under their configured bounds, and
 //!   `Hub::check_invariants` holds after every step.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -23,30 +21,14 @@ use switchboard::{
     Action, Audience, Config, ConnId, DisconnectReason, Envelope, EventKind, Hub, Principal,
     Retention, Target, Tier,
 };
+use switchboard_testkit::Rng;
+use switchboard_testkit::frames::{EventFrame, parse};
 
 const TENANTS: usize = 4;
 const USERS_PER_TENANT: usize = 60;
 const CLIENTS: usize = 520;
 const ROOMS: usize = 3;
 const STEP: Duration = Duration::from_millis(250);
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, per_million: u64) -> bool {
-        self.next() % 1_000_000 < per_million
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Stream {
@@ -183,17 +165,17 @@ impl World {
     }
 
     fn publish(&mut self) {
-        let r = self.rng.below(100);
-        let tenant = self.rng.below(TENANTS);
-        let user = self.rng.below(USERS_PER_TENANT);
-        let thinking = self.rng.below(3) == 0;
+        let r = self.rng.index(100);
+        let tenant = self.rng.index(TENANTS);
+        let user = self.rng.index(USERS_PER_TENANT);
+        let thinking = self.rng.index(3) == 0;
         let kind = if thinking { EventKind::AgentThinking } else { EventKind::ToolCompleted };
         let (target, vis) = match r {
             0..=49 => {
                 let t = (user, tenant);
                 let _ = t;
-                if self.rng.below(2) == 0 {
-                    let th = format!("th{}", self.rng.below(2));
+                if self.rng.index(2) == 0 {
+                    let th = format!("th{}", self.rng.index(2));
                     let target = Target::Thread {
                         tenant: format!("t{tenant}").into(),
                         user: format!("u{user}").into(),
@@ -217,11 +199,11 @@ impl World {
                 }
                 let mut live = live;
                 live.sort();
-                let c = live[self.rng.below(live.len())];
+                let c = live[self.rng.index(live.len())];
                 (Target::Connection(c), Vis::Conn(c))
             }
             65..=84 => {
-                let room = self.rng.below(ROOMS);
+                let room = self.rng.index(ROOMS);
                 (
                     Target::Room {
                         tenant: format!("t{tenant}").into(),
@@ -231,8 +213,8 @@ impl World {
                 )
             }
             _ => {
-                if self.rng.below(2) == 0 {
-                    let role = format!("role{}", self.rng.below(2));
+                if self.rng.index(2) == 0 {
+                    let role = format!("role{}", self.rng.index(2));
                     let audience = Audience::Role(role.as_str().into());
                     (
                         Target::Tenant { tenant: format!("t{tenant}").into(), audience },
@@ -252,7 +234,7 @@ impl World {
         let id = self.next_id;
         self.next_id += 1;
         let env = Envelope::new(target.clone(), kind)
-            .data(json!({"id": id, "pad": "x".repeat(self.rng.below(200))}));
+            .data(json!({"id": id, "pad": "x".repeat(self.rng.index(200))}));
         let published =
             self.hub.publish(self.now, env).unwrap_or_else(|e| self.fail(format!("publish: {e}")));
         let Some((_, pos)) = published.position else { return };
@@ -294,7 +276,7 @@ impl World {
     }
 
     fn process(&mut self, ci: usize, text: &str) {
-        let v: Value = serde_json::from_str(text).unwrap();
+        let v = parse(text);
         let c = &self.clients[ci];
         match v["type"].as_str().unwrap() {
             "connected" => {
@@ -360,8 +342,8 @@ impl World {
             }
             kind if v.get("seq").is_some() => {
                 self.stats.events_seen += 1;
-                let wire = v["stream"].as_str().unwrap().to_owned();
-                let (epoch, seq) = (v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap());
+                let event = EventFrame::decode(&v).expect("an event frame");
+                let (wire, epoch, seq) = (event.stream, event.epoch, event.seq);
                 let id = v["data"]["id"].as_u64().unwrap();
                 let m = self
                     .msgs
@@ -459,19 +441,22 @@ impl World {
     fn step(&mut self) {
         // Clock: mostly steady, sometimes a jump forwards, sometimes a stale (earlier) `now`.
         self.now += STEP;
-        if self.rng.chance(500) {
+        if self.rng.chance_per_million(500) {
             self.now += Duration::from_secs(20);
         }
-        let tick_at =
-            if self.rng.chance(20_000) { self.now - Duration::from_secs(3) } else { self.now };
+        let tick_at = if self.rng.chance_per_million(20_000) {
+            self.now - Duration::from_secs(3)
+        } else {
+            self.now
+        };
         self.hub.tick(tick_at);
         self.drain();
 
         for ci in 0..self.clients.len() {
             match self.clients[ci].conn {
                 None if self.now >= self.clients[ci].reconnect_at => self.connect(ci),
-                Some(conn) if self.rng.chance(800) => {
-                    let abnormal = self.rng.below(3) == 0;
+                Some(conn) if self.rng.chance_per_million(800) => {
+                    let abnormal = self.rng.index(3) == 0;
                     let reason =
                         if abnormal { DisconnectReason::Abnormal } else { DisconnectReason::Clean };
                     self.hub.disconnect(self.now, conn, reason).unwrap();
@@ -481,11 +466,11 @@ impl World {
                     c.queue.clear();
                     // Mostly back within retention; sometimes long after (the user retires).
                     let away =
-                        if self.rng.below(10) == 0 { 200 } else { 1 + self.rng.below(40) as u64 };
+                        if self.rng.index(10) == 0 { 200 } else { 1 + self.rng.index(40) as u64 };
                     c.reconnect_at = self.now + Duration::from_secs(away);
                 }
-                Some(_) if self.rng.chance(300) => {
-                    let secs = 2 + self.rng.below(40) as u64;
+                Some(_) if self.rng.chance_per_million(300) => {
+                    let secs = 2 + self.rng.index(40) as u64;
                     self.clients[ci].stalled_until = Some(self.now + Duration::from_secs(secs));
                 }
                 _ => {}
@@ -527,14 +512,14 @@ fn run(seed: u64, minutes: u64) -> SimStats {
         max_buffered_bytes: 64 << 20,
         ..Config::default()
     };
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded(seed);
     let clients = (0..CLIENTS)
         .map(|i| {
             let tenant = i % TENANTS;
             let user = (i / TENANTS) % USERS_PER_TENANT;
-            let roles = (0..2).filter(|_| rng.below(2) == 0).map(|r| format!("role{r}")).collect();
-            let thread = if rng.below(4) == 0 { Some(format!("th{}", rng.below(2))) } else { None };
-            let rooms = (0..ROOMS).filter(|_| rng.below(3) == 0).collect();
+            let roles = (0..2).filter(|_| rng.index(2) == 0).map(|r| format!("role{r}")).collect();
+            let thread = if rng.index(4) == 0 { Some(format!("th{}", rng.index(2))) } else { None };
+            let rooms = (0..ROOMS).filter(|_| rng.index(3) == 0).collect();
             Client {
                 tenant,
                 user,

@@ -1,0 +1,239 @@
+//! proptest strategies over the vocabulary: knobs, single operations and the chunks (bursts,
+//! reconnect loops, resumes after events) that reach limits quickly.
+
+use proptest::prelude::*;
+use switchboard::UserLimitPolicy;
+
+use crate::vocab::*;
+
+/// The knobs of a case under `policy`, with this `(interval, timeout)` heartbeat in ms.
+pub fn knobs(policy: UserLimitPolicy, heartbeat: (Ms, Ms)) -> impl Strategy<Value = Knobs> {
+    let basics = (any::<bool>(), prop::bool::weighted(0.2), prop::option::weighted(0.3, 3u32..6));
+    let delivery = (
+        prop::option::weighted(0.5, (1usize..6, 150usize..900, 2_000u64..40_000)),
+        prop::option::weighted(0.3, 200u64..2_500),
+        prop::option::weighted(0.6, (250u64..1_200, 0u64..1_200)),
+        prop_oneof![3 => Just(0u64), 1 => 500u64..6_000],
+    );
+    let protection = (
+        prop::option::weighted(0.7, (1u32..4, 2_000u64..30_000, 1_000u64..20_000, 500u64..8_000)),
+        prop::option::weighted(0.2, 1u32..4),
+    );
+    (basics, delivery, protection).prop_map(
+        move |(
+            (global_broadcast, zero_retention, tenant_cap),
+            (retention, max_buffered_bytes, backpressure, resume_window),
+            (breaker, small_detached_cap),
+        )| {
+            Knobs {
+                policy,
+                global_broadcast,
+                zero_retention,
+                tenant_cap,
+                heartbeat,
+                retention,
+                max_buffered_bytes,
+                backpressure: backpressure.map(|(soft, extra)| (soft, soft + extra)),
+                resume_window,
+                breaker,
+                max_detached_users: small_detached_cap.unwrap_or(NO_DETACHED_CAP),
+            }
+        },
+    )
+}
+
+/// A connection, addressed symbolically.
+pub fn who() -> impl Strategy<Value = Who> {
+    let forged = prop::option::weighted(0.03, any::<(u8, u8)>());
+    (prop::bool::weighted(0.8), any::<u8>(), forged).prop_map(|(live, n, forged)| Who {
+        live,
+        n,
+        forged,
+    })
+}
+
+/// Client frames; garbage is drawn from the first `garbage` entries of [`GARBAGE`].
+pub fn client_frame(garbage: usize) -> impl Strategy<Value = In> {
+    prop_oneof![
+        3 => (0..THREADS).prop_map(In::Subscribe),
+        2 => prop::option::of(0..THREADS).prop_map(In::Unsubscribe),
+        4 => (prop::option::of(0..THREADS), any::<u8>()).prop_map(|(t, n)| In::Message(t, n)),
+        2 => Just(In::Ping),
+        2 => (
+            prop::collection::vec((0..5usize, prop::bool::weighted(0.2), any::<u8>()), 0..5),
+            prop::bool::weighted(0.2),
+        )
+            .prop_map(|(spec, extra)| In::Resume(spec, extra)),
+        3 => (0..garbage).prop_map(In::Garbage),
+        1 => (1usize..40).prop_map(In::Oversized),
+    ]
+}
+
+/// A publish target, by indices or relative to a connection.
+pub fn target() -> impl Strategy<Value = Tgt> {
+    // One tenant and one user index beyond those that ever connect: never seen by the hub.
+    prop_oneof![
+        4 => (0..=TENANTS, 0..=USERS).prop_map(|(t, u)| Tgt::User(t, u)),
+        3 => (0..TENANTS, 0..USERS, 0..THREADS).prop_map(|(t, u, th)| Tgt::Thread(t, u, th)),
+        2 => who().prop_map(Tgt::Conn),
+        3 => (0..=TENANTS, 0..ROOMS).prop_map(|(t, r)| Tgt::Room(t, r)),
+        2 => (0..=TENANTS, prop::option::of(0..ROLES.len())).prop_map(|(t, r)| Tgt::Tenant(t, r)),
+        1 => Just(Tgt::Everyone),
+        4 => who().prop_map(Tgt::UserOf),
+        2 => (who(), 0..THREADS).prop_map(|(w, th)| Tgt::ThreadOf(w, th)),
+        3 => (who(), 0..ROOMS).prop_map(|(w, r)| Tgt::RoomOf(w, r)),
+        2 => (who(), prop::option::of(0..ROLES.len())).prop_map(|(w, r)| Tgt::TenantOf(w, r)),
+    ]
+}
+
+/// One operation; client garbage from the first `garbage` entries of [`GARBAGE`].
+pub fn op(garbage: usize) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..TENANTS, 0..USERS, 0..4usize, 0u8..4, prop::option::weighted(0.4, -2_000i32..30_000))
+            .prop_map(|(tenant, user, tier, roles, expires_in)| Op::Connect {
+                tenant,
+                user,
+                tier,
+                roles,
+                expires_in
+            }),
+        2 => (who(), any::<bool>()).prop_map(|(who, clean)| Op::Disconnect { who, clean }),
+        1 => (who(), 0..APP_CLOSE_REASONS.len()).prop_map(|(who, reason)| Op::Close { who, reason }),
+        7 => (who(), client_frame(garbage)).prop_map(|(who, frame)| Op::Receive { who, frame }),
+        2 => who().prop_map(|who| Op::Pong { who }),
+        // Part of what is unwritten, or everything (`written` saturates).
+        2 => (who(), prop_oneof![3 => 0u32..400, 1 => Just(100_000u32)])
+            .prop_map(|(who, bytes)| Op::Written { who, bytes }),
+        2 => (who(), prop::option::weighted(0.8, -3_000i32..30_000))
+            .prop_map(|(who, expires_in)| Op::Refresh { who, expires_in }),
+        5 => (who(), 0..ROOMS).prop_map(|(who, room)| Op::Join { who, room }),
+        3 => (who(), 0..ROOMS, prop::bool::weighted(0.7))
+            .prop_map(|(who, room, joined)| Op::Leave { who, room, joined }),
+        8 => (target(), prop_oneof![12 => 0..6usize, 1 => Just(6usize)], prop::option::weighted(0.3, 0..THREADS))
+            .prop_map(|(target, kind, thread)| Op::Publish { target, kind, thread }),
+        2 => (0u32..3_000).prop_map(Op::Sleep),
+        4 => prop_oneof![6 => 0u32..2_000, 3 => 2_000u32..16_000, 1 => 20_000u32..150_000]
+            .prop_map(Op::Tick),
+        1 => (1u32..5_000).prop_map(Op::TickBack),
+        3 => Just(Op::TickNext),
+    ]
+}
+
+/// How far behind the caller's clock a call is made: mostly not at all.
+pub fn back() -> impl Strategy<Value = u32> {
+    prop_oneof![6 => Just(0u32), 1 => 1u32..4_000]
+}
+
+/// One step, a burst of client frames to one connection (so that rate limits, subscription limits
+/// and the violation allowance are reached), a burst of connects (so that connection limits are),
+/// several connections joining one room, a failing client's reconnect loop, a resume after
+/// events, or a burst of publishes to one user (so that backpressure is reached).
+pub fn chunk(garbage: usize) -> impl Strategy<Value = Vec<Step>> {
+    prop_oneof![
+        12 => (back(), op(garbage)).prop_map(|(back, op)| vec![Step { back, op }]),
+        1 => (who(), prop::collection::vec(client_frame(garbage), 2..8)).prop_map(|(who, frames)| {
+            frames.into_iter().map(|frame| Step { back: 0, op: Op::Receive { who, frame } }).collect()
+        }),
+        1 => prop::collection::vec((0..TENANTS, 0..USERS, 0..4usize), 2..5).prop_map(|who| {
+            who.into_iter()
+                .map(|(tenant, user, tier)| Step {
+                    back: 0,
+                    op: Op::Connect { tenant, user, tier, roles: 1, expires_in: None },
+                })
+                .collect()
+        }),
+        1 => (0..ROOMS, prop::collection::vec(any::<u8>(), 2..6)).prop_map(|(room, ns)| {
+            ns.into_iter()
+                .map(|n| Step { back: 0, op: Op::Join { who: Who { live: true, n, forged: None }, room } })
+                .collect()
+        }),
+        1 => reconnect_loop(),
+        1 => resume_after_events(),
+        1 => (who(), prop::collection::vec((0..6usize, thread()), 2..7)).prop_map(|(w, kinds)| {
+            kinds
+                .into_iter()
+                .map(|(kind, thread)| Step {
+                    back: 0,
+                    op: Op::Publish { target: Tgt::UserOf(w), kind, thread },
+                })
+                .collect()
+        }),
+    ]
+}
+
+/// An envelope's thread, if any.
+pub fn thread() -> impl Strategy<Value = Option<usize>> {
+    prop::option::weighted(0.3, 0..THREADS)
+}
+
+/// Operations made one after another at the caller's clock.
+pub fn at_once(ops: Vec<Op>) -> Vec<Step> {
+    ops.into_iter().map(|op| Step { back: 0, op }).collect()
+}
+
+/// A client that keeps failing and reconnecting (so that breakers open, refuse, half-open and
+/// close), with time passing.
+pub fn reconnect_loop() -> impl Strategy<Value = Vec<Step>> {
+    let shape = (0..TENANTS, 0..USERS, 1..5usize, 500u32..25_000, 0u32..12_000);
+    shape.prop_map(|(tenant, user, failures, wait, up)| {
+        let connect = Op::Connect { tenant, user, tier: 3, roles: 1, expires_in: None };
+        let fail = Op::Disconnect { who: NEWEST, clean: false };
+        let mut ops = Vec::new();
+        for _ in 0..failures {
+            ops.extend([connect.clone(), fail.clone()]);
+        }
+        ops.extend([connect.clone(), Op::Tick(wait), connect.clone(), Op::Tick(up), connect]);
+        at_once(ops)
+    })
+}
+
+/// Events for a user, its tenant and maybe a room its client is in, then another client of the
+/// user that connects (maybe joins the room, maybe narrows itself to a thread) and resumes from
+/// early positions (so that replays happen).
+pub fn resume_after_events() -> impl Strategy<Value = Vec<Step>> {
+    let events = prop::collection::vec((0..6usize, thread(), 0..3usize), 0..6);
+    let seqs = (0u8..3, 0u8..3, 0u8..3);
+    let shape = (0..TENANTS, 0..USERS, prop::option::of(0..ROOMS), events, seqs, thread());
+    shape.prop_map(|(tenant, user, room, events, (useq, tseq, rseq), narrow)| {
+        let connect = Op::Connect { tenant, user, tier: 3, roles: 1, expires_in: None };
+        let join = room.map(|room| Op::Join { who: NEWEST, room });
+        let mut ops = vec![connect.clone()];
+        ops.extend(join.clone());
+        for (kind, thread, stream) in events {
+            let target = match (stream, room) {
+                (1, _) => Tgt::Tenant(tenant, None),
+                (2, Some(r)) => Tgt::Room(tenant, r),
+                _ => Tgt::User(tenant, user),
+            };
+            ops.push(Op::Publish { target, kind, thread });
+        }
+        ops.push(connect);
+        ops.extend(join);
+        if let Some(th) = narrow {
+            ops.push(Op::Receive { who: NEWEST, frame: In::Subscribe(th) });
+        }
+        let resume = In::Resume(vec![(0, false, useq), (1, false, tseq), (2, false, rseq)], false);
+        ops.push(Op::Receive { who: NEWEST, frame: resume });
+        at_once(ops)
+    })
+}
+
+/// Up to 60 steps.
+pub fn steps(garbage: usize) -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(chunk(garbage), 1..50)
+        .prop_map(|chunks| chunks.into_iter().flatten().take(60).collect())
+}
+
+/// Either user-limit policy.
+pub fn policy() -> impl Strategy<Value = UserLimitPolicy> {
+    prop_oneof![Just(UserLimitPolicy::Reject), Just(UserLimitPolicy::EvictOldest)]
+}
+
+/// How many cases a property runs: `PROPTEST_CASES` if set, never fewer than `at_least` (the
+/// count the property is written for), so that the variable lengthens runs and never shortens
+/// them.
+#[must_use]
+pub fn cases(at_least: u32) -> u32 {
+    let env = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok());
+    env.unwrap_or(at_least).max(at_least)
+}
