@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use crate::error::ConfigError;
-use crate::stream::Retention;
+use thiserror::Error;
+
+use crate::retention::Retention;
 
 /// A principal's service tier. Each tier has its own quotas ([`TierQuota`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -358,6 +359,43 @@ fn bounded(field: &'static str, d: Duration) -> Result<(), ConfigError> {
     } else {
         Ok(())
     }
+}
+
+/// The configuration makes no sense; returned by [`Hub::new`](crate::Hub::new).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A limit or duration that must be positive is zero.
+    #[error("config field `{field}` must be greater than zero")]
+    Zero {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A limit is larger than the hub can represent (for durations: `max` is in seconds).
+    #[error("config field `{field}` must be at most {max}")]
+    TooLarge {
+        /// The field's name.
+        field: &'static str,
+        /// The largest value accepted.
+        max: u64,
+    },
+    /// A tier quota is zero.
+    #[error("tier quota `{field}` of tier {tier:?} must be greater than zero")]
+    ZeroTierQuota {
+        /// The tier.
+        tier: Tier,
+        /// The quota's name.
+        field: &'static str,
+    },
+    /// Two settings contradict each other.
+    #[error("inconsistent config: {detail}")]
+    Inconsistent {
+        /// Which settings, and why.
+        detail: &'static str,
+    },
+    /// A redaction key is the empty string.
+    #[error("redact_keys must not contain an empty key")]
+    EmptyRedactKey,
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::action::CloseReason;
 use crate::config::{Config, Tier};
 use crate::ids::{ConnId, Roles, RoomId, ThreadId};
+use crate::kinds::CloseReason;
 use crate::limits::Bucket;
 use crate::stats::Meter;
 use crate::timer::TimerId;

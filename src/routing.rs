@@ -12,7 +12,7 @@
 use hashbrown::HashMap;
 
 use crate::connection::{Connection, Connections, Membership};
-use crate::ids::{ConnId, Role, RoomId};
+use crate::ids::{ConnId, Role, Roles, RoomId};
 use crate::stream::{Scope, Stream};
 use crate::timer::TimerId;
 
@@ -144,7 +144,7 @@ impl Tenant {
 }
 
 /// Who a tenant broadcast is for.
-pub(crate) fn audience_admits(roles: &crate::ids::Roles, role: Option<&Role>) -> bool {
+pub(crate) fn audience_admits(roles: &Roles, role: Option<&Role>) -> bool {
     role.is_none_or(|r| roles.contains(r.as_str()))
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::action::{CloseReason, ClosedBy, DisconnectReason, LimitKind};
+use crate::kinds::{CloseReason, ClosedBy, DisconnectReason, LimitKind};
 
 /// Connections closed, by how they ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -6,45 +6,12 @@
 //! are minted locally.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::action::Frame;
-use crate::ids::{ConnId, Role, RoomId, ThreadId};
-use crate::timer::TimerId;
-
-/// Which stream a message belongs to, as named on the wire (`"u"`, `"t"`, `"r:<room>"`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum StreamName {
-    /// The user's own stream (targets `User`, `Thread`, `Connection`). Wire name `"u"`.
-    User,
-    /// The tenant's broadcast stream (`Tenant` target, and `Everyone`). Wire name `"t"`.
-    Tenant,
-    /// A room's stream. Wire name `"r:<room>"`.
-    Room(RoomId),
-}
-
-impl fmt::Display for StreamName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StreamName::User => f.write_str("u"),
-            StreamName::Tenant => f.write_str("t"),
-            StreamName::Room(room) => write!(f, "r:{room}"),
-        }
-    }
-}
-
-/// A position in a stream: the epoch the stream was created with and a sequence number in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamPos {
-    /// Identifies one incarnation of the stream. A stream created anew (a user retired and seen
-    /// again, a room emptied and joined again) gets a new epoch, so positions from before cannot
-    /// be mistaken for positions in it.
-    pub epoch: u64,
-    /// The sequence number: 1 for the first message of an epoch, +1 per message. 0 means "nothing
-    /// yet".
-    pub seq: u64,
-}
+use crate::frame::Frame;
+use crate::ids::{ConnId, Role, RoomId, StreamPos, TenantId, ThreadId};
+use crate::retention::Retention;
+use crate::timer::{TimerId, TimerQueue};
 
 /// Who may receive a buffered message when it is replayed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,23 +33,6 @@ pub(crate) struct Buffered {
     pub(crate) at: Instant,
     pub(crate) frame: Frame,
     pub(crate) scope: Scope,
-}
-
-/// Bounds of one stream's recovery buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retention {
-    /// Most messages kept (default 1000).
-    pub max_messages: usize,
-    /// Most frame bytes kept (default 1 MiB).
-    pub max_bytes: usize,
-    /// Oldest message kept (default 2 min).
-    pub max_age: Duration,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Self { max_messages: 1000, max_bytes: 1 << 20, max_age: Duration::from_secs(120) }
-    }
 }
 
 /// Why a stream could not be recovered.
@@ -115,7 +65,7 @@ pub(crate) struct Stream {
     buf: VecDeque<Buffered>,
     bytes: usize,
     /// Armed while anything is buffered: fires when the oldest message outlives `max_age`, so
-    /// that quiet streams age too (the hub owns the timer; see `delivery::sync_age_timer`).
+    /// that quiet streams age too (the hub owns the timer queue; see [`sync_age_timer`]).
     pub(crate) trim_timer: Option<TimerId>,
 }
 
@@ -240,9 +190,41 @@ impl Epochs {
     }
 }
 
+/// Which stream an age timer belongs to (a queue of its own, so that the per-connection timer
+/// entries stay small).
+#[derive(Clone, Debug)]
+pub(crate) enum TrimKey {
+    User(u32),
+    Tenant(TenantId),
+    Room(TenantId, RoomId),
+}
+
+/// Keeps a stream's age timer in step with its buffer: armed (if it is not already) while the
+/// stream holds messages, to fire just after the oldest outlives `max_age`; disarmed once it holds
+/// none (a keep can empty a buffer: a message larger than the byte bound is not kept).
+pub(crate) fn sync_age_timer(
+    trims: &mut TimerQueue<TrimKey>,
+    stream: &mut Stream,
+    key: impl FnOnce() -> TrimKey,
+    max_age: Duration,
+) {
+    match (stream.trim_timer, stream.oldest_at()) {
+        (None, Some(at)) => {
+            let due = at + max_age + Duration::from_nanos(1);
+            stream.trim_timer = Some(trims.insert(due, key()));
+        }
+        (Some(timer), None) => {
+            trims.cancel(timer);
+            stream.trim_timer = None;
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::StreamName;
 
     #[test]
     fn seqs_start_at_one_and_grow_by_one() {

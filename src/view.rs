@@ -5,10 +5,9 @@ use std::time::Instant;
 
 use crate::config::Tier;
 use crate::connection::{Connection, Connections};
-use crate::ids::{ConnId, Roles, RoomId, TenantId, ThreadId, UserId};
-use crate::limits::BreakerState;
+use crate::ids::{ConnId, Roles, RoomId, StreamPos, TenantId, ThreadId, UserId};
+use crate::kinds::BreakerState;
 use crate::stats::{MeterClock, Rates};
-use crate::stream::StreamPos;
 use crate::user::{UserPhase, UserState};
 
 /// A user's state, as of now.

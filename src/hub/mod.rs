@@ -1,23 +1,29 @@
 //! The [`Hub`]: the state it owns, the connection and user lifecycles, timers, and the views.
-//! Publishing lives in `delivery.rs`, client frames and resume in `inbound.rs`.
+//! Publishing lives in `publish.rs`, client frames and resume in `receive.rs`, rooms in `rooms.rs`.
+
+mod publish;
+mod receive;
+mod rooms;
+
+pub use publish::Published;
 
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
-use crate::action::{
-    Action, AuditKind, CloseReason, ClosedBy, DisconnectReason, Frame, LimitKind, MetricEvent,
-};
-use crate::config::{Config, Tier, UserLimitPolicy};
+use crate::action::{Action, MetricEvent};
+use crate::config::{Config, ConfigError, Tier, UserLimitPolicy};
 use crate::connection::{Connection, Connections, Lookup};
-use crate::delivery::{Offer, Sink, sync_age_timer, tier_index};
-use crate::error::{ConfigError, ConnError, ConnectError, RefreshError};
-use crate::ids::{ConnId, Role, Roles, RoomId, TenantId, UserId};
-use crate::limits::{Breaker, BreakerState, Bucket, Transition};
+use crate::error::{ConnError, ConnectError, RefreshError};
+use crate::frame::Frame;
+use crate::ids::{ConnId, Role, Roles, RoomId, StreamName, TenantId, UserId};
+use crate::kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
+use crate::limits::{Breaker, Bucket, Transition};
+use crate::outbox::{Offer, Outbox, tier_index};
 use crate::protocol::Redactor;
 use crate::routing::Tenant;
 use crate::stats::{HubStats, Meter, MeterClock, Meters, Rates};
-use crate::stream::{Epochs, Stream, StreamName};
+use crate::stream::{Epochs, Stream, TrimKey, sync_age_timer};
 use crate::timer::{TimerId, TimerQueue};
 use crate::user::{UserState, Users};
 use crate::view::{ConnView, UserView};
@@ -76,15 +82,6 @@ pub(crate) enum TimerKey {
     Snapshot,
 }
 
-/// Which stream an age timer belongs to (a queue of its own, so that the per-connection timer
-/// entries stay small).
-#[derive(Clone, Debug)]
-pub(crate) enum TrimKey {
-    User(u32),
-    Tenant(TenantId),
-    Room(TenantId, RoomId),
-}
-
 /// The connection hub: a synchronous, sans-io state machine. See the [crate docs](crate) for the
 /// drive loop.
 #[derive(Debug)]
@@ -106,7 +103,7 @@ pub struct Hub {
     /// `max_detached_users` evicts.
     detached: TimerQueue<u32>,
     snapshot: Option<TimerId>,
-    pub(crate) out: Sink,
+    pub(crate) out: Outbox,
     pub(crate) pong: Option<Frame>,
     pub(crate) epochs: Epochs,
     /// Scratch: connections a fan-out found over their hard limit, closed after it.
@@ -120,7 +117,7 @@ impl Hub {
         Ok(Self {
             redactor: Redactor::new(&cfg.redact_keys),
             epochs: Epochs::new(cfg.seed),
-            out: Sink::new(MeterClock::new(Duration::ZERO, cfg.rate_window)),
+            out: Outbox::new(MeterClock::new(Duration::ZERO, cfg.rate_window)),
             cfg,
             origin: None,
             last_now: None,

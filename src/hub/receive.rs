@@ -3,16 +3,17 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use crate::action::{Action, AuditKind, CloseReason, ClosedBy, Inbound, LimitKind, Origin};
+use crate::action::{Action, Inbound, Origin};
 use crate::connection::Connections;
-use crate::delivery::{Sink, tier_index};
 use crate::error::{PeerError, ReceiveError};
 use crate::hub::Hub;
-use crate::ids::ThreadId;
+use crate::ids::{ConnId, StreamName, StreamPos, ThreadId};
+use crate::kinds::{AuditKind, CloseReason, ClosedBy, LimitKind};
 use crate::limits::Rate;
+use crate::outbox::{Outbox, tier_index};
 use crate::protocol::{ClientFrame, StreamReport, parse_client_frame};
 use crate::routing::scope_admits;
-use crate::stream::{Stream, StreamName, StreamPos, Unrecoverable};
+use crate::stream::{Stream, Unrecoverable};
 
 impl Hub {
     /// A text (or binary) frame arrived from the client. Any frame proves the peer alive, and any
@@ -25,7 +26,7 @@ impl Hub {
     pub fn receive(
         &mut self,
         now: Instant,
-        conn: crate::ids::ConnId,
+        conn: ConnId,
         frame: &[u8],
     ) -> Result<(), ReceiveError> {
         let now = self.clock(now);
@@ -260,7 +261,7 @@ struct Replay<'p> {
 impl Replay<'_> {
     fn stream(
         &mut self,
-        out: &mut Sink,
+        out: &mut Outbox,
         conns: &mut Connections,
         name: &StreamName,
         stream: &Stream,
@@ -313,7 +314,7 @@ impl Replay<'_> {
     /// Delivers the buffered messages in `(after, upto]` that this connection may see.
     fn send(
         &self,
-        out: &mut Sink,
+        out: &mut Outbox,
         conns: &mut Connections,
         stream: &Stream,
         epoch: u64,

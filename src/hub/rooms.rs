@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
-use crate::action::{AuditKind, LimitKind};
 use crate::error::{ConnError, RoomError};
 use crate::hub::Hub;
-use crate::ids::{ConnId, RoomId, TenantId};
-use crate::stream::{Stream, StreamName};
+use crate::ids::{ConnId, RoomId, StreamName, TenantId};
+use crate::kinds::{AuditKind, LimitKind};
+use crate::stream::Stream;
 
 impl Hub {
     /// Puts a connection into a room of its own tenant. Returns `false` if it was already there.

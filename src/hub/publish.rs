@@ -5,20 +5,18 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::action::{
-    Action, AuditEvent, AuditKind, CloseReason, ClosedBy, Frame, LimitKind, MetricEvent,
-};
-use crate::config::{Config, Tier};
-use crate::connection::Connections;
+use crate::config::Config;
+use crate::connection::{Connection, Connections};
 use crate::envelope::{Audience, Envelope, EventKind, Priority, Target};
 use crate::error::PublishError;
-use crate::hub::{Hub, TrimKey};
-use crate::ids::{ConnId, RunId, TenantId, ThreadId, UserId};
-use crate::protocol::FrameWriter;
+use crate::frame::Frame;
+use crate::hub::Hub;
+use crate::ids::{Role, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId};
+use crate::kinds::{AuditKind, CloseReason, ClosedBy};
+use crate::outbox::{Offer, Outbox};
+use crate::protocol::{FrameWriter, Redactor};
 use crate::routing::audience_admits;
-use crate::stats::{HubStats, MeterClock, Meters};
-use crate::stream::{Scope, Stream, StreamName, StreamPos};
-use crate::timer::TimerQueue;
+use crate::stream::{Scope, TrimKey, sync_age_timer};
 
 /// What a publish did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,243 +57,15 @@ impl Published {
     }
 }
 
-/// What happened when a frame was offered to one connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Offer {
-    Delivered,
-    /// Low priority, and the connection is over its soft limit.
-    Skipped,
-    /// The connection is in its resume window; the buffer will replay it.
-    Held,
-    /// Critical, and it does not fit under the hard limit: the caller closes the connection.
-    Overflow,
-}
-
-/// The action queue, the counters, the frame writer and the meters: everything an output touches.
-#[derive(Debug)]
-pub(crate) struct Sink {
-    pub(crate) actions: std::collections::VecDeque<Action>,
-    pub(crate) stats: HubStats,
-    pub(crate) writer: FrameWriter,
-    pub(crate) tiers: [Meters; 4],
-    pub(crate) clock: MeterClock,
-}
-
-impl Sink {
-    pub(crate) fn new(clock: MeterClock) -> Self {
-        Self {
-            actions: Default::default(),
-            stats: HubStats::default(),
-            writer: FrameWriter::default(),
-            tiers: [Meters::default(); 4],
-            clock,
-        }
-    }
-
-    /// Queues a frame for a connection unconditionally (control frames and replays), preceded by
-    /// a `skipped` notice if frames were skipped since its last delivery.
-    pub(crate) fn deliver(&mut self, conns: &mut Connections, idx: u32, frame: &Frame) {
-        let id = conns.id_of(idx);
-        let conn = conns.get_mut(idx);
-        if conn.skipped > 0 {
-            let notice = self.writer.skipped(conn.skipped);
-            conn.skipped = 0;
-            self.push_deliver(id, &notice);
-            conn.unwritten += notice.len() as u64;
-        }
-        conn.unwritten += frame.len() as u64;
-        self.push_deliver(id, frame);
-    }
-
-    fn push_deliver(&mut self, conn: ConnId, frame: &Frame) {
-        self.stats.deliveries += 1;
-        self.stats.bytes_delivered += frame.len() as u64;
-        self.actions.push_back(Action::Deliver { conn, frame: frame.clone() });
-    }
-
-    /// Offers a live event frame under the connection's backpressure.
-    pub(crate) fn offer(
-        &mut self,
-        conns: &mut Connections,
-        idx: u32,
-        frame: &Frame,
-        priority: Priority,
-        cfg: &Config,
-    ) -> Offer {
-        let conn = conns.get_mut(idx);
-        if conn.held {
-            self.stats.held_back += 1;
-            return Offer::Held;
-        }
-        let after = conn.unwritten + notice_len(conn.skipped) + frame.len() as u64;
-        if priority == Priority::Low && after > cfg.max_inflight_bytes {
-            conn.skipped = conn.skipped.saturating_add(1);
-            self.stats.thinking_skipped += 1;
-            return Offer::Skipped;
-        }
-        if after > cfg.max_unwritten_bytes {
-            return Offer::Overflow;
-        }
-        // Metered on the connection, whose record this already touches: a fan-out must not
-        // visit every recipient's user state (the user view sums its connections' meters).
-        conn.delivered.add(self.clock, 1);
-        self.tiers[tier_index(conn.tier)].delivered.add(self.clock, 1);
-        self.deliver(conns, idx, frame);
-        Offer::Delivered
-    }
-
-    pub(crate) fn audit(
-        &mut self,
-        kind: AuditKind,
-        conn: Option<ConnId>,
-        tenant: Option<&TenantId>,
-        user: Option<&UserId>,
-    ) {
-        self.stats.security_violations += 1;
-        self.actions.push_back(Action::Audit(AuditEvent {
-            kind,
-            conn,
-            tenant: tenant.cloned(),
-            user: user.cloned(),
-        }));
-    }
-
-    /// A limit refused something: counted, pushed as a metric, audited as `audit`.
-    pub(crate) fn limit(
-        &mut self,
-        limit: LimitKind,
-        audit: AuditKind,
-        conn: Option<ConnId>,
-        tenant: &TenantId,
-        user: &UserId,
-    ) {
-        self.stats.limit_rejections.bump(limit);
-        self.actions.push_back(Action::Metric(MetricEvent::LimitRejected { limit }));
-        self.audit(audit, conn, Some(tenant), Some(user));
-    }
-
-    /// Keeps a message in a stream's buffer and tracks the buffered gauges.
-    pub(crate) fn keep(
-        &mut self,
-        stream: &mut Stream,
-        now: Instant,
-        pos: StreamPos,
-        frame: &Frame,
-        scope: Scope,
-        cfg: &Config,
-    ) {
-        let before = stream.buffered();
-        stream.keep(now, pos.seq, frame, scope, &cfg.retention);
-        let over = (self.stats.buffered_bytes + stream.buffered().1 as u64)
-            .saturating_sub(before.1 as u64)
-            .saturating_sub(cfg.max_buffered_bytes);
-        if over > 0 {
-            stream.shed(usize::try_from(over).unwrap_or(usize::MAX));
-        }
-        self.rebuffered(before, stream.buffered());
-    }
-
-    /// Trims a stream to its bounds at `now` (the age bound is otherwise applied when it grows).
-    /// A stream left empty disarms its age timer; one still holding messages keeps it (it may
-    /// fire early, which only re-arms it).
-    pub(crate) fn trim(
-        &mut self,
-        trims: &mut TimerQueue<TrimKey>,
-        stream: &mut Stream,
-        now: Instant,
-        cfg: &Config,
-    ) {
-        let before = stream.buffered();
-        stream.trim(now, &cfg.retention);
-        self.rebuffered(before, stream.buffered());
-        if stream.buffered().0 == 0 {
-            if let Some(timer) = stream.trim_timer.take() {
-                trims.cancel(timer);
-            }
-        }
-    }
-
-    /// Adjusts the buffered gauges after a stream changed from `before` to `after`.
-    pub(crate) fn rebuffered(&mut self, before: (usize, usize), after: (usize, usize)) {
-        let s = &mut self.stats;
-        s.buffered_messages = (s.buffered_messages + after.0 as u64) - before.0 as u64;
-        s.buffered_bytes = (s.buffered_bytes + after.1 as u64) - before.1 as u64;
-    }
-
-    /// A stream is dropped with its buffer and its age timer.
-    pub(crate) fn dropped(&mut self, trims: &mut TimerQueue<TrimKey>, stream: &Stream) {
-        self.rebuffered(stream.buffered(), (0, 0));
-        if let Some(timer) = stream.trim_timer {
-            trims.cancel(timer);
-        }
-    }
-
-    /// Offers a control frame (`pong`, `error`, `refresh_required`, `joined`, …) under the hard
-    /// limit: a client that never reads cannot make them pile up. `Overflow`: the caller closes
-    /// the connection with `SlowConsumer`.
-    pub(crate) fn control(
-        &mut self,
-        conns: &mut Connections,
-        idx: u32,
-        frame: &Frame,
-        cfg: &Config,
-    ) -> Offer {
-        let conn = conns.get(idx);
-        if conn.unwritten + notice_len(conn.skipped) + frame.len() as u64 > cfg.max_unwritten_bytes
-        {
-            return Offer::Overflow;
-        }
-        self.deliver(conns, idx, frame);
-        Offer::Delivered
-    }
-}
-
-/// The length of the `skipped` notice that precedes the next frame after `skipped` skips:
-/// `{"type":"skipped","count":N}`. Backpressure checks count it with the frame it precedes.
-pub(crate) fn notice_len(skipped: u32) -> u64 {
-    if skipped == 0 { 0 } else { 27 + u64::from(skipped.checked_ilog10().unwrap_or(0) + 1) }
-}
-
-/// Keeps a stream's age timer in step with its buffer: armed (if it is not already) while the
-/// stream holds messages, to fire just after the oldest outlives `max_age`; disarmed once it holds
-/// none (a keep can empty a buffer: a message larger than the byte bound is not kept).
-pub(crate) fn sync_age_timer(
-    trims: &mut TimerQueue<TrimKey>,
-    stream: &mut Stream,
-    key: impl FnOnce() -> TrimKey,
-    max_age: std::time::Duration,
-) {
-    match (stream.trim_timer, stream.oldest_at()) {
-        (None, Some(at)) => {
-            let due = at + max_age + std::time::Duration::from_nanos(1);
-            stream.trim_timer = Some(trims.insert(due, key()));
-        }
-        (Some(timer), None) => {
-            trims.cancel(timer);
-            stream.trim_timer = None;
-        }
-        _ => {}
-    }
-}
-
-pub(crate) fn tier_index(tier: Tier) -> usize {
-    match tier {
-        Tier::Free => 0,
-        Tier::Early => 1,
-        Tier::Mid => 2,
-        Tier::Enterprise => 3,
-    }
-}
-
 /// Offers `frame` to each of `recipients` (connection slots) that `admit` accepts, and collects
 /// connections that overflowed into `doomed`.
 #[allow(clippy::too_many_arguments)]
 fn fan_out<'a>(
-    out: &mut Sink,
+    out: &mut Outbox,
     conns: &mut Connections,
     cfg: &Config,
     recipients: impl Iterator<Item = &'a u32>,
-    admit: impl Fn(&crate::connection::Connection) -> bool,
+    admit: impl Fn(&Connection) -> bool,
     frame: &Frame,
     priority: Priority,
     doomed: &mut Vec<u32>,
@@ -443,7 +213,7 @@ impl Hub {
         &mut self,
         now: Instant,
         tenant: &TenantId,
-        room: &crate::ids::RoomId,
+        room: &RoomId,
         msg: &Message<'_>,
     ) -> Published {
         let Some(r) = self.tenants.get_mut(tenant).and_then(|t| t.rooms.get_mut(room)) else {
@@ -476,7 +246,7 @@ impl Hub {
         &mut self,
         now: Instant,
         tenant: &TenantId,
-        role: Option<&crate::ids::Role>,
+        role: Option<&Role>,
         msg: &Message<'_>,
     ) -> Published {
         let Some(t) = self.tenants.get_mut(tenant) else {
@@ -491,7 +261,7 @@ impl Hub {
         let mut result =
             Published { position: Some((StreamName::Tenant, pos)), ..Published::none() };
         let (out, conns, cfg) = (&mut self.out, &mut self.conns, &self.cfg);
-        let admit = |c: &crate::connection::Connection| audience_admits(&c.roles, role);
+        let admit = |c: &Connection| audience_admits(&c.roles, role);
         fan_out(
             out,
             conns,
@@ -522,22 +292,8 @@ impl Message<'_> {
         writer: &mut FrameWriter,
         stream: &StreamName,
         pos: StreamPos,
-        redactor: &crate::protocol::Redactor,
+        redactor: &Redactor,
     ) -> Frame {
         writer.event(self.kind, stream, pos, self.thread, self.run, self.data, redactor)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_notice_length_is_the_written_notice_length() {
-        let mut w = FrameWriter::default();
-        for n in [1, 9, 10, 99, 100, 12345, u32::MAX] {
-            assert_eq!(notice_len(n), w.skipped(n).len() as u64, "count {n}");
-        }
-        assert_eq!(notice_len(0), 0);
     }
 }
