@@ -153,9 +153,9 @@ impl Hub {
             buffered.1
         );
         ensure!(
-            self.trims.len() == trim_timers,
+            self.buffers.armed() == trim_timers,
             "{} age timers armed, {trim_timers} expected",
-            self.trims.len()
+            self.buffers.armed()
         );
         let expected_timers = n_conns
             + breaker_timers

@@ -88,9 +88,11 @@
 //!   is emitted), `protocol` (the wire format), `timer` (the deadline queue).
 //! - **Components**: `connection` (one connection's deadlines, filters and allowances, and the
 //!   generation-checked slot table), `user` (per-user state), `routing` (tenants and rooms),
-//!   `stream` (sequence numbers, recovery buffers and their age timers), `limits` (rate buckets,
-//!   the reconnect breaker), `outbox` (the one way anything is emitted: actions and counters,
-//!   backpressure per connection), `view` (read-only views).
+//!   `stream` (sequence numbers, recovery buffers, their age timers and totals), `limits` (rate
+//!   buckets, the reconnect breaker), `outbox` (the one way anything is emitted: each action is
+//!   queued by the call that records its counter), `flow` (backpressure per connection, the frame
+//!   writer, the traffic meters), `view` (read-only views). The gauges of [`HubStats`] are not
+//!   kept by hand: [`Hub::stats`] derives them from the components that hold what they count.
 //! - **`Hub`** on top (`hub/`): the lifecycles that span components, publishing (`hub/publish.rs`,
 //!   with `Target` resolution), client frames and resume (`hub/receive.rs`), rooms
 //!   (`hub/rooms.rs`). `invariants` (feature `fuzzing`) checks the hub from outside.
@@ -163,6 +165,7 @@ mod config;
 mod connection;
 mod envelope;
 mod error;
+mod flow;
 mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

@@ -1,5 +1,6 @@
-//! Counters and gauges: the origin documents' factory, manager and security metrics, kept as plain
-//! integers the hub bumps as it goes (no scans).
+//! Counters and gauges: the origin documents' factory, manager and security metrics. Counters are
+//! plain integers the outbox bumps as it emits; gauges are derived from the hub's components when
+//! [`Hub::stats`](crate::Hub::stats) is read (no scans: each is a length or a running total).
 
 use std::time::Duration;
 

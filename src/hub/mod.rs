@@ -7,23 +7,25 @@ mod rooms;
 
 pub use publish::Published;
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
-use crate::action::{Action, MetricEvent};
+use crate::action::Action;
 use crate::config::{Config, ConfigError, Tier, UserLimitPolicy};
 use crate::connection::{Connection, Connections, Lookup};
 use crate::error::{ConnError, ConnectError, RefreshError};
+use crate::flow::{Flow, Offer};
 use crate::frame::Frame;
 use crate::ids::{ConnId, Role, Roles, RoomId, StreamName, TenantId, UserId};
 use crate::kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
 use crate::limits::{Breaker, Bucket, Transition};
-use crate::outbox::{Offer, Outbox, tier_index};
+use crate::outbox::Outbox;
 use crate::protocol::Redactor;
 use crate::routing::Tenant;
 use crate::stats::{HubStats, Meter, MeterClock, Meters, Rates};
-use crate::stream::{Epochs, Stream, TrimKey, sync_age_timer};
+use crate::stream::{Buffers, Epochs, Stream, TrimKey};
 use crate::timer::{TimerId, TimerQueue};
 use crate::user::{UserState, Users};
 use crate::view::{ConnView, UserView};
@@ -97,13 +99,17 @@ pub struct Hub {
     pub(crate) timers: TimerQueue<TimerKey>,
     /// Rooms without members by the instant they are dropped (`room_retention`).
     pub(crate) idle_rooms: TimerQueue<(TenantId, RoomId)>,
-    /// Streams by the instant their oldest buffered message outlives `retention.max_age`.
-    pub(crate) trims: TimerQueue<TrimKey>,
+    /// The recovery buffers' age timers and totals.
+    pub(crate) buffers: Buffers,
     /// Detached users by retirement time: the retirement timers, and the order in which
     /// `max_detached_users` evicts.
     detached: TimerQueue<u32>,
     snapshot: Option<TimerId>,
     pub(crate) out: Outbox,
+    /// The frame writer and the traffic meters.
+    pub(crate) flow: Flow,
+    /// `stats()` as last derived; cleared by every call that may change it.
+    stats: OnceLock<HubStats>,
     pub(crate) pong: Option<Frame>,
     pub(crate) epochs: Epochs,
     /// Scratch: connections a fan-out found over their hard limit, closed after it.
@@ -117,7 +123,9 @@ impl Hub {
         Ok(Self {
             redactor: Redactor::new(&cfg.redact_keys),
             epochs: Epochs::new(cfg.seed),
-            out: Outbox::new(MeterClock::new(Duration::ZERO, cfg.rate_window)),
+            out: Outbox::default(),
+            flow: Flow::new(MeterClock::new(Duration::ZERO, cfg.rate_window)),
+            stats: OnceLock::new(),
             cfg,
             origin: None,
             last_now: None,
@@ -126,7 +134,7 @@ impl Hub {
             tenants: HashMap::new(),
             timers: TimerQueue::new(),
             detached: TimerQueue::new(),
-            trims: TimerQueue::new(),
+            buffers: Buffers::new(),
             idle_rooms: TimerQueue::new(),
             snapshot: None,
             pong: None,
@@ -144,7 +152,8 @@ impl Hub {
         let now = self.last_now.map_or(now, |last| last.max(now));
         self.last_now = Some(now);
         let origin = *self.origin.get_or_insert(now);
-        self.out.clock = self.out.clock.at(now - origin);
+        self.flow.clock = self.flow.clock.at(now - origin);
+        self.stats.take();
         if self.snapshot.is_none() {
             if let Some(every) = self.cfg.snapshot_interval {
                 self.snapshot = Some(self.timers.insert(now + every, TimerKey::Snapshot));
@@ -274,7 +283,7 @@ impl Hub {
         self.conns.get_mut(idx).timer = self.timers.insert(deadline, TimerKey::Conn(idx));
         tenant.add_conn(&mut self.conns, idx);
         user.conns.push(idx);
-        user.meters.connects.add(self.out.clock, 1);
+        user.meters.connects.add(self.flow.clock, 1);
         let positions = [
             (StreamName::User, user.stream.position()),
             (StreamName::Tenant, tenant.stream.position()),
@@ -284,17 +293,10 @@ impl Hub {
             self.arm_breaker(uidx);
         }
 
-        let stats = &mut self.out.stats;
-        stats.connections_opened += 1;
-        stats.connections_active += 1;
-        self.out.tiers[tier_index(principal.tier)].connects.add(self.out.clock, 1);
-        self.out.actions.push_back(Action::Metric(MetricEvent::ConnectionOpened {
-            conn: id,
-            tenant: principal.tenant.clone(),
-            user: principal.user.clone(),
-            tier: principal.tier,
-        }));
-        let frame = self.out.writer.connected(
+        self.out.opened(id, &principal.tenant, &principal.user, principal.tier);
+        let clock = self.flow.clock;
+        self.flow.tier(principal.tier).connects.add(clock, 1);
+        let frame = self.flow.writer.connected(
             id,
             &principal.tenant,
             &principal.user,
@@ -302,7 +304,7 @@ impl Hub {
             principal.expires_at.map(|exp| millis(exp - now)),
             &positions,
         );
-        self.out.deliver(&mut self.conns, idx, &frame);
+        self.flow.deliver(&mut self.out, &mut self.conns, idx, &frame);
 
         for _ in 0..evict {
             let oldest = self.users.get(uidx).conns[0];
@@ -338,14 +340,7 @@ impl Hub {
             breaker_timer: None,
             meters: Meters::default(),
         });
-        let stats = &mut self.out.stats;
-        stats.users_created += 1;
-        stats.users_active += 1;
-        stats.tenants = self.tenants.len() as u64;
-        self.out.actions.push_back(Action::Metric(MetricEvent::UserCreated {
-            tenant: principal.tenant.clone(),
-            user: principal.user.clone(),
-        }));
+        self.out.user_created(&principal.tenant, &principal.user);
         uidx
     }
 
@@ -353,8 +348,6 @@ impl Hub {
     fn reattach_user(&mut self, uidx: u32) {
         if let Some((timer, _)) = self.users.get_mut(uidx).retire.take() {
             self.detached.cancel(timer);
-            self.out.stats.users_detached -= 1;
-            self.out.stats.users_active += 1;
         }
     }
 
@@ -376,7 +369,7 @@ impl Hub {
         let conn = self.conns.remove(idx, now);
         let user = self.users.get_mut(uidx);
         user.conns.retain(|&c| c != idx);
-        user.meters.delivered.absorb(conn.delivered, self.out.clock);
+        user.meters.delivered.absorb(conn.delivered, self.flow.clock);
         let detached = user.conns.is_empty();
         let abnormal = matches!(
             by,
@@ -389,22 +382,8 @@ impl Hub {
         );
         let transition = user.breaker.closed(now, id, abnormal, &self.cfg.breaker);
 
-        if let ClosedBy::Hub(reason) = by {
-            self.out.actions.push_back(Action::Close { conn: id, reason });
-        }
         let lifetime = now.saturating_duration_since(conn.opened_at);
-        let stats = &mut self.out.stats;
-        stats.connections_closed += 1;
-        stats.connections_active -= 1;
-        stats.closed_by.bump(by);
-        stats.total_connection_lifetime += lifetime;
-        self.out.actions.push_back(Action::Metric(MetricEvent::ConnectionClosed {
-            conn: id,
-            tenant: tenant_id.clone(),
-            user: self.users.get(uidx).user.clone(),
-            lifetime,
-            reason: by,
-        }));
+        self.out.closed(id, &tenant_id, &self.users.get(uidx).user, lifetime, by);
         if let Some(t) = transition {
             self.breaker_transition(uidx, t);
         }
@@ -412,7 +391,6 @@ impl Hub {
             self.room_emptied(now, &tenant_id, room);
         }
         if detached {
-            self.out.stats.users_active -= 1;
             self.detach_user(now, uidx);
         }
     }
@@ -423,7 +401,7 @@ impl Hub {
         let retire_at = match self.users.get(uidx).breaker.state {
             BreakerState::Open { until } if until > now => until.max(now + self.cfg.user_retention),
             _ if self.cfg.user_retention.is_zero() => {
-                self.retire_user(uidx);
+                self.retire_user(uidx, false);
                 return;
             }
             _ => now + self.cfg.user_retention,
@@ -431,7 +409,6 @@ impl Hub {
         if self.detached.len() >= self.cfg.max_detached_users as usize {
             self.evict_detached();
         }
-        self.out.stats.users_detached += 1;
         let timer = self.detached.insert(retire_at, uidx);
         self.users.get_mut(uidx).retire = Some((timer, now));
     }
@@ -440,34 +417,26 @@ impl Hub {
     pub(crate) fn evict_detached(&mut self) -> bool {
         let Some(oldest) = self.detached.pop_first() else { return false };
         self.users.get_mut(oldest).retire = None;
-        self.out.stats.users_detached -= 1;
-        self.out.stats.users_evicted += 1;
-        self.retire_user(oldest);
+        self.retire_user(oldest, true);
         true
     }
 
     /// Forgets a user's state, its stream and buffer. Its retirement timer, if any, has already
     /// fired or been cancelled.
-    fn retire_user(&mut self, uidx: u32) {
+    fn retire_user(&mut self, uidx: u32, evicted: bool) {
         let user = self.users.remove(uidx);
         if let Some(timer) = user.breaker_timer {
             self.timers.cancel(timer);
         }
-        self.out.dropped(&mut self.trims, &user.stream);
+        self.buffers.dropped(&user.stream);
         if let Some(tenant) = self.tenants.get_mut(&user.tenant) {
             tenant.users -= 1;
             if tenant.is_unused() {
                 let tenant = self.tenants.remove(&user.tenant).expect("present");
-                self.out.dropped(&mut self.trims, &tenant.stream);
+                self.buffers.dropped(&tenant.stream);
             }
         }
-        let stats = &mut self.out.stats;
-        stats.users_retired += 1;
-        stats.tenants = self.tenants.len() as u64;
-        self.out.actions.push_back(Action::Metric(MetricEvent::UserRetired {
-            tenant: user.tenant,
-            user: user.user,
-        }));
+        self.out.user_retired(user.tenant, user.user, evicted);
     }
 
     /// When the breaker's probe connection opened, if it has a live one.
@@ -505,15 +474,7 @@ impl Hub {
         self.arm_breaker(uidx);
         let user = self.users.get(uidx);
         let (tenant, user_id, state) = (user.tenant.clone(), user.user.clone(), user.breaker.state);
-        if transition == Transition::Opened {
-            self.out.stats.breakers_opened += 1;
-            self.out.audit(AuditKind::BreakerOpened, None, Some(&tenant), Some(&user_id));
-        }
-        self.out.actions.push_back(Action::Metric(MetricEvent::BreakerChanged {
-            tenant,
-            user: user_id,
-            state,
-        }));
+        self.out.breaker_changed(tenant, user_id, state, transition == Transition::Opened);
     }
 
     /// The transport went away. The connection is forgotten; no `Close` is emitted.
@@ -599,7 +560,9 @@ impl Hub {
 
     /// Sends a control frame, or closes the connection if it is too far behind to take one.
     pub(crate) fn control_or_close(&mut self, now: Instant, idx: u32, frame: &Frame) {
-        if self.out.control(&mut self.conns, idx, frame, &self.cfg) == Offer::Overflow {
+        if self.flow.control(&mut self.out, &mut self.conns, idx, frame, &self.cfg)
+            == Offer::Overflow
+        {
             self.close_conn(now, idx, ClosedBy::Hub(CloseReason::SlowConsumer));
         }
     }
@@ -614,18 +577,16 @@ impl Hub {
         let now = self.clock(now);
         while let Some(uidx) = self.detached.pop_due(now) {
             self.users.get_mut(uidx).retire = None;
-            self.out.stats.users_detached -= 1;
             if matches!(self.users.get(uidx).breaker.state, BreakerState::Open { until } if until > now)
             {
                 // An open breaker must outlive the user, or waiting out retention would reset it.
                 // (Half-open without a probe admits the next connect anyway: let it go.)
                 self.detach_user(now, uidx);
             } else {
-                self.retire_user(uidx);
+                self.retire_user(uidx, false);
             }
         }
         while let Some((tenant, room)) = self.idle_rooms.pop_due(now) {
-            self.out.stats.rooms_idle -= 1;
             self.tenants
                 .get_mut(&tenant)
                 .expect("idle room's tenant")
@@ -635,7 +596,7 @@ impl Hub {
                 .idle = None;
             self.drop_room(&tenant, &room);
         }
-        while let Some(key) = self.trims.pop_due(now) {
+        while let Some(key) = self.buffers.pop_due(now) {
             let stream = match &key {
                 TrimKey::User(u) => self.users.slab.get_mut(*u as usize).map(|u| &mut u.stream),
                 TrimKey::Tenant(t) => self.tenants.get_mut(t).map(|t| &mut t.stream),
@@ -645,9 +606,7 @@ impl Hub {
             };
             // Always found: dropping a stream cancels its timer.
             if let Some(stream) = stream {
-                stream.trim_timer = None;
-                self.out.trim(&mut self.trims, stream, now, &self.cfg);
-                sync_age_timer(&mut self.trims, stream, || key, self.cfg.retention.max_age);
+                self.buffers.handle_timeout(stream, key, now, &self.cfg);
             }
         }
         while let Some(key) = self.timers.pop_due(now) {
@@ -667,8 +626,8 @@ impl Hub {
                 TimerKey::Snapshot => {
                     let every = self.cfg.snapshot_interval.expect("armed only when configured");
                     self.snapshot = Some(self.timers.insert(now + every, TimerKey::Snapshot));
-                    let snap = Box::new(self.out.stats);
-                    self.out.actions.push_back(Action::Metric(MetricEvent::Snapshot(snap)));
+                    let snapshot = self.derive_stats();
+                    self.out.snapshot(snapshot);
                 }
             }
         }
@@ -687,7 +646,7 @@ impl Hub {
             return;
         }
         if let Some(expires_in) = due.refresh {
-            let frame = self.out.writer.refresh_required(millis(expires_in));
+            let frame = self.flow.writer.refresh_required(millis(expires_in));
             self.out.stats.refresh_required_sent += 1;
             self.control_or_close(now, idx, &frame);
             if !self.conns.contains(idx) {
@@ -695,8 +654,7 @@ impl Hub {
             }
         }
         if due.ping {
-            self.out.stats.pings_sent += 1;
-            self.out.actions.push_back(Action::Ping { conn: id });
+            self.out.ping(id);
         }
         if due.release {
             let _still_open = self.release(now, idx, None);
@@ -710,30 +668,50 @@ impl Hub {
     /// call into the hub.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.out.actions.pop_front()
+        self.out.pop()
     }
 
     /// When to call [`Hub::tick`] next: the earliest armed deadline, or the last `now` seen while
     /// actions are still queued (drain them first). `None` when nothing is armed.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if !self.out.actions.is_empty() {
+        if !self.out.is_empty() {
             return self.last_now;
         }
-        [self.timers.peek(), self.detached.peek(), self.trims.peek(), self.idle_rooms.peek()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.timers.peek(),
+            self.detached.peek(),
+            self.buffers.poll_timeout(),
+            self.idle_rooms.peek(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Counters and gauges.
+    /// Counters and gauges. The gauges are derived from the hub's state when they are read
+    /// (once between two calls that change it).
     pub fn stats(&self) -> &HubStats {
-        &self.out.stats
+        self.stats.get_or_init(|| self.derive_stats())
+    }
+
+    /// The counters, with the gauges filled in from the components that hold what they count.
+    fn derive_stats(&self) -> HubStats {
+        let mut stats = self.out.stats;
+        let users = self.users.slab.len() as u64;
+        let detached = self.detached.len() as u64;
+        stats.connections_active = self.conns.len() as u64;
+        stats.users_active = users - detached;
+        stats.users_detached = detached;
+        stats.tenants = self.tenants.len() as u64;
+        stats.rooms_idle = self.idle_rooms.len() as u64;
+        (stats.buffered_messages, stats.buffered_bytes) = self.buffers.totals();
+        stats
     }
 
     /// Moving averages of one tier's traffic.
     pub fn tier_rates(&self, tier: Tier) -> Rates {
-        self.out.tiers[tier_index(tier)].rates(self.out.clock)
+        self.flow.tier_rates(tier)
     }
 
     /// A user's state, if the hub holds it (active or detached).
@@ -743,7 +721,7 @@ impl Hub {
             state,
             conns: &self.conns,
             retires_at: state.retire.map(|(t, _)| self.detached.deadline(t)),
-            clock: self.out.clock,
+            clock: self.flow.clock,
         })
     }
 

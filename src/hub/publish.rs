@@ -9,14 +9,15 @@ use crate::config::Config;
 use crate::connection::{Connection, Connections};
 use crate::envelope::{Audience, Envelope, EventKind, Priority, Target};
 use crate::error::PublishError;
+use crate::flow::{Flow, Offer};
 use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::ids::{Role, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy};
-use crate::outbox::{Offer, Outbox};
+use crate::outbox::Outbox;
 use crate::protocol::{FrameWriter, Redactor};
 use crate::routing::audience_admits;
-use crate::stream::{Scope, TrimKey, sync_age_timer};
+use crate::stream::{Scope, TrimKey};
 
 /// What a publish did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +62,7 @@ impl Published {
 /// connections that overflowed into `doomed`.
 #[allow(clippy::too_many_arguments)]
 fn fan_out<'a>(
+    flow: &mut Flow,
     out: &mut Outbox,
     conns: &mut Connections,
     cfg: &Config,
@@ -76,7 +78,7 @@ fn fan_out<'a>(
         if !admit(conn) {
             continue;
         }
-        let offer = out.offer(conns, idx, frame, priority, cfg);
+        let offer = flow.offer(out, conns, idx, frame, priority, cfg);
         if offer == Offer::Overflow {
             doomed.push(idx);
         }
@@ -147,7 +149,7 @@ impl Hub {
         // Make room under the hub-wide buffer cap at the expense of users who left, before a
         // live stream has to shed.
         let watermark = self.cfg.max_buffered_bytes - self.cfg.max_buffered_bytes / 8;
-        while self.out.stats.buffered_bytes > watermark && self.evict_detached() {}
+        while self.buffers.totals().1 > watermark && self.evict_detached() {}
         Ok(result)
     }
 
@@ -176,19 +178,14 @@ impl Hub {
         };
         let u = self.users.get_mut(uidx);
         let pos = u.stream.assign();
-        let frame = msg.frame(&mut self.out.writer, &StreamName::User, pos, &self.redactor);
+        let frame = msg.frame(&mut self.flow.writer, &StreamName::User, pos, &self.redactor);
         let scope = match (only, msg.thread) {
             (Some(idx), _) => Scope::Conn(self.conns.id_of(idx)),
             (None, Some(t)) => Scope::Thread(t.clone()),
             (None, None) => Scope::All,
         };
-        self.out.keep(&mut u.stream, now, pos, &frame, scope, &self.cfg);
-        sync_age_timer(
-            &mut self.trims,
-            &mut u.stream,
-            || TrimKey::User(uidx),
-            self.cfg.retention.max_age,
-        );
+        let key = || TrimKey::User(uidx);
+        self.buffers.keep(&mut u.stream, key, now, pos, &frame, scope, &self.cfg);
         let mut result = Published { position: Some((StreamName::User, pos)), ..Published::none() };
         let priority = msg.kind.priority();
         let only_slot = only.unwrap_or_default();
@@ -200,7 +197,8 @@ impl Hub {
             if only.is_none() && !self.conns.get(idx).wants(msg.thread) {
                 continue;
             }
-            let offer = self.out.offer(&mut self.conns, idx, &frame, priority, &self.cfg);
+            let offer =
+                self.flow.offer(&mut self.out, &mut self.conns, idx, &frame, priority, &self.cfg);
             if offer == Offer::Overflow {
                 self.doomed.push(idx);
             }
@@ -221,14 +219,14 @@ impl Hub {
         };
         let pos = r.stream.assign();
         let name = StreamName::Room(room.clone());
-        let frame = msg.frame(&mut self.out.writer, &name, pos, &self.redactor);
-        self.out.keep(&mut r.stream, now, pos, &frame, Scope::All, &self.cfg);
+        let frame = msg.frame(&mut self.flow.writer, &name, pos, &self.redactor);
         let key = || TrimKey::Room(tenant.clone(), room.clone());
-        sync_age_timer(&mut self.trims, &mut r.stream, key, self.cfg.retention.max_age);
+        self.buffers.keep(&mut r.stream, key, now, pos, &frame, Scope::All, &self.cfg);
         let mut result = Published { position: Some((name, pos)), ..Published::none() };
         let members = r.members.iter().map(|m| &m.conn);
-        let (out, conns, cfg) = (&mut self.out, &mut self.conns, &self.cfg);
+        let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
         fan_out(
+            flow,
             out,
             conns,
             cfg,
@@ -253,16 +251,16 @@ impl Hub {
             return Published::none();
         };
         let pos = t.stream.assign();
-        let frame = msg.frame(&mut self.out.writer, &StreamName::Tenant, pos, &self.redactor);
+        let frame = msg.frame(&mut self.flow.writer, &StreamName::Tenant, pos, &self.redactor);
         let scope = role.map_or(Scope::All, |r| Scope::Role(r.clone()));
-        self.out.keep(&mut t.stream, now, pos, &frame, scope, &self.cfg);
         let key = || TrimKey::Tenant(tenant.clone());
-        sync_age_timer(&mut self.trims, &mut t.stream, key, self.cfg.retention.max_age);
+        self.buffers.keep(&mut t.stream, key, now, pos, &frame, scope, &self.cfg);
         let mut result =
             Published { position: Some((StreamName::Tenant, pos)), ..Published::none() };
-        let (out, conns, cfg) = (&mut self.out, &mut self.conns, &self.cfg);
+        let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
         let admit = |c: &Connection| audience_admits(&c.roles, role);
         fan_out(
+            flow,
             out,
             conns,
             cfg,

@@ -3,14 +3,15 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use crate::action::{Action, Inbound, Origin};
+use crate::action::{Inbound, Origin};
 use crate::connection::Connections;
 use crate::error::{PeerError, ReceiveError};
+use crate::flow::Flow;
 use crate::hub::Hub;
 use crate::ids::{ConnId, StreamName, StreamPos, ThreadId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy, LimitKind};
 use crate::limits::Rate;
-use crate::outbox::{Outbox, tier_index};
+use crate::outbox::Outbox;
 use crate::protocol::{ClientFrame, StreamReport, parse_client_frame};
 use crate::routing::scope_admits;
 use crate::stream::{Stream, Unrecoverable};
@@ -120,18 +121,14 @@ impl Hub {
                 let (tier, user) = (c.tier, c.user);
                 let owner = self.users.get(user);
                 let from = Origin { tenant: owner.tenant.clone(), user: owner.user.clone(), conn };
-                self.out.stats.inbound_messages += 1;
-                self.out.tiers[tier_index(tier)].inbound.add(self.out.clock, 1);
-                self.users.get_mut(user).meters.inbound.add(self.out.clock, 1);
+                let clock = self.flow.clock;
+                self.flow.tier(tier).inbound.add(clock, 1);
+                self.users.get_mut(user).meters.inbound.add(clock, 1);
                 let thread = thread.map(|t| ThreadId::from(&*t));
-                self.out.actions.push_back(Action::Inbound(Box::new(Inbound {
-                    from,
-                    thread,
-                    data,
-                })));
+                self.out.inbound(Inbound { from, thread, data });
             }
             ClientFrame::Ping => {
-                let writer = &mut self.out.writer;
+                let writer = &mut self.flow.writer;
                 let pong = self.pong.get_or_insert_with(|| writer.pong()).clone();
                 self.control_or_close(now, idx, &pong);
             }
@@ -157,7 +154,7 @@ impl Hub {
             Some(limit) => self.out.limit(limit, audit, Some(id), &tenant, &user),
             None => self.out.audit(audit, Some(id), Some(&tenant), Some(&user)),
         }
-        let frame = self.out.writer.error(&err);
+        let frame = self.flow.writer.error(&err);
         self.control_or_close(now, idx, &frame);
         if !self.conns.contains(idx) {
             return ReceiveError::Peer(err);
@@ -205,8 +202,8 @@ impl Hub {
                 }
             };
             // Apply the age bound first, so nothing older than `max_age` is ever replayed.
-            self.out.trim(&mut self.trims, stream, now, &self.cfg);
-            replay.stream(&mut self.out, &mut self.conns, &name, stream, base);
+            self.buffers.trim(stream, now, &self.cfg);
+            replay.stream(&mut self.flow, &mut self.out, &mut self.conns, &name, stream, base);
         }
         let Replay { reports, replayed, lost, .. } = replay;
         self.out.stats.replayed += u64::from(replayed);
@@ -241,8 +238,8 @@ impl Hub {
         } else {
             self.out.stats.resumes_unrecovered += 1;
         }
-        let frame = self.out.writer.resumed(recovered, &reports);
-        self.out.deliver(&mut self.conns, idx, &frame);
+        let frame = self.flow.writer.resumed(recovered, &reports);
+        self.flow.deliver(&mut self.out, &mut self.conns, idx, &frame);
         true
     }
 }
@@ -261,6 +258,7 @@ struct Replay<'p> {
 impl Replay<'_> {
     fn stream(
         &mut self,
+        flow: &mut Flow,
         out: &mut Outbox,
         conns: &mut Connections,
         name: &StreamName,
@@ -274,7 +272,7 @@ impl Replay<'_> {
             self.positions.and_then(|p| p.iter().find(|(n, _)| *n == wire)).map(|(_, pos)| *pos);
         let Some(pos) = requested else {
             if self.was_held {
-                match self.send(out, conns, stream, current.epoch, base, upto) {
+                match self.send(flow, out, conns, stream, current.epoch, base, upto) {
                     Ok(n) => self.replayed += n,
                     Err(_) => self.lost = true,
                 }
@@ -283,8 +281,11 @@ impl Replay<'_> {
         };
         // A client already past `upto` got the rest live on this connection.
         let ahead = pos.epoch == current.epoch && pos.seq >= upto && pos.seq <= current.seq;
-        let outcome =
-            if ahead { Ok(0) } else { self.send(out, conns, stream, pos.epoch, pos.seq, upto) };
+        let outcome = if ahead {
+            Ok(0)
+        } else {
+            self.send(flow, out, conns, stream, pos.epoch, pos.seq, upto)
+        };
         let report = |recovered, reason: Option<Unrecoverable>, replayed| StreamReport {
             recovered,
             reason: reason.map(Unrecoverable::as_str),
@@ -302,7 +303,7 @@ impl Replay<'_> {
                 self.reports.push((wire, report(false, Some(why), 0)));
                 // The client refetches this stream's state; what was held back still follows.
                 if self.was_held {
-                    match self.send(out, conns, stream, current.epoch, base, upto) {
+                    match self.send(flow, out, conns, stream, current.epoch, base, upto) {
                         Ok(n) => self.replayed += n,
                         Err(_) => self.lost = true,
                     }
@@ -312,8 +313,10 @@ impl Replay<'_> {
     }
 
     /// Delivers the buffered messages in `(after, upto]` that this connection may see.
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
+        flow: &mut Flow,
         out: &mut Outbox,
         conns: &mut Connections,
         stream: &Stream,
@@ -325,7 +328,7 @@ impl Replay<'_> {
         let mut n = 0;
         for entry in stream.range(epoch, after, upto)? {
             if scope_admits(conns.get(self.idx), id, &entry.scope) {
-                out.deliver(conns, self.idx, &entry.frame);
+                flow.deliver(out, conns, self.idx, &entry.frame);
                 n += 1;
             }
         }

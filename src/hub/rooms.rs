@@ -33,7 +33,6 @@ impl Hub {
         let revived = tenant.rooms.get_mut(&room).and_then(|r| r.idle.take());
         if let Some(timer) = revived {
             self.idle_rooms.cancel(timer);
-            self.out.stats.rooms_idle -= 1;
         }
         let fresh = !tenant.rooms.contains_key(&room);
         let epochs = &mut self.epochs;
@@ -44,7 +43,7 @@ impl Hub {
         if joined {
             // Tell the client where the room's stream stands, so that it can resume it later.
             let pos = tenant.rooms[&room].stream.position();
-            let frame = self.out.writer.joined(&StreamName::Room(room), pos);
+            let frame = self.flow.writer.joined(&StreamName::Room(room), pos);
             self.control_or_close(now, idx, &frame);
         }
         Ok(joined)
@@ -61,7 +60,7 @@ impl Hub {
             self.room_emptied(now, &tenant_id, room);
         }
         if left {
-            let frame = self.out.writer.left(&StreamName::Room(RoomId::from(room)));
+            let frame = self.flow.writer.left(&StreamName::Room(RoomId::from(room)));
             self.control_or_close(now, idx, &frame);
         }
         Ok(left)
@@ -77,7 +76,6 @@ impl Hub {
         }
         if self.idle_rooms.len() >= self.cfg.max_idle_rooms as usize {
             let (t, r) = self.idle_rooms.pop_first().expect("the cap is positive");
-            self.out.stats.rooms_idle -= 1;
             self.tenants
                 .get_mut(&t)
                 .expect("idle room's tenant")
@@ -92,7 +90,6 @@ impl Hub {
             .insert(now + self.cfg.room_retention, (tenant_id.clone(), room.clone()));
         let tenant = self.tenants.get_mut(tenant_id).expect("room's tenant");
         tenant.rooms.get_mut(&room).expect("emptied room").idle = Some(timer);
-        self.out.stats.rooms_idle += 1;
     }
 
     /// Forgets an empty room and its stream (and its tenant, if nothing else holds it). Its idle
@@ -101,11 +98,10 @@ impl Hub {
         let tenant = self.tenants.get_mut(tenant_id).expect("room's tenant");
         let r = tenant.rooms.remove(room).expect("dropped room exists");
         debug_assert!(r.members.is_empty() && r.idle.is_none());
-        self.out.dropped(&mut self.trims, &r.stream);
+        self.buffers.dropped(&r.stream);
         if tenant.is_unused() {
             let tenant = self.tenants.remove(tenant_id).expect("present");
-            self.out.dropped(&mut self.trims, &tenant.stream);
-            self.out.stats.tenants = self.tenants.len() as u64;
+            self.buffers.dropped(&tenant.stream);
         }
     }
 }
