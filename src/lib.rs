@@ -196,7 +196,7 @@ pub use error::{
     ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError, RoomError,
 };
 pub use frame::Frame;
-pub use hub::{Hub, Principal, Published};
+pub use hub::{Hub, Principal, Published, WakeReason};
 pub use ids::{
     ConnId, Role, Roles, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId,
 };

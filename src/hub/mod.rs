@@ -1,8 +1,10 @@
 //! The [`Hub`]: the state it owns, the connection and user lifecycles, timers, and the views.
-//! Publishing lives in `publish.rs`, client frames and resume in `receive.rs`, rooms in `rooms.rs`.
+//! Publishing lives in `publish.rs`, client frames in `receive.rs`, resume in `resume.rs`, rooms
+//! in `rooms.rs`.
 
 mod publish;
 mod receive;
+mod resume;
 mod rooms;
 
 pub use publish::Published;
@@ -77,6 +79,26 @@ impl Principal {
     }
 }
 
+/// Why the hub wants [`Hub::tick`] at the instant [`Hub::next_timeout`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WakeReason {
+    /// Actions are queued: drain them first (the instant is the last `now` seen).
+    Drain,
+    /// A connection's heartbeat, pong timeout, session refresh or expiry, or resume window.
+    Connection(ConnId),
+    /// A user's reconnect breaker half-opens, or its probe has proved healthy.
+    Breaker,
+    /// A detached user's retention runs out.
+    UserRetention,
+    /// An idle room's retention runs out.
+    RoomRetention,
+    /// A stream's oldest buffered message outlives `retention.max_age`.
+    StreamAge,
+    /// A periodic stats snapshot is due.
+    Snapshot,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum TimerKey {
     Conn(u32),
@@ -101,9 +123,6 @@ pub struct Hub {
     pub(crate) idle_rooms: TimerQueue<(TenantId, RoomId)>,
     /// The recovery buffers' age timers and totals.
     pub(crate) buffers: Buffers,
-    /// Detached users by retirement time: the retirement timers, and the order in which
-    /// `max_detached_users` evicts.
-    detached: TimerQueue<u32>,
     snapshot: Option<TimerId>,
     pub(crate) out: Outbox,
     /// The frame writer and the traffic meters.
@@ -130,10 +149,9 @@ impl Hub {
             origin: None,
             last_now: None,
             conns: Connections::default(),
-            users: Users::default(),
+            users: Users::new(),
             tenants: HashMap::new(),
             timers: TimerQueue::new(),
-            detached: TimerQueue::new(),
             buffers: Buffers::new(),
             idle_rooms: TimerQueue::new(),
             snapshot: None,
@@ -245,7 +263,7 @@ impl Hub {
         // Admitted: from here on nothing fails.
         let uidx = match uidx {
             Some(u) => {
-                self.reattach_user(u);
+                self.users.reattach(u);
                 u
             }
             None => self.create_user(now, &principal),
@@ -344,13 +362,6 @@ impl Hub {
         uidx
     }
 
-    /// A detached user's connection came back within retention: it keeps its stream.
-    fn reattach_user(&mut self, uidx: u32) {
-        if let Some((timer, _)) = self.users.get_mut(uidx).retire.take() {
-            self.detached.cancel(timer);
-        }
-    }
-
     /// Removes a connection from every index. A hub-initiated close also emits `Close`.
     pub(crate) fn close_conn(&mut self, now: Instant, idx: u32, by: ClosedBy) {
         let id = self.conns.id_of(idx);
@@ -395,28 +406,21 @@ impl Hub {
         }
     }
 
+    /// The user's last connection closed: `user.rs` decides whether it is kept (and whether
+    /// another detached user is evicted to make room).
     fn detach_user(&mut self, now: Instant, uidx: u32) {
-        // An open breaker must outlive the user, or waiting out retention (or having none) would
-        // reset it: keep the user at least until the breaker half-opens.
-        let retire_at = match self.users.get(uidx).breaker.state {
-            BreakerState::Open { until } if until > now => until.max(now + self.cfg.user_retention),
-            _ if self.cfg.user_retention.is_zero() => {
-                self.retire_user(uidx, false);
-                return;
-            }
-            _ => now + self.cfg.user_retention,
-        };
-        if self.detached.len() >= self.cfg.max_detached_users as usize {
-            self.evict_detached();
+        let decision = self.users.detach(now, uidx, &self.cfg);
+        if let Some(evicted) = decision.evicted {
+            self.retire_user(evicted, true);
         }
-        let timer = self.detached.insert(retire_at, uidx);
-        self.users.get_mut(uidx).retire = Some((timer, now));
+        if decision.retire_now {
+            self.retire_user(uidx, false);
+        }
     }
 
     /// Retires the detached user closest to retirement, early. False if there is none.
     pub(crate) fn evict_detached(&mut self) -> bool {
-        let Some(oldest) = self.detached.pop_first() else { return false };
-        self.users.get_mut(oldest).retire = None;
+        let Some(oldest) = self.users.pop_evictable() else { return false };
         self.retire_user(oldest, true);
         true
     }
@@ -575,62 +579,54 @@ impl Hub {
     /// early or twice is harmless.
     pub fn tick(&mut self, now: Instant) {
         let now = self.clock(now);
-        while let Some(uidx) = self.detached.pop_due(now) {
-            self.users.get_mut(uidx).retire = None;
-            if matches!(self.users.get(uidx).breaker.state, BreakerState::Open { until } if until > now)
-            {
-                // An open breaker must outlive the user, or waiting out retention would reset it.
-                // (Half-open without a probe admits the next connect anyway: let it go.)
-                self.detach_user(now, uidx);
-            } else {
-                self.retire_user(uidx, false);
-            }
+        while let Some(uidx) = self.users.pop_retiring(now, &self.cfg) {
+            self.retire_user(uidx, false);
         }
         while let Some((tenant, room)) = self.idle_rooms.pop_due(now) {
-            self.tenants
-                .get_mut(&tenant)
-                .expect("idle room's tenant")
-                .rooms
-                .get_mut(&room)
-                .expect("idle room")
-                .idle = None;
-            self.drop_room(&tenant, &room);
+            self.idle_room_expired(&tenant, &room);
         }
         while let Some(key) = self.buffers.pop_due(now) {
-            let stream = match &key {
-                TrimKey::User(u) => self.users.slab.get_mut(*u as usize).map(|u| &mut u.stream),
-                TrimKey::Tenant(t) => self.tenants.get_mut(t).map(|t| &mut t.stream),
-                TrimKey::Room(t, r) => {
-                    self.tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r)).map(|r| &mut r.stream)
-                }
-            };
-            // Always found: dropping a stream cancels its timer.
-            if let Some(stream) = stream {
-                self.buffers.handle_timeout(stream, key, now, &self.cfg);
-            }
+            self.stream_aged(now, key);
         }
         while let Some(key) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Conn(idx) => self.on_conn_timer(now, idx),
-                TimerKey::Breaker(uidx) => {
-                    let user = self.users.get_mut(uidx);
-                    user.breaker_timer = None;
-                    let user = self.users.get(uidx);
-                    let probe = self.probe_opened(&user.breaker);
-                    let user = self.users.get_mut(uidx);
-                    match user.breaker.on_timer(now, probe, &self.cfg.breaker) {
-                        Some(t) => self.breaker_transition(uidx, t),
-                        None => self.arm_breaker(uidx),
-                    }
-                }
-                TimerKey::Snapshot => {
-                    let every = self.cfg.snapshot_interval.expect("armed only when configured");
-                    self.snapshot = Some(self.timers.insert(now + every, TimerKey::Snapshot));
-                    let snapshot = self.derive_stats();
-                    self.out.snapshot(snapshot);
-                }
+                TimerKey::Breaker(uidx) => self.on_breaker_timer(now, uidx),
+                TimerKey::Snapshot => self.on_snapshot_timer(now),
             }
         }
+    }
+
+    /// A stream's age timer fired.
+    fn stream_aged(&mut self, now: Instant, key: TrimKey) {
+        let stream = match &key {
+            TrimKey::User(u) => self.users.slab.get_mut(*u as usize).map(|u| &mut u.stream),
+            TrimKey::Tenant(t) => self.tenants.get_mut(t).map(|t| &mut t.stream),
+            TrimKey::Room(t, r) => {
+                self.tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r)).map(|r| &mut r.stream)
+            }
+        };
+        // Always found: dropping a stream cancels its timer.
+        if let Some(stream) = stream {
+            self.buffers.handle_timeout(stream, key, now, &self.cfg);
+        }
+    }
+
+    fn on_breaker_timer(&mut self, now: Instant, uidx: u32) {
+        self.users.get_mut(uidx).breaker_timer = None;
+        let probe = self.probe_opened(&self.users.get(uidx).breaker);
+        let user = self.users.get_mut(uidx);
+        match user.breaker.on_timer(now, probe, &self.cfg.breaker) {
+            Some(t) => self.breaker_transition(uidx, t),
+            None => self.arm_breaker(uidx),
+        }
+    }
+
+    fn on_snapshot_timer(&mut self, now: Instant) {
+        let every = self.cfg.snapshot_interval.expect("armed only when configured");
+        self.snapshot = Some(self.timers.insert(now + every, TimerKey::Snapshot));
+        let snapshot = self.derive_stats();
+        self.out.snapshot(snapshot);
     }
 
     fn on_conn_timer(&mut self, now: Instant, idx: u32) {
@@ -675,18 +671,33 @@ impl Hub {
     /// actions are still queued (drain them first). `None` when nothing is armed.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_timeout().map(|(at, _)| at)
+    }
+
+    /// [`Hub::poll_timeout`] with the reason the hub wakes then (for debugging and tracing): the
+    /// soonest of its components' deadlines.
+    #[must_use]
+    pub fn next_timeout(&self) -> Option<(Instant, WakeReason)> {
         if !self.out.is_empty() {
-            return self.last_now;
+            return self.last_now.map(|at| (at, WakeReason::Drain));
         }
+        let timers = self.timers.peek_key().map(|(at, key)| {
+            let reason = match key {
+                TimerKey::Conn(idx) => WakeReason::Connection(self.conns.id_of(*idx)),
+                TimerKey::Breaker(_) => WakeReason::Breaker,
+                TimerKey::Snapshot => WakeReason::Snapshot,
+            };
+            (at, reason)
+        });
         [
-            self.timers.peek(),
-            self.detached.peek(),
-            self.buffers.poll_timeout(),
-            self.idle_rooms.peek(),
+            timers,
+            self.users.poll_timeout().map(|at| (at, WakeReason::UserRetention)),
+            self.buffers.poll_timeout().map(|at| (at, WakeReason::StreamAge)),
+            self.idle_rooms.peek().map(|at| (at, WakeReason::RoomRetention)),
         ]
         .into_iter()
         .flatten()
-        .min()
+        .min_by_key(|(at, _)| *at)
     }
 
     /// Counters and gauges. The gauges are derived from the hub's state when they are read
@@ -699,7 +710,7 @@ impl Hub {
     fn derive_stats(&self) -> HubStats {
         let mut stats = self.out.stats;
         let users = self.users.slab.len() as u64;
-        let detached = self.detached.len() as u64;
+        let detached = self.users.detached_count() as u64;
         stats.connections_active = self.conns.len() as u64;
         stats.users_active = users - detached;
         stats.users_detached = detached;
@@ -716,11 +727,12 @@ impl Hub {
 
     /// A user's state, if the hub holds it (active or detached).
     pub fn user(&self, tenant: &str, user: &str) -> Option<UserView<'_>> {
-        let state = self.users.get(self.users.find(tenant, user)?);
+        let uidx = self.users.find(tenant, user)?;
+        let state = self.users.get(uidx);
         Some(UserView {
             state,
             conns: &self.conns,
-            retires_at: state.retire.map(|(t, _)| self.detached.deadline(t)),
+            retires_at: self.users.retires_at(uidx),
             clock: self.flow.clock,
         })
     }
@@ -740,4 +752,32 @@ impl Hub {
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_timeout_names_the_component_that_wakes_the_hub() {
+        let mut hub = Hub::new(Config::default()).expect("default config");
+        let t0 = Instant::now();
+        assert_eq!(hub.next_timeout(), None);
+        let conn = hub.connect(t0, Principal::new("acme", "alice")).expect("admitted");
+        assert_eq!(hub.next_timeout(), Some((t0, WakeReason::Drain)));
+        while hub.poll_action().is_some() {}
+        let heartbeat = t0 + Config::default().heartbeat.interval;
+        assert_eq!(hub.next_timeout(), Some((heartbeat, WakeReason::Connection(conn))));
+        assert_eq!(hub.poll_timeout(), Some(heartbeat));
+        hub.disconnect(t0, conn, DisconnectReason::Clean).expect("open");
+        while hub.poll_action().is_some() {}
+        let retires = t0 + Config::default().user_retention;
+        assert_eq!(hub.next_timeout(), Some((retires, WakeReason::UserRetention)));
+        assert_eq!(hub.stats().users_detached, 1);
+        assert_eq!(hub.stats().connections_active, 0);
+        hub.tick(retires);
+        assert_eq!(hub.stats().users_detached, 0);
+        assert_eq!(hub.stats().users_retired, 1);
+        assert_eq!(hub.next_timeout().map(|(_, why)| why), Some(WakeReason::Drain));
+    }
 }

@@ -92,6 +92,18 @@ impl Hub {
         tenant.rooms.get_mut(&room).expect("emptied room").idle = Some(timer);
     }
 
+    /// An idle room's retention ran out: drop it.
+    pub(crate) fn idle_room_expired(&mut self, tenant: &TenantId, room: &RoomId) {
+        self.tenants
+            .get_mut(tenant)
+            .expect("idle room's tenant")
+            .rooms
+            .get_mut(room)
+            .expect("idle room")
+            .idle = None;
+        self.drop_room(tenant, room);
+    }
+
     /// Forgets an empty room and its stream (and its tenant, if nothing else holds it). Its idle
     /// timer, if any, has fired or been taken.
     pub(crate) fn drop_room(&mut self, tenant_id: &TenantId, room: &RoomId) {
