@@ -22,11 +22,11 @@ use crate::flow::{Flow, Offer};
 use crate::frame::Frame;
 use crate::ids::{ConnId, Role, Roles, RoomId, StreamName, TenantId, UserId};
 use crate::kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
-use crate::limits::{Breaker, Bucket, Transition};
+use crate::limits::{Breaker, Transition};
 use crate::outbox::Outbox;
 use crate::protocol::Redactor;
 use crate::routing::Tenant;
-use crate::stats::{HubStats, Meter, MeterClock, Meters, Rates};
+use crate::stats::{HubStats, MeterClock, Meters, Rates};
 use crate::stream::{Buffers, Epochs, Stream, TrimKey};
 use crate::timer::{TimerId, TimerQueue};
 use crate::user::{UserState, Users};
@@ -271,30 +271,16 @@ impl Hub {
         let idx = self.conns.next_index();
         let tenant = self.tenants.get_mut(&principal.tenant).expect("created with the user");
         let user = self.users.get_mut(uidx);
-        let conn = Connection {
-            user: uidx,
-            tenant_pos: 0,
-            tier: principal.tier,
-            roles: principal.roles,
-            opened_at: now,
-            last_seen: now,
-            ping_sent: None,
-            expires_at: principal.expires_at,
-            refresh_sent: false,
-            timer: TimerId::placeholder(),
-            threads: None,
-            rooms: Vec::new(),
-            messages: Bucket::full(now),
-            control: Bucket::full(now),
-            violations: Bucket::full(now),
-            unwritten: 0,
-            delivered: Meter::default(),
-            skipped: 0,
-            held: !self.cfg.resume_window.is_zero(),
-            resumed: false,
-            user_base: user.stream.position().seq,
-            tenant_base: tenant.stream.position().seq,
-        };
+        let conn = Connection::new(
+            now,
+            uidx,
+            principal.tier,
+            principal.roles,
+            principal.expires_at,
+            !self.cfg.resume_window.is_zero(),
+            user.stream.position().seq,
+            tenant.stream.position().seq,
+        );
         let deadline = conn.next_deadline(&self.cfg);
         let id = self.conns.insert(conn);
         debug_assert_eq!(id.index, idx);
