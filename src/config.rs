@@ -26,6 +26,7 @@ impl Tier {
     pub const ALL: [Tier; 4] = [Tier::Free, Tier::Early, Tier::Mid, Tier::Enterprise];
 
     /// The tier's lower-case name, as used in metrics and the wire protocol.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::Free => "free",
@@ -62,6 +63,7 @@ pub struct TierQuotas {
 
 impl TierQuotas {
     /// The quota of `tier`.
+    #[must_use]
     pub fn get(&self, tier: Tier) -> &TierQuota {
         match tier {
             Tier::Free => &self.free,
@@ -272,6 +274,11 @@ impl Default for Config {
 
 impl Config {
     /// Checks that every limit makes sense. [`Hub::new`](crate::Hub::new) calls this.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first field that is zero where it must be positive, too large,
+    /// inconsistent with another, or an empty redaction key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let nonzero = |field: &'static str, v: u64| {
             if v == 0 { Err(ConfigError::Zero { field }) } else { Ok(()) }

@@ -121,6 +121,7 @@ pub enum PeerError {
 
 impl PeerError {
     /// The machine-readable code sent to the client in the `error` frame.
+    #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
             PeerError::FrameTooLarge { .. } => "frame_too_large",

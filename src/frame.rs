@@ -17,21 +17,25 @@ impl Frame {
     }
 
     /// The frame's JSON text.
+    #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     /// Length in bytes; this is what [`Hub::written`](crate::Hub::written) counts.
+    #[must_use]
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
     /// Whether the frame is empty (never true for frames the hub builds).
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// Whether two frames share one buffer (true for every recipient of one publish).
+    #[must_use]
     pub fn ptr_eq(a: &Frame, b: &Frame) -> bool {
         Arc::ptr_eq(&a.0, &b.0)
     }

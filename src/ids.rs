@@ -131,6 +131,7 @@ impl ConnId {
 
     /// The id as one number (`generation << 32 | index`), for logs and wire protocols. It cannot
     /// be turned back into a `ConnId`.
+    #[must_use]
     pub fn to_u64(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.index)
     }
@@ -156,11 +157,13 @@ pub struct Roles(Option<Arc<[Role]>>);
 
 impl Roles {
     /// No roles.
+    #[must_use]
     pub fn none() -> Self {
         Self(None)
     }
 
     /// Whether `role` is among these roles.
+    #[must_use]
     pub fn contains(&self, role: &str) -> bool {
         self.iter().any(|r| r.as_str() == role)
     }
@@ -176,6 +179,7 @@ impl Roles {
     }
 
     /// Whether there are no roles.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

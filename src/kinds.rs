@@ -34,6 +34,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// The WebSocket close code (4000–4999, the range reserved for applications).
+    #[must_use]
     pub fn code(self) -> u16 {
         match self {
             CloseReason::HeartbeatTimeout => 4000,
@@ -47,6 +48,7 @@ impl CloseReason {
     }
 
     /// Whether a well-behaved client should reconnect after this close.
+    #[must_use]
     pub fn reconnect(self) -> bool {
         match self {
             CloseReason::HeartbeatTimeout
@@ -58,6 +60,7 @@ impl CloseReason {
     }
 
     /// A short snake_case name, used as the close frame's reason text and in metrics.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",
@@ -93,6 +96,18 @@ pub enum ClosedBy {
 }
 
 impl ClosedBy {
+    /// A short snake_case name, for metric labels and logs: the close reason's
+    /// ([`CloseReason::as_str`]) when the hub closed it, `client_clean` or `client_abnormal` when
+    /// the transport did.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedBy::Hub(reason) => reason.as_str(),
+            ClosedBy::Transport(DisconnectReason::Clean) => "client_clean",
+            ClosedBy::Transport(DisconnectReason::Abnormal) => "client_abnormal",
+        }
+    }
+
     /// Every way a connection can end (for exporting `HubStats::closed_by` as labelled metrics).
     pub const ALL: [ClosedBy; 9] = [
         ClosedBy::Hub(CloseReason::HeartbeatTimeout),
@@ -136,6 +151,37 @@ pub enum AuditKind {
     ForeignStream,
 }
 
+impl AuditKind {
+    /// A short snake_case name, for logs and metric labels. A limit hit is `limit_` followed by
+    /// the limit's name ([`LimitKind::as_str`]).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::StaleConnId => "stale_conn_id",
+            AuditKind::GlobalBroadcastDenied => "global_broadcast_denied",
+            AuditKind::GlobalBroadcast => "global_broadcast",
+            AuditKind::LimitHit(limit) => match limit {
+                LimitKind::TotalConnections => "limit_total_connections",
+                LimitKind::TenantConnections => "limit_tenant_connections",
+                LimitKind::UserConnections => "limit_user_connections",
+                LimitKind::UserConnectionsEvicted => "limit_user_connections_evicted",
+                LimitKind::RoomsPerConnection => "limit_rooms_per_connection",
+                LimitKind::ThreadSubscriptions => "limit_thread_subscriptions",
+                LimitKind::MessageRate => "limit_message_rate",
+                LimitKind::ControlRate => "limit_control_rate",
+                LimitKind::FrameSize => "limit_frame_size",
+            },
+            AuditKind::Flood => "flood",
+            AuditKind::OversizedFrame => "oversized_frame",
+            AuditKind::MalformedFrame => "malformed_frame",
+            AuditKind::ViolationClose => "violation_close",
+            AuditKind::BreakerOpened => "breaker_opened",
+            AuditKind::BreakerRefused => "breaker_refused",
+            AuditKind::ForeignStream => "foreign_stream",
+        }
+    }
+}
+
 /// Which limit was hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -160,6 +206,25 @@ pub enum LimitKind {
     FrameSize,
 }
 
+impl LimitKind {
+    /// A short snake_case name, for metric labels and logs (the field of
+    /// [`LimitCounts`](crate::LimitCounts) that counts it).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::TotalConnections => "total_connections",
+            LimitKind::TenantConnections => "tenant_connections",
+            LimitKind::UserConnections => "user_connections",
+            LimitKind::UserConnectionsEvicted => "user_connections_evicted",
+            LimitKind::RoomsPerConnection => "rooms_per_connection",
+            LimitKind::ThreadSubscriptions => "thread_subscriptions",
+            LimitKind::MessageRate => "message_rate",
+            LimitKind::ControlRate => "control_rate",
+            LimitKind::FrameSize => "frame_size",
+        }
+    }
+}
+
 /// Where a user's reconnect breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BreakerState {
@@ -175,4 +240,60 @@ pub enum BreakerState {
         /// The probe, if one is open.
         probe: Option<ConnId>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: [LimitKind; 9] = [
+        LimitKind::TotalConnections,
+        LimitKind::TenantConnections,
+        LimitKind::UserConnections,
+        LimitKind::UserConnectionsEvicted,
+        LimitKind::RoomsPerConnection,
+        LimitKind::ThreadSubscriptions,
+        LimitKind::MessageRate,
+        LimitKind::ControlRate,
+        LimitKind::FrameSize,
+    ];
+
+    fn snake_case(name: &str) -> bool {
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+    }
+
+    #[test]
+    fn names_are_distinct_snake_case_and_match_the_server_tables() {
+        let mut names: Vec<&str> = ClosedBy::ALL.iter().map(|b| b.as_str()).collect();
+        names.extend(LIMITS.iter().map(|l| l.as_str()));
+        names.extend(LIMITS.iter().map(|&l| AuditKind::LimitHit(l).as_str()));
+        let audits = [
+            AuditKind::StaleConnId,
+            AuditKind::GlobalBroadcastDenied,
+            AuditKind::GlobalBroadcast,
+            AuditKind::Flood,
+            AuditKind::OversizedFrame,
+            AuditKind::MalformedFrame,
+            AuditKind::ViolationClose,
+            AuditKind::BreakerOpened,
+            AuditKind::BreakerRefused,
+            AuditKind::ForeignStream,
+        ];
+        names.extend(audits.iter().map(|a| a.as_str()));
+        assert!(names.iter().all(|n| snake_case(n)), "{names:?}");
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "a name is used twice");
+        // The names the server's /metrics and audit log already publish.
+        assert_eq!(ClosedBy::Hub(CloseReason::SlowConsumer).as_str(), "slow_consumer");
+        assert_eq!(ClosedBy::Transport(DisconnectReason::Clean).as_str(), "client_clean");
+        assert_eq!(ClosedBy::Transport(DisconnectReason::Abnormal).as_str(), "client_abnormal");
+        assert_eq!(LimitKind::UserConnectionsEvicted.as_str(), "user_connections_evicted");
+        assert_eq!(AuditKind::LimitHit(LimitKind::FrameSize).as_str(), "limit_frame_size");
+        assert_eq!(AuditKind::StaleConnId.as_str(), "stale_conn_id");
+        for l in LIMITS {
+            assert_eq!(AuditKind::LimitHit(l).as_str(), format!("limit_{}", l.as_str()));
+        }
+    }
 }

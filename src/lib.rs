@@ -152,7 +152,7 @@
 //!   rate is the sum of its connections' meters, folded into the user's when one closes.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
@@ -163,6 +163,7 @@ mod action;
 mod architecture;
 mod config;
 mod connection;
+pub mod docs;
 mod envelope;
 mod error;
 mod flow;

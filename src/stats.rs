@@ -31,6 +31,7 @@ pub struct ClosedCounts {
 
 impl ClosedCounts {
     /// The counter for one way of ending.
+    #[must_use]
     pub fn get(&self, by: ClosedBy) -> u64 {
         // A copy is cheaper to read than a second, drifting copy of the mapping.
         let mut copy = *self;
@@ -81,12 +82,14 @@ pub struct LimitCounts {
 
 impl LimitCounts {
     /// The counter of one limit.
+    #[must_use]
     pub fn get(&self, limit: LimitKind) -> u64 {
         let mut copy = *self;
         *copy.slot(limit)
     }
 
     /// The sum over all limits.
+    #[must_use]
     pub fn total(&self) -> u64 {
         self.total_connections
             + self.tenant_connections
@@ -203,11 +206,13 @@ pub struct HubStats {
 
 impl HubStats {
     /// Connections closed for heartbeat timeout (the origin documents' "timeouts").
+    #[must_use]
     pub fn heartbeat_timeouts(&self) -> u64 {
         self.closed_by.heartbeat_timeout
     }
 
     /// Average lifetime of closed connections (zero if none closed).
+    #[must_use]
     pub fn average_connection_lifetime(&self) -> Duration {
         if self.connections_closed == 0 {
             Duration::ZERO

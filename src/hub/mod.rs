@@ -61,18 +61,21 @@ impl Principal {
     }
 
     /// Sets the tier.
+    #[must_use]
     pub fn tier(mut self, tier: Tier) -> Self {
         self.tier = tier;
         self
     }
 
     /// Sets the roles.
+    #[must_use]
     pub fn roles<R: Into<Role>>(mut self, roles: impl IntoIterator<Item = R>) -> Self {
         self.roles = roles.into_iter().collect();
         self
     }
 
     /// Sets the session expiry.
+    #[must_use]
     pub fn expires_at(mut self, at: Instant) -> Self {
         self.expires_at = Some(at);
         self
@@ -137,6 +140,10 @@ pub struct Hub {
 
 impl Hub {
     /// A hub with this configuration, or the reason it makes no sense.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if [`Config::validate`] refuses the configuration.
     pub fn new(cfg: Config) -> Result<Self, ConfigError> {
         cfg.validate()?;
         Ok(Self {
@@ -209,6 +216,18 @@ impl Hub {
     /// breaker is open, or a limit is reached (total, per tenant, or per user with
     /// [`UserLimitPolicy::Reject`]). With [`UserLimitPolicy::EvictOldest`] the user's oldest
     /// connection is closed with [`CloseReason::Replaced`] instead.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is created when it fails:
+    /// - [`ConnectError::EmptyId`]: the tenant or user id is empty;
+    /// - [`ConnectError::SessionExpired`]: `principal.expires_at` is not in the future;
+    /// - [`ConnectError::BreakerOpen`]: the user's reconnect breaker is open (or its probe is still
+    ///   proving itself), with the time to wait; audited;
+    /// - [`ConnectError::UserLimit`]: the user holds its tier's connections and the policy is
+    ///   [`UserLimitPolicy::Reject`]; audited and counted as a limit rejection;
+    /// - [`ConnectError::TooManyConnections`] or [`ConnectError::TenantLimit`]: the hub-wide or the
+    ///   tenant's limit is reached; audited and counted.
     pub fn connect(&mut self, now: Instant, principal: Principal) -> Result<ConnId, ConnectError> {
         let now = self.clock(now);
         if principal.tenant.as_str().is_empty() {
@@ -469,6 +488,12 @@ impl Hub {
 
     /// The transport went away. The connection is forgotten; no `Close` is emitted.
     /// [`DisconnectReason::Abnormal`] counts toward the user's reconnect breaker.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnError::Unknown`] if no connection with this id is open (closed, or never existed), or
+    /// [`ConnError::Stale`] (also audited as [`AuditKind::StaleConnId`]) if the id's slot now belongs
+    /// to a newer connection. Nothing changes.
     pub fn disconnect(
         &mut self,
         now: Instant,
@@ -483,6 +508,12 @@ impl Hub {
 
     /// The application closes a connection (for example, the user was removed, or the server
     /// shuts down). Emits `Close`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnError::Unknown`] if no connection with this id is open (closed, or never existed), or
+    /// [`ConnError::Stale`] (also audited as [`AuditKind::StaleConnId`]) if the id's slot now belongs
+    /// to a newer connection. Nothing changes.
     pub fn close(
         &mut self,
         now: Instant,
@@ -496,6 +527,12 @@ impl Hub {
     }
 
     /// A transport-level pong arrived: the peer is alive.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnError::Unknown`] if no connection with this id is open (closed, or never existed), or
+    /// [`ConnError::Stale`] (also audited as [`AuditKind::StaleConnId`]) if the id's slot now belongs
+    /// to a newer connection. Nothing changes.
     pub fn pong(&mut self, now: Instant, conn: ConnId) -> Result<(), ConnError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
@@ -507,6 +544,12 @@ impl Hub {
 
     /// The transport flushed `bytes` bytes of frames delivered to this connection: they no longer
     /// count against its backpressure limits.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnError::Unknown`] if no connection with this id is open (closed, or never existed), or
+    /// [`ConnError::Stale`] (also audited as [`AuditKind::StaleConnId`]) if the id's slot now belongs
+    /// to a newer connection. Nothing changes.
     pub fn written(&mut self, now: Instant, conn: ConnId, bytes: usize) -> Result<(), ConnError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
@@ -517,6 +560,11 @@ impl Hub {
     }
 
     /// The caller re-authenticated the session: it now expires at `expires_at` (`None`: never).
+    ///
+    /// # Errors
+    ///
+    /// [`RefreshError::Conn`] as for any call naming a connection (see [`ConnError`]), or
+    /// [`RefreshError::ExpiryInPast`] if `expires_at` is not after `now`; the session is unchanged.
     pub fn refresh(
         &mut self,
         now: Instant,

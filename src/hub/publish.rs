@@ -44,6 +44,7 @@ impl Published {
 
     /// Whether the message reached no connection, live or held. (It is still kept in its stream
     /// for a later resume, if it has a stream.)
+    #[must_use]
     pub fn undeliverable(&self) -> bool {
         self.delivered == 0 && self.held == 0
     }
@@ -91,6 +92,17 @@ impl Hub {
     /// is serialized once (shared by every recipient), and is kept in the stream's recovery
     /// buffer. Under backpressure, `agent_thinking` is skipped for a connection that is behind,
     /// and a connection that cannot take a critical frame is closed with `SlowConsumer`.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is delivered or kept when it fails:
+    /// - [`PublishError::InvalidKind`]: a custom event kind that is empty or reserved;
+    /// - [`PublishError::ThreadMismatch`]: a `Thread` target whose envelope names another thread;
+    /// - [`PublishError::GlobalBroadcastDisabled`]: [`Target::Everyone`] without
+    ///   [`Config::allow_global_broadcast`] (audited);
+    /// - [`PublishError::Conn`]: a `Connection` target that is not open (see [`ConnError`](crate::ConnError)).
+    ///
+    /// A target with no recipients is not an error: see [`Published::undeliverable`].
     pub fn publish(&mut self, now: Instant, envelope: Envelope) -> Result<Published, PublishError> {
         let now = self.clock(now);
         if !envelope.kind.is_valid() {

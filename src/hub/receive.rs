@@ -19,6 +19,16 @@ impl Hub {
     /// A frame that is oversized, malformed, unknown, over a rate or over a limit gets an `error`
     /// frame and `Err(ReceiveError::Peer(..))`; after `max_violations` of those in a row the
     /// connection is also closed with [`CloseReason::ProtocolViolation`].
+    ///
+    /// # Errors
+    ///
+    /// - [`ReceiveError::Conn`]: the caller named a connection that is not open (see
+    ///   [`ConnError`](crate::ConnError));
+    ///   nothing changes.
+    /// - [`ReceiveError::Peer`]: the client misbehaved (oversized, malformed or unknown frame, over a
+    ///   rate, over a limit, a second `resume`). The client got an `error` frame, the event was
+    ///   audited, and after `max_violations` in a row the connection was closed with
+    ///   [`CloseReason::ProtocolViolation`]. The caller needs to do nothing but drain the actions.
     pub fn receive(
         &mut self,
         now: Instant,

@@ -12,6 +12,13 @@ use crate::stream::Stream;
 impl Hub {
     /// Puts a connection into a room of its own tenant. Returns `false` if it was already there.
     /// Live delivery of the room's stream starts at its current position.
+    ///
+    /// # Errors
+    ///
+    /// [`RoomError::Conn`] if the connection is not open (see [`ConnError`]), or
+    /// [`RoomError::TooManyRooms`] if it is in
+    /// [`Config::max_rooms_per_connection`](crate::Config::max_rooms_per_connection) rooms
+    /// already (audited and counted as a limit rejection). Membership is unchanged.
     pub fn join(&mut self, now: Instant, conn: ConnId, room: RoomId) -> Result<bool, RoomError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
@@ -50,6 +57,12 @@ impl Hub {
     }
 
     /// Takes a connection out of a room. Returns `false` if it was not there.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnError::Unknown`] if no connection with this id is open (closed, or never existed), or
+    /// [`ConnError::Stale`] (also audited as [`AuditKind::StaleConnId`]) if the id's slot now belongs
+    /// to a newer connection. Nothing changes.
     pub fn leave(&mut self, now: Instant, conn: ConnId, room: &str) -> Result<bool, ConnError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
