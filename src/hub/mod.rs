@@ -12,20 +12,18 @@ pub use publish::Published;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hashbrown::HashMap;
-
 use crate::action::Action;
 use crate::config::{Config, ConfigError, Tier, UserLimitPolicy};
 use crate::connection::{Connection, Connections, Lookup};
 use crate::error::{ConnError, ConnectError, RefreshError};
 use crate::flow::{Flow, Offer};
 use crate::frame::Frame;
-use crate::ids::{ConnId, Role, Roles, RoomId, StreamName, TenantId, UserId};
+use crate::ids::{ConnId, Role, Roles, StreamName, TenantId, UserId};
 use crate::kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
 use crate::limits::{Breaker, Transition};
 use crate::outbox::Outbox;
 use crate::protocol::Redactor;
-use crate::routing::Tenant;
+use crate::routing::{Tenant, Tenants};
 use crate::stats::{HubStats, MeterClock, Meters, Rates};
 use crate::stream::{Buffers, Epochs, Stream, TrimKey};
 use crate::timer::{TimerId, TimerQueue};
@@ -120,10 +118,9 @@ pub struct Hub {
     pub(crate) last_now: Option<Instant>,
     pub(crate) conns: Connections,
     pub(crate) users: Users,
-    pub(crate) tenants: HashMap<TenantId, Tenant>,
+    /// Tenants, their rooms, and the idle rooms' timers.
+    pub(crate) tenants: Tenants,
     pub(crate) timers: TimerQueue<TimerKey>,
-    /// Rooms without members by the instant they are dropped (`room_retention`).
-    pub(crate) idle_rooms: TimerQueue<(TenantId, RoomId)>,
     /// The recovery buffers' age timers and totals.
     pub(crate) buffers: Buffers,
     snapshot: Option<TimerId>,
@@ -157,10 +154,9 @@ impl Hub {
             last_now: None,
             conns: Connections::default(),
             users: Users::new(),
-            tenants: HashMap::new(),
+            tenants: Tenants::new(),
             timers: TimerQueue::new(),
             buffers: Buffers::new(),
-            idle_rooms: TimerQueue::new(),
             snapshot: None,
             pong: None,
             doomed: Vec::new(),
@@ -616,8 +612,8 @@ impl Hub {
         while let Some(uidx) = self.users.pop_retiring(now, &self.cfg) {
             self.retire_user(uidx, false);
         }
-        while let Some((tenant, room)) = self.idle_rooms.pop_due(now) {
-            self.idle_room_expired(&tenant, &room);
+        while let Some((tenant, room)) = self.tenants.pop_expired(now) {
+            self.drop_room(&tenant, &room);
         }
         while let Some(key) = self.buffers.pop_due(now) {
             self.stream_aged(now, key);
@@ -727,7 +723,7 @@ impl Hub {
             timers,
             self.users.poll_timeout().map(|at| (at, WakeReason::UserRetention)),
             self.buffers.poll_timeout().map(|at| (at, WakeReason::StreamAge)),
-            self.idle_rooms.peek().map(|at| (at, WakeReason::RoomRetention)),
+            self.tenants.poll_timeout().map(|at| (at, WakeReason::RoomRetention)),
         ]
         .into_iter()
         .flatten()
@@ -749,7 +745,7 @@ impl Hub {
         stats.users_active = users - detached;
         stats.users_detached = detached;
         stats.tenants = self.tenants.len() as u64;
-        stats.rooms_idle = self.idle_rooms.len() as u64;
+        stats.rooms_idle = self.tenants.idle_rooms() as u64;
         (stats.buffered_messages, stats.buffered_bytes) = self.buffers.totals();
         stats
     }

@@ -32,19 +32,14 @@ impl Hub {
             self.out.limit(kind, AuditKind::LimitHit(kind), Some(conn), &t, &u);
             return Err(RoomError::TooManyRooms { limit: self.cfg.max_rooms_per_connection });
         }
-        let tenant = self
-            .tenants
-            .get_mut(&self.users.get(c.user).tenant)
-            .expect("connection's tenant exists");
+        let tenant_id = self.users.get(c.user).tenant.clone();
         // An idle room comes back with its stream; otherwise a new room starts a new one.
-        let revived = tenant.rooms.get_mut(&room).and_then(|r| r.idle.take());
-        if let Some(timer) = revived {
-            self.idle_rooms.cancel(timer);
-        }
+        let revived = self.tenants.revive(&tenant_id, &room);
+        let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
         let fresh = !tenant.rooms.contains_key(&room);
         let epochs = &mut self.epochs;
         let joined = tenant.join(&mut self.conns, idx, &room, || Stream::new(epochs.next()));
-        if fresh || revived.is_some() {
+        if fresh || revived {
             self.out.stats.rooms += 1;
         }
         if joined {
@@ -87,34 +82,9 @@ impl Hub {
             self.drop_room(tenant_id, &room);
             return;
         }
-        if self.idle_rooms.len() >= self.cfg.max_idle_rooms as usize {
-            let (t, r) = self.idle_rooms.pop_first().expect("the cap is positive");
-            self.tenants
-                .get_mut(&t)
-                .expect("idle room's tenant")
-                .rooms
-                .get_mut(&r)
-                .expect("idle room")
-                .idle = None;
+        if let Some((t, r)) = self.tenants.keep_idle(now, tenant_id, &room, &self.cfg) {
             self.drop_room(&t, &r);
         }
-        let timer = self
-            .idle_rooms
-            .insert(now + self.cfg.room_retention, (tenant_id.clone(), room.clone()));
-        let tenant = self.tenants.get_mut(tenant_id).expect("room's tenant");
-        tenant.rooms.get_mut(&room).expect("emptied room").idle = Some(timer);
-    }
-
-    /// An idle room's retention ran out: drop it.
-    pub(crate) fn idle_room_expired(&mut self, tenant: &TenantId, room: &RoomId) {
-        self.tenants
-            .get_mut(tenant)
-            .expect("idle room's tenant")
-            .rooms
-            .get_mut(room)
-            .expect("idle room")
-            .idle = None;
-        self.drop_room(tenant, room);
     }
 
     /// Forgets an empty room and its stream (and its tenant, if nothing else holds it). Its idle
