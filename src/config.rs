@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use crate::error::ConfigError;
-use crate::stream::Retention;
+use thiserror::Error;
+
+use crate::retention::Retention;
 
 /// A principal's service tier. Each tier has its own quotas ([`TierQuota`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -25,6 +26,7 @@ impl Tier {
     pub const ALL: [Tier; 4] = [Tier::Free, Tier::Early, Tier::Mid, Tier::Enterprise];
 
     /// The tier's lower-case name, as used in metrics and the wire protocol.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::Free => "free",
@@ -61,6 +63,7 @@ pub struct TierQuotas {
 
 impl TierQuotas {
     /// The quota of `tier`.
+    #[must_use]
     pub fn get(&self, tier: Tier) -> &TierQuota {
         match tier {
             Tier::Free => &self.free,
@@ -271,6 +274,11 @@ impl Default for Config {
 
 impl Config {
     /// Checks that every limit makes sense. [`Hub::new`](crate::Hub::new) calls this.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first field that is zero where it must be positive, too large,
+    /// inconsistent with another, or an empty redaction key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let nonzero = |field: &'static str, v: u64| {
             if v == 0 { Err(ConfigError::Zero { field }) } else { Ok(()) }
@@ -358,6 +366,43 @@ fn bounded(field: &'static str, d: Duration) -> Result<(), ConfigError> {
     } else {
         Ok(())
     }
+}
+
+/// The configuration makes no sense; returned by [`Hub::new`](crate::Hub::new).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A limit or duration that must be positive is zero.
+    #[error("config field `{field}` must be greater than zero")]
+    Zero {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A limit is larger than the hub can represent (for durations: `max` is in seconds).
+    #[error("config field `{field}` must be at most {max}")]
+    TooLarge {
+        /// The field's name.
+        field: &'static str,
+        /// The largest value accepted.
+        max: u64,
+    },
+    /// A tier quota is zero.
+    #[error("tier quota `{field}` of tier {tier:?} must be greater than zero")]
+    ZeroTierQuota {
+        /// The tier.
+        tier: Tier,
+        /// The quota's name.
+        field: &'static str,
+    },
+    /// Two settings contradict each other.
+    #[error("inconsistent config: {detail}")]
+    Inconsistent {
+        /// Which settings, and why.
+        detail: &'static str,
+    },
+    /// A redaction key is the empty string.
+    #[error("redact_keys must not contain an empty key")]
+    EmptyRedactKey,
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::action::CloseReason;
 use crate::config::{Config, Tier};
 use crate::ids::{ConnId, Roles, RoomId, ThreadId};
+use crate::kinds::CloseReason;
 use crate::limits::Bucket;
 use crate::stats::Meter;
 use crate::timer::TimerId;
@@ -81,6 +81,46 @@ pub(crate) struct Due {
 }
 
 impl Connection {
+    /// A connection opening at `now` for the user in slot `user`, held for its resume window if
+    /// `held`, attached to its user's and tenant's streams at `user_base` and `tenant_base`. Its
+    /// timer and tenant position are set when it is inserted into the hub's indexes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        now: Instant,
+        user: u32,
+        tier: Tier,
+        roles: Roles,
+        expires_at: Option<Instant>,
+        held: bool,
+        user_base: u64,
+        tenant_base: u64,
+    ) -> Self {
+        Self {
+            user,
+            tenant_pos: 0,
+            tier,
+            roles,
+            opened_at: now,
+            last_seen: now,
+            ping_sent: None,
+            expires_at,
+            refresh_sent: false,
+            timer: TimerId::placeholder(),
+            threads: None,
+            rooms: Vec::new(),
+            messages: Bucket::full(now),
+            control: Bucket::full(now),
+            violations: Bucket::full(now),
+            unwritten: 0,
+            delivered: Meter::default(),
+            skipped: 0,
+            held,
+            resumed: false,
+            user_base,
+            tenant_base,
+        }
+    }
+
     /// Whether an event of `thread` (or a thread-less one) passes this connection's filter.
     pub(crate) fn wants(&self, thread: Option<&ThreadId>) -> bool {
         match (&self.threads, thread) {

@@ -68,6 +68,7 @@ impl EventKind {
 
     /// The kind with this wire name: one of the five agent events, or else a custom kind (which
     /// `publish` refuses if the name is reserved). For transports that take event names as text.
+    #[must_use]
     pub fn from_wire(name: &str) -> Self {
         match name {
             "agent_started" => EventKind::AgentStarted,
@@ -80,6 +81,7 @@ impl EventKind {
     }
 
     /// The wire name (`type` field).
+    #[must_use]
     pub fn as_str(&self) -> &str {
         match self {
             EventKind::AgentStarted => "agent_started",
@@ -92,6 +94,7 @@ impl EventKind {
     }
 
     /// The kind's priority: `Low` for `agent_thinking`, `Critical` for everything else.
+    #[must_use]
     pub fn priority(&self) -> Priority {
         match self {
             EventKind::AgentThinking => Priority::Low,
@@ -159,6 +162,42 @@ pub enum Target {
     Everyone,
 }
 
+impl Target {
+    /// Every connection of one user: `Target::User { tenant, user }`.
+    #[must_use]
+    pub fn user(tenant: impl Into<TenantId>, user: impl Into<UserId>) -> Self {
+        Target::User { tenant: tenant.into(), user: user.into() }
+    }
+
+    /// One thread of one user: `Target::Thread { tenant, user, thread }`.
+    #[must_use]
+    pub fn thread(
+        tenant: impl Into<TenantId>,
+        user: impl Into<UserId>,
+        thread: impl Into<ThreadId>,
+    ) -> Self {
+        Target::Thread { tenant: tenant.into(), user: user.into(), thread: thread.into() }
+    }
+
+    /// Every member of a room: `Target::Room { tenant, room }`.
+    #[must_use]
+    pub fn room(tenant: impl Into<TenantId>, room: impl Into<RoomId>) -> Self {
+        Target::Room { tenant: tenant.into(), room: room.into() }
+    }
+
+    /// Every connection of a tenant: `Target::Tenant { tenant, audience: Audience::All }`.
+    #[must_use]
+    pub fn tenant(tenant: impl Into<TenantId>) -> Self {
+        Target::Tenant { tenant: tenant.into(), audience: Audience::All }
+    }
+
+    /// The connections of a tenant whose principal holds `role`.
+    #[must_use]
+    pub fn tenant_role(tenant: impl Into<TenantId>, role: impl Into<Role>) -> Self {
+        Target::Tenant { tenant: tenant.into(), audience: Audience::Role(role.into()) }
+    }
+}
+
 /// An event to publish: where it goes, what it is, and its payload.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Envelope {
@@ -176,29 +215,38 @@ pub struct Envelope {
 
 impl Envelope {
     /// An envelope with no thread, no run and `null` data.
+    #[must_use]
     pub fn new(target: Target, kind: EventKind) -> Self {
         Self { target, kind, thread: None, run: None, data: Value::Null }
     }
 
     /// Sets the thread.
+    #[must_use]
     pub fn thread(mut self, thread: impl Into<ThreadId>) -> Self {
         self.thread = Some(thread.into());
         self
     }
 
     /// Sets the run.
+    #[must_use]
     pub fn run(mut self, run: impl Into<RunId>) -> Self {
         self.run = Some(run.into());
         self
     }
 
     /// Sets the payload.
+    #[must_use]
     pub fn data(mut self, data: Value) -> Self {
         self.data = data;
         self
     }
 
     /// Sets the payload from any serializable value.
+    ///
+    /// # Errors
+    ///
+    /// The serializer's error if `data` cannot be represented as JSON (for example a map with
+    /// non-string keys).
     pub fn data_from<T: Serialize>(self, data: &T) -> Result<Self, serde_json::Error> {
         Ok(self.data(serde_json::to_value(data)?))
     }

@@ -8,43 +8,6 @@ use thiserror::Error;
 
 use crate::config::Tier;
 
-/// The configuration makes no sense; returned by [`Hub::new`](crate::Hub::new).
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A limit or duration that must be positive is zero.
-    #[error("config field `{field}` must be greater than zero")]
-    Zero {
-        /// The field's name.
-        field: &'static str,
-    },
-    /// A limit is larger than the hub can represent (for durations: `max` is in seconds).
-    #[error("config field `{field}` must be at most {max}")]
-    TooLarge {
-        /// The field's name.
-        field: &'static str,
-        /// The largest value accepted.
-        max: u64,
-    },
-    /// A tier quota is zero.
-    #[error("tier quota `{field}` of tier {tier:?} must be greater than zero")]
-    ZeroTierQuota {
-        /// The tier.
-        tier: Tier,
-        /// The quota's name.
-        field: &'static str,
-    },
-    /// Two settings contradict each other.
-    #[error("inconsistent config: {detail}")]
-    Inconsistent {
-        /// Which settings, and why.
-        detail: &'static str,
-    },
-    /// A redaction key is the empty string.
-    #[error("redact_keys must not contain an empty key")]
-    EmptyRedactKey,
-}
-
 /// The caller addressed a connection that is not open. This is the caller's bug or race, never
 /// the peer's doing.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +121,7 @@ pub enum PeerError {
 
 impl PeerError {
     /// The machine-readable code sent to the client in the `error` frame.
+    #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
             PeerError::FrameTooLarge { .. } => "frame_too_large",

@@ -4,9 +4,8 @@
 use serde_json::{Value, json};
 
 use crate::envelope::EventKind;
-use crate::ids::{RoomId, RunId, ThreadId};
+use crate::ids::{RoomId, RunId, StreamName, StreamPos, ThreadId};
 use crate::protocol::{ClientFrame, FrameWriter, Redactor, parse_client_frame};
-use crate::stream::{StreamName, StreamPos};
 
 /// Parses `bytes` as a client frame; if it parses, serializes what was understood back to JSON,
 /// parses that again and checks both readings agree. `Err` describes a disagreement.

@@ -1,5 +1,6 @@
 //! Identifiers: cheap-to-clone string newtypes for the things the application names, and the
-//! opaque, generation-checked [`ConnId`] that only the hub can mint.
+//! opaque, generation-checked [`ConnId`] that only the hub can mint; the names of streams and
+//! positions in them.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -130,6 +131,7 @@ impl ConnId {
 
     /// The id as one number (`generation << 32 | index`), for logs and wire protocols. It cannot
     /// be turned back into a `ConnId`.
+    #[must_use]
     pub fn to_u64(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.index)
     }
@@ -155,11 +157,13 @@ pub struct Roles(Option<Arc<[Role]>>);
 
 impl Roles {
     /// No roles.
+    #[must_use]
     pub fn none() -> Self {
         Self(None)
     }
 
     /// Whether `role` is among these roles.
+    #[must_use]
     pub fn contains(&self, role: &str) -> bool {
         self.iter().any(|r| r.as_str() == role)
     }
@@ -175,6 +179,7 @@ impl Roles {
     }
 
     /// Whether there are no roles.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -197,6 +202,39 @@ impl fmt::Debug for Roles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.iter()).finish()
     }
+}
+
+/// Which stream a message belongs to, as named on the wire (`"u"`, `"t"`, `"r:<room>"`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum StreamName {
+    /// The user's own stream (targets `User`, `Thread`, `Connection`). Wire name `"u"`.
+    User,
+    /// The tenant's broadcast stream (`Tenant` target, and `Everyone`). Wire name `"t"`.
+    Tenant,
+    /// A room's stream. Wire name `"r:<room>"`.
+    Room(RoomId),
+}
+
+impl fmt::Display for StreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamName::User => f.write_str("u"),
+            StreamName::Tenant => f.write_str("t"),
+            StreamName::Room(room) => write!(f, "r:{room}"),
+        }
+    }
+}
+
+/// A position in a stream: the epoch the stream was created with and a sequence number in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamPos {
+    /// Identifies one incarnation of the stream. A stream created anew (a user retired and seen
+    /// again, a room emptied and joined again) gets a new epoch, so positions from before cannot
+    /// be mistaken for positions in it.
+    pub epoch: u64,
+    /// The sequence number: 1 for the first message of an epoch, +1 per message. 0 means "nothing
+    /// yet".
+    pub seq: u64,
 }
 
 #[cfg(test)]

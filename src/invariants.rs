@@ -111,7 +111,7 @@ impl Hub {
         ensure!(detached as usize <= cfg.max_detached_users as usize, "over max_detached_users");
 
         let (mut rooms, mut idle) = (0u64, 0u64);
-        for (name, t) in &self.tenants {
+        for (name, t) in self.tenants.iter() {
             let users = self.users.iter().filter(|(_, u)| &u.tenant == name).count();
             ensure!(
                 users == t.users as usize,
@@ -141,7 +141,7 @@ impl Hub {
         ensure!(self.tenants.len() as u64 == stats.tenants, "tenants gauge");
         ensure!(rooms == stats.rooms, "rooms gauge {} != {rooms}", stats.rooms);
         ensure!(idle == stats.rooms_idle, "rooms_idle gauge {} != {idle}", stats.rooms_idle);
-        ensure!(self.idle_rooms.len() as u64 == idle, "idle room timers");
+        ensure!(self.tenants.idle_rooms() as u64 == idle, "idle room timers");
         ensure!(idle <= u64::from(cfg.max_idle_rooms), "over max_idle_rooms");
         ensure!(
             buffered.0 as u64 == stats.buffered_messages
@@ -153,9 +153,9 @@ impl Hub {
             buffered.1
         );
         ensure!(
-            self.trims.len() == trim_timers,
+            self.buffers.armed() == trim_timers,
             "{} age timers armed, {trim_timers} expected",
-            self.trims.len()
+            self.buffers.armed()
         );
         let expected_timers = n_conns
             + breaker_timers

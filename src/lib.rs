@@ -78,6 +78,41 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## Architecture
+//!
+//! `src/` is layered, and each layer names only the layers below it:
+//!
+//! - **Vocabulary**: `ids` (string ids, [`ConnId`], [`StreamName`], [`StreamPos`]), `kinds`
+//!   ([`CloseReason`], [`ClosedBy`], [`LimitKind`], [`AuditKind`], [`BreakerState`]), `frame`
+//!   ([`Frame`]), `retention`, `config`, `error`, `envelope`, `stats` (counters), `action` (what
+//!   is emitted), `protocol` (the wire format), `timer` (the deadline queue).
+//! - **Components**: `connection` (one connection's deadlines, filters and allowances, and the
+//!   generation-checked slot table), `user` (per-user state), `routing` (tenants and rooms),
+//!   `stream` (sequence numbers, recovery buffers, their age timers and totals), `limits` (rate
+//!   buckets, the reconnect breaker), `outbox` (the one way anything is emitted: each action is
+//!   queued by the call that records its counter), `flow` (backpressure per connection, the frame
+//!   writer, the traffic meters), `view` (read-only views). The gauges of [`HubStats`] are not
+//!   kept by hand: [`Hub::stats`] derives them from the components that hold what they count.
+//! - **`Hub`** on top (`hub/`): the lifecycles that span components, publishing (`hub/publish.rs`,
+//!   with `Target` resolution), client frames and resume (`hub/receive.rs`), rooms
+//!   (`hub/rooms.rs`). `invariants` (feature `fuzzing`) checks the hub from outside.
+//!
+//! Data flows one way through them:
+//!
+//! ```text
+//!  socket ──► driver ──► Hub::{connect, receive, publish, tick, ..}
+//!                          │
+//!                          ▼
+//!              hub components (connections, users, tenants/rooms, streams)
+//!                          │  every output, with its counter
+//!                          ▼
+//!                        outbox ──► Hub::poll_action ──► driver ──► socket
+//! ```
+//!
+//! The module graph has no cycles. `cargo test -p switchboard --lib architecture` checks it: it
+//! reads every file under `src/`, takes each `crate::<module>` path as an edge, and fails naming
+//! the cycle if there is one (and if a vocabulary module names a component).
+//!
 //! ## Decisions worth knowing
 //!
 //! - **Isolation.** A connection is bound to one `(tenant, user)` at [`Hub::connect`] and never
@@ -117,29 +152,34 @@
 //!   rate is the sum of its connections' meters, folded into the user's when one closes.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
 mod action;
+#[cfg(test)]
+mod architecture;
 mod config;
 mod connection;
-mod delivery;
+pub mod docs;
 mod envelope;
 mod error;
+mod flow;
+mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod hub;
 mod ids;
-mod inbound;
 #[cfg(any(test, feature = "fuzzing"))]
 mod invariants;
+mod kinds;
 mod limits;
+mod outbox;
 mod protocol;
-mod rooms;
+mod retention;
 mod routing;
 mod stats;
 mod stream;
@@ -147,23 +187,22 @@ mod timer;
 mod user;
 mod view;
 
-pub use action::{
-    Action, AuditEvent, AuditKind, CloseReason, ClosedBy, DisconnectReason, Frame, Inbound,
-    LimitKind, MetricEvent, Origin,
-};
+pub use action::{Action, AuditEvent, Inbound, MetricEvent, Origin};
 pub use config::{
-    BreakerConfig, Config, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas, UserLimitPolicy,
+    BreakerConfig, Config, ConfigError, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas,
+    UserLimitPolicy,
 };
-pub use delivery::Published;
 pub use envelope::{Audience, Envelope, EventKind, Priority, Target};
 pub use error::{
-    ConfigError, ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError,
-    RoomError,
+    ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError, RoomError,
 };
-pub use hub::{Hub, Principal};
-pub use ids::{ConnId, Role, Roles, RoomId, RunId, TenantId, ThreadId, UserId};
-pub use limits::BreakerState;
+pub use frame::Frame;
+pub use hub::{Hub, Principal, Published, WakeReason};
+pub use ids::{
+    ConnId, Role, Roles, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId,
+};
+pub use kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
+pub use retention::Retention;
 pub use stats::{ClosedCounts, HubStats, LimitCounts, Rates};
-pub use stream::{Retention, StreamName, StreamPos};
 pub use user::UserPhase;
 pub use view::{ConnView, UserView};

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::BreakerConfig;
 use crate::ids::ConnId;
+use crate::kinds::BreakerState;
 
 /// A rate: one event per `interval` sustained, `burst` back to back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,23 +56,6 @@ impl Bucket {
         self.tat = tat + rate.interval;
         true
     }
-}
-
-/// Where a user's reconnect breaker stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BreakerState {
-    /// Connections are admitted.
-    Closed,
-    /// Connections are refused until `until`.
-    Open {
-        /// When it turns half-open.
-        until: Instant,
-    },
-    /// One probe connection is admitted; `probe` is it, once it exists.
-    HalfOpen {
-        /// The probe, if one is open.
-        probe: Option<ConnId>,
-    },
 }
 
 /// What a breaker event changed, for audit and metrics.

@@ -12,11 +12,10 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use crate::action::Frame;
 use crate::envelope::EventKind;
 use crate::error::PeerError;
-use crate::ids::{ConnId, RunId, TenantId, ThreadId, UserId};
-use crate::stream::{StreamName, StreamPos};
+use crate::frame::Frame;
+use crate::ids::{ConnId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId};
 
 // ---------------------------------------------------------------------------------------------
 // Redaction

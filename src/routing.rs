@@ -9,12 +9,103 @@
 //! list and in each room's member list), so joining, leaving and closing are O(1) per membership
 //! and a fan-out is a linear walk over exactly the recipients.
 
+use std::ops::{Deref, DerefMut};
+use std::time::Instant;
+
 use hashbrown::HashMap;
 
+use crate::config::Config;
 use crate::connection::{Connection, Connections, Membership};
-use crate::ids::{ConnId, Role, RoomId};
+use crate::ids::{ConnId, Role, Roles, RoomId, TenantId};
 use crate::stream::{Scope, Stream};
-use crate::timer::TimerId;
+use crate::timer::{TimerId, TimerQueue};
+
+/// Every tenant's state, and the timers of the rooms kept idle (`room_retention`). It derefs to
+/// the tenant map; the idle-room lifecycle goes through its methods.
+#[derive(Debug)]
+pub(crate) struct Tenants {
+    map: HashMap<TenantId, Tenant>,
+    /// Rooms without members by the instant they are dropped.
+    idle: TimerQueue<(TenantId, RoomId)>,
+}
+
+impl Deref for Tenants {
+    type Target = HashMap<TenantId, Tenant>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl DerefMut for Tenants {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl Tenants {
+    pub(crate) fn new() -> Self {
+        Self { map: HashMap::new(), idle: TimerQueue::new() }
+    }
+
+    /// Rooms kept idle now.
+    pub(crate) fn idle_rooms(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// When the next idle room's retention runs out.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.idle.peek()
+    }
+
+    /// The next idle room whose retention ran out at `now`; it is no longer idle, and the caller
+    /// drops it.
+    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<(TenantId, RoomId)> {
+        let (tenant, room) = self.idle.pop_due(now)?;
+        self.unmark(&tenant, &room);
+        Some((tenant, room))
+    }
+
+    /// A room lost its last member and `room_retention` is set: keep it idle until
+    /// `now + room_retention`. Returns the idle room evicted to stay within `max_idle_rooms`
+    /// (no longer idle; the caller drops it).
+    pub(crate) fn keep_idle(
+        &mut self,
+        now: Instant,
+        tenant: &TenantId,
+        room: &RoomId,
+        cfg: &Config,
+    ) -> Option<(TenantId, RoomId)> {
+        let evicted = if self.idle.len() >= cfg.max_idle_rooms as usize {
+            let (t, r) = self.idle.pop_first().expect("the cap is positive");
+            self.unmark(&t, &r);
+            Some((t, r))
+        } else {
+            None
+        };
+        let timer = self.idle.insert(now + cfg.room_retention, (tenant.clone(), room.clone()));
+        let r = self.map.get_mut(tenant).and_then(|t| t.rooms.get_mut(room)).expect("emptied room");
+        r.idle = Some(timer);
+        evicted
+    }
+
+    /// A member joins an idle room: it is no longer idle. Returns whether it was.
+    pub(crate) fn revive(&mut self, tenant: &TenantId, room: &RoomId) -> bool {
+        let r = self.map.get_mut(tenant).and_then(|t| t.rooms.get_mut(room));
+        match r.and_then(|r| r.idle.take()) {
+            Some(timer) => {
+                self.idle.cancel(timer);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn unmark(&mut self, tenant: &TenantId, room: &RoomId) {
+        let r = self.map.get_mut(tenant).and_then(|t| t.rooms.get_mut(room)).expect("idle room");
+        r.idle = None;
+    }
+}
 
 /// A tenant's shared state.
 #[derive(Debug)]
@@ -144,7 +235,7 @@ impl Tenant {
 }
 
 /// Who a tenant broadcast is for.
-pub(crate) fn audience_admits(roles: &crate::ids::Roles, role: Option<&Role>) -> bool {
+pub(crate) fn audience_admits(roles: &Roles, role: Option<&Role>) -> bool {
     role.is_none_or(|r| roles.contains(r.as_str()))
 }
 

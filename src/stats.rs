@@ -1,9 +1,10 @@
-//! Counters and gauges: the origin documents' factory, manager and security metrics, kept as plain
-//! integers the hub bumps as it goes (no scans).
+//! Counters and gauges: the origin documents' factory, manager and security metrics. Counters are
+//! plain integers the outbox bumps as it emits; gauges are derived from the hub's components when
+//! [`Hub::stats`](crate::Hub::stats) is read (no scans: each is a length or a running total).
 
 use std::time::Duration;
 
-use crate::action::{CloseReason, ClosedBy, DisconnectReason, LimitKind};
+use crate::kinds::{CloseReason, ClosedBy, DisconnectReason, LimitKind};
 
 /// Connections closed, by how they ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,6 +31,7 @@ pub struct ClosedCounts {
 
 impl ClosedCounts {
     /// The counter for one way of ending.
+    #[must_use]
     pub fn get(&self, by: ClosedBy) -> u64 {
         // A copy is cheaper to read than a second, drifting copy of the mapping.
         let mut copy = *self;
@@ -80,12 +82,14 @@ pub struct LimitCounts {
 
 impl LimitCounts {
     /// The counter of one limit.
+    #[must_use]
     pub fn get(&self, limit: LimitKind) -> u64 {
         let mut copy = *self;
         *copy.slot(limit)
     }
 
     /// The sum over all limits.
+    #[must_use]
     pub fn total(&self) -> u64 {
         self.total_connections
             + self.tenant_connections
@@ -202,11 +206,13 @@ pub struct HubStats {
 
 impl HubStats {
     /// Connections closed for heartbeat timeout (the origin documents' "timeouts").
+    #[must_use]
     pub fn heartbeat_timeouts(&self) -> u64 {
         self.closed_by.heartbeat_timeout
     }
 
     /// Average lifetime of closed connections (zero if none closed).
+    #[must_use]
     pub fn average_connection_lifetime(&self) -> Duration {
         if self.connections_closed == 0 {
             Duration::ZERO

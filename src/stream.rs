@@ -6,45 +6,13 @@
 //! are minted locally.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::action::Frame;
-use crate::ids::{ConnId, Role, RoomId, ThreadId};
-use crate::timer::TimerId;
-
-/// Which stream a message belongs to, as named on the wire (`"u"`, `"t"`, `"r:<room>"`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum StreamName {
-    /// The user's own stream (targets `User`, `Thread`, `Connection`). Wire name `"u"`.
-    User,
-    /// The tenant's broadcast stream (`Tenant` target, and `Everyone`). Wire name `"t"`.
-    Tenant,
-    /// A room's stream. Wire name `"r:<room>"`.
-    Room(RoomId),
-}
-
-impl fmt::Display for StreamName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StreamName::User => f.write_str("u"),
-            StreamName::Tenant => f.write_str("t"),
-            StreamName::Room(room) => write!(f, "r:{room}"),
-        }
-    }
-}
-
-/// A position in a stream: the epoch the stream was created with and a sequence number in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamPos {
-    /// Identifies one incarnation of the stream. A stream created anew (a user retired and seen
-    /// again, a room emptied and joined again) gets a new epoch, so positions from before cannot
-    /// be mistaken for positions in it.
-    pub epoch: u64,
-    /// The sequence number: 1 for the first message of an epoch, +1 per message. 0 means "nothing
-    /// yet".
-    pub seq: u64,
-}
+use crate::config::Config;
+use crate::frame::Frame;
+use crate::ids::{ConnId, Role, RoomId, StreamPos, TenantId, ThreadId};
+use crate::retention::Retention;
+use crate::timer::{TimerId, TimerQueue};
 
 /// Who may receive a buffered message when it is replayed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,23 +34,6 @@ pub(crate) struct Buffered {
     pub(crate) at: Instant,
     pub(crate) frame: Frame,
     pub(crate) scope: Scope,
-}
-
-/// Bounds of one stream's recovery buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retention {
-    /// Most messages kept (default 1000).
-    pub max_messages: usize,
-    /// Most frame bytes kept (default 1 MiB).
-    pub max_bytes: usize,
-    /// Oldest message kept (default 2 min).
-    pub max_age: Duration,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Self { max_messages: 1000, max_bytes: 1 << 20, max_age: Duration::from_secs(120) }
-    }
 }
 
 /// Why a stream could not be recovered.
@@ -115,7 +66,7 @@ pub(crate) struct Stream {
     buf: VecDeque<Buffered>,
     bytes: usize,
     /// Armed while anything is buffered: fires when the oldest message outlives `max_age`, so
-    /// that quiet streams age too (the hub owns the timer; see `delivery::sync_age_timer`).
+    /// that quiet streams age too (the timer queue is in [`Buffers`]).
     pub(crate) trim_timer: Option<TimerId>,
 }
 
@@ -240,9 +191,146 @@ impl Epochs {
     }
 }
 
+/// Which stream an age timer belongs to (a queue of its own, so that the per-connection timer
+/// entries stay small).
+#[derive(Clone, Debug)]
+pub(crate) enum TrimKey {
+    User(u32),
+    Tenant(TenantId),
+    Room(TenantId, RoomId),
+}
+
+/// The recovery buffers' shared state: the age timers of every stream (a queue of their own, so
+/// that the per-connection timer entries stay small) and the hub-wide totals, which
+/// `max_buffered_bytes` caps and the stats report.
+#[derive(Debug)]
+pub(crate) struct Buffers {
+    trims: TimerQueue<TrimKey>,
+    messages: u64,
+    bytes: u64,
+}
+
+impl Buffers {
+    pub(crate) fn new() -> Self {
+        Self { trims: TimerQueue::new(), messages: 0, bytes: 0 }
+    }
+
+    /// Messages and frame bytes in all recovery buffers.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        (self.messages, self.bytes)
+    }
+
+    /// Armed age timers (one per stream holding messages).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn armed(&self) -> usize {
+        self.trims.len()
+    }
+
+    /// When the next stream's oldest message outlives `max_age`.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.trims.peek()
+    }
+
+    /// The next stream whose age timer is due at `now`; the caller finds it and hands it to
+    /// [`Buffers::handle_timeout`].
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<TrimKey> {
+        self.trims.pop_due(now)
+    }
+
+    /// A stream's age timer fired: trim it and re-arm for its new oldest message.
+    pub(crate) fn handle_timeout(
+        &mut self,
+        stream: &mut Stream,
+        key: TrimKey,
+        now: Instant,
+        cfg: &Config,
+    ) {
+        stream.trim_timer = None;
+        self.trim(stream, now, cfg);
+        self.sync_age_timer(stream, || key, cfg.retention.max_age);
+    }
+
+    /// Keeps a message in a stream's buffer (within its bounds and the hub-wide byte cap) and
+    /// arms the stream's age timer.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn keep(
+        &mut self,
+        stream: &mut Stream,
+        key: impl FnOnce() -> TrimKey,
+        now: Instant,
+        pos: StreamPos,
+        frame: &Frame,
+        scope: Scope,
+        cfg: &Config,
+    ) {
+        let before = stream.buffered();
+        stream.keep(now, pos.seq, frame, scope, &cfg.retention);
+        let over = (self.bytes + stream.buffered().1 as u64)
+            .saturating_sub(before.1 as u64)
+            .saturating_sub(cfg.max_buffered_bytes);
+        if over > 0 {
+            stream.shed(usize::try_from(over).unwrap_or(usize::MAX));
+        }
+        self.rebuffered(before, stream.buffered());
+        self.sync_age_timer(stream, key, cfg.retention.max_age);
+    }
+
+    /// Trims a stream to its bounds at `now` (the age bound is otherwise applied when it grows).
+    /// A stream left empty disarms its age timer; one still holding messages keeps it (it may
+    /// fire early, which only re-arms it).
+    pub(crate) fn trim(&mut self, stream: &mut Stream, now: Instant, cfg: &Config) {
+        let before = stream.buffered();
+        stream.trim(now, &cfg.retention);
+        self.rebuffered(before, stream.buffered());
+        if stream.buffered().0 == 0 {
+            if let Some(timer) = stream.trim_timer.take() {
+                self.trims.cancel(timer);
+            }
+        }
+    }
+
+    /// A stream is dropped with its buffer and its age timer.
+    pub(crate) fn dropped(&mut self, stream: &Stream) {
+        self.rebuffered(stream.buffered(), (0, 0));
+        if let Some(timer) = stream.trim_timer {
+            self.trims.cancel(timer);
+        }
+    }
+
+    /// Adjusts the totals after a stream changed from `before` to `after`.
+    fn rebuffered(&mut self, before: (usize, usize), after: (usize, usize)) {
+        self.messages = (self.messages + after.0 as u64) - before.0 as u64;
+        self.bytes = (self.bytes + after.1 as u64) - before.1 as u64;
+    }
+
+    /// Keeps a stream's age timer in step with its buffer: armed (if it is not already) while
+    /// the stream holds messages, to fire just after the oldest outlives `max_age`; disarmed once
+    /// it holds none (a keep can empty a buffer: a message larger than the byte bound is not
+    /// kept).
+    fn sync_age_timer(
+        &mut self,
+        stream: &mut Stream,
+        key: impl FnOnce() -> TrimKey,
+        max_age: Duration,
+    ) {
+        match (stream.trim_timer, stream.oldest_at()) {
+            (None, Some(at)) => {
+                let due = at + max_age + Duration::from_nanos(1);
+                stream.trim_timer = Some(self.trims.insert(due, key()));
+            }
+            (Some(timer), None) => {
+                self.trims.cancel(timer);
+                stream.trim_timer = None;
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::StreamName;
 
     #[test]
     fn seqs_start_at_one_and_grow_by_one() {

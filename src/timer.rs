@@ -87,6 +87,12 @@ impl<K> TimerQueue<K> {
         self.heap.first().map(|e| e.at)
     }
 
+    /// The earliest deadline and its key.
+    pub(crate) fn peek_key(&self) -> Option<(Instant, &K)> {
+        let top = self.heap.first()?;
+        Some((top.at, &self.entries[top.id as usize].key))
+    }
+
     /// Removes and returns the earliest timer if it is due at `now`.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<K> {
         let top = *self.heap.first()?;

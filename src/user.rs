@@ -1,6 +1,24 @@
 //! Per-user isolated state: the origin documents' "isolated manager", reduced to what it must own:
-//! the user's connections, its stream, and its retention timer. It is created by the user's first
-//! connection, detached (kept for `user_retention`) after its last, and retired after that.
+//! the user's connections, its stream, its breaker and its retention timer.
+//!
+//! ## When does a user retire?
+//!
+//! A user's state is created by its first connection and is **active** while it has any. When its
+//! last connection closes it is **detached** ([`Users::detach`]):
+//!
+//! - with `user_retention` zero and a breaker that is not open, it retires at once;
+//! - otherwise it is kept until `now + user_retention`, or, if its reconnect breaker is open,
+//!   until the later of that and the instant the breaker half-opens (waiting out retention must
+//!   not reset a breaker);
+//! - if `max_detached_users` are already detached, the one closest to retirement retires early
+//!   (evicted) to make room; the hub also evicts this way when the recovery buffers pass 7/8 of
+//!   `max_buffered_bytes`.
+//!
+//! A connection that comes back while it is detached reattaches it ([`Users::reattach`]): it
+//! keeps its stream and breaker. When the retention timer fires ([`Users::pop_retiring`]) a user
+//! whose breaker is still open is kept until the breaker half-opens; any other retires. Retiring
+//! forgets the state, its stream and its buffer (the hub drops them, and its tenant if that was
+//! the tenant's last state).
 
 use std::hash::{Hash, Hasher};
 use std::time::Instant;
@@ -8,11 +26,13 @@ use std::time::Instant;
 use hashbrown::{Equivalent, HashMap};
 use slab::Slab;
 
+use crate::config::Config;
 use crate::ids::{TenantId, UserId};
+use crate::kinds::BreakerState;
 use crate::limits::Breaker;
 use crate::stats::Meters;
 use crate::stream::Stream;
-use crate::timer::TimerId;
+use crate::timer::{TimerId, TimerQueue};
 
 /// Where a user is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,14 +89,98 @@ impl Equivalent<UserKey> for UserRef<'_> {
     }
 }
 
-/// All user states and the index from `(tenant, user)` to them.
-#[derive(Debug, Default)]
+/// All user states, the index from `(tenant, user)` to them, and the retirement timers of the
+/// detached ones.
+#[derive(Debug)]
 pub(crate) struct Users {
     pub(crate) slab: Slab<UserState>,
     index: HashMap<UserKey, u32>,
+    /// Detached users by retirement time: the retirement timers, and the order in which
+    /// `max_detached_users` evicts.
+    detached: TimerQueue<u32>,
+}
+
+/// What [`Users::detach`] decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Detach {
+    /// Retire this user now (no retention).
+    pub(crate) retire_now: bool,
+    /// Another detached user evicted to make room: retire it early.
+    pub(crate) evicted: Option<u32>,
 }
 
 impl Users {
+    pub(crate) fn new() -> Self {
+        Self { slab: Slab::new(), index: HashMap::new(), detached: TimerQueue::new() }
+    }
+
+    /// How many users are detached (the rest are active).
+    pub(crate) fn detached_count(&self) -> usize {
+        self.detached.len()
+    }
+
+    /// The user's last connection closed: keep it detached, or say to retire it now. See the
+    /// module docs for the rule.
+    pub(crate) fn detach(&mut self, now: Instant, uidx: u32, cfg: &Config) -> Detach {
+        let retire_at = match self.get(uidx).breaker.state {
+            BreakerState::Open { until } if until > now => until.max(now + cfg.user_retention),
+            _ if cfg.user_retention.is_zero() => {
+                return Detach { retire_now: true, evicted: None };
+            }
+            _ => now + cfg.user_retention,
+        };
+        let evicted = if self.detached.len() >= cfg.max_detached_users as usize {
+            self.pop_evictable()
+        } else {
+            None
+        };
+        let timer = self.detached.insert(retire_at, uidx);
+        self.get_mut(uidx).retire = Some((timer, now));
+        Detach { retire_now: false, evicted }
+    }
+
+    /// A detached user's connection came back within retention: it keeps its state.
+    pub(crate) fn reattach(&mut self, uidx: u32) {
+        if let Some((timer, _)) = self.get_mut(uidx).retire.take() {
+            self.detached.cancel(timer);
+        }
+    }
+
+    /// Takes the detached user closest to retirement off its timer, to retire it early.
+    pub(crate) fn pop_evictable(&mut self) -> Option<u32> {
+        let oldest = self.detached.pop_first()?;
+        self.get_mut(oldest).retire = None;
+        Some(oldest)
+    }
+
+    /// When the next detached user's retention runs out.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.detached.peek()
+    }
+
+    /// The next user whose retention ran out at `now` and who retires now. One whose breaker is
+    /// still open is kept until it half-opens instead (half-open without a probe admits the next
+    /// connect anyway, so that one goes).
+    pub(crate) fn pop_retiring(&mut self, now: Instant, cfg: &Config) -> Option<u32> {
+        while let Some(uidx) = self.detached.pop_due(now) {
+            self.get_mut(uidx).retire = None;
+            match self.get(uidx).breaker.state {
+                BreakerState::Open { until } if until > now => {
+                    let retire_at = until.max(now + cfg.user_retention);
+                    let timer = self.detached.insert(retire_at, uidx);
+                    self.get_mut(uidx).retire = Some((timer, now));
+                }
+                _ => return Some(uidx),
+            }
+        }
+        None
+    }
+
+    /// When a detached user retires.
+    pub(crate) fn retires_at(&self, uidx: u32) -> Option<Instant> {
+        self.get(uidx).retire.map(|(t, _)| self.detached.deadline(t))
+    }
+
     pub(crate) fn find(&self, tenant: &str, user: &str) -> Option<u32> {
         self.index.get(&UserRef(tenant, user)).copied()
     }
@@ -119,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_index_finds_users_by_borrowed_ids_and_scopes_them_by_tenant() {
-        let mut users = Users::default();
+        let mut users = Users::new();
         let t0 = Instant::now();
         let mk = |tenant: &str, user: &str| UserState {
             tenant: tenant.into(),

@@ -5,10 +5,9 @@ use std::time::Instant;
 
 use crate::config::Tier;
 use crate::connection::{Connection, Connections};
-use crate::ids::{ConnId, Roles, RoomId, TenantId, ThreadId, UserId};
-use crate::limits::BreakerState;
+use crate::ids::{ConnId, Roles, RoomId, StreamPos, TenantId, ThreadId, UserId};
+use crate::kinds::BreakerState;
 use crate::stats::{MeterClock, Rates};
-use crate::stream::StreamPos;
 use crate::user::{UserPhase, UserState};
 
 /// A user's state, as of now.
@@ -22,16 +21,19 @@ pub struct UserView<'a> {
 
 impl<'a> UserView<'a> {
     /// The tenant.
+    #[must_use]
     pub fn tenant(&self) -> &'a TenantId {
         &self.state.tenant
     }
 
     /// The user.
+    #[must_use]
     pub fn user(&self) -> &'a UserId {
         &self.state.user
     }
 
     /// Active, or detached until when.
+    #[must_use]
     pub fn phase(&self) -> UserPhase {
         match (self.state.retire, self.retires_at) {
             (Some((_, since)), Some(retires_at)) => UserPhase::Detached { since, retires_at },
@@ -46,26 +48,31 @@ impl<'a> UserView<'a> {
     }
 
     /// How many connections are open.
+    #[must_use]
     pub fn connection_count(&self) -> usize {
         self.state.conns.len()
     }
 
     /// The position of the last message of the user's stream.
+    #[must_use]
     pub fn stream_position(&self) -> StreamPos {
         self.state.stream.position()
     }
 
     /// Messages and frame bytes in the user stream's recovery buffer.
+    #[must_use]
     pub fn buffered(&self) -> (usize, usize) {
         self.state.stream.buffered()
     }
 
     /// The user's reconnect breaker.
+    #[must_use]
     pub fn breaker(&self) -> BreakerState {
         self.state.breaker.state
     }
 
     /// Moving averages of the user's traffic.
+    #[must_use]
     pub fn rates(&self) -> Rates {
         let mut meters = self.state.meters;
         for &c in &self.state.conns {
@@ -75,6 +82,7 @@ impl<'a> UserView<'a> {
     }
 
     /// When the state was created (first connection).
+    #[must_use]
     pub fn created_at(&self) -> Instant {
         self.state.created_at
     }
@@ -91,51 +99,61 @@ pub struct ConnView<'a> {
 
 impl<'a> ConnView<'a> {
     /// The connection's id.
+    #[must_use]
     pub fn id(&self) -> ConnId {
         self.id
     }
 
     /// Its tenant (fixed at connect).
+    #[must_use]
     pub fn tenant(&self) -> &'a TenantId {
         &self.user.tenant
     }
 
     /// Its user (fixed at connect).
+    #[must_use]
     pub fn user(&self) -> &'a UserId {
         &self.user.user
     }
 
     /// The principal's tier.
+    #[must_use]
     pub fn tier(&self) -> Tier {
         self.conn.tier
     }
 
     /// The principal's roles.
+    #[must_use]
     pub fn roles(&self) -> &'a Roles {
         &self.conn.roles
     }
 
     /// When it opened.
+    #[must_use]
     pub fn opened_at(&self) -> Instant {
         self.conn.opened_at
     }
 
     /// Its last inbound frame or pong (or its opening).
+    #[must_use]
     pub fn last_seen(&self) -> Instant {
         self.conn.last_seen
     }
 
     /// Whether a ping is outstanding.
+    #[must_use]
     pub fn awaiting_pong(&self) -> bool {
         self.conn.ping_sent.is_some()
     }
 
     /// When its session expires, if it does.
+    #[must_use]
     pub fn expires_at(&self) -> Option<Instant> {
         self.conn.expires_at
     }
 
     /// The threads it narrowed its stream to; `None` when it receives all of its user's events.
+    #[must_use]
     pub fn threads(&self) -> Option<&'a [ThreadId]> {
         self.conn.threads.as_deref().map(|t| t.0.as_slice())
     }
@@ -146,21 +164,25 @@ impl<'a> ConnView<'a> {
     }
 
     /// Bytes handed out in `Deliver` actions and not yet confirmed by `written`.
+    #[must_use]
     pub fn unwritten_bytes(&self) -> u64 {
         self.conn.unwritten
     }
 
     /// `agent_thinking` frames skipped since its last delivery (the next delivery reports them).
+    #[must_use]
     pub fn skipped_pending(&self) -> u32 {
         self.conn.skipped
     }
 
     /// Whether it is still in its resume window (live delivery not started).
+    #[must_use]
     pub fn held(&self) -> bool {
         self.conn.held
     }
 
     /// When the hub will next look at this connection (heartbeat or session), at the latest.
+    #[must_use]
     pub fn next_check(&self) -> Instant {
         self.next_timer
     }

@@ -3,15 +3,22 @@
 
 use std::time::Instant;
 
-use crate::action::{AuditKind, LimitKind};
 use crate::error::{ConnError, RoomError};
 use crate::hub::Hub;
-use crate::ids::{ConnId, RoomId, TenantId};
-use crate::stream::{Stream, StreamName};
+use crate::ids::{ConnId, RoomId, StreamName, TenantId};
+use crate::kinds::{AuditKind, LimitKind};
+use crate::stream::Stream;
 
 impl Hub {
     /// Puts a connection into a room of its own tenant. Returns `false` if it was already there.
     /// Live delivery of the room's stream starts at its current position.
+    ///
+    /// # Errors
+    ///
+    /// [`RoomError::Conn`] if the connection is not open (see [`ConnError`]), or
+    /// [`RoomError::TooManyRooms`] if it is in
+    /// [`Config::max_rooms_per_connection`](crate::Config::max_rooms_per_connection) rooms
+    /// already (audited and counted as a limit rejection). Membership is unchanged.
     pub fn join(&mut self, now: Instant, conn: ConnId, room: RoomId) -> Result<bool, RoomError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
@@ -25,32 +32,32 @@ impl Hub {
             self.out.limit(kind, AuditKind::LimitHit(kind), Some(conn), &t, &u);
             return Err(RoomError::TooManyRooms { limit: self.cfg.max_rooms_per_connection });
         }
-        let tenant = self
-            .tenants
-            .get_mut(&self.users.get(c.user).tenant)
-            .expect("connection's tenant exists");
+        let tenant_id = self.users.get(c.user).tenant.clone();
         // An idle room comes back with its stream; otherwise a new room starts a new one.
-        let revived = tenant.rooms.get_mut(&room).and_then(|r| r.idle.take());
-        if let Some(timer) = revived {
-            self.idle_rooms.cancel(timer);
-            self.out.stats.rooms_idle -= 1;
-        }
+        let revived = self.tenants.revive(&tenant_id, &room);
+        let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
         let fresh = !tenant.rooms.contains_key(&room);
         let epochs = &mut self.epochs;
         let joined = tenant.join(&mut self.conns, idx, &room, || Stream::new(epochs.next()));
-        if fresh || revived.is_some() {
+        if fresh || revived {
             self.out.stats.rooms += 1;
         }
         if joined {
             // Tell the client where the room's stream stands, so that it can resume it later.
             let pos = tenant.rooms[&room].stream.position();
-            let frame = self.out.writer.joined(&StreamName::Room(room), pos);
+            let frame = self.flow.writer.joined(&StreamName::Room(room), pos);
             self.control_or_close(now, idx, &frame);
         }
         Ok(joined)
     }
 
     /// Takes a connection out of a room. Returns `false` if it was not there.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnError::Unknown`] if no connection with this id is open (closed, or never existed), or
+    /// [`ConnError::Stale`] (also audited as [`AuditKind::StaleConnId`]) if the id's slot now belongs
+    /// to a newer connection. Nothing changes.
     pub fn leave(&mut self, now: Instant, conn: ConnId, room: &str) -> Result<bool, ConnError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
@@ -61,7 +68,7 @@ impl Hub {
             self.room_emptied(now, &tenant_id, room);
         }
         if left {
-            let frame = self.out.writer.left(&StreamName::Room(RoomId::from(room)));
+            let frame = self.flow.writer.left(&StreamName::Room(RoomId::from(room)));
             self.control_or_close(now, idx, &frame);
         }
         Ok(left)
@@ -75,24 +82,9 @@ impl Hub {
             self.drop_room(tenant_id, &room);
             return;
         }
-        if self.idle_rooms.len() >= self.cfg.max_idle_rooms as usize {
-            let (t, r) = self.idle_rooms.pop_first().expect("the cap is positive");
-            self.out.stats.rooms_idle -= 1;
-            self.tenants
-                .get_mut(&t)
-                .expect("idle room's tenant")
-                .rooms
-                .get_mut(&r)
-                .expect("idle room")
-                .idle = None;
+        if let Some((t, r)) = self.tenants.keep_idle(now, tenant_id, &room, &self.cfg) {
             self.drop_room(&t, &r);
         }
-        let timer = self
-            .idle_rooms
-            .insert(now + self.cfg.room_retention, (tenant_id.clone(), room.clone()));
-        let tenant = self.tenants.get_mut(tenant_id).expect("room's tenant");
-        tenant.rooms.get_mut(&room).expect("emptied room").idle = Some(timer);
-        self.out.stats.rooms_idle += 1;
     }
 
     /// Forgets an empty room and its stream (and its tenant, if nothing else holds it). Its idle
@@ -101,11 +93,10 @@ impl Hub {
         let tenant = self.tenants.get_mut(tenant_id).expect("room's tenant");
         let r = tenant.rooms.remove(room).expect("dropped room exists");
         debug_assert!(r.members.is_empty() && r.idle.is_none());
-        self.out.dropped(&mut self.trims, &r.stream);
+        self.buffers.dropped(&r.stream);
         if tenant.is_unused() {
             let tenant = self.tenants.remove(tenant_id).expect("present");
-            self.out.dropped(&mut self.trims, &tenant.stream);
-            self.out.stats.tenants = self.tenants.len() as u64;
+            self.buffers.dropped(&tenant.stream);
         }
     }
 }

@@ -1,23 +1,31 @@
 //! The [`Hub`]: the state it owns, the connection and user lifecycles, timers, and the views.
-//! Publishing lives in `delivery.rs`, client frames and resume in `inbound.rs`.
+//! Publishing lives in `publish.rs`, client frames in `receive.rs`, resume in `resume.rs`, rooms
+//! in `rooms.rs`.
 
+mod publish;
+mod receive;
+mod resume;
+mod rooms;
+
+pub use publish::Published;
+
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hashbrown::HashMap;
-
-use crate::action::{
-    Action, AuditKind, CloseReason, ClosedBy, DisconnectReason, Frame, LimitKind, MetricEvent,
-};
-use crate::config::{Config, Tier, UserLimitPolicy};
+use crate::action::Action;
+use crate::config::{Config, ConfigError, Tier, UserLimitPolicy};
 use crate::connection::{Connection, Connections, Lookup};
-use crate::delivery::{Offer, Sink, sync_age_timer, tier_index};
-use crate::error::{ConfigError, ConnError, ConnectError, RefreshError};
-use crate::ids::{ConnId, Role, Roles, RoomId, TenantId, UserId};
-use crate::limits::{Breaker, BreakerState, Bucket, Transition};
+use crate::error::{ConnError, ConnectError, RefreshError};
+use crate::flow::{Flow, Offer};
+use crate::frame::Frame;
+use crate::ids::{ConnId, Role, Roles, StreamName, TenantId, UserId};
+use crate::kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
+use crate::limits::{Breaker, Transition};
+use crate::outbox::Outbox;
 use crate::protocol::Redactor;
-use crate::routing::Tenant;
-use crate::stats::{HubStats, Meter, MeterClock, Meters, Rates};
-use crate::stream::{Epochs, Stream, StreamName};
+use crate::routing::{Tenant, Tenants};
+use crate::stats::{HubStats, MeterClock, Meters, Rates};
+use crate::stream::{Buffers, Epochs, Stream, TrimKey};
 use crate::timer::{TimerId, TimerQueue};
 use crate::user::{UserState, Users};
 use crate::view::{ConnView, UserView};
@@ -51,22 +59,45 @@ impl Principal {
     }
 
     /// Sets the tier.
+    #[must_use]
     pub fn tier(mut self, tier: Tier) -> Self {
         self.tier = tier;
         self
     }
 
     /// Sets the roles.
+    #[must_use]
     pub fn roles<R: Into<Role>>(mut self, roles: impl IntoIterator<Item = R>) -> Self {
         self.roles = roles.into_iter().collect();
         self
     }
 
     /// Sets the session expiry.
+    #[must_use]
     pub fn expires_at(mut self, at: Instant) -> Self {
         self.expires_at = Some(at);
         self
     }
+}
+
+/// Why the hub wants [`Hub::tick`] at the instant [`Hub::next_timeout`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WakeReason {
+    /// Actions are queued: drain them first (the instant is the last `now` seen).
+    Drain,
+    /// A connection's heartbeat, pong timeout, session refresh or expiry, or resume window.
+    Connection(ConnId),
+    /// A user's reconnect breaker half-opens, or its probe has proved healthy.
+    Breaker,
+    /// A detached user's retention runs out.
+    UserRetention,
+    /// An idle room's retention runs out.
+    RoomRetention,
+    /// A stream's oldest buffered message outlives `retention.max_age`.
+    StreamAge,
+    /// A periodic stats snapshot is due.
+    Snapshot,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -74,15 +105,6 @@ pub(crate) enum TimerKey {
     Conn(u32),
     Breaker(u32),
     Snapshot,
-}
-
-/// Which stream an age timer belongs to (a queue of its own, so that the per-connection timer
-/// entries stay small).
-#[derive(Clone, Debug)]
-pub(crate) enum TrimKey {
-    User(u32),
-    Tenant(TenantId),
-    Room(TenantId, RoomId),
 }
 
 /// The connection hub: a synchronous, sans-io state machine. See the [crate docs](crate) for the
@@ -96,17 +118,17 @@ pub struct Hub {
     pub(crate) last_now: Option<Instant>,
     pub(crate) conns: Connections,
     pub(crate) users: Users,
-    pub(crate) tenants: HashMap<TenantId, Tenant>,
+    /// Tenants, their rooms, and the idle rooms' timers.
+    pub(crate) tenants: Tenants,
     pub(crate) timers: TimerQueue<TimerKey>,
-    /// Rooms without members by the instant they are dropped (`room_retention`).
-    pub(crate) idle_rooms: TimerQueue<(TenantId, RoomId)>,
-    /// Streams by the instant their oldest buffered message outlives `retention.max_age`.
-    pub(crate) trims: TimerQueue<TrimKey>,
-    /// Detached users by retirement time: the retirement timers, and the order in which
-    /// `max_detached_users` evicts.
-    detached: TimerQueue<u32>,
+    /// The recovery buffers' age timers and totals.
+    pub(crate) buffers: Buffers,
     snapshot: Option<TimerId>,
-    pub(crate) out: Sink,
+    pub(crate) out: Outbox,
+    /// The frame writer and the traffic meters.
+    pub(crate) flow: Flow,
+    /// `stats()` as last derived; cleared by every call that may change it.
+    stats: OnceLock<HubStats>,
     pub(crate) pong: Option<Frame>,
     pub(crate) epochs: Epochs,
     /// Scratch: connections a fan-out found over their hard limit, closed after it.
@@ -115,22 +137,26 @@ pub struct Hub {
 
 impl Hub {
     /// A hub with this configuration, or the reason it makes no sense.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if [`Config::validate`] refuses the configuration.
     pub fn new(cfg: Config) -> Result<Self, ConfigError> {
         cfg.validate()?;
         Ok(Self {
             redactor: Redactor::new(&cfg.redact_keys),
             epochs: Epochs::new(cfg.seed),
-            out: Sink::new(MeterClock::new(Duration::ZERO, cfg.rate_window)),
+            out: Outbox::default(),
+            flow: Flow::new(MeterClock::new(Duration::ZERO, cfg.rate_window)),
+            stats: OnceLock::new(),
             cfg,
             origin: None,
             last_now: None,
             conns: Connections::default(),
-            users: Users::default(),
-            tenants: HashMap::new(),
+            users: Users::new(),
+            tenants: Tenants::new(),
             timers: TimerQueue::new(),
-            detached: TimerQueue::new(),
-            trims: TimerQueue::new(),
-            idle_rooms: TimerQueue::new(),
+            buffers: Buffers::new(),
             snapshot: None,
             pong: None,
             doomed: Vec::new(),
@@ -147,7 +173,8 @@ impl Hub {
         let now = self.last_now.map_or(now, |last| last.max(now));
         self.last_now = Some(now);
         let origin = *self.origin.get_or_insert(now);
-        self.out.clock = self.out.clock.at(now - origin);
+        self.flow.clock = self.flow.clock.at(now - origin);
+        self.stats.take();
         if self.snapshot.is_none() {
             if let Some(every) = self.cfg.snapshot_interval {
                 self.snapshot = Some(self.timers.insert(now + every, TimerKey::Snapshot));
@@ -185,6 +212,18 @@ impl Hub {
     /// breaker is open, or a limit is reached (total, per tenant, or per user with
     /// [`UserLimitPolicy::Reject`]). With [`UserLimitPolicy::EvictOldest`] the user's oldest
     /// connection is closed with [`CloseReason::Replaced`] instead.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is created when it fails:
+    /// - [`ConnectError::EmptyId`]: the tenant or user id is empty;
+    /// - [`ConnectError::SessionExpired`]: `principal.expires_at` is not in the future;
+    /// - [`ConnectError::BreakerOpen`]: the user's reconnect breaker is open (or its probe is still
+    ///   proving itself), with the time to wait; audited;
+    /// - [`ConnectError::UserLimit`]: the user holds its tier's connections and the policy is
+    ///   [`UserLimitPolicy::Reject`]; audited and counted as a limit rejection;
+    /// - [`ConnectError::TooManyConnections`] or [`ConnectError::TenantLimit`]: the hub-wide or the
+    ///   tenant's limit is reached; audited and counted.
     pub fn connect(&mut self, now: Instant, principal: Principal) -> Result<ConnId, ConnectError> {
         let now = self.clock(now);
         if principal.tenant.as_str().is_empty() {
@@ -239,7 +278,7 @@ impl Hub {
         // Admitted: from here on nothing fails.
         let uidx = match uidx {
             Some(u) => {
-                self.reattach_user(u);
+                self.users.reattach(u);
                 u
             }
             None => self.create_user(now, &principal),
@@ -247,37 +286,23 @@ impl Hub {
         let idx = self.conns.next_index();
         let tenant = self.tenants.get_mut(&principal.tenant).expect("created with the user");
         let user = self.users.get_mut(uidx);
-        let conn = Connection {
-            user: uidx,
-            tenant_pos: 0,
-            tier: principal.tier,
-            roles: principal.roles,
-            opened_at: now,
-            last_seen: now,
-            ping_sent: None,
-            expires_at: principal.expires_at,
-            refresh_sent: false,
-            timer: TimerId::placeholder(),
-            threads: None,
-            rooms: Vec::new(),
-            messages: Bucket::full(now),
-            control: Bucket::full(now),
-            violations: Bucket::full(now),
-            unwritten: 0,
-            delivered: Meter::default(),
-            skipped: 0,
-            held: !self.cfg.resume_window.is_zero(),
-            resumed: false,
-            user_base: user.stream.position().seq,
-            tenant_base: tenant.stream.position().seq,
-        };
+        let conn = Connection::new(
+            now,
+            uidx,
+            principal.tier,
+            principal.roles,
+            principal.expires_at,
+            !self.cfg.resume_window.is_zero(),
+            user.stream.position().seq,
+            tenant.stream.position().seq,
+        );
         let deadline = conn.next_deadline(&self.cfg);
         let id = self.conns.insert(conn);
         debug_assert_eq!(id.index, idx);
         self.conns.get_mut(idx).timer = self.timers.insert(deadline, TimerKey::Conn(idx));
         tenant.add_conn(&mut self.conns, idx);
         user.conns.push(idx);
-        user.meters.connects.add(self.out.clock, 1);
+        user.meters.connects.add(self.flow.clock, 1);
         let positions = [
             (StreamName::User, user.stream.position()),
             (StreamName::Tenant, tenant.stream.position()),
@@ -287,17 +312,10 @@ impl Hub {
             self.arm_breaker(uidx);
         }
 
-        let stats = &mut self.out.stats;
-        stats.connections_opened += 1;
-        stats.connections_active += 1;
-        self.out.tiers[tier_index(principal.tier)].connects.add(self.out.clock, 1);
-        self.out.actions.push_back(Action::Metric(MetricEvent::ConnectionOpened {
-            conn: id,
-            tenant: principal.tenant.clone(),
-            user: principal.user.clone(),
-            tier: principal.tier,
-        }));
-        let frame = self.out.writer.connected(
+        self.out.opened(id, &principal.tenant, &principal.user, principal.tier);
+        let clock = self.flow.clock;
+        self.flow.tier(principal.tier).connects.add(clock, 1);
+        let frame = self.flow.writer.connected(
             id,
             &principal.tenant,
             &principal.user,
@@ -305,7 +323,7 @@ impl Hub {
             principal.expires_at.map(|exp| millis(exp - now)),
             &positions,
         );
-        self.out.deliver(&mut self.conns, idx, &frame);
+        self.flow.deliver(&mut self.out, &mut self.conns, idx, &frame);
 
         for _ in 0..evict {
             let oldest = self.users.get(uidx).conns[0];
@@ -341,24 +359,8 @@ impl Hub {
             breaker_timer: None,
             meters: Meters::default(),
         });
-        let stats = &mut self.out.stats;
-        stats.users_created += 1;
-        stats.users_active += 1;
-        stats.tenants = self.tenants.len() as u64;
-        self.out.actions.push_back(Action::Metric(MetricEvent::UserCreated {
-            tenant: principal.tenant.clone(),
-            user: principal.user.clone(),
-        }));
+        self.out.user_created(&principal.tenant, &principal.user);
         uidx
-    }
-
-    /// A detached user's connection came back within retention: it keeps its stream.
-    fn reattach_user(&mut self, uidx: u32) {
-        if let Some((timer, _)) = self.users.get_mut(uidx).retire.take() {
-            self.detached.cancel(timer);
-            self.out.stats.users_detached -= 1;
-            self.out.stats.users_active += 1;
-        }
     }
 
     /// Removes a connection from every index. A hub-initiated close also emits `Close`.
@@ -379,7 +381,7 @@ impl Hub {
         let conn = self.conns.remove(idx, now);
         let user = self.users.get_mut(uidx);
         user.conns.retain(|&c| c != idx);
-        user.meters.delivered.absorb(conn.delivered, self.out.clock);
+        user.meters.delivered.absorb(conn.delivered, self.flow.clock);
         let detached = user.conns.is_empty();
         let abnormal = matches!(
             by,
@@ -392,22 +394,8 @@ impl Hub {
         );
         let transition = user.breaker.closed(now, id, abnormal, &self.cfg.breaker);
 
-        if let ClosedBy::Hub(reason) = by {
-            self.out.actions.push_back(Action::Close { conn: id, reason });
-        }
         let lifetime = now.saturating_duration_since(conn.opened_at);
-        let stats = &mut self.out.stats;
-        stats.connections_closed += 1;
-        stats.connections_active -= 1;
-        stats.closed_by.bump(by);
-        stats.total_connection_lifetime += lifetime;
-        self.out.actions.push_back(Action::Metric(MetricEvent::ConnectionClosed {
-            conn: id,
-            tenant: tenant_id.clone(),
-            user: self.users.get(uidx).user.clone(),
-            lifetime,
-            reason: by,
-        }));
+        self.out.closed(id, &tenant_id, &self.users.get(uidx).user, lifetime, by);
         if let Some(t) = transition {
             self.breaker_transition(uidx, t);
         }
@@ -415,62 +403,45 @@ impl Hub {
             self.room_emptied(now, &tenant_id, room);
         }
         if detached {
-            self.out.stats.users_active -= 1;
             self.detach_user(now, uidx);
         }
     }
 
+    /// The user's last connection closed: `user.rs` decides whether it is kept (and whether
+    /// another detached user is evicted to make room).
     fn detach_user(&mut self, now: Instant, uidx: u32) {
-        // An open breaker must outlive the user, or waiting out retention (or having none) would
-        // reset it: keep the user at least until the breaker half-opens.
-        let retire_at = match self.users.get(uidx).breaker.state {
-            BreakerState::Open { until } if until > now => until.max(now + self.cfg.user_retention),
-            _ if self.cfg.user_retention.is_zero() => {
-                self.retire_user(uidx);
-                return;
-            }
-            _ => now + self.cfg.user_retention,
-        };
-        if self.detached.len() >= self.cfg.max_detached_users as usize {
-            self.evict_detached();
+        let decision = self.users.detach(now, uidx, &self.cfg);
+        if let Some(evicted) = decision.evicted {
+            self.retire_user(evicted, true);
         }
-        self.out.stats.users_detached += 1;
-        let timer = self.detached.insert(retire_at, uidx);
-        self.users.get_mut(uidx).retire = Some((timer, now));
+        if decision.retire_now {
+            self.retire_user(uidx, false);
+        }
     }
 
     /// Retires the detached user closest to retirement, early. False if there is none.
     pub(crate) fn evict_detached(&mut self) -> bool {
-        let Some(oldest) = self.detached.pop_first() else { return false };
-        self.users.get_mut(oldest).retire = None;
-        self.out.stats.users_detached -= 1;
-        self.out.stats.users_evicted += 1;
-        self.retire_user(oldest);
+        let Some(oldest) = self.users.pop_evictable() else { return false };
+        self.retire_user(oldest, true);
         true
     }
 
     /// Forgets a user's state, its stream and buffer. Its retirement timer, if any, has already
     /// fired or been cancelled.
-    fn retire_user(&mut self, uidx: u32) {
+    fn retire_user(&mut self, uidx: u32, evicted: bool) {
         let user = self.users.remove(uidx);
         if let Some(timer) = user.breaker_timer {
             self.timers.cancel(timer);
         }
-        self.out.dropped(&mut self.trims, &user.stream);
+        self.buffers.dropped(&user.stream);
         if let Some(tenant) = self.tenants.get_mut(&user.tenant) {
             tenant.users -= 1;
             if tenant.is_unused() {
                 let tenant = self.tenants.remove(&user.tenant).expect("present");
-                self.out.dropped(&mut self.trims, &tenant.stream);
+                self.buffers.dropped(&tenant.stream);
             }
         }
-        let stats = &mut self.out.stats;
-        stats.users_retired += 1;
-        stats.tenants = self.tenants.len() as u64;
-        self.out.actions.push_back(Action::Metric(MetricEvent::UserRetired {
-            tenant: user.tenant,
-            user: user.user,
-        }));
+        self.out.user_retired(user.tenant, user.user, evicted);
     }
 
     /// When the breaker's probe connection opened, if it has a live one.
@@ -508,19 +479,17 @@ impl Hub {
         self.arm_breaker(uidx);
         let user = self.users.get(uidx);
         let (tenant, user_id, state) = (user.tenant.clone(), user.user.clone(), user.breaker.state);
-        if transition == Transition::Opened {
-            self.out.stats.breakers_opened += 1;
-            self.out.audit(AuditKind::BreakerOpened, None, Some(&tenant), Some(&user_id));
-        }
-        self.out.actions.push_back(Action::Metric(MetricEvent::BreakerChanged {
-            tenant,
-            user: user_id,
-            state,
-        }));
+        self.out.breaker_changed(tenant, user_id, state, transition == Transition::Opened);
     }
 
     /// The transport went away. The connection is forgotten; no `Close` is emitted.
     /// [`DisconnectReason::Abnormal`] counts toward the user's reconnect breaker.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnError::Unknown`] if no connection with this id is open (closed, or never existed), or
+    /// [`ConnError::Stale`] (also audited as [`AuditKind::StaleConnId`]) if the id's slot now belongs
+    /// to a newer connection. Nothing changes.
     pub fn disconnect(
         &mut self,
         now: Instant,
@@ -535,6 +504,12 @@ impl Hub {
 
     /// The application closes a connection (for example, the user was removed, or the server
     /// shuts down). Emits `Close`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnError::Unknown`] if no connection with this id is open (closed, or never existed), or
+    /// [`ConnError::Stale`] (also audited as [`AuditKind::StaleConnId`]) if the id's slot now belongs
+    /// to a newer connection. Nothing changes.
     pub fn close(
         &mut self,
         now: Instant,
@@ -548,6 +523,12 @@ impl Hub {
     }
 
     /// A transport-level pong arrived: the peer is alive.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnError::Unknown`] if no connection with this id is open (closed, or never existed), or
+    /// [`ConnError::Stale`] (also audited as [`AuditKind::StaleConnId`]) if the id's slot now belongs
+    /// to a newer connection. Nothing changes.
     pub fn pong(&mut self, now: Instant, conn: ConnId) -> Result<(), ConnError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
@@ -559,6 +540,12 @@ impl Hub {
 
     /// The transport flushed `bytes` bytes of frames delivered to this connection: they no longer
     /// count against its backpressure limits.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnError::Unknown`] if no connection with this id is open (closed, or never existed), or
+    /// [`ConnError::Stale`] (also audited as [`AuditKind::StaleConnId`]) if the id's slot now belongs
+    /// to a newer connection. Nothing changes.
     pub fn written(&mut self, now: Instant, conn: ConnId, bytes: usize) -> Result<(), ConnError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
@@ -569,6 +556,11 @@ impl Hub {
     }
 
     /// The caller re-authenticated the session: it now expires at `expires_at` (`None`: never).
+    ///
+    /// # Errors
+    ///
+    /// [`RefreshError::Conn`] as for any call naming a connection (see [`ConnError`]), or
+    /// [`RefreshError::ExpiryInPast`] if `expires_at` is not after `now`; the session is unchanged.
     pub fn refresh(
         &mut self,
         now: Instant,
@@ -602,7 +594,9 @@ impl Hub {
 
     /// Sends a control frame, or closes the connection if it is too far behind to take one.
     pub(crate) fn control_or_close(&mut self, now: Instant, idx: u32, frame: &Frame) {
-        if self.out.control(&mut self.conns, idx, frame, &self.cfg) == Offer::Overflow {
+        if self.flow.control(&mut self.out, &mut self.conns, idx, frame, &self.cfg)
+            == Offer::Overflow
+        {
             self.close_conn(now, idx, ClosedBy::Hub(CloseReason::SlowConsumer));
         }
     }
@@ -615,66 +609,54 @@ impl Hub {
     /// early or twice is harmless.
     pub fn tick(&mut self, now: Instant) {
         let now = self.clock(now);
-        while let Some(uidx) = self.detached.pop_due(now) {
-            self.users.get_mut(uidx).retire = None;
-            self.out.stats.users_detached -= 1;
-            if matches!(self.users.get(uidx).breaker.state, BreakerState::Open { until } if until > now)
-            {
-                // An open breaker must outlive the user, or waiting out retention would reset it.
-                // (Half-open without a probe admits the next connect anyway: let it go.)
-                self.detach_user(now, uidx);
-            } else {
-                self.retire_user(uidx);
-            }
+        while let Some(uidx) = self.users.pop_retiring(now, &self.cfg) {
+            self.retire_user(uidx, false);
         }
-        while let Some((tenant, room)) = self.idle_rooms.pop_due(now) {
-            self.out.stats.rooms_idle -= 1;
-            self.tenants
-                .get_mut(&tenant)
-                .expect("idle room's tenant")
-                .rooms
-                .get_mut(&room)
-                .expect("idle room")
-                .idle = None;
+        while let Some((tenant, room)) = self.tenants.pop_expired(now) {
             self.drop_room(&tenant, &room);
         }
-        while let Some(key) = self.trims.pop_due(now) {
-            let stream = match &key {
-                TrimKey::User(u) => self.users.slab.get_mut(*u as usize).map(|u| &mut u.stream),
-                TrimKey::Tenant(t) => self.tenants.get_mut(t).map(|t| &mut t.stream),
-                TrimKey::Room(t, r) => {
-                    self.tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r)).map(|r| &mut r.stream)
-                }
-            };
-            // Always found: dropping a stream cancels its timer.
-            if let Some(stream) = stream {
-                stream.trim_timer = None;
-                self.out.trim(&mut self.trims, stream, now, &self.cfg);
-                sync_age_timer(&mut self.trims, stream, || key, self.cfg.retention.max_age);
-            }
+        while let Some(key) = self.buffers.pop_due(now) {
+            self.stream_aged(now, key);
         }
         while let Some(key) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Conn(idx) => self.on_conn_timer(now, idx),
-                TimerKey::Breaker(uidx) => {
-                    let user = self.users.get_mut(uidx);
-                    user.breaker_timer = None;
-                    let user = self.users.get(uidx);
-                    let probe = self.probe_opened(&user.breaker);
-                    let user = self.users.get_mut(uidx);
-                    match user.breaker.on_timer(now, probe, &self.cfg.breaker) {
-                        Some(t) => self.breaker_transition(uidx, t),
-                        None => self.arm_breaker(uidx),
-                    }
-                }
-                TimerKey::Snapshot => {
-                    let every = self.cfg.snapshot_interval.expect("armed only when configured");
-                    self.snapshot = Some(self.timers.insert(now + every, TimerKey::Snapshot));
-                    let snap = Box::new(self.out.stats);
-                    self.out.actions.push_back(Action::Metric(MetricEvent::Snapshot(snap)));
-                }
+                TimerKey::Breaker(uidx) => self.on_breaker_timer(now, uidx),
+                TimerKey::Snapshot => self.on_snapshot_timer(now),
             }
         }
+    }
+
+    /// A stream's age timer fired.
+    fn stream_aged(&mut self, now: Instant, key: TrimKey) {
+        let stream = match &key {
+            TrimKey::User(u) => self.users.slab.get_mut(*u as usize).map(|u| &mut u.stream),
+            TrimKey::Tenant(t) => self.tenants.get_mut(t).map(|t| &mut t.stream),
+            TrimKey::Room(t, r) => {
+                self.tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r)).map(|r| &mut r.stream)
+            }
+        };
+        // Always found: dropping a stream cancels its timer.
+        if let Some(stream) = stream {
+            self.buffers.handle_timeout(stream, key, now, &self.cfg);
+        }
+    }
+
+    fn on_breaker_timer(&mut self, now: Instant, uidx: u32) {
+        self.users.get_mut(uidx).breaker_timer = None;
+        let probe = self.probe_opened(&self.users.get(uidx).breaker);
+        let user = self.users.get_mut(uidx);
+        match user.breaker.on_timer(now, probe, &self.cfg.breaker) {
+            Some(t) => self.breaker_transition(uidx, t),
+            None => self.arm_breaker(uidx),
+        }
+    }
+
+    fn on_snapshot_timer(&mut self, now: Instant) {
+        let every = self.cfg.snapshot_interval.expect("armed only when configured");
+        self.snapshot = Some(self.timers.insert(now + every, TimerKey::Snapshot));
+        let snapshot = self.derive_stats();
+        self.out.snapshot(snapshot);
     }
 
     fn on_conn_timer(&mut self, now: Instant, idx: u32) {
@@ -690,7 +672,7 @@ impl Hub {
             return;
         }
         if let Some(expires_in) = due.refresh {
-            let frame = self.out.writer.refresh_required(millis(expires_in));
+            let frame = self.flow.writer.refresh_required(millis(expires_in));
             self.out.stats.refresh_required_sent += 1;
             self.control_or_close(now, idx, &frame);
             if !self.conns.contains(idx) {
@@ -698,8 +680,7 @@ impl Hub {
             }
         }
         if due.ping {
-            self.out.stats.pings_sent += 1;
-            self.out.actions.push_back(Action::Ping { conn: id });
+            self.out.ping(id);
         }
         if due.release {
             let _still_open = self.release(now, idx, None);
@@ -713,40 +694,76 @@ impl Hub {
     /// call into the hub.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.out.actions.pop_front()
+        self.out.pop()
     }
 
     /// When to call [`Hub::tick`] next: the earliest armed deadline, or the last `now` seen while
     /// actions are still queued (drain them first). `None` when nothing is armed.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if !self.out.actions.is_empty() {
-            return self.last_now;
-        }
-        [self.timers.peek(), self.detached.peek(), self.trims.peek(), self.idle_rooms.peek()]
-            .into_iter()
-            .flatten()
-            .min()
+        self.next_timeout().map(|(at, _)| at)
     }
 
-    /// Counters and gauges.
+    /// [`Hub::poll_timeout`] with the reason the hub wakes then (for debugging and tracing): the
+    /// soonest of its components' deadlines.
+    #[must_use]
+    pub fn next_timeout(&self) -> Option<(Instant, WakeReason)> {
+        if !self.out.is_empty() {
+            return self.last_now.map(|at| (at, WakeReason::Drain));
+        }
+        let timers = self.timers.peek_key().map(|(at, key)| {
+            let reason = match key {
+                TimerKey::Conn(idx) => WakeReason::Connection(self.conns.id_of(*idx)),
+                TimerKey::Breaker(_) => WakeReason::Breaker,
+                TimerKey::Snapshot => WakeReason::Snapshot,
+            };
+            (at, reason)
+        });
+        [
+            timers,
+            self.users.poll_timeout().map(|at| (at, WakeReason::UserRetention)),
+            self.buffers.poll_timeout().map(|at| (at, WakeReason::StreamAge)),
+            self.tenants.poll_timeout().map(|at| (at, WakeReason::RoomRetention)),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at)
+    }
+
+    /// Counters and gauges. The gauges are derived from the hub's state when they are read
+    /// (once between two calls that change it).
     pub fn stats(&self) -> &HubStats {
-        &self.out.stats
+        self.stats.get_or_init(|| self.derive_stats())
+    }
+
+    /// The counters, with the gauges filled in from the components that hold what they count.
+    fn derive_stats(&self) -> HubStats {
+        let mut stats = self.out.stats;
+        let users = self.users.slab.len() as u64;
+        let detached = self.users.detached_count() as u64;
+        stats.connections_active = self.conns.len() as u64;
+        stats.users_active = users - detached;
+        stats.users_detached = detached;
+        stats.tenants = self.tenants.len() as u64;
+        stats.rooms_idle = self.tenants.idle_rooms() as u64;
+        (stats.buffered_messages, stats.buffered_bytes) = self.buffers.totals();
+        stats
     }
 
     /// Moving averages of one tier's traffic.
     pub fn tier_rates(&self, tier: Tier) -> Rates {
-        self.out.tiers[tier_index(tier)].rates(self.out.clock)
+        self.flow.tier_rates(tier)
     }
 
     /// A user's state, if the hub holds it (active or detached).
     pub fn user(&self, tenant: &str, user: &str) -> Option<UserView<'_>> {
-        let state = self.users.get(self.users.find(tenant, user)?);
+        let uidx = self.users.find(tenant, user)?;
+        let state = self.users.get(uidx);
         Some(UserView {
             state,
             conns: &self.conns,
-            retires_at: state.retire.map(|(t, _)| self.detached.deadline(t)),
-            clock: self.out.clock,
+            retires_at: self.users.retires_at(uidx),
+            clock: self.flow.clock,
         })
     }
 
@@ -765,4 +782,32 @@ impl Hub {
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_timeout_names_the_component_that_wakes_the_hub() {
+        let mut hub = Hub::new(Config::default()).expect("default config");
+        let t0 = Instant::now();
+        assert_eq!(hub.next_timeout(), None);
+        let conn = hub.connect(t0, Principal::new("acme", "alice")).expect("admitted");
+        assert_eq!(hub.next_timeout(), Some((t0, WakeReason::Drain)));
+        while hub.poll_action().is_some() {}
+        let heartbeat = t0 + Config::default().heartbeat.interval;
+        assert_eq!(hub.next_timeout(), Some((heartbeat, WakeReason::Connection(conn))));
+        assert_eq!(hub.poll_timeout(), Some(heartbeat));
+        hub.disconnect(t0, conn, DisconnectReason::Clean).expect("open");
+        while hub.poll_action().is_some() {}
+        let retires = t0 + Config::default().user_retention;
+        assert_eq!(hub.next_timeout(), Some((retires, WakeReason::UserRetention)));
+        assert_eq!(hub.stats().users_detached, 1);
+        assert_eq!(hub.stats().connections_active, 0);
+        hub.tick(retires);
+        assert_eq!(hub.stats().users_detached, 0);
+        assert_eq!(hub.stats().users_retired, 1);
+        assert_eq!(hub.next_timeout().map(|(_, why)| why), Some(WakeReason::Drain));
+    }
 }

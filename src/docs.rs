@@ -1,0 +1,171 @@
+//! # The protocol, lifecycles and limits
+//!
+//! This module holds no code: it is the reference the README gives, rendered by rustdoc so that it
+//! sits beside the API it describes. (Keep the two in step: the README's sections "Lifecycles"
+//! through "Wire protocol" are this text.)
+//!
+//! ## Lifecycles
+//!
+//! **Connection.** `connect` → open; the first action is the `connected` frame. Any inbound frame or
+//! pong proves it alive; after `heartbeat.interval` (25 s) of silence the hub asks for a `Ping`; with
+//! no sign of life within `heartbeat.timeout` (10 s) it closes with `heartbeat_timeout`. A session
+//! with `expires_at` gets `refresh_required` `session_grace` (60 s) before it expires and is closed
+//! with `session_expired` at expiry unless the caller `refresh`es it. A closed connection is
+//! forgotten at once; its id then reports `recently_closed` for `tombstone_ttl` (60 s).
+//!
+//! **User.** Created by its first connection; *active* while it has connections; *detached* after the
+//! last one closes, when it keeps its stream for `user_retention` (2 min); *retired* after that.
+//! Publishing to a user the hub does not hold creates nothing and is reported undeliverable.
+//!
+//! **Rooms** are tenant-scoped, joined and left only by the server (`join`/`leave`, each announced to
+//! the connection with a `joined`/`left` frame). A room whose last member leaves is dropped at once,
+//! or, with `Config::room_retention` (the server keeps rooms as long as users), kept idle with
+//! its stream still buffering, so that a member who drops off for a moment can resume it.
+//!
+//! ## Delivery guarantees
+//!
+//! Every message belongs to one **stream**: the user's own stream (`"u"`: targets `User`, `Thread`,
+//! `Connection`), the tenant's broadcast stream (`"t"`), or a room's stream (`"r:<room>"`). A stream
+//! has an **epoch** (a new random number whenever the stream is created anew: a user seen again after
+//! retirement, a room re-created after it emptied) and a **seq** that grows by one per message. Every
+//! event frame carries `stream`, `epoch` and `seq`.
+//!
+//! What switchboard guarantees:
+//!
+//! 1. **Isolation.** A frame reaches a connection only if the target admits it: the connection's
+//!    user (and thread filter), a room it is in, its tenant (and role), or that very connection. A
+//!    replay after `resume` follows the same rule. No API resolves across tenants except
+//!    `Target::Everyone`, off by default.
+//! 2. **Order and no duplicates.** On one connection, a stream's seqs only grow.
+//! 3. **No silent loss of critical events on a live connection.** Every event but `agent_thinking`
+//!    is delivered in order, or the connection is closed with `slow_consumer` (4003) so the client
+//!    resumes. `agent_thinking` may be skipped for a connection that is behind (more than
+//!    `max_inflight_bytes`, default 128 KiB, not yet confirmed by `written`); the next frame to that
+//!    connection is then `{"type":"skipped","count":N}`.
+//! 4. **Exact recovery within retention.** Each stream keeps its last messages — at most 1,000
+//!    messages, 1 MiB and 2 minutes by default (`Config::retention`), and at most
+//!    `max_buffered_bytes` (512 MiB) over all streams. A detached user's stream keeps buffering for
+//!    `user_retention` (2 min). A client that reconnects and resumes within those bounds receives
+//!    exactly the messages it missed that it may see, in order, then `resumed` with
+//!    `recovered: true`. Otherwise it gets `recovered: false` for that stream, and must refetch
+//!    that state from the application.
+//! 5. **Bounded memory.** A stalled reader costs at most `max_unwritten_bytes` (1 MiB) of queued
+//!    frames before it is closed; it never delays other connections.
+//!
+//! What the guarantees do not cover: messages to `Target::Connection` are replayed only to that same
+//! connection (a reconnect is a new connection); a connection narrowed to threads sees gaps in seq
+//! where other threads' messages were; `Everyone` is one message per tenant stream.
+//!
+//! What a client must do: remember, per stream, the `epoch` and `seq` of the last event it processed
+//! (the `connected` frame gives the starting positions of `u` and `t`, a `joined` frame those of a
+//! room); after a reconnect, send `resume` with those positions **first** (only `subscribe` and
+//! `unsubscribe` may come before it, so that the replay already honours the thread filter); on `recovered: false` for a stream, refetch
+//! and continue from the position the report gives. Set `Config::resume_window` (for example 2 s)
+//! so that events published between the reconnect and the `resume` are held and replayed in order;
+//! with the default of 0, live delivery starts at once and such events may arrive before the replay
+//! (their seqs tell the client where they belong).
+//!
+//! ### Resume protocol
+//!
+//! ```text
+//! client                                   hub
+//!   |-- WebSocket connect ------------------>|  hub.connect(principal)
+//!   |<-- {"type":"connected", "conn_id":..,  |
+//!   |     "streams":{"u":{"epoch":E,"seq":S},"t":{..}}}
+//!   |-- {"type":"resume","positions":{      |
+//!   |     "u":{"epoch":E,"seq":41},          |
+//!   |     "r:standup":{"epoch":R,"seq":7}}} ->|
+//!   |<-- missed events of u, t, each room, in order (only what this connection may see)
+//!   |<-- {"type":"resumed","recovered":true,"streams":{
+//!   |     "u":{"recovered":true,"epoch":E,"seq":45,"available_from":3,"replayed":4},
+//!   |     "r:standup":{"recovered":false,"reason":"gap_too_old","epoch":R,"seq":2100,"available_from":1101,"replayed":0}}}
+//!   |<-- live events ...
+//! ```
+//!
+//! `reason` is `epoch_mismatch` (the stream was re-created), `gap_too_old` (the missing messages are
+//! no longer all buffered), `future_seq` (the client claims a seq the stream has not reached) or
+//! `unknown_stream` (not one of this connection's streams: nothing of it is replayed, and the
+//! attempt is audited). A connection resumes at most once (`already_resumed`), and a `resume` may
+//! name at most `2 + max_rooms_per_connection` streams.
+//!
+//! ### Reconnect breaker
+//!
+//! Five abnormal closes of one user (transport errors, heartbeat timeouts, slow-consumer and
+//! protocol-violation closes) within 60 s open that user's breaker for 60 s: `connect` fails with
+//! `ConnectError::BreakerOpen { retry_after }`. Then it is half-open and admits one probe connection;
+//! if the probe stays up 10 s the breaker closes, if it fails the breaker opens again. Transitions are
+//! audited and pushed as `MetricEvent::BreakerChanged`; `hub.user(..).breaker()` shows the state.
+//!
+//! ## Limits (defaults)
+//!
+//! | limit | default | on overflow |
+//! |---|---|---|
+//! | connections in total | 100,000 | `ConnectError::TooManyConnections` |
+//! | connections per tenant | none | `ConnectError::TenantLimit` |
+//! | connections per user, by tier | free 3 / early 10 / mid 15 / enterprise 25 | `ConnectError::UserLimit`, or with `EvictOldest` the oldest is closed `replaced` |
+//! | `message` frames per connection, by tier | 30 / 100 / 200 / 500 per minute (bursts 10 / 20 / 40 / 100) | `error` frame `rate_limited` |
+//! | control frames per connection | 600 per minute, burst 60 | `error` frame `rate_limited` |
+//! | inbound frame size | 64 KiB | `error` frame `frame_too_large` |
+//! | rooms per connection | 128 | `RoomError::TooManyRooms` |
+//! | thread subscriptions per connection | 64 | `error` frame `too_many_subscriptions` |
+//! | protocol violations in a row | 5 (one forgiven per 12 s) | close `protocol_violation` |
+//! | unwritten bytes per connection | 128 KiB soft / 1 MiB hard | `agent_thinking` skipped / close `slow_consumer` (control frames too) |
+//! | recovery buffer per stream | 1,000 messages, 1 MiB, 2 min | oldest dropped; a resume across them says `recovered: false` |
+//! | recovery buffers in total | 512 MiB | detached users retired early, then the growing stream sheds |
+//! | detached users | 100,000 | the one closest to retirement is retired early |
+//! | idle rooms (with `room_retention`) | 100,000 | the one closest to being dropped is dropped early |
+//! | abnormal closes per user | 5 in 60 s | `ConnectError::BreakerOpen { retry_after }` |
+//!
+//! Every refusal also emits `Action::Audit` and `Action::Metric` and is counted in `stats()`.
+//! Configured keys (`password`, `api_key`, `token`, `secret`, `authorization`, matched ignoring
+//! case) are replaced by `"[redacted]"` at any depth before a frame is built.
+//!
+//! ## Wire protocol
+//!
+//! JSON text frames.
+//!
+//! **Server → client**
+//!
+//! | `type` | fields | when |
+//! |---|---|---|
+//! | `agent_started`, `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed`, or a custom kind | `stream` (`"u"` the user's stream, `"t"` the tenant broadcast, `"r:<room>"` a room), `epoch`, `seq`, optional `thread_id`, `run_id`, and `data` | an event |
+//! | `connected` | `conn_id`, `tenant`, `user`, `heartbeat_ms`, `session_expires_in_ms` (or `null`), `streams`: `{ "u": {epoch, seq}, "t": {epoch, seq} }` | first frame of every connection |
+//! | `refresh_required` | `expires_in_ms` | `session_grace` before the session expires |
+//! | `resumed` | `recovered`, `streams`: per stream `{recovered, reason?, epoch, seq, available_from, replayed}` | after the replay that answers a `resume` |
+//! | `skipped` | `count` | before the next frame, when `agent_thinking` frames were skipped for backpressure |
+//! | `joined` | `stream` (`"r:<room>"`), `epoch`, `seq` | the server put the connection into a room; live delivery of it starts after `seq` |
+//! | `left` | `stream` | the server took the connection out of a room |
+//! | `error` | `code`, `message` | a client frame was refused |
+//! | `pong` | | answer to a client `ping` |
+//!
+//! Example: `{"type":"agent_started","stream":"u","epoch":77,"seq":42,"thread_id":"t1","run_id":"r9","data":{"agent":"researcher"}}`
+//!
+//! `seq` grows by one per message of a stream; a connection narrowed to threads sees gaps where other
+//! threads' messages were. `epoch` changes only when a stream is created anew.
+//!
+//! **Client → server**
+//!
+//! | `type` | fields | effect |
+//! |---|---|---|
+//! | `subscribe` | `thread_id` | narrow this connection to the threads it subscribed to (plus thread-less user events) |
+//! | `unsubscribe` | `thread_id`, or none | drop one thread; without `thread_id`, receive everything again |
+//! | `message` | optional `thread_id`, `data` | surfaced to the application as `Action::Inbound`, stamped with the authenticated origin (ids inside `data` are never trusted) |
+//! | `ping` | | answered with a `pong` frame |
+//! | `resume` | `positions`: `{ "u": {epoch, seq}, "t": {...}, "r:<room>": {...} }`, the last position seen per stream | once per connection, first (after any `subscribe`): replays exactly the missed messages the connection may see, in order, then `resumed` |
+//!
+//! A malformed frame, an unknown or missing `type`, an invalid field, a frame over the size limit or
+//! over a rate gets an `error` frame (`malformed`, `unknown_type`, `missing_type`, `invalid_field`,
+//! `frame_too_large`, `rate_limited`, `too_many_subscriptions`, `already_resumed`) and a typed `Err`
+//! to the caller.
+//!
+//! **Close codes**
+//!
+//! | code | reason | reconnect? |
+//! |---|---|---|
+//! | 4000 | `heartbeat_timeout` | yes |
+//! | 4001 | `session_expired` | yes, after re-authenticating |
+//! | 4002 | `replaced` | no |
+//! | 4003 | `slow_consumer` | yes, and resume |
+//! | 4004 | `protocol_violation` | no |
+//! | 4005 | `kicked` | no |
+//! | 4006 | `server_shutdown` | yes |

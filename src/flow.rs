@@ -1,0 +1,151 @@
+//! Flow control: how a frame reaches one connection. Live event frames are offered under the
+//! connection's backpressure (a low-priority frame is skipped for a connection that is behind, a
+//! critical one that does not fit dooms the connection); control frames and replays are
+//! delivered under the hard limit only; a `skipped` notice precedes the next frame after skips.
+//! It owns the frame writer and the per-tier traffic meters.
+
+use crate::config::{Config, Tier};
+use crate::connection::Connections;
+use crate::envelope::Priority;
+use crate::frame::Frame;
+use crate::outbox::Outbox;
+use crate::protocol::FrameWriter;
+use crate::stats::{MeterClock, Meters, Rates};
+
+/// What happened when a frame was offered to one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Offer {
+    Delivered,
+    /// Low priority, and the connection is over its soft limit.
+    Skipped,
+    /// The connection is in its resume window; the buffer will replay it.
+    Held,
+    /// Critical, and it does not fit under the hard limit: the caller closes the connection.
+    Overflow,
+}
+
+/// The frame writer, the per-tier meters and their clock.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    pub(crate) writer: FrameWriter,
+    tiers: [Meters; 4],
+    pub(crate) clock: MeterClock,
+}
+
+impl Flow {
+    pub(crate) fn new(clock: MeterClock) -> Self {
+        Self { writer: FrameWriter::default(), tiers: [Meters::default(); 4], clock }
+    }
+
+    /// One tier's meters.
+    pub(crate) fn tier(&mut self, tier: Tier) -> &mut Meters {
+        &mut self.tiers[tier_index(tier)]
+    }
+
+    /// Moving averages of one tier's traffic.
+    pub(crate) fn tier_rates(&self, tier: Tier) -> Rates {
+        self.tiers[tier_index(tier)].rates(self.clock)
+    }
+
+    /// Queues a frame for a connection unconditionally (control frames and replays), preceded by
+    /// a `skipped` notice if frames were skipped since its last delivery.
+    pub(crate) fn deliver(
+        &mut self,
+        out: &mut Outbox,
+        conns: &mut Connections,
+        idx: u32,
+        frame: &Frame,
+    ) {
+        let id = conns.id_of(idx);
+        let conn = conns.get_mut(idx);
+        if conn.skipped > 0 {
+            let notice = self.writer.skipped(conn.skipped);
+            conn.skipped = 0;
+            out.deliver(id, &notice);
+            conn.unwritten += notice.len() as u64;
+        }
+        conn.unwritten += frame.len() as u64;
+        out.deliver(id, frame);
+    }
+
+    /// Offers a live event frame under the connection's backpressure.
+    pub(crate) fn offer(
+        &mut self,
+        out: &mut Outbox,
+        conns: &mut Connections,
+        idx: u32,
+        frame: &Frame,
+        priority: Priority,
+        cfg: &Config,
+    ) -> Offer {
+        let conn = conns.get_mut(idx);
+        if conn.held {
+            out.stats.held_back += 1;
+            return Offer::Held;
+        }
+        let after = conn.unwritten + notice_len(conn.skipped) + frame.len() as u64;
+        if priority == Priority::Low && after > cfg.max_inflight_bytes {
+            conn.skipped = conn.skipped.saturating_add(1);
+            out.stats.thinking_skipped += 1;
+            return Offer::Skipped;
+        }
+        if after > cfg.max_unwritten_bytes {
+            return Offer::Overflow;
+        }
+        // Metered on the connection, whose record this already touches: a fan-out must not
+        // visit every recipient's user state (the user view sums its connections' meters).
+        conn.delivered.add(self.clock, 1);
+        self.tiers[tier_index(conn.tier)].delivered.add(self.clock, 1);
+        self.deliver(out, conns, idx, frame);
+        Offer::Delivered
+    }
+
+    /// Offers a control frame (`pong`, `error`, `refresh_required`, `joined`, …) under the hard
+    /// limit: a client that never reads cannot make them pile up. `Overflow`: the caller closes
+    /// the connection with `SlowConsumer`.
+    pub(crate) fn control(
+        &mut self,
+        out: &mut Outbox,
+        conns: &mut Connections,
+        idx: u32,
+        frame: &Frame,
+        cfg: &Config,
+    ) -> Offer {
+        let conn = conns.get(idx);
+        if conn.unwritten + notice_len(conn.skipped) + frame.len() as u64 > cfg.max_unwritten_bytes
+        {
+            return Offer::Overflow;
+        }
+        self.deliver(out, conns, idx, frame);
+        Offer::Delivered
+    }
+}
+
+/// The length of the `skipped` notice that precedes the next frame after `skipped` skips:
+/// `{"type":"skipped","count":N}`. Backpressure checks count it with the frame it precedes.
+pub(crate) fn notice_len(skipped: u32) -> u64 {
+    if skipped == 0 { 0 } else { 27 + u64::from(skipped.checked_ilog10().unwrap_or(0) + 1) }
+}
+
+fn tier_index(tier: Tier) -> usize {
+    match tier {
+        Tier::Free => 0,
+        Tier::Early => 1,
+        Tier::Mid => 2,
+        Tier::Enterprise => 3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_notice_length_is_the_written_notice_length() {
+        let mut w = FrameWriter::default();
+        for n in [1, 9, 10, 99, 100, 12345, u32::MAX] {
+            assert_eq!(notice_len(n), w.skipped(n).len() as u64, "count {n}");
+        }
+        assert_eq!(notice_len(0), 0);
+    }
+}

@@ -1,0 +1,309 @@
+//! Publishing and delivery: a message gets its stream position, is serialized once, kept in the
+//! stream's recovery buffer, and offered to each recipient under that connection's backpressure.
+
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::connection::{Connection, Connections};
+use crate::envelope::{Audience, Envelope, EventKind, Priority, Target};
+use crate::error::PublishError;
+use crate::flow::{Flow, Offer};
+use crate::frame::Frame;
+use crate::hub::Hub;
+use crate::ids::{Role, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId};
+use crate::kinds::{AuditKind, CloseReason, ClosedBy};
+use crate::outbox::Outbox;
+use crate::protocol::{FrameWriter, Redactor};
+use crate::routing::audience_admits;
+use crate::stream::{Scope, TrimKey};
+
+/// What a publish did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Published {
+    /// Connections a `Deliver` was queued for.
+    pub delivered: usize,
+    /// Connections for which this `agent_thinking` frame was skipped (they are behind).
+    pub skipped: usize,
+    /// Connections closed with `SlowConsumer` because this critical frame did not fit.
+    pub closed: usize,
+    /// Connections still in their resume window: they get it from the buffer when they go live.
+    pub held: usize,
+    /// The stream the message went into and its position there; `None` when there was no such
+    /// stream (a user the hub does not hold, a room without members, a tenant without state) or
+    /// when it went into several (`Everyone`: one message per tenant).
+    pub position: Option<(StreamName, StreamPos)>,
+}
+
+impl Published {
+    fn none() -> Self {
+        Published { delivered: 0, skipped: 0, closed: 0, held: 0, position: None }
+    }
+
+    /// Whether the message reached no connection, live or held. (It is still kept in its stream
+    /// for a later resume, if it has a stream.)
+    #[must_use]
+    pub fn undeliverable(&self) -> bool {
+        self.delivered == 0 && self.held == 0
+    }
+
+    fn add(&mut self, offer: Offer) {
+        match offer {
+            Offer::Delivered => self.delivered += 1,
+            Offer::Skipped => self.skipped += 1,
+            Offer::Overflow => self.closed += 1,
+            Offer::Held => self.held += 1,
+        }
+    }
+}
+
+/// Offers `frame` to each of `recipients` (connection slots) that `admit` accepts, and collects
+/// connections that overflowed into `doomed`.
+#[allow(clippy::too_many_arguments)]
+fn fan_out<'a>(
+    flow: &mut Flow,
+    out: &mut Outbox,
+    conns: &mut Connections,
+    cfg: &Config,
+    recipients: impl Iterator<Item = &'a u32>,
+    admit: impl Fn(&Connection) -> bool,
+    frame: &Frame,
+    priority: Priority,
+    doomed: &mut Vec<u32>,
+    result: &mut Published,
+) {
+    for &idx in recipients {
+        let conn = conns.get(idx);
+        if !admit(conn) {
+            continue;
+        }
+        let offer = flow.offer(out, conns, idx, frame, priority, cfg);
+        if offer == Offer::Overflow {
+            doomed.push(idx);
+        }
+        result.add(offer);
+    }
+}
+
+impl Hub {
+    /// Routes an envelope to its target's connections: it gets the next position of its stream,
+    /// is serialized once (shared by every recipient), and is kept in the stream's recovery
+    /// buffer. Under backpressure, `agent_thinking` is skipped for a connection that is behind,
+    /// and a connection that cannot take a critical frame is closed with `SlowConsumer`.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is delivered or kept when it fails:
+    /// - [`PublishError::InvalidKind`]: a custom event kind that is empty or reserved;
+    /// - [`PublishError::ThreadMismatch`]: a `Thread` target whose envelope names another thread;
+    /// - [`PublishError::GlobalBroadcastDisabled`]: [`Target::Everyone`] without
+    ///   [`Config::allow_global_broadcast`] (audited);
+    /// - [`PublishError::Conn`]: a `Connection` target that is not open (see [`ConnError`](crate::ConnError)).
+    ///
+    /// A target with no recipients is not an error: see [`Published::undeliverable`].
+    pub fn publish(&mut self, now: Instant, envelope: Envelope) -> Result<Published, PublishError> {
+        let now = self.clock(now);
+        if !envelope.kind.is_valid() {
+            return Err(PublishError::InvalidKind);
+        }
+        let Envelope { target, kind, thread, run, data } = envelope;
+        let msg = Message { kind: &kind, thread: thread.as_ref(), run: run.as_ref(), data: &data };
+        let result = match &target {
+            Target::User { tenant, user } => self.publish_user(now, tenant, user, None, &msg),
+            Target::Thread { tenant, user, thread: target_thread } => {
+                if thread.as_ref().is_some_and(|t| t != target_thread) {
+                    return Err(PublishError::ThreadMismatch);
+                }
+                let msg = Message { thread: Some(target_thread), ..msg };
+                self.publish_user(now, tenant, user, None, &msg)
+            }
+            Target::Connection(id) => {
+                let idx = self.resolve(now, *id)?;
+                let (tenant, user) = self.owner(idx);
+                self.publish_user(now, &tenant, &user, Some(idx), &msg)
+            }
+            Target::Room { tenant, room } => self.publish_room(now, tenant, room, &msg),
+            Target::Tenant { tenant, audience } => {
+                let role = match audience {
+                    Audience::All => None,
+                    Audience::Role(r) => Some(r),
+                };
+                self.publish_tenant(now, tenant, role, &msg)
+            }
+            Target::Everyone => {
+                if !self.cfg.allow_global_broadcast {
+                    self.out.audit(AuditKind::GlobalBroadcastDenied, None, None, None);
+                    return Err(PublishError::GlobalBroadcastDisabled);
+                }
+                self.out.audit(AuditKind::GlobalBroadcast, None, None, None);
+                // Sorted: map order is randomized per process, and the hub's outputs must depend
+                // on its inputs only.
+                let mut tenants: Vec<TenantId> = self.tenants.keys().cloned().collect();
+                tenants.sort_unstable();
+                let mut total = Published::none();
+                for tenant in &tenants {
+                    let r = self.publish_tenant(now, tenant, None, &msg);
+                    total.delivered += r.delivered;
+                    total.skipped += r.skipped;
+                    total.closed += r.closed;
+                    total.held += r.held;
+                }
+                total
+            }
+        };
+        self.out.stats.publishes += 1;
+        if result.undeliverable() {
+            self.out.stats.undeliverable += 1;
+        }
+        self.close_doomed(now);
+        // Make room under the hub-wide buffer cap at the expense of users who left, before a
+        // live stream has to shed.
+        let watermark = self.cfg.max_buffered_bytes - self.cfg.max_buffered_bytes / 8;
+        while self.buffers.totals().1 > watermark && self.evict_detached() {}
+        Ok(result)
+    }
+
+    /// Closes the connections a fan-out found over their hard limit. Deferred to after the
+    /// fan-out so that no membership list changes while it is walked.
+    fn close_doomed(&mut self, now: Instant) {
+        while let Some(idx) = self.doomed.pop() {
+            self.close_conn(now, idx, ClosedBy::Hub(CloseReason::SlowConsumer));
+        }
+    }
+
+    /// On a user's stream: to `only` if given (bypassing the thread filter), else to every
+    /// connection whose filter admits the thread. Kept for recovery even while the user is
+    /// detached.
+    fn publish_user(
+        &mut self,
+        now: Instant,
+        tenant: &TenantId,
+        user: &UserId,
+        only: Option<u32>,
+        msg: &Message<'_>,
+    ) -> Published {
+        let Some(uidx) = self.users.find(tenant.as_str(), user.as_str()) else {
+            // A user the hub does not hold: nothing is created for it.
+            return Published::none();
+        };
+        let u = self.users.get_mut(uidx);
+        let pos = u.stream.assign();
+        let frame = msg.frame(&mut self.flow.writer, &StreamName::User, pos, &self.redactor);
+        let scope = match (only, msg.thread) {
+            (Some(idx), _) => Scope::Conn(self.conns.id_of(idx)),
+            (None, Some(t)) => Scope::Thread(t.clone()),
+            (None, None) => Scope::All,
+        };
+        let key = || TrimKey::User(uidx);
+        self.buffers.keep(&mut u.stream, key, now, pos, &frame, scope, &self.cfg);
+        let mut result = Published { position: Some((StreamName::User, pos)), ..Published::none() };
+        let priority = msg.kind.priority();
+        let only_slot = only.unwrap_or_default();
+        let recipients = match only {
+            Some(_) => std::slice::from_ref(&only_slot),
+            None => u.conns.as_slice(),
+        };
+        for &idx in recipients {
+            if only.is_none() && !self.conns.get(idx).wants(msg.thread) {
+                continue;
+            }
+            let offer =
+                self.flow.offer(&mut self.out, &mut self.conns, idx, &frame, priority, &self.cfg);
+            if offer == Offer::Overflow {
+                self.doomed.push(idx);
+            }
+            result.add(offer);
+        }
+        result
+    }
+
+    fn publish_room(
+        &mut self,
+        now: Instant,
+        tenant: &TenantId,
+        room: &RoomId,
+        msg: &Message<'_>,
+    ) -> Published {
+        let Some(r) = self.tenants.get_mut(tenant).and_then(|t| t.rooms.get_mut(room)) else {
+            return Published::none();
+        };
+        let pos = r.stream.assign();
+        let name = StreamName::Room(room.clone());
+        let frame = msg.frame(&mut self.flow.writer, &name, pos, &self.redactor);
+        let key = || TrimKey::Room(tenant.clone(), room.clone());
+        self.buffers.keep(&mut r.stream, key, now, pos, &frame, Scope::All, &self.cfg);
+        let mut result = Published { position: Some((name, pos)), ..Published::none() };
+        let members = r.members.iter().map(|m| &m.conn);
+        let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
+        fan_out(
+            flow,
+            out,
+            conns,
+            cfg,
+            members,
+            |_| true,
+            &frame,
+            msg.kind.priority(),
+            &mut self.doomed,
+            &mut result,
+        );
+        result
+    }
+
+    fn publish_tenant(
+        &mut self,
+        now: Instant,
+        tenant: &TenantId,
+        role: Option<&Role>,
+        msg: &Message<'_>,
+    ) -> Published {
+        let Some(t) = self.tenants.get_mut(tenant) else {
+            return Published::none();
+        };
+        let pos = t.stream.assign();
+        let frame = msg.frame(&mut self.flow.writer, &StreamName::Tenant, pos, &self.redactor);
+        let scope = role.map_or(Scope::All, |r| Scope::Role(r.clone()));
+        let key = || TrimKey::Tenant(tenant.clone());
+        self.buffers.keep(&mut t.stream, key, now, pos, &frame, scope, &self.cfg);
+        let mut result =
+            Published { position: Some((StreamName::Tenant, pos)), ..Published::none() };
+        let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
+        let admit = |c: &Connection| audience_admits(&c.roles, role);
+        fan_out(
+            flow,
+            out,
+            conns,
+            cfg,
+            t.conns.iter(),
+            admit,
+            &frame,
+            msg.kind.priority(),
+            &mut self.doomed,
+            &mut result,
+        );
+        result
+    }
+}
+
+/// The parts of an envelope that make up its frame.
+#[derive(Clone, Copy)]
+struct Message<'a> {
+    kind: &'a EventKind,
+    thread: Option<&'a ThreadId>,
+    run: Option<&'a RunId>,
+    data: &'a Value,
+}
+
+impl Message<'_> {
+    fn frame(
+        &self,
+        writer: &mut FrameWriter,
+        stream: &StreamName,
+        pos: StreamPos,
+        redactor: &Redactor,
+    ) -> Frame {
+        writer.event(self.kind, stream, pos, self.thread, self.run, self.data, redactor)
+    }
+}

@@ -1,0 +1,174 @@
+//! Client frames: validation, rate limits, subscriptions, inbound messages; a `resume` is handed
+//! to `resume.rs`.
+
+use std::time::Instant;
+
+use crate::action::{Inbound, Origin};
+use crate::error::{PeerError, ReceiveError};
+use crate::hub::Hub;
+use crate::ids::{ConnId, ThreadId};
+use crate::kinds::{AuditKind, CloseReason, ClosedBy, LimitKind};
+use crate::limits::Rate;
+use crate::protocol::{ClientFrame, parse_client_frame};
+
+impl Hub {
+    /// A text (or binary) frame arrived from the client. Any frame proves the peer alive, and any
+    /// valid one but `subscribe`/`unsubscribe` ends the connection's resume window (filters may be
+    /// set first, so that the replay honours them).
+    ///
+    /// A frame that is oversized, malformed, unknown, over a rate or over a limit gets an `error`
+    /// frame and `Err(ReceiveError::Peer(..))`; after `max_violations` of those in a row the
+    /// connection is also closed with [`CloseReason::ProtocolViolation`].
+    ///
+    /// # Errors
+    ///
+    /// - [`ReceiveError::Conn`]: the caller named a connection that is not open (see
+    ///   [`ConnError`](crate::ConnError));
+    ///   nothing changes.
+    /// - [`ReceiveError::Peer`]: the client misbehaved (oversized, malformed or unknown frame, over a
+    ///   rate, over a limit, a second `resume`). The client got an `error` frame, the event was
+    ///   audited, and after `max_violations` in a row the connection was closed with
+    ///   [`CloseReason::ProtocolViolation`]. The caller needs to do nothing but drain the actions.
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        frame: &[u8],
+    ) -> Result<(), ReceiveError> {
+        let now = self.clock(now);
+        let idx = self.resolve(now, conn)?;
+        self.out.stats.frames_received += 1;
+        self.conns.get_mut(idx).seen(now);
+        self.rearm_if_earlier(idx);
+        if frame.len() > self.cfg.max_frame_bytes {
+            let err =
+                PeerError::FrameTooLarge { size: frame.len(), limit: self.cfg.max_frame_bytes };
+            let limit = LimitKind::FrameSize;
+            return Err(self.peer_error(now, idx, err, Some(limit), AuditKind::OversizedFrame));
+        }
+        let max_positions = 2 + self.cfg.max_rooms_per_connection as usize;
+        let parsed = match parse_client_frame(frame, self.cfg.max_client_id_bytes, max_positions) {
+            Ok(f) => f,
+            Err(err) => {
+                return Err(self.peer_error(now, idx, err, None, AuditKind::MalformedFrame));
+            }
+        };
+        let c = self.conns.get_mut(idx);
+        let (bucket, rate, limit) = if parsed.is_message() {
+            let q = self.cfg.tiers.get(c.tier);
+            (
+                &mut c.messages,
+                Rate::per_minute(q.messages_per_minute, q.message_burst),
+                LimitKind::MessageRate,
+            )
+        } else {
+            let rate = Rate::per_minute(self.cfg.control_frames_per_minute, self.cfg.control_burst);
+            (&mut c.control, rate, LimitKind::ControlRate)
+        };
+        if !bucket.try_take(now, rate) {
+            return Err(self.peer_error(
+                now,
+                idx,
+                PeerError::RateLimited,
+                Some(limit),
+                AuditKind::Flood,
+            ));
+        }
+        if let ClientFrame::Resume { positions } = &parsed {
+            if c.resumed {
+                return Err(self.peer_error(
+                    now,
+                    idx,
+                    PeerError::AlreadyResumed,
+                    None,
+                    AuditKind::MalformedFrame,
+                ));
+            }
+            c.resumed = true;
+            let _still_open = self.release(now, idx, Some(positions));
+            return Ok(());
+        }
+        // Filters may be set while held (so that the replay already honours them); any other
+        // frame starts live delivery.
+        let filter =
+            matches!(parsed, ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. });
+        if c.held && !filter && !self.release(now, idx, None) {
+            // Its backlog was lost: it was closed (SlowConsumer) and the frame goes with it.
+            return Ok(());
+        }
+        let c = self.conns.get_mut(idx);
+        match parsed {
+            ClientFrame::Subscribe { thread } => {
+                let max = self.cfg.max_thread_subscriptions;
+                let threads = &mut c.threads.get_or_insert_with(Box::default).0;
+                if !threads.iter().any(|t| t.as_str() == thread) {
+                    if threads.len() >= max as usize {
+                        let err = PeerError::TooManySubscriptions { limit: max };
+                        let limit = LimitKind::ThreadSubscriptions;
+                        return Err(self.peer_error(
+                            now,
+                            idx,
+                            err,
+                            Some(limit),
+                            AuditKind::LimitHit(limit),
+                        ));
+                    }
+                    threads.push(ThreadId::from(&*thread));
+                }
+            }
+            ClientFrame::Unsubscribe { thread: None } => c.threads = None,
+            ClientFrame::Unsubscribe { thread: Some(thread) } => {
+                if let Some(threads) = &mut c.threads {
+                    threads.0.retain(|t| t.as_str() != thread);
+                }
+            }
+            ClientFrame::Message { thread, data } => {
+                let (tier, user) = (c.tier, c.user);
+                let owner = self.users.get(user);
+                let from = Origin { tenant: owner.tenant.clone(), user: owner.user.clone(), conn };
+                let clock = self.flow.clock;
+                self.flow.tier(tier).inbound.add(clock, 1);
+                self.users.get_mut(user).meters.inbound.add(clock, 1);
+                let thread = thread.map(|t| ThreadId::from(&*t));
+                self.out.inbound(Inbound { from, thread, data });
+            }
+            ClientFrame::Ping => {
+                let writer = &mut self.flow.writer;
+                let pong = self.pong.get_or_insert_with(|| writer.pong()).clone();
+                self.control_or_close(now, idx, &pong);
+            }
+            ClientFrame::Resume { .. } => unreachable!("handled above"),
+        }
+        Ok(())
+    }
+
+    /// Answers a misbehaving frame: count it, audit it, tell the client, and close the connection
+    /// once its violation allowance is spent.
+    fn peer_error(
+        &mut self,
+        now: Instant,
+        idx: u32,
+        err: PeerError,
+        limit: Option<LimitKind>,
+        audit: AuditKind,
+    ) -> ReceiveError {
+        let id = self.conns.id_of(idx);
+        let (tenant, user) = self.owner(idx);
+        self.out.stats.protocol_errors += 1;
+        match limit {
+            Some(limit) => self.out.limit(limit, audit, Some(id), &tenant, &user),
+            None => self.out.audit(audit, Some(id), Some(&tenant), Some(&user)),
+        }
+        let frame = self.flow.writer.error(&err);
+        self.control_or_close(now, idx, &frame);
+        if !self.conns.contains(idx) {
+            return ReceiveError::Peer(err);
+        }
+        let allowance = Rate::every(self.cfg.violation_refill, self.cfg.max_violations);
+        if !self.conns.get_mut(idx).violations.try_take(now, allowance) {
+            self.out.audit(AuditKind::ViolationClose, Some(id), Some(&tenant), Some(&user));
+            self.close_conn(now, idx, ClosedBy::Hub(CloseReason::ProtocolViolation));
+        }
+        ReceiveError::Peer(err)
+    }
+}

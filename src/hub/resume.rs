@@ -1,0 +1,185 @@
+//! Resume: ending a connection's hold and replaying what the client missed, per stream, from the
+//! recovery buffers, answered by one `resumed` frame.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use crate::connection::Connections;
+use crate::flow::Flow;
+use crate::hub::Hub;
+use crate::ids::{StreamName, StreamPos};
+use crate::kinds::{AuditKind, CloseReason, ClosedBy};
+use crate::outbox::Outbox;
+use crate::protocol::StreamReport;
+use crate::routing::scope_admits;
+use crate::stream::{Stream, Unrecoverable};
+
+impl Hub {
+    /// Ends a connection's hold and, for a `resume`, replays what the client missed.
+    ///
+    /// For each of the connection's streams (its user's, its tenant's, its rooms'), live delivery
+    /// covers what came after `base` (the position when the connection attached to the stream)
+    /// unless the connection was held, in which case nothing went out live yet. So the replay is
+    /// `(client's seq, base]` for a live connection and `(client's seq, now]` for a held one, and
+    /// without a `resume` a held connection gets `(base, now]`. If a held connection's own backlog
+    /// is no longer buffered, messages would be lost: it is closed with `SlowConsumer` instead.
+    /// Returns whether the connection is still open.
+    #[must_use]
+    pub(crate) fn release(
+        &mut self,
+        now: Instant,
+        idx: u32,
+        positions: Option<&[(Cow<'_, str>, StreamPos)]>,
+    ) -> bool {
+        let c = self.conns.get_mut(idx);
+        let was_held = std::mem::replace(&mut c.held, false);
+        let uidx = c.user;
+        let tenant_id = self.users.get(uidx).tenant.clone();
+        let bases = [(StreamName::User, c.user_base), (StreamName::Tenant, c.tenant_base)];
+        let rooms: Vec<(StreamName, u64)> =
+            c.rooms.iter().map(|m| (StreamName::Room(m.room.clone()), m.base)).collect();
+        let mut replay =
+            Replay { idx, was_held, positions, reports: Vec::new(), replayed: 0, lost: false };
+        for (name, base) in bases.into_iter().chain(rooms) {
+            let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
+            let stream = match &name {
+                StreamName::User => &mut self.users.get_mut(uidx).stream,
+                StreamName::Tenant => &mut tenant.stream,
+                StreamName::Room(room) => {
+                    &mut tenant.rooms.get_mut(room).expect("member's room").stream
+                }
+            };
+            // Apply the age bound first, so nothing older than `max_age` is ever replayed.
+            self.buffers.trim(stream, now, &self.cfg);
+            replay.stream(&mut self.flow, &mut self.out, &mut self.conns, &name, stream, base);
+        }
+        let Replay { reports, replayed, lost, .. } = replay;
+        self.out.stats.replayed += u64::from(replayed);
+        if lost {
+            self.close_conn(now, idx, ClosedBy::Hub(CloseReason::SlowConsumer));
+            return false;
+        }
+        let Some(positions) = positions else { return true };
+        let mut reports = reports;
+        let mut foreign = false;
+        for (name, _) in positions {
+            if !reports.iter().any(|(n, _)| n == name) {
+                foreign = true;
+                let report = StreamReport {
+                    recovered: false,
+                    reason: Some("unknown_stream"),
+                    epoch: 0,
+                    seq: 0,
+                    available_from: 0,
+                    replayed: 0,
+                };
+                reports.push((name.to_string(), report));
+            }
+        }
+        if foreign {
+            let (id, (t, u)) = (self.conns.id_of(idx), self.owner(idx));
+            self.out.audit(AuditKind::ForeignStream, Some(id), Some(&t), Some(&u));
+        }
+        let recovered = reports.iter().all(|(_, r)| r.recovered);
+        if recovered {
+            self.out.stats.resumes_recovered += 1;
+        } else {
+            self.out.stats.resumes_unrecovered += 1;
+        }
+        let frame = self.flow.writer.resumed(recovered, &reports);
+        self.flow.deliver(&mut self.out, &mut self.conns, idx, &frame);
+        true
+    }
+}
+
+/// The state of one release across the connection's streams.
+struct Replay<'p> {
+    idx: u32,
+    was_held: bool,
+    positions: Option<&'p [(Cow<'p, str>, StreamPos)]>,
+    /// Only for a `resume`: one report per stream the client named that the connection has.
+    reports: Vec<(String, StreamReport)>,
+    replayed: u32,
+    lost: bool,
+}
+
+impl Replay<'_> {
+    fn stream(
+        &mut self,
+        flow: &mut Flow,
+        out: &mut Outbox,
+        conns: &mut Connections,
+        name: &StreamName,
+        stream: &Stream,
+        base: u64,
+    ) {
+        let current = stream.position();
+        let upto = if self.was_held { current.seq } else { base };
+        let wire = name.to_string();
+        let requested =
+            self.positions.and_then(|p| p.iter().find(|(n, _)| *n == wire)).map(|(_, pos)| *pos);
+        let Some(pos) = requested else {
+            if self.was_held {
+                match self.send(flow, out, conns, stream, current.epoch, base, upto) {
+                    Ok(n) => self.replayed += n,
+                    Err(_) => self.lost = true,
+                }
+            }
+            return;
+        };
+        // A client already past `upto` got the rest live on this connection.
+        let ahead = pos.epoch == current.epoch && pos.seq >= upto && pos.seq <= current.seq;
+        let outcome = if ahead {
+            Ok(0)
+        } else {
+            self.send(flow, out, conns, stream, pos.epoch, pos.seq, upto)
+        };
+        let report = |recovered, reason: Option<Unrecoverable>, replayed| StreamReport {
+            recovered,
+            reason: reason.map(Unrecoverable::as_str),
+            epoch: current.epoch,
+            seq: current.seq,
+            available_from: stream.available_from(),
+            replayed,
+        };
+        match outcome {
+            Ok(n) => {
+                self.replayed += n;
+                self.reports.push((wire, report(true, None, n)));
+            }
+            Err(why) => {
+                self.reports.push((wire, report(false, Some(why), 0)));
+                // The client refetches this stream's state; what was held back still follows.
+                if self.was_held {
+                    match self.send(flow, out, conns, stream, current.epoch, base, upto) {
+                        Ok(n) => self.replayed += n,
+                        Err(_) => self.lost = true,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers the buffered messages in `(after, upto]` that this connection may see.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        flow: &mut Flow,
+        out: &mut Outbox,
+        conns: &mut Connections,
+        stream: &Stream,
+        epoch: u64,
+        after: u64,
+        upto: u64,
+    ) -> Result<u32, Unrecoverable> {
+        let id = conns.id_of(self.idx);
+        let mut n = 0;
+        for entry in stream.range(epoch, after, upto)? {
+            if scope_admits(conns.get(self.idx), id, &entry.scope) {
+                flow.deliver(out, conns, self.idx, &entry.frame);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
