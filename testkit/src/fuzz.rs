@@ -71,7 +71,8 @@ fn knobs(u: &mut Unstructured<'_>) -> Result<Knobs> {
     Ok(Knobs {
         policy,
         global_broadcast: u.arbitrary()?,
-        zero_retention: u.ratio(1, 5)?,
+        user_retention: if u.ratio(1, 5)? { 0 } else { RETENTION },
+        max_frame_bytes: MAX_FRAME_BYTES,
         tenant_cap: opt(u, |u| u.int_in_range(3..=5))?,
         heartbeat,
         retention,
@@ -85,7 +86,7 @@ fn knobs(u: &mut Unstructured<'_>) -> Result<Knobs> {
 
 fn who(u: &mut Unstructured<'_>) -> Result<Who> {
     let forged = if u.ratio(1, 16)? { Some(u.arbitrary()?) } else { None };
-    Ok(Who { live: !u.ratio(1, 5)?, n: u.arbitrary()?, forged })
+    Ok(Who { live: !u.ratio(1, 5)?, n: u.arbitrary()?, forged, exact: None })
 }
 
 fn expires_in(u: &mut Unstructured<'_>, lo: i32) -> Result<Option<i32>> {
