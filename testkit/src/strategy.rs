@@ -46,12 +46,9 @@ pub fn knobs(policy: UserLimitPolicy, heartbeat: (Ms, Ms)) -> impl Strategy<Valu
 /// A connection, addressed symbolically.
 pub fn who() -> impl Strategy<Value = Who> {
     let forged = prop::option::weighted(0.03, any::<(u8, u8)>());
-    (prop::bool::weighted(0.8), any::<u8>(), forged).prop_map(|(live, n, forged)| Who {
-        live,
-        n,
-        forged,
-        exact: None,
-    })
+    let exact = prop::option::weighted(0.1, any::<u8>());
+    (prop::bool::weighted(0.8), any::<u8>(), forged, exact)
+        .prop_map(|(live, n, forged, exact)| Who { live, n, forged, exact })
 }
 
 /// Client frames; garbage is drawn from the first `garbage` entries of [`GARBAGE`].
@@ -66,6 +63,7 @@ pub fn client_frame(garbage: usize) -> impl Strategy<Value = In> {
             prop::bool::weighted(0.2),
         )
             .prop_map(|(spec, extra)| In::Resume(spec, extra)),
+        1 => (who(), prop::bool::weighted(0.2)).prop_map(|(from, extra)| In::Remembered(from, extra)),
         3 => (0..garbage).prop_map(In::Garbage),
         1 => (1usize..40).prop_map(In::Oversized),
     ]
