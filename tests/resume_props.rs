@@ -25,6 +25,13 @@
 //! counts exactly the held connections a message is for.
 //!
 //! Backpressure is kept out: every delivered frame is confirmed with `written` at once.
+//!
+//! Not yet on the shared vocabulary (issue 9): this file still keeps its own `Op`, `ClientSpec`
+//! and `World`. The shared `Op` now has what it lacked (exact addressing with `vocab::exact`,
+//! `In::Remembered` resumes, `Knobs::user_retention` and `Knobs::max_frame_bytes`), and
+//! `tests/resume_clients.rs` runs this property's client-side checks over `Runner::apply`; what
+//! remains here to move are the per-client thread filters set before a resume, the spoiled
+//! positions sent before a real resume, and the late ticks.
 mod common;
 
 use std::collections::{HashMap, HashSet, VecDeque};

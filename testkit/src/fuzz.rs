@@ -71,7 +71,8 @@ fn knobs(u: &mut Unstructured<'_>) -> Result<Knobs> {
     Ok(Knobs {
         policy,
         global_broadcast: u.arbitrary()?,
-        zero_retention: u.ratio(1, 5)?,
+        user_retention: if u.ratio(1, 5)? { 0 } else { RETENTION },
+        max_frame_bytes: MAX_FRAME_BYTES,
         tenant_cap: opt(u, |u| u.int_in_range(3..=5))?,
         heartbeat,
         retention,
@@ -85,7 +86,8 @@ fn knobs(u: &mut Unstructured<'_>) -> Result<Knobs> {
 
 fn who(u: &mut Unstructured<'_>) -> Result<Who> {
     let forged = if u.ratio(1, 16)? { Some(u.arbitrary()?) } else { None };
-    Ok(Who { live: !u.ratio(1, 5)?, n: u.arbitrary()?, forged })
+    let exact = if u.ratio(1, 8)? { Some(u.arbitrary()?) } else { None };
+    Ok(Who { live: !u.ratio(1, 5)?, n: u.arbitrary()?, forged, exact })
 }
 
 fn expires_in(u: &mut Unstructured<'_>, lo: i32) -> Result<Option<i32>> {
@@ -93,7 +95,7 @@ fn expires_in(u: &mut Unstructured<'_>, lo: i32) -> Result<Option<i32>> {
 }
 
 fn frame(u: &mut Unstructured<'_>) -> Result<In> {
-    Ok(match u.choose_index(7)? {
+    Ok(match u.choose_index(8)? {
         0 => In::Subscribe(below(u, THREADS)?),
         1 => In::Unsubscribe(opt(u, |u| below(u, THREADS))?),
         2 => In::Message(opt(u, |u| below(u, THREADS))?, u.arbitrary()?),
@@ -107,6 +109,7 @@ fn frame(u: &mut Unstructured<'_>) -> Result<In> {
             In::Resume(spec, u.ratio(1, 5)?)
         }
         5 => In::Garbage(below(u, GARBAGE.len())?),
+        6 => In::Remembered(who(u)?, u.ratio(1, 5)?),
         _ => In::Oversized(u.int_in_range(1..=39)?),
     })
 }

@@ -28,7 +28,8 @@ pub fn knobs(policy: UserLimitPolicy, heartbeat: (Ms, Ms)) -> impl Strategy<Valu
             Knobs {
                 policy,
                 global_broadcast,
-                zero_retention,
+                user_retention: if zero_retention { 0 } else { RETENTION },
+                max_frame_bytes: MAX_FRAME_BYTES,
                 tenant_cap,
                 heartbeat,
                 retention,
@@ -45,11 +46,9 @@ pub fn knobs(policy: UserLimitPolicy, heartbeat: (Ms, Ms)) -> impl Strategy<Valu
 /// A connection, addressed symbolically.
 pub fn who() -> impl Strategy<Value = Who> {
     let forged = prop::option::weighted(0.03, any::<(u8, u8)>());
-    (prop::bool::weighted(0.8), any::<u8>(), forged).prop_map(|(live, n, forged)| Who {
-        live,
-        n,
-        forged,
-    })
+    let exact = prop::option::weighted(0.1, any::<u8>());
+    (prop::bool::weighted(0.8), any::<u8>(), forged, exact)
+        .prop_map(|(live, n, forged, exact)| Who { live, n, forged, exact })
 }
 
 /// Client frames; garbage is drawn from the first `garbage` entries of [`GARBAGE`].
@@ -64,6 +63,7 @@ pub fn client_frame(garbage: usize) -> impl Strategy<Value = In> {
             prop::bool::weighted(0.2),
         )
             .prop_map(|(spec, extra)| In::Resume(spec, extra)),
+        1 => (who(), prop::bool::weighted(0.2)).prop_map(|(from, extra)| In::Remembered(from, extra)),
         3 => (0..garbage).prop_map(In::Garbage),
         1 => (1usize..40).prop_map(In::Oversized),
     ]
@@ -144,7 +144,7 @@ pub fn chunk(garbage: usize) -> impl Strategy<Value = Vec<Step>> {
         }),
         1 => (0..ROOMS, prop::collection::vec(any::<u8>(), 2..6)).prop_map(|(room, ns)| {
             ns.into_iter()
-                .map(|n| Step { back: 0, op: Op::Join { who: Who { live: true, n, forged: None }, room } })
+                .map(|n| Step { back: 0, op: Op::Join { who: Who { live: true, n, forged: None, exact: None }, room } })
                 .collect()
         }),
         1 => reconnect_loop(),
@@ -236,4 +236,75 @@ pub fn policy() -> impl Strategy<Value = UserLimitPolicy> {
 pub fn cases(at_least: u32) -> u32 {
     let env = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok());
     env.unwrap_or(at_least).max(at_least)
+}
+
+/// The knobs of a resume case: recovery buffers of six messages aged out after 30 s, a
+/// `user_retention` of zero, 20 s or 60 s, frames large enough for a `resume` that names every
+/// stream with its real epoch, and a resume window some of the time. No breaker, no backpressure.
+pub fn resume_knobs() -> impl Strategy<Value = Knobs> {
+    (
+        prop::sample::select(vec![0, RETENTION, 60_000]),
+        prop_oneof![3 => Just(0u64), 1 => 500u64..6_000],
+    )
+        .prop_map(|(user_retention, resume_window)| Knobs {
+            policy: UserLimitPolicy::Reject,
+            global_broadcast: false,
+            user_retention,
+            max_frame_bytes: 4_096,
+            tenant_cap: None,
+            heartbeat: HEARTBEAT,
+            retention: Some((6, 1 << 20, 30_000)),
+            max_buffered_bytes: None,
+            backpressure: None,
+            resume_window,
+            breaker: None,
+            max_detached_users: NO_DETACHED_CAP,
+        })
+}
+
+/// Steps of clients (two users of one tenant, a third of another) that connect, join rooms, drop
+/// and come back, resuming on the newest connection with the positions an earlier connection
+/// (addressed exactly) remembers, while events are published to them and the clock moves by a
+/// millisecond, by whole seconds, and past the buffers' 30 s age and the users' retention.
+pub fn resume_steps() -> impl Strategy<Value = Vec<Step>> {
+    let user = prop_oneof![Just((0usize, 0usize)), Just((0, 1)), Just((1, 0))];
+    let user = move || user.clone();
+    let op = prop_oneof![
+        3 => (user(), 0u8..4).prop_map(|((tenant, user), roles)| Op::Connect {
+            tenant, user, tier: 3, roles, expires_in: None,
+        }),
+        2 => (0u8..8, any::<bool>()).prop_map(|(k, clean)| Op::Disconnect { who: exact(k), clean }),
+        2 => (0u8..8, prop::bool::weighted(0.2)).prop_map(|(k, extra)| Op::Receive {
+            who: NEWEST,
+            frame: In::Remembered(exact(k), extra),
+        }),
+        1 => (any::<u8>(), 0..2usize).prop_map(|(k, room)| Op::Join { who: exact(k), room }),
+        6 => (user(), 0..7usize, thread()).prop_map(|((t, u), kind, thread)| Op::Publish {
+            target: Tgt::User(t, u), kind, thread,
+        }),
+        2 => (0..2usize, 0..2usize, 0..6usize).prop_map(|(t, room, kind)| Op::Publish {
+            target: Tgt::Room(t, room), kind, thread: None,
+        }),
+        1 => (0..2usize, prop::option::of(0..2usize), 0..6usize).prop_map(|(t, role, kind)| {
+            Op::Publish { target: Tgt::Tenant(t, role), kind, thread: None }
+        }),
+        1 => (any::<u8>(), 0..1_000u32).prop_map(|(k, bytes)| Op::Written { who: exact(k), bytes }),
+        1 => any::<u8>().prop_map(|k| Op::Pong { who: exact(k) }),
+        3 => prop::sample::select(vec![1u32, 1_000, 5_000, 10_000, 29_999, 30_000, 30_001, 61_000])
+            .prop_map(Op::Tick),
+        1 => Just(Op::TickNext),
+    ];
+    // A device coming back: its newest connection drops, it connects again and resumes with
+    // what one of the first connections (mostly its own earlier one) remembers.
+    let back = (user(), any::<bool>(), 0u8..8, prop::bool::weighted(0.1)).prop_map(
+        |((tenant, user), clean, k, extra)| {
+            vec![
+                Op::Disconnect { who: NEWEST, clean },
+                Op::Connect { tenant, user, tier: 3, roles: 0, expires_in: None },
+                Op::Receive { who: NEWEST, frame: In::Remembered(exact(k), extra) },
+            ]
+        },
+    );
+    let chunk = prop_oneof![4 => op.prop_map(|op| vec![op]), 1 => back];
+    prop::collection::vec(chunk, 1..40).prop_map(|c| at_once(c.into_iter().flatten().collect()))
 }

@@ -86,8 +86,11 @@ pub struct Knobs {
     pub policy: UserLimitPolicy,
     /// `Config::allow_global_broadcast`.
     pub global_broadcast: bool,
-    /// A `user_retention` of zero (else [`RETENTION`]).
-    pub zero_retention: bool,
+    /// `Config::user_retention` in ms (mostly [`RETENTION`]; zero retires a user at once).
+    pub user_retention: Ms,
+    /// `Config::max_frame_bytes` (mostly [`MAX_FRAME_BYTES`]; resuming from remembered positions
+    /// needs room for real epochs).
+    pub max_frame_bytes: usize,
     /// `Config::max_connections_per_tenant`.
     pub tenant_cap: Option<u32>,
     /// `(interval, timeout)` of the heartbeat, in ms.
@@ -155,7 +158,7 @@ pub fn config(k: &Knobs) -> Config {
         max_connections: 8,
         max_connections_per_tenant: k.tenant_cap,
         user_limit_policy: k.policy,
-        max_frame_bytes: MAX_FRAME_BYTES,
+        max_frame_bytes: k.max_frame_bytes,
         max_rooms_per_connection: 2,
         max_thread_subscriptions: 2,
         max_client_id_bytes: 8,
@@ -165,7 +168,7 @@ pub fn config(k: &Knobs) -> Config {
         violation_refill: Duration::from_secs(4),
         heartbeat: Heartbeat { interval: ms(k.heartbeat.0), timeout: ms(k.heartbeat.1) },
         session_grace: ms(SESSION_GRACE),
-        user_retention: if k.zero_retention { Duration::ZERO } else { ms(RETENTION) },
+        user_retention: ms(k.user_retention),
         max_detached_users: k.max_detached_users,
         retention: match k.retention {
             Some((max_messages, max_bytes, age)) => {
@@ -215,12 +218,21 @@ pub struct Who {
     pub live: bool,
     /// Which one, modulo how many there are.
     pub n: u8,
-    /// A forged `(index, generation)`; overrides the other two.
+    /// A forged `(index, generation)`; overrides the other fields.
     pub forged: Option<(u8, u8)>,
+    /// Exactly the `k`-th id ever minted (modulo how many), live or not; overrides `live` and
+    /// `n`. This is how a client addresses its own connection.
+    pub exact: Option<u8>,
 }
 
 /// The newest live connection.
-pub const NEWEST: Who = Who { live: true, n: u8::MAX, forged: None };
+pub const NEWEST: Who = Who { live: true, n: u8::MAX, forged: None, exact: None };
+
+/// Exactly the `k`-th id ever minted (modulo how many), live or not.
+#[must_use]
+pub const fn exact(k: u8) -> Who {
+    Who { live: false, n: 0, forged: None, exact: Some(k) }
+}
 
 /// A client frame.
 #[derive(Clone, Debug)]
@@ -234,6 +246,12 @@ pub enum In {
     /// it has none) or one no connection has (4), and the seq is taken modulo the stream's seq + 2
     /// (so sometimes ahead of it). With the flag, every position carries an extra field (ignored).
     Resume(Vec<(usize, bool, u8)>, bool),
+    /// `resume` with the positions a client remembers from the connection [`Who`] addresses
+    /// (typically an earlier, closed connection of the same device): per stream, what its
+    /// `connected`, `joined` or `resumed` frame said, or the last event it received. Nothing is
+    /// sent when that connection remembers nothing. With the flag, every position carries an
+    /// extra field (ignored).
+    Remembered(Who, bool),
     /// One of [`GARBAGE`].
     Garbage(usize),
     /// A well-formed `message` this many bytes over `max_frame_bytes`.

@@ -172,7 +172,7 @@ impl Model {
             let err = PeerError::RateLimited;
             return Err(Ok(self.peer_error(id, err, Some(limit), AuditKind::Flood)));
         }
-        if let In::Resume(..) = frame {
+        if matches!(frame, In::Resume(..) | In::Remembered(..)) {
             if c.resumed {
                 let err = PeerError::AlreadyResumed;
                 return Err(Ok(self.peer_error(id, err, None, AuditKind::MalformedFrame)));
@@ -217,7 +217,9 @@ impl Model {
             In::Ping => {
                 let _still_open = self.control(id, &f_pong());
             }
-            In::Resume(..) | In::Garbage(_) | In::Oversized(_) => unreachable!(),
+            In::Resume(..) | In::Remembered(..) | In::Garbage(_) | In::Oversized(_) => {
+                unreachable!()
+            }
         }
         Ok(())
     }

@@ -49,6 +49,9 @@ pub struct Runner {
     /// `poll_timeout` right after the hub call, and the actions it queued.
     pending: Option<Instant>,
     actions: Vec<Action>,
+    /// What each connection's client remembers: per stream, the last `(epoch, seq)` it was told
+    /// (`connected`, `joined`, `resumed`) or received (an event).
+    remembered: HashMap<ConnId, BTreeMap<String, (u64, u64)>>,
 }
 
 fn fail(msg: String) -> TestCaseError {
@@ -69,6 +72,7 @@ impl Runner {
             stream_epochs: HashMap::new(),
             pending: None,
             actions: Vec::new(),
+            remembered: HashMap::new(),
         }
     }
 
@@ -77,6 +81,10 @@ impl Runner {
     }
 
     fn pick(&self, who: Who) -> Option<ConnId> {
+        if let Some(k) = who.exact.filter(|_| who.forged.is_none()) {
+            let minted = &self.model.minted;
+            return (!minted.is_empty()).then(|| minted[k as usize % minted.len()]);
+        }
         if let Some((index, generation)) = who.forged {
             return Some(ConnId::from_raw(u32::from(index % 16), u32::from(generation % 4)));
         }
@@ -139,6 +147,50 @@ impl Runner {
             }
         }
         self.model.hints = h;
+        for a in &self.actions {
+            let Action::Deliver { conn, frame } = a else { continue };
+            let v: Value = crate::frames::parse(frame.as_str());
+            let memory = self.remembered.entry(*conn).or_default();
+            match v["type"].as_str() {
+                Some("connected" | "resumed") => {
+                    for name in v["streams"].as_object().into_iter().flat_map(|m| m.keys()) {
+                        if let Some(p) = crate::frames::stream_position(&v, name) {
+                            memory.insert(name.clone(), p);
+                        }
+                    }
+                }
+                // Event frames and `joined` (which names its stream and position).
+                _ => {
+                    if let Some(ev) = crate::frames::EventFrame::decode(&v) {
+                        memory.insert(ev.stream, (ev.epoch, ev.seq));
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the hub queued in the last step, in order.
+    #[must_use]
+    pub fn actions(&self) -> &[Action] {
+        &self.actions
+    }
+
+    /// The connection a [`Who`] addresses now (as a step would resolve it).
+    #[must_use]
+    pub fn resolve(&self, who: Who) -> Option<ConnId> {
+        self.pick(who)
+    }
+
+    /// The `(tenant, user)` a minted connection belongs to, by model index.
+    #[must_use]
+    pub fn user_of(&self, id: ConnId) -> Option<(usize, usize)> {
+        self.model.binding.get(&id).copied()
+    }
+
+    /// What the client of connection `id` remembers, per stream: `(epoch, seq)`.
+    #[must_use]
+    pub fn remembered(&self, id: ConnId) -> Option<&BTreeMap<String, (u64, u64)>> {
+        self.remembered.get(&id)
     }
 
     /// Applies every step in turn; the first failure names its step.
@@ -258,6 +310,15 @@ impl Runner {
                 let Some(id) = self.pick(*who) else { return Ok(()) };
                 let positions = match frame {
                     In::Resume(spec, _) => Some(self.positions(id, spec)),
+                    In::Remembered(from, _) => {
+                        let memory = self.pick(*from).and_then(|f| self.remembered.get(&f));
+                        match memory {
+                            Some(m) if !m.is_empty() => {
+                                Some(m.iter().map(|(n, &(e, s))| (n.clone(), e, s)).collect())
+                            }
+                            _ => return Ok(()),
+                        }
+                    }
                     _ => None,
                 };
                 let bytes: Vec<u8> = match frame {
@@ -280,7 +341,7 @@ impl Runner {
                         m.to_string().into()
                     }
                     In::Ping => br#"{"type":"ping"}"#.to_vec(),
-                    In::Resume(_, extra) => {
+                    In::Resume(_, extra) | In::Remembered(_, extra) => {
                         let position = |e, s| match extra {
                             true => json!({"epoch": e, "seq": s, "x": [0]}),
                             false => json!({"epoch": e, "seq": s}),
@@ -293,11 +354,12 @@ impl Runner {
                     In::Garbage(i) => GARBAGE[*i].0.to_vec(),
                     In::Oversized(extra) => {
                         let head = br#"{"type":"message","data":""#;
-                        let pad = MAX_FRAME_BYTES + extra - head.len() - 2;
+                        let limit = self.model.cfg.max_frame_bytes;
+                        let pad = limit + extra - head.len() - 2;
                         let mut v = head.to_vec();
                         v.extend(std::iter::repeat_n(b'x', pad));
                         v.extend(b"\"}");
-                        assert!(v.len() > MAX_FRAME_BYTES);
+                        assert!(v.len() > limit);
                         v
                     }
                 };
@@ -505,6 +567,8 @@ impl Runner {
         }
         let actions = std::mem::take(&mut self.actions);
         self.check_actions(&pre, &ctx, addressed.as_ref(), &actions)?;
+        // Kept for [`Runner::actions`]: checks of the caller's own run over them.
+        self.actions = actions;
         self.check_stats()?;
         self.check_views()?;
         self.sim.hub.check_invariants().map_err(|e| fail(format!("hub invariant: {e}")))
