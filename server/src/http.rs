@@ -178,8 +178,8 @@ async fn healthz(State(app): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: OpenMetrics text when the `Accept` header asks for it, the Prometheus text
-/// format 0.0.4 otherwise. With `metrics_require_admin`, only with the admin key.
+/// `GET /metrics`: the Prometheus text format 0.0.4 for every scraper (see [`metrics`]). With
+/// `metrics_require_admin`, only with the admin key.
 async fn metrics_text(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if app.metrics_require_admin && !bearer(&headers).is_some_and(|k| same_key(k, &app.admin_key)) {
         app.counters.metrics_unauthorized.fetch_add(1, Ordering::Relaxed);
@@ -190,10 +190,10 @@ async fn metrics_text(State(app): State<AppState>, headers: HeaderMap) -> Respon
     let Some(snapshot) = app.handle.snapshot().await else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let format = metrics::Format::negotiate(accept);
-    let body = metrics::render(&snapshot, &app.counters, format);
-    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+    match metrics::render(&snapshot, &app.counters) {
+        Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e),
+    }
 }
 
 fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
