@@ -222,6 +222,11 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
         "kind",
         AUDIT_KINDS.iter().map(|&k| (k, audit(k))).chain(extra),
     )?;
+    b.counter(
+        "rooms_refused",
+        "Rooms of tokens' rooms claims the hub refused to join (the connection stays)",
+        d.rooms_refused,
+    )?;
     b.counter("breakers_opened", "Reconnect breakers opened", s.breakers_opened)?;
     b.counter("breaker_refusals", "Connects refused by an open breaker", s.breaker_refusals)?;
 
