@@ -343,12 +343,14 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
     )?;
     b.counters(
         "http_publish_requests",
-        "POST /publish requests, by outcome",
+        "POST /publish requests, by outcome (each request counts once)",
         "outcome",
         [
             ("accepted", load(&http.publish_accepted)),
             ("rejected", load(&http.publish_rejected)),
             ("unauthorized", load(&http.publish_unauthorized)),
+            ("too_large", load(&http.publish_too_large)),
+            ("body_timeout", load(&http.publish_body_timeouts)),
         ],
     )?;
     b.counter(
