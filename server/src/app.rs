@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::agent;
 use crate::auth::{self, Keys};
 use crate::driver::{self, DriverConfig, Handle};
-use crate::http::{self, AppState, HttpCounters};
+use crate::http::{self, AppState, HttpCounters, PublishBody};
 use crate::listen::{self, FdBudget, ListenConfig};
 
 /// Everything the server runs with.
@@ -34,6 +34,8 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// Whether `GET /metrics` requires the admin key.
     pub metrics_require_admin: bool,
+    /// The size and time bounds of a `POST /publish` body.
+    pub publish_body: PublishBody,
     /// The HTTP listener's header-read timeout and pending-connection cap.
     pub listen: ListenConfig,
     /// The file-descriptor budget the caps were derived from (see [`Settings::apply_budget`]).
@@ -67,6 +69,7 @@ impl Settings {
             agent_pace: Duration::from_millis(400),
             allowed_origins: Vec::new(),
             metrics_require_admin: false,
+            publish_body: PublishBody::default(),
             listen: ListenConfig::default(),
             budget: FdBudget::new(None, None),
         };
@@ -139,7 +142,8 @@ pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running,
     let state = AppState::new(handle.clone(), keys, settings.admin_key)
         .map_err(StartError::Keys)?
         .allowed_origins(settings.allowed_origins)
-        .metrics_require_admin(settings.metrics_require_admin);
+        .metrics_require_admin(settings.metrics_require_admin)
+        .publish_body(settings.publish_body);
     let http_counters = state.counters.clone();
     let router = http::router(state);
     let (stop_http, stopped) = oneshot::channel::<()>();

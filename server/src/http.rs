@@ -3,11 +3,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,10 +40,14 @@ pub struct HttpCounters {
     pub connect_refused: AtomicU64,
     /// `POST /publish` requests the hub accepted.
     pub publish_accepted: AtomicU64,
-    /// `POST /publish` requests refused as invalid or by the hub.
+    /// `POST /publish` requests refused as invalid or by the hub (not counting the two below).
     pub publish_rejected: AtomicU64,
     /// `POST /publish` requests without the admin key.
     pub publish_unauthorized: AtomicU64,
+    /// `POST /publish` requests whose body was over [`PublishBody::max_bytes`] (413).
+    pub publish_too_large: AtomicU64,
+    /// `POST /publish` requests whose body did not arrive within [`PublishBody::timeout`] (408).
+    pub publish_body_timeouts: AtomicU64,
     /// `GET /metrics` requests without the admin key, when it is required.
     pub metrics_unauthorized: AtomicU64,
 }
@@ -55,6 +61,33 @@ impl HttpCounters {
             AuthError::Invalid(_) => &self.unauthorized_invalid,
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How much of a `POST /publish` body the server reads, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishBody {
+    /// The largest body; a larger one is answered 413 without being read whole (at once, when
+    /// its `Content-Length` says so). Default [`PublishBody::DEFAULT_MAX_BYTES`].
+    pub max_bytes: usize,
+    /// How long reading the whole body may take, from the moment the handler starts reading it
+    /// (the headers are the listener's header-read timeout's business); a body still incomplete
+    /// then is answered 408 and the connection closed. Default [`PublishBody::DEFAULT_TIMEOUT`].
+    pub timeout: Duration,
+}
+
+impl PublishBody {
+    /// 2 MiB: twice the hub's default `max_unwritten_bytes` (1 MiB), the largest frame a
+    /// connection can be handed, so every event the hub can deliver at its defaults fits, with
+    /// room for the request's own fields and JSON escaping. Raise it with `max_unwritten_bytes`.
+    pub const DEFAULT_MAX_BYTES: usize = 2 * 1024 * 1024;
+    /// 10 s: a backend on any working link sends 2 MiB well within it.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+impl Default for PublishBody {
+    fn default() -> Self {
+        PublishBody { max_bytes: Self::DEFAULT_MAX_BYTES, timeout: Self::DEFAULT_TIMEOUT }
     }
 }
 
@@ -74,6 +107,8 @@ pub struct AppState {
     pub allowed_origins: Option<Arc<[String]>>,
     /// Whether `GET /metrics` requires the admin key as well.
     pub metrics_require_admin: bool,
+    /// The size and time bounds of a `POST /publish` body.
+    pub publish_body: PublishBody,
 }
 
 impl AppState {
@@ -89,6 +124,7 @@ impl AppState {
             counters: Arc::default(),
             allowed_origins: None,
             metrics_require_admin: false,
+            publish_body: PublishBody::default(),
         })
     }
 
@@ -113,6 +149,12 @@ impl AppState {
         self
     }
 
+    /// Bounds the size of a `POST /publish` body and the time taken to read it.
+    pub fn publish_body(mut self, bounds: PublishBody) -> Self {
+        self.publish_body = bounds;
+        self
+    }
+
     fn origin_allowed(&self, headers: &HeaderMap) -> bool {
         let Some(allowed) = &self.allowed_origins else { return true };
         let Some(origin) = headers.get(header::ORIGIN) else { return true };
@@ -124,11 +166,15 @@ impl AppState {
 
 /// The routes: `GET /ws`, `POST /publish`, `GET /metrics`, `GET /healthz`, `GET /`. Merge it
 /// into the application's own router, or nest it under a prefix.
+///
+/// `POST /publish` reads at most [`PublishBody::max_bytes`] of body (axum's [`DefaultBodyLimit`]
+/// on that route; 413 over it) within [`PublishBody::timeout`] (408 after it).
 pub fn router(state: AppState) -> Router {
+    let body_limit = DefaultBodyLimit::max(state.publish_body.max_bytes);
     Router::new()
         .route("/", get(page))
         .route("/ws", get(websocket))
-        .route("/publish", post(publish))
+        .route("/publish", post(publish).layer(body_limit))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .with_state(state)
@@ -178,8 +224,8 @@ async fn healthz(State(app): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: OpenMetrics text when the `Accept` header asks for it, the Prometheus text
-/// format 0.0.4 otherwise. With `metrics_require_admin`, only with the admin key.
+/// `GET /metrics`: the Prometheus text format 0.0.4 for every scraper (see [`metrics`]). With
+/// `metrics_require_admin`, only with the admin key.
 async fn metrics_text(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if app.metrics_require_admin && !bearer(&headers).is_some_and(|k| same_key(k, &app.admin_key)) {
         app.counters.metrics_unauthorized.fetch_add(1, Ordering::Relaxed);
@@ -190,10 +236,10 @@ async fn metrics_text(State(app): State<AppState>, headers: HeaderMap) -> Respon
     let Some(snapshot) = app.handle.snapshot().await else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let format = metrics::Format::negotiate(accept);
-    let body = metrics::render(&snapshot, &app.counters, format);
-    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+    match metrics::render(&snapshot, &app.counters) {
+        Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e),
+    }
 }
 
 fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
@@ -373,13 +419,12 @@ fn same_key(given: &str, expected: &str) -> bool {
 }
 
 /// `POST /publish`: any backend publishes an event to a user, a thread, a room or a tenant.
-async fn publish(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+///
+/// The admin key is checked before the body is read, so that a caller without it cannot make
+/// the server buffer anything; the body is then read within the route's [`PublishBody`] bounds.
+async fn publish(State(app): State<AppState>, request: Request) -> Response {
     let c = &app.counters;
-    if !bearer(&headers).is_some_and(|key| same_key(key, &app.admin_key)) {
+    if !bearer(request.headers()).is_some_and(|key| same_key(key, &app.admin_key)) {
         c.publish_unauthorized.fetch_add(1, Ordering::Relaxed);
         let mut res = error(StatusCode::UNAUTHORIZED, "unauthorized", "admin key required");
         res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -388,6 +433,38 @@ async fn publish(
     let rejected = |status, code, message: String| {
         c.publish_rejected.fetch_add(1, Ordering::Relaxed);
         error(status, code, message)
+    };
+    let bounds = app.publish_body;
+    let too_large = || {
+        c.publish_too_large.fetch_add(1, Ordering::Relaxed);
+        let why = format!("the body is over {} bytes", bounds.max_bytes);
+        let mut res = error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", why);
+        // The rest of the body is not read: the connection cannot carry another request.
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        res
+    };
+    // A body announced as too large is refused before any of it is read.
+    let announced = request.headers().get(header::CONTENT_LENGTH);
+    let announced = announced.and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > bounds.max_bytes as u64) {
+        return too_large();
+    }
+    // `Bytes` honours the route's `DefaultBodyLimit`: 413 over it, without reading further.
+    let body = match tokio::time::timeout(bounds.timeout, Bytes::from_request(request, &())).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return too_large();
+        }
+        Ok(Err(rejection)) => {
+            return rejected(rejection.status(), "bad_body", rejection.body_text());
+        }
+        Err(_) => {
+            c.publish_body_timeouts.fetch_add(1, Ordering::Relaxed);
+            let why = format!("the body did not arrive within {} ms", bounds.timeout.as_millis());
+            let mut res = error(StatusCode::REQUEST_TIMEOUT, "body_timeout", why);
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return res;
+        }
     };
     let request: PublishRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

@@ -1,36 +1,45 @@
-//! `GET /metrics`: the hub's stats, the driver's and the HTTP layer's counters as text for
-//! Prometheus, in the format the scraper asks for: OpenMetrics 1.0 when its `Accept` header
-//! names `application/openmetrics-text`, the Prometheus text format 0.0.4 otherwise.
+//! `GET /metrics`: the hub's stats, the driver's and the HTTP layer's counters in the Prometheus
+//! text format 0.0.4, written by the [`prometheus`] crate's [`TextEncoder`].
 //!
-//! Every scrape takes one snapshot from the hub task and writes it out: the hub keeps its
-//! numbers as plain integers (no atomics, no shared state), so there is nothing to register once
-//! and update in place. Families and their label values come out in a fixed order, the same at
-//! every scrape.
+//! **One format for every scraper.** Every Prometheus since 2.0 (and every compatible scraper:
+//! VictoriaMetrics, the OpenTelemetry collector, Grafana's agents) reads 0.0.4, whatever its
+//! `Accept` header prefers, so `/metrics` answers 0.0.4 to all of them with
+//! `Content-Type: text/plain; version=0.0.4`. OpenMetrics would add nothing these metrics use
+//! (no exemplars, units, info or state sets, no `_created` series), and one format is one code
+//! path to keep right: a second encoder for the same families is what this module used to
+//! hand-write, and what went wrong with it (mis-typed counters) is what a maintained encoder
+//! takes off our hands.
 //!
-//! Counters are named `…_total` in both formats (in OpenMetrics the family's `# TYPE` line names
-//! it without the suffix, in 0.0.4 with it). `switchboard_security_violations_total` counts the
-//! audit kinds in [`SECURITY_AUDITS`] only: a client or caller doing something it must not
-//! (another user's stream, a stale id, a malformed or oversized frame, a close for repeated
-//! violations, a refused global broadcast); limits, rate limits and breakers are load, not
-//! attacks, and are counted in `switchboard_audit_events_total` and `…_limit_rejections_total`.
-//! The per-tier rates are the hub's exponential moving averages, exposed as gauges named
-//! `…_per_minute_moving_avg`; the hub keeps no per-tier counters, so `rate()` goes over the
-//! untiered `switchboard_deliveries_total`, `…_inbound_messages_total` and
-//! `…_connections_opened_total`.
+//! Every scrape takes one snapshot from the hub task, copies its numbers into a fresh
+//! [`Registry`] and encodes that: the hub keeps its numbers as plain integers (no atomics, no
+//! shared state), so there is nothing to register once and update in place. The registry sorts
+//! families by name and each family's series by label value, so the order is the same at every
+//! scrape; every label value that can occur (each audit kind, each close reason, each tier) has
+//! its series from the first scrape on.
+//!
+//! Counters are named `…_total`, and their `# TYPE` line names them with that suffix, as 0.0.4
+//! wants. `switchboard_security_violations_total` counts the audit kinds in [`SECURITY_AUDITS`]
+//! only: a client or caller doing something it must not (another user's stream, a stale id, a
+//! malformed or oversized frame, a close for repeated violations, a refused global broadcast);
+//! limits, rate limits and breakers are load, not attacks, and are counted in
+//! `switchboard_audit_events_total` and `…_limit_rejections_total`. The per-tier rates are the
+//! hub's exponential moving averages, exposed as gauges named `…_per_minute_moving_avg`; the hub
+//! keeps no per-tier counters, so `rate()` goes over the untiered
+//! `switchboard_deliveries_total`, `…_inbound_messages_total` and `…_connections_opened_total`.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus::core::Collector;
+use prometheus::{
+    Counter, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 use switchboard::{ClosedBy, DisconnectReason, LimitKind};
 
 use crate::driver::Snapshot;
 use crate::http::HttpCounters;
 
-/// The content type of OpenMetrics text 1.0.0.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The content type of the Prometheus text format 0.0.4.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of `/metrics`: the Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The audit kinds (as the driver names them) that count as security violations.
 pub const SECURITY_AUDITS: [&str; 6] = [
@@ -63,168 +72,66 @@ const AUDIT_KINDS: [&str; 17] = [
     "foreign_stream",
 ];
 
-/// The two exposition formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// OpenMetrics text 1.0.0 (`# EOF` at the end, counter families named without `_total`).
-    OpenMetrics,
-    /// The Prometheus text format 0.0.4 (what a scraper gets unless it asks for OpenMetrics).
-    Prometheus,
+/// The families of one scrape, each named `switchboard_<name>`, registered as they are added.
+struct Families {
+    registry: Registry,
 }
 
-impl Format {
-    /// Chooses by an `Accept` header: OpenMetrics when it lists `application/openmetrics-text`
-    /// with a quality at least that of any text/plain range, the 0.0.4 text otherwise (also for
-    /// a missing or empty header).
-    pub fn negotiate(accept: &str) -> Format {
-        let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
-        for range in accept.split(',') {
-            let mut parts = range.split(';');
-            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = parts
-                .filter_map(|p| p.split_once('='))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
-                .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok())
-                .unwrap_or(0.0);
-            match media.as_str() {
-                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
-                "text/plain" | "text/*" | "*/*" => text = text.max(q),
-                _ => {}
-            }
-        }
-        if openmetrics > 0.0 && openmetrics >= text {
-            Format::OpenMetrics
-        } else {
-            Format::Prometheus
-        }
+/// Converts a count to a gauge's `i64`, saturating (no count of ours comes near it).
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Families {
+    fn add(&self, family: impl Collector + 'static) -> prometheus::Result<()> {
+        self.registry.register(Box::new(family))
     }
 
-    /// The `Content-Type` of a body in this format.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
-            Format::Prometheus => PROMETHEUS_CONTENT_TYPE,
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-}
-
-#[derive(Clone, Copy)]
-enum Num {
-    Int(u64),
-    Float(f64),
-}
-
-impl std::fmt::Display for Num {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            Num::Int(v) => write!(f, "{v}"),
-            Num::Float(v) if v.is_nan() => f.write_str("NaN"),
-            Num::Float(v) if v.is_infinite() => f.write_str(if v > 0.0 { "+Inf" } else { "-Inf" }),
-            Num::Float(v) => write!(f, "{v}"),
-        }
-    }
-}
-
-/// Writes families one after another, in the order they are added.
-struct Writer {
-    format: Format,
-    out: String,
-}
-
-fn escape(text: &str, quote: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '"' if quote => out.push_str("\\\""),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-impl Writer {
-    fn family<'a>(
-        &mut self,
-        name: &str,
-        help: &str,
-        kind: Kind,
-        label: &str,
-        samples: impl IntoIterator<Item = (Option<&'a str>, Num)>,
-    ) {
-        let full = format!("switchboard_{name}");
-        let sample_name = match kind {
-            Kind::Counter => format!("{full}_total"),
-            Kind::Gauge => full.clone(),
-        };
-        let (family_name, type_name) = match (self.format, kind) {
-            (Format::OpenMetrics, Kind::Counter) => (full.as_str(), "counter"),
-            (Format::Prometheus, Kind::Counter) => (sample_name.as_str(), "counter"),
-            (_, Kind::Gauge) => (full.as_str(), "gauge"),
-        };
-        let help = escape(help, self.format == Format::OpenMetrics);
-        let out = &mut self.out;
-        let _ = writeln!(out, "# HELP {family_name} {help}");
-        let _ = writeln!(out, "# TYPE {family_name} {type_name}");
-        for (value_of_label, value) in samples {
-            match value_of_label {
-                Some(v) => {
-                    let _ =
-                        writeln!(out, "{sample_name}{{{label}=\"{}\"}} {value}", escape(v, true));
-                }
-                None => {
-                    let _ = writeln!(out, "{sample_name} {value}");
-                }
-            }
-        }
+    fn counter(&self, name: &str, help: &str, value: u64) -> prometheus::Result<()> {
+        let c = IntCounter::new(format!("switchboard_{name}_total"), help)?;
+        c.inc_by(value);
+        self.add(c)
     }
 
-    fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, help, Kind::Counter, "", [(None, Num::Int(value))]);
-    }
-
-    fn counter_f64(&mut self, name: &str, help: &str, value: f64) {
-        self.family(name, help, Kind::Counter, "", [(None, Num::Float(value))]);
+    fn counter_f64(&self, name: &str, help: &str, value: f64) -> prometheus::Result<()> {
+        let c = Counter::new(format!("switchboard_{name}_total"), help)?;
+        c.inc_by(value.max(0.0));
+        self.add(c)
     }
 
     fn counters<'a>(
-        &mut self,
+        &self,
         name: &str,
         help: &str,
         label: &str,
         values: impl IntoIterator<Item = (&'a str, u64)>,
-    ) {
-        let samples = values.into_iter().map(|(k, v)| (Some(k), Num::Int(v)));
-        self.family(name, help, Kind::Counter, label, samples);
+    ) -> prometheus::Result<()> {
+        let family =
+            IntCounterVec::new(Opts::new(format!("switchboard_{name}_total"), help), &[label])?;
+        for (value_of_label, value) in values {
+            family.get_metric_with_label_values(&[value_of_label])?.inc_by(value);
+        }
+        self.add(family)
     }
 
-    fn gauge(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, help, Kind::Gauge, "", [(None, Num::Int(value))]);
+    fn gauge(&self, name: &str, help: &str, value: u64) -> prometheus::Result<()> {
+        let g = IntGauge::new(format!("switchboard_{name}"), help)?;
+        g.set(gauge_value(value));
+        self.add(g)
     }
 
     fn gauges_f64<'a>(
-        &mut self,
+        &self,
         name: &str,
         help: &str,
         label: &str,
         values: impl IntoIterator<Item = (&'a str, f64)>,
-    ) {
-        let samples = values.into_iter().map(|(k, v)| (Some(k), Num::Float(v)));
-        self.family(name, help, Kind::Gauge, label, samples);
-    }
-
-    fn finish(mut self) -> String {
-        if self.format == Format::OpenMetrics {
-            self.out.push_str("# EOF\n");
+    ) -> prometheus::Result<()> {
+        let family = GaugeVec::new(Opts::new(format!("switchboard_{name}"), help), &[label])?;
+        for (value_of_label, value) in values {
+            family.get_metric_with_label_values(&[value_of_label])?.set(value);
         }
-        self.out
+        self.add(family)
     }
 }
 
@@ -250,42 +157,47 @@ const LIMITS: [(LimitKind, &str); 9] = [
     (LimitKind::FrameSize, "frame_size"),
 ];
 
-/// The exposition text for one snapshot, in `format`.
-pub fn render(snapshot: &Snapshot, http: &HttpCounters, format: Format) -> String {
+/// The exposition text (format 0.0.4) for one snapshot and the HTTP layer's counters.
+///
+/// # Errors
+///
+/// Only if a family were defined wrongly (an invalid name, a name used twice), which the tests
+/// rule out; `/metrics` answers 500 then.
+pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<String> {
     let s = &snapshot.hub;
     let d = &snapshot.driver;
-    let mut b = Writer { format, out: String::with_capacity(16 * 1024) };
+    let b = Families { registry: Registry::new() };
 
     // Connections and users.
-    b.counter("connections_opened", "Connections the hub admitted", s.connections_opened);
+    b.counter("connections_opened", "Connections the hub admitted", s.connections_opened)?;
     b.counters(
         "connections_closed",
         "Connections closed, by how they ended",
         "reason",
         CLOSE_REASONS.iter().map(|&by| (closed_label(by), s.closed_by.get(by))),
-    );
-    b.gauge("connections_active", "Connections open now", s.connections_active);
+    )?;
+    b.gauge("connections_active", "Connections open now", s.connections_active)?;
     b.counter_f64(
         "connection_lifetime_seconds",
         "Summed lifetime of closed connections",
         s.total_connection_lifetime.as_secs_f64(),
-    );
+    )?;
     b.counter(
         "connects_refused_expired",
         "Connects refused: session already expired",
         s.connects_refused_expired,
-    );
-    b.counter("users_created", "User states created", s.users_created);
-    b.gauge("users_active", "Users with at least one open connection", s.users_active);
-    b.gauge("users_detached", "Users without connections, kept for resume", s.users_detached);
-    b.counter("users_retired", "User states retired after retention", s.users_retired);
+    )?;
+    b.counter("users_created", "User states created", s.users_created)?;
+    b.gauge("users_active", "Users with at least one open connection", s.users_active)?;
+    b.gauge("users_detached", "Users without connections, kept for resume", s.users_detached)?;
+    b.counter("users_retired", "User states retired after retention", s.users_retired)?;
     b.counter(
         "users_evicted",
         "Detached users retired early (max_detached_users)",
         s.users_evicted,
-    );
-    b.gauge("tenants", "Tenants with any state", s.tenants);
-    b.gauge("rooms", "Rooms with members", s.rooms);
+    )?;
+    b.gauge("tenants", "Tenants with any state", s.tenants)?;
+    b.gauge("rooms", "Rooms with members", s.rooms)?;
 
     // Limits and security.
     b.counters(
@@ -293,7 +205,7 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters, format: Format) -> Strin
         "Refusals by limit",
         "limit",
         LIMITS.iter().map(|&(kind, name)| (name, s.limit_rejections.get(kind))),
-    );
+    )?;
     let audit = |kind: &str| d.audits.get(kind).copied().unwrap_or(0);
     b.counter(
         "security_violations",
@@ -301,48 +213,53 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters, format: Format) -> Strin
          oversized frames, violation closes, refused global broadcasts); not limits or rate \
          limits",
         SECURITY_AUDITS.iter().map(|k| audit(k)).sum(),
-    );
-    b.counter("stale_ids_refused", "Stale connection ids refused", s.stale_ids_refused);
+    )?;
+    b.counter("stale_ids_refused", "Stale connection ids refused", s.stale_ids_refused)?;
     let extra = d.audits.iter().filter(|(k, _)| !AUDIT_KINDS.contains(k)).map(|(k, v)| (*k, *v));
     b.counters(
         "audit_events",
         "Audit events seen by the driver, by kind",
         "kind",
         AUDIT_KINDS.iter().map(|&k| (k, audit(k))).chain(extra),
-    );
-    b.counter("breakers_opened", "Reconnect breakers opened", s.breakers_opened);
-    b.counter("breaker_refusals", "Connects refused by an open breaker", s.breaker_refusals);
+    )?;
+    b.counter(
+        "rooms_refused",
+        "Rooms of tokens' rooms claims the hub refused to join (the connection stays)",
+        d.rooms_refused,
+    )?;
+    b.counter("breakers_opened", "Reconnect breakers opened", s.breakers_opened)?;
+    b.counter("breaker_refusals", "Connects refused by an open breaker", s.breaker_refusals)?;
 
     // Traffic.
-    b.counter("publishes", "Envelopes accepted by publish", s.publishes);
-    b.counter("undeliverable", "Envelopes that reached no connection live", s.undeliverable);
-    b.counter("deliveries", "Frames handed to connections", s.deliveries);
-    b.counter("delivered_bytes", "Bytes of frames handed to connections", s.bytes_delivered);
-    b.counter("written_bytes", "Bytes the transport confirmed written", s.bytes_written);
-    b.counter("frames_received", "Client frames received", s.frames_received);
-    b.counter("inbound_messages", "Client messages passed to the application", s.inbound_messages);
-    b.counter("protocol_errors", "Client frames refused", s.protocol_errors);
-    b.counter("pings_sent", "Transport pings requested", s.pings_sent);
-    b.counter("pongs_received", "Transport pongs received", s.pongs_received);
-    b.counter("refresh_required_sent", "refresh_required frames sent", s.refresh_required_sent);
-    b.counter("sessions_refreshed", "Sessions refreshed", s.sessions_refreshed);
+    b.counter("publishes", "Envelopes accepted by publish", s.publishes)?;
+    b.counter("undeliverable", "Envelopes that reached no connection live", s.undeliverable)?;
+    b.counter("deliveries", "Frames handed to connections", s.deliveries)?;
+    b.counter("delivered_bytes", "Bytes of frames handed to connections", s.bytes_delivered)?;
+    b.counter("written_bytes", "Bytes the transport confirmed written", s.bytes_written)?;
+    b.counter("frames_received", "Client frames received", s.frames_received)?;
+    b.counter("inbound_messages", "Client messages passed to the application", s.inbound_messages)?;
+    b.counter("protocol_errors", "Client frames refused", s.protocol_errors)?;
+    b.counter("pings_sent", "Transport pings requested", s.pings_sent)?;
+    b.counter("pongs_received", "Transport pongs received", s.pongs_received)?;
+    b.counter("refresh_required_sent", "refresh_required frames sent", s.refresh_required_sent)?;
+    b.counter("sessions_refreshed", "Sessions refreshed", s.sessions_refreshed)?;
 
     // Delivery guarantees.
     b.counter(
         "thinking_skipped",
         "agent_thinking frames skipped for connections behind",
         s.thinking_skipped,
-    );
-    b.counter("held_back", "Events held for connections in their resume window", s.held_back);
-    b.counter("replayed", "Messages replayed from recovery buffers", s.replayed);
+    )?;
+    b.counter("held_back", "Events held for connections in their resume window", s.held_back)?;
+    b.counter("replayed", "Messages replayed from recovery buffers", s.replayed)?;
     b.counters(
         "resumes",
         "resume frames answered, by outcome",
         "recovered",
         [("true", s.resumes_recovered), ("false", s.resumes_unrecovered)],
-    );
-    b.gauge("buffered_messages", "Messages in recovery buffers", s.buffered_messages);
-    b.gauge("buffered_bytes", "Frame bytes in recovery buffers", s.buffered_bytes);
+    )?;
+    b.gauge("buffered_messages", "Messages in recovery buffers", s.buffered_messages)?;
+    b.gauge("buffered_bytes", "Frame bytes in recovery buffers", s.buffered_bytes)?;
 
     // Per-tier moving averages (gauges; rate() the untiered counters instead).
     let tiers = &snapshot.tiers;
@@ -351,57 +268,57 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters, format: Format) -> Strin
         "Frames delivered per minute, the hub's exponential moving average, by tier",
         "tier",
         tiers.iter().map(|(t, r)| (t.as_str(), r.delivered_per_minute)),
-    );
+    )?;
     b.gauges_f64(
         "tier_inbound_per_minute_moving_avg",
         "Client messages per minute, the hub's exponential moving average, by tier",
         "tier",
         tiers.iter().map(|(t, r)| (t.as_str(), r.inbound_per_minute)),
-    );
+    )?;
     b.gauges_f64(
         "tier_connects_per_minute_moving_avg",
         "Connections opened per minute, the hub's exponential moving average, by tier",
         "tier",
         tiers.iter().map(|(t, r)| (t.as_str(), r.connects_per_minute)),
-    );
+    )?;
 
     // The driver and the HTTP layer.
     b.counter(
         "outbox_overflows",
         "Connections closed because their outbox was full",
         d.outbox_overflows,
-    );
+    )?;
     b.counter(
         "inbound_dropped",
         "Client messages dropped: the application was behind",
         d.inbound_dropped,
-    );
+    )?;
     b.gauge(
         "sockets",
         "WebSocket connection tasks alive, open or closing (what the connection cap bounds)",
         u64::try_from(d.sockets).unwrap_or(u64::MAX),
-    );
+    )?;
     b.counter(
         "connects_refused_capacity",
         "WebSocket upgrades refused with 503 at the connection cap (the file-descriptor reserve)",
         d.refused_at_capacity,
-    );
+    )?;
     b.counter(
         "accept_fd_exhausted",
         "Accepts that failed: out of file descriptors (EMFILE/ENFILE)",
         d.accept_fd_exhausted,
-    );
-    b.counter("accept_errors", "Accepts that failed for other reasons", d.accept_errors);
+    )?;
+    b.counter("accept_errors", "Accepts that failed for other reasons", d.accept_errors)?;
     b.counter(
         "http_pending_refused",
         "TCP connections answered 503 and closed: too many had not upgraded",
         d.pending_refused,
-    );
+    )?;
     b.counter(
         "http_header_timeouts",
         "HTTP connections closed: the request headers did not arrive in time",
         d.header_timeouts,
-    );
+    )?;
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     b.counters(
         "http_unauthorized",
@@ -413,31 +330,108 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters, format: Format) -> Strin
             ("not_yet_valid", load(&http.unauthorized_not_yet_valid)),
             ("invalid", load(&http.unauthorized_invalid)),
         ],
-    );
+    )?;
     b.counter(
         "http_origin_refused",
         "WebSocket upgrades refused with 403: Origin not on the allowlist",
         load(&http.origin_refused),
-    );
+    )?;
     b.counter(
         "http_connect_refused",
         "Authenticated upgrades the hub refused",
         load(&http.connect_refused),
-    );
+    )?;
     b.counters(
         "http_publish_requests",
-        "POST /publish requests, by outcome",
+        "POST /publish requests, by outcome (each request counts once)",
         "outcome",
         [
             ("accepted", load(&http.publish_accepted)),
             ("rejected", load(&http.publish_rejected)),
             ("unauthorized", load(&http.publish_unauthorized)),
+            ("too_large", load(&http.publish_too_large)),
+            ("body_timeout", load(&http.publish_body_timeouts)),
         ],
-    );
+    )?;
     b.counter(
         "http_metrics_unauthorized",
         "GET /metrics requests without the admin key (with --metrics-require-admin)",
         load(&http.metrics_unauthorized),
-    );
-    b.finish()
+    )?;
+    let mut out = String::with_capacity(16 * 1024);
+    TextEncoder::new().encode_utf8(&b.registry.gather(), &mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard::{HubStats, Rates, Tier};
+
+    use super::*;
+    use crate::driver::DriverStats;
+
+    fn snapshot() -> Snapshot {
+        let mut driver = DriverStats::default();
+        driver.audits.insert("malformed_frame", 2);
+        driver.audits.insert("limit_user_connections", 5);
+        driver.audits.insert("breaker_opened", 1); // not in AUDIT_KINDS: still a series
+        let rates = Rates { delivered_per_minute: 1.5, ..Rates::default() };
+        let tiers = Tier::ALL.iter().map(|&t| (t, rates)).collect();
+        Snapshot { hub: HubStats::default(), driver, tiers }
+    }
+
+    /// `# TYPE` lines by family name, and the sample lines without their values.
+    fn shape(text: &str) -> (Vec<(String, String)>, Vec<String>) {
+        let mut types = Vec::new();
+        let mut series = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                types.push((name.to_owned(), kind.to_owned()));
+            } else if !line.starts_with('#') {
+                series.push(line.rsplit_once(' ').unwrap().0.to_owned());
+            }
+        }
+        (types, series)
+    }
+
+    #[test]
+    fn every_family_renders_typed_and_sorted() {
+        let text = render(&snapshot(), &HttpCounters::default()).unwrap();
+        let (types, series) = shape(&text);
+        assert!(types.len() >= 50, "{} families", types.len());
+        let names: Vec<&String> = types.iter().map(|(n, _)| n).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(names, sorted, "families come sorted by name, each once");
+        for (name, kind) in &types {
+            assert!(name.starts_with("switchboard_"), "{name}");
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{name} is a {kind}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name} has no HELP");
+        }
+        for s in &series {
+            let name = s.split('{').next().unwrap();
+            assert!(types.iter().any(|(n, _)| n == name), "{name} has no TYPE of its own name");
+        }
+        assert!(text.contains("switchboard_security_violations_total 2\n"), "{text}");
+        assert!(text.contains("switchboard_audit_events_total{kind=\"breaker_opened\"} 1\n"));
+        assert!(text.contains("switchboard_audit_events_total{kind=\"flood\"} 0\n"));
+        assert!(
+            text.contains("switchboard_tier_delivered_per_minute_moving_avg{tier=\"free\"} 1.5")
+        );
+        assert!(text.contains("switchboard_connections_closed_total{reason=\"client_clean\"} 0\n"));
+    }
+
+    #[test]
+    fn label_values_come_sorted_within_a_family() {
+        let text = render(&snapshot(), &HttpCounters::default()).unwrap();
+        let kinds: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("switchboard_audit_events_total{kind=\""))
+            .map(|l| l.split('"').next().unwrap())
+            .collect();
+        assert!(kinds.len() > AUDIT_KINDS.len(), "every kind and the extra one: {kinds:?}");
+        assert!(kinds.is_sorted(), "{kinds:?}");
+    }
 }

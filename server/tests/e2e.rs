@@ -511,6 +511,24 @@ async fn a_client_that_stops_reading_is_closed_as_slow_consumer_while_others_kee
 }
 
 // ---------------------------------------------------------------------------------------------
+// Rooms refused at connect
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_rooms_of_a_token_are_summed_up_once_per_connect() {
+    let server = Server::start(|s| s.hub.max_rooms_per_connection = 4).await;
+    let rooms: Vec<String> = (0..10).map(|i| format!("room-{i}")).collect();
+    let rooms: Vec<&str> = rooms.iter().map(String::as_str).collect();
+    let (_alice, _) = server.live(&server.token("acme", "alice", &[], &rooms)).await;
+    let (_bob, _) = server.live(&server.token("acme", "bob", &[], &rooms[..3])).await;
+    let s = server.snapshot().await;
+    assert_eq!(s.hub.rooms, 4, "alice joined four rooms, bob three of the same");
+    assert_eq!(s.driver.rooms_refused, 6, "six of alice's ten rooms were refused");
+    assert_eq!(s.driver.connects_with_refused_rooms, 1, "one summary line, for alice only");
+    let m = parse_metrics(&server.http("GET", "/metrics", None, "").await.body);
+    assert_eq!(metric(&m, "switchboard_rooms_refused_total", &[]), 6.0);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Metrics
 
 /// A parsed exposition (Prometheus text 0.0.4, or OpenMetrics when it ends with `# EOF`):

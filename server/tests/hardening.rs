@@ -5,6 +5,7 @@
 //! binary does; the last ones run the binary itself under a low `ulimit -n`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -209,6 +210,90 @@ async fn upgraded_websockets_do_not_count_as_pending() {
     assert_eq!(server.healthz().await["connections"], 5);
     let s = server.running.handle.snapshot().await.unwrap();
     assert_eq!(s.driver.pending_refused, 0, "{:?}", s.driver);
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /publish bodies: bounded in time and size
+
+/// A `POST /publish` with the admin key whose headers announce `length` bytes of body, followed
+/// by `body` (which may be shorter).
+async fn publish_raw(addr: SocketAddr, length: usize, body: &[u8]) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_body_that_trickles_in_is_cut_off_with_408() {
+    use switchboard_server::http::PublishBody;
+    let timeout = Duration::from_millis(300);
+    let server =
+        Server::start(|s| s.publish_body = PublishBody { timeout, ..s.publish_body }).await;
+    // Ten bytes of the 10,000 announced, then one more every 100 ms: never idle for long, but
+    // never done either.
+    let mut tcp = publish_raw(server.addr(), 10_000, br#"{"tenant":"#).await;
+    let trickle = async {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if tcp.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    tokio::time::timeout(WAIT, trickle).await.expect("the server stops reading");
+    let answer = read_until_closed(&mut tcp, WAIT).await.expect("the connection is closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(started.elapsed() < timeout * 10, "cut off after {:?}", started.elapsed());
+    assert_eq!(server.running.http.publish_body_timeouts.load(Ordering::Relaxed), 1);
+    // Nothing was published, and the server answers everyone else.
+    let s = server.running.handle.snapshot().await.unwrap();
+    assert_eq!(s.hub.publishes, 0);
+    let ok = http_request(server.addr(), "POST", "/publish", Some(ADMIN), NOTICE).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+}
+
+const NOTICE: &str = r#"{"tenant":"acme","kind":"notice"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_body_over_the_limit_is_refused_with_413() {
+    use switchboard_server::http::PublishBody;
+    let server =
+        Server::start(|s| s.publish_body = PublishBody { max_bytes: 1024, ..s.publish_body }).await;
+    let big = format!(r#"{{"tenant":"acme","kind":"notice","data":"{}"}}"#, "x".repeat(2000));
+    let res = http_request(server.addr(), "POST", "/publish", Some(ADMIN), &big).await;
+    assert_eq!(res.status, 413, "{res:?}");
+    assert_eq!(res.json()["error"], "too_large");
+    // Announced as too large: refused at once, without waiting for the body.
+    let mut tcp = publish_raw(server.addr(), 10 << 20, b"{").await;
+    let answer = read_until_closed(&mut tcp, WAIT).await.expect("the connection is closed");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413"));
+    // Chunked, with no length announced: cut off once the limit is passed.
+    let mut tcp = TcpStream::connect(server.addr()).await.unwrap();
+    let head = format!(
+        "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{big}\r\n",
+        big.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut tcp, WAIT).await.expect("the connection is closed");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413"));
+    // Within the limit, as before.
+    let ok = http_request(server.addr(), "POST", "/publish", Some(ADMIN), NOTICE).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let metrics = http_request(server.addr(), "GET", "/metrics", None, "").await.body;
+    assert!(
+        metrics.contains(r#"switchboard_http_publish_requests_total{outcome="too_large"} 3"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"switchboard_http_publish_requests_total{outcome="rejected"} 0"#));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ enum Out {
     Text(Frame),
     Ping,
     Close(CloseReason),
+    /// A close the transport decides on its own (the hub never saw what it refuses).
+    Refuse(CloseCode, &'static str),
 }
 
 /// Accepts connections until the listener fails.
@@ -181,6 +183,7 @@ async fn connection(stream: TcpStream, keys: Keys, tx: Sender<Cmd>) {
     let Ok(ws) = async_tungstenite::accept_hdr_async(stream, check).await else { return };
     let Some(Identity { principal, rooms }) = identity else { return };
     let (out_tx, out_rx) = bounded(16 * 1024);
+    let refuse_tx = out_tx.clone();
     let (reply_tx, reply_rx) = bounded(1);
     let open = Cmd::Open { principal, rooms, out: out_tx, reply: reply_tx };
     let (mut sender, mut receiver) = ws.split();
@@ -216,6 +219,10 @@ async fn connection(stream: TcpStream, keys: Keys, tx: Sender<Cmd>) {
                     let _ = sender.close(Some(frame)).await;
                     return;
                 }
+                Out::Refuse(code, why) => {
+                    let _ = sender.close(Some(CloseFrame { code, reason: why.into() })).await;
+                    return;
+                }
             };
             if result.is_err() {
                 return;
@@ -224,15 +231,20 @@ async fn connection(stream: TcpStream, keys: Keys, tx: Sender<Cmd>) {
     });
 
     // Reader: frames and pongs to the hub until the socket ends, or until a peer that was sent a
-    // close frame has had five seconds to answer it.
+    // close frame has had five seconds to answer it. As on the tokio server, a binary frame is
+    // not part of the protocol (JSON text): it never reaches the hub, and the connection is
+    // closed with 1003 (unsupported data) after the frames already queued for it.
+    let mut refused = false;
     let reader = async {
         loop {
             match receiver.next().await {
                 Some(Ok(Message::Text(text))) => {
                     let _ = tx.send(Cmd::Frame { conn: id, bytes: text.into() }).await;
                 }
-                Some(Ok(Message::Binary(bytes))) => {
-                    let _ = tx.send(Cmd::Frame { conn: id, bytes }).await;
+                Some(Ok(Message::Binary(_))) => {
+                    let why = "binary frames are not supported";
+                    refused = refuse_tx.try_send(Out::Refuse(CloseCode::Unsupported, why)).is_ok();
+                    break DisconnectReason::Abnormal;
                 }
                 Some(Ok(Message::Pong(_))) => {
                     let _ = tx.send(Cmd::Pong { conn: id }).await;
@@ -255,6 +267,13 @@ async fn connection(stream: TcpStream, keys: Keys, tx: Sender<Cmd>) {
     let reason = smol::future::or(reader, lingered).await;
     // The hub ignores this if it closed the connection itself.
     let _ = tx.send(Cmd::Gone { conn: id, reason }).await;
+    if refused {
+        // Let the writer send the close frame (bounded: a peer that does not read is dropped).
+        let wait = async {
+            smol::Timer::after(Duration::from_secs(5)).await;
+        };
+        smol::future::or(writer, wait).await;
+    }
 }
 
 fn unauthorized(why: String) -> ErrorResponse {

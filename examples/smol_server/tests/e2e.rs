@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use serde_json::json;
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 use switchboard_smol_example as smol_server;
 use switchboard_smol_example::auth::{Claims, Keys};
@@ -50,4 +52,13 @@ async fn the_smol_server_speaks_the_same_protocol() {
     assert_eq!(kinds, RUN);
     assert!(run.iter().all(|e| e["thread_id"] == "t9"));
     alice.sync().await;
+
+    // A binary frame is not read as text: the connection is closed with 1003, as on the tokio
+    // server, even though its bytes are a valid protocol frame.
+    let token = keys.sign(&Claims::new("acme", "bob", Duration::from_secs(3600)));
+    let mut bob = connect(Some(token)).await.unwrap();
+    assert_eq!(bob.recv().await["type"], "connected");
+    bob.sync().await;
+    bob.ws.send(Message::binary(json!({"type": "ping"}).to_string())).await.unwrap();
+    assert_eq!(bob.close_code().await, 1003);
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard::{
-    Action, CloseReason, ConnId, ConnectError, Hub, Inbound, Principal, RoomId, Tier,
+    Action, CloseReason, ConnId, ConnectError, Hub, Inbound, Principal, RoomError, RoomId, Tier,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -133,16 +133,36 @@ impl Driver {
             let limit = u32::try_from(cap).unwrap_or(u32::MAX);
             return Err(Refused::Hub(ConnectError::TooManyConnections { limit }));
         }
+        // Named in the refused-rooms line; kept only when the token names rooms.
+        let who = (!rooms.is_empty()).then(|| (principal.tenant.clone(), principal.user.clone()));
         let id = self.hub.connect(now, principal).map_err(Refused::Hub)?;
         self.live.fetch_add(1, Ordering::Relaxed);
         let alive = Alive { _tx: alive, live: self.live.clone() };
         let (frames_tx, frames_rx) = mpsc::channel(self.handle.cfg.outbox_frames);
         let (close_tx, close_rx) = oneshot::channel();
         self.peers.insert(id, Peer { frames: frames_tx, close: close_tx });
+        let mut refused = RoomRefusals::default();
+        let asked = rooms.len();
         for room in rooms {
             if let Err(e) = self.hub.join(now, id, room.clone()) {
-                eprintln!("switchboard: {id} could not join room {room}: {e}");
+                refused.add(room, &e);
             }
+        }
+        // One line per connect, however many rooms were refused (a token may name 128).
+        let who = match &who {
+            Some((tenant, user)) => {
+                format!(
+                    "{id} ({}/{})",
+                    tenant.as_str().escape_debug(),
+                    user.as_str().escape_debug()
+                )
+            }
+            None => id.to_string(),
+        };
+        if let Some(line) = refused.summary(&who, asked) {
+            eprintln!("{line}");
+            self.stats.rooms_refused += refused.count;
+            self.stats.connects_with_refused_rooms += 1;
         }
         let parts = AcceptedParts {
             frames: frames_rx,
@@ -220,5 +240,76 @@ impl Driver {
             // The writer ended; the reader reports the connection gone.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+}
+
+/// The rooms of one connect's `rooms` claim that the hub refused, gathered for one log line.
+#[derive(Debug, Default)]
+pub(super) struct RoomRefusals {
+    /// How many were refused.
+    pub(super) count: u64,
+    /// The first [`RoomRefusals::NAMED`] of them.
+    first: Vec<RoomId>,
+    /// Each distinct reason (the error's text) with how many rooms it refused, in the order
+    /// first seen.
+    reasons: Vec<(String, u64)>,
+}
+
+impl RoomRefusals {
+    /// How many refused rooms the line names.
+    pub(super) const NAMED: usize = 3;
+
+    pub(super) fn add(&mut self, room: RoomId, err: &RoomError) {
+        self.count += 1;
+        if self.first.len() < Self::NAMED {
+            self.first.push(room);
+        }
+        let why = err.to_string();
+        match self.reasons.iter_mut().find(|(r, _)| *r == why) {
+            Some((_, n)) => *n += 1,
+            None => self.reasons.push((why, 1)),
+        }
+    }
+
+    /// The log line for a connection (`who`) whose token named `asked` rooms, or `None` if none
+    /// was refused: how many were refused, why, and the first few names.
+    pub(super) fn summary(&self, who: &str, asked: usize) -> Option<String> {
+        if self.count == 0 {
+            return None;
+        }
+        let why: Vec<String> = self.reasons.iter().map(|(r, n)| format!("{n} x {r}")).collect();
+        // Quoted and escaped: a name from a token never breaks the line.
+        let names: Vec<String> = self.first.iter().map(|r| format!("{:?}", r.as_str())).collect();
+        let more = if self.count > names.len() as u64 { ", ..." } else { "" };
+        Some(format!(
+            "switchboard: {who} was refused {} of the {asked} rooms its token names ({}); first: \
+             {}{more}",
+            self.count,
+            why.join("; "),
+            names.join(", "),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_refused_rooms_make_one_line_with_the_count_the_reason_and_the_first_names() {
+        let mut refused = RoomRefusals::default();
+        assert_eq!(refused.summary("0v1 (acme/alice)", 10), None, "nothing refused, no line");
+        for i in 0..872 {
+            refused.add(RoomId::from(format!("room-{i}")), &RoomError::TooManyRooms { limit: 128 });
+        }
+        refused.add(RoomId::from("odd\nname"), &RoomError::TooManyRooms { limit: 7 });
+        let line = refused.summary("0v1 (acme/alice)", 1000).unwrap();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(line.contains("0v1 (acme/alice) was refused 873 of the 1000 rooms"), "{line}");
+        assert!(line.contains("872 x room limit per connection reached (128)"), "{line}");
+        assert!(line.contains("1 x room limit per connection reached (7)"), "{line}");
+        assert!(line.contains(r#"first: "room-0", "room-1", "room-2", ..."#), "{line}");
+        assert!(!line.contains("room-3"), "{line}");
+        assert!(line.len() < 400, "{} bytes", line.len());
     }
 }

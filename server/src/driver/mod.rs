@@ -190,6 +190,11 @@ pub struct DriverStats {
     pub pending_refused: u64,
     /// HTTP connections closed because the request's headers did not arrive in time.
     pub header_timeouts: u64,
+    /// Rooms of tokens' `rooms` claims that the hub refused to join (the connection stays, in
+    /// the rooms it could join).
+    pub rooms_refused: u64,
+    /// Connects with at least one refused room: each writes one summary line to stderr.
+    pub connects_with_refused_rooms: u64,
 }
 
 /// Counters the listener ([`crate::listen`]) keeps outside the hub task; every [`Snapshot`]
