@@ -315,7 +315,7 @@ fn fan_out(c: &mut Criterion, name: &str, n: usize, tenant: bool) {
         let id = hub.connect(now, Principal::new(TENANT, user.as_str())).unwrap();
         let bid = b.connect(now, TENANT, &user).unwrap();
         if !tenant {
-            hub.join(now, id, "lobby".into()).unwrap();
+            hub.join(now, id, "lobby").unwrap();
             b.join(bid, "lobby");
         }
         ids.push(id);

@@ -192,7 +192,7 @@ fn main() {
                 let id = p.hub.connect(p.now, Principal::new(TENANT, user.as_str())).unwrap();
                 let bid = p.b.connect(p.now, TENANT, &user).unwrap();
                 if room {
-                    p.hub.join(p.now, id, "lobby".into()).unwrap();
+                    p.hub.join(p.now, id, "lobby").unwrap();
                     p.b.join(bid, "lobby");
                 }
                 ids.push(id);

@@ -85,8 +85,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     drain(&mut hub, &names, "a broadcast to acme's admins: bob only, never globex");
 
-    hub.join(now, alice_laptop, "standup".into())?;
-    hub.join(now, bob, "standup".into())?;
+    hub.join(now, alice_laptop, "standup")?;
+    hub.join(now, bob, "standup")?;
     hub.publish(
         now,
         Envelope::new(

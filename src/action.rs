@@ -11,6 +11,7 @@ use crate::stats::HubStats;
 /// The authenticated identity of a client message, stamped by the hub from the connection's
 /// binding. Trust this, never ids found inside the message's payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Origin {
     /// The connection's tenant.
     pub tenant: TenantId,
@@ -22,6 +23,7 @@ pub struct Origin {
 
 /// A validated, rate-limited client `message`, for the application.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Inbound {
     /// Who sent it (authenticated).
     pub from: Origin,
@@ -33,6 +35,7 @@ pub struct Inbound {
 
 /// A security-relevant event. Log it; alert on spikes.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AuditEvent {
     /// What happened.
     pub kind: AuditKind,

@@ -23,7 +23,7 @@ pub enum Tier {
 
 impl Tier {
     /// Every tier, in ascending order.
-    pub const ALL: [Tier; 4] = [Tier::Free, Tier::Early, Tier::Mid, Tier::Enterprise];
+    pub const ALL: &'static [Tier] = &[Tier::Free, Tier::Early, Tier::Mid, Tier::Enterprise];
 
     /// The tier's lower-case name, as used in metrics and the wire protocol.
     #[must_use]
@@ -294,7 +294,7 @@ impl Config {
         if let Some(t) = self.max_connections_per_tenant {
             nonzero("max_connections_per_tenant", t.into())?;
         }
-        for tier in Tier::ALL {
+        for &tier in Tier::ALL {
             let q = self.tiers.get(tier);
             let field = |f| ConfigError::ZeroTierQuota { tier, field: f };
             if q.max_connections_per_user == 0 {

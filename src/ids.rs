@@ -206,6 +206,7 @@ impl fmt::Debug for Roles {
 
 /// Which stream a message belongs to, as named on the wire (`"u"`, `"t"`, `"r:<room>"`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum StreamName {
     /// The user's own stream (targets `User`, `Thread`, `Connection`). Wire name `"u"`.
     User,

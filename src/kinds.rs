@@ -88,6 +88,7 @@ pub enum DisconnectReason {
 /// How a connection ended, as counted in [`HubStats`](crate::HubStats) and reported in
 /// [`MetricEvent::ConnectionClosed`](crate::MetricEvent::ConnectionClosed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ClosedBy {
     /// The hub closed it.
     Hub(CloseReason),
@@ -109,7 +110,7 @@ impl ClosedBy {
     }
 
     /// Every way a connection can end (for exporting `HubStats::closed_by` as labelled metrics).
-    pub const ALL: [ClosedBy; 9] = [
+    pub const ALL: &'static [ClosedBy] = &[
         ClosedBy::Hub(CloseReason::HeartbeatTimeout),
         ClosedBy::Hub(CloseReason::SessionExpired),
         ClosedBy::Hub(CloseReason::Replaced),
@@ -152,6 +153,29 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
+    /// Every audit kind, so that an exporter can publish each series before it first occurs.
+    pub const ALL: &'static [AuditKind] = &[
+        AuditKind::StaleConnId,
+        AuditKind::GlobalBroadcastDenied,
+        AuditKind::GlobalBroadcast,
+        AuditKind::LimitHit(LimitKind::TotalConnections),
+        AuditKind::LimitHit(LimitKind::TenantConnections),
+        AuditKind::LimitHit(LimitKind::UserConnections),
+        AuditKind::LimitHit(LimitKind::UserConnectionsEvicted),
+        AuditKind::LimitHit(LimitKind::RoomsPerConnection),
+        AuditKind::LimitHit(LimitKind::ThreadSubscriptions),
+        AuditKind::LimitHit(LimitKind::MessageRate),
+        AuditKind::LimitHit(LimitKind::ControlRate),
+        AuditKind::LimitHit(LimitKind::FrameSize),
+        AuditKind::Flood,
+        AuditKind::OversizedFrame,
+        AuditKind::MalformedFrame,
+        AuditKind::ViolationClose,
+        AuditKind::BreakerOpened,
+        AuditKind::BreakerRefused,
+        AuditKind::ForeignStream,
+    ];
+
     /// A short snake_case name, for logs and metric labels. A limit hit is `limit_` followed by
     /// the limit's name ([`LimitKind::as_str`]).
     #[must_use]
@@ -207,6 +231,19 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
+    /// Every limit, so that an exporter can publish each series before it is first hit.
+    pub const ALL: &'static [LimitKind] = &[
+        LimitKind::TotalConnections,
+        LimitKind::TenantConnections,
+        LimitKind::UserConnections,
+        LimitKind::UserConnectionsEvicted,
+        LimitKind::RoomsPerConnection,
+        LimitKind::ThreadSubscriptions,
+        LimitKind::MessageRate,
+        LimitKind::ControlRate,
+        LimitKind::FrameSize,
+    ];
+
     /// A short snake_case name, for metric labels and logs (the field of
     /// [`LimitCounts`](crate::LimitCounts) that counts it).
     #[must_use]
@@ -227,6 +264,7 @@ impl LimitKind {
 
 /// Where a user's reconnect breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BreakerState {
     /// Connections are admitted.
     Closed,
@@ -246,18 +284,6 @@ pub enum BreakerState {
 mod tests {
     use super::*;
 
-    const LIMITS: [LimitKind; 9] = [
-        LimitKind::TotalConnections,
-        LimitKind::TenantConnections,
-        LimitKind::UserConnections,
-        LimitKind::UserConnectionsEvicted,
-        LimitKind::RoomsPerConnection,
-        LimitKind::ThreadSubscriptions,
-        LimitKind::MessageRate,
-        LimitKind::ControlRate,
-        LimitKind::FrameSize,
-    ];
-
     fn snake_case(name: &str) -> bool {
         !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
     }
@@ -265,21 +291,8 @@ mod tests {
     #[test]
     fn names_are_distinct_snake_case_and_match_the_server_tables() {
         let mut names: Vec<&str> = ClosedBy::ALL.iter().map(|b| b.as_str()).collect();
-        names.extend(LIMITS.iter().map(|l| l.as_str()));
-        names.extend(LIMITS.iter().map(|&l| AuditKind::LimitHit(l).as_str()));
-        let audits = [
-            AuditKind::StaleConnId,
-            AuditKind::GlobalBroadcastDenied,
-            AuditKind::GlobalBroadcast,
-            AuditKind::Flood,
-            AuditKind::OversizedFrame,
-            AuditKind::MalformedFrame,
-            AuditKind::ViolationClose,
-            AuditKind::BreakerOpened,
-            AuditKind::BreakerRefused,
-            AuditKind::ForeignStream,
-        ];
-        names.extend(audits.iter().map(|a| a.as_str()));
+        names.extend(LimitKind::ALL.iter().map(|l| l.as_str()));
+        names.extend(AuditKind::ALL.iter().map(|a| a.as_str()));
         assert!(names.iter().all(|n| snake_case(n)), "{names:?}");
         let mut unique = names.clone();
         unique.sort_unstable();
@@ -292,7 +305,8 @@ mod tests {
         assert_eq!(LimitKind::UserConnectionsEvicted.as_str(), "user_connections_evicted");
         assert_eq!(AuditKind::LimitHit(LimitKind::FrameSize).as_str(), "limit_frame_size");
         assert_eq!(AuditKind::StaleConnId.as_str(), "stale_conn_id");
-        for l in LIMITS {
+        for &l in LimitKind::ALL {
+            assert!(AuditKind::ALL.contains(&AuditKind::LimitHit(l)), "{l:?} is listed");
             assert_eq!(AuditKind::LimitHit(l).as_str(), format!("limit_{}", l.as_str()));
         }
     }

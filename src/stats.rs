@@ -8,6 +8,7 @@ use crate::kinds::{CloseReason, ClosedBy, DisconnectReason, LimitKind};
 
 /// Connections closed, by how they ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClosedCounts {
     /// [`CloseReason::HeartbeatTimeout`].
     pub heartbeat_timeout: u64,
@@ -59,6 +60,7 @@ impl ClosedCounts {
 
 /// Limit rejections, by limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LimitCounts {
     /// [`LimitKind::TotalConnections`].
     pub total_connections: u64,
@@ -226,6 +228,7 @@ impl HubStats {
 /// Moving averages of one user's or one tier's traffic (the origin documents' usage
 /// prediction), per minute.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Rates {
     /// Client `message` frames accepted.
     pub inbound_per_minute: f64,

@@ -36,6 +36,7 @@ use crate::timer::{TimerId, TimerQueue};
 
 /// Where a user is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum UserPhase {
     /// It has at least one open connection.
     Active,

@@ -7,16 +7,25 @@ use std::time::Duration;
 
 use common::*;
 use switchboard::{
-    Action, AuditEvent, AuditKind, CloseReason, ClosedBy, Config, ConfigError, ConnError, ConnId,
-    ConnectError, DisconnectReason, Hub, LimitKind, MetricEvent, PeerError, Principal,
-    ReceiveError, RoomError, RoomId, ThreadId, Tier, UserLimitPolicy,
+    Action, AuditKind, CloseReason, ClosedBy, Config, ConfigError, ConnError, ConnId, ConnectError,
+    DisconnectReason, Hub, LimitKind, MetricEvent, PeerError, Principal, ReceiveError, RoomError,
+    RoomId, TenantId, ThreadId, Tier, UserId, UserLimitPolicy,
 };
 
 // ---------------------------------------------------------------------------------------------
 // Local helpers
 
-fn audit(kind: AuditKind, conn: Option<ConnId>, tenant: &str, user: &str) -> AuditEvent {
-    AuditEvent { kind, conn, tenant: Some(tenant.into()), user: Some(user.into()) }
+/// An audit event as a comparable tuple (`AuditEvent` is `#[non_exhaustive]`: tests read it,
+/// they cannot build one).
+type Audit = (AuditKind, Option<ConnId>, Option<TenantId>, Option<UserId>);
+
+/// The audit events among `actions` (shadows `common::audit_events`).
+fn audit_events(actions: &[Action]) -> Vec<Audit> {
+    common::audit_events(actions).into_iter().map(|e| (e.kind, e.conn, e.tenant, e.user)).collect()
+}
+
+fn audit(kind: AuditKind, conn: Option<ConnId>, tenant: &str, user: &str) -> Audit {
+    (kind, conn, Some(tenant.into()), Some(user.into()))
 }
 
 fn rejected(limit: LimitKind) -> MetricEvent {
@@ -611,7 +620,7 @@ fn config_validate_rejects_zero_limits() {
                 Tier::Mid => edit(&mut cfg.tiers.mid),
                 Tier::Enterprise => edit(&mut cfg.tiers.enterprise),
             }
-            let expected = ConfigError::ZeroTierQuota { tier, field };
+            let expected = ConfigError::ZeroTierQuota { tier: *tier, field };
             assert_eq!(cfg.validate(), Err(expected.clone()));
             assert_eq!(Hub::new(cfg).err(), Some(expected));
         }

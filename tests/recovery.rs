@@ -36,12 +36,12 @@ fn hostile_world(cfg: Config) -> World {
     let (a, alice) = open_flushed(&mut sim, Principal::new("acme", "alice"));
     let (b, bob) = open_flushed(&mut sim, Principal::new("acme", "bob").roles(["admin"]));
     let (e, eve) = open_flushed(&mut sim, Principal::new("globex", "eve"));
-    sim.hub.join(sim.now, a, "lobby".into()).unwrap();
-    sim.hub.join(sim.now, b, "secret".into()).unwrap();
+    sim.hub.join(sim.now, a, "lobby").unwrap();
+    sim.hub.join(sim.now, b, "secret").unwrap();
     // Bob keeps acme's lobby alive while alice is away.
-    sim.hub.join(sim.now, b, "lobby".into()).unwrap();
-    sim.hub.join(sim.now, e, "vault".into()).unwrap();
-    sim.hub.join(sim.now, e, "lobby".into()).unwrap();
+    sim.hub.join(sim.now, b, "lobby").unwrap();
+    sim.hub.join(sim.now, e, "vault").unwrap();
+    sim.hub.join(sim.now, e, "lobby").unwrap();
     let mut epochs = std::collections::HashMap::new();
     for _ in 0..3 {
         for (target, owner) in [
@@ -95,7 +95,7 @@ fn assert_only_alices(frames: &[Value]) {
 /// A fresh connection of alice in `lobby` (as the application would rejoin her).
 fn alice_again(w: &mut World) -> ConnId {
     let (id, _) = open_flushed(&mut w.sim, Principal::new("acme", "alice"));
-    w.sim.hub.join(w.sim.now, id, "lobby".into()).unwrap();
+    w.sim.hub.join(w.sim.now, id, "lobby").unwrap();
     w.sim.drain();
     id
 }
@@ -543,7 +543,7 @@ fn room_note(room: &str, n: u64) -> Envelope {
 
 /// Joins `room` and returns its `joined` position.
 fn join_at(sim: &mut Sim, conn: ConnId, room: &str) -> (u64, u64) {
-    assert!(sim.hub.join(sim.now, conn, room.into()).unwrap());
+    assert!(sim.hub.join(sim.now, conn, room).unwrap());
     let frames = frames_for(&sim.drain(), conn);
     assert_eq!(frames.len(), 1);
     assert_eq!(

@@ -41,6 +41,10 @@ struct Clients {
     received: HashMap<(ConnId, String), Vec<(u64, u64)>>,
     /// Per connection, the rooms' streams it is in (from `joined` and `left`).
     rooms: HashMap<ConnId, HashSet<String>>,
+    /// Per (connection, stream), where the stream stood when the connection got it (`connected`
+    /// for `u` and `t`, `joined` for a room): what came after reached it live, so a resume from
+    /// a position at or past this needs nothing from the buffer.
+    base: HashMap<(ConnId, String), (u64, u64)>,
 }
 
 impl Clients {
@@ -51,12 +55,25 @@ impl Clients {
                     let v = parse(frame.as_str());
                     let stream = v["stream"].as_str().map(str::to_owned);
                     if v["type"] == "joined" {
+                        if let (Some(name), Some(epoch), Some(seq)) =
+                            (&stream, v["epoch"].as_u64(), v["seq"].as_u64())
+                        {
+                            self.base.insert((*conn, name.clone()), (epoch, seq));
+                        }
                         self.rooms.entry(*conn).or_default().extend(stream);
                     } else if v["type"] == "left" {
                         let rooms = self.rooms.entry(*conn).or_default();
                         rooms.retain(|r| Some(r) != stream.as_ref());
                     } else if v["type"] == "connected" {
                         self.closed_before.insert(*conn, self.closed.clone());
+                        for name in ["u", "t"] {
+                            let pos = &v["streams"][name];
+                            if let (Some(epoch), Some(seq)) =
+                                (pos["epoch"].as_u64(), pos["seq"].as_u64())
+                            {
+                                self.base.insert((*conn, name.to_owned()), (epoch, seq));
+                            }
+                        }
                     } else if let Some(e) = EventFrame::decode(&v).filter(|e| e.kind != "joined") {
                         self.received.entry((*conn, e.stream)).or_default().push((e.epoch, e.seq));
                     }
@@ -137,13 +154,17 @@ fn check_resume(
         let (now_epoch, now_seq) =
             (report["epoch"].as_u64().unwrap(), report["seq"].as_u64().unwrap());
         let from = report["available_from"].as_u64().unwrap();
-        // Recovered exactly when the connection has the stream, the stream is the one the client knew, it is not ahead of it,
-        // and what it missed is still buffered (nothing missed counts as buffered).
+        // Recovered exactly when the connection has the stream, the stream is the one the client
+        // knew, it is not ahead of it, and what it missed before this connection got the stream
+        // is still buffered (nothing missed counts as buffered; what came after reached it live).
         let has = name == "u"
             || name == "t"
             || clients.rooms.get(&id).is_some_and(|r| r.contains(name.as_str()));
-        let must =
-            has && now_epoch == epoch && seq <= now_seq && (seq == now_seq || from <= seq + 1);
+        let live_from = clients.base.get(&(id, name.clone())).filter(|b| b.0 == epoch);
+        let must = has
+            && now_epoch == epoch
+            && seq <= now_seq
+            && (seq == now_seq || live_from.is_some_and(|b| seq >= b.1) || from <= seq + 1);
         prop_assert_eq!(
             recovered,
             must,

@@ -850,7 +850,7 @@ impl World {
     fn join(&mut self, c: usize, r: usize) {
         let (id, tenant) = (self.live(c).id, self.clients[c].tenant());
         let key = Key::Room(tenant, r);
-        let joined = self.sim.hub.join(self.sim.now, id, ROOMS[r].into()).expect("join");
+        let joined = self.sim.hub.join(self.sim.now, id, ROOMS[r]).expect("join");
         if self.live(c).rooms.contains(&r) {
             assert!(!joined, "joined a room twice");
             assert!(self.drain().is_empty());

@@ -143,7 +143,7 @@ impl World {
         let rooms = c.rooms.clone();
         for r in rooms {
             // A room the client has no position in yet starts where its `joined` frame says.
-            self.hub.join(self.now, id, format!("room{r}").into()).unwrap();
+            self.hub.join(self.now, id, format!("room{r}")).unwrap();
         }
         let c = &self.clients[ci];
         // Resume with what it saw; with nothing to resume (a first connection), just ping.

@@ -20,7 +20,7 @@ fn the_invariant_checker_is_available_to_tests_and_passes_on_a_fresh_hub() {
     let mut sim = Sim::default();
     sim.hub.check_invariants().unwrap();
     let a = sim.connect("acme", "alice");
-    sim.hub.join(sim.now, a, "room".into()).unwrap();
+    sim.hub.join(sim.now, a, "room").unwrap();
     sim.hub.check_invariants().unwrap();
     sim.hub.disconnect(sim.now, a, switchboard::DisconnectReason::Clean).unwrap();
     sim.drain();

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         hub.connect(now, Principal::new("a", "alice")).unwrap(),
         hub.connect(now, Principal::new("b", "bob")).unwrap(),
     ];
-    hub.join(now, live[0], "room".into()).unwrap();
+    hub.join(now, live[0], "room").unwrap();
     while hub.poll_action().is_some() {}
     for (i, frame) in data.split(|&b| b == 0xFF).enumerate() {
         if live.is_empty() {

@@ -33,7 +33,7 @@ use prometheus::core::Collector;
 use prometheus::{
     Counter, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
-use switchboard::{ClosedBy, DisconnectReason, LimitKind};
+use switchboard::{AuditKind, ClosedBy, LimitKind};
 
 use crate::driver::Snapshot;
 use crate::http::HttpCounters;
@@ -41,35 +41,15 @@ use crate::http::HttpCounters;
 /// The content type of `/metrics`: the Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The audit kinds (as the driver names them) that count as security violations.
-pub const SECURITY_AUDITS: [&str; 6] = [
-    "foreign_stream",
-    "stale_conn_id",
-    "malformed_frame",
-    "oversized_frame",
-    "violation_close",
-    "global_broadcast_denied",
-];
-
-/// Every audit kind the driver names, so that each series exists from the first scrape.
-const AUDIT_KINDS: [&str; 17] = [
-    "stale_conn_id",
-    "global_broadcast_denied",
-    "global_broadcast",
-    "limit_total_connections",
-    "limit_tenant_connections",
-    "limit_user_connections",
-    "limit_user_connections_evicted",
-    "limit_rooms_per_connection",
-    "limit_thread_subscriptions",
-    "limit_message_rate",
-    "limit_control_rate",
-    "limit_frame_size",
-    "flood",
-    "oversized_frame",
-    "malformed_frame",
-    "violation_close",
-    "foreign_stream",
+/// The audit kinds that count as security violations: a client or caller doing something it
+/// must not. Limits, rate limits and the breaker are load, not attacks.
+pub const SECURITY_AUDITS: &[AuditKind] = &[
+    AuditKind::ForeignStream,
+    AuditKind::StaleConnId,
+    AuditKind::MalformedFrame,
+    AuditKind::OversizedFrame,
+    AuditKind::ViolationClose,
+    AuditKind::GlobalBroadcastDenied,
 ];
 
 /// The families of one scrape, each named `switchboard_<name>`, registered as they are added.
@@ -135,28 +115,6 @@ impl Families {
     }
 }
 
-const CLOSE_REASONS: [ClosedBy; 9] = ClosedBy::ALL;
-
-fn closed_label(by: ClosedBy) -> &'static str {
-    match by {
-        ClosedBy::Hub(reason) => reason.as_str(),
-        ClosedBy::Transport(DisconnectReason::Clean) => "client_clean",
-        ClosedBy::Transport(_) => "client_abnormal",
-    }
-}
-
-const LIMITS: [(LimitKind, &str); 9] = [
-    (LimitKind::TotalConnections, "total_connections"),
-    (LimitKind::TenantConnections, "tenant_connections"),
-    (LimitKind::UserConnections, "user_connections"),
-    (LimitKind::UserConnectionsEvicted, "user_connections_evicted"),
-    (LimitKind::RoomsPerConnection, "rooms_per_connection"),
-    (LimitKind::ThreadSubscriptions, "thread_subscriptions"),
-    (LimitKind::MessageRate, "message_rate"),
-    (LimitKind::ControlRate, "control_rate"),
-    (LimitKind::FrameSize, "frame_size"),
-];
-
 /// The exposition text (format 0.0.4) for one snapshot and the HTTP layer's counters.
 ///
 /// # Errors
@@ -174,7 +132,7 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
         "connections_closed",
         "Connections closed, by how they ended",
         "reason",
-        CLOSE_REASONS.iter().map(|&by| (closed_label(by), s.closed_by.get(by))),
+        ClosedBy::ALL.iter().map(|&by| (by.as_str(), s.closed_by.get(by))),
     )?;
     b.gauge("connections_active", "Connections open now", s.connections_active)?;
     b.counter_f64(
@@ -204,7 +162,7 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
         "limit_rejections",
         "Refusals by limit",
         "limit",
-        LIMITS.iter().map(|&(kind, name)| (name, s.limit_rejections.get(kind))),
+        LimitKind::ALL.iter().map(|&kind| (kind.as_str(), s.limit_rejections.get(kind))),
     )?;
     let audit = |kind: &str| d.audits.get(kind).copied().unwrap_or(0);
     b.counter(
@@ -212,15 +170,16 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
         "Audit events that are security violations (foreign streams, stale ids, malformed or \
          oversized frames, violation closes, refused global broadcasts); not limits or rate \
          limits",
-        SECURITY_AUDITS.iter().map(|k| audit(k)).sum(),
+        SECURITY_AUDITS.iter().map(|k| audit(k.as_str())).sum(),
     )?;
     b.counter("stale_ids_refused", "Stale connection ids refused", s.stale_ids_refused)?;
-    let extra = d.audits.iter().filter(|(k, _)| !AUDIT_KINDS.contains(k)).map(|(k, v)| (*k, *v));
+    let known = |name: &str| AuditKind::ALL.iter().any(|k| k.as_str() == name);
+    let extra = d.audits.iter().filter(|(k, _)| !known(k)).map(|(k, v)| (*k, *v));
     b.counters(
         "audit_events",
         "Audit events seen by the driver, by kind",
         "kind",
-        AUDIT_KINDS.iter().map(|&k| (k, audit(k))).chain(extra),
+        AuditKind::ALL.iter().map(|k| (k.as_str(), audit(k.as_str()))).chain(extra),
     )?;
     b.counter(
         "rooms_refused",
@@ -374,8 +333,9 @@ mod tests {
         let mut driver = DriverStats::default();
         driver.audits.insert("malformed_frame", 2);
         driver.audits.insert("limit_user_connections", 5);
-        driver.audits.insert("breaker_opened", 1); // not in AUDIT_KINDS: still a series
-        let rates = Rates { delivered_per_minute: 1.5, ..Rates::default() };
+        driver.audits.insert("from_a_newer_core", 1); // not in AuditKind::ALL: still a series
+        let mut rates = Rates::default();
+        rates.delivered_per_minute = 1.5;
         let tiers = Tier::ALL.iter().map(|&t| (t, rates)).collect();
         Snapshot { hub: HubStats::default(), driver, tiers }
     }
@@ -415,7 +375,7 @@ mod tests {
             assert!(types.iter().any(|(n, _)| n == name), "{name} has no TYPE of its own name");
         }
         assert!(text.contains("switchboard_security_violations_total 2\n"), "{text}");
-        assert!(text.contains("switchboard_audit_events_total{kind=\"breaker_opened\"} 1\n"));
+        assert!(text.contains("switchboard_audit_events_total{kind=\"from_a_newer_core\"} 1\n"));
         assert!(text.contains("switchboard_audit_events_total{kind=\"flood\"} 0\n"));
         assert!(
             text.contains("switchboard_tier_delivered_per_minute_moving_avg{tier=\"free\"} 1.5")
@@ -431,7 +391,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("switchboard_audit_events_total{kind=\""))
             .map(|l| l.split('"').next().unwrap())
             .collect();
-        assert!(kinds.len() > AUDIT_KINDS.len(), "every kind and the extra one: {kinds:?}");
+        assert!(kinds.len() > AuditKind::ALL.len(), "every kind and the extra one: {kinds:?}");
         assert!(kinds.is_sorted(), "{kinds:?}");
     }
 }

@@ -19,7 +19,13 @@ impl Hub {
     /// [`RoomError::TooManyRooms`] if it is in
     /// [`Config::max_rooms_per_connection`](crate::Config::max_rooms_per_connection) rooms
     /// already (audited and counted as a limit rejection). Membership is unchanged.
-    pub fn join(&mut self, now: Instant, conn: ConnId, room: RoomId) -> Result<bool, RoomError> {
+    pub fn join(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        room: impl Into<RoomId>,
+    ) -> Result<bool, RoomError> {
+        let room = room.into();
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
         let c = self.conns.get(idx);
@@ -58,17 +64,23 @@ impl Hub {
     /// [`ConnError::Unknown`] if no connection with this id is open (closed, or never existed), or
     /// [`ConnError::Stale`] (also audited as [`AuditKind::StaleConnId`]) if the id's slot now belongs
     /// to a newer connection. Nothing changes.
-    pub fn leave(&mut self, now: Instant, conn: ConnId, room: &str) -> Result<bool, ConnError> {
+    pub fn leave(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        room: impl Into<RoomId>,
+    ) -> Result<bool, ConnError> {
+        let room = room.into();
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
         let tenant_id = self.owner(idx).0;
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
-        let (left, emptied) = tenant.leave(&mut self.conns, idx, room);
+        let (left, emptied) = tenant.leave(&mut self.conns, idx, room.as_str());
         if let Some(room) = emptied {
             self.room_emptied(now, &tenant_id, room);
         }
         if left {
-            let frame = self.flow.writer.left(&StreamName::Room(RoomId::from(room)));
+            let frame = self.flow.writer.left(&StreamName::Room(room.clone()));
             self.control_or_close(now, idx, &frame);
         }
         Ok(left)

@@ -133,7 +133,7 @@ pub fn epochs() -> &'static [u64] {
         let mut sim = Sim::new(cfg);
         let conn = sim.hub.connect(sim.now, Principal::new("t", "u")).expect("admitted");
         for k in 0..MAX_STREAMS - 2 {
-            sim.hub.join(sim.now, conn, format!("e{k}").into()).expect("live");
+            sim.hub.join(sim.now, conn, format!("e{k}")).expect("live");
         }
         let mut out = Vec::new();
         for (_, v) in crate::frames::deliveries(&sim.drain()) {
@@ -385,7 +385,7 @@ pub struct Step {
 }
 
 /// Every way a connection ends, in the order of the stats' counters.
-pub const CLOSED_BY: [ClosedBy; 9] = ClosedBy::ALL;
+pub const CLOSED_BY: &[ClosedBy] = ClosedBy::ALL;
 
 /// Every limit kind, in the order of the stats' counters.
 pub const LIMIT_KINDS: [LimitKind; 9] = [

@@ -12,7 +12,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Accepted, AcceptedParts, Alive, Command, DriverStats, Handle, Out, Peer, Refused, Snapshot,
-    audit_name,
 };
 
 /// The hub task's state.
@@ -210,7 +209,7 @@ impl Driver {
                     self.stats.inbound_dropped += u64::from(dropped);
                 }
                 Action::Audit(event) => {
-                    *self.stats.audits.entry(audit_name(event.kind)).or_default() += 1;
+                    *self.stats.audits.entry(event.kind.as_str()).or_default() += 1;
                     if self.handle.cfg.log_audits {
                         eprintln!(
                             "switchboard audit: {:?} conn={:?} tenant={:?} user={:?}",

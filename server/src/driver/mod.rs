@@ -66,8 +66,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::WebSocketUpgrade;
 use switchboard::{
-    AuditKind, CloseReason, ConnId, ConnectError, DisconnectReason, Envelope, Frame, Hub, HubStats,
-    Inbound, Principal, PublishError, Published, Rates, RoomId, Tier,
+    CloseReason, ConnId, ConnectError, DisconnectReason, Envelope, Frame, Hub, HubStats, Inbound,
+    Principal, PublishError, Published, Rates, RoomId, Tier,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -402,35 +402,5 @@ impl Handle {
         if self.send(Command::Shutdown { reply }).await {
             let _ = rx.await;
         }
-    }
-}
-
-/// A stable snake_case name for an audit kind (a metrics label).
-pub fn audit_name(kind: AuditKind) -> &'static str {
-    use switchboard::LimitKind;
-    match kind {
-        AuditKind::StaleConnId => "stale_conn_id",
-        AuditKind::GlobalBroadcastDenied => "global_broadcast_denied",
-        AuditKind::GlobalBroadcast => "global_broadcast",
-        AuditKind::LimitHit(limit) => match limit {
-            LimitKind::TotalConnections => "limit_total_connections",
-            LimitKind::TenantConnections => "limit_tenant_connections",
-            LimitKind::UserConnections => "limit_user_connections",
-            LimitKind::UserConnectionsEvicted => "limit_user_connections_evicted",
-            LimitKind::RoomsPerConnection => "limit_rooms_per_connection",
-            LimitKind::ThreadSubscriptions => "limit_thread_subscriptions",
-            LimitKind::MessageRate => "limit_message_rate",
-            LimitKind::ControlRate => "limit_control_rate",
-            LimitKind::FrameSize => "limit_frame_size",
-            _ => "limit_other",
-        },
-        AuditKind::Flood => "flood",
-        AuditKind::OversizedFrame => "oversized_frame",
-        AuditKind::MalformedFrame => "malformed_frame",
-        AuditKind::ViolationClose => "violation_close",
-        AuditKind::BreakerOpened => "breaker_opened",
-        AuditKind::BreakerRefused => "breaker_refused",
-        AuditKind::ForeignStream => "foreign_stream",
-        _ => "other",
     }
 }

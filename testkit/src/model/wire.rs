@@ -149,6 +149,7 @@ pub(super) fn breaker_state(state: BreakerState, start: Instant) -> BState {
         BreakerState::Closed => BState::Closed,
         BreakerState::Open { until } => BState::Open((until - start).as_millis() as Ms),
         BreakerState::HalfOpen { probe } => BState::HalfOpen(probe),
+        other => panic!("a breaker state the model does not know: {other:?}"),
     }
 }
 

@@ -352,7 +352,7 @@ impl Runner {
         for (name, hub, model) in pairs {
             prop_assert_eq!(hub, model, "(3) stats.{} differs", name);
         }
-        for by in CLOSED_BY {
+        for &by in CLOSED_BY {
             let want = c.closed_by.get(&by).copied().unwrap_or_default();
             prop_assert_eq!(s.closed_by.get(by), want, "(3) stats.closed_by {:?}", by);
         }

@@ -407,7 +407,7 @@ impl Runner {
             }
             Op::Join { who, room } => {
                 let Some(id) = self.pick(*who) else { return Ok(()) };
-                let got = self.sim.hub.join(self.at(now), id, room_name(*room).into());
+                let got = self.sim.hub.join(self.at(now), id, room_name(*room));
                 self.collect();
                 self.model.observe(now);
                 let want = self.model.join(id, *room);
@@ -421,7 +421,7 @@ impl Runner {
                     Some(c) if *joined && !c.rooms.is_empty() => c.rooms[room % c.rooms.len()].0,
                     _ => *room,
                 };
-                let got = self.sim.hub.leave(self.at(now), id, &room_name(room));
+                let got = self.sim.hub.leave(self.at(now), id, room_name(room));
                 self.collect();
                 self.model.observe(now);
                 let want = self.model.leave(id, room);
