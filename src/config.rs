@@ -42,9 +42,12 @@ impl Tier {
 pub struct TierQuota {
     /// How many connections one user of this tier may hold at once.
     pub max_connections_per_user: u32,
-    /// Sustained rate of client `message` frames per connection, per minute (token bucket refill).
+    /// Sustained rate of client `message` frames per user, per minute (token bucket refill). The
+    /// bucket is the user's, shared by all of its connections, and kept while the user's state is
+    /// (a reconnect within `user_retention` does not refill it; a retired user's returns full).
+    /// Each frame is charged at the rate of the tier of the connection it arrived on.
     pub messages_per_minute: u32,
-    /// Token bucket capacity: how many `message` frames may arrive back to back.
+    /// Token bucket capacity: how many `message` frames one user may send back to back.
     pub message_burst: u32,
 }
 
@@ -121,14 +124,19 @@ impl Default for Heartbeat {
 /// tight loop (the origin documents' circuit breaker).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BreakerConfig {
-    /// Abnormal closes within `window` that open the breaker (default 5).
+    /// Counted failures within `window` that open the breaker (default 5). A failure is an
+    /// abnormal close (transport error, heartbeat timeout, slow consumer, protocol violation) of
+    /// a connection that lived less than `probe_healthy_after` and was opened after the user's
+    /// last counted failure (closes of connections that were open together count once).
     pub threshold: u32,
     /// See `threshold` (default 60 s).
     pub window: Duration,
     /// How long it stays open; connects fail with `retry_after` meanwhile (default 60 s).
     pub open_for: Duration,
     /// After `open_for` it is half-open and admits one probe connection; the probe closes the
-    /// breaker once it has stayed up this long, or reopens it by failing (default 10 s).
+    /// breaker once it has stayed up this long, or reopens it by failing (default 10 s). The same
+    /// notion of healthy decides what counts: an abnormal close of a connection that lived this
+    /// long is not a failure.
     pub probe_healthy_after: Duration,
 }
 
@@ -169,10 +177,11 @@ pub struct Config {
     pub control_frames_per_minute: u32,
     /// See `control_frames_per_minute`.
     pub control_burst: u32,
-    /// Protocol violations (malformed, unknown, oversized or rate-limited frames) a connection may
-    /// commit back to back before it is closed with
-    /// [`CloseReason::ProtocolViolation`](crate::CloseReason::ProtocolViolation) (default 5).
-    /// The allowance refills at one per `violation_refill`.
+    /// Protocol violations (malformed, unknown or oversized frames, a second `resume`, a
+    /// subscription over its limit) a connection may commit in a row: the `max_violations`-th
+    /// closes it with [`CloseReason::ProtocolViolation`](crate::CloseReason::ProtocolViolation)
+    /// (default 5). The allowance refills at one per `violation_refill`. A frame over a rate
+    /// (`rate_limited`) is answered but is not a violation.
     pub max_violations: u32,
     /// See `max_violations` (default 12 s, so five per minute are forgiven).
     pub violation_refill: Duration,
@@ -214,6 +223,13 @@ pub struct Config {
     pub resume_window: Duration,
     /// The per-user reconnect breaker.
     pub breaker: BreakerConfig,
+    /// Most reconnect breakers remembered at once (default 100,000). A breaker is remembered for a
+    /// `(tenant, user)` from its first counted failure until its window has passed (or, if it
+    /// opened, until it closes again), whether or not the user's state is still held; beyond the
+    /// cap the one that matters least is forgotten (closed ones first, the one closest to expiry
+    /// first) and counted in `breakers_evicted`, so that churn of distinct users cannot grow
+    /// memory.
+    pub max_breakers: u32,
     /// Time constant of the moving averages in the rate views (default 60 s).
     pub rate_window: Duration,
     /// How long a closed connection's id is remembered as "recently closed" (default 60 s).
@@ -260,6 +276,7 @@ impl Default for Config {
             max_unwritten_bytes: 1024 * 1024,
             resume_window: Duration::ZERO,
             breaker: BreakerConfig::default(),
+            max_breakers: 100_000,
             rate_window: Duration::from_secs(60),
             tombstone_ttl: Duration::from_secs(60),
             allow_global_broadcast: false,
@@ -337,6 +354,7 @@ impl Config {
             });
         }
         nonzero("breaker.threshold", self.breaker.threshold.into())?;
+        nonzero("max_breakers", self.max_breakers.into())?;
         nonzero_d("breaker.window", self.breaker.window)?;
         nonzero_d("breaker.open_for", self.breaker.open_for)?;
         nonzero_d("breaker.probe_healthy_after", self.breaker.probe_healthy_after)?;

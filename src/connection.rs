@@ -40,13 +40,18 @@ pub(crate) struct Connection {
     pub(crate) ping_sent: Option<Instant>,
     pub(crate) expires_at: Option<Instant>,
     pub(crate) refresh_sent: bool,
-    /// The connection's one timer, armed at or before its next deadline.
-    pub(crate) timer: TimerId,
-    /// `None`: all of the user's events. `Some(threads)`: thread-less events plus these threads'.
+    /// The connection's one timer, armed at or before its next deadline; `None` while it has no
+    /// deadline the clock can represent (see [`Connection::next_deadline`]).
+    pub(crate) timer: Option<TimerId>,
+    /// Its place in the hub's connection order (1, 2, …; set by [`Connections::insert`]): the
+    /// reconnect breaker coalesces closes of connections that were open together by it.
+    pub(crate) order: u64,
+    /// `None`: all of the user's events. `Some(threads)`: thread-less events plus these threads'
+    /// (never an empty list: unsubscribing the last thread widens the filter back to `None`).
     /// Boxed: most connections never narrow, and this keeps them a pointer smaller.
     pub(crate) threads: Option<Box<Threads>>,
     pub(crate) rooms: Vec<Membership>,
-    pub(crate) messages: Bucket,
+    /// Control frames' allowance (per connection; `message` frames draw on the user's quota).
     pub(crate) control: Bucket,
     pub(crate) violations: Bucket,
     /// Bytes handed out in `Deliver` and not yet confirmed by `written`.
@@ -105,10 +110,10 @@ impl Connection {
             ping_sent: None,
             expires_at,
             refresh_sent: false,
-            timer: TimerId::placeholder(),
+            timer: None,
+            order: 0,
             threads: None,
             rooms: Vec::new(),
-            messages: Bucket::full(now),
             control: Bucket::full(now),
             violations: Bucket::full(now),
             unwritten: 0,
@@ -135,21 +140,19 @@ impl Connection {
         self.ping_sent = None;
     }
 
-    /// The earliest instant at which this connection has something to do. The armed timer may be
+    /// The earliest instant at which this connection has something to do, or `None` if every
+    /// deadline lies past the end of the clock's range ("never": no timer). The armed timer may be
     /// earlier than this (activity moves deadlines later lazily) but never later: whatever moves
     /// it earlier re-arms the timer (`Hub::rearm_if_earlier`).
-    pub(crate) fn next_deadline(&self, cfg: &Config) -> Instant {
-        let mut at = match self.ping_sent {
-            Some(sent) => sent + cfg.heartbeat.timeout,
-            None => self.last_seen + cfg.heartbeat.interval,
+    pub(crate) fn next_deadline(&self, cfg: &Config) -> Option<Instant> {
+        let heartbeat = match self.ping_sent {
+            Some(sent) => sent.checked_add(cfg.heartbeat.timeout),
+            None => self.last_seen.checked_add(cfg.heartbeat.interval),
         };
-        if let Some(exp) = self.expires_at {
-            at = at.min(if self.refresh_sent { exp } else { refresh_at(exp, cfg) });
-        }
-        if self.held {
-            at = at.min(self.opened_at + cfg.resume_window);
-        }
-        at
+        let session =
+            self.expires_at.map(|exp| if self.refresh_sent { exp } else { refresh_at(exp, cfg) });
+        let release = if self.held { self.opened_at.checked_add(cfg.resume_window) } else { None };
+        [heartbeat, session, release].into_iter().flatten().min()
     }
 
     /// Decides what is due at `now` and updates the connection's state as if it were done.
@@ -158,12 +161,14 @@ impl Connection {
             return Due { close: Some(CloseReason::SessionExpired), ..Due::default() };
         }
         let mut due = Due::default();
+        // A deadline past the end of the clock's range is never due.
+        let reached = |at: Option<Instant>| at.is_some_and(|at| now >= at);
         match self.ping_sent {
-            Some(sent) if now >= sent + cfg.heartbeat.timeout => {
+            Some(sent) if reached(sent.checked_add(cfg.heartbeat.timeout)) => {
                 return Due { close: Some(CloseReason::HeartbeatTimeout), ..Due::default() };
             }
             Some(_) => {}
-            None if now >= self.last_seen + cfg.heartbeat.interval => {
+            None if reached(self.last_seen.checked_add(cfg.heartbeat.interval)) => {
                 self.ping_sent = Some(now);
                 due.ping = true;
             }
@@ -172,10 +177,10 @@ impl Connection {
         if let Some(exp) = self.expires_at {
             if !self.refresh_sent && now >= refresh_at(exp, cfg) {
                 self.refresh_sent = true;
-                due.refresh = Some(exp - now);
+                due.refresh = Some(exp.saturating_duration_since(now));
             }
         }
-        due.release = self.held && now >= self.opened_at + cfg.resume_window;
+        due.release = self.held && reached(self.opened_at.checked_add(cfg.resume_window));
         due
     }
 }
@@ -199,6 +204,8 @@ struct SlotMeta {
 pub(crate) struct Connections {
     slab: Slab<Connection>,
     slots: Vec<SlotMeta>,
+    /// Connections ever inserted: the last `Connection::order` handed out.
+    opened: u64,
 }
 
 /// How an id resolved.
@@ -232,7 +239,14 @@ impl Connections {
         self.slab.vacant_key() as u32
     }
 
-    pub(crate) fn insert(&mut self, conn: Connection) -> ConnId {
+    /// The last connection order handed out (0 before the first connection).
+    pub(crate) fn latest_order(&self) -> u64 {
+        self.opened
+    }
+
+    pub(crate) fn insert(&mut self, mut conn: Connection) -> ConnId {
+        self.opened += 1;
+        conn.order = self.opened;
         let index = self.slab.insert(conn);
         if index == self.slots.len() {
             self.slots.push(SlotMeta { generation: 0, closed_at: None });

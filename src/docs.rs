@@ -90,11 +90,20 @@
 //!
 //! ### Reconnect breaker
 //!
-//! Five abnormal closes of one user (transport errors, heartbeat timeouts, slow-consumer and
-//! protocol-violation closes) within 60 s open that user's breaker for 60 s: `connect` fails with
+//! The breaker guards against a client that fails to *create* connections again and again, not
+//! against networks that blink. A failure is an abnormal close (transport error, heartbeat timeout,
+//! slow-consumer or protocol-violation close) of a connection that lived less than 10 s
+//! (`breaker.probe_healthy_after`) and was opened after the user's last counted failure: several
+//! tabs of one user that drop together count once, and a long-lived connection's drop not at all.
+//! Five failures of one user within 60 s open that user's breaker for 60 s: `connect` fails with
 //! `ConnectError::BreakerOpen { retry_after }`. Then it is half-open and admits one probe connection;
 //! if the probe stays up 10 s the breaker closes, if it fails the breaker opens again. Transitions are
 //! audited and pushed as `MetricEvent::BreakerChanged`; `hub.user(..).breaker()` shows the state.
+//! The breaker is kept apart from the user's state and outlives it (whatever `user_retention` is):
+//! from the first counted failure until 60 s after the last one, or while open or half-open (a
+//! half-open breaker whose probe never comes is forgotten 60 s later). At most `max_breakers`
+//! (100,000) are kept; beyond that the closed one closest to expiry is forgotten first
+//! (`breakers_evicted`).
 //!
 //! ## Limits (defaults)
 //!
@@ -103,18 +112,19 @@
 //! | connections in total | 100,000 | `ConnectError::TooManyConnections` |
 //! | connections per tenant | none | `ConnectError::TenantLimit` |
 //! | connections per user, by tier | free 3 / early 10 / mid 15 / enterprise 25 | `ConnectError::UserLimit`, or with `EvictOldest` the oldest is closed `replaced` |
-//! | `message` frames per connection, by tier | 30 / 100 / 200 / 500 per minute (bursts 10 / 20 / 40 / 100) | `error` frame `rate_limited` |
-//! | control frames per connection | 600 per minute, burst 60 | `error` frame `rate_limited` |
+//! | `message` frames per user (shared by its connections, kept across a reconnect within retention), by tier | 30 / 100 / 200 / 500 per minute (bursts 10 / 20 / 40 / 100) | `error` frame `rate_limited` (never a violation, never a close) |
+//! | control frames per connection | 600 per minute, burst 60 | `error` frame `rate_limited` (never a violation, never a close) |
 //! | inbound frame size | 64 KiB | `error` frame `frame_too_large` |
 //! | rooms per connection | 128 | `RoomError::TooManyRooms` |
 //! | thread subscriptions per connection | 64 | `error` frame `too_many_subscriptions` |
-//! | protocol violations in a row | 5 (one forgiven per 12 s) | close `protocol_violation` |
+//! | protocol violations in a row (malformed, unknown, oversized, invalid, over a subscription limit, second `resume`; not rate overruns) | 5 (one forgiven per 12 s): the 5th closes | close `protocol_violation` |
 //! | unwritten bytes per connection | 128 KiB soft / 1 MiB hard | `agent_thinking` skipped / close `slow_consumer` (control frames too) |
 //! | recovery buffer per stream | 1,000 messages, 1 MiB, 2 min | oldest dropped; a resume across them says `recovered: false` |
 //! | recovery buffers in total | 512 MiB | detached users retired early, then the growing stream sheds |
 //! | detached users | 100,000 | the one closest to retirement is retired early |
 //! | idle rooms (with `room_retention`) | 100,000 | the one closest to being dropped is dropped early |
-//! | abnormal closes per user | 5 in 60 s | `ConnectError::BreakerOpen { retry_after }` |
+//! | breaker failures per user (abnormal closes of connections younger than 10 s, coalesced) | 5 in 60 s | `ConnectError::BreakerOpen { retry_after }` |
+//! | reconnect breakers remembered | 100,000 | the closed one closest to expiry is forgotten |
 //!
 //! Every refusal also emits `Action::Audit` and `Action::Metric` and is counted in `stats()`.
 //! Configured keys (`password`, `api_key`, `token`, `secret`, `authorization`, matched ignoring
@@ -148,7 +158,7 @@
 //! | `type` | fields | effect |
 //! |---|---|---|
 //! | `subscribe` | `thread_id` | narrow this connection to the threads it subscribed to (plus thread-less user events) |
-//! | `unsubscribe` | `thread_id`, or none | drop one thread; without `thread_id`, receive everything again |
+//! | `unsubscribe` | `thread_id`, or none | drop one thread; when the last one goes, or without `thread_id`, the filter is gone and the connection receives all of its user's events again |
 //! | `message` | optional `thread_id`, `data` | surfaced to the application as `Action::Inbound`, stamped with the authenticated origin (ids inside `data` are never trusted) |
 //! | `ping` | | answered with a `pong` frame |
 //! | `resume` | `positions`: `{ "u": {epoch, seq}, "t": {...}, "r:<room>": {...} }`, the last position seen per stream | once per connection, first (after any `subscribe`): replays exactly the missed messages the connection may see, in order, then `resumed` |

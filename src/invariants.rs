@@ -33,7 +33,7 @@ impl Hub {
             Ok(())
         };
 
-        let mut n_conns = 0;
+        let (mut n_conns, mut conn_timers) = (0, 0usize);
         for (idx, c) in self.conns.iter() {
             n_conns += 1;
             let user =
@@ -67,8 +67,15 @@ impl Hub {
                     "conn {idx}: too many threads"
                 );
             }
-            let armed = self.timers.deadline(c.timer);
-            ensure!(armed <= c.next_deadline(cfg), "conn {idx}: timer armed after its deadline");
+            match (c.timer, c.next_deadline(cfg)) {
+                (Some(t), Some(due)) => {
+                    let armed = self.timers.deadline(t);
+                    ensure!(armed <= due, "conn {idx}: timer armed after its deadline");
+                }
+                (None, Some(_)) => ensure!(false, "conn {idx}: a deadline without a timer"),
+                (_, None) => {}
+            }
+            conn_timers += usize::from(c.timer.is_some());
         }
         ensure!(
             n_conns as u64 == stats.connections_active,
@@ -77,7 +84,7 @@ impl Hub {
         );
         ensure!(n_conns <= cfg.max_connections as usize, "over max_connections");
 
-        let (mut active, mut detached, mut breaker_timers) = (0u64, 0u64, 0usize);
+        let (mut active, mut detached) = (0u64, 0u64);
         for (uidx, u) in self.users.iter() {
             ensure!(
                 self.users.find(u.tenant.as_str(), u.user.as_str()) == Some(uidx),
@@ -97,7 +104,6 @@ impl Hub {
                 active += 1;
                 ensure!(u.retire.is_none(), "user {uidx}: active with a retirement timer");
             }
-            breaker_timers += usize::from(u.breaker_timer.is_some());
             ensure!(self.tenants.contains_key(&u.tenant), "user {uidx}: tenant missing");
             stream_ok("user stream", &u.stream)?;
         }
@@ -157,9 +163,15 @@ impl Hub {
             "{} age timers armed, {trim_timers} expected",
             self.buffers.armed()
         );
-        let expected_timers = n_conns
-            + breaker_timers
-            + usize::from(cfg.snapshot_interval.is_some() && self.last_now.is_some());
+        ensure!(
+            self.breakers.timers() == self.breakers.len(),
+            "breakers: {} timers for {} entries",
+            self.breakers.timers(),
+            self.breakers.len()
+        );
+        ensure!(self.breakers.len() <= cfg.max_breakers as usize, "over max_breakers");
+        let expected_timers =
+            conn_timers + usize::from(cfg.snapshot_interval.is_some() && self.last_now.is_some());
         ensure!(
             self.timers.len() == expected_timers,
             "{} timers armed, {expected_timers} expected",

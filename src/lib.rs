@@ -89,7 +89,8 @@
 //! - **Components**: `connection` (one connection's deadlines, filters and allowances, and the
 //!   generation-checked slot table), `user` (per-user state), `routing` (tenants and rooms),
 //!   `stream` (sequence numbers, recovery buffers, their age timers and totals), `limits` (rate
-//!   buckets, the reconnect breaker), `outbox` (the one way anything is emitted: each action is
+//!   buckets), `breaker` (the reconnect breakers, by `(tenant, user)`, outliving user states),
+//!   `outbox` (the one way anything is emitted: each action is
 //!   queued by the call that records its counter), `flow` (backpressure per connection, the frame
 //!   writer, the traffic meters), `view` (read-only views). The gauges of [`HubStats`] are not
 //!   kept by hand: [`Hub::stats`] derives them from the components that hold what they count.
@@ -145,9 +146,22 @@
 //!   default, and [`Config::room_retention`] keeps it idle instead, its stream buffering.
 //! - **Backpressure** counts control frames too: a client that never reads cannot pile up pongs
 //!   or error frames; it is closed `SlowConsumer` like one that cannot take a critical event.
-//! - **Breaker.** Abnormal closes are transport errors, heartbeat timeouts, slow-consumer and
-//!   protocol-violation closes. A user whose breaker is open is kept (detached) until it
-//!   half-opens, even with zero retention, so that waiting does not reset it.
+//! - **Breaker.** It counts what a reconnect storm looks like: an abnormal close (transport
+//!   error, heartbeat timeout, slow-consumer or protocol-violation close) of a connection that
+//!   lived less than `breaker.probe_healthy_after` and was opened after the user's last counted
+//!   failure (tabs that drop together count once; "after" is the hub's connection order, not an
+//!   instant). Breakers live apart from users' states (bounded by [`Config::max_breakers`]), so
+//!   retiring a user forgets neither its failures nor its half-open probe.
+//! - **Quotas.** The tier's `message` bucket is the user's, shared by its connections and kept
+//!   while its state is (DESIGN §6); control frames keep a per-connection allowance. A rate
+//!   overrun is answered `rate_limited` with a typed `Err` but is not a protocol violation: it
+//!   never closes the connection (a flooder that does not read is closed `SlowConsumer`). The
+//!   `max_violations`-th violation in a row closes with `ProtocolViolation`.
+//! - **Thread filters.** A connection's filter is the set of threads it subscribed to;
+//!   unsubscribing the last one removes the filter (all of its user's events again).
+//! - **Instants** near the end of the clock's range never panic: a deadline that cannot be
+//!   represented means "never" (no timer); a user retention that cannot end retires at once, and
+//!   a breaker that could never half-open is not opened.
 //! - **Meters** count live event frames only (not replays or control frames); a user's delivered
 //!   rate is the sum of its connections' meters, folded into the user's when one closes.
 
@@ -161,6 +175,7 @@ pub struct ReadmeDoctests;
 mod action;
 #[cfg(test)]
 mod architecture;
+mod breaker;
 mod config;
 mod connection;
 pub mod docs;

@@ -200,6 +200,8 @@ pub struct HubStats {
     pub breakers_opened: u64,
     /// Connects refused by an open breaker.
     pub breaker_refusals: u64,
+    /// Breakers forgotten early because `max_breakers` was reached.
+    pub breakers_evicted: u64,
     /// Detached users retired early because `max_detached_users` was reached.
     pub users_evicted: u64,
     /// Sum of the lifetimes of closed connections, for the average.

@@ -315,8 +315,13 @@ impl Buffers {
     ) {
         match (stream.trim_timer, stream.oldest_at()) {
             (None, Some(at)) => {
-                let due = at + max_age + Duration::from_nanos(1);
-                stream.trim_timer = Some(self.trims.insert(due, key()));
+                // Past the end of the clock's range there is no age timer ("never"); the count
+                // and byte bounds still hold.
+                let due =
+                    at.checked_add(max_age).and_then(|d| d.checked_add(Duration::from_nanos(1)));
+                if let Some(due) = due {
+                    stream.trim_timer = Some(self.trims.insert(due, key()));
+                }
             }
             (Some(timer), None) => {
                 self.trims.cancel(timer);

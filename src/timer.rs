@@ -14,14 +14,6 @@ use slab::Slab;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TimerId(u32);
 
-impl TimerId {
-    /// A handle that addresses nothing yet, for a record whose timer is armed right after the
-    /// record is stored (the timer's key is the record's slot).
-    pub(crate) fn placeholder() -> Self {
-        TimerId(u32::MAX)
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 struct HeapEntry {
     at: Instant,

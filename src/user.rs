@@ -1,24 +1,25 @@
 //! Per-user isolated state: the origin documents' "isolated manager", reduced to what it must own:
-//! the user's connections, its stream, its breaker and its retention timer.
+//! the user's connections, its stream, its message quota and its retention timer. (Its reconnect
+//! breaker is not here: it outlives the state, see `breaker.rs`.)
 //!
 //! ## When does a user retire?
 //!
 //! A user's state is created by its first connection and is **active** while it has any. When its
 //! last connection closes it is **detached** ([`Users::detach`]):
 //!
-//! - with `user_retention` zero and a breaker that is not open, it retires at once;
-//! - otherwise it is kept until `now + user_retention`, or, if its reconnect breaker is open,
-//!   until the later of that and the instant the breaker half-opens (waiting out retention must
-//!   not reset a breaker);
+//! - with `user_retention` zero it retires at once (also if `now + user_retention` is past the
+//!   end of the clock's range: a retirement that can never come would defeat
+//!   `max_detached_users`);
+//! - otherwise it is kept until `now + user_retention`;
 //! - if `max_detached_users` are already detached, the one closest to retirement retires early
 //!   (evicted) to make room; the hub also evicts this way when the recovery buffers pass 7/8 of
 //!   `max_buffered_bytes`.
 //!
 //! A connection that comes back while it is detached reattaches it ([`Users::reattach`]): it
-//! keeps its stream and breaker. When the retention timer fires ([`Users::pop_retiring`]) a user
-//! whose breaker is still open is kept until the breaker half-opens; any other retires. Retiring
-//! forgets the state, its stream and its buffer (the hub drops them, and its tenant if that was
-//! the tenant's last state).
+//! keeps its stream and its message quota. When the retention timer fires
+//! ([`Users::pop_retiring`]) it retires. Retiring forgets the state, its stream, its buffer and its
+//! message quota (the hub drops them, and its tenant if that was the tenant's last state); its
+//! reconnect breaker is kept apart and forgets nothing.
 
 use std::hash::{Hash, Hasher};
 use std::time::Instant;
@@ -28,8 +29,7 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::ids::{TenantId, UserId};
-use crate::kinds::BreakerState;
-use crate::limits::Breaker;
+use crate::limits::Bucket;
 use crate::stats::Meters;
 use crate::stream::Stream;
 use crate::timer::{TimerId, TimerQueue};
@@ -60,9 +60,8 @@ pub(crate) struct UserState {
     /// While detached: the retirement timer (in the hub's detached-user queue) and when the
     /// user detached.
     pub(crate) retire: Option<(TimerId, Instant)>,
-    pub(crate) breaker: Breaker,
-    /// Armed while the breaker is open or has a probe.
-    pub(crate) breaker_timer: Option<TimerId>,
+    /// The tier's `message` quota: the user's, shared by all of its connections (DESIGN §6).
+    pub(crate) messages: Bucket,
     pub(crate) meters: Meters,
 }
 
@@ -123,12 +122,9 @@ impl Users {
     /// The user's last connection closed: keep it detached, or say to retire it now. See the
     /// module docs for the rule.
     pub(crate) fn detach(&mut self, now: Instant, uidx: u32, cfg: &Config) -> Detach {
-        let retire_at = match self.get(uidx).breaker.state {
-            BreakerState::Open { until } if until > now => until.max(now + cfg.user_retention),
-            _ if cfg.user_retention.is_zero() => {
-                return Detach { retire_now: true, evicted: None };
-            }
-            _ => now + cfg.user_retention,
+        let retire_at = match now.checked_add(cfg.user_retention) {
+            Some(at) if !cfg.user_retention.is_zero() => at,
+            _ => return Detach { retire_now: true, evicted: None },
         };
         let evicted = if self.detached.len() >= cfg.max_detached_users as usize {
             self.pop_evictable()
@@ -159,22 +155,11 @@ impl Users {
         self.detached.peek()
     }
 
-    /// The next user whose retention ran out at `now` and who retires now. One whose breaker is
-    /// still open is kept until it half-opens instead (half-open without a probe admits the next
-    /// connect anyway, so that one goes).
-    pub(crate) fn pop_retiring(&mut self, now: Instant, cfg: &Config) -> Option<u32> {
-        while let Some(uidx) = self.detached.pop_due(now) {
-            self.get_mut(uidx).retire = None;
-            match self.get(uidx).breaker.state {
-                BreakerState::Open { until } if until > now => {
-                    let retire_at = until.max(now + cfg.user_retention);
-                    let timer = self.detached.insert(retire_at, uidx);
-                    self.get_mut(uidx).retire = Some((timer, now));
-                }
-                _ => return Some(uidx),
-            }
-        }
-        None
+    /// The next user whose retention ran out at `now`: it retires now.
+    pub(crate) fn pop_retiring(&mut self, now: Instant) -> Option<u32> {
+        let uidx = self.detached.pop_due(now)?;
+        self.get_mut(uidx).retire = None;
+        Some(uidx)
     }
 
     /// When a detached user retires.
@@ -233,8 +218,7 @@ mod tests {
             stream: Stream::new(1),
             created_at: t0,
             retire: None,
-            breaker: Breaker::new(),
-            breaker_timer: None,
+            messages: Bucket::full(t0),
             meters: Meters::default(),
         };
         let a = users.insert(mk("acme", "alice"));

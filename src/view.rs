@@ -17,6 +17,8 @@ pub struct UserView<'a> {
     pub(crate) conns: &'a Connections,
     pub(crate) retires_at: Option<Instant>,
     pub(crate) clock: MeterClock,
+    /// The user's breaker (kept apart from its state, see `breaker.rs`).
+    pub(crate) breaker: BreakerState,
 }
 
 impl<'a> UserView<'a> {
@@ -68,7 +70,7 @@ impl<'a> UserView<'a> {
     /// The user's reconnect breaker.
     #[must_use]
     pub fn breaker(&self) -> BreakerState {
-        self.state.breaker.state
+        self.breaker
     }
 
     /// Moving averages of the user's traffic.
@@ -94,7 +96,7 @@ pub struct ConnView<'a> {
     pub(crate) id: ConnId,
     pub(crate) conn: &'a Connection,
     pub(crate) user: &'a UserState,
-    pub(crate) next_timer: Instant,
+    pub(crate) next_timer: Option<Instant>,
 }
 
 impl<'a> ConnView<'a> {
@@ -181,9 +183,11 @@ impl<'a> ConnView<'a> {
         self.conn.held
     }
 
-    /// When the hub will next look at this connection (heartbeat or session), at the latest.
+    /// When the hub will next look at this connection (heartbeat or session), at the latest;
+    /// `None` if none of its deadlines can be represented (they lie past the end of the clock's
+    /// range: it has no timer).
     #[must_use]
-    pub fn next_check(&self) -> Instant {
+    pub fn next_check(&self) -> Option<Instant> {
         self.next_timer
     }
 }

@@ -125,7 +125,9 @@ fn subscribe_narrows_and_unsubscribe_widens() {
     );
     assert_eq!((n, recipients(&actions)), (1, set(&[narrow])));
 
-    // Unsubscribing the thread stops its events; thread-less ones still come.
+    // Unsubscribing a thread stops its events while another is still subscribed; thread-less
+    // ones still come.
+    receive_ok(&mut sim, narrow, r#"{"type":"subscribe","thread_id":"t3"}"#);
     receive_ok(&mut sim, narrow, r#"{"type":"unsubscribe","thread_id":"t1"}"#);
     let (_, actions) =
         publish(&mut sim, Envelope::new(thread("acme", "alice", "t1"), EventKind::ToolExecuting));

@@ -13,14 +13,15 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::action::Action;
+use crate::breaker::{Breakers, ClosedConn, Transition};
 use crate::config::{Config, ConfigError, Tier, UserLimitPolicy};
 use crate::connection::{Connection, Connections, Lookup};
 use crate::error::{ConnError, ConnectError, RefreshError};
 use crate::flow::{Flow, Offer};
 use crate::frame::Frame;
 use crate::ids::{ConnId, Role, Roles, StreamName, TenantId, UserId};
-use crate::kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
-use crate::limits::{Breaker, Transition};
+use crate::kinds::{AuditKind, CloseReason, ClosedBy, DisconnectReason, LimitKind};
+use crate::limits::Bucket;
 use crate::outbox::Outbox;
 use crate::protocol::Redactor;
 use crate::routing::{Tenant, Tenants};
@@ -103,7 +104,6 @@ pub enum WakeReason {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum TimerKey {
     Conn(u32),
-    Breaker(u32),
     Snapshot,
 }
 
@@ -118,6 +118,8 @@ pub struct Hub {
     pub(crate) last_now: Option<Instant>,
     pub(crate) conns: Connections,
     pub(crate) users: Users,
+    /// The reconnect breakers, by `(tenant, user)`: they outlive the users' states.
+    pub(crate) breakers: Breakers,
     /// Tenants, their rooms, and the idle rooms' timers.
     pub(crate) tenants: Tenants,
     pub(crate) timers: TimerQueue<TimerKey>,
@@ -154,6 +156,7 @@ impl Hub {
             last_now: None,
             conns: Connections::default(),
             users: Users::new(),
+            breakers: Breakers::new(),
             tenants: Tenants::new(),
             timers: TimerQueue::new(),
             buffers: Buffers::new(),
@@ -176,8 +179,9 @@ impl Hub {
         self.flow.clock = self.flow.clock.at(now - origin);
         self.stats.take();
         if self.snapshot.is_none() {
-            if let Some(every) = self.cfg.snapshot_interval {
-                self.snapshot = Some(self.timers.insert(now + every, TimerKey::Snapshot));
+            // An instant past the end of the clock's range means no snapshot timer (yet).
+            if let Some(at) = self.cfg.snapshot_interval.and_then(|every| now.checked_add(every)) {
+                self.snapshot = Some(self.timers.insert(at, TimerKey::Snapshot));
             }
         }
         now
@@ -238,14 +242,12 @@ impl Hub {
         }
         let (tenant_id, user_id) = (&principal.tenant, &principal.user);
         let uidx = self.users.find(tenant_id.as_str(), user_id.as_str());
-        if let Some(u) = uidx {
-            let user = self.users.get(u);
-            let probe_opened = self.probe_opened(&user.breaker);
-            if let Err(retry_after) = user.breaker.admit(now, &self.cfg.breaker, probe_opened) {
-                self.out.stats.breaker_refusals += 1;
-                self.out.audit(AuditKind::BreakerRefused, None, Some(tenant_id), Some(user_id));
-                return Err(ConnectError::BreakerOpen { retry_after });
-            }
+        let breaker =
+            self.breakers.admit(now, tenant_id.as_str(), user_id.as_str(), &self.cfg.breaker);
+        if let Err(retry_after) = breaker {
+            self.out.stats.breaker_refusals += 1;
+            self.out.audit(AuditKind::BreakerRefused, None, Some(tenant_id), Some(user_id));
+            return Err(ConnectError::BreakerOpen { retry_after });
         }
         let limit = self.cfg.tiers.get(principal.tier).max_connections_per_user;
         let held = uidx.map_or(0, |u| self.users.get(u).conns.len());
@@ -299,7 +301,8 @@ impl Hub {
         let deadline = conn.next_deadline(&self.cfg);
         let id = self.conns.insert(conn);
         debug_assert_eq!(id.index, idx);
-        self.conns.get_mut(idx).timer = self.timers.insert(deadline, TimerKey::Conn(idx));
+        self.conns.get_mut(idx).timer =
+            deadline.map(|at| self.timers.insert(at, TimerKey::Conn(idx)));
         tenant.add_conn(&mut self.conns, idx);
         user.conns.push(idx);
         user.meters.connects.add(self.flow.clock, 1);
@@ -307,10 +310,8 @@ impl Hub {
             (StreamName::User, user.stream.position()),
             (StreamName::Tenant, tenant.stream.position()),
         ];
-        let probe = user.breaker.admitted(id);
-        if probe {
-            self.arm_breaker(uidx);
-        }
+        let (t, u) = (principal.tenant.as_str(), principal.user.as_str());
+        self.breakers.admitted(now, t, u, id, &self.cfg.breaker);
 
         self.out.opened(id, &principal.tenant, &principal.user, principal.tier);
         let clock = self.flow.clock;
@@ -320,7 +321,7 @@ impl Hub {
             &principal.tenant,
             &principal.user,
             millis(self.cfg.heartbeat.interval),
-            principal.expires_at.map(|exp| millis(exp - now)),
+            principal.expires_at.map(|exp| millis(exp.saturating_duration_since(now))),
             &positions,
         );
         self.flow.deliver(&mut self.out, &mut self.conns, idx, &frame);
@@ -355,8 +356,7 @@ impl Hub {
             stream: Stream::new(self.epochs.next()),
             created_at: now,
             retire: None,
-            breaker: Breaker::new(),
-            breaker_timer: None,
+            messages: Bucket::full(now),
             meters: Meters::default(),
         });
         self.out.user_created(&principal.tenant, &principal.user);
@@ -376,7 +376,9 @@ impl Hub {
         let mut emptied = Vec::new();
         tenant.leave_all(&mut self.conns, idx, |room| emptied.push(room));
         tenant.remove_conn(&mut self.conns, idx);
-        self.timers.cancel(timer);
+        if let Some(timer) = timer {
+            self.timers.cancel(timer);
+        }
         self.doomed.retain(|&d| d != idx);
         let conn = self.conns.remove(idx, now);
         let user = self.users.get_mut(uidx);
@@ -392,12 +394,23 @@ impl Hub {
                         | CloseReason::ProtocolViolation
                 )
         );
-        let transition = user.breaker.closed(now, id, abnormal, &self.cfg.breaker);
-
         let lifetime = now.saturating_duration_since(conn.opened_at);
-        self.out.closed(id, &tenant_id, &self.users.get(uidx).user, lifetime, by);
-        if let Some(t) = transition {
-            self.breaker_transition(uidx, t);
+        let user_id = user.user.clone();
+        let closed = ClosedConn {
+            id,
+            order: conn.order,
+            latest_order: self.conns.latest_order(),
+            lifetime,
+            abnormal,
+        };
+        let change = self.breakers.closed(now, &tenant_id, &user_id, closed, &self.cfg);
+        self.out.closed(id, &tenant_id, &user_id, lifetime, by);
+        if change.evicted {
+            self.out.stats.breakers_evicted += 1;
+        }
+        if let Some(t) = change.transition {
+            let state = self.breakers.state(tenant_id.as_str(), user_id.as_str());
+            self.out.breaker_changed(tenant_id.clone(), user_id, state, t == Transition::Opened);
         }
         for room in emptied {
             self.room_emptied(now, &tenant_id, room);
@@ -430,9 +443,6 @@ impl Hub {
     /// fired or been cancelled.
     fn retire_user(&mut self, uidx: u32, evicted: bool) {
         let user = self.users.remove(uidx);
-        if let Some(timer) = user.breaker_timer {
-            self.timers.cancel(timer);
-        }
         self.buffers.dropped(&user.stream);
         if let Some(tenant) = self.tenants.get_mut(&user.tenant) {
             tenant.users -= 1;
@@ -442,44 +452,6 @@ impl Hub {
             }
         }
         self.out.user_retired(user.tenant, user.user, evicted);
-    }
-
-    /// When the breaker's probe connection opened, if it has a live one.
-    fn probe_opened(&self, breaker: &Breaker) -> Option<Instant> {
-        match breaker.state {
-            BreakerState::HalfOpen { probe: Some(id) } => {
-                match self.conns.lookup(id, self.last_now?, Duration::ZERO) {
-                    Lookup::Live(idx) => Some(self.conns.get(idx).opened_at),
-                    _ => None,
-                }
-            }
-            _ => None,
-        }
-    }
-
-    /// (Re)arms a user's breaker timer for its current state.
-    fn arm_breaker(&mut self, uidx: u32) {
-        let user = self.users.get(uidx);
-        let deadline = user.breaker.deadline(self.probe_opened(&user.breaker), &self.cfg.breaker);
-        let user = self.users.get_mut(uidx);
-        match (user.breaker_timer, deadline) {
-            (Some(t), Some(at)) => self.timers.reschedule(t, at),
-            (None, Some(at)) => {
-                user.breaker_timer = Some(self.timers.insert(at, TimerKey::Breaker(uidx)))
-            }
-            (Some(t), None) => {
-                self.timers.cancel(t);
-                user.breaker_timer = None;
-            }
-            (None, None) => {}
-        }
-    }
-
-    fn breaker_transition(&mut self, uidx: u32, transition: Transition) {
-        self.arm_breaker(uidx);
-        let user = self.users.get(uidx);
-        let (tenant, user_id, state) = (user.tenant.clone(), user.user.clone(), user.breaker.state);
-        self.out.breaker_changed(tenant, user_id, state, transition == Transition::Opened);
     }
 
     /// The transport went away. The connection is forgotten; no `Close` is emitted.
@@ -586,9 +558,12 @@ impl Hub {
     /// the interval is the shorter.)
     pub(crate) fn rearm_if_earlier(&mut self, idx: u32) {
         let c = self.conns.get(idx);
-        let deadline = c.next_deadline(&self.cfg);
-        if deadline < self.timers.deadline(c.timer) {
-            self.timers.reschedule(c.timer, deadline);
+        match (c.next_deadline(&self.cfg), c.timer) {
+            (Some(at), Some(t)) if at < self.timers.deadline(t) => self.timers.reschedule(t, at),
+            (Some(at), None) => {
+                self.conns.get_mut(idx).timer = Some(self.timers.insert(at, TimerKey::Conn(idx)));
+            }
+            _ => {}
         }
     }
 
@@ -609,7 +584,7 @@ impl Hub {
     /// early or twice is harmless.
     pub fn tick(&mut self, now: Instant) {
         let now = self.clock(now);
-        while let Some(uidx) = self.users.pop_retiring(now, &self.cfg) {
+        while let Some(uidx) = self.users.pop_retiring(now) {
             self.retire_user(uidx, false);
         }
         while let Some((tenant, room)) = self.tenants.pop_expired(now) {
@@ -618,10 +593,15 @@ impl Hub {
         while let Some(key) = self.buffers.pop_due(now) {
             self.stream_aged(now, key);
         }
+        // Breakers before connections: a probe's health is settled before its heartbeat.
+        while let Some(change) = self.breakers.pop_due(now, &self.cfg.breaker) {
+            if let Some((tenant, user, state, _)) = change {
+                self.out.breaker_changed(tenant, user, state, false);
+            }
+        }
         while let Some(key) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Conn(idx) => self.on_conn_timer(now, idx),
-                TimerKey::Breaker(uidx) => self.on_breaker_timer(now, uidx),
                 TimerKey::Snapshot => self.on_snapshot_timer(now),
             }
         }
@@ -642,19 +622,10 @@ impl Hub {
         }
     }
 
-    fn on_breaker_timer(&mut self, now: Instant, uidx: u32) {
-        self.users.get_mut(uidx).breaker_timer = None;
-        let probe = self.probe_opened(&self.users.get(uidx).breaker);
-        let user = self.users.get_mut(uidx);
-        match user.breaker.on_timer(now, probe, &self.cfg.breaker) {
-            Some(t) => self.breaker_transition(uidx, t),
-            None => self.arm_breaker(uidx),
-        }
-    }
-
     fn on_snapshot_timer(&mut self, now: Instant) {
         let every = self.cfg.snapshot_interval.expect("armed only when configured");
-        self.snapshot = Some(self.timers.insert(now + every, TimerKey::Snapshot));
+        // Past the end of the clock's range: no further snapshots.
+        self.snapshot = now.checked_add(every).map(|at| self.timers.insert(at, TimerKey::Snapshot));
         let snapshot = self.derive_stats();
         self.out.snapshot(snapshot);
     }
@@ -664,8 +635,10 @@ impl Hub {
         let due = c.due(now, &self.cfg);
         // The popped timer is gone; re-arm before acting so that a close can cancel it. Every
         // outcome but a close leaves the next deadline in the future (or releases the hold).
-        let next = c.next_deadline(&self.cfg).max(now + Duration::from_nanos(1));
-        c.timer = self.timers.insert(next, TimerKey::Conn(idx));
+        let next = c.next_deadline(&self.cfg).and_then(|at| {
+            if at > now { Some(at) } else { now.checked_add(Duration::from_nanos(1)) }
+        });
+        c.timer = next.map(|at| self.timers.insert(at, TimerKey::Conn(idx)));
         let id = self.conns.id_of(idx);
         if let Some(reason) = due.close {
             self.close_conn(now, idx, ClosedBy::Hub(reason));
@@ -714,7 +687,6 @@ impl Hub {
         let timers = self.timers.peek_key().map(|(at, key)| {
             let reason = match key {
                 TimerKey::Conn(idx) => WakeReason::Connection(self.conns.id_of(*idx)),
-                TimerKey::Breaker(_) => WakeReason::Breaker,
                 TimerKey::Snapshot => WakeReason::Snapshot,
             };
             (at, reason)
@@ -722,6 +694,7 @@ impl Hub {
         [
             timers,
             self.users.poll_timeout().map(|at| (at, WakeReason::UserRetention)),
+            self.breakers.poll_timeout().map(|at| (at, WakeReason::Breaker)),
             self.buffers.poll_timeout().map(|at| (at, WakeReason::StreamAge)),
             self.tenants.poll_timeout().map(|at| (at, WakeReason::RoomRetention)),
         ]
@@ -761,6 +734,7 @@ impl Hub {
         let state = self.users.get(uidx);
         Some(UserView {
             state,
+            breaker: self.breakers.state(tenant, user),
             conns: &self.conns,
             retires_at: self.users.retires_at(uidx),
             clock: self.flow.clock,
@@ -773,7 +747,12 @@ impl Hub {
             Lookup::Live(idx) => {
                 let conn = self.conns.get(idx);
                 let user = self.users.get(conn.user);
-                Some(ConnView { id, conn, user, next_timer: self.timers.deadline(conn.timer) })
+                Some(ConnView {
+                    id,
+                    conn,
+                    user,
+                    next_timer: conn.timer.map(|t| self.timers.deadline(t)),
+                })
             }
             _ => None,
         }

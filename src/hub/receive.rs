@@ -17,8 +17,11 @@ impl Hub {
     /// set first, so that the replay honours them).
     ///
     /// A frame that is oversized, malformed, unknown, over a rate or over a limit gets an `error`
-    /// frame and `Err(ReceiveError::Peer(..))`; after `max_violations` of those in a row the
-    /// connection is also closed with [`CloseReason::ProtocolViolation`].
+    /// frame and `Err(ReceiveError::Peer(..))`. Each of those but a rate overrun is a violation:
+    /// the `max_violations`-th in a row also closes the connection with
+    /// [`CloseReason::ProtocolViolation`]. A rate overrun (`rate_limited`) never closes it: an
+    /// honest client that bursts is told to slow down, not to go away (a client that floods and
+    /// does not read its `error` frames is closed as a slow consumer).
     ///
     /// # Errors
     ///
@@ -27,8 +30,9 @@ impl Hub {
     ///   nothing changes.
     /// - [`ReceiveError::Peer`]: the client misbehaved (oversized, malformed or unknown frame, over a
     ///   rate, over a limit, a second `resume`). The client got an `error` frame, the event was
-    ///   audited, and after `max_violations` in a row the connection was closed with
-    ///   [`CloseReason::ProtocolViolation`]. The caller needs to do nothing but drain the actions.
+    ///   audited, and at the `max_violations`-th violation in a row (rate overruns excepted) the
+    ///   connection was closed with [`CloseReason::ProtocolViolation`]. The caller needs to do
+    ///   nothing but drain the actions.
     pub fn receive(
         &mut self,
         now: Instant,
@@ -54,10 +58,12 @@ impl Hub {
             }
         };
         let c = self.conns.get_mut(idx);
+        // `message` frames draw on the user's quota, shared by its connections (DESIGN §6);
+        // control frames on the connection's own allowance.
         let (bucket, rate, limit) = if parsed.is_message() {
             let q = self.cfg.tiers.get(c.tier);
             (
-                &mut c.messages,
+                &mut self.users.get_mut(c.user).messages,
                 Rate::per_minute(q.messages_per_minute, q.message_burst),
                 LimitKind::MessageRate,
             )
@@ -66,7 +72,8 @@ impl Hub {
             (&mut c.control, rate, LimitKind::ControlRate)
         };
         if !bucket.try_take(now, rate) {
-            return Err(self.peer_error(
+            // Answered, never a violation.
+            return Err(self.refuse(
                 now,
                 idx,
                 PeerError::RateLimited,
@@ -74,6 +81,7 @@ impl Hub {
                 AuditKind::Flood,
             ));
         }
+        let c = self.conns.get_mut(idx);
         if let ClientFrame::Resume { positions } = &parsed {
             if c.resumed {
                 return Err(self.peer_error(
@@ -118,8 +126,13 @@ impl Hub {
             }
             ClientFrame::Unsubscribe { thread: None } => c.threads = None,
             ClientFrame::Unsubscribe { thread: Some(thread) } => {
+                // The filter is the set of threads subscribed to: without any left, the
+                // connection receives all of its user's events again.
                 if let Some(threads) = &mut c.threads {
                     threads.0.retain(|t| t.as_str() != thread);
+                    if threads.0.is_empty() {
+                        c.threads = None;
+                    }
                 }
             }
             ClientFrame::Message { thread, data } => {
@@ -142,9 +155,34 @@ impl Hub {
         Ok(())
     }
 
-    /// Answers a misbehaving frame: count it, audit it, tell the client, and close the connection
-    /// once its violation allowance is spent.
+    /// Answers a violation: refuse the frame ([`Hub::refuse`]), and close the connection when it
+    /// spends the last of its violation allowance (the `max_violations`-th in a row).
     fn peer_error(
+        &mut self,
+        now: Instant,
+        idx: u32,
+        err: PeerError,
+        limit: Option<LimitKind>,
+        audit: AuditKind,
+    ) -> ReceiveError {
+        let err = self.refuse(now, idx, err, limit, audit);
+        if !self.conns.contains(idx) {
+            return err;
+        }
+        let allowance = Rate::every(self.cfg.violation_refill, self.cfg.max_violations);
+        let violations = &mut self.conns.get_mut(idx).violations;
+        if !violations.try_take(now, allowance) || violations.exhausted(now, allowance) {
+            let id = self.conns.id_of(idx);
+            let (tenant, user) = self.owner(idx);
+            self.out.audit(AuditKind::ViolationClose, Some(id), Some(&tenant), Some(&user));
+            self.close_conn(now, idx, ClosedBy::Hub(CloseReason::ProtocolViolation));
+        }
+        err
+    }
+
+    /// Refuses a frame: count it, audit it, and tell the client with an `error` frame (or close
+    /// the connection as a slow consumer if it cannot take one).
+    fn refuse(
         &mut self,
         now: Instant,
         idx: u32,
@@ -161,14 +199,6 @@ impl Hub {
         }
         let frame = self.flow.writer.error(&err);
         self.control_or_close(now, idx, &frame);
-        if !self.conns.contains(idx) {
-            return ReceiveError::Peer(err);
-        }
-        let allowance = Rate::every(self.cfg.violation_refill, self.cfg.max_violations);
-        if !self.conns.get_mut(idx).violations.try_take(now, allowance) {
-            self.out.audit(AuditKind::ViolationClose, Some(id), Some(&tenant), Some(&user));
-            self.close_conn(now, idx, ClosedBy::Hub(CloseReason::ProtocolViolation));
-        }
         ReceiveError::Peer(err)
     }
 }

@@ -4,24 +4,97 @@ use super::*;
 
 impl Model {
     pub(super) fn breaker_changed(&mut self, (t, u): (usize, usize)) {
-        let state = self.users[&(t, u)].breaker;
+        let state = self.breaker_state((t, u));
         self.emit(o_breaker(&tenant_name(t), &user_name(u), &state));
     }
 
-    /// A user lost its last connection: kept for `user_retention` (retired at once without), and
-    /// with an open breaker at least until the breaker half-opens (waiting out retention must
-    /// not reset it); room under `max_detached_users` is made first.
+    /// A user's breaker state (closed when nothing is remembered).
+    pub(super) fn breaker_state(&self, key: (usize, usize)) -> BState {
+        self.breakers.get(&key).map_or(BState::Closed, |b| b.state)
+    }
+
+    /// A connection of user `key` closed: the breaker rule of `src/breaker.rs`. A failing probe
+    /// reopens it, a clean one makes room for another probe; while closed, an abnormal close of
+    /// a connection younger than `probe_healthy_after` and opened after the last counted failure
+    /// counts, and `threshold` of those within `window` open it. Returns whether it opened.
+    pub(super) fn breaker_closed(
+        &mut self,
+        key: (usize, usize),
+        id: ConnId,
+        c: &MConn,
+        abnormal: bool,
+    ) -> bool {
+        let now = self.clock;
+        let b = self.cfg.breaker;
+        let (window, healthy) = (Self::ms(b.window), Self::ms(b.probe_healthy_after));
+        if let Some(e) = self.breakers.get_mut(&key) {
+            match e.state {
+                BState::HalfOpen(Some(p)) if p == id => {
+                    e.probe_since = None;
+                    if abnormal {
+                        e.state = BState::Open(now + Self::ms(b.open_for));
+                        return true;
+                    }
+                    e.state = BState::HalfOpen(None);
+                    e.expires = now + window;
+                    return false;
+                }
+                BState::Closed => {}
+                _ => return false,
+            }
+            if c.order <= e.coalesce_upto {
+                return false;
+            }
+        }
+        if !abnormal || now - c.opened >= healthy {
+            return false;
+        }
+        if !self.breakers.contains_key(&key) {
+            if self.breakers.len() >= self.cfg.max_breakers as usize {
+                // Closed entries closest to expiry first, else the armed one due first.
+                let victim = (self.breakers.iter())
+                    .min_by_key(|(_, e)| (e.state != BState::Closed, self.breaker_deadline(e)))
+                    .map(|(k, _)| *k);
+                if let Some(k) = victim {
+                    self.breakers.remove(&k);
+                    self.c.breakers_evicted += 1;
+                }
+            }
+            let fresh = MBreaker {
+                state: BState::Closed,
+                failures: VecDeque::new(),
+                probe_since: None,
+                coalesce_upto: 0,
+                expires: now + window,
+            };
+            self.breakers.insert(key, fresh);
+        }
+        let latest = self.c.opened;
+        let e = self.breakers.get_mut(&key).expect("just made");
+        while e.failures.front().is_some_and(|&f| now - f >= window) {
+            e.failures.pop_front();
+        }
+        e.failures.push_back(now);
+        e.coalesce_upto = latest;
+        e.expires = now + window;
+        if e.failures.len() >= b.threshold as usize {
+            e.failures.clear();
+            e.state = BState::Open(now + Self::ms(b.open_for));
+            return true;
+        }
+        false
+    }
+
+    /// A user lost its last connection: kept for `user_retention` (retired at once without);
+    /// room under `max_detached_users` is made first. (Its breaker is kept apart.)
     pub(super) fn detach(&mut self, key: (usize, usize)) {
         let now = self.clock;
         let retention = Self::ms(self.cfg.user_retention);
-        let retires_at = match self.users[&key].breaker {
-            BState::Open(until) if until > now => until.max(now + retention),
-            _ if retention == 0 => {
-                self.retire(key);
-                return;
-            }
-            _ => now + retention,
-        };
+        if retention == 0 {
+            self.retire(key);
+            return;
+        }
+        let retires_at = now + retention;
         let detached = self.users.values().filter(|u| u.detached.is_some()).count();
         if detached >= self.cfg.max_detached_users as usize {
             self.evict_detached();
@@ -164,14 +237,23 @@ impl Model {
         }
         assert!(!matches!(frame, In::Oversized(_)), "oversized frames are over the limit");
         let c = self.live.get_mut(&id).unwrap();
+        // `message` frames draw on the user's quota (shared by its connections), control frames
+        // on the connection's own allowance.
         let (allowed, limit) = match frame {
-            In::Message(..) => (c.messages.take(now), LimitKind::MessageRate),
+            In::Message(..) => {
+                let q = *self.cfg.tiers.get(c.tier);
+                let interval = Duration::from_secs(60) / q.messages_per_minute;
+                let user = self.users.get_mut(&(c.tenant, c.user)).expect("held");
+                (user.messages.take(now, interval, q.message_burst), LimitKind::MessageRate)
+            }
             _ => (c.control.take(now), LimitKind::ControlRate),
         };
         if !allowed {
+            // Answered, never a violation (issue 10 item 14).
             let err = PeerError::RateLimited;
-            return Err(Ok(self.peer_error(id, err, Some(limit), AuditKind::Flood)));
+            return Err(Ok(self.refuse_frame(id, err, Some(limit), AuditKind::Flood)));
         }
+        let c = self.live.get_mut(&id).unwrap();
         if matches!(frame, In::Resume(..) | In::Remembered(..)) {
             if c.resumed {
                 let err = PeerError::AlreadyResumed;
@@ -205,8 +287,12 @@ impl Model {
             }
             In::Unsubscribe(None) => c.threads = None,
             In::Unsubscribe(Some(th)) => {
+                // Without any thread left the filter is gone (issue 10 item 16).
                 if let Some(threads) = &mut c.threads {
                     threads.retain(|t| t != th);
+                    if threads.is_empty() {
+                        c.threads = None;
+                    }
                 }
             }
             In::Message(th, n) => {
@@ -224,6 +310,7 @@ impl Model {
         Ok(())
     }
 
+    /// A violation: refused, and the `max_violations`-th in a row closes (issue 10 item 14).
     pub(super) fn peer_error(
         &mut self,
         id: ConnId,
@@ -232,6 +319,25 @@ impl Model {
         audit: AuditKind,
     ) -> PeerError {
         let now = self.clock;
+        let err = self.refuse_frame(id, err, limit, audit);
+        let Some(c) = self.live.get_mut(&id) else { return err };
+        let (tn, un) = (tenant_name(c.tenant), user_name(c.user));
+        c.peer_errors += 1;
+        if !c.violations.take(now) || c.violations.credit < c.violations.interval {
+            self.emit(o_audit(AuditKind::ViolationClose, Some(id), Some(&tn), Some(&un)));
+            self.close_conn(id, ClosedBy::Hub(CloseReason::ProtocolViolation));
+        }
+        err
+    }
+
+    /// A refused frame: counted, audited, answered with an `error` frame.
+    pub(super) fn refuse_frame(
+        &mut self,
+        id: ConnId,
+        err: PeerError,
+        limit: Option<LimitKind>,
+        audit: AuditKind,
+    ) -> PeerError {
         self.c.protocol_errors += 1;
         let c = &self.live[&id];
         let (tn, un) = (tenant_name(c.tenant), user_name(c.user));
@@ -240,15 +346,7 @@ impl Model {
             self.emit(o_limit(limit));
         }
         self.emit(o_audit(audit, Some(id), Some(&tn), Some(&un)));
-        if !self.control(id, &f_error(&err)) {
-            return err;
-        }
-        let c = self.live.get_mut(&id).unwrap();
-        c.peer_errors += 1;
-        if !c.violations.take(now) {
-            self.emit(o_audit(AuditKind::ViolationClose, Some(id), Some(&tn), Some(&un)));
-            self.close_conn(id, ClosedBy::Hub(CloseReason::ProtocolViolation));
-        }
+        let _still_open = self.control(id, &f_error(&err));
         err
     }
 

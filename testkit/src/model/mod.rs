@@ -20,8 +20,10 @@
 //! them; a held connection counts in `Published::held` and a message that reached one is not
 //! undeliverable; every non-empty stream ages on a timer of its own (a `tick` at or after its
 //! oldest message's `kept_at + max_age + 1ns` drops what is older than `max_age`, as does a publish
-//! to it and the start of a replay from it); a detached user with an open breaker is kept at least
-//! until the breaker half-opens (zero `user_retention` included), a half-open one keeps no one. On
+//! to it and the start of a replay from it); breakers are kept apart from users, by
+//! `(tenant, user)`, and outlive them (issue 10: only abnormal closes of connections younger than
+//! `probe_healthy_after`, opened after the last counted failure, count; entries expire on timers
+//! of their own); a user's `message` quota is the user's, shared by its connections. On
 //! top of that exact comparison each step asserts the four properties of the design (section 9)
 //! directly:
 //!
@@ -148,6 +150,31 @@ impl Allowance {
     }
 }
 
+/// A GCRA bucket kept as debt in nanoseconds, independent of the rate it is charged at (a
+/// user's `message` quota is shared by connections whose tiers may differ).
+#[derive(Clone, Debug)]
+struct Debt {
+    debt: u128,
+    at: Ms,
+}
+
+impl Debt {
+    fn new(now: Ms) -> Self {
+        Self { debt: 0, at: now }
+    }
+
+    fn take(&mut self, now: Ms, interval: Duration, burst: u32) -> bool {
+        self.debt = self.debt.saturating_sub(u128::from(now - self.at) * 1_000_000);
+        self.at = now;
+        let interval = interval.as_nanos();
+        if self.debt + interval > interval * u128::from(burst.max(1)) {
+            return false;
+        }
+        self.debt += interval;
+        true
+    }
+}
+
 #[derive(Clone, Debug)]
 struct MConn {
     tenant: usize,
@@ -164,7 +191,8 @@ struct MConn {
     threads: Option<Vec<usize>>,
     /// Rooms, with the room stream's seq when the connection joined.
     rooms: Vec<(usize, u64)>,
-    messages: Allowance,
+    /// Its place in the connection order (1, 2, …).
+    order: u64,
     control: Allowance,
     violations: Allowance,
     peer_errors: u32,
@@ -273,9 +301,23 @@ struct MUser {
     /// While detached: since when, and when it retires.
     detached: Option<(Ms, Ms)>,
     stream: MStream,
-    breaker: BState,
-    /// Abnormal closes while closed, within the window.
+    /// The user's `message` quota, shared by its connections (issue 10 item 15).
+    messages: Debt,
+}
+
+/// A user's reconnect breaker, kept apart from the user so that it outlives it (issue 10 items
+/// 1, 2, 13; `src/breaker.rs`).
+#[derive(Clone, Debug)]
+struct MBreaker {
+    state: BState,
+    /// Counted failures within the window, while closed.
     failures: VecDeque<Ms>,
+    /// While half-open with a probe: when it opened.
+    probe_since: Option<Ms>,
+    /// Closes of connections whose order is at most this are coalesced into the last failure.
+    coalesce_upto: u64,
+    /// When a closed entry, or a half-open one without a probe, is forgotten.
+    expires: Ms,
 }
 
 #[derive(Clone, Debug)]
@@ -323,6 +365,7 @@ struct Counters {
     resumes_unrecovered: u64,
     breakers_opened: u64,
     breaker_refusals: u64,
+    breakers_evicted: u64,
     lifetime: Ms,
 }
 
@@ -352,7 +395,6 @@ struct Hints {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
     Conn(ConnId),
-    Breaker((usize, usize)),
 }
 
 #[derive(Clone, Debug)]
@@ -366,6 +408,7 @@ struct Model {
     binding: HashMap<ConnId, (usize, usize)>,
     closed_at: HashMap<ConnId, Ms>,
     users: BTreeMap<(usize, usize), MUser>,
+    breakers: BTreeMap<(usize, usize), MBreaker>,
     tenants: BTreeMap<usize, MStream>,
     rooms: BTreeMap<(usize, usize), MRoom>,
     next_inc: u64,
@@ -385,6 +428,7 @@ impl Model {
             binding: HashMap::new(),
             closed_at: HashMap::new(),
             users: BTreeMap::new(),
+            breakers: BTreeMap::new(),
             tenants: BTreeMap::new(),
             rooms: BTreeMap::new(),
             next_inc: 0,
@@ -538,14 +582,14 @@ impl Model {
         }
         let mut refused = Vec::new();
         let held = self.users.get(&(t, u)).map_or(0, |s| s.conns.len());
-        if let Some(user) = self.users.get(&(t, u)) {
+        if let Some(b) = self.breakers.get(&(t, u)) {
             // Refused until the breaker is half-open, or while its probe proves itself; never
             // told to retry in less than a second.
             let healthy = Self::ms(self.cfg.breaker.probe_healthy_after);
-            let retry_at = match user.breaker {
+            let retry_at = match b.state {
                 BState::Closed | BState::HalfOpen(None) => None,
                 BState::Open(until) => Some(until),
-                BState::HalfOpen(Some(probe)) => Some(self.live[&probe].opened + healthy),
+                BState::HalfOpen(Some(_)) => Some(b.probe_since.expect("a probe") + healthy),
             };
             if let Some(at) = retry_at {
                 let retry_after = Duration::from_millis(at.saturating_sub(now).max(1_000));
@@ -614,15 +658,13 @@ impl Model {
                 conns: Vec::new(),
                 detached: None,
                 stream,
-                breaker: BState::Closed,
-                failures: VecDeque::new(),
+                messages: Debt::new(now),
             };
             self.users.insert((t, u), user);
             self.c.users_created += 1;
             self.emit(o_user_created(&tn, &un));
         }
         let cfg = &self.cfg;
-        let quota = cfg.tiers.get(tier);
         let user = &self.users[&(t, u)];
         let tenant = &self.tenants[&t];
         let conn = MConn {
@@ -637,11 +679,7 @@ impl Model {
             refresh_sent: false,
             threads: None,
             rooms: Vec::new(),
-            messages: Allowance::new(
-                Duration::from_secs(60) / quota.messages_per_minute,
-                quota.message_burst,
-                now,
-            ),
+            order: self.c.opened + 1,
             control: Allowance::new(
                 Duration::from_secs(60) / cfg.control_frames_per_minute,
                 cfg.control_burst,
@@ -670,8 +708,11 @@ impl Model {
         let user = self.users.get_mut(&(t, u)).unwrap();
         user.conns.push(id);
         // While half-open, the first connection admitted is the probe.
-        if user.breaker == BState::HalfOpen(None) {
-            user.breaker = BState::HalfOpen(Some(id));
+        if let Some(b) = self.breakers.get_mut(&(t, u)) {
+            if b.state == BState::HalfOpen(None) {
+                b.state = BState::HalfOpen(Some(id));
+                b.probe_since = Some(now);
+            }
         }
         self.c.opened += 1;
         self.emit(o_opened(id, &tn, &un, tier));
@@ -713,36 +754,10 @@ impl Model {
                         | CloseReason::ProtocolViolation
                 )
         );
-        let b = self.cfg.breaker;
         let user = self.users.get_mut(&key).expect("a live connection's user is held");
         user.conns.retain(|m| *m != id);
-        // The breaker: a failing probe reopens it, a clean one makes room for another probe;
-        // while closed, `threshold` abnormal closes within `window` open it.
-        let mut opened = false;
-        match &mut user.breaker {
-            BState::HalfOpen(probe) if *probe == Some(id) => {
-                if abnormal {
-                    user.breaker = BState::Open(now + Self::ms(b.open_for));
-                    opened = true;
-                } else {
-                    *probe = None;
-                }
-            }
-            BState::Closed if abnormal => {
-                let window = Self::ms(b.window);
-                while user.failures.front().is_some_and(|&f| now - f >= window) {
-                    user.failures.pop_front();
-                }
-                user.failures.push_back(now);
-                if user.failures.len() >= b.threshold as usize {
-                    user.failures.clear();
-                    user.breaker = BState::Open(now + Self::ms(b.open_for));
-                    opened = true;
-                }
-            }
-            _ => {}
-        }
         let detached = user.conns.is_empty();
+        let opened = self.breaker_closed(key, id, &c, abnormal);
         if opened {
             self.c.breakers_opened += 1;
             self.emit(o_audit(AuditKind::BreakerOpened, None, Some(&tn), Some(&un)));

@@ -182,9 +182,7 @@ impl Model {
 
     pub(super) fn tick(&mut self) {
         let now = self.clock;
-        // Retirements first. A user whose breaker is still open is detached again (until the
-        // breaker half-opens, or for another retention period): waiting out retention must not
-        // reset its breaker.
+        // Retirements first (a user's breaker is kept apart: retiring it resets nothing).
         let due: Vec<(usize, usize)> = self
             .users
             .iter()
@@ -194,11 +192,7 @@ impl Model {
         for key in due {
             let Some(user) = self.users.get_mut(&key) else { continue };
             user.detached = None;
-            if matches!(user.breaker, BState::Open(until) if until > now) {
-                self.detach(key);
-            } else {
-                self.retire(key);
-            }
+            self.retire(key);
         }
         // Age timers: every stream whose oldest message outlived `max_age` is trimmed. (A stream's
         // timer is due no later than its oldest message's deadline, and a trim at a timer that
@@ -209,7 +203,17 @@ impl Model {
         for s in users.chain(self.tenants.values_mut()).chain(rooms) {
             s.trim(now, &retention);
         }
-        // Connection and breaker timers, in the order the hub ran them.
+        // Breaker timers, before the connection timers (the hub runs them first), in the order
+        // the hub reported their changes.
+        let mut due: Vec<(usize, (usize, usize))> = (self.breakers.iter())
+            .filter(|(_, b)| self.breaker_deadline(b) <= now)
+            .map(|(k, _)| (self.hints.breaker_order.get(k).copied().unwrap_or(usize::MAX), *k))
+            .collect();
+        due.sort();
+        for (_, key) in due {
+            self.breaker_timer(key);
+        }
+        // Connection timers, in the order the hub ran them.
         let mut due: Vec<(usize, Due)> = Vec::new();
         for (id, c) in &self.live {
             if self.conn_deadline(c) <= now {
@@ -219,17 +223,10 @@ impl Model {
                 ));
             }
         }
-        for (key, u) in &self.users {
-            if self.breaker_deadline(u).is_some_and(|d| d <= now) {
-                let order = self.hints.breaker_order.get(key).copied().unwrap_or(usize::MAX);
-                due.push((order, Due::Breaker(*key)));
-            }
-        }
         due.sort();
         for (_, d) in due {
             match d {
                 Due::Conn(id) if self.live.contains_key(&id) => self.conn_timer(id),
-                Due::Breaker(key) if self.users.contains_key(&key) => self.breaker_timer(key),
                 _ => {}
             }
         }
@@ -277,30 +274,37 @@ impl Model {
         }
     }
 
+    /// A breaker's timer: open → half-open (kept `window` for a probe); a probe that stayed up
+    /// closes it (and it is forgotten, reported closed); a closed entry past its window, or a
+    /// half-open one whose probe never came, is forgotten silently.
     pub(super) fn breaker_timer(&mut self, key: (usize, usize)) {
         let now = self.clock;
-        let user = &self.users[&key];
-        let Some(deadline) = self.breaker_deadline(user) else { return };
-        if deadline > now {
-            return;
+        let window = Self::ms(self.cfg.breaker.window);
+        let b = self.breakers.get_mut(&key).expect("a due breaker");
+        match b.state {
+            BState::Open(_) => {
+                b.state = BState::HalfOpen(None);
+                b.expires = now + window;
+                self.breaker_changed(key);
+            }
+            BState::HalfOpen(Some(_)) => {
+                self.breakers.remove(&key);
+                self.breaker_changed(key);
+            }
+            _ => {
+                self.breakers.remove(&key);
+            }
         }
-        let user = self.users.get_mut(&key).unwrap();
-        user.breaker = match user.breaker {
-            BState::Open(_) => BState::HalfOpen(None),
-            _ => BState::Closed,
-        };
-        self.breaker_changed(key);
     }
 
-    /// When a user's breaker changes by itself: open → half-open, or a probe that stayed up
-    /// closes it.
-    pub(super) fn breaker_deadline(&self, u: &MUser) -> Option<Ms> {
-        match u.breaker {
-            BState::Open(until) => Some(until),
-            BState::HalfOpen(Some(probe)) => {
-                Some(self.live[&probe].opened + Self::ms(self.cfg.breaker.probe_healthy_after))
+    /// When a breaker's timer is due.
+    pub(super) fn breaker_deadline(&self, b: &MBreaker) -> Ms {
+        match b.state {
+            BState::Open(until) => until,
+            BState::HalfOpen(Some(_)) => {
+                b.probe_since.expect("a probe") + Self::ms(self.cfg.breaker.probe_healthy_after)
             }
-            _ => None,
+            _ => b.expires,
         }
     }
 
@@ -326,7 +330,7 @@ impl Model {
     pub(super) fn next_deadline(&self) -> Option<Ms> {
         let conns = self.live.values().map(|c| self.conn_deadline(c));
         let users = self.users.values().filter_map(|u| u.detached.map(|d| d.1));
-        let breakers = self.users.values().filter_map(|u| self.breaker_deadline(u));
+        let breakers = self.breakers.values().map(|b| self.breaker_deadline(b));
         // A stream ages at its oldest message's `kept_at + max_age + 1ns`: by the next ms.
         let age = Self::ms(self.cfg.retention.max_age);
         let streams = (self.users.values().map(|u| &u.stream))

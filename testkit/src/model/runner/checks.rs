@@ -212,7 +212,7 @@ impl Runner {
                         }
                         CloseReason::ProtocolViolation => {
                             matches!(ctx, Ctx::Receive { id, peer_error: true } if id == conn)
-                                && c.peer_errors >= cfg.max_violations
+                                && c.peer_errors + 1 >= cfg.max_violations
                         }
                         CloseReason::SlowConsumer => {
                             // Over its hard limit in a fan-out; its held-back backlog no longer
@@ -303,7 +303,7 @@ impl Runner {
         let c = &m.c;
         let active_users = m.users.values().filter(|u| !u.conns.is_empty()).count() as u64;
         let (buffered_messages, buffered_bytes) = m.buffered();
-        let pairs: [(&str, u64, u64); 37] = [
+        let pairs: [(&str, u64, u64); 38] = [
             ("connections_active", s.connections_active, m.live.len() as u64),
             ("connections_opened", s.connections_opened, c.opened),
             ("connections_closed", s.connections_closed, c.closed),
@@ -338,6 +338,7 @@ impl Runner {
             ("buffered_bytes", s.buffered_bytes, buffered_bytes),
             ("breakers_opened", s.breakers_opened, c.breakers_opened),
             ("breaker_refusals", s.breaker_refusals, c.breaker_refusals),
+            ("breakers_evicted", s.breakers_evicted, c.breakers_evicted),
             (
                 "total_connection_lifetime_ms",
                 s.total_connection_lifetime.as_millis() as u64,
@@ -401,10 +402,11 @@ impl Runner {
             prop_assert_eq!(v.skipped_pending(), c.skipped, "skipped_pending of {}", id);
             prop_assert_eq!(v.held(), c.held, "held of {}", id);
             let deadline = self.at(m.conn_deadline(c));
+            let next_check = v.next_check().expect("the model's instants are all representable");
             prop_assert!(
-                v.next_check() <= deadline,
+                next_check <= deadline,
                 "{id} is next checked at {:?}, after its deadline {:?}",
-                v.next_check() - self.sim.start,
+                next_check - self.sim.start,
                 deadline - self.sim.start
             );
         }
@@ -422,7 +424,7 @@ impl Runner {
                 prop_assert_eq!(v.buffered(), (mu.stream.buf.len(), mu.stream.bytes));
                 prop_assert_eq!(
                     breaker_state(v.breaker(), self.sim.start),
-                    mu.breaker,
+                    m.breaker_state((t, u)),
                     "breaker of t{}/u{}",
                     t,
                     u
