@@ -39,9 +39,10 @@
 //! 2. **Order and no duplicates.** On one connection, a stream's seqs only grow.
 //! 3. **No silent loss of critical events on a live connection.** Every event but `agent_thinking`
 //!    is delivered in order, or the connection is closed with `slow_consumer` (4003) so the client
-//!    resumes. `agent_thinking` may be skipped for a connection that is behind (more than
-//!    `max_inflight_bytes`, default 128 KiB, not yet confirmed by `written`); the next frame to that
-//!    connection is then `{"type":"skipped","count":N}`.
+//!    resumes. `agent_thinking` may be skipped for a connection that is behind (it has bytes not yet
+//!    confirmed by `written`, and this frame would take it past `max_inflight_bytes`, default
+//!    128 KiB); a connection with nothing unwritten gets it whatever its size. The next frame to a
+//!    connection that skipped is then `{"type":"skipped","count":N}`.
 //! 4. **Exact recovery within retention.** Each stream keeps its last messages — at most 1,000
 //!    messages, 1 MiB and 2 minutes by default (`Config::retention`), and at most
 //!    `max_buffered_bytes` (512 MiB) over all streams. A detached user's stream keeps buffering for
@@ -109,7 +110,9 @@
 //! | rooms per connection | 128 | `RoomError::TooManyRooms` |
 //! | thread subscriptions per connection | 64 | `error` frame `too_many_subscriptions` |
 //! | protocol violations in a row | 5 (one forgiven per 12 s) | close `protocol_violation` |
-//! | unwritten bytes per connection | 128 KiB soft / 1 MiB hard | `agent_thinking` skipped / close `slow_consumer` (control frames too) |
+//! | unwritten bytes per connection | 128 KiB soft / 1 MiB hard | `agent_thinking` skipped (only when the connection is behind) / close `slow_consumer` (control frames too) |
+//! | largest event frame | `max_unwritten_bytes` (1 MiB) | `PublishError::TooLarge { bytes, limit }` (HTTP 413 on the server's `/publish`): refused before anything is kept or delivered, nobody is closed. Large tool outputs: raise `Config::max_unwritten_bytes` (and `max_inflight_bytes` below it), and `retention.max_bytes` for such events to stay recoverable |
+//! | nesting depth of event `data` | 128 (`MAX_DATA_DEPTH`, as serde_json's parser) | `PublishError::TooDeep { limit }` |
 //! | recovery buffer per stream | 1,000 messages, 1 MiB, 2 min | oldest dropped; a resume across them says `recovered: false` |
 //! | recovery buffers in total | 512 MiB | detached users retired early, then the growing stream sheds |
 //! | detached users | 100,000 | the one closest to retirement is retired early |
@@ -128,7 +131,7 @@
 //!
 //! | `type` | fields | when |
 //! |---|---|---|
-//! | `agent_started`, `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed`, or a custom kind | `stream` (`"u"` the user's stream, `"t"` the tenant broadcast, `"r:<room>"` a room), `epoch`, `seq`, optional `thread_id`, `run_id`, and `data` | an event |
+//! | `agent_started`, `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed`, or a custom kind | `stream` (`"u"` the user's stream, `"t"` the tenant broadcast, `"r:<room>"` a room), `epoch`, `seq`, optional `thread_id`, `run_id`, and `data` (absent, never `null`, when the event has none) | an event |
 //! | `connected` | `conn_id`, `tenant`, `user`, `heartbeat_ms`, `session_expires_in_ms` (or `null`), `streams`: `{ "u": {epoch, seq}, "t": {epoch, seq} }` | first frame of every connection |
 //! | `refresh_required` | `expires_in_ms` | `session_grace` before the session expires |
 //! | `resumed` | `recovered`, `streams`: per stream `{recovered, reason?, epoch, seq, available_from, replayed}` | after the replay that answers a `resume` |

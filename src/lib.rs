@@ -148,6 +148,12 @@
 //! - **Breaker.** Abnormal closes are transport errors, heartbeat timeouts, slow-consumer and
 //!   protocol-violation closes. A user whose breaker is open is kept (detached) until it
 //!   half-opens, even with zero retention, so that waiting does not reset it.
+//! - **Publish refuses what can never arrive.** An event whose frame is larger than
+//!   [`Config::max_unwritten_bytes`] is refused with [`PublishError::TooLarge`] (nobody is
+//!   closed), and `data` nested deeper than [`MAX_DATA_DEPTH`] with [`PublishError::TooDeep`]
+//!   (checked iteratively, so no payload exhausts the stack). `agent_thinking` is skipped only for
+//!   a connection that is behind: one with nothing unwritten gets it whatever its size. An event
+//!   without data (`null`) has no `data` key on the wire.
 //! - **Meters** count live event frames only (not replays or control frames); a user's delivered
 //!   rate is the sum of its connections' meters, folded into the user's when one closes.
 
@@ -192,7 +198,7 @@ pub use config::{
     BreakerConfig, Config, ConfigError, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas,
     UserLimitPolicy,
 };
-pub use envelope::{Audience, Envelope, EventKind, Priority, Target};
+pub use envelope::{Audience, Envelope, EventKind, MAX_DATA_DEPTH, Priority, Target};
 pub use error::{
     ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError, RoomError,
 };

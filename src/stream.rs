@@ -85,6 +85,12 @@ impl Stream {
         StreamPos { epoch: self.epoch, seq: self.last_seq }
     }
 
+    /// The position [`Stream::assign`] will hand out next (a frame is built, and size-checked,
+    /// before its position is taken).
+    pub(crate) fn next_position(&self) -> StreamPos {
+        StreamPos { epoch: self.epoch, seq: self.last_seq + 1 }
+    }
+
     /// Assigns the next position to a message. The one seam where seqs are minted.
     pub(crate) fn assign(&mut self) -> StreamPos {
         self.last_seq += 1;
