@@ -45,7 +45,10 @@
 //!    connection that skipped is then `{"type":"skipped","count":N}`.
 //! 4. **Exact recovery within retention.** Each stream keeps its last messages — at most 1,000
 //!    messages, 1 MiB and 2 minutes by default (`Config::retention`), and at most
-//!    `max_buffered_bytes` (512 MiB) over all streams. A detached user's stream keeps buffering for
+//!    `max_buffered_bytes` (512 MiB) over all streams, a hard cap: past it, detached users are
+//!    retired early, then the oldest messages of all streams are shed (a stream's newest too, if it
+//!    must; a single event larger than the cap is delivered live but not kept), and a later resume
+//!    across a shed message says `recovered: false` for that stream. A detached user's stream keeps buffering for
 //!    `user_retention` (2 min). A client that reconnects and resumes within those bounds receives
 //!    exactly the messages it missed that it may see, in order, then `resumed` with
 //!    `recovered: true`. Otherwise it gets `recovered: false` for that stream, and must refetch
@@ -114,7 +117,7 @@
 //! | largest event frame | `max_unwritten_bytes` (1 MiB) | `PublishError::TooLarge { bytes, limit }` (HTTP 413 on the server's `/publish`): refused before anything is kept or delivered, nobody is closed. Large tool outputs: raise `Config::max_unwritten_bytes` (and `max_inflight_bytes` below it), and `retention.max_bytes` for such events to stay recoverable |
 //! | nesting depth of event `data` | 128 (`MAX_DATA_DEPTH`, as serde_json's parser) | `PublishError::TooDeep { limit }` |
 //! | recovery buffer per stream | 1,000 messages, 1 MiB, 2 min | oldest dropped; a resume across them says `recovered: false` |
-//! | recovery buffers in total | 512 MiB | detached users retired early, then the growing stream sheds |
+//! | recovery buffers in total | 512 MiB, a hard cap | detached users retired early, then the oldest messages of all streams are shed; an event larger than the cap is delivered live but not kept |
 //! | detached users | 100,000 | the one closest to retirement is retired early |
 //! | idle rooms (with `room_retention`) | 100,000 | the one closest to being dropped is dropped early |
 //! | abnormal closes per user | 5 in 60 s | `ConnectError::BreakerOpen { retry_after }` |

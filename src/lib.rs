@@ -154,6 +154,9 @@
 //!   (checked iteratively, so no payload exhausts the stack). `agent_thinking` is skipped only for
 //!   a connection that is behind: one with nothing unwritten gets it whatever its size. An event
 //!   without data (`null`) has no `data` key on the wire.
+//! - **Buffer cap.** [`Config::max_buffered_bytes`] is a hard cap over all recovery buffers:
+//!   after detached users are retired early, the oldest messages of all streams are shed (in the
+//!   order they were kept, a stream's newest included), at a cost proportional to what is shed.
 //! - **Meters** count live event frames only (not replays or control frames); a user's delivered
 //!   rate is the sum of its connections' meters, folded into the user's when one closes.
 

@@ -18,8 +18,10 @@ use crate::ids::{Role, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId,
 use crate::kinds::{AuditKind, CloseReason, ClosedBy};
 use crate::outbox::Outbox;
 use crate::protocol::{FrameWriter, Redactor};
+use crate::routing::Tenants;
 use crate::routing::audience_admits;
-use crate::stream::{Scope, TrimKey};
+use crate::stream::{Scope, Stream, TrimKey};
+use crate::user::Users;
 
 /// What a publish did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,7 +181,28 @@ impl Hub {
         // live stream has to shed.
         let watermark = self.cfg.max_buffered_bytes - self.cfg.max_buffered_bytes / 8;
         while self.buffers.totals().1 > watermark && self.evict_detached() {}
+        self.shed_to_cap();
         Ok(result)
+    }
+
+    /// Enforces `max_buffered_bytes` as a hard cap: sheds the oldest buffered messages across all
+    /// streams (a stream's newest too, if it must) until the total fits. Costs O(what is shed,
+    /// plus stale queue entries skipped once each).
+    fn shed_to_cap(&mut self) {
+        while self.buffers.totals().1 > self.cfg.max_buffered_bytes {
+            let Some((key, epoch, seq)) = self.buffers.pop_oldest() else { break };
+            let (buffers, cfg) = (&mut self.buffers, &self.cfg);
+            if let Some(stream) = stream_of(&mut self.users, &mut self.tenants, &key) {
+                buffers.shed(stream, key, epoch, seq, cfg);
+            }
+        }
+        if self.buffers.order_needs_compaction() {
+            let (users, tenants) = (&mut self.users, &mut self.tenants);
+            self.buffers.compact_order(|key, epoch, seq| {
+                stream_of(users, tenants, key)
+                    .is_some_and(|s| s.epoch() == epoch && s.available_from() <= seq)
+            });
+        }
     }
 
     /// Closes the connections a fan-out found over their hard limit. Deferred to after the
@@ -321,6 +344,21 @@ impl Hub {
             &mut result,
         );
         result
+    }
+}
+
+/// The stream an age timer or a shedding entry names, if it still exists.
+pub(crate) fn stream_of<'a>(
+    users: &'a mut Users,
+    tenants: &'a mut Tenants,
+    key: &TrimKey,
+) -> Option<&'a mut Stream> {
+    match key {
+        TrimKey::User(u) => users.slab.get_mut(*u as usize).map(|u| &mut u.stream),
+        TrimKey::Tenant(t) => tenants.get_mut(t).map(|t| &mut t.stream),
+        TrimKey::Room(t, r) => {
+            tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r)).map(|r| &mut r.stream)
+        }
     }
 }
 

@@ -95,6 +95,7 @@ impl Model {
         // Room under the hub-wide cap is made at the expense of detached users.
         let cap = self.cfg.max_buffered_bytes;
         while self.buffered().1 > cap - cap / 8 && self.evict_detached() {}
+        self.shed_to_cap();
         Ok(result)
     }
 
