@@ -36,7 +36,10 @@
 //!    user (and thread filter), a room it is in, its tenant (and role), or that very connection. A
 //!    replay after `resume` follows the same rule. No API resolves across tenants except
 //!    `Target::Everyone`, off by default.
-//! 2. **Order and no duplicates.** On one connection, a stream's seqs only grow.
+//! 2. **Order and no duplicates.** On one connection, a stream's seqs only grow: a replay never
+//!    sends a seq at or below one this connection was already sent (live, or before it left and
+//!    re-joined a room); when the client's position is below that, the stream is reported
+//!    `recovered: false` with reason `live_ahead` rather than replayed out of order.
 //! 3. **No silent loss of critical events on a live connection.** Every event but `agent_thinking`
 //!    is delivered in order, or the connection is closed with `slow_consumer` (4003) so the client
 //!    resumes. `agent_thinking` may be skipped for a connection that is behind (it has bytes not yet
@@ -66,8 +69,8 @@
 //! `unsubscribe` may come before it, so that the replay already honours the thread filter); on `recovered: false` for a stream, refetch
 //! and continue from the position the report gives. Set `Config::resume_window` (for example 2 s)
 //! so that events published between the reconnect and the `resume` are held and replayed in order;
-//! with the default of 0, live delivery starts at once and such events may arrive before the replay
-//! (their seqs tell the client where they belong).
+//! with the default of 0, live delivery starts at once, and a stream that already delivered live
+//! events past the client's position answers `recovered: false` (`live_ahead`): refetch it.
 //!
 //! ### Resume protocol
 //!
@@ -87,7 +90,9 @@
 //! ```
 //!
 //! `reason` is `epoch_mismatch` (the stream was re-created), `gap_too_old` (the missing messages are
-//! no longer all buffered), `future_seq` (the client claims a seq the stream has not reached) or
+//! no longer all buffered), `future_seq` (the client claims a seq the stream has not reached),
+//! `live_ahead` (this connection was already sent later seqs of the stream — live before the
+//! resume, or before it left and re-joined the room — so the gap cannot come in order) or
 //! `unknown_stream` (not one of this connection's streams: nothing of it is replayed, and the
 //! attempt is audited). A connection resumes at most once (`already_resumed`), and a `resume` may
 //! name at most `2 + max_rooms_per_connection` streams.

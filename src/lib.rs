@@ -139,7 +139,10 @@
 //!   per stream. With [`Config::resume_window`] a new connection is held (its events stay in the
 //!   buffer) until its first frame other than `subscribe`/`unsubscribe`, so filters may be set
 //!   before the replay. A held connection whose backlog fell out of the buffer is closed
-//!   `SlowConsumer` rather than silently missing it.
+//!   `SlowConsumer` rather than silently missing it. A replay never sends a seq at or below one
+//!   the connection was already sent (live, or in a room it left and re-joined: remembered until
+//!   the resume, for up to `max_rooms_per_connection` rooms, else the re-join position counts);
+//!   such a stream is reported `recovered: false` with reason `live_ahead`.
 //! - **Rooms** announce themselves with `joined`/`left` frames (the `joined` position lets a room
 //!   be resumed before its first event). DESIGN says an empty room is dropped; that is the
 //!   default, and [`Config::room_retention`] keeps it idle instead, its stream buffering.

@@ -45,6 +45,10 @@ pub(crate) enum Unrecoverable {
     FutureSeq,
     /// The messages after the client's seq are no longer all buffered.
     GapTooOld,
+    /// This connection was already sent later seqs of the stream than the client's position (a
+    /// room left and re-joined, or live delivery before the resume): the gap cannot be delivered
+    /// in order.
+    LiveAhead,
 }
 
 impl Unrecoverable {
@@ -53,6 +57,7 @@ impl Unrecoverable {
             Unrecoverable::EpochMismatch => "epoch_mismatch",
             Unrecoverable::FutureSeq => "future_seq",
             Unrecoverable::GapTooOld => "gap_too_old",
+            Unrecoverable::LiveAhead => "live_ahead",
         }
     }
 }

@@ -63,29 +63,34 @@ impl Published {
     }
 }
 
-/// Offers `frame` to each of `recipients` (connection slots) that `admit` accepts, and collects
-/// connections that overflowed into `doomed`.
+/// Offers `frame` to each of `recipients` (connection slots, with the membership slot for rooms)
+/// that `admit` accepts, `mark`s those it was delivered to, and collects connections that
+/// overflowed into `doomed`.
 #[allow(clippy::too_many_arguments)]
 fn fan_out<'a>(
     flow: &mut Flow,
     out: &mut Outbox,
     conns: &mut Connections,
     cfg: &Config,
-    recipients: impl Iterator<Item = &'a u32>,
+    recipients: impl Iterator<Item = (&'a u32, u32)>,
     admit: impl Fn(&Connection) -> bool,
+    mark: impl Fn(&mut Connection, u32),
     frame: &Frame,
     priority: Priority,
     doomed: &mut Vec<u32>,
     result: &mut Published,
 ) {
-    for &idx in recipients {
+    for (&idx, slot) in recipients {
         let conn = conns.get(idx);
         if !admit(conn) {
             continue;
         }
         let offer = flow.offer(out, conns, idx, frame, priority, cfg);
-        if offer == Offer::Overflow {
-            doomed.push(idx);
+        match offer {
+            Offer::Overflow => doomed.push(idx),
+            // Remember the highest seq sent on this stream (issue 10 item 5).
+            Offer::Delivered => mark(conns.get_mut(idx), slot),
+            Offer::Skipped | Offer::Held => {}
         }
         result.add(offer);
     }
@@ -253,8 +258,10 @@ impl Hub {
             }
             let offer =
                 self.flow.offer(&mut self.out, &mut self.conns, idx, &frame, priority, &self.cfg);
-            if offer == Offer::Overflow {
-                self.doomed.push(idx);
+            match offer {
+                Offer::Overflow => self.doomed.push(idx),
+                Offer::Delivered => self.conns.get_mut(idx).user_sent = true,
+                Offer::Skipped | Offer::Held => {}
             }
             result.add(offer);
         }
@@ -279,7 +286,7 @@ impl Hub {
         let key = || TrimKey::Room(tenant.clone(), room.clone());
         self.buffers.keep(&mut r.stream, key, now, pos, &frame, Scope::All, &self.cfg);
         let mut result = Published { position: Some((name, pos)), ..Published::none() };
-        let members = r.members.iter().map(|m| &m.conn);
+        let members = r.members.iter().map(|m| (&m.conn, m.slot));
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
         fan_out(
             flow,
@@ -288,6 +295,7 @@ impl Hub {
             cfg,
             members,
             |_| true,
+            |c, slot| c.rooms[slot as usize].sent = pos.seq,
             &frame,
             msg.kind.priority(),
             &mut self.doomed,
@@ -336,8 +344,9 @@ impl Hub {
             out,
             conns,
             cfg,
-            t.conns.iter(),
+            t.conns.iter().map(|c| (c, 0)),
             admit,
+            |c, _| c.tenant_sent = true,
             &frame,
             msg.kind.priority(),
             &mut self.doomed,

@@ -178,6 +178,13 @@ struct MConn {
     /// The user and tenant streams' seqs at connect.
     user_base: u64,
     tenant_base: u64,
+    /// Issue 10 item 5: the highest seq sent per stream name (`u`, `t`, `r:<room>` of a current
+    /// membership), from the event frames delivered.
+    sent: HashMap<String, u64>,
+    /// Rooms left before the resume: (room, epoch, highest seq sent), at most
+    /// `max_rooms_per_connection`, newest last; and whether that memory overflowed.
+    left: Vec<(usize, u64, u64)>,
+    left_forgotten: bool,
 }
 
 impl MConn {
@@ -495,6 +502,15 @@ impl Model {
             c.skipped = 0;
         }
         frames.push(frame.to_owned());
+        // Issue 10 item 5: remember the highest seq of each stream sent (event frames only).
+        if let Ok(v) = serde_json::from_str::<Value>(frame) {
+            if let (Some(name), Some(seq), false) =
+                (v["stream"].as_str(), v["seq"].as_u64(), v["type"] == "joined")
+            {
+                let sent = c.sent.entry(name.to_owned()).or_default();
+                *sent = (*sent).max(seq);
+            }
+        }
         for f in frames {
             c.unwritten += f.len() as u64;
             self.c.deliveries += 1;
@@ -676,6 +692,9 @@ impl Model {
             resumed: false,
             user_base: user.stream.seq,
             tenant_base: tenant.seq,
+            sent: HashMap::new(),
+            left: Vec::new(),
+            left_forgotten: false,
         };
         let frame = f_connected(
             id,
