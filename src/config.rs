@@ -204,9 +204,10 @@ pub struct Config {
     pub max_detached_users: u32,
     /// Bounds of every stream's recovery buffer (default 1000 messages, 1 MiB, 2 min).
     pub retention: Retention,
-    /// Frame bytes kept in all recovery buffers together (default 512 MiB). Past it, detached
-    /// users are retired early, oldest first, and a stream that still does not fit sheds its
-    /// oldest messages (a later resume across them says `recovered: false`).
+    /// Frame bytes kept in all recovery buffers together (default 512 MiB), a hard cap. Past it,
+    /// detached users are retired early, oldest first, then the oldest messages of all streams
+    /// are shed, a stream's newest too if it must (a later resume across them says
+    /// `recovered: false`); an event larger than the cap is delivered live but not kept.
     pub max_buffered_bytes: u64,
     /// Unwritten bytes past which `agent_thinking` frames are skipped for a connection (and
     /// counted) (default 128 KiB).

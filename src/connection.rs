@@ -21,6 +21,17 @@ pub(crate) struct Membership {
     pub(crate) pos: u32,
     /// The room stream's seq when the connection joined: live delivery covers what follows.
     pub(crate) base: u64,
+    /// The highest seq of the room's stream this connection was sent (issue 10 item 5).
+    pub(crate) sent: u64,
+}
+
+/// A room the connection left before its one `resume`: the highest seq it was sent there, so that
+/// a re-join and a resume never send that stream's seqs out of order (issue 10 item 5).
+#[derive(Debug)]
+pub(crate) struct LeftRoom {
+    pub(crate) room: RoomId,
+    pub(crate) epoch: u64,
+    pub(crate) sent: u64,
 }
 
 /// An open connection. Its binding to one user's state (and so to one `(tenant, user)`) is set at
@@ -68,6 +79,22 @@ pub(crate) struct Connection {
     /// follows, a resume replays up to here.
     pub(crate) user_base: u64,
     pub(crate) tenant_base: u64,
+    // --- issue 10 item 5 (core-b): what was sent per stream, so that seqs only grow.
+    /// Whether any event of the user's (tenant's) stream went out to this connection. Everything
+    /// sent on those streams is past their base, so a bit stands for "the highest seq sent".
+    pub(crate) user_sent: bool,
+    pub(crate) tenant_sent: bool,
+    /// Rooms left before the resume; allocated by the first such leave.
+    pub(crate) left_rooms: Option<Box<LeftRooms>>,
+}
+
+/// The rooms a connection left before its resume (at most `max_rooms_per_connection`, newest
+/// last), and whether that memory overflowed: a re-joined room then counts as sent up to its
+/// re-join position.
+#[derive(Debug, Default)]
+pub(crate) struct LeftRooms {
+    pub(crate) rooms: Vec<LeftRoom>,
+    pub(crate) forgotten: bool,
 }
 
 /// The threads a connection narrowed itself to.
@@ -123,6 +150,9 @@ impl Connection {
             resumed: false,
             user_base,
             tenant_base,
+            user_sent: false,
+            tenant_sent: false,
+            left_rooms: None,
         }
     }
 

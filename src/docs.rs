@@ -36,15 +36,22 @@
 //!    user (and thread filter), a room it is in, its tenant (and role), or that very connection. A
 //!    replay after `resume` follows the same rule. No API resolves across tenants except
 //!    `Target::Everyone`, off by default.
-//! 2. **Order and no duplicates.** On one connection, a stream's seqs only grow.
+//! 2. **Order and no duplicates.** On one connection, a stream's seqs only grow: a replay never
+//!    sends a seq at or below one this connection was already sent (live, or before it left and
+//!    re-joined a room); when the client's position is below that, the stream is reported
+//!    `recovered: false` with reason `live_ahead` rather than replayed out of order.
 //! 3. **No silent loss of critical events on a live connection.** Every event but `agent_thinking`
 //!    is delivered in order, or the connection is closed with `slow_consumer` (4003) so the client
-//!    resumes. `agent_thinking` may be skipped for a connection that is behind (more than
-//!    `max_inflight_bytes`, default 128 KiB, not yet confirmed by `written`); the next frame to that
-//!    connection is then `{"type":"skipped","count":N}`.
+//!    resumes. `agent_thinking` may be skipped for a connection that is behind (it has bytes not yet
+//!    confirmed by `written`, and this frame would take it past `max_inflight_bytes`, default
+//!    128 KiB); a connection with nothing unwritten gets it whatever its size. The next frame to a
+//!    connection that skipped is then `{"type":"skipped","count":N}`.
 //! 4. **Exact recovery within retention.** Each stream keeps its last messages — at most 1,000
 //!    messages, 1 MiB and 2 minutes by default (`Config::retention`), and at most
-//!    `max_buffered_bytes` (512 MiB) over all streams. A detached user's stream keeps buffering for
+//!    `max_buffered_bytes` (512 MiB) over all streams, a hard cap: past it, detached users are
+//!    retired early, then the oldest messages of all streams are shed (a stream's newest too, if it
+//!    must; a single event larger than the cap is delivered live but not kept), and a later resume
+//!    across a shed message says `recovered: false` for that stream. A detached user's stream keeps buffering for
 //!    `user_retention` (2 min). A client that reconnects and resumes within those bounds receives
 //!    exactly the messages it missed that it may see, in order, then `resumed` with
 //!    `recovered: true`. Otherwise it gets `recovered: false` for that stream, and must refetch
@@ -62,8 +69,8 @@
 //! `unsubscribe` may come before it, so that the replay already honours the thread filter); on `recovered: false` for a stream, refetch
 //! and continue from the position the report gives. Set `Config::resume_window` (for example 2 s)
 //! so that events published between the reconnect and the `resume` are held and replayed in order;
-//! with the default of 0, live delivery starts at once and such events may arrive before the replay
-//! (their seqs tell the client where they belong).
+//! with the default of 0, live delivery starts at once, and a stream that already delivered live
+//! events past the client's position answers `recovered: false` (`live_ahead`): refetch it.
 //!
 //! ### Resume protocol
 //!
@@ -83,7 +90,9 @@
 //! ```
 //!
 //! `reason` is `epoch_mismatch` (the stream was re-created), `gap_too_old` (the missing messages are
-//! no longer all buffered), `future_seq` (the client claims a seq the stream has not reached) or
+//! no longer all buffered), `future_seq` (the client claims a seq the stream has not reached),
+//! `live_ahead` (this connection was already sent later seqs of the stream — live before the
+//! resume, or before it left and re-joined the room — so the gap cannot come in order) or
 //! `unknown_stream` (not one of this connection's streams: nothing of it is replayed, and the
 //! attempt is audited). A connection resumes at most once (`already_resumed`), and a `resume` may
 //! name at most `2 + max_rooms_per_connection` streams.
@@ -118,9 +127,11 @@
 //! | rooms per connection | 128 | `RoomError::TooManyRooms` |
 //! | thread subscriptions per connection | 64 | `error` frame `too_many_subscriptions` |
 //! | protocol violations in a row (malformed, unknown, oversized, invalid, over a subscription limit, second `resume`; not rate overruns) | 5 (one forgiven per 12 s): the 5th closes | close `protocol_violation` |
-//! | unwritten bytes per connection | 128 KiB soft / 1 MiB hard | `agent_thinking` skipped / close `slow_consumer` (control frames too) |
+//! | unwritten bytes per connection | 128 KiB soft / 1 MiB hard | `agent_thinking` skipped (only when the connection is behind) / close `slow_consumer` (control frames too) |
+//! | largest event frame | `max_unwritten_bytes` (1 MiB) | `PublishError::TooLarge { bytes, limit }` (HTTP 413 on the server's `/publish`): refused before anything is kept or delivered, nobody is closed. Large tool outputs: raise `Config::max_unwritten_bytes` (and `max_inflight_bytes` below it), and `retention.max_bytes` for such events to stay recoverable |
+//! | nesting depth of event `data` | 128 (`MAX_DATA_DEPTH`, as serde_json's parser) | `PublishError::TooDeep { limit }` |
 //! | recovery buffer per stream | 1,000 messages, 1 MiB, 2 min | oldest dropped; a resume across them says `recovered: false` |
-//! | recovery buffers in total | 512 MiB | detached users retired early, then the growing stream sheds |
+//! | recovery buffers in total | 512 MiB, a hard cap | detached users retired early, then the oldest messages of all streams are shed; an event larger than the cap is delivered live but not kept |
 //! | detached users | 100,000 | the one closest to retirement is retired early |
 //! | idle rooms (with `room_retention`) | 100,000 | the one closest to being dropped is dropped early |
 //! | breaker failures per user (abnormal closes of connections younger than 10 s, coalesced) | 5 in 60 s | `ConnectError::BreakerOpen { retry_after }` |
@@ -138,7 +149,7 @@
 //!
 //! | `type` | fields | when |
 //! |---|---|---|
-//! | `agent_started`, `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed`, or a custom kind | `stream` (`"u"` the user's stream, `"t"` the tenant broadcast, `"r:<room>"` a room), `epoch`, `seq`, optional `thread_id`, `run_id`, and `data` | an event |
+//! | `agent_started`, `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed`, or a custom kind | `stream` (`"u"` the user's stream, `"t"` the tenant broadcast, `"r:<room>"` a room), `epoch`, `seq`, optional `thread_id`, `run_id`, and `data` (absent, never `null`, when the event has none) | an event |
 //! | `connected` | `conn_id`, `tenant`, `user`, `heartbeat_ms`, `session_expires_in_ms` (or `null`), `streams`: `{ "u": {epoch, seq}, "t": {epoch, seq} }` | first frame of every connection |
 //! | `refresh_required` | `expires_in_ms` | `session_grace` before the session expires |
 //! | `resumed` | `recovered`, `streams`: per stream `{recovered, reason?, epoch, seq, available_from, replayed}` | after the replay that answers a `resume` |

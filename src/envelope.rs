@@ -29,6 +29,30 @@ pub enum EventKind {
     Custom(Cow<'static, str>),
 }
 
+/// How deeply an envelope's `data` may nest arrays and objects (the limit serde_json's own parser
+/// applies). [`Hub::publish`](crate::Hub::publish) refuses deeper data with
+/// [`PublishError::TooDeep`](crate::PublishError::TooDeep), checked without recursion before
+/// anything walks the value recursively (redaction, serialization).
+pub const MAX_DATA_DEPTH: usize = 128;
+
+/// Whether `value` nests arrays and objects at most `limit` levels deep (a scalar is depth 0, `[]`
+/// and `{}` depth 1). Iterative: the stack does not grow with the value's depth.
+pub(crate) fn depth_within(value: &Value, limit: usize) -> bool {
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth + 1 > limit {
+            return false;
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    true
+}
+
 /// How much an event matters under pressure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
@@ -209,12 +233,13 @@ pub struct Envelope {
     pub thread: Option<ThreadId>,
     /// The agent run it belongs to, if any.
     pub run: Option<RunId>,
-    /// The payload. Configured keys are redacted at any depth before serialization.
+    /// The payload. Configured keys are redacted at any depth before serialization. `null` means
+    /// no data: the frame then has no `data` key. At most [`MAX_DATA_DEPTH`] levels deep.
     pub data: Value,
 }
 
 impl Envelope {
-    /// An envelope with no thread, no run and `null` data.
+    /// An envelope with no thread, no run and no data (`null`: the frame has no `data` key).
     #[must_use]
     pub fn new(target: Target, kind: EventKind) -> Self {
         Self { target, kind, thread: None, run: None, data: Value::Null }
@@ -275,6 +300,21 @@ mod tests {
             assert_eq!(EventKind::from_wire(kind.as_str()), kind);
         }
         assert!(!EventKind::from_wire("connected").is_valid());
+    }
+
+    #[test]
+    fn depth_is_measured_without_recursion() {
+        assert!(depth_within(&Value::Null, 0));
+        assert!(depth_within(&serde_json::json!([]), 1));
+        assert!(!depth_within(&serde_json::json!([]), 0));
+        assert!(depth_within(&serde_json::json!({"a": [1, {"b": 2}]}), 3));
+        assert!(!depth_within(&serde_json::json!({"a": [1, {"b": {}}]}), 3));
+        let mut deep = Value::Null;
+        for _ in 0..100_000 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert!(!depth_within(&deep, MAX_DATA_DEPTH));
+        std::mem::forget(deep); // dropping it recursively is serde_json's business
     }
 
     #[test]

@@ -166,6 +166,26 @@ pub enum PublishError {
     /// `Target::Thread` names one thread and the envelope's `thread` another.
     #[error("envelope thread differs from the target's thread")]
     ThreadMismatch,
+    /// The event's frame would be larger than
+    /// [`Config::max_unwritten_bytes`](crate::Config::max_unwritten_bytes): no connection could
+    /// ever take it, so it is refused before anything is kept or delivered (an HTTP front end
+    /// answers 413). Raise `max_unwritten_bytes` (and `retention.max_bytes` /
+    /// `max_buffered_bytes` for it to be recoverable) to send larger events.
+    #[error("event frame of {bytes} bytes exceeds the unwritten limit of {limit}")]
+    TooLarge {
+        /// The size of the frame the event would have.
+        bytes: u64,
+        /// [`Config::max_unwritten_bytes`](crate::Config::max_unwritten_bytes).
+        limit: u64,
+    },
+    /// The event's data nests arrays and objects deeper than
+    /// [`MAX_DATA_DEPTH`](crate::MAX_DATA_DEPTH) levels (the limit serde_json's parser applies):
+    /// it is refused before any recursive walk, so no payload can exhaust the stack.
+    #[error("event data nests deeper than {limit} levels")]
+    TooDeep {
+        /// [`MAX_DATA_DEPTH`](crate::MAX_DATA_DEPTH).
+        limit: usize,
+    },
 }
 
 /// Why [`Hub::join`](crate::Hub::join) refused.

@@ -84,7 +84,9 @@ impl Flow {
             return Offer::Held;
         }
         let after = conn.unwritten + notice_len(conn.skipped) + frame.len() as u64;
-        if priority == Priority::Low && after > cfg.max_inflight_bytes {
+        // Skipped only for a connection that is actually behind: one that has confirmed
+        // everything gets even a thinking frame larger than the soft limit.
+        if priority == Priority::Low && conn.unwritten > 0 && after > cfg.max_inflight_bytes {
             conn.skipped = conn.skipped.saturating_add(1);
             out.stats.thinking_skipped += 1;
             return Offer::Skipped;

@@ -140,7 +140,10 @@
 //!   per stream. With [`Config::resume_window`] a new connection is held (its events stay in the
 //!   buffer) until its first frame other than `subscribe`/`unsubscribe`, so filters may be set
 //!   before the replay. A held connection whose backlog fell out of the buffer is closed
-//!   `SlowConsumer` rather than silently missing it.
+//!   `SlowConsumer` rather than silently missing it. A replay never sends a seq at or below one
+//!   the connection was already sent (live, or in a room it left and re-joined: remembered until
+//!   the resume, for up to `max_rooms_per_connection` rooms, else the re-join position counts);
+//!   such a stream is reported `recovered: false` with reason `live_ahead`.
 //! - **Rooms** announce themselves with `joined`/`left` frames (the `joined` position lets a room
 //!   be resumed before its first event). DESIGN says an empty room is dropped; that is the
 //!   default, and [`Config::room_retention`] keeps it idle instead, its stream buffering.
@@ -162,6 +165,15 @@
 //! - **Instants** near the end of the clock's range never panic: a deadline that cannot be
 //!   represented means "never" (no timer); a user retention that cannot end retires at once, and
 //!   a breaker that could never half-open is not opened.
+//! - **Publish refuses what can never arrive.** An event whose frame is larger than
+//!   [`Config::max_unwritten_bytes`] is refused with [`PublishError::TooLarge`] (nobody is
+//!   closed), and `data` nested deeper than [`MAX_DATA_DEPTH`] with [`PublishError::TooDeep`]
+//!   (checked iteratively, so no payload exhausts the stack). `agent_thinking` is skipped only for
+//!   a connection that is behind: one with nothing unwritten gets it whatever its size. An event
+//!   without data (`null`) has no `data` key on the wire.
+//! - **Buffer cap.** [`Config::max_buffered_bytes`] is a hard cap over all recovery buffers:
+//!   after detached users are retired early, the oldest messages of all streams are shed (in the
+//!   order they were kept, a stream's newest included), at a cost proportional to what is shed.
 //! - **Meters** count live event frames only (not replays or control frames); a user's delivered
 //!   rate is the sum of its connections' meters, folded into the user's when one closes.
 
@@ -207,7 +219,7 @@ pub use config::{
     BreakerConfig, Config, ConfigError, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas,
     UserLimitPolicy,
 };
-pub use envelope::{Audience, Envelope, EventKind, Priority, Target};
+pub use envelope::{Audience, Envelope, EventKind, MAX_DATA_DEPTH, Priority, Target};
 pub use error::{
     ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError, RoomError,
 };

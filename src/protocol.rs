@@ -100,7 +100,9 @@ struct EventFrame<'a> {
     thread_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     run_id: Option<&'a str>,
-    data: Redacted<'a>,
+    /// Absent when the envelope carries no data (`null`): the README calls `data` optional.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Redacted<'a>>,
 }
 
 #[cfg(test)]
@@ -241,7 +243,7 @@ impl FrameWriter {
             seq: pos.seq,
             thread_id: thread.map(ThreadId::as_str),
             run_id: run.map(RunId::as_str),
-            data: Redacted { value: data, redactor },
+            data: (!data.is_null()).then_some(Redacted { value: data, redactor }),
         })
     }
 

@@ -180,7 +180,12 @@ impl Tenant {
         });
         let slot = conn.rooms.len() as u32;
         let base = r.stream.position().seq;
-        conn.rooms.push(Membership { room: room.clone(), pos: r.members.len() as u32, base });
+        conn.rooms.push(Membership {
+            room: room.clone(),
+            pos: r.members.len() as u32,
+            base,
+            sent: 0,
+        });
         r.members.push(Member { conn: idx, slot });
         true
     }

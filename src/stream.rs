@@ -45,6 +45,10 @@ pub(crate) enum Unrecoverable {
     FutureSeq,
     /// The messages after the client's seq are no longer all buffered.
     GapTooOld,
+    /// This connection was already sent later seqs of the stream than the client's position (a
+    /// room left and re-joined, or live delivery before the resume): the gap cannot be delivered
+    /// in order.
+    LiveAhead,
 }
 
 impl Unrecoverable {
@@ -53,6 +57,7 @@ impl Unrecoverable {
             Unrecoverable::EpochMismatch => "epoch_mismatch",
             Unrecoverable::FutureSeq => "future_seq",
             Unrecoverable::GapTooOld => "gap_too_old",
+            Unrecoverable::LiveAhead => "live_ahead",
         }
     }
 }
@@ -83,6 +88,12 @@ impl Stream {
     /// The position of the last message (seq 0 if none yet).
     pub(crate) fn position(&self) -> StreamPos {
         StreamPos { epoch: self.epoch, seq: self.last_seq }
+    }
+
+    /// The position [`Stream::assign`] will hand out next (a frame is built, and size-checked,
+    /// before its position is taken).
+    pub(crate) fn next_position(&self) -> StreamPos {
+        StreamPos { epoch: self.epoch, seq: self.last_seq + 1 }
     }
 
     /// Assigns the next position to a message. The one seam where seqs are minted.
@@ -119,15 +130,28 @@ impl Stream {
         }
     }
 
-    /// Drops the oldest messages until `bytes` are freed, keeping at least the newest one (the
-    /// hub-wide buffer cap, when this stream is the one growing).
-    pub(crate) fn shed(&mut self, bytes: usize) {
-        let mut freed = 0;
-        while freed < bytes && self.buf.len() > 1 {
-            let front = self.buf.pop_front().expect("len > 1");
-            freed += front.frame.len();
-            self.bytes -= front.frame.len();
+    /// Drops the oldest message if it is `seq` of `epoch` (the hub-wide cap sheds in global age
+    /// order, and its queue may name messages this stream already dropped). Returns whether it
+    /// did. The newest message goes too if it must: a later resume across it is unrecoverable.
+    pub(crate) fn shed_oldest(&mut self, epoch: u64, seq: u64) -> bool {
+        if self.epoch != epoch || self.buf.front().is_none_or(|b| b.seq != seq) {
+            return false;
         }
+        let front = self.buf.pop_front().expect("checked");
+        self.bytes -= front.frame.len();
+        true
+    }
+
+    /// Drops every buffered message (one too large for the hub-wide cap cannot be kept, and a
+    /// buffer holds a contiguous range, so nothing older can be replayed across it either).
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.bytes = 0;
+    }
+
+    /// The stream's epoch.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Buffered messages and their frame bytes.
@@ -208,11 +232,50 @@ pub(crate) struct Buffers {
     trims: TimerQueue<TrimKey>,
     messages: u64,
     bytes: u64,
+    /// Every kept message in the order it was kept (so oldest first, across streams): what the
+    /// hub-wide cap sheds. Entries of messages a stream dropped on its own are skipped when they
+    /// reach the front, and compacted away when they outnumber the buffered messages.
+    order: VecDeque<(TrimKey, u64, u64)>,
 }
 
 impl Buffers {
     pub(crate) fn new() -> Self {
-        Self { trims: TimerQueue::new(), messages: 0, bytes: 0 }
+        Self { trims: TimerQueue::new(), messages: 0, bytes: 0, order: VecDeque::new() }
+    }
+
+    /// The oldest kept message, `(stream, epoch, seq)`, taken off the shedding queue (it may
+    /// already be gone from its stream).
+    pub(crate) fn pop_oldest(&mut self) -> Option<(TrimKey, u64, u64)> {
+        self.order.pop_front()
+    }
+
+    /// Whether the shedding queue holds so many stale entries that it should be compacted.
+    pub(crate) fn order_needs_compaction(&self) -> bool {
+        self.order.len() as u64 > 2 * self.messages + 1024
+    }
+
+    /// Keeps only the shedding queue's entries `live` says are still buffered.
+    pub(crate) fn compact_order(&mut self, mut live: impl FnMut(&TrimKey, u64, u64) -> bool) {
+        self.order.retain(|(key, epoch, seq)| live(key, *epoch, *seq));
+    }
+
+    /// Sheds `seq` of `epoch`, the stream's oldest message, for the hub-wide cap. Returns whether
+    /// it was still there.
+    pub(crate) fn shed(
+        &mut self,
+        stream: &mut Stream,
+        key: TrimKey,
+        epoch: u64,
+        seq: u64,
+        cfg: &Config,
+    ) -> bool {
+        let before = stream.buffered();
+        if !stream.shed_oldest(epoch, seq) {
+            return false;
+        }
+        self.rebuffered(before, stream.buffered());
+        self.sync_age_timer(stream, || key, cfg.retention.max_age);
+        true
     }
 
     /// Messages and frame bytes in all recovery buffers.
@@ -250,8 +313,9 @@ impl Buffers {
         self.sync_age_timer(stream, || key, cfg.retention.max_age);
     }
 
-    /// Keeps a message in a stream's buffer (within its bounds and the hub-wide byte cap) and
-    /// arms the stream's age timer.
+    /// Keeps a message in a stream's buffer (within its bounds) and arms the stream's age timer.
+    /// A message larger than the hub-wide cap is not kept (and empties the buffer: it holds a
+    /// contiguous range). The caller then sheds to the cap ([`Buffers::pop_oldest`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn keep(
         &mut self,
@@ -264,15 +328,17 @@ impl Buffers {
         cfg: &Config,
     ) {
         let before = stream.buffered();
-        stream.keep(now, pos.seq, frame, scope, &cfg.retention);
-        let over = (self.bytes + stream.buffered().1 as u64)
-            .saturating_sub(before.1 as u64)
-            .saturating_sub(cfg.max_buffered_bytes);
-        if over > 0 {
-            stream.shed(usize::try_from(over).unwrap_or(usize::MAX));
+        let key = key();
+        if frame.len() as u64 > cfg.max_buffered_bytes {
+            stream.clear();
+        } else {
+            stream.keep(now, pos.seq, frame, scope, &cfg.retention);
+            if stream.buffered().0 > 0 {
+                self.order.push_back((key.clone(), pos.epoch, pos.seq));
+            }
         }
         self.rebuffered(before, stream.buffered());
-        self.sync_age_timer(stream, key, cfg.retention.max_age);
+        self.sync_age_timer(stream, || key, cfg.retention.max_age);
     }
 
     /// Trims a stream to its bounds at `now` (the age bound is otherwise applied when it grows).

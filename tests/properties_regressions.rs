@@ -124,7 +124,7 @@ fn regression_everyone_counts_held_connections() {
 /// something). A message whose frame alone is over `retention.max_bytes` (which
 /// `Config::validate` lets be any non-zero size) is not kept: keeping it drops the oldest first
 /// and then the message itself. When the buffer held something before, it is left empty with its
-/// age timer still armed: here an 82-byte message is kept at 0 s (timer due at 30 s + 1 ns), and
+/// age timer still armed: here a 70-byte message is kept at 0 s (timer due at 30 s + 1 ns), and
 /// a 290-byte one at 1 s empties the buffer; `check_invariants` reports "user stream: age timer
 /// armed true with 0 buffered", and `poll_timeout` asks for a `tick` at 30 s + 1 ns with nothing
 /// due before the heartbeat at 60 s.
@@ -149,7 +149,7 @@ fn regression_a_frame_over_the_byte_bound_leaves_an_age_timer_armed() {
     let small = Envelope::new(to_alice(), EventKind::AgentStarted);
     sim.hub.publish(sim.now, small).expect("published");
     sim.drain();
-    assert_eq!(sim.hub.user("acme", "alice").expect("held").buffered(), (1, 82));
+    assert_eq!(sim.hub.user("acme", "alice").expect("held").buffered(), (1, 70));
     sim.hub.check_invariants().expect("one message buffered, its age timer armed");
     sim.now += Duration::from_secs(1);
     let big =

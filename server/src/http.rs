@@ -495,6 +495,8 @@ async fn publish(State(app): State<AppState>, request: Request) -> Response {
         Err(PublishFailed::Hub(err)) => {
             let status = match err {
                 PublishError::GlobalBroadcastDisabled => StatusCode::FORBIDDEN,
+                // It could never be delivered: no connection may hold a frame this large.
+                PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::BAD_REQUEST,
             };
             rejected(status, "refused", err.to_string())

@@ -518,3 +518,37 @@ async fn publish_reports_events_held_for_a_connection_in_its_resume_window() {
     }
     assert!(got.contains(&"notice".to_owned()), "{got:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 9: an event that could never be delivered is refused, and nobody is closed
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_of_an_event_larger_than_any_connection_may_hold_is_413_and_closes_nobody() {
+    let server = Server::start(|s| s.hub.max_unwritten_bytes = 256 * 1024).await;
+    let mut c = server.ws(&server.token("alice"), &[]).await.unwrap();
+    assert_eq!(c.recv().await["type"], "connected");
+    c.send(json!({"type": "ping"})).await;
+    assert_eq!(c.recv().await["type"], "pong");
+    let big = "x".repeat(300 * 1024);
+    let body = json!({"tenant": "acme", "user": "alice", "kind": "tool_completed", "data": big});
+    let publish = |body: String| {
+        let addr = server.addr();
+        async move {
+            let auth = format!("Bearer {ADMIN}");
+            let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+            request(addr, "POST", "/publish", &headers, &body).await
+        }
+    };
+    let reply = publish(body.to_string()).await;
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    // The connection is still open and still gets what fits.
+    let small = json!({"tenant": "acme", "user": "alice", "kind": "tool_completed", "data": "ok"});
+    let reply = publish(small.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["delivered"], 1);
+    let event = c.recv().await;
+    assert_eq!(
+        (event["type"].as_str(), event["data"].as_str()),
+        (Some("tool_completed"), Some("ok"))
+    );
+}

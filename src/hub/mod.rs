@@ -609,15 +609,8 @@ impl Hub {
 
     /// A stream's age timer fired.
     fn stream_aged(&mut self, now: Instant, key: TrimKey) {
-        let stream = match &key {
-            TrimKey::User(u) => self.users.slab.get_mut(*u as usize).map(|u| &mut u.stream),
-            TrimKey::Tenant(t) => self.tenants.get_mut(t).map(|t| &mut t.stream),
-            TrimKey::Room(t, r) => {
-                self.tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r)).map(|r| &mut r.stream)
-            }
-        };
         // Always found: dropping a stream cancels its timer.
-        if let Some(stream) = stream {
+        if let Some(stream) = publish::stream_of(&mut self.users, &mut self.tenants, &key) {
             self.buffers.handle_timeout(stream, key, now, &self.cfg);
         }
     }

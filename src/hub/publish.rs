@@ -7,7 +7,9 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::connection::{Connection, Connections};
-use crate::envelope::{Audience, Envelope, EventKind, Priority, Target};
+use crate::envelope::{
+    Audience, Envelope, EventKind, MAX_DATA_DEPTH, Priority, Target, depth_within,
+};
 use crate::error::PublishError;
 use crate::flow::{Flow, Offer};
 use crate::frame::Frame;
@@ -16,8 +18,10 @@ use crate::ids::{Role, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId,
 use crate::kinds::{AuditKind, CloseReason, ClosedBy};
 use crate::outbox::Outbox;
 use crate::protocol::{FrameWriter, Redactor};
+use crate::routing::Tenants;
 use crate::routing::audience_admits;
-use crate::stream::{Scope, TrimKey};
+use crate::stream::{Scope, Stream, TrimKey};
+use crate::user::Users;
 
 /// What a publish did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,29 +63,34 @@ impl Published {
     }
 }
 
-/// Offers `frame` to each of `recipients` (connection slots) that `admit` accepts, and collects
-/// connections that overflowed into `doomed`.
+/// Offers `frame` to each of `recipients` (connection slots, with the membership slot for rooms)
+/// that `admit` accepts, `mark`s those it was delivered to, and collects connections that
+/// overflowed into `doomed`.
 #[allow(clippy::too_many_arguments)]
 fn fan_out<'a>(
     flow: &mut Flow,
     out: &mut Outbox,
     conns: &mut Connections,
     cfg: &Config,
-    recipients: impl Iterator<Item = &'a u32>,
+    recipients: impl Iterator<Item = (&'a u32, u32)>,
     admit: impl Fn(&Connection) -> bool,
+    mark: impl Fn(&mut Connection, u32),
     frame: &Frame,
     priority: Priority,
     doomed: &mut Vec<u32>,
     result: &mut Published,
 ) {
-    for &idx in recipients {
+    for (&idx, slot) in recipients {
         let conn = conns.get(idx);
         if !admit(conn) {
             continue;
         }
         let offer = flow.offer(out, conns, idx, frame, priority, cfg);
-        if offer == Offer::Overflow {
-            doomed.push(idx);
+        match offer {
+            Offer::Overflow => doomed.push(idx),
+            // Remember the highest seq sent on this stream (issue 10 item 5).
+            Offer::Delivered => mark(conns.get_mut(idx), slot),
+            Offer::Skipped | Offer::Held => {}
         }
         result.add(offer);
     }
@@ -100,7 +109,13 @@ impl Hub {
     /// - [`PublishError::ThreadMismatch`]: a `Thread` target whose envelope names another thread;
     /// - [`PublishError::GlobalBroadcastDisabled`]: [`Target::Everyone`] without
     ///   [`Config::allow_global_broadcast`] (audited);
-    /// - [`PublishError::Conn`]: a `Connection` target that is not open (see [`ConnError`](crate::ConnError)).
+    /// - [`PublishError::Conn`]: a `Connection` target that is not open (see [`ConnError`](crate::ConnError));
+    /// - [`PublishError::TooDeep`]: `data` nests deeper than [`MAX_DATA_DEPTH`] (checked without
+    ///   recursion, before anything walks it);
+    /// - [`PublishError::TooLarge`]: the event's frame is larger than
+    ///   [`Config::max_unwritten_bytes`], so no connection could ever take it (nobody is closed;
+    ///   for `Everyone`, checked for every tenant before any is published to). Checked when the
+    ///   target has a stream: a publish to a user the hub does not hold builds no frame.
     ///
     /// A target with no recipients is not an error: see [`Published::undeliverable`].
     pub fn publish(&mut self, now: Instant, envelope: Envelope) -> Result<Published, PublishError> {
@@ -108,29 +123,33 @@ impl Hub {
         if !envelope.kind.is_valid() {
             return Err(PublishError::InvalidKind);
         }
+        if !depth_within(&envelope.data, MAX_DATA_DEPTH) {
+            return Err(PublishError::TooDeep { limit: MAX_DATA_DEPTH });
+        }
         let Envelope { target, kind, thread, run, data } = envelope;
         let msg = Message { kind: &kind, thread: thread.as_ref(), run: run.as_ref(), data: &data };
         let result = match &target {
-            Target::User { tenant, user } => self.publish_user(now, tenant, user, None, &msg),
+            Target::User { tenant, user } => self.publish_user(now, tenant, user, None, &msg)?,
             Target::Thread { tenant, user, thread: target_thread } => {
                 if thread.as_ref().is_some_and(|t| t != target_thread) {
                     return Err(PublishError::ThreadMismatch);
                 }
                 let msg = Message { thread: Some(target_thread), ..msg };
-                self.publish_user(now, tenant, user, None, &msg)
+                self.publish_user(now, tenant, user, None, &msg)?
             }
             Target::Connection(id) => {
                 let idx = self.resolve(now, *id)?;
                 let (tenant, user) = self.owner(idx);
-                self.publish_user(now, &tenant, &user, Some(idx), &msg)
+                self.publish_user(now, &tenant, &user, Some(idx), &msg)?
             }
-            Target::Room { tenant, room } => self.publish_room(now, tenant, room, &msg),
+            Target::Room { tenant, room } => self.publish_room(now, tenant, room, &msg)?,
             Target::Tenant { tenant, audience } => {
                 let role = match audience {
                     Audience::All => None,
                     Audience::Role(r) => Some(r),
                 };
-                self.publish_tenant(now, tenant, role, &msg)
+                let frame = self.tenant_frame(tenant, &msg)?;
+                self.publish_tenant(now, tenant, role, &msg, frame)
             }
             Target::Everyone => {
                 if !self.cfg.allow_global_broadcast {
@@ -142,9 +161,14 @@ impl Hub {
                 // on its inputs only.
                 let mut tenants: Vec<TenantId> = self.tenants.keys().cloned().collect();
                 tenants.sort_unstable();
-                let mut total = Published::none();
+                // Every tenant's frame is built (once) and size-checked before any is published.
+                let mut frames = Vec::with_capacity(tenants.len());
                 for tenant in &tenants {
-                    let r = self.publish_tenant(now, tenant, None, &msg);
+                    frames.push(self.tenant_frame(tenant, &msg)?);
+                }
+                let mut total = Published::none();
+                for (tenant, frame) in tenants.iter().zip(frames) {
+                    let r = self.publish_tenant(now, tenant, None, &msg, frame);
                     total.delivered += r.delivered;
                     total.skipped += r.skipped;
                     total.closed += r.closed;
@@ -162,7 +186,28 @@ impl Hub {
         // live stream has to shed.
         let watermark = self.cfg.max_buffered_bytes - self.cfg.max_buffered_bytes / 8;
         while self.buffers.totals().1 > watermark && self.evict_detached() {}
+        self.shed_to_cap();
         Ok(result)
+    }
+
+    /// Enforces `max_buffered_bytes` as a hard cap: sheds the oldest buffered messages across all
+    /// streams (a stream's newest too, if it must) until the total fits. Costs O(what is shed,
+    /// plus stale queue entries skipped once each).
+    fn shed_to_cap(&mut self) {
+        while self.buffers.totals().1 > self.cfg.max_buffered_bytes {
+            let Some((key, epoch, seq)) = self.buffers.pop_oldest() else { break };
+            let (buffers, cfg) = (&mut self.buffers, &self.cfg);
+            if let Some(stream) = stream_of(&mut self.users, &mut self.tenants, &key) {
+                buffers.shed(stream, key, epoch, seq, cfg);
+            }
+        }
+        if self.buffers.order_needs_compaction() {
+            let (users, tenants) = (&mut self.users, &mut self.tenants);
+            self.buffers.compact_order(|key, epoch, seq| {
+                stream_of(users, tenants, key)
+                    .is_some_and(|s| s.epoch() == epoch && s.available_from() <= seq)
+            });
+        }
     }
 
     /// Closes the connections a fan-out found over their hard limit. Deferred to after the
@@ -183,14 +228,16 @@ impl Hub {
         user: &UserId,
         only: Option<u32>,
         msg: &Message<'_>,
-    ) -> Published {
+    ) -> Result<Published, PublishError> {
         let Some(uidx) = self.users.find(tenant.as_str(), user.as_str()) else {
             // A user the hub does not hold: nothing is created for it.
-            return Published::none();
+            return Ok(Published::none());
         };
         let u = self.users.get_mut(uidx);
-        let pos = u.stream.assign();
+        let pos = u.stream.next_position();
         let frame = msg.frame(&mut self.flow.writer, &StreamName::User, pos, &self.redactor);
+        deliverable(&frame, &self.cfg)?;
+        let pos = u.stream.assign();
         let scope = match (only, msg.thread) {
             (Some(idx), _) => Scope::Conn(self.conns.id_of(idx)),
             (None, Some(t)) => Scope::Thread(t.clone()),
@@ -211,12 +258,14 @@ impl Hub {
             }
             let offer =
                 self.flow.offer(&mut self.out, &mut self.conns, idx, &frame, priority, &self.cfg);
-            if offer == Offer::Overflow {
-                self.doomed.push(idx);
+            match offer {
+                Offer::Overflow => self.doomed.push(idx),
+                Offer::Delivered => self.conns.get_mut(idx).user_sent = true,
+                Offer::Skipped | Offer::Held => {}
             }
             result.add(offer);
         }
-        result
+        Ok(result)
     }
 
     fn publish_room(
@@ -225,17 +274,19 @@ impl Hub {
         tenant: &TenantId,
         room: &RoomId,
         msg: &Message<'_>,
-    ) -> Published {
+    ) -> Result<Published, PublishError> {
         let Some(r) = self.tenants.get_mut(tenant).and_then(|t| t.rooms.get_mut(room)) else {
-            return Published::none();
+            return Ok(Published::none());
         };
-        let pos = r.stream.assign();
         let name = StreamName::Room(room.clone());
-        let frame = msg.frame(&mut self.flow.writer, &name, pos, &self.redactor);
+        let frame =
+            msg.frame(&mut self.flow.writer, &name, r.stream.next_position(), &self.redactor);
+        deliverable(&frame, &self.cfg)?;
+        let pos = r.stream.assign();
         let key = || TrimKey::Room(tenant.clone(), room.clone());
         self.buffers.keep(&mut r.stream, key, now, pos, &frame, Scope::All, &self.cfg);
         let mut result = Published { position: Some((name, pos)), ..Published::none() };
-        let members = r.members.iter().map(|m| &m.conn);
+        let members = r.members.iter().map(|m| (&m.conn, m.slot));
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
         fan_out(
             flow,
@@ -244,26 +295,43 @@ impl Hub {
             cfg,
             members,
             |_| true,
+            |c, slot| c.rooms[slot as usize].sent = pos.seq,
             &frame,
             msg.kind.priority(),
             &mut self.doomed,
             &mut result,
         );
-        result
+        Ok(result)
     }
 
+    /// The frame a tenant broadcast will have at the tenant stream's next position, size-checked;
+    /// `None` for a tenant without state.
+    fn tenant_frame(
+        &mut self,
+        tenant: &TenantId,
+        msg: &Message<'_>,
+    ) -> Result<Option<Frame>, PublishError> {
+        let Some(t) = self.tenants.get(tenant) else { return Ok(None) };
+        let pos = t.stream.next_position();
+        let frame = msg.frame(&mut self.flow.writer, &StreamName::Tenant, pos, &self.redactor);
+        deliverable(&frame, &self.cfg)?;
+        Ok(Some(frame))
+    }
+
+    /// Publishes `frame` (from [`Hub::tenant_frame`], built for the next position) on a tenant's
+    /// stream.
     fn publish_tenant(
         &mut self,
         now: Instant,
         tenant: &TenantId,
         role: Option<&Role>,
         msg: &Message<'_>,
+        frame: Option<Frame>,
     ) -> Published {
-        let Some(t) = self.tenants.get_mut(tenant) else {
+        let (Some(t), Some(frame)) = (self.tenants.get_mut(tenant), frame) else {
             return Published::none();
         };
         let pos = t.stream.assign();
-        let frame = msg.frame(&mut self.flow.writer, &StreamName::Tenant, pos, &self.redactor);
         let scope = role.map_or(Scope::All, |r| Scope::Role(r.clone()));
         let key = || TrimKey::Tenant(tenant.clone());
         self.buffers.keep(&mut t.stream, key, now, pos, &frame, scope, &self.cfg);
@@ -276,8 +344,9 @@ impl Hub {
             out,
             conns,
             cfg,
-            t.conns.iter(),
+            t.conns.iter().map(|c| (c, 0)),
             admit,
+            |c, _| c.tenant_sent = true,
             &frame,
             msg.kind.priority(),
             &mut self.doomed,
@@ -285,6 +354,30 @@ impl Hub {
         );
         result
     }
+}
+
+/// The stream an age timer or a shedding entry names, if it still exists.
+pub(crate) fn stream_of<'a>(
+    users: &'a mut Users,
+    tenants: &'a mut Tenants,
+    key: &TrimKey,
+) -> Option<&'a mut Stream> {
+    match key {
+        TrimKey::User(u) => users.slab.get_mut(*u as usize).map(|u| &mut u.stream),
+        TrimKey::Tenant(t) => tenants.get_mut(t).map(|t| &mut t.stream),
+        TrimKey::Room(t, r) => {
+            tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r)).map(|r| &mut r.stream)
+        }
+    }
+}
+
+/// Refuses a frame no connection could ever take: larger than the hard unwritten limit.
+fn deliverable(frame: &Frame, cfg: &Config) -> Result<(), PublishError> {
+    let bytes = frame.len() as u64;
+    if bytes > cfg.max_unwritten_bytes {
+        return Err(PublishError::TooLarge { bytes, limit: cfg.max_unwritten_bytes });
+    }
+    Ok(())
 }
 
 /// The parts of an envelope that make up its frame.

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use crate::connection::Connections;
+use crate::connection::{Connection, Connections};
 use crate::flow::Flow;
 use crate::hub::Hub;
 use crate::ids::{StreamName, StreamPos};
@@ -35,12 +35,21 @@ impl Hub {
         let was_held = std::mem::replace(&mut c.held, false);
         let uidx = c.user;
         let tenant_id = self.users.get(uidx).tenant.clone();
-        let bases = [(StreamName::User, c.user_base), (StreamName::Tenant, c.tenant_base)];
-        let rooms: Vec<(StreamName, u64)> =
-            c.rooms.iter().map(|m| (StreamName::Room(m.room.clone()), m.base)).collect();
+        if positions.is_some() {
+            // The one resume: what was sent in rooms left before it is no longer needed.
+            c.left_rooms = None;
+        }
+        // Anything sent on the user's or tenant's stream is past its base.
+        let sent = |any: bool, base: u64| if any { base + 1 } else { 0 };
+        let bases = [
+            (StreamName::User, c.user_base, sent(c.user_sent, c.user_base)),
+            (StreamName::Tenant, c.tenant_base, sent(c.tenant_sent, c.tenant_base)),
+        ];
+        let rooms: Vec<(StreamName, u64, u64)> =
+            c.rooms.iter().map(|m| (StreamName::Room(m.room.clone()), m.base, m.sent)).collect();
         let mut replay =
             Replay { idx, was_held, positions, reports: Vec::new(), replayed: 0, lost: false };
-        for (name, base) in bases.into_iter().chain(rooms) {
+        for (name, base, sent) in bases.into_iter().chain(rooms) {
             let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
             let stream = match &name {
                 StreamName::User => &mut self.users.get_mut(uidx).stream,
@@ -51,7 +60,8 @@ impl Hub {
             };
             // Apply the age bound first, so nothing older than `max_age` is ever replayed.
             self.buffers.trim(stream, now, &self.cfg);
-            replay.stream(&mut self.flow, &mut self.out, &mut self.conns, &name, stream, base);
+            let (flow, out, conns) = (&mut self.flow, &mut self.out, &mut self.conns);
+            replay.stream(flow, out, conns, &name, stream, (base, sent));
         }
         let Replay { reports, replayed, lost, .. } = replay;
         self.out.stats.replayed += u64::from(replayed);
@@ -111,7 +121,7 @@ impl Replay<'_> {
         conns: &mut Connections,
         name: &StreamName,
         stream: &Stream,
-        base: u64,
+        (base, sent): (u64, u64),
     ) {
         let current = stream.position();
         let upto = if self.was_held { current.seq } else { base };
@@ -120,7 +130,7 @@ impl Replay<'_> {
             self.positions.and_then(|p| p.iter().find(|(n, _)| *n == wire)).map(|(_, pos)| *pos);
         let Some(pos) = requested else {
             if self.was_held {
-                match self.send(flow, out, conns, stream, current.epoch, base, upto) {
+                match self.send(flow, out, conns, name, stream, current.epoch, base, upto) {
                     Ok(n) => self.replayed += n,
                     Err(_) => self.lost = true,
                 }
@@ -129,10 +139,15 @@ impl Replay<'_> {
         };
         // A client already past `upto` got the rest live on this connection.
         let ahead = pos.epoch == current.epoch && pos.seq >= upto && pos.seq <= current.seq;
+        // The connection was sent later seqs of this stream than the client's position: what the
+        // client misses before them cannot be delivered in order (issue 10 item 5).
+        let live_ahead = pos.epoch == current.epoch && pos.seq < upto && pos.seq < sent;
         let outcome = if ahead {
             Ok(0)
+        } else if live_ahead {
+            Err(Unrecoverable::LiveAhead)
         } else {
-            self.send(flow, out, conns, stream, pos.epoch, pos.seq, upto)
+            self.send(flow, out, conns, name, stream, pos.epoch, pos.seq, upto)
         };
         let report = |recovered, reason: Option<Unrecoverable>, replayed| StreamReport {
             recovered,
@@ -151,7 +166,7 @@ impl Replay<'_> {
                 self.reports.push((wire, report(false, Some(why), 0)));
                 // The client refetches this stream's state; what was held back still follows.
                 if self.was_held {
-                    match self.send(flow, out, conns, stream, current.epoch, base, upto) {
+                    match self.send(flow, out, conns, name, stream, current.epoch, base, upto) {
                         Ok(n) => self.replayed += n,
                         Err(_) => self.lost = true,
                     }
@@ -167,6 +182,7 @@ impl Replay<'_> {
         flow: &mut Flow,
         out: &mut Outbox,
         conns: &mut Connections,
+        name: &StreamName,
         stream: &Stream,
         epoch: u64,
         after: u64,
@@ -177,9 +193,24 @@ impl Replay<'_> {
         for entry in stream.range(epoch, after, upto)? {
             if scope_admits(conns.get(self.idx), id, &entry.scope) {
                 flow.deliver(out, conns, self.idx, &entry.frame);
+                mark_sent(conns.get_mut(self.idx), name, entry.seq);
                 n += 1;
             }
         }
         Ok(n)
+    }
+}
+
+/// Records that `seq` of stream `name` went out to this connection (a replay after a window
+/// expired may be followed by a `resume`, which must not send below it).
+fn mark_sent(conn: &mut Connection, name: &StreamName, seq: u64) {
+    match name {
+        StreamName::User => conn.user_sent = true,
+        StreamName::Tenant => conn.tenant_sent = true,
+        StreamName::Room(room) => {
+            if let Some(m) = conn.rooms.iter_mut().find(|m| &m.room == room) {
+                m.sent = m.sent.max(seq);
+            }
+        }
     }
 }

@@ -183,7 +183,18 @@ impl Model {
         let r = self.rooms.get_mut(&key).unwrap();
         r.members.push(id);
         let (pos, base) = ((r.stream.epoch, r.stream.seq), r.stream.seq);
-        self.live.get_mut(&id).unwrap().rooms.push((room, base));
+        let c = self.live.get_mut(&id).unwrap();
+        c.rooms.push((room, base));
+        // Issue 10 item 5: what was sent before a leave counts again (same epoch); forgotten
+        // rooms count as sent up to the re-join position.
+        let remembered = c.left.iter().position(|l| l.0 == room).map(|i| c.left.remove(i));
+        let sent = match remembered {
+            Some((_, epoch, sent)) if epoch == pos.0 => sent,
+            Some(_) => 0,
+            None if c.left_forgotten => base,
+            None => 0,
+        };
+        c.sent.insert(format!("r:{}", room_name(room)), sent);
         // The client learns where the room's stream stands (so that it can resume it later).
         let _still_open = self.control(id, &f_joined(room, pos));
         Ok(true)
@@ -195,6 +206,17 @@ impl Model {
         let Some(pos) = c.rooms.iter().position(|(r, _)| *r == room) else { return Ok(false) };
         c.rooms.remove(pos);
         let key = (c.tenant, room);
+        // Issue 10 item 5: remembered until the resume, within max_rooms_per_connection.
+        let sent = c.sent.remove(&format!("r:{}", room_name(room))).unwrap_or(0);
+        if !c.resumed {
+            let epoch = self.rooms[&key].stream.epoch;
+            c.left.retain(|l| l.0 != room);
+            if c.left.len() >= self.cfg.max_rooms_per_connection as usize {
+                c.left.remove(0);
+                c.left_forgotten = true;
+            }
+            c.left.push((room, epoch, sent));
+        }
         let r = self.rooms.get_mut(&key).unwrap();
         r.members.retain(|m| *m != id);
         if r.members.is_empty() {
@@ -362,6 +384,9 @@ impl Model {
         let c = self.live.get_mut(&id).unwrap();
         let was_held = std::mem::replace(&mut c.held, false);
         let (t, u) = (c.tenant, c.user);
+        if positions.is_some() {
+            c.left.clear();
+        }
         let mut streams = vec![
             ("u".to_owned(), SKey::User(t, u), c.user_base),
             ("t".into(), SKey::Tenant(t), c.tenant_base),
@@ -376,9 +401,12 @@ impl Model {
             let (epoch, seq) = (s.epoch, s.seq);
             let upto = if was_held { seq } else { base };
             let requested = positions.and_then(|p| p.iter().find(|(n, ..)| *n == name));
+            let sent = self.live[&id].sent.get(&name).copied().unwrap_or(0);
             let outcome = match requested {
                 None => None,
                 Some(&(_, e, s)) if e == epoch && s >= upto && s <= seq => Some(Ok(0)),
+                // Issue 10 item 5: later seqs already went out; the gap cannot come in order.
+                Some(&(_, e, s)) if e == epoch && s < upto && s < sent => Some(Err("live_ahead")),
                 Some(&(_, e, s)) => Some(self.send(id, key, Some(e), s, upto)),
             };
             let backlog = match outcome {

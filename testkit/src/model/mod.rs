@@ -206,6 +206,13 @@ struct MConn {
     /// The user and tenant streams' seqs at connect.
     user_base: u64,
     tenant_base: u64,
+    /// Issue 10 item 5: the highest seq sent per stream name (`u`, `t`, `r:<room>` of a current
+    /// membership), from the event frames delivered.
+    sent: HashMap<String, u64>,
+    /// Rooms left before the resume: (room, epoch, highest seq sent), at most
+    /// `max_rooms_per_connection`, newest last; and whether that memory overflowed.
+    left: Vec<(usize, u64, u64)>,
+    left_forgotten: bool,
 }
 
 impl MConn {
@@ -246,6 +253,8 @@ enum MScope {
 
 #[derive(Clone, Debug)]
 struct MEntry {
+    /// Issue 10 item 4: the global order it was kept in (the hub-wide cap sheds oldest first).
+    ord: u64,
     seq: u64,
     at: Ms,
     frame: String,
@@ -412,6 +421,8 @@ struct Model {
     tenants: BTreeMap<usize, MStream>,
     rooms: BTreeMap<(usize, usize), MRoom>,
     next_inc: u64,
+    /// Issue 10 item 4: the order of the next kept message.
+    next_ord: u64,
     c: Counters,
     /// The outputs the current operation must produce.
     out: Vec<String>,
@@ -432,6 +443,7 @@ impl Model {
             tenants: BTreeMap::new(),
             rooms: BTreeMap::new(),
             next_inc: 0,
+            next_ord: 0,
             c: Counters::default(),
             out: Vec::new(),
             hints: Hints::default(),
@@ -481,22 +493,38 @@ impl Model {
             .fold((0, 0), |(n, b), s| (n + s.buf.len() as u64, b + s.bytes as u64))
     }
 
-    /// Keeps a message for recovery: within the stream's bounds, then within the hub-wide byte
-    /// cap at the expense of this stream's oldest messages (its newest is always kept).
+    /// Keeps a message for recovery, within the stream's bounds. Issue 10 item 4: a frame larger
+    /// than `max_buffered_bytes` is not kept and empties the buffer; the hub-wide cap is enforced
+    /// after the publish by [`Model::shed_to_cap`].
     fn keep(&mut self, key: SKey, seq: u64, frame: &str, scope: MScope) {
         let now = self.clock;
-        let total = self.buffered().1;
         let (retention, cap) = (self.cfg.retention, self.cfg.max_buffered_bytes);
+        self.next_ord += 1;
+        let ord = self.next_ord;
         let s = self.stream_mut(key);
-        let before = s.bytes as u64;
-        s.buf.push_back(MEntry { seq, at: now, frame: frame.to_owned(), scope });
+        if frame.len() as u64 > cap {
+            s.buf.clear();
+            s.bytes = 0;
+            return;
+        }
+        s.buf.push_back(MEntry { ord, seq, at: now, frame: frame.to_owned(), scope });
         s.bytes += frame.len();
         s.trim(now, &retention);
-        let over = (total + s.bytes as u64).saturating_sub(before).saturating_sub(cap);
-        let mut freed = 0;
-        while freed < over && s.buf.len() > 1 {
-            let front = s.buf.pop_front().expect("len > 1");
-            freed += front.frame.len() as u64;
+    }
+
+    /// Issue 10 item 4: `max_buffered_bytes` is a hard cap. Sheds the oldest buffered message
+    /// across all streams (a stream's newest too) until the total fits.
+    fn shed_to_cap(&mut self) {
+        while self.buffered().1 > self.cfg.max_buffered_bytes {
+            let users = self.users.values_mut().map(|u| &mut u.stream);
+            let rooms = self.rooms.values_mut().map(|r| &mut r.stream);
+            let oldest = users
+                .chain(self.tenants.values_mut())
+                .chain(rooms)
+                .filter(|s| !s.buf.is_empty())
+                .min_by_key(|s| s.buf.front().map(|e| e.ord));
+            let Some(s) = oldest else { break };
+            let front = s.buf.pop_front().expect("non-empty");
             s.bytes -= front.frame.len();
         }
     }
@@ -518,6 +546,15 @@ impl Model {
             c.skipped = 0;
         }
         frames.push(frame.to_owned());
+        // Issue 10 item 5: remember the highest seq of each stream sent (event frames only).
+        if let Ok(v) = serde_json::from_str::<Value>(frame) {
+            if let (Some(name), Some(seq), false) =
+                (v["stream"].as_str(), v["seq"].as_u64(), v["type"] == "joined")
+            {
+                let sent = c.sent.entry(name.to_owned()).or_default();
+                *sent = (*sent).max(seq);
+            }
+        }
         for f in frames {
             c.unwritten += f.len() as u64;
             self.c.deliveries += 1;
@@ -693,6 +730,9 @@ impl Model {
             resumed: false,
             user_base: user.stream.seq,
             tenant_base: tenant.seq,
+            sent: HashMap::new(),
+            left: Vec::new(),
+            left_forgotten: false,
         };
         let frame = f_connected(
             id,

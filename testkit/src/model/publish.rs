@@ -25,27 +25,29 @@ impl Model {
         };
         let mut doomed = Vec::new();
         let result = match target {
-            ResolvedTarget::User(t, u) => self.publish_user((*t, *u), None, &msg, &mut doomed),
+            ResolvedTarget::User(t, u) => self.publish_user((*t, *u), None, &msg, &mut doomed)?,
             ResolvedTarget::Thread(t, u, th) => {
                 if thread.is_some_and(|x| x != *th) {
                     return Err(PublishError::ThreadMismatch);
                 }
                 let msg = Msg { thread: Some(*th), ..msg };
-                self.publish_user((*t, *u), None, &msg, &mut doomed)
+                self.publish_user((*t, *u), None, &msg, &mut doomed)?
             }
             ResolvedTarget::Conn(id) => {
                 self.lookup(*id)?;
                 let key = self.binding[id];
-                self.publish_user(key, Some(*id), &msg, &mut doomed)
+                self.publish_user(key, Some(*id), &msg, &mut doomed)?
             }
             ResolvedTarget::Room(t, r) => match self.rooms.get_mut(&(*t, *r)) {
                 None => Expect::default(),
                 Some(room) => {
-                    room.stream.seq += 1;
                     let s = &room.stream;
-                    let (pos, inc) = ((s.epoch, s.seq), s.inc);
+                    let (pos, inc) = ((s.epoch, s.seq + 1), s.inc);
                     let name = format!("r:{}", room_name(*r));
                     let frame = f_event(&msg.kind, &name, pos, msg.thread, msg.n);
+                    self.deliverable(&frame)?;
+                    let room = self.rooms.get_mut(&(*t, *r)).expect("just found");
+                    room.stream.seq += 1;
                     let members = room.members.clone();
                     self.keep(SKey::Room(*t, *r), pos.1, &frame, MScope::All);
                     let mut result = Expect::default();
@@ -56,7 +58,10 @@ impl Model {
                     result
                 }
             },
-            ResolvedTarget::Tenant(t, role) => self.publish_tenant(*t, *role, &msg, &mut doomed),
+            ResolvedTarget::Tenant(t, role) => {
+                self.tenant_deliverable(*t, &msg)?;
+                self.publish_tenant(*t, *role, &msg, &mut doomed)
+            }
             ResolvedTarget::Everyone => {
                 if !self.cfg.allow_global_broadcast {
                     self.emit(o_audit(AuditKind::GlobalBroadcastDenied, None, None, None));
@@ -65,6 +70,10 @@ impl Model {
                 self.emit(o_audit(AuditKind::GlobalBroadcast, None, None, None));
                 let mut total = Expect::default();
                 let tenants: Vec<usize> = self.tenants.keys().copied().collect();
+                // Issue 10 item 9: every tenant's frame is size-checked before any publish.
+                for &t in &tenants {
+                    self.tenant_deliverable(t, &msg)?;
+                }
                 for t in tenants {
                     let r = self.publish_tenant(t, None, &msg, &mut doomed);
                     total.delivered += r.delivered;
@@ -86,6 +95,7 @@ impl Model {
         // Room under the hub-wide cap is made at the expense of detached users.
         let cap = self.cfg.max_buffered_bytes;
         while self.buffered().1 > cap - cap / 8 && self.evict_detached() {}
+        self.shed_to_cap();
         Ok(result)
     }
 
@@ -106,7 +116,8 @@ impl Model {
         }
         // The `skipped` notice the frame would carry counts with it.
         let after = c.unwritten + notice_len(c.skipped) + frame.len() as u64;
-        if low && after > self.cfg.max_inflight_bytes {
+        // Issue 10 item 9: only a connection that is behind (something unwritten) skips.
+        if low && c.unwritten > 0 && after > self.cfg.max_inflight_bytes {
             c.skipped += 1;
             self.c.thinking_skipped += 1;
             r.skipped += 1;
@@ -125,12 +136,14 @@ impl Model {
         only: Option<ConnId>,
         msg: &Msg,
         doomed: &mut Vec<ConnId>,
-    ) -> Expect {
-        let Some(user) = self.users.get_mut(&key) else { return Expect::default() };
-        user.stream.seq += 1;
+    ) -> Result<Expect, PublishError> {
+        let Some(user) = self.users.get(&key) else { return Ok(Expect::default()) };
         let s = &user.stream;
-        let (pos, inc) = ((s.epoch, s.seq), s.inc);
+        let (pos, inc) = ((s.epoch, s.seq + 1), s.inc);
         let frame = f_event(&msg.kind, "u", pos, msg.thread, msg.n);
+        self.deliverable(&frame)?;
+        let user = self.users.get_mut(&key).expect("just found");
+        user.stream.seq += 1;
         let scope = match (only, msg.thread) {
             (Some(id), _) => MScope::Conn(id),
             (None, Some(t)) => MScope::Thread(t),
@@ -148,7 +161,22 @@ impl Model {
             self.offer(id, &frame, msg.low, &mut result, doomed);
         }
         result.position = Some(("u".to_owned(), pos.1, inc));
-        result
+        Ok(result)
+    }
+
+    /// Issue 10 item 9: a frame larger than `max_unwritten_bytes` is refused at publish.
+    fn deliverable(&self, frame: &str) -> Result<(), PublishError> {
+        let (bytes, limit) = (frame.len() as u64, self.cfg.max_unwritten_bytes);
+        if bytes > limit {
+            return Err(PublishError::TooLarge { bytes, limit });
+        }
+        Ok(())
+    }
+
+    /// The size check of a tenant broadcast's frame at the tenant stream's next position.
+    fn tenant_deliverable(&self, t: usize, msg: &Msg) -> Result<(), PublishError> {
+        let Some(s) = self.tenants.get(&t) else { return Ok(()) };
+        self.deliverable(&f_event(&msg.kind, "t", (s.epoch, s.seq + 1), msg.thread, msg.n))
     }
 
     pub(super) fn publish_tenant(
