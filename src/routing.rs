@@ -83,7 +83,9 @@ impl Tenants {
         } else {
             None
         };
-        let timer = self.idle.insert(now + cfg.room_retention, (tenant.clone(), room.clone()));
+        // The caller drops the room instead when this instant does not exist.
+        let until = now.checked_add(cfg.room_retention).unwrap_or(now);
+        let timer = self.idle.insert(until, (tenant.clone(), room.clone()));
         let r = self.map.get_mut(tenant).and_then(|t| t.rooms.get_mut(room)).expect("emptied room");
         r.idle = Some(timer);
         evicted

@@ -142,6 +142,21 @@ fn instants_near_the_end_of_their_range_do_not_panic() {
     hub.tick(end);
 }
 
+#[test]
+fn a_room_emptied_near_the_end_of_time_is_dropped_not_kept_forever() {
+    let end = near_the_end_of_time();
+    let cfg = Config { room_retention: secs(120), ..Config::default() };
+    let mut hub = Hub::new(cfg).unwrap();
+    let t = end - Duration::from_secs(20);
+    let c = hub.connect(t, Principal::new("acme", "alice")).unwrap();
+    hub.join(t, c, "lobby").unwrap();
+    hub.leave(t, c, "lobby").unwrap();
+    while hub.poll_action().is_some() {}
+    let stats = hub.stats();
+    assert_eq!((stats.rooms, stats.rooms_idle), (0, 0), "an idle room that could never expire");
+    hub.tick(end);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Violations and rates
 

@@ -125,7 +125,9 @@ impl Hub {
     /// members can come back and resume it.
     pub(crate) fn room_emptied(&mut self, now: Instant, tenant_id: &TenantId, room: RoomId) {
         self.out.stats.rooms -= 1;
-        if self.cfg.room_retention.is_zero() {
+        // No retention, or one whose end is past the last instant the clock can represent (as
+        // for users, a retention that can never end would escape `max_idle_rooms`): drop it.
+        if self.cfg.room_retention.is_zero() || now.checked_add(self.cfg.room_retention).is_none() {
             self.drop_room(tenant_id, &room);
             return;
         }
