@@ -55,9 +55,12 @@
 //!    `user_retention` (2 min). A client that reconnects and resumes within those bounds receives
 //!    exactly the messages it missed that it may see, in order, then `resumed` with
 //!    `recovered: true`. Otherwise it gets `recovered: false` for that stream, and must refetch
-//!    that state from the application.
+//!    that state from the application. That includes a gap too large to send at once: a replay
+//!    never takes a connection past `max_unwritten_bytes`, so a stream whose missed messages do
+//!    not all fit is not replayed at all (`too_large`, see below).
 //! 5. **Bounded memory.** A stalled reader costs at most `max_unwritten_bytes` (1 MiB) of queued
-//!    frames before it is closed; it never delays other connections.
+//!    frames before it is closed; it never delays other connections. A replay after `resume` is
+//!    held to the same limit.
 //!
 //! What the guarantees do not cover: messages to `Target::Connection` are replayed only to that same
 //! connection (a reconnect is a new connection); a connection narrowed to threads sees gaps in seq
@@ -92,9 +95,16 @@
 //! `reason` is `epoch_mismatch` (the stream was re-created), `gap_too_old` (the missing messages are
 //! no longer all buffered), `future_seq` (the client claims a seq the stream has not reached),
 //! `live_ahead` (this connection was already sent later seqs of the stream — live before the
-//! resume, or before it left and re-joined the room — so the gap cannot come in order) or
-//! `unknown_stream` (not one of this connection's streams: nothing of it is replayed, and the
-//! attempt is audited). A connection resumes at most once (`already_resumed`), and a `resume` may
+//! resume, or before it left and re-joined the room — so the gap cannot come in order),
+//! `too_large` (the missed messages this connection may see do not all fit in what is left of
+//! `max_unwritten_bytes` once the bytes it has not confirmed with `written` and room for the
+//! `resumed` frame are counted: nothing of that stream is replayed, never a part; streams are
+//! replayed in order — `u`, `t`, then rooms — and the ones after it that fit still are; everything
+//! after the report comes live) or `unknown_stream` (not one of this connection's streams:
+//! nothing of it is replayed, and the attempt is audited). A connection held in its resume window
+//! gets the events published while it was held when it goes live; if they are no longer buffered,
+//! or do not fit under `max_unwritten_bytes`, it is closed with `slow_consumer` (4003) instead, so
+//! that it resumes rather than miss them or exceed the limit. A connection resumes at most once (`already_resumed`), and a `resume` may
 //! name at most `2 + max_rooms_per_connection` streams.
 //!
 //! ### Reconnect breaker
@@ -127,7 +137,7 @@
 //! | rooms per connection | 128 | `RoomError::TooManyRooms` |
 //! | thread subscriptions per connection | 64 | `error` frame `too_many_subscriptions` |
 //! | protocol violations in a row (malformed, unknown, oversized, invalid, over a subscription limit, second `resume`; not rate overruns) | 5 (one forgiven per 12 s): the 5th closes | close `protocol_violation` |
-//! | unwritten bytes per connection | 128 KiB soft / 1 MiB hard | `agent_thinking` skipped (only when the connection is behind) / close `slow_consumer` (control frames too) |
+//! | unwritten bytes per connection | 128 KiB soft / 1 MiB hard | `agent_thinking` skipped (only when the connection is behind) / close `slow_consumer` (control frames too); a replay never exceeds the hard limit: a stream whose gap does not fit is reported `recovered: false`, `too_large`, and a held backlog that does not fit closes `slow_consumer` |
 //! | largest event frame | `max_unwritten_bytes` (1 MiB) | `PublishError::TooLarge { bytes, limit }` (HTTP 413 on the server's `/publish`): refused before anything is kept or delivered, nobody is closed. Large tool outputs: raise `Config::max_unwritten_bytes` (and `max_inflight_bytes` below it), and `retention.max_bytes` for such events to stay recoverable |
 //! | nesting depth of event `data` | 128 (`MAX_DATA_DEPTH`, as serde_json's parser) | `PublishError::TooDeep { limit }` |
 //! | recovery buffer per stream | 1,000 messages, 1 MiB, 2 min | oldest dropped; a resume across them says `recovered: false` |

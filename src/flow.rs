@@ -129,6 +129,32 @@ pub(crate) fn notice_len(skipped: u32) -> u64 {
     if skipped == 0 { 0 } else { 27 + u64::from(skipped.checked_ilog10().unwrap_or(0) + 1) }
 }
 
+/// The largest a `resumed` frame answering a `resume` that names `names` can be: one report per
+/// name at its longest (longest reason, largest numbers). A replay leaves this much room under
+/// `max_unwritten_bytes` so that the `resumed` frame always fits after it.
+pub(crate) fn resumed_bound<'a>(names: impl Iterator<Item = &'a str>) -> u64 {
+    // `{"type":"resumed","recovered":false,"streams":{}}`
+    const FRAME: u64 = 49;
+    // `{"recovered":false,"reason":"unknown_stream","epoch":E,"seq":S,"available_from":A,
+    // "replayed":N}` with every number at its type's maximum.
+    const REPORT: u64 = 161;
+    // Each name as JSON escapes it, in quotes, then a colon; a comma between reports.
+    let (n, len) =
+        names.fold((0u64, 0), |(n, len), name| (n + 1, len + REPORT + 3 + json_str_len(name)));
+    FRAME + len + n.saturating_sub(1)
+}
+
+/// The length of `s` inside a JSON string as the frame writer escapes it (quotes excluded).
+fn json_str_len(s: &str) -> u64 {
+    s.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
 fn tier_index(tier: Tier) -> usize {
     match tier {
         Tier::Free => 0,
@@ -149,5 +175,32 @@ mod tests {
             assert_eq!(notice_len(n), w.skipped(n).len() as u64, "count {n}");
         }
         assert_eq!(notice_len(0), 0);
+    }
+
+    #[test]
+    fn the_resumed_bound_is_the_longest_resumed_frame() {
+        use crate::protocol::StreamReport;
+        let worst = StreamReport {
+            recovered: false,
+            reason: Some("unknown_stream"),
+            epoch: u64::MAX,
+            seq: u64::MAX,
+            available_from: u64::MAX,
+            replayed: u32::MAX,
+        };
+        let mut w = FrameWriter::default();
+        let cases: [&[&str]; 4] = [&[], &["u"], &["u", "t", "r:lobby"], &["a\"b\\c\n\u{1}\u{7f}é"]];
+        for names in cases {
+            let reports: Vec<(String, StreamReport)> =
+                names.iter().map(|n| ((*n).to_owned(), worst.clone())).collect();
+            let exact = w.resumed(false, &reports).len() as u64;
+            assert_eq!(resumed_bound(names.iter().copied()), exact, "{names:?}");
+            // Every other report is shorter.
+            let best: Vec<(String, StreamReport)> = reports
+                .iter()
+                .map(|(n, r)| (n.clone(), StreamReport { recovered: true, reason: None, ..*r }))
+                .collect();
+            assert!(w.resumed(true, &best).len() as u64 <= exact);
+        }
     }
 }

@@ -144,6 +144,10 @@
 //!   the connection was already sent (live, or in a room it left and re-joined: remembered until
 //!   the resume, for up to `max_rooms_per_connection` rooms, else the re-join position counts);
 //!   such a stream is reported `recovered: false` with reason `live_ahead`.
+//!   A replay never takes the connection past `max_unwritten_bytes`: a stream whose gap does not
+//!   fit in what is left (after the unwritten bytes and room for `resumed`) is not replayed at all
+//!   and reported `too_large` (the client refetches it); a held backlog that does not fit closes
+//!   the connection `SlowConsumer`, like a lost one.
 //! - **Rooms** announce themselves with `joined`/`left` frames (the `joined` position lets a room
 //!   be resumed before its first event). DESIGN says an empty room is dropped; that is the
 //!   default, and [`Config::room_retention`] keeps it idle instead, its stream buffering.

@@ -49,6 +49,9 @@ pub(crate) enum Unrecoverable {
     /// room left and re-joined, or live delivery before the resume): the gap cannot be delivered
     /// in order.
     LiveAhead,
+    /// The missing messages this connection may see do not all fit in what is left of its
+    /// `max_unwritten_bytes` (issue 10 item 3): none are replayed, the client refetches.
+    TooLarge,
 }
 
 impl Unrecoverable {
@@ -58,6 +61,7 @@ impl Unrecoverable {
             Unrecoverable::FutureSeq => "future_seq",
             Unrecoverable::GapTooOld => "gap_too_old",
             Unrecoverable::LiveAhead => "live_ahead",
+            Unrecoverable::TooLarge => "too_large",
         }
     }
 }

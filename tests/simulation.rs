@@ -326,6 +326,15 @@ impl World {
                                 ));
                             }
                         }
+                        // Issue 10 item 3: the replay would not fit under the unwritten limit
+                        // (only possible when something is missing).
+                        "too_large" => {
+                            if e == ce && s <= cs {
+                                self.fail(format!(
+                                    "client {ci}: too_large on {wire}, none missing"
+                                ));
+                            }
+                        }
                         other => {
                             self.fail(format!("client {ci}: unexpected reason {other} for {wire}"))
                         }

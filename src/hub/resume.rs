@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::time::Instant;
 
 use crate::connection::{Connection, Connections};
-use crate::flow::Flow;
+use crate::flow::{Flow, notice_len, resumed_bound};
 use crate::hub::Hub;
 use crate::ids::{StreamName, StreamPos};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy};
@@ -23,6 +23,12 @@ impl Hub {
     /// `(client's seq, base]` for a live connection and `(client's seq, now]` for a held one, and
     /// without a `resume` a held connection gets `(base, now]`. If a held connection's own backlog
     /// is no longer buffered, messages would be lost: it is closed with `SlowConsumer` instead.
+    ///
+    /// A replay never takes the connection past `max_unwritten_bytes` (issue 10 item 3): it has
+    /// what is left under the limit after what is unwritten, a pending `skipped` notice and the
+    /// largest `resumed` frame the answer could need. Streams go in order; one whose replay does
+    /// not fit in what is left is not replayed at all (`recovered: false`, `too_large`), and a
+    /// held backlog that does not fit closes the connection with `SlowConsumer` like a lost one.
     /// Returns whether the connection is still open.
     #[must_use]
     pub(crate) fn release(
@@ -47,8 +53,19 @@ impl Hub {
         ];
         let rooms: Vec<(StreamName, u64, u64)> =
             c.rooms.iter().map(|m| (StreamName::Room(m.room.clone()), m.base, m.sent)).collect();
-        let mut replay =
-            Replay { idx, was_held, positions, reports: Vec::new(), replayed: 0, lost: false };
+        let reserved = c.unwritten
+            + notice_len(c.skipped)
+            + positions.map_or(0, |p| resumed_bound(p.iter().map(|(n, _)| n.as_ref())));
+        let budget = self.cfg.max_unwritten_bytes.saturating_sub(reserved);
+        let mut replay = Replay {
+            idx,
+            was_held,
+            positions,
+            reports: Vec::new(),
+            replayed: 0,
+            lost: false,
+            budget,
+        };
         for (name, base, sent) in bases.into_iter().chain(rooms) {
             let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
             let stream = match &name {
@@ -111,6 +128,8 @@ struct Replay<'p> {
     reports: Vec<(String, StreamReport)>,
     replayed: u32,
     lost: bool,
+    /// Bytes the replay may still hand the connection under `max_unwritten_bytes`.
+    budget: u64,
 }
 
 impl Replay<'_> {
@@ -175,10 +194,11 @@ impl Replay<'_> {
         }
     }
 
-    /// Delivers the buffered messages in `(after, upto]` that this connection may see.
+    /// Delivers the buffered messages in `(after, upto]` that this connection may see, if they
+    /// all fit in the budget (summed first: all or nothing).
     #[allow(clippy::too_many_arguments)]
     fn send(
-        &self,
+        &mut self,
         flow: &mut Flow,
         out: &mut Outbox,
         conns: &mut Connections,
@@ -189,6 +209,16 @@ impl Replay<'_> {
         upto: u64,
     ) -> Result<u32, Unrecoverable> {
         let id = conns.id_of(self.idx);
+        let conn = conns.get(self.idx);
+        let bytes: u64 = stream
+            .range(epoch, after, upto)?
+            .filter(|entry| scope_admits(conn, id, &entry.scope))
+            .map(|entry| entry.frame.len() as u64)
+            .sum();
+        if bytes > self.budget {
+            return Err(Unrecoverable::TooLarge);
+        }
+        self.budget -= bytes;
         let mut n = 0;
         for entry in stream.range(epoch, after, upto)? {
             if scope_admits(conns.get(self.idx), id, &entry.scope) {

@@ -377,7 +377,10 @@ impl Model {
     /// its base unless the connection was held. A named stream is replayed from the client's
     /// position up to the base (up to now if held), if the buffer covers it; a held connection's
     /// own backlog follows regardless, and if that is no longer buffered the connection is closed
-    /// with `SlowConsumer` instead. Returns whether the connection is still open.
+    /// with `SlowConsumer` instead. Issue 10 item 3: all of it within a budget, what is left under
+    /// `max_unwritten_bytes` after the unwritten bytes, a pending `skipped` notice and the largest
+    /// `resumed` frame; a stream that does not fit is `too_large` (nothing of it replayed), a held
+    /// backlog that does not fit closes with `SlowConsumer`. Returns whether it is still open.
     pub(super) fn release(&mut self, id: ConnId, positions: Option<&[(String, u64, u64)]>) -> bool {
         let now = self.clock;
         let retention = self.cfg.retention;
@@ -395,6 +398,11 @@ impl Model {
             streams.push((format!("r:{}", room_name(*r)), SKey::Room(t, *r), *base));
         }
         let (mut replayed, mut lost, mut reports) = (0u32, false, Vec::new());
+        // Issue 10 item 3: the replay's budget under the hard limit.
+        let c = &self.live[&id];
+        let resumed_max = positions.map_or(0, |p| f_resumed_max(p.iter().map(|(n, ..)| n)));
+        let reserved = c.unwritten + notice_len(c.skipped) + resumed_max;
+        let mut budget = self.cfg.max_unwritten_bytes.saturating_sub(reserved);
         for (name, key, base) in streams {
             self.stream_mut(key).trim(now, &retention);
             let s = self.stream_ref(key);
@@ -407,7 +415,7 @@ impl Model {
                 Some(&(_, e, s)) if e == epoch && s >= upto && s <= seq => Some(Ok(0)),
                 // Issue 10 item 5: later seqs already went out; the gap cannot come in order.
                 Some(&(_, e, s)) if e == epoch && s < upto && s < sent => Some(Err("live_ahead")),
-                Some(&(_, e, s)) => Some(self.send(id, key, Some(e), s, upto)),
+                Some(&(_, e, s)) => Some(self.send(id, key, Some(e), s, upto, &mut budget)),
             };
             let backlog = match outcome {
                 None => was_held,
@@ -424,7 +432,7 @@ impl Model {
                 }
             };
             if backlog {
-                match self.send(id, key, None, base, upto) {
+                match self.send(id, key, None, base, upto, &mut budget) {
                     Ok(n) => replayed += n,
                     Err(_) => lost = true,
                 }
@@ -484,7 +492,8 @@ impl Model {
     }
 
     /// Replays the buffered messages in `(after, upto]` that the connection may see, if the
-    /// buffer holds all of them (`epoch`: the client's; `None`: the stream's own).
+    /// buffer holds all of them (`epoch`: the client's; `None`: the stream's own) and they all
+    /// fit in `budget` (issue 10 item 3: `too_large` otherwise).
     pub(super) fn send(
         &mut self,
         id: ConnId,
@@ -492,6 +501,7 @@ impl Model {
         epoch: Option<u64>,
         after: u64,
         upto: u64,
+        budget: &mut u64,
     ) -> Result<u32, &'static str> {
         let s = self.stream_ref(key);
         if epoch.is_some_and(|e| e != s.epoch) {
@@ -510,6 +520,11 @@ impl Model {
             .filter(|e| e.seq > after && e.seq <= upto && c.admits(id, &e.scope))
             .map(|e| e.frame.clone())
             .collect();
+        let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+        if bytes > *budget {
+            return Err("too_large");
+        }
+        *budget -= bytes;
         for f in &frames {
             self.deliver(id, f);
         }

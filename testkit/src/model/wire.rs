@@ -97,6 +97,21 @@ pub(super) fn f_resumed(recovered: bool, reports: &[(String, Report)]) -> String
     format!(r#"{{"type":"resumed","recovered":{recovered},"streams":{{{}}}}}"#, streams.join(","))
 }
 
+/// Issue 10 item 3: the longest `resumed` frame a resume naming `names` could get (every report
+/// at its longest reason and largest numbers); a replay leaves room for it.
+pub(super) fn f_resumed_max<'a>(names: impl Iterator<Item = &'a String>) -> u64 {
+    let worst = Report {
+        recovered: false,
+        reason: Some("unknown_stream"),
+        epoch: u64::MAX,
+        seq: u64::MAX,
+        available_from: u64::MAX,
+        replayed: u32::MAX,
+    };
+    let reports: Vec<(String, Report)> = names.map(|n| (n.clone(), worst.clone())).collect();
+    f_resumed(false, &reports).len() as u64
+}
+
 // ---------------------------------------------------------------------------------------------
 // Normalized outputs: the model predicts these strings, the hub's actions are mapped onto them.
 
