@@ -5,7 +5,6 @@
 //! are written by hand.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,35 +17,17 @@ use switchboard_testkit::ws::{
     Client, RUN, Response, WAIT, eventually, http_request, http_status, read_run,
 };
 
-use switchboard_server::app::{self, Running, Settings};
 use switchboard_server::auth::{self, Claims, Keys};
 use switchboard_server::driver;
 
-const SECRET: &str = "e2e-test-secret, at least thirty-two bytes";
-const ADMIN: &str = "e2e-admin-key, 16+ bytes";
+mod support;
+
+use support::{ADMIN, Server};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-struct Server {
-    running: Running,
-    keys: Keys,
-}
-
 impl Server {
-    async fn start(tweak: impl FnOnce(&mut Settings)) -> Server {
-        let mut settings = Settings::new(SECRET, ADMIN);
-        settings.agent_pace = Duration::from_millis(5);
-        tweak(&mut settings);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = app::start(listener, settings).await.unwrap();
-        Server { running, keys: Keys::new(SECRET.as_bytes()).unwrap() }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.running.addr
-    }
-
     fn token(&self, tenant: &str, user: &str, roles: &[&str], rooms: &[&str]) -> String {
         let claims = Claims {
             roles: roles.iter().map(|r| r.to_string()).collect(),

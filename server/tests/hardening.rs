@@ -18,30 +18,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use switchboard_testkit::ws::{Client, WAIT, eventually, http_request, http_status};
 
-use switchboard_server::app::{self, Running, Settings};
 use switchboard_server::auth::{Claims, Keys};
 
-const SECRET: &str = "hardening-test-secret-of-32-bytes-or-more";
-const ADMIN: &str = "hardening-admin-key";
+mod support;
 
-struct Server {
-    running: Running,
-    keys: Keys,
-}
+use support::{ADMIN, SECRET, Server};
 
 impl Server {
-    async fn start(tweak: impl FnOnce(&mut Settings)) -> Server {
-        let mut settings = Settings::new(SECRET, ADMIN);
-        tweak(&mut settings);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = app::start(listener, settings).await.unwrap();
-        Server { running, keys: Keys::new(SECRET.as_bytes()).unwrap() }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.running.addr
-    }
-
     fn token(&self, user: &str) -> String {
         self.keys.sign(&Claims::new("acme", user, Duration::from_secs(3600)))
     }

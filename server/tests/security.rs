@@ -17,33 +17,16 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 use switchboard_testkit::ws::{Client, WAIT, http_status};
 
-use switchboard_server::app::{self, Running, Settings, StartError};
+use switchboard_server::app::{self, Settings, StartError};
 use switchboard_server::auth::{
     self, AuthError, Claims, KeyError, Keys, MAX_CLAIM_BYTES, MAX_ROOMS, MIN_SECRET_BYTES,
 };
 
-const SECRET: &str = "security-test-secret, thirty-two bytes at least";
-const ADMIN: &str = "security-admin-key-0123";
+mod support;
 
-struct Server {
-    running: Running,
-    keys: Keys,
-}
+use support::{ADMIN, SECRET, Server};
 
 impl Server {
-    async fn start(tweak: impl FnOnce(&mut Settings)) -> Server {
-        let mut settings = Settings::new(SECRET, ADMIN);
-        settings.agent_pace = Duration::from_millis(5);
-        tweak(&mut settings);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = app::start(listener, settings).await.unwrap();
-        Server { running, keys: Keys::new(SECRET.as_bytes()).unwrap() }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.running.addr
-    }
-
     fn sign(&self, claims: &Claims) -> String {
         self.keys.sign(claims)
     }
