@@ -124,13 +124,15 @@
 //!   within [`Config::tombstone_ttl`] reports `recently_closed`.
 //! - **Threads.** A connection receives all of its user's events until the client sends
 //!   `subscribe`; then it receives events of the threads it subscribed to plus thread-less user
-//!   events. `unsubscribe` without a `thread_id` widens it back to everything. `Target::Connection`
+//!   events. `unsubscribe` without a `thread_id`, or of its last thread, widens it back to
+//!   everything. `Target::Connection`
 //!   bypasses the filter: the application addressed that connection on purpose.
 //! - **Time.** A `now` earlier than one already seen is taken as the latest one seen.
 //! - **Output queue.** The queue holds the outputs of the calls since the last drain; it is the
 //!   caller's to empty (a publish to N connections queues N deliveries).
-//! - **Rates.** `message` frames spend the tier's token bucket; control frames (`subscribe`,
-//!   `unsubscribe`, `ping`) spend a separate allowance ([`Config::control_frames_per_minute`]).
+//! - **Rates.** `message` frames spend the tier's token bucket, which is the user's (see
+//!   *Quotas* below); control frames (`subscribe`, `unsubscribe`, `ping`) spend a separate
+//!   per-connection allowance ([`Config::control_frames_per_minute`]).
 //! - **Close codes** are in 4000–4999; see [`CloseReason`].
 //! - **Streams.** Every event frame carries `stream`, `epoch` and `seq` (the epoch too, not only in
 //!   `connected`, so a client always knows which incarnation a seq belongs to). `Everyone` is one
