@@ -5,17 +5,17 @@
 //! Each test starts its own server on a free port of 127.0.0.1, as `tests/e2e.rs` does.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
-use switchboard_testkit::ws::{Client, WAIT, http_status};
+use switchboard_testkit::ws::{
+    Client, Response as Reply, http_request_with as request, http_status,
+};
 
 use switchboard_server::app::{self, Settings, StartError};
 use switchboard_server::auth::{
@@ -54,48 +54,6 @@ impl Server {
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         request(self.addr(), "GET", path, headers, "").await
     }
-}
-
-/// An HTTP answer, read until the server closes.
-struct Reply {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-}
-
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let text = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(text.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await.unwrap().unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, rest) = raw.split_once("\r\n\r\n").expect("a complete response");
-    let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    assert_ne!(headers.get("transfer-encoding").map(String::as_str), Some("chunked"));
-    Reply { status, headers, body: rest.to_owned() }
 }
 
 /// The 401 body of an upgrade with this token.

@@ -388,17 +388,7 @@ pub struct Step {
 pub const CLOSED_BY: &[ClosedBy] = ClosedBy::ALL;
 
 /// Every limit kind, in the order of the stats' counters.
-pub const LIMIT_KINDS: [LimitKind; 9] = [
-    LimitKind::TotalConnections,
-    LimitKind::TenantConnections,
-    LimitKind::UserConnections,
-    LimitKind::UserConnectionsEvicted,
-    LimitKind::RoomsPerConnection,
-    LimitKind::ThreadSubscriptions,
-    LimitKind::MessageRate,
-    LimitKind::ControlRate,
-    LimitKind::FrameSize,
-];
+pub const LIMIT_KINDS: &[LimitKind] = LimitKind::ALL;
 
 /// The reasons an application closes a connection with (`Op::Close`).
 pub const APP_CLOSE_REASONS: [CloseReason; 3] =

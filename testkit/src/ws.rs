@@ -111,7 +111,8 @@ impl Response {
     }
 }
 
-/// A minimal HTTP/1.1 client: one request per connection.
+/// A minimal HTTP/1.1 client: one JSON request per connection, with the admin or user key as
+/// a bearer token if given.
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -119,10 +120,28 @@ pub async fn http_request(
     auth: Option<&str>,
     body: &str,
 ) -> Response {
+    let auth = auth.map(|a| format!("Bearer {a}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    http_request_with(addr, method, path, &headers, body).await
+}
+
+/// One request with exactly these headers (plus `Host`, `Connection: close` and
+/// `Content-Length`), read until the server closes; a chunked body is decoded.
+pub async fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let auth = auth.map(|a| format!("Authorization: Bearer {a}\r\n")).unwrap_or_default();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
+         Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();

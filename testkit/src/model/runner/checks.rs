@@ -357,7 +357,7 @@ impl Runner {
             let want = c.closed_by.get(&by).copied().unwrap_or_default();
             prop_assert_eq!(s.closed_by.get(by), want, "(3) stats.closed_by {:?}", by);
         }
-        for kind in LIMIT_KINDS {
+        for &kind in LIMIT_KINDS {
             let want = c.limits.get(&kind).copied().unwrap_or_default();
             prop_assert_eq!(
                 s.limit_rejections.get(kind),
