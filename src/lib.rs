@@ -194,6 +194,9 @@ mod action;
 #[cfg(test)]
 mod architecture;
 mod breaker;
+// The hub is wired to it in the commits that follow (issue 11).
+#[allow(dead_code, unused_imports)]
+mod cluster;
 mod config;
 mod connection;
 pub mod docs;
@@ -221,6 +224,10 @@ mod user;
 mod view;
 
 pub use action::{Action, AuditEvent, Inbound, MetricEvent, Origin};
+pub use cluster::{
+    BusEntry, BusFailure, BusOp, BusReply, ClusterConfig, NodeId, OpId, PublishOutcome, StreamKey,
+    StreamScope,
+};
 pub use config::{
     BreakerConfig, Config, ConfigError, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas,
     UserLimitPolicy,
