@@ -2,7 +2,7 @@
 //! plain integers the outbox bumps as it emits; gauges are derived from the hub's components when
 //! [`Hub::stats`](crate::Hub::stats) is read (no scans: each is a length or a running total).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::kinds::{CloseReason, ClosedBy, DisconnectReason, LimitKind};
 
@@ -318,6 +318,37 @@ impl Meters {
             delivered_per_minute: self.delivered.per_minute(clock),
             connects_per_minute: self.connects.per_minute(clock),
         }
+    }
+}
+
+/// The periodic stats snapshot's deadline (`Config::snapshot_interval`): armed at the first `now`
+/// the hub sees, then every interval after the snapshot it fired.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SnapshotTimer {
+    next: Option<Instant>,
+}
+
+impl SnapshotTimer {
+    /// Arms the first snapshot `every` after `now`, unless one is armed (or there is no interval,
+    /// or that instant lies past the end of the clock's range).
+    pub(crate) fn start(&mut self, now: Instant, every: Option<Duration>) {
+        if self.next.is_none() {
+            self.next = every.and_then(|every| now.checked_add(every));
+        }
+    }
+
+    /// When the next snapshot is due.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Whether a snapshot is due at `now`; if so the next one is armed `every` later.
+    pub(crate) fn pop_due(&mut self, now: Instant, every: Option<Duration>) -> bool {
+        if self.next.is_none_or(|at| at > now) {
+            return false;
+        }
+        self.next = every.and_then(|every| now.checked_add(every));
+        true
     }
 }
 
