@@ -372,4 +372,25 @@ mod tests {
         assert!((later / steady - (-1.0f64).exp()).abs() < 0.02, "{later}");
         assert!(m.per_minute(clock(600 + 3600)) < 0.01);
     }
+
+    #[test]
+    fn the_snapshot_timer_fires_once_per_due_tick_and_rearms_from_then() {
+        let t0 = Instant::now();
+        let every = Some(Duration::from_secs(10));
+        let mut timer = SnapshotTimer::default();
+        timer.start(t0, None);
+        assert_eq!(timer.poll_timeout(), None, "no interval, no timer");
+        timer.start(t0, every);
+        let first = t0 + Duration::from_secs(10);
+        assert_eq!(timer.poll_timeout(), Some(first));
+        // Starting again does not move an armed timer.
+        timer.start(t0 + Duration::from_secs(5), every);
+        assert_eq!(timer.poll_timeout(), Some(first));
+        assert!(!timer.pop_due(first - Duration::from_nanos(1), every));
+        // A late tick fires once, and the next one is an interval after it.
+        let late = first + Duration::from_secs(25);
+        assert!(timer.pop_due(late, every));
+        assert!(!timer.pop_due(late, every));
+        assert_eq!(timer.poll_timeout(), Some(late + Duration::from_secs(10)));
+    }
 }
