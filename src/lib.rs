@@ -86,8 +86,8 @@
 //!   ([`CloseReason`], [`ClosedBy`], [`LimitKind`], [`AuditKind`], [`BreakerState`]), `frame`
 //!   ([`Frame`]), `retention`, `config`, `error`, `envelope`, `stats` (counters), `action` (what
 //!   is emitted), `protocol` (the wire format), `timer` (the deadline queue).
-//! - **Components**: `connection` (one connection's deadlines, filters and allowances, and the
-//!   generation-checked slot table), `user` (per-user state), `routing` (tenants and rooms),
+//! - **Components**: `connection` (one connection's deadlines, filters and allowances, the
+//!   generation-checked slot table and the connections' timers), `user` (per-user state), `routing` (tenants and rooms),
 //!   `stream` (sequence numbers, recovery buffers, their age timers and totals), `limits` (rate
 //!   buckets), `breaker` (the reconnect breakers, by `(tenant, user)`, outliving user states),
 //!   `outbox` (the one way anything is emitted: each action is

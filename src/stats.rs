@@ -2,7 +2,7 @@
 //! plain integers the outbox bumps as it emits; gauges are derived from the hub's components when
 //! [`Hub::stats`](crate::Hub::stats) is read (no scans: each is a length or a running total).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::kinds::{CloseReason, ClosedBy, DisconnectReason, LimitKind};
 
@@ -321,6 +321,37 @@ impl Meters {
     }
 }
 
+/// The periodic stats snapshot's deadline (`Config::snapshot_interval`): armed at the first `now`
+/// the hub sees, then every interval after the snapshot it fired.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SnapshotTimer {
+    next: Option<Instant>,
+}
+
+impl SnapshotTimer {
+    /// Arms the first snapshot `every` after `now`, unless one is armed (or there is no interval,
+    /// or that instant lies past the end of the clock's range).
+    pub(crate) fn start(&mut self, now: Instant, every: Option<Duration>) {
+        if self.next.is_none() {
+            self.next = every.and_then(|every| now.checked_add(every));
+        }
+    }
+
+    /// When the next snapshot is due.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Whether a snapshot is due at `now`; if so the next one is armed `every` later.
+    pub(crate) fn pop_due(&mut self, now: Instant, every: Option<Duration>) -> bool {
+        if self.next.is_none_or(|at| at > now) {
+            return false;
+        }
+        self.next = every.and_then(|every| now.checked_add(every));
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +371,26 @@ mod tests {
         let later = m.per_minute(clock(660));
         assert!((later / steady - (-1.0f64).exp()).abs() < 0.02, "{later}");
         assert!(m.per_minute(clock(600 + 3600)) < 0.01);
+    }
+
+    #[test]
+    fn the_snapshot_timer_fires_once_per_due_tick_and_rearms_from_then() {
+        let t0 = Instant::now();
+        let every = Some(Duration::from_secs(10));
+        let mut timer = SnapshotTimer::default();
+        timer.start(t0, None);
+        assert_eq!(timer.poll_timeout(), None, "no interval, no timer");
+        timer.start(t0, every);
+        let first = t0 + Duration::from_secs(10);
+        assert_eq!(timer.poll_timeout(), Some(first));
+        // Starting again does not move an armed timer.
+        timer.start(t0 + Duration::from_secs(5), every);
+        assert_eq!(timer.poll_timeout(), Some(first));
+        assert!(!timer.pop_due(first - Duration::from_nanos(1), every));
+        // A late tick fires once, and the next one is an interval after it.
+        let late = first + Duration::from_secs(25);
+        assert!(timer.pop_due(late, every));
+        assert!(!timer.pop_due(late, every));
+        assert_eq!(timer.poll_timeout(), Some(late + Duration::from_secs(10)));
     }
 }

@@ -260,7 +260,7 @@ impl Hub {
                 self.flow.offer(&mut self.out, &mut self.conns, idx, &frame, priority, &self.cfg);
             match offer {
                 Offer::Overflow => self.doomed.push(idx),
-                Offer::Delivered => self.conns.get_mut(idx).user_sent = true,
+                Offer::Delivered => self.conns.get_mut(idx).mark_user_sent(),
                 Offer::Skipped | Offer::Held => {}
             }
             result.add(offer);
@@ -295,7 +295,7 @@ impl Hub {
             cfg,
             members,
             |_| true,
-            |c, slot| c.rooms[slot as usize].sent = pos.seq,
+            |c, slot| c.mark_room_sent(slot, pos.seq),
             &frame,
             msg.kind.priority(),
             &mut self.doomed,
@@ -338,7 +338,7 @@ impl Hub {
         let mut result =
             Published { position: Some((StreamName::Tenant, pos)), ..Published::none() };
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
-        let admit = |c: &Connection| audience_admits(&c.roles, role);
+        let admit = |c: &Connection| audience_admits(c.roles(), role);
         fan_out(
             flow,
             out,
@@ -346,7 +346,7 @@ impl Hub {
             cfg,
             t.conns.iter().map(|c| (c, 0)),
             admit,
-            |c, _| c.tenant_sent = true,
+            |c, _| c.mark_tenant_sent(),
             &frame,
             msg.kind.priority(),
             &mut self.doomed,

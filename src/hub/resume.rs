@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use crate::connection::{Connection, Connections};
+use crate::connection::Connections;
 use crate::flow::{Flow, notice_len, resumed_bound};
 use crate::hub::Hub;
 use crate::ids::{StreamName, StreamPos};
@@ -38,23 +38,26 @@ impl Hub {
         positions: Option<&[(Cow<'_, str>, StreamPos)]>,
     ) -> bool {
         let c = self.conns.get_mut(idx);
-        let was_held = std::mem::replace(&mut c.held, false);
-        let uidx = c.user;
+        let was_held = c.end_hold();
+        let uidx = c.user();
         let tenant_id = self.users.get(uidx).tenant.clone();
         if positions.is_some() {
             // The one resume: what was sent in rooms left before it is no longer needed.
-            c.left_rooms = None;
+            c.forget_left_rooms();
         }
-        // Anything sent on the user's or tenant's stream is past its base.
-        let sent = |any: bool, base: u64| if any { base + 1 } else { 0 };
+        let ((user_base, user_sent), (tenant_base, tenant_sent)) =
+            (c.user_stream(), c.tenant_stream());
         let bases = [
-            (StreamName::User, c.user_base, sent(c.user_sent, c.user_base)),
-            (StreamName::Tenant, c.tenant_base, sent(c.tenant_sent, c.tenant_base)),
+            (StreamName::User, user_base, user_sent),
+            (StreamName::Tenant, tenant_base, tenant_sent),
         ];
-        let rooms: Vec<(StreamName, u64, u64)> =
-            c.rooms.iter().map(|m| (StreamName::Room(m.room.clone()), m.base, m.sent)).collect();
-        let reserved = c.unwritten
-            + notice_len(c.skipped)
+        let rooms: Vec<(StreamName, u64, u64)> = c
+            .memberships()
+            .iter()
+            .map(|m| (StreamName::Room(m.room().clone()), m.base(), m.sent()))
+            .collect();
+        let reserved = c.unwritten()
+            + notice_len(c.skipped())
             + positions.map_or(0, |p| resumed_bound(p.iter().map(|(n, _)| n.as_ref())));
         let budget = self.cfg.max_unwritten_bytes.saturating_sub(reserved);
         let mut replay = Replay {
@@ -223,24 +226,10 @@ impl Replay<'_> {
         for entry in stream.range(epoch, after, upto)? {
             if scope_admits(conns.get(self.idx), id, &entry.scope) {
                 flow.deliver(out, conns, self.idx, &entry.frame);
-                mark_sent(conns.get_mut(self.idx), name, entry.seq);
+                conns.get_mut(self.idx).mark_replayed(name, entry.seq);
                 n += 1;
             }
         }
         Ok(n)
-    }
-}
-
-/// Records that `seq` of stream `name` went out to this connection (a replay after a window
-/// expired may be followed by a `resume`, which must not send below it).
-fn mark_sent(conn: &mut Connection, name: &StreamName, seq: u64) {
-    match name {
-        StreamName::User => conn.user_sent = true,
-        StreamName::Tenant => conn.tenant_sent = true,
-        StreamName::Room(room) => {
-            if let Some(m) = conn.rooms.iter_mut().find(|m| &m.room == room) {
-                m.sent = m.sent.max(seq);
-            }
-        }
     }
 }

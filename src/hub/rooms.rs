@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use crate::connection::LeftRoom;
 use crate::error::{ConnError, RoomError};
 use crate::hub::Hub;
 use crate::ids::{ConnId, RoomId, StreamName, TenantId};
@@ -30,16 +29,16 @@ impl Hub {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
         let c = self.conns.get(idx);
-        if c.rooms.iter().any(|m| m.room == room) {
+        if c.in_room(room.as_str()) {
             return Ok(false);
         }
-        if c.rooms.len() >= self.cfg.max_rooms_per_connection as usize {
+        if c.memberships().len() >= self.cfg.max_rooms_per_connection as usize {
             let (t, u) = self.owner(idx);
             let kind = LimitKind::RoomsPerConnection;
             self.out.limit(kind, AuditKind::LimitHit(kind), Some(conn), &t, &u);
             return Err(RoomError::TooManyRooms { limit: self.cfg.max_rooms_per_connection });
         }
-        let tenant_id = self.users.get(c.user).tenant.clone();
+        let tenant_id = self.users.get(c.user()).tenant.clone();
         // An idle room comes back with its stream; otherwise a new room starts a new one.
         let revived = self.tenants.revive(&tenant_id, &room);
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
@@ -50,21 +49,7 @@ impl Hub {
             // What this connection was sent of the room before it left, so that a resume never
             // sends the room's seqs out of order (issue 10 item 5).
             let epoch = tenant.rooms[&room].stream.epoch();
-            let c = self.conns.get_mut(idx);
-            let (remembered, forgotten) = match c.left_rooms.as_deref_mut() {
-                Some(left) => {
-                    let i = left.rooms.iter().position(|l| l.room == room);
-                    (i.map(|i| left.rooms.remove(i)), left.forgotten)
-                }
-                None => (None, false),
-            };
-            let m = c.rooms.last_mut().expect("just joined");
-            m.sent = match remembered {
-                Some(left) if left.epoch == epoch => left.sent,
-                Some(_) => 0,
-                None if forgotten => m.base,
-                None => 0,
-            };
+            self.conns.get_mut(idx).rejoined(&room, epoch);
         }
         if fresh || revived {
             self.out.stats.rooms += 1;
@@ -96,19 +81,10 @@ impl Hub {
         let idx = self.resolve(now, conn)?;
         let tenant_id = self.owner(idx).0;
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
-        let c = self.conns.get_mut(idx);
-        if let Some(m) = c.rooms.iter().find(|m| m.room == room).filter(|_| !c.resumed) {
-            // Remembered until the connection's one resume (issue 10 item 5), within the room
-            // limit; past it, a re-joined room counts as sent up to its re-join position.
-            let epoch = tenant.rooms[&m.room].stream.epoch();
-            let left = LeftRoom { room: m.room.clone(), epoch, sent: m.sent };
-            let memory = c.left_rooms.get_or_insert_with(Box::default);
-            memory.rooms.retain(|l| l.room != room);
-            if memory.rooms.len() >= self.cfg.max_rooms_per_connection as usize {
-                memory.rooms.remove(0);
-                memory.forgotten = true;
-            }
-            memory.rooms.push(left);
+        // Remembered until the connection's one resume (issue 10 item 5).
+        if let Some(r) = tenant.rooms.get(&room) {
+            let cap = self.cfg.max_rooms_per_connection;
+            self.conns.get_mut(idx).remember_left(&room, r.stream.epoch(), cap);
         }
         let (left, emptied) = tenant.leave(&mut self.conns, idx, room.as_str());
         if let Some(room) = emptied {

@@ -298,7 +298,7 @@ impl Runner {
 
     /// (3) The hub's counters and gauges equal the model's.
     pub(super) fn check_stats(&self) -> Result<(), TestCaseError> {
-        let s = *self.sim.hub.stats();
+        let s = self.sim.hub.stats();
         let m = &self.model;
         let c = &m.c;
         let active_users = m.users.values().filter(|u| !u.conns.is_empty()).count() as u64;
