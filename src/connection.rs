@@ -24,6 +24,10 @@ pub(crate) struct Membership {
     base: u64,
     /// The highest seq of the room's stream this connection was sent (issue 10 item 5).
     sent: u64,
+    /// Cluster mode: whether the client was told the room's position (`joined`). Not until the
+    /// room's stream and the connection are both set up on the bus; nothing of the room is
+    /// delivered before.
+    announced: bool,
 }
 
 impl Membership {
@@ -52,6 +56,12 @@ impl Membership {
     /// The room, taking the membership apart.
     pub(crate) fn into_room(self) -> RoomId {
         self.room
+    }
+
+    /// Whether the client was told the room's position (always, outside cluster mode).
+    #[inline]
+    pub(crate) fn is_announced(&self) -> bool {
+        self.announced
     }
 }
 
@@ -106,6 +116,9 @@ pub(crate) struct Connection {
     held: bool,
     /// Whether the client already sent `resume`.
     resumed: bool,
+    /// Cluster mode: its `connected` frame waits until its user's and tenant's streams are set
+    /// up on the bus (their true positions known). It is held meanwhile.
+    awaiting: bool,
     /// The user stream's and the tenant stream's seq at connect: live delivery covers what
     /// follows, a resume replays up to here.
     user_base: u64,
@@ -183,6 +196,7 @@ impl Connection {
             skipped: 0,
             held,
             resumed: false,
+            awaiting: false,
             user_base,
             tenant_base,
             user_sent: false,
@@ -375,6 +389,40 @@ impl Connection {
         self.held
     }
 
+    /// Cluster mode: it waits for its streams before its `connected` frame (held meanwhile).
+    pub(crate) fn await_streams(&mut self) {
+        self.awaiting = true;
+        self.held = true;
+    }
+
+    /// Whether it waits for its streams (see [`Connection::await_streams`]).
+    #[inline]
+    pub(crate) fn is_awaiting(&self) -> bool {
+        self.awaiting
+    }
+
+    /// Its streams are set up: live delivery covers what follows `user_base` and `tenant_base`;
+    /// it stays held only for a resume window (`held`).
+    pub(crate) fn streams_ready(&mut self, user_base: u64, tenant_base: u64, held: bool) {
+        self.awaiting = false;
+        self.held = held;
+        self.user_base = user_base;
+        self.tenant_base = tenant_base;
+    }
+
+    /// Cluster mode: the stream started over in a new epoch: nothing was sent on it yet.
+    pub(crate) fn restart_stream(&mut self, name: &StreamName) {
+        match name {
+            StreamName::User => (self.user_base, self.user_sent) = (0, false),
+            StreamName::Tenant => (self.tenant_base, self.tenant_sent) = (0, false),
+            StreamName::Room(room) => {
+                if let Some(m) = self.rooms.iter_mut().find(|m| &m.room == room) {
+                    (m.base, m.sent) = (0, 0);
+                }
+            }
+        }
+    }
+
     /// Ends the hold. Returns whether it was held.
     pub(crate) fn end_hold(&mut self) -> bool {
         std::mem::replace(&mut self.held, false)
@@ -458,8 +506,26 @@ impl Connection {
     /// Joins `room` as its member at `pos`, live from `base`. Returns the membership's slot.
     pub(crate) fn add_membership(&mut self, room: RoomId, pos: u32, base: u64) -> u32 {
         let slot = self.rooms.len() as u32;
-        self.rooms.push(Membership { room, pos, base, sent: 0 });
+        self.rooms.push(Membership { room, pos, base, sent: 0, announced: true });
         slot
+    }
+
+    /// Cluster mode: the membership in `slot` waits for the room's stream before `joined`.
+    pub(crate) fn defer_announcement(&mut self, slot: u32) {
+        self.rooms[slot as usize].announced = false;
+    }
+
+    /// Cluster mode: the membership of `room` is announced, live from `base`. False if it was
+    /// announced already (or is not a membership).
+    pub(crate) fn announce(&mut self, room: &RoomId, base: u64) -> bool {
+        match self.rooms.iter_mut().find(|m| &m.room == room) {
+            Some(m) if !m.announced => {
+                m.announced = true;
+                m.base = base;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Removes the membership in `slot`; the last one moves into its place.
@@ -524,7 +590,13 @@ impl Connection {
         };
         let session =
             self.expires_at.map(|exp| if self.refresh_sent { exp } else { refresh_at(exp, cfg) });
-        let release = if self.held { self.opened_at.checked_add(cfg.resume_window) } else { None };
+        // An awaiting connection's window has not started (it counts from the connect, once the
+        // `connected` frame is out).
+        let release = if self.held && !self.awaiting {
+            self.opened_at.checked_add(cfg.resume_window)
+        } else {
+            None
+        };
         [heartbeat, session, release].into_iter().flatten().min()
     }
 
@@ -553,7 +625,8 @@ impl Connection {
                 due.refresh = Some(exp.saturating_duration_since(now));
             }
         }
-        due.release = self.held && reached(self.opened_at.checked_add(cfg.resume_window));
+        due.release =
+            self.held && !self.awaiting && reached(self.opened_at.checked_add(cfg.resume_window));
         due
     }
 }

@@ -194,8 +194,6 @@ mod action;
 #[cfg(test)]
 mod architecture;
 mod breaker;
-// The hub is wired to it in the commits that follow (issue 11).
-#[allow(dead_code, unused_imports)]
 mod cluster;
 mod config;
 mod connection;
@@ -243,6 +241,6 @@ pub use ids::{
 };
 pub use kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
 pub use retention::Retention;
-pub use stats::{ClosedCounts, HubStats, LimitCounts, Rates};
+pub use stats::{BusStats, ClosedCounts, HubStats, LimitCounts, Rates};
 pub use user::UserPhase;
 pub use view::{ConnView, UserView};

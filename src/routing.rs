@@ -247,5 +247,6 @@ pub(crate) fn scope_admits(conn: &Connection, id: ConnId, scope: &Scope) -> bool
         Scope::Thread(t) => conn.wants(Some(t)),
         Scope::Conn(c) => *c == id,
         Scope::Role(r) => audience_admits(conn.roles(), Some(r)),
+        Scope::Nobody => false,
     }
 }

@@ -24,6 +24,8 @@ pub struct ClosedCounts {
     pub kicked: u64,
     /// [`CloseReason::ServerShutdown`].
     pub server_shutdown: u64,
+    /// [`CloseReason::Unavailable`].
+    pub unavailable: u64,
     /// [`DisconnectReason::Clean`].
     pub client_clean: u64,
     /// [`DisconnectReason::Abnormal`].
@@ -52,10 +54,40 @@ impl ClosedCounts {
             ClosedBy::Hub(CloseReason::ProtocolViolation) => &mut self.protocol_violation,
             ClosedBy::Hub(CloseReason::Kicked) => &mut self.kicked,
             ClosedBy::Hub(CloseReason::ServerShutdown) => &mut self.server_shutdown,
+            ClosedBy::Hub(CloseReason::Unavailable) => &mut self.unavailable,
             ClosedBy::Transport(DisconnectReason::Clean) => &mut self.client_clean,
             ClosedBy::Transport(DisconnectReason::Abnormal) => &mut self.client_abnormal,
         }
     }
+}
+
+/// Cluster mode: the bus's behaviour, as this node saw it (all zero on a single node).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BusStats {
+    /// Operations issued.
+    pub ops: u64,
+    /// Operations answered with a failure (or failed by `bus_down`).
+    pub op_failures: u64,
+    /// Operations whose deadline passed without a reply.
+    pub op_timeouts: u64,
+    /// Replies to operations not in flight (late, or from before an outage), and messages on
+    /// streams the node no longer follows: ignored.
+    pub late_replies: u64,
+    /// Live messages dropped because they were already delivered.
+    pub duplicates_dropped: u64,
+    /// Gaps in live delivery filled from the log.
+    pub gaps_repaired: u64,
+    /// Gaps the log no longer covered (the connections got `resync`).
+    pub gaps_lost: u64,
+    /// Messages that did not match the stream they arrived on: dropped and audited.
+    pub mismatches: u64,
+    /// Streams that started over in a new epoch.
+    pub epochs_changed: u64,
+    /// Gauge: operations in flight.
+    pub in_flight: u64,
+    /// Gauge: streams subscribed to.
+    pub streams: u64,
 }
 
 /// Limit rejections, by limit.
@@ -151,6 +183,15 @@ pub struct HubStats {
     pub closed_by: ClosedCounts,
     /// Connections refused at `connect` because the session was already expired.
     pub connects_refused_expired: u64,
+    /// Cluster mode: connections refused at `connect` because the bus was down and the node did
+    /// not hold the streams they need.
+    pub connects_refused_unavailable: u64,
+    /// Cluster mode: publishes whose append failed (reported as `PublishOutcome::Failed`).
+    pub publishes_failed: u64,
+    /// Cluster mode: `resync` notices sent (a stream's messages were lost or it started over).
+    pub resyncs_sent: u64,
+    /// Cluster mode: what the bus did.
+    pub bus: BusStats,
     /// Limit rejections, by limit.
     pub limit_rejections: LimitCounts,
     /// Audit events emitted (security violations and audited uses).

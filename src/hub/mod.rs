@@ -2,6 +2,8 @@
 //! Publishing lives in `publish.rs`, client frames in `receive.rs`, resume in `resume.rs`, rooms
 //! in `rooms.rs`.
 
+mod cluster;
+mod cluster_resume;
 mod publish;
 mod receive;
 mod resume;
@@ -97,6 +99,9 @@ pub enum WakeReason {
     StreamAge,
     /// A periodic stats snapshot is due.
     Snapshot,
+    /// Cluster mode: a bus operation's deadline, the periodic top check, or a resume that waits
+    /// for the bus to come back.
+    Bus,
 }
 
 /// The connection hub: a synchronous, sans-io state machine. See the [crate docs](crate) for the
@@ -124,6 +129,17 @@ pub struct Hub {
     pub(crate) epochs: Epochs,
     /// Scratch: connections a fan-out found over their hard limit, closed after it.
     pub(crate) doomed: Vec<u32>,
+    /// Cluster mode's bus state (`None`: a single node).
+    pub(crate) node: Option<Box<crate::cluster::Node>>,
+    /// Cluster mode: resumes waiting for the log.
+    pub(crate) resumes: cluster_resume::Resumes,
+    /// Cluster mode: what the log gave a resume, for the release that answers it.
+    pub(crate) replay_extra: Vec<(StreamName, Vec<crate::stream::Buffered>)>,
+    /// Cluster mode: scratch for rendering bus messages into frames.
+    pub(crate) render_buf: String,
+    /// Cluster mode: `resume` frames that came before the connection's `connected` (bounded:
+    /// one per connection).
+    pub(crate) early_resumes: hashbrown::HashMap<ConnId, Vec<(String, crate::ids::StreamPos)>>,
 }
 
 impl Hub {
@@ -134,7 +150,13 @@ impl Hub {
     /// [`ConfigError`] if [`Config::validate`] refuses the configuration.
     pub fn new(cfg: Config) -> Result<Self, ConfigError> {
         cfg.validate()?;
+        let node = cfg.cluster.clone().map(|c| Box::new(crate::cluster::Node::new(c, cfg.seed)));
         Ok(Self {
+            node,
+            resumes: cluster_resume::Resumes::default(),
+            replay_extra: Vec::new(),
+            render_buf: String::new(),
+            early_resumes: hashbrown::HashMap::new(),
             redactor: Redactor::new(&cfg.redact_keys),
             epochs: Epochs::new(cfg.seed),
             out: Outbox::default(),
@@ -258,6 +280,13 @@ impl Hub {
             }
         }
 
+        // Cluster mode: a connection needs its streams' true positions; while the bus is down
+        // they can only come from streams this node already holds.
+        if !self.streams_servable(tenant_id, user_id) {
+            self.out.stats.connects_refused_unavailable += 1;
+            return Err(ConnectError::Unavailable);
+        }
+
         // Admitted: from here on nothing fails.
         let uidx = match uidx {
             Some(u) => {
@@ -284,25 +313,18 @@ impl Hub {
         tenant.add_conn(&mut self.conns, idx);
         user.conns.push(idx);
         user.meters.connects.add(self.flow.clock, 1);
-        let positions = [
-            (StreamName::User, user.stream.position()),
-            (StreamName::Tenant, tenant.stream.position()),
-        ];
         let (t, u) = (principal.tenant.as_str(), principal.user.as_str());
         self.breakers.admitted(now, t, u, id, &self.cfg.breaker);
 
         self.out.opened(id, &principal.tenant, &principal.user, principal.tier);
         let clock = self.flow.clock;
         self.flow.tier(principal.tier).connects.add(clock, 1);
-        let frame = self.flow.writer.connected(
-            id,
-            &principal.tenant,
-            &principal.user,
-            millis(self.cfg.heartbeat.interval),
-            principal.expires_at.map(|exp| millis(exp.saturating_duration_since(now))),
-            &positions,
-        );
-        self.flow.deliver(&mut self.out, &mut self.conns, idx, &frame);
+        if self.streams_ready_for(&principal.tenant, &principal.user) {
+            self.send_connected(now, idx);
+        } else {
+            // Cluster mode: `connected` waits for the streams' true positions.
+            self.conns.get_mut(idx).await_streams();
+        }
 
         for _ in 0..evict {
             let oldest = self.users.get(uidx).conns[0];
@@ -320,30 +342,75 @@ impl Hub {
         Ok(id)
     }
 
+    /// The `connected` frame, with the streams' positions as they stand now.
+    pub(crate) fn send_connected(&mut self, now: Instant, idx: u32) {
+        let id = self.conns.id_of(idx);
+        let c = self.conns.get(idx);
+        let expires_in = c.expires_at().map(|exp| millis(exp.saturating_duration_since(now)));
+        let user = self.users.get(c.user());
+        let tenant = self.tenants.get(&user.tenant).expect("connection's tenant exists");
+        let positions = [
+            (StreamName::User, user.stream.position()),
+            (StreamName::Tenant, tenant.stream.position()),
+        ];
+        let frame = self.flow.writer.connected(
+            id,
+            &user.tenant,
+            &user.user,
+            millis(self.cfg.heartbeat.interval),
+            expires_in,
+            &positions,
+        );
+        self.flow.deliver(&mut self.out, &mut self.conns, idx, &frame);
+    }
+
+    /// A new stream: from the hub's epochs on a single node; in cluster mode at `(0, 0)` until
+    /// the bus tells its position.
+    fn new_stream(&mut self) -> Stream {
+        if self.node.is_some() {
+            Stream::at(crate::ids::StreamPos { epoch: 0, seq: 0 })
+        } else {
+            Stream::new(self.epochs.next())
+        }
+    }
+
     fn create_user(&mut self, now: Instant, principal: &Principal) -> u32 {
-        let epochs = &mut self.epochs;
-        let tenant = self
-            .tenants
-            .entry_ref(&principal.tenant)
-            .or_insert_with(|| Tenant::new(Stream::new(epochs.next())));
+        let new_tenant = !self.tenants.contains_key(&principal.tenant);
+        if new_tenant {
+            let stream = self.new_stream();
+            self.tenants.insert(principal.tenant.clone(), Tenant::new(stream));
+        }
+        let tenant = self.tenants.get_mut(&principal.tenant).expect("present");
         tenant.users += 1;
+        let stream = self.new_stream();
         let uidx = self.users.insert(UserState {
             tenant: principal.tenant.clone(),
             user: principal.user.clone(),
             conns: Vec::new(),
-            stream: Stream::new(self.epochs.next()),
+            stream,
             created_at: now,
             retire: None,
             messages: Bucket::full(now),
             meters: Meters::default(),
         });
         self.out.user_created(&principal.tenant, &principal.user);
+        if new_tenant {
+            self.track(now, crate::cluster::StreamKey::tenant(principal.tenant.clone()));
+        }
+        let key = crate::cluster::StreamKey::user(principal.tenant.clone(), principal.user.clone());
+        self.track(now, key);
         uidx
     }
 
     /// Removes a connection from every index. A hub-initiated close also emits `Close`.
     pub(crate) fn close_conn(&mut self, now: Instant, idx: u32, by: ClosedBy) {
         let id = self.conns.id_of(idx);
+        if !self.resumes.is_empty() {
+            self.resumes.remove(&id);
+        }
+        if !self.early_resumes.is_empty() {
+            self.early_resumes.remove(&id);
+        }
         let uidx = self.conns.get(idx).user();
         let tenant_id = self.users.get(uidx).tenant.clone();
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
@@ -416,11 +483,13 @@ impl Hub {
     fn retire_user(&mut self, uidx: u32, evicted: bool) {
         let user = self.users.remove(uidx);
         self.buffers.dropped(&user.stream);
+        self.untrack(&crate::cluster::StreamKey::user(user.tenant.clone(), user.user.clone()));
         if let Some(tenant) = self.tenants.get_mut(&user.tenant) {
             tenant.users -= 1;
             if tenant.is_unused() {
                 let tenant = self.tenants.remove(&user.tenant).expect("present");
                 self.buffers.dropped(&tenant.stream);
+                self.untrack(&crate::cluster::StreamKey::tenant(user.tenant.clone()));
             }
         }
         self.out.user_retired(user.tenant, user.user, evicted);
@@ -538,6 +607,7 @@ impl Hub {
     /// early or twice is harmless.
     pub fn tick(&mut self, now: Instant) {
         let now = self.clock(now);
+        self.cluster_tick(now);
         while let Some(uidx) = self.users.pop_retiring(now) {
             self.retire_user(uidx, false);
         }
@@ -589,7 +659,8 @@ impl Hub {
         if due.ping {
             self.out.ping(id);
         }
-        if due.release {
+        // A resume waiting for the log ends the hold itself.
+        if due.release && !self.resuming(id) {
             let _still_open = self.release(now, idx, None);
         }
     }
@@ -626,6 +697,8 @@ impl Hub {
             self.breakers.poll_timeout().map(|at| (at, WakeReason::Breaker)),
             self.buffers.poll_timeout().map(|at| (at, WakeReason::StreamAge)),
             self.tenants.poll_timeout().map(|at| (at, WakeReason::RoomRetention)),
+            self.node.as_deref().and_then(|n| n.poll_timeout()).map(|at| (at, WakeReason::Bus)),
+            self.resume_timeout().map(|at| (at, WakeReason::Bus)),
         ]
         .into_iter()
         .flatten()
@@ -645,6 +718,11 @@ impl Hub {
         stats.tenants = self.tenants.len() as u64;
         stats.rooms_idle = self.tenants.idle_rooms() as u64;
         (stats.buffered_messages, stats.buffered_bytes) = self.buffers.totals();
+        if let Some(node) = self.node.as_deref() {
+            stats.bus = node.counters;
+            stats.bus.in_flight = node.in_flight() as u64;
+            stats.bus.streams = node.streams.len() as u64;
+        }
         stats
     }
 

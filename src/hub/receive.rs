@@ -92,6 +92,17 @@ impl Hub {
                     AuditKind::MalformedFrame,
                 ));
             }
+            if self.node.is_some() {
+                if self.conns.get(idx).is_awaiting() {
+                    // Before `connected`: answered once the streams are set up.
+                    let id = self.conns.id_of(idx);
+                    let owned = positions.iter().map(|(n, p)| (n.to_string(), *p)).collect();
+                    self.early_resumes.insert(id, owned);
+                } else {
+                    let _still_open = self.resume_clustered(now, idx, positions);
+                }
+                return Ok(());
+            }
             let _still_open = self.release(now, idx, Some(positions));
             return Ok(());
         }
@@ -99,7 +110,12 @@ impl Hub {
         // frame starts live delivery.
         let filter =
             matches!(parsed, ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. });
-        if c.is_held() && !filter && !self.release(now, idx, None) {
+        // An awaiting connection (cluster mode) goes live when its streams are set up, and one
+        // whose resume waits for the log when the log answers.
+        let id = self.conns.id_of(idx);
+        let c = self.conns.get(idx);
+        let waiting = c.is_awaiting() || self.resuming(id);
+        if c.is_held() && !filter && !waiting && !self.release(now, idx, None) {
             // Its backlog was lost: it was closed (SlowConsumer) and the frame goes with it.
             return Ok(());
         }

@@ -12,7 +12,7 @@ use crate::kinds::{AuditKind, CloseReason, ClosedBy};
 use crate::outbox::Outbox;
 use crate::protocol::StreamReport;
 use crate::routing::scope_admits;
-use crate::stream::{Stream, Unrecoverable};
+use crate::stream::{Buffered, Stream, Unrecoverable};
 
 impl Hub {
     /// Ends a connection's hold and, for a `resume`, replays what the client missed.
@@ -51,19 +51,30 @@ impl Hub {
             (StreamName::User, user_base, user_sent),
             (StreamName::Tenant, tenant_base, tenant_sent),
         ];
+        // A room not announced yet (cluster mode: its stream is still being set up) has nothing
+        // to replay; its position comes with its `joined` frame.
         let rooms: Vec<(StreamName, u64, u64)> = c
             .memberships()
             .iter()
+            .filter(|m| m.is_announced())
             .map(|m| (StreamName::Room(m.room().clone()), m.base(), m.sent()))
+            .collect();
+        let pending_rooms: Vec<String> = c
+            .memberships()
+            .iter()
+            .filter(|m| !m.is_announced())
+            .map(|m| StreamName::Room(m.room().clone()).to_string())
             .collect();
         let reserved = c.unwritten()
             + notice_len(c.skipped())
             + positions.map_or(0, |p| resumed_bound(p.iter().map(|(n, _)| n.as_ref())));
         let budget = self.cfg.max_unwritten_bytes.saturating_sub(reserved);
+        let extra = std::mem::take(&mut self.replay_extra);
         let mut replay = Replay {
             idx,
             was_held,
             positions,
+            extra: &extra,
             reports: Vec::new(),
             replayed: 0,
             lost: false,
@@ -94,10 +105,11 @@ impl Hub {
         let mut foreign = false;
         for (name, _) in positions {
             if !reports.iter().any(|(n, _)| n == name) {
-                foreign = true;
+                let pending = pending_rooms.iter().any(|r| r == name);
+                foreign |= !pending;
                 let report = StreamReport {
                     recovered: false,
-                    reason: Some("unknown_stream"),
+                    reason: Some(if pending { "not_ready" } else { "unknown_stream" }),
                     epoch: 0,
                     seq: 0,
                     available_from: 0,
@@ -127,6 +139,8 @@ struct Replay<'p> {
     idx: u32,
     was_held: bool,
     positions: Option<&'p [(Cow<'p, str>, StreamPos)]>,
+    /// Cluster mode: entries fetched from the log, per stream, for what the buffers lack.
+    extra: &'p [(StreamName, Vec<Buffered>)],
     /// Only for a `resume`: one report per stream the client named that the connection has.
     reports: Vec<(String, StreamReport)>,
     replayed: u32,
@@ -211,10 +225,29 @@ impl Replay<'_> {
         after: u64,
         upto: u64,
     ) -> Result<u32, Unrecoverable> {
+        let extra = self.extra.iter().find(|(n, _)| n == name).map(|(_, e)| e.as_slice());
+        match extra {
+            Some(extra) if !extra.is_empty() => {
+                let entries = stream.range_with(extra, epoch, after, upto)?;
+                self.deliver(flow, out, conns, name, entries.into_iter())
+            }
+            _ => self.deliver(flow, out, conns, name, stream.range(epoch, after, upto)?),
+        }
+    }
+
+    /// Delivers the entries this connection may see, if they all fit in the budget.
+    fn deliver<'e>(
+        &mut self,
+        flow: &mut Flow,
+        out: &mut Outbox,
+        conns: &mut Connections,
+        name: &StreamName,
+        entries: impl Iterator<Item = &'e Buffered> + Clone,
+    ) -> Result<u32, Unrecoverable> {
         let id = conns.id_of(self.idx);
         let conn = conns.get(self.idx);
-        let bytes: u64 = stream
-            .range(epoch, after, upto)?
+        let bytes: u64 = entries
+            .clone()
             .filter(|entry| scope_admits(conn, id, &entry.scope))
             .map(|entry| entry.frame.len() as u64)
             .sum();
@@ -223,7 +256,7 @@ impl Replay<'_> {
         }
         self.budget -= bytes;
         let mut n = 0;
-        for entry in stream.range(epoch, after, upto)? {
+        for entry in entries {
             if scope_admits(conns.get(self.idx), id, &entry.scope) {
                 flow.deliver(out, conns, self.idx, &entry.frame);
                 conns.get_mut(self.idx).mark_replayed(name, entry.seq);

@@ -3,9 +3,10 @@
 
 use std::time::Instant;
 
+use crate::cluster::StreamKey;
 use crate::error::{ConnError, RoomError};
 use crate::hub::Hub;
-use crate::ids::{ConnId, RoomId, StreamName, TenantId};
+use crate::ids::{ConnId, RoomId, StreamName, StreamPos, TenantId};
 use crate::kinds::{AuditKind, LimitKind};
 use crate::stream::Stream;
 
@@ -44,7 +45,16 @@ impl Hub {
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
         let fresh = !tenant.rooms.contains_key(&room);
         let epochs = &mut self.epochs;
-        let joined = tenant.join(&mut self.conns, idx, &room, || Stream::new(epochs.next()));
+        // Cluster mode: the bus tells a new room's position (until then it is `(0, 0)`).
+        let clustered = self.node.is_some();
+        let new_stream = || {
+            if clustered {
+                Stream::at(StreamPos { epoch: 0, seq: 0 })
+            } else {
+                Stream::new(epochs.next())
+            }
+        };
+        let joined = tenant.join(&mut self.conns, idx, &room, new_stream);
         if joined {
             // What this connection was sent of the room before it left, so that a resume never
             // sends the room's seqs out of order (issue 10 item 5).
@@ -54,8 +64,21 @@ impl Hub {
         if fresh || revived {
             self.out.stats.rooms += 1;
         }
+        if fresh && clustered {
+            self.track(now, StreamKey::room(tenant_id.clone(), room.clone()));
+        }
         if joined {
+            let key = StreamKey::room(tenant_id, room.clone());
+            if self.conns.get(idx).is_awaiting() || !self.stream_confirmed(&key) {
+                // Cluster mode: `joined` waits until the connection and the room's stream are
+                // set up on the bus; nothing of the room is delivered before.
+                let c = self.conns.get_mut(idx);
+                let slot = c.memberships().len() as u32 - 1;
+                c.defer_announcement(slot);
+                return Ok(true);
+            }
             // Tell the client where the room's stream stands, so that it can resume it later.
+            let tenant = self.tenants.get(&key.tenant).expect("connection's tenant exists");
             let pos = tenant.rooms[&room].stream.position();
             let frame = self.flow.writer.joined(&StreamName::Room(room), pos);
             self.control_or_close(now, idx, &frame);
@@ -119,9 +142,14 @@ impl Hub {
         let r = tenant.rooms.remove(room).expect("dropped room exists");
         debug_assert!(r.members.is_empty() && r.idle.is_none());
         self.buffers.dropped(&r.stream);
-        if tenant.is_unused() {
+        let unused = tenant.is_unused();
+        if unused {
             let tenant = self.tenants.remove(tenant_id).expect("present");
             self.buffers.dropped(&tenant.stream);
+        }
+        self.untrack(&StreamKey::room(tenant_id.clone(), room.clone()));
+        if unused {
+            self.untrack(&StreamKey::tenant(tenant_id.clone()));
         }
     }
 }
