@@ -3,7 +3,9 @@
 //! filters and clock jumps. Seeded and reproducible: a failure prints its seed, and
 //! `SIM_SEEDS=<seed> cargo test --test simulation` replays it (`SIM_MINUTES` lengthens runs).
 //!
-//! Every frame a client processes is checked against a model of what was published:
+//! Every frame a client processes is checked by the shared client model
+//! (`switchboard_testkit::client`: positions per stream identity, a log of what was published),
+//! the same one the resume properties use:
 //! - isolation: an event reaches a client only on its own user's, tenant's or rooms' streams,
 //!   and only where the target allowed (role audiences, connection targets);
 //! - no duplicates: per stream, seqs only grow;

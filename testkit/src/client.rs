@@ -427,3 +427,89 @@ impl Client {
         Ok(reason)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use serde_json::json;
+
+    fn event(stream: &str, epoch: u64, seq: u64) -> EventFrame {
+        let kind = "tool_completed".to_owned();
+        EventFrame { kind, stream: stream.to_owned(), epoch, seq, thread: None }
+    }
+
+    fn published(key: StreamKey, epoch: u64, seq: u64, visibility: Visibility) -> Published {
+        Published { key, epoch, seq, visibility, critical: true, at: Instant::now() }
+    }
+
+    /// A log of three messages on acme/alice's stream (epoch 7), the second for a role.
+    fn alice() -> (Log, Client) {
+        let mut log = Log::default();
+        let key = StreamKey::user("acme", "alice");
+        log.record(1, published(key.clone(), 7, 1, Visibility::All));
+        log.record(2, published(key.clone(), 7, 2, Visibility::Role("admin".into())));
+        log.record(3, published(key.clone(), 7, 3, Visibility::All));
+        log.record(4, published(StreamKey::user("acme", "bob"), 9, 1, Visibility::All));
+        let mut client = Client::new("acme", "alice");
+        client.start(key, (7, 0));
+        (log, client)
+    }
+
+    #[test]
+    fn events_are_checked_for_isolation_and_order() {
+        let (log, mut c) = alice();
+        assert_eq!(c.on_event(&log, &event("u", 7, 1), 1), Ok(StreamKey::user("acme", "alice")));
+        // Another user's message, a role the client does not hold, a repeat, another epoch.
+        assert!(c.on_event(&log, &event("u", 9, 1), 4).is_err());
+        assert!(c.on_event(&log, &event("u", 7, 2), 2).is_err());
+        assert!(c.on_event(&log, &event("u", 7, 1), 1).is_err());
+        assert!(c.on_event(&log, &event("u", 8, 3), 3).is_err());
+        // A message at another position than it was published at.
+        assert!(c.on_event(&log, &event("u", 7, 4), 3).is_err());
+        assert_eq!(c.position(&c.user_stream()), Some((7, 1)));
+    }
+
+    #[test]
+    fn what_is_skipped_and_what_is_due_are_checked() {
+        let (log, mut c) = alice();
+        let key = c.user_stream();
+        // Skipping seq 2 (a role message) loses nothing; skipping 1..3 loses message 1 and 3
+        // once the client holds the role.
+        assert_eq!(c.lost(&log, &key, 7, 1, 3), Vec::<u64>::new());
+        assert_eq!(c.lost(&log, &key, 7, 0, 4), vec![1, 3]);
+        c.roles.push("admin".into());
+        assert_eq!(c.lost(&log, &key, 7, 0, 4), vec![1, 2, 3]);
+        c.expect(&key, [1]);
+        c.on_event(&log, &event("u", 7, 1), 1).unwrap();
+        assert!(c.check_received().is_ok(), "what is due arrived");
+        c.expect(&key, [2]);
+        assert!(c.check_received().is_err(), "message 2 has not come");
+        assert!(c.settle(&key).is_err(), "message 2 never came");
+        assert!(c.settle(&key).is_ok(), "a new stretch");
+    }
+
+    #[test]
+    fn an_unrecovered_stream_needs_a_reason_the_log_justifies() {
+        let (log, mut c) = alice();
+        let retention =
+            Retention { max_messages: 2, max_bytes: 1 << 20, max_age: Duration::from_secs(60) };
+        let now = Instant::now();
+        let report = |reason: &str, epoch: u64| json!({"recovered": false, "reason": reason, "epoch": epoch, "seq": 3});
+        // The client is at (7, 0): three messages missed, more than the buffer keeps.
+        assert!(
+            c.clone().unrecovered(&log, "u", &report("gap_too_old", 7), &retention, now).is_ok()
+        );
+        let roomy = Retention { max_messages: 5, ..retention };
+        assert!(c.clone().unrecovered(&log, "u", &report("gap_too_old", 7), &roomy, now).is_err());
+        assert!(
+            c.clone().unrecovered(&log, "u", &report("epoch_mismatch", 7), &roomy, now).is_err()
+        );
+        assert!(c.clone().unrecovered(&log, "u", &report("made_up", 7), &roomy, now).is_err());
+        // Another hub (another epoch): the client starts over from the reported head.
+        let reason = c.unrecovered(&log, "u", &report("epoch_mismatch", 11), &roomy, now);
+        assert_eq!(reason.as_deref(), Ok("epoch_mismatch"));
+        assert_eq!(c.position(&c.user_stream()), Some((11, 3)));
+    }
+}
