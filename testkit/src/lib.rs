@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bus;
 pub mod frames;
 #[cfg(feature = "arbitrary")]
 pub mod fuzz;
