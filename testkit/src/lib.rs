@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bus;
 pub mod client;
 pub mod frames;
 #[cfg(feature = "arbitrary")]
