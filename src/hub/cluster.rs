@@ -75,7 +75,8 @@ impl Hub {
                 self.node().expect("clustered").counters.duplicates_dropped += 1;
             }
             Arrival::NewEpoch { .. } => {
-                self.restart_stream(now, stream, pos.epoch);
+                // The sequencer already started over and holds this message.
+                self.restart_local(now, stream, pos.epoch);
                 self.drain_stream(now, stream);
             }
             Arrival::Kept | Arrival::Overflow => self.drain_stream(now, stream),
@@ -454,7 +455,7 @@ impl Hub {
         let frame = crate::frame::Frame::new(&text);
         self.render_buf = text;
         let Some(holder) = self.holder(key) else { return };
-        self.deliver_at(now, &holder, pos, &frame, scope, low);
+        let _published = self.deliver_at(now, &holder, pos, &frame, scope, low);
     }
 
     /// Moves the local stream past `pos` without a message (one that could not be delivered).
@@ -486,11 +487,15 @@ impl Hub {
     /// The stream starts over in `epoch` (0: unknown until the next message): the local buffer
     /// is dropped, the connections' positions on it reset, and each is told with a `resync`.
     fn restart_stream(&mut self, now: Instant, key: &StreamKey, epoch: u64) {
-        let node = self.node().expect("clustered");
-        node.counters.epochs_changed += 1;
-        if let Some(t) = node.streams.get_mut(key) {
+        if let Some(t) = self.node().and_then(|n| n.streams.get_mut(key)) {
             t.seq.restart(epoch);
         }
+        self.restart_local(now, key, epoch);
+    }
+
+    /// [`Hub::restart_stream`] for the local side only (the sequencer already started over).
+    fn restart_local(&mut self, now: Instant, key: &StreamKey, epoch: u64) {
+        self.node().expect("clustered").counters.epochs_changed += 1;
         if let Some(holder) = self.holder(key) {
             let (users, tenants) = (&mut self.users, &mut self.tenants);
             if let Some(stream) = stream_of(users, tenants, &holder) {

@@ -1,0 +1,455 @@
+//! Cluster mode, scenario by scenario: hubs as nodes over the test kit's model bus, each failure
+//! of DESIGN §11 provoked on purpose and its defined outcome checked (the randomized multi-node
+//! simulation is `cluster_sim.rs`).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchboard::{
+    Action, AuditKind, BusFailure, ClusterConfig, Config, ConnId, ConnectError, Envelope,
+    EventKind, Hub, Principal, PublishError, PublishOutcome, Retention, StreamKey, StreamPos,
+    Target,
+};
+use switchboard_testkit::bus::{BusEvent, ModelBus};
+use switchboard_testkit::frames::parse;
+
+/// Nodes over one model bus on a virtual clock; what each node's connections received.
+struct Net {
+    bus: ModelBus,
+    hubs: Vec<Option<Hub>>,
+    now: Instant,
+    /// Per node: `(conn, frame)` in delivery order.
+    frames: Vec<Vec<(ConnId, Value)>>,
+    outcomes: Vec<PublishOutcome>,
+    audits: Vec<AuditKind>,
+}
+
+fn config(node: &str, tweak: impl Fn(&mut Config)) -> Config {
+    let mut cfg = Config { cluster: Some(ClusterConfig::new(node)), ..Config::default() };
+    // The scenarios play no pongs: keep heartbeats out of the way.
+    cfg.heartbeat.interval = Duration::from_secs(3600);
+    tweak(&mut cfg);
+    cfg
+}
+
+impl Net {
+    fn new(nodes: usize, tweak: impl Fn(&mut Config)) -> Self {
+        let hubs = (0..nodes)
+            .map(|n| Some(Hub::new(config(&format!("n{n}"), &tweak)).expect("valid config")))
+            .collect();
+        Self {
+            bus: ModelBus::new(7),
+            hubs,
+            now: Instant::now(),
+            frames: vec![Vec::new(); nodes],
+            outcomes: Vec::new(),
+            audits: Vec::new(),
+        }
+    }
+
+    fn hub(&mut self, n: usize) -> &mut Hub {
+        self.hubs[n].as_mut().expect("node is alive")
+    }
+
+    /// Moves actions to the bus and bus events to the hubs until nothing moves.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            for n in 0..self.hubs.len() {
+                let Some(hub) = self.hubs[n].as_mut() else { continue };
+                while let Some(action) = hub.poll_action() {
+                    moved = true;
+                    match action {
+                        Action::Bus(op) => self.bus.submit(self.now, n, op),
+                        Action::Deliver { conn, frame } => {
+                            self.frames[n].push((conn, parse(frame.as_str())));
+                        }
+                        Action::Published { outcome, .. } => self.outcomes.push(outcome),
+                        Action::Audit(event) => self.audits.push(event.kind),
+                        _ => {}
+                    }
+                }
+                while let Some(event) = self.bus.poll(self.now, n) {
+                    moved = true;
+                    let hub = self.hubs[n].as_mut().expect("alive");
+                    match event {
+                        BusEvent::Message { stream, pos, payload } => {
+                            hub.bus_message(self.now, &stream, pos, &payload);
+                        }
+                        BusEvent::Reply { op, reply } => hub.bus_reply(self.now, op, reply),
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Advances the clock by `d`, ticking every node that is due on the way.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next = self
+                .hubs
+                .iter()
+                .flatten()
+                .filter_map(Hub::poll_timeout)
+                .filter(|&at| at <= end)
+                .min();
+            let Some(at) = next else { break };
+            self.now = self.now.max(at);
+            for hub in self.hubs.iter_mut().flatten() {
+                if hub.poll_timeout().is_some_and(|t| t <= self.now) {
+                    hub.tick(self.now);
+                }
+            }
+            self.pump();
+            if at >= end {
+                break;
+            }
+        }
+        self.now = end;
+        self.pump();
+    }
+
+    fn connect(&mut self, n: usize, tenant: &str, user: &str) -> ConnId {
+        let now = self.now;
+        let id = self.hub(n).connect(now, Principal::new(tenant, user)).expect("admitted");
+        self.pump();
+        id
+    }
+
+    fn publish(&mut self, n: usize, env: Envelope) {
+        let now = self.now;
+        self.hub(n).publish(now, env).expect("accepted");
+        self.pump();
+    }
+
+    /// Frames of one type a connection of node `n` received.
+    fn of_type(&self, n: usize, conn: ConnId, kind: &str) -> Vec<Value> {
+        self.frames[n]
+            .iter()
+            .filter(|(c, f)| *c == conn && f["type"] == kind)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+
+    /// The `n` fields of the `note` events a connection received, in order.
+    fn notes(&self, node: usize, conn: ConnId) -> Vec<u64> {
+        self.of_type(node, conn, "note")
+            .iter()
+            .map(|f| f["data"]["n"].as_u64().expect("n"))
+            .collect()
+    }
+}
+
+fn note(tenant: &str, user: &str, n: u64) -> Envelope {
+    Envelope::new(Target::user(tenant, user), EventKind::Custom("note".into()))
+        .data(json!({ "n": n }))
+}
+
+fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames.iter().map(|f| f["seq"].as_u64().expect("seq")).collect()
+}
+
+#[test]
+fn a_publish_on_one_node_reaches_the_users_tabs_on_every_node_once_at_the_engines_position() {
+    let mut net = Net::new(2, |_| {});
+    let a = net.connect(0, "acme", "alice");
+    let b = net.connect(1, "acme", "alice");
+    let eve = net.connect(1, "globex", "eve");
+    for (n, c) in [(0, a), (1, b), (1, eve)] {
+        let connected = net.of_type(n, c, "connected");
+        assert_eq!(connected.len(), 1, "one connected frame, after the subscription");
+    }
+    net.publish(1, note("acme", "alice", 1));
+    net.publish(0, note("acme", "alice", 2));
+    assert_eq!(net.notes(0, a), [1, 2]);
+    assert_eq!(net.notes(1, b), [1, 2]);
+    assert!(net.notes(1, eve).is_empty(), "another tenant's user receives nothing");
+    let frames = net.of_type(0, a, "note");
+    assert_eq!(frames, net.of_type(1, b, "note"), "the same bytes on both nodes");
+    assert_eq!(seqs(&frames), [1, 2]);
+    let key = StreamKey::user("acme", "alice");
+    assert_eq!(frames[0]["epoch"].as_u64(), Some(net.bus.top(&key).epoch));
+    assert!(matches!(
+        net.outcomes[..],
+        [PublishOutcome::Appended { .. }, PublishOutcome::Appended { .. }]
+    ));
+}
+
+#[test]
+fn connected_waits_for_the_subscription_and_reports_the_true_position() {
+    let mut net = Net::new(2, |_| {});
+    net.connect(0, "acme", "alice");
+    for n in 1..=3 {
+        net.publish(0, note("acme", "alice", n));
+    }
+    let now = net.now;
+    let b = net.hub(1).connect(now, Principal::new("acme", "alice")).expect("admitted");
+    // Before the bus answers, node 1 has sent nothing to the new connection.
+    while let Some(action) = net.hub(1).poll_action() {
+        assert!(!matches!(action, Action::Deliver { conn, .. } if conn == b), "{action:?}");
+        if let Action::Bus(op) = action {
+            net.bus.submit(now, 1, op);
+        }
+    }
+    net.pump();
+    let connected = net.of_type(1, b, "connected");
+    assert_eq!(connected.len(), 1);
+    assert_eq!(connected[0]["streams"]["u"]["seq"], 3, "the log's top, not a local guess");
+}
+
+#[test]
+fn a_lost_live_message_is_fetched_from_the_log_before_anything_later_is_delivered() {
+    let mut net = Net::new(2, |_| {});
+    net.connect(0, "acme", "alice");
+    let b = net.connect(1, "acme", "alice");
+    net.publish(0, note("acme", "alice", 1));
+    net.bus.set_message_loss(Some(1), 1_000_000);
+    net.publish(0, note("acme", "alice", 2));
+    net.publish(0, note("acme", "alice", 3));
+    net.bus.set_message_loss(Some(1), 0);
+    net.publish(0, note("acme", "alice", 4));
+    assert_eq!(net.notes(1, b), [1, 2, 3, 4], "repaired in order");
+    assert_eq!(seqs(&net.of_type(1, b, "note")), [1, 2, 3, 4]);
+    let stats = net.hub(1).stats();
+    assert_eq!(stats.bus.gaps_repaired, 1);
+    assert_eq!(stats.bus.gaps_lost, 0);
+}
+
+#[test]
+fn a_lost_last_message_is_found_by_the_top_check() {
+    let mut net = Net::new(2, |_| {});
+    net.connect(0, "acme", "alice");
+    let b = net.connect(1, "acme", "alice");
+    net.bus.set_message_loss(Some(1), 1_000_000);
+    net.publish(0, note("acme", "alice", 1));
+    net.bus.set_message_loss(Some(1), 0);
+    assert!(net.notes(1, b).is_empty());
+    net.advance(Duration::from_secs(46));
+    assert_eq!(net.notes(1, b), [1], "the top check noticed and fetched it");
+}
+
+#[test]
+fn a_gap_the_log_no_longer_holds_becomes_a_resync_never_a_silent_hole() {
+    let retention = Retention { max_messages: 2, ..Retention::default() };
+    let mut net = Net::new(2, |c| c.retention = retention);
+    net.connect(0, "acme", "alice");
+    let b = net.connect(1, "acme", "alice");
+    net.publish(0, note("acme", "alice", 1));
+    net.bus.set_message_loss(Some(1), 1_000_000);
+    for n in 2..=5 {
+        net.publish(0, note("acme", "alice", n));
+    }
+    net.bus.set_message_loss(Some(1), 0);
+    net.publish(0, note("acme", "alice", 6));
+    let resync = net.of_type(1, b, "resync");
+    assert_eq!(resync.len(), 1, "{:?}", net.frames[1]);
+    assert_eq!(resync[0]["reason"], "gap_too_old");
+    assert_eq!(resync[0]["recovered"], false);
+    assert_eq!(resync[0]["stream"], "u");
+    // Live delivery goes on after the hole, in order, and only with what the log still held.
+    assert_eq!(net.notes(1, b), [1, 5, 6]);
+    assert_eq!(net.hub(1).stats().bus.gaps_lost, 1);
+}
+
+#[test]
+fn a_client_of_a_dead_node_resumes_exactly_on_another_node_from_the_log() {
+    let mut net = Net::new(2, |_| {});
+    let a = net.connect(0, "acme", "alice");
+    net.publish(0, note("acme", "alice", 1));
+    net.publish(0, note("acme", "alice", 2));
+    let seen = net.of_type(0, a, "note");
+    let epoch = seen[1]["epoch"].as_u64().expect("epoch");
+    // Node 0 dies with its buffers; publishes go on through node 1.
+    net.hubs[0] = None;
+    net.bus.crash_node(0);
+    for n in 3..=5 {
+        net.publish(1, note("acme", "alice", n));
+    }
+    let b = net.connect(1, "acme", "alice");
+    let resume = json!({ "type": "resume", "positions": { "u": { "epoch": epoch, "seq": 2 } } });
+    let now = net.now;
+    net.hub(1).receive(now, b, resume.to_string().as_bytes()).expect("valid resume");
+    net.pump();
+    assert_eq!(net.notes(1, b), [3, 4, 5], "exactly what it missed");
+    let resumed = net.of_type(1, b, "resumed");
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0]["recovered"], true, "{resumed:?}");
+}
+
+#[test]
+fn while_the_bus_is_down_publishes_fail_fast_and_connections_stay_open() {
+    let mut net = Net::new(2, |_| {});
+    let a = net.connect(0, "acme", "alice");
+    let now = net.now;
+    net.bus.go_down();
+    net.hub(0).bus_down(now);
+    let err = net.hub(0).publish(now, note("acme", "alice", 1)).expect_err("fails fast");
+    assert_eq!(err, PublishError::Bus(BusFailure::Down));
+    // A user this node does not hold cannot get true positions now.
+    let refused = net.hub(0).connect(now, Principal::new("acme", "bob"));
+    assert_eq!(refused, Err(ConnectError::Unavailable));
+    // Alice's streams are held here: a second tab is served.
+    let a2 = net.hub(0).connect(now, Principal::new("acme", "alice")).expect("servable");
+    net.pump();
+    assert!(net.hub(0).connection(a).is_some());
+    assert_eq!(net.of_type(0, a2, "connected").len(), 1);
+    // Back up; then node 0's own link drops while node 1 appends, and node 0 catches up when its
+    // link is back.
+    net.bus.come_up();
+    let now = net.now;
+    net.hub(0).bus_up(now);
+    net.pump();
+    net.bus.disconnect(0);
+    net.hub(0).bus_down(now);
+    net.publish(1, note("acme", "alice", 7));
+    assert!(net.notes(0, a).is_empty(), "node 0 missed it");
+    net.bus.reconnect(0);
+    net.hub(0).bus_up(now);
+    net.pump();
+    assert_eq!(net.notes(0, a), [7], "the top check after bus_up fetched it");
+}
+
+#[test]
+fn an_engine_restarted_empty_tells_the_clients_to_resync() {
+    let mut net = Net::new(1, |_| {});
+    let a = net.connect(0, "acme", "alice");
+    net.publish(0, note("acme", "alice", 1));
+    let now = net.now;
+    net.bus.go_down();
+    net.hub(0).bus_down(now);
+    net.bus.restart_empty();
+    net.bus.come_up();
+    net.hub(0).bus_up(now);
+    net.pump();
+    net.publish(0, note("acme", "alice", 2));
+    let resync = net.of_type(0, a, "resync");
+    assert!(!resync.is_empty(), "{:?}", net.frames[0]);
+    assert_eq!(resync[0]["reason"], "epoch_changed");
+    let notes = net.of_type(0, a, "note");
+    assert_eq!(notes.len(), 2);
+    assert_ne!(notes[0]["epoch"], notes[1]["epoch"], "a new epoch, never a reused position");
+    assert_eq!(notes[1]["seq"], 1);
+}
+
+#[test]
+fn a_failover_that_lost_the_tail_moves_the_stream_to_a_new_epoch() {
+    let mut net = Net::new(2, |_| {});
+    net.connect(0, "acme", "alice");
+    let b = net.connect(1, "acme", "alice");
+    for n in 1..=3 {
+        net.publish(0, note("acme", "alice", n));
+    }
+    let key = StreamKey::user("acme", "alice");
+    let old = net.bus.top(&key);
+    net.bus.lose_tail(&key, 2);
+    net.advance(Duration::from_secs(46));
+    let resync = net.of_type(1, b, "resync");
+    assert!(!resync.is_empty(), "{:?}", net.frames[1]);
+    assert_eq!(resync[0]["reason"], "epoch_changed");
+    let new = net.bus.top(&key);
+    assert_ne!(new.epoch, old.epoch, "rotated");
+    net.publish(0, note("acme", "alice", 4));
+    let last = net.of_type(1, b, "note").pop().expect("delivered");
+    assert_eq!((last["epoch"].as_u64(), last["seq"].as_u64()), (Some(new.epoch), Some(1)));
+}
+
+#[test]
+fn a_bus_message_that_names_another_stream_is_audited_and_never_delivered() {
+    let mut net = Net::new(1, |_| {});
+    let a = net.connect(0, "acme", "alice");
+    net.connect(0, "acme", "bob");
+    net.publish(0, note("acme", "bob", 1));
+    let bob = StreamKey::user("acme", "bob");
+    let payload = net.bus.log(&bob)[0].payload.clone();
+    // A driver bug: bob's message on alice's channel, at alice's next position.
+    let alice = StreamKey::user("acme", "alice");
+    let top = net.bus.top(&alice);
+    let now = net.now;
+    let pos = StreamPos { epoch: top.epoch.max(1), seq: top.seq + 1 };
+    net.hub(0).bus_message(now, &alice, pos, &payload);
+    net.pump();
+    assert!(net.notes(0, a).is_empty(), "nothing of bob's reaches alice");
+    assert!(net.audits.contains(&AuditKind::BusMismatch));
+    assert_eq!(net.hub(0).stats().bus.mismatches, 1);
+}
+
+#[test]
+fn a_duplicate_live_message_is_dropped() {
+    let mut net = Net::new(1, |_| {});
+    let a = net.connect(0, "acme", "alice");
+    net.publish(0, note("acme", "alice", 1));
+    let key = StreamKey::user("acme", "alice");
+    let entry = net.bus.log(&key)[0].clone();
+    let pos = StreamPos { epoch: net.bus.top(&key).epoch, seq: entry.seq };
+    let now = net.now;
+    net.hub(0).bus_message(now, &key, pos, &entry.payload);
+    net.pump();
+    assert_eq!(net.notes(0, a), [1]);
+    assert_eq!(net.hub(0).stats().bus.duplicates_dropped, 1);
+}
+
+#[test]
+fn a_late_reply_is_ignored_and_a_timed_out_publish_reports_failed() {
+    let mut net = Net::new(1, |_| {});
+    net.connect(0, "acme", "alice");
+    net.bus.set_op_faults(0, 1_000_000);
+    net.publish(0, note("acme", "alice", 1));
+    net.bus.set_op_faults(0, 0);
+    net.advance(Duration::from_secs(4));
+    assert!(
+        matches!(
+            net.outcomes.last(),
+            Some(PublishOutcome::Failed { failure: BusFailure::Retryable, .. })
+        ),
+        "{:?}",
+        net.outcomes
+    );
+    assert_eq!(net.hub(0).stats().bus.op_timeouts, 1);
+}
+
+#[test]
+fn rooms_and_tenant_broadcasts_span_the_nodes() {
+    let mut net = Net::new(2, |_| {});
+    let a = net.connect(0, "acme", "alice");
+    let b = net.connect(1, "acme", "bob");
+    let now = net.now;
+    assert!(net.hub(0).join(now, a, "lobby").expect("joined"));
+    assert!(net.hub(1).join(now, b, "lobby").expect("joined"));
+    net.pump();
+    assert_eq!(net.of_type(0, a, "joined").len(), 1, "joined once the room's stream is known");
+    let room = Envelope::new(Target::room("acme", "lobby"), EventKind::Custom("note".into()))
+        .data(json!({ "n": 10 }));
+    net.publish(0, room);
+    let all = Envelope::new(Target::tenant("acme"), EventKind::Custom("note".into()))
+        .data(json!({ "n": 20 }));
+    net.publish(1, all);
+    assert_eq!(net.notes(0, a), [10, 20]);
+    assert_eq!(net.notes(1, b), [10, 20]);
+}
+
+#[test]
+fn connection_targets_are_node_local_and_everyone_is_refused() {
+    let mut net = Net::new(2, |_| {});
+    net.connect(0, "acme", "carol");
+    let a = net.connect(0, "acme", "alice");
+    let a2 = net.connect(1, "acme", "alice");
+    let now = net.now;
+    // A connection id names a connection of its own node only: node 1 has no such connection.
+    let elsewhere =
+        net.hub(1).publish(now, Envelope::new(Target::Connection(a), EventKind::AgentStarted));
+    assert!(matches!(elsewhere, Err(PublishError::Conn(_))), "{elsewhere:?}");
+    let everyone =
+        net.hub(0).publish(now, Envelope::new(Target::Everyone, EventKind::AgentStarted));
+    assert_eq!(everyone, Err(PublishError::EveryoneInCluster));
+    // On its own node it reaches exactly that connection, not the user's tab on the other node
+    // (even where that node has a connection with the same id).
+    let only = Envelope::new(Target::Connection(a), EventKind::Custom("note".into()))
+        .data(json!({ "n": 1 }));
+    net.publish(0, only);
+    assert_eq!(net.notes(0, a), [1]);
+    assert!(net.notes(1, a2).is_empty());
+}
