@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::cluster::{BusOp, OpId, PublishOutcome};
 use crate::config::Tier;
 use crate::frame::Frame;
 use crate::ids::{ConnId, TenantId, ThreadId, UserId};
@@ -138,4 +139,15 @@ pub enum Action {
     Audit(AuditEvent),
     /// A lifecycle metric.
     Metric(MetricEvent),
+    /// Cluster mode: perform this operation on the bus, then report its reply with
+    /// [`Hub::bus_reply`](crate::Hub::bus_reply) (see [`BusOp`]).
+    Bus(BusOp),
+    /// Cluster mode: what became of a [`Hub::publish`](crate::Hub::publish) once the bus
+    /// answered ([`Published::op`](crate::Published::op) names it).
+    Published {
+        /// The append operation the publish issued.
+        op: OpId,
+        /// Appended, a duplicate, or failed.
+        outcome: PublishOutcome,
+    },
 }

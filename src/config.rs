@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::cluster::ClusterConfig;
 use crate::retention::Retention;
 
 /// A principal's service tier. Each tier has its own quotas ([`TierQuota`]).
@@ -248,6 +249,10 @@ pub struct Config {
     /// If set, the hub emits a [`MetricEvent::Snapshot`](crate::MetricEvent::Snapshot) of its
     /// stats this often (default: never).
     pub snapshot_interval: Option<Duration>,
+    /// Cluster mode: this hub is one node of several sharing a bus (DESIGN §11, and "Cluster
+    /// mode" in the crate docs). `None` (the default): a single node, nothing is emitted for a
+    /// bus.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -286,6 +291,7 @@ impl Default for Config {
                 .to_vec(),
             seed: 0x5eed_5b0a_2d00_0001,
             snapshot_interval: None,
+            cluster: None,
         }
     }
 }
@@ -348,6 +354,19 @@ impl Config {
         nonzero("retention.max_bytes", self.retention.max_bytes as u64)?;
         nonzero_d("retention.max_age", self.retention.max_age)?;
         nonzero("max_inflight_bytes", self.max_inflight_bytes)?;
+        if let Some(c) = &self.cluster {
+            if c.node.as_str().is_empty() {
+                return Err(ConfigError::Zero { field: "cluster.node" });
+            }
+            nonzero_d("cluster.op_timeout", c.op_timeout)?;
+            nonzero("cluster.max_inflight_ops", c.max_inflight_ops.into())?;
+            nonzero("cluster.max_held_per_stream", c.max_held_per_stream.into())?;
+            nonzero("cluster.fetch_limit", c.fetch_limit.into())?;
+            bounded("cluster.resume_wait", c.resume_wait)?;
+            if let Some(every) = c.top_check_interval {
+                nonzero_d("cluster.top_check_interval", every)?;
+            }
+        }
         nonzero("max_buffered_bytes", self.max_buffered_bytes)?;
         if self.max_unwritten_bytes < self.max_inflight_bytes {
             return Err(ConfigError::Inconsistent {

@@ -7,31 +7,71 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::config::{Config, Tier};
-use crate::ids::{ConnId, Roles, RoomId, ThreadId};
+use crate::ids::{ConnId, Roles, RoomId, StreamName, ThreadId};
 use crate::kinds::CloseReason;
-use crate::limits::Bucket;
-use crate::stats::Meter;
-use crate::timer::TimerId;
+use crate::limits::{Bucket, Rate};
+use crate::stats::{Meter, MeterClock};
+use crate::timer::{TimerId, TimerQueue};
 
 /// One room membership, with the member's position in the room's member list so that leaving is
 /// O(1) (see `routing::Room`).
 #[derive(Debug)]
 pub(crate) struct Membership {
-    pub(crate) room: RoomId,
-    pub(crate) pos: u32,
+    room: RoomId,
+    /// Position in the room's member list.
+    pos: u32,
     /// The room stream's seq when the connection joined: live delivery covers what follows.
-    pub(crate) base: u64,
+    base: u64,
     /// The highest seq of the room's stream this connection was sent (issue 10 item 5).
-    pub(crate) sent: u64,
+    sent: u64,
+    /// Cluster mode: whether the client was told the room's position (`joined`). Not until the
+    /// room's stream and the connection are both set up on the bus; nothing of the room is
+    /// delivered before.
+    announced: bool,
+}
+
+impl Membership {
+    /// The room.
+    #[inline]
+    pub(crate) fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    /// The member's position in the room's member list.
+    #[inline]
+    pub(crate) fn pos(&self) -> u32 {
+        self.pos
+    }
+
+    /// The room stream's seq when the connection joined.
+    pub(crate) fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The highest seq of the room's stream this connection was sent (0: none).
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// The room, taking the membership apart.
+    pub(crate) fn into_room(self) -> RoomId {
+        self.room
+    }
+
+    /// Whether the client was told the room's position (always, outside cluster mode).
+    #[inline]
+    pub(crate) fn is_announced(&self) -> bool {
+        self.announced
+    }
 }
 
 /// A room the connection left before its one `resume`: the highest seq it was sent there, so that
 /// a re-join and a resume never send that stream's seqs out of order (issue 10 item 5).
 #[derive(Debug)]
-pub(crate) struct LeftRoom {
-    pub(crate) room: RoomId,
-    pub(crate) epoch: u64,
-    pub(crate) sent: u64,
+struct LeftRoom {
+    room: RoomId,
+    epoch: u64,
+    sent: u64,
 }
 
 /// An open connection. Its binding to one user's state (and so to one `(tenant, user)`) is set at
@@ -39,67 +79,71 @@ pub(crate) struct LeftRoom {
 #[derive(Debug)]
 pub(crate) struct Connection {
     /// Index of the user's state in the hub's user slab.
-    pub(crate) user: u32,
+    user: u32,
     /// Position in the tenant's connection list.
-    pub(crate) tenant_pos: u32,
-    pub(crate) tier: Tier,
-    pub(crate) roles: Roles,
-    pub(crate) opened_at: Instant,
+    tenant_pos: u32,
+    tier: Tier,
+    roles: Roles,
+    opened_at: Instant,
     /// Last inbound frame or pong.
-    pub(crate) last_seen: Instant,
+    last_seen: Instant,
     /// Set while a ping is outstanding.
-    pub(crate) ping_sent: Option<Instant>,
-    pub(crate) expires_at: Option<Instant>,
-    pub(crate) refresh_sent: bool,
-    /// The connection's one timer, armed at or before its next deadline; `None` while it has no
-    /// deadline the clock can represent (see [`Connection::next_deadline`]).
-    pub(crate) timer: Option<TimerId>,
+    ping_sent: Option<Instant>,
+    expires_at: Option<Instant>,
+    refresh_sent: bool,
+    /// The connection's one timer (in [`Connections`]' queue), armed at or before its next
+    /// deadline; `None` while it has no deadline the clock can represent (see
+    /// [`Connection::next_deadline`]).
+    timer: Option<TimerId>,
     /// Its place in the hub's connection order (1, 2, …; set by [`Connections::insert`]): the
     /// reconnect breaker coalesces closes of connections that were open together by it.
-    pub(crate) order: u64,
+    order: u64,
     /// `None`: all of the user's events. `Some(threads)`: thread-less events plus these threads'
     /// (never an empty list: unsubscribing the last thread widens the filter back to `None`).
     /// Boxed: most connections never narrow, and this keeps them a pointer smaller.
-    pub(crate) threads: Option<Box<Threads>>,
-    pub(crate) rooms: Vec<Membership>,
+    threads: Option<Box<Threads>>,
+    rooms: Vec<Membership>,
     /// Control frames' allowance (per connection; `message` frames draw on the user's quota).
-    pub(crate) control: Bucket,
-    pub(crate) violations: Bucket,
+    control: Bucket,
+    violations: Bucket,
     /// Bytes handed out in `Deliver` and not yet confirmed by `written`.
-    pub(crate) unwritten: u64,
+    unwritten: u64,
     /// Live event frames delivered (folded into the user's meter when the connection closes).
-    pub(crate) delivered: Meter,
+    delivered: Meter,
     /// `agent_thinking` frames skipped since the last delivery (reported by a `skipped` frame).
-    pub(crate) skipped: u32,
+    skipped: u32,
     /// Waiting for the client's first frame (within `resume_window`) before going live.
-    pub(crate) held: bool,
+    held: bool,
     /// Whether the client already sent `resume`.
-    pub(crate) resumed: bool,
+    resumed: bool,
+    /// Cluster mode: its `connected` frame waits until its user's and tenant's streams are set
+    /// up on the bus (their true positions known). It is held meanwhile.
+    awaiting: bool,
     /// The user stream's and the tenant stream's seq at connect: live delivery covers what
     /// follows, a resume replays up to here.
-    pub(crate) user_base: u64,
-    pub(crate) tenant_base: u64,
+    user_base: u64,
+    tenant_base: u64,
     // --- issue 10 item 5 (core-b): what was sent per stream, so that seqs only grow.
     /// Whether any event of the user's (tenant's) stream went out to this connection. Everything
     /// sent on those streams is past their base, so a bit stands for "the highest seq sent".
-    pub(crate) user_sent: bool,
-    pub(crate) tenant_sent: bool,
+    user_sent: bool,
+    tenant_sent: bool,
     /// Rooms left before the resume; allocated by the first such leave.
-    pub(crate) left_rooms: Option<Box<LeftRooms>>,
+    left_rooms: Option<Box<LeftRooms>>,
 }
 
 /// The rooms a connection left before its resume (at most `max_rooms_per_connection`, newest
 /// last), and whether that memory overflowed: a re-joined room then counts as sent up to its
 /// re-join position.
 #[derive(Debug, Default)]
-pub(crate) struct LeftRooms {
-    pub(crate) rooms: Vec<LeftRoom>,
-    pub(crate) forgotten: bool,
+struct LeftRooms {
+    rooms: Vec<LeftRoom>,
+    forgotten: bool,
 }
 
 /// The threads a connection narrowed itself to.
 #[derive(Debug, Default)]
-pub(crate) struct Threads(pub(crate) Vec<ThreadId>);
+struct Threads(Vec<ThreadId>);
 
 /// What a connection's timer found due. A close excludes everything else.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -111,6 +155,10 @@ pub(crate) struct Due {
     /// The resume window ran out: start live delivery.
     pub(crate) release: bool,
 }
+
+/// A `subscribe` that would take a connection past `max_thread_subscriptions`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TooManyThreads;
 
 impl Connection {
     /// A connection opening at `now` for the user in slot `user`, held for its resume window if
@@ -148,6 +196,7 @@ impl Connection {
             skipped: 0,
             held,
             resumed: false,
+            awaiting: false,
             user_base,
             tenant_base,
             user_sent: false,
@@ -156,13 +205,47 @@ impl Connection {
         }
     }
 
-    /// Whether an event of `thread` (or a thread-less one) passes this connection's filter.
-    pub(crate) fn wants(&self, thread: Option<&ThreadId>) -> bool {
-        match (&self.threads, thread) {
-            (None, _) | (Some(_), None) => true,
-            (Some(threads), Some(t)) => threads.0.contains(t),
-        }
+    // --- Binding (fixed at connect)
+
+    /// The slot of the user's state it is bound to.
+    #[inline]
+    pub(crate) fn user(&self) -> u32 {
+        self.user
     }
+
+    /// The principal's tier.
+    #[inline]
+    pub(crate) fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// The principal's roles.
+    #[inline]
+    pub(crate) fn roles(&self) -> &Roles {
+        &self.roles
+    }
+
+    /// When it opened.
+    pub(crate) fn opened_at(&self) -> Instant {
+        self.opened_at
+    }
+
+    /// Its place in the hub's connection order (see [`Connections::latest_order`]).
+    pub(crate) fn order(&self) -> u64 {
+        self.order
+    }
+
+    /// Its position in its tenant's connection list.
+    pub(crate) fn tenant_pos(&self) -> u32 {
+        self.tenant_pos
+    }
+
+    /// It now sits at `pos` in its tenant's connection list.
+    pub(crate) fn set_tenant_pos(&mut self, pos: u32) {
+        self.tenant_pos = pos;
+    }
+
+    // --- Liveness and session
 
     /// Any inbound frame or pong proves the peer alive.
     pub(crate) fn seen(&mut self, now: Instant) {
@@ -170,10 +253,336 @@ impl Connection {
         self.ping_sent = None;
     }
 
+    /// Its last inbound frame or pong (or its opening).
+    pub(crate) fn last_seen(&self) -> Instant {
+        self.last_seen
+    }
+
+    /// Whether a ping is outstanding.
+    pub(crate) fn awaiting_pong(&self) -> bool {
+        self.ping_sent.is_some()
+    }
+
+    /// When its session expires, if it does.
+    pub(crate) fn expires_at(&self) -> Option<Instant> {
+        self.expires_at
+    }
+
+    /// The session was re-authenticated: it now expires at `expires_at`, and a new
+    /// `refresh_required` goes out before then.
+    pub(crate) fn refresh_session(&mut self, expires_at: Option<Instant>) {
+        self.expires_at = expires_at;
+        self.refresh_sent = false;
+    }
+
+    // --- Thread filter
+
+    /// Whether an event of `thread` (or a thread-less one) passes this connection's filter.
+    #[inline]
+    pub(crate) fn wants(&self, thread: Option<&ThreadId>) -> bool {
+        match (&self.threads, thread) {
+            (None, _) | (Some(_), None) => true,
+            (Some(threads), Some(t)) => threads.0.contains(t),
+        }
+    }
+
+    /// The threads it narrowed itself to; `None` when it receives all of its user's events.
+    pub(crate) fn threads(&self) -> Option<&[ThreadId]> {
+        self.threads.as_deref().map(|t| t.0.as_slice())
+    }
+
+    /// `subscribe`: adds `thread` to the filter (narrowing it on the first), unless that would
+    /// hold more than `max` threads. Subscribing twice is one subscription.
+    pub(crate) fn narrow_to(&mut self, thread: &str, max: u32) -> Result<(), TooManyThreads> {
+        let threads = &mut self.threads.get_or_insert_with(Box::default).0;
+        if !threads.iter().any(|t| t.as_str() == thread) {
+            if threads.len() >= max as usize {
+                return Err(TooManyThreads);
+            }
+            threads.push(ThreadId::from(thread));
+        }
+        Ok(())
+    }
+
+    /// `unsubscribe` of one thread: without any left, the connection receives all of its user's
+    /// events again.
+    pub(crate) fn unsubscribe(&mut self, thread: &str) {
+        if let Some(threads) = &mut self.threads {
+            threads.0.retain(|t| t.as_str() != thread);
+            if threads.0.is_empty() {
+                self.threads = None;
+            }
+        }
+    }
+
+    /// `unsubscribe` of everything: the connection receives all of its user's events again.
+    pub(crate) fn widen(&mut self) {
+        self.threads = None;
+    }
+
+    // --- Rate allowances
+
+    /// The control frames' allowance.
+    pub(crate) fn control_allowance(&mut self) -> &mut Bucket {
+        &mut self.control
+    }
+
+    /// Spends one violation of `allowance` at `now`. True when the allowance is spent (this was
+    /// the last in a row): the connection is to be closed.
+    pub(crate) fn violation_spends_allowance(&mut self, now: Instant, allowance: Rate) -> bool {
+        !self.violations.try_take(now, allowance) || self.violations.exhausted(now, allowance)
+    }
+
+    // --- Backpressure (see `flow.rs`)
+
+    /// Bytes handed out and not yet confirmed written.
+    #[inline]
+    pub(crate) fn unwritten(&self) -> u64 {
+        self.unwritten
+    }
+
+    /// `bytes` more were handed out to the transport.
+    #[inline]
+    pub(crate) fn queued(&mut self, bytes: u64) {
+        self.unwritten += bytes;
+    }
+
+    /// The transport confirmed `bytes` written.
+    pub(crate) fn written(&mut self, bytes: u64) {
+        self.unwritten = self.unwritten.saturating_sub(bytes);
+    }
+
+    /// Frames skipped since the last delivery.
+    #[inline]
+    pub(crate) fn skipped(&self) -> u32 {
+        self.skipped
+    }
+
+    /// One more frame skipped.
+    #[inline]
+    pub(crate) fn skip(&mut self) {
+        self.skipped = self.skipped.saturating_add(1);
+    }
+
+    /// The skips to report now (the `skipped` notice goes out), leaving none.
+    #[inline]
+    pub(crate) fn take_skipped(&mut self) -> u32 {
+        std::mem::take(&mut self.skipped)
+    }
+
+    /// One more live event frame delivered.
+    #[inline]
+    pub(crate) fn count_delivered(&mut self, clock: MeterClock) {
+        self.delivered.add(clock, 1);
+    }
+
+    /// Its live event frames delivered (the user's meter absorbs them on close).
+    pub(crate) fn delivered(&self) -> Meter {
+        self.delivered
+    }
+
+    // --- Resume window and what was sent per stream
+
+    /// Whether it is still in its resume window (live delivery not started).
+    #[inline]
+    pub(crate) fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// Cluster mode: it waits for its streams before its `connected` frame (held meanwhile).
+    pub(crate) fn await_streams(&mut self) {
+        self.awaiting = true;
+        self.held = true;
+    }
+
+    /// Whether it waits for its streams (see [`Connection::await_streams`]).
+    #[inline]
+    pub(crate) fn is_awaiting(&self) -> bool {
+        self.awaiting
+    }
+
+    /// Its streams are set up: live delivery covers what follows `user_base` and `tenant_base`;
+    /// it stays held only for a resume window (`held`).
+    pub(crate) fn streams_ready(&mut self, user_base: u64, tenant_base: u64, held: bool) {
+        self.awaiting = false;
+        self.held = held;
+        self.user_base = user_base;
+        self.tenant_base = tenant_base;
+    }
+
+    /// Cluster mode: the stream started over in a new epoch: nothing was sent on it yet.
+    pub(crate) fn restart_stream(&mut self, name: &StreamName) {
+        match name {
+            StreamName::User => (self.user_base, self.user_sent) = (0, false),
+            StreamName::Tenant => (self.tenant_base, self.tenant_sent) = (0, false),
+            StreamName::Room(room) => {
+                if let Some(m) = self.rooms.iter_mut().find(|m| &m.room == room) {
+                    (m.base, m.sent) = (0, 0);
+                }
+            }
+        }
+    }
+
+    /// Ends the hold. Returns whether it was held.
+    pub(crate) fn end_hold(&mut self) -> bool {
+        std::mem::replace(&mut self.held, false)
+    }
+
+    /// Takes the connection's one `resume`: false if it already had it.
+    pub(crate) fn claim_resume(&mut self) -> bool {
+        if self.resumed {
+            return false;
+        }
+        self.resumed = true;
+        true
+    }
+
+    /// A resume is being answered: forget the rooms left before it.
+    pub(crate) fn forget_left_rooms(&mut self) {
+        self.left_rooms = None;
+    }
+
+    /// The user stream's base and the highest seq sent on it (0: none). Anything sent on it is
+    /// past the base.
+    pub(crate) fn user_stream(&self) -> (u64, u64) {
+        (self.user_base, if self.user_sent { self.user_base + 1 } else { 0 })
+    }
+
+    /// [`Connection::user_stream`] for the tenant stream.
+    pub(crate) fn tenant_stream(&self) -> (u64, u64) {
+        (self.tenant_base, if self.tenant_sent { self.tenant_base + 1 } else { 0 })
+    }
+
+    /// An event of the user's stream went out to it.
+    #[inline]
+    pub(crate) fn mark_user_sent(&mut self) {
+        self.user_sent = true;
+    }
+
+    /// An event of the tenant's stream went out to it.
+    #[inline]
+    pub(crate) fn mark_tenant_sent(&mut self) {
+        self.tenant_sent = true;
+    }
+
+    /// Live event `seq` of the room in membership `slot` went out to it.
+    #[inline]
+    pub(crate) fn mark_room_sent(&mut self, slot: u32, seq: u64) {
+        self.rooms[slot as usize].sent = seq;
+    }
+
+    /// Replayed `seq` of stream `name` went out to it (a replay after a window expired may be
+    /// followed by a `resume`, which must not send below it).
+    pub(crate) fn mark_replayed(&mut self, name: &StreamName, seq: u64) {
+        match name {
+            StreamName::User => self.user_sent = true,
+            StreamName::Tenant => self.tenant_sent = true,
+            StreamName::Room(room) => {
+                if let Some(m) = self.rooms.iter_mut().find(|m| &m.room == room) {
+                    m.sent = m.sent.max(seq);
+                }
+            }
+        }
+    }
+
+    // --- Rooms (the back-pointers are kept by `routing::Tenant`)
+
+    /// Its room memberships.
+    #[inline]
+    pub(crate) fn memberships(&self) -> &[Membership] {
+        &self.rooms
+    }
+
+    /// Whether it is in `room`.
+    pub(crate) fn in_room(&self, room: &str) -> bool {
+        self.rooms.iter().any(|m| m.room.as_str() == room)
+    }
+
+    /// The slot of its membership of `room`.
+    pub(crate) fn room_slot(&self, room: &str) -> Option<usize> {
+        self.rooms.iter().position(|m| m.room.as_str() == room)
+    }
+
+    /// Joins `room` as its member at `pos`, live from `base`. Returns the membership's slot.
+    pub(crate) fn add_membership(&mut self, room: RoomId, pos: u32, base: u64) -> u32 {
+        let slot = self.rooms.len() as u32;
+        self.rooms.push(Membership { room, pos, base, sent: 0, announced: true });
+        slot
+    }
+
+    /// Cluster mode: the membership in `slot` waits for the room's stream before `joined`.
+    pub(crate) fn defer_announcement(&mut self, slot: u32) {
+        self.rooms[slot as usize].announced = false;
+    }
+
+    /// Cluster mode: the membership of `room` is announced, live from `base`. False if it was
+    /// announced already (or is not a membership).
+    pub(crate) fn announce(&mut self, room: &RoomId, base: u64) -> bool {
+        match self.rooms.iter_mut().find(|m| &m.room == room) {
+            Some(m) if !m.announced => {
+                m.announced = true;
+                m.base = base;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes the membership in `slot`; the last one moves into its place.
+    pub(crate) fn remove_membership(&mut self, slot: usize) -> Membership {
+        self.rooms.swap_remove(slot)
+    }
+
+    /// Its membership in `slot` now sits at `pos` in the room's member list.
+    pub(crate) fn set_member_pos(&mut self, slot: u32, pos: u32) {
+        self.rooms[slot as usize].pos = pos;
+    }
+
+    /// It leaves `room` (in epoch `epoch` of the room's stream) before its resume: remember what
+    /// it was sent there (issue 10 item 5), for at most `cap` rooms; past that, the oldest is
+    /// forgotten and a re-joined room counts as sent up to its re-join position. Nothing to do
+    /// after the resume, or if it is not a member.
+    pub(crate) fn remember_left(&mut self, room: &RoomId, epoch: u64, cap: u32) {
+        if self.resumed {
+            return;
+        }
+        let Some(m) = self.rooms.iter().find(|m| &m.room == room) else { return };
+        let left = LeftRoom { room: m.room.clone(), epoch, sent: m.sent };
+        let memory = self.left_rooms.get_or_insert_with(Box::default);
+        memory.rooms.retain(|l| &l.room != room);
+        if memory.rooms.len() >= cap as usize {
+            memory.rooms.remove(0);
+            memory.forgotten = true;
+        }
+        memory.rooms.push(left);
+    }
+
+    /// It just joined `room` (its last membership), whose stream is in epoch `epoch`: what it was
+    /// sent there before it left counts again, so that a resume never sends the room's seqs out
+    /// of order (issue 10 item 5).
+    pub(crate) fn rejoined(&mut self, room: &RoomId, epoch: u64) {
+        let (remembered, forgotten) = match self.left_rooms.as_deref_mut() {
+            Some(left) => {
+                let i = left.rooms.iter().position(|l| &l.room == room);
+                (i.map(|i| left.rooms.remove(i)), left.forgotten)
+            }
+            None => (None, false),
+        };
+        let m = self.rooms.last_mut().expect("just joined");
+        m.sent = match remembered {
+            Some(left) if left.epoch == epoch => left.sent,
+            Some(_) => 0,
+            None if forgotten => m.base,
+            None => 0,
+        };
+    }
+
+    // --- Timer
+
     /// The earliest instant at which this connection has something to do, or `None` if every
     /// deadline lies past the end of the clock's range ("never": no timer). The armed timer may be
     /// earlier than this (activity moves deadlines later lazily) but never later: whatever moves
-    /// it earlier re-arms the timer (`Hub::rearm_if_earlier`).
+    /// it earlier re-arms the timer ([`Connections::rearm_if_earlier`]).
     pub(crate) fn next_deadline(&self, cfg: &Config) -> Option<Instant> {
         let heartbeat = match self.ping_sent {
             Some(sent) => sent.checked_add(cfg.heartbeat.timeout),
@@ -181,12 +590,18 @@ impl Connection {
         };
         let session =
             self.expires_at.map(|exp| if self.refresh_sent { exp } else { refresh_at(exp, cfg) });
-        let release = if self.held { self.opened_at.checked_add(cfg.resume_window) } else { None };
+        // An awaiting connection's window has not started (it counts from the connect, once the
+        // `connected` frame is out).
+        let release = if self.held && !self.awaiting {
+            self.opened_at.checked_add(cfg.resume_window)
+        } else {
+            None
+        };
         [heartbeat, session, release].into_iter().flatten().min()
     }
 
     /// Decides what is due at `now` and updates the connection's state as if it were done.
-    pub(crate) fn due(&mut self, now: Instant, cfg: &Config) -> Due {
+    fn due(&mut self, now: Instant, cfg: &Config) -> Due {
         if self.expires_at.is_some_and(|exp| now >= exp) {
             return Due { close: Some(CloseReason::SessionExpired), ..Due::default() };
         }
@@ -210,7 +625,8 @@ impl Connection {
                 due.refresh = Some(exp.saturating_duration_since(now));
             }
         }
-        due.release = self.held && reached(self.opened_at.checked_add(cfg.resume_window));
+        due.release =
+            self.held && !self.awaiting && reached(self.opened_at.checked_add(cfg.resume_window));
         due
     }
 }
@@ -228,14 +644,17 @@ struct SlotMeta {
 }
 
 /// The connection slab plus, per slot, the generation that makes stale ids detectable and the
-/// close time that makes "recently closed" answerable. Slots are bounded by `max_connections`, so
-/// this table is too.
-#[derive(Debug, Default)]
+/// close time that makes "recently closed" answerable, and every open connection's timer (its
+/// heartbeat, pong timeout, session refresh and expiry, and resume window: see
+/// [`Connection::next_deadline`]). Slots are bounded by `max_connections`, so this table is too.
+#[derive(Debug)]
 pub(crate) struct Connections {
     slab: Slab<Connection>,
     slots: Vec<SlotMeta>,
     /// Connections ever inserted: the last `Connection::order` handed out.
     opened: u64,
+    /// One timer per open connection with a deadline, keyed by its slot.
+    timers: TimerQueue<u32>,
 }
 
 /// How an id resolved.
@@ -250,6 +669,10 @@ pub(crate) enum Lookup {
 }
 
 impl Connections {
+    pub(crate) fn new() -> Self {
+        Self { slab: Slab::new(), slots: Vec::new(), opened: 0, timers: TimerQueue::new() }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.slab.len()
     }
@@ -274,10 +697,13 @@ impl Connections {
         self.opened
     }
 
-    pub(crate) fn insert(&mut self, mut conn: Connection) -> ConnId {
+    /// Opens `conn` and arms its timer for its first deadline.
+    pub(crate) fn insert(&mut self, mut conn: Connection, cfg: &Config) -> ConnId {
         self.opened += 1;
         conn.order = self.opened;
+        let deadline = conn.next_deadline(cfg);
         let index = self.slab.insert(conn);
+        self.slab[index].timer = deadline.map(|at| self.timers.insert(at, index as u32));
         if index == self.slots.len() {
             self.slots.push(SlotMeta { generation: 0, closed_at: None });
         }
@@ -287,9 +713,59 @@ impl Connections {
         ConnId::new(index as u32, slot.generation)
     }
 
+    /// Closes the connection in slot `index` (its timer is disarmed) and hands back its state.
     pub(crate) fn remove(&mut self, index: u32, now: Instant) -> Connection {
         self.slots[index as usize].closed_at = Some(now);
-        self.slab.remove(index as usize)
+        let conn = self.slab.remove(index as usize);
+        if let Some(timer) = conn.timer {
+            self.timers.cancel(timer);
+        }
+        conn
+    }
+
+    /// The soonest connection deadline, and whose it is.
+    pub(crate) fn poll_timeout(&self) -> Option<(Instant, ConnId)> {
+        self.timers.peek_key().map(|(at, &index)| (at, self.id_of(index)))
+    }
+
+    /// The next connection whose timer is due at `now`, with what is due: its state is updated
+    /// as if that were done, and its timer re-armed for its next deadline, so that the caller may
+    /// close it (which disarms the timer) or act on it. `None` when nothing more is due.
+    pub(crate) fn pop_due(&mut self, now: Instant, cfg: &Config) -> Option<(u32, Due)> {
+        let index = self.timers.pop_due(now)?;
+        let c = &mut self.slab[index as usize];
+        let due = c.due(now, cfg);
+        // Every outcome but a close leaves the next deadline in the future (or releases the
+        // hold); a deadline that is still due moves on by a nanosecond so that a tick ends.
+        let next = c.next_deadline(cfg).and_then(|at| {
+            if at > now { Some(at) } else { now.checked_add(Duration::from_nanos(1)) }
+        });
+        c.timer = next.map(|at| self.timers.insert(at, index));
+        Some((index, due))
+    }
+
+    /// Deadlines that move later are picked up lazily when the armed timer fires; one that moves
+    /// earlier must move the timer now. (Activity usually moves a deadline later, but ending an
+    /// outstanding ping moves it from `ping + timeout` to `now + interval`, which is earlier when
+    /// the interval is the shorter.) Call it after anything that may move a deadline earlier.
+    pub(crate) fn rearm_if_earlier(&mut self, index: u32, cfg: &Config) {
+        let c = &mut self.slab[index as usize];
+        match (c.next_deadline(cfg), c.timer) {
+            (Some(at), Some(t)) if at < self.timers.deadline(t) => self.timers.reschedule(t, at),
+            (Some(at), None) => c.timer = Some(self.timers.insert(at, index)),
+            _ => {}
+        }
+    }
+
+    /// When the timer of the connection in slot `index` fires, if it is armed.
+    pub(crate) fn timer_deadline(&self, index: u32) -> Option<Instant> {
+        self.slab[index as usize].timer.map(|t| self.timers.deadline(t))
+    }
+
+    /// Armed connection timers.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn armed(&self) -> usize {
+        self.timers.len()
     }
 
     pub(crate) fn id_of(&self, index: u32) -> ConnId {

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -236,13 +237,18 @@ pub struct Envelope {
     /// The payload. Configured keys are redacted at any depth before serialization. `null` means
     /// no data: the frame then has no `data` key. At most [`MAX_DATA_DEPTH`] levels deep.
     pub data: Value,
+    /// Cluster mode: a key that makes a retried publish safe. The bus appends a message with a
+    /// key it has seen on the same stream within the retention age only once, and reports the
+    /// retry as [`PublishOutcome::Duplicate`](crate::PublishOutcome::Duplicate). A single node
+    /// ignores it (a publish there cannot fail half-way).
+    pub idempotency_key: Option<Arc<str>>,
 }
 
 impl Envelope {
     /// An envelope with no thread, no run and no data (`null`: the frame has no `data` key).
     #[must_use]
     pub fn new(target: Target, kind: EventKind) -> Self {
-        Self { target, kind, thread: None, run: None, data: Value::Null }
+        Self { target, kind, thread: None, run: None, data: Value::Null, idempotency_key: None }
     }
 
     /// Sets the thread.
@@ -256,6 +262,13 @@ impl Envelope {
     #[must_use]
     pub fn run(mut self, run: impl Into<RunId>) -> Self {
         self.run = Some(run.into());
+        self
+    }
+
+    /// Sets the idempotency key (cluster mode; see [`Envelope::idempotency_key`]).
+    #[must_use]
+    pub fn idempotency_key(mut self, key: impl Into<Arc<str>>) -> Self {
+        self.idempotency_key = Some(key.into());
         self
     }
 

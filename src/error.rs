@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::cluster::BusFailure;
 use crate::config::Tier;
 
 /// The caller addressed a connection that is not open. This is the caller's bug or race, never
@@ -31,6 +32,11 @@ pub enum ConnError {
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectError {
+    /// Cluster mode: the bus is down and this node does not hold the streams the connection
+    /// needs, so their positions cannot be known. Retry after a backoff (an HTTP front end
+    /// answers 503).
+    #[error("the cluster bus is unavailable")]
+    Unavailable,
     /// The hub holds [`Config::max_connections`](crate::Config::max_connections) connections.
     #[error("hub connection limit reached ({limit})")]
     TooManyConnections {
@@ -186,6 +192,14 @@ pub enum PublishError {
         /// [`MAX_DATA_DEPTH`](crate::MAX_DATA_DEPTH).
         limit: usize,
     },
+    /// Cluster mode: the append could not be issued (the bus is down, or too many operations are
+    /// in flight). Nothing was appended; retrying later may succeed.
+    #[error("cluster bus: {0}")]
+    Bus(#[from] BusFailure),
+    /// Cluster mode: [`Target::Everyone`](crate::Target::Everyone) would need every tenant of
+    /// every node; publish to each tenant instead.
+    #[error("Target::Everyone is not available in cluster mode")]
+    EveryoneInCluster,
 }
 
 /// Why [`Hub::join`](crate::Hub::join) refused.

@@ -58,13 +58,13 @@ impl Flow {
     ) {
         let id = conns.id_of(idx);
         let conn = conns.get_mut(idx);
-        if conn.skipped > 0 {
-            let notice = self.writer.skipped(conn.skipped);
-            conn.skipped = 0;
+        let skipped = conn.take_skipped();
+        if skipped > 0 {
+            let notice = self.writer.skipped(skipped);
             out.deliver(id, &notice);
-            conn.unwritten += notice.len() as u64;
+            conn.queued(notice.len() as u64);
         }
-        conn.unwritten += frame.len() as u64;
+        conn.queued(frame.len() as u64);
         out.deliver(id, frame);
     }
 
@@ -79,15 +79,15 @@ impl Flow {
         cfg: &Config,
     ) -> Offer {
         let conn = conns.get_mut(idx);
-        if conn.held {
+        if conn.is_held() {
             out.stats.held_back += 1;
             return Offer::Held;
         }
-        let after = conn.unwritten + notice_len(conn.skipped) + frame.len() as u64;
+        let after = conn.unwritten() + notice_len(conn.skipped()) + frame.len() as u64;
         // Skipped only for a connection that is actually behind: one that has confirmed
         // everything gets even a thinking frame larger than the soft limit.
-        if priority == Priority::Low && conn.unwritten > 0 && after > cfg.max_inflight_bytes {
-            conn.skipped = conn.skipped.saturating_add(1);
+        if priority == Priority::Low && conn.unwritten() > 0 && after > cfg.max_inflight_bytes {
+            conn.skip();
             out.stats.thinking_skipped += 1;
             return Offer::Skipped;
         }
@@ -96,8 +96,8 @@ impl Flow {
         }
         // Metered on the connection, whose record this already touches: a fan-out must not
         // visit every recipient's user state (the user view sums its connections' meters).
-        conn.delivered.add(self.clock, 1);
-        self.tiers[tier_index(conn.tier)].delivered.add(self.clock, 1);
+        conn.count_delivered(self.clock);
+        self.tiers[tier_index(conn.tier())].delivered.add(self.clock, 1);
         self.deliver(out, conns, idx, frame);
         Offer::Delivered
     }
@@ -114,7 +114,8 @@ impl Flow {
         cfg: &Config,
     ) -> Offer {
         let conn = conns.get(idx);
-        if conn.unwritten + notice_len(conn.skipped) + frame.len() as u64 > cfg.max_unwritten_bytes
+        if conn.unwritten() + notice_len(conn.skipped()) + frame.len() as u64
+            > cfg.max_unwritten_bytes
         {
             return Offer::Overflow;
         }

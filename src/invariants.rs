@@ -37,45 +37,47 @@ impl Hub {
         for (idx, c) in self.conns.iter() {
             n_conns += 1;
             let user =
-                self.users.slab.get(c.user as usize).ok_or(format!("conn {idx}: no user"))?;
+                self.users.slab.get(c.user() as usize).ok_or(format!("conn {idx}: no user"))?;
             ensure!(user.conns.contains(&idx), "conn {idx}: not in its user's list");
             let tenant = self.tenants.get(&user.tenant).ok_or(format!("conn {idx}: no tenant"))?;
             ensure!(
-                tenant.conns.get(c.tenant_pos as usize) == Some(&idx),
+                tenant.conns.get(c.tenant_pos() as usize) == Some(&idx),
                 "conn {idx}: tenant back-pointer broken"
             );
             ensure!(
-                c.rooms.len() <= cfg.max_rooms_per_connection as usize,
+                c.memberships().len() <= cfg.max_rooms_per_connection as usize,
                 "conn {idx}: too many rooms"
             );
-            for (slot, m) in c.rooms.iter().enumerate() {
+            for (slot, m) in c.memberships().iter().enumerate() {
                 let room = tenant
                     .rooms
-                    .get(&m.room)
-                    .ok_or(format!("conn {idx}: room {} missing", m.room))?;
-                let member =
-                    room.members.get(m.pos as usize).ok_or(format!("conn {idx}: bad room pos"))?;
+                    .get(m.room())
+                    .ok_or(format!("conn {idx}: room {} missing", m.room()))?;
+                let member = room
+                    .members
+                    .get(m.pos() as usize)
+                    .ok_or(format!("conn {idx}: bad room pos"))?;
                 ensure!(
                     member.conn == idx && member.slot as usize == slot,
                     "conn {idx}: room {} back-pointer broken",
-                    m.room
+                    m.room()
                 );
             }
-            if let Some(threads) = &c.threads {
+            if let Some(threads) = c.threads() {
                 ensure!(
-                    threads.0.len() <= cfg.max_thread_subscriptions as usize,
+                    threads.len() <= cfg.max_thread_subscriptions as usize,
                     "conn {idx}: too many threads"
                 );
             }
-            match (c.timer, c.next_deadline(cfg)) {
-                (Some(t), Some(due)) => {
-                    let armed = self.timers.deadline(t);
+            let armed = self.conns.timer_deadline(idx);
+            match (armed, c.next_deadline(cfg)) {
+                (Some(armed), Some(due)) => {
                     ensure!(armed <= due, "conn {idx}: timer armed after its deadline");
                 }
                 (None, Some(_)) => ensure!(false, "conn {idx}: a deadline without a timer"),
                 (_, None) => {}
             }
-            conn_timers += usize::from(c.timer.is_some());
+            conn_timers += usize::from(armed.is_some());
         }
         ensure!(
             n_conns as u64 == stats.connections_active,
@@ -93,7 +95,7 @@ impl Hub {
             for &c in &u.conns {
                 let conn = self.conns.iter().find(|(i, _)| *i == c);
                 ensure!(
-                    conn.is_some_and(|(_, conn)| conn.user == uidx),
+                    conn.is_some_and(|(_, conn)| conn.user() == uidx),
                     "user {uidx}: lists a foreign conn {c}"
                 );
             }
@@ -126,7 +128,7 @@ impl Hub {
             );
             ensure!(!t.is_unused(), "tenant {name}: kept while unused");
             let conns =
-                self.conns.iter().filter(|(_, c)| &self.users.get(c.user).tenant == name).count();
+                self.conns.iter().filter(|(_, c)| &self.users.get(c.user()).tenant == name).count();
             ensure!(
                 conns == t.conns.len(),
                 "tenant {name}: {} conns listed, {conns} found",
@@ -170,12 +172,16 @@ impl Hub {
             self.breakers.len()
         );
         ensure!(self.breakers.len() <= cfg.max_breakers as usize, "over max_breakers");
-        let expected_timers =
-            conn_timers + usize::from(cfg.snapshot_interval.is_some() && self.last_now.is_some());
         ensure!(
-            self.timers.len() == expected_timers,
-            "{} timers armed, {expected_timers} expected",
-            self.timers.len()
+            self.conns.armed() == conn_timers,
+            "{} connection timers armed, {conn_timers} expected",
+            self.conns.armed()
+        );
+        let snapshots = cfg.snapshot_interval.is_some() && self.last_now.is_some();
+        ensure!(
+            self.snapshot.poll_timeout().is_some() == snapshots,
+            "snapshot timer armed {}, expected {snapshots}",
+            self.snapshot.poll_timeout().is_some()
         );
         ensure!(
             stats.connections_opened == stats.connections_closed + stats.connections_active,

@@ -30,6 +30,9 @@ pub enum CloseReason {
     Kicked,
     /// The server is shutting down. Code 4006; reconnect (to another instance, or later).
     ServerShutdown,
+    /// Cluster mode: the node could not reach the bus to set the connection up (its streams'
+    /// positions could not be read). Code 4007; reconnect after a backoff.
+    Unavailable,
 }
 
 impl CloseReason {
@@ -44,6 +47,7 @@ impl CloseReason {
             CloseReason::ProtocolViolation => 4004,
             CloseReason::Kicked => 4005,
             CloseReason::ServerShutdown => 4006,
+            CloseReason::Unavailable => 4007,
         }
     }
 
@@ -54,7 +58,8 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout
             | CloseReason::SessionExpired
             | CloseReason::SlowConsumer
-            | CloseReason::ServerShutdown => true,
+            | CloseReason::ServerShutdown
+            | CloseReason::Unavailable => true,
             CloseReason::Replaced | CloseReason::ProtocolViolation | CloseReason::Kicked => false,
         }
     }
@@ -70,6 +75,7 @@ impl CloseReason {
             CloseReason::ProtocolViolation => "protocol_violation",
             CloseReason::Kicked => "kicked",
             CloseReason::ServerShutdown => "server_shutdown",
+            CloseReason::Unavailable => "unavailable",
         }
     }
 }
@@ -118,6 +124,7 @@ impl ClosedBy {
         ClosedBy::Hub(CloseReason::ProtocolViolation),
         ClosedBy::Hub(CloseReason::Kicked),
         ClosedBy::Hub(CloseReason::ServerShutdown),
+        ClosedBy::Hub(CloseReason::Unavailable),
         ClosedBy::Transport(DisconnectReason::Clean),
         ClosedBy::Transport(DisconnectReason::Abnormal),
     ];
@@ -150,6 +157,9 @@ pub enum AuditKind {
     /// A `resume` named a stream the connection does not have (another user's, a room it is not
     /// in, or nonsense). Nothing was replayed for it.
     ForeignStream,
+    /// A bus message did not match the stream it arrived on (another tenant's, user's or room's,
+    /// or malformed): a driver or engine fault. It was dropped, never delivered.
+    BusMismatch,
 }
 
 impl AuditKind {
@@ -174,6 +184,7 @@ impl AuditKind {
         AuditKind::BreakerOpened,
         AuditKind::BreakerRefused,
         AuditKind::ForeignStream,
+        AuditKind::BusMismatch,
     ];
 
     /// A short snake_case name, for logs and metric labels. A limit hit is `limit_` followed by
@@ -202,6 +213,7 @@ impl AuditKind {
             AuditKind::BreakerOpened => "breaker_opened",
             AuditKind::BreakerRefused => "breaker_refused",
             AuditKind::ForeignStream => "foreign_stream",
+            AuditKind::BusMismatch => "bus_mismatch",
         }
     }
 }

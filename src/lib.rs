@@ -78,6 +78,99 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## Cluster mode
+//!
+//! With [`Config::cluster`] set, the hub is one node of several that share a bus (Redis in the
+//! server crate). It then never mints stream positions: [`Hub::publish`] emits an
+//! [`Action::Bus`]`(`[`BusOp::Append`]`)` and returns at once ([`Published::op`]); every node,
+//! the publishing one too, delivers the message when the driver feeds it back with
+//! [`Hub::bus_message`]. The driver performs each [`BusOp`] and reports its reply with
+//! [`Hub::bus_reply`]; it reports losing and regaining the bus with [`Hub::bus_down`] and
+//! [`Hub::bus_up`]. Deadlines stay the hub's: keep calling [`Hub::tick`] at
+//! [`Hub::poll_timeout`]. What a node guarantees and how it behaves under each failure is in the
+//! README ("Cluster mode").
+//!
+//! A whole cluster in a few lines, over a toy engine (one stream log, instant replies):
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::time::Instant;
+//! use switchboard::{
+//!     Action, BusEntry, BusOp, BusReply, ClusterConfig, Config, Envelope, EventKind, Hub,
+//!     Principal, StreamKey, StreamPos, Target,
+//! };
+//!
+//! /// The engine: per stream an epoch and a log; who subscribed.
+//! #[derive(Default)]
+//! struct Engine {
+//!     logs: HashMap<StreamKey, (u64, Vec<BusEntry>)>,
+//!     subs: HashMap<StreamKey, Vec<usize>>,
+//! }
+//!
+//! /// Drains every node's actions into the engine until nothing is left to do.
+//! fn pump(nodes: &mut [Hub], engine: &mut Engine, now: Instant) -> Vec<(usize, String)> {
+//!     let mut frames = Vec::new();
+//!     loop {
+//!         let mut idle = true;
+//!         for n in 0..nodes.len() {
+//!             while let Some(action) = nodes[n].poll_action() {
+//!                 idle = false;
+//!                 let op = match action {
+//!                     Action::Bus(op) => op,
+//!                     Action::Deliver { frame, .. } => {
+//!                         frames.push((n, frame.as_str().to_owned()));
+//!                         continue;
+//!                     }
+//!                     _ => continue,
+//!                 };
+//!                 match op {
+//!                     BusOp::Subscribe { op, stream } => {
+//!                         engine.subs.entry(stream.clone()).or_default().push(n);
+//!                         let (epoch, log) = engine.logs.get(&stream).cloned().unwrap_or_default();
+//!                         let top = StreamPos { epoch, seq: log.len() as u64 };
+//!                         nodes[n].bus_reply(now, op, Ok(BusReply::Subscribed { top }));
+//!                     }
+//!                     BusOp::Append { op, stream, payload, .. } => {
+//!                         let (epoch, log) = engine.logs.entry(stream.clone()).or_insert((7, vec![]));
+//!                         log.push(BusEntry { seq: log.len() as u64 + 1, payload: payload.clone() });
+//!                         let pos = StreamPos { epoch: *epoch, seq: log.len() as u64 };
+//!                         nodes[n].bus_reply(now, op, Ok(BusReply::Appended { pos }));
+//!                         for &s in engine.subs.get(&stream).into_iter().flatten() {
+//!                             nodes[s].bus_message(now, &stream, pos, &payload);
+//!                         }
+//!                     }
+//!                     _ => {} // fetch, tops, rotate: not needed on a lossless toy engine
+//!                 }
+//!             }
+//!         }
+//!         if idle {
+//!             return frames;
+//!         }
+//!     }
+//! }
+//!
+//! let cluster = |node: &str| Config { cluster: Some(ClusterConfig::new(node)), ..Config::default() };
+//! let mut nodes = [Hub::new(cluster("a"))?, Hub::new(cluster("b"))?];
+//! let mut engine = Engine::default();
+//! let now = Instant::now();
+//!
+//! // Alice has a tab on each node; the `connected` frames wait for the subscriptions.
+//! nodes[0].connect(now, Principal::new("acme", "alice"))?;
+//! nodes[1].connect(now, Principal::new("acme", "alice"))?;
+//! let frames = pump(&mut nodes, &mut engine, now);
+//! assert_eq!(frames.iter().filter(|(_, f)| f.contains(r#""type":"connected""#)).count(), 2);
+//!
+//! // Published on node b, delivered on both nodes at the position the engine assigned.
+//! let event = Envelope::new(Target::user("acme", "alice"), EventKind::AgentStarted);
+//! let published = nodes[1].publish(now, event)?;
+//! assert!(published.op.is_some());
+//! let frames = pump(&mut nodes, &mut engine, now);
+//! let events: Vec<_> = frames.iter().filter(|(_, f)| f.contains("agent_started")).collect();
+//! assert_eq!(events.len(), 2);
+//! assert!(events.iter().all(|(_, f)| f.contains(r#""epoch":7,"seq":1"#)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ## Architecture
 //!
 //! `src/` is layered, and each layer names only the layers below it:
@@ -86,8 +179,8 @@
 //!   ([`CloseReason`], [`ClosedBy`], [`LimitKind`], [`AuditKind`], [`BreakerState`]), `frame`
 //!   ([`Frame`]), `retention`, `config`, `error`, `envelope`, `stats` (counters), `action` (what
 //!   is emitted), `protocol` (the wire format), `timer` (the deadline queue).
-//! - **Components**: `connection` (one connection's deadlines, filters and allowances, and the
-//!   generation-checked slot table), `user` (per-user state), `routing` (tenants and rooms),
+//! - **Components**: `connection` (one connection's deadlines, filters and allowances, the
+//!   generation-checked slot table and the connections' timers), `user` (per-user state), `routing` (tenants and rooms),
 //!   `stream` (sequence numbers, recovery buffers, their age timers and totals), `limits` (rate
 //!   buckets), `breaker` (the reconnect breakers, by `(tenant, user)`, outliving user states),
 //!   `outbox` (the one way anything is emitted: each action is
@@ -194,8 +287,6 @@ mod action;
 #[cfg(test)]
 mod architecture;
 mod breaker;
-// The hub is wired to it in the commits that follow (issue 11).
-#[allow(dead_code, unused_imports)]
 mod cluster;
 mod config;
 mod connection;
@@ -243,6 +334,6 @@ pub use ids::{
 };
 pub use kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
 pub use retention::Retention;
-pub use stats::{ClosedCounts, HubStats, LimitCounts, Rates};
+pub use stats::{BusStats, ClosedCounts, HubStats, LimitCounts, Rates};
 pub use user::UserPhase;
 pub use view::{ConnView, UserView};

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::action::{Action, AuditEvent, Inbound, MetricEvent};
+use crate::cluster::{BusOp, OpId, PublishOutcome};
 use crate::config::Tier;
 use crate::frame::Frame;
 use crate::ids::{ConnId, TenantId, UserId};
@@ -36,6 +37,19 @@ impl Outbox {
         self.stats.deliveries += 1;
         self.stats.bytes_delivered += frame.len() as u64;
         self.actions.push_back(Action::Deliver { conn, frame: frame.clone() });
+    }
+
+    /// Cluster mode: an operation for the driver to perform on the bus.
+    pub(crate) fn bus(&mut self, op: BusOp) {
+        self.actions.push_back(Action::Bus(op));
+    }
+
+    /// Cluster mode: what became of a publish.
+    pub(crate) fn published(&mut self, op: OpId, outcome: PublishOutcome) {
+        if matches!(outcome, PublishOutcome::Failed { .. }) {
+            self.stats.publishes_failed += 1;
+        }
+        self.actions.push_back(Action::Published { op, outcome });
     }
 
     /// A transport ping.

@@ -158,6 +158,15 @@ enum ControlFrame<'a> {
     Left {
         stream: WireStream<'a>,
     },
+    /// Cluster mode: messages of the stream up to `(epoch, seq)` may be missing (`reason`);
+    /// refetch the state it carries and continue from that position.
+    Resync {
+        stream: WireStream<'a>,
+        epoch: u64,
+        seq: u64,
+        recovered: bool,
+        reason: &'a str,
+    },
     Resumed {
         recovered: bool,
         streams: Reports<'a>,
@@ -335,6 +344,17 @@ impl FrameWriter {
             stream: WireStream(stream),
             epoch: pos.epoch,
             seq: pos.seq,
+        })
+    }
+
+    /// Cluster mode: the stream's messages up to `pos` may be missing; the client refetches.
+    pub(crate) fn resync(&mut self, stream: &StreamName, pos: StreamPos, reason: &str) -> Frame {
+        self.write(&ControlFrame::Resync {
+            stream: WireStream(stream),
+            epoch: pos.epoch,
+            seq: pos.seq,
+            recovered: false,
+            reason,
         })
     }
 

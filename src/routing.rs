@@ -15,7 +15,7 @@ use std::time::Instant;
 use hashbrown::HashMap;
 
 use crate::config::Config;
-use crate::connection::{Connection, Connections, Membership};
+use crate::connection::{Connection, Connections};
 use crate::ids::{ConnId, Role, Roles, RoomId, TenantId};
 use crate::stream::{Scope, Stream};
 use crate::timer::{TimerId, TimerQueue};
@@ -149,16 +149,16 @@ impl Tenant {
     }
 
     pub(crate) fn add_conn(&mut self, conns: &mut Connections, idx: u32) {
-        conns.get_mut(idx).tenant_pos = self.conns.len() as u32;
+        conns.get_mut(idx).set_tenant_pos(self.conns.len() as u32);
         self.conns.push(idx);
     }
 
     pub(crate) fn remove_conn(&mut self, conns: &mut Connections, idx: u32) {
-        let pos = conns.get(idx).tenant_pos as usize;
+        let pos = conns.get(idx).tenant_pos() as usize;
         debug_assert_eq!(self.conns[pos], idx);
         self.conns.swap_remove(pos);
         if let Some(&moved) = self.conns.get(pos) {
-            conns.get_mut(moved).tenant_pos = pos as u32;
+            conns.get_mut(moved).set_tenant_pos(pos as u32);
         }
     }
 
@@ -172,7 +172,7 @@ impl Tenant {
         new_stream: impl FnOnce() -> Stream,
     ) -> bool {
         let conn = conns.get_mut(idx);
-        if conn.rooms.iter().any(|m| &m.room == room) {
+        if conn.in_room(room.as_str()) {
             return false;
         }
         let r = self.rooms.entry_ref(room).or_insert_with(|| Room {
@@ -180,14 +180,8 @@ impl Tenant {
             stream: new_stream(),
             idle: None,
         });
-        let slot = conn.rooms.len() as u32;
         let base = r.stream.position().seq;
-        conn.rooms.push(Membership {
-            room: room.clone(),
-            pos: r.members.len() as u32,
-            base,
-            sent: 0,
-        });
+        let slot = conn.add_membership(room.clone(), r.members.len() as u32, base);
         r.members.push(Member { conn: idx, slot });
         true
     }
@@ -200,7 +194,7 @@ impl Tenant {
         idx: u32,
         room: &str,
     ) -> (bool, Option<RoomId>) {
-        let Some(slot) = conns.get(idx).rooms.iter().position(|m| m.room.as_str() == room) else {
+        let Some(slot) = conns.get(idx).room_slot(room) else {
             return (false, None);
         };
         (true, self.leave_slot(conns, idx, slot))
@@ -214,8 +208,8 @@ impl Tenant {
         idx: u32,
         mut emptied: impl FnMut(RoomId),
     ) {
-        while !conns.get(idx).rooms.is_empty() {
-            let last = conns.get(idx).rooms.len() - 1;
+        while !conns.get(idx).memberships().is_empty() {
+            let last = conns.get(idx).memberships().len() - 1;
             if let Some(room) = self.leave_slot(conns, idx, last) {
                 emptied(room);
             }
@@ -224,20 +218,19 @@ impl Tenant {
 
     fn leave_slot(&mut self, conns: &mut Connections, idx: u32, slot: usize) -> Option<RoomId> {
         let conn = conns.get_mut(idx);
-        let gone = conn.rooms.swap_remove(slot);
+        let gone = conn.remove_membership(slot);
         // The membership that moved into `slot` must tell its room where it now lives.
-        let moved_room = conn.rooms.get(slot).map(|m| (m.room.clone(), m.pos));
-        if let Some((moved_room, pos)) = moved_room {
-            let r = self.rooms.get_mut(&moved_room).expect("member of a live room");
-            r.members[pos as usize].slot = slot as u32;
+        if let Some(moved) = conn.memberships().get(slot) {
+            let r = self.rooms.get_mut(moved.room()).expect("member of a live room");
+            r.members[moved.pos() as usize].slot = slot as u32;
         }
-        let r = self.rooms.get_mut(&gone.room).expect("member of a live room");
-        let pos = gone.pos as usize;
+        let r = self.rooms.get_mut(gone.room()).expect("member of a live room");
+        let pos = gone.pos() as usize;
         r.members.swap_remove(pos);
         if let Some(moved) = r.members.get(pos).copied() {
-            conns.get_mut(moved.conn).rooms[moved.slot as usize].pos = pos as u32;
+            conns.get_mut(moved.conn).set_member_pos(moved.slot, pos as u32);
         }
-        if r.members.is_empty() { Some(gone.room) } else { None }
+        if r.members.is_empty() { Some(gone.into_room()) } else { None }
     }
 }
 
@@ -253,6 +246,7 @@ pub(crate) fn scope_admits(conn: &Connection, id: ConnId, scope: &Scope) -> bool
         Scope::All => true,
         Scope::Thread(t) => conn.wants(Some(t)),
         Scope::Conn(c) => *c == id,
-        Scope::Role(r) => audience_admits(&conn.roles, Some(r)),
+        Scope::Role(r) => audience_admits(conn.roles(), Some(r)),
+        Scope::Nobody => false,
     }
 }

@@ -2,7 +2,7 @@
 //! plain integers the outbox bumps as it emits; gauges are derived from the hub's components when
 //! [`Hub::stats`](crate::Hub::stats) is read (no scans: each is a length or a running total).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::kinds::{CloseReason, ClosedBy, DisconnectReason, LimitKind};
 
@@ -24,6 +24,8 @@ pub struct ClosedCounts {
     pub kicked: u64,
     /// [`CloseReason::ServerShutdown`].
     pub server_shutdown: u64,
+    /// [`CloseReason::Unavailable`].
+    pub unavailable: u64,
     /// [`DisconnectReason::Clean`].
     pub client_clean: u64,
     /// [`DisconnectReason::Abnormal`].
@@ -52,10 +54,40 @@ impl ClosedCounts {
             ClosedBy::Hub(CloseReason::ProtocolViolation) => &mut self.protocol_violation,
             ClosedBy::Hub(CloseReason::Kicked) => &mut self.kicked,
             ClosedBy::Hub(CloseReason::ServerShutdown) => &mut self.server_shutdown,
+            ClosedBy::Hub(CloseReason::Unavailable) => &mut self.unavailable,
             ClosedBy::Transport(DisconnectReason::Clean) => &mut self.client_clean,
             ClosedBy::Transport(DisconnectReason::Abnormal) => &mut self.client_abnormal,
         }
     }
+}
+
+/// Cluster mode: the bus's behaviour, as this node saw it (all zero on a single node).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BusStats {
+    /// Operations issued.
+    pub ops: u64,
+    /// Operations answered with a failure (or failed by `bus_down`).
+    pub op_failures: u64,
+    /// Operations whose deadline passed without a reply.
+    pub op_timeouts: u64,
+    /// Replies to operations not in flight (late, or from before an outage), and messages on
+    /// streams the node no longer follows: ignored.
+    pub late_replies: u64,
+    /// Live messages dropped because they were already delivered.
+    pub duplicates_dropped: u64,
+    /// Gaps in live delivery filled from the log.
+    pub gaps_repaired: u64,
+    /// Gaps the log no longer covered (the connections got `resync`).
+    pub gaps_lost: u64,
+    /// Messages that did not match the stream they arrived on: dropped and audited.
+    pub mismatches: u64,
+    /// Streams that started over in a new epoch.
+    pub epochs_changed: u64,
+    /// Gauge: operations in flight.
+    pub in_flight: u64,
+    /// Gauge: streams subscribed to.
+    pub streams: u64,
 }
 
 /// Limit rejections, by limit.
@@ -151,6 +183,15 @@ pub struct HubStats {
     pub closed_by: ClosedCounts,
     /// Connections refused at `connect` because the session was already expired.
     pub connects_refused_expired: u64,
+    /// Cluster mode: connections refused at `connect` because the bus was down and the node did
+    /// not hold the streams they need.
+    pub connects_refused_unavailable: u64,
+    /// Cluster mode: publishes whose append failed (reported as `PublishOutcome::Failed`).
+    pub publishes_failed: u64,
+    /// Cluster mode: `resync` notices sent (a stream's messages were lost or it started over).
+    pub resyncs_sent: u64,
+    /// Cluster mode: what the bus did.
+    pub bus: BusStats,
     /// Limit rejections, by limit.
     pub limit_rejections: LimitCounts,
     /// Audit events emitted (security violations and audited uses).
@@ -321,6 +362,37 @@ impl Meters {
     }
 }
 
+/// The periodic stats snapshot's deadline (`Config::snapshot_interval`): armed at the first `now`
+/// the hub sees, then every interval after the snapshot it fired.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SnapshotTimer {
+    next: Option<Instant>,
+}
+
+impl SnapshotTimer {
+    /// Arms the first snapshot `every` after `now`, unless one is armed (or there is no interval,
+    /// or that instant lies past the end of the clock's range).
+    pub(crate) fn start(&mut self, now: Instant, every: Option<Duration>) {
+        if self.next.is_none() {
+            self.next = every.and_then(|every| now.checked_add(every));
+        }
+    }
+
+    /// When the next snapshot is due.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Whether a snapshot is due at `now`; if so the next one is armed `every` later.
+    pub(crate) fn pop_due(&mut self, now: Instant, every: Option<Duration>) -> bool {
+        if self.next.is_none_or(|at| at > now) {
+            return false;
+        }
+        self.next = every.and_then(|every| now.checked_add(every));
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +412,26 @@ mod tests {
         let later = m.per_minute(clock(660));
         assert!((later / steady - (-1.0f64).exp()).abs() < 0.02, "{later}");
         assert!(m.per_minute(clock(600 + 3600)) < 0.01);
+    }
+
+    #[test]
+    fn the_snapshot_timer_fires_once_per_due_tick_and_rearms_from_then() {
+        let t0 = Instant::now();
+        let every = Some(Duration::from_secs(10));
+        let mut timer = SnapshotTimer::default();
+        timer.start(t0, None);
+        assert_eq!(timer.poll_timeout(), None, "no interval, no timer");
+        timer.start(t0, every);
+        let first = t0 + Duration::from_secs(10);
+        assert_eq!(timer.poll_timeout(), Some(first));
+        // Starting again does not move an armed timer.
+        timer.start(t0 + Duration::from_secs(5), every);
+        assert_eq!(timer.poll_timeout(), Some(first));
+        assert!(!timer.pop_due(first - Duration::from_nanos(1), every));
+        // A late tick fires once, and the next one is an interval after it.
+        let late = first + Duration::from_secs(25);
+        assert!(timer.pop_due(late, every));
+        assert!(!timer.pop_due(late, every));
+        assert_eq!(timer.poll_timeout(), Some(late + Duration::from_secs(10)));
     }
 }

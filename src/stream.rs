@@ -25,6 +25,9 @@ pub(crate) enum Scope {
     Conn(ConnId),
     /// Connections whose principal holds this role.
     Role(Role),
+    /// No connection of this node (cluster mode: a `Target::Connection` message for another
+    /// node's connection). Kept so that the stream's seqs stay contiguous.
+    Nobody,
 }
 
 /// One message kept for recovery. The frame is the one that was delivered live (shared).
@@ -100,7 +103,29 @@ impl Stream {
         StreamPos { epoch: self.epoch, seq: self.last_seq + 1 }
     }
 
-    /// Assigns the next position to a message. The one seam where seqs are minted.
+    /// Cluster mode: a stream whose last message is at `pos` (positions come from the bus).
+    pub(crate) fn at(pos: StreamPos) -> Self {
+        Self {
+            epoch: pos.epoch,
+            last_seq: pos.seq,
+            buf: VecDeque::new(),
+            bytes: 0,
+            trim_timer: None,
+        }
+    }
+
+    /// Cluster mode: takes `pos`, handed out by the bus, as the next position. False if it does
+    /// not follow the last one (the caller starts the stream over at it).
+    pub(crate) fn take(&mut self, pos: StreamPos) -> bool {
+        if pos.epoch != self.epoch || pos.seq != self.last_seq + 1 {
+            return false;
+        }
+        self.last_seq = pos.seq;
+        true
+    }
+
+    /// Assigns the next position to a message. The one seam where seqs are minted (outside
+    /// cluster mode; there, [`Stream::take`]).
     pub(crate) fn assign(&mut self) -> StreamPos {
         self.last_seq += 1;
         StreamPos { epoch: self.epoch, seq: self.last_seq }
@@ -175,7 +200,7 @@ impl Stream {
         epoch: u64,
         after: u64,
         upto: u64,
-    ) -> Result<impl Iterator<Item = &Buffered>, Unrecoverable> {
+    ) -> Result<impl Iterator<Item = &Buffered> + Clone, Unrecoverable> {
         if epoch != self.epoch {
             return Err(Unrecoverable::EpochMismatch);
         }
@@ -189,6 +214,44 @@ impl Stream {
         let skip = (after + 1).saturating_sub(first) as usize;
         let take = upto.saturating_sub(after) as usize;
         Ok(self.buf.iter().skip(skip).take(take))
+    }
+
+    /// Cluster mode: [`Stream::range`] with `extra` in front of the buffer: entries fetched from
+    /// the log (ascending, in this stream's epoch) for what the buffer no longer holds. Every seq
+    /// of `(after, upto]` must come from one or the other.
+    pub(crate) fn range_with<'a>(
+        &'a self,
+        extra: &'a [Buffered],
+        epoch: u64,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<&'a Buffered>, Unrecoverable> {
+        if epoch != self.epoch {
+            return Err(Unrecoverable::EpochMismatch);
+        }
+        if after > self.last_seq || upto > self.last_seq {
+            return Err(Unrecoverable::FutureSeq);
+        }
+        let available = self.available_from();
+        let mut out = Vec::new();
+        let mut next = after + 1;
+        for entry in extra {
+            if entry.seq < next {
+                continue;
+            }
+            if entry.seq > upto || entry.seq >= available || entry.seq != next {
+                break;
+            }
+            out.push(entry);
+            next += 1;
+        }
+        if next <= upto {
+            if next < available {
+                return Err(Unrecoverable::GapTooOld);
+            }
+            out.extend(self.range(epoch, next - 1, upto)?);
+        }
+        Ok(out)
     }
 }
 

@@ -1,10 +1,11 @@
 //! Deadline queue: an indexed binary min-heap.
 //!
-//! Every timer the hub arms (a connection's next heartbeat or session deadline, a detached user's
-//! retirement, the snapshot interval) is one entry here, and an entry can be moved or cancelled in
-//! O(log n) through its [`TimerId`]. So the queue never holds dead entries: its size is the number
-//! of armed timers, bounded by connections + users + 1. `tick` pops only what is due, and the next
-//! deadline is the heap's root, read in O(1).
+//! Each component that arms timers keeps one of these (the connections their heartbeat and session
+//! deadlines, the users their retirements, the tenants their idle rooms, the buffers their age
+//! timers, the breakers theirs). An entry can be moved or cancelled in O(log n) through its
+//! [`TimerId`], so a queue never holds dead entries: its size is the number of armed timers.
+//! `tick` pops only what is due, and the next deadline is the heap's root, read in O(1). Timers
+//! due at the same instant come out in no promised order.
 
 use std::time::Instant;
 

@@ -78,7 +78,7 @@ impl<'a> UserView<'a> {
     pub fn rates(&self) -> Rates {
         let mut meters = self.state.meters;
         for &c in &self.state.conns {
-            meters.delivered.absorb(self.conns.get(c).delivered, self.clock);
+            meters.delivered.absorb(self.conns.get(c).delivered(), self.clock);
         }
         meters.rates(self.clock)
     }
@@ -121,66 +121,66 @@ impl<'a> ConnView<'a> {
     /// The principal's tier.
     #[must_use]
     pub fn tier(&self) -> Tier {
-        self.conn.tier
+        self.conn.tier()
     }
 
     /// The principal's roles.
     #[must_use]
     pub fn roles(&self) -> &'a Roles {
-        &self.conn.roles
+        self.conn.roles()
     }
 
     /// When it opened.
     #[must_use]
     pub fn opened_at(&self) -> Instant {
-        self.conn.opened_at
+        self.conn.opened_at()
     }
 
     /// Its last inbound frame or pong (or its opening).
     #[must_use]
     pub fn last_seen(&self) -> Instant {
-        self.conn.last_seen
+        self.conn.last_seen()
     }
 
     /// Whether a ping is outstanding.
     #[must_use]
     pub fn awaiting_pong(&self) -> bool {
-        self.conn.ping_sent.is_some()
+        self.conn.awaiting_pong()
     }
 
     /// When its session expires, if it does.
     #[must_use]
     pub fn expires_at(&self) -> Option<Instant> {
-        self.conn.expires_at
+        self.conn.expires_at()
     }
 
     /// The threads it narrowed its stream to; `None` when it receives all of its user's events.
     #[must_use]
     pub fn threads(&self) -> Option<&'a [ThreadId]> {
-        self.conn.threads.as_deref().map(|t| t.0.as_slice())
+        self.conn.threads()
     }
 
     /// The rooms it is in.
     pub fn rooms(&self) -> impl Iterator<Item = &'a RoomId> + 'a {
-        self.conn.rooms.iter().map(|m| &m.room)
+        self.conn.memberships().iter().map(|m| m.room())
     }
 
     /// Bytes handed out in `Deliver` actions and not yet confirmed by `written`.
     #[must_use]
     pub fn unwritten_bytes(&self) -> u64 {
-        self.conn.unwritten
+        self.conn.unwritten()
     }
 
     /// `agent_thinking` frames skipped since its last delivery (the next delivery reports them).
     #[must_use]
     pub fn skipped_pending(&self) -> u32 {
-        self.conn.skipped
+        self.conn.skipped()
     }
 
     /// Whether it is still in its resume window (live delivery not started).
     #[must_use]
     pub fn held(&self) -> bool {
-        self.conn.held
+        self.conn.is_held()
     }
 
     /// When the hub will next look at this connection (heartbeat or session), at the latest;

@@ -110,7 +110,7 @@ fn regression_everyone_counts_held_connections() {
     assert!(!to_tenant.undeliverable());
     let to_all = sim.hub.publish(sim.now, Envelope::new(Target::Everyone, EventKind::AgentStarted));
     let to_all = to_all.expect("published");
-    let stats = *sim.hub.stats();
+    let stats = sim.hub.stats();
     assert_eq!(stats.held_back, 2, "both messages were held back for {conn}");
     assert_eq!(
         (to_all.delivered, to_all.held, to_all.undeliverable(), stats.undeliverable),

@@ -722,13 +722,13 @@ fn stats_count_deliveries_pings_pongs_closes_and_lifetimes() {
     let a = sim.connect("acme", "alice");
     let b = sim.connect("acme", "bob");
     let c = sim.connect("globex", "eve");
-    let s = *sim.hub.stats();
+    let s = sim.hub.stats();
     assert_eq!((s.deliveries, s.connections_opened, s.connections_active), (3, 3, 3));
     assert_eq!((s.users_created, s.users_active, s.tenants), (3, 3, 2));
 
     let actions = sim.publish_to_user("acme", "alice", EventKind::AgentStarted);
     let bytes: u64 = raw_deliveries(&actions).iter().map(|(_, f)| f.len() as u64).sum();
-    let s = *sim.hub.stats();
+    let s = sim.hub.stats();
     assert_eq!(s.deliveries, 4);
     assert!(s.bytes_delivered >= bytes && bytes > 0);
     assert_eq!((s.publishes, s.undeliverable), (1, 0));
@@ -749,7 +749,7 @@ fn stats_count_deliveries_pings_pongs_closes_and_lifetimes() {
     assert_eq!(closes(&sim.advance(secs(5))), vec![(b, CloseReason::HeartbeatTimeout)]);
     assert_eq!(sim.now, t0 + secs(35));
 
-    let s = *sim.hub.stats();
+    let s = sim.hub.stats();
     assert_eq!((s.connections_closed, s.connections_active), (3, 0));
     assert_eq!(s.closed_by.client_clean, 1);
     assert_eq!(s.closed_by.client_abnormal, 1);

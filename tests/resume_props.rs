@@ -26,12 +26,13 @@
 //!
 //! Backpressure is kept out: every delivered frame is confirmed with `written` at once.
 //!
-//! Not yet on the shared vocabulary (issue 9): this file still keeps its own `Op`, `ClientSpec`
-//! and `World`. The shared `Op` now has what it lacked (exact addressing with `vocab::exact`,
-//! `In::Remembered` resumes, `Knobs::user_retention` and `Knobs::max_frame_bytes`), and
-//! `tests/resume_clients.rs` runs this property's client-side checks over `Runner::apply`; what
-//! remains here to move are the per-client thread filters set before a resume, the spoiled
-//! positions sent before a real resume, and the late ticks.
+//! The client side is the shared client model (`switchboard_testkit::client`): what each device
+//! remembers per stream identity, the log of everything published, and its isolation, order,
+//! exact-delivery and unrecovered-reason checks, the same ones the simulation runs. What this file
+//! keeps of its own is the hub side of the prediction (which resumes recover, what is buffered,
+//! the counters) and its operations: the shared `Op` and `Runner` (which
+//! `tests/resume_clients.rs` runs resumes over) do not yet have per-client thread filters set
+//! before a resume, spoiled positions sent before a real resume, or late ticks.
 mod common;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -45,6 +46,7 @@ use switchboard::{
     Envelope, EventKind, PeerError, Principal, PublishError, ReceiveError, Retention, StreamName,
     Target,
 };
+use switchboard_testkit::client::{Client, Log, Published, StreamKey, Visibility};
 use switchboard_testkit::frames::{EventFrame, parse};
 use switchboard_testkit::strategy::cases;
 use switchboard_testkit::vocab::event_kind;
@@ -232,19 +234,15 @@ enum Key {
     Room(usize, usize),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Scope {
-    All,
-    Thread(usize),
-    Conn(ConnId),
-    Admin,
-}
-
-#[derive(Clone, Debug)]
-struct Msg {
-    id: u64,
-    seq: u64,
-    scope: Scope,
+impl Key {
+    /// The stream's identity in the shared client model.
+    fn stream(self) -> StreamKey {
+        match self {
+            Key::User(u) => StreamKey::user(TENANTS[USERS[u].0], USERS[u].1),
+            Key::Tenant(t) => StreamKey::tenant(TENANTS[t]),
+            Key::Room(t, r) => StreamKey::room(TENANTS[t], ROOMS[r]),
+        }
+    }
 }
 
 /// One stream as the model sees it. `alive` while the hub holds it; `epoch` is `None` until the
@@ -254,8 +252,6 @@ struct MStream {
     alive: bool,
     epoch: Option<u64>,
     seq: u64,
-    /// Every message of the current incarnation.
-    log: Vec<Msg>,
     /// (seq, kept at) of what the hub buffers now.
     buf: VecDeque<(u64, Instant)>,
     past_epochs: HashSet<u64>,
@@ -267,7 +263,6 @@ impl MStream {
         self.alive = true;
         self.epoch = None;
         self.seq = 0;
-        self.log.clear();
         self.buf.clear();
     }
 
@@ -277,7 +272,6 @@ impl MStream {
         if let Some(e) = self.epoch.take() {
             self.past_epochs.insert(e);
         }
-        self.log.clear();
         self.buf.clear();
     }
 
@@ -342,28 +336,20 @@ struct Live {
     bases: HashMap<Key, u64>,
 }
 
+/// A device of a user: the shared client model (what it remembers and received per stream, what
+/// it may see) and its connection here.
 #[derive(Debug)]
-struct Client {
+struct Device {
     user: usize,
     spec: ClientSpec,
     live: Option<Live>,
     last_closed: Option<ConnId>,
-    /// What the client remembers: the last position it saw per stream.
-    last_seen: HashMap<Key, (u64, u64)>,
-    /// Message ids it must have received in the current stretch of each stream, and those it did.
-    expected: HashMap<Key, Vec<u64>>,
-    received: HashMap<Key, Vec<u64>>,
+    client: Client,
 }
 
-impl Client {
+impl Device {
     fn tenant(&self) -> usize {
         USERS[self.user].0
-    }
-
-    /// Every stream the client could ever be on.
-    fn all_keys(&self) -> Vec<Key> {
-        let t = self.tenant();
-        vec![Key::User(self.user), Key::Tenant(t), Key::Room(t, 0), Key::Room(t, 1)]
     }
 
     /// The streams of its live connection.
@@ -375,45 +361,17 @@ impl Client {
         keys
     }
 
-    fn wire(&self, key: Key) -> String {
-        match key {
-            Key::User(_) => "u".into(),
-            Key::Tenant(_) => "t".into(),
-            Key::Room(_, r) => format!("r:{}", ROOMS[r]),
-        }
-    }
-
-    fn key_of(&self, wire: &str) -> Key {
-        match wire {
-            "u" => Key::User(self.user),
-            "t" => Key::Tenant(self.tenant()),
-            other => {
-                let name = other.strip_prefix("r:").expect("stream names are u, t or r:<room>");
-                let r = ROOMS.iter().position(|n| *n == name).expect("a known room");
-                Key::Room(self.tenant(), r)
-            }
-        }
-    }
-
-    /// Whether a message with `scope` on `key` may be shown to this client's connection `conn`
-    /// under thread filter `filter`.
-    fn admits(&self, conn: ConnId, filter: &Option<Vec<usize>>, key: Key, scope: &Scope) -> bool {
-        match scope {
-            Scope::All => true,
-            Scope::Thread(t) => filter.as_ref().is_none_or(|f| f.contains(t)),
-            Scope::Conn(c) => *c == conn,
-            Scope::Admin => {
-                assert!(matches!(key, Key::Tenant(_)));
-                self.spec.admin
-            }
-        }
+    fn position(&self, key: Key) -> Option<(u64, u64)> {
+        self.client.position(&key.stream())
     }
 
     /// Ends the current stretch of `key`: everything expected must have arrived.
     fn settle(&mut self, key: Key) {
-        let e = self.expected.remove(&key).unwrap_or_default();
-        let r = self.received.remove(&key).unwrap_or_default();
-        assert_eq!(r, e, "client (user {}) on {key:?}: received vs expected", self.user);
+        self.client.settle(&key.stream()).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn expect(&mut self, key: Key, ids: Vec<u64>) {
+        self.client.expect(&key.stream(), ids);
     }
 }
 
@@ -446,11 +404,11 @@ struct Counts {
 struct World {
     sim: Sim,
     window: bool,
-    clients: Vec<Client>,
+    clients: Vec<Device>,
     users: Vec<UserModel>,
     streams: HashMap<Key, MStream>,
-    /// Every published message: its stream, epoch and seq.
-    msgs: HashMap<u64, (Key, u64, u64)>,
+    /// Every published message, by id and by (stream, epoch, seq).
+    log: Log,
     next_id: u64,
     room_members: HashMap<(usize, usize), usize>,
     /// The clock moved and the hub has not been ticked since.
@@ -463,14 +421,13 @@ impl World {
         let clients = specs
             .into_iter()
             .enumerate()
-            .map(|(i, spec)| Client {
-                user: i / DEVICES_PER_USER,
-                spec,
-                live: None,
-                last_closed: None,
-                last_seen: HashMap::new(),
-                expected: HashMap::new(),
-                received: HashMap::new(),
+            .map(|(i, spec)| {
+                let user = i / DEVICES_PER_USER;
+                let mut client = Client::new(TENANTS[USERS[user].0], USERS[user].1);
+                if spec.admin {
+                    client.roles = vec![ADMIN.to_owned()];
+                }
+                Device { user, spec, live: None, last_closed: None, client }
             })
             .collect();
         Self {
@@ -479,7 +436,7 @@ impl World {
             clients,
             users: (0..USERS.len()).map(|_| UserModel::default()).collect(),
             streams: HashMap::new(),
-            msgs: HashMap::new(),
+            log: Log::default(),
             next_id: 1,
             room_members: HashMap::new(),
             late: false,
@@ -536,31 +493,18 @@ impl World {
         out
     }
 
-    /// A live event frame (or a replayed one) reached client `c`.
+    /// A live event frame (or a replayed one) reached client `c`: isolation and order are the
+    /// shared client model's checks.
     fn on_event(&mut self, c: usize, f: &Value) {
-        let client = &self.clients[c];
         let event = EventFrame::decode(f).expect("an event frame");
-        let key = client.key_of(&event.stream);
         let id = f["data"]["id"].as_u64().expect("every test message carries its id");
-        let (epoch, seq) = (event.epoch, event.seq);
-        let &(mkey, mepoch, mseq) = self.msgs.get(&id).expect("a published message");
-        assert_eq!(mkey, key, "message {id} of {mkey:?} reached a client of {key:?}");
-        assert_eq!((mepoch, mseq), (epoch, seq), "frame position differs from the publish's");
-        let client = &mut self.clients[c];
-        if let Some(&(e, s)) = client.last_seen.get(&key) {
-            assert!(e != epoch || seq > s, "{key:?}: seq {seq} after {s} (duplicate or reorder)");
-        }
-        client.last_seen.insert(key, (epoch, seq));
-        client.received.entry(key).or_default().push(id);
+        let client = &mut self.clients[c].client;
+        client.on_event(&self.log, &event, id).unwrap_or_else(|e| panic!("client {c}: {e}"));
     }
 
     fn check_all(&self) {
-        for c in &self.clients {
-            for key in c.all_keys() {
-                let e = c.expected.get(&key).cloned().unwrap_or_default();
-                let r = c.received.get(&key).cloned().unwrap_or_default();
-                assert_eq!(r, e, "client of user {} on {key:?}: received vs expected", c.user);
-            }
+        for (i, c) in self.clients.iter().enumerate() {
+            c.client.check_received().unwrap_or_else(|e| panic!("client {i}: {e}"));
         }
         let live = self.clients.iter().filter(|c| c.live.is_some()).count() as u64;
         let stats = self.sim.hub.stats();
@@ -622,9 +566,9 @@ impl World {
                 let scope = match thread {
                     Some(t) => {
                         env = env.thread(THREADS[t]);
-                        Scope::Thread(t)
+                        Visibility::Thread(THREADS[t].into())
                     }
-                    None => Scope::All,
+                    None => Visibility::All,
                 };
                 let exists = self.users[user].exists;
                 self.publish(env, Key::User(user), scope, exists);
@@ -637,14 +581,15 @@ impl World {
                 };
                 let exists = self.users[user].exists;
                 let env = Envelope::new(target, self::kind(kind));
-                self.publish(env, Key::User(user), Scope::Thread(thread), exists);
+                let scope = Visibility::Thread(THREADS[thread].into());
+                self.publish(env, Key::User(user), scope, exists);
             }
             Op::PublishConn { client, kind } => {
                 let c = &self.clients[client];
                 if let Some(live) = &c.live {
                     let (id, user) = (live.id, c.user);
                     let env = Envelope::new(Target::Connection(id), self::kind(kind));
-                    self.publish(env, Key::User(user), Scope::Conn(id), true);
+                    self.publish(env, Key::User(user), Visibility::Conn(id), true);
                 } else if let Some(old) = c.last_closed {
                     let env = Envelope::new(Target::Connection(old), self::kind(kind));
                     let r = self.sim.hub.publish(self.sim.now, env);
@@ -667,13 +612,14 @@ impl World {
                     Target::Room { tenant: TENANTS[tenant].into(), room: ROOMS[room].into() };
                 let exists = self.room_members.get(&(tenant, room)).copied().unwrap_or(0) > 0;
                 let env = Envelope::new(target, self::kind(kind));
-                self.publish(env, Key::Room(tenant, room), Scope::All, exists);
+                self.publish(env, Key::Room(tenant, room), Visibility::All, exists);
             }
             Op::PublishTenant { tenant, admin_only, kind } => {
                 let audience =
                     if admin_only { Audience::Role(ADMIN.into()) } else { Audience::All };
                 let target = Target::Tenant { tenant: TENANTS[tenant].into(), audience };
-                let scope = if admin_only { Scope::Admin } else { Scope::All };
+                let scope =
+                    if admin_only { Visibility::Role(ADMIN.into()) } else { Visibility::All };
                 let exists = self.tenant_alive(tenant);
                 let env = Envelope::new(target, self::kind(kind));
                 self.publish(env, Key::Tenant(tenant), scope, exists);
@@ -708,7 +654,7 @@ impl World {
         }
     }
 
-    fn publish(&mut self, env: Envelope, key: Key, scope: Scope, exists: bool) {
+    fn publish(&mut self, env: Envelope, key: Key, scope: Visibility, exists: bool) {
         // A held connection's backlog must stay buffered until its resume (otherwise the hub
         // closes it, by design; that case is tested on its own): resume before it would drop.
         if exists {
@@ -751,20 +697,23 @@ impl World {
         s.observe(pos.epoch, "publish");
         assert_eq!(pos.seq, s.seq + 1, "seqs grow by one per message");
         s.seq = pos.seq;
-        s.log.push(Msg { id, seq: pos.seq, scope: scope.clone() });
         s.keep(pos.seq, now);
-        self.msgs.insert(id, (key, pos.epoch, pos.seq));
+        let (epoch, seq) = (pos.epoch, pos.seq);
+        let published_at =
+            Published { key: key.stream(), epoch, seq, visibility: scope, critical: true, at: now };
+        self.log.record(id, published_at);
+        let message = self.log.get(id).expect("just recorded");
 
         let (mut live_recipients, mut held_recipients) = (0, 0);
         for c in &mut self.clients {
             let Some(live) = &c.live else { continue };
-            if !c.live_keys().contains(&key) || !c.admits(live.id, &live.filter, key, &scope) {
+            if !c.live_keys().contains(&key) || !c.client.sees(message) {
                 continue;
             }
             if live.held {
                 held_recipients += 1;
             } else {
-                c.expected.entry(key).or_default().push(id);
+                c.client.expect(&key.stream(), [id]);
                 live_recipients += 1;
             }
         }
@@ -805,6 +754,8 @@ impl World {
         self.users[user].detached_at = None;
 
         let window = self.window;
+        self.clients[c].client.conn = Some(id);
+        self.clients[c].client.filter = None;
         self.clients[c].live = Some(Live {
             id,
             held: window,
@@ -827,10 +778,10 @@ impl World {
             assert_eq!(seq, s.seq, "connected frame position of {key:?}");
             self.live_mut(c).bases.insert(key, seq);
             let client = &mut self.clients[c];
-            if !client.last_seen.contains_key(&key) {
+            if client.position(key).is_none() {
                 // First sight of this stream: the client starts from the connected position.
                 client.settle(key);
-                client.last_seen.insert(key, (epoch, seq));
+                client.client.start(key.stream(), (epoch, seq));
             }
         }
         // The application puts the connection into its rooms.
@@ -879,9 +830,9 @@ impl World {
         // Before its resume the client keeps what it last saw of the room (to resume from it);
         // otherwise (first sight, or a live connection that can no longer resume) it starts
         // from the joined position.
-        if resumed || !client.last_seen.contains_key(&key) {
+        if resumed || client.position(key).is_none() {
             client.settle(key);
-            client.last_seen.insert(key, (epoch, seq));
+            client.client.set_position(key.stream(), (epoch, seq));
         }
     }
 
@@ -920,6 +871,8 @@ impl World {
             let frame = json!({"type": "subscribe", "thread_id": THREADS[t]}).to_string();
             self.sim.hub.receive(self.sim.now, id, frame.as_bytes()).expect("subscribe");
         }
+        let names = filter.as_ref().map(|f| f.iter().map(|&t| THREADS[t].to_owned()).collect());
+        self.clients[c].client.filter = names;
         let live = self.live_mut(c);
         live.filter = filter;
         live.subscribed = true;
@@ -944,15 +897,10 @@ impl World {
 
     /// Messages of `key` in `(after, upto]` that client `c`'s connection may see now.
     fn visible(&self, c: usize, key: Key, after: u64, upto: u64) -> Vec<u64> {
-        let client = &self.clients[c];
-        let live = self.live(c);
-        self.streams[&key]
-            .log
-            .iter()
-            .filter(|m| m.seq > after && m.seq <= upto)
-            .filter(|m| client.admits(live.id, &live.filter, key, &m.scope))
-            .map(|m| m.id)
-            .collect()
+        let client = &self.clients[c].client;
+        let epoch = self.streams[&key].epoch.expect("an observed epoch");
+        let messages = self.log.between(&key.stream(), epoch, after, upto);
+        messages.filter(|(_, m)| client.sees(m)).map(|(id, _)| id).collect()
     }
 
     /// A `resume` with a spoiled position: refused with `invalid_field`; the connection stays
@@ -960,7 +908,8 @@ impl World {
     fn bad_resume(&mut self, c: usize, variant: usize, positions: &serde_json::Map<String, Value>) {
         let id = self.live(c).id;
         let mut positions = positions.clone();
-        let (e, s) = self.clients[c].last_seen[&Key::User(self.clients[c].user)];
+        let user = Key::User(self.clients[c].user);
+        let (e, s) = self.clients[c].position(user).expect("a position on the user stream");
         positions.insert("u".into(), bad_position(variant, e, s));
         let frame = json!({"type": "resume", "positions": positions}).to_string();
         let r = self.sim.hub.receive(self.sim.now, id, frame.as_bytes());
@@ -985,7 +934,7 @@ impl World {
         let client = &self.clients[c];
         let keys = client.live_keys();
         let named: Vec<(Key, (u64, u64))> =
-            keys.iter().map(|k| (*k, client.last_seen[k])).collect();
+            keys.iter().map(|k| (*k, client.position(*k).expect("a position"))).collect();
         let mut positions = serde_json::Map::new();
         for (k, (e, s)) in &named {
             let mut p = json!({"epoch": e, "seq": s});
@@ -993,7 +942,7 @@ impl World {
                 p["at"] = json!("2026-01-01T00:00:00Z");
                 p["seq_hint"] = json!({"nested": [1, 2]});
             }
-            positions.insert(client.wire(*k), p);
+            positions.insert(k.stream().wire(), p);
         }
         if let Some(variant) = client.spec.bad_resume {
             self.bad_resume(c, variant, &positions);
@@ -1019,7 +968,7 @@ impl World {
         let mut resets = Vec::new();
         let mut replayed = 0;
         for ((key, pos), predicted) in named.iter().zip(predictions) {
-            let wire = self.clients[c].wire(*key);
+            let wire = key.stream().wire();
             let r = &reports[&wire];
             let recovered = r["recovered"].as_bool().expect("recovered");
             let (epoch, seq) = (r["epoch"].as_u64().unwrap(), r["seq"].as_u64().unwrap());
@@ -1044,15 +993,22 @@ impl World {
                 let add = self.visible(c, *key, pos.1, upto);
                 assert_eq!(r["replayed"].as_u64(), Some(add.len() as u64), "{key:?}: replayed");
                 replayed += add.len();
-                self.clients[c].expected.entry(*key).or_default().extend(add);
+                self.clients[c].expect(*key, add);
             } else {
                 assert_eq!(r["replayed"], 0);
-                // The client refetches this stream's state; what was held back still follows.
+                // The reason is justified by the log (the shared client check), and the client
+                // refetches this stream's state; what was held back still follows, from the
+                // connection's base.
+                let (log, retention) = (&self.log, self.sim.hub.config().retention);
+                let client = &mut self.clients[c].client;
+                let check = client.unrecovered(log, &wire, r, &retention, self.sim.now);
+                check.unwrap_or_else(|e| panic!("client {c}: {e}"));
                 self.clients[c].settle(*key);
                 if held {
+                    self.clients[c].client.set_position(key.stream(), (epoch, base));
                     let add = self.visible(c, *key, base, upto);
                     replayed += add.len();
-                    self.clients[c].expected.entry(*key).or_default().extend(add);
+                    self.clients[c].expect(*key, add);
                 }
                 resets.push((*key, (epoch, seq)));
             }
@@ -1070,7 +1026,7 @@ impl World {
             self.on_event(*fc, f);
         }
         for (key, pos) in resets {
-            self.clients[c].last_seen.insert(key, pos);
+            self.clients[c].client.set_position(key.stream(), pos);
         }
         let live = self.live_mut(c);
         live.held = false;
@@ -1082,6 +1038,7 @@ impl World {
         let reason = if abnormal { DisconnectReason::Abnormal } else { DisconnectReason::Clean };
         self.sim.hub.disconnect(self.sim.now, live.id, reason).expect("live");
         self.clients[c].last_closed = Some(live.id);
+        self.clients[c].client.conn = None;
         let (user, tenant) = (self.clients[c].user, self.clients[c].tenant());
         self.users[user].active -= 1;
         if self.users[user].active == 0 {

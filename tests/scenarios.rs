@@ -350,7 +350,7 @@ fn cleaning_up_one_user_leaves_others_untouched() {
     assert!(sim.hub.connection(a1).is_none() && sim.hub.connection(a2).is_none());
 
     // Everyone else is intact: connections, filters, rooms, streams.
-    let s = *sim.hub.stats();
+    let s = sim.hub.stats();
     assert_eq!(s.connections_active, 4);
     assert_eq!(s.users_active, 3);
     assert_eq!(s.users_detached, 0);
@@ -548,7 +548,7 @@ fn a_thousand_connect_disconnect_cycles_leave_counts_where_they_started() {
     model.open.get_mut(&baseline[0]).unwrap().2.insert("lobby".into());
     sim.drain();
     check(&sim, &model, retention);
-    let start = *sim.hub.stats();
+    let start = sim.hub.stats();
 
     // Churn users: acme and globex share names; initech exists only while churn users do.
     let tenants = ["acme", "globex", "initech"];
@@ -660,7 +660,7 @@ fn a_thousand_connect_disconnect_cycles_leave_counts_where_they_started() {
     assert!(rejected > 0, "no per-user limit was hit");
     assert!(model.heartbeat_closes > 0, "no heartbeat timeout happened");
     assert!(model.retirements > 12, "retention rarely ran out: {}", model.retirements);
-    let end = *sim.hub.stats();
+    let end = sim.hub.stats();
     assert!(end.closed_by.client_clean > 0 && end.closed_by.client_abnormal > 0);
     assert_eq!(end.limit_rejections.user_connections, rejected);
 
@@ -695,7 +695,7 @@ fn per_user_limit_of_three_on_free_tier_and_total_limit_of_one_hundred() {
 
     // Three free-tier connections for alice; the fourth is refused.
     let alice: Vec<ConnId> = (0..3).map(|_| sim.connect("acme", "alice")).collect();
-    let before = *sim.hub.stats();
+    let before = sim.hub.stats();
     let err = sim.hub.connect(sim.now, Principal::new("acme", "alice"));
     assert_eq!(err, Err(ConnectError::UserLimit { tier: Tier::Free, limit: 3 }));
     let actions = sim.drain();
@@ -709,7 +709,7 @@ fn per_user_limit_of_three_on_free_tier_and_total_limit_of_one_hundred() {
     assert_eq!(events[0].kind, AuditKind::LimitHit(LimitKind::UserConnections));
     assert_eq!(events[0].tenant.as_ref().map(|t| t.as_str()), Some("acme"));
     assert_eq!(events[0].user.as_ref().map(|u| u.as_str()), Some("alice"));
-    let s = *sim.hub.stats();
+    let s = sim.hub.stats();
     assert_eq!(s.limit_rejections.user_connections, 1);
     assert_eq!(s.limit_rejections.total(), 1);
     assert_eq!(s.connections_active, 3);
@@ -748,7 +748,7 @@ fn per_user_limit_of_three_on_free_tier_and_total_limit_of_one_hundred() {
     let err = sim.hub.connect(sim.now, Principal::new("acme", "erin").tier(Tier::Early));
     assert_eq!(err, Err(ConnectError::TooManyConnections { limit: 100 }));
     sim.drain();
-    let s = *sim.hub.stats();
+    let s = sim.hub.stats();
     assert_eq!(s.limit_rejections.total_connections, 2);
     assert_eq!(s.limit_rejections.user_connections, 1);
     assert_eq!(s.limit_rejections.total(), 3);
@@ -774,7 +774,7 @@ fn per_user_limit_of_three_on_free_tier_and_total_limit_of_one_hundred() {
     sim.drain();
     let newcomer = sim.connect("acme", "newcomer");
     assert_eq!(sim.hub.stats().connections_active, 100);
-    let s = *sim.hub.stats();
+    let s = sim.hub.stats();
     assert_eq!(s.limit_rejections.user_connections, 2);
     assert_eq!(s.limit_rejections.total_connections, 3);
     assert_eq!(s.connections_opened, s.connections_closed + s.connections_active);

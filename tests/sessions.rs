@@ -169,7 +169,7 @@ fn silent_connections_are_pinged_then_closed_and_their_state_cleaned_up() {
     assert_eq!(pinged, expected);
     assert_eq!(actions.len(), 3, "{actions:?}");
     let pinged_at = sim.now;
-    let s = *sim.hub.stats();
+    let s = sim.hub.stats();
     assert_eq!(s.pings_sent, 3);
     for c in [silent, answers, chatty] {
         assert!(sim.hub.connection(c).unwrap().awaiting_pong());
@@ -234,7 +234,7 @@ fn silent_connections_are_pinged_then_closed_and_their_state_cleaned_up() {
     let retired =
         metrics(&actions).iter().filter(|m| matches!(m, MetricEvent::UserRetired { .. })).count();
     assert_eq!(retired, 2);
-    let s = *sim.hub.stats();
+    let s = sim.hub.stats();
     assert_eq!((s.connections_active, s.users_active, s.users_detached, s.tenants), (0, 0, 0, 0));
     assert_eq!(s.heartbeat_timeouts(), 3);
     assert_eq!(sim.hub.poll_timeout(), None, "no timer outlives the state it belongs to");

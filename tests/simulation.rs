@@ -3,7 +3,9 @@
 //! filters and clock jumps. Seeded and reproducible: a failure prints its seed, and
 //! `SIM_SEEDS=<seed> cargo test --test simulation` replays it (`SIM_MINUTES` lengthens runs).
 //!
-//! Every frame a client processes is checked against a model of what was published:
+//! Every frame a client processes is checked by the shared client model
+//! (`switchboard_testkit::client`: positions per stream identity, a log of what was published),
+//! the same one the resume properties use:
 //! - isolation: an event reaches a client only on its own user's, tenant's or rooms' streams,
 //!   and only where the target allowed (role audiences, connection targets);
 //! - no duplicates: per stream, seqs only grow;
@@ -13,7 +15,7 @@
 //! - bounded memory: the hub's buffer gauges stay under their configured bounds, and
 //!   `Hub::check_invariants` holds after every step.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -22,7 +24,8 @@ use switchboard::{
     Retention, Target, Tier,
 };
 use switchboard_testkit::Rng;
-use switchboard_testkit::frames::{EventFrame, parse};
+use switchboard_testkit::client::{Client, Log, Published, StreamKey, Visibility};
+use switchboard_testkit::frames::{EventFrame, parse, stream_position};
 
 const TENANTS: usize = 4;
 const USERS_PER_TENANT: usize = 60;
@@ -30,65 +33,15 @@ const CLIENTS: usize = 520;
 const ROOMS: usize = 3;
 const STEP: Duration = Duration::from_millis(250);
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Stream {
-    User(usize, usize),
-    Tenant(usize),
-    Room(usize, usize),
-}
-
-#[derive(Clone, Debug)]
-enum Vis {
-    All,
-    Thread(String),
-    Conn(ConnId),
-    Role(String),
-}
-
-#[derive(Debug)]
-struct Msg {
-    stream: Stream,
-    epoch: u64,
-    critical: bool,
-    vis: Vis,
-    at: Instant,
-}
-
-struct Client {
-    tenant: usize,
-    user: usize,
-    roles: Vec<String>,
-    thread: Option<String>,
+/// A simulated device: the shared client model plus its transport's state.
+struct Device {
+    /// What the client knows, received and may see (`switchboard_testkit::client`).
+    client: Client,
     rooms: Vec<usize>,
-    conn: Option<ConnId>,
     /// Frames handed to the transport and not yet read by the client.
     queue: VecDeque<(String, usize)>,
     stalled_until: Option<Instant>,
     reconnect_at: Instant,
-    /// Wire stream name -> (epoch, last seq processed).
-    cursors: BTreeMap<String, (u64, u64)>,
-}
-
-impl Client {
-    fn stream_of(&self, wire: &str) -> Stream {
-        match wire {
-            "u" => Stream::User(self.tenant, self.user),
-            "t" => Stream::Tenant(self.tenant),
-            room => {
-                Stream::Room(self.tenant, room.trim_start_matches("r:room").parse().expect("room"))
-            }
-        }
-    }
-
-    /// May this client see this message (its filter as configured, not as set on the wire yet)?
-    fn sees(&self, m: &Msg) -> bool {
-        match &m.vis {
-            Vis::All => true,
-            Vis::Thread(t) => self.thread.as_ref().is_none_or(|mine| mine == t),
-            Vis::Conn(c) => self.conn == Some(*c),
-            Vis::Role(r) => self.roles.contains(r),
-        }
-    }
 }
 
 struct World {
@@ -97,13 +50,10 @@ struct World {
     cfg: Config,
     now: Instant,
     rng: Rng,
-    clients: Vec<Client>,
+    clients: Vec<Device>,
     by_conn: HashMap<ConnId, usize>,
-    msgs: HashMap<u64, Msg>,
-    /// (stream, epoch) -> seq -> message id
-    log: HashMap<(Stream, u64), BTreeMap<u64, u64>>,
-    /// Latest (epoch, seq) the model knows per stream.
-    heads: HashMap<Stream, (u64, u64)>,
+    /// Everything published, by id and by (stream, epoch, seq).
+    log: Log,
     next_id: u64,
     stats: SimStats,
 }
@@ -123,8 +73,8 @@ impl World {
     }
 
     fn connect(&mut self, ci: usize) {
-        let c = &self.clients[ci];
-        let p = Principal::new(format!("t{}", c.tenant), format!("u{}", c.user))
+        let c = &self.clients[ci].client;
+        let p = Principal::new(c.tenant.as_str(), c.user.as_str())
             .tier(Tier::Enterprise)
             .roles(c.roles.iter().map(String::as_str));
         let id = match self.hub.connect(self.now, p) {
@@ -137,28 +87,24 @@ impl World {
         };
         self.stats.reconnects += 1;
         self.by_conn.insert(id, ci);
-        let c = &mut self.clients[ci];
-        c.conn = Some(id);
-        c.queue.clear();
-        let rooms = c.rooms.clone();
-        for r in rooms {
+        let d = &mut self.clients[ci];
+        d.client.conn = Some(id);
+        d.queue.clear();
+        for r in d.rooms.clone() {
             // A room the client has no position in yet starts where its `joined` frame says.
             self.hub.join(self.now, id, format!("room{r}")).unwrap();
         }
-        let c = &self.clients[ci];
+        let c = &self.clients[ci].client;
         // Resume with what it saw; with nothing to resume (a first connection), just ping.
-        let frame = if !c.cursors.is_empty() {
-            let positions: serde_json::Map<String, Value> = c
-                .cursors
-                .iter()
-                .map(|(k, (e, s))| (k.clone(), json!({"epoch": e, "seq": s})))
-                .collect();
-            json!({"type": "resume", "positions": positions}).to_string()
-        } else {
+        let positions: serde_json::Map<String, Value> =
+            c.positions().map(|(k, (e, s))| (k.wire(), json!({"epoch": e, "seq": s}))).collect();
+        let frame = if positions.is_empty() {
             json!({"type": "ping"}).to_string()
+        } else {
+            json!({"type": "resume", "positions": positions}).to_string()
         };
         self.hub.receive(self.now, id, frame.as_bytes()).unwrap();
-        if let Some(t) = &c.thread {
+        for t in c.filter.iter().flatten() {
             let sub = json!({"type": "subscribe", "thread_id": t}).to_string();
             self.hub.receive(self.now, id, sub.as_bytes()).unwrap();
         }
@@ -170,10 +116,8 @@ impl World {
         let user = self.rng.index(USERS_PER_TENANT);
         let thinking = self.rng.index(3) == 0;
         let kind = if thinking { EventKind::AgentThinking } else { EventKind::ToolCompleted };
-        let (target, vis) = match r {
+        let (target, visibility) = match r {
             0..=49 => {
-                let t = (user, tenant);
-                let _ = t;
                 if self.rng.index(2) == 0 {
                     let th = format!("th{}", self.rng.index(2));
                     let target = Target::Thread {
@@ -181,14 +125,14 @@ impl World {
                         user: format!("u{user}").into(),
                         thread: th.clone().into(),
                     };
-                    (target, Vis::Thread(th))
+                    (target, Visibility::Thread(th))
                 } else {
                     (
                         Target::User {
                             tenant: format!("t{tenant}").into(),
                             user: format!("u{user}").into(),
                         },
-                        Vis::All,
+                        Visibility::All,
                     )
                 }
             }
@@ -200,7 +144,7 @@ impl World {
                 let mut live = live;
                 live.sort();
                 let c = live[self.rng.index(live.len())];
-                (Target::Connection(c), Vis::Conn(c))
+                (Target::Connection(c), Visibility::Conn(c))
             }
             65..=84 => {
                 let room = self.rng.index(ROOMS);
@@ -209,7 +153,7 @@ impl World {
                         tenant: format!("t{tenant}").into(),
                         room: format!("room{room}").into(),
                     },
-                    Vis::All,
+                    Visibility::All,
                 )
             }
             _ => {
@@ -218,7 +162,7 @@ impl World {
                     let audience = Audience::Role(role.as_str().into());
                     (
                         Target::Tenant { tenant: format!("t{tenant}").into(), audience },
-                        Vis::Role(role),
+                        Visibility::Role(role),
                     )
                 } else {
                     (
@@ -226,7 +170,7 @@ impl World {
                             tenant: format!("t{tenant}").into(),
                             audience: Audience::All,
                         },
-                        Vis::All,
+                        Visibility::All,
                     )
                 }
             }
@@ -238,155 +182,69 @@ impl World {
         let published =
             self.hub.publish(self.now, env).unwrap_or_else(|e| self.fail(format!("publish: {e}")));
         let Some((_, pos)) = published.position else { return };
-        let stream = match &target {
-            Target::User { .. } | Target::Thread { .. } => Stream::User(tenant, user),
-            Target::Connection(c) => {
-                let ci = self.by_conn[c];
-                Stream::User(self.clients[ci].tenant, self.clients[ci].user)
+        let key = match &target {
+            Target::User { tenant, user, .. } | Target::Thread { tenant, user, .. } => {
+                StreamKey::user(tenant.as_str(), user.as_str())
             }
-            Target::Room { .. } => {
-                let room = match &target {
-                    Target::Room { room, .. } => {
-                        room.as_str().trim_start_matches("room").parse().unwrap()
-                    }
-                    _ => unreachable!(),
-                };
-                Stream::Room(tenant, room)
-            }
-            _ => Stream::Tenant(tenant),
+            Target::Connection(c) => self.clients[self.by_conn[c]].client.user_stream(),
+            Target::Room { tenant, room } => StreamKey::room(tenant.as_str(), room.as_str()),
+            Target::Tenant { tenant, .. } => StreamKey::tenant(tenant.as_str()),
+            other => unreachable!("never published here: {other:?}"),
         };
-        self.heads.insert(stream.clone(), (pos.epoch, pos.seq));
-        self.log.entry((stream.clone(), pos.epoch)).or_default().insert(pos.seq, id);
-        self.msgs
-            .insert(id, Msg { stream, epoch: pos.epoch, critical: !thinking, vis, at: self.now });
+        let (epoch, seq, critical, at) = (pos.epoch, pos.seq, !thinking, self.now);
+        self.log.record(id, Published { key, epoch, seq, visibility, critical, at });
     }
 
-    /// Checks a gap (after, upto) a client skipped over: only messages it may not see, or
-    /// low-priority ones, may be missing.
-    fn check_gap(&self, ci: usize, stream: &Stream, epoch: u64, after: u64, upto: u64, why: &str) {
-        let Some(log) = self.log.get(&(stream.clone(), epoch)) else { return };
-        for (&seq, id) in log.range(after + 1..upto) {
-            let m = &self.msgs[id];
-            if m.critical && self.clients[ci].sees(m) {
-                self.fail(format!(
-                    "client {ci} lost critical message {id} (seq {seq}) of {stream:?}/{epoch} ({why}, window {after}..{upto})"
-                ));
-            }
-        }
-    }
-
+    /// Client `ci` reads one frame: the shared client model checks it.
     fn process(&mut self, ci: usize, text: &str) {
         let v = parse(text);
-        let c = &self.clients[ci];
+        let c = &mut self.clients[ci].client;
         match v["type"].as_str().unwrap() {
             "connected" => {
                 for wire in ["u", "t"] {
-                    let pos = &v["streams"][wire];
-                    let (e, s) = (pos["epoch"].as_u64().unwrap(), pos["seq"].as_u64().unwrap());
-                    // First connection: start at the head. Later ones keep their cursor and resume.
-                    self.clients[ci].cursors.entry(wire.to_owned()).or_insert((e, s));
+                    let pos = stream_position(&v, wire).expect("connected names u and t");
+                    // First connection: start at the head. Later ones keep their position and
+                    // resume.
+                    c.start(c.key_of(wire).expect("a stream"), pos);
                 }
             }
             "resumed" => {
                 for (wire, report) in v["streams"].as_object().unwrap() {
-                    let c = &self.clients[ci];
-                    let stream = c.stream_of(wire);
-                    let (ce, cs) = c.cursors[wire];
                     if report["recovered"].as_bool().unwrap() {
                         self.stats.resumes_recovered += 1;
                         continue;
                     }
                     self.stats.resumes_reset += 1;
-                    let (e, s) =
-                        (report["epoch"].as_u64().unwrap(), report["seq"].as_u64().unwrap());
-                    let reason = report["reason"].as_str().unwrap_or("?");
-                    match reason {
-                        "epoch_mismatch" => {
-                            if e == ce {
-                                self.fail(format!(
-                                    "client {ci}: epoch_mismatch on {wire} with equal epochs"
-                                ));
-                            }
-                        }
-                        "gap_too_old" => {
-                            let ret = self.cfg.retention;
-                            let missing: Vec<&Msg> = self
-                                .log
-                                .get(&(stream.clone(), ce))
-                                .map(|l| l.range(cs + 1..).map(|(_, id)| &self.msgs[id]).collect())
-                                .unwrap_or_default();
-                            let too_many = missing.len() > ret.max_messages;
-                            let too_old =
-                                missing.first().is_some_and(|m| self.now - m.at > ret.max_age);
-                            if !too_many && !too_old {
-                                self.fail(format!(
-                                    "client {ci}: {wire} unrecoverable after {} messages, oldest {:?} old",
-                                    missing.len(),
-                                    missing.first().map(|m| self.now - m.at)
-                                ));
-                            }
-                        }
-                        // Issue 10 item 3: the replay would not fit under the unwritten limit
-                        // (only possible when something is missing).
-                        "too_large" => {
-                            if e == ce && s <= cs {
-                                self.fail(format!(
-                                    "client {ci}: too_large on {wire}, none missing"
-                                ));
-                            }
-                        }
-                        other => {
-                            self.fail(format!("client {ci}: unexpected reason {other} for {wire}"))
-                        }
+                    // The reason must be justified; the client refetches that stream's state and
+                    // continues from the head.
+                    let c = &mut self.clients[ci].client;
+                    let retention = self.cfg.retention;
+                    if let Err(e) = c.unrecovered(&self.log, wire, report, &retention, self.now) {
+                        self.fail(format!("client {ci}: {e}"));
                     }
-                    // The client refetches that stream's state and continues from the head.
-                    self.clients[ci].cursors.insert(wire.clone(), (e, s));
                 }
             }
             "pong" | "skipped" => {}
             "joined" => {
-                let wire = v["stream"].as_str().unwrap().to_owned();
-                let (e, s) = (v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap());
-                self.clients[ci].cursors.entry(wire).or_insert((e, s));
+                let event = EventFrame::decode(&v).expect("joined names its stream");
+                c.start(c.key_of(&event.stream).expect("a room"), (event.epoch, event.seq));
             }
-            kind if v.get("seq").is_some() => {
+            _ if v.get("seq").is_some() => {
                 self.stats.events_seen += 1;
                 let event = EventFrame::decode(&v).expect("an event frame");
-                let (wire, epoch, seq) = (event.stream, event.epoch, event.seq);
                 let id = v["data"]["id"].as_u64().unwrap();
-                let m = self
-                    .msgs
-                    .get(&id)
-                    .unwrap_or_else(|| self.fail(format!("unknown message {id}")));
-                let stream = c.stream_of(&wire);
-                if m.stream != stream || m.epoch != epoch {
-                    self.fail(format!(
-                        "client {ci} of t{}/u{} got message {id} of {:?} as {wire}",
-                        c.tenant, c.user, m.stream
-                    ));
-                }
-                match &m.vis {
-                    Vis::Role(r) if !c.roles.contains(r) => {
-                        self.fail(format!("client {ci} got role {r} message {id}"))
-                    }
-                    Vis::Conn(target) if c.conn != Some(*target) => {
-                        self.fail(format!("client {ci} got message {id} meant for {target:?}"))
-                    }
-                    _ => {}
-                }
-                let Some(&(ce, cs)) = c.cursors.get(&wire) else {
-                    self.fail(format!("client {ci}: {kind} on {wire} before any position"))
+                // The gap this event skips over (from the client's position) may only hold
+                // messages it may not see, or low-priority ones.
+                let key = c.key_of(&event.stream).expect("a stream");
+                let from = c.position(&key).filter(|p| p.0 == event.epoch);
+                let lost = from.map(|(e, s)| c.lost(&self.log, &key, e, s, event.seq));
+                let checked = match lost.and_then(|l| l.first().copied()) {
+                    Some(m) => Err(format!("lost critical message {m} of {key}")),
+                    None => c.on_event(&self.log, &event, id).map(drop),
                 };
-                if ce != epoch {
-                    self.fail(format!("client {ci}: {wire} epoch {epoch} while at {ce}"));
+                if let Err(e) = checked {
+                    self.fail(format!("client {ci}: {e}"));
                 }
-                if seq <= cs {
-                    self.fail(format!(
-                        "client {ci}: {wire} seq {seq} after {cs} (duplicate or reorder)"
-                    ));
-                }
-                self.check_gap(ci, &stream, epoch, cs, seq, "live or replay");
-                self.clients[ci].cursors.insert(wire, (epoch, seq));
             }
             "error" => self.fail(format!("client {ci} got an error frame: {text}")),
             other => self.fail(format!("unexpected frame type {other}")),
@@ -410,7 +268,7 @@ impl World {
                         self.stats.slow_closes += 1;
                     }
                     let c = &mut self.clients[ci];
-                    c.conn = None;
+                    c.client.conn = None;
                     c.queue.clear(); // unsent frames die with the transport
                     c.reconnect_at = self.now + Duration::from_secs(1);
                 }
@@ -431,7 +289,7 @@ impl World {
     /// Every client that is reading takes its frames and confirms them.
     fn flush(&mut self) {
         for ci in 0..self.clients.len() {
-            let Some(conn) = self.clients[ci].conn else { continue };
+            let Some(conn) = self.clients[ci].client.conn else { continue };
             if self.clients[ci].stalled_until.is_some_and(|t| t > self.now) {
                 continue;
             }
@@ -462,7 +320,7 @@ impl World {
         self.drain();
 
         for ci in 0..self.clients.len() {
-            match self.clients[ci].conn {
+            match self.clients[ci].client.conn {
                 None if self.now >= self.clients[ci].reconnect_at => self.connect(ci),
                 Some(conn) if self.rng.chance_per_million(800) => {
                     let abnormal = self.rng.index(3) == 0;
@@ -471,7 +329,7 @@ impl World {
                     self.hub.disconnect(self.now, conn, reason).unwrap();
                     self.by_conn.remove(&conn);
                     let c = &mut self.clients[ci];
-                    c.conn = None;
+                    c.client.conn = None;
                     c.queue.clear();
                     // Mostly back within retention; sometimes long after (the user retires).
                     let away =
@@ -524,22 +382,20 @@ fn run(seed: u64, minutes: u64) -> SimStats {
     let mut rng = Rng::seeded(seed);
     let clients = (0..CLIENTS)
         .map(|i| {
-            let tenant = i % TENANTS;
-            let user = (i / TENANTS) % USERS_PER_TENANT;
-            let roles = (0..2).filter(|_| rng.index(2) == 0).map(|r| format!("role{r}")).collect();
-            let thread = if rng.index(4) == 0 { Some(format!("th{}", rng.index(2))) } else { None };
+            let (tenant, user) = (i % TENANTS, (i / TENANTS) % USERS_PER_TENANT);
+            let mut client = Client::new(format!("t{tenant}"), format!("u{user}"));
+            client.roles =
+                (0..2).filter(|_| rng.index(2) == 0).map(|r| format!("role{r}")).collect();
+            if rng.index(4) == 0 {
+                client.filter = Some(vec![format!("th{}", rng.index(2))]);
+            }
             let rooms = (0..ROOMS).filter(|_| rng.index(3) == 0).collect();
-            Client {
-                tenant,
-                user,
-                roles,
-                thread,
+            Device {
+                client,
                 rooms,
-                conn: None,
                 queue: VecDeque::new(),
                 stalled_until: None,
                 reconnect_at: Instant::now(),
-                cursors: BTreeMap::new(),
             }
         })
         .collect();
@@ -552,9 +408,7 @@ fn run(seed: u64, minutes: u64) -> SimStats {
         rng,
         clients,
         by_conn: HashMap::new(),
-        msgs: HashMap::new(),
-        log: HashMap::new(),
-        heads: HashMap::new(),
+        log: Log::default(),
         next_id: 0,
         stats: SimStats::default(),
     };

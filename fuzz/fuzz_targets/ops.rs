@@ -1,7 +1,9 @@
 //! Whole operation sequences against the hub and the shared reference model of
 //! `switchboard-testkit`: every operation of the vocabulary (connections addressed by index into
 //! the ids ever minted, so closed and stale ones, or forged outright; every target; time going
-//! backwards), with every action, result, stat, view and invariant checked after every step.
+//! backwards), with raw client frame bytes mixed in (frames spelled from `raw::raw_json`'s tables,
+//! cut short, or whatever bytes the fuzzer has, each answered as the protocol reads it), and with
+//! every action, result, stat, view and invariant checked after every step.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

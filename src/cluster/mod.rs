@@ -22,11 +22,13 @@
 //!
 //! Payloads are opaque text to the driver: it stores and forwards them byte for byte.
 
+mod node;
 mod payload;
 mod seq;
 
-pub(crate) use payload::{Decoded, EncodeError, encode};
-pub(crate) use seq::{Arrival, Sequencer};
+pub(crate) use node::{Node, Pending, Tracked};
+pub(crate) use payload::{Decoded, Visibility, encode};
+pub(crate) use seq::{Arrival, Fetched, Sequencer};
 
 use std::fmt;
 use std::sync::Arc;

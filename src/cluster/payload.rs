@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{NodeId, StreamKey, StreamScope};
+use super::{StreamKey, StreamScope};
 use crate::ids::StreamPos;
 
 /// The hole left in a frame serialized at position `(0, 0)`.
@@ -162,16 +162,6 @@ impl<'a> Decoded<'a> {
         let _ = write!(buf, r#"{},"seq":{}"#, pos.epoch, pos.seq);
         buf.push_str(self.suffix);
     }
-
-    /// The length of the rendered frame at the largest position (for size checks).
-    pub(crate) fn max_len(&self) -> usize {
-        self.prefix.len() + self.suffix.len() + 2 * 20 + r#","seq":"#.len()
-    }
-}
-
-/// Whether `node` is this node (for `Visibility::Conn`).
-pub(crate) fn is_node(node: &NodeId, name: &str) -> bool {
-    node.as_str() == name
 }
 
 #[cfg(test)]
@@ -193,7 +183,6 @@ mod tests {
         let mut buf = String::new();
         decoded.render(StreamPos { epoch: 7, seq: 42 }, &mut buf);
         assert_eq!(buf, r#"{"type":"message","stream":"u","epoch":7,"seq":42,"data":{"x":1}}"#);
-        assert!(buf.len() <= decoded.max_len());
     }
 
     #[test]

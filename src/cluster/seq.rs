@@ -52,11 +52,6 @@ impl Sequencer {
         self.top
     }
 
-    /// Messages held.
-    pub(crate) fn held(&self) -> usize {
-        self.held.len()
-    }
-
     /// The subscription is confirmed and the stream's top read: held messages at or below it are
     /// dropped (the top's are already in the log; nobody on this node was owed them live). If
     /// the held ones are of another epoch than the top, they are newer (they came after the

@@ -2,6 +2,8 @@
 //! Publishing lives in `publish.rs`, client frames in `receive.rs`, resume in `resume.rs`, rooms
 //! in `rooms.rs`.
 
+mod cluster;
+mod cluster_resume;
 mod publish;
 mod receive;
 mod resume;
@@ -9,13 +11,12 @@ mod rooms;
 
 pub use publish::Published;
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::action::Action;
 use crate::breaker::{Breakers, ClosedConn, Transition};
 use crate::config::{Config, ConfigError, Tier, UserLimitPolicy};
-use crate::connection::{Connection, Connections, Lookup};
+use crate::connection::{Connection, Connections, Due, Lookup};
 use crate::error::{ConnError, ConnectError, RefreshError};
 use crate::flow::{Flow, Offer};
 use crate::frame::Frame;
@@ -25,9 +26,8 @@ use crate::limits::Bucket;
 use crate::outbox::Outbox;
 use crate::protocol::Redactor;
 use crate::routing::{Tenant, Tenants};
-use crate::stats::{HubStats, MeterClock, Meters, Rates};
+use crate::stats::{HubStats, MeterClock, Meters, Rates, SnapshotTimer};
 use crate::stream::{Buffers, Epochs, Stream, TrimKey};
-use crate::timer::{TimerId, TimerQueue};
 use crate::user::{UserState, Users};
 use crate::view::{ConnView, UserView};
 
@@ -99,12 +99,9 @@ pub enum WakeReason {
     StreamAge,
     /// A periodic stats snapshot is due.
     Snapshot,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum TimerKey {
-    Conn(u32),
-    Snapshot,
+    /// Cluster mode: a bus operation's deadline, the periodic top check, or a resume that waits
+    /// for the bus to come back.
+    Bus,
 }
 
 /// The connection hub: a synchronous, sans-io state machine. See the [crate docs](crate) for the
@@ -122,19 +119,27 @@ pub struct Hub {
     pub(crate) breakers: Breakers,
     /// Tenants, their rooms, and the idle rooms' timers.
     pub(crate) tenants: Tenants,
-    pub(crate) timers: TimerQueue<TimerKey>,
     /// The recovery buffers' age timers and totals.
     pub(crate) buffers: Buffers,
-    snapshot: Option<TimerId>,
+    pub(crate) snapshot: SnapshotTimer,
     pub(crate) out: Outbox,
     /// The frame writer and the traffic meters.
     pub(crate) flow: Flow,
-    /// `stats()` as last derived; cleared by every call that may change it.
-    stats: OnceLock<HubStats>,
     pub(crate) pong: Option<Frame>,
     pub(crate) epochs: Epochs,
     /// Scratch: connections a fan-out found over their hard limit, closed after it.
     pub(crate) doomed: Vec<u32>,
+    /// Cluster mode's bus state (`None`: a single node).
+    pub(crate) node: Option<Box<crate::cluster::Node>>,
+    /// Cluster mode: resumes waiting for the log.
+    pub(crate) resumes: cluster_resume::Resumes,
+    /// Cluster mode: what the log gave a resume, for the release that answers it.
+    pub(crate) replay_extra: Vec<(StreamName, Vec<crate::stream::Buffered>)>,
+    /// Cluster mode: scratch for rendering bus messages into frames.
+    pub(crate) render_buf: String,
+    /// Cluster mode: `resume` frames that came before the connection's `connected` (bounded:
+    /// one per connection).
+    pub(crate) early_resumes: hashbrown::HashMap<ConnId, Vec<(String, crate::ids::StreamPos)>>,
 }
 
 impl Hub {
@@ -145,22 +150,26 @@ impl Hub {
     /// [`ConfigError`] if [`Config::validate`] refuses the configuration.
     pub fn new(cfg: Config) -> Result<Self, ConfigError> {
         cfg.validate()?;
+        let node = cfg.cluster.clone().map(|c| Box::new(crate::cluster::Node::new(c, cfg.seed)));
         Ok(Self {
+            node,
+            resumes: cluster_resume::Resumes::default(),
+            replay_extra: Vec::new(),
+            render_buf: String::new(),
+            early_resumes: hashbrown::HashMap::new(),
             redactor: Redactor::new(&cfg.redact_keys),
             epochs: Epochs::new(cfg.seed),
             out: Outbox::default(),
             flow: Flow::new(MeterClock::new(Duration::ZERO, cfg.rate_window)),
-            stats: OnceLock::new(),
             cfg,
             origin: None,
             last_now: None,
-            conns: Connections::default(),
+            conns: Connections::new(),
             users: Users::new(),
             breakers: Breakers::new(),
             tenants: Tenants::new(),
-            timers: TimerQueue::new(),
             buffers: Buffers::new(),
-            snapshot: None,
+            snapshot: SnapshotTimer::default(),
             pong: None,
             doomed: Vec::new(),
         })
@@ -177,19 +186,13 @@ impl Hub {
         self.last_now = Some(now);
         let origin = *self.origin.get_or_insert(now);
         self.flow.clock = self.flow.clock.at(now - origin);
-        self.stats.take();
-        if self.snapshot.is_none() {
-            // An instant past the end of the clock's range means no snapshot timer (yet).
-            if let Some(at) = self.cfg.snapshot_interval.and_then(|every| now.checked_add(every)) {
-                self.snapshot = Some(self.timers.insert(at, TimerKey::Snapshot));
-            }
-        }
+        self.snapshot.start(now, self.cfg.snapshot_interval);
         now
     }
 
     /// The `(tenant, user)` a connection is bound to (cheap clones).
     pub(crate) fn owner(&self, idx: u32) -> (TenantId, UserId) {
-        let user = self.users.get(self.conns.get(idx).user);
+        let user = self.users.get(self.conns.get(idx).user());
         (user.tenant.clone(), user.user.clone())
     }
 
@@ -277,6 +280,13 @@ impl Hub {
             }
         }
 
+        // Cluster mode: a connection needs its streams' true positions; while the bus is down
+        // they can only come from streams this node already holds.
+        if !self.streams_servable(tenant_id, user_id) {
+            self.out.stats.connects_refused_unavailable += 1;
+            return Err(ConnectError::Unavailable);
+        }
+
         // Admitted: from here on nothing fails.
         let uidx = match uidx {
             Some(u) => {
@@ -298,33 +308,23 @@ impl Hub {
             user.stream.position().seq,
             tenant.stream.position().seq,
         );
-        let deadline = conn.next_deadline(&self.cfg);
-        let id = self.conns.insert(conn);
+        let id = self.conns.insert(conn, &self.cfg);
         debug_assert_eq!(id.index, idx);
-        self.conns.get_mut(idx).timer =
-            deadline.map(|at| self.timers.insert(at, TimerKey::Conn(idx)));
         tenant.add_conn(&mut self.conns, idx);
         user.conns.push(idx);
         user.meters.connects.add(self.flow.clock, 1);
-        let positions = [
-            (StreamName::User, user.stream.position()),
-            (StreamName::Tenant, tenant.stream.position()),
-        ];
         let (t, u) = (principal.tenant.as_str(), principal.user.as_str());
         self.breakers.admitted(now, t, u, id, &self.cfg.breaker);
 
         self.out.opened(id, &principal.tenant, &principal.user, principal.tier);
         let clock = self.flow.clock;
         self.flow.tier(principal.tier).connects.add(clock, 1);
-        let frame = self.flow.writer.connected(
-            id,
-            &principal.tenant,
-            &principal.user,
-            millis(self.cfg.heartbeat.interval),
-            principal.expires_at.map(|exp| millis(exp.saturating_duration_since(now))),
-            &positions,
-        );
-        self.flow.deliver(&mut self.out, &mut self.conns, idx, &frame);
+        if self.streams_ready_for(&principal.tenant, &principal.user) {
+            self.send_connected(now, idx);
+        } else {
+            // Cluster mode: `connected` waits for the streams' true positions.
+            self.conns.get_mut(idx).await_streams();
+        }
 
         for _ in 0..evict {
             let oldest = self.users.get(uidx).conns[0];
@@ -342,48 +342,87 @@ impl Hub {
         Ok(id)
     }
 
+    /// The `connected` frame, with the streams' positions as they stand now.
+    pub(crate) fn send_connected(&mut self, now: Instant, idx: u32) {
+        let id = self.conns.id_of(idx);
+        let c = self.conns.get(idx);
+        let expires_in = c.expires_at().map(|exp| millis(exp.saturating_duration_since(now)));
+        let user = self.users.get(c.user());
+        let tenant = self.tenants.get(&user.tenant).expect("connection's tenant exists");
+        let positions = [
+            (StreamName::User, user.stream.position()),
+            (StreamName::Tenant, tenant.stream.position()),
+        ];
+        let frame = self.flow.writer.connected(
+            id,
+            &user.tenant,
+            &user.user,
+            millis(self.cfg.heartbeat.interval),
+            expires_in,
+            &positions,
+        );
+        self.flow.deliver(&mut self.out, &mut self.conns, idx, &frame);
+    }
+
+    /// A new stream: from the hub's epochs on a single node; in cluster mode at `(0, 0)` until
+    /// the bus tells its position.
+    fn new_stream(&mut self) -> Stream {
+        if self.node.is_some() {
+            Stream::at(crate::ids::StreamPos { epoch: 0, seq: 0 })
+        } else {
+            Stream::new(self.epochs.next())
+        }
+    }
+
     fn create_user(&mut self, now: Instant, principal: &Principal) -> u32 {
-        let epochs = &mut self.epochs;
-        let tenant = self
-            .tenants
-            .entry_ref(&principal.tenant)
-            .or_insert_with(|| Tenant::new(Stream::new(epochs.next())));
+        let new_tenant = !self.tenants.contains_key(&principal.tenant);
+        if new_tenant {
+            let stream = self.new_stream();
+            self.tenants.insert(principal.tenant.clone(), Tenant::new(stream));
+        }
+        let tenant = self.tenants.get_mut(&principal.tenant).expect("present");
         tenant.users += 1;
+        let stream = self.new_stream();
         let uidx = self.users.insert(UserState {
             tenant: principal.tenant.clone(),
             user: principal.user.clone(),
             conns: Vec::new(),
-            stream: Stream::new(self.epochs.next()),
+            stream,
             created_at: now,
             retire: None,
             messages: Bucket::full(now),
             meters: Meters::default(),
         });
         self.out.user_created(&principal.tenant, &principal.user);
+        if new_tenant {
+            self.track(now, crate::cluster::StreamKey::tenant(principal.tenant.clone()));
+        }
+        let key = crate::cluster::StreamKey::user(principal.tenant.clone(), principal.user.clone());
+        self.track(now, key);
         uidx
     }
 
     /// Removes a connection from every index. A hub-initiated close also emits `Close`.
     pub(crate) fn close_conn(&mut self, now: Instant, idx: u32, by: ClosedBy) {
         let id = self.conns.id_of(idx);
-        let (uidx, timer) = {
-            let c = self.conns.get(idx);
-            (c.user, c.timer)
-        };
+        if !self.resumes.is_empty() {
+            self.resumes.remove(&id);
+        }
+        if !self.early_resumes.is_empty() {
+            self.early_resumes.remove(&id);
+        }
+        let uidx = self.conns.get(idx).user();
         let tenant_id = self.users.get(uidx).tenant.clone();
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
         // Rooms it was the last member of (allocates only when there are any).
         let mut emptied = Vec::new();
         tenant.leave_all(&mut self.conns, idx, |room| emptied.push(room));
         tenant.remove_conn(&mut self.conns, idx);
-        if let Some(timer) = timer {
-            self.timers.cancel(timer);
-        }
         self.doomed.retain(|&d| d != idx);
         let conn = self.conns.remove(idx, now);
         let user = self.users.get_mut(uidx);
         user.conns.retain(|&c| c != idx);
-        user.meters.delivered.absorb(conn.delivered, self.flow.clock);
+        user.meters.delivered.absorb(conn.delivered(), self.flow.clock);
         let detached = user.conns.is_empty();
         let abnormal = matches!(
             by,
@@ -394,11 +433,11 @@ impl Hub {
                         | CloseReason::ProtocolViolation
                 )
         );
-        let lifetime = now.saturating_duration_since(conn.opened_at);
+        let lifetime = now.saturating_duration_since(conn.opened_at());
         let user_id = user.user.clone();
         let closed = ClosedConn {
             id,
-            order: conn.order,
+            order: conn.order(),
             latest_order: self.conns.latest_order(),
             lifetime,
             abnormal,
@@ -444,11 +483,13 @@ impl Hub {
     fn retire_user(&mut self, uidx: u32, evicted: bool) {
         let user = self.users.remove(uidx);
         self.buffers.dropped(&user.stream);
+        self.untrack(&crate::cluster::StreamKey::user(user.tenant.clone(), user.user.clone()));
         if let Some(tenant) = self.tenants.get_mut(&user.tenant) {
             tenant.users -= 1;
             if tenant.is_unused() {
                 let tenant = self.tenants.remove(&user.tenant).expect("present");
                 self.buffers.dropped(&tenant.stream);
+                self.untrack(&crate::cluster::StreamKey::tenant(user.tenant.clone()));
             }
         }
         self.out.user_retired(user.tenant, user.user, evicted);
@@ -505,7 +546,7 @@ impl Hub {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
         self.conns.get_mut(idx).seen(now);
-        self.rearm_if_earlier(idx);
+        self.conns.rearm_if_earlier(idx, &self.cfg);
         self.out.stats.pongs_received += 1;
         Ok(())
     }
@@ -521,8 +562,7 @@ impl Hub {
     pub fn written(&mut self, now: Instant, conn: ConnId, bytes: usize) -> Result<(), ConnError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
-        let c = self.conns.get_mut(idx);
-        c.unwritten = c.unwritten.saturating_sub(bytes as u64);
+        self.conns.get_mut(idx).written(bytes as u64);
         self.out.stats.bytes_written = self.out.stats.bytes_written.saturating_add(bytes as u64);
         Ok(())
     }
@@ -544,27 +584,10 @@ impl Hub {
         if expires_at.is_some_and(|exp| exp <= now) {
             return Err(RefreshError::ExpiryInPast);
         }
-        let c = self.conns.get_mut(idx);
-        c.expires_at = expires_at;
-        c.refresh_sent = false;
-        self.rearm_if_earlier(idx);
+        self.conns.get_mut(idx).refresh_session(expires_at);
+        self.conns.rearm_if_earlier(idx, &self.cfg);
         self.out.stats.sessions_refreshed += 1;
         Ok(())
-    }
-
-    /// Deadlines that move later are picked up lazily when the armed timer fires; one that moves
-    /// earlier must move the timer now. (Activity usually moves a deadline later, but ending an
-    /// outstanding ping moves it from `ping + timeout` to `now + interval`, which is earlier when
-    /// the interval is the shorter.)
-    pub(crate) fn rearm_if_earlier(&mut self, idx: u32) {
-        let c = self.conns.get(idx);
-        match (c.next_deadline(&self.cfg), c.timer) {
-            (Some(at), Some(t)) if at < self.timers.deadline(t) => self.timers.reschedule(t, at),
-            (Some(at), None) => {
-                self.conns.get_mut(idx).timer = Some(self.timers.insert(at, TimerKey::Conn(idx)));
-            }
-            _ => {}
-        }
     }
 
     /// Sends a control frame, or closes the connection if it is too far behind to take one.
@@ -584,6 +607,7 @@ impl Hub {
     /// early or twice is harmless.
     pub fn tick(&mut self, now: Instant) {
         let now = self.clock(now);
+        self.cluster_tick(now);
         while let Some(uidx) = self.users.pop_retiring(now) {
             self.retire_user(uidx, false);
         }
@@ -599,11 +623,13 @@ impl Hub {
                 self.out.breaker_changed(tenant, user, state, false);
             }
         }
-        while let Some(key) = self.timers.pop_due(now) {
-            match key {
-                TimerKey::Conn(idx) => self.on_conn_timer(now, idx),
-                TimerKey::Snapshot => self.on_snapshot_timer(now),
-            }
+        while let Some((idx, due)) = self.conns.pop_due(now, &self.cfg) {
+            self.on_conn_timer(now, idx, due);
+        }
+        // Last: the snapshot sees what the tick's timers did.
+        if self.snapshot.pop_due(now, self.cfg.snapshot_interval) {
+            let snapshot = self.stats();
+            self.out.snapshot(snapshot);
         }
     }
 
@@ -615,23 +641,8 @@ impl Hub {
         }
     }
 
-    fn on_snapshot_timer(&mut self, now: Instant) {
-        let every = self.cfg.snapshot_interval.expect("armed only when configured");
-        // Past the end of the clock's range: no further snapshots.
-        self.snapshot = now.checked_add(every).map(|at| self.timers.insert(at, TimerKey::Snapshot));
-        let snapshot = self.derive_stats();
-        self.out.snapshot(snapshot);
-    }
-
-    fn on_conn_timer(&mut self, now: Instant, idx: u32) {
-        let c = self.conns.get_mut(idx);
-        let due = c.due(now, &self.cfg);
-        // The popped timer is gone; re-arm before acting so that a close can cancel it. Every
-        // outcome but a close leaves the next deadline in the future (or releases the hold).
-        let next = c.next_deadline(&self.cfg).and_then(|at| {
-            if at > now { Some(at) } else { now.checked_add(Duration::from_nanos(1)) }
-        });
-        c.timer = next.map(|at| self.timers.insert(at, TimerKey::Conn(idx)));
+    /// A connection's timer found `due` (its timer is already re-armed; a close disarms it).
+    fn on_conn_timer(&mut self, now: Instant, idx: u32, due: Due) {
         let id = self.conns.id_of(idx);
         if let Some(reason) = due.close {
             self.close_conn(now, idx, ClosedBy::Hub(reason));
@@ -648,7 +659,8 @@ impl Hub {
         if due.ping {
             self.out.ping(id);
         }
-        if due.release {
+        // A resume waiting for the log ends the hold itself.
+        if due.release && !self.resuming(id) {
             let _still_open = self.release(now, idx, None);
         }
     }
@@ -677,33 +689,26 @@ impl Hub {
         if !self.out.is_empty() {
             return self.last_now.map(|at| (at, WakeReason::Drain));
         }
-        let timers = self.timers.peek_key().map(|(at, key)| {
-            let reason = match key {
-                TimerKey::Conn(idx) => WakeReason::Connection(self.conns.id_of(*idx)),
-                TimerKey::Snapshot => WakeReason::Snapshot,
-            };
-            (at, reason)
-        });
+        // Among components due at one instant, the first listed names the reason.
         [
-            timers,
+            self.conns.poll_timeout().map(|(at, id)| (at, WakeReason::Connection(id))),
+            self.snapshot.poll_timeout().map(|at| (at, WakeReason::Snapshot)),
             self.users.poll_timeout().map(|at| (at, WakeReason::UserRetention)),
             self.breakers.poll_timeout().map(|at| (at, WakeReason::Breaker)),
             self.buffers.poll_timeout().map(|at| (at, WakeReason::StreamAge)),
             self.tenants.poll_timeout().map(|at| (at, WakeReason::RoomRetention)),
+            self.node.as_deref().and_then(|n| n.poll_timeout()).map(|at| (at, WakeReason::Bus)),
+            self.resume_timeout().map(|at| (at, WakeReason::Bus)),
         ]
         .into_iter()
         .flatten()
         .min_by_key(|(at, _)| *at)
     }
 
-    /// Counters and gauges. The gauges are derived from the hub's state when they are read
-    /// (once between two calls that change it).
-    pub fn stats(&self) -> &HubStats {
-        self.stats.get_or_init(|| self.derive_stats())
-    }
-
-    /// The counters, with the gauges filled in from the components that hold what they count.
-    fn derive_stats(&self) -> HubStats {
+    /// Counters and gauges. The gauges are derived from the components that hold what they
+    /// count when they are read, in O(1).
+    #[must_use]
+    pub fn stats(&self) -> HubStats {
         let mut stats = self.out.stats;
         let users = self.users.slab.len() as u64;
         let detached = self.users.detached_count() as u64;
@@ -713,6 +718,11 @@ impl Hub {
         stats.tenants = self.tenants.len() as u64;
         stats.rooms_idle = self.tenants.idle_rooms() as u64;
         (stats.buffered_messages, stats.buffered_bytes) = self.buffers.totals();
+        if let Some(node) = self.node.as_deref() {
+            stats.bus = node.counters;
+            stats.bus.in_flight = node.in_flight() as u64;
+            stats.bus.streams = node.streams.len() as u64;
+        }
         stats
     }
 
@@ -739,13 +749,8 @@ impl Hub {
         match self.conns.lookup(id, self.last_now?, Duration::ZERO) {
             Lookup::Live(idx) => {
                 let conn = self.conns.get(idx);
-                let user = self.users.get(conn.user);
-                Some(ConnView {
-                    id,
-                    conn,
-                    user,
-                    next_timer: conn.timer.map(|t| self.timers.deadline(t)),
-                })
+                let user = self.users.get(conn.user());
+                Some(ConnView { id, conn, user, next_timer: self.conns.timer_deadline(idx) })
             }
             _ => None,
         }
@@ -781,5 +786,32 @@ mod tests {
         assert_eq!(hub.stats().users_detached, 0);
         assert_eq!(hub.stats().users_retired, 1);
         assert_eq!(hub.next_timeout().map(|(_, why)| why), Some(WakeReason::Drain));
+    }
+
+    #[test]
+    fn a_snapshot_due_with_a_connection_timer_sees_what_that_timer_did() {
+        use crate::action::MetricEvent;
+        let mut cfg = Config::default();
+        let (interval, timeout) = (cfg.heartbeat.interval, cfg.heartbeat.timeout);
+        cfg.snapshot_interval = Some(interval + timeout);
+        let mut hub = Hub::new(cfg).expect("valid config");
+        let t0 = Instant::now();
+        hub.connect(t0, Principal::new("acme", "alice")).expect("admitted");
+        while hub.poll_action().is_some() {}
+        hub.tick(t0 + interval); // the ping, never answered
+        while hub.poll_action().is_some() {}
+        let at = t0 + interval + timeout;
+        assert_eq!(hub.next_timeout().map(|(t, _)| t), Some(at));
+        hub.tick(at);
+        let snapshots: Vec<HubStats> = std::iter::from_fn(|| hub.poll_action())
+            .filter_map(|a| match a {
+                Action::Metric(MetricEvent::Snapshot(s)) => Some(*s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(snapshots.len(), 1);
+        assert_eq!(snapshots[0].connections_active, 0);
+        assert_eq!(snapshots[0].closed_by.heartbeat_timeout, 1);
+        assert_eq!(hub.next_timeout(), Some((at + interval + timeout, WakeReason::Snapshot)));
     }
 }

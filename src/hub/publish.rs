@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use crate::cluster::OpId;
 use crate::config::Config;
 use crate::connection::{Connection, Connections};
 use crate::envelope::{
@@ -19,7 +20,7 @@ use crate::kinds::{AuditKind, CloseReason, ClosedBy};
 use crate::outbox::Outbox;
 use crate::protocol::{FrameWriter, Redactor};
 use crate::routing::Tenants;
-use crate::routing::audience_admits;
+use crate::routing::{audience_admits, scope_admits};
 use crate::stream::{Scope, Stream, TrimKey};
 use crate::user::Users;
 
@@ -39,11 +40,20 @@ pub struct Published {
     /// stream (a user the hub does not hold, a room without members, a tenant without state) or
     /// when it went into several (`Everyone`: one message per tenant).
     pub position: Option<(StreamName, StreamPos)>,
+    /// Cluster mode: the append the publish issued. Nothing is delivered yet (the other counts
+    /// are 0): delivery happens when the message comes back over the bus, and the outcome comes
+    /// as [`Action::Published`](crate::Action::Published) with this id.
+    pub op: Option<OpId>,
 }
 
 impl Published {
     fn none() -> Self {
-        Published { delivered: 0, skipped: 0, closed: 0, held: 0, position: None }
+        Published { delivered: 0, skipped: 0, closed: 0, held: 0, position: None, op: None }
+    }
+
+    /// A clustered publish waiting for the bus.
+    pub(crate) fn pending(op: OpId) -> Self {
+        Published { op: Some(op), ..Self::none() }
     }
 
     /// Whether the message reached no connection, live or held. (It is still kept in its stream
@@ -73,7 +83,7 @@ fn fan_out<'a>(
     conns: &mut Connections,
     cfg: &Config,
     recipients: impl Iterator<Item = (&'a u32, u32)>,
-    admit: impl Fn(&Connection) -> bool,
+    admit: impl Fn(&Connections, u32) -> bool,
     mark: impl Fn(&mut Connection, u32),
     frame: &Frame,
     priority: Priority,
@@ -81,8 +91,7 @@ fn fan_out<'a>(
     result: &mut Published,
 ) {
     for (&idx, slot) in recipients {
-        let conn = conns.get(idx);
-        if !admit(conn) {
+        if !admit(conns, idx) {
             continue;
         }
         let offer = flow.offer(out, conns, idx, frame, priority, cfg);
@@ -126,7 +135,10 @@ impl Hub {
         if !depth_within(&envelope.data, MAX_DATA_DEPTH) {
             return Err(PublishError::TooDeep { limit: MAX_DATA_DEPTH });
         }
-        let Envelope { target, kind, thread, run, data } = envelope;
+        if self.node.is_some() {
+            return self.publish_clustered(now, envelope);
+        }
+        let Envelope { target, kind, thread, run, data, .. } = envelope;
         let msg = Message { kind: &kind, thread: thread.as_ref(), run: run.as_ref(), data: &data };
         let result = match &target {
             Target::User { tenant, user } => self.publish_user(now, tenant, user, None, &msg)?,
@@ -212,6 +224,10 @@ impl Hub {
 
     /// Closes the connections a fan-out found over their hard limit. Deferred to after the
     /// fan-out so that no membership list changes while it is walked.
+    pub(crate) fn close_doomed_conns(&mut self, now: Instant) {
+        self.close_doomed(now);
+    }
+
     fn close_doomed(&mut self, now: Instant) {
         while let Some(idx) = self.doomed.pop() {
             self.close_conn(now, idx, ClosedBy::Hub(CloseReason::SlowConsumer));
@@ -260,7 +276,7 @@ impl Hub {
                 self.flow.offer(&mut self.out, &mut self.conns, idx, &frame, priority, &self.cfg);
             match offer {
                 Offer::Overflow => self.doomed.push(idx),
-                Offer::Delivered => self.conns.get_mut(idx).user_sent = true,
+                Offer::Delivered => self.conns.get_mut(idx).mark_user_sent(),
                 Offer::Skipped | Offer::Held => {}
             }
             result.add(offer);
@@ -294,8 +310,8 @@ impl Hub {
             conns,
             cfg,
             members,
-            |_| true,
-            |c, slot| c.rooms[slot as usize].sent = pos.seq,
+            |_, _| true,
+            |c, slot| c.mark_room_sent(slot, pos.seq),
             &frame,
             msg.kind.priority(),
             &mut self.doomed,
@@ -338,7 +354,7 @@ impl Hub {
         let mut result =
             Published { position: Some((StreamName::Tenant, pos)), ..Published::none() };
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
-        let admit = |c: &Connection| audience_admits(&c.roles, role);
+        let admit = |cs: &Connections, idx| audience_admits(cs.get(idx).roles(), role);
         fan_out(
             flow,
             out,
@@ -346,7 +362,7 @@ impl Hub {
             cfg,
             t.conns.iter().map(|c| (c, 0)),
             admit,
-            |c, _| c.tenant_sent = true,
+            |c, _| c.mark_tenant_sent(),
             &frame,
             msg.kind.priority(),
             &mut self.doomed,
@@ -398,5 +414,99 @@ impl Message<'_> {
         redactor: &Redactor,
     ) -> Frame {
         writer.event(self.kind, stream, pos, self.thread, self.run, self.data, redactor)
+    }
+}
+
+impl Hub {
+    /// Cluster mode: a message that came back over the bus at `pos`, rendered into `frame`, is
+    /// kept in its local stream's buffer and offered to the holder's connections that `scope`
+    /// admits (the same fan-out as a local publish).
+    pub(crate) fn deliver_at(
+        &mut self,
+        now: Instant,
+        holder: &TrimKey,
+        pos: StreamPos,
+        frame: &Frame,
+        scope: Scope,
+        low: bool,
+    ) -> Published {
+        let priority = if low { Priority::Low } else { Priority::Critical };
+        let Some(stream) = stream_of(&mut self.users, &mut self.tenants, holder) else {
+            return Published::none();
+        };
+        if !stream.take(pos) {
+            // Not the next position (a skipped gap, a new epoch): the buffer starts over here.
+            self.buffers.dropped(stream);
+            *stream = Stream::at(StreamPos { epoch: pos.epoch, seq: pos.seq.saturating_sub(1) });
+            let _taken = stream.take(pos);
+        }
+        let key = || holder.clone();
+        self.buffers.keep(stream, key, now, pos, frame, scope.clone(), &self.cfg);
+        let mut result = Published::none();
+        let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
+        let doomed = &mut self.doomed;
+        match holder {
+            TrimKey::User(uidx) => {
+                let members = self.users.get(*uidx).conns.iter().map(|c| (c, 0));
+                let admit =
+                    |cs: &Connections, idx| scope_admits(cs.get(idx), cs.id_of(idx), &scope);
+                let mark = |c: &mut Connection, _| c.mark_user_sent();
+                fan_out(
+                    flow,
+                    out,
+                    conns,
+                    cfg,
+                    members,
+                    admit,
+                    mark,
+                    frame,
+                    priority,
+                    doomed,
+                    &mut result,
+                );
+            }
+            TrimKey::Room(t, r) => {
+                let Some(room) = self.tenants.get(t).and_then(|t| t.rooms.get(r)) else {
+                    return result;
+                };
+                let members = room.members.iter().map(|m| (&m.conn, m.slot));
+                let seq = pos.seq;
+                let mark = |c: &mut Connection, slot| c.mark_room_sent(slot, seq);
+                fan_out(
+                    flow,
+                    out,
+                    conns,
+                    cfg,
+                    members,
+                    |_, _| true,
+                    mark,
+                    frame,
+                    priority,
+                    doomed,
+                    &mut result,
+                );
+            }
+            TrimKey::Tenant(t) => {
+                let Some(tenant) = self.tenants.get(t) else { return result };
+                let members = tenant.conns.iter().map(|c| (c, 0));
+                let admit =
+                    |cs: &Connections, idx| scope_admits(cs.get(idx), cs.id_of(idx), &scope);
+                let mark = |c: &mut Connection, _| c.mark_tenant_sent();
+                fan_out(
+                    flow,
+                    out,
+                    conns,
+                    cfg,
+                    members,
+                    admit,
+                    mark,
+                    frame,
+                    priority,
+                    doomed,
+                    &mut result,
+                );
+            }
+        }
+        result
     }
 }

@@ -43,7 +43,7 @@ impl Hub {
         let idx = self.resolve(now, conn)?;
         self.out.stats.frames_received += 1;
         self.conns.get_mut(idx).seen(now);
-        self.rearm_if_earlier(idx);
+        self.conns.rearm_if_earlier(idx, &self.cfg);
         if frame.len() > self.cfg.max_frame_bytes {
             let err =
                 PeerError::FrameTooLarge { size: frame.len(), limit: self.cfg.max_frame_bytes };
@@ -61,15 +61,15 @@ impl Hub {
         // `message` frames draw on the user's quota, shared by its connections (DESIGN §6);
         // control frames on the connection's own allowance.
         let (bucket, rate, limit) = if parsed.is_message() {
-            let q = self.cfg.tiers.get(c.tier);
+            let q = self.cfg.tiers.get(c.tier());
             (
-                &mut self.users.get_mut(c.user).messages,
+                &mut self.users.get_mut(c.user()).messages,
                 Rate::per_minute(q.messages_per_minute, q.message_burst),
                 LimitKind::MessageRate,
             )
         } else {
             let rate = Rate::per_minute(self.cfg.control_frames_per_minute, self.cfg.control_burst);
-            (&mut c.control, rate, LimitKind::ControlRate)
+            (c.control_allowance(), rate, LimitKind::ControlRate)
         };
         if !bucket.try_take(now, rate) {
             // Answered, never a violation.
@@ -83,7 +83,7 @@ impl Hub {
         }
         let c = self.conns.get_mut(idx);
         if let ClientFrame::Resume { positions } = &parsed {
-            if c.resumed {
+            if !c.claim_resume() {
                 return Err(self.peer_error(
                     now,
                     idx,
@@ -92,7 +92,17 @@ impl Hub {
                     AuditKind::MalformedFrame,
                 ));
             }
-            c.resumed = true;
+            if self.node.is_some() {
+                if self.conns.get(idx).is_awaiting() {
+                    // Before `connected`: answered once the streams are set up.
+                    let id = self.conns.id_of(idx);
+                    let owned = positions.iter().map(|(n, p)| (n.to_string(), *p)).collect();
+                    self.early_resumes.insert(id, owned);
+                } else {
+                    let _still_open = self.resume_clustered(now, idx, positions);
+                }
+                return Ok(());
+            }
             let _still_open = self.release(now, idx, Some(positions));
             return Ok(());
         }
@@ -100,7 +110,12 @@ impl Hub {
         // frame starts live delivery.
         let filter =
             matches!(parsed, ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. });
-        if c.held && !filter && !self.release(now, idx, None) {
+        // An awaiting connection (cluster mode) goes live when its streams are set up, and one
+        // whose resume waits for the log when the log answers.
+        let id = self.conns.id_of(idx);
+        let c = self.conns.get(idx);
+        let waiting = c.is_awaiting() || self.resuming(id);
+        if c.is_held() && !filter && !waiting && !self.release(now, idx, None) {
             // Its backlog was lost: it was closed (SlowConsumer) and the frame goes with it.
             return Ok(());
         }
@@ -108,35 +123,22 @@ impl Hub {
         match parsed {
             ClientFrame::Subscribe { thread } => {
                 let max = self.cfg.max_thread_subscriptions;
-                let threads = &mut c.threads.get_or_insert_with(Box::default).0;
-                if !threads.iter().any(|t| t.as_str() == thread) {
-                    if threads.len() >= max as usize {
-                        let err = PeerError::TooManySubscriptions { limit: max };
-                        let limit = LimitKind::ThreadSubscriptions;
-                        return Err(self.peer_error(
-                            now,
-                            idx,
-                            err,
-                            Some(limit),
-                            AuditKind::LimitHit(limit),
-                        ));
-                    }
-                    threads.push(ThreadId::from(&*thread));
+                if c.narrow_to(&thread, max).is_err() {
+                    let err = PeerError::TooManySubscriptions { limit: max };
+                    let limit = LimitKind::ThreadSubscriptions;
+                    return Err(self.peer_error(
+                        now,
+                        idx,
+                        err,
+                        Some(limit),
+                        AuditKind::LimitHit(limit),
+                    ));
                 }
             }
-            ClientFrame::Unsubscribe { thread: None } => c.threads = None,
-            ClientFrame::Unsubscribe { thread: Some(thread) } => {
-                // The filter is the set of threads subscribed to: without any left, the
-                // connection receives all of its user's events again.
-                if let Some(threads) = &mut c.threads {
-                    threads.0.retain(|t| t.as_str() != thread);
-                    if threads.0.is_empty() {
-                        c.threads = None;
-                    }
-                }
-            }
+            ClientFrame::Unsubscribe { thread: None } => c.widen(),
+            ClientFrame::Unsubscribe { thread: Some(thread) } => c.unsubscribe(&thread),
             ClientFrame::Message { thread, data } => {
-                let (tier, user) = (c.tier, c.user);
+                let (tier, user) = (c.tier(), c.user());
                 let owner = self.users.get(user);
                 let from = Origin { tenant: owner.tenant.clone(), user: owner.user.clone(), conn };
                 let clock = self.flow.clock;
@@ -170,8 +172,7 @@ impl Hub {
             return err;
         }
         let allowance = Rate::every(self.cfg.violation_refill, self.cfg.max_violations);
-        let violations = &mut self.conns.get_mut(idx).violations;
-        if !violations.try_take(now, allowance) || violations.exhausted(now, allowance) {
+        if self.conns.get_mut(idx).violation_spends_allowance(now, allowance) {
             let id = self.conns.id_of(idx);
             let (tenant, user) = self.owner(idx);
             self.out.audit(AuditKind::ViolationClose, Some(id), Some(&tenant), Some(&user));

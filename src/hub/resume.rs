@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use crate::connection::{Connection, Connections};
+use crate::connection::Connections;
 use crate::flow::{Flow, notice_len, resumed_bound};
 use crate::hub::Hub;
 use crate::ids::{StreamName, StreamPos};
@@ -12,7 +12,7 @@ use crate::kinds::{AuditKind, CloseReason, ClosedBy};
 use crate::outbox::Outbox;
 use crate::protocol::StreamReport;
 use crate::routing::scope_admits;
-use crate::stream::{Stream, Unrecoverable};
+use crate::stream::{Buffered, Stream, Unrecoverable};
 
 impl Hub {
     /// Ends a connection's hold and, for a `resume`, replays what the client missed.
@@ -38,29 +38,43 @@ impl Hub {
         positions: Option<&[(Cow<'_, str>, StreamPos)]>,
     ) -> bool {
         let c = self.conns.get_mut(idx);
-        let was_held = std::mem::replace(&mut c.held, false);
-        let uidx = c.user;
+        let was_held = c.end_hold();
+        let uidx = c.user();
         let tenant_id = self.users.get(uidx).tenant.clone();
         if positions.is_some() {
             // The one resume: what was sent in rooms left before it is no longer needed.
-            c.left_rooms = None;
+            c.forget_left_rooms();
         }
-        // Anything sent on the user's or tenant's stream is past its base.
-        let sent = |any: bool, base: u64| if any { base + 1 } else { 0 };
+        let ((user_base, user_sent), (tenant_base, tenant_sent)) =
+            (c.user_stream(), c.tenant_stream());
         let bases = [
-            (StreamName::User, c.user_base, sent(c.user_sent, c.user_base)),
-            (StreamName::Tenant, c.tenant_base, sent(c.tenant_sent, c.tenant_base)),
+            (StreamName::User, user_base, user_sent),
+            (StreamName::Tenant, tenant_base, tenant_sent),
         ];
-        let rooms: Vec<(StreamName, u64, u64)> =
-            c.rooms.iter().map(|m| (StreamName::Room(m.room.clone()), m.base, m.sent)).collect();
-        let reserved = c.unwritten
-            + notice_len(c.skipped)
+        // A room not announced yet (cluster mode: its stream is still being set up) has nothing
+        // to replay; its position comes with its `joined` frame.
+        let rooms: Vec<(StreamName, u64, u64)> = c
+            .memberships()
+            .iter()
+            .filter(|m| m.is_announced())
+            .map(|m| (StreamName::Room(m.room().clone()), m.base(), m.sent()))
+            .collect();
+        let pending_rooms: Vec<String> = c
+            .memberships()
+            .iter()
+            .filter(|m| !m.is_announced())
+            .map(|m| StreamName::Room(m.room().clone()).to_string())
+            .collect();
+        let reserved = c.unwritten()
+            + notice_len(c.skipped())
             + positions.map_or(0, |p| resumed_bound(p.iter().map(|(n, _)| n.as_ref())));
         let budget = self.cfg.max_unwritten_bytes.saturating_sub(reserved);
+        let extra = std::mem::take(&mut self.replay_extra);
         let mut replay = Replay {
             idx,
             was_held,
             positions,
+            extra: &extra,
             reports: Vec::new(),
             replayed: 0,
             lost: false,
@@ -91,10 +105,11 @@ impl Hub {
         let mut foreign = false;
         for (name, _) in positions {
             if !reports.iter().any(|(n, _)| n == name) {
-                foreign = true;
+                let pending = pending_rooms.iter().any(|r| r == name);
+                foreign |= !pending;
                 let report = StreamReport {
                     recovered: false,
-                    reason: Some("unknown_stream"),
+                    reason: Some(if pending { "not_ready" } else { "unknown_stream" }),
                     epoch: 0,
                     seq: 0,
                     available_from: 0,
@@ -124,6 +139,8 @@ struct Replay<'p> {
     idx: u32,
     was_held: bool,
     positions: Option<&'p [(Cow<'p, str>, StreamPos)]>,
+    /// Cluster mode: entries fetched from the log, per stream, for what the buffers lack.
+    extra: &'p [(StreamName, Vec<Buffered>)],
     /// Only for a `resume`: one report per stream the client named that the connection has.
     reports: Vec<(String, StreamReport)>,
     replayed: u32,
@@ -208,10 +225,29 @@ impl Replay<'_> {
         after: u64,
         upto: u64,
     ) -> Result<u32, Unrecoverable> {
+        let extra = self.extra.iter().find(|(n, _)| n == name).map(|(_, e)| e.as_slice());
+        match extra {
+            Some(extra) if !extra.is_empty() => {
+                let entries = stream.range_with(extra, epoch, after, upto)?;
+                self.deliver(flow, out, conns, name, entries.into_iter())
+            }
+            _ => self.deliver(flow, out, conns, name, stream.range(epoch, after, upto)?),
+        }
+    }
+
+    /// Delivers the entries this connection may see, if they all fit in the budget.
+    fn deliver<'e>(
+        &mut self,
+        flow: &mut Flow,
+        out: &mut Outbox,
+        conns: &mut Connections,
+        name: &StreamName,
+        entries: impl Iterator<Item = &'e Buffered> + Clone,
+    ) -> Result<u32, Unrecoverable> {
         let id = conns.id_of(self.idx);
         let conn = conns.get(self.idx);
-        let bytes: u64 = stream
-            .range(epoch, after, upto)?
+        let bytes: u64 = entries
+            .clone()
             .filter(|entry| scope_admits(conn, id, &entry.scope))
             .map(|entry| entry.frame.len() as u64)
             .sum();
@@ -220,27 +256,13 @@ impl Replay<'_> {
         }
         self.budget -= bytes;
         let mut n = 0;
-        for entry in stream.range(epoch, after, upto)? {
+        for entry in entries {
             if scope_admits(conns.get(self.idx), id, &entry.scope) {
                 flow.deliver(out, conns, self.idx, &entry.frame);
-                mark_sent(conns.get_mut(self.idx), name, entry.seq);
+                conns.get_mut(self.idx).mark_replayed(name, entry.seq);
                 n += 1;
             }
         }
         Ok(n)
-    }
-}
-
-/// Records that `seq` of stream `name` went out to this connection (a replay after a window
-/// expired may be followed by a `resume`, which must not send below it).
-fn mark_sent(conn: &mut Connection, name: &StreamName, seq: u64) {
-    match name {
-        StreamName::User => conn.user_sent = true,
-        StreamName::Tenant => conn.tenant_sent = true,
-        StreamName::Room(room) => {
-            if let Some(m) = conn.rooms.iter_mut().find(|m| &m.room == room) {
-                m.sent = m.sent.max(seq);
-            }
-        }
     }
 }

@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
-use crate::connection::LeftRoom;
+use crate::cluster::StreamKey;
 use crate::error::{ConnError, RoomError};
 use crate::hub::Hub;
-use crate::ids::{ConnId, RoomId, StreamName, TenantId};
+use crate::ids::{ConnId, RoomId, StreamName, StreamPos, TenantId};
 use crate::kinds::{AuditKind, LimitKind};
 use crate::stream::Stream;
 
@@ -30,47 +30,55 @@ impl Hub {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
         let c = self.conns.get(idx);
-        if c.rooms.iter().any(|m| m.room == room) {
+        if c.in_room(room.as_str()) {
             return Ok(false);
         }
-        if c.rooms.len() >= self.cfg.max_rooms_per_connection as usize {
+        if c.memberships().len() >= self.cfg.max_rooms_per_connection as usize {
             let (t, u) = self.owner(idx);
             let kind = LimitKind::RoomsPerConnection;
             self.out.limit(kind, AuditKind::LimitHit(kind), Some(conn), &t, &u);
             return Err(RoomError::TooManyRooms { limit: self.cfg.max_rooms_per_connection });
         }
-        let tenant_id = self.users.get(c.user).tenant.clone();
+        let tenant_id = self.users.get(c.user()).tenant.clone();
         // An idle room comes back with its stream; otherwise a new room starts a new one.
         let revived = self.tenants.revive(&tenant_id, &room);
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
         let fresh = !tenant.rooms.contains_key(&room);
         let epochs = &mut self.epochs;
-        let joined = tenant.join(&mut self.conns, idx, &room, || Stream::new(epochs.next()));
+        // Cluster mode: the bus tells a new room's position (until then it is `(0, 0)`).
+        let clustered = self.node.is_some();
+        let new_stream = || {
+            if clustered {
+                Stream::at(StreamPos { epoch: 0, seq: 0 })
+            } else {
+                Stream::new(epochs.next())
+            }
+        };
+        let joined = tenant.join(&mut self.conns, idx, &room, new_stream);
         if joined {
             // What this connection was sent of the room before it left, so that a resume never
             // sends the room's seqs out of order (issue 10 item 5).
             let epoch = tenant.rooms[&room].stream.epoch();
-            let c = self.conns.get_mut(idx);
-            let (remembered, forgotten) = match c.left_rooms.as_deref_mut() {
-                Some(left) => {
-                    let i = left.rooms.iter().position(|l| l.room == room);
-                    (i.map(|i| left.rooms.remove(i)), left.forgotten)
-                }
-                None => (None, false),
-            };
-            let m = c.rooms.last_mut().expect("just joined");
-            m.sent = match remembered {
-                Some(left) if left.epoch == epoch => left.sent,
-                Some(_) => 0,
-                None if forgotten => m.base,
-                None => 0,
-            };
+            self.conns.get_mut(idx).rejoined(&room, epoch);
         }
         if fresh || revived {
             self.out.stats.rooms += 1;
         }
+        if fresh && clustered {
+            self.track(now, StreamKey::room(tenant_id.clone(), room.clone()));
+        }
         if joined {
+            let key = StreamKey::room(tenant_id, room.clone());
+            if self.conns.get(idx).is_awaiting() || !self.stream_confirmed(&key) {
+                // Cluster mode: `joined` waits until the connection and the room's stream are
+                // set up on the bus; nothing of the room is delivered before.
+                let c = self.conns.get_mut(idx);
+                let slot = c.memberships().len() as u32 - 1;
+                c.defer_announcement(slot);
+                return Ok(true);
+            }
             // Tell the client where the room's stream stands, so that it can resume it later.
+            let tenant = self.tenants.get(&key.tenant).expect("connection's tenant exists");
             let pos = tenant.rooms[&room].stream.position();
             let frame = self.flow.writer.joined(&StreamName::Room(room), pos);
             self.control_or_close(now, idx, &frame);
@@ -96,19 +104,10 @@ impl Hub {
         let idx = self.resolve(now, conn)?;
         let tenant_id = self.owner(idx).0;
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
-        let c = self.conns.get_mut(idx);
-        if let Some(m) = c.rooms.iter().find(|m| m.room == room).filter(|_| !c.resumed) {
-            // Remembered until the connection's one resume (issue 10 item 5), within the room
-            // limit; past it, a re-joined room counts as sent up to its re-join position.
-            let epoch = tenant.rooms[&m.room].stream.epoch();
-            let left = LeftRoom { room: m.room.clone(), epoch, sent: m.sent };
-            let memory = c.left_rooms.get_or_insert_with(Box::default);
-            memory.rooms.retain(|l| l.room != room);
-            if memory.rooms.len() >= self.cfg.max_rooms_per_connection as usize {
-                memory.rooms.remove(0);
-                memory.forgotten = true;
-            }
-            memory.rooms.push(left);
+        // Remembered until the connection's one resume (issue 10 item 5).
+        if let Some(r) = tenant.rooms.get(&room) {
+            let cap = self.cfg.max_rooms_per_connection;
+            self.conns.get_mut(idx).remember_left(&room, r.stream.epoch(), cap);
         }
         let (left, emptied) = tenant.leave(&mut self.conns, idx, room.as_str());
         if let Some(room) = emptied {
@@ -143,9 +142,14 @@ impl Hub {
         let r = tenant.rooms.remove(room).expect("dropped room exists");
         debug_assert!(r.members.is_empty() && r.idle.is_none());
         self.buffers.dropped(&r.stream);
-        if tenant.is_unused() {
+        let unused = tenant.is_unused();
+        if unused {
             let tenant = self.tenants.remove(tenant_id).expect("present");
             self.buffers.dropped(&tenant.stream);
+        }
+        self.untrack(&StreamKey::room(tenant_id.clone(), room.clone()));
+        if unused {
+            self.untrack(&StreamKey::tenant(tenant_id.clone()));
         }
     }
 }

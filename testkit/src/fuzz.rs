@@ -81,6 +81,7 @@ fn knobs(u: &mut Unstructured<'_>) -> Result<Knobs> {
         resume_window,
         breaker,
         max_detached_users: opt(u, |u| u.int_in_range(1..=3))?.unwrap_or(NO_DETACHED_CAP),
+        room_retention: if u.arbitrary()? { 0 } else { u.int_in_range(1..=30_000)? },
     })
 }
 
@@ -94,8 +95,27 @@ fn expires_in(u: &mut Unstructured<'_>, lo: i32) -> Result<Option<i32>> {
     opt(u, |u| u.int_in_range(lo..=29_999))
 }
 
+/// Raw bytes (feature `arbitrary`): a frame spelled from [`crate::raw::raw_json`]'s tables, maybe
+/// cut short, or whatever bytes the fuzzer has.
+fn raw(u: &mut Unstructured<'_>) -> Result<In> {
+    if u.ratio(3, 4)? {
+        let kind = if u.ratio(9, 10)? { Some(u.arbitrary()?) } else { None };
+        let n = below(u, 4)?;
+        let mut fields = Vec::with_capacity(n);
+        for _ in 0..n {
+            fields.push(u.arbitrary()?);
+        }
+        let cut = if u.ratio(1, 6)? { Some(u.int_in_range(0..=63)?) } else { None };
+        Ok(In::Raw(crate::raw::raw_json(kind, &fields, u.arbitrary()?, cut)))
+    } else {
+        let len = u.int_in_range(0..=200)?;
+        Ok(In::Raw(u.bytes(len)?.to_vec()))
+    }
+}
+
 fn frame(u: &mut Unstructured<'_>) -> Result<In> {
-    Ok(match u.choose_index(8)? {
+    Ok(match u.choose_index(9)? {
+        8 => raw(u)?,
         0 => In::Subscribe(below(u, THREADS)?),
         1 => In::Unsubscribe(opt(u, |u| below(u, THREADS))?),
         2 => In::Message(opt(u, |u| below(u, THREADS))?, u.arbitrary()?),

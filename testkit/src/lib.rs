@@ -9,6 +9,11 @@
 //!   feature lets a fuzzer build whole cases from bytes (module `fuzz`);
 //! - [`model`]: the one reference model and its [`Runner`], which applies each [`Step`] to the
 //!   hub and to the model and checks the design's invariants after every step;
+//! - [`client`]: the one client model (positions per stream identity, a log of what was
+//!   published, the isolation, order and no-loss checks) of the resume properties and the
+//!   simulation, independent of any one hub instance;
+//! - [`raw`]: raw client frame bytes (valid-looking frames and garbage) read as the protocol
+//!   documents, so that any bytes can be mixed into a case ([`In::Raw`]);
 //! - [`rng`]: the one seeded generator; [`frames`]: the actions of a drain by kind and delivered
 //!   frames decoded; [`sim`]: a hub on a virtual clock;
 //! - `ws` (feature `ws`): a small WebSocket and HTTP client for the end-to-end tests of the
@@ -17,10 +22,12 @@
 #![forbid(unsafe_code)]
 
 pub mod bus;
+pub mod client;
 pub mod frames;
 #[cfg(feature = "arbitrary")]
 pub mod fuzz;
 pub mod model;
+pub mod raw;
 pub mod rng;
 pub mod sim;
 pub mod strategy;

@@ -18,12 +18,13 @@ pub fn knobs(policy: UserLimitPolicy, heartbeat: (Ms, Ms)) -> impl Strategy<Valu
     let protection = (
         prop::option::weighted(0.7, (1u32..4, 2_000u64..30_000, 1_000u64..20_000, 500u64..8_000)),
         prop::option::weighted(0.2, 1u32..4),
+        room_retention(),
     );
     (basics, delivery, protection).prop_map(
         move |(
             (global_broadcast, zero_retention, tenant_cap),
             (retention, max_buffered_bytes, backpressure, resume_window),
-            (breaker, small_detached_cap),
+            (breaker, small_detached_cap, room_retention),
         )| {
             Knobs {
                 policy,
@@ -38,9 +39,50 @@ pub fn knobs(policy: UserLimitPolicy, heartbeat: (Ms, Ms)) -> impl Strategy<Valu
                 resume_window,
                 breaker,
                 max_detached_users: small_detached_cap.unwrap_or(NO_DETACHED_CAP),
+                room_retention,
             }
         },
     )
+}
+
+/// `Knobs::room_retention`: half of the cases drop an emptied room at once, the others keep it
+/// idle for a few seconds (so that [`idle_room`] re-joins land before and after it runs out).
+pub fn room_retention() -> impl Strategy<Value = Ms> {
+    prop_oneof![Just(0), Just(IDLE_ROOM_RETENTION), 1_000u64..30_000]
+}
+
+/// The room retention [`idle_room`] aims its waits at.
+pub const IDLE_ROOM_RETENTION: Ms = 5_000;
+
+/// A room emptied and joined again: a client joins a room, the room gets events, every member
+/// leaves (or the connection drops), the room maybe gets more events while empty, time passes
+/// (within `room_retention`, exactly at its end, or past it), and a connection of the same user
+/// joins again and resumes with what the first one remembers (so that an idle room's stream is
+/// recovered, or a dropped one's new epoch is reported).
+pub fn idle_room() -> impl Strategy<Value = Vec<Step>> {
+    let wait = prop_oneof![
+        Just(1u32),
+        Just(IDLE_ROOM_RETENTION as u32 - 1),
+        Just(IDLE_ROOM_RETENTION as u32),
+        Just(IDLE_ROOM_RETENTION as u32 + 1),
+        0u32..40_000,
+    ];
+    let shape = (0..TENANTS, 0..USERS, 0..ROOMS, 0..4usize, 0..3usize, any::<bool>(), wait);
+    shape.prop_map(|(tenant, user, room, before, during, drop, wait)| {
+        let connect = Op::Connect { tenant, user, tier: 3, roles: 1, expires_in: None };
+        let event = Op::Publish { target: Tgt::Room(tenant, room), kind: 3, thread: None };
+        let mut ops = vec![connect.clone(), Op::Join { who: NEWEST, room }];
+        ops.extend(std::iter::repeat_n(event.clone(), before));
+        ops.push(match drop {
+            true => Op::Disconnect { who: NEWEST, clean: true },
+            false => Op::Leave { who: NEWEST, room, joined: false },
+        });
+        ops.extend(std::iter::repeat_n(event, during));
+        ops.extend([Op::Tick(wait), connect, Op::Join { who: NEWEST, room }]);
+        // The connection made two steps back remembers the room (the newest is the re-join's).
+        ops.push(Op::Receive { who: NEWEST, frame: In::Remembered(NEWEST_BUT_ONE, false) });
+        at_once(ops)
+    })
 }
 
 /// A connection, addressed symbolically.
@@ -66,6 +108,20 @@ pub fn client_frame(garbage: usize) -> impl Strategy<Value = In> {
         1 => (who(), prop::bool::weighted(0.2)).prop_map(|(from, extra)| In::Remembered(from, extra)),
         3 => (0..garbage).prop_map(In::Garbage),
         1 => (1usize..40).prop_map(In::Oversized),
+        2 => raw_frame(),
+    ]
+}
+
+/// Raw client frame bytes: a JSON object spelled from [`crate::raw::raw_json`]'s tables (maybe
+/// cut short), or any bytes at all.
+pub fn raw_frame() -> impl Strategy<Value = In> {
+    let kind = prop::option::weighted(0.9, any::<u8>());
+    let fields = prop::collection::vec(any::<(u8, u8)>(), 0..4);
+    let cut = prop::option::weighted(0.15, any::<u16>().prop_map(|c| c % 64));
+    prop_oneof![
+        3 => (kind, fields, any::<u8>(), cut)
+            .prop_map(|(k, f, ws, cut)| In::Raw(crate::raw::raw_json(k, &f, ws, cut))),
+        1 => prop::collection::vec(any::<u8>(), 0..48).prop_map(In::Raw),
     ]
 }
 
@@ -149,6 +205,7 @@ pub fn chunk(garbage: usize) -> impl Strategy<Value = Vec<Step>> {
         }),
         1 => reconnect_loop(),
         1 => resume_after_events(),
+        1 => idle_room(),
         1 => (who(), prop::collection::vec((0..6usize, thread()), 2..7)).prop_map(|(w, kinds)| {
             kinds
                 .into_iter()
@@ -218,6 +275,13 @@ pub fn resume_after_events() -> impl Strategy<Value = Vec<Step>> {
     })
 }
 
+/// Up to 60 steps, many of them rooms emptied and joined again ([`idle_room`]).
+pub fn idle_steps() -> impl Strategy<Value = Vec<Step>> {
+    let chunk = prop_oneof![2 => idle_room(), 3 => chunk(OBJECT_GARBAGE)];
+    prop::collection::vec(chunk, 1..12)
+        .prop_map(|chunks| chunks.into_iter().flatten().take(60).collect())
+}
+
 /// Up to 60 steps.
 pub fn steps(garbage: usize) -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(chunk(garbage), 1..50)
@@ -259,6 +323,7 @@ pub fn resume_knobs() -> impl Strategy<Value = Knobs> {
             resume_window,
             breaker: None,
             max_detached_users: NO_DETACHED_CAP,
+            room_retention: 0,
         })
 }
 

@@ -109,6 +109,9 @@ pub struct Knobs {
     pub breaker: Option<(u32, Ms, Ms, Ms)>,
     /// `Config::max_detached_users` ([`NO_DETACHED_CAP`]: never reached).
     pub max_detached_users: u32,
+    /// `Config::room_retention` in ms (0: an emptied room is dropped at once; otherwise it is
+    /// kept idle that long, and a re-join within it continues the room's stream).
+    pub room_retention: Ms,
 }
 
 /// The heartbeat most tests run with: the interval longer than the timeout, as by default.
@@ -190,6 +193,7 @@ pub fn config(k: &Knobs) -> Config {
             None => BreakerConfig { threshold: u32::MAX, ..BreakerConfig::default() },
         },
         tombstone_ttl: ms(TOMBSTONE),
+        room_retention: ms(k.room_retention),
         allow_global_broadcast: k.global_broadcast,
         ..defaults
     };
@@ -228,6 +232,10 @@ pub struct Who {
 /// The newest live connection.
 pub const NEWEST: Who = Who { live: true, n: u8::MAX, forged: None, exact: None };
 
+/// The id minted before the newest one ever minted, live or not (the newest if there is only
+/// one): the earlier connection of a client that just connected again.
+pub const NEWEST_BUT_ONE: Who = Who { live: false, n: u8::MAX, forged: None, exact: None };
+
 /// Exactly the `k`-th id ever minted (modulo how many), live or not.
 #[must_use]
 pub const fn exact(k: u8) -> Who {
@@ -256,6 +264,10 @@ pub enum In {
     Garbage(usize),
     /// A well-formed `message` this many bytes over `max_frame_bytes`.
     Oversized(usize),
+    /// Raw bytes: garbage, or a frame spelled some other way ([`crate::raw::raw_json`]). The
+    /// runner reads them as the protocol does ([`crate::raw::decode`]); a valid frame outside the
+    /// model's domain is not sent.
+    Raw(Vec<u8>),
 }
 
 /// Frames the hub must refuse, with the error it must answer. The protocol's client frames are

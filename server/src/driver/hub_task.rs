@@ -110,7 +110,7 @@ impl Driver {
                 driver.sockets = self.live.load(Ordering::Relaxed);
                 self.handle.listener.read_into(&mut driver);
                 let tiers = Tier::ALL.iter().map(|&t| (t, self.hub.tier_rates(t))).collect();
-                let _ = reply.send(Snapshot { hub: *self.hub.stats(), driver, tiers });
+                let _ = reply.send(Snapshot { hub: self.hub.stats(), driver, tiers });
             }
             Command::Shutdown { reply } => self.shutdown(now, reply),
         }

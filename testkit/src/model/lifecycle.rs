@@ -126,9 +126,39 @@ impl Model {
         self.users.remove(&key);
         self.c.users_retired += 1;
         self.emit(o_user_retired(&tenant_name(key.0), &user_name(key.1)));
-        if !self.users.keys().any(|(t, _)| *t == key.0) {
-            self.tenants.remove(&key.0);
+        self.drop_tenant_if_unused(key.0);
+    }
+
+    /// A tenant is kept while it holds users or rooms (idle ones included).
+    pub(super) fn drop_tenant_if_unused(&mut self, t: usize) {
+        let users = self.users.keys().any(|(ut, _)| *ut == t);
+        if !users && !self.rooms.keys().any(|(rt, _)| *rt == t) {
+            self.tenants.remove(&t);
         }
+    }
+
+    /// A room lost its last member: dropped at once without `room_retention`, else kept idle
+    /// (its stream still buffering) until the retention runs out. (`max_idle_rooms` is never
+    /// reached here: which of several rooms idled at the same instant it evicts is left open.)
+    pub(super) fn room_emptied(&mut self, key: (usize, usize)) {
+        let retention = Self::ms(self.cfg.room_retention);
+        if retention == 0 {
+            self.drop_room(key);
+            return;
+        }
+        let until = self.clock + retention;
+        self.rooms.get_mut(&key).expect("an emptied room").idle = Some(until);
+    }
+
+    /// Forgets a room and its stream, and its tenant if nothing else holds it.
+    pub(super) fn drop_room(&mut self, key: (usize, usize)) {
+        self.rooms.remove(&key);
+        self.drop_tenant_if_unused(key.0);
+    }
+
+    /// Rooms without members, kept for `room_retention`.
+    pub(super) fn idle_rooms(&self) -> usize {
+        self.rooms.values().filter(|r| r.idle.is_some()).count()
     }
 
     // --- per-connection calls ---
@@ -178,9 +208,11 @@ impl Model {
         let key = (c.tenant, room);
         if !self.rooms.contains_key(&key) {
             let stream = self.stream();
-            self.rooms.insert(key, MRoom { members: Vec::new(), stream });
+            self.rooms.insert(key, MRoom { members: Vec::new(), stream, idle: None });
         }
         let r = self.rooms.get_mut(&key).unwrap();
+        // An idle room comes back with its stream (same epoch, same seqs).
+        r.idle = None;
         r.members.push(id);
         let (pos, base) = ((r.stream.epoch, r.stream.seq), r.stream.seq);
         let c = self.live.get_mut(&id).unwrap();
@@ -220,7 +252,7 @@ impl Model {
         let r = self.rooms.get_mut(&key).unwrap();
         r.members.retain(|m| *m != id);
         if r.members.is_empty() {
-            self.rooms.remove(&key);
+            self.room_emptied(key);
         }
         let _still_open = self.control(id, &f_left(room));
         Ok(true)
@@ -234,6 +266,7 @@ impl Model {
         frame: &In,
         size: usize,
         positions: Option<&[(String, u64, u64)]>,
+        refused: Option<PeerError>,
     ) -> Result<(), Result<PeerError, ConnError>> {
         self.lookup(id).map_err(Err)?;
         let now = self.clock;
@@ -249,6 +282,10 @@ impl Model {
         }
         if let In::Garbage(i) = frame {
             let err = GARBAGE[*i].1.clone();
+            return Err(Ok(self.peer_error(id, err, None, AuditKind::MalformedFrame)));
+        }
+        // Raw bytes the protocol refuses (`crate::raw::decode`).
+        if let Some(err) = refused {
             return Err(Ok(self.peer_error(id, err, None, AuditKind::MalformedFrame)));
         }
         // A connection has at most 2 + max_rooms_per_connection streams to resume.
@@ -325,7 +362,11 @@ impl Model {
             In::Ping => {
                 let _still_open = self.control(id, &f_pong());
             }
-            In::Resume(..) | In::Remembered(..) | In::Garbage(_) | In::Oversized(_) => {
+            In::Resume(..)
+            | In::Remembered(..)
+            | In::Garbage(_)
+            | In::Oversized(_)
+            | In::Raw(_) => {
                 unreachable!()
             }
         }

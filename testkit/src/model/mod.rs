@@ -2,7 +2,10 @@
 //! of it, with checks after every step.
 //!
 //! The model (`Model`) is written from the design document and the public API docs, not from the
-//! hub's internals: plain maps of live connections, held users, tenants and rooms; per stream a
+//! hub's internals: plain maps of live connections, held users, tenants and rooms (a room that
+//! lost its last member is kept idle for `room_retention`, its stream still buffering: a join
+//! within it continues the same epoch, and the tenant is kept while it holds users or rooms); per
+//! stream a
 //! counter and a recovery buffer (seq, time, frame text, who may see it); a token bucket per
 //! allowance; a reconnect breaker per user; a retirement deadline per detached user. Where the docs
 //! leave an order open it follows the documented one (a frame is size-checked, then parsed, then
@@ -333,6 +336,10 @@ struct MBreaker {
 struct MRoom {
     members: Vec<ConnId>,
     stream: MStream,
+    /// Without members and kept for `room_retention`: until when (`src/routing.rs`). A join
+    /// before then revives it with its stream (same epoch); at that instant it is dropped, and a
+    /// later join starts a new stream.
+    idle: Option<Ms>,
 }
 
 /// A stream, by owner.
@@ -772,7 +779,7 @@ impl Model {
             let room = self.rooms.get_mut(&key).expect("member of a live room");
             room.members.retain(|m| *m != id);
             if room.members.is_empty() {
-                self.rooms.remove(&key);
+                self.room_emptied(key);
             }
         }
         self.closed_at.insert(id, now);

@@ -222,6 +222,15 @@ impl Model {
             user.detached = None;
             self.retire(key);
         }
+        // Idle rooms whose retention ran out are dropped (with their tenant, if nothing else
+        // holds it).
+        let expired: Vec<(usize, usize)> = (self.rooms.iter())
+            .filter(|(_, r)| r.idle.is_some_and(|until| until <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            self.drop_room(key);
+        }
         // Age timers: every stream whose oldest message outlived `max_age` is trimmed. (A stream's
         // timer is due no later than its oldest message's deadline, and a trim at a timer that
         // fires early changes nothing: the count and byte bounds always hold.)
@@ -359,12 +368,13 @@ impl Model {
         let conns = self.live.values().map(|c| self.conn_deadline(c));
         let users = self.users.values().filter_map(|u| u.detached.map(|d| d.1));
         let breakers = self.breakers.values().map(|b| self.breaker_deadline(b));
+        let idle_rooms = self.rooms.values().filter_map(|r| r.idle);
         // A stream ages at its oldest message's `kept_at + max_age + 1ns`: by the next ms.
         let age = Self::ms(self.cfg.retention.max_age);
         let streams = (self.users.values().map(|u| &u.stream))
             .chain(self.tenants.values())
             .chain(self.rooms.values().map(|r| &r.stream))
             .filter_map(|s| s.buf.front().map(|e| e.at + age + 1));
-        conns.chain(users).chain(breakers).chain(streams).min()
+        conns.chain(users).chain(breakers).chain(idle_rooms).chain(streams).min()
     }
 }

@@ -298,12 +298,13 @@ impl Runner {
 
     /// (3) The hub's counters and gauges equal the model's.
     pub(super) fn check_stats(&self) -> Result<(), TestCaseError> {
-        let s = *self.sim.hub.stats();
+        let s = self.sim.hub.stats();
         let m = &self.model;
         let c = &m.c;
         let active_users = m.users.values().filter(|u| !u.conns.is_empty()).count() as u64;
         let (buffered_messages, buffered_bytes) = m.buffered();
-        let pairs: [(&str, u64, u64); 38] = [
+        let idle_rooms = m.idle_rooms() as u64;
+        let pairs: [(&str, u64, u64); 39] = [
             ("connections_active", s.connections_active, m.live.len() as u64),
             ("connections_opened", s.connections_opened, c.opened),
             ("connections_closed", s.connections_closed, c.closed),
@@ -313,7 +314,8 @@ impl Runner {
             ("users_retired", s.users_retired, c.users_retired),
             ("users_evicted", s.users_evicted, c.users_evicted),
             ("tenants", s.tenants, m.tenants.len() as u64),
-            ("rooms", s.rooms, m.rooms.len() as u64),
+            ("rooms", s.rooms, m.rooms.len() as u64 - idle_rooms),
+            ("rooms_idle", s.rooms_idle, idle_rooms),
             ("connects_refused_expired", s.connects_refused_expired, c.refused_expired),
             ("security_violations", s.security_violations, c.security),
             ("stale_ids_refused", s.stale_ids_refused, c.stale),

@@ -88,6 +88,10 @@ impl Runner {
         if let Some((index, generation)) = who.forged {
             return Some(ConnId::from_raw(u32::from(index % 16), u32::from(generation % 4)));
         }
+        if !who.live && who.n == NEWEST_BUT_ONE.n && who.exact.is_none() {
+            let minted = &self.model.minted;
+            return minted.len().checked_sub(2).or(minted.len().checked_sub(1)).map(|i| minted[i]);
+        }
         if who.live && who.n == NEWEST.n {
             let newest = self.model.minted.iter().rev().find(|id| self.model.live.contains_key(id));
             if let Some(id) = newest {
@@ -306,9 +310,30 @@ impl Runner {
                 addressed = Some((id, format!("{got:?}")));
                 ctx = Ctx::AppClose { id, reason };
             }
-            Op::Receive { who, frame } => {
+            Op::Receive { who, frame: sent } => {
                 let Some(id) = self.pick(*who) else { return Ok(()) };
+                // Raw bytes are answered as what they decode to; a valid frame outside the
+                // model's domain is not sent (one over the size limit is, whatever it holds).
+                let mut refused = None;
+                let mut raw_positions = None;
+                let decoded;
+                let frame = match sent {
+                    In::Raw(bytes) if bytes.len() <= self.model.cfg.max_frame_bytes => {
+                        let max_id = self.model.cfg.max_client_id_bytes;
+                        let d = crate::raw::decode(bytes, max_id);
+                        let Some(f) = d.model_frame(bytes) else { return Ok(()) };
+                        match d {
+                            crate::raw::Decoded::Refused(e) => refused = Some(e),
+                            crate::raw::Decoded::Resume(p) => raw_positions = Some(p),
+                            _ => {}
+                        }
+                        decoded = f;
+                        &decoded
+                    }
+                    other => other,
+                };
                 let positions = match frame {
+                    In::Resume(..) if raw_positions.is_some() => raw_positions,
                     In::Resume(spec, _) => Some(self.positions(id, spec)),
                     In::Remembered(from, _) => {
                         let memory = self.pick(*from).and_then(|f| self.remembered.get(&f));
@@ -322,6 +347,10 @@ impl Runner {
                     _ => None,
                 };
                 let bytes: Vec<u8> = match frame {
+                    _ if matches!(sent, In::Raw(_)) => {
+                        let In::Raw(bytes) = sent else { unreachable!() };
+                        bytes.clone()
+                    }
                     In::Subscribe(th) => {
                         json!({"type": "subscribe", "thread_id": thread_name(*th)})
                             .to_string()
@@ -362,11 +391,21 @@ impl Runner {
                         assert!(v.len() > limit);
                         v
                     }
+                    In::Raw(bytes) => bytes.clone(),
                 };
                 let got = self.sim.hub.receive(self.at(now), id, &bytes);
                 self.collect();
                 self.model.observe(now);
-                let want = self.model.receive(id, frame, bytes.len(), positions.as_deref());
+                // Where JSON breaks is serde's to say: a malformed frame's position is the hub's.
+                if let (Some(PeerError::Malformed { .. }), Err(ReceiveError::Peer(e))) =
+                    (&refused, &got)
+                {
+                    if matches!(e, PeerError::Malformed { .. }) {
+                        refused = Some(e.clone());
+                    }
+                }
+                let want =
+                    self.model.receive(id, frame, bytes.len(), positions.as_deref(), refused);
                 let peer_error = matches!(got, Err(ReceiveError::Peer(_)));
                 match (&got, &want) {
                     (Ok(()), Ok(())) => {}

@@ -1,0 +1,744 @@
+//! Cluster mode: the hub as one node of several sharing a bus (DESIGN §11).
+//!
+//! Publishing appends to the stream's log on the bus; delivery happens when the message comes
+//! back on the stream's live channel, on every node subscribed to it (the publishing one too).
+//! Each stream's [`Sequencer`] drops duplicates, holds messages behind a gap while a fetch from
+//! the log fills it, and turns what the log no longer holds into an explicit `resync` notice.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::cluster::{
+    Arrival, BusFailure, BusOp, BusReply, Decoded, Fetched, Node, OpId, Pending, PublishOutcome,
+    Sequencer, StreamKey, StreamScope, Tracked, Visibility,
+};
+use crate::hub::Hub;
+use crate::hub::publish::stream_of;
+use crate::ids::{ConnId, Role, RoomId, StreamName, StreamPos, TenantId, ThreadId, UserId};
+use crate::kinds::{AuditKind, CloseReason, ClosedBy};
+use crate::stream::{Scope, Stream, TrimKey};
+
+/// Why a stream's connections are told to refetch (`resync` frame's `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resync {
+    /// Messages between two positions are no longer in the log.
+    GapTooOld,
+    /// The stream was created anew (the engine restarted empty, the log expired, or a failover
+    /// lost its tail and the stream was rotated to a new epoch).
+    EpochChanged,
+}
+
+impl Resync {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Resync::GapTooOld => "gap_too_old",
+            Resync::EpochChanged => "epoch_changed",
+        }
+    }
+}
+
+impl Hub {
+    /// The node's bus state, in cluster mode.
+    pub(crate) fn node(&mut self) -> Option<&mut Node> {
+        self.node.as_deref_mut()
+    }
+
+    /// Cluster mode: a message arrived on a stream's live channel at `pos`.
+    ///
+    /// It is checked against the stream it arrived on before anything else: a payload that names
+    /// another stream, or is malformed, is dropped and audited ([`AuditKind::BusMismatch`]). A
+    /// duplicate is dropped; a message after a gap is held while the gap is fetched from the log.
+    /// Ignored outside cluster mode and for streams this node is not subscribed to.
+    pub fn bus_message(&mut self, now: Instant, stream: &StreamKey, pos: StreamPos, payload: &str) {
+        let now = self.clock(now);
+        let Some(node) = self.node.as_deref_mut() else { return };
+        let max_held = node.cfg.max_held_per_stream;
+        let Some(tracked) = node.streams.get_mut(stream) else {
+            node.counters.late_replies += 1;
+            return;
+        };
+        let payload: Arc<str> = Arc::from(payload);
+        let mut arrival = tracked.seq.arrive(pos, payload.clone(), max_held);
+        if arrival == Arrival::Overflow {
+            // Give up on the gap rather than hold without bound.
+            if let Some((after, upto)) = tracked.seq.skip_gap() {
+                node.counters.gaps_lost += 1;
+                self.resync(now, stream, Resync::GapTooOld, Some((after, upto)));
+            }
+            let node = self.node.as_deref_mut().expect("clustered");
+            let tracked = node.streams.get_mut(stream).expect("tracked");
+            arrival = tracked.seq.arrive(pos, payload, max_held);
+        }
+        match arrival {
+            Arrival::Duplicate => {
+                self.node().expect("clustered").counters.duplicates_dropped += 1;
+            }
+            Arrival::NewEpoch { .. } => {
+                self.restart_stream(now, stream, pos.epoch);
+                self.drain_stream(now, stream);
+            }
+            Arrival::Kept | Arrival::Overflow => self.drain_stream(now, stream),
+        }
+    }
+
+    /// Cluster mode: the reply to bus operation `op`. A reply to an operation that is not in
+    /// flight (it timed out, or it is from before the bus went down) is ignored and counted.
+    pub fn bus_reply(&mut self, now: Instant, op: OpId, reply: Result<BusReply, BusFailure>) {
+        let now = self.clock(now);
+        let Some(node) = self.node.as_deref_mut() else { return };
+        let Some(what) = node.complete(op) else { return };
+        if reply.is_err() {
+            node.counters.op_failures += 1;
+        }
+        self.settle(now, op, what, reply);
+        self.close_doomed_conns(now);
+    }
+
+    /// Cluster mode: the bus connection is lost. Operations in flight fail (publishes report
+    /// `Failed`, subscriptions close the connections waiting for them with
+    /// [`CloseReason::Unavailable`], resumes that need the log wait up to
+    /// [`ClusterConfig::resume_wait`](crate::ClusterConfig::resume_wait)); open connections stay
+    /// open, and new publishes fail fast until [`Hub::bus_up`].
+    pub fn bus_down(&mut self, now: Instant) {
+        let now = self.clock(now);
+        let Some(node) = self.node.as_deref_mut() else { return };
+        if !node.is_up() {
+            return;
+        }
+        for (op, what) in node.down() {
+            self.settle(now, op, what, Err(BusFailure::Down));
+        }
+        self.close_doomed_conns(now);
+    }
+
+    /// Cluster mode: the bus is back (the driver restored its subscriptions). The node checks the
+    /// top of every stream it holds and repairs what it missed, and subscribes again where a
+    /// subscription was in flight.
+    pub fn bus_up(&mut self, now: Instant) {
+        let now = self.clock(now);
+        let Some(node) = self.node.as_deref_mut() else { return };
+        if node.is_up() {
+            return;
+        }
+        node.up();
+        let keys = node.stream_keys();
+        let mut unconfirmed = Vec::new();
+        let mut confirmed = Vec::new();
+        for key in keys {
+            if node.streams[&key].seq.top().is_some() {
+                confirmed.push(key);
+            } else {
+                unconfirmed.push(key);
+            }
+        }
+        for key in unconfirmed {
+            self.subscribe(now, key);
+        }
+        self.check_tops(now, confirmed);
+        self.resume_bus_back(now);
+    }
+
+    /// Cluster mode's timers: operation deadlines (a timed-out operation fails as retryable)
+    /// and the periodic top check.
+    pub(crate) fn cluster_tick(&mut self, now: Instant) {
+        if self.node.is_none() {
+            return;
+        }
+        while let Some((op, what)) = self.node.as_deref_mut().and_then(|n| n.pop_expired(now)) {
+            self.settle(now, op, what, Err(BusFailure::Retryable));
+        }
+        let node = self.node.as_deref_mut().expect("clustered");
+        if node.top_check_due(now) {
+            let keys: Vec<StreamKey> = node
+                .stream_keys()
+                .into_iter()
+                .filter(|k| node.streams[k].seq.top().is_some())
+                .collect();
+            node.arm_top_check(now);
+            if node.is_up() {
+                self.check_tops(now, keys);
+            }
+        }
+        self.resume_deadlines(now);
+        self.close_doomed_conns(now);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Operations
+
+    /// Issues `op` built around a fresh id, or returns why it cannot be.
+    pub(crate) fn issue(
+        &mut self,
+        now: Instant,
+        what: Pending,
+        build: impl FnOnce(OpId) -> BusOp,
+    ) -> Result<OpId, BusFailure> {
+        let node = self.node.as_deref_mut().expect("clustered");
+        let op = node.issue(now, what)?;
+        self.out.bus(build(op));
+        Ok(op)
+    }
+
+    /// Starts tracking a stream: subscribe, unless it is tracked already.
+    pub(crate) fn track(&mut self, now: Instant, key: StreamKey) {
+        let Some(node) = self.node.as_deref_mut() else { return };
+        if node.streams.contains_key(&key) {
+            return;
+        }
+        node.streams.insert(key.clone(), Tracked { seq: Sequencer::new(), subscribing: None });
+        node.arm_top_check(now);
+        self.subscribe(now, key);
+    }
+
+    /// Stops tracking a stream (its local holder is gone).
+    pub(crate) fn untrack(&mut self, key: &StreamKey) {
+        let Some(node) = self.node.as_deref_mut() else { return };
+        if node.streams.remove(key).is_some() {
+            self.out.bus(BusOp::Unsubscribe { stream: key.clone() });
+        }
+    }
+
+    fn subscribe(&mut self, now: Instant, key: StreamKey) {
+        let stream = key.clone();
+        let issued = self.issue(now, Pending::Subscribe { stream: key.clone() }, |op| {
+            BusOp::Subscribe { op, stream }
+        });
+        let node = self.node.as_deref_mut().expect("clustered");
+        match issued {
+            Ok(op) => {
+                if let Some(t) = node.streams.get_mut(&key) {
+                    t.subscribing = Some(op);
+                }
+            }
+            // Down: `bus_up` subscribes again. Overloaded: the waiting connections give up.
+            Err(BusFailure::Down) => {}
+            Err(_) => self.subscription_failed(now, &key),
+        }
+    }
+
+    /// Reads the tops of `keys` in batches, to find messages the live channel lost.
+    fn check_tops(&mut self, now: Instant, keys: Vec<StreamKey>) {
+        for batch in keys.chunks(256) {
+            let streams = batch.to_vec();
+            let pending = Pending::Tops { streams: streams.clone() };
+            if self.issue(now, pending, |op| BusOp::Tops { op, streams }).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Asks the log for what follows the stream's last delivered seq (one repair at a time).
+    fn repair(&mut self, now: Instant, key: &StreamKey) {
+        let Some(node) = self.node.as_deref_mut() else { return };
+        let limit = node.cfg.fetch_limit;
+        let Some(t) = node.streams.get(key) else { return };
+        let after = match (t.seq.gap(), t.seq.top()) {
+            (Some(after), _) => after,
+            (None, Some(top)) if t.seq.repair.is_none() => top.seq,
+            _ => return,
+        };
+        let stream = key.clone();
+        let pending = Pending::Repair { stream: key.clone() };
+        if let Ok(op) = self.issue(now, pending, |op| BusOp::Fetch { op, stream, after, limit }) {
+            let node = self.node.as_deref_mut().expect("clustered");
+            if let Some(t) = node.streams.get_mut(key) {
+                t.seq.repair = Some(op);
+            }
+        }
+    }
+
+    /// What an operation's reply (or failure) means.
+    fn settle(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        what: Pending,
+        reply: Result<BusReply, BusFailure>,
+    ) {
+        match what {
+            Pending::Publish { stream } => {
+                let outcome = match reply {
+                    Ok(BusReply::Appended { pos }) => PublishOutcome::Appended { stream, pos },
+                    Ok(BusReply::Duplicate { pos }) => PublishOutcome::Duplicate { stream, pos },
+                    Ok(_) => PublishOutcome::Failed { stream, failure: BusFailure::Refused },
+                    Err(failure) => PublishOutcome::Failed { stream, failure },
+                };
+                self.out.published(op, outcome);
+            }
+            Pending::Subscribe { stream } => match reply {
+                Ok(BusReply::Subscribed { top }) => self.confirmed(now, &stream, top),
+                _ => {
+                    if let Some(t) = self.node().and_then(|n| n.streams.get_mut(&stream)) {
+                        t.subscribing = None;
+                    }
+                    if self.node().is_some_and(|n| n.is_up()) {
+                        self.subscription_failed(now, &stream);
+                    }
+                }
+            },
+            Pending::Repair { stream } => match reply {
+                Ok(BusReply::Fetched { top, entries }) => {
+                    let Some(t) = self.node().and_then(|n| n.streams.get_mut(&stream)) else {
+                        return;
+                    };
+                    let fetched =
+                        t.seq.fetched(top, entries.into_iter().map(|e| (e.seq, e.payload)));
+                    self.after_fetch(now, &stream, top, fetched);
+                }
+                _ => {
+                    if let Some(t) = self.node().and_then(|n| n.streams.get_mut(&stream)) {
+                        t.seq.repair = None;
+                    }
+                }
+            },
+            Pending::Resume { conn, stream } => self.resume_fetched(now, conn, &stream, reply),
+            Pending::Tops { streams } => {
+                let Ok(BusReply::Tops(tops)) = reply else { return };
+                for (key, top) in streams.iter().zip(tops) {
+                    self.top_seen(now, key, top);
+                }
+            }
+            Pending::Rotate { stream } => {
+                if let Ok(BusReply::Rotated { top }) = reply {
+                    self.restart_stream(now, &stream, top.epoch);
+                    if top.seq > 0 {
+                        self.repair(now, &stream);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A repair's fetch came back.
+    fn after_fetch(&mut self, now: Instant, key: &StreamKey, top: StreamPos, fetched: Fetched) {
+        match fetched {
+            Fetched::Repaired => {
+                self.node().expect("clustered").counters.gaps_repaired += 1;
+                self.drain_stream(now, key);
+            }
+            Fetched::Lost { after, upto } => {
+                let node = self.node().expect("clustered");
+                node.counters.gaps_lost += 1;
+                if let Some(t) = node.streams.get_mut(key) {
+                    t.seq.skip_to(upto);
+                }
+                self.resync(now, key, Resync::GapTooOld, Some((after, upto)));
+                self.drain_stream(now, key);
+            }
+            Fetched::NewEpoch { epoch } => {
+                self.restart_stream(now, key, epoch);
+                if top.seq > 0 {
+                    self.repair(now, key);
+                }
+            }
+            Fetched::Gone => {
+                // The engine forgot the stream: the next append starts a new epoch, which the
+                // sequencer adopts; tell the connections now.
+                self.restart_stream(now, key, 0);
+            }
+            Fetched::Backwards { .. } => self.rotate(now, key),
+            Fetched::Stale => {}
+        }
+    }
+
+    /// A top check's answer for one stream.
+    fn top_seen(&mut self, now: Instant, key: &StreamKey, top: StreamPos) {
+        let Some(t) = self.node().and_then(|n| n.streams.get(key)) else { return };
+        let Some(local) = t.seq.top() else { return };
+        if top.epoch == local.epoch || (local.epoch == 0 && local.seq == 0) {
+            if top.seq > local.seq {
+                self.repair(now, key);
+            } else if top.seq < local.seq {
+                self.rotate(now, key);
+            }
+        } else if top.epoch == 0 && top.seq == 0 {
+            // Expired or restarted empty: nothing to repair; a new epoch comes with the next
+            // append.
+        } else {
+            self.restart_stream(now, key, top.epoch);
+            if top.seq > 0 {
+                self.repair(now, key);
+            }
+        }
+    }
+
+    /// The log went backwards in one epoch (a failover lost its tail): positions already handed
+    /// out would be handed out again for other messages, so the stream moves to a new epoch.
+    fn rotate(&mut self, now: Instant, key: &StreamKey) {
+        let Some(epoch) = self.node().and_then(|n| n.streams.get(key)).and_then(|t| t.seq.top())
+        else {
+            return;
+        };
+        let stream = key.clone();
+        let pending = Pending::Rotate { stream: key.clone() };
+        let _ = self.issue(now, pending, |op| BusOp::Rotate { op, stream, epoch: epoch.epoch });
+    }
+
+    /// The subscription is confirmed with the stream's top: the local stream takes its position,
+    /// and the connections that waited for it go live.
+    fn confirmed(&mut self, now: Instant, key: &StreamKey, top: StreamPos) {
+        let Some(t) = self.node().and_then(|n| n.streams.get_mut(key)) else { return };
+        t.subscribing = None;
+        let reset = t.seq.confirmed(top);
+        let position = t.seq.top().expect("confirmed");
+        if let Some(holder) = self.holder(key) {
+            let (users, tenants) = (&mut self.users, &mut self.tenants);
+            if let Some(stream) = stream_of(users, tenants, &holder) {
+                if stream.position() != position {
+                    self.buffers.dropped(stream);
+                    *stream = Stream::at(position);
+                }
+            }
+        }
+        if matches!(reset, Some(Arrival::NewEpoch { .. })) {
+            self.node().expect("clustered").counters.epochs_changed += 1;
+        }
+        self.stream_ready(now, key);
+        self.drain_stream(now, key);
+    }
+
+    /// The subscription could not be made: the connections waiting for it cannot get true
+    /// positions, so they are closed with [`CloseReason::Unavailable`] (they reconnect with
+    /// backoff).
+    fn subscription_failed(&mut self, now: Instant, key: &StreamKey) {
+        for idx in self.waiting_on(key) {
+            if self.conns.contains(idx) {
+                self.close_conn(now, idx, ClosedBy::Hub(CloseReason::Unavailable));
+            }
+        }
+    }
+
+    /// Delivers the messages the stream's sequencer has ready, in order; then starts a repair
+    /// if a gap remains.
+    fn drain_stream(&mut self, now: Instant, key: &StreamKey) {
+        loop {
+            let Some(t) = self.node().and_then(|n| n.streams.get_mut(key)) else { return };
+            let Some((pos, payload)) = t.seq.pop_ready() else { break };
+            self.deliver_remote(now, key, pos, &payload);
+        }
+        let gap = self.node().and_then(|n| n.streams.get(key)).and_then(|t| t.seq.gap());
+        if gap.is_some() {
+            self.repair(now, key);
+        }
+        self.close_doomed_conns(now);
+    }
+
+    /// One message of the bus, in order: checked against its stream, rendered into the frame a
+    /// single node would have sent, kept in the local buffer and fanned out.
+    fn deliver_remote(&mut self, now: Instant, key: &StreamKey, pos: StreamPos, payload: &str) {
+        let Some(decoded) = Decoded::parse(key, payload) else {
+            self.node().expect("clustered").counters.mismatches += 1;
+            let user = match &key.scope {
+                StreamScope::User(u) => Some(u.clone()),
+                _ => None,
+            };
+            self.out.audit(AuditKind::BusMismatch, None, Some(&key.tenant), user.as_ref());
+            // Its seq is consumed: the stream moves on without it.
+            self.advance_local(key, pos);
+            return;
+        };
+        let node_name = self.node.as_deref().expect("clustered").cfg.node.clone();
+        let scope = match &decoded.visibility {
+            Visibility::All => Scope::All,
+            Visibility::Thread(t) => Scope::Thread(ThreadId::from(t.as_ref())),
+            Visibility::Role(r) => Scope::Role(Role::from(r.as_ref())),
+            Visibility::Conn(n, (index, generation)) if n.as_ref() == node_name.as_str() => {
+                Scope::Conn(ConnId::new(*index, *generation))
+            }
+            Visibility::Conn(..) => Scope::Nobody,
+        };
+        let low = decoded.low_priority;
+        let mut text = std::mem::take(&mut self.render_buf);
+        decoded.render(pos, &mut text);
+        let frame = crate::frame::Frame::new(&text);
+        self.render_buf = text;
+        let Some(holder) = self.holder(key) else { return };
+        self.deliver_at(now, &holder, pos, &frame, scope, low);
+    }
+
+    /// Moves the local stream past `pos` without a message (one that could not be delivered).
+    fn advance_local(&mut self, key: &StreamKey, pos: StreamPos) {
+        let Some(holder) = self.holder(key) else { return };
+        let (users, tenants) = (&mut self.users, &mut self.tenants);
+        if let Some(stream) = stream_of(users, tenants, &holder) {
+            self.buffers.dropped(stream);
+            *stream = Stream::at(pos);
+        }
+    }
+
+    /// The local holder of a stream: the user's state, the room, the tenant.
+    pub(crate) fn holder(&self, key: &StreamKey) -> Option<TrimKey> {
+        match &key.scope {
+            StreamScope::User(user) => {
+                self.users.find(key.tenant.as_str(), user.as_str()).map(TrimKey::User)
+            }
+            StreamScope::Room(room) => {
+                let t = self.tenants.get(&key.tenant)?;
+                t.rooms.contains_key(room).then(|| TrimKey::Room(key.tenant.clone(), room.clone()))
+            }
+            StreamScope::Tenant => {
+                self.tenants.contains_key(&key.tenant).then(|| TrimKey::Tenant(key.tenant.clone()))
+            }
+        }
+    }
+
+    /// The stream starts over in `epoch` (0: unknown until the next message): the local buffer
+    /// is dropped, the connections' positions on it reset, and each is told with a `resync`.
+    fn restart_stream(&mut self, now: Instant, key: &StreamKey, epoch: u64) {
+        let node = self.node().expect("clustered");
+        node.counters.epochs_changed += 1;
+        if let Some(t) = node.streams.get_mut(key) {
+            t.seq.restart(epoch);
+        }
+        if let Some(holder) = self.holder(key) {
+            let (users, tenants) = (&mut self.users, &mut self.tenants);
+            if let Some(stream) = stream_of(users, tenants, &holder) {
+                self.buffers.dropped(stream);
+                *stream = Stream::at(StreamPos { epoch, seq: 0 });
+            }
+        }
+        self.reset_positions(key);
+        self.resync(now, key, Resync::EpochChanged, None);
+    }
+
+    /// Tells every connection on the stream that it must refetch: `lost` seqs `(after, upto]`
+    /// are gone, or (without `lost`) the stream started over.
+    fn resync(&mut self, now: Instant, key: &StreamKey, why: Resync, lost: Option<(u64, u64)>) {
+        let Some(holder) = self.holder(key) else { return };
+        let (users, tenants) = (&mut self.users, &mut self.tenants);
+        let Some(stream) = stream_of(users, tenants, &holder) else { return };
+        let mut pos = stream.position();
+        if let Some((_, upto)) = lost {
+            pos.seq = pos.seq.max(upto);
+        }
+        let name = key.name();
+        let frame = self.flow.writer.resync(&name, pos, why.as_str());
+        for idx in self.recipients(&holder) {
+            self.out.stats.resyncs_sent += 1;
+            self.control_or_close(now, idx, &frame);
+        }
+    }
+}
+
+impl Hub {
+    /// [`Hub::publish`] in cluster mode: validated, redacted and serialized once (without its
+    /// position), then appended on the bus. Delivery happens when it comes back over the bus.
+    pub(crate) fn publish_clustered(
+        &mut self,
+        now: Instant,
+        envelope: crate::envelope::Envelope,
+    ) -> Result<crate::hub::Published, crate::error::PublishError> {
+        use crate::envelope::{Audience, Priority, Target};
+        use crate::error::PublishError;
+        let crate::envelope::Envelope { target, kind, thread, run, data, idempotency_key } =
+            envelope;
+        let node = self.node.as_deref().expect("clustered");
+        let me = node.cfg.node.clone();
+        let mut thread = thread;
+        let (key, visibility) = match &target {
+            Target::User { tenant, user } => (StreamKey::user(tenant.clone(), user.clone()), None),
+            Target::Thread { tenant, user, thread: t } => {
+                if thread.as_ref().is_some_and(|own| own != t) {
+                    return Err(PublishError::ThreadMismatch);
+                }
+                thread = Some(t.clone());
+                (StreamKey::user(tenant.clone(), user.clone()), None)
+            }
+            Target::Connection(id) => {
+                // Node-local: the connection must be open here (its wire id names this node).
+                let idx = self.resolve(now, *id)?;
+                let (tenant, user) = self.owner(idx);
+                let vis = Visibility::Conn(me.as_str().into(), (id.index, id.generation));
+                (StreamKey::user(tenant, user), Some(vis))
+            }
+            Target::Room { tenant, room } => (StreamKey::room(tenant.clone(), room.clone()), None),
+            Target::Tenant { tenant, audience } => {
+                let vis = match audience {
+                    Audience::All => None,
+                    Audience::Role(r) => Some(Visibility::Role(r.as_str().into())),
+                };
+                (StreamKey::tenant(tenant.clone()), vis)
+            }
+            Target::Everyone => return Err(PublishError::EveryoneInCluster),
+        };
+        let visibility = visibility.unwrap_or_else(|| match &thread {
+            Some(t) if matches!(key.scope, StreamScope::User(_)) => {
+                Visibility::Thread(t.as_str().into())
+            }
+            _ => Visibility::All,
+        });
+        let name = key.name();
+        let frame = self.flow.writer.event(
+            &kind,
+            &name,
+            StreamPos { epoch: 0, seq: 0 },
+            thread.as_ref(),
+            run.as_ref(),
+            &data,
+            &self.redactor,
+        );
+        // The largest position adds at most 38 digits to the frame.
+        let bytes = frame.len() as u64 + 38;
+        if bytes > self.cfg.max_unwritten_bytes {
+            return Err(PublishError::TooLarge { bytes, limit: self.cfg.max_unwritten_bytes });
+        }
+        let low = kind.priority() == Priority::Low;
+        let payload = crate::cluster::encode(&key, &visibility, low, frame.as_str())
+            .expect("the hub's own event frames have a position to fill");
+        let keep = u32::try_from(self.cfg.retention.max_messages).unwrap_or(u32::MAX);
+        let ttl = self.cfg.retention.max_age;
+        let stream = key.clone();
+        let op = self.issue(now, Pending::Publish { stream: key }, |op| BusOp::Append {
+            op,
+            stream,
+            payload,
+            idempotency_key,
+            keep,
+            ttl,
+        })?;
+        self.out.stats.publishes += 1;
+        Ok(crate::hub::Published::pending(op))
+    }
+}
+
+impl Hub {
+    /// Whether a connection of `(tenant, user)` can be set up now: always on a single node; in
+    /// cluster mode, if the bus is up or the node already holds both streams with known
+    /// positions.
+    pub(crate) fn streams_servable(&self, tenant: &TenantId, user: &UserId) -> bool {
+        let Some(node) = self.node.as_deref() else { return true };
+        node.is_up() || self.streams_ready_for(tenant, user)
+    }
+
+    /// Whether the user's and the tenant's streams have known positions (always, on a single
+    /// node).
+    pub(crate) fn streams_ready_for(&self, tenant: &TenantId, user: &UserId) -> bool {
+        let Some(node) = self.node.as_deref() else { return true };
+        let ready = |key: &StreamKey| node.streams.get(key).is_some_and(|t| t.seq.top().is_some());
+        ready(&StreamKey::tenant(tenant.clone()))
+            && ready(&StreamKey::user(tenant.clone(), user.clone()))
+    }
+
+    /// Whether a stream has a known position (always, on a single node).
+    pub(crate) fn stream_confirmed(&self, key: &StreamKey) -> bool {
+        let Some(node) = self.node.as_deref() else { return true };
+        node.streams.get(key).is_some_and(|t| t.seq.top().is_some())
+    }
+
+    /// A stream's position became known: connections that waited for it get `connected` (when
+    /// their other stream is known too), and room members get `joined`.
+    fn stream_ready(&mut self, now: Instant, key: &StreamKey) {
+        match &key.scope {
+            StreamScope::Room(room) => {
+                let members: Vec<u32> = self
+                    .tenants
+                    .get(&key.tenant)
+                    .and_then(|t| t.rooms.get(room))
+                    .map(|r| r.members.iter().map(|m| m.conn).collect())
+                    .unwrap_or_default();
+                for idx in members {
+                    if self.conns.contains(idx) && !self.conns.get(idx).is_awaiting() {
+                        self.announce_room(now, idx, room);
+                    }
+                }
+            }
+            StreamScope::User(_) | StreamScope::Tenant => {
+                for idx in self.waiting_on(key) {
+                    if !self.conns.contains(idx) {
+                        continue;
+                    }
+                    let (tenant, user) = self.owner(idx);
+                    if self.streams_ready_for(&tenant, &user) {
+                        self.go_ready(now, idx);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An awaiting connection's streams are known: live from their positions now, `connected`,
+    /// then `joined` for the rooms whose streams are known.
+    fn go_ready(&mut self, now: Instant, idx: u32) {
+        let c = self.conns.get(idx);
+        let user = self.users.get(c.user());
+        let tenant = self.tenants.get(&user.tenant).expect("connection's tenant exists");
+        let (user_base, tenant_base) = (user.stream.position().seq, tenant.stream.position().seq);
+        let held = !self.cfg.resume_window.is_zero();
+        self.conns.get_mut(idx).streams_ready(user_base, tenant_base, held);
+        self.conns.rearm_if_earlier(idx, &self.cfg);
+        self.send_connected(now, idx);
+        let rooms: Vec<RoomId> =
+            self.conns.get(idx).memberships().iter().map(|m| m.room().clone()).collect();
+        for room in rooms {
+            if !self.conns.contains(idx) {
+                return;
+            }
+            self.announce_room(now, idx, &room);
+        }
+        let id = self.conns.id_of(idx);
+        if let Some(positions) = self.early_resumes.remove(&id) {
+            if self.conns.contains(idx) {
+                let positions: Vec<(Cow<'_, str>, StreamPos)> =
+                    positions.iter().map(|(n, p)| (Cow::Borrowed(n.as_str()), *p)).collect();
+                let _still_open = self.resume_clustered(now, idx, &positions);
+            }
+        }
+    }
+
+    /// Tells a member the room's position (`joined`), once the room's stream is known.
+    pub(crate) fn announce_room(&mut self, now: Instant, idx: u32, room: &RoomId) {
+        let key = StreamKey::room(self.owner(idx).0, room.clone());
+        if !self.stream_confirmed(&key) {
+            return;
+        }
+        let tenant = self.tenants.get(&key.tenant).expect("connection's tenant exists");
+        let Some(r) = tenant.rooms.get(room) else { return };
+        let pos = r.stream.position();
+        if self.conns.get_mut(idx).announce(room, pos.seq) {
+            let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);
+            self.control_or_close(now, idx, &frame);
+        }
+    }
+
+    /// The connections waiting for a stream: awaiting connections of its user or tenant, or
+    /// members not yet told a room's position.
+    pub(crate) fn waiting_on(&self, key: &StreamKey) -> Vec<u32> {
+        let Some(holder) = self.holder(key) else { return Vec::new() };
+        let mut out = self.recipients(&holder);
+        match &key.scope {
+            StreamScope::Room(room) => out.retain(|&idx| {
+                self.conns
+                    .get(idx)
+                    .memberships()
+                    .iter()
+                    .any(|m| m.room() == room && !m.is_announced())
+            }),
+            _ => out.retain(|&idx| self.conns.get(idx).is_awaiting()),
+        }
+        out
+    }
+
+    /// The connections on a stream's local holder (its user's, its room's members, its tenant's).
+    pub(crate) fn recipients(&self, holder: &TrimKey) -> Vec<u32> {
+        match holder {
+            TrimKey::User(uidx) => self.users.get(*uidx).conns.clone(),
+            TrimKey::Room(t, r) => self
+                .tenants
+                .get(t)
+                .and_then(|t| t.rooms.get(r))
+                .map(|r| r.members.iter().map(|m| m.conn).collect())
+                .unwrap_or_default(),
+            TrimKey::Tenant(t) => self.tenants.get(t).map(|t| t.conns.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// The stream started over: nothing was sent on it to any of its connections yet.
+    fn reset_positions(&mut self, key: &StreamKey) {
+        let Some(holder) = self.holder(key) else { return };
+        let name = key.name();
+        for idx in self.recipients(&holder) {
+            self.conns.get_mut(idx).restart_stream(&name);
+        }
+    }
+}

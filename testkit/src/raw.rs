@@ -1,0 +1,206 @@
+//! Raw client frames: bytes a client sends that the vocabulary's `In` variants do not spell, and
+//! how the protocol reads them (README "Client frames", `PeerError`): a frame is one JSON object
+//! (anything else is `malformed`, located at the first character that is not whitespace, or where
+//! the JSON breaks; a field named twice breaks it); `type` must be a string (`missing_type`
+//! otherwise) and one of the five client types (`unknown_type`); `thread_id`, when present, a
+//! non-empty string of at most `max_client_id_bytes` (checked for every type); `subscribe` needs
+//! one; `resume` needs `positions`, an object of stream name → `{epoch, seq}` of non-negative
+//! integers; other fields are ignored.
+//!
+//! [`decode`] reads bytes that way, and [`Decoded::model_frame`] says what the reference model
+//! should answer, or that the frame is valid but outside the model's domain (a thread not named
+//! `th<k>`, message data other than `{"n": <u8>}`), in which case the runner does not send it.
+//! [`raw_json`] spells frames from a small table of fields, so that both proptest and the fuzzer produce
+//! valid-looking frames as well as garbage.
+
+use serde::Deserialize;
+use serde_json::Value;
+use switchboard::PeerError;
+
+use crate::vocab::{In, thread_name};
+
+/// A field that should be a string: absent, a string, or any other JSON value.
+#[derive(Debug, Default)]
+enum Field {
+    #[default]
+    Absent,
+    Str(String),
+    Other,
+}
+
+fn field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Field::Str(s),
+        _ => Field::Other,
+    })
+}
+
+/// Every field a client frame may carry (a field named twice is an error, others are ignored).
+#[derive(Deserialize)]
+struct Wire {
+    #[serde(rename = "type", default, deserialize_with = "field")]
+    kind: Field,
+    #[serde(default, deserialize_with = "field")]
+    thread_id: Field,
+    data: Option<Value>,
+    positions: Option<Value>,
+}
+
+/// A client frame as the protocol reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decoded {
+    /// `subscribe` to a thread.
+    Subscribe(String),
+    /// `unsubscribe` from a thread, or from every one.
+    Unsubscribe(Option<String>),
+    /// `message`, maybe on a thread, with its data (`null` when absent).
+    Message(Option<String>, Value),
+    /// `ping`.
+    Ping,
+    /// `resume` with these positions, by stream name.
+    Resume(Vec<(String, u64, u64)>),
+    /// Refused with this error.
+    Refused(PeerError),
+}
+
+/// Reads a client frame as the protocol documents (the size limit aside).
+#[must_use]
+pub fn decode(bytes: &[u8], max_client_id_bytes: usize) -> Decoded {
+    if let Some(at) = bytes.iter().position(|b| !b.is_ascii_whitespace()) {
+        if bytes[at] != b'{' {
+            let before = &bytes[..at];
+            let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+            let column = at - before.iter().rposition(|&b| b == b'\n').map_or(0, |nl| nl + 1) + 1;
+            return Decoded::Refused(PeerError::Malformed { line, column });
+        }
+    }
+    let wire: Wire = match serde_json::from_slice(bytes) {
+        Ok(w) => w,
+        Err(e) => {
+            return Decoded::Refused(PeerError::Malformed { line: e.line(), column: e.column() });
+        }
+    };
+    let Field::Str(kind) = wire.kind else { return Decoded::Refused(PeerError::MissingType) };
+    let invalid = |field| Decoded::Refused(PeerError::InvalidField { field });
+    let thread = match wire.thread_id {
+        Field::Absent => None,
+        Field::Str(t) if !t.is_empty() && t.len() <= max_client_id_bytes => Some(t),
+        _ => return invalid("thread_id"),
+    };
+    match kind.as_str() {
+        "subscribe" => thread.map_or_else(|| invalid("thread_id"), Decoded::Subscribe),
+        "unsubscribe" => Decoded::Unsubscribe(thread),
+        "message" => Decoded::Message(thread, wire.data.unwrap_or(Value::Null)),
+        "ping" => Decoded::Ping,
+        "resume" => {
+            let Some(Value::Object(map)) = wire.positions else { return invalid("positions") };
+            let mut out = Vec::new();
+            for (name, pos) in map {
+                let n = |f: &str| pos.get(f).and_then(Value::as_u64);
+                let (Some(epoch), Some(seq)) = (n("epoch"), n("seq")) else {
+                    return invalid("positions");
+                };
+                out.push((name, epoch, seq));
+            }
+            out.sort();
+            Decoded::Resume(out)
+        }
+        _ => Decoded::Refused(PeerError::UnknownType),
+    }
+}
+
+/// A thread name of the model's domain (`th<k>`, spelled as [`thread_name`] spells it).
+fn thread_index(name: &str) -> Option<usize> {
+    let k: usize = name.strip_prefix("th")?.parse().ok()?;
+    (thread_name(k) == name).then_some(k)
+}
+
+impl Decoded {
+    /// The frame the model answers, as an [`In`] (a `resume` as `In::Resume` with no spec: its
+    /// positions are [`Decoded::Resume`]'s); `None` for a valid frame outside the model's domain.
+    /// A refused frame is `In::Raw` (the model answers the error of [`Decoded::Refused`]).
+    #[must_use]
+    pub fn model_frame(&self, bytes: &[u8]) -> Option<In> {
+        let thread = |t: &Option<String>| match t {
+            None => Some(None),
+            Some(t) => thread_index(t).map(Some),
+        };
+        Some(match self {
+            Decoded::Subscribe(t) => In::Subscribe(thread_index(t)?),
+            Decoded::Unsubscribe(t) => In::Unsubscribe(thread(t)?),
+            Decoded::Message(t, data) => {
+                let n = data.as_object().filter(|o| o.len() == 1).and_then(|o| o.get("n"));
+                let n = u8::try_from(n.and_then(Value::as_u64)?).ok()?;
+                In::Message(thread(t)?, n)
+            }
+            Decoded::Ping => In::Ping,
+            Decoded::Resume(_) => In::Resume(Vec::new(), false),
+            Decoded::Refused(_) => In::Raw(bytes.to_vec()),
+        })
+    }
+}
+
+/// The fields of [`raw_json`] frames: a key and the JSON texts its value may be (valid and
+/// invalid ones). The last is `type` again: a field named twice.
+pub const RAW_FIELDS: [(&str, &[&str]); 6] = [
+    (
+        "type",
+        &[
+            r#""subscribe""#,
+            r#""unsubscribe""#,
+            r#""message""#,
+            r#""ping""#,
+            r#""resume""#,
+            r#""dance""#,
+            "7",
+            "null",
+        ],
+    ),
+    (
+        "thread_id",
+        &[
+            r#""th0""#,
+            r#""th1""#,
+            r#""th12""#,
+            r#""""#,
+            r#""far-too-long""#,
+            r#""custom""#,
+            "5",
+            "null",
+        ],
+    ),
+    ("data", &[r#"{"n":3}"#, r#"{"n":0}"#, r#"{"n":300}"#, r#"{"n":1,"m":2}"#, "[1,2]", "null"]),
+    (
+        "positions",
+        &[
+            r#"{"u":{"epoch":1,"seq":0}}"#,
+            r#"{"t":{"epoch":1,"seq":0},"zz":{"epoch":2,"seq":1}}"#,
+            r#"{"u":{"epoch":-1,"seq":0}}"#,
+            r#"{"u":{"epoch":1}}"#,
+            "[1]",
+            "{}",
+        ],
+    ),
+    ("x", &["true", r#"{"nested":[1]}"#, r#""y""#]),
+    ("type", &[r#""ping""#]),
+];
+
+/// A JSON object spelled from `type` (maybe: an index into its values, modulo their count) and
+/// `(field, value)` indices into [`RAW_FIELDS`] (modulo their lengths), with `ws` spaces around
+/// its tokens, maybe cut after `cut` bytes.
+#[must_use]
+pub fn raw_json(kind: Option<u8>, fields: &[(u8, u8)], ws: u8, cut: Option<u16>) -> Vec<u8> {
+    let pad = " ".repeat(usize::from(ws % 3));
+    let spell = |(f, v): (u8, u8)| {
+        let (key, values) = RAW_FIELDS[usize::from(f) % RAW_FIELDS.len()];
+        let value = values[usize::from(v) % values.len()];
+        format!("{pad}\"{key}\"{pad}:{pad}{value}")
+    };
+    let body: Vec<String> =
+        kind.map(|k| (0, k)).into_iter().chain(fields.iter().copied()).map(spell).collect();
+    let mut out = format!("{pad}{{{}{pad}}}", body.join(",")).into_bytes();
+    if let Some(cut) = cut {
+        out.truncate(usize::from(cut));
+    }
+    out
+}
