@@ -23,6 +23,7 @@
 
 pub mod bus;
 pub mod client;
+pub mod cluster;
 pub mod frames;
 #[cfg(feature = "arbitrary")]
 pub mod fuzz;
