@@ -33,6 +33,9 @@ pub enum CloseReason {
     /// Cluster mode: the node could not reach the bus to set the connection up (its streams'
     /// positions could not be read). Code 4007; reconnect after a backoff.
     Unavailable,
+    /// Cluster mode: the user already holds its tier's connections on other nodes (the
+    /// cluster-wide quota refused this one). Code 4008; do not reconnect automatically.
+    UserLimit,
 }
 
 impl CloseReason {
@@ -48,6 +51,7 @@ impl CloseReason {
             CloseReason::Kicked => 4005,
             CloseReason::ServerShutdown => 4006,
             CloseReason::Unavailable => 4007,
+            CloseReason::UserLimit => 4008,
         }
     }
 
@@ -60,7 +64,10 @@ impl CloseReason {
             | CloseReason::SlowConsumer
             | CloseReason::ServerShutdown
             | CloseReason::Unavailable => true,
-            CloseReason::Replaced | CloseReason::ProtocolViolation | CloseReason::Kicked => false,
+            CloseReason::Replaced
+            | CloseReason::ProtocolViolation
+            | CloseReason::Kicked
+            | CloseReason::UserLimit => false,
         }
     }
 
@@ -76,6 +83,7 @@ impl CloseReason {
             CloseReason::Kicked => "kicked",
             CloseReason::ServerShutdown => "server_shutdown",
             CloseReason::Unavailable => "unavailable",
+            CloseReason::UserLimit => "user_limit",
         }
     }
 }
@@ -125,6 +133,7 @@ impl ClosedBy {
         ClosedBy::Hub(CloseReason::Kicked),
         ClosedBy::Hub(CloseReason::ServerShutdown),
         ClosedBy::Hub(CloseReason::Unavailable),
+        ClosedBy::Hub(CloseReason::UserLimit),
         ClosedBy::Transport(DisconnectReason::Clean),
         ClosedBy::Transport(DisconnectReason::Abnormal),
     ];

@@ -139,7 +139,12 @@
 //!                             nodes[s].bus_message(now, &stream, pos, &payload);
 //!                         }
 //!                     }
-//!                     _ => {} // fetch, tops, rotate: not needed on a lossless toy engine
+//!                     BusOp::Lease { op, .. } => {
+//!                         // A quota that always has room.
+//!                         let granted = BusReply::Leased { granted: true, evicted: None };
+//!                         nodes[n].bus_reply(now, op, Ok(granted));
+//!                     }
+//!                     _ => {} // fetch, tops, rotate, renew: not needed on a lossless toy engine
 //!                 }
 //!             }
 //!         }
@@ -154,7 +159,7 @@
 //! let mut engine = Engine::default();
 //! let now = Instant::now();
 //!
-//! // Alice has a tab on each node; the `connected` frames wait for the subscriptions.
+//! // Alice has a tab on each node; `connected` waits for the lease and the subscriptions.
 //! nodes[0].connect(now, Principal::new("acme", "alice"))?;
 //! nodes[1].connect(now, Principal::new("acme", "alice"))?;
 //! let frames = pump(&mut nodes, &mut engine, now);
@@ -316,8 +321,8 @@ mod view;
 
 pub use action::{Action, AuditEvent, Inbound, MetricEvent, Origin};
 pub use cluster::{
-    BusEntry, BusFailure, BusOp, BusReply, ClusterConfig, NodeId, OpId, PublishOutcome, StreamKey,
-    StreamScope,
+    BusEntry, BusFailure, BusOp, BusReply, ClusterConfig, LeaseHolder, NodeId, OpId,
+    PublishOutcome, StreamKey, StreamScope,
 };
 pub use config::{
     BreakerConfig, Config, ConfigError, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas,

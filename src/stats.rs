@@ -26,6 +26,8 @@ pub struct ClosedCounts {
     pub server_shutdown: u64,
     /// [`CloseReason::Unavailable`].
     pub unavailable: u64,
+    /// [`CloseReason::UserLimit`].
+    pub user_limit: u64,
     /// [`DisconnectReason::Clean`].
     pub client_clean: u64,
     /// [`DisconnectReason::Abnormal`].
@@ -55,6 +57,7 @@ impl ClosedCounts {
             ClosedBy::Hub(CloseReason::Kicked) => &mut self.kicked,
             ClosedBy::Hub(CloseReason::ServerShutdown) => &mut self.server_shutdown,
             ClosedBy::Hub(CloseReason::Unavailable) => &mut self.unavailable,
+            ClosedBy::Hub(CloseReason::UserLimit) => &mut self.user_limit,
             ClosedBy::Transport(DisconnectReason::Clean) => &mut self.client_clean,
             ClosedBy::Transport(DisconnectReason::Abnormal) => &mut self.client_abnormal,
         }
@@ -71,9 +74,11 @@ pub struct BusStats {
     pub op_failures: u64,
     /// Operations whose deadline passed without a reply.
     pub op_timeouts: u64,
-    /// Replies to operations not in flight (late, or from before an outage), and messages on
-    /// streams the node no longer follows: ignored.
+    /// Replies to operations not in flight (late, or from before an outage): ignored.
     pub late_replies: u64,
+    /// Live messages on streams the node does not follow (a subscription that timed out but was
+    /// made, or an unsubscribe not yet effective): ignored.
+    pub untracked_messages: u64,
     /// Live messages dropped because they were already delivered.
     pub duplicates_dropped: u64,
     /// Gaps in live delivery filled from the log.

@@ -184,7 +184,6 @@ impl Users {
         state
     }
 
-    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &UserState)> {
         self.slab.iter().map(|(i, u)| (i as u32, u))
     }

@@ -76,6 +76,9 @@ impl Net {
                         BusEvent::Message { stream, pos, payload } => {
                             hub.bus_message(self.now, &stream, pos, &payload);
                         }
+                        BusEvent::Signal { stream, payload } => {
+                            hub.bus_signal(self.now, &stream, &payload);
+                        }
                         BusEvent::Reply { op, reply } => hub.bus_reply(self.now, op, reply),
                     }
                 }
@@ -289,14 +292,14 @@ fn while_the_bus_is_down_publishes_fail_fast_and_connections_stay_open() {
     net.hub(0).bus_down(now);
     let err = net.hub(0).publish(now, note("acme", "alice", 1)).expect_err("fails fast");
     assert_eq!(err, PublishError::Bus(BusFailure::Down));
-    // A user this node does not hold cannot get true positions now.
-    let refused = net.hub(0).connect(now, Principal::new("acme", "bob"));
-    assert_eq!(refused, Err(ConnectError::Unavailable));
-    // Alice's streams are held here: a second tab is served.
-    let a2 = net.hub(0).connect(now, Principal::new("acme", "alice")).expect("servable");
+    // A new connection needs its lease in the user's cluster-wide quota: refused, not created.
+    for user in ["bob", "alice"] {
+        let refused = net.hub(0).connect(now, Principal::new("acme", user));
+        assert_eq!(refused, Err(ConnectError::Unavailable));
+    }
+    assert_eq!(net.hub(0).stats().connects_refused_unavailable, 2);
     net.pump();
-    assert!(net.hub(0).connection(a).is_some());
-    assert_eq!(net.of_type(0, a2, "connected").len(), 1);
+    assert!(net.hub(0).connection(a).is_some(), "open connections stay open");
     // Back up; then node 0's own link drops while node 1 appends, and node 0 catches up when its
     // link is back.
     net.bus.come_up();
@@ -452,4 +455,64 @@ fn connection_targets_are_node_local_and_everyone_is_refused() {
     net.publish(0, only);
     assert_eq!(net.notes(0, a), [1]);
     assert!(net.notes(1, a2).is_empty());
+}
+
+fn one_connection_per_user(cfg: &mut Config) {
+    let t = &mut cfg.tiers;
+    for q in [&mut t.free, &mut t.early, &mut t.mid, &mut t.enterprise] {
+        q.max_connections_per_user = 1;
+    }
+}
+
+#[test]
+fn the_per_user_quota_holds_across_nodes() {
+    let mut net = Net::new(2, one_connection_per_user);
+    let a = net.connect(0, "acme", "alice");
+    let b = net.connect(1, "acme", "alice");
+    assert_eq!(net.of_type(0, a, "connected").len(), 1);
+    assert!(net.of_type(1, b, "connected").is_empty(), "refused before connected");
+    assert!(net.hub(1).connection(b).is_none());
+    assert_eq!(net.hub(1).stats().closed_by.user_limit, 1);
+    let key = StreamKey::user("acme", "alice");
+    assert_eq!(net.bus.leases(&key, net.now), 1);
+    // Closing the first gives its place back.
+    let now = net.now;
+    net.hub(0).disconnect(now, a, switchboard::DisconnectReason::Clean).expect("open");
+    net.pump();
+    assert_eq!(net.bus.leases(&key, net.now), 0);
+    let c = net.connect(1, "acme", "alice");
+    assert_eq!(net.of_type(1, c, "connected").len(), 1);
+}
+
+#[test]
+fn evict_oldest_closes_the_oldest_connection_on_whichever_node_it_is() {
+    let mut net = Net::new(2, |c| {
+        one_connection_per_user(c);
+        c.user_limit_policy = switchboard::UserLimitPolicy::EvictOldest;
+    });
+    let a = net.connect(0, "acme", "alice");
+    let b = net.connect(1, "acme", "alice");
+    assert_eq!(net.of_type(1, b, "connected").len(), 1);
+    assert!(net.hub(0).connection(a).is_none(), "the oldest, on the other node, was replaced");
+    assert_eq!(net.hub(0).stats().closed_by.replaced, 1);
+    assert_eq!(net.bus.leases(&StreamKey::user("acme", "alice"), net.now), 1);
+}
+
+#[test]
+fn a_dead_nodes_leases_expire_and_live_ones_are_renewed() {
+    let mut net = Net::new(2, one_connection_per_user);
+    let a = net.connect(0, "acme", "alice");
+    let key = StreamKey::user("acme", "alice");
+    // Renewals keep the lease past its lifetime while the node lives.
+    net.advance(Duration::from_secs(95));
+    assert!(net.hub(0).connection(a).is_some());
+    assert_eq!(net.bus.leases(&key, net.now), 1);
+    // The node dies: its lease is gone within one lifetime, and the user may connect elsewhere.
+    net.hubs[0] = None;
+    net.bus.crash_node(0);
+    let early = net.connect(1, "acme", "alice");
+    assert!(net.hub(1).connection(early).is_none(), "the dead node's lease still counts");
+    net.advance(Duration::from_secs(31));
+    let b = net.connect(1, "acme", "alice");
+    assert_eq!(net.of_type(1, b, "connected").len(), 1);
 }

@@ -98,6 +98,10 @@ pub struct ClusterConfig {
     /// While the bus is down, how long a `resume` waits for it before it is answered
     /// `recovered: false` for the streams that need the log.
     pub resume_wait: Duration,
+    /// How long a connection's lease (its place in the user's cluster-wide connection quota)
+    /// lives without a renewal. The node renews its leases every third of it, in batches; the
+    /// leases of a node that died expire after at most this long.
+    pub lease_ttl: Duration,
 }
 
 impl ClusterConfig {
@@ -111,6 +115,7 @@ impl ClusterConfig {
             fetch_limit: 1_000,
             top_check_interval: Some(Duration::from_secs(30)),
             resume_wait: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -168,6 +173,16 @@ impl StreamKey {
             StreamScope::Tenant => StreamName::Tenant,
         }
     }
+}
+
+/// One connection's place in its user's cluster-wide connection quota: the node and the
+/// connection ([`ConnId::to_u64`](crate::ConnId::to_u64)).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseHolder {
+    /// The node the connection is on.
+    pub node: NodeId,
+    /// The connection, as [`ConnId::to_u64`](crate::ConnId::to_u64).
+    pub conn: u64,
 }
 
 /// Identifies one bus operation: a generation (bumped each time the bus comes back up, so a reply
@@ -274,6 +289,48 @@ pub enum BusOp {
         /// The epoch that must be replaced.
         epoch: u64,
     },
+    /// Take a lease for `holder` in the user's set (named by the user's stream key), atomically:
+    /// drop the set's expired leases; if fewer than `limit` remain, add this one (expiring after
+    /// `ttl`) and reply [`BusReply::Leased`] granted; if the set is full and `evict_oldest`,
+    /// remove the oldest lease, add this one and name the removed holder; otherwise refuse.
+    Lease {
+        /// The operation.
+        op: OpId,
+        /// The user's stream key (the lease set's name).
+        user: StreamKey,
+        /// Who takes it.
+        holder: LeaseHolder,
+        /// The user's tier quota.
+        limit: u32,
+        /// Its lifetime without renewal.
+        ttl: Duration,
+        /// Whether a full set gives up its oldest lease instead of refusing.
+        evict_oldest: bool,
+    },
+    /// Extend these leases by `ttl` (re-adding any that expired); reply [`BusReply::Renewed`].
+    Renew {
+        /// The operation.
+        op: OpId,
+        /// The leases, by user.
+        leases: Vec<(StreamKey, LeaseHolder)>,
+        /// Their new lifetime.
+        ttl: Duration,
+    },
+    /// Drop a lease (its connection closed). No reply.
+    Release {
+        /// The user's stream key.
+        user: StreamKey,
+        /// The holder.
+        holder: LeaseHolder,
+    },
+    /// Publish an unsequenced signal on the stream's live channel (not logged); every node
+    /// subscribed gets it through [`Hub::bus_signal`](crate::Hub::bus_signal). No reply.
+    Signal {
+        /// The stream.
+        stream: StreamKey,
+        /// The signal, opaque to the driver.
+        payload: Arc<str>,
+    },
 }
 
 impl BusOp {
@@ -285,8 +342,10 @@ impl BusOp {
             | BusOp::Append { op, .. }
             | BusOp::Fetch { op, .. }
             | BusOp::Tops { op, .. }
-            | BusOp::Rotate { op, .. } => Some(*op),
-            BusOp::Unsubscribe { .. } => None,
+            | BusOp::Rotate { op, .. }
+            | BusOp::Lease { op, .. }
+            | BusOp::Renew { op, .. } => Some(*op),
+            BusOp::Unsubscribe { .. } | BusOp::Release { .. } | BusOp::Signal { .. } => None,
         }
     }
 }
@@ -335,6 +394,15 @@ pub enum BusReply {
         /// The top.
         top: StreamPos,
     },
+    /// The outcome of a [`BusOp::Lease`].
+    Leased {
+        /// Whether the lease was taken.
+        granted: bool,
+        /// The holder whose lease was removed to make room (`evict_oldest`).
+        evicted: Option<LeaseHolder>,
+    },
+    /// The leases were renewed.
+    Renewed,
 }
 
 /// Why a bus operation failed.

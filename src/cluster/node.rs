@@ -26,6 +26,10 @@ pub(crate) enum Pending {
     Tops { streams: Vec<StreamKey> },
     /// A rotation to a new epoch after the log lost its tail.
     Rotate { stream: StreamKey },
+    /// A connection's lease in its user's cluster-wide quota.
+    Lease { conn: ConnId, user: StreamKey },
+    /// The periodic renewal of the node's leases.
+    Renew,
 }
 
 /// One stream the node is subscribed to (or subscribing to).
@@ -50,6 +54,10 @@ pub(crate) struct Node {
     top_check: Option<Instant>,
     /// A small generator for the top check's jitter (seeded from the hub's seed).
     jitter: u64,
+    /// Connections whose lease is being taken (they wait before `connected`).
+    pub(crate) leasing: hashbrown::HashSet<ConnId>,
+    /// The next renewal of the node's leases, once it holds any.
+    pub(crate) renew_at: Option<Instant>,
     pub(crate) counters: BusStats,
 }
 
@@ -65,6 +73,8 @@ impl Node {
             streams: HashMap::new(),
             top_check: None,
             jitter: seed | 1,
+            leasing: hashbrown::HashSet::new(),
+            renew_at: None,
             counters: BusStats::default(),
         }
     }
@@ -146,12 +156,9 @@ impl Node {
         self.generation = self.generation.wrapping_add(1);
     }
 
-    /// When the next operation times out or the next top check is due.
+    /// When the next operation times out, the next top check or the next lease renewal is due.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        match (self.deadlines.peek(), self.top_check) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.deadlines.peek(), self.top_check, self.renew_at].into_iter().flatten().min()
     }
 
     /// Arms the next top check after `now` (±50 % jitter), if configured and not armed.

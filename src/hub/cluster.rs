@@ -55,7 +55,7 @@ impl Hub {
         let Some(node) = self.node.as_deref_mut() else { return };
         let max_held = node.cfg.max_held_per_stream;
         let Some(tracked) = node.streams.get_mut(stream) else {
-            node.counters.late_replies += 1;
+            node.counters.untracked_messages += 1;
             return;
         };
         let payload: Arc<str> = Arc::from(payload);
@@ -159,6 +159,13 @@ impl Hub {
             node.arm_top_check(now);
             if node.is_up() {
                 self.check_tops(now, keys);
+            }
+        }
+        let node = self.node.as_deref_mut().expect("clustered");
+        if node.renew_at.is_some_and(|at| at <= now) {
+            node.renew_at = now.checked_add(node.cfg.lease_ttl / 3);
+            if node.is_up() {
+                self.renew_leases(now);
             }
         }
         self.resume_deadlines(now);
@@ -308,6 +315,9 @@ impl Hub {
                     }
                 }
             }
+            Pending::Lease { conn, user } => self.leased(now, conn, user, reply),
+            // A failed renewal is tried again at the next period (a lease outlives two misses).
+            Pending::Renew => {}
         }
     }
 
@@ -608,12 +618,10 @@ impl Hub {
 }
 
 impl Hub {
-    /// Whether a connection of `(tenant, user)` can be set up now: always on a single node; in
-    /// cluster mode, if the bus is up or the node already holds both streams with known
-    /// positions.
-    pub(crate) fn streams_servable(&self, tenant: &TenantId, user: &UserId) -> bool {
-        let Some(node) = self.node.as_deref() else { return true };
-        node.is_up() || self.streams_ready_for(tenant, user)
+    /// Whether a connection can be set up now: always on a single node; in cluster mode only
+    /// while the bus is up (its lease in the user's cluster-wide quota must be taken).
+    pub(crate) fn streams_servable(&self) -> bool {
+        self.node.as_deref().is_none_or(Node::is_up)
     }
 
     /// Whether the user's and the tenant's streams have known positions (always, on a single
@@ -654,7 +662,8 @@ impl Hub {
                         continue;
                     }
                     let (tenant, user) = self.owner(idx);
-                    if self.streams_ready_for(&tenant, &user) {
+                    let id = self.conns.id_of(idx);
+                    if self.streams_ready_for(&tenant, &user) && !self.lease_pending(id) {
                         self.go_ready(now, idx);
                     }
                 }
@@ -744,6 +753,204 @@ impl Hub {
         let name = key.name();
         for idx in self.recipients(&holder) {
             self.conns.get_mut(idx).restart_stream(&name);
+        }
+    }
+}
+
+impl Hub {
+    /// Cluster mode: the connection takes its place in its user's cluster-wide quota; its
+    /// `connected` frame waits for the answer.
+    pub(crate) fn take_lease(&mut self, now: Instant, idx: u32) {
+        let id = self.conns.id_of(idx);
+        let (tenant, user) = self.owner(idx);
+        let tier = self.conns.get(idx).tier();
+        let limit = self.cfg.tiers.get(tier).max_connections_per_user;
+        let evict_oldest =
+            self.cfg.user_limit_policy == crate::config::UserLimitPolicy::EvictOldest;
+        let ttl = self.node.as_deref().expect("clustered").cfg.lease_ttl;
+        let holder = self.holder_of(id);
+        let user = StreamKey::user(tenant, user);
+        let pending = Pending::Lease { conn: id, user: user.clone() };
+        let issued = self.issue(now, pending, |op| BusOp::Lease {
+            op,
+            user,
+            holder,
+            limit,
+            ttl,
+            evict_oldest,
+        });
+        match issued {
+            Ok(_) => {
+                self.node().expect("clustered").leasing.insert(id);
+            }
+            Err(_) => self.close_conn(now, idx, ClosedBy::Hub(CloseReason::Unavailable)),
+        }
+    }
+
+    /// This node's name for a connection's lease.
+    fn holder_of(&self, id: ConnId) -> crate::cluster::LeaseHolder {
+        let node = self.node.as_deref().expect("clustered").cfg.node.clone();
+        crate::cluster::LeaseHolder { node, conn: id.to_u64() }
+    }
+
+    /// Whether the connection still waits for its lease.
+    pub(crate) fn lease_pending(&self, id: ConnId) -> bool {
+        self.node.as_deref().is_some_and(|n| n.leasing.contains(&id))
+    }
+
+    /// A lease's answer: the connection goes on (and an evicted one elsewhere is told to close),
+    /// or it is closed: over the quota ([`CloseReason::UserLimit`]) or unknowable
+    /// ([`CloseReason::Unavailable`]).
+    fn leased(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        key: StreamKey,
+        reply: Result<BusReply, BusFailure>,
+    ) {
+        let node = self.node().expect("clustered");
+        node.leasing.remove(&id);
+        let Some(idx) = self.live(now, id) else {
+            // Closed while it waited: give the lease back if it was taken.
+            if let Ok(BusReply::Leased { granted: true, .. }) = reply {
+                let holder = self.holder_of(id);
+                self.out.bus(BusOp::Release { user: key, holder });
+            }
+            return;
+        };
+        let (tenant, user) = self.owner(idx);
+        match reply {
+            Ok(BusReply::Leased { granted: true, evicted }) => {
+                let node = self.node().expect("clustered");
+                if node.renew_at.is_none() {
+                    node.renew_at = now.checked_add(node.cfg.lease_ttl / 3);
+                }
+                if let Some(holder) = evicted {
+                    self.evict(now, &tenant, &user, holder);
+                }
+                if self.conns.contains(idx)
+                    && self.conns.get(idx).is_awaiting()
+                    && self.streams_ready_for(&tenant, &user)
+                {
+                    self.go_ready(now, idx);
+                }
+            }
+            Ok(BusReply::Leased { granted: false, .. }) => {
+                let kind = crate::kinds::LimitKind::UserConnections;
+                self.out.limit(kind, AuditKind::LimitHit(kind), Some(id), &tenant, &user);
+                self.close_conn(now, idx, ClosedBy::Hub(CloseReason::UserLimit));
+            }
+            _ => self.close_conn(now, idx, ClosedBy::Hub(CloseReason::Unavailable)),
+        }
+    }
+
+    /// The quota evicted `holder` (the user's oldest connection) for a new one: close it here,
+    /// or tell its node through the user's channel.
+    fn evict(
+        &mut self,
+        now: Instant,
+        tenant: &TenantId,
+        user: &UserId,
+        holder: crate::cluster::LeaseHolder,
+    ) {
+        let me = self.node.as_deref().expect("clustered").cfg.node.clone();
+        if holder.node == me {
+            self.evict_local(now, tenant, user, holder.conn);
+            return;
+        }
+        let payload = format!("evict\n{}\n{}", holder.node, holder.conn);
+        let stream = StreamKey::user(tenant.clone(), user.clone());
+        self.out.bus(BusOp::Signal { stream, payload: Arc::from(payload) });
+    }
+
+    /// Closes this node's connection `conn` of `(tenant, user)` with `Replaced`, if open.
+    fn evict_local(&mut self, now: Instant, tenant: &TenantId, user: &UserId, conn: u64) {
+        #[allow(clippy::cast_possible_truncation)]
+        let id = ConnId::new(conn as u32, (conn >> 32) as u32);
+        let Some(idx) = self.live(now, id) else { return };
+        let (t, u) = self.owner(idx);
+        // Only ever a connection of the user the signal is about.
+        if &t != tenant || &u != user {
+            self.out.audit(AuditKind::BusMismatch, Some(id), Some(tenant), Some(user));
+            return;
+        }
+        let kind = crate::kinds::LimitKind::UserConnectionsEvicted;
+        self.out.limit(kind, AuditKind::LimitHit(kind), Some(id), &t, &u);
+        self.close_conn(now, idx, ClosedBy::Hub(CloseReason::Replaced));
+    }
+
+    /// Cluster mode: an unsequenced signal arrived on a stream's channel (today: "close the
+    /// user's connection X on node N", sent when the cluster-wide quota evicted it). Checked
+    /// against the stream it came on; anything else is ignored and counted.
+    pub fn bus_signal(&mut self, now: Instant, stream: &StreamKey, payload: &str) {
+        let now = self.clock(now);
+        let Some(node) = self.node.as_deref_mut() else { return };
+        let mut parts = payload.split('\n');
+        let (Some("evict"), Some(target), Some(conn), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            node.counters.mismatches += 1;
+            return;
+        };
+        let StreamScope::User(user) = &stream.scope else {
+            node.counters.mismatches += 1;
+            return;
+        };
+        let Ok(conn) = conn.parse::<u64>() else {
+            node.counters.mismatches += 1;
+            return;
+        };
+        if target != node.cfg.node.as_str() {
+            return;
+        }
+        let (tenant, user) = (stream.tenant.clone(), user.clone());
+        self.evict_local(now, &tenant, &user, conn);
+    }
+
+    /// Gives a closed connection's lease back.
+    pub(crate) fn release_lease(&mut self, idx: u32) {
+        if self.node.is_none() {
+            return;
+        }
+        let id = self.conns.id_of(idx);
+        if self.lease_pending(id) {
+            // Its answer releases it if it was granted.
+            return;
+        }
+        let (tenant, user) = self.owner(idx);
+        let holder = self.holder_of(id);
+        self.out.bus(BusOp::Release { user: StreamKey::user(tenant, user), holder });
+    }
+
+    /// The slot of an open connection, without auditing a stale id (the bus's own references).
+    fn live(&self, now: Instant, id: ConnId) -> Option<u32> {
+        match self.conns.lookup(id, now, std::time::Duration::ZERO) {
+            crate::connection::Lookup::Live(idx) => Some(idx),
+            _ => None,
+        }
+    }
+
+    /// Renews every lease of the node, in batches.
+    fn renew_leases(&mut self, now: Instant) {
+        let ttl = self.node.as_deref().expect("clustered").cfg.lease_ttl;
+        let mut leases: Vec<(StreamKey, crate::cluster::LeaseHolder)> = Vec::new();
+        for (_, state) in self.users.iter() {
+            for &idx in &state.conns {
+                let id = self.conns.id_of(idx);
+                if self.lease_pending(id) {
+                    continue;
+                }
+                let key = StreamKey::user(state.tenant.clone(), state.user.clone());
+                leases.push((key, self.holder_of(id)));
+            }
+        }
+        // Sorted: the users' slab order is an accident of their slots.
+        leases.sort_unstable();
+        for batch in leases.chunks(512) {
+            let leases = batch.to_vec();
+            if self.issue(now, Pending::Renew, |op| BusOp::Renew { op, leases, ttl }).is_err() {
+                break;
+            }
         }
     }
 }

@@ -253,7 +253,9 @@ impl Hub {
             return Err(ConnectError::BreakerOpen { retry_after });
         }
         let limit = self.cfg.tiers.get(principal.tier).max_connections_per_user;
-        let held = uidx.map_or(0, |u| self.users.get(u).conns.len());
+        // Cluster mode: the per-user quota is cluster-wide, decided by the lease (`take_lease`).
+        let held =
+            if self.node.is_some() { 0 } else { uidx.map_or(0, |u| self.users.get(u).conns.len()) };
         // Connections that admitting this one will evict (they free their own slots).
         let mut evict = 0;
         if held >= limit as usize {
@@ -282,7 +284,7 @@ impl Hub {
 
         // Cluster mode: a connection needs its streams' true positions; while the bus is down
         // they can only come from streams this node already holds.
-        if !self.streams_servable(tenant_id, user_id) {
+        if !self.streams_servable() {
             self.out.stats.connects_refused_unavailable += 1;
             return Err(ConnectError::Unavailable);
         }
@@ -319,11 +321,12 @@ impl Hub {
         self.out.opened(id, &principal.tenant, &principal.user, principal.tier);
         let clock = self.flow.clock;
         self.flow.tier(principal.tier).connects.add(clock, 1);
-        if self.streams_ready_for(&principal.tenant, &principal.user) {
-            self.send_connected(now, idx);
-        } else {
-            // Cluster mode: `connected` waits for the streams' true positions.
+        if self.node.is_some() {
+            // Cluster mode: `connected` waits for the lease and the streams' true positions.
             self.conns.get_mut(idx).await_streams();
+            self.take_lease(now, idx);
+        } else {
+            self.send_connected(now, idx);
         }
 
         for _ in 0..evict {
@@ -411,6 +414,7 @@ impl Hub {
         if !self.early_resumes.is_empty() {
             self.early_resumes.remove(&id);
         }
+        self.release_lease(idx);
         let uidx = self.conns.get(idx).user();
         let tenant_id = self.users.get(uidx).tenant.clone();
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");

@@ -28,7 +28,12 @@
 //!   the nodes notice;
 //! - [`ModelBus::lose_tail`] / [`ModelBus::lose_tail_everywhere`]: a failover to an asynchronous
 //!   replica that missed the last `n` appends of a stream;
-//! - [`ModelBus::crash_node`]: a node died; its subscriptions and queued events are gone.
+//! - [`ModelBus::crash_node`]: a node died; its subscriptions and queued events are gone (its
+//!   leases stay until they expire, as a dead node's do).
+//!
+//! Leases: per user, a set of holders with an expiry; `Lease` drops expired ones, then grants,
+//! evicts the oldest (`evict_oldest`) or refuses; `Renew` extends (re-adding expired ones);
+//! `Release` drops one. `Signal` goes to the stream's subscribers unlogged.
 //!
 //! Everything is ordered (`BTreeMap`s, node indices) and the only randomness is the seeded
 //! generator, so a run is reproducible from its seed. The engine's own state is bounded by the
@@ -40,7 +45,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchboard::{BusEntry, BusFailure, BusOp, BusReply, OpId, StreamKey, StreamPos};
+use switchboard::{BusEntry, BusFailure, BusOp, BusReply, LeaseHolder, OpId, StreamKey, StreamPos};
 
 use crate::rng::Rng;
 
@@ -54,6 +59,13 @@ pub enum BusEvent {
         /// Its position.
         pos: StreamPos,
         /// The payload, as appended.
+        payload: Arc<str>,
+    },
+    /// An unsequenced signal on a stream the node is subscribed to.
+    Signal {
+        /// The stream.
+        stream: StreamKey,
+        /// The signal, as published.
         payload: Arc<str>,
     },
     /// The reply to an operation the node submitted.
@@ -172,6 +184,8 @@ pub struct ModelBus {
     queue_limit: usize,
     history: BTreeMap<StreamKey, Vec<Appended>>,
     stats: BusStats,
+    /// Per user (by its stream key): the leases, holder → (taken at, expires at).
+    leases: BTreeMap<StreamKey, BTreeMap<LeaseHolder, (Instant, Instant)>>,
 }
 
 const MILLION: u64 = 1_000_000;
@@ -195,6 +209,7 @@ impl ModelBus {
             queue_limit: 100_000,
             history: BTreeMap::new(),
             stats: BusStats::default(),
+            leases: BTreeMap::new(),
         }
     }
 
@@ -212,6 +227,20 @@ impl ModelBus {
             // driver does not restore a channel it was told to leave).
             self.nodes[node].subs.remove(stream);
             return;
+        }
+        match &op {
+            BusOp::Release { user, holder } if self.reachable(node) => {
+                if let Some(set) = self.leases.get_mut(user) {
+                    set.remove(holder);
+                }
+                return;
+            }
+            BusOp::Signal { stream, payload } if self.reachable(node) => {
+                self.signal(now, stream, payload);
+                return;
+            }
+            BusOp::Release { .. } | BusOp::Signal { .. } => return,
+            _ => {}
         }
         let Some(id) = op.op() else { return };
         if !self.reachable(node) {
@@ -314,8 +343,35 @@ impl ModelBus {
                 }
                 BusReply::Rotated { top: self.top(&stream) }
             }
-            // `Unsubscribe` is handled in `submit`; an operation this model does not know is
-            // refused, as an engine refuses a script it does not have.
+            BusOp::Lease { user, holder, limit, ttl, evict_oldest, .. } => {
+                let set = self.leases.entry(user).or_default();
+                set.retain(|_, (_, expires)| *expires > now);
+                if set.contains_key(&holder) || set.len() < limit as usize {
+                    set.insert(holder, (now, now + ttl));
+                    BusReply::Leased { granted: true, evicted: None }
+                } else if evict_oldest {
+                    let oldest = set
+                        .iter()
+                        .min_by_key(|(h, (taken, _))| (*taken, (*h).clone()))
+                        .map(|(h, _)| h.clone())
+                        .expect("the set is full, so not empty");
+                    set.remove(&oldest);
+                    set.insert(holder, (now, now + ttl));
+                    BusReply::Leased { granted: true, evicted: Some(oldest) }
+                } else {
+                    BusReply::Leased { granted: false, evicted: None }
+                }
+            }
+            BusOp::Renew { leases, ttl, .. } => {
+                for (user, holder) in leases {
+                    let set = self.leases.entry(user).or_default();
+                    let taken = set.get(&holder).map_or(now, |(taken, _)| *taken);
+                    set.insert(holder, (taken, now + ttl));
+                }
+                BusReply::Renewed
+            }
+            // `Unsubscribe`, `Release` and `Signal` are handled in `submit`; an operation this
+            // model does not know is refused, as an engine refuses a script it does not have.
             _ => return Err(BusFailure::Refused),
         })
     }
@@ -406,6 +462,21 @@ impl ModelBus {
             let event = BusEvent::Message { stream: stream.clone(), pos, payload: payload.clone() };
             self.enqueue(now, i, event);
         }
+    }
+
+    fn signal(&mut self, now: Instant, stream: &StreamKey, payload: &Arc<str>) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].subs.contains(stream) && self.reachable(i) {
+                let event = BusEvent::Signal { stream: stream.clone(), payload: payload.clone() };
+                self.enqueue(now, i, event);
+            }
+        }
+    }
+
+    /// The live (unexpired) leases of a user at `now`: the cluster-wide quota's ground truth.
+    #[must_use]
+    pub fn leases(&self, user: &StreamKey, now: Instant) -> usize {
+        self.leases.get(user).map_or(0, |set| set.values().filter(|(_, exp)| *exp > now).count())
     }
 
     fn reply(&mut self, now: Instant, node: usize, op: OpId, reply: Result<BusReply, BusFailure>) {
@@ -585,6 +656,8 @@ impl ModelBus {
             }
         }
         self.expiry.clear();
+        // Leases are gone too; the nodes' next renewals put theirs back.
+        self.leases.clear();
     }
 
     /// A failover lost the last `n` appends of `stream`: its seq goes back by `n` in the same

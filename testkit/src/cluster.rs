@@ -168,6 +168,9 @@ impl Cluster {
                         BusEvent::Message { stream, pos, payload } => {
                             hub.bus_message(now, &stream, pos, &payload);
                         }
+                        BusEvent::Signal { stream, payload } => {
+                            hub.bus_signal(now, &stream, &payload);
+                        }
                         BusEvent::Reply { op, reply } => hub.bus_reply(now, op, reply),
                     }
                 }

@@ -130,7 +130,7 @@ fn replies(events: &[BusEvent]) -> Vec<(OpId, Result<BusReply, BusFailure>)> {
         .iter()
         .filter_map(|e| match e {
             BusEvent::Reply { op, reply } => Some((*op, reply.clone())),
-            BusEvent::Message { .. } => None,
+            BusEvent::Message { .. } | BusEvent::Signal { .. } => None,
         })
         .collect()
 }
@@ -142,7 +142,7 @@ fn messages(events: &[BusEvent]) -> Vec<(StreamKey, StreamPos, String)> {
             BusEvent::Message { stream, pos, payload } => {
                 Some((stream.clone(), *pos, payload.to_string()))
             }
-            BusEvent::Reply { .. } => None,
+            BusEvent::Reply { .. } | BusEvent::Signal { .. } => None,
         })
         .collect()
 }
@@ -686,4 +686,35 @@ fn the_log_is_always_the_unended_history_and_every_node_sees_seqs_ascend() {
         }
         assert!(delivered > 100, "seed {seed}: the run delivered something ({delivered})");
     }
+}
+
+#[test]
+fn leases_are_granted_up_to_the_limit_evict_the_oldest_or_refuse_and_expire() {
+    use switchboard::{LeaseHolder, NodeId};
+    let mut bus = ModelBus::new(3);
+    let t0 = Instant::now();
+    let user = StreamKey::user("acme", "alice");
+    let holder = |n: &str, c: u64| LeaseHolder { node: NodeId::new(n), conn: c };
+    let ttl = Duration::from_secs(30);
+    let mut n = 0;
+    let mut lease = |bus: &mut ModelBus, at: Instant, h: LeaseHolder, evict: bool| {
+        n += 1;
+        let op = OpId::from_raw(0, n);
+        let user = user.clone();
+        bus.submit(at, 0, BusOp::Lease { op, user, holder: h, limit: 2, ttl, evict_oldest: evict });
+        let events: Vec<BusEvent> = std::iter::from_fn(|| bus.poll(at, 0)).collect();
+        replies(&events).pop().expect("a reply").1
+    };
+    let granted = Ok(BusReply::Leased { granted: true, evicted: None });
+    assert_eq!(lease(&mut bus, t0, holder("a", 1), false), granted);
+    assert_eq!(lease(&mut bus, t0, holder("b", 1), false), granted);
+    let refused = Ok(BusReply::Leased { granted: false, evicted: None });
+    assert_eq!(lease(&mut bus, t0, holder("b", 2), false), refused);
+    let evicted = Ok(BusReply::Leased { granted: true, evicted: Some(holder("a", 1)) });
+    assert_eq!(lease(&mut bus, t0, holder("b", 2), true), evicted);
+    assert_eq!(bus.leases(&user, t0), 2);
+    // Without renewal they expire; a full set has room again.
+    let later = t0 + ttl + Duration::from_secs(1);
+    assert_eq!(bus.leases(&user, later), 0);
+    assert_eq!(lease(&mut bus, later, holder("c", 1), false), granted);
 }
