@@ -76,17 +76,20 @@ impl<K> TimerQueue<K> {
     }
 
     /// The earliest deadline.
+    #[inline]
     pub(crate) fn peek(&self) -> Option<Instant> {
         self.heap.first().map(|e| e.at)
     }
 
     /// The earliest deadline and its key.
+    #[inline]
     pub(crate) fn peek_key(&self) -> Option<(Instant, &K)> {
         let top = self.heap.first()?;
         Some((top.at, &self.entries[top.id as usize].key))
     }
 
     /// Removes and returns the earliest timer if it is due at `now`.
+    #[inline]
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<K> {
         let top = *self.heap.first()?;
         if top.at > now {
