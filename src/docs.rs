@@ -168,6 +168,7 @@
 //! | `left` | `stream` | the server took the connection out of a room |
 //! | `error` | `code`, `message` | a client frame was refused |
 //! | `pong` | | answer to a client `ping` |
+//! | `resync` | `stream`, `epoch`, `seq`, `recovered` (`false`), `reason` (`gap_too_old`, `epoch_changed`) | cluster mode: messages of the stream up to `(epoch, seq)` may be missing (the log no longer holds them, or the stream started over); take `(epoch, seq)` as the stream's position and refetch its state |
 //!
 //! Example: `{"type":"agent_started","stream":"u","epoch":77,"seq":42,"thread_id":"t1","run_id":"r9","data":{"agent":"researcher"}}`
 //!
@@ -200,3 +201,89 @@
 //! | 4004 | `protocol_violation` | no |
 //! | 4005 | `kicked` | no |
 //! | 4006 | `server_shutdown` | yes |
+//! | 4007 | `unavailable` (cluster mode: the bus could not set the connection up) | yes, after a backoff |
+//! | 4008 | `user_limit` (cluster mode: the user holds its quota on other nodes) | no |
+//!
+//! ## Cluster mode
+//!
+//! One hub is one process. Set `Config::cluster` (`ClusterConfig::new(node_id)`) and the hub becomes
+//! one **node** of several that share a **bus** — an engine with a per-stream log and live channels:
+//! Redis in production (the server's driver, issue 12), the test kit's `ModelBus` in the tests.
+//! Without it nothing changes: a single node needs no bus.
+//!
+//! **What the driver does.** Besides the single-node actions, drain and perform:
+//!
+//! | action | the driver does | and feeds back |
+//! |---|---|---|
+//! | `Action::Bus(BusOp::Subscribe { op, stream })` | subscribe to the stream's channel, then read its top | `bus_reply(now, op, Ok(BusReply::Subscribed { top }))` (`top` is `(0, 0)` for a stream with no epoch) |
+//! | `Action::Bus(BusOp::Unsubscribe { stream })` | unsubscribe | — |
+//! | `Action::Bus(BusOp::Append { op, stream, payload, idempotency_key, keep, ttl })` | atomically: set an epoch if absent, `seq + 1`, append, trim to `keep`, expire after `ttl`, remember the key, publish on the channel | `Ok(Appended { pos })`, or `Ok(Duplicate { pos })` for a key seen before |
+//! | `Action::Bus(BusOp::Fetch { op, stream, after, limit })` | atomically: the top and the entries after `after` | `Ok(Fetched { top, entries })` |
+//! | `Action::Bus(BusOp::Tops { op, streams })` | read many tops | `Ok(Tops(..))`, in order |
+//! | `Action::Bus(BusOp::Rotate { op, stream, epoch })` | a new epoch (seq 0) if it is still `epoch` | `Ok(Rotated { top })` |
+//! | `Action::Bus(BusOp::Lease { op, user, holder, limit, ttl, evict_oldest })` | atomically in the user's lease set: drop expired, then grant, evict the oldest, or refuse | `Ok(Leased { granted, evicted })` |
+//! | `Action::Bus(BusOp::Renew { op, leases, ttl })` / `Release { user, holder }` | extend (re-adding expired ones) / drop leases | `Ok(Renewed)` / — |
+//! | `Action::Bus(BusOp::Signal { stream, payload })` | publish on the channel, unlogged | — |
+//! | `Action::Published { op, outcome }` | answer the publisher (`Appended`, `Duplicate`, `Failed`) | — |
+//!
+//! Every live message on a subscribed channel goes to `hub.bus_message(now, &stream, pos, &payload)`
+//! and every signal to `hub.bus_signal(now, &stream, &payload)`. A failed operation is
+//! `bus_reply(now, op, Err(BusFailure::Retryable))` (or `Refused`). When the connection to the bus
+//! is lost call `hub.bus_down(now)`; when it is back and the subscriptions are restored,
+//! `hub.bus_up(now)`. Deadlines are the hub's: keep calling `tick` at `poll_timeout`. Payloads are
+//! opaque text; store and forward them byte for byte. The crate docs show the whole loop over a toy
+//! engine, compiled.
+//!
+//! **What a node guarantees.**
+//! - Positions come from the engine, never from a node: a publish returns at once with
+//!   `Published::op`, and every node — the publishing one too — delivers the message when it comes
+//!   back on the channel, as the same bytes a single node would have sent.
+//! - A message is checked against the stream it arrived on before anything else (tenant, user or
+//!   room, and the stream named inside the frame): a mismatch is dropped and audited
+//!   (`bus_mismatch`), so a driver bug cannot leak one tenant's event to another.
+//! - Per stream, a node delivers seqs in order, once: a duplicate is dropped; a gap holds what comes
+//!   after it (at most `max_held_per_stream`) while the log fills it; what the log no longer holds
+//!   becomes a `resync` frame for the stream's connections — never a silent hole. A lost *last*
+//!   message is found by the top check (every `top_check_interval`, ±50 % jitter).
+//! - `connected` and `joined` wait until the node knows the streams' true positions (and the
+//!   connection's lease is granted), so the positions they report are the log's.
+//! - `resume` works on any node: what the local buffer (now a cache in front of the log) lacks is
+//!   fetched from the log after the client's position, merged, deduplicated and replayed in order,
+//!   then `resumed`. A client whose node died reconnects anywhere and recovers exactly.
+//! - The per-user connection quota of each tier holds **across the cluster**: each connection takes
+//!   a lease (granted, refused → close 4008 `user_limit`, or granted by evicting the user's oldest
+//!   connection, which its node closes with `replaced` — told through the user's channel when it is
+//!   elsewhere). Leases are renewed every third of `lease_ttl` (30 s) and released on close. Rate
+//!   buckets, the reconnect breaker and the hub-wide and tenant connection limits stay per node.
+//! - `Target::Connection` is node-local: a connection id names a connection of its own node only
+//!   (another node answers `ConnError` — or, if it happens to have a connection with the same id,
+//!   that one: never pass ids between nodes; address users, threads, rooms or tenants instead).
+//!   `Target::Everyone` is refused (`PublishError::EveryoneInCluster`): publish per tenant.
+//! - `Envelope::idempotency_key` makes a retried publish safe: the engine appends a key it saw on
+//!   the stream within `retention.max_age` only once and answers `Duplicate`.
+//!
+//! **Failures.**
+//!
+//! | what happens | what the node does |
+//! |---|---|
+//! | the bus is unreachable (`bus_down`) | publishes fail fast (`PublishError::Bus(BusFailure::Down)`); open connections stay open; new connections are refused (`ConnectError::Unavailable`: no lease can be taken); operations in flight fail (a publish reports `Failed`, a connection waiting for its setup closes 4007 `unavailable`); a `resume` that needs the log waits up to `resume_wait` (5 s), then answers `recovered: false` for those streams |
+//! | the bus is back (`bus_up`) | a new generation of operation ids (late replies from before are ignored); the top of every stream the node holds is read and gaps are fetched; interrupted subscriptions are made again; waiting resumes fetch |
+//! | an operation gets no reply within `op_timeout` (3 s) | it fails as retryable; a reply that comes later is ignored and counted (`bus.late_replies`) |
+//! | a live message is lost | the next one shows the gap and the log fills it (`bus.gaps_repaired`); a lost last one is found by the top check |
+//! | the log no longer covers a gap | `resync` (`gap_too_old`) to the stream's connections, then delivery goes on (`bus.gaps_lost`) |
+//! | the engine restarted empty, or a stream expired | the next message or top check shows another epoch: the stream starts over, `resync` (`epoch_changed`) |
+//! | a failover lost the tail of a log (its top went below what was delivered, same epoch) | the stream is rotated to a new epoch so that no position is handed out twice; `resync` (`epoch_changed`) |
+//! | a node dies | its clients reconnect to other nodes and `resume` there from the log; its leases expire within `lease_ttl` (until then they count against the users' quotas) |
+//! | a message names another stream, or is malformed | dropped, audited `bus_mismatch`, counted (`bus.mismatches`) |
+//!
+//! **Limits and what is bounded.** Operations in flight: `max_inflight_ops` (10,000; past it a
+//! publish fails with `BusFailure::Overloaded`, a subscription or lease closes the waiting connection
+//! 4007). Messages held behind one gap: `max_held_per_stream` (1,000; past it the gap is given up with
+//! a `resync`). Entries per fetch: `fetch_limit` (1,000). The lease slack: while a node cannot renew
+//! (its link is down for longer than `lease_ttl`), its connections' leases expire and other nodes may
+//! admit that many more connections of those users until it renews again.
+//!
+//! **Counters.** `HubStats::bus` (operations, failures, timeouts, late replies, untracked messages,
+//! duplicates dropped, gaps repaired and lost, mismatches, epochs changed, in flight, streams),
+//! `HubStats::resyncs_sent`, `publishes_failed`, `connects_refused_unavailable`, and the close
+//! counters `unavailable` and `user_limit`.
