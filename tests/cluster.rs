@@ -10,14 +10,14 @@ use switchboard::{
     EventKind, Hub, Principal, PublishError, PublishOutcome, Retention, StreamKey, StreamPos,
     Target,
 };
-use switchboard_testkit::bus::{BusEvent, ModelBus};
+use switchboard_testkit::bus::ModelBus;
+use switchboard_testkit::cluster::Cluster;
 use switchboard_testkit::frames::parse;
 
-/// Nodes over one model bus on a virtual clock; what each node's connections received.
+/// Nodes over one model bus on a virtual clock (the test kit's harness), and what each node's
+/// connections received.
 struct Net {
-    bus: ModelBus,
-    hubs: Vec<Option<Hub>>,
-    now: Instant,
+    c: Cluster,
     /// Per node: `(conn, frame)` in delivery order.
     frames: Vec<Vec<(ConnId, Value)>>,
     outcomes: Vec<PublishOutcome>,
@@ -34,97 +34,56 @@ fn config(node: &str, tweak: impl Fn(&mut Config)) -> Config {
 
 impl Net {
     fn new(nodes: usize, tweak: impl Fn(&mut Config)) -> Self {
-        let hubs = (0..nodes)
-            .map(|n| Some(Hub::new(config(&format!("n{n}"), &tweak)).expect("valid config")))
-            .collect();
-        Self {
-            bus: ModelBus::new(7),
-            hubs,
-            now: Instant::now(),
-            frames: vec![Vec::new(); nodes],
-            outcomes: Vec::new(),
-            audits: Vec::new(),
-        }
+        let c = Cluster::new(nodes, 7, |n| config(&format!("n{n}"), &tweak));
+        Self { c, frames: vec![Vec::new(); nodes], outcomes: Vec::new(), audits: Vec::new() }
+    }
+
+    fn now(&self) -> Instant {
+        self.c.now
+    }
+
+    fn bus(&mut self) -> &mut ModelBus {
+        &mut self.c.bus
     }
 
     fn hub(&mut self, n: usize) -> &mut Hub {
-        self.hubs[n].as_mut().expect("node is alive")
+        self.c.hub(n).expect("node is alive")
     }
 
-    /// Moves actions to the bus and bus events to the hubs until nothing moves.
+    fn absorb(&mut self, actions: Vec<(usize, Action)>) {
+        for (n, action) in actions {
+            match action {
+                Action::Deliver { conn, frame } => {
+                    self.frames[n].push((conn, parse(frame.as_str())))
+                }
+                Action::Published { outcome, .. } => self.outcomes.push(outcome),
+                Action::Audit(event) => self.audits.push(event.kind),
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs the drive loop until nothing moves.
     fn pump(&mut self) {
-        loop {
-            let mut moved = false;
-            for n in 0..self.hubs.len() {
-                let Some(hub) = self.hubs[n].as_mut() else { continue };
-                while let Some(action) = hub.poll_action() {
-                    moved = true;
-                    match action {
-                        Action::Bus(op) => self.bus.submit(self.now, n, op),
-                        Action::Deliver { conn, frame } => {
-                            self.frames[n].push((conn, parse(frame.as_str())));
-                        }
-                        Action::Published { outcome, .. } => self.outcomes.push(outcome),
-                        Action::Audit(event) => self.audits.push(event.kind),
-                        _ => {}
-                    }
-                }
-                while let Some(event) = self.bus.poll(self.now, n) {
-                    moved = true;
-                    let hub = self.hubs[n].as_mut().expect("alive");
-                    match event {
-                        BusEvent::Message { stream, pos, payload } => {
-                            hub.bus_message(self.now, &stream, pos, &payload);
-                        }
-                        BusEvent::Signal { stream, payload } => {
-                            hub.bus_signal(self.now, &stream, &payload);
-                        }
-                        BusEvent::Reply { op, reply } => hub.bus_reply(self.now, op, reply),
-                    }
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
+        let actions = self.c.pump();
+        self.absorb(actions);
     }
 
-    /// Advances the clock by `d`, ticking every node that is due on the way.
+    /// Advances the clock by `d`, running every node's timers on the way.
     fn advance(&mut self, d: Duration) {
-        let end = self.now + d;
-        loop {
-            let next = self
-                .hubs
-                .iter()
-                .flatten()
-                .filter_map(Hub::poll_timeout)
-                .filter(|&at| at <= end)
-                .min();
-            let Some(at) = next else { break };
-            self.now = self.now.max(at);
-            for hub in self.hubs.iter_mut().flatten() {
-                if hub.poll_timeout().is_some_and(|t| t <= self.now) {
-                    hub.tick(self.now);
-                }
-            }
-            self.pump();
-            if at >= end {
-                break;
-            }
-        }
-        self.now = end;
-        self.pump();
+        let actions = self.c.advance(d);
+        self.absorb(actions);
     }
 
     fn connect(&mut self, n: usize, tenant: &str, user: &str) -> ConnId {
-        let now = self.now;
+        let now = self.now();
         let id = self.hub(n).connect(now, Principal::new(tenant, user)).expect("admitted");
         self.pump();
         id
     }
 
     fn publish(&mut self, n: usize, env: Envelope) {
-        let now = self.now;
+        let now = self.now();
         self.hub(n).publish(now, env).expect("accepted");
         self.pump();
     }
@@ -175,7 +134,7 @@ fn a_publish_on_one_node_reaches_the_users_tabs_on_every_node_once_at_the_engine
     assert_eq!(frames, net.of_type(1, b, "note"), "the same bytes on both nodes");
     assert_eq!(seqs(&frames), [1, 2]);
     let key = StreamKey::user("acme", "alice");
-    assert_eq!(frames[0]["epoch"].as_u64(), Some(net.bus.top(&key).epoch));
+    assert_eq!(frames[0]["epoch"].as_u64(), Some(net.bus().top(&key).epoch));
     assert!(matches!(
         net.outcomes[..],
         [PublishOutcome::Appended { .. }, PublishOutcome::Appended { .. }]
@@ -189,13 +148,13 @@ fn connected_waits_for_the_subscription_and_reports_the_true_position() {
     for n in 1..=3 {
         net.publish(0, note("acme", "alice", n));
     }
-    let now = net.now;
+    let now = net.now();
     let b = net.hub(1).connect(now, Principal::new("acme", "alice")).expect("admitted");
     // Before the bus answers, node 1 has sent nothing to the new connection.
     while let Some(action) = net.hub(1).poll_action() {
         assert!(!matches!(action, Action::Deliver { conn, .. } if conn == b), "{action:?}");
         if let Action::Bus(op) = action {
-            net.bus.submit(now, 1, op);
+            net.bus().submit(now, 1, op);
         }
     }
     net.pump();
@@ -210,10 +169,10 @@ fn a_lost_live_message_is_fetched_from_the_log_before_anything_later_is_delivere
     net.connect(0, "acme", "alice");
     let b = net.connect(1, "acme", "alice");
     net.publish(0, note("acme", "alice", 1));
-    net.bus.set_message_loss(Some(1), 1_000_000);
+    net.bus().set_message_loss(Some(1), 1_000_000);
     net.publish(0, note("acme", "alice", 2));
     net.publish(0, note("acme", "alice", 3));
-    net.bus.set_message_loss(Some(1), 0);
+    net.bus().set_message_loss(Some(1), 0);
     net.publish(0, note("acme", "alice", 4));
     assert_eq!(net.notes(1, b), [1, 2, 3, 4], "repaired in order");
     assert_eq!(seqs(&net.of_type(1, b, "note")), [1, 2, 3, 4]);
@@ -227,9 +186,9 @@ fn a_lost_last_message_is_found_by_the_top_check() {
     let mut net = Net::new(2, |_| {});
     net.connect(0, "acme", "alice");
     let b = net.connect(1, "acme", "alice");
-    net.bus.set_message_loss(Some(1), 1_000_000);
+    net.bus().set_message_loss(Some(1), 1_000_000);
     net.publish(0, note("acme", "alice", 1));
-    net.bus.set_message_loss(Some(1), 0);
+    net.bus().set_message_loss(Some(1), 0);
     assert!(net.notes(1, b).is_empty());
     net.advance(Duration::from_secs(46));
     assert_eq!(net.notes(1, b), [1], "the top check noticed and fetched it");
@@ -242,11 +201,11 @@ fn a_gap_the_log_no_longer_holds_becomes_a_resync_never_a_silent_hole() {
     net.connect(0, "acme", "alice");
     let b = net.connect(1, "acme", "alice");
     net.publish(0, note("acme", "alice", 1));
-    net.bus.set_message_loss(Some(1), 1_000_000);
+    net.bus().set_message_loss(Some(1), 1_000_000);
     for n in 2..=5 {
         net.publish(0, note("acme", "alice", n));
     }
-    net.bus.set_message_loss(Some(1), 0);
+    net.bus().set_message_loss(Some(1), 0);
     net.publish(0, note("acme", "alice", 6));
     let resync = net.of_type(1, b, "resync");
     assert_eq!(resync.len(), 1, "{:?}", net.frames[1]);
@@ -267,14 +226,13 @@ fn a_client_of_a_dead_node_resumes_exactly_on_another_node_from_the_log() {
     let seen = net.of_type(0, a, "note");
     let epoch = seen[1]["epoch"].as_u64().expect("epoch");
     // Node 0 dies with its buffers; publishes go on through node 1.
-    net.hubs[0] = None;
-    net.bus.crash_node(0);
+    net.c.crash(0);
     for n in 3..=5 {
         net.publish(1, note("acme", "alice", n));
     }
     let b = net.connect(1, "acme", "alice");
     let resume = json!({ "type": "resume", "positions": { "u": { "epoch": epoch, "seq": 2 } } });
-    let now = net.now;
+    let now = net.now();
     net.hub(1).receive(now, b, resume.to_string().as_bytes()).expect("valid resume");
     net.pump();
     assert_eq!(net.notes(1, b), [3, 4, 5], "exactly what it missed");
@@ -287,8 +245,8 @@ fn a_client_of_a_dead_node_resumes_exactly_on_another_node_from_the_log() {
 fn while_the_bus_is_down_publishes_fail_fast_and_connections_stay_open() {
     let mut net = Net::new(2, |_| {});
     let a = net.connect(0, "acme", "alice");
-    let now = net.now;
-    net.bus.go_down();
+    let now = net.now();
+    net.bus().go_down();
     net.hub(0).bus_down(now);
     let err = net.hub(0).publish(now, note("acme", "alice", 1)).expect_err("fails fast");
     assert_eq!(err, PublishError::Bus(BusFailure::Down));
@@ -302,15 +260,15 @@ fn while_the_bus_is_down_publishes_fail_fast_and_connections_stay_open() {
     assert!(net.hub(0).connection(a).is_some(), "open connections stay open");
     // Back up; then node 0's own link drops while node 1 appends, and node 0 catches up when its
     // link is back.
-    net.bus.come_up();
-    let now = net.now;
+    net.bus().come_up();
+    let now = net.now();
     net.hub(0).bus_up(now);
     net.pump();
-    net.bus.disconnect(0);
+    net.bus().disconnect(0);
     net.hub(0).bus_down(now);
     net.publish(1, note("acme", "alice", 7));
     assert!(net.notes(0, a).is_empty(), "node 0 missed it");
-    net.bus.reconnect(0);
+    net.bus().reconnect(0);
     net.hub(0).bus_up(now);
     net.pump();
     assert_eq!(net.notes(0, a), [7], "the top check after bus_up fetched it");
@@ -321,11 +279,11 @@ fn an_engine_restarted_empty_tells_the_clients_to_resync() {
     let mut net = Net::new(1, |_| {});
     let a = net.connect(0, "acme", "alice");
     net.publish(0, note("acme", "alice", 1));
-    let now = net.now;
-    net.bus.go_down();
+    let now = net.now();
+    net.bus().go_down();
     net.hub(0).bus_down(now);
-    net.bus.restart_empty();
-    net.bus.come_up();
+    net.bus().restart_empty();
+    net.bus().come_up();
     net.hub(0).bus_up(now);
     net.pump();
     net.publish(0, note("acme", "alice", 2));
@@ -347,13 +305,13 @@ fn a_failover_that_lost_the_tail_moves_the_stream_to_a_new_epoch() {
         net.publish(0, note("acme", "alice", n));
     }
     let key = StreamKey::user("acme", "alice");
-    let old = net.bus.top(&key);
-    net.bus.lose_tail(&key, 2);
+    let old = net.bus().top(&key);
+    net.bus().lose_tail(&key, 2);
     net.advance(Duration::from_secs(46));
     let resync = net.of_type(1, b, "resync");
     assert!(!resync.is_empty(), "{:?}", net.frames[1]);
     assert_eq!(resync[0]["reason"], "epoch_changed");
-    let new = net.bus.top(&key);
+    let new = net.bus().top(&key);
     assert_ne!(new.epoch, old.epoch, "rotated");
     net.publish(0, note("acme", "alice", 4));
     let last = net.of_type(1, b, "note").pop().expect("delivered");
@@ -367,11 +325,11 @@ fn a_bus_message_that_names_another_stream_is_audited_and_never_delivered() {
     net.connect(0, "acme", "bob");
     net.publish(0, note("acme", "bob", 1));
     let bob = StreamKey::user("acme", "bob");
-    let payload = net.bus.log(&bob)[0].payload.clone();
+    let payload = net.bus().log(&bob)[0].payload.clone();
     // A driver bug: bob's message on alice's channel, at alice's next position.
     let alice = StreamKey::user("acme", "alice");
-    let top = net.bus.top(&alice);
-    let now = net.now;
+    let top = net.bus().top(&alice);
+    let now = net.now();
     let pos = StreamPos { epoch: top.epoch.max(1), seq: top.seq + 1 };
     net.hub(0).bus_message(now, &alice, pos, &payload);
     net.pump();
@@ -386,9 +344,9 @@ fn a_duplicate_live_message_is_dropped() {
     let a = net.connect(0, "acme", "alice");
     net.publish(0, note("acme", "alice", 1));
     let key = StreamKey::user("acme", "alice");
-    let entry = net.bus.log(&key)[0].clone();
-    let pos = StreamPos { epoch: net.bus.top(&key).epoch, seq: entry.seq };
-    let now = net.now;
+    let entry = net.bus().log(&key)[0].clone();
+    let pos = StreamPos { epoch: net.bus().top(&key).epoch, seq: entry.seq };
+    let now = net.now();
     net.hub(0).bus_message(now, &key, pos, &entry.payload);
     net.pump();
     assert_eq!(net.notes(0, a), [1]);
@@ -399,9 +357,9 @@ fn a_duplicate_live_message_is_dropped() {
 fn a_late_reply_is_ignored_and_a_timed_out_publish_reports_failed() {
     let mut net = Net::new(1, |_| {});
     net.connect(0, "acme", "alice");
-    net.bus.set_op_faults(0, 1_000_000);
+    net.bus().set_op_faults(0, 1_000_000);
     net.publish(0, note("acme", "alice", 1));
-    net.bus.set_op_faults(0, 0);
+    net.bus().set_op_faults(0, 0);
     net.advance(Duration::from_secs(4));
     assert!(
         matches!(
@@ -419,7 +377,7 @@ fn rooms_and_tenant_broadcasts_span_the_nodes() {
     let mut net = Net::new(2, |_| {});
     let a = net.connect(0, "acme", "alice");
     let b = net.connect(1, "acme", "bob");
-    let now = net.now;
+    let now = net.now();
     assert!(net.hub(0).join(now, a, "lobby").expect("joined"));
     assert!(net.hub(1).join(now, b, "lobby").expect("joined"));
     net.pump();
@@ -440,7 +398,7 @@ fn connection_targets_are_node_local_and_everyone_is_refused() {
     net.connect(0, "acme", "carol");
     let a = net.connect(0, "acme", "alice");
     let a2 = net.connect(1, "acme", "alice");
-    let now = net.now;
+    let now = net.now();
     // A connection id names a connection of its own node only: node 1 has no such connection.
     let elsewhere =
         net.hub(1).publish(now, Envelope::new(Target::Connection(a), EventKind::AgentStarted));
@@ -474,12 +432,12 @@ fn the_per_user_quota_holds_across_nodes() {
     assert!(net.hub(1).connection(b).is_none());
     assert_eq!(net.hub(1).stats().closed_by.user_limit, 1);
     let key = StreamKey::user("acme", "alice");
-    assert_eq!(net.bus.leases(&key, net.now), 1);
+    assert_eq!(net.c.bus.leases(&key, net.c.now), 1);
     // Closing the first gives its place back.
-    let now = net.now;
+    let now = net.now();
     net.hub(0).disconnect(now, a, switchboard::DisconnectReason::Clean).expect("open");
     net.pump();
-    assert_eq!(net.bus.leases(&key, net.now), 0);
+    assert_eq!(net.c.bus.leases(&key, net.c.now), 0);
     let c = net.connect(1, "acme", "alice");
     assert_eq!(net.of_type(1, c, "connected").len(), 1);
 }
@@ -495,7 +453,7 @@ fn evict_oldest_closes_the_oldest_connection_on_whichever_node_it_is() {
     assert_eq!(net.of_type(1, b, "connected").len(), 1);
     assert!(net.hub(0).connection(a).is_none(), "the oldest, on the other node, was replaced");
     assert_eq!(net.hub(0).stats().closed_by.replaced, 1);
-    assert_eq!(net.bus.leases(&StreamKey::user("acme", "alice"), net.now), 1);
+    assert_eq!(net.c.bus.leases(&StreamKey::user("acme", "alice"), net.c.now), 1);
 }
 
 #[test]
@@ -506,10 +464,9 @@ fn a_dead_nodes_leases_expire_and_live_ones_are_renewed() {
     // Renewals keep the lease past its lifetime while the node lives.
     net.advance(Duration::from_secs(95));
     assert!(net.hub(0).connection(a).is_some());
-    assert_eq!(net.bus.leases(&key, net.now), 1);
+    assert_eq!(net.c.bus.leases(&key, net.c.now), 1);
     // The node dies: its lease is gone within one lifetime, and the user may connect elsewhere.
-    net.hubs[0] = None;
-    net.bus.crash_node(0);
+    net.c.crash(0);
     let early = net.connect(1, "acme", "alice");
     assert!(net.hub(1).connection(early).is_none(), "the dead node's lease still counts");
     net.advance(Duration::from_secs(31));
