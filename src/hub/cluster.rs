@@ -15,9 +15,9 @@ use crate::cluster::{
 };
 use crate::hub::Hub;
 use crate::hub::publish::stream_of;
-use crate::ids::{ConnId, Role, RoomId, StreamName, StreamPos, TenantId, ThreadId, UserId};
+use crate::ids::{ConnId, RoomId, StreamName, StreamPos, TenantId, UserId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy};
-use crate::stream::{Scope, Stream, TrimKey};
+use crate::stream::{Stream, TrimKey};
 
 /// Why a stream's connections are told to refetch (`resync` frame's `reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -449,16 +449,7 @@ impl Hub {
             self.advance_local(key, pos);
             return;
         };
-        let node_name = self.node.as_deref().expect("clustered").cfg.node.clone();
-        let scope = match &decoded.visibility {
-            Visibility::All => Scope::All,
-            Visibility::Thread(t) => Scope::Thread(ThreadId::from(t.as_ref())),
-            Visibility::Role(r) => Scope::Role(Role::from(r.as_ref())),
-            Visibility::Conn(n, (index, generation)) if n.as_ref() == node_name.as_str() => {
-                Scope::Conn(ConnId::new(*index, *generation))
-            }
-            Visibility::Conn(..) => Scope::Nobody,
-        };
+        let scope = decoded.scope(&self.node.as_deref().expect("clustered").cfg.node);
         let low = decoded.low_priority;
         let mut text = std::mem::take(&mut self.render_buf);
         decoded.render(pos, &mut text);

@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use hashbrown::HashMap;
 
-use crate::cluster::{BusFailure, BusOp, BusReply, Decoded, Pending, StreamKey, Visibility};
+use crate::cluster::{BusFailure, BusOp, BusReply, Decoded, Pending, StreamKey};
 use crate::hub::Hub;
 use crate::hub::publish::stream_of;
-use crate::ids::{ConnId, Role, StreamName, StreamPos, ThreadId};
+use crate::ids::{ConnId, StreamName, StreamPos};
 use crate::kinds::AuditKind;
-use crate::stream::{Buffered, Scope};
+use crate::stream::Buffered;
 
 /// A resume waiting for the log.
 #[derive(Debug)]
@@ -143,15 +143,7 @@ impl Hub {
                     bad = true;
                     break;
                 };
-                let scope = match &decoded.visibility {
-                    Visibility::All => Scope::All,
-                    Visibility::Thread(t) => Scope::Thread(ThreadId::from(t.as_ref())),
-                    Visibility::Role(r) => Scope::Role(Role::from(r.as_ref())),
-                    Visibility::Conn(n, (i, g)) if n.as_ref() == me.as_str() => {
-                        Scope::Conn(ConnId::new(*i, *g))
-                    }
-                    Visibility::Conn(..) => Scope::Nobody,
-                };
+                let scope = decoded.scope(&me);
                 decoded.render(StreamPos { epoch: top.epoch, seq: e.seq }, &mut text);
                 let frame = crate::frame::Frame::new(&text);
                 kept.push(Buffered { seq: e.seq, at: now, frame, scope });
