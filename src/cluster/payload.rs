@@ -19,9 +19,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{NodeId, StreamKey, StreamScope};
-use crate::ids::{ConnId, Role, StreamPos, ThreadId};
-use crate::stream::Scope;
+use super::{StreamKey, StreamScope};
+use crate::ids::StreamPos;
 
 /// The hole left in a frame serialized at position `(0, 0)`.
 const HOLE: &str = r#""epoch":0,"seq":0"#;
@@ -153,19 +152,6 @@ impl<'a> Decoded<'a> {
             _ => return None,
         };
         Some(Self { visibility, low_priority: header.lo, prefix, suffix })
-    }
-
-    /// Who may see it on node `node`: a connection target of another node is nobody here.
-    pub(crate) fn scope(&self, node: &NodeId) -> Scope {
-        match &self.visibility {
-            Visibility::All => Scope::All,
-            Visibility::Thread(t) => Scope::Thread(ThreadId::from(t.as_ref())),
-            Visibility::Role(r) => Scope::Role(Role::from(r.as_ref())),
-            Visibility::Conn(n, (index, generation)) if n.as_ref() == node.as_str() => {
-                Scope::Conn(ConnId::new(*index, *generation))
-            }
-            Visibility::Conn(..) => Scope::Nobody,
-        }
     }
 
     /// The frame at `pos`, exactly as a single-node hub would have written it.

@@ -15,9 +15,9 @@ use crate::cluster::{
 };
 use crate::hub::Hub;
 use crate::hub::publish::stream_of;
-use crate::ids::{ConnId, RoomId, StreamName, StreamPos, TenantId, UserId};
+use crate::ids::{ConnId, Role, RoomId, StreamName, StreamPos, TenantId, ThreadId, UserId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy};
-use crate::stream::{Stream, TrimKey};
+use crate::stream::{Scope, Stream, TrimKey};
 
 /// Why a stream's connections are told to refetch (`resync` frame's `reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -449,7 +449,7 @@ impl Hub {
             self.advance_local(key, pos);
             return;
         };
-        let scope = decoded.scope(&self.node.as_deref().expect("clustered").cfg.node);
+        let scope = scope_of(&decoded, &self.node.as_deref().expect("clustered").cfg.node);
         let low = decoded.low_priority;
         let mut text = std::mem::take(&mut self.render_buf);
         decoded.render(pos, &mut text);
@@ -943,5 +943,20 @@ impl Hub {
                 break;
             }
         }
+    }
+}
+
+/// Who may see a bus message on node `node`: a connection target of another node is nobody
+/// here. (The buffers' `Scope` is the hub's vocabulary, so the mapping lives here, not in
+/// `cluster`.)
+pub(crate) fn scope_of(decoded: &Decoded<'_>, node: &crate::cluster::NodeId) -> Scope {
+    match &decoded.visibility {
+        Visibility::All => Scope::All,
+        Visibility::Thread(t) => Scope::Thread(ThreadId::from(t.as_ref())),
+        Visibility::Role(r) => Scope::Role(Role::from(r.as_ref())),
+        Visibility::Conn(n, (index, generation)) if n.as_ref() == node.as_str() => {
+            Scope::Conn(ConnId::new(*index, *generation))
+        }
+        Visibility::Conn(..) => Scope::Nobody,
     }
 }

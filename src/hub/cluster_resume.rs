@@ -143,7 +143,7 @@ impl Hub {
                     bad = true;
                     break;
                 };
-                let scope = decoded.scope(&me);
+                let scope = super::cluster::scope_of(&decoded, &me);
                 decoded.render(StreamPos { epoch: top.epoch, seq: e.seq }, &mut text);
                 let frame = crate::frame::Frame::new(&text);
                 kept.push(Buffered { seq: e.seq, at: now, frame, scope });
