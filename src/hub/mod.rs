@@ -4,6 +4,7 @@
 
 mod cluster;
 mod cluster_resume;
+mod cluster_setup;
 mod publish;
 mod receive;
 mod resume;
