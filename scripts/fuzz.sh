@@ -16,7 +16,7 @@ fi
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(frame ops protocol)
+  targets=(cluster frame ops protocol)
 fi
 cd fuzz
 cargo fuzz build --sanitizer none
