@@ -119,6 +119,9 @@ pub(crate) struct Connection {
     /// Cluster mode: its `connected` frame waits until its user's and tenant's streams are set
     /// up on the bus (their true positions known). It is held meanwhile.
     awaiting: bool,
+    /// Cluster mode: its `resume` waits for the log; the fetch's answer ends the hold, not the
+    /// resume window.
+    resuming: bool,
     /// The user stream's and the tenant stream's seq at connect: live delivery covers what
     /// follows, a resume replays up to here.
     user_base: u64,
@@ -197,6 +200,7 @@ impl Connection {
             held,
             resumed: false,
             awaiting: false,
+            resuming: false,
             user_base,
             tenant_base,
             user_sent: false,
@@ -401,6 +405,12 @@ impl Connection {
         self.awaiting
     }
 
+    /// Cluster mode: whether its `resume` waits for the log (the resume window then ends
+    /// nothing).
+    pub(crate) fn set_resuming(&mut self, resuming: bool) {
+        self.resuming = resuming;
+    }
+
     /// Its streams are set up: live delivery covers what follows `user_base` and `tenant_base`;
     /// it stays held only for a resume window (`held`).
     pub(crate) fn streams_ready(&mut self, user_base: u64, tenant_base: u64, held: bool) {
@@ -592,7 +602,7 @@ impl Connection {
             self.expires_at.map(|exp| if self.refresh_sent { exp } else { refresh_at(exp, cfg) });
         // An awaiting connection's window has not started (it counts from the connect, once the
         // `connected` frame is out).
-        let release = if self.held && !self.awaiting {
+        let release = if self.held && !self.awaiting && !self.resuming {
             self.opened_at.checked_add(cfg.resume_window)
         } else {
             None
@@ -625,8 +635,10 @@ impl Connection {
                 due.refresh = Some(exp.saturating_duration_since(now));
             }
         }
-        due.release =
-            self.held && !self.awaiting && reached(self.opened_at.checked_add(cfg.resume_window));
+        due.release = self.held
+            && !self.awaiting
+            && !self.resuming
+            && reached(self.opened_at.checked_add(cfg.resume_window));
         due
     }
 }

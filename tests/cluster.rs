@@ -473,3 +473,89 @@ fn a_dead_nodes_leases_expire_and_live_ones_are_renewed() {
     let b = net.connect(1, "acme", "alice");
     assert_eq!(net.of_type(1, b, "connected").len(), 1);
 }
+
+#[test]
+fn a_resume_waiting_for_the_bus_outlives_its_resume_window_without_spinning() {
+    // Found by the `cluster` fuzzer: the expired window kept the connection's timer due.
+    let mut net = Net::new(2, |c| c.resume_window = Duration::from_millis(800));
+    net.publish(0, Envelope::new(Target::tenant("acme"), EventKind::AgentStarted));
+    let a = net.connect(0, "acme", "alice");
+    let connected = net.of_type(0, a, "connected").pop().expect("connected");
+    let epoch = connected["streams"]["t"]["epoch"].as_u64().expect("epoch");
+    net.bus().disconnect(0);
+    net.pump();
+    let resume = json!({ "type": "resume", "positions": { "t": { "epoch": epoch, "seq": 0 } } });
+    let now = net.now();
+    net.hub(0).receive(now, a, resume.to_string().as_bytes()).expect("valid resume");
+    net.pump();
+    // Past the window, the connection's next deadline is in the future again (the harness's
+    // `advance` asserts that nothing stays due after a drive loop).
+    net.advance(Duration::from_secs(2));
+    let next = net.hub(0).poll_timeout().expect("armed");
+    assert!(next > net.now(), "a deadline stays due: {next:?}");
+    // After `resume_wait` the resume is answered without the log.
+    net.advance(Duration::from_secs(4));
+    let resumed = net.of_type(0, a, "resumed");
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0]["recovered"], false);
+}
+
+#[test]
+fn a_resume_waits_for_a_room_being_set_up_and_then_fetches_it_from_the_log() {
+    // Found by the cluster simulation: the room's true position was not known yet when the
+    // resume chose what to fetch.
+    let mut net = Net::new(2, |_| {});
+    let a = net.connect(0, "acme", "alice");
+    let now = net.now();
+    net.hub(0).join(now, a, "lobby").expect("joined");
+    net.pump();
+    let room = |n| {
+        Envelope::new(Target::room("acme", "lobby"), EventKind::Custom("note".into()))
+            .data(json!({ "n": n }))
+    };
+    for n in 1..=2 {
+        net.publish(0, note("acme", "alice", n));
+        net.publish(0, room(10 + n));
+    }
+    let u = net.of_type(0, a, "note")[0]["epoch"].as_u64().expect("epoch");
+    let r = net.of_type(0, a, "note")[1]["epoch"].as_u64().expect("epoch");
+    // Node 1 has never seen the room: it is set up while the resume waits.
+    let now = net.now();
+    let b = net.hub(1).connect(now, Principal::new("acme", "alice")).expect("admitted");
+    net.hub(1).join(now, b, "lobby").expect("joined");
+    let resume = json!({ "type": "resume", "positions": {
+        "u": { "epoch": u, "seq": 1 }, "r:lobby": { "epoch": r, "seq": 1 } } });
+    net.pump();
+    let now = net.now();
+    net.hub(1).receive(now, b, resume.to_string().as_bytes()).expect("valid resume");
+    net.pump();
+    assert_eq!(net.notes(1, b), [2, 12], "both streams replayed from the log");
+    let resumed = net.of_type(1, b, "resumed");
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0]["recovered"], true, "{resumed:?}");
+}
+
+#[test]
+fn positions_handed_out_twice_after_a_tail_loss_become_a_new_epoch_not_a_silent_hole() {
+    // Found by the cluster simulation: the reused seqs were dropped as duplicates.
+    let mut net = Net::new(2, |_| {});
+    net.connect(0, "acme", "alice");
+    let b = net.connect(1, "acme", "alice");
+    for n in 1..=3 {
+        net.publish(0, note("acme", "alice", n));
+    }
+    let key = StreamKey::user("acme", "alice");
+    net.bus().lose_tail(&key, 2);
+    for n in 4..=6 {
+        net.publish(0, note("acme", "alice", n));
+    }
+    let resync = net.of_type(1, b, "resync");
+    assert!(!resync.is_empty(), "{:?}", net.frames[1]);
+    assert_eq!(resync[0]["reason"], "epoch_changed");
+    // Whatever reached the client after 3 is in a new epoch: nothing at a reused position.
+    let notes = net.of_type(1, b, "note");
+    let first_epoch = &notes[0]["epoch"];
+    for f in &notes[3..] {
+        assert_ne!(&f["epoch"], first_epoch, "{f}");
+    }
+}

@@ -57,6 +57,7 @@ impl Hub {
             node.counters.untracked_messages += 1;
             return;
         };
+        let text = payload;
         let payload: Arc<str> = Arc::from(payload);
         let mut arrival = tracked.seq.arrive(pos, payload.clone(), max_held);
         if arrival == Arrival::Overflow {
@@ -72,6 +73,9 @@ impl Hub {
         match arrival {
             Arrival::Duplicate => {
                 self.node().expect("clustered").counters.duplicates_dropped += 1;
+                if self.position_reused(stream, pos, text) {
+                    self.rotate(now, stream);
+                }
             }
             Arrival::NewEpoch { .. } => {
                 // The sequencer already started over and holds this message.
@@ -456,6 +460,26 @@ impl Hub {
         self.render_buf = text;
         let Some(holder) = self.holder(key) else { return };
         let _published = self.deliver_at(now, &holder, pos, &frame, scope, low);
+    }
+
+    /// Whether a message at an already delivered position is another message than the one
+    /// delivered there (compared with the buffered frame, while it is buffered): the engine
+    /// handed the position out twice, after a failover lost the tail of its log.
+    fn position_reused(&mut self, key: &StreamKey, pos: StreamPos, payload: &str) -> bool {
+        let Some(holder) = self.holder(key) else { return false };
+        let Some(decoded) = Decoded::parse(key, payload) else { return false };
+        let Some(stream) = stream_of(&mut self.users, &mut self.tenants, &holder) else {
+            return false;
+        };
+        let Ok(mut entries) = stream.range(pos.epoch, pos.seq.saturating_sub(1), pos.seq) else {
+            return false;
+        };
+        let Some(kept) = entries.next() else { return false };
+        let mut text = std::mem::take(&mut self.render_buf);
+        decoded.render(pos, &mut text);
+        let reused = text != kept.frame.as_str();
+        self.render_buf = text;
+        reused
     }
 
     /// Moves the local stream past `pos` without a message (one that could not be delivered).

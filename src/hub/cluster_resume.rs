@@ -42,6 +42,13 @@ impl Hub {
         positions: &[(Cow<'_, str>, StreamPos)],
     ) -> bool {
         let id = self.conns.id_of(idx);
+        if self.conns.get(idx).memberships().iter().any(|m| !m.is_announced()) {
+            // A room of the connection is still being set up: its true position decides what to
+            // fetch, so the resume waits for it (`announce_room` picks it up).
+            let owned = positions.iter().map(|(n, p)| (n.to_string(), *p)).collect();
+            self.early_resumes.insert(id, owned);
+            return true;
+        }
         let mut owned: Vec<(String, StreamPos)> = Vec::with_capacity(positions.len());
         let mut needs = Vec::new();
         for (name, pos) in positions {
@@ -66,6 +73,8 @@ impl Hub {
         }
         let node = self.node.as_deref().expect("clustered");
         let deadline = (!node.is_up()).then(|| now.checked_add(node.cfg.resume_wait)).flatten();
+        // The fetch's answer ends the hold, not the resume window.
+        self.conns.get_mut(idx).set_resuming(true);
         self.resumes.insert(
             id,
             Resuming { positions: owned, unissued: needs, waiting: 0, extra: Vec::new(), deadline },
@@ -174,6 +183,7 @@ impl Hub {
         }
         let r = self.resumes.remove(&id).expect("present");
         let Ok(idx) = self.resolve(now, id) else { return false };
+        self.conns.get_mut(idx).set_resuming(false);
         self.replay_extra = r.extra;
         let positions: Vec<(Cow<'_, str>, StreamPos)> =
             r.positions.iter().map(|(n, p)| (Cow::Borrowed(n.as_str()), *p)).collect();

@@ -107,6 +107,18 @@ impl Hub {
             let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);
             self.control_or_close(now, idx, &frame);
         }
+        // A resume that waited for the connection's rooms goes on once the last is set up.
+        let id = self.conns.id_of(idx);
+        let ready = self.conns.contains(idx)
+            && !self.conns.get(idx).is_awaiting()
+            && self.conns.get(idx).memberships().iter().all(|m| m.is_announced());
+        if ready {
+            if let Some(positions) = self.early_resumes.remove(&id) {
+                let positions: Vec<(Cow<'_, str>, StreamPos)> =
+                    positions.iter().map(|(n, p)| (Cow::Borrowed(n.as_str()), *p)).collect();
+                let _still_open = self.resume_clustered(now, idx, &positions);
+            }
+        }
     }
 
     /// The connections waiting for a stream: awaiting connections of its user or tenant, or
