@@ -20,7 +20,10 @@
 //! - no loss: between two positions a client stands on, every message it may see arrived, unless
 //!   a `resync` or a `recovered: false` report moved it over them (both counted, and the messages
 //!   they skipped counted too); a `recovered: false` report needs a reason the log justifies
-//!   (retention, or the engine lost the entries, or the node could not reach the engine);
+//!   (retention, or the engine lost entries after the client's position, or within the last
+//!   15 s the node could not reach the engine or a bus operation failed or timed out); with
+//!   `resume_window` zero a live event may overtake the `resume` (its stream was live on the node
+//!   already), and then that stream's report must be `recovered: false`;
 //! - at the end, with every fault healed and a minute of quiet, every connected client stands at
 //!   the engine's top of each of its streams (nothing it may see is missing at the tail);
 //! - `Hub::check_invariants` holds on every running node after every step.
@@ -40,10 +43,10 @@
 //! and the user's stream needed a fetch) does not fetch the room and reports it `gap_too_old`
 //! although the log holds the gap. Such reports are counted (`room_resume_unfetched`).
 //!
-//! Known hole, kept out of the no-loss check and reported to the lead: after a failover lost a
-//! log's tail, the appends that reuse the lost positions before a node notices (by a top check
-//! or a fetch) are dropped as duplicates by the nodes that had delivered the lost ones, with no
-//! `resync`. The model records such a reused position with [`Log::supersede`], so the position
+//! Known hole (a core bug, reproduced and reported to the lead), kept out of the no-loss check:
+//! after a failover lost a log's tail, the appends that reuse the lost positions before a node
+//! notices (by a top check or a fetch) are dropped as duplicates by the nodes that had delivered
+//! the lost ones, with no `resync`. The model records such a reused position with [`Log::supersede`], so the position
 //! check does not flag it; the count is printed (`reused_positions`).
 
 use std::collections::{HashMap, VecDeque};

@@ -613,6 +613,27 @@ mod tests {
     }
 
     #[test]
+    fn in_cluster_mode_a_log_loss_justifies_gap_too_old_and_not_ready_drops_a_room() {
+        let (log, mut c) = alice();
+        let roomy =
+            Retention { max_messages: 5, max_bytes: 1 << 20, max_age: Duration::from_secs(60) };
+        let now = Instant::now();
+        let report = json!({"recovered": false, "reason": "gap_too_old", "epoch": 7, "seq": 3});
+        // Within retention: only a loss the caller knows of justifies it.
+        let strict = c.clone().unrecovered_excused(&log, "u", &report, &roomy, now, false);
+        assert!(strict.is_err());
+        let excused = c.clone().unrecovered_excused(&log, "u", &report, &roomy, now, true);
+        assert_eq!(excused.as_deref(), Ok("gap_too_old"));
+        // `not_ready` only for a room, and the room's position is dropped.
+        let room = StreamKey::room("acme", "lobby");
+        c.start(room.clone(), (4, 2));
+        let not_ready = json!({"recovered": false, "reason": "not_ready", "epoch": 0, "seq": 0});
+        assert!(c.clone().unrecovered_excused(&log, "u", &not_ready, &roomy, now, true).is_err());
+        c.unrecovered_excused(&log, "r:lobby", &not_ready, &roomy, now, false).unwrap();
+        assert_eq!(c.position(&room), None);
+    }
+
+    #[test]
     fn an_unrecovered_stream_needs_a_reason_the_log_justifies() {
         let (log, mut c) = alice();
         let retention =
