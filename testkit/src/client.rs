@@ -138,6 +138,24 @@ impl Log {
         assert!(self.msgs.insert(id, p).is_none(), "message id {id} recorded twice");
     }
 
+    /// Records message `id` at a position an earlier message held until the engine lost it (a
+    /// cluster bus failover that lost a log's tail hands the same `(epoch, seq)` out again): the
+    /// index names the new message from now on; the old one stays known by its id.
+    ///
+    /// # Panics
+    /// If the id was recorded before.
+    pub fn supersede(&mut self, id: u64, p: Published) {
+        let slot = self.index.entry((p.key.clone(), p.epoch)).or_default();
+        slot.insert(p.seq, id);
+        assert!(self.msgs.insert(id, p).is_none(), "message id {id} recorded twice");
+    }
+
+    /// Whether a message is recorded at `key`'s `(epoch, seq)`.
+    #[must_use]
+    pub fn holds(&self, key: &StreamKey, epoch: u64, seq: u64) -> bool {
+        self.index.get(&(key.clone(), epoch)).is_some_and(|s| s.contains_key(&seq))
+    }
+
     /// The message with this id.
     #[must_use]
     pub fn get(&self, id: u64) -> Option<&Published> {
@@ -307,7 +325,9 @@ impl Client {
         let Some((epoch, seq)) = self.position(&key) else {
             return Err(format!("{who}: {} on {key} before any position", event.kind));
         };
-        if epoch != event.epoch {
+        // Cluster mode: a stream with no message yet is reported at `(0, 0)`; its first message
+        // brings the epoch the engine drew.
+        if epoch != event.epoch && (epoch, seq) != (0, 0) {
             return Err(format!("{who}: {key} epoch {} while at {epoch}", event.epoch));
         }
         if event.seq <= seq {
@@ -394,6 +414,27 @@ impl Client {
         retention: &Retention,
         now: Instant,
     ) -> Result<String, Failure> {
+        self.unrecovered_excused(log, wire, report, retention, now, false)
+    }
+
+    /// [`Client::unrecovered`] in cluster mode, where the log behind the hub can lose what the
+    /// retention alone would keep: with `log_lost` (the caller knows that the engine lost some of
+    /// the messages after the client's position, or that the node could not reach the engine when
+    /// it answered), `gap_too_old` is justified too. A `not_ready` report (a room whose position
+    /// the node did not know yet) drops the client's position there: the room's `joined` frame
+    /// starts it again.
+    ///
+    /// # Errors
+    /// As [`Client::unrecovered`].
+    pub fn unrecovered_excused(
+        &mut self,
+        log: &Log,
+        wire: &str,
+        report: &Value,
+        retention: &Retention,
+        now: Instant,
+        log_lost: bool,
+    ) -> Result<String, Failure> {
         let who = format!("client of {}/{}", self.tenant, self.user);
         let key = self.key_of(wire).ok_or_else(|| format!("{who}: report of {wire}"))?;
         let reason = report["reason"].as_str().unwrap_or("?").to_owned();
@@ -408,7 +449,11 @@ impl Client {
                 let missing = missed();
                 let too_many = missing.len() > retention.max_messages;
                 let too_old = missing.first().is_some_and(|m| now - m.at > retention.max_age);
-                too_many || too_old
+                too_many || too_old || log_lost
+            }
+            "not_ready" if wire.starts_with("r:") => {
+                self.positions.remove(&key);
+                return Ok(reason);
             }
             // Issue 10 item 3 (would not fit under the unwritten limit) and item 5 (later seqs
             // already went out): only possible when something is missing.
@@ -425,6 +470,44 @@ impl Client {
             self.positions.insert(key, (e, s));
         }
         Ok(reason)
+    }
+}
+
+impl Client {
+    /// A cluster node's `resync` frame (`{"type":"resync","stream":S,"epoch":E,"seq":N,
+    /// "recovered":false,"reason":..}`): messages of stream `S` up to `(E, N)` may be missing; the
+    /// client takes `(E, N)` as its position (and refetches the stream's state). Returns the
+    /// reason and the position the client stood on before.
+    ///
+    /// # Errors
+    /// The frame is malformed, names no stream of the client's, has an unknown reason, claims to
+    /// be recovered, or moves the client backwards within its epoch.
+    pub fn resync(&mut self, frame: &Value) -> Result<(String, Option<(u64, u64)>), Failure> {
+        let who = format!("client of {}/{}", self.tenant, self.user);
+        let wire = frame["stream"].as_str().ok_or_else(|| format!("{who}: resync {frame}"))?;
+        let key = self.key_of(wire).ok_or_else(|| format!("{who}: resync of {wire}"))?;
+        let reason = frame["reason"].as_str().unwrap_or("?").to_owned();
+        let (Some(e), Some(s)) = (frame["epoch"].as_u64(), frame["seq"].as_u64()) else {
+            return Err(format!("{who}: resync without a position: {frame}"));
+        };
+        if frame["recovered"] != Value::Bool(false) {
+            return Err(format!("{who}: resync not marked recovered: false: {frame}"));
+        }
+        let before = self.position(&key);
+        match (reason.as_str(), before) {
+            ("gap_too_old", Some((ce, cs))) if ce == e && s < cs => {
+                return Err(format!("{who}: resync of {key} back from ({ce}, {cs}): {frame}"));
+            }
+            ("gap_too_old" | "epoch_changed", _) => {}
+            _ => return Err(format!("{who}: resync of {key} with reason {reason}: {frame}")),
+        }
+        self.positions.insert(key, (e, s));
+        Ok((reason, before))
+    }
+
+    /// Forgets the client's position on one stream.
+    pub fn drop_position(&mut self, key: &StreamKey) {
+        self.positions.remove(key);
     }
 }
 
@@ -488,6 +571,66 @@ mod tests {
         assert!(c.check_received().is_err(), "message 2 has not come");
         assert!(c.settle(&key).is_err(), "message 2 never came");
         assert!(c.settle(&key).is_ok(), "a new stretch");
+    }
+
+    #[test]
+    fn a_resync_moves_the_client_and_a_new_epoch_starts_from_zero() {
+        let (log, mut c) = alice();
+        let key = c.user_stream();
+        c.on_event(&log, &event("u", 7, 1), 1).unwrap();
+        let resync = |reason: &str, epoch: u64, seq: u64| {
+            json!({"type": "resync", "stream": "u", "epoch": epoch, "seq": seq,
+                   "recovered": false, "reason": reason})
+        };
+        // Backwards within the epoch, an unknown reason, or claiming recovery: refused.
+        assert!(c.clone().resync(&resync("gap_too_old", 7, 0)).is_err());
+        assert!(c.clone().resync(&resync("made_up", 7, 3)).is_err());
+        let mut recovered = resync("gap_too_old", 7, 3);
+        recovered["recovered"] = json!(true);
+        assert!(c.clone().resync(&recovered).is_err());
+        // A gap: the client stands after it, and seq 3 is next.
+        let (reason, before) = c.clone().resync(&resync("gap_too_old", 7, 2)).unwrap();
+        assert_eq!((reason.as_str(), before), ("gap_too_old", Some((7, 1))));
+        // A new epoch not known yet: (0, 0), and the first message brings the epoch.
+        c.resync(&resync("epoch_changed", 0, 0)).unwrap();
+        assert_eq!(c.position(&key), Some((0, 0)));
+        let mut log = log;
+        log.record(5, published(key.clone(), 9, 1, Visibility::All));
+        c.on_event(&log, &event("u", 9, 1), 5).unwrap();
+        assert_eq!(c.position(&key), Some((9, 1)));
+        assert!(c.on_event(&log, &event("u", 7, 3), 3).is_err(), "the old epoch is gone");
+    }
+
+    #[test]
+    fn a_reused_position_names_the_newer_message() {
+        let (mut log, _) = alice();
+        let key = StreamKey::user("acme", "alice");
+        assert!(log.holds(&key, 7, 3) && !log.holds(&key, 7, 4));
+        log.supersede(9, published(key.clone(), 7, 3, Visibility::All));
+        let at3: Vec<u64> = log.between(&key, 7, 2, 3).map(|(id, _)| id).collect();
+        assert_eq!(at3, vec![9]);
+        assert!(log.get(3).is_some(), "the lost message stays known by its id");
+    }
+
+    #[test]
+    fn in_cluster_mode_a_log_loss_justifies_gap_too_old_and_not_ready_drops_a_room() {
+        let (log, mut c) = alice();
+        let roomy =
+            Retention { max_messages: 5, max_bytes: 1 << 20, max_age: Duration::from_secs(60) };
+        let now = Instant::now();
+        let report = json!({"recovered": false, "reason": "gap_too_old", "epoch": 7, "seq": 3});
+        // Within retention: only a loss the caller knows of justifies it.
+        let strict = c.clone().unrecovered_excused(&log, "u", &report, &roomy, now, false);
+        assert!(strict.is_err());
+        let excused = c.clone().unrecovered_excused(&log, "u", &report, &roomy, now, true);
+        assert_eq!(excused.as_deref(), Ok("gap_too_old"));
+        // `not_ready` only for a room, and the room's position is dropped.
+        let room = StreamKey::room("acme", "lobby");
+        c.start(room.clone(), (4, 2));
+        let not_ready = json!({"recovered": false, "reason": "not_ready", "epoch": 0, "seq": 0});
+        assert!(c.clone().unrecovered_excused(&log, "u", &not_ready, &roomy, now, true).is_err());
+        c.unrecovered_excused(&log, "r:lobby", &not_ready, &roomy, now, false).unwrap();
+        assert_eq!(c.position(&room), None);
     }
 
     #[test]
