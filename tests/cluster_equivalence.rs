@@ -30,7 +30,11 @@
 //!   epoch, while the cluster's log outlives the node's state; user and room retention are longer
 //!   than any case, so nothing is retired;
 //! - heartbeats are kept out of the way (`quiet()`), since the clustered node also draws the
-//!   jitter of its top checks from its generator.
+//!   jitter of its top checks from its generator;
+//! - the per-user connection quota: a single node refuses the connection at `connect`
+//!   (`ConnectError::UserLimit`), a cluster node admits it and closes it with 4008 `user_limit`
+//!   when the cluster-wide lease is refused (`tests/cluster.rs` covers it); the quota is set
+//!   higher than any case reaches.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -138,7 +142,7 @@ fn tgt() -> impl Strategy<Value = Tgt> {
 }
 
 fn config() -> Config {
-    Config {
+    let mut cfg = Config {
         // Nothing retires within a case (see the module docs).
         user_retention: Duration::from_secs(24 * 3600),
         room_retention: Duration::from_secs(24 * 3600),
@@ -148,7 +152,13 @@ fn config() -> Config {
             max_age: Duration::from_secs(24 * 3600),
         },
         ..quiet()
+    };
+    // The per-user quota is never reached (see the module docs).
+    let t = &mut cfg.tiers;
+    for q in [&mut t.free, &mut t.early, &mut t.mid, &mut t.enterprise] {
+        q.max_connections_per_user = 1_000;
     }
+    cfg
 }
 
 /// A hub as one side sees it: a plain hub, or a one-node cluster.

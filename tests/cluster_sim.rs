@@ -28,26 +28,21 @@
 //!   the engine's top of each of its streams (nothing it may see is missing at the tail);
 //! - `Hub::check_invariants` holds on every running node after every step.
 //!
-//! Not checked here: per-user connection quotas across nodes (cluster-wide leases are not in the
-//! core yet); `Target::Connection` messages (node-local, and a `ConnId` is only unique per node,
+//! Not checked here: per-user connection quotas across nodes (leases; `tests/cluster.rs` covers
+//! them); `Target::Connection` messages (node-local, and a `ConnId` is only unique per node,
 //! so the shared client model cannot tell two nodes' connections apart); stalled readers (the
 //! single-node simulation covers slow consumers).
 //!
-//! Known core bug avoided: the simulation runs with `resume_window` zero, because with a window a
-//! resume that waits for the log longer than the window leaves its connection's timer re-armed
-//! 1 ns after each tick (the driver spins, and `check_invariants` reports "timer armed after its
-//! deadline").
+//! Two core bugs this simulation found are fixed and checked here: a resume that waits for the
+//! log past its resume window kept the connection's timer due (the window is 1 s again), and a
+//! resume did not fetch a room whose stream the node was still setting up (such a report now
+//! fails the no-loss check like any other).
 //!
-//! Known core bug counted, not failed: a resume on a node that confirms a room's subscription
-//! only after the resume chose what to fetch (the node held the user's streams but not the room,
-//! and the user's stream needed a fetch) does not fetch the room and reports it `gap_too_old`
-//! although the log holds the gap. Such reports are counted (`room_resume_unfetched`).
-//!
-//! Known hole (a core bug, reproduced and reported to the lead), kept out of the no-loss check:
-//! after a failover lost a log's tail, the appends that reuse the lost positions before a node
-//! notices (by a top check or a fetch) are dropped as duplicates by the nodes that had delivered
-//! the lost ones, with no `resync`. The model records such a reused position with [`Log::supersede`], so the position
-//! check does not flag it; the count is printed (`reused_positions`).
+//! Positions handed out twice: after a failover lost a log's tail, the engine gives the lost
+//! positions to new appends. A node that still buffers the first message at such a position sees
+//! the difference and rotates the stream to a new epoch (its clients get `resync`); the model
+//! records a reused position with [`Log::supersede`] and the count is printed
+//! (`reused_positions`).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -107,8 +102,6 @@ struct SimStats {
     restarts_empty: u64,
     tail_losses: u64,
     reused_positions: u64,
-    /// Rooms reported `gap_too_old` by a resume although the log held the gap (known bug).
-    room_resume_unfetched: u64,
 }
 
 struct World {
@@ -463,28 +456,7 @@ impl World {
                     }
                     let c = &self.clients[ci].client;
                     let before = c.position(&key);
-                    let mut excused = self.excused(node, &key, before);
-                    if !excused && wire.starts_with("r:") && report["reason"] == "gap_too_old" {
-                        // Known core bug (reported): a room whose subscription is confirmed only
-                        // after the resume chose what to fetch is not fetched, then reported
-                        // `gap_too_old` although the log holds the gap. Counted, not failed.
-                        let retention = self.cfg.retention;
-                        let mut probe = self.clients[ci].client.clone();
-                        let justified = probe
-                            .unrecovered_excused(
-                                &self.log,
-                                wire,
-                                report,
-                                &retention,
-                                self.now(),
-                                false,
-                            )
-                            .is_ok();
-                        if !justified {
-                            self.stats.room_resume_unfetched += 1;
-                            excused = true;
-                        }
-                    }
+                    let excused = self.excused(node, &key, before);
                     let (retention, now) = (self.cfg.retention, self.now());
                     let c = &mut self.clients[ci].client;
                     if let Err(e) =
@@ -750,11 +722,8 @@ fn run(seed: u64, minutes: u64) -> SimStats {
             max_bytes: 1 << 20,
             max_age: Duration::from_secs(90),
         },
-        // Zero, not the single-node simulation's 1 s: with a window, a resume that waits for the
-        // log past the window's end re-arms its connection's timer 1 ns later on every tick (a
-        // busy loop, and `check_invariants` fails: "timer armed after its deadline"). Reported to
-        // the lead; see the module docs.
-        resume_window: Duration::ZERO,
+        // As in the single-node simulation: a resume that waits for the log may outlive it.
+        resume_window: Duration::from_secs(1),
         room_retention: Duration::from_secs(45),
         max_buffered_bytes: 64 << 20,
         ..Config::default()
