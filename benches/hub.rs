@@ -11,6 +11,11 @@
 //! transport's `written` acknowledgements, which are replayed between timed chunks so that
 //! backpressure never engages (it would otherwise skip or close after ~1 MiB per connection).
 //!
+//! Cluster mode (issue 11) has groups of its own, `cluster_*`, whose two functions are `local` (a
+//! publish on a single-node hub) and `cluster` (the same work on a clustered hub: one
+//! [`Hub::bus_message`] fanned out to the same connections, or a clustered publish); a second
+//! table gives cluster ÷ local.
+//!
 //! Run: `cargo bench --bench hub -- --warm-up-time 1 --measurement-time 3`.
 
 mod baseline;
@@ -23,10 +28,12 @@ use std::time::{Duration, Instant, SystemTime};
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use serde_json::{Value, json};
 use switchboard::{
-    Action, Audience, Config, ConnId, DisconnectReason, Envelope, Hub, Principal, Target, Tier,
+    Action, Audience, BusReply, Config, ConnId, DisconnectReason, Envelope, Hub, OpId, Principal,
+    StreamPos, Target, Tier,
 };
 
 use baseline::{Baseline, BaselineConfig, Message, Out, To};
+use workload::cluster::{EPOCH, bus_payload, clustered, settle};
 use workload::{TENANT, envelope, message};
 
 /// Iterations timed back to back before the `written` acknowledgements are replayed: at most
@@ -560,6 +567,173 @@ fn resume(c: &mut Criterion, name: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cluster mode: the local fan-outs again, reached through the bus.
+
+/// Who a cluster benchmark's message reaches: `n` connections of one user (among 10,000 other
+/// users), `n` members of a room, `n` connections of a tenant (each member its own user).
+#[derive(Clone, Copy)]
+enum Shape {
+    User(usize),
+    Room(usize),
+    Tenant(usize),
+}
+
+/// A hub (one node of a cluster if `cluster`) holding `shape`'s connections, with the target
+/// that reaches them.
+fn shaped_hub(cluster: bool, shape: Shape, now: Instant) -> (Hub, Vec<ConnId>, Target) {
+    let cfg = if cluster { clustered(hub_config()) } else { hub_config() };
+    let mut hub = Hub::new(cfg).unwrap();
+    let settle_every = |hub: &mut Hub, i: usize| {
+        if cluster {
+            settle(hub, now);
+        } else if i % 1024 == 0 {
+            drain(hub);
+        }
+    };
+    let mut ids = Vec::new();
+    let target = match shape {
+        Shape::User(n) => {
+            for i in 0..10_000 {
+                hub.connect(now, Principal::new(TENANT, format!("bg{i}").as_str())).unwrap();
+                settle_every(&mut hub, i);
+            }
+            for i in 0..n {
+                ids.push(hub.connect(now, Principal::new(TENANT, "alice")).unwrap());
+                settle_every(&mut hub, i);
+            }
+            user_target("alice")
+        }
+        Shape::Room(n) | Shape::Tenant(n) => {
+            let room = matches!(shape, Shape::Room(_));
+            for i in 0..n {
+                let user = format!("member-{i}");
+                let id = hub.connect(now, Principal::new(TENANT, user.as_str())).unwrap();
+                if room {
+                    hub.join(now, id, "lobby").unwrap();
+                }
+                ids.push(id);
+                settle_every(&mut hub, i);
+            }
+            if room {
+                Target::Room { tenant: TENANT.into(), room: "lobby".into() }
+            } else {
+                Target::Tenant { tenant: TENANT.into(), audience: Audience::All }
+            }
+        }
+    };
+    settle_every(&mut hub, 0);
+    if cluster {
+        settle(&mut hub, now);
+    }
+    (hub, ids, target)
+}
+
+/// `local`: a publish to `shape`'s connections on a single-node hub. `cluster`: one bus message
+/// (the payload a clustered publish of the same envelope made, captured once) fanned out to the
+/// same connections of a clustered hub, one seq further each time.
+fn cluster_fan_out(c: &mut Criterion, name: &str, shape: Shape) {
+    let now = Instant::now();
+    let (mut local, local_ids, target) = shaped_hub(false, shape, now);
+    let (mut node, node_ids, _) = shaped_hub(true, shape, now);
+    let n = local_ids.len();
+    assert_eq!(local.publish(now, envelope(target.clone())).unwrap().delivered, n);
+    assert_eq!(drain_delivered(&mut local), n);
+    acknowledge(&mut local, now, &local_ids);
+    let (key, payload) = bus_payload(&mut node, now, envelope(target.clone()));
+    let mut seq = 1;
+    node.bus_message(now, &key, StreamPos { epoch: EPOCH, seq }, &payload);
+    assert_eq!(drain_delivered(&mut node), n, "the bus message reaches every connection");
+    acknowledge(&mut node, now, &node_ids);
+
+    let mut g = group(c, name, n as u64);
+    if n >= 10_000 {
+        g.sample_size(10);
+    }
+    let env = envelope(target);
+    g.bench_function("local", |bench| {
+        bench.iter_custom(|iters| {
+            timed(
+                &mut local,
+                iters,
+                || env.clone(),
+                |hub, e| {
+                    black_box(hub.publish(now, e).unwrap());
+                    drain(hub);
+                },
+                |hub| acknowledge(hub, now, &local_ids),
+            )
+        })
+    });
+    g.bench_function("cluster", |bench| {
+        bench.iter_custom(|iters| {
+            timed(
+                &mut node,
+                iters,
+                || {
+                    seq += 1;
+                    StreamPos { epoch: EPOCH, seq }
+                },
+                |node, pos| {
+                    node.bus_message(now, &key, pos, &payload);
+                    drain(node);
+                },
+                |node| acknowledge(node, now, &node_ids),
+            )
+        })
+    });
+    g.finish();
+}
+
+/// `local`: a publish to a user with one connection (among 10,000 others) on a single-node hub.
+/// `cluster`: the same publish on a clustered hub (validate, redact, serialize once, emit the
+/// append, drop it as a driver would after handing it to the bus); the appends are acknowledged
+/// between chunks, outside the clock.
+fn cluster_publish(c: &mut Criterion, name: &str) {
+    let now = Instant::now();
+    let (mut local, local_ids, target) = shaped_hub(false, Shape::User(1), now);
+    let (node, _, _) = shaped_hub(true, Shape::User(1), now);
+    let env = envelope(target);
+    let mut g = group(c, name, 1);
+    g.bench_function("local", |bench| {
+        bench.iter_custom(|iters| {
+            timed(
+                &mut local,
+                iters,
+                || env.clone(),
+                |hub, e| {
+                    black_box(hub.publish(now, e).unwrap());
+                    drain(hub);
+                },
+                |hub| acknowledge(hub, now, &local_ids),
+            )
+        })
+    });
+    let mut state: (Hub, Vec<OpId>) = (node, Vec::with_capacity(CHUNK as usize));
+    g.bench_function("cluster", |bench| {
+        bench.iter_custom(|iters| {
+            timed(
+                &mut state,
+                iters,
+                || env.clone(),
+                |(hub, ops), e| {
+                    let published = hub.publish(now, e).unwrap();
+                    drain(hub);
+                    ops.push(published.op.expect("a clustered publish issues an append"));
+                },
+                |(hub, ops)| {
+                    for op in ops.drain(..) {
+                        let pos = StreamPos { epoch: EPOCH, seq: 1 };
+                        hub.bus_reply(now, op, Ok(BusReply::Appended { pos }));
+                    }
+                    drain(hub);
+                },
+            )
+        })
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
 
 /// Criterion's output directory (as criterion finds it): `$CRITERION_HOME`, else
 /// `$CARGO_TARGET_DIR/criterion`, else `criterion/` in the target directory this binary was built
@@ -593,20 +767,22 @@ fn human(ns: f64) -> String {
     }
 }
 
-/// One table of this run's medians with the baseline ratio beside each.
-fn print_table(groups: &[(String, u64)], since: SystemTime) {
+/// One table of this run's medians of the groups that have functions `ours` and `theirs`, with
+/// `theirs ÷ ours` beside each (the header names them).
+fn print_table(groups: &[(String, u64)], since: SystemTime, [ours, theirs]: [&str; 2]) {
+    let (ours_fn, theirs_fn) = (ours, theirs);
     let Some(dir) = criterion_dir() else { return };
     let mut rows = Vec::new();
     for (name, elements) in groups {
         let g = dir.join(name);
         let (Some(ours), Some(theirs)) =
-            (median(&g.join("switchboard"), since), median(&g.join("baseline"), since))
+            (median(&g.join(ours_fn), since), median(&g.join(theirs_fn), since))
         else {
             continue;
         };
         let per = |ns: f64| if *elements > 1 { human(ns / *elements as f64) } else { "".into() };
         rows.push(format!(
-            "| {name} | {} | {} | {} | {} | {:.1}× |",
+            "| {name} | {} | {} | {} | {} | {:.2}× |",
             human(ours),
             per(ours),
             human(theirs),
@@ -619,7 +795,7 @@ fn print_table(groups: &[(String, u64)], since: SystemTime) {
     }
     println!("\nMedians of this run (per element: divided by the group's throughput elements)\n");
     println!(
-        "| benchmark | switchboard | per element | baseline | per element | baseline ÷ switchboard |"
+        "| benchmark | {ours_fn} | per element | {theirs_fn} | per element | {theirs_fn} ÷ {ours_fn} |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
     for row in rows {
@@ -715,12 +891,27 @@ fn main() {
         ));
     }
     plan.push(("resume_replay_1000".into(), 1000, Box::new(resume)));
+    for (name, shape) in [
+        ("cluster_user_1conn", Shape::User(1)),
+        ("cluster_user_3conns", Shape::User(3)),
+        ("cluster_room_10", Shape::Room(10)),
+        ("cluster_room_1000", Shape::Room(1000)),
+        ("cluster_tenant_10000", Shape::Tenant(10_000)),
+    ] {
+        let (Shape::User(n) | Shape::Room(n) | Shape::Tenant(n)) = shape;
+        plan.push((
+            name.into(),
+            n as u64,
+            Box::new(move |c, name| cluster_fan_out(c, name, shape)),
+        ));
+    }
+    plan.push(("cluster_publish_1conn".into(), 1, Box::new(cluster_publish)));
 
     let filter = filter();
     let mut groups = Vec::new();
     for (name, elements, bench) in plan {
         let matches = |f: &String| {
-            ["switchboard", "baseline"]
+            ["switchboard", "baseline", "local", "cluster"]
                 .iter()
                 .any(|func| format!("{name}/{func}").contains(f.as_str()))
         };
@@ -730,5 +921,6 @@ fn main() {
         }
     }
     c.final_summary();
-    print_table(&groups, since);
+    print_table(&groups, since, ["switchboard", "baseline"]);
+    print_table(&groups, since, ["local", "cluster"]);
 }

@@ -15,6 +15,19 @@
 //!
 //! Workloads: `churn`, `publish-1`, `publish-1-noredact`, `publish-3`, `room-<n>`, `tenant-<n>`,
 //! `tick-<n>`, `sweep-<k>-of-<n>`, `resume-1000`.
+//!
+//! Cluster mode (switchboard only, no baseline; compared with the local workload of the same
+//! shape, see `scripts/bench-instructions.sh`):
+//!
+//! - `bus-message-user-<n>`, `bus-message-room-<n>`, `bus-message-tenant-<n>`: one
+//!   [`Hub::bus_message`] (the payload a clustered publish of the same envelope produced, captured
+//!   once in the setup) fanned out to `n` local connections of one user (among 10,000 others, as
+//!   `publish-<n>`), of a room (as `room-<n>`), of a tenant (as `tenant-<n>`); each step one seq
+//!   further, so the sequencer delivers each.
+//! - `publish-clustered-1`: a clustered [`Hub::publish`] to a user with one connection among
+//!   10,000 others (as `publish-1`): validate, redact, serialize once, emit the append. Each step
+//!   also acknowledges the append with [`Hub::bus_reply`] (else the in-flight bound fills up),
+//!   which the script subtracts.
 
 mod baseline;
 mod workload;
@@ -22,13 +35,15 @@ mod workload;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use switchboard::{
-    Audience, Config, ConnId, DisconnectReason, Envelope, EventKind, Hub, Principal, Target, Tier,
+    Action, Audience, BusReply, Config, ConnId, DisconnectReason, Envelope, Hub, Principal,
+    StreamPos, Target, Tier,
 };
 
 use baseline::{Baseline, BaselineConfig, Message, To};
-use workload::{TENANT, envelope, message, payload};
+use workload::cluster::{EPOCH, bus_payload, clustered, settle};
+use workload::{TENANT, envelope, message};
 
 fn drain(hub: &mut Hub) {
     while let Some(action) = hub.poll_action() {
@@ -55,6 +70,8 @@ struct Pair {
     hub: Hub,
     b: Baseline,
     now: Instant,
+    /// The hub is one node of a cluster: its bus operations are answered (`workload::cluster`).
+    clustered: bool,
 }
 
 impl Pair {
@@ -74,7 +91,31 @@ impl Pair {
             cfg.redact_keys.clear();
             bcfg.redact_keys.clear();
         }
-        Self { hub: Hub::new(cfg).unwrap(), b: Baseline::new(bcfg), now: Instant::now() }
+        Self {
+            hub: Hub::new(cfg).unwrap(),
+            b: Baseline::new(bcfg),
+            now: Instant::now(),
+            clustered: false,
+        }
+    }
+
+    /// [`Pair::new`] with the hub as one node of a cluster.
+    fn clustered(redact: bool, per_user: u32) -> Self {
+        let mut p = Self::new(redact, per_user);
+        let mut cfg = p.hub.config().clone();
+        cfg = clustered(cfg);
+        p.hub = Hub::new(cfg).unwrap();
+        p.clustered = true;
+        p
+    }
+
+    /// Drains the hub, answering its bus operations in cluster mode.
+    fn settle(&mut self) {
+        if self.clustered {
+            settle(&mut self.hub, self.now);
+        } else {
+            drain(&mut self.hub);
+        }
     }
 
     /// One connection of `user` on each side (`Enterprise` tier, so `per_user` applies).
@@ -82,7 +123,7 @@ impl Pair {
         let p = Principal::new(TENANT, user).tier(Tier::Enterprise);
         let id = self.hub.connect(at, p).unwrap();
         let bid = self.b.connect(at, TENANT, user).unwrap();
-        drain(&mut self.hub);
+        self.settle();
         drain_baseline(&self.b);
         (id, bid)
     }
@@ -122,6 +163,68 @@ fn publish(p: &mut Pair, baseline: bool, n: usize, target: Target, to: To<'_>, i
             }
         });
     }
+}
+
+/// `n` members (each its own user) of the room `lobby`, or of the tenant when `!room`.
+fn fan_out_members(p: &mut Pair, n: usize, room: bool) -> Vec<ConnId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let user = format!("member-{i}");
+        let id = p.hub.connect(p.now, Principal::new(TENANT, user.as_str())).unwrap();
+        let bid = p.b.connect(p.now, TENANT, &user).unwrap();
+        if room {
+            p.hub.join(p.now, id, "lobby").unwrap();
+            p.b.join(bid, "lobby");
+        }
+        ids.push(id);
+        if p.clustered || i % 1024 == 0 {
+            p.settle();
+            drain_baseline(&p.b);
+        }
+    }
+    p.settle();
+    drain_baseline(&p.b);
+    ids
+}
+
+/// Feeds the bus payload of a publish to `target` back into the (clustered) hub `n` times, one
+/// seq further each time, acknowledging deliveries to `ids` every 128 messages (as `publish`).
+fn bus_messages(p: &mut Pair, n: usize, target: Target, ids: &[ConnId]) {
+    let now = p.now;
+    let hub = &mut p.hub;
+    let (key, payload) = bus_payload(hub, now, envelope(target));
+    // The first message reaches every connection (the setup is what it claims to be).
+    hub.bus_message(now, &key, StreamPos { epoch: EPOCH, seq: 1 }, &payload);
+    let mut delivered = 0;
+    while let Some(action) = hub.poll_action() {
+        delivered += usize::from(matches!(action, Action::Deliver { .. }));
+    }
+    assert_eq!(delivered, ids.len(), "one bus message, one delivery per connection");
+    for &id in ids {
+        hub.written(now, id, usize::MAX >> 1).unwrap();
+    }
+    let (mut seq, mut done) = (1, 0);
+    region(n, &mut || {
+        seq += 1;
+        hub.bus_message(now, &key, StreamPos { epoch: EPOCH, seq }, &payload);
+        drain(hub);
+        done += 1;
+        if done % 128 == 0 {
+            for &id in ids {
+                hub.written(now, id, usize::MAX >> 1).unwrap();
+            }
+        }
+    });
+    // Every step was delivered in order: the next seq still reaches every connection.
+    for &id in ids {
+        hub.written(now, id, usize::MAX >> 1).unwrap();
+    }
+    hub.bus_message(now, &key, StreamPos { epoch: EPOCH, seq: seq + 1 }, &payload);
+    let mut delivered = 0;
+    while let Some(action) = hub.poll_action() {
+        delivered += usize::from(matches!(action, Action::Deliver { .. }));
+    }
+    assert_eq!(delivered, ids.len(), "the sequencer still delivers after {n} messages");
 }
 
 fn number(s: &str) -> usize {
@@ -174,6 +277,25 @@ fn main() {
                 });
             }
         }
+        ["publish", "clustered", conns] => {
+            assert!(!baseline, "the cluster workloads have no baseline");
+            let mut p = Pair::clustered(true, 3);
+            p.populate(10_000);
+            for _ in 0..number(conns) {
+                p.connect(p.now, "alice");
+            }
+            let env = envelope(Target::User { tenant: TENANT.into(), user: "alice".into() });
+            let mut inputs: Vec<Envelope> = (0..n).map(|_| env.clone()).collect();
+            let (hub, now) = (&mut p.hub, p.now);
+            let appended = || Ok(BusReply::Appended { pos: StreamPos { epoch: EPOCH, seq: 1 } });
+            region(n, &mut || {
+                let published = hub.publish(now, inputs.pop().unwrap()).unwrap();
+                drain(hub);
+                // Outside the measure (subtracted): the bus's answer, so ops do not pile up.
+                hub.bus_reply(now, published.op.expect("a clustered publish"), appended());
+                drain(hub);
+            });
+        }
         ["publish", conns, rest @ ..] => {
             let mut p = Pair::new(rest != ["noredact"], 3);
             p.populate(10_000);
@@ -186,23 +308,7 @@ fn main() {
         [kind @ ("room" | "tenant"), members] => {
             let room = *kind == "room";
             let mut p = Pair::new(true, 3);
-            let mut ids = Vec::new();
-            for i in 0..number(members) {
-                let user = format!("member-{i}");
-                let id = p.hub.connect(p.now, Principal::new(TENANT, user.as_str())).unwrap();
-                let bid = p.b.connect(p.now, TENANT, &user).unwrap();
-                if room {
-                    p.hub.join(p.now, id, "lobby").unwrap();
-                    p.b.join(bid, "lobby");
-                }
-                ids.push(id);
-                if i % 1024 == 0 {
-                    drain(&mut p.hub);
-                    drain_baseline(&p.b);
-                }
-            }
-            drain(&mut p.hub);
-            drain_baseline(&p.b);
+            let ids = fan_out_members(&mut p, number(members), room);
             let (target, to) = if room {
                 (
                     Target::Room { tenant: TENANT.into(), room: "lobby".into() },
@@ -215,6 +321,27 @@ fn main() {
                 )
             };
             publish(&mut p, baseline, n, target, to, &ids);
+        }
+        ["bus", "message", shape @ ("user" | "room" | "tenant"), conns] => {
+            assert!(!baseline, "the cluster workloads have no baseline");
+            let conns = number(conns);
+            let mut p = Pair::clustered(true, 3);
+            let (ids, target) = match *shape {
+                "user" => {
+                    p.populate(10_000);
+                    let ids = (0..conns).map(|_| p.connect(p.now, "alice").0).collect();
+                    (ids, Target::User { tenant: TENANT.into(), user: "alice".into() })
+                }
+                "room" => (
+                    fan_out_members(&mut p, conns, true),
+                    Target::Room { tenant: TENANT.into(), room: "lobby".into() },
+                ),
+                _ => (
+                    fan_out_members(&mut p, conns, false),
+                    Target::Tenant { tenant: TENANT.into(), audience: Audience::All },
+                ),
+            };
+            bus_messages(&mut p, n, target, &ids);
         }
         ["tick", conns] => {
             let mut p = Pair::new(true, 4);
@@ -260,7 +387,7 @@ fn main() {
                 ids.push((0..k).map(|i| p.connect(at, &format!("u{ph}-{i}"))).collect());
             }
             let (t0, mut j) = (p.now, 0u64);
-            let mut sweep = |p: &mut Pair, j: &mut u64| {
+            let sweep = |p: &mut Pair, j: &mut u64| {
                 let at = t0 + interval + step * *j as u32;
                 let phase = &ids[(*j % phases as u64) as usize];
                 *j += 1;

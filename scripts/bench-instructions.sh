@@ -4,6 +4,11 @@
 #
 #   scripts/bench-instructions.sh [workload ...]     (default: all)
 #
+# Two tables: switchboard against the baseline, then cluster mode against the local workload of
+# the same shape (bus message fanned out to N vs local publish to N; clustered vs local publish),
+# both sides of each row counted in this same run. A workload named on the command line selects
+# every row it appears in.
+#
 # Work that the wall-clock benchmark keeps outside its clock but the driver runs inside the region
 # (`written` acknowledgements, the pongs of a heartbeat sweep, the baseline's recovery-queue
 # refill) is subtracted, using callgrind's inclusive cost of that function.
@@ -32,11 +37,61 @@ all=(
     "resume-1000 2000 50 - Baseline::publish"
 )
 
-# Inclusive Ir of every function whose name ends in $2, in callgrind output $1.
+# Cluster mode: bus workload, the local workload it is compared with, steps (both), function to
+# subtract (bus side). Local publishes acknowledge deliveries (`Hub::written`, subtracted as above).
+cluster=(
+    "bus-message-user-1 publish-1 20000 Hub::written"
+    "bus-message-user-3 publish-3 20000 Hub::written"
+    "bus-message-room-10 room-10 20000 Hub::written"
+    "bus-message-room-1000 room-1000 2000 Hub::written"
+    "bus-message-tenant-10000 tenant-10000 200 Hub::written"
+    "publish-clustered-1 publish-1 20000 Hub::bus_reply"
+)
+
+# Inclusive Ir of every function whose name ends in one of $2 (comma-separated), in callgrind
+# output $1.
 inclusive() {
     [ "$2" = "-" ] && { echo 0; return; }
-    callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null |
-        grep -F "::$2 [" | awk '{gsub(",", "", $1); s += $1} END {print s + 0}'
+    local sum=0 f part
+    IFS=, read -ra parts <<<"$2"
+    for f in "${parts[@]}"; do
+        part=$(callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null |
+            grep -F "::$f [" | awk '{gsub(",", "", $1); s += $1} END {print s + 0}')
+        sum=$((sum + part))
+    done
+    echo "$sum"
+}
+
+# Calls, in callgrind output $1, into functions whose name contains $2 (at every recursion level).
+calls_into() {
+    awk -v pat="$2" '
+        function name(s,   id, rest) {
+            if (match(s, /^\([0-9]+\)/)) {
+                id = substr(s, RSTART, RLENGTH)
+                rest = substr(s, RLENGTH + 2)
+                if (rest != "") names[id] = rest
+                return names[id]
+            }
+            return s
+        }
+        /^cfn=/ { callee = name(substr($0, 5)); next }
+        /^fn=/ { name(substr($0, 4)); next }
+        /^calls=/ {
+            split(substr($0, 7), a, " ")
+            if (index(callee, pat)) n += a[1]
+            next
+        }
+        END { print n + 0 }' "$1"
+}
+
+# Serialization per step, from the calls callgrind counted: event frames written
+# (`FrameWriter::event`, which serializes an event and its data) / data values serialized (the
+# redacting serializer, `protocol::Redacted`, called once per value of the event's `data`).
+serializations() { # workload steps
+    local f="$out/$1.out" e v
+    e=$(calls_into "$f" 'switchboard::protocol::FrameWriter::event')
+    v=$(calls_into "$f" 'switchboard::protocol::Redacted as serde_core::ser::Serialize>::serialize')
+    awk -v e="$e" -v v="$v" -v n="$2" 'BEGIN {printf "%.2f / %.2f", e / n, v / n}'
 }
 
 run() { # side workload steps subtract
@@ -52,13 +107,54 @@ run() { # side workload steps subtract
 }
 
 want=("$@")
-echo "| workload | switchboard Ir/step | baseline Ir/step | baseline ÷ switchboard |"
-echo "|---|---:|---:|---:|"
+wanted() { # any of the names given (or none given)
+    [ ${#want[@]} -eq 0 ] && return 0
+    local w
+    for w in "$@"; do [[ " ${want[*]} " == *" $w "* ]] && return 0; done
+    return 1
+}
+# Switchboard's count per workload and step count, measured once per run.
+declare -A counted
+ours() { # workload steps subtract
+    local k="$1 $2"
+    [ -n "${counted[$k]:-}" ] || counted[$k]=$(run switchboard "$1" "$2" "$3")
+    echo "${counted[$k]}"
+}
+
+rows=()
 for line in "${all[@]}"; do
     read -r w n bn sub bsub <<<"$line"
-    if [ ${#want[@]} -gt 0 ] && [[ ! " ${want[*]} " == *" $w "* ]]; then continue; fi
-    ours=$(run switchboard "$w" "$n" "$sub")
+    wanted "$w" || continue
+    ours "$w" "$n" "$sub" >/dev/null
+    o=${counted["$w $n"]}
     theirs=$(run baseline "$w" "$bn" "$bsub")
-    ratio=$(awk -v a="$theirs" -v b="$ours" 'BEGIN {printf "%.1f", a / b}')
-    echo "| $w | $ours | $theirs | ${ratio}× |"
+    ratio=$(awk -v a="$theirs" -v b="$o" 'BEGIN {printf "%.1f", a / b}')
+    rows+=("| $w | $o | $theirs | ${ratio}× |")
 done
+if [ ${#rows[@]} -gt 0 ]; then
+    echo "| workload | switchboard Ir/step | baseline Ir/step | baseline ÷ switchboard |"
+    echo "|---|---:|---:|---:|"
+    printf '%s\n' "${rows[@]}"
+    echo
+fi
+
+rows=()
+for line in "${cluster[@]}"; do
+    read -r bw lw n sub <<<"$line"
+    wanted "$bw" "$lw" || continue
+    # The local side is counted with the same number of steps (its own row above used its own).
+    local_sub=Hub::written
+    ours "$lw" "$n" "$local_sub" >/dev/null
+    l=${counted["$lw $n"]}
+    ours "$bw" "$n" "$sub" >/dev/null
+    b=${counted["$bw $n"]}
+    ratio=$(awk -v a="$b" -v b="$l" 'BEGIN {printf "%.2f", a / b}')
+    ls=$(serializations "$lw" "$n")
+    bs=$(serializations "$bw" "$n")
+    rows+=("| $bw | $lw | $l | $b | ${ratio}× | $ls | $bs |")
+done
+if [ ${#rows[@]} -gt 0 ]; then
+    echo "| cluster workload | local workload | local Ir/step | cluster Ir/step | cluster ÷ local | local frames / values serialized per step | cluster frames / values serialized per step |"
+    echo "|---|---|---:|---:|---:|---:|---:|"
+    printf '%s\n' "${rows[@]}"
+fi

@@ -41,3 +41,5 @@ pub fn message() -> Message {
         data: payload(),
     }
 }
+
+pub mod cluster;
