@@ -37,9 +37,10 @@
 //! - late ticks (`Op::Sleep`): the clock moves, the next operation reaches the hub at the new time
 //!   before the tick, which comes right after it (before the clock moves again).
 //!
-//! What changed in coverage: the clock is in milliseconds (the model's unit), so an age lands on
-//! `max_age` exactly (kept) and one millisecond past it (dropped), no longer one nanosecond past
-//! it. Backpressure is kept out (limits of 1 GiB, the heartbeat never pings); the hub never
+//! What changed in coverage: the clock of the properties is in milliseconds (the model's unit),
+//! so there an age lands on `max_age` exactly (kept) and one millisecond past it (dropped); the
+//! nanosecond boundary the earlier version reached at random is checked by
+//! `a_message_is_kept_for_exactly_max_age_to_the_nanosecond` (timer and resume). Backpressure is kept out (limits of 1 GiB, the heartbeat never pings); the hub never
 //! closes a device's connection here (checked). A held device resumes before its window would
 //! end and before its backlog would outgrow the buffer (the hub closes it then, by design;
 //! tested elsewhere).
@@ -544,4 +545,51 @@ fn the_cases_reach_what_the_properties_are_about() {
     assert!(total.unrecovered > 50, "{total:?}");
     assert!(total.spoiled > 50, "{total:?}");
     assert!(total.late_ticks > 100, "{total:?}");
+}
+
+/// The age boundary to the nanosecond (the properties run in milliseconds): a message aged
+/// exactly `max_age` is kept, by the stream's age timer and for a resume; one nanosecond more and
+/// the timer drops it, and a resume from before it is `gap_too_old`.
+#[test]
+fn a_message_is_kept_for_exactly_max_age_to_the_nanosecond() {
+    use std::time::Duration;
+    use switchboard::{EventKind, Principal};
+    let max_age = Duration::from_secs(30);
+    let cfg = switchboard::Config {
+        retention: Retention { max_messages: 6, max_bytes: 1 << 30, max_age },
+        user_retention: Duration::from_secs(60),
+        ..common::quiet()
+    };
+    for late in [Duration::ZERO, Duration::from_nanos(1)] {
+        let mut sim = common::Sim::new(cfg.clone());
+        let first = sim.connect("acme", "alice");
+        let actions = sim.publish_to_user("acme", "alice", EventKind::ToolCompleted);
+        let event = EventFrame::decode(&common::frames_for(&actions, first)[0]).expect("an event");
+        let kept_at = sim.now;
+        // The age timer is due one nanosecond after `max_age`, not before.
+        let due = sim.hub.poll_timeout().expect("the age timer is armed");
+        assert!(due <= kept_at + max_age + Duration::from_nanos(1), "{due:?}");
+        sim.now = kept_at + max_age + late;
+        sim.hub.tick(sim.now);
+        let buffered = sim.hub.user("acme", "alice").expect("held").buffered().0;
+        assert_eq!(buffered, usize::from(late.is_zero()), "aged {:?} past max_age", late);
+        assert_eq!(sim.hub.stats().buffered_messages, buffered as u64);
+        sim.drain();
+        // A second device resumes from before the message.
+        let second = sim.hub.connect(sim.now, Principal::new("acme", "alice")).expect("admitted");
+        sim.drain();
+        let resume = serde_json::json!({"type": "resume", "positions": {"u": {"epoch": event.epoch, "seq": 0}}});
+        sim.hub.receive(sim.now, second, resume.to_string().as_bytes()).expect("resumed");
+        let frames = common::frames_for(&sim.drain(), second);
+        let report = &frames.last().expect("a resumed frame")["streams"]["u"];
+        if late.is_zero() {
+            assert_eq!(
+                (report["recovered"].as_bool(), report["replayed"].as_u64()),
+                (Some(true), Some(1)),
+                "{report}"
+            );
+        } else {
+            assert_eq!(report["reason"], "gap_too_old", "{report}");
+        }
+    }
 }
