@@ -4,9 +4,10 @@
 //! when it must (the stream's epoch changed, the client is ahead of the stream, or the gap is no
 //! longer buffered).
 //!
-//! Unlike `tests/resume_props.rs` (which keeps a client-side model of its own, see its docs), the
-//! cases here are the shared vocabulary's steps (`switchboard_testkit::strategy::resume_steps`:
-//! connections addressed exactly, `In::Remembered` resumes, the resume knobs) and run through
+//! Unlike `tests/resume_props.rs` (whose devices keep their own positions across connections),
+//! the cases here resume with what one earlier connection remembers: the shared vocabulary's
+//! steps (`switchboard_testkit::strategy::resume_steps`: connections addressed exactly,
+//! `In::Remembered` resumes, the resume knobs) run through
 //! `Runner::apply`, which checks every action, result, stat and view against the shared model; the
 //! client-side checks below then run over the actions the step queued.
 use std::collections::{BTreeMap, HashMap, HashSet};

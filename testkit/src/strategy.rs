@@ -373,3 +373,122 @@ pub fn resume_steps() -> impl Strategy<Value = Vec<Step>> {
     let chunk = prop_oneof![4 => op.prop_map(|op| vec![op]), 1 => back];
     prop::collection::vec(chunk, 1..40).prop_map(|c| at_once(c.into_iter().flatten().collect()))
 }
+
+/// One device of the resume properties (`tests/resume_props.rs`): a client of a user that keeps
+/// its positions across its connections.
+#[derive(Clone, Debug)]
+pub struct Device {
+    /// Its user, by model index `(tenant, user)`.
+    pub user: (usize, usize),
+    /// It holds role 0 (`admin`).
+    pub admin: bool,
+    /// The threads it narrows its connections to (`None`: all of its user's events).
+    pub filter: Option<Vec<usize>>,
+    /// The rooms the application puts each of its connections into when it connects.
+    pub rooms: Vec<usize>,
+    /// With a resume window: it narrows right before resuming instead of right after connecting.
+    pub late_subscribe: bool,
+    /// Before its real `resume` it sends one with a spoiled position ([`In::Spoiled`], which way).
+    pub spoil: Option<usize>,
+    /// Its positions carry fields of their own, which the hub must ignore.
+    pub extra: bool,
+}
+
+/// The users of the resume properties' devices (two devices each): two users of tenant 0 and
+/// one of tenant 1. User `(0, 3)` never connects (publishing to it reaches no stream).
+pub const DEVICE_USERS: [(usize, usize); 3] = [(0, 0), (0, 1), (1, 0)];
+/// How many devices a resume case has.
+pub const DEVICES: usize = 2 * DEVICE_USERS.len();
+/// The clock steps of the resume properties, in ms: with whole seconds and single milliseconds a
+/// message's age lands exactly on the 30 s `max_age` (kept) and one millisecond past it
+/// (dropped), and a detached user's on its 60 s retention.
+pub const DEVICE_TICKS: [u32; 11] =
+    [1, 1_000, 5_000, 10_000, 20_000, 29_000, 29_999, 30_000, 30_001, 31_000, 61_000];
+
+/// Device `i` of a resume case.
+pub fn device(i: usize) -> impl Strategy<Value = Device> {
+    let threads =
+        prop_oneof![Just(None), Just(Some(vec![0])), Just(Some(vec![1])), Just(Some(vec![0, 1]))];
+    let rooms = prop_oneof![Just(vec![]), Just(vec![0]), Just(vec![1]), Just(vec![0, 1])];
+    let spoil = prop::option::weighted(0.25, 0..SPOILED_POSITIONS);
+    (threads, any::<bool>(), rooms, any::<bool>(), spoil, any::<bool>()).prop_map(
+        move |(filter, admin, rooms, late_subscribe, spoil, extra)| Device {
+            user: DEVICE_USERS[i / 2],
+            admin,
+            filter,
+            rooms,
+            late_subscribe,
+            spoil,
+            extra,
+        },
+    )
+}
+
+/// The devices of a resume case.
+pub fn devices() -> impl Strategy<Value = Vec<Device>> {
+    (0..DEVICES).map(device).collect::<Vec<_>>()
+}
+
+/// The knobs of a resume case with this resume window (ms): recovery buffers of six messages
+/// aged out after 30 s, users retained 60 s, no backpressure, no breaker, and a heartbeat too slow
+/// to ever ping (the devices answer nothing but what the case says).
+#[must_use]
+pub fn device_knobs(resume_window: Ms) -> Knobs {
+    Knobs {
+        policy: UserLimitPolicy::Reject,
+        global_broadcast: false,
+        user_retention: 60_000,
+        max_frame_bytes: 4_096,
+        tenant_cap: None,
+        heartbeat: (864_000_000, 5_000),
+        retention: Some((6, 1 << 30, 30_000)),
+        max_buffered_bytes: None,
+        backpressure: Some((1 << 30, 1 << 30)),
+        resume_window,
+        breaker: None,
+        max_detached_users: NO_DETACHED_CAP,
+        room_retention: 0,
+    }
+}
+
+/// Operations of devices, as `(device, op)`: the device's own operations (`Connect`,
+/// `Disconnect`, `Join`, `Leave`, a `resume` as `Receive` of [`In::Positions`], a publish to
+/// [`Tgt::Conn`]) address the device's connection, whatever their own fields say (the driver in
+/// `tests/resume_props.rs` resolves them, and fills in the positions from its client model);
+/// the others (publishes to users, threads, rooms and tenants) ignore the device. `Tick` moves
+/// the clock with the hub ticked at once, `Sleep` moves it with the tick late: the next
+/// operation reaches the hub first, and the tick (`Tick(0)`) right after it.
+pub fn device_ops() -> impl Strategy<Value = Vec<(usize, Op)>> {
+    let k = || 0..6usize;
+    let d = || 0..DEVICES;
+    let users = prop::sample::select(vec![(0usize, 0usize), (0, 1), (1, 0), (0, 3)]);
+    let tick = || prop::sample::select(DEVICE_TICKS.to_vec());
+    let publish = |target, kind, thread| Op::Publish { target, kind, thread };
+    let op = prop_oneof![
+        4 => (users.clone(), prop::option::of(0..2usize), k())
+            .prop_map(move |((t, u), th, kind)| (0, publish(Tgt::User(t, u), kind, th))),
+        2 => (users, 0..2usize, k())
+            .prop_map(move |((t, u), th, kind)| (0, publish(Tgt::Thread(t, u, th), kind, None))),
+        2 => (d(), k()).prop_map(move |(dev, kind)| (dev, publish(Tgt::Conn(NEWEST), kind, None))),
+        3 => (0..2usize, 0..2usize, k())
+            .prop_map(move |(t, r, kind)| (0, publish(Tgt::Room(t, r), kind, None))),
+        2 => (0..2usize, any::<bool>(), k()).prop_map(move |(t, admin, kind)| {
+            (0, publish(Tgt::Tenant(t, admin.then_some(0)), kind, None))
+        }),
+        3 => (d(), any::<bool>())
+            .prop_map(|(dev, clean)| (dev, Op::Disconnect { who: NEWEST, clean })),
+        4 => d().prop_map(|dev| {
+            let (tenant, user) = DEVICE_USERS[dev / 2];
+            (dev, Op::Connect { tenant, user, tier: 3, roles: 0, expires_in: None })
+        }),
+        2 => d().prop_map(|dev| {
+            (dev, Op::Receive { who: NEWEST, frame: In::Positions(Vec::new(), false) })
+        }),
+        1 => (d(), 0..2usize).prop_map(|(dev, room)| (dev, Op::Join { who: NEWEST, room })),
+        1 => (d(), 0..2usize)
+            .prop_map(|(dev, room)| (dev, Op::Leave { who: NEWEST, room, joined: false })),
+        3 => tick().prop_map(|ms| (0, Op::Tick(ms))),
+        2 => tick().prop_map(|ms| (0, Op::Sleep(ms))),
+    ];
+    prop::collection::vec(op, 1..120)
+}

@@ -260,6 +260,15 @@ pub enum In {
     /// sent when that connection remembers nothing. With the flag, every position carries an
     /// extra field (ignored).
     Remembered(Who, bool),
+    /// `resume` with exactly these positions `(stream, epoch, seq)`, as a client that keeps its
+    /// own positions per stream across its connections sends them (the caller fills them in from
+    /// its client model at run time). With the flag, every position carries fields of its own
+    /// (ignored).
+    Positions(Vec<(String, u64, u64)>, bool),
+    /// `resume` with these positions, but the user stream's (`u`, added if absent) spoiled in one
+    /// of [`SPOILED_POSITIONS`] ways ([`spoiled_position`]): the hub must refuse the frame with
+    /// `invalid_field` and leave the connection as it was (held if it was, not resumed).
+    Spoiled(Vec<(String, u64, u64)>, usize),
     /// One of [`GARBAGE`].
     Garbage(usize),
     /// A well-formed `message` this many bytes over `max_frame_bytes`.
@@ -328,6 +337,24 @@ pub const GARBAGE: &[(&[u8], PeerError)] = &[
     (br#"["message","th1",{"n":1}]"#, PeerError::Malformed { line: 1, column: 1 }),
     (b" \n [\"subscribe\",\"th1\",null]", PeerError::Malformed { line: 2, column: 2 }),
 ];
+/// How many ways [`spoiled_position`] spoils a position.
+pub const SPOILED_POSITIONS: usize = 6;
+
+/// The position `(epoch, seq)` spoiled in one of [`SPOILED_POSITIONS`] ways: wrongly typed
+/// (a string, negative, fractional, a list, null) or incomplete.
+#[must_use]
+pub fn spoiled_position(variant: usize, epoch: u64, seq: u64) -> serde_json::Value {
+    use serde_json::json;
+    match variant % SPOILED_POSITIONS {
+        0 => json!({"epoch": epoch.to_string(), "seq": seq}),
+        1 => json!({"epoch": epoch, "seq": -1}),
+        2 => json!({"epoch": epoch, "seq": seq as f64 + 0.5}),
+        3 => json!([epoch, seq]),
+        4 => json!({"epoch": null, "seq": seq}),
+        _ => json!({"epoch": epoch}),
+    }
+}
+
 /// How many of the last [`GARBAGE`] entries are JSON arrays rather than objects.
 pub const NON_OBJECTS: usize = 3;
 /// Garbage frames that are JSON objects or not JSON at all.

@@ -313,7 +313,7 @@ impl Model {
             return Err(Ok(self.refuse_frame(id, err, Some(limit), AuditKind::Flood)));
         }
         let c = self.live.get_mut(&id).unwrap();
-        if matches!(frame, In::Resume(..) | In::Remembered(..)) {
+        if matches!(frame, In::Resume(..) | In::Remembered(..) | In::Positions(..)) {
             if c.resumed {
                 let err = PeerError::AlreadyResumed;
                 return Err(Ok(self.peer_error(id, err, None, AuditKind::MalformedFrame)));
@@ -364,6 +364,8 @@ impl Model {
             }
             In::Resume(..)
             | In::Remembered(..)
+            | In::Positions(..)
+            | In::Spoiled(..)
             | In::Garbage(_)
             | In::Oversized(_)
             | In::Raw(_) => {

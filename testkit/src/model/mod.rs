@@ -87,9 +87,11 @@
 //! Of the `regression_*` tests (`tests/properties_regressions.rs`), the first three are minimal
 //! cases of bugs the properties found and that are fixed; the last two document bugs that are not.
 //!
-//! Who uses it: the property tests (`tests/properties.rs`, cases from [`crate::strategy`]) and the
-//! `ops` fuzz target (cases from `crate::fuzz`, feature `arbitrary`) both run [`Runner::apply`]
-//! step by step; neither keeps a model of its own. Forged ids ([`Who::forged`]) are predicted
+//! Who uses it: the property tests (`tests/properties.rs`, cases from [`crate::strategy`]), the
+//! resume properties (`tests/resume_clients.rs`, and `tests/resume_props.rs`, whose devices send
+//! [`In::Positions`] and [`In::Spoiled`] resumes from the shared client model's positions) and
+//! the `ops` fuzz target (cases from `crate::fuzz`, feature `arbitrary`) all run
+//! [`Runner::apply`] step by step; none keeps a model of its own. Forged ids ([`Who::forged`]) are predicted
 //! like any other: stale when their slot holds a later occupant, unknown otherwise.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};

@@ -52,6 +52,9 @@ pub struct Runner {
     /// What each connection's client remembers: per stream, the last `(epoch, seq)` it was told
     /// (`connected`, `joined`, `resumed`) or received (an event).
     remembered: HashMap<ConnId, BTreeMap<String, (u64, u64)>>,
+    /// What the hub answered the last step, if it was an accepted publish, with the number its
+    /// payload carries (`data.n`).
+    published: Option<(u64, switchboard::Published)>,
 }
 
 fn fail(msg: String) -> TestCaseError {
@@ -73,6 +76,7 @@ impl Runner {
             pending: None,
             actions: Vec::new(),
             remembered: HashMap::new(),
+            published: None,
         }
     }
 
@@ -173,6 +177,28 @@ impl Runner {
         }
     }
 
+    /// The last step's publish, if it was accepted: the number its payload carries (`data.n`,
+    /// unique among accepted publishes) and what the hub reported (already checked against the
+    /// model).
+    #[must_use]
+    pub fn published(&self) -> Option<&(u64, switchboard::Published)> {
+        self.published.as_ref()
+    }
+
+    /// The caller's clock as an instant.
+    #[must_use]
+    pub fn now(&self) -> Instant {
+        self.at(self.t)
+    }
+
+    /// The [`Who`] that addresses exactly connection `id` (see [`exact`]), if it was minted
+    /// among the first 256 connections.
+    #[must_use]
+    pub fn who_is(&self, id: ConnId) -> Option<Who> {
+        let k = self.model.minted.iter().position(|m| *m == id)?;
+        u8::try_from(k).ok().map(exact)
+    }
+
     /// What the hub queued in the last step, in order.
     #[must_use]
     pub fn actions(&self) -> &[Action] {
@@ -243,6 +269,7 @@ impl Runner {
         self.model.out.clear();
         self.pending = None;
         self.actions.clear();
+        self.published = None;
         let now = self.t.saturating_sub(u64::from(step.back));
         let mut ctx = Ctx::Other;
         // An id the step addresses, and the debug form of what the hub answered.
@@ -344,6 +371,16 @@ impl Runner {
                             _ => return Ok(()),
                         }
                     }
+                    // Sorted by stream, one per stream (as the JSON object holds them).
+                    In::Positions(list, _) => {
+                        let sorted: BTreeMap<&String, (u64, u64)> =
+                            list.iter().map(|(n, e, s)| (n, (*e, *s))).collect();
+                        Some(sorted.into_iter().map(|(n, (e, s))| (n.clone(), e, s)).collect())
+                    }
+                    In::Spoiled(..) => {
+                        refused = Some(PeerError::InvalidField { field: "positions" });
+                        None
+                    }
                     _ => None,
                 };
                 let bytes: Vec<u8> = match frame {
@@ -370,7 +407,19 @@ impl Runner {
                         m.to_string().into()
                     }
                     In::Ping => br#"{"type":"ping"}"#.to_vec(),
-                    In::Resume(_, extra) | In::Remembered(_, extra) => {
+                    In::Spoiled(list, variant) => {
+                        let mut streams: serde_json::Map<String, Value> = list
+                            .iter()
+                            .map(|(n, e, s)| (n.clone(), json!({"epoch": e, "seq": s})))
+                            .collect();
+                        let (e, s) = list
+                            .iter()
+                            .find(|(n, ..)| n == "u")
+                            .map_or((1, 0), |(_, e, s)| (*e, *s));
+                        streams.insert("u".to_owned(), spoiled_position(*variant, e, s));
+                        json!({"type": "resume", "positions": streams}).to_string().into()
+                    }
+                    In::Resume(_, extra) | In::Remembered(_, extra) | In::Positions(_, extra) => {
                         let position = |e, s| match extra {
                             true => json!({"epoch": e, "seq": s, "x": [0]}),
                             false => json!({"epoch": e, "seq": s}),
@@ -532,7 +581,9 @@ impl Runner {
                 if let Some(th) = thread {
                     env = env.thread(thread_name(*th));
                 }
+                let n = self.model.c.publishes;
                 let got = self.sim.hub.publish(self.at(now), env);
+                self.published = got.as_ref().ok().map(|p| (n, p.clone()));
                 self.collect();
                 self.model.observe(now);
                 let want = self.model.publish(&resolved, &kind, *thread);
