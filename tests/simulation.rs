@@ -24,7 +24,9 @@ use switchboard::{
     Retention, Target, Tier,
 };
 use switchboard_testkit::Rng;
-use switchboard_testkit::client::{Client, Log, Published, StreamKey, Visibility};
+use switchboard_testkit::client::{
+    Client, Log, Published, StreamKey, Visibility, population_member,
+};
 use switchboard_testkit::frames::{EventFrame, parse, stream_position};
 
 const TENANTS: usize = 4;
@@ -382,14 +384,7 @@ fn run(seed: u64, minutes: u64) -> SimStats {
     let mut rng = Rng::seeded(seed);
     let clients = (0..CLIENTS)
         .map(|i| {
-            let (tenant, user) = (i % TENANTS, (i / TENANTS) % USERS_PER_TENANT);
-            let mut client = Client::new(format!("t{tenant}"), format!("u{user}"));
-            client.roles =
-                (0..2).filter(|_| rng.index(2) == 0).map(|r| format!("role{r}")).collect();
-            if rng.index(4) == 0 {
-                client.filter = Some(vec![format!("th{}", rng.index(2))]);
-            }
-            let rooms = (0..ROOMS).filter(|_| rng.index(3) == 0).collect();
+            let (client, rooms) = population_member(i, TENANTS, USERS_PER_TENANT, ROOMS, &mut rng);
             Device {
                 client,
                 rooms,

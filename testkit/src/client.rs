@@ -511,6 +511,27 @@ impl Client {
     }
 }
 
+/// The `i`-th client of the simulations' population: tenant `t<i mod tenants>`, user
+/// `u<(i / tenants) mod users_per_tenant>`, each of two roles with even odds, narrowed to one of
+/// two threads one time in four, and in each of `rooms` rooms one time in three (the rooms it is
+/// in, by index). One definition for the single-node and the cluster simulation.
+pub fn population_member(
+    i: usize,
+    tenants: usize,
+    users_per_tenant: usize,
+    rooms: usize,
+    rng: &mut crate::Rng,
+) -> (Client, Vec<usize>) {
+    let (tenant, user) = (i % tenants, (i / tenants) % users_per_tenant);
+    let mut client = Client::new(format!("t{tenant}"), format!("u{user}"));
+    client.roles = (0..2).filter(|_| rng.index(2) == 0).map(|r| format!("role{r}")).collect();
+    if rng.index(4) == 0 {
+        client.filter = Some(vec![format!("th{}", rng.index(2))]);
+    }
+    let rooms = (0..rooms).filter(|_| rng.index(3) == 0).collect();
+    (client, rooms)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
