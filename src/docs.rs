@@ -222,7 +222,7 @@
 //! | `Action::Bus(BusOp::Tops { op, streams })` | read many tops | `Ok(Tops(..))`, in order |
 //! | `Action::Bus(BusOp::Rotate { op, stream, epoch })` | a new epoch (seq 0) if it is still `epoch` | `Ok(Rotated { top })` |
 //! | `Action::Bus(BusOp::Lease { op, user, holder, limit, ttl, evict_oldest })` | atomically in the user's lease set: drop expired, then grant, evict the oldest, or refuse | `Ok(Leased { granted, evicted })` |
-//! | `Action::Bus(BusOp::Renew { op, leases, ttl })` / `Release { user, holder }` | extend (re-adding expired ones) / drop leases | `Ok(Renewed)` / — |
+//! | `Action::Bus(BusOp::Renew { op, leases, ttl })` / `Release { user, holder }` | extend; a lease the set lost (expired, or the engine restarted empty) is added back only while the user's set has room / drop a lease | `Ok(Renewed { refused })` (those connections close 4008) / — |
 //! | `Action::Bus(BusOp::Signal { stream, payload })` | publish on the channel, unlogged | — |
 //! | `Action::Published { op, outcome }` | answer the publisher (`Appended`, `Duplicate`, `Failed`) | — |
 //!
@@ -253,7 +253,9 @@
 //! - The per-user connection quota of each tier holds **across the cluster**: each connection takes
 //!   a lease (granted, refused → close 4008 `user_limit`, or granted by evicting the user's oldest
 //!   connection, which its node closes with `replaced` — told through the user's channel when it is
-//!   elsewhere). Leases are renewed every third of `lease_ttl` (30 s) and released on close. Rate
+//!   elsewhere). Leases are renewed every third of `lease_ttl` (30 s), at once when the bus is back,
+//!   and released on close; a lease the engine lost is added back only if the user's set has room,
+//!   so after an engine restart a connection may be closed (4008) rather than the quota exceeded. Rate
 //!   buckets, the reconnect breaker and the hub-wide and tenant connection limits stay per node.
 //! - `Target::Connection` is node-local: a connection id names a connection of its own node only
 //!   (another node answers `ConnError` — or, if it happens to have a connection with the same id,

@@ -28,8 +28,12 @@
 //!   the engine's top of each of its streams (nothing it may see is missing at the tail);
 //! - `Hub::check_invariants` holds on every running node after every step.
 //!
-//! Not checked here: per-user connection quotas across nodes (leases; `tests/cluster.rs` covers
-//! them); `Target::Connection` messages (node-local, and a `ConnId` is only unique per node,
+//! - per-user connection quotas across nodes: no user ever holds more connected connections than
+//!   its tier allows (2 here, with three clients for some users), summed over every node; the
+//!   engine restarting empty opens the one window the documentation names (until every node has
+//!   renewed), which the check skips.
+//!
+//! Not checked here: `Target::Connection` messages (node-local, and a `ConnId` is only unique per node,
 //! so the shared client model cannot tell two nodes' connections apart); stalled readers (the
 //! single-node simulation covers slow consumers).
 //!
@@ -64,6 +68,9 @@ const TENANTS: usize = 4;
 const USERS_PER_TENANT: usize = 60;
 const CLIENTS: usize = 520;
 const ROOMS: usize = 3;
+/// The per-user connection quota (the clients' tier): 520 clients of 240 users, so some users
+/// have three clients and the cluster-wide quota refuses or waits.
+const QUOTA: u32 = 2;
 const STEP: Duration = Duration::from_millis(250);
 /// How long after a node last could not reach the bus (or an operation failed) a
 /// `recovered: false` without a log loss is still excused.
@@ -83,6 +90,9 @@ struct Device {
     /// their report must be `recovered: false`.
     ahead: Vec<StreamKey>,
     reconnect_at: Instant,
+    /// The `(node, connection)` whose `connected` frame it read: it holds a place in its user's
+    /// cluster-wide quota while that is its current connection.
+    connected_on: Option<(usize, ConnId)>,
 }
 
 #[derive(Default, Debug)]
@@ -104,6 +114,8 @@ struct SimStats {
     restarts_empty: u64,
     tail_losses: u64,
     reused_positions: u64,
+    /// The most connections one user held across the nodes at once.
+    quota_peak: u32,
 }
 
 struct World {
@@ -121,6 +133,8 @@ struct World {
     consumed: HashMap<switchboard::StreamKey, usize>,
     /// Scheduled ends of faults.
     bus_back_at: Option<Instant>,
+    /// When the engine last restarted empty (its leases gone until every node renews).
+    restarted_empty_at: Option<Instant>,
     link_back_at: Vec<Option<Instant>>,
     restart_at: Vec<Option<Instant>>,
     /// When each node last could not reach the bus.
@@ -300,6 +314,8 @@ impl World {
         let d = &mut self.clients[ci];
         d.client.conn = Some(id);
         d.node = Some(n);
+        // A restarted node hands out ids again: only this connection's own `connected` counts.
+        d.connected_on = None;
         d.queue.clear();
         d.ahead.clear();
         let rooms = d.rooms.clone();
@@ -417,6 +433,8 @@ impl World {
         let kind = v["type"].as_str().unwrap_or("?").to_owned();
         match kind.as_str() {
             "connected" => {
+                let d = &mut self.clients[ci];
+                d.connected_on = d.node.zip(d.client.conn);
                 let c = &mut self.clients[ci].client;
                 for wire in ["u", "t"] {
                     let pos = stream_position(&v, wire).expect("connected names u and t");
@@ -597,6 +615,7 @@ impl World {
         // The engine restarts empty (the nodes see the bus go away and come back).
         if self.bus_back_at.is_none() && self.rng.chance_per_million(500) {
             self.stats.restarts_empty += 1;
+            self.restarted_empty_at = Some(now);
             self.c.bus.go_down();
             self.c.bus.restart_empty();
             self.bus_back_at = Some(now + Duration::from_millis(500 + self.rng.below(2_000)));
@@ -674,6 +693,34 @@ impl World {
                 self.fail(format!("node {i} invariant: {e}"));
             }
         }
+        self.check_quotas();
+    }
+
+    /// No user has more connected connections across the nodes than its tier allows, beyond the
+    /// documented lease slack: the simulation's outages are shorter than a lease's lifetime, so
+    /// only an engine that restarted empty opens a window (new leases may be granted before
+    /// every node has renewed its own, at most one renewal period after the bus is back).
+    fn check_quotas(&mut self) {
+        let slack = Duration::from_secs(10) + Duration::from_secs(3);
+        if self
+            .restarted_empty_at
+            .is_some_and(|at| self.now() < at + Duration::from_secs(9) + slack)
+        {
+            return;
+        }
+        let mut per_user: HashMap<(String, String), u32> = HashMap::new();
+        for d in &self.clients {
+            let current = d.node.zip(d.client.conn);
+            if current.is_some() && d.connected_on == current {
+                let key = (d.client.tenant.clone(), d.client.user.clone());
+                *per_user.entry(key).or_default() += 1;
+            }
+        }
+        if let Some((user, n)) = per_user.iter().find(|(_, n)| **n > QUOTA) {
+            self.fail(format!("{user:?} holds {n} connections across the nodes, over {QUOTA}"));
+        }
+        self.stats.quota_peak =
+            self.stats.quota_peak.max(per_user.values().copied().max().unwrap_or(0));
     }
 
     /// After a quiet minute with every fault healed: every connected client stands at the
@@ -726,6 +773,11 @@ fn run(seed: u64, minutes: u64) -> SimStats {
         },
         // As in the single-node simulation: a resume that waits for the log may outlive it.
         resume_window: Duration::from_secs(1),
+        tiers: {
+            let mut tiers = switchboard::TierQuotas::default();
+            tiers.enterprise.max_connections_per_user = QUOTA;
+            tiers
+        },
         room_retention: Duration::from_secs(45),
         max_buffered_bytes: 64 << 20,
         ..Config::default()
@@ -748,6 +800,7 @@ fn run(seed: u64, minutes: u64) -> SimStats {
                 resuming: false,
                 ahead: Vec::new(),
                 reconnect_at,
+                connected_on: None,
             }
         })
         .collect();
@@ -762,6 +815,7 @@ fn run(seed: u64, minutes: u64) -> SimStats {
         next_id: 0,
         meta: HashMap::new(),
         consumed: HashMap::new(),
+        restarted_empty_at: None,
         bus_back_at: None,
         link_back_at: vec![None; NODES],
         restart_at: vec![None; NODES],
@@ -793,7 +847,7 @@ fn clients_hopping_between_nodes_see_exactly_their_streams_through_crashes_and_b
         .map(|s| {
             s.split(',').map(|x| x.trim().parse().expect("CLUSTER_SIM_SEEDS: numbers")).collect()
         })
-        .unwrap_or_else(|_| vec![1, 2]);
+        .unwrap_or_else(|_| vec![1, 3]);
     let minutes = std::env::var("CLUSTER_SIM_MINUTES")
         .map_or(10, |m| m.parse().expect("CLUSTER_SIM_MINUTES"));
     for seed in seeds {

@@ -307,12 +307,14 @@ pub enum BusOp {
         /// Whether a full set gives up its oldest lease instead of refusing.
         evict_oldest: bool,
     },
-    /// Extend these leases by `ttl` (re-adding any that expired); reply [`BusReply::Renewed`].
+    /// Extend these leases by `ttl`, atomically per user: a lease the set no longer holds (it
+    /// expired, or the engine restarted empty) is added back only while the set has fewer than
+    /// its limit, else it is refused; reply [`BusReply::Renewed`] with the refused holders.
     Renew {
         /// The operation.
         op: OpId,
-        /// The leases, by user.
-        leases: Vec<(StreamKey, LeaseHolder)>,
+        /// The leases: the user, the holder, the user's tier quota.
+        leases: Vec<(StreamKey, LeaseHolder, u32)>,
         /// Their new lifetime.
         ttl: Duration,
     },
@@ -401,8 +403,11 @@ pub enum BusReply {
         /// The holder whose lease was removed to make room (`evict_oldest`).
         evicted: Option<LeaseHolder>,
     },
-    /// The leases were renewed.
-    Renewed,
+    /// The leases were renewed, except these (their connections are over the quota and close).
+    Renewed {
+        /// The holders whose leases could not be added back.
+        refused: Vec<LeaseHolder>,
+    },
 }
 
 /// Why a bus operation failed.

@@ -140,6 +140,10 @@ impl Hub {
             self.subscribe(now, key);
         }
         self.check_tops(now, confirmed);
+        // Before any new lease: an engine that restarted empty lost every lease.
+        if self.node.as_deref().is_some_and(|n| n.renew_at.is_some()) {
+            self.renew_leases(now);
+        }
         self.resume_bus_back(now);
     }
 
@@ -320,7 +324,7 @@ impl Hub {
             }
             Pending::Lease { conn, user } => self.leased(now, conn, user, reply),
             // A failed renewal is tried again at the next period (a lease outlives two misses).
-            Pending::Renew => {}
+            Pending::Renew => self.renewed(now, reply),
         }
     }
 

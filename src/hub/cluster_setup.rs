@@ -339,7 +339,7 @@ impl Hub {
     /// Renews every lease of the node, in batches.
     pub(super) fn renew_leases(&mut self, now: Instant) {
         let ttl = self.node.as_deref().expect("clustered").cfg.lease_ttl;
-        let mut leases: Vec<(StreamKey, crate::cluster::LeaseHolder)> = Vec::new();
+        let mut leases: Vec<(StreamKey, crate::cluster::LeaseHolder, u32)> = Vec::new();
         for (_, state) in self.users.iter() {
             for &idx in &state.conns {
                 let id = self.conns.id_of(idx);
@@ -347,7 +347,9 @@ impl Hub {
                     continue;
                 }
                 let key = StreamKey::user(state.tenant.clone(), state.user.clone());
-                leases.push((key, self.holder_of(id)));
+                let tier = self.conns.get(idx).tier();
+                let limit = self.cfg.tiers.get(tier).max_connections_per_user;
+                leases.push((key, self.holder_of(id), limit));
             }
         }
         // Sorted: the users' slab order is an accident of their slots.
@@ -357,6 +359,25 @@ impl Hub {
             if self.issue(now, Pending::Renew, |op| BusOp::Renew { op, leases, ttl }).is_err() {
                 break;
             }
+        }
+    }
+}
+
+impl Hub {
+    /// A renewal's answer: connections whose lease could not be added back (the engine lost it
+    /// and the user's quota filled meanwhile) are over the quota and close with
+    /// [`CloseReason::UserLimit`].
+    pub(super) fn renewed(&mut self, now: Instant, reply: Result<BusReply, BusFailure>) {
+        let Ok(BusReply::Renewed { refused }) = reply else { return };
+        let me = self.node.as_deref().expect("clustered").cfg.node.clone();
+        for holder in refused.into_iter().filter(|h| h.node == me) {
+            #[allow(clippy::cast_possible_truncation)]
+            let id = ConnId::new(holder.conn as u32, (holder.conn >> 32) as u32);
+            let Some(idx) = self.live(now, id) else { continue };
+            let (tenant, user) = self.owner(idx);
+            let kind = crate::kinds::LimitKind::UserConnections;
+            self.out.limit(kind, AuditKind::LimitHit(kind), Some(id), &tenant, &user);
+            self.close_conn(now, idx, ClosedBy::Hub(CloseReason::UserLimit));
         }
     }
 }

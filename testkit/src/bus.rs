@@ -32,7 +32,8 @@
 //!   leases stay until they expire, as a dead node's do).
 //!
 //! Leases: per user, a set of holders with an expiry; `Lease` drops expired ones, then grants,
-//! evicts the oldest (`evict_oldest`) or refuses; `Renew` extends (re-adding expired ones);
+//! evicts the oldest (`evict_oldest`) or refuses; `Renew` extends (re-adding lost ones while the
+//! set has room, refusing the rest);
 //! `Release` drops one. `Signal` goes to the stream's subscribers unlogged.
 //!
 //! Everything is ordered (`BTreeMap`s, node indices) and the only randomness is the seeded
@@ -363,12 +364,21 @@ impl ModelBus {
                 }
             }
             BusOp::Renew { leases, ttl, .. } => {
-                for (user, holder) in leases {
+                let mut refused = Vec::new();
+                for (user, holder, limit) in leases {
                     let set = self.leases.entry(user).or_default();
-                    let taken = set.get(&holder).map_or(now, |(taken, _)| *taken);
-                    set.insert(holder, (taken, now + ttl));
+                    set.retain(|_, (_, expires)| *expires > now);
+                    match set.get(&holder) {
+                        Some(&(taken, _)) => {
+                            set.insert(holder, (taken, now + ttl));
+                        }
+                        None if set.len() < limit as usize => {
+                            set.insert(holder, (now, now + ttl));
+                        }
+                        None => refused.push(holder),
+                    }
                 }
-                BusReply::Renewed
+                BusReply::Renewed { refused }
             }
             // `Unsubscribe`, `Release` and `Signal` are handled in `submit`; an operation this
             // model does not know is refused, as an engine refuses a script it does not have.
