@@ -26,16 +26,15 @@
 //!   already), and then that stream's report must be `recovered: false`;
 //! - at the end, with every fault healed and a minute of quiet, every connected client stands at
 //!   the engine's top of each of its streams (nothing it may see is missing at the tail);
-//! - `Hub::check_invariants` holds on every running node after every step.
-//!
+//! - `Hub::check_invariants` holds on every running node after every step;
 //! - per-user connection quotas across nodes: no user ever holds more connected connections than
 //!   its tier allows (2 here, with three clients for some users), summed over every node; the
 //!   engine restarting empty opens the one window the documentation names (until every node has
 //!   renewed), which the check skips.
 //!
-//! Not checked here: `Target::Connection` messages (node-local, and a `ConnId` is only unique per node,
-//! so the shared client model cannot tell two nodes' connections apart); stalled readers (the
-//! single-node simulation covers slow consumers).
+//! Not checked here: `Target::Connection` messages (node-local, and a `ConnId` is only unique per
+//! node, so the shared client model cannot tell two nodes' connections apart); stalled readers
+//! (the single-node simulation covers slow consumers).
 //!
 //! Two core bugs this simulation found are fixed and checked here: a resume that waits for the
 //! log past its resume window kept the connection's timer due (the window is 1 s again), and a
