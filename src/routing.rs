@@ -241,6 +241,7 @@ pub(crate) fn audience_admits(roles: &Roles, role: Option<&Role>) -> bool {
 
 /// Whether a buffered message may be replayed to this connection: the same rule that routed it
 /// live, so a replay never shows a connection more than live delivery would have.
+#[inline]
 pub(crate) fn scope_admits(conn: &Connection, id: ConnId, scope: &Scope) -> bool {
     match scope {
         Scope::All => true,

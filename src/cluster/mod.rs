@@ -81,10 +81,11 @@ pub struct ClusterConfig {
     /// How long the hub waits for the reply to a bus operation before it counts it as failed
     /// (retryable). A reply that comes later is ignored and counted.
     pub op_timeout: Duration,
-    /// Bus operations in flight at once. A publish beyond it fails with
-    /// [`BusFailure::Overloaded`]; a subscribe or fetch beyond it waits in a queue bounded by the
-    /// same number, after which the connection that needs it is refused or told
-    /// `recovered: false`.
+    /// Bus operations in flight at once. Nothing waits in a queue beyond it: a publish fails
+    /// with [`BusFailure::Overloaded`] (`PublishError::Bus`); a connection whose lease or
+    /// subscription cannot be issued is closed with `CloseReason::Unavailable`; a resume fetch
+    /// that cannot be issued leaves that stream to what the local buffer holds (it is reported
+    /// `recovered: false` if the buffer does not cover it).
     pub max_inflight_ops: u32,
     /// Live messages held per stream while a gap before them is repaired from the log. Past it,
     /// the repair gives up: the stream's connections get a `resync` notice and live delivery

@@ -448,8 +448,9 @@ impl Hub {
         match holder {
             TrimKey::User(uidx) => {
                 let members = self.users.get(*uidx).conns.iter().map(|c| (c, 0));
+                let all = scope == Scope::All;
                 let admit =
-                    |cs: &Connections, idx| scope_admits(cs.get(idx), cs.id_of(idx), &scope);
+                    |cs: &Connections, idx| all || scope_admits(cs.get(idx), cs.id_of(idx), &scope);
                 let mark = |c: &mut Connection, _| c.mark_user_sent();
                 fan_out(
                     flow,
@@ -489,8 +490,9 @@ impl Hub {
             TrimKey::Tenant(t) => {
                 let Some(tenant) = self.tenants.get(t) else { return result };
                 let members = tenant.conns.iter().map(|c| (c, 0));
+                let all = scope == Scope::All;
                 let admit =
-                    |cs: &Connections, idx| scope_admits(cs.get(idx), cs.id_of(idx), &scope);
+                    |cs: &Connections, idx| all || scope_admits(cs.get(idx), cs.id_of(idx), &scope);
                 let mark = |c: &mut Connection, _| c.mark_tenant_sent();
                 fan_out(
                     flow,
