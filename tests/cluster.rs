@@ -559,3 +559,76 @@ fn positions_handed_out_twice_after_a_tail_loss_become_a_new_epoch_not_a_silent_
         assert_ne!(&f["epoch"], first_epoch, "{f}");
     }
 }
+
+#[test]
+fn operations_in_flight_are_bounded_and_a_publish_beyond_them_fails_typed() {
+    let mut net = Net::new(1, |c| {
+        if let Some(cluster) = c.cluster.as_mut() {
+            cluster.max_inflight_ops = 3;
+        }
+    });
+    net.connect(0, "acme", "alice");
+    // The bus answers nothing for a while: appends stay in flight.
+    let until = net.now() + Duration::from_secs(1);
+    net.bus().hold(Some(0), until);
+    let now = net.now();
+    let mut results = Vec::new();
+    for n in 1..=5 {
+        results.push(net.hub(0).publish(now, note("acme", "alice", n)).map(|p| p.op.is_some()));
+    }
+    assert_eq!(results[..3], [Ok(true), Ok(true), Ok(true)]);
+    assert_eq!(
+        results[3..],
+        [
+            Err(PublishError::Bus(BusFailure::Overloaded)),
+            Err(PublishError::Bus(BusFailure::Overloaded))
+        ]
+    );
+    assert_eq!(net.hub(0).stats().bus.in_flight, 3);
+}
+
+#[test]
+fn messages_held_behind_a_gap_are_bounded_and_the_gap_given_up_with_a_resync() {
+    let mut net = Net::new(2, |c| {
+        if let Some(cluster) = c.cluster.as_mut() {
+            cluster.max_held_per_stream = 2;
+        }
+    });
+    net.connect(0, "acme", "alice");
+    let b = net.connect(1, "acme", "alice");
+    net.bus().set_message_loss(Some(1), 1_000_000);
+    net.publish(0, note("acme", "alice", 1));
+    net.bus().set_message_loss(Some(1), 0);
+    // Node 1 reads nothing until 2..=5 are all queued: 2 and 3 are held, 4 overflows.
+    let until = net.now() + Duration::from_secs(1);
+    net.bus().hold(Some(1), until);
+    for n in 2..=5 {
+        net.publish(0, note("acme", "alice", n));
+    }
+    net.advance(Duration::from_secs(2));
+    let resync = net.of_type(1, b, "resync");
+    assert_eq!(resync.len(), 1, "{:?}", net.frames[1]);
+    assert_eq!(resync[0]["reason"], "gap_too_old");
+    assert!(net.hub(1).stats().bus.gaps_lost >= 1);
+    // What was delivered is in order and unique.
+    let seqs = seqs(&net.of_type(1, b, "note"));
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(seqs.last(), Some(&5));
+}
+
+#[test]
+fn a_cluster_configuration_that_makes_no_sense_is_refused_by_name() {
+    use switchboard::ConfigError;
+    let cases: [(&str, fn(&mut ClusterConfig)); 4] = [
+        ("cluster.node", |c| c.node = "".into()),
+        ("cluster.op_timeout", |c| c.op_timeout = Duration::ZERO),
+        ("cluster.max_inflight_ops", |c| c.max_inflight_ops = 0),
+        ("cluster.max_held_per_stream", |c| c.max_held_per_stream = 0),
+    ];
+    for (field, spoil) in cases {
+        let mut cluster = ClusterConfig::new("n0");
+        spoil(&mut cluster);
+        let cfg = Config { cluster: Some(cluster), ..Config::default() };
+        assert_eq!(Hub::new(cfg).err(), Some(ConfigError::Zero { field }), "{field}");
+    }
+}
