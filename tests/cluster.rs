@@ -619,7 +619,8 @@ fn messages_held_behind_a_gap_are_bounded_and_the_gap_given_up_with_a_resync() {
 #[test]
 fn a_cluster_configuration_that_makes_no_sense_is_refused_by_name() {
     use switchboard::ConfigError;
-    let cases: [(&str, fn(&mut ClusterConfig)); 4] = [
+    type Spoil = fn(&mut ClusterConfig);
+    let cases: [(&str, Spoil); 4] = [
         ("cluster.node", |c| c.node = "".into()),
         ("cluster.op_timeout", |c| c.op_timeout = Duration::ZERO),
         ("cluster.max_inflight_ops", |c| c.max_inflight_ops = 0),
