@@ -145,10 +145,16 @@ pub fn start(cfg: RedisConfig) -> Result<BusLink, RedisStartError> {
         .run(ops_rx),
     );
     tokio::spawn(
-        pubsub::Subscriber::new(client, conn.clone(), cfg.clone(), events_tx, metrics.clone())
-            .run(subs_rx),
+        pubsub::Subscriber::new(
+            client,
+            conn.clone(),
+            cfg.clone(),
+            events_tx.clone(),
+            metrics.clone(),
+        )
+        .run(subs_rx),
     );
-    tokio::spawn(heartbeat(conn, cfg, metrics.clone(), dead));
+    tokio::spawn(heartbeat(conn, cfg, metrics.clone(), dead, events_tx));
     Ok(BusLink { ops: ops_tx, events: events_rx, metrics })
 }
 
@@ -448,6 +454,7 @@ async fn heartbeat(
     cfg: Arc<RedisConfig>,
     metrics: Arc<BusMetrics>,
     dead: DeadNodes,
+    hub: mpsc::Sender<BusEvent>,
 ) {
     const SCRIPT: &str = r"
 local t = redis.call('TIME')
@@ -463,7 +470,8 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
     let mut known: Vec<String> = Vec::new();
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    // Ends with the hub's end of the link, as the executor and the subscriber do.
+    while !hub.is_closed() {
         tick.tick().await;
         let at = Instant::now();
         let result: redis::RedisResult<Vec<String>> = script
