@@ -411,3 +411,38 @@ async fn operations_fail_retryable_while_redis_is_gone() {
     let pos = appended(bus.append(&alice, "two", None).await);
     assert_eq!(pos.seq, 1, "Redis came back empty: a new stream");
 }
+
+#[tokio::test]
+async fn a_redis_out_of_memory_fails_appends_as_retryable() {
+    let redis = Redis::start();
+    let mut bus = Link::start(config(&redis, "n1"));
+    let alice = StreamKey::user("acme", "alice");
+    appended(bus.append(&alice, "one", None).await);
+    let mut admin = admin(&redis).await;
+    let set = |value: &'static str| {
+        let mut cmd = ::redis::cmd("CONFIG");
+        cmd.arg("SET").arg("maxmemory").arg(value);
+        cmd
+    };
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: () = set("1").query_async(&mut admin).await.unwrap();
+    let full = bus
+        .call(|op| BusOp::Append {
+            op,
+            stream: alice.clone(),
+            payload: "two".into(),
+            idempotency_key: None,
+            keep: 3,
+            ttl: TTL,
+        })
+        .await;
+    assert_eq!(full, Err(BusFailure::Retryable), "a full Redis may take it later");
+    let _: () = set("0").query_async(&mut admin).await.unwrap();
+    assert_eq!(appended(bus.append(&alice, "two", None).await).seq, 2, "nothing half-done");
+}

@@ -358,8 +358,13 @@ impl Executor {
     /// Reads `op`'s replies.
     fn read(&self, op: &BusOp, replies: &[Value]) -> Result<BusReply, BusFailure> {
         if let Some(err) = replies.iter().find_map(server_error) {
-            eprintln!("switchboard: redis refused a {} operation: {err}", op_kind(op));
-            return Err(BusFailure::Refused);
+            eprintln!("switchboard: redis refused a {} operation: {err:?}", op_kind(op));
+            // Out of memory, loading, a failover under way: it may work later.
+            return Err(if RETRYABLE_CODES.contains(&err.code()) {
+                BusFailure::Retryable
+            } else {
+                BusFailure::Refused
+            });
         }
         let parsed = match op {
             BusOp::Append { .. } => one(replies).and_then(scripts::appended).map(|(dup, pos)| {
@@ -420,9 +425,14 @@ fn one(replies: &[Value]) -> Result<&Value, scripts::Shape> {
     }
 }
 
-fn server_error(value: &Value) -> Option<String> {
+/// Error codes of a Redis that may answer differently later: out of memory (with
+/// `noeviction`), loading its data, busy with a script, a replica or cluster not ready.
+const RETRYABLE_CODES: [&str; 8] =
+    ["OOM", "LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"];
+
+fn server_error(value: &Value) -> Option<&redis::ServerError> {
     match value {
-        Value::ServerError(err) => Some(format!("{err:?}")),
+        Value::ServerError(err) => Some(err),
         _ => None,
     }
 }
