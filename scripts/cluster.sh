@@ -100,7 +100,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-eval "$(scripts/redis.sh start ${REDIS_PORT:-})"
+eval "$(scripts/redis.sh start "${REDIS_PORT:-}")"
 redis_url="redis://127.0.0.1:$REDIS_PORT/"
 echo "redis-server on 127.0.0.1:$REDIS_PORT (pid $REDIS_PID)"
 

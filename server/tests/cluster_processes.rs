@@ -533,9 +533,17 @@ async fn a_stalled_reader_on_one_node_does_not_hold_up_delivery_on_the_others() 
         let body = json!({"tenant": "acme", "kind": "blob", "data": {"i": published, "pad": pad}});
         a.publish_ok(&body).await;
         if published % CHECK_EVERY == 0 {
-            for (user, count, _) in &readers {
+            for (user, count, task) in &mut readers {
                 let deadline = Instant::now() + DEADLINE;
                 while count.load(Ordering::SeqCst) < published {
+                    if task.is_finished() {
+                        // Its assertion failed: report that, not a timeout.
+                        match task.await {
+                            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                            Err(e) => panic!("{user}'s reader: {e}"),
+                            Ok(_) => panic!("{user}'s reader ended before the last broadcast"),
+                        }
+                    }
                     assert!(Instant::now() < deadline, "{user} fell behind the stalled reader");
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
