@@ -26,6 +26,11 @@ use procs::{
     ADMIN, DEADLINE, Node, NodeOpts, Redis, close_of, nodes, pos, recv, recv_event, to_user, token,
 };
 
+/// How long a message published after a node is back on Redis may take to reach that node's
+/// connections live: well under the top check's least interval (15 s, 30 s ± 50 %), so that a
+/// message only a top check found (a subscription not restored) fails the test.
+const LIVE: Duration = Duration::from_secs(10);
+
 /// The position of `stream` in a `connected` frame: (epoch, seq).
 fn start_of(connected: &Value, stream: &str) -> (Value, u64) {
     let p = &connected["streams"][stream];
@@ -256,7 +261,9 @@ async fn redis_restarted_empty_gives_new_epochs_and_unrecovered_resumes_and_no_n
 
     // The live connection on A is told (`resync`, `epoch_changed`) and goes on in the new epoch.
     // The fourth message comes unless the resync's position already covers it.
-    let frames = until_fence(&mut client, |f| f["data"]["i"] == 5).await;
+    let frames = tokio::time::timeout(LIVE, until_fence(&mut client, |f| f["data"]["i"] == 5))
+        .await
+        .expect("A's connection gets the new epoch's messages live");
     let resync = frames
         .iter()
         .rposition(|f| f["type"] == "resync" && f["stream"] == "u")
@@ -366,7 +373,9 @@ async fn redis_down_for_ten_seconds_refuses_publishes_keeps_connections_and_reco
     assert_eq!((&fourth["epoch"], &fourth["seq"]), (&epoch, &json!(seq0 + 4)), "{fourth}");
 
     // Live delivery goes on on the connection that stayed open, in the same epoch, no resync.
-    let f = recv_event(&mut watcher).await;
+    let f = tokio::time::timeout(LIVE, recv_event(&mut watcher))
+        .await
+        .expect("A's subscriptions are back: the next message comes live");
     assert_eq!((&f["type"], &f["data"]["i"]), (&json!("note"), &json!(4)), "{f}");
     assert_eq!((&f["epoch"], &f["seq"]), (&epoch, &json!(seq0 + 4)), "{f}");
 
