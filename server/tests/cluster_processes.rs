@@ -490,7 +490,7 @@ fn metric(text: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_on_one_node_does_not_hold_up_delivery_on_the_others() {
-    const MAX_PUBLISHES: u64 = 400;
+    const MAX_PUBLISHES: u64 = 600;
     const CHECK_EVERY: u64 = 10;
     let redis = Redis::start();
     let n = nodes(2, &redis, &NodeOpts::default());
