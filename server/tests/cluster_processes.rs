@@ -580,3 +580,81 @@ async fn a_stalled_reader_on_one_node_does_not_hold_up_delivery_on_the_others() 
     let (code, _, _) = close_of(&mut stalled).await;
     assert_eq!(code, 4003);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. A Redis that stops answering (beyond issue 12's list: the deaf link its driver must detect)
+
+/// Polls `GET /healthz` until its `bus` field says `state`.
+async fn until_bus(node: &Node, state: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let res = node.http("GET", "/healthz", None, "").await;
+        if res.status == 200 && res.json()["bus"] == state {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} never reported bus {state}: {res:?}", node.name);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_is_detected_and_publishes_retried_with_their_keys_land_once() {
+    let redis = Redis::start();
+    let n = nodes(2, &redis, &NodeOpts::default());
+    let (a, b) = (&n[0], &n[1]);
+    let alice = token("acme", "alice", "free", &[]);
+    let (mut watcher, connected, _) = a.live(&alice).await;
+    let (_, seq0) = start_of(&connected, "u");
+    let first = b.publish_ok(&to_user("acme", "alice", 1)).await;
+    let epoch = first["epoch"].clone();
+    let f = recv_event(&mut watcher).await;
+    assert_eq!((&f["data"]["i"], &f["seq"]), (&json!(1), &json!(seq0 + 1)), "{f}");
+
+    // Stopped, not dead: connections stay open and nothing answers. The probes find out.
+    redis.pause();
+    let keyed = |i: u64| {
+        let mut body = to_user("acme", "alice", i);
+        body["idempotency_key"] = json!(format!("alice-{i}"));
+        body
+    };
+    // Sent before the node knows: it times out; Redis may still run it when it wakes.
+    assert_unavailable(b, &keyed(100)).await;
+    until_bus(a, "down").await;
+    until_bus(b, "down").await;
+    // Known down: refused at once, never sent.
+    assert_unavailable(b, &keyed(101)).await;
+    nothing_more(&mut watcher, "alice on A while Redis is silent").await;
+
+    redis.resume();
+    until_bus(a, "up").await;
+    until_bus(b, "up").await;
+    let third = b.publish_when_back(&to_user("acme", "alice", 3)).await;
+    assert_eq!(third["epoch"], epoch, "{third}");
+    // The retries land once each, whether or not the first attempt got through.
+    let mut retried = Vec::new();
+    for i in [100, 101] {
+        let res = b.publish_ok(&keyed(i)).await;
+        assert_eq!(res["epoch"], epoch, "{res}");
+        retried.push((i, res["duplicate"].clone()));
+    }
+
+    // The watcher sees each message once, in order, with no gap and no resync.
+    let mut want: Vec<u64> = vec![3, 100, 101];
+    let mut got = Vec::new();
+    let mut seq = seq0 + 1;
+    while !want.is_empty() {
+        let f = tokio::time::timeout(LIVE, recv_event(&mut watcher))
+            .await
+            .unwrap_or_else(|_| panic!("still waiting for {want:?}; got {got:?}"));
+        assert_eq!((&f["type"], &f["epoch"]), (&json!("note"), &epoch), "{f}");
+        seq += 1;
+        assert_eq!(f["seq"], seq, "{f}");
+        let i = f["data"]["i"].as_u64().unwrap();
+        let at = want.iter().position(|w| *w == i);
+        assert!(at.is_some(), "{i} again or unexpected (got {got:?}, retries {retried:?})");
+        want.remove(at.unwrap());
+        got.push(i);
+    }
+    nothing_more(&mut watcher, "alice on A after Redis woke").await;
+    eprintln!("after the silence, in order: {got:?}; retries answered {retried:?}");
+}
