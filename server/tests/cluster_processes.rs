@@ -1,15 +1,17 @@
 //! Cluster mode as it runs: real `switchboard` processes over a real `redis-server`, real
 //! WebSocket clients over loopback, and what production does to them — a node SIGKILLed
 //! mid-stream, Redis restarted empty, Redis gone for ten seconds, a dead node's leases, a reader
-//! that stops reading. One test per scenario of issue 12; each starts its own Redis and nodes
-//! (`procs`), so the tests may run concurrently. Nothing is mocked.
+//! that stops reading (the six scenarios of issue 12), and a Redis that stops answering. Each
+//! test starts its own Redis and nodes (`procs`), so the tests may run concurrently. Nothing is
+//! mocked.
 //!
-//! Waits are bounded by `procs::DEADLINE` and end as soon as what they wait for holds; the only
-//! plain sleep is the outage of scenario 4, which is the scenario itself.
+//! Waits are bounded by `procs::DEADLINE` (or the shorter `LIVE`) and end as soon as what they
+//! wait for holds; the only fixed sleep is the ten-second outage of scenario 4, which is the
+//! scenario itself.
 //!
 //! Two things the tests rely on beyond the README: a node reads its Redis channels over one
 //! subscriber connection, so messages of different streams published one after the other arrive
-//! in that order (the fences below); and a brand-new stream starts at seq 0 in `connected`.
+//! in that order (the fences of scenario 1); and a stream created anew starts at seq 1.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
