@@ -496,62 +496,148 @@ async fn publish(State(app): State<AppState>, request: Request) -> Response {
             return res;
         }
     };
+    // A JSON array is a batch: each envelope published in order, each with its own answer.
+    let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if batch {
+        let requests: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return rejected(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+        };
+        if requests.is_empty() || requests.len() > MAX_BATCH {
+            let why = format!("a batch holds 1 to {MAX_BATCH} envelopes");
+            return rejected(StatusCode::BAD_REQUEST, "bad_batch", why);
+        }
+        // All at once: the hub takes them in this order (its queue is first come, first served),
+        // and in cluster mode their appends share pipelines instead of a round trip each.
+        let outcomes = futures_util::future::join_all(requests.into_iter().map(|request| {
+            let app = &app;
+            async move {
+                match serde_json::from_value::<PublishRequest>(request) {
+                    Ok(request) => publish_one(app, request).await,
+                    Err(e) => {
+                        Outcome::refused(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+                    }
+                }
+            }
+        }))
+        .await;
+        let results: Vec<serde_json::Value> = outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.count(c);
+                let mut body = outcome.body;
+                body["status"] = json!(outcome.status.as_u16());
+                body
+            })
+            .collect();
+        return Json(json!({ "results": results })).into_response();
+    }
     let request: PublishRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return rejected(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
     };
+    let outcome = publish_one(&app, request).await;
+    outcome.count(c);
+    outcome.into_response()
+}
+
+/// The most envelopes one `POST /publish` batch may hold.
+pub const MAX_BATCH: usize = 100;
+
+/// What became of one envelope of `POST /publish`: the status and body its answer carries (alone,
+/// or as one entry of a batch's `results`).
+struct Outcome {
+    status: StatusCode,
+    body: serde_json::Value,
+    /// Seconds for `Retry-After` (the bus was down).
+    retry_after: Option<u64>,
+    /// Which `switchboard_http_publish_requests_total` outcome it counts as.
+    counted: PublishCount,
+}
+
+#[derive(Clone, Copy)]
+enum PublishCount {
+    Accepted,
+    Rejected,
+    Unavailable,
+}
+
+impl Outcome {
+    fn refused(status: StatusCode, code: &str, message: String) -> Self {
+        Outcome {
+            status,
+            body: json!({ "error": code, "message": message }),
+            retry_after: None,
+            counted: PublishCount::Rejected,
+        }
+    }
+
+    fn count(&self, c: &HttpCounters) {
+        let counter = match self.counted {
+            PublishCount::Accepted => &c.publish_accepted,
+            PublishCount::Rejected => &c.publish_rejected,
+            PublishCount::Unavailable => &c.publish_unavailable,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn into_response(self) -> Response {
+        let mut res = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+/// Publishes one envelope of `POST /publish`.
+async fn publish_one(app: &AppState, request: PublishRequest) -> Outcome {
     let envelope = match request.envelope() {
         Ok(env) => env,
-        Err(why) => return rejected(StatusCode::BAD_REQUEST, "bad_target", why.to_string()),
+        Err(why) => return Outcome::refused(StatusCode::BAD_REQUEST, "bad_target", why.into()),
     };
     match app.handle.publish_receipt(envelope).await {
         Ok(Receipt { published, duplicate }) => {
-            c.publish_accepted.fetch_add(1, Ordering::Relaxed);
             let (stream, epoch, seq) = match &published.position {
                 Some((name, pos)) => (Some(stream_name(name)), Some(pos.epoch), Some(pos.seq)),
                 None => (None, None, None),
             };
             // Clustered: delivery happens on every node when the message comes back over the
             // bus, so this node cannot count it; the answer is the position the bus assigned.
-            if published.op.is_some() {
-                return Json(json!({
+            let body = if published.op.is_some() {
+                json!({ "stream": stream, "epoch": epoch, "seq": seq, "duplicate": duplicate })
+            } else {
+                json!({
+                    "delivered": published.delivered,
+                    "skipped": published.skipped,
+                    "closed": published.closed,
+                    "held": published.held,
                     "stream": stream,
                     "epoch": epoch,
                     "seq": seq,
-                    "duplicate": duplicate,
-                }))
-                .into_response();
+                })
+            };
+            Outcome {
+                status: StatusCode::OK,
+                body,
+                retry_after: None,
+                counted: PublishCount::Accepted,
             }
-            Json(json!({
-                "delivered": published.delivered,
-                "skipped": published.skipped,
-                "closed": published.closed,
-                "held": published.held,
-                "stream": stream,
-                "epoch": epoch,
-                "seq": seq,
-            }))
-            .into_response()
         }
         Err(failed @ (PublishFailed::Bus(_) | PublishFailed::Hub(PublishError::Bus(_)))) => {
-            c.publish_unavailable.fetch_add(1, Ordering::Relaxed);
             let retry = failed.is_retryable();
-            let (status, why) = match &failed {
-                PublishFailed::Bus(f) | PublishFailed::Hub(PublishError::Bus(f)) => {
-                    let status = if retry {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        StatusCode::BAD_GATEWAY
-                    };
-                    (status, f.to_string())
-                }
-                _ => (StatusCode::SERVICE_UNAVAILABLE, "the bus failed".to_owned()),
+            let why = match &failed {
+                PublishFailed::Bus(f) | PublishFailed::Hub(PublishError::Bus(f)) => f.to_string(),
+                _ => "the bus failed".to_owned(),
             };
-            let mut res = error(status, "unavailable", why);
-            if retry {
-                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_BUS_SECS));
+            let status =
+                if retry { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
+            Outcome {
+                status,
+                body: json!({ "error": "unavailable", "message": why }),
+                retry_after: retry.then_some(RETRY_BUS_SECS),
+                counted: PublishCount::Unavailable,
             }
-            res
         }
         Err(PublishFailed::Hub(err)) => {
             let status = match err {
@@ -560,9 +646,9 @@ async fn publish(State(app): State<AppState>, request: Request) -> Response {
                 PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::BAD_REQUEST,
             };
-            rejected(status, "refused", err.to_string())
+            Outcome::refused(status, "refused", err.to_string())
         }
-        Err(PublishFailed::Stopped) => rejected(
+        Err(PublishFailed::Stopped) => Outcome::refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "stopping",
             "the server is shutting down".into(),

@@ -731,3 +731,38 @@ async fn room_presence_shows_who_is_in_the_lobby_with_their_names() {
     let diff = alice.recv_event().await;
     assert_eq!((diff["joins"].clone(), diff["leaves"].clone()), (json!([]), json!(["bob"])));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_publish_answers_each_envelope_and_delivers_in_order() {
+    let server = Server::start(|_| {}).await;
+    let (mut alice, _) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    let batch = json!([
+        {"tenant": "acme", "user": "alice", "kind": "notice", "data": {"n": 1}},
+        {"tenant": "acme", "user": "alice", "room": "lobby", "kind": "notice"},
+        {"tenant": "acme", "user": "alice", "kind": "notice", "data": {"n": 2}},
+        {"kind": "notice"},
+    ]);
+    let res = server.http("POST", "/publish", Some(ADMIN), &batch.to_string()).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let body: Value = serde_json::from_str(&res.body).unwrap();
+    let results = body["results"].as_array().unwrap();
+    let statuses: Vec<u64> = results.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 400, 200, 400], "{body}");
+    assert_eq!(results[1]["error"], "bad_target");
+    assert_eq!(results[3]["error"], "bad_target");
+    assert_eq!(results[2]["seq"].as_u64(), results[0]["seq"].as_u64().map(|s| s + 1));
+    for n in [1, 2] {
+        let f = alice.recv_event().await;
+        assert_eq!((f["type"].as_str(), f["data"]["n"].as_u64()), (Some("notice"), Some(n)));
+    }
+    alice.sync().await;
+
+    // Bounds: an empty batch and one over the limit are refused whole.
+    let empty = server.http("POST", "/publish", Some(ADMIN), "[]").await;
+    assert_eq!(empty.status, 400);
+    let one = json!({"tenant": "acme", "kind": "notice"});
+    let too_many = Value::Array(vec![one; switchboard_server::http::MAX_BATCH + 1]);
+    let res = server.http("POST", "/publish", Some(ADMIN), &too_many.to_string()).await;
+    assert_eq!((res.status, res.body.contains("bad_batch")), (400, true), "{}", res.body);
+    alice.sync().await;
+}
