@@ -75,6 +75,7 @@
 //! It raises its own `RLIMIT_NOFILE` (the soft limit up to the hard one, and the hard one too
 //! when it runs as root) so that 10,000 and more clients fit.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -113,12 +114,20 @@ struct PhaseSpec {
     target: TargetKind,
     /// Publishes per second; 0: as fast as the server delivers.
     rate: f64,
+    /// `…:monitor`: watch Redis with MONITOR over the window, to tell the commands clients send
+    /// (round trips) from those a script runs. MONITOR slows Redis down: use it on a phase of
+    /// its own, not on one whose latency or throughput matters.
+    monitor: bool,
 }
 
 impl FromStr for PhaseSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        let (s, monitor) = match s.strip_suffix(":monitor") {
+            Some(rest) => (rest, true),
+            None => (s, false),
+        };
         let (target, rate) = s.split_once(':').unwrap_or((s, "0"));
         let target = match target {
             "user" => TargetKind::User,
@@ -129,7 +138,7 @@ impl FromStr for PhaseSpec {
         if !(rate >= 0.0 && rate.is_finite()) {
             return Err(format!("bad rate `{rate}`"));
         }
-        Ok(PhaseSpec { target, rate })
+        Ok(PhaseSpec { target, rate, monitor })
     }
 }
 
@@ -176,8 +185,9 @@ struct Cli {
     /// Tenants the users are spread over.
     #[arg(long, default_value_t = 10)]
     tenants: usize,
-    /// A phase, `user:RATE` or `tenant:RATE` (publishes per second, 0 = as fast as delivered);
-    /// repeat for several, run in order on the same connections.
+    /// A phase, `user:RATE` or `tenant:RATE` (publishes per second, 0 = as fast as delivered),
+    /// with `:monitor` appended to count Redis round trips with MONITOR (`--redis-addr`); repeat
+    /// for several, run in order on the same connections.
     #[arg(long = "phase", default_value = "tenant:0")]
     phases: Vec<PhaseSpec>,
     /// With rate 0: deliveries that may be outstanding (default: 16 publishes' worth, at least
@@ -562,6 +572,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 fmt_opt(r.redis_cpu, 0)
             );
         }
+        if let Some(m) = &r.monitor {
+            let per = |c: u64| (s.in_window > 0).then(|| c as f64 / s.in_window as f64);
+            println!(
+                "  redis MONITOR      {} commands from clients = {} per publish ({}); {} run by scripts = {} per publish",
+                m.client,
+                fmt_opt(per(m.client), 2),
+                m.client_top,
+                m.scripted,
+                fmt_opt(per(m.scripted), 2)
+            );
+        }
         println!(
             "  after              server RSS {} KiB; {} deliveries missing after the drain, {} connections dropped, {} unreadable events",
             fmt_opt(rss_loaded.map(|v| v as f64), 0),
@@ -594,6 +615,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         kv("dropped", ctx.dropped.load(Relaxed).to_string());
         kv("errors", s.errors.to_string());
         kv("connect_s", format!("{connect_secs:.1}"));
+        if let Some(m) = &r.monitor {
+            let per = |c: u64| (s.in_window > 0).then(|| c as f64 / s.in_window as f64);
+            kv("monitor", "1".into());
+            kv("redis_client_cmds_per_publish", fmt_opt(per(m.client), 2));
+            kv("redis_scripted_cmds_per_publish", fmt_opt(per(m.scripted), 2));
+        }
         if let Some(redis) = &r.redis {
             kv("redis_cmds", redis.commands.to_string());
             kv("redis_cmds_per_publish", fmt_opt(redis.per_publish, 2));
@@ -639,6 +666,8 @@ struct PhaseResult {
     /// Redis commands over the window, with `--redis-addr`.
     redis: Option<RedisCount>,
     redis_cpu: Option<f64>,
+    /// What MONITOR saw over the window (`:monitor` phases).
+    monitor: Option<Monitored>,
 }
 
 /// What Redis did over a window.
@@ -684,6 +713,10 @@ async fn phase(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSpec)
 
     // CPU over the window.
     tokio::time::sleep_until(from.into()).await;
+    let monitor = match (spec.monitor, cli.redis_addr) {
+        (true, Some(addr)) => Some(tokio::spawn(redis_monitor(addr, from, to))),
+        _ => None,
+    };
     let redis_from = redis_snapshot(cli.redis_addr).await;
     let cpu_from = (
         sum_cpu(&cli.pids),
@@ -727,6 +760,20 @@ async fn phase(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSpec)
         _ => None,
     };
     let server_cpu = cpu_pct(cpu_from.0, cpu_to.0);
+    let monitor = match monitor {
+        Some(task) => match task.await {
+            Ok(Ok(m)) => Some(m),
+            Ok(Err(e)) => {
+                eprintln!("loadgen: redis MONITOR failed: {e}");
+                None
+            }
+            Err(e) => {
+                eprintln!("loadgen: redis MONITOR failed: {e}");
+                None
+            }
+        },
+        None => None,
+    };
     let redis = match (redis_from, redis_to) {
         (Some(a), Some(b)) => Some(redis_count(&a, &b, stats.in_window)),
         _ => None,
@@ -747,6 +794,7 @@ async fn phase(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSpec)
         missing,
         redis,
         redis_cpu: cpu_pct(cpu_from.2, cpu_to.2),
+        monitor,
     }
 }
 
@@ -1377,7 +1425,8 @@ fn parse_commandstats(text: &str) -> Vec<(String, u64)> {
 }
 
 /// The commands between two snapshots, less the `INFO` that took the first one (Redis counts a
-/// command once it has answered it, so the second snapshot includes the first).
+/// command once it has answered it, so the second snapshot includes the first) and any
+/// `MONITOR` of ours.
 fn redis_count(before: &[(String, u64)], after: &[(String, u64)], publishes: u64) -> RedisCount {
     let mut diff: Vec<(String, u64)> = after
         .iter()
@@ -1386,7 +1435,8 @@ fn redis_count(before: &[(String, u64)], after: &[(String, u64)], publishes: u64
             let own = u64::from(name == "info");
             (name.clone(), calls.saturating_sub(was).saturating_sub(own))
         })
-        .filter(|(_, c)| *c > 0)
+        // A `:monitor` phase's own MONITOR is not the servers' either.
+        .filter(|(name, c)| *c > 0 && name != "monitor")
         .collect();
     diff.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let commands = diff.iter().map(|(_, c)| c).sum();
@@ -1398,6 +1448,87 @@ fn redis_count(before: &[(String, u64)], after: &[(String, u64)], publishes: u64
         .collect::<Vec<_>>()
         .join(", ");
     RedisCount { commands, per_publish: per(commands), top }
+}
+
+/// Commands MONITOR showed over a window.
+#[derive(Debug, Default, PartialEq)]
+struct Monitored {
+    /// Sent by clients (each a request, so at most one round trip); the load generator's own
+    /// `INFO` is left out.
+    client: u64,
+    /// Run inside a script (`[0 lua]`): no round trip of their own.
+    scripted: u64,
+    /// The client commands that made most of it, with their counts.
+    client_top: String,
+}
+
+/// Watches Redis with MONITOR from `from` to `to`, counting what it shows.
+async fn redis_monitor(addr: SocketAddr, from: Instant, to: Instant) -> std::io::Result<Monitored> {
+    let mut stream = TcpStream::connect(addr).await?;
+    tokio::time::sleep_until(from.into()).await;
+    stream.write_all(b"*1\r\n$7\r\nMONITOR\r\n").await?;
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut counts = MonitorCounts::default();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let read = tokio::select! {
+            n = stream.read(&mut chunk) => n?,
+            () = tokio::time::sleep_until(to.into()) => break,
+        };
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..read]);
+        let mut start = 0;
+        while let Some(i) = find(&buf[start..], b"\r\n") {
+            counts.line(&buf[start..start + i]);
+            start += i + 2;
+        }
+        buf.drain(..start);
+    }
+    Ok(counts.finish())
+}
+
+/// Tallies MONITOR lines: `+1700000000.123456 [0 127.0.0.1:5555] "evalsha" "…"`, where a
+/// script's commands show `[0 lua]`.
+#[derive(Default)]
+struct MonitorCounts {
+    client: HashMap<String, u64>,
+    scripted: u64,
+}
+
+impl MonitorCounts {
+    fn line(&mut self, line: &[u8]) {
+        let Some(open) = find(line, b" [") else { return };
+        let Some(close) = find(&line[open..], b"] ") else { return };
+        let source = &line[open + 2..open + close];
+        let rest = &line[open + close + 2..];
+        let command = rest
+            .strip_prefix(b"\"")
+            .and_then(|r| r.iter().position(|&b| b == b'"').map(|end| &r[..end]))
+            .map(|c| String::from_utf8_lossy(c).to_ascii_lowercase())
+            .unwrap_or_default();
+        if source.ends_with(b"lua") {
+            self.scripted += 1;
+        } else if command != "info" {
+            *self.client.entry(command).or_insert(0) += 1;
+        }
+    }
+
+    fn finish(self) -> Monitored {
+        let mut top: Vec<(String, u64)> = self.client.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Monitored {
+            client: top.iter().map(|(_, c)| c).sum(),
+            scripted: self.scripted,
+            client_top: top
+                .iter()
+                .take(4)
+                .map(|(n, c)| format!("{n} {c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
 }
 
 /// `INFO <section>` over a fresh connection, in RESP: the bulk string it answers.
@@ -1508,6 +1639,31 @@ mod tests {
         // A pid above the kernel's maximum (4,194,304) never exists.
         assert_eq!(sum_rss(&[me, u32::MAX]), None);
         assert_eq!(sum_cpu(&[u32::MAX]), None);
+    }
+
+    #[test]
+    fn monitor_lines_tell_client_commands_from_scripted_ones() {
+        let mut m = MonitorCounts::default();
+        m.line(br#"+1700000000.123456 [0 127.0.0.1:5555] "evalsha" "abc" "1" "k""#);
+        m.line(br#"+1700000000.123460 [0 lua] "incr" "k""#);
+        m.line(br#"+1700000000.123470 [0 lua] "publish" "c" "x""#);
+        m.line(br#"+1700000000.123480 [0 127.0.0.1:5556] "INFO" "commandstats""#);
+        m.line(br#"+1700000000.123490 [0 unix:/tmp/r.sock] "PUBLISH" "c" "y""#);
+        m.line(b"+OK");
+        assert_eq!(
+            m.finish(),
+            Monitored { client: 2, scripted: 2, client_top: "evalsha 1, publish 1".into() }
+        );
+    }
+
+    #[test]
+    fn phases_parse_with_an_optional_monitor_suffix() {
+        let p: PhaseSpec = "user:100:monitor".parse().unwrap();
+        assert!(p.monitor && p.rate == 100.0 && p.target == TargetKind::User);
+        let p: PhaseSpec = "tenant".parse().unwrap();
+        assert!(!p.monitor && p.rate == 0.0 && p.target == TargetKind::Tenant);
+        assert!("user:fast".parse::<PhaseSpec>().is_err());
+        assert!("room:1".parse::<PhaseSpec>().is_err());
     }
 
     #[test]
