@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard::{Config, ConfigError, Hub, Inbound};
+use switchboard::{ClusterConfig, Config, ConfigError, Hub, Inbound};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::agent;
 use crate::auth::{self, Keys};
+use crate::bus::redis::{self, RedisConfig, RedisStartError};
 use crate::driver::{self, DriverConfig, Handle};
 use crate::http::{self, AppState, HttpCounters, PublishBody};
 use crate::listen::{self, FdBudget, ListenConfig};
@@ -40,6 +41,10 @@ pub struct Settings {
     pub listen: ListenConfig,
     /// The file-descriptor budget the caps were derived from (see [`Settings::apply_budget`]).
     pub budget: FdBudget,
+    /// Cluster mode (`--redis`): the Redis driver's settings. The hub becomes one node of the
+    /// cluster (its `Config::cluster` is set from `redis.node` unless already set, in which case
+    /// the hub's node id wins). `None`: a single node, no Redis.
+    pub redis: Option<RedisConfig>,
 }
 
 /// The hub configuration the server runs with unless told otherwise: the library defaults, plus
@@ -72,6 +77,7 @@ impl Settings {
             publish_body: PublishBody::default(),
             listen: ListenConfig::default(),
             budget: FdBudget::new(None, None),
+            redis: None,
         };
         settings.apply_budget(FdBudget::of_process(None));
         settings
@@ -116,6 +122,8 @@ pub enum StartError {
     Io(std::io::Error),
     /// The JWT secret or the admin key is too short.
     Keys(auth::KeyError),
+    /// The Redis driver could not start (an invalid URL).
+    Redis(RedisStartError),
 }
 
 impl std::fmt::Display for StartError {
@@ -124,6 +132,7 @@ impl std::fmt::Display for StartError {
             StartError::Config(e) => write!(f, "invalid hub configuration: {e}"),
             StartError::Io(e) => write!(f, "cannot listen: {e}"),
             StartError::Keys(e) => write!(f, "{e}"),
+            StartError::Redis(e) => write!(f, "{e}"),
         }
     }
 }
@@ -135,8 +144,19 @@ pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running,
     let addr = listener.local_addr().map_err(StartError::Io)?;
     let keys = Keys::new(&settings.jwt_secret).map_err(StartError::Keys)?;
     auth::check_admin_key(&settings.admin_key).map_err(StartError::Keys)?;
-    let hub = Hub::new(settings.hub).map_err(StartError::Config)?;
-    let (handle, inbound) = driver::spawn(hub, settings.driver);
+    let mut hub_config = settings.hub;
+    let (handle, inbound) = match settings.redis {
+        Some(mut redis_cfg) => {
+            let cluster = hub_config
+                .cluster
+                .get_or_insert_with(|| ClusterConfig::new(redis_cfg.node.clone()));
+            redis_cfg.node = cluster.node.clone();
+            let hub = Hub::new(hub_config).map_err(StartError::Config)?;
+            let link = redis::start(redis_cfg).map_err(StartError::Redis)?;
+            driver::spawn_clustered(hub, settings.driver, link)
+        }
+        None => driver::spawn(Hub::new(hub_config).map_err(StartError::Config)?, settings.driver),
+    };
     let counters = handle.listener_counters();
     tokio::spawn(run_agent(handle.clone(), inbound, settings.agent_pace));
     let state = AppState::new(handle.clone(), keys, settings.admin_key)

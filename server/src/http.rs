@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use switchboard::{Audience, ConnectError, Envelope, EventKind, PublishError, StreamName, Target};
 
 use crate::auth::{AuthError, KeyError, Keys, check_admin_key};
-use crate::driver::{Handle, PublishFailed, Refused};
+use crate::driver::{Handle, PublishFailed, Receipt, Refused};
 use crate::metrics;
 
 /// Counters of the HTTP layer (the hub never sees what it refuses here).
@@ -48,6 +48,9 @@ pub struct HttpCounters {
     pub publish_too_large: AtomicU64,
     /// `POST /publish` requests whose body did not arrive within [`PublishBody::timeout`] (408).
     pub publish_body_timeouts: AtomicU64,
+    /// Cluster mode: `POST /publish` requests the bus did not append (503 with `Retry-After`
+    /// when retryable, else 502).
+    pub publish_unavailable: AtomicU64,
     /// `GET /metrics` requests without the admin key, when it is required.
     pub metrics_unauthorized: AtomicU64,
 }
@@ -216,7 +219,13 @@ async fn page() -> Response {
 async fn healthz(State(app): State<AppState>) -> Response {
     match app.handle.snapshot().await {
         Some(s) => {
-            Json(json!({ "status": "ok", "connections": s.hub.connections_active })).into_response()
+            let mut body = json!({ "status": "ok", "connections": s.hub.connections_active });
+            // Cluster mode: while the bus is down the node keeps its connections but refuses new
+            // ones (503) and publishes (503 with Retry-After).
+            if let Some(bus) = &s.bus {
+                body["bus"] = json!(if bus.is_up() { "up" } else { "down" });
+            }
+            Json(body).into_response()
         }
         None => {
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "stopped" }))).into_response()
@@ -314,6 +323,7 @@ fn refusal(refused: Refused) -> Response {
         ConnectError::TenantLimit { .. } => (StatusCode::TOO_MANY_REQUESTS, "tenant_limit"),
         ConnectError::BreakerOpen { .. } => (StatusCode::TOO_MANY_REQUESTS, "breaker_open"),
         ConnectError::TooManyConnections { .. } => (StatusCode::SERVICE_UNAVAILABLE, "full"),
+        ConnectError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         _ => (StatusCode::FORBIDDEN, "refused"),
     };
     let mut res = error(status, code, err);
@@ -321,8 +331,18 @@ fn refusal(refused: Refused) -> Response {
         let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
         res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    if matches!(err, ConnectError::Unavailable) {
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_BUS_SECS));
+    }
     res
 }
+
+/// `Retry-After` (seconds) when the bus is down: reconnecting to Redis takes up to about two
+/// seconds between attempts.
+const RETRY_BUS_SECS: u64 = 2;
+
+/// The longest idempotency key `POST /publish` takes, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 /// The body of `POST /publish`: flat, so that it is easy to write with curl.
 ///
@@ -353,6 +373,10 @@ pub struct PublishRequest {
     /// The payload.
     #[serde(default)]
     pub data: Value,
+    /// Cluster mode: the same key on a retried request appends the event only once (the answer
+    /// says `duplicate: true` and gives the first position). At most
+    /// [`MAX_IDEMPOTENCY_KEY_BYTES`]; ignored by a single node.
+    pub idempotency_key: Option<String>,
 }
 
 impl PublishRequest {
@@ -402,6 +426,12 @@ impl PublishRequest {
         let mut env = Envelope::new(target, kind).data(self.data);
         if let Some(run) = self.run {
             env = env.run(run);
+        }
+        if let Some(key) = self.idempotency_key {
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+                return Err("`idempotency_key` must be 1 to 256 bytes");
+            }
+            env = env.idempotency_key(key);
         }
         Ok(env)
     }
@@ -474,13 +504,24 @@ async fn publish(State(app): State<AppState>, request: Request) -> Response {
         Ok(env) => env,
         Err(why) => return rejected(StatusCode::BAD_REQUEST, "bad_target", why.to_string()),
     };
-    match app.handle.publish(envelope).await {
-        Ok(published) => {
+    match app.handle.publish_receipt(envelope).await {
+        Ok(Receipt { published, duplicate }) => {
             c.publish_accepted.fetch_add(1, Ordering::Relaxed);
             let (stream, epoch, seq) = match &published.position {
                 Some((name, pos)) => (Some(stream_name(name)), Some(pos.epoch), Some(pos.seq)),
                 None => (None, None, None),
             };
+            // Clustered: delivery happens on every node when the message comes back over the
+            // bus, so this node cannot count it; the answer is the position the bus assigned.
+            if published.op.is_some() {
+                return Json(json!({
+                    "stream": stream,
+                    "epoch": epoch,
+                    "seq": seq,
+                    "duplicate": duplicate,
+                }))
+                .into_response();
+            }
             Json(json!({
                 "delivered": published.delivered,
                 "skipped": published.skipped,
@@ -491,6 +532,26 @@ async fn publish(State(app): State<AppState>, request: Request) -> Response {
                 "seq": seq,
             }))
             .into_response()
+        }
+        Err(failed @ (PublishFailed::Bus(_) | PublishFailed::Hub(PublishError::Bus(_)))) => {
+            c.publish_unavailable.fetch_add(1, Ordering::Relaxed);
+            let retry = failed.is_retryable();
+            let (status, why) = match &failed {
+                PublishFailed::Bus(f) | PublishFailed::Hub(PublishError::Bus(f)) => {
+                    let status = if retry {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    };
+                    (status, f.to_string())
+                }
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "the bus failed".to_owned()),
+            };
+            let mut res = error(status, "unavailable", why);
+            if retry {
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_BUS_SECS));
+            }
+            res
         }
         Err(PublishFailed::Hub(err)) => {
             let status = match err {

@@ -65,6 +65,7 @@
 pub mod agent;
 pub mod app;
 pub mod auth;
+pub mod bus;
 pub mod driver;
 pub mod http;
 pub mod listen;

@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use switchboard::{ClusterConfig, NodeId};
 use switchboard_server::app::{self, Settings};
 use switchboard_server::auth::{self, Keys};
+use switchboard_server::bus::redis::RedisConfig;
 use switchboard_server::listen::FdBudget;
 
 /// The switchboard server.
@@ -71,6 +73,26 @@ struct Cli {
     /// way); more are answered 503 and closed. Default: half the reserve.
     #[arg(long, env = "SWITCHBOARD_MAX_PENDING_CONNECTIONS")]
     max_pending_connections: Option<usize>,
+    /// Cluster mode: the Redis every node of the cluster shares (`redis://host:port[/db]`).
+    /// Without it the server is a single node and needs no Redis.
+    #[arg(long, env = "SWITCHBOARD_REDIS", hide_env_values = true)]
+    redis: Option<String>,
+    /// Cluster mode: this node's id, unique among the nodes sharing the Redis. Default: the host
+    /// name, the process id and a random suffix.
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    node_id: Option<String>,
+    /// Cluster mode: the prefix of every Redis key and channel, so that several deployments can
+    /// share one Redis.
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "sb")]
+    redis_prefix: String,
+    /// Cluster mode: seconds a connection's place in its user's cluster-wide quota lives without
+    /// renewal (renewed every third of it).
+    #[arg(long, env = "SWITCHBOARD_LEASE_TTL_SECS", default_value_t = 30)]
+    lease_ttl_secs: u64,
+    /// Cluster mode: seconds a node may miss its heartbeats (sent every second) before the others
+    /// count it dead and release its leases.
+    #[arg(long, env = "SWITCHBOARD_NODE_TIMEOUT_SECS", default_value_t = 5)]
+    node_timeout_secs: u64,
     /// File descriptors kept from WebSockets for plain HTTP (/healthz, /publish, /metrics) and
     /// the process itself. Default: an eighth of RLIMIT_NOFILE, between 32 and 1,024.
     #[arg(long, env = "SWITCHBOARD_FD_RESERVE")]
@@ -111,14 +133,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         settings.listen.max_pending = max.max(1);
     }
     settings.listen.header_read_timeout = Duration::from_secs(cli.header_read_timeout_secs.max(1));
+    if let Some(url) = &cli.redis {
+        let node = NodeId::new(cli.node_id.clone().unwrap_or_else(default_node_id));
+        let mut cluster = ClusterConfig::new(node.clone());
+        cluster.lease_ttl = Duration::from_secs(cli.lease_ttl_secs.max(1));
+        settings.hub.cluster = Some(cluster);
+        let mut redis = RedisConfig::new(url.clone(), node);
+        redis.prefix = cli.redis_prefix.clone();
+        redis.node_timeout = Duration::from_secs(cli.node_timeout_secs.max(2));
+        settings.redis = Some(redis);
+    }
     let limits = limits_line(&settings);
 
+    let settings_echo = settings.redis.as_ref().map(|r| (r.node.to_string(), r.prefix.clone()));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     let running = app::start(listener, settings).await?;
     let base = format!("http://{}", running.addr);
     let ws = format!("ws://{}", running.addr);
     println!("switchboard listening on {base}");
     println!("{limits}");
+    if let (Some(redis), Some(url)) = (&settings_echo, &cli.redis) {
+        println!(
+            "cluster mode: node {:?} over Redis {} (prefix {:?})",
+            redis.0,
+            redact_url(url),
+            redis.1
+        );
+    }
     let mut exports = Vec::new();
     if dev_mode {
         let ttl = Duration::from_secs(cli.demo_token_hours * 3600);
@@ -156,6 +197,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     running.shutdown().await;
     println!("bye");
     Ok(())
+}
+
+/// A node id unique among the nodes of a cluster: host name, process id, random suffix.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    let suffix = auth::random_u64() & 0xffff;
+    format!("{host}-{}-{suffix:04x}", std::process::id())
+}
+
+/// A Redis URL without its password, for the banner.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// The connection caps and where they come from, for the start-up banner.
@@ -221,6 +284,14 @@ mod tests {
 
         let key_given = try_block(BASE, WS, true, false);
         assert!(key_given.contains("$ALICE") && !key_given.contains("$ADMIN"));
+    }
+
+    #[test]
+    fn redis_passwords_stay_out_of_the_banner() {
+        assert_eq!(redact_url("redis://:hunter2@db:6379/0"), "redis://***@db:6379/0");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert!(default_node_id().len() > 5);
+        assert_ne!(default_node_id(), default_node_id(), "ids carry a random suffix");
     }
 
     #[test]

@@ -35,6 +35,7 @@ use prometheus::{
 };
 use switchboard::{AuditKind, ClosedBy, LimitKind};
 
+use crate::bus::BusMetrics;
 use crate::driver::Snapshot;
 use crate::http::HttpCounters;
 
@@ -51,6 +52,92 @@ pub const SECURITY_AUDITS: &[AuditKind] = &[
     AuditKind::ViolationClose,
     AuditKind::GlobalBroadcastDenied,
 ];
+
+/// Cluster mode's families: the hub's view of the bus and the driver's.
+fn bus_families(
+    b: &Families,
+    s: &switchboard::HubStats,
+    bus: &BusMetrics,
+) -> prometheus::Result<()> {
+    let h = &s.bus;
+    b.counter("bus_ops", "Bus operations the hub issued", h.ops)?;
+    b.counter(
+        "bus_op_failures",
+        "Bus operations that failed (as the hub saw them)",
+        h.op_failures,
+    )?;
+    b.counter(
+        "bus_op_timeouts",
+        "Bus operations without a reply within op_timeout",
+        h.op_timeouts,
+    )?;
+    b.counter("bus_late_replies", "Bus replies that came after their deadline", h.late_replies)?;
+    b.counter(
+        "bus_untracked_messages",
+        "Bus messages on streams this node no longer tracks",
+        h.untracked_messages,
+    )?;
+    b.counter(
+        "bus_duplicates_dropped",
+        "Bus messages dropped as duplicates",
+        h.duplicates_dropped,
+    )?;
+    b.counter("bus_gaps_repaired", "Gaps in a stream filled from the log", h.gaps_repaired)?;
+    b.counter(
+        "bus_gaps_lost",
+        "Gaps the log no longer covered (the stream's connections got a resync)",
+        h.gaps_lost,
+    )?;
+    b.counter(
+        "bus_mismatches",
+        "Bus messages that named another stream than their channel's (dropped, audited)",
+        h.mismatches,
+    )?;
+    b.counter("bus_epochs_changed", "Streams found with a new epoch", h.epochs_changed)?;
+    b.gauge("bus_ops_in_flight", "Bus operations waiting for their reply", h.in_flight)?;
+    b.gauge("bus_streams", "Streams this node is subscribed to", h.streams)?;
+    b.counter("resyncs_sent", "resync frames sent to connections", s.resyncs_sent)?;
+    b.counter(
+        "publishes_failed",
+        "Clustered publishes the bus did not append",
+        s.publishes_failed,
+    )?;
+    b.counter(
+        "connects_refused_unavailable",
+        "Connects refused because the bus was down",
+        s.connects_refused_unavailable,
+    )?;
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    b.add(bus.latency.clone())?;
+    b.add(bus.errors.clone())?;
+    b.counter(
+        "bus_messages_dropped",
+        "Live bus messages dropped because the hub's queue was full (repaired from the log)",
+        load(&bus.messages_dropped),
+    )?;
+    b.counter(
+        "bus_ops_refused",
+        "Bus operations the driver's queue could not take (failed as overloaded)",
+        load(&bus.ops_refused),
+    )?;
+    b.counter(
+        "bus_link_losses",
+        "Times the bus link was lost or found deaf",
+        load(&bus.link_losses),
+    )?;
+    b.counter(
+        "bus_probes_missed",
+        "Liveness probes of the bus link that did not come back in time",
+        load(&bus.probes_missed),
+    )?;
+    b.counter(
+        "bus_dead_nodes",
+        "Nodes found dead (their leases released)",
+        load(&bus.dead_nodes_cleaned),
+    )?;
+    b.gauge("bus_up", "1 while the bus link is up", u64::from(bus.is_up()))?;
+    Ok(())
+}
 
 /// The families of one scrape, each named `switchboard_<name>`, registered as they are added.
 struct Families {
@@ -310,8 +397,12 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
             ("unauthorized", load(&http.publish_unauthorized)),
             ("too_large", load(&http.publish_too_large)),
             ("body_timeout", load(&http.publish_body_timeouts)),
+            ("unavailable", load(&http.publish_unavailable)),
         ],
     )?;
+    if let Some(bus) = &snapshot.bus {
+        bus_families(&b, s, bus)?;
+    }
     b.counter(
         "http_metrics_unauthorized",
         "GET /metrics requests without the admin key (with --metrics-require-admin)",
@@ -337,7 +428,7 @@ mod tests {
         let mut rates = Rates::default();
         rates.delivered_per_minute = 1.5;
         let tiers = Tier::ALL.iter().map(|&t| (t, rates)).collect();
-        Snapshot { hub: HubStats::default(), driver, tiers }
+        Snapshot { hub: HubStats::default(), driver, tiers, bus: None }
     }
 
     /// `# TYPE` lines by family name, and the sample lines without their values.

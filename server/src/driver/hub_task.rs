@@ -6,13 +6,27 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard::{
-    Action, CloseReason, ConnId, ConnectError, Hub, Inbound, Principal, RoomError, RoomId, Tier,
+    Action, BusFailure, BusOp, CloseReason, ConnId, ConnectError, Hub, Inbound, OpId, Principal,
+    PublishOutcome, Published, RoomError, RoomId, Tier,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accepted, AcceptedParts, Alive, Command, DriverStats, Handle, Out, Peer, Refused, Snapshot,
+    Accepted, AcceptedParts, Alive, Command, DriverStats, Handle, Out, Peer, PublishFailed,
+    Receipt, Refused, Snapshot,
 };
+use crate::bus::{BusEvent, BusMetrics};
+
+/// A clustered publish waiting for the bus's answer.
+type PendingPublish = (Published, oneshot::Sender<Result<Receipt, PublishFailed>>);
+
+/// The hub task's end of the bus, in cluster mode.
+struct Bus {
+    ops: mpsc::Sender<BusOp>,
+    metrics: Arc<BusMetrics>,
+    /// Publishes waiting for their `Action::Published`, by the append's id.
+    publishes: HashMap<OpId, PendingPublish>,
+}
 
 /// The hub task's state.
 pub(super) struct Driver {
@@ -27,6 +41,8 @@ pub(super) struct Driver {
     alive: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
     /// Connection tasks alive; each one's [`Alive`] decrements it when it ends.
     live: Arc<AtomicUsize>,
+    /// Cluster mode: the bus's operations and pending publishes.
+    bus: Option<Bus>,
 }
 
 impl Driver {
@@ -35,8 +51,10 @@ impl Driver {
         rx: mpsc::Receiver<Command>,
         handle: Handle,
         inbound: mpsc::Sender<Box<Inbound>>,
+        bus: Option<(mpsc::Sender<BusOp>, Arc<BusMetrics>)>,
     ) -> Self {
         let (alive, alive_rx) = mpsc::channel(1);
+        let bus = bus.map(|(ops, metrics)| Bus { ops, metrics, publishes: HashMap::new() });
         Driver {
             hub,
             rx,
@@ -46,10 +64,11 @@ impl Driver {
             stats: DriverStats::default(),
             alive: Some((alive, alive_rx)),
             live: Arc::default(),
+            bus,
         }
     }
 
-    pub(super) async fn run(mut self) {
+    pub(super) async fn run(mut self, mut bus_events: Option<mpsc::Receiver<BusEvent>>) {
         loop {
             let deadline = self.hub.poll_timeout();
             let timer = async {
@@ -69,11 +88,42 @@ impl Driver {
                         self.handle(cmd);
                     }
                 }
+                event = next_event(&mut bus_events) => {
+                    let Some(event) = event else {
+                        // The bus driver is gone: the bus is down for good.
+                        bus_events = None;
+                        self.hub.bus_down(Instant::now());
+                        self.drain(Instant::now());
+                        continue;
+                    };
+                    let now = Instant::now();
+                    self.bus_event(now, event);
+                    for _ in 0..256 {
+                        let Some(Ok(event)) = bus_events.as_mut().map(|rx| rx.try_recv()) else {
+                            break;
+                        };
+                        self.bus_event(now, event);
+                    }
+                    self.drain(now);
+                }
                 () = timer => {
                     self.hub.tick(Instant::now());
                     self.drain(Instant::now());
                 }
             }
+        }
+    }
+
+    /// Feeds one event of the bus to the hub (the caller drains).
+    fn bus_event(&mut self, now: Instant, event: BusEvent) {
+        match event {
+            BusEvent::Message { stream, pos, payload } => {
+                self.hub.bus_message(now, &stream, pos, &payload);
+            }
+            BusEvent::Signal { stream, payload } => self.hub.bus_signal(now, &stream, &payload),
+            BusEvent::Reply { op, reply } => self.hub.bus_reply(now, op, reply),
+            BusEvent::Down => self.hub.bus_down(now),
+            BusEvent::Up => self.hub.bus_up(now),
         }
     }
 
@@ -99,18 +149,28 @@ impl Driver {
                 self.peers.remove(&conn);
                 let _ = self.hub.disconnect(now, conn, reason);
             }
-            Command::Publish { envelope, reply } => {
-                let result = self.hub.publish(now, envelope);
-                self.drain(now);
-                let _ = reply.send(result);
-            }
+            Command::Publish { envelope, reply } => match self.hub.publish(now, envelope) {
+                // Clustered: answered when the bus says what became of the append.
+                Ok(published) if published.op.is_some() && self.bus.is_some() => {
+                    let op = published.op.expect("checked");
+                    let bus = self.bus.as_mut().expect("checked");
+                    bus.publishes.insert(op, (published, reply));
+                }
+                result => {
+                    let result = result
+                        .map(|published| Receipt { published, duplicate: false })
+                        .map_err(PublishFailed::Hub);
+                    let _ = reply.send(result);
+                }
+            },
             Command::Snapshot { reply } => {
                 let mut driver = self.stats.clone();
                 driver.connections = self.peers.len();
                 driver.sockets = self.live.load(Ordering::Relaxed);
                 self.handle.listener.read_into(&mut driver);
                 let tiers = Tier::ALL.iter().map(|&t| (t, self.hub.tier_rates(t))).collect();
-                let _ = reply.send(Snapshot { hub: self.hub.stats(), driver, tiers });
+                let bus = self.bus.as_ref().map(|b| b.metrics.clone());
+                let _ = reply.send(Snapshot { hub: self.hub.stats(), driver, tiers, bus });
             }
             Command::Shutdown { reply } => self.shutdown(now, reply),
         }
@@ -219,9 +279,43 @@ impl Driver {
                 }
                 // The same numbers accumulate in `hub.stats()`, which /metrics reads.
                 Action::Metric(_) => {}
+                Action::Bus(op) => self.send_bus(now, op),
+                Action::Published { op, outcome } => self.published(op, outcome),
                 _ => {}
             }
         }
+    }
+
+    /// Hands an operation to the bus driver without waiting. One that does not fit is failed at
+    /// once (`Overloaded`), as if the hub's own in-flight bound had been reached.
+    fn send_bus(&mut self, now: Instant, op: BusOp) {
+        let Some(bus) = &self.bus else { return };
+        let id = op.op();
+        if bus.ops.try_send(op).is_err() {
+            BusMetrics::bump(&bus.metrics.ops_refused);
+            if let Some(id) = id {
+                self.hub.bus_reply(now, id, Err(BusFailure::Overloaded));
+            }
+        }
+    }
+
+    /// Answers a clustered publish.
+    fn published(&mut self, op: OpId, outcome: PublishOutcome) {
+        let Some(bus) = &mut self.bus else { return };
+        let Some((mut published, reply)) = bus.publishes.remove(&op) else { return };
+        let result = match outcome {
+            PublishOutcome::Appended { stream, pos } => {
+                published.position = Some((stream.name(), pos));
+                Ok(Receipt { published, duplicate: false })
+            }
+            PublishOutcome::Duplicate { stream, pos } => {
+                published.position = Some((stream.name(), pos));
+                Ok(Receipt { published, duplicate: true })
+            }
+            PublishOutcome::Failed { failure, .. } => Err(PublishFailed::Bus(failure)),
+            _ => Err(PublishFailed::Bus(BusFailure::Refused)),
+        };
+        let _ = reply.send(result);
     }
 
     /// Queues a frame or ping for a connection's writer without waiting.
@@ -239,6 +333,14 @@ impl Driver {
             // The writer ended; the reader reports the connection gone.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+}
+
+/// The next event of the bus, or never (single node, or the driver is gone).
+async fn next_event(events: &mut Option<mpsc::Receiver<BusEvent>>) -> Option<BusEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -66,11 +66,12 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::WebSocketUpgrade;
 use switchboard::{
-    CloseReason, ConnId, ConnectError, DisconnectReason, Envelope, Frame, Hub, HubStats, Inbound,
-    Principal, PublishError, Published, Rates, RoomId, Tier,
+    BusFailure, CloseReason, ConnId, ConnectError, DisconnectReason, Envelope, Frame, Hub,
+    HubStats, Inbound, Principal, PublishError, Published, Rates, RoomId, Tier,
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bus::{BusLink, BusMetrics};
 use hub_task::Driver;
 
 /// Sizes and timeouts of the driver.
@@ -137,7 +138,7 @@ enum Command {
     },
     Publish {
         envelope: Envelope,
-        reply: oneshot::Sender<Result<Published, PublishError>>,
+        reply: oneshot::Sender<Result<Receipt, PublishFailed>>,
     },
     Snapshot {
         reply: oneshot::Sender<Snapshot>,
@@ -161,8 +162,36 @@ pub enum Refused {
 pub enum PublishFailed {
     /// The hub refused the envelope.
     Hub(PublishError),
+    /// Cluster mode: the bus did not append it (retry when [`BusFailure::is_retryable`], with
+    /// the same idempotency key to be safe).
+    Bus(BusFailure),
     /// The hub task is gone.
     Stopped,
+}
+
+impl PublishFailed {
+    /// Whether trying again later may succeed: the bus was down, overloaded or timed out.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PublishFailed::Bus(failure) | PublishFailed::Hub(PublishError::Bus(failure)) => {
+                failure.is_retryable()
+            }
+            PublishFailed::Hub(_) | PublishFailed::Stopped => false,
+        }
+    }
+}
+
+/// What a publish did: the hub's [`Published`] (in cluster mode with the position the bus
+/// assigned, and no delivery counts: delivery happens on every node when the message comes back
+/// over the bus), and whether the bus had seen its idempotency key before.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    /// What the hub reported.
+    pub published: Published,
+    /// Cluster mode: the idempotency key was used before; nothing new was appended and the
+    /// position is the first append's.
+    pub duplicate: bool,
 }
 
 /// What the driver counts beside the hub's own stats.
@@ -230,6 +259,8 @@ pub struct Snapshot {
     pub driver: DriverStats,
     /// Moving averages of each tier's traffic.
     pub tiers: Vec<(Tier, Rates)>,
+    /// Cluster mode: the bus driver's counters.
+    pub bus: Option<Arc<BusMetrics>>,
 }
 
 /// What a writer sends, in order.
@@ -303,11 +334,35 @@ pub struct Handle {
 
 /// Starts the hub task. Returns its handle and the application's channel of client messages.
 pub fn spawn(hub: Hub, cfg: DriverConfig) -> (Handle, mpsc::Receiver<Box<Inbound>>) {
+    spawn_inner(hub, cfg, None)
+}
+
+/// Starts the hub task of a clustered hub (`Config::cluster` set) over a bus driver's link, for
+/// example [`crate::bus::redis::start`]'s. The hub task performs `Action::Bus` through the link
+/// and feeds what comes back into the hub; [`Handle::publish`] answers once the bus appended (or
+/// refused) the message.
+pub fn spawn_clustered(
+    hub: Hub,
+    cfg: DriverConfig,
+    link: BusLink,
+) -> (Handle, mpsc::Receiver<Box<Inbound>>) {
+    spawn_inner(hub, cfg, Some(link))
+}
+
+fn spawn_inner(
+    hub: Hub,
+    cfg: DriverConfig,
+    link: Option<BusLink>,
+) -> (Handle, mpsc::Receiver<Box<Inbound>>) {
     let (tx, rx) = mpsc::channel(cfg.command_queue);
     let (inbound_tx, inbound_rx) = mpsc::channel(cfg.inbound_queue);
     let max_message = transport_limit(hub.config().max_frame_bytes);
     let handle = Handle { tx, cfg: Arc::new(cfg), listener: Arc::default(), max_message };
-    tokio::spawn(Driver::new(hub, rx, handle.clone(), inbound_tx).run());
+    let (bus, events) = match link {
+        Some(link) => (Some((link.ops, link.metrics)), Some(link.events)),
+        None => (None, None),
+    };
+    tokio::spawn(Driver::new(hub, rx, handle.clone(), inbound_tx, bus).run(events));
     (handle, inbound_rx)
 }
 
@@ -376,16 +431,18 @@ impl Handle {
         rx.await.unwrap_or(Err(Refused::Stopping))
     }
 
-    /// Publishes an envelope.
+    /// Publishes an envelope. In cluster mode it returns once the bus appended it (or failed).
     pub async fn publish(&self, envelope: Envelope) -> Result<Published, PublishFailed> {
+        self.publish_receipt(envelope).await.map(|r| r.published)
+    }
+
+    /// Publishes an envelope and says whether its idempotency key was seen before.
+    pub async fn publish_receipt(&self, envelope: Envelope) -> Result<Receipt, PublishFailed> {
         let (reply, rx) = oneshot::channel();
         if !self.send(Command::Publish { envelope, reply }).await {
             return Err(PublishFailed::Stopped);
         }
-        match rx.await {
-            Ok(result) => result.map_err(PublishFailed::Hub),
-            Err(_) => Err(PublishFailed::Stopped),
-        }
+        rx.await.unwrap_or(Err(PublishFailed::Stopped))
     }
 
     /// The hub's and the driver's counters, or `None` if the hub task is gone.

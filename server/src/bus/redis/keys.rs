@@ -1,0 +1,172 @@
+//! Redis names derived from typed stream keys.
+//!
+//! Every name of one stream shares one **base**, `<prefix>:{<kind><len>:<tenant><len>:<id>}`:
+//! the kind (`u` user, `r` room, `t` tenant broadcast) and each id prefixed by its length in
+//! bytes, so no two (tenant, id) pairs can produce the same base whatever bytes the ids hold
+//! (`acme` + `a:b` and `acme:a` + `b` differ in their lengths). The braces are a Redis Cluster
+//! hash tag: all of a stream's keys (its meta hash, its log, its idempotency keys, a user's lease
+//! sets) hash to one slot, so each script touches a single slot and runs on a cluster unchanged.
+//! An id containing `}` ends the tag early, but at the same byte for every key of that stream,
+//! so they still share a slot; uniqueness comes from the full, length-prefixed name.
+//!
+//! The node registry and each node's list of lease sets live outside any stream's slot: they
+//! are only ever touched one key per command.
+
+use std::fmt::Write as _;
+
+use switchboard::{LeaseHolder, NodeId, StreamKey, StreamScope};
+
+/// The Redis names of one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StreamNames {
+    /// Hash `{e: epoch, s: seq}`: the stream's top.
+    pub(crate) meta: String,
+    /// List of payloads, oldest first; the last one has seq `s`.
+    pub(crate) log: String,
+    /// The live channel.
+    pub(crate) channel: String,
+    /// Prefix of the idempotency keys (the key's own length-prefixed text follows).
+    idem: String,
+    /// Sorted set of lease holders by expiry (user streams).
+    pub(crate) leases: String,
+    /// Sorted set of lease holders by grant time, to find the oldest (user streams).
+    pub(crate) lease_order: String,
+}
+
+/// Appends `text` as `<len>:<text>`.
+fn push_prefixed(out: &mut String, text: &str) {
+    let _ = write!(out, "{}:{text}", text.len());
+}
+
+impl StreamNames {
+    /// The names of `key` under `prefix`.
+    pub(crate) fn of(prefix: &str, key: &StreamKey) -> Self {
+        let mut base = String::with_capacity(prefix.len() + 32);
+        base.push_str(prefix);
+        base.push_str(":{");
+        let (kind, id) = match &key.scope {
+            StreamScope::User(user) => ('u', Some(user.as_str())),
+            StreamScope::Room(room) => ('r', Some(room.as_str())),
+            StreamScope::Tenant => ('t', None),
+            // A scope this driver does not know: named apart from every known kind.
+            _ => ('x', None),
+        };
+        base.push(kind);
+        push_prefixed(&mut base, key.tenant.as_str());
+        if let Some(id) = id {
+            push_prefixed(&mut base, id);
+        }
+        base.push('}');
+        let name = |suffix: &str| format!("{base}:{suffix}");
+        StreamNames {
+            meta: name("m"),
+            log: name("l"),
+            channel: name("c"),
+            idem: name("i:"),
+            leases: name("leases"),
+            lease_order: name("lease-order"),
+        }
+    }
+
+    /// The key remembering an idempotency key's first append.
+    pub(crate) fn idempotency(&self, key: &str) -> String {
+        let mut name = self.idem.clone();
+        push_prefixed(&mut name, key);
+        name
+    }
+}
+
+/// A lease holder as a sorted-set member: `<len>:<node>|<conn>`.
+pub(crate) fn holder_member(holder: &LeaseHolder) -> String {
+    let mut member = String::with_capacity(holder.node.as_str().len() + 24);
+    push_prefixed(&mut member, holder.node.as_str());
+    let _ = write!(member, "|{}", holder.conn);
+    member
+}
+
+/// The member prefix of every lease a node holds: `<len>:<node>|`.
+pub(crate) fn node_member_prefix(node: &NodeId) -> String {
+    let mut prefix = String::new();
+    push_prefixed(&mut prefix, node.as_str());
+    prefix.push('|');
+    prefix
+}
+
+/// Reads a member written by [`holder_member`] back; `None` for anything else.
+pub(crate) fn parse_holder(member: &[u8]) -> Option<LeaseHolder> {
+    let text = std::str::from_utf8(member).ok()?;
+    let (len, rest) = text.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    let node = rest.get(..len)?;
+    let conn = rest.get(len..)?.strip_prefix('|')?.parse().ok()?;
+    Some(LeaseHolder { node: NodeId::new(node), conn })
+}
+
+/// The sorted set of live nodes (member: node id, score: last heartbeat in ms, Redis time).
+pub(crate) fn nodes(prefix: &str) -> String {
+    format!("{prefix}:nodes")
+}
+
+/// The channel a node publishes its liveness probes on (only it subscribes).
+pub(crate) fn probe_channel(prefix: &str, node: &NodeId) -> String {
+    let mut name = format!("{prefix}:probe:");
+    push_prefixed(&mut name, node.as_str());
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_concatenate_alike_get_distinct_names() {
+        let a = StreamNames::of("sb", &StreamKey::user("acme", "a:b"));
+        let b = StreamNames::of("sb", &StreamKey::user("acme:a", "b"));
+        let c = StreamNames::of("sb", &StreamKey::room("acme", "a:b"));
+        let d = StreamNames::of("sb", &StreamKey::tenant("acme4:a:b"));
+        let all = [&a, &b, &c, &d];
+        for (i, x) in all.iter().enumerate() {
+            for y in &all[i + 1..] {
+                assert_ne!(x.meta, y.meta);
+                assert_ne!(x.channel, y.channel);
+            }
+        }
+        assert_eq!(a.meta, "sb:{u4:acme3:a:b}:m");
+        assert_eq!(d.log, "sb:{t9:acme4:a:b}:l");
+    }
+
+    #[test]
+    fn every_key_of_a_stream_shares_its_hash_tag() {
+        // Redis Cluster hashes the text between the first `{` and the next `}`.
+        fn tag(key: &str) -> &str {
+            let open = key.find('{').unwrap();
+            let close = key[open + 1..].find('}').unwrap() + open + 1;
+            &key[open + 1..close]
+        }
+        for key in [StreamKey::user("acme", "alice"), StreamKey::room("t}x", "r}oom")] {
+            let n = StreamNames::of("sb", &key);
+            let idem = n.idempotency("k1");
+            let tags = [&n.meta, &n.log, &idem, &n.leases, &n.lease_order].map(|k| tag(k));
+            assert!(tags.iter().all(|t| *t == tags[0]), "{tags:?}");
+        }
+    }
+
+    #[test]
+    fn holders_round_trip_through_their_member_text() {
+        for node in ["n1", "a|b:c", ""] {
+            let holder = LeaseHolder { node: NodeId::new(node), conn: 42 };
+            let member = holder_member(&holder);
+            assert!(member.starts_with(&node_member_prefix(&holder.node)));
+            assert_eq!(parse_holder(member.as_bytes()), Some(holder));
+        }
+        assert_eq!(parse_holder(b"9:short|1"), None);
+        assert_eq!(parse_holder(b"garbage"), None);
+    }
+
+    #[test]
+    fn idempotency_keys_are_length_prefixed_too() {
+        let n = StreamNames::of("sb", &StreamKey::tenant("acme"));
+        assert_ne!(n.idempotency("a:1"), n.idempotency("a") + ":1");
+        assert_eq!(n.idempotency("k"), "sb:{t4:acme}:i:1:k");
+    }
+}
