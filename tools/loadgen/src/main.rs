@@ -620,6 +620,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             kv("monitor", "1".into());
             kv("redis_client_cmds_per_publish", fmt_opt(per(m.client), 2));
             kv("redis_scripted_cmds_per_publish", fmt_opt(per(m.scripted), 2));
+            kv("publishes_in_window", s.in_window.to_string());
+            kv("window_s", secs.to_string());
+            kv(
+                "redis_client_cmds",
+                if m.client_detail.is_empty() { "-".into() } else { m.client_detail.clone() },
+            );
         }
         if let Some(redis) = &r.redis {
             kv("redis_cmds", redis.commands.to_string());
@@ -1460,6 +1466,8 @@ struct Monitored {
     scripted: u64,
     /// The client commands that made most of it, with their counts.
     client_top: String,
+    /// Every client command with its count, `name=count` joined by `;` (for RESULT lines).
+    client_detail: String,
 }
 
 /// Watches Redis with MONITOR from `from` to `to`, counting what it shows.
@@ -1503,11 +1511,16 @@ impl MonitorCounts {
         let Some(close) = find(&line[open..], b"] ") else { return };
         let source = &line[open + 2..open + close];
         let rest = &line[open + close + 2..];
-        let command = rest
-            .strip_prefix(b"\"")
-            .and_then(|r| r.iter().position(|&b| b == b'"').map(|end| &r[..end]))
-            .map(|c| String::from_utf8_lossy(c).to_ascii_lowercase())
-            .unwrap_or_default();
+        let mut args = rest.split(|&b| b == b' ').map(|a| {
+            let a = a.strip_prefix(b"\"").unwrap_or(a);
+            String::from_utf8_lossy(a.strip_suffix(b"\"").unwrap_or(a)).to_ascii_lowercase()
+        });
+        let mut command = args.next().unwrap_or_default();
+        if command == "evalsha" {
+            // Scripts told apart by their SHA's first 8 digits: which one the publishes call.
+            let sha = args.next().unwrap_or_default();
+            command = format!("evalsha:{}", sha.chars().take(8).collect::<String>());
+        }
         if source.ends_with(b"lua") {
             self.scripted += 1;
         } else if command != "info" {
@@ -1527,6 +1540,11 @@ impl MonitorCounts {
                 .map(|(n, c)| format!("{n} {c}"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            client_detail: top
+                .iter()
+                .map(|(n, c)| format!("{n}={c}"))
+                .collect::<Vec<_>>()
+                .join(";"),
         }
     }
 }
@@ -1644,7 +1662,7 @@ mod tests {
     #[test]
     fn monitor_lines_tell_client_commands_from_scripted_ones() {
         let mut m = MonitorCounts::default();
-        m.line(br#"+1700000000.123456 [0 127.0.0.1:5555] "evalsha" "abc" "1" "k""#);
+        m.line(br#"+1700000000.123456 [0 127.0.0.1:5555] "evalsha" "abcdef0123456789" "1" "k""#);
         m.line(br#"+1700000000.123460 [0 lua] "incr" "k""#);
         m.line(br#"+1700000000.123470 [0 lua] "publish" "c" "x""#);
         m.line(br#"+1700000000.123480 [0 127.0.0.1:5556] "INFO" "commandstats""#);
@@ -1652,7 +1670,12 @@ mod tests {
         m.line(b"+OK");
         assert_eq!(
             m.finish(),
-            Monitored { client: 2, scripted: 2, client_top: "evalsha 1, publish 1".into() }
+            Monitored {
+                client: 2,
+                scripted: 2,
+                client_top: "evalsha:abcdef01 1, publish 1".into(),
+                client_detail: "evalsha:abcdef01=1;publish=1".into(),
+            }
         );
     }
 
