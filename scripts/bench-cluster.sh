@@ -78,6 +78,8 @@ cargo build --release --quiet -p switchboard-server -p switchboard-loadgen
 target_dir=$(cargo metadata --format-version 1 --no-deps |
   node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')
 server_bin="$target_dir/release/switchboard"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if ! git diff --quiet HEAD 2>/dev/null; then commit="$commit+changes"; fi
 loadgen_bin="$target_dir/release/loadgen"
 if ! "$server_bin" --help 2>/dev/null | grep -q -- '--redis'; then
   echo "bench-cluster: this switchboard has no --redis (cluster mode): only solo and Socket.IO run" >&2
@@ -195,7 +197,7 @@ start_config() {
 server_of() { case "$1" in sio*) echo socketio ;; *) echo switchboard ;; esac; }
 
 run_load() { # name rep
-  local name=$1 rep=$2
+  local name=$1 rep=$2 status=0
   echo "== rep $rep/$REPS: $name ($CLIENTS clients)"
   start_config "$name"
   local redis_args=() monitor_phases=()
@@ -213,13 +215,14 @@ run_load() { # name rep
     --payload-bytes "$PAYLOAD_BYTES" --warmup "$WARMUP" --duration "$DURATION" --label "$name" \
     --phase tenant:0 --phase user:0 --phase "tenant:$TENANT_RATE" --phase "user:$LAT_RATE" \
     "${monitor_phases[@]}" \
-    | tee "$work/out.txt" | sed 's/^/   /' | grep -v '^   RESULT'
-  grep '^RESULT' "$work/out.txt" >>"$raw"
+    | tee "$work/out.txt" | sed 's/^/   /' | grep -v '^   RESULT' || status=$?
+  grep '^RESULT' "$work/out.txt" >>"$raw" || true
   stop_nodes
+  return "$status"
 }
 
 run_recovery() { # name (sb, sio-redis, sio-streams)
-  local name=$1
+  local name=$1 status=0
   echo "== recovery: $name ($RECOVERY_CLIENTS clients on node A, $RECOVERY_RATE publishes/s through node B, A killed at ${KILL_AFTER}s)"
   pids=()
   addrs=()
@@ -236,25 +239,32 @@ run_recovery() { # name (sb, sio-redis, sio-streams)
     --rate "$RECOVERY_RATE" --duration "$RECOVERY_DURATION" --jwt-secret "$secret" \
     --admin-key "$admin" --clients "$RECOVERY_CLIENTS" --conns-per-user "$CONNS_PER_USER" \
     --tenants "$TENANTS" --label "$name" \
-    | tee "$work/out.txt" | sed 's/^/   /' | grep -v '^   RESULT'
-  grep '^RESULT' "$work/out.txt" >>"$raw"
+    | tee "$work/out.txt" | sed 's/^/   /' | grep -v '^   RESULT' || status=$?
+  grep '^RESULT' "$work/out.txt" >>"$raw" || true
   stop_nodes
+  return "$status"
 }
 
 read -ra cfgs <<<"$CONFIGS"
+# A run that fails is reported and left out of the table; the others still run.
+failures=()
 for rep in $(seq "$REPS"); do
   # Each repetition starts one configuration later, so that none always runs first.
   k=$(( (rep - 1) % ${#cfgs[@]} ))
-  for name in "${cfgs[@]:k}" "${cfgs[@]:0:k}"; do run_load "$name" "$rep"; done
+  for name in "${cfgs[@]:k}" "${cfgs[@]:0:k}"; do
+    run_load "$name" "$rep" || { failures+=("$name (rep $rep)"); stop_nodes; }
+  done
 done
 if [ "$RECOVERY" = 1 ]; then
-  if [ "$SB_CLUSTER" = 1 ]; then run_recovery sb; fi
-  run_recovery sio-redis
-  run_recovery sio-streams
+  names=(sio-redis sio-streams)
+  if [ "$SB_CLUSTER" = 1 ]; then names=(sb "${names[@]}"); fi
+  for name in "${names[@]}"; do
+    run_recovery "$name" || { failures+=("recovery $name"); stop_nodes; }
+  done
 fi
 
 echo
-echo "== $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD), redis $redis_version, pinned: $([ "$PIN" = 1 ] && echo 'servers and Redis CPU 0, loadgen CPU 1' || echo no)"
+echo "== $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(date -u +%Y-%m-%d), commit $commit, redis $redis_version, pinned: $([ "$PIN" = 1 ] && echo 'servers and Redis CPU 0, loadgen CPU 1' || echo no)"
 echo "== $CLIENTS clients, $CONNS_PER_USER per user, $TENANTS tenants; ${WARMUP}s warm-up + ${DURATION}s per phase; median of $REPS"
 echo
 CONFIGS="$CONFIGS" CLIENTS="$CLIENTS" TENANT_RATE="$TENANT_RATE" LAT_RATE="$LAT_RATE" \
@@ -377,3 +387,7 @@ if (hasRatio) {
 }
 EOF
 if [ -n "${RAW:-}" ]; then echo "RESULT lines kept in $RAW"; fi
+if [ ${#failures[@]} -gt 0 ]; then
+  echo "bench-cluster: these runs failed (their output is above): ${failures[*]}" >&2
+  exit 1
+fi

@@ -431,9 +431,13 @@ async fn connection(
     record: &mut Record,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Ended, String> {
+    // Connects take turns until live (`--connect-concurrency`), as a fleet of real clients
+    // spreads its own out, and as servers that bound connections being set up expect.
+    let mut permit = tokio::select! {
+        p = shared.gate.clone().acquire_owned() => p.ok(),
+        _ = stop.changed() => return Ok(Ended::Stopped),
+    };
     let opened = async {
-        // Reconnects take turns, as a fleet of real clients spreads its own out.
-        let _permit = if again { shared.gate.clone().acquire_owned().await.ok() } else { None };
         match shared.kind {
             ServerKind::Switchboard => Ws::open(addr, "/ws", Some(token), index).await,
             ServerKind::Socketio => {
@@ -473,6 +477,7 @@ async fn connection(
                 Step::Event => events += 1,
                 Step::Live if !live => {
                     live = true;
+                    permit.take();
                     if again {
                         shared.reconnected.fetch_add(1, Relaxed);
                         if let Some(at) = *shared.killed_at.lock().unwrap() {
