@@ -208,7 +208,7 @@
 //!
 //! One hub is one process. Set `Config::cluster` (`ClusterConfig::new(node_id)`) and the hub becomes
 //! one **node** of several that share a **bus** — an engine with a per-stream log and live channels:
-//! Redis in production (the server's driver, issue 12), the test kit's `ModelBus` in the tests.
+//! Redis in production (the server's `bus::redis` driver), the test kit's `ModelBus` in the tests.
 //! Without it nothing changes: a single node needs no bus.
 //!
 //! **What the driver does.** Besides the single-node actions, drain and perform:

@@ -13,6 +13,9 @@
 //!
 //! - [`driver`]: the hub task and the connection tasks, and [`driver::Handle`], the cheap clone
 //!   through which everything else talks to the hub.
+//! - [`bus`]: cluster mode's engine side: [`bus::BusLink`], what the hub task holds, and
+//!   [`bus::redis`], the Redis driver that runs a clustered hub's bus operations (Lua scripts,
+//!   pipelines, pub/sub with batched and restored subscriptions, a liveness probe, heartbeats).
 //! - [`auth`]: HS256 JWTs to [`switchboard::Principal`]s.
 //! - [`http`]: the routes (`/ws`, `/publish`, `/metrics`, `/healthz`, `/`) as an axum
 //!   [`Router`](axum::Router) to mount or merge into the application's own.
@@ -20,6 +23,28 @@
 //!   upgraded, and a file-descriptor budget derived from `RLIMIT_NOFILE`.
 //! - [`metrics`]: the Prometheus text of `/metrics`.
 //! - [`app`]: everything wired together, as the binary runs it; [`agent`]: the demo agent.
+//!
+//! ## Cluster mode
+//!
+//! Several processes sharing one Redis are one hub: start the Redis driver and hand its link to
+//! [`driver::spawn_clustered`] instead of [`driver::spawn`] (the binary does this for `--redis`;
+//! [`app::Settings::redis`] does it for [`app::start`]).
+//!
+//! ```no_run
+//! use switchboard::{ClusterConfig, Config, Hub, NodeId};
+//! use switchboard_server::bus::redis::{self, RedisConfig};
+//! use switchboard_server::driver::{self, DriverConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let node = NodeId::new("web-1");
+//! let hub = Hub::new(Config { cluster: Some(ClusterConfig::new(node.clone())), ..Config::default() })?;
+//! let link = redis::start(RedisConfig::new("redis://127.0.0.1:6379/", node))?;
+//! let (handle, _inbound) = driver::spawn_clustered(hub, DriverConfig::default(), link);
+//! # drop(handle);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ## Embedding
 //!

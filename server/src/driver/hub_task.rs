@@ -77,8 +77,9 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            // Not biased: a steady stream of commands (publishes, `written` reports) must not
+            // starve the bus's replies and messages, nor the other way round.
             tokio::select! {
-                biased;
                 cmd = self.rx.recv() => {
                     let Some(cmd) = cmd else { return };
                     self.handle(cmd);

@@ -145,10 +145,16 @@ pub fn start(cfg: RedisConfig) -> Result<BusLink, RedisStartError> {
         .run(ops_rx),
     );
     tokio::spawn(
-        pubsub::Subscriber::new(client, conn.clone(), cfg.clone(), events_tx, metrics.clone())
-            .run(subs_rx),
+        pubsub::Subscriber::new(
+            client,
+            conn.clone(),
+            cfg.clone(),
+            events_tx.clone(),
+            metrics.clone(),
+        )
+        .run(subs_rx),
     );
-    tokio::spawn(heartbeat(conn, cfg, metrics.clone(), dead));
+    tokio::spawn(heartbeat(conn, cfg, metrics.clone(), dead, events_tx));
     Ok(BusLink { ops: ops_tx, events: events_rx, metrics })
 }
 
@@ -352,8 +358,13 @@ impl Executor {
     /// Reads `op`'s replies.
     fn read(&self, op: &BusOp, replies: &[Value]) -> Result<BusReply, BusFailure> {
         if let Some(err) = replies.iter().find_map(server_error) {
-            eprintln!("switchboard: redis refused a {} operation: {err}", op_kind(op));
-            return Err(BusFailure::Refused);
+            eprintln!("switchboard: redis refused a {} operation: {err:?}", op_kind(op));
+            // Out of memory, loading, a failover under way: it may work later.
+            return Err(if RETRYABLE_CODES.contains(&err.code()) {
+                BusFailure::Retryable
+            } else {
+                BusFailure::Refused
+            });
         }
         let parsed = match op {
             BusOp::Append { .. } => one(replies).and_then(scripts::appended).map(|(dup, pos)| {
@@ -414,9 +425,14 @@ fn one(replies: &[Value]) -> Result<&Value, scripts::Shape> {
     }
 }
 
-fn server_error(value: &Value) -> Option<String> {
+/// Error codes of a Redis that may answer differently later: out of memory (with
+/// `noeviction`), loading its data, busy with a script, a replica or cluster not ready.
+const RETRYABLE_CODES: [&str; 8] =
+    ["OOM", "LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"];
+
+fn server_error(value: &Value) -> Option<&redis::ServerError> {
     match value {
-        Value::ServerError(err) => Some(format!("{err:?}")),
+        Value::ServerError(err) => Some(err),
         _ => None,
     }
 }
@@ -448,6 +464,7 @@ async fn heartbeat(
     cfg: Arc<RedisConfig>,
     metrics: Arc<BusMetrics>,
     dead: DeadNodes,
+    hub: mpsc::Sender<BusEvent>,
 ) {
     const SCRIPT: &str = r"
 local t = redis.call('TIME')
@@ -463,7 +480,8 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
     let mut known: Vec<String> = Vec::new();
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    // Ends with the hub's end of the link, as the executor and the subscriber do.
+    while !hub.is_closed() {
         tick.tick().await;
         let at = Instant::now();
         let result: redis::RedisResult<Vec<String>> = script

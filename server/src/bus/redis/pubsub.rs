@@ -167,7 +167,10 @@ impl Subscriber {
                         BusMetrics::bump(&self.metrics.probes_missed);
                         return Lost::Deaf;
                     }
-                    self.send_probe(&mut probe).await;
+                    // One probe at a time: a slow round trip is not mistaken for a lost one.
+                    if probe.outstanding.is_none() {
+                        self.send_probe(&mut probe);
+                    }
                 }
             }
         }
@@ -183,7 +186,7 @@ impl Subscriber {
 
     /// Publishes a probe and waits for it (the first one of a session).
     async fn probe_round_trip(&mut self, stream: &mut PubSubStream, probe: &mut Probe) -> bool {
-        self.send_probe(probe).await;
+        self.send_probe(probe);
         let deadline = tokio::time::Instant::now() + self.cfg.probe_timeout;
         while probe.outstanding.is_some() {
             match tokio::time::timeout_at(deadline, stream.next()).await {
@@ -194,13 +197,17 @@ impl Subscriber {
         true
     }
 
-    async fn send_probe(&mut self, probe: &mut Probe) {
+    fn send_probe(&mut self, probe: &mut Probe) {
         probe.sent += 1;
-        probe.outstanding.get_or_insert(Instant::now());
+        probe.outstanding = Some(Instant::now());
         let mut pipe = Pipeline::new();
         pipe.cmd("PUBLISH").arg(&self.probe_channel).arg(probe.sent);
+        // Not awaited here: a Redis that stalls must not stall the check of the probe's deadline.
         // A failure shows as a probe that never comes back.
-        let _ = self.conn.send_packed_commands(&pipe, 0, 1).await;
+        let mut conn = self.conn.clone();
+        tokio::spawn(async move {
+            let _ = conn.send_packed_commands(&pipe, 0, 1).await;
+        });
     }
 
     /// A message on the pub/sub connection: a probe, a stream message or a signal.
@@ -289,7 +296,7 @@ impl Subscriber {
 struct Probe {
     /// The last probe's number.
     sent: u64,
-    /// When the oldest unanswered probe went out.
+    /// When the probe in flight went out.
     outstanding: Option<Instant>,
 }
 
