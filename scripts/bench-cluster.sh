@@ -16,7 +16,10 @@
 # told from the commands a script ran; the former are the round trips per publish.
 # The configurations: `solo` (switchboard without Redis: the baseline that cluster mode's added
 # latency is measured against), `sb1`, `sb2`, `sb3` (switchboard --redis, 1/2/3 nodes), `sio2`
-# (Socket.IO, @socket.io/redis-adapter, 2 nodes).
+# (Socket.IO, @socket.io/redis-adapter, 2 nodes); `sio2s` (the redis streams adapter with
+# connectionStateRecovery) is not in the default list. PHASES replaces the four phases (for
+# example PHASES="user:1000" for many repetitions of the latency target alone), MONITOR=0 drops
+# the MONITOR phases.
 #
 # Figures: delivered msg/s; p50/p99 publish-to-receive latency; server memory per connection (the
 # nodes' RSS summed); Redis commands per publish (INFO commandstats over the window: commands
@@ -50,6 +53,8 @@ DURATION="${DURATION:-4}"
 TENANT_RATE="${TENANT_RATE:-10}"
 LAT_RATE="${LAT_RATE:-1000}"
 MONITOR_RATE="${MONITOR_RATE:-100}"
+PHASES="${PHASES:-tenant:0 user:0 tenant:$TENANT_RATE user:$LAT_RATE}"
+MONITOR="${MONITOR:-1}"
 PUBLISHERS="${PUBLISHERS:-64}"
 PAYLOAD_BYTES="${PAYLOAD_BYTES:-64}"
 CONFIGS="${CONFIGS:-solo sb1 sb2 sb3 sio2}"
@@ -190,6 +195,7 @@ start_config() {
     solo) start_node solo 0 ;;
     sb[0-9]) for i in $(seq "${name#sb}"); do start_node sb "$i"; done ;;
     sio[0-9]) for i in $(seq "${name#sio}"); do start_node sio "$i" redis; done ;;
+    sio[0-9]s) for i in $(seq "${name:3:1}"); do start_node sio "$i" streams; done ;;
     *) echo "bench-cluster: unknown configuration $name" >&2; exit 1 ;;
   esac
 }
@@ -203,8 +209,12 @@ run_load() { # name rep
   local redis_args=() monitor_phases=()
   if [ "$name" != solo ]; then
     redis_args=(--redis-addr "127.0.0.1:$REDIS_PORT" --redis-pid "$redis_pid")
-    monitor_phases=(--phase "tenant:$TENANT_RATE:monitor" --phase "user:$MONITOR_RATE:monitor")
+    if [ "$MONITOR" = 1 ]; then
+      monitor_phases=(--phase "tenant:$TENANT_RATE:monitor" --phase "user:$MONITOR_RATE:monitor")
+    fi
   fi
+  local phase_args=()
+  for p in $PHASES; do phase_args+=(--phase "$p"); done
   local pid_args=() addr_list
   for p in "${pids[@]}"; do pid_args+=(--pid "$p"); done
   addr_list=$(IFS=,; echo "${addrs[*]}")
@@ -213,8 +223,7 @@ run_load() { # name rep
     --jwt-secret "$secret" --admin-key "$admin" --clients "$CLIENTS" \
     --conns-per-user "$CONNS_PER_USER" --tenants "$TENANTS" --publishers "$PUBLISHERS" \
     --payload-bytes "$PAYLOAD_BYTES" --warmup "$WARMUP" --duration "$DURATION" --label "$name" \
-    --phase tenant:0 --phase user:0 --phase "tenant:$TENANT_RATE" --phase "user:$LAT_RATE" \
-    "${monitor_phases[@]}" \
+    "${phase_args[@]}" "${monitor_phases[@]}" \
     | tee "$work/out.txt" | sed 's/^/   /' | grep -v '^   RESULT' || status=$?
   grep '^RESULT' "$work/out.txt" >>"$raw" || true
   stop_nodes
@@ -277,7 +286,7 @@ const recov = all.filter((r) => r.mode === "recovery");
 const configs = process.env.CONFIGS.trim().split(/\s+/).filter(Boolean);
 const names = {
   solo: "switchboard, no Redis", sb1: "switchboard ×1", sb2: "switchboard ×2",
-  sb3: "switchboard ×3", sio2: "Socket.IO ×2",
+  sb3: "switchboard ×3", sio2: "Socket.IO ×2", sio2s: "Socket.IO ×2, streams adapter",
 };
 const median = (xs) => {
   const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
@@ -306,6 +315,8 @@ lines.push(`| figure | ${configs.map((c) => names[c] ?? c).join(" | ")} |${hasRa
 lines.push(`|---|${configs.map(() => "---:").join("|")}|${hasRatio ? "---:|" : ""}`);
 const row = (what, get, digits = 0) => {
   const vals = configs.map(get);
+  // A figure no configuration measured (PHASES, MONITOR=0) is left out.
+  if (!vals.some(Number.isFinite)) return;
   const r = hasRatio ? ` ${ratio(get(ra), get(rb))} |` : "";
   lines.push(`| ${what} | ${vals.map((v) => fmt(v, digits)).join(" | ")} |${r}`);
 };
