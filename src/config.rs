@@ -6,6 +6,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::cluster::ClusterConfig;
+use crate::presence::PresenceConfig;
 use crate::retention::Retention;
 
 /// A principal's service tier. Each tier has its own quotas ([`TierQuota`]).
@@ -253,6 +254,10 @@ pub struct Config {
     /// mode" in the crate docs). `None` (the default): a single node, nothing is emitted for a
     /// bus.
     pub cluster: Option<ClusterConfig>,
+    /// Presence (DESIGN §12): who is online per tenant and per room, sent to the scope's members
+    /// as a `presence` snapshot when they join it and `presence_diff` batches after. `None` (the
+    /// default): off. Single node only for now: [`Config::validate`] refuses it with `cluster`.
+    pub presence: Option<PresenceConfig>,
 }
 
 impl Default for Config {
@@ -292,6 +297,7 @@ impl Default for Config {
             seed: 0x5eed_5b0a_2d00_0001,
             snapshot_interval: None,
             cluster: None,
+            presence: None,
         }
     }
 }
@@ -307,6 +313,15 @@ impl Config {
         let nonzero = |field: &'static str, v: u64| {
             if v == 0 { Err(ConfigError::Zero { field }) } else { Ok(()) }
         };
+        if let Some(p) = &self.presence {
+            nonzero("presence.max_members", p.max_members.into())?;
+            nonzero("presence.flush_interval", u64::from(!p.flush_interval.is_zero()))?;
+            if self.cluster.is_some() {
+                return Err(ConfigError::Inconsistent {
+                    detail: "presence runs on a single node only, for now: not with `cluster`",
+                });
+            }
+        }
         nonzero("max_connections", self.max_connections.into())?;
         // Slot indices are u32 and one index is kept free of meaning; stay well inside.
         if self.max_connections > (u32::MAX >> 1) {

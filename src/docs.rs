@@ -124,6 +124,35 @@
 //! (100,000) are kept; beyond that the closed one closest to expiry is forgotten first
 //! (`breakers_evicted`).
 //!
+//! ## Presence
+//!
+//! Who is online, per tenant and per room, at user granularity: a user with three tabs is one entry
+//! with three connections. Off by default; `Config::presence = Some(PresenceConfig::default())` turns
+//! it on for tenants and rooms (`tenant` and `rooms` choose which).
+//!
+//! - A connection entering a scope (its tenant at `connected`, a room at `joined`) gets a `presence`
+//!   snapshot: the users the scope's members were last told about. Then every member gets
+//!   `presence_diff` batches, at most one per scope per `flush_interval` (250 ms), each with the net
+//!   changes since the last one, so snapshot + diffs applied in order give every member the same
+//!   picture, which is the truth as of the last batch. A client may ask again (`presence` frame).
+//! - A user **joins** with its first connection in the scope and **leaves** only after its last one
+//!   closed *and* `grace` (5 s) passed without a new one: a reconnect, a dropped network or a deploy
+//!   within the grace is invisible. A user who comes and goes within one batch is never announced.
+//! - `Principal::meta(PresenceMeta::new(&json!({"name": "Alice"}))?)` attaches what members see
+//!   beside the id (a JSON object of at most 1 KiB, from what the application authenticated; shown,
+//!   never used for routing; the latest connection's wins).
+//! - Bounded: a scope above `max_members` (1,000) users stops sending diffs. Its members get a
+//!   `presence` frame with `members: null` and the count (counted as the limit
+//!   `presence_scope_size`, audited); they can still ask for the count. Below nine tenths of the limit
+//!   everyone gets a full snapshot and diffs resume. Diffs cost one frame per member per batch, so a
+//!   reconnect storm of N users in a scope of M members costs M frames per 250 ms, not N × M.
+//! - The application reads a scope with `hub.presence(&tenant, &PresenceScope::Room(room))`:
+//!   count, users (with their connection counts and metadata), and whether it is over the limit.
+//!   Nothing about presence is audited but the size limit and a request for a room the connection
+//!   is not in (like reading a foreign stream).
+//! - For now presence runs on a single node: `Config::validate` refuses it together with `cluster`.
+//!   Counters: `presence_snapshots_sent`, `presence_diffs_sent`, gauge `presence_scopes`.
+//!
 //! ## Limits (defaults)
 //!
 //! | limit | default | on overflow |
@@ -169,6 +198,8 @@
 //! | `error` | `code`, `message` | a client frame was refused |
 //! | `pong` | | answer to a client `ping` |
 //! | `resync` | `stream`, `epoch`, `seq`, `recovered` (`false`), `reason` (`gap_too_old`, `epoch_changed`) | cluster mode: messages of the stream up to `(epoch, seq)` may be missing (the log no longer holds them, or the stream started over); take `(epoch, seq)` as the stream's position and refetch its state |
+//! | `presence` | `scope` (`"t"` the tenant, `"r:<room>"` a room), `count` (users present), `members`: `[{user, conns, meta?}]` as last announced, or `null` when the scope is over `PresenceConfig::max_members` | presence on: when the connection enters a scope (after `connected` / `joined`), when asked, and to every member when the scope crosses its size limit |
+//! | `presence_diff` | `scope`, `joins`: `[{user, meta?}]`, `leaves`: `[user]` | presence on: at most once per `flush_interval` (250 ms) per scope, the net changes since the last batch (a user joins with its first connection in the scope and leaves after its last one closed and `grace`, 5 s, passed without a new one) |
 //!
 //! Example: `{"type":"agent_started","stream":"u","epoch":77,"seq":42,"thread_id":"t1","run_id":"r9","data":{"agent":"researcher"}}`
 //!
@@ -184,10 +215,11 @@
 //! | `message` | optional `thread_id`, `data` | surfaced to the application as `Action::Inbound`, stamped with the authenticated origin (ids inside `data` are never trusted) |
 //! | `ping` | | answered with a `pong` frame |
 //! | `resume` | `positions`: `{ "u": {epoch, seq}, "t": {...}, "r:<room>": {...} }`, the last position seen per stream | once per connection, first (after any `subscribe`): replays exactly the missed messages the connection may see, in order, then `resumed` |
+//! | `presence` | `scope` (`"t"` or `"r:<room>"`) | a fresh `presence` snapshot of a scope the connection is in; `error` `no_presence` when presence is off there or the connection is not in that room |
 //!
 //! A malformed frame, an unknown or missing `type`, an invalid field, a frame over the size limit or
 //! over a rate gets an `error` frame (`malformed`, `unknown_type`, `missing_type`, `invalid_field`,
-//! `frame_too_large`, `rate_limited`, `too_many_subscriptions`, `already_resumed`) and a typed `Err`
+//! `frame_too_large`, `rate_limited`, `too_many_subscriptions`, `already_resumed`, `no_presence`) and a typed `Err`
 //! to the caller.
 //!
 //! **Close codes**

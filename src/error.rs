@@ -117,6 +117,9 @@ pub enum PeerError {
     /// The connection already resumed once.
     #[error("the connection already resumed")]
     AlreadyResumed,
+    /// A `presence` request for a scope the connection is not in, or whose presence is off.
+    #[error("no presence for this scope")]
+    NoPresence,
     /// `subscribe` would narrow the connection to more threads than allowed.
     #[error("thread subscription limit reached ({limit})")]
     TooManySubscriptions {
@@ -138,6 +141,7 @@ impl PeerError {
             PeerError::RateLimited => "rate_limited",
             PeerError::TooManySubscriptions { .. } => "too_many_subscriptions",
             PeerError::AlreadyResumed => "already_resumed",
+            PeerError::NoPresence => "no_presence",
         }
     }
 }

@@ -42,6 +42,7 @@ fn to_json(frame: &ClientFrame<'_>) -> Value {
                 .collect();
             json!({"type": "resume", "positions": map})
         }
+        ClientFrame::Presence { scope } => json!({"type": "presence", "scope": scope}),
     }
 }
 

@@ -186,6 +186,7 @@ impl AuditKind {
         AuditKind::LimitHit(LimitKind::MessageRate),
         AuditKind::LimitHit(LimitKind::ControlRate),
         AuditKind::LimitHit(LimitKind::FrameSize),
+        AuditKind::LimitHit(LimitKind::PresenceScopeSize),
         AuditKind::Flood,
         AuditKind::OversizedFrame,
         AuditKind::MalformedFrame,
@@ -214,6 +215,7 @@ impl AuditKind {
                 LimitKind::MessageRate => "limit_message_rate",
                 LimitKind::ControlRate => "limit_control_rate",
                 LimitKind::FrameSize => "limit_frame_size",
+                LimitKind::PresenceScopeSize => "limit_presence_scope_size",
             },
             AuditKind::Flood => "flood",
             AuditKind::OversizedFrame => "oversized_frame",
@@ -249,6 +251,9 @@ pub enum LimitKind {
     ControlRate,
     /// [`Config::max_frame_bytes`](crate::Config::max_frame_bytes).
     FrameSize,
+    /// [`PresenceConfig::max_members`](crate::PresenceConfig::max_members): a presence scope
+    /// grew too large for diffs.
+    PresenceScopeSize,
 }
 
 impl LimitKind {
@@ -263,6 +268,7 @@ impl LimitKind {
         LimitKind::MessageRate,
         LimitKind::ControlRate,
         LimitKind::FrameSize,
+        LimitKind::PresenceScopeSize,
     ];
 
     /// A short snake_case name, for metric labels and logs (the field of
@@ -279,6 +285,7 @@ impl LimitKind {
             LimitKind::MessageRate => "message_rate",
             LimitKind::ControlRate => "control_rate",
             LimitKind::FrameSize => "frame_size",
+            LimitKind::PresenceScopeSize => "presence_scope_size",
         }
     }
 }

@@ -310,6 +310,7 @@ mod invariants;
 mod kinds;
 mod limits;
 mod outbox;
+mod presence;
 mod protocol;
 mod retention;
 mod routing;
@@ -333,11 +334,15 @@ pub use error::{
     ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError, RoomError,
 };
 pub use frame::Frame;
+pub use hub::PresenceView;
 pub use hub::{Hub, Principal, Published, WakeReason};
 pub use ids::{
     ConnId, Role, Roles, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId,
 };
 pub use kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
+pub use presence::{
+    MAX_META_BYTES, MetaError, PresenceConfig, PresenceMeta, PresenceScope, PresentUser,
+};
 pub use retention::Retention;
 pub use stats::{BusStats, ClosedCounts, HubStats, LimitCounts, Rates};
 pub use user::UserPhase;

@@ -358,6 +358,69 @@ impl FrameWriter {
         })
     }
 
+    /// Presence: who is in `scope` (`members: null` when the scope is too large for a list).
+    pub(crate) fn presence(
+        &mut self,
+        scope: &str,
+        count: u32,
+        members: Option<&[crate::presence::PresentUser]>,
+    ) -> Frame {
+        self.buf.clear();
+        self.buf.extend_from_slice(br#"{"type":"presence","scope":"#);
+        json_str(&mut self.buf, scope);
+        self.buf.extend_from_slice(format!(r#","count":{count},"members":"#).as_bytes());
+        match members {
+            None => self.buf.extend_from_slice(b"null"),
+            Some(members) => {
+                self.buf.push(b'[');
+                for (i, m) in members.iter().enumerate() {
+                    if i > 0 {
+                        self.buf.push(b',');
+                    }
+                    self.buf.extend_from_slice(br#"{"user":"#);
+                    json_str(&mut self.buf, m.user.as_str());
+                    self.buf.extend_from_slice(format!(r#","conns":{}"#, m.conns).as_bytes());
+                    meta_field(&mut self.buf, m.meta.as_deref());
+                    self.buf.push(b'}');
+                }
+                self.buf.push(b']');
+            }
+        }
+        self.buf.push(b'}');
+        self.finish()
+    }
+
+    /// Presence: the scope's joins and leaves since the last batch.
+    pub(crate) fn presence_diff(
+        &mut self,
+        scope: &str,
+        joins: &[(UserId, Option<std::sync::Arc<str>>)],
+        leaves: &[UserId],
+    ) -> Frame {
+        self.buf.clear();
+        self.buf.extend_from_slice(br#"{"type":"presence_diff","scope":"#);
+        json_str(&mut self.buf, scope);
+        self.buf.extend_from_slice(br#","joins":["#);
+        for (i, (user, meta)) in joins.iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            self.buf.extend_from_slice(br#"{"user":"#);
+            json_str(&mut self.buf, user.as_str());
+            meta_field(&mut self.buf, meta.as_deref());
+            self.buf.push(b'}');
+        }
+        self.buf.extend_from_slice(br#"],"leaves":["#);
+        for (i, user) in leaves.iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            json_str(&mut self.buf, user.as_str());
+        }
+        self.buf.extend_from_slice(b"]}");
+        self.finish()
+    }
+
     pub(crate) fn left(&mut self, stream: &StreamName) -> Frame {
         self.write(&ControlFrame::Left { stream: WireStream(stream) })
     }
@@ -380,6 +443,8 @@ struct RawClientFrame<'a> {
     thread_id: Loose<'a>,
     data: Option<Value>,
     positions: Option<Value>,
+    #[serde(borrow, default)]
+    scope: Loose<'a>,
 }
 
 /// A field that should be a string: the string, absent, or something else (reported as an invalid
@@ -464,6 +529,19 @@ fn parse_positions(
     Ok(out)
 }
 
+/// Appends `text` as a JSON string.
+fn json_str(buf: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(&mut *buf, text).expect("in-memory JSON serialization");
+}
+
+/// Appends `,"meta":<object>` when there is metadata (already valid JSON: `PresenceMeta`).
+fn meta_field(buf: &mut Vec<u8>, meta: Option<&str>) {
+    if let Some(meta) = meta {
+        buf.extend_from_slice(br#","meta":"#);
+        buf.extend_from_slice(meta.as_bytes());
+    }
+}
+
 /// A parsed, validated client frame.
 #[derive(Debug, PartialEq)]
 pub(crate) enum ClientFrame<'a> {
@@ -482,6 +560,10 @@ pub(crate) enum ClientFrame<'a> {
     /// Stream name (`u`, `t`, `r:<room>`) → the last position the client saw.
     Resume {
         positions: Vec<(Cow<'a, str>, StreamPos)>,
+    },
+    /// Presence: a fresh snapshot of a scope (`t` or `r:<room>`) the connection is in.
+    Presence {
+        scope: Cow<'a, str>,
     },
 }
 
@@ -527,6 +609,13 @@ pub(crate) fn parse_client_frame(
             let positions = raw.positions.ok_or(PeerError::InvalidField { field: "positions" })?;
             Ok(ClientFrame::Resume { positions: parse_positions(positions, max_positions)? })
         }
+        "presence" => match raw.scope {
+            // `r:` plus a room id of at most `max_id` bytes.
+            Loose::Str(scope) if !scope.is_empty() && scope.len() <= max_id + 2 => {
+                Ok(ClientFrame::Presence { scope })
+            }
+            _ => Err(PeerError::InvalidField { field: "scope" }),
+        },
         _ => Err(PeerError::UnknownType),
     }
 }

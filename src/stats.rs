@@ -117,6 +117,8 @@ pub struct LimitCounts {
     pub control_rate: u64,
     /// [`LimitKind::FrameSize`].
     pub frame_size: u64,
+    /// [`LimitKind::PresenceScopeSize`].
+    pub presence_scope_size: u64,
 }
 
 impl LimitCounts {
@@ -139,6 +141,7 @@ impl LimitCounts {
             + self.message_rate
             + self.control_rate
             + self.frame_size
+            + self.presence_scope_size
     }
 
     pub(crate) fn bump(&mut self, limit: LimitKind) {
@@ -156,6 +159,7 @@ impl LimitCounts {
             LimitKind::MessageRate => &mut self.message_rate,
             LimitKind::ControlRate => &mut self.control_rate,
             LimitKind::FrameSize => &mut self.frame_size,
+            LimitKind::PresenceScopeSize => &mut self.presence_scope_size,
         }
     }
 }
@@ -195,6 +199,13 @@ pub struct HubStats {
     pub publishes_failed: u64,
     /// Cluster mode: `resync` notices sent (a stream's messages were lost or it started over).
     pub resyncs_sent: u64,
+    /// Presence: `presence` snapshots sent (on joining a scope, on request, after a scope came
+    /// back under its size limit).
+    pub presence_snapshots_sent: u64,
+    /// Presence: `presence_diff` frames sent (one per member of a scope per flush with changes).
+    pub presence_diffs_sent: u64,
+    /// Gauge: presence scopes with anyone present (or a leave not yet sent).
+    pub presence_scopes: u64,
     /// Cluster mode: what the bus did.
     pub bus: BusStats,
     /// Limit rejections, by limit.

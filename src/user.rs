@@ -63,6 +63,8 @@ pub(crate) struct UserState {
     /// The tier's `message` quota: the user's, shared by all of its connections (DESIGN §6).
     pub(crate) messages: Bucket,
     pub(crate) meters: Meters,
+    /// Presence metadata (JSON text) from its latest connection's principal.
+    pub(crate) meta: Option<std::sync::Arc<str>>,
 }
 
 /// The key of the user index: `(tenant, user)`. Hashes exactly like `(&str, &str)`, so lookups
@@ -219,6 +221,7 @@ mod tests {
             retire: None,
             messages: Bucket::full(t0),
             meters: Meters::default(),
+            meta: None,
         };
         let a = users.insert(mk("acme", "alice"));
         let b = users.insert(mk("globex", "alice"));

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard::{ClusterConfig, Config, ConfigError, Hub, Inbound};
+use switchboard::{ClusterConfig, Config, ConfigError, Hub, Inbound, PresenceConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -50,16 +50,27 @@ pub struct Settings {
 /// The hub configuration the server runs with unless told otherwise: the library defaults, plus
 /// a short resume window (so a reconnecting client's `resume` is answered before live events,
 /// which keeps every stream exactly in order), rooms kept as long as users (so that the only
-/// member of a room can drop off and resume it), and a seed that differs per process (so stream
-/// epochs differ across restarts).
+/// member of a room can drop off and resume it), a seed that differs per process (so stream
+/// epochs differ across restarts), and presence for tenants and rooms.
 pub fn default_hub_config() -> Config {
     let defaults = Config::default();
     Config {
         resume_window: Duration::from_millis(1500),
         room_retention: defaults.user_retention,
         seed: auth::random_u64(),
+        // Who is online in each room (the page shows the lobby's); a tenant's presence is one
+        // setting away (`tenant: true`). Single node only for now: `start` turns it off in
+        // cluster mode.
+        presence: Some(rooms_presence()),
         ..defaults
     }
+}
+
+/// Presence for rooms, not for whole tenants: a client that joins no room sees no presence frame.
+fn rooms_presence() -> PresenceConfig {
+    let mut presence = PresenceConfig::default();
+    presence.tenant = false;
+    presence
 }
 
 impl Settings {
@@ -151,6 +162,11 @@ pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running,
                 .cluster
                 .get_or_insert_with(|| ClusterConfig::new(redis_cfg.node.clone()));
             redis_cfg.node = cluster.node.clone();
+            if hub_config.presence.take().is_some() {
+                eprintln!(
+                    "switchboard: presence is off in cluster mode (a single node only, for now)"
+                );
+            }
             let hub = Hub::new(hub_config).map_err(StartError::Config)?;
             let link = redis::start(redis_cfg).map_err(StartError::Redis)?;
             driver::spawn_clustered(hub, settings.driver, link)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use switchboard::{Principal, RoomId, Tier};
+use switchboard::{PresenceMeta, Principal, RoomId, Tier};
 
 /// The shortest HS256 secret [`Keys::new`] accepts, in bytes (RFC 7518 §3.2: a key of at least
 /// the hash's size). A shorter one is refused: an empty secret would let anyone sign any token.
@@ -52,6 +52,9 @@ pub struct Claims {
     /// Not before, seconds since the Unix epoch: optional; a token used earlier is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// A display name, shown beside the user id in presence (`meta.name`); at most 256 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Claims {
@@ -65,6 +68,7 @@ impl Claims {
             rooms: Vec::new(),
             exp: unix_now().saturating_add(ttl.as_secs()),
             nbf: None,
+            name: None,
         }
     }
 }
@@ -268,10 +272,19 @@ impl Keys {
         let expires_at = Instant::now()
             .checked_add(remaining)
             .ok_or(AuthError::Invalid("`exp` beyond the maximum session length"))?;
-        let principal = Principal::new(claims.tenant, claims.sub)
+        let mut principal = Principal::new(claims.tenant, claims.sub)
             .tier(tier)
             .roles(claims.roles)
             .expires_at(expires_at);
+        if let Some(name) = &claims.name {
+            if name.is_empty() || too_long(name) {
+                return Err(AuthError::Invalid("empty or too long `name`"));
+            }
+            // A 256-byte name is far inside the metadata's 1 KiB, escaped or not.
+            let meta = PresenceMeta::new(&serde_json::json!({ "name": name }))
+                .map_err(|_| AuthError::Invalid("`name` does not fit the presence metadata"))?;
+            principal = principal.meta(meta);
+        }
         Ok(Identity { principal, rooms: claims.rooms.into_iter().map(RoomId::from).collect() })
     }
 }
@@ -316,6 +329,12 @@ pub const DEMO_USERS: [DemoUser; 3] = [
     DemoUser { tenant: "globex", user: "carol", tier: "enterprise", roles: &["admin"], rooms: &[] },
 ];
 
+/// `alice` → `Alice`, the demo users' display names.
+fn capitalized(user: &str) -> String {
+    let mut chars = user.chars();
+    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
 /// Signed tokens for [`DEMO_USERS`], valid for `ttl`.
 pub fn demo_tokens(keys: &Keys, ttl: Duration) -> Vec<(DemoUser, String)> {
     DEMO_USERS
@@ -325,6 +344,7 @@ pub fn demo_tokens(keys: &Keys, ttl: Duration) -> Vec<(DemoUser, String)> {
                 tier: Some(d.tier.into()),
                 roles: d.roles.iter().map(|r| r.to_string()).collect(),
                 rooms: d.rooms.iter().map(|r| r.to_string()).collect(),
+                name: Some(capitalized(d.user)),
                 ..Claims::new(d.tenant, d.user, ttl)
             };
             (d.clone(), keys.sign(&claims))

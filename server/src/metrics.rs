@@ -60,82 +60,67 @@ fn bus_families(
     bus: &BusMetrics,
 ) -> prometheus::Result<()> {
     let h = &s.bus;
-    b.counter("bus_ops", "Bus operations the hub issued", h.ops)?;
-    b.counter(
-        "bus_op_failures",
-        "Bus operations that failed (as the hub saw them)",
-        h.op_failures,
-    )?;
-    b.counter(
-        "bus_op_timeouts",
-        "Bus operations without a reply within op_timeout",
-        h.op_timeouts,
-    )?;
-    b.counter("bus_late_replies", "Bus replies that came after their deadline", h.late_replies)?;
-    b.counter(
-        "bus_untracked_messages",
-        "Bus messages on streams this node no longer tracks",
-        h.untracked_messages,
-    )?;
-    b.counter(
-        "bus_duplicates_dropped",
-        "Bus messages dropped as duplicates",
-        h.duplicates_dropped,
-    )?;
-    b.counter("bus_gaps_repaired", "Gaps in a stream filled from the log", h.gaps_repaired)?;
-    b.counter(
-        "bus_gaps_lost",
-        "Gaps the log no longer covered (the stream's connections got a resync)",
-        h.gaps_lost,
-    )?;
-    b.counter(
-        "bus_mismatches",
-        "Bus messages that named another stream than their channel's (dropped, audited)",
-        h.mismatches,
-    )?;
-    b.counter("bus_epochs_changed", "Streams found with a new epoch", h.epochs_changed)?;
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let counters: [(&str, &str, u64); 18] = [
+        ("bus_ops", "Bus operations the hub issued", h.ops),
+        ("bus_op_failures", "Bus operations that failed (as the hub saw them)", h.op_failures),
+        ("bus_op_timeouts", "Bus operations without a reply within op_timeout", h.op_timeouts),
+        ("bus_late_replies", "Bus replies that came after their deadline", h.late_replies),
+        (
+            "bus_untracked_messages",
+            "Bus messages on streams this node no longer tracks",
+            h.untracked_messages,
+        ),
+        ("bus_duplicates_dropped", "Bus messages dropped as duplicates", h.duplicates_dropped),
+        ("bus_gaps_repaired", "Gaps in a stream filled from the log", h.gaps_repaired),
+        (
+            "bus_gaps_lost",
+            "Gaps the log no longer covered (the stream's connections got a resync)",
+            h.gaps_lost,
+        ),
+        (
+            "bus_mismatches",
+            "Bus messages that named another stream than their channel's (dropped, audited)",
+            h.mismatches,
+        ),
+        ("bus_epochs_changed", "Streams found with a new epoch", h.epochs_changed),
+        ("resyncs_sent", "resync frames sent to connections", s.resyncs_sent),
+        ("publishes_failed", "Clustered publishes the bus did not append", s.publishes_failed),
+        (
+            "connects_refused_unavailable",
+            "Connects refused because the bus was down",
+            s.connects_refused_unavailable,
+        ),
+        (
+            "bus_messages_dropped",
+            "Live bus messages dropped because the hub's queue was full (repaired from the log)",
+            load(&bus.messages_dropped),
+        ),
+        (
+            "bus_ops_refused",
+            "Bus operations the driver's queue could not take (failed as overloaded)",
+            load(&bus.ops_refused),
+        ),
+        ("bus_link_losses", "Times the bus link was lost or found deaf", load(&bus.link_losses)),
+        (
+            "bus_probes_missed",
+            "Liveness probes of the bus link that did not come back in time",
+            load(&bus.probes_missed),
+        ),
+        (
+            "bus_dead_nodes",
+            "Nodes found dead (their leases released)",
+            load(&bus.dead_nodes_cleaned),
+        ),
+    ];
+    for (name, help, value) in counters {
+        b.counter(name, help, value)?;
+    }
     b.gauge("bus_ops_in_flight", "Bus operations waiting for their reply", h.in_flight)?;
     b.gauge("bus_streams", "Streams this node is subscribed to", h.streams)?;
-    b.counter("resyncs_sent", "resync frames sent to connections", s.resyncs_sent)?;
-    b.counter(
-        "publishes_failed",
-        "Clustered publishes the bus did not append",
-        s.publishes_failed,
-    )?;
-    b.counter(
-        "connects_refused_unavailable",
-        "Connects refused because the bus was down",
-        s.connects_refused_unavailable,
-    )?;
-    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    b.gauge("bus_up", "1 while the bus link is up", u64::from(bus.is_up()))?;
     b.add(bus.latency.clone())?;
     b.add(bus.errors.clone())?;
-    b.counter(
-        "bus_messages_dropped",
-        "Live bus messages dropped because the hub's queue was full (repaired from the log)",
-        load(&bus.messages_dropped),
-    )?;
-    b.counter(
-        "bus_ops_refused",
-        "Bus operations the driver's queue could not take (failed as overloaded)",
-        load(&bus.ops_refused),
-    )?;
-    b.counter(
-        "bus_link_losses",
-        "Times the bus link was lost or found deaf",
-        load(&bus.link_losses),
-    )?;
-    b.counter(
-        "bus_probes_missed",
-        "Liveness probes of the bus link that did not come back in time",
-        load(&bus.probes_missed),
-    )?;
-    b.counter(
-        "bus_dead_nodes",
-        "Nodes found dead (their leases released)",
-        load(&bus.dead_nodes_cleaned),
-    )?;
-    b.gauge("bus_up", "1 while the bus link is up", u64::from(bus.is_up()))?;
     Ok(())
 }
 
@@ -400,6 +385,13 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
             ("unavailable", load(&http.publish_unavailable)),
         ],
     )?;
+    b.counter(
+        "presence_snapshots_sent",
+        "presence snapshots sent (entering a scope, on request, a scope back under its limit)",
+        s.presence_snapshots_sent,
+    )?;
+    b.counter("presence_diffs_sent", "presence_diff frames sent", s.presence_diffs_sent)?;
+    b.gauge("presence_scopes", "Presence scopes with anyone present", s.presence_scopes)?;
     if let Some(bus) = &snapshot.bus {
         bus_families(&b, s, bus)?;
     }

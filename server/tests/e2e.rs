@@ -70,7 +70,11 @@ impl Server {
                 Some("joined") => {
                     assert!(f["stream"].as_str().is_some_and(|s| s.starts_with("r:")))
                 }
-                _ => panic!("expected joined frames, then the pong; got {f}"),
+                // The server runs room presence: each `joined` is followed by the room's.
+                Some("presence") => {
+                    assert!(f["scope"].as_str().is_some_and(|s| s.starts_with("r:")))
+                }
+                _ => panic!("expected joined and presence frames, then the pong; got {f}"),
             }
         }
         (c, connected)
@@ -674,4 +678,56 @@ async fn shutdown_closes_every_connection_with_the_going_away_code() {
     assert_eq!(s.hub.closed_by.server_shutdown, 2);
     assert_eq!(s.hub.connections_active, 0);
     assert!(TcpStream::connect(addr).await.is_err(), "the listener is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_presence_shows_who_is_in_the_lobby_with_their_names() {
+    let server = Server::start(|s| {
+        let presence = s.hub.presence.as_mut().expect("the server runs room presence");
+        presence.grace = Duration::from_millis(300);
+        presence.flush_interval = Duration::from_millis(50);
+    })
+    .await;
+    let token = |user: &str, name: &str| {
+        server.keys.sign(&Claims {
+            rooms: vec!["lobby".into()],
+            name: Some(name.into()),
+            ..Claims::new("acme", user, Duration::from_secs(3600))
+        })
+    };
+    let (mut alice, _) = server.live(&token("alice", "Alice A.")).await;
+    // Alice's own join reaches her in the first batch.
+    let diff = alice.recv_event().await;
+    assert_eq!(
+        (diff["type"].as_str(), diff["scope"].as_str()),
+        (Some("presence_diff"), Some("r:lobby"))
+    );
+    assert_eq!(diff["joins"], json!([{"user": "alice", "meta": {"name": "Alice A."}}]));
+
+    let (mut bob, _) = server.live(&token("bob", "Bob")).await;
+    let diff = alice.recv_event().await;
+    assert_eq!(diff["joins"], json!([{"user": "bob", "meta": {"name": "Bob"}}]), "{diff}");
+    bob.send(json!({"type": "presence", "scope": "r:lobby"})).await;
+    // Bob's own join may come first, in the batch.
+    let snap = loop {
+        let f = bob.recv_event().await;
+        if f["type"] == "presence" {
+            break f;
+        }
+        assert_eq!(f["type"], "presence_diff", "{f}");
+    };
+    let users: Vec<&str> =
+        snap["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap()).collect();
+    assert_eq!((snap["count"].as_u64(), users), (Some(2), vec!["alice", "bob"]));
+    bob.send(json!({"type": "presence", "scope": "r:elsewhere"})).await;
+    let mut refused = bob.recv_event().await;
+    while refused["type"] == "presence_diff" {
+        refused = bob.recv_event().await;
+    }
+    assert_eq!(refused["code"], "no_presence", "{refused}");
+
+    // Bob goes: alice hears it once the grace is over.
+    drop(bob);
+    let diff = alice.recv_event().await;
+    assert_eq!((diff["joins"].clone(), diff["leaves"].clone()), (json!([]), json!(["bob"])));
 }

@@ -91,18 +91,26 @@ impl Link {
         }
     }
 
+    /// Appends (keeping 3 entries) and returns the outcome.
+    async fn try_append(
+        &mut self,
+        stream: &StreamKey,
+        payload: &str,
+        key: Option<&str>,
+    ) -> Result<BusReply, BusFailure> {
+        self.call(|op| BusOp::Append {
+            op,
+            stream: stream.clone(),
+            payload: payload.into(),
+            idempotency_key: key.map(Into::into),
+            keep: 3,
+            ttl: TTL,
+        })
+        .await
+    }
+
     async fn append(&mut self, stream: &StreamKey, payload: &str, key: Option<&str>) -> BusReply {
-        let reply = self
-            .call(|op| BusOp::Append {
-                op,
-                stream: stream.clone(),
-                payload: payload.into(),
-                idempotency_key: key.map(Into::into),
-                keep: 3,
-                ttl: TTL,
-            })
-            .await;
-        reply.expect("append")
+        self.try_append(stream, payload, key).await.expect("append")
     }
 
     async fn fetch(&mut self, stream: &StreamKey, after: u64, limit: u32) -> (StreamPos, Vec<u64>) {
@@ -395,16 +403,7 @@ async fn operations_fail_retryable_while_redis_is_gone() {
     let alice = StreamKey::user("acme", "alice");
     appended(bus.append(&alice, "one", None).await);
     redis.kill();
-    let reply = bus
-        .call(|op| BusOp::Append {
-            op,
-            stream: alice.clone(),
-            payload: "lost?".into(),
-            idempotency_key: None,
-            keep: 3,
-            ttl: TTL,
-        })
-        .await;
+    let reply = bus.try_append(&alice, "lost?", None).await;
     assert_eq!(reply, Err(BusFailure::Retryable));
     redis.restart();
     bus.down_then_up().await;
@@ -432,16 +431,7 @@ async fn a_redis_out_of_memory_fails_appends_as_retryable() {
         .await
         .unwrap();
     let _: () = set("1").query_async(&mut admin).await.unwrap();
-    let full = bus
-        .call(|op| BusOp::Append {
-            op,
-            stream: alice.clone(),
-            payload: "two".into(),
-            idempotency_key: None,
-            keep: 3,
-            ttl: TTL,
-        })
-        .await;
+    let full = bus.try_append(&alice, "two", None).await;
     assert_eq!(full, Err(BusFailure::Retryable), "a full Redis may take it later");
     let _: () = set("0").query_async(&mut admin).await.unwrap();
     assert_eq!(appended(bus.append(&alice, "two", None).await).seq, 2, "nothing half-done");

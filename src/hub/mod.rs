@@ -5,6 +5,7 @@
 mod cluster;
 mod cluster_resume;
 mod cluster_setup;
+pub(crate) mod presence;
 mod publish;
 mod receive;
 mod resume;
@@ -25,6 +26,7 @@ use crate::ids::{ConnId, Role, Roles, StreamName, TenantId, UserId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy, DisconnectReason, LimitKind};
 use crate::limits::Bucket;
 use crate::outbox::Outbox;
+use crate::presence::PresenceMeta;
 use crate::protocol::Redactor;
 use crate::routing::{Tenant, Tenants};
 use crate::stats::{HubStats, MeterClock, Meters, Rates, SnapshotTimer};
@@ -46,6 +48,9 @@ pub struct Principal {
     pub roles: Roles,
     /// When the session ends unless [`Hub::refresh`] extends it; `None` for no expiry.
     pub expires_at: Option<Instant>,
+    /// Presence: what the scopes' members see beside this user's id (the last connection's
+    /// wins). Shown, never routed on.
+    pub meta: Option<PresenceMeta>,
 }
 
 impl Principal {
@@ -57,6 +62,7 @@ impl Principal {
             tier: Tier::Free,
             roles: Roles::none(),
             expires_at: None,
+            meta: None,
         }
     }
 
@@ -78,6 +84,13 @@ impl Principal {
     #[must_use]
     pub fn expires_at(mut self, at: Instant) -> Self {
         self.expires_at = Some(at);
+        self
+    }
+
+    /// Sets the presence metadata.
+    #[must_use]
+    pub fn meta(mut self, meta: PresenceMeta) -> Self {
+        self.meta = Some(meta);
         self
     }
 }
@@ -103,6 +116,8 @@ pub enum WakeReason {
     /// Cluster mode: a bus operation's deadline, the periodic top check, or a resume that waits
     /// for the bus to come back.
     Bus,
+    /// Presence: a user's grace runs out, or a batch of joins and leaves is due.
+    Presence,
 }
 
 /// The connection hub: a synchronous, sans-io state machine. See the [crate docs](crate) for the
@@ -141,6 +156,8 @@ pub struct Hub {
     /// Cluster mode: `resume` frames that came before the connection's `connected` (bounded:
     /// one per connection).
     pub(crate) early_resumes: hashbrown::HashMap<ConnId, Vec<(String, crate::ids::StreamPos)>>,
+    /// Who is present in each tenant and room (with `Config::presence`).
+    pub(crate) presence: crate::presence::Presence,
 }
 
 impl Hub {
@@ -158,6 +175,7 @@ impl Hub {
             replay_extra: Vec::new(),
             render_buf: String::new(),
             early_resumes: hashbrown::HashMap::new(),
+            presence: crate::presence::Presence::new(),
             redactor: Redactor::new(&cfg.redact_keys),
             epochs: Epochs::new(cfg.seed),
             out: Outbox::default(),
@@ -298,6 +316,9 @@ impl Hub {
             }
             None => self.create_user(now, &principal),
         };
+        if self.cfg.presence.is_some() {
+            self.users.get_mut(uidx).meta = principal.meta.as_ref().map(|m| m.0.clone());
+        }
         let idx = self.conns.next_index();
         let tenant = self.tenants.get_mut(&principal.tenant).expect("created with the user");
         let user = self.users.get_mut(uidx);
@@ -366,6 +387,7 @@ impl Hub {
             &positions,
         );
         self.flow.deliver(&mut self.out, &mut self.conns, idx, &frame);
+        self.presence_connected(now, idx);
     }
 
     /// A new stream: from the hub's epochs on a single node; in cluster mode at `(0, 0)` until
@@ -396,6 +418,7 @@ impl Hub {
             retire: None,
             messages: Bucket::full(now),
             meters: Meters::default(),
+            meta: None,
         });
         self.out.user_created(&principal.tenant, &principal.user);
         if new_tenant {
@@ -416,6 +439,7 @@ impl Hub {
             self.early_resumes.remove(&id);
         }
         self.release_lease(idx);
+        self.presence_closed(now, idx);
         let uidx = self.conns.get(idx).user();
         let tenant_id = self.users.get(uidx).tenant.clone();
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
@@ -631,6 +655,8 @@ impl Hub {
         while let Some((idx, due)) = self.conns.pop_due(now, &self.cfg) {
             self.on_conn_timer(now, idx, due);
         }
+        // After the connections: a close this tick starts its grace now.
+        self.presence_tick(now);
         // Last: the snapshot sees what the tick's timers did.
         if self.snapshot.pop_due(now, self.cfg.snapshot_interval) {
             let snapshot = self.stats();
@@ -704,6 +730,7 @@ impl Hub {
             self.tenants.poll_timeout().map(|at| (at, WakeReason::RoomRetention)),
             self.node.as_deref().and_then(|n| n.poll_timeout()).map(|at| (at, WakeReason::Bus)),
             self.resume_timeout().map(|at| (at, WakeReason::Bus)),
+            self.presence.poll_timeout().map(|at| (at, WakeReason::Presence)),
         ]
         .into_iter()
         .flatten()
@@ -723,6 +750,7 @@ impl Hub {
         stats.tenants = self.tenants.len() as u64;
         stats.rooms_idle = self.tenants.idle_rooms() as u64;
         (stats.buffered_messages, stats.buffered_bytes) = self.buffers.totals();
+        stats.presence_scopes = self.presence.scopes() as u64;
         if let Some(node) = self.node.as_deref() {
             stats.bus = node.counters;
             stats.bus.in_flight = node.in_flight() as u64;
@@ -768,3 +796,5 @@ pub(crate) fn millis(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+pub use presence::PresenceView;

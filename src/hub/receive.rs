@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::action::{Inbound, Origin};
 use crate::error::{PeerError, ReceiveError};
 use crate::hub::Hub;
+use crate::hub::presence::Requested;
 use crate::ids::{ConnId, ThreadId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy, LimitKind};
 use crate::limits::Rate;
@@ -152,6 +153,26 @@ impl Hub {
                 let pong = self.pong.get_or_insert_with(|| writer.pong()).clone();
                 self.control_or_close(now, idx, &pong);
             }
+            ClientFrame::Presence { scope } => match self.presence_requested(now, idx, &scope) {
+                Requested::Sent => {}
+                // Presence is off there: answered, neither audited nor a violation.
+                Requested::Off => {
+                    self.out.stats.protocol_errors += 1;
+                    let frame = self.flow.writer.error(&PeerError::NoPresence);
+                    self.control_or_close(now, idx, &frame);
+                    return Err(ReceiveError::Peer(PeerError::NoPresence));
+                }
+                // Asking who is in a room it is not in: audited like reading a foreign stream.
+                Requested::NotMember => {
+                    return Err(self.refuse(
+                        now,
+                        idx,
+                        PeerError::NoPresence,
+                        None,
+                        AuditKind::ForeignStream,
+                    ));
+                }
+            },
             ClientFrame::Resume { .. } => unreachable!("handled above"),
         }
         Ok(())

@@ -80,8 +80,11 @@ impl Hub {
             // Tell the client where the room's stream stands, so that it can resume it later.
             let tenant = self.tenants.get(&key.tenant).expect("connection's tenant exists");
             let pos = tenant.rooms[&room].stream.position();
-            let frame = self.flow.writer.joined(&StreamName::Room(room), pos);
+            let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);
             self.control_or_close(now, idx, &frame);
+            if self.conns.contains(idx) {
+                self.presence_joined(now, idx, room);
+            }
         }
         Ok(joined)
     }
@@ -109,6 +112,10 @@ impl Hub {
             let cap = self.cfg.max_rooms_per_connection;
             self.conns.get_mut(idx).remember_left(&room, r.stream.epoch(), cap);
         }
+        if self.conns.get(idx).in_room(room.as_str()) {
+            self.presence_left(now, idx, room.clone());
+        }
+        let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
         let (left, emptied) = tenant.leave(&mut self.conns, idx, room.as_str());
         if let Some(room) = emptied {
             self.room_emptied(now, &tenant_id, room);

@@ -1,5 +1,5 @@
-// Drives the demo page in a real headless chromium: connect with a token, type a message, send
-// it, and wait for the demo agent's five kinds of events to appear in order. Then drop the
+// Drives the demo page in a real headless chromium: connect with a token, see who is online in
+// the lobby, type a message, send it, and wait for the demo agent's five kinds of events to appear in order. Then drop the
 // socket from inside the page and check that it reconnects and resumes by itself, and that the
 // server counted the drop as a clean close. Then open the page with a rejected token: it must say
 // so and stop, and connect again once a good token is pasted.
@@ -68,6 +68,13 @@ try {
   check(!stored.search.includes("token"), `the token is still in the URL: ${stored.search}`);
   check(stored.local === null, "the token is in localStorage");
   check(stored.session && url.includes(stored.session), "the token is not in sessionStorage");
+
+  // Room presence: the demo user is in the lobby, and the page lists who is online there by name.
+  await page.waitForFunction(() => !document.getElementById("online-box").hidden && document.querySelectorAll("#online li").length > 0, null, { timeout: TIMEOUT });
+  const online = await page.$$eval("#online li", (els) => els.map((e) => e.textContent));
+  const me = who.split(" @ ")[0];
+  check(online.some((t) => t.includes(`(${me})`)), `${me} is not listed online: ${online}`);
+  console.log(`online in the lobby: ${online.join(", ")}`);
 
   // Type a message and send it.
   await page.fill("#thread", "browser");

@@ -278,6 +278,23 @@ impl Redis {
         }
     }
 
+    /// SIGSTOP: the process keeps its sockets open but answers nothing, like a Redis behind a
+    /// link that went silent; the kernel still accepts connections for it. `resume` undoes it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Redis::pause`]: it serves what queued up meanwhile, then goes on.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("a running Redis").to_string();
+        let status = Command::new("kill").args([sig, &pid]).status().expect("run kill");
+        assert!(status.success(), "kill {sig} {pid}");
+    }
+
     /// Starts it again on the same port and directory: empty unless it is persistent. Retries
     /// for a while if the port is still held (it is ours: nothing else should take it).
     pub fn restart(&mut self) {
