@@ -3,8 +3,8 @@
 # Socket.IO with its Redis adapter on 2 nodes over the same Redis, under the same load from
 # tools/loadgen, side by side; then the recovery test against both (a node SIGKILLed mid-stream).
 #
-# Starts one redis-server of its own on 127.0.0.1 (installs it from the Debian packages when
-# missing), emptied (FLUSHALL) before every configuration. Each configuration starts its nodes on
+# Starts one redis-server of its own on 127.0.0.1 with scripts/redis.sh (which installs it from
+# the Debian packages when missing), emptied (FLUSHALL) before every configuration. Each configuration starts its nodes on
 # 127.0.0.1 (stopped by PID), connects CLIENTS clients spread round-robin over the nodes, and runs
 # four phases on them, publishing round-robin through every node:
 #   tenant:0           tenant broadcasts as fast as delivered (fan-out CLIENTS/TENANTS)
@@ -63,17 +63,15 @@ RECOVERY_CLIENTS="${RECOVERY_CLIENTS:-1000}"
 RECOVERY_RATE="${RECOVERY_RATE:-200}"
 RECOVERY_DURATION="${RECOVERY_DURATION:-10}"
 KILL_AFTER="${KILL_AFTER:-4}"
-REDIS_PORT="${REDIS_PORT:-16379}"
+REDIS_PORT="${REDIS_PORT:-}"
 BASE_PORT="${BASE_PORT:-18180}"
 PIN="${PIN:-auto}"
 
 for tool in node npm curl; do
   command -v "$tool" >/dev/null || { echo "bench-cluster: $tool is required" >&2; exit 1; }
 done
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-  echo "== installing redis-server (apt-get)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-fi
+scripts/redis.sh install
+command -v redis-cli >/dev/null || { echo "bench-cluster: redis-cli is required (Debian: redis-tools)" >&2; exit 1; }
 
 echo "== installing the Socket.IO peer (npm ci)"
 (cd benches/peers/socketio && npm ci --no-audit --no-fund --loglevel=error)
@@ -135,20 +133,16 @@ stop_nodes() {
 }
 cleanup() {
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  if [ -n "$redis_pid" ]; then stop_pid "$redis_pid"; fi
+  if [ -n "$redis_pid" ]; then scripts/redis.sh stop "$redis_pid" >/dev/null 2>&1 || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo "== starting redis-server on 127.0.0.1:$REDIS_PORT"
-"${server_pin[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
-  --protected-mode yes >"$work/redis.log" 2>&1 &
-redis_pid=$!
-for _ in $(seq 50); do
-  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then break; fi
-  sleep 0.1
-done
-redis-cli -p "$REDIS_PORT" ping >/dev/null || { cat "$work/redis.log" >&2; exit 1; }
+# A free port unless REDIS_PORT is given; its PID is the one to stop (and to pin with the nodes).
+eval "$(scripts/redis.sh start $REDIS_PORT)"
+redis_pid=$REDIS_PID
+if [ "$PIN" = 1 ]; then taskset -pc 0 "$redis_pid" >/dev/null; fi
+echo "== redis-server on 127.0.0.1:$REDIS_PORT (pid $redis_pid)"
 redis_url="redis://127.0.0.1:$REDIS_PORT/"
 redis_version=$(redis-cli -p "$REDIS_PORT" info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p')
 
@@ -386,7 +380,7 @@ if (configs.includes("solo")) {
   const base = pick("solo", "user", lr, "p99_us");
   for (const c of sbCfgs) {
     const add = (pick(c, "user", lr, "p99_us") - base) / 1000;
-    console.log(`- cluster mode adds ≤ 1 ms to p99 at ${lr} publishes/s, ${names[c]}: +${fmt(add, 2)} ms: ${verdict(Number.isFinite(add) ? add <= 1 : undefined)}`);
+    console.log(`- cluster mode adds ≤ 1 ms to p99 at ${lr} publishes/s, ${names[c]}: ${add >= 0 ? "+" : ""}${fmt(add, 2)} ms: ${verdict(Number.isFinite(add) ? add <= 1 : undefined)}`);
   }
 }
 if (hasRatio) {
