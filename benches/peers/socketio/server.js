@@ -15,6 +15,26 @@
 // 25 s, no compression): nothing switched off, nothing added.
 //
 //   node server.js --listen 127.0.0.1:8081 --jwt-secret S --admin-key K
+//
+// Cluster mode (`scripts/bench-cluster.sh`): with `--redis URL` (or PEER_REDIS) several processes
+// share one Redis through Socket.IO's own adapters, so that a publish through any node reaches
+// clients on every node. `--adapter` (PEER_ADAPTER) picks which:
+//
+// - `redis` (default): `@socket.io/redis-adapter`, Redis pub/sub. Socket.IO's connection-state
+//   recovery is not available with it (its sessions are not shared), so a client that moves to
+//   another node reconnects plainly.
+// - `streams`: `@socket.io/redis-streams-adapter`, one Redis stream per namespace, with
+//   `connectionStateRecovery` on (2 minutes): event packets carry their stream offset, and a
+//   client that reconnects with its `pid` and last offset gets the packets it missed, on any
+//   node, if its session was saved. Socket.IO saves a session when the server sees the
+//   connection close, so a node that dies without closing (SIGKILL) saves none.
+//
+// In cluster mode `POST /publish` answers `{"published":true}` once the emit is handed to the
+// adapter (Socket.IO's emit does not report whether Redis took it, nor the recipients on other
+// nodes), and `/healthz` answers only once the Redis connections are up.
+//
+//   node server.js --listen 127.0.0.1:8082 --jwt-secret S --admin-key K \
+//     --redis redis://127.0.0.1:6379/ --adapter streams
 
 "use strict";
 
@@ -27,6 +47,8 @@ function parseArgs(argv) {
     listen: process.env.PEER_LISTEN || "127.0.0.1:8081",
     jwtSecret: process.env.PEER_JWT_SECRET,
     adminKey: process.env.PEER_ADMIN_KEY,
+    redis: process.env.PEER_REDIS,
+    adapter: process.env.PEER_ADAPTER || "redis",
   };
   for (let i = 2; i < argv.length; i++) {
     const [flag, inline] = argv[i].split("=", 2);
@@ -35,8 +57,12 @@ function parseArgs(argv) {
       case "--listen": opts.listen = value(); break;
       case "--jwt-secret": opts.jwtSecret = value(); break;
       case "--admin-key": opts.adminKey = value(); break;
+      case "--redis": opts.redis = value(); break;
+      case "--adapter": opts.adapter = value(); break;
       case "--help":
-        console.log("node server.js --listen HOST:PORT --jwt-secret SECRET --admin-key KEY");
+        console.log(
+          "node server.js --listen HOST:PORT --jwt-secret SECRET --admin-key KEY [--redis URL [--adapter redis|streams]]",
+        );
         process.exit(0);
         break;
       default:
@@ -48,10 +74,16 @@ function parseArgs(argv) {
     console.error("--jwt-secret and --admin-key are required");
     process.exit(2);
   }
+  if (!["redis", "streams"].includes(opts.adapter)) {
+    console.error(`unknown --adapter ${opts.adapter} (redis or streams)`);
+    process.exit(2);
+  }
   return opts;
 }
 
 const opts = parseArgs(process.argv);
+// Redis connections to wait for before listening (cluster mode).
+const ready = [];
 const userRoom = (tenant, user) => `u:${tenant}:${user}`;
 const tenantRoom = (tenant) => `t:${tenant}`;
 
@@ -82,6 +114,7 @@ function publish(req, res) {
     }
     const room = typeof body.user === "string" ? userRoom(body.tenant, body.user) : tenantRoom(body.tenant);
     io.to(room).emit(body.kind, body.data === undefined ? null : body.data);
+    if (opts.redis) return reply(res, 200, { published: true });
     const members = io.of("/").adapter.rooms.get(room);
     reply(res, 200, { delivered: members ? members.size : 0 });
   });
@@ -96,7 +129,35 @@ const httpServer = http.createServer((req, res) => {
   reply(res, 404, { error: "not_found" });
 });
 
-const io = new Server(httpServer, { serveClient: false });
+const io = new Server(httpServer, clusterOptions());
+
+// The adapter (and recovery) in cluster mode; nothing in single-process mode.
+function clusterOptions() {
+  const base = { serveClient: false };
+  if (!opts.redis) return base;
+  const { createClient } = require("redis");
+  const client = (role) => {
+    const c = createClient({ url: opts.redis });
+    // An unhandled `error` event would end the process; Redis outages are logged and retried.
+    c.on("error", (e) => console.error(`redis ${role}: ${e.message}`));
+    return c;
+  };
+  if (opts.adapter === "streams") {
+    const { createAdapter } = require("@socket.io/redis-streams-adapter");
+    const c = client("streams");
+    ready.push(c.connect());
+    return {
+      ...base,
+      adapter: createAdapter(c),
+      connectionStateRecovery: { maxDisconnectionDuration: 2 * 60 * 1000 },
+    };
+  }
+  const { createAdapter } = require("@socket.io/redis-adapter");
+  const pub = client("pub");
+  const sub = client("sub");
+  ready.push(pub.connect(), sub.connect());
+  return { ...base, adapter: createAdapter(pub, sub) };
+}
 
 io.use((socket, next) => {
   const token = socket.handshake.auth && socket.handshake.auth.token;
@@ -120,10 +181,18 @@ io.on("connection", (socket) => {
 const sep = opts.listen.lastIndexOf(":");
 const host = opts.listen.slice(0, sep);
 const port = Number(opts.listen.slice(sep + 1));
-httpServer.listen(port, host, () => {
-  const addr = httpServer.address();
-  console.log(`socket.io peer listening on http://${addr.address}:${addr.port} (pid ${process.pid})`);
-});
+Promise.all(ready).then(
+  () =>
+    httpServer.listen(port, host, () => {
+      const addr = httpServer.address();
+      const mode = opts.redis ? `, ${opts.adapter} adapter over ${opts.redis}` : "";
+      console.log(`socket.io peer listening on http://${addr.address}:${addr.port} (pid ${process.pid}${mode})`);
+    }),
+  (e) => {
+    console.error(`redis: ${e.message}`);
+    process.exit(1);
+  },
+);
 
 for (const signal of ["SIGINT", "SIGTERM"]) {
   process.on(signal, () => {

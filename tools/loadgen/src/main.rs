@@ -39,7 +39,22 @@
 //!   where the load generator itself was saturated is visible as such, and deliveries per
 //!   server CPU-second.
 //!
+//! - **Redis commands per publish** (with `--redis-addr`): the calls of every command in
+//!   `INFO commandstats` over the window (less the `INFO` itself), divided by the publishes sent
+//!   in it; with `--redis-pid`, Redis's CPU too. It counts every client of that Redis, so give the
+//!   benchmark a Redis of its own.
+//!
 //! Every phase ends with a line `RESULT key=value …` for scripts, after a readable summary.
+//!
+//! # A cluster
+//!
+//! Several nodes sharing one Redis (`scripts/bench-cluster.sh`): `--addr` repeated or
+//! comma-separated; client `c` connects to node `c mod N` and publisher `p` posts through node
+//! `p mod N` (or all through `--publish-via`). `--pid` repeated: memory and CPU are the sums over
+//! the nodes. With one `--addr` and one `--pid` the output is what it always was.
+//!
+//! `--recovery` runs another test on the same clients: a node killed mid-stream, and what its
+//! clients lost or got twice after moving to another node (see `recovery.rs`).
 //!
 //! # The clients
 //!
@@ -60,6 +75,7 @@
 //! It raises its own `RLIMIT_NOFILE` (the soft limit up to the hard one, and the hard one too
 //! when it runs as root) so that 10,000 and more clients fit.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -73,6 +89,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 
 use switchboard_server::auth::{Claims, Keys};
+
+mod recovery;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ServerKind {
@@ -96,12 +114,20 @@ struct PhaseSpec {
     target: TargetKind,
     /// Publishes per second; 0: as fast as the server delivers.
     rate: f64,
+    /// `…:monitor`: watch Redis with MONITOR over the window, to tell the commands clients send
+    /// (round trips) from those a script runs. MONITOR slows Redis down: use it on a phase of
+    /// its own, not on one whose latency or throughput matters.
+    monitor: bool,
 }
 
 impl FromStr for PhaseSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        let (s, monitor) = match s.strip_suffix(":monitor") {
+            Some(rest) => (rest, true),
+            None => (s, false),
+        };
         let (target, rate) = s.split_once(':').unwrap_or((s, "0"));
         let target = match target {
             "user" => TargetKind::User,
@@ -112,7 +138,7 @@ impl FromStr for PhaseSpec {
         if !(rate >= 0.0 && rate.is_finite()) {
             return Err(format!("bad rate `{rate}`"));
         }
-        Ok(PhaseSpec { target, rate })
+        Ok(PhaseSpec { target, rate, monitor })
     }
 }
 
@@ -125,12 +151,25 @@ struct Cli {
     /// Which server speaks at `--addr`.
     #[arg(long, value_enum)]
     server: ServerKind,
-    /// The server's address (HTTP and WebSocket).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: SocketAddr,
-    /// The server's process id, for its memory and CPU from /proc.
+    /// The server's address (HTTP and WebSocket). Several nodes of one cluster: repeat it or
+    /// separate with commas; client `c` connects to the `c mod N`-th, and so does publisher `p`
+    /// (unless `--publish-via`).
+    #[arg(long = "addr", default_value = "127.0.0.1:8080", value_delimiter = ',')]
+    addrs: Vec<SocketAddr>,
+    /// Publish through only this one of the `--addr`s (0-based) rather than round-robin.
     #[arg(long)]
-    pid: Option<u32>,
+    publish_via: Option<usize>,
+    /// The server's process id, for its memory and CPU from /proc; repeat (or separate with
+    /// commas) for several nodes: their RSS and CPU are summed.
+    #[arg(long = "pid", value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// A Redis server (`host:port`) the servers share: its commands are counted (`INFO
+    /// commandstats`) over each measurement window and divided by the publishes in it.
+    #[arg(long)]
+    redis_addr: Option<SocketAddr>,
+    /// The Redis server's process id, for its CPU over each window.
+    #[arg(long)]
+    redis_pid: Option<u32>,
     /// HS256 secret the server verifies tokens with.
     #[arg(long, env = "LOADGEN_JWT_SECRET", hide_env_values = true)]
     jwt_secret: String,
@@ -146,8 +185,9 @@ struct Cli {
     /// Tenants the users are spread over.
     #[arg(long, default_value_t = 10)]
     tenants: usize,
-    /// A phase, `user:RATE` or `tenant:RATE` (publishes per second, 0 = as fast as delivered);
-    /// repeat for several, run in order on the same connections.
+    /// A phase, `user:RATE` or `tenant:RATE` (publishes per second, 0 = as fast as delivered),
+    /// with `:monitor` appended to count Redis round trips with MONITOR (`--redis-addr`); repeat
+    /// for several, run in order on the same connections.
     #[arg(long = "phase", default_value = "tenant:0")]
     phases: Vec<PhaseSpec>,
     /// With rate 0: deliveries that may be outstanding (default: 16 publishes' worth, at least
@@ -179,6 +219,24 @@ struct Cli {
     /// A label for the RESULT lines.
     #[arg(long, default_value = "-")]
     label: String,
+    /// Run the recovery test instead of the phases (see the module docs of `recovery`): clients
+    /// on the first `--addr`, publishes through `--publish-via` (default the second) at `--rate`
+    /// for `--duration` seconds, `--kill-pid` SIGKILLed `--kill-after` seconds in.
+    #[arg(long)]
+    recovery: bool,
+    /// Recovery test: publishes per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Recovery test: the process to SIGKILL (node A, the first `--addr`).
+    #[arg(long)]
+    kill_pid: Option<u32>,
+    /// Recovery test: the signal, `KILL` (the node dies at once) or `TERM` (it may close its
+    /// connections first, which Socket.IO needs to save its sessions).
+    #[arg(long, default_value = "KILL")]
+    kill_signal: String,
+    /// Recovery test: seconds after publishing starts to kill `--kill-pid`.
+    #[arg(long, default_value_t = 4.0)]
+    kill_after: f64,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -198,11 +256,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
     };
+    if cli.publish_via.is_some_and(|i| i >= cli.addrs.len()) {
+        return Err(
+            format!("--publish-via must be below the {} --addr given", cli.addrs.len()).into()
+        );
+    }
+    let addrs = cli.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     eprintln!(
-        "loadgen: {:?} at {}, {} clients, {threads} runtime threads, fd limit {fds}",
-        cli.server, cli.addr, cli.clients
+        "loadgen: {:?} at {addrs}, {} clients, {threads} runtime threads, fd limit {fds}",
+        cli.server, cli.clients
     );
-    rt.block_on(run(cli))
+    if cli.recovery { rt.block_on(recovery::run(cli)) } else { rt.block_on(run(cli)) }
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to at least `want` (up to the hard limit, or beyond it when
@@ -307,7 +371,8 @@ impl Hist {
 /// What every task shares.
 struct Ctx {
     kind: ServerKind,
-    addr: SocketAddr,
+    /// The nodes; client `c` connects to `addrs[c % len]`.
+    addrs: Vec<SocketAddr>,
     /// The clock every `ts` is measured on.
     t0: Instant,
     /// The measurement window, in microseconds since `t0` (set before publishing starts).
@@ -393,7 +458,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
     let ctx = Arc::new(Ctx {
         kind: cli.server,
-        addr: cli.addr,
+        addrs: cli.addrs.clone(),
         t0: Instant::now(),
         window_from: AtomicU64::new(u64::MAX),
         window_to: AtomicU64::new(u64::MAX),
@@ -408,7 +473,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         first_error: std::sync::Mutex::new(None),
     });
 
-    let rss_before = cli.pid.and_then(|p| proc_status_kb(p, "VmRSS"));
+    let rss_before = sum_rss(&cli.pids);
 
     // Connect every client, at most `connect_concurrency` handshakes at a time.
     let connect_started = Instant::now();
@@ -447,7 +512,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("{failed} of {n} clients failed to connect; first: {why}").into());
     }
     tokio::time::sleep(Duration::from_secs_f64(cli.settle)).await;
-    let rss_live = cli.pid.and_then(|p| proc_status_kb(p, "VmRSS"));
+    let rss_live = sum_rss(&cli.pids);
     let mem_per_conn = match (rss_before, rss_live) {
         (Some(a), Some(b)) => Some((b.saturating_sub(a) * 1024) as f64 / n as f64),
         _ => None,
@@ -465,7 +530,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
     for spec in &cli.phases {
         let r = phase(&cli, &ctx, &layout, *spec).await;
-        let rss_loaded = cli.pid.and_then(|p| proc_status_kb(p, "VmRSS"));
+        let rss_loaded = sum_rss(&cli.pids);
         let fanout = r.fanout;
         println!(
             "{:?} → {:?} (fan-out {fanout}), {}",
@@ -498,6 +563,26 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             fmt_opt(r.loadgen_cpu, 0),
             fmt_opt(r.per_cpu_s, 0)
         );
+        if let Some(redis) = &r.redis {
+            println!(
+                "  redis              {} commands = {} per publish ({}); redis CPU {}%",
+                redis.commands,
+                fmt_opt(redis.per_publish, 2),
+                redis.top,
+                fmt_opt(r.redis_cpu, 0)
+            );
+        }
+        if let Some(m) = &r.monitor {
+            let per = |c: u64| (s.in_window > 0).then(|| c as f64 / s.in_window as f64);
+            println!(
+                "  redis MONITOR      {} commands from clients = {} per publish ({}); {} run by scripts = {} per publish",
+                m.client,
+                fmt_opt(per(m.client), 2),
+                m.client_top,
+                m.scripted,
+                fmt_opt(per(m.scripted), 2)
+            );
+        }
         println!(
             "  after              server RSS {} KiB; {} deliveries missing after the drain, {} connections dropped, {} unreadable events",
             fmt_opt(rss_loaded.map(|v| v as f64), 0),
@@ -530,6 +615,23 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         kv("dropped", ctx.dropped.load(Relaxed).to_string());
         kv("errors", s.errors.to_string());
         kv("connect_s", format!("{connect_secs:.1}"));
+        if let Some(m) = &r.monitor {
+            let per = |c: u64| (s.in_window > 0).then(|| c as f64 / s.in_window as f64);
+            kv("monitor", "1".into());
+            kv("redis_client_cmds_per_publish", fmt_opt(per(m.client), 2));
+            kv("redis_scripted_cmds_per_publish", fmt_opt(per(m.scripted), 2));
+            kv("publishes_in_window", s.in_window.to_string());
+            kv("window_s", secs.to_string());
+            kv(
+                "redis_client_cmds",
+                if m.client_detail.is_empty() { "-".into() } else { m.client_detail.clone() },
+            );
+        }
+        if let Some(redis) = &r.redis {
+            kv("redis_cmds", redis.commands.to_string());
+            kv("redis_cmds_per_publish", fmt_opt(redis.per_publish, 2));
+            kv("redis_cpu_pct", fmt_opt(r.redis_cpu, 0));
+        }
         println!("{line}");
     }
 
@@ -567,6 +669,19 @@ struct PhaseResult {
     loadgen_cpu: Option<f64>,
     per_cpu_s: Option<f64>,
     missing: u64,
+    /// Redis commands over the window, with `--redis-addr`.
+    redis: Option<RedisCount>,
+    redis_cpu: Option<f64>,
+    /// What MONITOR saw over the window (`:monitor` phases).
+    monitor: Option<Monitored>,
+}
+
+/// What Redis did over a window.
+struct RedisCount {
+    commands: u64,
+    per_publish: Option<f64>,
+    /// The commands that made most of it, per publish (`evalsha 1.00, publish 1.00`).
+    top: String,
 }
 
 /// Publishes for warm-up plus the window, then waits for what is in flight.
@@ -593,6 +708,7 @@ async fn phase(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSpec)
         window,
         pad: "x".repeat(cli.payload_bytes),
         admin_key: cli.admin_key.clone(),
+        publish_via: cli.publish_via,
         start,
         from,
         to,
@@ -603,9 +719,23 @@ async fn phase(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSpec)
 
     // CPU over the window.
     tokio::time::sleep_until(from.into()).await;
-    let cpu_from = (cli.pid.and_then(proc_cpu_ticks), proc_cpu_ticks(std::process::id()));
+    let monitor = match (spec.monitor, cli.redis_addr) {
+        (true, Some(addr)) => Some(tokio::spawn(redis_monitor(addr, from, to))),
+        _ => None,
+    };
+    let redis_from = redis_snapshot(cli.redis_addr).await;
+    let cpu_from = (
+        sum_cpu(&cli.pids),
+        proc_cpu_ticks(std::process::id()),
+        cli.redis_pid.and_then(proc_cpu_ticks),
+    );
     tokio::time::sleep_until(to.into()).await;
-    let cpu_to = (cli.pid.and_then(proc_cpu_ticks), proc_cpu_ticks(std::process::id()));
+    let cpu_to = (
+        sum_cpu(&cli.pids),
+        proc_cpu_ticks(std::process::id()),
+        cli.redis_pid.and_then(proc_cpu_ticks),
+    );
+    let redis_to = redis_snapshot(cli.redis_addr).await;
 
     let mut stats = PublishStats::default();
     for p in publishers {
@@ -636,6 +766,24 @@ async fn phase(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSpec)
         _ => None,
     };
     let server_cpu = cpu_pct(cpu_from.0, cpu_to.0);
+    let monitor = match monitor {
+        Some(task) => match task.await {
+            Ok(Ok(m)) => Some(m),
+            Ok(Err(e)) => {
+                eprintln!("loadgen: redis MONITOR failed: {e}");
+                None
+            }
+            Err(e) => {
+                eprintln!("loadgen: redis MONITOR failed: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let redis = match (redis_from, redis_to) {
+        (Some(a), Some(b)) => Some(redis_count(&a, &b, stats.in_window)),
+        _ => None,
+    };
     PhaseResult {
         fanout,
         window,
@@ -650,6 +798,9 @@ async fn phase(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSpec)
         loadgen_cpu: cpu_pct(cpu_from.1, cpu_to.1),
         per_cpu_s: server_cpu.filter(|c| *c > 0.0).map(|c| delivered_per_s / (c / 100.0)),
         missing,
+        redis,
+        redis_cpu: cpu_pct(cpu_from.2, cpu_to.2),
+        monitor,
     }
 }
 
@@ -664,6 +815,8 @@ struct Plan {
     window: u64,
     pad: String,
     admin_key: String,
+    /// Every publisher posts to this node, if set.
+    publish_via: Option<usize>,
     start: Instant,
     from: Instant,
     to: Instant,
@@ -678,6 +831,7 @@ async fn publisher(ctx: Arc<Ctx>, plan: Arc<Plan>, index: usize) -> PublishStats
     let mut due = plan.start
         + interval.map_or(Duration::ZERO, |i| i.mul_f64(index as f64 / plan.publishers as f64));
     let mut body = String::with_capacity(plan.pad.len() + 128);
+    let addr = ctx.addrs[plan.publish_via.unwrap_or(index % ctx.addrs.len())];
     loop {
         if let Some(interval) = interval {
             if due >= plan.to {
@@ -730,15 +884,15 @@ async fn publisher(ctx: Arc<Ctx>, plan: Arc<Plan>, index: usize) -> PublishStats
             stats.in_window += 1;
         }
         let mut answer = match conn.as_mut() {
-            Some(c) => c.post(&ctx.addr, "/publish", &plan.admin_key, &body).await,
+            Some(c) => c.post(&addr, "/publish", &plan.admin_key, &body).await,
             None => Err(std::io::ErrorKind::NotConnected.into()),
         };
         if answer.is_err() {
             // No connection yet, or the server closed an idle keep-alive connection (node does
             // after 5 s) before reading this request: connect anew and send it once more, as
             // HTTP clients do. The payload keeps its first `ts`.
-            answer = match HttpConn::connect(ctx.addr).await {
-                Ok(c) => conn.insert(c).post(&ctx.addr, "/publish", &plan.admin_key, &body).await,
+            answer = match HttpConn::connect(addr).await {
+                Ok(c) => conn.insert(c).post(&addr, "/publish", &plan.admin_key, &body).await,
                 Err(e) => Err(e),
             };
         }
@@ -1049,10 +1203,11 @@ async fn client(
     permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let addr = ctx.addrs[index as usize % ctx.addrs.len()];
     let mut ws = match ctx.kind {
-        ServerKind::Switchboard => Ws::open(ctx.addr, "/ws", Some(token), index).await?,
+        ServerKind::Switchboard => Ws::open(addr, "/ws", Some(token), index).await?,
         ServerKind::Socketio => {
-            Ws::open(ctx.addr, "/socket.io/?EIO=4&transport=websocket", None, index).await?
+            Ws::open(addr, "/socket.io/?EIO=4&transport=websocket", None, index).await?
         }
     };
     let connect_packet = format!(r#"40{{"token":"{token}"}}"#);
@@ -1236,6 +1391,204 @@ fn parse_u64(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(&bytes[..digits]).ok()?.parse().ok()
 }
 
+/// The summed `VmRSS` of every process, in KiB; `None` without processes or when one is gone.
+fn sum_rss(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| proc_status_kb(p, "VmRSS")).sum()
+}
+
+/// The summed CPU ticks of every process; `None` without processes or when one is gone.
+fn sum_cpu(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| proc_cpu_ticks(p)).sum()
+}
+
+/// Calls per command (`INFO commandstats`) of the Redis server at `addr`; `None` without one
+/// or when it does not answer (reported as `-`, the run goes on).
+async fn redis_snapshot(addr: Option<SocketAddr>) -> Option<Vec<(String, u64)>> {
+    match redis_info(addr?, "commandstats").await {
+        Ok(text) => Some(parse_commandstats(&text)),
+        Err(e) => {
+            eprintln!("loadgen: INFO from redis failed: {e}");
+            None
+        }
+    }
+}
+
+/// `cmdstat_evalsha:calls=12,usec=…` lines as (`evalsha`, 12).
+fn parse_commandstats(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// The commands between two snapshots, less the `INFO` that took the first one (Redis counts a
+/// command once it has answered it, so the second snapshot includes the first) and any
+/// `MONITOR` of ours.
+fn redis_count(before: &[(String, u64)], after: &[(String, u64)], publishes: u64) -> RedisCount {
+    let mut diff: Vec<(String, u64)> = after
+        .iter()
+        .map(|(name, calls)| {
+            let was = before.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+            let own = u64::from(name == "info");
+            (name.clone(), calls.saturating_sub(was).saturating_sub(own))
+        })
+        // A `:monitor` phase's own MONITOR is not the servers' either.
+        .filter(|(name, c)| *c > 0 && name != "monitor")
+        .collect();
+    diff.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let commands = diff.iter().map(|(_, c)| c).sum();
+    let per = |c: u64| (publishes > 0).then(|| c as f64 / publishes as f64);
+    let top = diff
+        .iter()
+        .take(4)
+        .map(|(n, c)| format!("{n} {}", fmt_opt(per(*c), 2)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    RedisCount { commands, per_publish: per(commands), top }
+}
+
+/// Commands MONITOR showed over a window.
+#[derive(Debug, Default, PartialEq)]
+struct Monitored {
+    /// Sent by clients (each a request, so at most one round trip); the load generator's own
+    /// `INFO` is left out.
+    client: u64,
+    /// Run inside a script (`[0 lua]`): no round trip of their own.
+    scripted: u64,
+    /// The client commands that made most of it, with their counts.
+    client_top: String,
+    /// Every client command with its count, `name=count` joined by `;` (for RESULT lines).
+    client_detail: String,
+}
+
+/// Watches Redis with MONITOR from `from` to `to`, counting what it shows.
+async fn redis_monitor(addr: SocketAddr, from: Instant, to: Instant) -> std::io::Result<Monitored> {
+    let mut stream = TcpStream::connect(addr).await?;
+    tokio::time::sleep_until(from.into()).await;
+    stream.write_all(b"*1\r\n$7\r\nMONITOR\r\n").await?;
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut counts = MonitorCounts::default();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let read = tokio::select! {
+            n = stream.read(&mut chunk) => n?,
+            () = tokio::time::sleep_until(to.into()) => break,
+        };
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..read]);
+        let mut start = 0;
+        while let Some(i) = find(&buf[start..], b"\r\n") {
+            counts.line(&buf[start..start + i]);
+            start += i + 2;
+        }
+        buf.drain(..start);
+    }
+    Ok(counts.finish())
+}
+
+/// Tallies MONITOR lines: `+1700000000.123456 [0 127.0.0.1:5555] "evalsha" "…"`, where a
+/// script's commands show `[0 lua]`.
+#[derive(Default)]
+struct MonitorCounts {
+    client: HashMap<String, u64>,
+    scripted: u64,
+}
+
+impl MonitorCounts {
+    fn line(&mut self, line: &[u8]) {
+        let Some(open) = find(line, b" [") else { return };
+        let Some(close) = find(&line[open..], b"] ") else { return };
+        let source = &line[open + 2..open + close];
+        let rest = &line[open + close + 2..];
+        let mut args = rest.split(|&b| b == b' ').map(|a| {
+            let a = a.strip_prefix(b"\"").unwrap_or(a);
+            String::from_utf8_lossy(a.strip_suffix(b"\"").unwrap_or(a)).to_ascii_lowercase()
+        });
+        let mut command = args.next().unwrap_or_default();
+        if command == "evalsha" {
+            // Scripts told apart by their SHA's first 8 digits: which one the publishes call.
+            let sha = args.next().unwrap_or_default();
+            command = format!("evalsha:{}", sha.chars().take(8).collect::<String>());
+        }
+        if source.ends_with(b"lua") {
+            self.scripted += 1;
+        } else if command != "info" {
+            *self.client.entry(command).or_insert(0) += 1;
+        }
+    }
+
+    fn finish(self) -> Monitored {
+        let mut top: Vec<(String, u64)> = self.client.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Monitored {
+            client: top.iter().map(|(_, c)| c).sum(),
+            scripted: self.scripted,
+            client_top: top
+                .iter()
+                .take(4)
+                .map(|(n, c)| format!("{n} {c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            client_detail: top
+                .iter()
+                .map(|(n, c)| format!("{n}={c}"))
+                .collect::<Vec<_>>()
+                .join(";"),
+        }
+    }
+}
+
+/// `INFO <section>` over a fresh connection, in RESP: the bulk string it answers.
+async fn redis_info(addr: SocketAddr, section: &str) -> std::io::Result<String> {
+    let read = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(8192);
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(body) = resp_bulk(&buf)? {
+                return Ok(body);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// A complete RESP bulk string at the start of `buf`, `None` while incomplete; an error reply
+/// (`-ERR …`) or any other type is an error.
+fn resp_bulk(buf: &[u8]) -> std::io::Result<Option<String>> {
+    let Some(line_end) = find(buf, b"\r\n") else { return Ok(None) };
+    let head = std::str::from_utf8(&buf[..line_end]).map_err(invalid)?;
+    let Some(len) = head.strip_prefix('$') else {
+        return Err(invalid(format!("redis answered {head}")));
+    };
+    let len: usize = len.parse().map_err(invalid)?;
+    let start = line_end + 2;
+    if buf.len() < start + len {
+        return Ok(None);
+    }
+    Ok(Some(String::from_utf8_lossy(&buf[start..start + len]).into_owned()))
+}
+
 /// A `kB` field of `/proc/<pid>/status`, in KiB.
 fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -1259,4 +1612,114 @@ fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commandstats_lines_are_read_and_others_skipped() {
+        let text = "# Commandstats\r\ncmdstat_evalsha:calls=12,usec=40,usec_per_call=3.33\r\n\
+                    cmdstat_info:calls=3,usec=9\r\nused_memory:100\r\ncmdstat_bad:calls=x\r\n";
+        assert_eq!(
+            parse_commandstats(text),
+            vec![("evalsha".to_owned(), 12), ("info".to_owned(), 3)]
+        );
+    }
+
+    #[test]
+    fn redis_count_subtracts_the_first_snapshot_and_its_own_info() {
+        let before = vec![("evalsha".to_owned(), 10), ("info".to_owned(), 1)];
+        let after =
+            vec![("evalsha".to_owned(), 30), ("info".to_owned(), 2), ("publish".to_owned(), 5)];
+        let c = redis_count(&before, &after, 20);
+        assert_eq!(c.commands, 25);
+        assert_eq!(c.per_publish, Some(1.25));
+        assert_eq!(c.top, "evalsha 1.00, publish 0.25");
+        assert_eq!(redis_count(&before, &after, 0).per_publish, None);
+    }
+
+    #[test]
+    fn resp_bulk_waits_for_the_whole_string_and_reports_errors() {
+        assert_eq!(resp_bulk(b"$5\r\nhel").unwrap(), None);
+        assert_eq!(resp_bulk(b"$5\r\nhello\r\n").unwrap().as_deref(), Some("hello"));
+        assert!(resp_bulk(b"-ERR unknown command\r\n").is_err());
+        assert_eq!(resp_bulk(b"$5").unwrap(), None);
+    }
+
+    #[test]
+    fn sums_over_processes_need_every_process() {
+        let me = std::process::id();
+        assert_eq!(sum_rss(&[]), None);
+        let one = sum_rss(&[me]).expect("our own RSS");
+        assert!(sum_rss(&[me, me]).expect("twice ours") >= one);
+        // A pid above the kernel's maximum (4,194,304) never exists.
+        assert_eq!(sum_rss(&[me, u32::MAX]), None);
+        assert_eq!(sum_cpu(&[u32::MAX]), None);
+    }
+
+    #[test]
+    fn monitor_lines_tell_client_commands_from_scripted_ones() {
+        let mut m = MonitorCounts::default();
+        m.line(br#"+1700000000.123456 [0 127.0.0.1:5555] "evalsha" "abcdef0123456789" "1" "k""#);
+        m.line(br#"+1700000000.123460 [0 lua] "incr" "k""#);
+        m.line(br#"+1700000000.123470 [0 lua] "publish" "c" "x""#);
+        m.line(br#"+1700000000.123480 [0 127.0.0.1:5556] "INFO" "commandstats""#);
+        m.line(br#"+1700000000.123490 [0 unix:/tmp/r.sock] "PUBLISH" "c" "y""#);
+        m.line(b"+OK");
+        assert_eq!(
+            m.finish(),
+            Monitored {
+                client: 2,
+                scripted: 2,
+                client_top: "evalsha:abcdef01 1, publish 1".into(),
+                client_detail: "evalsha:abcdef01=1;publish=1".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn phases_parse_with_an_optional_monitor_suffix() {
+        let p: PhaseSpec = "user:100:monitor".parse().unwrap();
+        assert!(p.monitor && p.rate == 100.0 && p.target == TargetKind::User);
+        let p: PhaseSpec = "tenant".parse().unwrap();
+        assert!(!p.monitor && p.rate == 0.0 && p.target == TargetKind::Tenant);
+        assert!("user:fast".parse::<PhaseSpec>().is_err());
+        assert!("room:1".parse::<PhaseSpec>().is_err());
+    }
+
+    #[test]
+    fn addresses_come_repeated_or_comma_separated() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "--server",
+            "switchboard",
+            "--jwt-secret",
+            "s",
+            "--admin-key",
+            "k",
+            "--addr",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--addr",
+            "127.0.0.1:3",
+            "--pid",
+            "7,8",
+        ])
+        .expect("valid");
+        assert_eq!(cli.addrs.len(), 3);
+        assert_eq!(cli.pids, vec![7, 8]);
+        let default = Cli::try_parse_from([
+            "loadgen",
+            "--server",
+            "socketio",
+            "--jwt-secret",
+            "s",
+            "--admin-key",
+            "k",
+        ])
+        .expect("valid");
+        assert_eq!(default.addrs, vec!["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]);
+        assert!(default.pids.is_empty());
+    }
 }
