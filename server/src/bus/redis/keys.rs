@@ -16,21 +16,12 @@ use std::fmt::Write as _;
 
 use switchboard::{LeaseHolder, NodeId, StreamKey, StreamScope};
 
-/// The Redis names of one stream.
+/// The Redis names of one stream, derived from its base on demand (an operation builds only the
+/// names it uses).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StreamNames {
-    /// Hash `{e: epoch, s: seq}`: the stream's top.
-    pub(crate) meta: String,
-    /// List of payloads, oldest first; the last one has seq `s`.
-    pub(crate) log: String,
-    /// The live channel.
-    pub(crate) channel: String,
-    /// Prefix of the idempotency keys (the key's own length-prefixed text follows).
-    idem: String,
-    /// Sorted set of lease holders by expiry (user streams).
-    pub(crate) leases: String,
-    /// Sorted set of lease holders by grant time, to find the oldest (user streams).
-    pub(crate) lease_order: String,
+    /// `<prefix>:{<kind><len>:<tenant>[<len>:<id>]}`.
+    base: String,
 }
 
 /// Appends `text` as `<len>:<text>`.
@@ -57,20 +48,45 @@ impl StreamNames {
             push_prefixed(&mut base, id);
         }
         base.push('}');
-        let name = |suffix: &str| format!("{base}:{suffix}");
-        StreamNames {
-            meta: name("m"),
-            log: name("l"),
-            channel: name("c"),
-            idem: name("i:"),
-            leases: name("leases"),
-            lease_order: name("lease-order"),
-        }
+        StreamNames { base }
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        let mut name = String::with_capacity(self.base.len() + 1 + suffix.len());
+        name.push_str(&self.base);
+        name.push(':');
+        name.push_str(suffix);
+        name
+    }
+
+    /// Hash `{e: epoch, s: seq}`: the stream's top.
+    pub(crate) fn meta(&self) -> String {
+        self.name("m")
+    }
+
+    /// List of payloads, oldest first; the last one has seq `s`.
+    pub(crate) fn log(&self) -> String {
+        self.name("l")
+    }
+
+    /// The live channel.
+    pub(crate) fn channel(&self) -> String {
+        self.name("c")
+    }
+
+    /// Sorted set of lease holders by expiry (user streams).
+    pub(crate) fn leases(&self) -> String {
+        self.name("leases")
+    }
+
+    /// Sorted set of lease holders by grant time, to find the oldest (user streams).
+    pub(crate) fn lease_order(&self) -> String {
+        self.name("lease-order")
     }
 
     /// The key remembering an idempotency key's first append.
     pub(crate) fn idempotency(&self, key: &str) -> String {
-        let mut name = self.idem.clone();
+        let mut name = self.name("i:");
         push_prefixed(&mut name, key);
         name
     }
@@ -127,12 +143,12 @@ mod tests {
         let all = [&a, &b, &c, &d];
         for (i, x) in all.iter().enumerate() {
             for y in &all[i + 1..] {
-                assert_ne!(x.meta, y.meta);
-                assert_ne!(x.channel, y.channel);
+                assert_ne!(x.meta(), y.meta());
+                assert_ne!(x.channel(), y.channel());
             }
         }
-        assert_eq!(a.meta, "sb:{u4:acme3:a:b}:m");
-        assert_eq!(d.log, "sb:{t9:acme4:a:b}:l");
+        assert_eq!(a.meta(), "sb:{u4:acme3:a:b}:m");
+        assert_eq!(d.log(), "sb:{t9:acme4:a:b}:l");
     }
 
     #[test]
@@ -145,8 +161,8 @@ mod tests {
         }
         for key in [StreamKey::user("acme", "alice"), StreamKey::room("t}x", "r}oom")] {
             let n = StreamNames::of("sb", &key);
-            let idem = n.idempotency("k1");
-            let tags = [&n.meta, &n.log, &idem, &n.leases, &n.lease_order].map(|k| tag(k));
+            let keys = [n.meta(), n.log(), n.idempotency("k1"), n.leases(), n.lease_order()];
+            let tags = keys.each_ref().map(|k| tag(k));
             assert!(tags.iter().all(|t| *t == tags[0]), "{tags:?}");
         }
     }

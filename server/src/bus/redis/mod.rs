@@ -271,10 +271,10 @@ impl Executor {
                 pipe.cmd("EVALSHA")
                     .arg(self.scripts.append.hash())
                     .arg(3)
-                    .arg(&n.meta)
-                    .arg(&n.log)
+                    .arg(n.meta())
+                    .arg(n.log())
                     .arg(idem)
-                    .arg(&n.channel)
+                    .arg(n.channel())
                     .arg(payload.as_bytes())
                     .arg(*keep)
                     .arg(millis(*ttl))
@@ -285,15 +285,15 @@ impl Executor {
                 pipe.cmd("EVALSHA")
                     .arg(self.scripts.fetch.hash())
                     .arg(2)
-                    .arg(&n.meta)
-                    .arg(&n.log)
+                    .arg(n.meta())
+                    .arg(n.log())
                     .arg(*after)
                     .arg((*limit).max(1));
             }
             BusOp::Tops { streams, .. } => {
                 for stream in streams {
                     let n = StreamNames::of(prefix, stream);
-                    pipe.cmd("HMGET").arg(&n.meta).arg("e").arg("s");
+                    pipe.cmd("HMGET").arg(n.meta()).arg("e").arg("s");
                 }
             }
             BusOp::Rotate { stream, epoch, .. } => {
@@ -301,8 +301,8 @@ impl Executor {
                 pipe.cmd("EVALSHA")
                     .arg(self.scripts.rotate.hash())
                     .arg(2)
-                    .arg(&n.meta)
-                    .arg(&n.log)
+                    .arg(n.meta())
+                    .arg(n.log())
                     .arg(*epoch);
             }
             BusOp::Lease { user, holder, limit, ttl, evict_oldest, .. } => {
@@ -310,8 +310,8 @@ impl Executor {
                 pipe.cmd("EVALSHA")
                     .arg(self.scripts.lease.hash())
                     .arg(2)
-                    .arg(&n.leases)
-                    .arg(&n.lease_order)
+                    .arg(n.leases())
+                    .arg(n.lease_order())
                     .arg(dead.len())
                     .arg(dead)
                     .arg(keys::holder_member(holder))
@@ -326,8 +326,8 @@ impl Executor {
                         .cmd("EVALSHA")
                         .arg(self.scripts.renew.hash())
                         .arg(2)
-                        .arg(&n.leases)
-                        .arg(&n.lease_order)
+                        .arg(n.leases())
+                        .arg(n.lease_order())
                         .arg(dead.len())
                         .arg(dead)
                         .arg(millis(*ttl));
@@ -339,15 +339,15 @@ impl Executor {
             BusOp::Release { user, holder } => {
                 let n = StreamNames::of(prefix, user);
                 let member = keys::holder_member(holder);
-                pipe.cmd("ZREM").arg(&n.leases).arg(&member);
-                pipe.cmd("ZREM").arg(&n.lease_order).arg(&member);
+                pipe.cmd("ZREM").arg(n.leases()).arg(&member);
+                pipe.cmd("ZREM").arg(n.lease_order()).arg(&member);
             }
             BusOp::Signal { stream, payload } => {
                 let n = StreamNames::of(prefix, stream);
                 let mut message = String::with_capacity(payload.len() + 2);
                 message.push_str("s:");
                 message.push_str(payload);
-                pipe.cmd("PUBLISH").arg(&n.channel).arg(message);
+                pipe.cmd("PUBLISH").arg(n.channel()).arg(message);
             }
             // Handled by the subscriber; a kind this driver does not know sends nothing and is
             // answered `Refused` (see `read`).

@@ -108,12 +108,12 @@ impl Subscriber {
     async fn while_down(&mut self, req: SubRequest) {
         match req {
             SubRequest::Subscribe { op, stream, at } => {
-                let channel = StreamNames::of(&self.cfg.prefix, &stream).channel;
+                let channel = StreamNames::of(&self.cfg.prefix, &stream).channel();
                 self.channels.insert(channel, stream);
                 self.reply(op, at, Err(BusFailure::Retryable)).await;
             }
             SubRequest::Unsubscribe { stream } => {
-                self.channels.remove(&StreamNames::of(&self.cfg.prefix, &stream).channel);
+                self.channels.remove(&StreamNames::of(&self.cfg.prefix, &stream).channel());
             }
         }
     }
@@ -242,10 +242,10 @@ impl Subscriber {
             match req {
                 SubRequest::Subscribe { op, stream, at } => {
                     let names = StreamNames::of(&self.cfg.prefix, &stream);
-                    subscribe.push((op, stream, at, names.channel));
+                    subscribe.push((op, stream, at, names.channel()));
                 }
                 SubRequest::Unsubscribe { stream } => {
-                    unsubscribe.push(StreamNames::of(&self.cfg.prefix, &stream).channel);
+                    unsubscribe.push(StreamNames::of(&self.cfg.prefix, &stream).channel());
                 }
             }
         }
@@ -274,7 +274,10 @@ impl Subscriber {
         }
         let mut pipe = Pipeline::new();
         for (_, stream, _, _) in &subscribe {
-            pipe.cmd("HMGET").arg(StreamNames::of(&self.cfg.prefix, stream).meta).arg("e").arg("s");
+            pipe.cmd("HMGET")
+                .arg(StreamNames::of(&self.cfg.prefix, stream).meta())
+                .arg("e")
+                .arg("s");
         }
         let tops = self.conn.send_packed_commands(&pipe, 0, pipe.len()).await;
         for (i, (op, _, at, _)) in subscribe.into_iter().enumerate() {
