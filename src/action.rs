@@ -32,6 +32,9 @@ pub struct Inbound {
     pub thread: Option<ThreadId>,
     /// The message's `data` (JSON `null` if absent). Untrusted content.
     pub data: serde_json::Value,
+    /// The client's id for this message, if it wants an answer: reply with
+    /// [`Hub::reply`](crate::Hub::reply) on `from.conn`. Untrusted, at most the id length limit.
+    pub id: Option<std::sync::Arc<str>>,
 }
 
 /// A security-relevant event. Log it; alert on spikes.

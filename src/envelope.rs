@@ -30,6 +30,22 @@ pub enum EventKind {
     Custom(Cow<'static, str>),
 }
 
+/// The application's answer to a client `message` that carried an `id` ([`Hub::reply`](crate::Hub::reply)).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Reply {
+    /// It worked: `data` (redacted like an event's; `null` sends no `data` key).
+    Data(Value),
+    /// It did not: an application-defined `code` (1–64 bytes) and a human `message` (at most
+    /// 1,024 bytes).
+    Error {
+        /// A short, stable code for the client to branch on.
+        code: String,
+        /// What happened.
+        message: String,
+    },
+}
+
 /// How deeply an envelope's `data` may nest arrays and objects (the limit serde_json's own parser
 /// applies). [`Hub::publish`](crate::Hub::publish) refuses deeper data with
 /// [`PublishError::TooDeep`](crate::PublishError::TooDeep), checked without recursion before
@@ -84,6 +100,10 @@ impl EventKind {
         "skipped",
         "joined",
         "left",
+        "resync",
+        "presence",
+        "presence_diff",
+        "reply",
     ];
 
     /// A custom kind.

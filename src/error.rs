@@ -158,6 +158,39 @@ pub enum ReceiveError {
     Peer(#[from] PeerError),
 }
 
+/// Why [`Hub::reply`](crate::Hub::reply) sent nothing.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplyError {
+    /// The connection is not open (it closed since its message arrived, or the id is stale).
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    /// The message id is empty or longer than `Config::max_client_id_bytes` (a client's ids
+    /// never are).
+    #[error("reply id must be 1 to {limit} bytes")]
+    InvalidId {
+        /// `Config::max_client_id_bytes`.
+        limit: usize,
+    },
+    /// An error reply's `code` is empty or over 64 bytes, or its `message` over 1,024.
+    #[error("an error reply needs a code of 1 to 64 bytes and a message of at most 1024")]
+    InvalidError,
+    /// `data` nests deeper than [`MAX_DATA_DEPTH`](crate::MAX_DATA_DEPTH).
+    #[error("reply data nests deeper than {limit} levels")]
+    TooDeep {
+        /// [`MAX_DATA_DEPTH`](crate::MAX_DATA_DEPTH).
+        limit: usize,
+    },
+    /// The frame would be larger than `Config::max_unwritten_bytes`: no connection can take it.
+    #[error("reply frame of {bytes} bytes exceeds {limit}")]
+    TooLarge {
+        /// The frame's size.
+        bytes: u64,
+        /// `Config::max_unwritten_bytes`.
+        limit: u64,
+    },
+}
+
 /// Why [`Hub::publish`](crate::Hub::publish) refused an envelope. Nothing was delivered.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]

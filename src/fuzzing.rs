@@ -27,10 +27,13 @@ fn to_json(frame: &ClientFrame<'_>) -> Value {
             json!({"type": "unsubscribe", "thread_id": t})
         }
         ClientFrame::Unsubscribe { thread: None } => json!({"type": "unsubscribe"}),
-        ClientFrame::Message { thread, data } => {
+        ClientFrame::Message { thread, data, id } => {
             let mut v = json!({"type": "message", "data": data});
             if let Some(t) = thread {
                 v["thread_id"] = json!(t);
+            }
+            if let Some(id) = id {
+                v["id"] = json!(id);
             }
             v
         }

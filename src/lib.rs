@@ -329,9 +329,10 @@ pub use config::{
     BreakerConfig, Config, ConfigError, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas,
     UserLimitPolicy,
 };
-pub use envelope::{Audience, Envelope, EventKind, MAX_DATA_DEPTH, Priority, Target};
+pub use envelope::{Audience, Envelope, EventKind, MAX_DATA_DEPTH, Priority, Reply, Target};
 pub use error::{
-    ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError, RoomError,
+    ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError, ReplyError,
+    RoomError,
 };
 pub use frame::Frame;
 pub use hub::PresenceView;

@@ -142,6 +142,14 @@ enum ControlFrame<'a> {
     RefreshRequired {
         expires_in_ms: u64,
     },
+    /// The application's answer to a client `message` that carried an `id`.
+    Reply {
+        id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<Redacted<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<ReplyErrorBody<'a>>,
+    },
     Error {
         code: &'a str,
         message: String,
@@ -182,6 +190,13 @@ impl Serialize for WireConnId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&self.0)
     }
+}
+
+/// The `error` object of a failed reply.
+#[derive(Serialize)]
+struct ReplyErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
 }
 
 /// What `resume` found for one stream, reported in the `resumed` frame.
@@ -322,6 +337,20 @@ impl FrameWriter {
         })
     }
 
+    /// A reply to the client message `id`: its data (redacted like an event's), or an error.
+    pub(crate) fn reply(
+        &mut self,
+        id: &str,
+        result: Result<&Value, (&str, &str)>,
+        redactor: &Redactor,
+    ) -> Frame {
+        let (data, error) = match result {
+            Ok(data) => ((!data.is_null()).then_some(Redacted { value: data, redactor }), None),
+            Err((code, message)) => (None, Some(ReplyErrorBody { code, message })),
+        };
+        self.write(&ControlFrame::Reply { id, data, error })
+    }
+
     pub(crate) fn refresh_required(&mut self, expires_in_ms: u64) -> Frame {
         self.write(&ControlFrame::RefreshRequired { expires_in_ms })
     }
@@ -445,6 +474,8 @@ struct RawClientFrame<'a> {
     positions: Option<Value>,
     #[serde(borrow, default)]
     scope: Loose<'a>,
+    #[serde(borrow, default)]
+    id: Loose<'a>,
 }
 
 /// A field that should be a string: the string, absent, or something else (reported as an invalid
@@ -555,6 +586,8 @@ pub(crate) enum ClientFrame<'a> {
     Message {
         thread: Option<Cow<'a, str>>,
         data: Value,
+        /// What the client will match the application's `reply` with.
+        id: Option<Cow<'a, str>>,
     },
     Ping,
     /// Stream name (`u`, `t`, `r:<room>`) → the last position the client saw.
@@ -603,7 +636,14 @@ pub(crate) fn parse_client_frame(
             None => Err(PeerError::InvalidField { field: "thread_id" }),
         },
         "unsubscribe" => Ok(ClientFrame::Unsubscribe { thread }),
-        "message" => Ok(ClientFrame::Message { thread, data: raw.data.unwrap_or(Value::Null) }),
+        "message" => {
+            let id = match raw.id {
+                Loose::Absent => None,
+                Loose::Str(id) if !id.is_empty() && id.len() <= max_id => Some(id),
+                _ => return Err(PeerError::InvalidField { field: "id" }),
+            };
+            Ok(ClientFrame::Message { thread, data: raw.data.unwrap_or(Value::Null), id })
+        }
         "ping" => Ok(ClientFrame::Ping),
         "resume" => {
             let positions = raw.positions.ok_or(PeerError::InvalidField { field: "positions" })?;
@@ -721,7 +761,7 @@ mod tests {
         assert_eq!(p(r#"{"type":"ping","extra":[1,2]}"#), Ok(ClientFrame::Ping));
         assert_eq!(
             p(r#"{"type":"message","data":{"user_id":"mallory"}}"#),
-            Ok(ClientFrame::Message { thread: None, data: json!({"user_id":"mallory"}) })
+            Ok(ClientFrame::Message { thread: None, data: json!({"user_id":"mallory"}), id: None })
         );
         assert_eq!(
             p(r#"{"type":"subscribe"}"#),

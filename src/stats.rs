@@ -199,6 +199,8 @@ pub struct HubStats {
     pub publishes_failed: u64,
     /// Cluster mode: `resync` notices sent (a stream's messages were lost or it started over).
     pub resyncs_sent: u64,
+    /// `reply` frames sent ([`Hub::reply`](crate::Hub::reply)).
+    pub replies_sent: u64,
     /// Presence: `presence` snapshots sent (on joining a scope, on request, after a scope came
     /// back under its size limit).
     pub presence_snapshots_sent: u64,

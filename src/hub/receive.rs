@@ -4,6 +4,8 @@
 use std::time::Instant;
 
 use crate::action::{Inbound, Origin};
+use crate::envelope::{MAX_DATA_DEPTH, Reply, depth_within};
+use crate::error::ReplyError;
 use crate::error::{PeerError, ReceiveError};
 use crate::hub::Hub;
 use crate::hub::presence::Requested;
@@ -138,7 +140,7 @@ impl Hub {
             }
             ClientFrame::Unsubscribe { thread: None } => c.widen(),
             ClientFrame::Unsubscribe { thread: Some(thread) } => c.unsubscribe(&thread),
-            ClientFrame::Message { thread, data } => {
+            ClientFrame::Message { thread, data, id } => {
                 let (tier, user) = (c.tier(), c.user());
                 let owner = self.users.get(user);
                 let from = Origin { tenant: owner.tenant.clone(), user: owner.user.clone(), conn };
@@ -146,7 +148,8 @@ impl Hub {
                 self.flow.tier(tier).inbound.add(clock, 1);
                 self.users.get_mut(user).meters.inbound.add(clock, 1);
                 let thread = thread.map(|t| ThreadId::from(&*t));
-                self.out.inbound(Inbound { from, thread, data });
+                let id = id.map(|id| std::sync::Arc::from(&*id));
+                self.out.inbound(Inbound { from, thread, data, id });
             }
             ClientFrame::Ping => {
                 let writer = &mut self.flow.writer;
@@ -175,6 +178,53 @@ impl Hub {
             },
             ClientFrame::Resume { .. } => unreachable!("handled above"),
         }
+        Ok(())
+    }
+
+    /// Answers the client message `id` that connection `conn` sent (its [`Inbound::id`]) with a
+    /// `reply` frame, to that connection only. A reply is a control frame: never skipped, and
+    /// counted against the connection's byte budget like any frame.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is sent when it fails: [`ReplyError::Conn`] if the connection has gone (it may
+    /// have closed since its message arrived: a normal race, not a bug); [`ReplyError::InvalidId`],
+    /// [`ReplyError::InvalidError`], [`ReplyError::TooDeep`] or [`ReplyError::TooLarge`] for an
+    /// answer that could not be sent to anyone.
+    pub fn reply(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: &str,
+        answer: Reply,
+    ) -> Result<(), ReplyError> {
+        let now = self.clock(now);
+        let limit = self.cfg.max_client_id_bytes;
+        if id.is_empty() || id.len() > limit {
+            return Err(ReplyError::InvalidId { limit });
+        }
+        let result = match &answer {
+            Reply::Data(data) => {
+                if !depth_within(data, MAX_DATA_DEPTH) {
+                    return Err(ReplyError::TooDeep { limit: MAX_DATA_DEPTH });
+                }
+                Ok(data)
+            }
+            Reply::Error { code, message } => {
+                if code.is_empty() || code.len() > 64 || message.len() > 1024 {
+                    return Err(ReplyError::InvalidError);
+                }
+                Err((code.as_str(), message.as_str()))
+            }
+        };
+        let idx = self.resolve(now, conn)?;
+        let frame = self.flow.writer.reply(id, result, &self.redactor);
+        let bytes = frame.len() as u64;
+        if bytes > self.cfg.max_unwritten_bytes {
+            return Err(ReplyError::TooLarge { bytes, limit: self.cfg.max_unwritten_bytes });
+        }
+        self.out.stats.replies_sent += 1;
+        self.control_or_close(now, idx, &frame);
         Ok(())
     }
 
