@@ -197,6 +197,7 @@
 //! | `left` | `stream` | the server took the connection out of a room |
 //! | `error` | `code`, `message` | a client frame was refused |
 //! | `pong` | | answer to a client `ping` |
+//! | `reply` | `id` (the client message's), and `data` (redacted like an event's; absent when `null`) or `error`: `{code, message}` | the application answered a `message` that carried an `id` (`Hub::reply`), to that connection only |
 //! | `resync` | `stream`, `epoch`, `seq`, `recovered` (`false`), `reason` (`gap_too_old`, `epoch_changed`) | cluster mode: messages of the stream up to `(epoch, seq)` may be missing (the log no longer holds them, or the stream started over); take `(epoch, seq)` as the stream's position and refetch its state |
 //! | `presence` | `scope` (`"t"` the tenant, `"r:<room>"` a room), `count` (users present), `members`: `[{user, conns, meta?}]` as last announced, or `null` when the scope is over `PresenceConfig::max_members` | presence on: when the connection enters a scope (after `connected` / `joined`), when asked, and to every member when the scope crosses its size limit |
 //! | `presence_diff` | `scope`, `joins`: `[{user, meta?}]`, `leaves`: `[user]` | presence on: at most once per `flush_interval` (250 ms) per scope, the net changes since the last batch (a user joins with its first connection in the scope and leaves after its last one closed and `grace`, 5 s, passed without a new one) |
@@ -212,7 +213,7 @@
 //! |---|---|---|
 //! | `subscribe` | `thread_id` | narrow this connection to the threads it subscribed to (plus thread-less user events) |
 //! | `unsubscribe` | `thread_id`, or none | drop one thread; when the last one goes, or without `thread_id`, the filter is gone and the connection receives all of its user's events again |
-//! | `message` | optional `thread_id`, `data` | surfaced to the application as `Action::Inbound`, stamped with the authenticated origin (ids inside `data` are never trusted) |
+//! | `message` | optional `thread_id`, `data`, optional `id` (a string of 1 to `max_client_id_bytes`, 128) | surfaced to the application as `Action::Inbound`, stamped with the authenticated origin (ids inside `data` are never trusted); with an `id`, the application may answer with a `reply` carrying it |
 //! | `ping` | | answered with a `pong` frame |
 //! | `resume` | `positions`: `{ "u": {epoch, seq}, "t": {...}, "r:<room>": {...} }`, the last position seen per stream | once per connection, first (after any `subscribe`): replays exactly the missed messages the connection may see, in order, then `resumed` |
 //! | `presence` | `scope` (`"t"` or `"r:<room>"`) | a fresh `presence` snapshot of a scope the connection is in; `error` `no_presence` when presence is off there or the connection is not in that room |

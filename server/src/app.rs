@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard::{ClusterConfig, Config, ConfigError, Hub, Inbound, PresenceConfig};
+use switchboard::{ClusterConfig, Config, ConfigError, Hub, Inbound, PresenceConfig, Reply};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -211,6 +211,12 @@ async fn run_agent(handle: Handle, mut inbound: mpsc::Receiver<Box<Inbound>>, pa
         let run = format!("run-{runs}");
         let handle = handle.clone();
         tokio::spawn(async move {
+            // A message with an `id` is acknowledged first, with the run that will answer it (a
+            // connection that has gone meanwhile just misses the ack).
+            if let Some(id) = msg.id.clone() {
+                let ack = Reply::Data(serde_json::json!({ "accepted": true, "run_id": run }));
+                let _ = handle.reply(msg.from.conn, id, ack).await;
+            }
             for step in agent::script(&agent::prompt_of(&msg), pace) {
                 tokio::time::sleep(step.after).await;
                 if let Err(e) = handle.publish(agent::envelope(&msg, &run, &step)).await {

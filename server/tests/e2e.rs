@@ -766,3 +766,30 @@ async fn a_batch_publish_answers_each_envelope_and_delivers_in_order() {
     assert_eq!((res.status, res.body.contains("bad_batch")), (400, true), "{}", res.body);
     alice.sync().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_with_an_id_is_acknowledged_before_its_run_starts() {
+    let server = Server::start(|_| {}).await;
+    let (mut alice, _) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    let (mut other_tab, _) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    alice
+        .send(json!({"type": "message", "id": "q-1", "thread_id": "t1", "data": {"text": "hi"}}))
+        .await;
+    let ack = alice.recv_event().await;
+    assert_eq!((ack["type"].as_str(), ack["id"].as_str()), (Some("reply"), Some("q-1")), "{ack}");
+    assert_eq!(ack["data"]["accepted"], true);
+    let run = ack["data"]["run_id"].as_str().expect("the ack names the run").to_owned();
+    let events = read_run(&mut alice).await;
+    assert!(events.iter().all(|e| e["run_id"] == run.as_str()), "{events:?}");
+    // The other tab sees the run, never the ack: a reply goes to the asking connection only.
+    let seen = read_run(&mut other_tab).await;
+    assert_eq!(seen.len(), events.len());
+    other_tab.sync().await;
+    // A bad id is refused like any invalid field.
+    alice.send(json!({"type": "message", "id": 5, "data": {}})).await;
+    let refused = alice.recv_event().await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["type"].as_str()),
+        (Some("invalid_field"), Some("error"))
+    );
+}

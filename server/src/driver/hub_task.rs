@@ -173,6 +173,9 @@ impl Driver {
                 let bus = self.bus.as_ref().map(|b| b.metrics.clone());
                 let _ = reply.send(Snapshot { hub: self.hub.stats(), driver, tiers, bus });
             }
+            Command::Reply { conn, id, answer, reply } => {
+                let _ = reply.send(self.hub.reply(now, conn, &id, answer));
+            }
             Command::Shutdown { reply } => self.shutdown(now, reply),
         }
         self.drain(now);

@@ -143,6 +143,12 @@ enum Command {
     Snapshot {
         reply: oneshot::Sender<Snapshot>,
     },
+    Reply {
+        conn: ConnId,
+        id: Arc<str>,
+        answer: switchboard::Reply,
+        reply: oneshot::Sender<Result<(), switchboard::ReplyError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -443,6 +449,24 @@ impl Handle {
             return Err(PublishFailed::Stopped);
         }
         rx.await.unwrap_or(Err(PublishFailed::Stopped))
+    }
+
+    /// Answers a client message that carried an `id` ([`Inbound::id`]) on the connection it came
+    /// from ([`Inbound`]'s `from.conn`): see [`Hub::reply`]. `Err(None)`: the hub task is gone.
+    pub async fn reply(
+        &self,
+        conn: ConnId,
+        id: Arc<str>,
+        answer: switchboard::Reply,
+    ) -> Result<(), Option<switchboard::ReplyError>> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Command::Reply { conn, id, answer, reply }).await {
+            return Err(None);
+        }
+        match rx.await {
+            Ok(result) => result.map_err(Some),
+            Err(_) => Err(None),
+        }
     }
 
     /// The hub's and the driver's counters, or `None` if the hub task is gone.
