@@ -258,6 +258,10 @@ pub struct Config {
     /// as a `presence` snapshot when they join it and `presence_diff` batches after. `None` (the
     /// default): off. Single node only for now: [`Config::validate`] refuses it with `cluster`.
     pub presence: Option<PresenceConfig>,
+    /// A single node's memory of publishers' idempotency keys ([`Envelope::idempotency_key`](crate::Envelope::idempotency_key)):
+    /// at most this many, each for `retention.max_age`, oldest forgotten first. (In cluster mode
+    /// the bus remembers them.)
+    pub max_idempotency_keys: u32,
 }
 
 impl Default for Config {
@@ -298,6 +302,7 @@ impl Default for Config {
             snapshot_interval: None,
             cluster: None,
             presence: None,
+            max_idempotency_keys: 100_000,
         }
     }
 }

@@ -295,7 +295,8 @@
 //!   that one: never pass ids between nodes; address users, threads, rooms or tenants instead).
 //!   `Target::Everyone` is refused (`PublishError::EveryoneInCluster`): publish per tenant.
 //! - `Envelope::idempotency_key` makes a retried publish safe: the engine appends a key it saw on
-//!   the stream within `retention.max_age` only once and answers `Duplicate`.
+//!   the stream within `retention.max_age` only once and answers `Duplicate` (a single node keeps
+//!   its own memory of keys instead: `Published::duplicate`, at most `max_idempotency_keys`).
 //!
 //! **Failures.**
 //!

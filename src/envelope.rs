@@ -257,10 +257,12 @@ pub struct Envelope {
     /// The payload. Configured keys are redacted at any depth before serialization. `null` means
     /// no data: the frame then has no `data` key. At most [`MAX_DATA_DEPTH`] levels deep.
     pub data: Value,
-    /// Cluster mode: a key that makes a retried publish safe. The bus appends a message with a
-    /// key it has seen on the same stream within the retention age only once, and reports the
-    /// retry as [`PublishOutcome::Duplicate`](crate::PublishOutcome::Duplicate). A single node
-    /// ignores it (a publish there cannot fail half-way).
+    /// A key that makes a retried publish safe: a message with a key seen on the same stream
+    /// within the retention age is published only once. A single node remembers keys itself
+    /// (at most `Config::max_idempotency_keys`) and answers a retry with
+    /// [`Published::duplicate`](crate::Published::duplicate); in cluster mode the bus remembers
+    /// them and reports [`PublishOutcome::Duplicate`](crate::PublishOutcome::Duplicate).
+    /// Ignored for `Connection` and `Everyone` targets (no one stream).
     pub idempotency_key: Option<Arc<str>>,
 }
 
@@ -285,7 +287,7 @@ impl Envelope {
         self
     }
 
-    /// Sets the idempotency key (cluster mode; see [`Envelope::idempotency_key`]).
+    /// Sets the idempotency key (see [`Envelope::idempotency_key`]).
     #[must_use]
     pub fn idempotency_key(mut self, key: impl Into<Arc<str>>) -> Self {
         self.idempotency_key = Some(key.into());

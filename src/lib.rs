@@ -304,6 +304,7 @@ mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hub;
+mod idempotency;
 mod ids;
 #[cfg(any(test, feature = "fuzzing"))]
 mod invariants;

@@ -201,6 +201,8 @@ pub struct HubStats {
     pub resyncs_sent: u64,
     /// `reply` frames sent ([`Hub::reply`](crate::Hub::reply)).
     pub replies_sent: u64,
+    /// Gauge, single node: idempotency keys remembered (`Config::max_idempotency_keys`).
+    pub idempotency_keys: u64,
     /// Presence: `presence` snapshots sent (on joining a scope, on request, after a scope came
     /// back under its size limit).
     pub presence_snapshots_sent: u64,

@@ -373,9 +373,9 @@ pub struct PublishRequest {
     /// The payload.
     #[serde(default)]
     pub data: Value,
-    /// Cluster mode: the same key on a retried request appends the event only once (the answer
-    /// says `duplicate: true` and gives the first position). At most
-    /// [`MAX_IDEMPOTENCY_KEY_BYTES`]; ignored by a single node.
+    /// The same key on a retried request publishes the event only once within the retention age
+    /// (the answer says `duplicate: true` and gives the first position): a single node remembers
+    /// it, in cluster mode the bus does. At most [`MAX_IDEMPOTENCY_KEY_BYTES`].
     pub idempotency_key: Option<String>,
 }
 
@@ -615,6 +615,7 @@ async fn publish_one(app: &AppState, request: PublishRequest) -> Outcome {
                     "stream": stream,
                     "epoch": epoch,
                     "seq": seq,
+                    "duplicate": duplicate,
                 })
             };
             Outcome {

@@ -158,6 +158,8 @@ pub struct Hub {
     pub(crate) early_resumes: hashbrown::HashMap<ConnId, Vec<(String, crate::ids::StreamPos)>>,
     /// Who is present in each tenant and room (with `Config::presence`).
     pub(crate) presence: crate::presence::Presence,
+    /// A single node's idempotency keys.
+    pub(crate) idempotency: crate::idempotency::IdempotencyKeys,
 }
 
 impl Hub {
@@ -176,6 +178,7 @@ impl Hub {
             render_buf: String::new(),
             early_resumes: hashbrown::HashMap::new(),
             presence: crate::presence::Presence::new(),
+            idempotency: crate::idempotency::IdempotencyKeys::default(),
             redactor: Redactor::new(&cfg.redact_keys),
             epochs: Epochs::new(cfg.seed),
             out: Outbox::default(),
@@ -751,6 +754,7 @@ impl Hub {
         stats.rooms_idle = self.tenants.idle_rooms() as u64;
         (stats.buffered_messages, stats.buffered_bytes) = self.buffers.totals();
         stats.presence_scopes = self.presence.scopes() as u64;
+        stats.idempotency_keys = self.idempotency.len() as u64;
         if let Some(node) = self.node.as_deref() {
             stats.bus = node.counters;
             stats.bus.in_flight = node.in_flight() as u64;

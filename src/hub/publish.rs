@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::cluster::OpId;
+use crate::cluster::{OpId, StreamKey};
 use crate::config::Config;
 use crate::connection::{Connection, Connections};
 use crate::envelope::{
@@ -44,11 +44,22 @@ pub struct Published {
     /// are 0): delivery happens when the message comes back over the bus, and the outcome comes
     /// as [`Action::Published`](crate::Action::Published) with this id.
     pub op: Option<OpId>,
+    /// A single node: the envelope's idempotency key was used on this stream within the
+    /// retention age; nothing was published, and `position` is the first publish's.
+    pub duplicate: bool,
 }
 
 impl Published {
     fn none() -> Self {
-        Published { delivered: 0, skipped: 0, closed: 0, held: 0, position: None, op: None }
+        Published {
+            delivered: 0,
+            skipped: 0,
+            closed: 0,
+            held: 0,
+            position: None,
+            op: None,
+            duplicate: false,
+        }
     }
 
     /// A clustered publish waiting for the bus.
@@ -138,6 +149,35 @@ impl Hub {
         if self.node.is_some() {
             return self.publish_clustered(now, envelope);
         }
+        // A key seen on this stream within the retention age: published before.
+        let (max_age, max_keys) =
+            (self.cfg.retention.max_age, self.cfg.max_idempotency_keys as usize);
+        let idempotent = match (&envelope.idempotency_key, idempotent_stream(&envelope.target)) {
+            (Some(key), Some(stream)) => Some((key.clone(), stream)),
+            _ => None,
+        };
+        if let Some((key, stream)) = &idempotent {
+            if let Some(position) = self.idempotency.seen(now, stream, key, max_age, max_keys) {
+                return Ok(Published {
+                    position: Some(position),
+                    duplicate: true,
+                    ..Published::none()
+                });
+            }
+        }
+        let result = self.publish_local(now, envelope)?;
+        if let (Some((key, stream)), Some(position)) = (idempotent, &result.position) {
+            self.idempotency.record(now, stream, key, position.clone(), max_age, max_keys);
+        }
+        Ok(result)
+    }
+
+    /// A single node's publish, once the envelope is known to be valid and new.
+    fn publish_local(
+        &mut self,
+        now: Instant,
+        envelope: Envelope,
+    ) -> Result<Published, PublishError> {
         let Envelope { target, kind, thread, run, data, .. } = envelope;
         let msg = Message { kind: &kind, thread: thread.as_ref(), run: run.as_ref(), data: &data };
         let result = match &target {
@@ -369,6 +409,19 @@ impl Hub {
             &mut result,
         );
         result
+    }
+}
+
+/// The one stream a target publishes into, for its idempotency key: none for a connection
+/// target (ephemeral) or `Everyone` (one stream per tenant), whose keys are not remembered.
+fn idempotent_stream(target: &Target) -> Option<StreamKey> {
+    match target {
+        Target::User { tenant, user } | Target::Thread { tenant, user, .. } => {
+            Some(StreamKey::user(tenant.clone(), user.clone()))
+        }
+        Target::Room { tenant, room } => Some(StreamKey::room(tenant.clone(), room.clone())),
+        Target::Tenant { tenant, .. } => Some(StreamKey::tenant(tenant.clone())),
+        _ => None,
     }
 }
 

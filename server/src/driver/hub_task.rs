@@ -159,7 +159,10 @@ impl Driver {
                 }
                 result => {
                     let result = result
-                        .map(|published| Receipt { published, duplicate: false })
+                        .map(|published| {
+                            let duplicate = published.duplicate;
+                            Receipt { published, duplicate }
+                        })
                         .map_err(PublishFailed::Hub);
                     let _ = reply.send(result);
                 }
