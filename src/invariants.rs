@@ -2,6 +2,8 @@
 //! tests (feature `fuzzing`). It walks everything, so it is far too slow for production use.
 
 use crate::hub::Hub;
+use crate::ids::UserId;
+use crate::presence::{PresenceScope, ScopeKey};
 use crate::stream::Stream;
 
 macro_rules! ensure {
@@ -13,6 +15,33 @@ macro_rules! ensure {
 }
 
 impl Hub {
+    /// Presence agrees with the connections: each user's connections per scope (its tenant once
+    /// `connected`, each room once `joined`).
+    fn check_presence(&self) -> Result<(), String> {
+        let Some(p) = &self.cfg.presence else { return Ok(()) };
+        let mut expected: hashbrown::HashMap<ScopeKey, hashbrown::HashMap<UserId, u32>> =
+            hashbrown::HashMap::new();
+        for (_, c) in self.conns.iter() {
+            if c.is_awaiting() {
+                continue;
+            }
+            let user = &self.users.slab[c.user() as usize];
+            let mut count = |scope: PresenceScope| {
+                let key = (user.tenant.clone(), scope);
+                *expected.entry(key).or_default().entry(user.user.clone()).or_default() += 1;
+            };
+            if p.tenant {
+                count(PresenceScope::Tenant);
+            }
+            if p.rooms {
+                for m in c.memberships() {
+                    count(PresenceScope::Room(m.room().clone()));
+                }
+            }
+        }
+        self.presence.check(&expected)
+    }
+
     /// Checks that every index agrees with every other and that every gauge in
     /// [`stats`](Hub::stats) equals what it counts. Returns a description of the first
     /// disagreement. Costs O(everything).
@@ -187,6 +216,6 @@ impl Hub {
             stats.connections_opened == stats.connections_closed + stats.connections_active,
             "opened != closed + active"
         );
-        Ok(())
+        self.check_presence()
     }
 }

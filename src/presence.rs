@@ -392,6 +392,69 @@ impl Presence {
         (scope.present, Some(users))
     }
 
+    /// Checks the bookkeeping against `expected`: for each scope, the connections each user has
+    /// in it (as the hub's indexes say). Every user with connections is a present member with
+    /// exactly that count; the rest of the members are in their grace or announced leaving;
+    /// counts, timers and change lists agree. For the invariant checker.
+    #[cfg(any(test, feature = "fuzzing", fuzzing))]
+    pub(crate) fn check(
+        &self,
+        expected: &HashMap<ScopeKey, HashMap<UserId, u32>>,
+    ) -> Result<(), String> {
+        for (key, users) in expected {
+            let scope = self.scopes.get(key).ok_or(format!("presence {key:?}: scope missing"))?;
+            for (user, conns) in users {
+                let m =
+                    scope.members.get(user).ok_or(format!("presence {key:?}: {user} missing"))?;
+                if m.conns != *conns || m.grace.is_some() {
+                    return Err(format!(
+                        "presence {key:?}: {user} has {} conns (grace {}), expected {conns}",
+                        m.conns,
+                        m.grace.is_some()
+                    ));
+                }
+            }
+        }
+        let mut timers = 0;
+        for (key, scope) in &self.scopes {
+            let present = scope.members.values().filter(|m| m.present()).count() as u32;
+            if present != scope.present {
+                return Err(format!(
+                    "presence {key:?}: count {} but {present} present",
+                    scope.present
+                ));
+            }
+            for (user, m) in &scope.members {
+                let held = expected.get(key).and_then(|u| u.get(user)).copied().unwrap_or(0);
+                if m.conns != held {
+                    return Err(format!(
+                        "presence {key:?}: {user} counted {} conns, holds {held}",
+                        m.conns
+                    ));
+                }
+                if m.changed != scope.changed.contains(user) {
+                    return Err(format!("presence {key:?}: {user}'s change flag disagrees"));
+                }
+                if !m.present() && !m.announced {
+                    return Err(format!(
+                        "presence {key:?}: {user} is neither present nor announced"
+                    ));
+                }
+                timers += usize::from(m.grace.is_some());
+            }
+            if !scope.changed.is_empty() && !self.dirty.contains(key) {
+                return Err(format!("presence {key:?}: changes but not dirty"));
+            }
+        }
+        if timers != self.timers.len() {
+            return Err(format!("presence: {timers} graces but {} timers", self.timers.len()));
+        }
+        if !self.dirty.is_empty() && self.flush_at.is_none() {
+            return Err("presence: dirty scopes but no flush due".into());
+        }
+        Ok(())
+    }
+
     /// Whether the scope is above the limit.
     pub(crate) fn is_large(&self, key: &ScopeKey) -> bool {
         self.scopes.get(key).is_some_and(|s| s.large)

@@ -326,6 +326,9 @@ proptest! {
             };
             let now = sim.now;
             feed(actions, &mut pictures, now, &gone_since);
+            if let Err(e) = sim.hub.check_invariants() {
+                prop_assert!(false, "{}", e);
+            }
             // Once the batches in flight have gone out (a grace may run out meanwhile and start
             // another), every picture is the truth.
             let acme = TenantId::from("acme");
@@ -345,6 +348,9 @@ proptest! {
                     p.get("t").cloned().unwrap_or_default() == tenant
                         && (!*in_lobby || p.get("r:lobby").cloned().unwrap_or_default() == lobby)
                 });
+                if let Err(e) = sim.hub.check_invariants() {
+                    prop_assert!(false, "{}", e);
+                }
                 if agree {
                     break;
                 }

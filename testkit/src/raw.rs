@@ -2,10 +2,11 @@
 //! how the protocol reads them (README "Client frames", `PeerError`): a frame is one JSON object
 //! (anything else is `malformed`, located at the first character that is not whitespace, or where
 //! the JSON breaks; a field named twice breaks it); `type` must be a string (`missing_type`
-//! otherwise) and one of the five client types (`unknown_type`); `thread_id`, when present, a
+//! otherwise) and one of the six client types (`unknown_type`); `thread_id`, when present, a
 //! non-empty string of at most `max_client_id_bytes` (checked for every type); `subscribe` needs
-//! one; `resume` needs `positions`, an object of stream name → `{epoch, seq}` of non-negative
-//! integers; other fields are ignored.
+//! one; a `message`'s `id`, when present, is such a string too; `resume` needs `positions`, an
+//! object of stream name → `{epoch, seq}` of non-negative integers; `presence` needs a `scope`
+//! (a non-empty string of at most `max_client_id_bytes + 2`); other fields are ignored.
 //!
 //! [`decode`] reads bytes that way, and [`Decoded::model_frame`] says what the reference model
 //! should answer, or that the frame is valid but outside the model's domain (a thread not named
@@ -44,6 +45,10 @@ struct Wire {
     thread_id: Field,
     data: Option<Value>,
     positions: Option<Value>,
+    #[serde(default, deserialize_with = "field")]
+    id: Field,
+    #[serde(default, deserialize_with = "field")]
+    scope: Field,
 }
 
 /// A client frame as the protocol reads it.
@@ -59,6 +64,8 @@ pub enum Decoded {
     Ping,
     /// `resume` with these positions, by stream name.
     Resume(Vec<(String, u64, u64)>),
+    /// `presence` for a scope (outside the model's domain: its hubs run without presence).
+    Presence(String),
     /// Refused with this error.
     Refused(PeerError),
 }
@@ -90,7 +97,19 @@ pub fn decode(bytes: &[u8], max_client_id_bytes: usize) -> Decoded {
     match kind.as_str() {
         "subscribe" => thread.map_or_else(|| invalid("thread_id"), Decoded::Subscribe),
         "unsubscribe" => Decoded::Unsubscribe(thread),
-        "message" => Decoded::Message(thread, wire.data.unwrap_or(Value::Null)),
+        "message" => match wire.id {
+            Field::Absent => Decoded::Message(thread, wire.data.unwrap_or(Value::Null)),
+            Field::Str(id) if !id.is_empty() && id.len() <= max_client_id_bytes => {
+                Decoded::Message(thread, wire.data.unwrap_or(Value::Null))
+            }
+            _ => invalid("id"),
+        },
+        "presence" => match wire.scope {
+            Field::Str(scope) if !scope.is_empty() && scope.len() <= max_client_id_bytes + 2 => {
+                Decoded::Presence(scope)
+            }
+            _ => invalid("scope"),
+        },
         "ping" => Decoded::Ping,
         "resume" => {
             let Some(Value::Object(map)) = wire.positions else { return invalid("positions") };
@@ -135,6 +154,7 @@ impl Decoded {
             }
             Decoded::Ping => In::Ping,
             Decoded::Resume(_) => In::Resume(Vec::new(), false),
+            Decoded::Presence(_) => return None,
             Decoded::Refused(_) => In::Raw(bytes.to_vec()),
         })
     }
@@ -142,7 +162,7 @@ impl Decoded {
 
 /// The fields of [`raw_json`] frames: a key and the JSON texts its value may be (valid and
 /// invalid ones). The last is `type` again: a field named twice.
-pub const RAW_FIELDS: [(&str, &[&str]); 6] = [
+pub const RAW_FIELDS: [(&str, &[&str]); 8] = [
     (
         "type",
         &[
@@ -151,6 +171,7 @@ pub const RAW_FIELDS: [(&str, &[&str]); 6] = [
             r#""message""#,
             r#""ping""#,
             r#""resume""#,
+            r#""presence""#,
             r#""dance""#,
             "7",
             "null",
@@ -182,6 +203,8 @@ pub const RAW_FIELDS: [(&str, &[&str]); 6] = [
         ],
     ),
     ("x", &["true", r#"{"nested":[1]}"#, r#""y""#]),
+    ("id", &[r#""m1""#, r#""""#, "9"]),
+    ("scope", &[r#""t""#, r#""r:lobby""#, r#""""#, "null"]),
     ("type", &[r#""ping""#]),
 ];
 
