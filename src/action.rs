@@ -1,6 +1,6 @@
 //! What the hub asks the caller to do: drained with [`Hub::poll_action`](crate::Hub::poll_action).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cluster::{BusOp, OpId, PublishOutcome};
 use crate::config::Tier;
@@ -35,6 +35,35 @@ pub struct Inbound {
     /// The client's id for this message, if it wants an answer: reply with
     /// [`Hub::reply`](crate::Hub::reply) on `from.conn`. Untrusted, at most the id length limit.
     pub id: Option<std::sync::Arc<str>>,
+}
+
+/// A client's request to extend its session ([`Action::RefreshRequested`]). The token is
+/// untrusted text: verify it, never log it.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RefreshRequest {
+    /// The connection that sent it, and whose session it would extend.
+    pub conn: ConnId,
+    /// The connection's tenant.
+    pub tenant: TenantId,
+    /// The connection's user.
+    pub user: UserId,
+    /// When its session ends now (`None`: never).
+    pub expires_at: Option<Instant>,
+    /// The new token, as the client sent it.
+    pub token: String,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token: debug output ends up in logs.
+        f.debug_struct("RefreshRequest")
+            .field("conn", &self.conn)
+            .field("tenant", &self.tenant)
+            .field("user", &self.user)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A security-relevant event. Log it; alert on spikes.
@@ -142,6 +171,9 @@ pub enum Action {
     Audit(AuditEvent),
     /// A lifecycle metric.
     Metric(MetricEvent),
+    /// A client sent a new token for its session (`refresh` frame). Verify it (same tenant and
+    /// user, a later expiry) and answer with [`Hub::answer_refresh`](crate::Hub::answer_refresh).
+    RefreshRequested(Box<RefreshRequest>),
     /// Cluster mode: perform this operation on the bus, then report its reply with
     /// [`Hub::bus_reply`](crate::Hub::bus_reply) (see [`BusOp`]).
     Bus(BusOp),

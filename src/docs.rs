@@ -191,6 +191,7 @@
 //! | `agent_started`, `agent_thinking`, `tool_executing`, `tool_completed`, `agent_completed`, or a custom kind | `stream` (`"u"` the user's stream, `"t"` the tenant broadcast, `"r:<room>"` a room), `epoch`, `seq`, optional `thread_id`, `run_id`, and `data` (absent, never `null`, when the event has none) | an event |
 //! | `connected` | `conn_id`, `tenant`, `user`, `heartbeat_ms`, `session_expires_in_ms` (or `null`), `streams`: `{ "u": {epoch, seq}, "t": {epoch, seq} }` | first frame of every connection |
 //! | `refresh_required` | `expires_in_ms` | `session_grace` before the session expires |
+//! | `refreshed` | `session_expires_in_ms` (or `null`) | a client `refresh` was accepted: the session was extended on the open connection |
 //! | `resumed` | `recovered`, `streams`: per stream `{recovered, reason?, epoch, seq, available_from, replayed}` | after the replay that answers a `resume` |
 //! | `skipped` | `count` | before the next frame, when `agent_thinking` frames were skipped for backpressure |
 //! | `joined` | `stream` (`"r:<room>"`), `epoch`, `seq` | the server put the connection into a room; live delivery of it starts after `seq` |
@@ -216,11 +217,13 @@
 //! | `message` | optional `thread_id`, `data`, optional `id` (a string of 1 to `max_client_id_bytes`, 128) | surfaced to the application as `Action::Inbound`, stamped with the authenticated origin (ids inside `data` are never trusted); with an `id`, the application may answer with a `reply` carrying it |
 //! | `ping` | | answered with a `pong` frame |
 //! | `resume` | `positions`: `{ "u": {epoch, seq}, "t": {...}, "r:<room>": {...} }`, the last position seen per stream | once per connection, first (after any `subscribe`): replays exactly the missed messages the connection may see, in order, then `resumed` |
+//! | `refresh` | `token`: a new token for this session | handed to the application (`Action::RefreshRequested`), which verifies it; accepted: the session ends later and the client gets `refreshed`; refused (another tenant or user, no later expiry, invalid): an `error` frame `refresh_refused`, audited (`refresh_refused`), the session unchanged |
 //! | `presence` | `scope` (`"t"` or `"r:<room>"`) | a fresh `presence` snapshot of a scope the connection is in; `error` `no_presence` when presence is off there or the connection is not in that room |
 //!
 //! A malformed frame, an unknown or missing `type`, an invalid field, a frame over the size limit or
 //! over a rate gets an `error` frame (`malformed`, `unknown_type`, `missing_type`, `invalid_field`,
-//! `frame_too_large`, `rate_limited`, `too_many_subscriptions`, `already_resumed`, `no_presence`) and a typed `Err`
+//! `frame_too_large`, `rate_limited`, `too_many_subscriptions`, `already_resumed`, `no_presence`,
+//! `refresh_refused`) and a typed `Err`
 //! to the caller.
 //!
 //! **Close codes**

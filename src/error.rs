@@ -120,6 +120,12 @@ pub enum PeerError {
     /// A `presence` request for a scope the connection is not in, or whose presence is off.
     #[error("no presence for this scope")]
     NoPresence,
+    /// The application refused a `refresh` token (the session is unchanged).
+    #[error("refresh refused: {why}")]
+    RefreshRefused {
+        /// Why, as the application said it.
+        why: String,
+    },
     /// `subscribe` would narrow the connection to more threads than allowed.
     #[error("thread subscription limit reached ({limit})")]
     TooManySubscriptions {
@@ -142,6 +148,7 @@ impl PeerError {
             PeerError::TooManySubscriptions { .. } => "too_many_subscriptions",
             PeerError::AlreadyResumed => "already_resumed",
             PeerError::NoPresence => "no_presence",
+            PeerError::RefreshRefused { .. } => "refresh_refused",
         }
     }
 }

@@ -46,6 +46,7 @@ fn to_json(frame: &ClientFrame<'_>) -> Value {
             json!({"type": "resume", "positions": map})
         }
         ClientFrame::Presence { scope } => json!({"type": "presence", "scope": scope}),
+        ClientFrame::Refresh { token } => json!({"type": "refresh", "token": token}),
     }
 }
 

@@ -169,6 +169,9 @@ pub enum AuditKind {
     /// A bus message did not match the stream it arrived on (another tenant's, user's or room's,
     /// or malformed): a driver or engine fault. It was dropped, never delivered.
     BusMismatch,
+    /// A client's `refresh` was refused: its token is invalid, names another user or tenant, or
+    /// does not extend the session.
+    RefreshRefused,
 }
 
 impl AuditKind {
@@ -195,6 +198,7 @@ impl AuditKind {
         AuditKind::BreakerRefused,
         AuditKind::ForeignStream,
         AuditKind::BusMismatch,
+        AuditKind::RefreshRefused,
     ];
 
     /// A short snake_case name, for logs and metric labels. A limit hit is `limit_` followed by
@@ -225,6 +229,7 @@ impl AuditKind {
             AuditKind::BreakerRefused => "breaker_refused",
             AuditKind::ForeignStream => "foreign_stream",
             AuditKind::BusMismatch => "bus_mismatch",
+            AuditKind::RefreshRefused => "refresh_refused",
         }
     }
 }

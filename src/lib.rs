@@ -321,7 +321,7 @@ mod timer;
 mod user;
 mod view;
 
-pub use action::{Action, AuditEvent, Inbound, MetricEvent, Origin};
+pub use action::{Action, AuditEvent, Inbound, MetricEvent, Origin, RefreshRequest};
 pub use cluster::{
     BusEntry, BusFailure, BusOp, BusReply, ClusterConfig, LeaseHolder, NodeId, OpId,
     PublishOutcome, StreamKey, StreamScope,

@@ -82,6 +82,11 @@ impl Outbox {
     }
 
     /// A limit refused something: counted, pushed as a metric, audited as `audit`.
+    /// An action with no counter of its own.
+    pub(crate) fn push_action(&mut self, action: Action) {
+        self.actions.push_back(action);
+    }
+
     /// A metric event on its own (a limit with no user to name, say).
     pub(crate) fn push_metric(&mut self, event: MetricEvent) {
         self.actions.push_back(Action::Metric(event));

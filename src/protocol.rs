@@ -142,6 +142,10 @@ enum ControlFrame<'a> {
     RefreshRequired {
         expires_in_ms: u64,
     },
+    /// A client's `refresh` was accepted: the session now ends in this many ms (`null`: never).
+    Refreshed {
+        session_expires_in_ms: Option<u64>,
+    },
     /// The application's answer to a client `message` that carried an `id`.
     Reply {
         id: &'a str,
@@ -351,6 +355,10 @@ impl FrameWriter {
         self.write(&ControlFrame::Reply { id, data, error })
     }
 
+    pub(crate) fn refreshed(&mut self, session_expires_in_ms: Option<u64>) -> Frame {
+        self.write(&ControlFrame::Refreshed { session_expires_in_ms })
+    }
+
     pub(crate) fn refresh_required(&mut self, expires_in_ms: u64) -> Frame {
         self.write(&ControlFrame::RefreshRequired { expires_in_ms })
     }
@@ -476,6 +484,8 @@ struct RawClientFrame<'a> {
     scope: Loose<'a>,
     #[serde(borrow, default)]
     id: Loose<'a>,
+    #[serde(borrow, default)]
+    token: Loose<'a>,
 }
 
 /// A field that should be a string: the string, absent, or something else (reported as an invalid
@@ -598,6 +608,10 @@ pub(crate) enum ClientFrame<'a> {
     Presence {
         scope: Cow<'a, str>,
     },
+    /// A new token for this connection's session, for the application to verify.
+    Refresh {
+        token: Cow<'a, str>,
+    },
 }
 
 impl ClientFrame<'_> {
@@ -649,6 +663,10 @@ pub(crate) fn parse_client_frame(
             let positions = raw.positions.ok_or(PeerError::InvalidField { field: "positions" })?;
             Ok(ClientFrame::Resume { positions: parse_positions(positions, max_positions)? })
         }
+        "refresh" => match raw.token {
+            Loose::Str(token) if !token.is_empty() => Ok(ClientFrame::Refresh { token }),
+            _ => Err(PeerError::InvalidField { field: "token" }),
+        },
         "presence" => match raw.scope {
             // `r:` plus a room id of at most `max_id` bytes.
             Loose::Str(scope) if !scope.is_empty() && scope.len() <= max_id + 2 => {

@@ -201,6 +201,10 @@ pub struct HubStats {
     pub resyncs_sent: u64,
     /// `reply` frames sent ([`Hub::reply`](crate::Hub::reply)).
     pub replies_sent: u64,
+    /// `refresh` frames received from clients.
+    pub refresh_requests: u64,
+    /// Client refreshes refused ([`Hub::answer_refresh`](crate::Hub::answer_refresh)).
+    pub refreshes_refused: u64,
     /// Gauge, single node: idempotency keys remembered (`Config::max_idempotency_keys`).
     pub idempotency_keys: u64,
     /// Presence: `presence` snapshots sent (on joining a scope, on request, after a scope came

@@ -41,6 +41,9 @@ pub struct Settings {
     pub listen: ListenConfig,
     /// The file-descriptor budget the caps were derived from (see [`Settings::apply_budget`]).
     pub budget: FdBudget,
+    /// Development only: `POST /demo/token` re-signs a valid token for this long (the binary sets
+    /// it when it prints demo tokens). `None`: no such route.
+    pub demo_token_ttl: Option<Duration>,
     /// Cluster mode (`--redis`): the Redis driver's settings. The hub becomes one node of the
     /// cluster (its `Config::cluster` is set from `redis.node` unless already set, in which case
     /// the hub's node id wins). `None`: a single node, no Redis.
@@ -89,6 +92,7 @@ impl Settings {
             listen: ListenConfig::default(),
             budget: FdBudget::new(None, None),
             redis: None,
+            demo_token_ttl: None,
         };
         settings.apply_budget(FdBudget::of_process(None));
         settings
@@ -156,6 +160,10 @@ pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running,
     let keys = Keys::new(&settings.jwt_secret).map_err(StartError::Keys)?;
     auth::check_admin_key(&settings.admin_key).map_err(StartError::Keys)?;
     let mut hub_config = settings.hub;
+    let mut driver_config = settings.driver;
+    if driver_config.refresh.is_none() {
+        driver_config.refresh = Some(refresh_verifier(keys.clone()));
+    }
     let (handle, inbound) = match settings.redis {
         Some(mut redis_cfg) => {
             let cluster = hub_config
@@ -169,9 +177,9 @@ pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running,
             }
             let hub = Hub::new(hub_config).map_err(StartError::Config)?;
             let link = redis::start(redis_cfg).map_err(StartError::Redis)?;
-            driver::spawn_clustered(hub, settings.driver, link)
+            driver::spawn_clustered(hub, driver_config, link)
         }
-        None => driver::spawn(Hub::new(hub_config).map_err(StartError::Config)?, settings.driver),
+        None => driver::spawn(Hub::new(hub_config).map_err(StartError::Config)?, driver_config),
     };
     let counters = handle.listener_counters();
     tokio::spawn(run_agent(handle.clone(), inbound, settings.agent_pace));
@@ -179,7 +187,8 @@ pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running,
         .map_err(StartError::Keys)?
         .allowed_origins(settings.allowed_origins)
         .metrics_require_admin(settings.metrics_require_admin)
-        .publish_body(settings.publish_body);
+        .publish_body(settings.publish_body)
+        .demo_token_ttl(settings.demo_token_ttl);
     let http_counters = state.counters.clone();
     let router = http::router(state);
     let (stop_http, stopped) = oneshot::channel::<()>();
@@ -201,6 +210,24 @@ impl Running {
             server.abort();
         }
     }
+}
+
+/// Accepts a client's `refresh` token when it verifies, names the same tenant and user as the
+/// connection, and ends the session later than it ends now.
+pub fn refresh_verifier(keys: Keys) -> driver::RefreshVerifier {
+    driver::RefreshVerifier::new(move |request| {
+        let identity = keys.verify(&request.token).map_err(|e| e.to_string())?;
+        let p = identity.principal;
+        if p.tenant != request.tenant || p.user != request.user {
+            return Err("the token names another tenant or user".into());
+        }
+        match (p.expires_at, request.expires_at) {
+            (Some(new), Some(old)) if new <= old => {
+                Err("the token does not extend the session".into())
+            }
+            (new, _) => Ok(new),
+        }
+    })
 }
 
 /// The demo agent: each client `message` starts a run that publishes the script's events.

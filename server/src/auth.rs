@@ -214,8 +214,17 @@ impl Keys {
             .expect("HS256 signing of plain claims cannot fail")
     }
 
+    /// Verifies a token and returns its claims as signed (every check of [`Keys::verify`]).
+    pub fn verified_claims(&self, token: &str) -> Result<Claims, AuthError> {
+        self.verify_inner(token).map(|(claims, _)| claims)
+    }
+
     /// Verifies a token and maps its claims onto a principal whose session ends at `exp`.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_inner(token).map(|(_, identity)| identity)
+    }
+
+    fn verify_inner(&self, token: &str) -> Result<(Claims, Identity), AuthError> {
         use jsonwebtoken::errors::ErrorKind;
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Invalid("token too long"));
@@ -232,6 +241,7 @@ impl Keys {
                 _ => AuthError::Invalid("malformed token"),
             })?;
         let claims = data.claims;
+        let signed = claims.clone();
         let now_unix = unix_now();
         if claims.exp <= now_unix {
             return Err(AuthError::Expired);
@@ -285,7 +295,8 @@ impl Keys {
                 .map_err(|_| AuthError::Invalid("`name` does not fit the presence metadata"))?;
             principal = principal.meta(meta);
         }
-        Ok(Identity { principal, rooms: claims.rooms.into_iter().map(RoomId::from).collect() })
+        let rooms = claims.rooms.into_iter().map(RoomId::from).collect();
+        Ok((signed, Identity { principal, rooms }))
     }
 }
 

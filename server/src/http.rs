@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use switchboard::{Audience, ConnectError, Envelope, EventKind, PublishError, StreamName, Target};
 
-use crate::auth::{AuthError, KeyError, Keys, check_admin_key};
+use crate::auth::{AuthError, Claims, KeyError, Keys, check_admin_key};
 use crate::driver::{Handle, PublishFailed, Receipt, Refused};
 use crate::metrics;
 
@@ -112,6 +112,10 @@ pub struct AppState {
     pub metrics_require_admin: bool,
     /// The size and time bounds of a `POST /publish` body.
     pub publish_body: PublishBody,
+    /// Development only: `POST /demo/token` re-signs a valid token for this long, so that the
+    /// page can refresh its session (a real deployment's own token issuer does that). `None`
+    /// (the default): the route answers 404.
+    pub demo_token_ttl: Option<Duration>,
 }
 
 impl AppState {
@@ -128,7 +132,14 @@ impl AppState {
             allowed_origins: None,
             metrics_require_admin: false,
             publish_body: PublishBody::default(),
+            demo_token_ttl: None,
         })
+    }
+
+    /// Development only: serves `POST /demo/token` (see [`AppState::demo_token_ttl`]).
+    pub fn demo_token_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.demo_token_ttl = ttl;
+        self
     }
 
     /// Allows WebSocket upgrades only from these browser origins (`https://app.example.com`,
@@ -180,6 +191,7 @@ pub fn router(state: AppState) -> Router {
         .route("/publish", post(publish).layer(body_limit))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
+        .route("/demo/token", post(demo_token))
         .with_state(state)
 }
 
@@ -214,6 +226,25 @@ async fn page() -> Response {
         (header::CACHE_CONTROL, "no-store"),
     ];
     (headers, Html(PAGE)).into_response()
+}
+
+/// `POST /demo/token` (development only): the bearer token, verified, re-signed with the same
+/// claims and a new expiry, as `{"token": …}`. 404 unless the server runs with demo tokens.
+async fn demo_token(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(ttl) = app.demo_token_ttl else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no token issuer on this server");
+    };
+    let Some(token) = bearer(&headers) else {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "a token is required");
+    };
+    match app.keys.verified_claims(token) {
+        Ok(claims) => {
+            let exp = crate::auth::unix_now().saturating_add(ttl.as_secs());
+            Json(json!({ "token": app.keys.sign(&Claims { exp, nbf: None, ..claims }) }))
+                .into_response()
+        }
+        Err(e) => error(StatusCode::UNAUTHORIZED, "invalid", e),
+    }
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {

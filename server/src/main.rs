@@ -145,6 +145,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let limits = limits_line(&settings);
 
+    if dev_mode {
+        // The page renews its demo token here before the session runs out.
+        settings.demo_token_ttl = Some(Duration::from_secs(cli.demo_token_hours * 3600));
+    }
     let settings_echo = settings.redis.as_ref().map(|r| (r.node.to_string(), r.prefix.clone()));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     let running = app::start(listener, settings).await?;

@@ -793,3 +793,56 @@ async fn a_message_with_an_id_is_acknowledged_before_its_run_starts() {
         (Some("invalid_field"), Some("error"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refreshes_its_session_with_a_new_token_and_only_its_own() {
+    let server = Server::start(|_| {}).await;
+    let (mut alice, connected) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    let before = connected["session_expires_in_ms"].as_u64().unwrap();
+    let longer = server.keys.sign(&Claims::new("acme", "alice", Duration::from_secs(7200)));
+    alice.send(json!({"type": "refresh", "token": longer})).await;
+    let refreshed = alice.recv_event().await;
+    assert_eq!(refreshed["type"], "refreshed", "{refreshed}");
+    let after = refreshed["session_expires_in_ms"].as_u64().unwrap();
+    assert!(after > before + 3_000_000, "{before} -> {after}");
+
+    // Another user's token, a token that does not extend the session, garbage: refused, audited.
+    let bob = server.keys.sign(&Claims::new("acme", "bob", Duration::from_secs(9000)));
+    let shorter = server.keys.sign(&Claims::new("acme", "alice", Duration::from_secs(600)));
+    for (token, why) in [(bob, "another"), (shorter, "extend"), ("x.y.z".to_owned(), "invalid")] {
+        alice.send(json!({"type": "refresh", "token": token})).await;
+        let refused = alice.recv_event().await;
+        assert_eq!(refused["code"], "refresh_refused", "{refused}");
+        assert!(refused["message"].as_str().unwrap().contains(why), "{refused}");
+    }
+    let s = server.snapshot().await;
+    assert_eq!((s.hub.sessions_refreshed, s.hub.refreshes_refused), (1, 3));
+    assert_eq!(s.driver.audits.get("refresh_refused"), Some(&3));
+    alice.sync().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_token_route_re_signs_a_valid_token_and_only_when_enabled() {
+    let server = Server::start(|s| s.demo_token_ttl = Some(Duration::from_secs(7200))).await;
+    let old = server.keys.sign(&Claims {
+        rooms: vec!["lobby".into()],
+        name: Some("Alice".into()),
+        ..Claims::new("acme", "alice", Duration::from_secs(600))
+    });
+    let res = server.http("POST", "/demo/token", Some(&old), "").await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let fresh = res.json()["token"].as_str().unwrap().to_owned();
+    let claims = server.keys.verified_claims(&fresh).unwrap();
+    let before = server.keys.verified_claims(&old).unwrap();
+    assert_eq!(
+        (claims.sub.as_str(), claims.tenant.as_str(), &claims.rooms),
+        ("alice", "acme", &before.rooms)
+    );
+    assert_eq!(claims.name.as_deref(), Some("Alice"));
+    assert!(claims.exp >= before.exp + 6000, "{} vs {}", claims.exp, before.exp);
+    assert_eq!(server.http("POST", "/demo/token", Some("x.y.z"), "").await.status, 401);
+    assert_eq!(server.http("POST", "/demo/token", None, "").await.status, 401);
+
+    let production = Server::start(|_| {}).await;
+    assert_eq!(production.http("POST", "/demo/token", Some(&old), "").await.status, 404);
+}

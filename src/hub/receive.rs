@@ -3,11 +3,13 @@
 
 use std::time::Instant;
 
+use crate::action::{Action, RefreshRequest};
 use crate::action::{Inbound, Origin};
 use crate::envelope::{MAX_DATA_DEPTH, Reply, depth_within};
-use crate::error::ReplyError;
 use crate::error::{PeerError, ReceiveError};
+use crate::error::{RefreshError, ReplyError};
 use crate::hub::Hub;
+use crate::hub::millis;
 use crate::hub::presence::Requested;
 use crate::ids::{ConnId, ThreadId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy, LimitKind};
@@ -156,6 +158,14 @@ impl Hub {
                 let pong = self.pong.get_or_insert_with(|| writer.pong()).clone();
                 self.control_or_close(now, idx, &pong);
             }
+            ClientFrame::Refresh { token } => {
+                let (tenant, user) = self.owner(idx);
+                let expires_at = self.conns.get(idx).expires_at();
+                let token = token.into_owned();
+                self.out.stats.refresh_requests += 1;
+                let request = RefreshRequest { conn, tenant, user, expires_at, token };
+                self.out.push_action(Action::RefreshRequested(Box::new(request)));
+            }
             ClientFrame::Presence { scope } => match self.presence_requested(now, idx, &scope) {
                 Requested::Sent => {}
                 // Presence is off there: answered, neither audited nor a violation.
@@ -226,6 +236,56 @@ impl Hub {
         self.out.stats.replies_sent += 1;
         self.control_or_close(now, idx, &frame);
         Ok(())
+    }
+
+    /// Answers a client's `refresh` ([`Action::RefreshRequested`]): `Ok(expires_at)` extends the
+    /// session ([`Hub::refresh`]) and tells the client in a `refreshed` frame; `Err(why)` keeps
+    /// the session as it is, answers an `error` frame (`refresh_refused`, with `why`, at most 200
+    /// bytes of it) and is audited ([`AuditKind::RefreshRefused`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Hub::refresh`]: the connection has gone, or the new expiry is not in the future (then
+    /// the client is told it was refused).
+    pub fn answer_refresh(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        verdict: Result<Option<Instant>, &str>,
+    ) -> Result<(), RefreshError> {
+        let now = self.clock(now);
+        let idx = self.resolve(now, conn)?;
+        let why = match verdict {
+            Ok(expires_at) => match self.refresh(now, conn, expires_at) {
+                Ok(()) => {
+                    let left = expires_at.map(|at| millis(at.saturating_duration_since(now)));
+                    let frame = self.flow.writer.refreshed(left);
+                    self.control_or_close(now, idx, &frame);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.refuse_refresh(now, idx, "the new expiry is not in the future");
+                    return Err(e);
+                }
+            },
+            Err(why) => why,
+        };
+        self.refuse_refresh(now, idx, why);
+        Ok(())
+    }
+
+    fn refuse_refresh(&mut self, now: Instant, idx: u32, why: &str) {
+        let (tenant, user) = self.owner(idx);
+        let id = self.conns.id_of(idx);
+        self.out.stats.refreshes_refused += 1;
+        self.out.audit(AuditKind::RefreshRefused, Some(id), Some(&tenant), Some(&user));
+        let mut end = why.len().min(200);
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        let frame =
+            self.flow.writer.error(&PeerError::RefreshRefused { why: why[..end].to_owned() });
+        self.control_or_close(now, idx, &frame);
     }
 
     /// Answers a violation: refuse the frame ([`Hub::refuse`]), and close the connection when it

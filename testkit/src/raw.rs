@@ -2,11 +2,12 @@
 //! how the protocol reads them (README "Client frames", `PeerError`): a frame is one JSON object
 //! (anything else is `malformed`, located at the first character that is not whitespace, or where
 //! the JSON breaks; a field named twice breaks it); `type` must be a string (`missing_type`
-//! otherwise) and one of the six client types (`unknown_type`); `thread_id`, when present, a
+//! otherwise) and one of the seven client types (`unknown_type`); `thread_id`, when present, a
 //! non-empty string of at most `max_client_id_bytes` (checked for every type); `subscribe` needs
 //! one; a `message`'s `id`, when present, is such a string too; `resume` needs `positions`, an
 //! object of stream name → `{epoch, seq}` of non-negative integers; `presence` needs a `scope`
-//! (a non-empty string of at most `max_client_id_bytes + 2`); other fields are ignored.
+//! (a non-empty string of at most `max_client_id_bytes + 2`); `refresh` a non-empty `token`;
+//! other fields are ignored.
 //!
 //! [`decode`] reads bytes that way, and [`Decoded::model_frame`] says what the reference model
 //! should answer, or that the frame is valid but outside the model's domain (a thread not named
@@ -49,6 +50,8 @@ struct Wire {
     id: Field,
     #[serde(default, deserialize_with = "field")]
     scope: Field,
+    #[serde(default, deserialize_with = "field")]
+    token: Field,
 }
 
 /// A client frame as the protocol reads it.
@@ -66,6 +69,8 @@ pub enum Decoded {
     Resume(Vec<(String, u64, u64)>),
     /// `presence` for a scope (outside the model's domain: its hubs run without presence).
     Presence(String),
+    /// `refresh` with a token (outside the model's domain: it is the application's to verify).
+    Refresh(String),
     /// Refused with this error.
     Refused(PeerError),
 }
@@ -103,6 +108,10 @@ pub fn decode(bytes: &[u8], max_client_id_bytes: usize) -> Decoded {
                 Decoded::Message(thread, wire.data.unwrap_or(Value::Null))
             }
             _ => invalid("id"),
+        },
+        "refresh" => match wire.token {
+            Field::Str(token) if !token.is_empty() => Decoded::Refresh(token),
+            _ => invalid("token"),
         },
         "presence" => match wire.scope {
             Field::Str(scope) if !scope.is_empty() && scope.len() <= max_client_id_bytes + 2 => {
@@ -154,7 +163,7 @@ impl Decoded {
             }
             Decoded::Ping => In::Ping,
             Decoded::Resume(_) => In::Resume(Vec::new(), false),
-            Decoded::Presence(_) => return None,
+            Decoded::Presence(_) | Decoded::Refresh(_) => return None,
             Decoded::Refused(_) => In::Raw(bytes.to_vec()),
         })
     }

@@ -287,6 +287,14 @@ impl Driver {
                 // The same numbers accumulate in `hub.stats()`, which /metrics reads.
                 Action::Metric(_) => {}
                 Action::Bus(op) => self.send_bus(now, op),
+                Action::RefreshRequested(request) => {
+                    let verdict = match &self.handle.cfg.refresh {
+                        Some(verifier) => verifier.verify(&request),
+                        None => Err("refresh is not supported by this server".to_owned()),
+                    };
+                    let verdict = verdict.as_ref().map(|at| *at).map_err(String::as_str);
+                    let _ = self.hub.answer_refresh(now, request.conn, verdict);
+                }
                 Action::Published { op, outcome } => self.published(op, outcome),
                 _ => {}
             }

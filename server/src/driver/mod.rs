@@ -90,6 +90,9 @@ pub struct DriverConfig {
     pub flush_bytes: usize,
     /// Log audit events to stderr.
     pub log_audits: bool,
+    /// Verifies a client's `refresh` token ([`switchboard::Action::RefreshRequested`]): the new
+    /// session end, or why not. `None`: every refresh is refused ("not supported").
+    pub refresh: Option<RefreshVerifier>,
     /// WebSocket connections the driver holds at once: admitted, open, or still closing (each
     /// holds a socket). Over it, [`Handle::connect`] is refused with
     /// `ConnectError::TooManyConnections` (HTTP 503) while plain HTTP requests still work. The
@@ -110,7 +113,38 @@ impl Default for DriverConfig {
             flush_bytes: 64 * 1024,
             log_audits: false,
             max_connections: None,
+            refresh: None,
         }
+    }
+}
+
+/// A verdict on a refresh: the session's new end (`None`: never), or why not.
+pub type RefreshVerdict = Result<Option<std::time::Instant>, String>;
+
+type VerifyFn = dyn Fn(&switchboard::RefreshRequest) -> RefreshVerdict + Send + Sync;
+
+/// Checks a client's `refresh` token against the connection it came on: `Ok(new expiry)` (which
+/// must be later than the session's current end) or `Err(a short reason for the client)`. Called
+/// on the hub task: keep it quick (a signature check, not a network call).
+#[derive(Clone)]
+pub struct RefreshVerifier(Arc<VerifyFn>);
+
+impl RefreshVerifier {
+    /// A verifier from a function.
+    pub fn new(
+        f: impl Fn(&switchboard::RefreshRequest) -> RefreshVerdict + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub(crate) fn verify(&self, request: &switchboard::RefreshRequest) -> RefreshVerdict {
+        (self.0)(request)
+    }
+}
+
+impl std::fmt::Debug for RefreshVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshVerifier")
     }
 }
 
