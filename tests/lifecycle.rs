@@ -896,3 +896,21 @@ fn absurd_written_counts_never_make_the_hub_panic() {
     assert_eq!(sim.hub.connection(id).unwrap().unwritten_bytes(), 0);
     assert!(sim.hub.stats().bytes_written >= usize::MAX as u64);
 }
+
+#[test]
+fn close_user_closes_every_connection_of_that_user_and_no_other() {
+    let mut sim = Sim::new(quiet());
+    let tabs = [sim.connect("acme", "alice"), sim.connect("acme", "alice")];
+    let bob = sim.connect("acme", "bob");
+    let other_alice = sim.connect("globex", "alice");
+    let (acme, alice) = (TenantId::from("acme"), UserId::from("alice"));
+    assert_eq!(sim.hub.close_user(sim.now, &acme, &alice, CloseReason::Kicked), 2);
+    let closed = closes(&sim.drain());
+    let expected: Vec<_> = tabs.iter().map(|&t| (t, CloseReason::Kicked)).collect();
+    assert_eq!(closed, expected, "oldest first");
+    for id in [bob, other_alice] {
+        assert!(sim.hub.connection(id).is_some(), "{id} stays open");
+    }
+    assert_eq!(sim.hub.close_user(sim.now, &acme, &alice, CloseReason::Kicked), 0, "none left");
+    assert_eq!(sim.hub.close_user(sim.now, &acme, &"nobody".into(), CloseReason::Kicked), 0);
+}

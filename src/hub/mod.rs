@@ -567,6 +567,29 @@ impl Hub {
         Ok(())
     }
 
+    /// Closes every connection of a user with `reason` (for example [`CloseReason::Kicked`] when
+    /// an administrator removes them), oldest first. Returns how many were closed: 0 for a user
+    /// the hub does not hold, or one with no connection open. Only this tenant's user: a user id
+    /// of another tenant is another user.
+    pub fn close_user(
+        &mut self,
+        now: Instant,
+        tenant: &TenantId,
+        user: &UserId,
+        reason: CloseReason,
+    ) -> usize {
+        let now = self.clock(now);
+        let Some(uidx) = self.users.find(tenant.as_str(), user.as_str()) else { return 0 };
+        let conns = self.users.get(uidx).conns.clone();
+        for &idx in &conns {
+            // A close may retire the user (its last connection), but never reuses a slot here.
+            if self.conns.contains(idx) {
+                self.close_conn(now, idx, ClosedBy::Hub(reason));
+            }
+        }
+        conns.len()
+    }
+
     /// A transport-level pong arrived: the peer is alive.
     ///
     /// # Errors

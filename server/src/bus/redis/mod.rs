@@ -217,7 +217,12 @@ impl Executor {
             self.plan(&mut pipe, &op, &dead);
             planned.push(Planned { op, first, count: pipe.len() - first });
         }
-        let result = self.conn.send_packed_commands(&pipe, 0, pipe.len()).await;
+        let result = if pipe.is_empty() {
+            // Nothing this driver can send (an operation kind it does not know): no round trip.
+            Ok(Vec::new())
+        } else {
+            self.conn.send_packed_commands(&pipe, 0, pipe.len()).await
+        };
         let replies = match result {
             Ok(replies) if replies.len() == pipe.len() => replies,
             Ok(_) | Err(_) => {
