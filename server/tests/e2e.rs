@@ -757,6 +757,27 @@ async fn a_batch_publish_answers_each_envelope_and_delivers_in_order() {
     }
     alice.sync().await;
 
+    // A retried envelope with its key is published once; a key over 256 bytes is refused.
+    let keyed =
+        json!({"tenant": "acme", "user": "alice", "kind": "notice", "idempotency_key": "k-1"});
+    let first = server.http("POST", "/publish", Some(ADMIN), &keyed.to_string()).await.json();
+    let again = server.http("POST", "/publish", Some(ADMIN), &keyed.to_string()).await.json();
+    assert_eq!(
+        (first["duplicate"].as_bool(), again["duplicate"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(again["seq"], first["seq"], "the first publish's position");
+    assert_eq!(alice.recv_event().await["type"], "notice");
+    alice.sync().await;
+    let long = json!({"tenant": "acme", "kind": "notice", "idempotency_key": "k".repeat(257)});
+    let res = server.http("POST", "/publish", Some(ADMIN), &long.to_string()).await;
+    assert_eq!(
+        (res.status, res.json()["error"].as_str()),
+        (400, Some("bad_target")),
+        "{}",
+        res.body
+    );
+
     // Bounds: an empty batch and one over the limit are refused whole.
     let empty = server.http("POST", "/publish", Some(ADMIN), "[]").await;
     assert_eq!(empty.status, 400);

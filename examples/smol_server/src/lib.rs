@@ -135,6 +135,12 @@ async fn hub_task(mut hub: Hub, rx: Receiver<Cmd>, tx: Sender<Cmd>, pace: Durati
                     runs += 1;
                     smol::spawn(run_agent(*msg, format!("run-{runs}"), pace, tx.clone())).detach();
                 }
+                // This example verifies no tokens: a client's `refresh` is answered, never left
+                // waiting.
+                Action::RefreshRequested(r) => {
+                    let _ =
+                        hub.answer_refresh(now, r.conn, Err("this server cannot verify tokens"));
+                }
                 _ => {} // audits and metrics: see examples/server for a fuller driver
             }
         }

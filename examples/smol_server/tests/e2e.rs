@@ -52,6 +52,10 @@ async fn the_smol_server_speaks_the_same_protocol() {
     assert_eq!(kinds, RUN);
     assert!(run.iter().all(|e| e["thread_id"] == "t9"));
     alice.sync().await;
+    // This server verifies no tokens: a refresh is answered with a refusal, not left hanging.
+    alice.send(json!({"type": "refresh", "token": "a.b.c"})).await;
+    assert_eq!(alice.recv().await["code"], "refresh_refused");
+    alice.sync().await;
 
     // A binary frame is not read as text: the connection is closed with 1003, as on the tokio
     // server, even though its bytes are a valid protocol frame.
