@@ -466,23 +466,37 @@ impl Node {
     }
 
     /// A connection that has read `connected` (returned), then ended its resume window with a
-    /// `ping` and read the `joined` frames of its token's rooms (returned) up to the `pong`.
+    /// `ping` and read the `pong` and the `joined` frame of every room its token names
+    /// (returned). In cluster mode a `joined` waits until the room's stream is set up on the bus,
+    /// so it may come after the `pong`.
     pub async fn live(&self, token: &str) -> (Client, Value, Vec<Value>) {
+        let rooms = token_rooms(token);
         let mut c = self.ws(token, None).await.expect("the token connects");
         let connected = recv(&mut c).await;
         assert_eq!(connected["type"], "connected", "{}: {connected}", self.name);
         c.send(json!({"type": "ping"})).await;
         let mut joined = Vec::new();
-        loop {
+        let mut ponged = false;
+        while !ponged || joined.len() < rooms {
             let f = recv(&mut c).await;
             match f["type"].as_str() {
-                Some("pong") => break,
+                Some("pong") if !ponged => ponged = true,
                 Some("joined") => joined.push(f),
-                _ => panic!("{}: expected joined frames, then the pong; got {f}", self.name),
+                _ => panic!("{}: expected joined frames and the pong; got {f}", self.name),
             }
         }
         (c, connected, joined)
     }
+}
+
+/// How many rooms a token's `rooms` claim names (read from its unverified payload).
+fn token_rooms(token: &str) -> usize {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url");
+    let claims: Value = serde_json::from_slice(&bytes).expect("JSON claims");
+    claims["rooms"].as_array().map_or(0, Vec::len)
 }
 
 impl Drop for Node {
