@@ -6,9 +6,10 @@
 # Starts one redis-server of its own on 127.0.0.1 with scripts/redis.sh (which installs it from
 # the Debian packages when missing), emptied (FLUSHALL) before every configuration. Each configuration starts its nodes on
 # 127.0.0.1 (stopped by PID), connects CLIENTS clients spread round-robin over the nodes, and runs
-# four phases on them, publishing round-robin through every node:
+# five phases on them, publishing round-robin through every node:
 #   tenant:0           tenant broadcasts as fast as delivered (fan-out CLIENTS/TENANTS)
 #   user:0             publishes to single users as fast as delivered (fan-out CONNS_PER_USER)
+#   user:0:bBATCH      the same, BATCH (10) envelopes per request: the batch publish both accept
 #   tenant:TENANT_RATE a fixed rate, for latency
 #   user:LAT_RATE      1,000 publishes/s by default: the latency target's load
 # and, with Redis, two more with Redis's MONITOR on (it slows Redis, so these count and time
@@ -53,7 +54,8 @@ DURATION="${DURATION:-4}"
 TENANT_RATE="${TENANT_RATE:-10}"
 LAT_RATE="${LAT_RATE:-1000}"
 MONITOR_RATE="${MONITOR_RATE:-100}"
-PHASES="${PHASES:-tenant:0 user:0 tenant:$TENANT_RATE user:$LAT_RATE}"
+BATCH="${BATCH:-10}"
+PHASES="${PHASES:-tenant:0 user:0 user:0:b$BATCH tenant:$TENANT_RATE user:$LAT_RATE}"
 MONITOR="${MONITOR:-1}"
 PUBLISHERS="${PUBLISHERS:-64}"
 PAYLOAD_BYTES="${PAYLOAD_BYTES:-64}"
@@ -270,7 +272,7 @@ echo
 echo "== $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(date -u +%Y-%m-%d), commit $commit, redis $redis_version, pinned: $([ "$PIN" = 1 ] && echo 'servers and Redis CPU 0, loadgen CPU 1' || echo no)"
 echo "== $CLIENTS clients, $CONNS_PER_USER per user, $TENANTS tenants; ${WARMUP}s warm-up + ${DURATION}s per phase; median of $REPS"
 echo
-CONFIGS="$CONFIGS" CLIENTS="$CLIENTS" TENANT_RATE="$TENANT_RATE" LAT_RATE="$LAT_RATE" \
+CONFIGS="$CONFIGS" CLIENTS="$CLIENTS" BATCH="$BATCH" TENANT_RATE="$TENANT_RATE" LAT_RATE="$LAT_RATE" \
   MONITOR_RATE="$MONITOR_RATE" node - "$raw" <<'EOF'
 const fs = require("node:fs");
 const all = fs.readFileSync(process.argv[2], "utf8").trim().split("\n").filter(Boolean).map((line) =>
@@ -287,12 +289,13 @@ const median = (xs) => {
   if (!s.length) return NaN;
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
-const sel = (cfg, target, rate, monitor = false) => rows.filter((r) => r.label === cfg && r.target === target &&
-  Number(r.rate) === rate && (r.monitor === "1") === monitor);
+// `batch`: envelopes per publish request (lines from before batches were measured have none).
+const sel = (cfg, target, rate, monitor = false, batch = 1) => rows.filter((r) => r.label === cfg && r.target === target &&
+  Number(r.rate) === rate && (r.monitor === "1") === monitor && Number(r.batch ?? 1) === batch);
 const mon = (cfg, target, rate, key) => median(sel(cfg, target, rate, true).map((r) => Number(r[key])));
-const pick = (cfg, target, rate, key) => median(sel(cfg, target, rate).map((r) => Number(r[key])));
+const pick = (cfg, target, rate, key, batch = 1) => median(sel(cfg, target, rate, false, batch).map((r) => Number(r[key])));
 // Delivered per CPU-second of the nodes and Redis together.
-const withRedis = (cfg, target, rate) => median(sel(cfg, target, rate).map((r) => {
+const withRedis = (cfg, target, rate, batch = 1) => median(sel(cfg, target, rate, false, batch).map((r) => {
   const cpu = Number(r.server_cpu_pct) + (Number.isFinite(Number(r.redis_cpu_pct)) ? Number(r.redis_cpu_pct) : 0);
   return cpu > 0 ? Number(r.delivered_per_s) / (cpu / 100) : NaN;
 }));
@@ -300,6 +303,7 @@ const fmt = (x, digits = 0) => Number.isFinite(x)
   ? x.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits }) : "-";
 const ratio = (a, b) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}×` : "-");
 const fanout = (target) => rows.find((r) => r.target === target)?.fanout ?? "?";
+const bt = Number(process.env.BATCH);
 const tr = Number(process.env.TENANT_RATE), lr = Number(process.env.LAT_RATE), mr = Number(process.env.MONITOR_RATE);
 // The ratio column: switchboard with 2 nodes against Socket.IO with 2 nodes, when both ran.
 const [ra, rb] = ["sb2", "sio2"];
@@ -316,6 +320,7 @@ const row = (what, get, digits = 0) => {
 };
 row(`delivered msg/s, tenant broadcast (fan-out ${fanout("tenant")}), as fast as delivered`, (c) => pick(c, "tenant", 0, "delivered_per_s"));
 row(`delivered msg/s, one user (fan-out ${fanout("user")}), as fast as delivered`, (c) => pick(c, "user", 0, "delivered_per_s"));
+row(`delivered msg/s, one user (fan-out ${fanout("user")}), ${bt} per request, as fast as delivered`, (c) => pick(c, "user", 0, "delivered_per_s", bt));
 row("  publishes/s, tenant phase", (c) => pick(c, "tenant", 0, "publish_per_s"));
 row("  publishes/s, user phase", (c) => pick(c, "user", 0, "publish_per_s"));
 row("  nodes' CPU, tenant phase (% of a core)", (c) => pick(c, "tenant", 0, "server_cpu_pct"));
@@ -323,8 +328,10 @@ row("  Redis CPU, tenant phase (% of a core)", (c) => pick(c, "tenant", 0, "redi
 row("  loadgen CPU, tenant phase (% of a core)", (c) => pick(c, "tenant", 0, "loadgen_cpu_pct"));
 row("delivered per server CPU-second, tenant phase", (c) => pick(c, "tenant", 0, "delivered_per_cpu_s"));
 row("delivered per server CPU-second, user phase", (c) => pick(c, "user", 0, "delivered_per_cpu_s"));
+row(`delivered per server CPU-second, user phase, ${bt} per request`, (c) => pick(c, "user", 0, "delivered_per_cpu_s", bt));
 row("  the same with Redis's CPU added, tenant phase", (c) => withRedis(c, "tenant", 0));
 row("  the same with Redis's CPU added, user phase", (c) => withRedis(c, "user", 0));
+row(`  the same with Redis's CPU added, user phase, ${bt} per request`, (c) => withRedis(c, "user", 0, bt));
 row(`p50 latency ms, one user at ${lr} publishes/s`, (c) => pick(c, "user", lr, "p50_us") / 1000, 2);
 row(`p99 latency ms, one user at ${lr} publishes/s`, (c) => pick(c, "user", lr, "p99_us") / 1000, 2);
 row(`p50 latency ms, tenant broadcast at ${tr} publishes/s`, (c) => pick(c, "tenant", tr, "p50_us") / 1000, 2);
@@ -388,6 +395,11 @@ if (hasRatio) {
     const a = pick(ra, target, 0, "delivered_per_cpu_s"), b = pick(rb, target, 0, "delivered_per_cpu_s");
     const a2 = withRedis(ra, target, 0), b2 = withRedis(rb, target, 0);
     console.log(`- delivered per server CPU-second ≥ 3× Socket.IO's, ${target} phase: ${ratio(a, b)} (${ratio(a2, b2)} with Redis's CPU): ${verdict(a / b >= 3)}`);
+  }
+  const a = pick(ra, "user", 0, "delivered_per_cpu_s", bt), b = pick(rb, "user", 0, "delivered_per_cpu_s", bt);
+  if (Number.isFinite(a) && Number.isFinite(b)) {
+    const a2 = withRedis(ra, "user", 0, bt), b2 = withRedis(rb, "user", 0, bt);
+    console.log(`- delivered per server CPU-second ≥ 3× Socket.IO's, user phase, both offered batches of ${bt} (issue 16's like-for-like form): ${ratio(a, b)} (${ratio(a2, b2)} with Redis's CPU): ${verdict(a / b >= 3)}`);
   }
 }
 EOF

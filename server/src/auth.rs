@@ -6,6 +6,7 @@
 //! tests can include it as it is.
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -170,10 +171,16 @@ pub fn check_admin_key(key: &str) -> Result<(), KeyError> {
 /// The HS256 signing and verifying keys.
 #[derive(Clone)]
 pub struct Keys {
+    /// Shared: the router clones its state (and so these keys) for every request, and the key
+    /// material and validation rules are several heap allocations to copy.
+    material: Arc<KeyMaterial>,
+    max_session: Duration,
+}
+
+struct KeyMaterial {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
-    max_session: Duration,
 }
 
 impl std::fmt::Debug for Keys {
@@ -193,12 +200,12 @@ impl Keys {
         // An expired token is expired: no grace. (`exp` is required by default.)
         validation.leeway = 0;
         validation.validate_nbf = true;
-        Ok(Keys {
+        let material = KeyMaterial {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
-            max_session: DEFAULT_MAX_SESSION,
-        })
+        };
+        Ok(Keys { material: Arc::new(material), max_session: DEFAULT_MAX_SESSION })
     }
 
     /// The longest session a token may claim: a token whose `exp` lies further in the future is
@@ -210,7 +217,7 @@ impl Keys {
 
     /// Signs claims.
     pub fn sign(&self, claims: &Claims) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.material.encoding)
             .expect("HS256 signing of plain claims cannot fail")
     }
 
@@ -229,17 +236,21 @@ impl Keys {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Invalid("token too long"));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    AuthError::Invalid("algorithm not accepted (HS256 only)")
-                }
-                ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("missing claim"),
-                _ => AuthError::Invalid("malformed token"),
-            })?;
+        let data = jsonwebtoken::decode::<Claims>(
+            token,
+            &self.material.decoding,
+            &self.material.validation,
+        )
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                AuthError::Invalid("algorithm not accepted (HS256 only)")
+            }
+            ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("missing claim"),
+            _ => AuthError::Invalid("malformed token"),
+        })?;
         let claims = data.claims;
         let signed = claims.clone();
         let now_unix = unix_now();

@@ -14,6 +14,8 @@
 //!   `RLIMIT_NOFILE` so that this is the exception: WebSockets stop at the limit minus a reserve
 //!   (the driver refuses upgrades above it with 503), and the reserve holds the pending
 //!   connections (which includes `/healthz`, `/publish` and `/metrics`) with room to spare.
+//! - **`TCP_NODELAY`** on every accepted socket: the driver writes whole frames and flushes per
+//!   batch, so Nagle's algorithm could only delay a frame behind an unacknowledged one.
 //!
 //! [`DriverStats::accept_fd_exhausted`]: crate::driver::DriverStats::accept_fd_exhausted
 
@@ -143,6 +145,10 @@ pub async fn serve(
         let tcp = match accepted {
             Ok((tcp, _)) => {
                 backoff.recovered();
+                // Frames are written whole and flushed in batches already; Nagle would only
+                // hold back a small frame behind an unacknowledged one (up to the peer's delayed
+                // ACK, tens of milliseconds). Failure leaves a working socket, just a slower one.
+                let _ = tcp.set_nodelay(true);
                 tcp
             }
             Err(err) if is_peer_error(&err) => continue,

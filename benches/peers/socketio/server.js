@@ -8,7 +8,9 @@
 // - Each socket joins its user's room and its tenant's room.
 // - `POST /publish` (admin key as `Authorization: Bearer <key>`) takes switchboard's flat body,
 //   `{"tenant", "user"?, "kind", "data"}`, and emits `kind` with `data` to the user's room or,
-//   without `user`, to the tenant's room. It answers `{"delivered": <sockets in the room>}`.
+//   without `user`, to the tenant's room. It answers `{"delivered": <sockets in the room>}`. A
+//   JSON array of 1 to 100 such bodies is a batch, answered `{"results": [...]}` with a `status`
+//   per entry, as switchboard's batch publish is.
 // - `GET /healthz` answers `{"status":"ok","connections":N}`.
 //
 // Plain Socket.IO 4 on one node process with its defaults (in-memory adapter, heartbeats every
@@ -96,6 +98,21 @@ function reply(res, status, body) {
   res.end(text);
 }
 
+// One envelope of a publish: emitted to its room; the answer's body (without `status`), or an
+// error to refuse it with.
+function publishOne(body) {
+  if (body === null || typeof body !== "object" || typeof body.tenant !== "string" || typeof body.kind !== "string") {
+    return { status: 400, body: { error: "bad_target", message: "`tenant` and `kind` are required" } };
+  }
+  const room = typeof body.user === "string" ? userRoom(body.tenant, body.user) : tenantRoom(body.tenant);
+  io.to(room).emit(body.kind, body.data === undefined ? null : body.data);
+  if (opts.redis) return { status: 200, body: { published: true } };
+  const members = io.of("/").adapter.rooms.get(room);
+  return { status: 200, body: { delivered: members ? members.size : 0 } };
+}
+
+// A JSON array is a batch, as on switchboard: 1 to 100 envelopes emitted in order, answered
+// `{"results": [{…, "status"}, …]}`.
 function publish(req, res) {
   if (req.headers.authorization !== `Bearer ${opts.adminKey}`) {
     return reply(res, 401, { error: "unauthorized" });
@@ -109,14 +126,18 @@ function publish(req, res) {
     } catch (e) {
       return reply(res, 400, { error: "bad_request", message: e.message });
     }
-    if (typeof body.tenant !== "string" || typeof body.kind !== "string") {
-      return reply(res, 400, { error: "bad_target", message: "`tenant` and `kind` are required" });
+    if (Array.isArray(body)) {
+      if (body.length < 1 || body.length > 100) {
+        return reply(res, 400, { error: "bad_batch", message: "a batch holds 1 to 100 envelopes" });
+      }
+      const results = body.map((entry) => {
+        const one = publishOne(entry);
+        return { ...one.body, status: one.status };
+      });
+      return reply(res, 200, { results });
     }
-    const room = typeof body.user === "string" ? userRoom(body.tenant, body.user) : tenantRoom(body.tenant);
-    io.to(room).emit(body.kind, body.data === undefined ? null : body.data);
-    if (opts.redis) return reply(res, 200, { published: true });
-    const members = io.of("/").adapter.rooms.get(room);
-    reply(res, 200, { delivered: members ? members.size : 0 });
+    const one = publishOne(body);
+    reply(res, one.status, one.body);
   });
 }
 

@@ -24,7 +24,9 @@
 //! of the tenant). `RATE` is publishes per second in total, open loop (latency is measured from
 //! the moment each request is written), or `0`: as fast as the server delivers, with at most
 //! `--window` deliveries outstanding (published but not yet received by every recipient), so the
-//! figure is the server's delivery capacity, not the depth of its queues.
+//! figure is the server's delivery capacity, not the depth of its queues. `TARGET:RATE:bN` posts
+//! `N` envelopes per request (a JSON array: the batch publish both servers accept), so that the
+//! HTTP request's cost is spread over `N` publishes; `RATE` still counts envelopes.
 //!
 //! # What it measures
 //!
@@ -118,6 +120,10 @@ struct PhaseSpec {
     /// (round trips) from those a script runs. MONITOR slows Redis down: use it on a phase of
     /// its own, not on one whose latency or throughput matters.
     monitor: bool,
+    /// `…:bN`: envelopes per publish request, 1 to 100 (default 1). Above 1 each request is a
+    /// batch (a JSON array answered with one result per envelope), the same on both servers;
+    /// the rate still counts envelopes.
+    batch: u64,
 }
 
 impl FromStr for PhaseSpec {
@@ -127,6 +133,16 @@ impl FromStr for PhaseSpec {
         let (s, monitor) = match s.strip_suffix(":monitor") {
             Some(rest) => (rest, true),
             None => (s, false),
+        };
+        let (s, batch) = match s.rsplit_once(":b") {
+            Some((rest, n)) => {
+                let n: u64 = n.parse().map_err(|e| format!("bad batch `{n}`: {e}"))?;
+                if !(1..=100).contains(&n) {
+                    return Err(format!("a batch holds 1 to 100 envelopes, not {n}"));
+                }
+                (rest, n)
+            }
+            None => (s, 1),
         };
         let (target, rate) = s.split_once(':').unwrap_or((s, "0"));
         let target = match target {
@@ -138,7 +154,7 @@ impl FromStr for PhaseSpec {
         if !(rate >= 0.0 && rate.is_finite()) {
             return Err(format!("bad rate `{rate}`"));
         }
-        Ok(PhaseSpec { target, rate, monitor })
+        Ok(PhaseSpec { target, rate, monitor, batch })
     }
 }
 
@@ -186,8 +202,9 @@ struct Cli {
     #[arg(long, default_value_t = 10)]
     tenants: usize,
     /// A phase, `user:RATE` or `tenant:RATE` (publishes per second, 0 = as fast as delivered),
-    /// with `:monitor` appended to count Redis round trips with MONITOR (`--redis-addr`); repeat
-    /// for several, run in order on the same connections.
+    /// with `:bN` appended for N envelopes per request (a batch, 1 to 100), and `:monitor` to
+    /// count Redis round trips with MONITOR (`--redis-addr`); repeat for several, run in order
+    /// on the same connections.
     #[arg(long = "phase", default_value = "tenant:0")]
     phases: Vec<PhaseSpec>,
     /// With rate 0: deliveries that may be outstanding (default: 16 publishes' worth, at least
@@ -532,8 +549,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         let r = phase(&cli, &ctx, &layout, *spec).await;
         let rss_loaded = sum_rss(&cli.pids);
         let fanout = r.fanout;
+        let batch = match spec.batch {
+            1 => String::new(),
+            n => format!(", {n} envelopes per request"),
+        };
         println!(
-            "{:?} → {:?} (fan-out {fanout}), {}",
+            "{:?} → {:?} (fan-out {fanout}{batch}), {}",
             cli.server,
             spec.target,
             if spec.rate > 0.0 {
@@ -598,6 +619,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         kv("server", format!("{:?}", cli.server).to_lowercase());
         kv("target", format!("{:?}", spec.target).to_lowercase());
         kv("rate", spec.rate.to_string());
+        kv("batch", spec.batch.to_string());
         kv("clients", n.to_string());
         kv("fanout", fanout.to_string());
         kv("publish_per_s", format!("{:.0}", s.in_window as f64 / secs));
@@ -709,6 +731,7 @@ async fn phase(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSpec)
         pad: "x".repeat(cli.payload_bytes),
         admin_key: cli.admin_key.clone(),
         publish_via: cli.publish_via,
+        batch: spec.batch,
         start,
         from,
         to,
@@ -817,6 +840,8 @@ struct Plan {
     admin_key: String,
     /// Every publisher posts to this node, if set.
     publish_via: Option<usize>,
+    /// Envelopes per request: more than one posts a JSON array (batch publish).
+    batch: u64,
     start: Instant,
     from: Instant,
     to: Instant,
@@ -827,7 +852,9 @@ async fn publisher(ctx: Arc<Ctx>, plan: Arc<Plan>, index: usize) -> PublishStats
     let mut stats = PublishStats::default();
     let mut conn: Option<HttpConn> = None;
     let rate = plan.spec.rate;
-    let interval = (rate > 0.0).then(|| Duration::from_secs_f64(plan.publishers as f64 / rate));
+    // A request carries `batch` envelopes, and the rate counts envelopes.
+    let interval = (rate > 0.0)
+        .then(|| Duration::from_secs_f64(plan.publishers as f64 * plan.batch as f64 / rate));
     let mut due = plan.start
         + interval.map_or(Duration::ZERO, |i| i.mul_f64(index as f64 / plan.publishers as f64));
     let mut body = String::with_capacity(plan.pad.len() + 128);
@@ -842,10 +869,11 @@ async fn publisher(ctx: Arc<Ctx>, plan: Arc<Plan>, index: usize) -> PublishStats
         } else if Instant::now() >= plan.to {
             break;
         }
-        let k = plan.next.fetch_add(1, Relaxed);
+        let batch = plan.batch;
+        let first = plan.next.fetch_add(batch, Relaxed);
         let layout = &plan.layout;
         let tenants = layout.tenant_conns.len();
-        let (tenant, user, fanout) = match plan.spec.target {
+        let target_of = |k: u64| match plan.spec.target {
             TargetKind::User => {
                 let u = (k % layout.user_conns.len() as u64) as usize;
                 (u % tenants, Some(u), layout.user_conns[u])
@@ -855,8 +883,9 @@ async fn publisher(ctx: Arc<Ctx>, plan: Arc<Plan>, index: usize) -> PublishStats
                 (t, None, layout.tenant_conns[t])
             }
         };
+        let fanout: u64 = (first..first + batch).map(|k| target_of(k).2).sum();
         if interval.is_none() {
-            // Closed loop: wait until the deliveries in flight leave room for this one.
+            // Closed loop: wait until the deliveries in flight leave room for this request.
             while ctx.expected.load(Relaxed).saturating_sub(ctx.received.load(Relaxed)) + fanout
                 > plan.window
             {
@@ -869,19 +898,31 @@ async fn publisher(ctx: Arc<Ctx>, plan: Arc<Plan>, index: usize) -> PublishStats
         ctx.expected.fetch_add(fanout, Relaxed);
         let sent_at = Instant::now();
         body.clear();
-        let _ = write!(body, r#"{{"tenant":"t{tenant}","#);
-        if let Some(u) = user {
-            let _ = write!(body, r#""user":"u{u}","#);
+        if plan.batch > 1 {
+            body.push('[');
         }
-        let _ = write!(
-            body,
-            r#""kind":"bench","data":{{"ts":{},"pad":"{}"}}}}"#,
-            sent_at.duration_since(ctx.t0).as_micros(),
-            plan.pad
-        );
-        stats.sent += 1;
+        for k in first..first + batch {
+            let (tenant, user, _) = target_of(k);
+            if k > first {
+                body.push(',');
+            }
+            let _ = write!(body, r#"{{"tenant":"t{tenant}","#);
+            if let Some(u) = user {
+                let _ = write!(body, r#""user":"u{u}","#);
+            }
+            let _ = write!(
+                body,
+                r#""kind":"bench","data":{{"ts":{},"pad":"{}"}}}}"#,
+                sent_at.duration_since(ctx.t0).as_micros(),
+                plan.pad
+            );
+        }
+        if plan.batch > 1 {
+            body.push(']');
+        }
+        stats.sent += batch;
         if sent_at >= plan.from && sent_at < plan.to {
-            stats.in_window += 1;
+            stats.in_window += batch;
         }
         let mut answer = match conn.as_mut() {
             Some(c) => c.post(&addr, "/publish", &plan.admin_key, &body).await,
@@ -897,6 +938,20 @@ async fn publisher(ctx: Arc<Ctx>, plan: Arc<Plan>, index: usize) -> PublishStats
             };
         }
         match answer {
+            Ok((200, reply)) if plan.batch > 1 => {
+                // `{"results":[{…,"status":200},…]}` from both servers: an entry refused is an
+                // error whose deliveries will never come.
+                let refused = batch.saturating_sub(count(&reply, b"\"status\":200"));
+                if refused > 0 {
+                    stats.errors += refused;
+                    ctx.expected.fetch_sub(fanout * refused / batch, Relaxed);
+                    ctx.fail(format!("batch entries refused: {}", String::from_utf8_lossy(&reply)));
+                }
+                let delivered = sum_of(&reply, b"\"delivered\":");
+                if delivered.is_some_and(|d| d != fanout) {
+                    stats.mismatched += 1;
+                }
+            }
             Ok((200, reply)) => {
                 if delivered_of(&reply).is_some_and(|d| d != fanout) {
                     stats.mismatched += 1;
@@ -917,6 +972,23 @@ async fn publisher(ctx: Arc<Ctx>, plan: Arc<Plan>, index: usize) -> PublishStats
         }
     }
     stats
+}
+
+/// How often `needle` occurs in `body`.
+fn count(body: &[u8], needle: &[u8]) -> u64 {
+    body.windows(needle.len()).filter(|w| *w == needle).count() as u64
+}
+
+/// The sum of the numbers after each `key` in `body`, or `None` if the key is absent (a
+/// clustered server answers positions, not counts).
+fn sum_of(body: &[u8], key: &[u8]) -> Option<u64> {
+    let mut rest = body;
+    let mut sum = None;
+    while let Some(at) = find(rest, key) {
+        rest = &rest[at + key.len()..];
+        *sum.get_or_insert(0) += parse_u64(rest)?;
+    }
+    sum
 }
 
 /// The `delivered` count of a publish answer (both servers give one).
