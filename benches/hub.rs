@@ -28,8 +28,8 @@ use std::time::{Duration, Instant, SystemTime};
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use serde_json::{Value, json};
 use switchboard::{
-    Action, Audience, BusReply, Config, ConnId, DisconnectReason, Envelope, Hub, OpId, Principal,
-    StreamPos, Target, Tier,
+    Action, Audience, BusReply, Config, ConnId, DisconnectReason, Envelope, EventKind, Hub, OpId,
+    Payload, Principal, RawData, StreamPos, Target, Tier,
 };
 
 use baseline::{Baseline, BaselineConfig, Message, Out, To};
@@ -272,6 +272,74 @@ fn publish_user(c: &mut Criterion, name: &str, conns: usize, redact: bool) {
         tenant: TENANT,
         user: "alice",
     });
+    g.finish();
+}
+
+/// The data of a `POST /publish` as it arrives (text), published to one connection with
+/// redaction on: parsed into a [`Value`] first (`parsed`, the path before raw payloads), or kept
+/// as [`RawData`] (`raw`, the server's path now). Both include the parse and the drop.
+fn publish_body(c: &mut Criterion, name: &str) {
+    const BODY: &str = r#"{"tool": "web_search", "args": {"query": "sans-io websocket hubs",
+        "limit": 10}, "api_key": "sk-live-0123456789", "results": [
+        {"title": "One", "url": "https://example.com/1", "score": 0.93},
+        {"title": "Two", "url": "https://example.com/2", "score": 0.88},
+        {"title": "Three", "url": "https://example.com/3", "score": 0.71}], "elapsed_ms": 412}"#;
+    let now = Instant::now();
+    let mut hub = Hub::new(hub_config()).unwrap();
+    let b = Baseline::new(baseline_config());
+    populate(&mut hub, &b, now, "bg", 10_000);
+    let ids = vec![hub.connect(now, Principal::new(TENANT, "alice")).unwrap()];
+    drain(&mut hub);
+    let env = |data: Payload| {
+        let mut e = Envelope::new(user_target("alice"), EventKind::ToolCompleted);
+        e.data = data;
+        e
+    };
+    // The work is what we think it is: the same frame either way, redacted.
+    let frames: Vec<String> = [
+        Payload::Json(serde_json::from_str::<Value>(BODY).unwrap()),
+        Payload::Raw(RawData::new(BODY).unwrap()),
+    ]
+    .into_iter()
+    .map(|data| {
+        assert_eq!(hub.publish(now, env(data)).unwrap().delivered, 1);
+        let frame = std::iter::from_fn(|| hub.poll_action())
+            .find_map(|a| match a {
+                Action::Deliver { frame, .. } => Some(frame),
+                _ => None,
+            })
+            .unwrap();
+        acknowledge(&mut hub, now, &ids);
+        frame.as_str().split_once(r#","data":"#).unwrap().1.to_owned()
+    })
+    .collect();
+    assert!(frames[0].contains("[redacted]") && frames[1].contains("[redacted]"));
+    // Keys come out in a different order (a parsed object's are sorted), so compare as JSON.
+    let parse = |s: &str| serde_json::from_str::<Value>(&s[..s.len() - 1]).unwrap();
+    assert_eq!(parse(&frames[0]), parse(&frames[1]));
+
+    let mut g = group(c, name, 1);
+    for (func, raw) in [("parsed", false), ("raw", true)] {
+        g.bench_function(func, |bench| {
+            bench.iter_custom(|iters| {
+                timed(
+                    &mut hub,
+                    iters,
+                    || BODY.to_owned(),
+                    |hub, body| {
+                        let data = if raw {
+                            Payload::Raw(RawData::new(body).unwrap())
+                        } else {
+                            Payload::Json(serde_json::from_str::<Value>(&body).unwrap())
+                        };
+                        black_box(hub.publish(now, env(data)).unwrap());
+                        drain(hub);
+                    },
+                    |hub| acknowledge(hub, now, &ids),
+                )
+            })
+        });
+    }
     g.finish();
 }
 
@@ -870,6 +938,7 @@ fn main() {
         }
     }
     plan.push(("publish_thread_filtered".into(), 2, Box::new(publish_thread)));
+    plan.push(("publish_body_1conn".into(), 1, Box::new(publish_body)));
     for n in [10, 1000, big] {
         plan.push((
             format!("room_fanout_{n}"),
@@ -911,7 +980,7 @@ fn main() {
     let mut groups = Vec::new();
     for (name, elements, bench) in plan {
         let matches = |f: &String| {
-            ["switchboard", "baseline", "local", "cluster"]
+            ["switchboard", "baseline", "local", "cluster", "parsed", "raw"]
                 .iter()
                 .any(|func| format!("{name}/{func}").contains(f.as_str()))
         };
@@ -923,4 +992,5 @@ fn main() {
     c.final_summary();
     print_table(&groups, since, ["switchboard", "baseline"]);
     print_table(&groups, since, ["local", "cluster"]);
+    print_table(&groups, since, ["raw", "parsed"]);
 }

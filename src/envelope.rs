@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::ids::{ConnId, Role, RoomId, RunId, TenantId, ThreadId, UserId};
+use crate::payload::{Payload, RawData};
 
 /// What an event is. The five agent events have fixed wire names; `Custom` carries the
 /// application's own.
@@ -44,30 +45,6 @@ pub enum Reply {
         /// What happened.
         message: String,
     },
-}
-
-/// How deeply an envelope's `data` may nest arrays and objects (the limit serde_json's own parser
-/// applies). [`Hub::publish`](crate::Hub::publish) refuses deeper data with
-/// [`PublishError::TooDeep`](crate::PublishError::TooDeep), checked without recursion before
-/// anything walks the value recursively (redaction, serialization).
-pub const MAX_DATA_DEPTH: usize = 128;
-
-/// Whether `value` nests arrays and objects at most `limit` levels deep (a scalar is depth 0, `[]`
-/// and `{}` depth 1). Iterative: the stack does not grow with the value's depth.
-pub(crate) fn depth_within(value: &Value, limit: usize) -> bool {
-    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
-    while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
-        if depth + 1 > limit {
-            return false;
-        }
-        stack.extend(children.map(|c| (c, depth + 1)));
-    }
-    true
 }
 
 /// How much an event matters under pressure.
@@ -254,9 +231,11 @@ pub struct Envelope {
     pub thread: Option<ThreadId>,
     /// The agent run it belongs to, if any.
     pub run: Option<RunId>,
-    /// The payload. Configured keys are redacted at any depth before serialization. `null` means
-    /// no data: the frame then has no `data` key. At most [`MAX_DATA_DEPTH`] levels deep.
-    pub data: Value,
+    /// The payload: a [`Value`] ([`Envelope::data`]) or JSON text ([`Envelope::raw_data`]).
+    /// Configured keys are redacted at any depth while the frame is written. `null` means no
+    /// data: the frame then has no `data` key. At most [`MAX_DATA_DEPTH`](crate::MAX_DATA_DEPTH)
+    /// levels deep.
+    pub data: Payload,
     /// A key that makes a retried publish safe: a message with a key seen on the same stream
     /// within the retention age is published only once. A single node remembers keys itself
     /// (at most `Config::max_idempotency_keys`) and answers a retry with
@@ -270,7 +249,14 @@ impl Envelope {
     /// An envelope with no thread, no run and no data (`null`: the frame has no `data` key).
     #[must_use]
     pub fn new(target: Target, kind: EventKind) -> Self {
-        Self { target, kind, thread: None, run: None, data: Value::Null, idempotency_key: None }
+        Self {
+            target,
+            kind,
+            thread: None,
+            run: None,
+            data: Payload::default(),
+            idempotency_key: None,
+        }
     }
 
     /// Sets the thread.
@@ -297,7 +283,15 @@ impl Envelope {
     /// Sets the payload.
     #[must_use]
     pub fn data(mut self, data: Value) -> Self {
-        self.data = data;
+        self.data = Payload::Json(data);
+        self
+    }
+
+    /// Sets the payload to JSON text already serialized (checked by [`RawData::new`]): no
+    /// [`Value`] tree is built or dropped, and redaction happens in one pass over the text.
+    #[must_use]
+    pub fn raw_data(mut self, data: RawData) -> Self {
+        self.data = Payload::Raw(data);
         self
     }
 
@@ -335,21 +329,6 @@ mod tests {
             assert_eq!(EventKind::from_wire(kind.as_str()), kind);
         }
         assert!(!EventKind::from_wire("connected").is_valid());
-    }
-
-    #[test]
-    fn depth_is_measured_without_recursion() {
-        assert!(depth_within(&Value::Null, 0));
-        assert!(depth_within(&serde_json::json!([]), 1));
-        assert!(!depth_within(&serde_json::json!([]), 0));
-        assert!(depth_within(&serde_json::json!({"a": [1, {"b": 2}]}), 3));
-        assert!(!depth_within(&serde_json::json!({"a": [1, {"b": {}}]}), 3));
-        let mut deep = Value::Null;
-        for _ in 0..100_000 {
-            deep = Value::Array(vec![deep]);
-        }
-        assert!(!depth_within(&deep, MAX_DATA_DEPTH));
-        std::mem::forget(deep); // dropping it recursively is serde_json's business
     }
 
     #[test]

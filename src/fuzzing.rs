@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use crate::envelope::EventKind;
 use crate::ids::{RoomId, RunId, StreamName, StreamPos, ThreadId};
+use crate::payload::{MAX_DATA_DEPTH, Payload, RawData, RawDataError, depth_within};
 use crate::protocol::{ClientFrame, FrameWriter, Redactor, parse_client_frame};
 
 /// Parses `bytes` as a client frame; if it parses, serializes what was understood back to JSON,
@@ -67,15 +68,33 @@ pub fn event_frame_round_trip(
     let stream = room.map_or(StreamName::User, |r| StreamName::Room(RoomId::from(r)));
     let thread = thread.map(ThreadId::from);
     let run = run.map(RunId::from);
-    let frame = FrameWriter::default().event(
-        &kind,
-        &stream,
-        StreamPos { epoch, seq },
-        thread.as_ref(),
-        run.as_ref(),
-        data,
-        &Redactor::new(redact),
-    );
+    let redactor = Redactor::new(redact);
+    let pos = StreamPos { epoch, seq };
+    let write = |payload: &Payload| {
+        FrameWriter::default().event(
+            &kind,
+            &stream,
+            pos,
+            thread.as_ref(),
+            run.as_ref(),
+            payload,
+            &redactor,
+        )
+    };
+    let frame = write(&Payload::Json(data.clone()));
+    // The raw path, from the same data written with whitespace: byte for byte the same frame
+    // (serde_json writes a Value's keys in the order it holds them, which the text keeps).
+    let text = serde_json::to_string_pretty(data).map_err(|e| format!("unwritable data: {e}"))?;
+    match RawData::new(text) {
+        Ok(raw) => {
+            let raw_frame = write(&Payload::Raw(raw));
+            if raw_frame != frame {
+                return Err(format!("raw data wrote {raw_frame}, parsed data wrote {frame}"));
+            }
+        }
+        Err(RawDataError::TooDeep { .. }) if !depth_within(data, MAX_DATA_DEPTH) => {}
+        Err(e) => return Err(format!("valid data refused as raw text: {e}")),
+    }
     let v: Value = serde_json::from_str(frame.as_str()).map_err(|e| format!("not JSON: {e}"))?;
     let expect = json!({
         "type": kind.as_str(),
@@ -96,6 +115,36 @@ pub fn event_frame_round_trip(
     }
     if v != expect {
         return Err(format!("wrote {frame}, expected {expect}"));
+    }
+    Ok(())
+}
+
+/// Takes arbitrary text as raw data: refused exactly when serde_json refuses it (or it nests too
+/// deeply), and otherwise written into a frame whose `data` reads back as the parsed text,
+/// redacted where a key matches (duplicate keys: the last copy, as a parser keeps it).
+pub fn raw_payload_round_trip(text: &str, redact: &[String]) -> Result<(), String> {
+    let parsed = serde_json::from_str::<Value>(text);
+    let raw = match (RawData::new(text), &parsed) {
+        (Ok(raw), Ok(_)) => raw,
+        (Err(RawDataError::Invalid(_)), Err(_)) => return Ok(()),
+        (Err(RawDataError::TooDeep { .. }), _) => return Ok(()),
+        (Ok(_), Err(e)) => return Err(format!("raw data took text serde_json refuses: {e}")),
+        (Err(e), Ok(_)) => return Err(format!("raw data refused JSON serde_json takes: {e}")),
+    };
+    let parsed = parsed.expect("checked");
+    let frame = FrameWriter::default().event(
+        &EventKind::ToolCompleted,
+        &StreamName::User,
+        StreamPos { epoch: 1, seq: 1 },
+        None,
+        None,
+        &Payload::Raw(raw),
+        &Redactor::new(redact),
+    );
+    let v: Value = serde_json::from_str(frame.as_str()).map_err(|e| format!("not JSON: {e}"))?;
+    let expect = if parsed.is_null() { None } else { Some(redacted(&parsed, redact)) };
+    if v.get("data") != expect.as_ref() {
+        return Err(format!("wrote {frame} for {text:?}, expected data {expect:?}"));
     }
     Ok(())
 }
@@ -136,5 +185,71 @@ mod tests {
             .unwrap();
         event_frame_round_trip("k", None, u64::MAX, 0, None, Some("run"), &Value::Null, &[])
             .unwrap();
+    }
+
+    #[test]
+    fn raw_payloads_read_back_as_parsed_on_tricky_text() {
+        let keys = vec!["token".to_owned(), "pass".to_owned()];
+        for text in [
+            r#" { "a" : [ 1 , 2.50 , -0 , 1E+2 ] , "Token" : { "x" : "}" } } "#,
+            r#"{"k":1,"k":2,"token":[{"token":null}],"token":3}"#,
+            r#"{"p\u0061ss":"x","s":"\"quoted\" \\ {[","e":{},"l":[]}"#,
+            r#""just a string""#,
+            "null",
+            " true ",
+            "[[[[]]]]",
+            r#"{"a":1,}"#,
+            "[1 2]",
+            r#"{"a" 1}"#,
+            "01",
+            "\"unterminated",
+            "",
+        ] {
+            raw_payload_round_trip(text, &keys).unwrap();
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            "[a-zA-Z\"\\\\{}\\[\\],: ]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::btree_map("[abAB]{1,2}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// JSON written compactly or with whitespace reads back as parsed and redacted.
+        #[test]
+        fn raw_json_reads_back_as_parsed(
+            value in json_value(),
+            pretty in proptest::bool::ANY,
+            keys in proptest::collection::vec("[ab]{1,2}", 0..3),
+        ) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&value).unwrap()
+            } else {
+                serde_json::to_string(&value).unwrap()
+            };
+            raw_payload_round_trip(&text, &keys).map_err(proptest::test_runner::TestCaseError::fail)?;
+        }
+
+        /// Any text: refused exactly when it is not JSON.
+        #[test]
+        fn raw_payloads_read_back_as_parsed(
+            text in "[\\[\\]{}\",:0-9a-z \\\\]{0,40}",
+            keys in proptest::collection::vec("[a-z]{1,3}", 0..3),
+        ) {
+            raw_payload_round_trip(&text, &keys).map_err(proptest::test_runner::TestCaseError::fail)?;
+        }
     }
 }

@@ -311,6 +311,7 @@ mod invariants;
 mod kinds;
 mod limits;
 mod outbox;
+mod payload;
 mod presence;
 mod protocol;
 mod retention;
@@ -330,7 +331,7 @@ pub use config::{
     BreakerConfig, Config, ConfigError, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas,
     UserLimitPolicy,
 };
-pub use envelope::{Audience, Envelope, EventKind, MAX_DATA_DEPTH, Priority, Reply, Target};
+pub use envelope::{Audience, Envelope, EventKind, Priority, Reply, Target};
 pub use error::{
     ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError, ReplyError,
     RoomError,
@@ -342,6 +343,7 @@ pub use ids::{
     ConnId, Role, Roles, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId,
 };
 pub use kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
+pub use payload::{MAX_DATA_DEPTH, Payload, RawData, RawDataError};
 pub use presence::{
     MAX_META_BYTES, MetaError, PresenceConfig, PresenceMeta, PresenceScope, PresentUser,
 };

@@ -16,6 +16,7 @@ use crate::envelope::EventKind;
 use crate::error::PeerError;
 use crate::frame::Frame;
 use crate::ids::{ConnId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId};
+use crate::payload::{Payload, REDACTED, write_redacted};
 
 // ---------------------------------------------------------------------------------------------
 // Redaction
@@ -27,14 +28,12 @@ pub(crate) struct Redactor {
     keys: Box<[Box<str>]>,
 }
 
-const REDACTED: &str = "[redacted]";
-
 impl Redactor {
     pub(crate) fn new(keys: &[String]) -> Self {
         Self { keys: keys.iter().map(|k| Box::from(k.as_str())).collect() }
     }
 
-    fn hides(&self, key: &str) -> bool {
+    pub(crate) fn hides(&self, key: &str) -> bool {
         self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
     }
 }
@@ -261,18 +260,36 @@ impl FrameWriter {
         pos: StreamPos,
         thread: Option<&ThreadId>,
         run: Option<&RunId>,
-        data: &Value,
+        data: &Payload,
         redactor: &Redactor,
     ) -> Frame {
-        self.write(&EventFrame {
+        let value = match data {
+            Payload::Json(value) if !value.is_null() => Some(Redacted { value, redactor }),
+            _ => None,
+        };
+        let mut frame = EventFrame {
             kind: kind.as_str(),
             stream: WireStream(stream),
             epoch: pos.epoch,
             seq: pos.seq,
             thread_id: thread.map(ThreadId::as_str),
             run_id: run.map(RunId::as_str),
-            data: (!data.is_null()).then_some(Redacted { value: data, redactor }),
-        })
+            data: value,
+        };
+        let Payload::Raw(raw) = data else { return self.write(&frame) };
+        if data.is_null() {
+            return self.write(&frame);
+        }
+        // `data` is the frame's last field: the frame without it, then the text copied in
+        // (redacted on the way), then the closing brace. No tree, no intermediate string.
+        frame.data = None;
+        self.buf.clear();
+        serde_json::to_writer(&mut self.buf, &frame).expect("in-memory JSON serialization");
+        self.buf.pop(); // the closing brace
+        self.buf.extend_from_slice(br#","data":"#);
+        write_redacted(&mut self.buf, raw, &|key| redactor.hides(key));
+        self.buf.push(b'}');
+        self.finish()
     }
 
     /// The `connected` frame, written by hand: it is built once per connection, and going through
@@ -697,7 +714,7 @@ mod tests {
             StreamPos { epoch: 5, seq: 42 },
             Some(&ThreadId::from("t1")),
             Some(&RunId::from("r9")),
-            &json!({"step": 1}),
+            &Payload::Json(json!({"step": 1})),
             &redactor(),
         );
         assert_eq!(
@@ -710,7 +727,7 @@ mod tests {
             StreamPos { epoch: 1, seq: 1 },
             None,
             None,
-            &Value::Null,
+            &Payload::default(),
             &redactor(),
         );
         let v: Value = serde_json::from_str(room.as_str()).unwrap();
@@ -751,7 +768,7 @@ mod tests {
             StreamPos { epoch: 1, seq: 1 },
             None,
             None,
-            &data,
+            &Payload::Json(data.clone()),
             &redactor(),
         );
         let v: Value = serde_json::from_str(f.as_str()).unwrap();

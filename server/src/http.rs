@@ -15,9 +15,13 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use switchboard::{Audience, ConnectError, Envelope, EventKind, PublishError, StreamName, Target};
+use switchboard::{
+    Audience, ConnectError, Envelope, EventKind, PublishError, RawData, RawDataError, StreamName,
+    Target,
+};
 
 use crate::auth::{AuthError, Claims, KeyError, Keys, check_admin_key};
 use crate::driver::{Handle, PublishFailed, Receipt, Refused};
@@ -401,9 +405,10 @@ pub struct PublishRequest {
     pub kind: String,
     /// The agent run the event belongs to.
     pub run: Option<String>,
-    /// The payload.
+    /// The payload, kept as the JSON text it arrived as: the hub redacts and copies it into the
+    /// frame without building a tree ([`switchboard::RawData`]). Absent or `null`: no data.
     #[serde(default)]
-    pub data: Value,
+    pub data: Option<Box<RawValue>>,
     /// The same key on a retried request publishes the event only once within the retention age
     /// (the answer says `duplicate: true` and gives the first position): a single node remembers
     /// it, in cluster mode the bus does. At most [`MAX_IDEMPOTENCY_KEY_BYTES`].
@@ -454,7 +459,16 @@ impl PublishRequest {
                 Target::Tenant { tenant: tenant.into(), audience }
             }
         };
-        let mut env = Envelope::new(target, kind).data(self.data);
+        let mut env = Envelope::new(target, kind);
+        if let Some(data) = self.data {
+            // serde_json has checked the syntax; this checks the depth (the request's own object
+            // is one level, so serde_json's limit already leaves `data` within the hub's).
+            let raw = RawData::new(Box::<str>::from(data)).map_err(|e| match e {
+                RawDataError::TooDeep { .. } => "`data` nests too deeply",
+                _ => "`data` is not valid JSON",
+            })?;
+            env = env.raw_data(raw);
+        }
         if let Some(run) = self.run {
             env = env.run(run);
         }
@@ -530,7 +544,8 @@ async fn publish(State(app): State<AppState>, request: Request) -> Response {
     // A JSON array is a batch: each envelope published in order, each with its own answer.
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     if batch {
-        let requests: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
+        // Each entry kept as text and parsed on its own, so that one bad entry is refused alone.
+        let requests: Vec<&RawValue> = match serde_json::from_slice(&body) {
             Ok(r) => r,
             Err(e) => return rejected(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
         };
@@ -543,7 +558,7 @@ async fn publish(State(app): State<AppState>, request: Request) -> Response {
         let outcomes = futures_util::future::join_all(requests.into_iter().map(|request| {
             let app = &app;
             async move {
-                match serde_json::from_value::<PublishRequest>(request) {
+                match serde_json::from_str::<PublishRequest>(request.get()) {
                     Ok(request) => publish_one(app, request).await,
                     Err(e) => {
                         Outcome::refused(StatusCode::BAD_REQUEST, "bad_request", e.to_string())

@@ -789,6 +789,45 @@ async fn a_batch_publish_answers_each_envelope_and_delivers_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_data_reaches_the_client_as_written_compacted_with_secrets_redacted() {
+    let server = Server::start(|_| {}).await;
+    let (mut alice, _) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    // Written by hand: key order, number spelling, an escaped secret key and whitespace are what
+    // the raw path must keep (or drop) exactly, with no tree built in between.
+    let body = r#"{"tenant": "acme", "user": "alice", "kind": "notice", "data": {
+        "z": 1.50, "a": [1e3, "x y"],
+        "API_KEY": {"nested": "sk-1"}, "pass\u0077ord": "hunter2", "list": [{"token": 7}]
+    }}"#;
+    let res = server.http("POST", "/publish", Some(ADMIN), body).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let text = match alice.next_message().await {
+        tungstenite::Message::Text(text) => text.to_string(),
+        other => panic!("expected the event, got {other:?}"),
+    };
+    let data = &text[text.find(r#","data":"#).expect("a data field") + 8..text.len() - 1];
+    assert_eq!(
+        data,
+        r#"{"z":1.50,"a":[1e3,"x y"],"API_KEY":"[redacted]","pass\u0077ord":"[redacted]","list":[{"token":"[redacted]"}]}"#,
+        "{text}"
+    );
+    assert!(!text.contains("sk-1") && !text.contains("hunter2"), "{text}");
+
+    // `null` data is no data; data deeper than the limit is refused.
+    let none = r#"{"tenant": "acme", "user": "alice", "kind": "notice", "data": null}"#;
+    assert_eq!(server.http("POST", "/publish", Some(ADMIN), none).await.status, 200);
+    let f = alice.recv_event().await;
+    assert!(f.get("data").is_none(), "{f}");
+    let deep = format!(
+        r#"{{"tenant": "acme", "user": "alice", "kind": "notice", "data": {}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let res = server.http("POST", "/publish", Some(ADMIN), &deep).await;
+    assert_eq!(res.status, 400, "{}", res.body);
+    alice.sync().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_with_an_id_is_acknowledged_before_its_run_starts() {
     let server = Server::start(|_| {}).await;
     let (mut alice, _) = server.live(&server.token("acme", "alice", &[], &[])).await;

@@ -3,14 +3,10 @@
 
 use std::time::Instant;
 
-use serde_json::Value;
-
 use crate::cluster::{OpId, StreamKey};
 use crate::config::Config;
 use crate::connection::{Connection, Connections};
-use crate::envelope::{
-    Audience, Envelope, EventKind, MAX_DATA_DEPTH, Priority, Target, depth_within,
-};
+use crate::envelope::{Audience, Envelope, EventKind, Priority, Target};
 use crate::error::PublishError;
 use crate::flow::{Flow, Offer};
 use crate::frame::Frame;
@@ -18,6 +14,7 @@ use crate::hub::Hub;
 use crate::ids::{Role, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy};
 use crate::outbox::Outbox;
+use crate::payload::{MAX_DATA_DEPTH, Payload, depth_within};
 use crate::protocol::{FrameWriter, Redactor};
 use crate::routing::Tenants;
 use crate::routing::{audience_admits, scope_admits};
@@ -143,7 +140,9 @@ impl Hub {
         if !envelope.kind.is_valid() {
             return Err(PublishError::InvalidKind);
         }
-        if !depth_within(&envelope.data, MAX_DATA_DEPTH) {
+        if let Payload::Json(data) = &envelope.data
+            && !depth_within(data, MAX_DATA_DEPTH)
+        {
             return Err(PublishError::TooDeep { limit: MAX_DATA_DEPTH });
         }
         if self.node.is_some() {
@@ -455,7 +454,7 @@ struct Message<'a> {
     kind: &'a EventKind,
     thread: Option<&'a ThreadId>,
     run: Option<&'a RunId>,
-    data: &'a Value,
+    data: &'a Payload,
 }
 
 impl Message<'_> {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::action::{Action, RefreshRequest};
 use crate::action::{Inbound, Origin};
-use crate::envelope::{MAX_DATA_DEPTH, Reply, depth_within};
+use crate::envelope::Reply;
 use crate::error::{PeerError, ReceiveError};
 use crate::error::{RefreshError, ReplyError};
 use crate::hub::Hub;
@@ -14,6 +14,7 @@ use crate::hub::presence::Requested;
 use crate::ids::{ConnId, ThreadId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy, LimitKind};
 use crate::limits::Rate;
+use crate::payload::{MAX_DATA_DEPTH, depth_within};
 use crate::protocol::{ClientFrame, parse_client_frame};
 
 impl Hub {
