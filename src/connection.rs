@@ -13,6 +13,11 @@ use crate::limits::{Bucket, Rate};
 use crate::stats::{Meter, MeterClock};
 use crate::timer::{TimerId, TimerQueue};
 
+mod rtt;
+
+pub use rtt::RoundTrip;
+use rtt::Rtt;
+
 /// One room membership, with the member's position in the room's member list so that leaving is
 /// O(1) (see `routing::Room`).
 #[derive(Debug)]
@@ -87,8 +92,12 @@ pub(crate) struct Connection {
     opened_at: Instant,
     /// Last inbound frame or pong.
     last_seen: Instant,
-    /// Set while a ping is outstanding.
+    /// When the hub last asked for a ping whose pong has not come. Any frame proves the peer
+    /// alive (the ping is outstanding only while `last_seen` is earlier), but only the pong
+    /// measures the round trip.
     ping_sent: Option<Instant>,
+    /// Round-trip times of its pongs (see `rtt.rs`).
+    rtt: Rtt,
     expires_at: Option<Instant>,
     refresh_sent: bool,
     /// The connection's one timer (in [`Connections`]' queue), armed at or before its next
@@ -186,6 +195,7 @@ impl Connection {
             opened_at: now,
             last_seen: now,
             ping_sent: None,
+            rtt: Rtt::default(),
             expires_at,
             refresh_sent: false,
             timer: None,
@@ -254,7 +264,6 @@ impl Connection {
     /// Any inbound frame or pong proves the peer alive.
     pub(crate) fn seen(&mut self, now: Instant) {
         self.last_seen = now;
-        self.ping_sent = None;
     }
 
     /// Its last inbound frame or pong (or its opening).
@@ -262,9 +271,16 @@ impl Connection {
         self.last_seen
     }
 
-    /// Whether a ping is outstanding.
+    /// Whether a ping is outstanding (nothing came since it was asked for).
     pub(crate) fn awaiting_pong(&self) -> bool {
-        self.ping_sent.is_some()
+        self.outstanding_ping().is_some()
+    }
+
+    /// When the outstanding ping was asked for: a ping is asked when the peer has been silent
+    /// for the heartbeat interval (so `last_seen` is then earlier than the ping), and anything
+    /// the peer sends after it moves `last_seen` to or past it.
+    fn outstanding_ping(&self) -> Option<Instant> {
+        self.ping_sent.filter(|&sent| self.last_seen < sent)
     }
 
     /// When its session expires, if it does.
@@ -594,7 +610,7 @@ impl Connection {
     /// earlier than this (activity moves deadlines later lazily) but never later: whatever moves
     /// it earlier re-arms the timer ([`Connections::rearm_if_earlier`]).
     pub(crate) fn next_deadline(&self, cfg: &Config) -> Option<Instant> {
-        let heartbeat = match self.ping_sent {
+        let heartbeat = match self.outstanding_ping() {
             Some(sent) => sent.checked_add(cfg.heartbeat.timeout),
             None => self.last_seen.checked_add(cfg.heartbeat.interval),
         };
@@ -618,7 +634,7 @@ impl Connection {
         let mut due = Due::default();
         // A deadline past the end of the clock's range is never due.
         let reached = |at: Option<Instant>| at.is_some_and(|at| now >= at);
-        match self.ping_sent {
+        match self.outstanding_ping() {
             Some(sent) if reached(sent.checked_add(cfg.heartbeat.timeout)) => {
                 return Due { close: Some(CloseReason::HeartbeatTimeout), ..Due::default() };
             }

@@ -330,6 +330,7 @@ pub use config::{
     BreakerConfig, Config, ConfigError, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas,
     UserLimitPolicy,
 };
+pub use connection::RoundTrip;
 pub use envelope::{Audience, Envelope, EventKind, MAX_DATA_DEPTH, Priority, Reply, Target};
 pub use error::{
     ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError, ReplyError,
@@ -346,6 +347,6 @@ pub use presence::{
     MAX_META_BYTES, MetaError, PresenceConfig, PresenceMeta, PresenceScope, PresentUser,
 };
 pub use retention::Retention;
-pub use stats::{BusStats, ClosedCounts, HubStats, LimitCounts, Rates};
+pub use stats::{BusStats, ClosedCounts, HubStats, LimitCounts, Rates, RttHistogram};
 pub use user::UserPhase;
 pub use view::{ConnView, UserView};

@@ -590,7 +590,9 @@ impl Hub {
         conns.len()
     }
 
-    /// A transport-level pong arrived: the peer is alive.
+    /// A transport-level pong arrived: the peer is alive. If it answers the hub's `Ping`, the
+    /// time since the hub asked for that ping is the connection's round trip
+    /// ([`ConnView::round_trip`], [`HubStats::round_trips`]).
     ///
     /// # Errors
     ///
@@ -600,7 +602,9 @@ impl Hub {
     pub fn pong(&mut self, now: Instant, conn: ConnId) -> Result<(), ConnError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
-        self.conns.get_mut(idx).seen(now);
+        if let Some(rtt) = self.conns.get_mut(idx).pong(now, self.cfg.heartbeat.timeout) {
+            self.out.stats.round_trips.observe(rtt);
+        }
         self.conns.rearm_if_earlier(idx, &self.cfg);
         self.out.stats.pongs_received += 1;
         Ok(())
