@@ -9,6 +9,7 @@ use slab::Slab;
 use crate::config::{Config, Tier};
 use crate::ids::{ConnId, Roles, RoomId, StreamName, ThreadId};
 use crate::kinds::CloseReason;
+use crate::labels::Labels;
 use crate::limits::{Bucket, Rate};
 use crate::stats::{Meter, MeterClock};
 use crate::timer::{TimerId, TimerQueue};
@@ -89,6 +90,8 @@ pub(crate) struct Connection {
     tenant_pos: u32,
     tier: Tier,
     roles: Roles,
+    /// The principal's labels: shown, never routed on.
+    labels: Labels,
     opened_at: Instant,
     /// Last inbound frame or pong.
     last_seen: Instant,
@@ -182,6 +185,7 @@ impl Connection {
         user: u32,
         tier: Tier,
         roles: Roles,
+        labels: Labels,
         expires_at: Option<Instant>,
         held: bool,
         user_base: u64,
@@ -192,6 +196,7 @@ impl Connection {
             tenant_pos: 0,
             tier,
             roles,
+            labels,
             opened_at: now,
             last_seen: now,
             ping_sent: None,
@@ -237,6 +242,12 @@ impl Connection {
     #[inline]
     pub(crate) fn roles(&self) -> &Roles {
         &self.roles
+    }
+
+    /// The principal's labels.
+    #[inline]
+    pub(crate) fn labels(&self) -> &Labels {
+        &self.labels
     }
 
     /// When it opened.

@@ -309,6 +309,7 @@ mod ids;
 #[cfg(any(test, feature = "fuzzing"))]
 mod invariants;
 mod kinds;
+mod labels;
 mod limits;
 mod outbox;
 mod presence;
@@ -343,6 +344,7 @@ pub use ids::{
     ConnId, Role, Roles, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId,
 };
 pub use kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
+pub use labels::{Labels, LabelsError};
 pub use presence::{
     MAX_META_BYTES, MetaError, PresenceConfig, PresenceMeta, PresenceScope, PresentUser,
 };

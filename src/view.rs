@@ -7,6 +7,7 @@ use crate::config::Tier;
 use crate::connection::{Connection, Connections, RoundTrip};
 use crate::ids::{ConnId, Roles, RoomId, StreamPos, TenantId, ThreadId, UserId};
 use crate::kinds::BreakerState;
+use crate::labels::Labels;
 use crate::stats::{MeterClock, Rates};
 use crate::user::{UserPhase, UserState};
 
@@ -128,6 +129,12 @@ impl<'a> ConnView<'a> {
     #[must_use]
     pub fn roles(&self) -> &'a Roles {
         self.conn.roles()
+    }
+
+    /// The principal's labels ([`Principal::labels`](crate::Principal::labels)).
+    #[must_use]
+    pub fn labels(&self) -> &'a Labels {
+        self.conn.labels()
     }
 
     /// When it opened.

@@ -5,7 +5,10 @@
 mod common;
 
 use common::*;
-use switchboard::{RoundTrip, RttHistogram};
+use switchboard::{
+    Action, AuditKind, Config, ConnError, ConnectError, DisconnectReason, EventKind, Labels,
+    LimitKind, Principal, RoundTrip, RttHistogram,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Round-trip times
@@ -93,4 +96,72 @@ fn a_pong_later_than_the_heartbeat_timeout_is_no_sample() {
     assert!(sim.hub.connection(id).is_some());
     assert_eq!(sim.hub.connection(id).unwrap().round_trip(), None);
     assert_eq!(sim.hub.stats().round_trips.count(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection labels
+
+fn labelled(tenant: &str, user: &str, sid: &str) -> Principal {
+    Principal::new(tenant, user).labels(Labels::new([("sid", sid), ("client", "web")]).unwrap())
+}
+
+#[test]
+fn labels_show_in_the_view_in_inbound_origins_and_in_audits_of_the_connection() {
+    let mut sim = Sim::default();
+    let tab = sim.connect_as(labelled("acme", "alice", "s-1"));
+    let view = sim.hub.connection(tab).unwrap();
+    assert_eq!(view.labels().get("sid"), Some("s-1"));
+    assert_eq!(view.labels().get("client"), Some("web"));
+
+    sim.hub.receive(sim.now, tab, br#"{"type":"message","data":{"q":1}}"#).unwrap();
+    let inbound = sim.drain().into_iter().find_map(|a| match a {
+        Action::Inbound(m) => Some(m),
+        _ => None,
+    });
+    let from = inbound.expect("an inbound message").from;
+    assert_eq!((from.conn, from.labels.get("sid")), (tab, Some("s-1")));
+
+    assert!(sim.hub.receive(sim.now, tab, b"not json").is_err());
+    let events = audit_events(&sim.drain());
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, AuditKind::MalformedFrame);
+    assert_eq!((events[0].conn, events[0].labels.get("sid")), (Some(tab), Some("s-1")));
+}
+
+#[test]
+fn a_refused_connect_is_audited_with_the_principals_labels_and_a_stale_id_with_none() {
+    let mut sim = Sim::new(Config { max_connections: 1, ..Config::default() });
+    let first = sim.connect_as(labelled("acme", "alice", "s-1"));
+    let refused = sim.hub.connect(sim.now, labelled("acme", "bob", "s-2"));
+    assert!(matches!(refused, Err(ConnectError::TooManyConnections { .. })));
+    let events = audit_events(&sim.drain());
+    assert_eq!(events[0].kind, AuditKind::LimitHit(LimitKind::TotalConnections));
+    assert_eq!((events[0].conn, events[0].labels.get("sid")), (None, Some("s-2")));
+
+    // `first`'s slot goes to carol; alice's old id is stale. The audit must not name carol's
+    // labels: they are not the presenter's.
+    sim.hub.disconnect(sim.now, first, DisconnectReason::Clean).unwrap();
+    let carol = sim.connect_as(labelled("acme", "carol", "s-3"));
+    assert_eq!(carol.to_u64() as u32, first.to_u64() as u32, "the slot was reused");
+    assert_eq!(sim.hub.pong(sim.now, first), Err(ConnError::Stale));
+    let events = audit_events(&sim.drain());
+    assert_eq!(events[0].kind, AuditKind::StaleConnId);
+    assert!(events[0].labels.is_empty(), "{:?}", events[0].labels);
+}
+
+#[test]
+fn labels_never_reach_a_client_and_never_change_routing() {
+    let mut sim = Sim::default();
+    let secretive = Labels::new([("sid", "s-7f3a9"), ("client", "desktop-app")]).unwrap();
+    let id = sim.hub.connect(sim.now, Principal::new("acme", "alice").labels(secretive)).unwrap();
+    let plain = sim.hub.connect(sim.now, Principal::new("acme", "alice")).unwrap();
+    let mut frames = frames_for(&sim.drain(), id);
+    let actions = sim.publish_to_user("acme", "alice", EventKind::AgentStarted);
+    assert_eq!(frames_for(&actions, plain).len(), 1, "both of alice's connections get it");
+    frames.extend(frames_for(&actions, id));
+    assert_eq!(frames.len(), 2, "connected and the event");
+    for frame in frames {
+        let text = frame.to_string();
+        assert!(!text.contains("s-7f3a9") && !text.contains("desktop-app"), "{text}");
+    }
 }
