@@ -14,6 +14,7 @@ use crate::limits::{Bucket, Rate};
 use crate::stats::{Meter, MeterClock};
 use crate::timer::{TimerId, TimerQueue};
 
+mod lifetime;
 mod rtt;
 
 pub use rtt::RoundTrip;
@@ -634,7 +635,7 @@ impl Connection {
         } else {
             None
         };
-        [heartbeat, session, release].into_iter().flatten().min()
+        [heartbeat, session, release, self.lifetime_deadline(cfg)].into_iter().flatten().min()
     }
 
     /// Decides what is due at `now` and updates the connection's state as if it were done.
@@ -642,9 +643,12 @@ impl Connection {
         if self.expires_at.is_some_and(|exp| now >= exp) {
             return Due { close: Some(CloseReason::SessionExpired), ..Due::default() };
         }
-        let mut due = Due::default();
         // A deadline past the end of the clock's range is never due.
         let reached = |at: Option<Instant>| at.is_some_and(|at| now >= at);
+        if reached(self.lifetime_deadline(cfg)) {
+            return Due { close: Some(CloseReason::MaxLifetime), ..Due::default() };
+        }
+        let mut due = Due::default();
         match self.outstanding_ping() {
             Some(sent) if reached(sent.checked_add(cfg.heartbeat.timeout)) => {
                 return Due { close: Some(CloseReason::HeartbeatTimeout), ..Due::default() };

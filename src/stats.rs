@@ -28,6 +28,8 @@ pub struct ClosedCounts {
     pub unavailable: u64,
     /// [`CloseReason::UserLimit`].
     pub user_limit: u64,
+    /// [`CloseReason::MaxLifetime`].
+    pub max_lifetime: u64,
     /// [`DisconnectReason::Clean`].
     pub client_clean: u64,
     /// [`DisconnectReason::Abnormal`].
@@ -58,6 +60,7 @@ impl ClosedCounts {
             ClosedBy::Hub(CloseReason::ServerShutdown) => &mut self.server_shutdown,
             ClosedBy::Hub(CloseReason::Unavailable) => &mut self.unavailable,
             ClosedBy::Hub(CloseReason::UserLimit) => &mut self.user_limit,
+            ClosedBy::Hub(CloseReason::MaxLifetime) => &mut self.max_lifetime,
             ClosedBy::Transport(DisconnectReason::Clean) => &mut self.client_clean,
             ClosedBy::Transport(DisconnectReason::Abnormal) => &mut self.client_abnormal,
         }

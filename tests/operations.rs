@@ -5,9 +5,11 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
+
 use switchboard::{
-    Action, AuditKind, Config, ConnError, ConnectError, DisconnectReason, EventKind, Labels,
-    LimitKind, Principal, RoundTrip, RttHistogram,
+    Action, AuditKind, CloseReason, Config, ConfigError, ConnError, ConnId, ConnectError,
+    DisconnectReason, EventKind, Hub, Labels, LimitKind, Principal, RoundTrip, RttHistogram, Tier,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -164,4 +166,87 @@ fn labels_never_reach_a_client_and_never_change_routing() {
         let text = frame.to_string();
         assert!(!text.contains("s-7f3a9") && !text.contains("desktop-app"), "{text}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifetime cap per tier
+
+fn capped(free: Duration) -> Config {
+    let mut cfg = quiet();
+    cfg.tiers.free.max_connection_lifetime = Some(free);
+    cfg.tiers.free.max_connections_per_user = 25;
+    cfg
+}
+
+/// Advances one second at a time until `until`, and returns when each close happened.
+fn closes_until(sim: &mut Sim, until: Duration) -> Vec<(Duration, ConnId, CloseReason)> {
+    let mut seen = Vec::new();
+    while sim.now - sim.start < until {
+        let actions = sim.advance(secs(1));
+        for (id, reason) in closes(&actions) {
+            seen.push((sim.now - sim.start, id, reason));
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_capped_tier_closes_its_connections_within_the_last_tenth_of_the_cap_to_reconnect() {
+    let mut sim = Sim::new(capped(secs(600)));
+    let free: Vec<ConnId> = (0..20).map(|_| sim.connect("acme", "alice")).collect();
+    let enterprise = sim.connect_as(Principal::new("acme", "bob").tier(Tier::Enterprise));
+
+    let closed = closes_until(&mut sim, secs(700));
+    assert_eq!(closed.len(), 20, "every free connection, and only those: {closed:?}");
+    for (at, id, reason) in &closed {
+        assert!(free.contains(id));
+        assert_eq!(*reason, CloseReason::MaxLifetime);
+        assert!(*at >= secs(540) && *at <= secs(600), "closed at {at:?}");
+    }
+    let mut instants: Vec<Duration> = closed.iter().map(|(at, ..)| *at).collect();
+    instants.dedup();
+    assert!(instants.len() > 5, "spread over the last tenth, not all at once: {instants:?}");
+    assert!(sim.hub.connection(enterprise).is_some(), "the enterprise tier has no cap");
+
+    assert_eq!(CloseReason::MaxLifetime.code(), 4009);
+    assert!(CloseReason::MaxLifetime.reconnect());
+    assert_eq!(CloseReason::MaxLifetime.as_str(), "max_lifetime");
+    assert_eq!(sim.hub.stats().closed_by.max_lifetime, 20);
+}
+
+#[test]
+fn the_cap_is_the_same_for_the_same_seed_and_counts_from_the_connect() {
+    let run = |late: Duration| {
+        let mut sim = Sim::new(capped(secs(600)));
+        sim.advance(late);
+        let id = sim.connect("acme", "alice");
+        // Activity does not extend a lifetime.
+        for _ in 0..30 {
+            sim.now += secs(10);
+            sim.hub.receive(sim.now, id, br#"{"type":"ping"}"#).unwrap();
+            sim.drain();
+        }
+        let closed = closes_until(&mut sim, late + secs(700));
+        assert_eq!(closed.len(), 1);
+        closed[0].0 - late
+    };
+    let lifetime = run(secs(0));
+    assert!(lifetime >= secs(540) && lifetime <= secs(600), "{lifetime:?}");
+    assert_eq!(run(secs(30)), lifetime, "same seed, same first connection, same cap");
+}
+
+#[test]
+fn a_session_that_ends_first_still_ends_as_a_session_and_a_zero_cap_is_refused() {
+    let mut sim = Sim::new(capped(secs(600)));
+    let short = Principal::new("acme", "alice").expires_at(sim.now + secs(300));
+    let id = sim.connect_as(short);
+    let closed = closes_until(&mut sim, secs(700));
+    assert_eq!(closed, vec![(secs(300), id, CloseReason::SessionExpired)]);
+
+    let mut cfg = Config::default();
+    cfg.tiers.mid.max_connection_lifetime = Some(Duration::ZERO);
+    assert!(matches!(
+        Hub::new(cfg),
+        Err(ConfigError::ZeroTierQuota { tier: Tier::Mid, field: "max_connection_lifetime" })
+    ));
 }

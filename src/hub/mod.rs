@@ -115,7 +115,8 @@ impl Principal {
 pub enum WakeReason {
     /// Actions are queued: drain them first (the instant is the last `now` seen).
     Drain,
-    /// A connection's heartbeat, pong timeout, session refresh or expiry, or resume window.
+    /// A connection's heartbeat, pong timeout, session refresh or expiry, resume window, or
+    /// lifetime cap.
     Connection(ConnId),
     /// A user's reconnect breaker half-opens, or its probe has proved healthy.
     Breaker,
