@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -209,12 +210,21 @@ pub fn check_admin_key(key: &str) -> Result<(), KeyError> {
 }
 
 /// The HS256 signing and verifying keys.
+///
+/// `jsonwebtoken` keeps a copy of the secret in each of its keys and does not wipe it; they are
+/// built once and shared by every clone (the routes' state is cloned per request), so that copy
+/// exists once, for the life of the server.
 #[derive(Clone)]
 pub struct Keys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    jwt: Arc<JwtKeys>,
     validation: Validation,
     max_session: Duration,
+}
+
+/// `jsonwebtoken`'s keys for one secret.
+struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
 }
 
 impl std::fmt::Debug for Keys {
@@ -235,8 +245,10 @@ impl Keys {
         validation.leeway = 0;
         validation.validate_nbf = true;
         Ok(Keys {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            jwt: Arc::new(JwtKeys {
+                encoding: EncodingKey::from_secret(secret),
+                decoding: DecodingKey::from_secret(secret),
+            }),
             validation,
             max_session: DEFAULT_MAX_SESSION,
         })
@@ -251,7 +263,7 @@ impl Keys {
 
     /// Signs claims.
     pub fn sign(&self, claims: &Claims) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.jwt.encoding)
             .expect("HS256 signing of plain claims cannot fail")
     }
 
@@ -270,7 +282,7 @@ impl Keys {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Invalid("token too long"));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let data = jsonwebtoken::decode::<Claims>(token, &self.jwt.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,

@@ -17,6 +17,7 @@ use switchboard_server::app::{self, Settings};
 use switchboard_server::auth::{self, Keys};
 use switchboard_server::bus::redis::RedisConfig;
 use switchboard_server::listen::FdBudget;
+use switchboard_server::secret::{AdminKey, JwtSecret};
 
 /// The switchboard server.
 #[derive(Debug, Parser)]
@@ -30,12 +31,22 @@ struct Cli {
     listen: SocketAddr,
     /// HS256 secret for verifying tokens. Without one, a development secret is generated and
     /// demo tokens are printed.
-    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
+    #[arg(
+        long,
+        env = "SWITCHBOARD_JWT_SECRET",
+        hide_env_values = true,
+        value_parser = JwtSecret::parse_arg
+    )]
+    jwt_secret: Option<JwtSecret>,
     /// Key that `POST /publish` requires as `Authorization: Bearer <key>`. Generated and printed
     /// when not given.
-    #[arg(long, env = "SWITCHBOARD_ADMIN_KEY", hide_env_values = true)]
-    admin_key: Option<String>,
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_KEY",
+        hide_env_values = true,
+        value_parser = AdminKey::parse_arg
+    )]
+    admin_key: Option<AdminKey>,
     /// Seconds of silence before the hub pings a connection.
     #[arg(long, env = "SWITCHBOARD_HEARTBEAT_SECS", default_value_t = 25)]
     heartbeat_secs: u64,
@@ -103,11 +114,12 @@ struct Cli {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     let dev_mode = cli.jwt_secret.is_none();
-    let jwt_secret = cli.jwt_secret.clone().unwrap_or_else(auth::dev_secret);
-    let admin_key = cli.admin_key.clone().unwrap_or_else(auth::dev_secret);
+    // The secrets live in one wiped-on-drop buffer each; these are shared handles to them.
+    let jwt_secret = cli.jwt_secret.clone().unwrap_or_else(|| auth::dev_secret().into());
+    let admin_key = cli.admin_key.clone().unwrap_or_else(|| auth::dev_secret().into());
     // A short or empty secret would let anyone sign tokens: refuse to start.
-    let keys = match Keys::new(jwt_secret.as_bytes())
-        .and_then(|keys| auth::check_admin_key(&admin_key).map(|()| keys))
+    let keys = match Keys::new(jwt_secret.expose())
+        .and_then(|keys| auth::check_admin_key(admin_key.expose()).map(|()| keys))
     {
         Ok(keys) => keys,
         Err(e) => {
@@ -186,7 +198,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if cli.admin_key.is_none() {
         println!("\nNo --admin-key: POST /publish takes a generated key (ADMIN below).");
-        exports.push(format!("ADMIN={admin_key}"));
+        exports.push(format!("ADMIN={}", admin_key.expose()));
     }
     if !exports.is_empty() {
         println!(
