@@ -84,6 +84,17 @@ impl TierQuotas {
             Tier::Enterprise => &self.enterprise,
         }
     }
+
+    /// The quota of `tier`, to change it.
+    #[must_use]
+    pub fn get_mut(&mut self, tier: Tier) -> &mut TierQuota {
+        match tier {
+            Tier::Free => &mut self.free,
+            Tier::Early => &mut self.early,
+            Tier::Mid => &mut self.mid,
+            Tier::Enterprise => &mut self.enterprise,
+        }
+    }
 }
 
 impl Default for TierQuotas {
