@@ -7,6 +7,7 @@ use crate::config::Tier;
 use crate::frame::Frame;
 use crate::ids::{ConnId, TenantId, ThreadId, UserId};
 use crate::kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, LimitKind};
+use crate::labels::Labels;
 use crate::stats::HubStats;
 
 /// The authenticated identity of a client message, stamped by the hub from the connection's
@@ -20,6 +21,9 @@ pub struct Origin {
     pub user: UserId,
     /// The connection.
     pub conn: ConnId,
+    /// The connection's labels, as the principal carried them at connect (say, the session
+    /// id): for the application's logs and tracing, not for deciding who the sender is.
+    pub labels: Labels,
 }
 
 /// A validated, rate-limited client `message`, for the application.
@@ -78,6 +82,10 @@ pub struct AuditEvent {
     pub tenant: Option<TenantId>,
     /// The user involved, if known.
     pub user: Option<UserId>,
+    /// The labels of the connection involved (or of the principal a connect was refused for);
+    /// empty when no connection is, or when the id presented was stale (the labels of whoever
+    /// holds its slot now are not the presenter's).
+    pub labels: Labels,
 }
 
 /// A lifecycle metric, pushed as it happens (the same numbers accumulate in [`HubStats`]).

@@ -126,6 +126,7 @@ fn the_vocabulary_names_no_component() {
     let vocabulary = [
         "ids",
         "kinds",
+        "labels",
         "frame",
         "retention",
         "config",

@@ -51,6 +51,13 @@ pub struct TierQuota {
     pub messages_per_minute: u32,
     /// Token bucket capacity: how many `message` frames one user may send back to back.
     pub message_burst: u32,
+    /// The longest a connection of this tier stays open (default: no cap). At the cap it is
+    /// closed with [`CloseReason::MaxLifetime`](crate::CloseReason::MaxLifetime) (code 4009,
+    /// reconnect): the client reconnects and resumes, and lands wherever the load balancer sends
+    /// it now, so long-lived sockets spread over the nodes a deploy added. Each connection's cap
+    /// is drawn between 90 % and 100 % of this (from `Config::seed` and the connection), so that
+    /// connections opened together do not all come back together.
+    pub max_connection_lifetime: Option<Duration>,
 }
 
 /// Quotas for every tier.
@@ -77,6 +84,17 @@ impl TierQuotas {
             Tier::Enterprise => &self.enterprise,
         }
     }
+
+    /// The quota of `tier`, to change it.
+    #[must_use]
+    pub fn get_mut(&mut self, tier: Tier) -> &mut TierQuota {
+        match tier {
+            Tier::Free => &mut self.free,
+            Tier::Early => &mut self.early,
+            Tier::Mid => &mut self.mid,
+            Tier::Enterprise => &mut self.enterprise,
+        }
+    }
 }
 
 impl Default for TierQuotas {
@@ -85,6 +103,7 @@ impl Default for TierQuotas {
             max_connections_per_user: conns,
             messages_per_minute: per_min,
             message_burst: burst,
+            max_connection_lifetime: None,
         };
         Self {
             free: q(3, 30, 10),
@@ -349,6 +368,12 @@ impl Config {
             }
             if q.message_burst == 0 {
                 return Err(field("message_burst"));
+            }
+            if let Some(cap) = q.max_connection_lifetime {
+                if cap.is_zero() {
+                    return Err(field("max_connection_lifetime"));
+                }
+                bounded("tiers.max_connection_lifetime", cap)?;
             }
         }
         nonzero("max_frame_bytes", self.max_frame_bytes as u64)?;

@@ -9,9 +9,16 @@ use slab::Slab;
 use crate::config::{Config, Tier};
 use crate::ids::{ConnId, Roles, RoomId, StreamName, ThreadId};
 use crate::kinds::CloseReason;
+use crate::labels::Labels;
 use crate::limits::{Bucket, Rate};
 use crate::stats::{Meter, MeterClock};
 use crate::timer::{TimerId, TimerQueue};
+
+mod lifetime;
+mod rtt;
+
+pub use rtt::RoundTrip;
+use rtt::Rtt;
 
 /// One room membership, with the member's position in the room's member list so that leaving is
 /// O(1) (see `routing::Room`).
@@ -84,11 +91,17 @@ pub(crate) struct Connection {
     tenant_pos: u32,
     tier: Tier,
     roles: Roles,
+    /// The principal's labels: shown, never routed on.
+    labels: Labels,
     opened_at: Instant,
     /// Last inbound frame or pong.
     last_seen: Instant,
-    /// Set while a ping is outstanding.
+    /// When the hub last asked for a ping whose pong has not come. Any frame proves the peer
+    /// alive (the ping is outstanding only while `last_seen` is earlier), but only the pong
+    /// measures the round trip.
     ping_sent: Option<Instant>,
+    /// Round-trip times of its pongs (see `rtt.rs`).
+    rtt: Rtt,
     expires_at: Option<Instant>,
     refresh_sent: bool,
     /// The connection's one timer (in [`Connections`]' queue), armed at or before its next
@@ -173,6 +186,7 @@ impl Connection {
         user: u32,
         tier: Tier,
         roles: Roles,
+        labels: Labels,
         expires_at: Option<Instant>,
         held: bool,
         user_base: u64,
@@ -183,9 +197,11 @@ impl Connection {
             tenant_pos: 0,
             tier,
             roles,
+            labels,
             opened_at: now,
             last_seen: now,
             ping_sent: None,
+            rtt: Rtt::default(),
             expires_at,
             refresh_sent: false,
             timer: None,
@@ -229,6 +245,12 @@ impl Connection {
         &self.roles
     }
 
+    /// The principal's labels.
+    #[inline]
+    pub(crate) fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
     /// When it opened.
     pub(crate) fn opened_at(&self) -> Instant {
         self.opened_at
@@ -254,7 +276,6 @@ impl Connection {
     /// Any inbound frame or pong proves the peer alive.
     pub(crate) fn seen(&mut self, now: Instant) {
         self.last_seen = now;
-        self.ping_sent = None;
     }
 
     /// Its last inbound frame or pong (or its opening).
@@ -262,9 +283,16 @@ impl Connection {
         self.last_seen
     }
 
-    /// Whether a ping is outstanding.
+    /// Whether a ping is outstanding (nothing came since it was asked for).
     pub(crate) fn awaiting_pong(&self) -> bool {
-        self.ping_sent.is_some()
+        self.outstanding_ping().is_some()
+    }
+
+    /// When the outstanding ping was asked for: a ping is asked when the peer has been silent
+    /// for the heartbeat interval (so `last_seen` is then earlier than the ping), and anything
+    /// the peer sends after it moves `last_seen` to or past it.
+    fn outstanding_ping(&self) -> Option<Instant> {
+        self.ping_sent.filter(|&sent| self.last_seen < sent)
     }
 
     /// When its session expires, if it does.
@@ -594,7 +622,7 @@ impl Connection {
     /// earlier than this (activity moves deadlines later lazily) but never later: whatever moves
     /// it earlier re-arms the timer ([`Connections::rearm_if_earlier`]).
     pub(crate) fn next_deadline(&self, cfg: &Config) -> Option<Instant> {
-        let heartbeat = match self.ping_sent {
+        let heartbeat = match self.outstanding_ping() {
             Some(sent) => sent.checked_add(cfg.heartbeat.timeout),
             None => self.last_seen.checked_add(cfg.heartbeat.interval),
         };
@@ -607,7 +635,7 @@ impl Connection {
         } else {
             None
         };
-        [heartbeat, session, release].into_iter().flatten().min()
+        [heartbeat, session, release, self.lifetime_deadline(cfg)].into_iter().flatten().min()
     }
 
     /// Decides what is due at `now` and updates the connection's state as if it were done.
@@ -615,10 +643,13 @@ impl Connection {
         if self.expires_at.is_some_and(|exp| now >= exp) {
             return Due { close: Some(CloseReason::SessionExpired), ..Due::default() };
         }
-        let mut due = Due::default();
         // A deadline past the end of the clock's range is never due.
         let reached = |at: Option<Instant>| at.is_some_and(|at| now >= at);
-        match self.ping_sent {
+        if reached(self.lifetime_deadline(cfg)) {
+            return Due { close: Some(CloseReason::MaxLifetime), ..Due::default() };
+        }
+        let mut due = Due::default();
+        match self.outstanding_ping() {
             Some(sent) if reached(sent.checked_add(cfg.heartbeat.timeout)) => {
                 return Due { close: Some(CloseReason::HeartbeatTimeout), ..Due::default() };
             }

@@ -10,8 +10,16 @@
 //! pong proves it alive; after `heartbeat.interval` (25 s) of silence the hub asks for a `Ping`; with
 //! no sign of life within `heartbeat.timeout` (10 s) it closes with `heartbeat_timeout`. A session
 //! with `expires_at` gets `refresh_required` `session_grace` (60 s) before it expires and is closed
-//! with `session_expired` at expiry unless the caller `refresh`es it. A closed connection is
-//! forgotten at once; its id then reports `recently_closed` for `tombstone_ttl` (60 s).
+//! with `session_expired` at expiry unless the caller `refresh`es it. A tier with
+//! `max_connection_lifetime` (none by default) closes its connections with `max_lifetime` (4009,
+//! reconnect and resume) once they are that old, each at a point of the cap's last tenth drawn from
+//! the seed, so that sockets opened together after a deploy are not all moved at once. A closed
+//! connection is forgotten at once; its id then reports `recently_closed` for `tombstone_ttl`
+//! (60 s). The pong that answers the hub's ping measures the connection's **round trip**: the time
+//! from the hub asking for the ping to the pong (`ConnView::round_trip`: the last sample and a
+//! smoothed one, RFC 6298's 1/8 gain; `HubStats::round_trips`: a histogram). A client's own `ping`
+//! frames, a pong nobody asked for and one later than `heartbeat.timeout` measure nothing, and the
+//! hub decides nothing on it: a client can only delay or hasten its own.
 //!
 //! **User.** Created by its first connection; *active* while it has connections; *detached* after the
 //! last one closes, when it keeps its stream for `user_retention` (2 min); *retired* after that.
@@ -174,11 +182,28 @@
 //! | detached users | 100,000 | the one closest to retirement is retired early |
 //! | idle rooms (with `room_retention`) | 100,000 | the one closest to being dropped is dropped early |
 //! | breaker failures per user (abnormal closes of connections younger than 10 s, coalesced) | 5 in 60 s | `ConnectError::BreakerOpen { retry_after }` |
+//! | connection lifetime, by tier (`TierQuota::max_connection_lifetime`) | none | close `max_lifetime` (4009) between 90 % and 100 % of the cap |
+//! | connection labels (`Principal::labels`) | 8 pairs; keys `A-Z a-z 0-9 _ - .` up to 64 bytes; values up to 256 bytes | `LabelsError` when built (`TooMany`, `InvalidKey`, `ValueTooLong`, `Duplicate`); nothing connects with them |
 //! | reconnect breakers remembered | 100,000 | the closed one closest to expiry is forgotten |
 //!
 //! Every refusal also emits `Action::Audit` and `Action::Metric` and is counted in `stats()`.
 //! Configured keys (`password`, `api_key`, `token`, `secret`, `authorization`, matched ignoring
 //! case) are replaced by `"[redacted]"` at any depth before a frame is built.
+//!
+//! **What the hub keeps in memory, and what it does not.** The hub holds no credential: it never
+//! sees a token at connect (the caller authenticates and hands it a `Principal`), and a client's
+//! `refresh` token only passes through, inside `Action::RefreshRequested` (whose `Debug` leaves it
+//! out), for the caller to verify; the hub keeps no copy once the action is drained. Redaction
+//! happens before any frame is built or buffered: an event's `data` (and a `reply`'s) is redacted
+//! while it is serialized, so the one frame shared by every recipient, the recovery buffer that
+//! replays it and, in cluster mode, the payload appended to the bus never hold the values of those
+//! keys; the envelope's own `data` is dropped once its frame is built.
+//! What the hub does keep is what it routes and shows: ids, roles, `Principal::meta` (presence, seen
+//! by the scope's members) and `Principal::labels` (seen by the application and in audit events,
+//! never by clients), bounded as above. Client `message` data is not redacted: it is the
+//! application's input, handed over in `Action::Inbound` and not kept. The core cannot wipe memory
+//! (its dependencies are serde, serde_json, thiserror, slab and hashbrown); the server's secrets are
+//! wiped by the server (see the README, "Operations").
 //!
 //! ## Wire protocol
 //!
@@ -239,6 +264,7 @@
 //! | 4006 | `server_shutdown` | yes |
 //! | 4007 | `unavailable` (cluster mode: the bus could not set the connection up) | yes, after a backoff |
 //! | 4008 | `user_limit` (cluster mode: the user holds its quota on other nodes) | no |
+//! | 4009 | `max_lifetime` (the tier's `max_connection_lifetime` passed) | yes, at once, and resume |
 //!
 //! ## Cluster mode
 //!

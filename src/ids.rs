@@ -151,9 +151,10 @@ impl fmt::Display for ConnId {
 
 /// The roles a principal holds, shared between all of its connections' records.
 ///
-/// Small and immutable; cloning is a reference-count increment.
+/// Small and immutable; cloning is a reference-count increment. One thin pointer (a connection
+/// keeps a copy, so its size counts per connection).
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Roles(Option<Arc<[Role]>>);
+pub struct Roles(Option<Arc<Box<[Role]>>>);
 
 impl Roles {
     /// No roles.
@@ -170,12 +171,12 @@ impl Roles {
 
     /// The roles, in the order they were given (duplicates removed).
     pub fn iter(&self) -> impl Iterator<Item = &Role> {
-        self.0.as_deref().unwrap_or(&[]).iter()
+        self.0.as_deref().map_or(&[][..], |roles| &roles[..]).iter()
     }
 
     /// How many roles there are.
     pub fn len(&self) -> usize {
-        self.0.as_deref().map_or(0, <[Role]>::len)
+        self.0.as_deref().map_or(0, |roles| roles.len())
     }
 
     /// Whether there are no roles.
@@ -194,7 +195,7 @@ impl<R: Into<Role>> FromIterator<R> for Roles {
                 roles.push(r);
             }
         }
-        if roles.is_empty() { Self(None) } else { Self(Some(roles.into())) }
+        if roles.is_empty() { Self(None) } else { Self(Some(Arc::new(roles.into_boxed_slice()))) }
     }
 }
 
@@ -260,6 +261,7 @@ mod tests {
         assert!(roles.contains("admin"));
         assert!(!roles.contains("owner"));
         assert!(Roles::none().is_empty());
+        assert_eq!(size_of::<Roles>(), size_of::<usize>());
     }
 
     #[test]

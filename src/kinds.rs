@@ -36,6 +36,10 @@ pub enum CloseReason {
     /// Cluster mode: the user already holds its tier's connections on other nodes (the
     /// cluster-wide quota refused this one). Code 4008; do not reconnect automatically.
     UserLimit,
+    /// The connection reached its tier's
+    /// [`max_connection_lifetime`](crate::TierQuota::max_connection_lifetime). Code 4009;
+    /// reconnect at once and resume (to whichever node the load balancer picks now).
+    MaxLifetime,
 }
 
 impl CloseReason {
@@ -52,6 +56,7 @@ impl CloseReason {
             CloseReason::ServerShutdown => 4006,
             CloseReason::Unavailable => 4007,
             CloseReason::UserLimit => 4008,
+            CloseReason::MaxLifetime => 4009,
         }
     }
 
@@ -63,7 +68,8 @@ impl CloseReason {
             | CloseReason::SessionExpired
             | CloseReason::SlowConsumer
             | CloseReason::ServerShutdown
-            | CloseReason::Unavailable => true,
+            | CloseReason::Unavailable
+            | CloseReason::MaxLifetime => true,
             CloseReason::Replaced
             | CloseReason::ProtocolViolation
             | CloseReason::Kicked
@@ -84,6 +90,7 @@ impl CloseReason {
             CloseReason::ServerShutdown => "server_shutdown",
             CloseReason::Unavailable => "unavailable",
             CloseReason::UserLimit => "user_limit",
+            CloseReason::MaxLifetime => "max_lifetime",
         }
     }
 }
@@ -134,6 +141,7 @@ impl ClosedBy {
         ClosedBy::Hub(CloseReason::ServerShutdown),
         ClosedBy::Hub(CloseReason::Unavailable),
         ClosedBy::Hub(CloseReason::UserLimit),
+        ClosedBy::Hub(CloseReason::MaxLifetime),
         ClosedBy::Transport(DisconnectReason::Clean),
         ClosedBy::Transport(DisconnectReason::Abnormal),
     ];

@@ -309,6 +309,7 @@ mod ids;
 #[cfg(any(test, feature = "fuzzing"))]
 mod invariants;
 mod kinds;
+mod labels;
 mod limits;
 mod outbox;
 mod payload;
@@ -331,6 +332,7 @@ pub use config::{
     BreakerConfig, Config, ConfigError, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas,
     UserLimitPolicy,
 };
+pub use connection::RoundTrip;
 pub use envelope::{Audience, Envelope, EventKind, Priority, Reply, Target};
 pub use error::{
     ConnError, ConnectError, PeerError, PublishError, ReceiveError, RefreshError, ReplyError,
@@ -343,11 +345,12 @@ pub use ids::{
     ConnId, Role, Roles, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId,
 };
 pub use kinds::{AuditKind, BreakerState, CloseReason, ClosedBy, DisconnectReason, LimitKind};
+pub use labels::{Labels, LabelsError};
 pub use payload::{MAX_DATA_DEPTH, Payload, RawData, RawDataError};
 pub use presence::{
     MAX_META_BYTES, MetaError, PresenceConfig, PresenceMeta, PresenceScope, PresentUser,
 };
 pub use retention::Retention;
-pub use stats::{BusStats, ClosedCounts, HubStats, LimitCounts, Rates};
+pub use stats::{BusStats, ClosedCounts, HubStats, LimitCounts, Rates, RttHistogram};
 pub use user::UserPhase;
 pub use view::{ConnView, UserView};

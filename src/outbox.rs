@@ -11,6 +11,7 @@ use crate::config::Tier;
 use crate::frame::Frame;
 use crate::ids::{ConnId, TenantId, UserId};
 use crate::kinds::{AuditKind, BreakerState, ClosedBy, LimitKind};
+use crate::labels::Labels;
 use crate::stats::HubStats;
 
 /// The action queue and the hub's counters. The gauges of [`HubStats`] are not kept here: the
@@ -64,7 +65,7 @@ impl Outbox {
         self.actions.push_back(Action::Inbound(Box::new(inbound)));
     }
 
-    /// A security-relevant event.
+    /// A security-relevant event that names no connection's labels.
     pub(crate) fn audit(
         &mut self,
         kind: AuditKind,
@@ -72,16 +73,28 @@ impl Outbox {
         tenant: Option<&TenantId>,
         user: Option<&UserId>,
     ) {
+        self.audit_labelled(kind, conn, tenant, user, &Labels::none());
+    }
+
+    /// A security-relevant event, with the labels of the connection (or principal) involved.
+    pub(crate) fn audit_labelled(
+        &mut self,
+        kind: AuditKind,
+        conn: Option<ConnId>,
+        tenant: Option<&TenantId>,
+        user: Option<&UserId>,
+        labels: &Labels,
+    ) {
         self.stats.security_violations += 1;
         self.actions.push_back(Action::Audit(AuditEvent {
             kind,
             conn,
             tenant: tenant.cloned(),
             user: user.cloned(),
+            labels: labels.clone(),
         }));
     }
 
-    /// A limit refused something: counted, pushed as a metric, audited as `audit`.
     /// An action with no counter of its own.
     pub(crate) fn push_action(&mut self, action: Action) {
         self.actions.push_back(action);
@@ -92,6 +105,8 @@ impl Outbox {
         self.actions.push_back(Action::Metric(event));
     }
 
+    /// A limit refused something: counted, pushed as a metric, audited as `audit` with the labels
+    /// of the connection (or principal) involved.
     pub(crate) fn limit(
         &mut self,
         limit: LimitKind,
@@ -99,10 +114,11 @@ impl Outbox {
         conn: Option<ConnId>,
         tenant: &TenantId,
         user: &UserId,
+        labels: &Labels,
     ) {
         self.stats.limit_rejections.bump(limit);
         self.actions.push_back(Action::Metric(MetricEvent::LimitRejected { limit }));
-        self.audit(audit, conn, Some(tenant), Some(user));
+        self.audit_labelled(audit, conn, Some(tenant), Some(user), labels);
     }
 
     /// A connection opened.

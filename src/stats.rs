@@ -28,6 +28,8 @@ pub struct ClosedCounts {
     pub unavailable: u64,
     /// [`CloseReason::UserLimit`].
     pub user_limit: u64,
+    /// [`CloseReason::MaxLifetime`].
+    pub max_lifetime: u64,
     /// [`DisconnectReason::Clean`].
     pub client_clean: u64,
     /// [`DisconnectReason::Abnormal`].
@@ -58,6 +60,7 @@ impl ClosedCounts {
             ClosedBy::Hub(CloseReason::ServerShutdown) => &mut self.server_shutdown,
             ClosedBy::Hub(CloseReason::Unavailable) => &mut self.unavailable,
             ClosedBy::Hub(CloseReason::UserLimit) => &mut self.user_limit,
+            ClosedBy::Hub(CloseReason::MaxLifetime) => &mut self.max_lifetime,
             ClosedBy::Transport(DisconnectReason::Clean) => &mut self.client_clean,
             ClosedBy::Transport(DisconnectReason::Abnormal) => &mut self.client_abnormal,
         }
@@ -271,6 +274,9 @@ pub struct HubStats {
     pub users_evicted: u64,
     /// Sum of the lifetimes of closed connections, for the average.
     pub total_connection_lifetime: Duration,
+    /// Round-trip times of the hub's heartbeat pings: from the hub asking for a `Ping` to the
+    /// transport's pong ([`Hub::pong`](crate::Hub::pong)). Never from a client's `ping` frame.
+    pub round_trips: RttHistogram,
 }
 
 impl HubStats {
@@ -289,6 +295,68 @@ impl HubStats {
             let n = u32::try_from(self.connections_closed).unwrap_or(u32::MAX);
             self.total_connection_lifetime / n
         }
+    }
+}
+
+/// A histogram of round-trip times, with fixed buckets ([`RttHistogram::BOUNDS`]) so that it is
+/// `Copy`, costs no allocation and exports as a Prometheus histogram as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RttHistogram {
+    /// Samples per bucket: `counts[i]` holds those at most `BOUNDS[i]` and over `BOUNDS[i - 1]`;
+    /// the last holds those over every bound.
+    counts: [u64; RttHistogram::BOUNDS.len() + 1],
+    /// The sum of every sample.
+    sum: Duration,
+}
+
+impl RttHistogram {
+    /// The buckets' upper bounds, from a loopback's millisecond to a struggling mobile link's
+    /// seconds (beyond `heartbeat.timeout` nothing is sampled: the connection would be closed).
+    pub const BOUNDS: [Duration; 13] = [
+        Duration::from_millis(1),
+        Duration::from_micros(2_500),
+        Duration::from_millis(5),
+        Duration::from_millis(10),
+        Duration::from_millis(25),
+        Duration::from_millis(50),
+        Duration::from_millis(100),
+        Duration::from_millis(250),
+        Duration::from_millis(500),
+        Duration::from_secs(1),
+        Duration::from_millis(2_500),
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    ];
+
+    /// Counts one sample.
+    pub(crate) fn observe(&mut self, rtt: Duration) {
+        let bucket = Self::BOUNDS.partition_point(|&bound| bound < rtt);
+        self.counts[bucket] += 1;
+        self.sum = self.sum.saturating_add(rtt);
+    }
+
+    /// How many samples there are.
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The sum of the samples.
+    #[must_use]
+    pub fn sum(&self) -> Duration {
+        self.sum
+    }
+
+    /// Cumulative counts, one per bound of [`RttHistogram::BOUNDS`] (samples at most that long),
+    /// as Prometheus' `le` buckets want them; the `+Inf` bucket is [`RttHistogram::count`].
+    pub fn cumulative(&self) -> impl Iterator<Item = (Duration, u64)> + '_ {
+        Self::BOUNDS
+            .iter()
+            .zip(self.counts.iter().scan(0, |acc, &n| {
+                *acc += n;
+                Some(*acc)
+            }))
+            .map(|(&bound, total)| (bound, total))
     }
 }
 
@@ -420,6 +488,26 @@ impl SnapshotTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_trips_fall_into_their_buckets_cumulatively() {
+        let mut h = RttHistogram::default();
+        for ms in [0, 1, 2, 40, 40, 20_000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        assert_eq!(h.count(), 6);
+        assert_eq!(h.sum(), Duration::from_millis(20_083));
+        let le = |bound: Duration| h.cumulative().find(|&(b, _)| b == bound).unwrap().1;
+        // A sample equal to a bound is in it (`le`); 20 s is only in `+Inf`.
+        assert_eq!(le(Duration::from_millis(1)), 2);
+        assert_eq!(le(Duration::from_micros(2_500)), 3);
+        assert_eq!(le(Duration::from_millis(25)), 3);
+        assert_eq!(le(Duration::from_millis(50)), 5);
+        assert_eq!(le(Duration::from_secs(10)), 5);
+        let counts: Vec<u64> = h.cumulative().map(|(_, n)| n).collect();
+        assert!(counts.is_sorted() && counts.len() == RttHistogram::BOUNDS.len());
+        assert!(RttHistogram::BOUNDS.is_sorted());
+    }
 
     #[test]
     fn a_steady_rate_converges_and_silence_decays() {

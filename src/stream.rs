@@ -270,16 +270,20 @@ impl Epochs {
     pub(crate) fn next(&mut self) -> u64 {
         loop {
             self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let epoch = z & ((1 << 53) - 1);
+            let epoch = mix64(self.state) & ((1 << 53) - 1);
             if epoch != 0 {
                 return epoch;
             }
         }
     }
+}
+
+/// SplitMix64's output function: 64 well-mixed bits from any 64 (a bijection), for the seeded
+/// values the hub derives without keeping a generator (epochs, lifetime jitter).
+pub(crate) fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Which stream an age timer belongs to (a queue of its own, so that the per-connection timer

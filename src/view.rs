@@ -4,9 +4,10 @@
 use std::time::Instant;
 
 use crate::config::Tier;
-use crate::connection::{Connection, Connections};
+use crate::connection::{Connection, Connections, RoundTrip};
 use crate::ids::{ConnId, Roles, RoomId, StreamPos, TenantId, ThreadId, UserId};
 use crate::kinds::BreakerState;
+use crate::labels::Labels;
 use crate::stats::{MeterClock, Rates};
 use crate::user::{UserPhase, UserState};
 
@@ -130,6 +131,12 @@ impl<'a> ConnView<'a> {
         self.conn.roles()
     }
 
+    /// The principal's labels ([`Principal::labels`](crate::Principal::labels)).
+    #[must_use]
+    pub fn labels(&self) -> &'a Labels {
+        self.conn.labels()
+    }
+
     /// When it opened.
     #[must_use]
     pub fn opened_at(&self) -> Instant {
@@ -152,6 +159,15 @@ impl<'a> ConnView<'a> {
     #[must_use]
     pub fn expires_at(&self) -> Option<Instant> {
         self.conn.expires_at()
+    }
+
+    /// Its round-trip times (last and smoothed), measured from the hub's heartbeat pings to the
+    /// transport's pongs; `None` until a pong answered a ping. A client's `ping` frames play no
+    /// part. A client can delay or hasten its own pongs, so the hub decides nothing on them: they
+    /// are for dashboards and logs.
+    #[must_use]
+    pub fn round_trip(&self) -> Option<RoundTrip> {
+        self.conn.round_trip()
     }
 
     /// The threads it narrowed its stream to; `None` when it receives all of its user's events.

@@ -16,6 +16,7 @@ use crate::bus::redis::{self, RedisConfig, RedisStartError};
 use crate::driver::{self, DriverConfig, Handle};
 use crate::http::{self, AppState, HttpCounters, PublishBody};
 use crate::listen::{self, FdBudget, ListenConfig};
+use crate::secret::{AdminKey, JwtSecret};
 
 /// Everything the server runs with.
 #[derive(Clone, Debug)]
@@ -24,10 +25,11 @@ pub struct Settings {
     pub hub: Config,
     /// The driver's queues and timeouts.
     pub driver: DriverConfig,
-    /// The HS256 secret tokens are verified with.
-    pub jwt_secret: Vec<u8>,
-    /// The key `POST /publish` requires (`Authorization: Bearer <key>`).
-    pub admin_key: String,
+    /// The HS256 secret tokens are verified with (wiped on drop, never printed).
+    pub jwt_secret: JwtSecret,
+    /// The key `POST /publish` requires (`Authorization: Bearer <key>`; wiped on drop, never
+    /// printed).
+    pub admin_key: AdminKey,
     /// Pause between the demo agent's events.
     pub agent_pace: Duration,
     /// Browser origins allowed to open `/ws`; empty allows any (see
@@ -79,7 +81,7 @@ fn rooms_presence() -> PresenceConfig {
 impl Settings {
     /// Defaults for everything but the secrets, with the connection caps derived from this
     /// process's `RLIMIT_NOFILE` ([`FdBudget::of_process`]).
-    pub fn new(jwt_secret: impl Into<Vec<u8>>, admin_key: impl Into<String>) -> Self {
+    pub fn new(jwt_secret: impl Into<JwtSecret>, admin_key: impl Into<AdminKey>) -> Self {
         let mut settings = Settings {
             hub: default_hub_config(),
             driver: DriverConfig::default(),
@@ -157,8 +159,8 @@ impl std::error::Error for StartError {}
 /// Starts the hub task, the demo agent and the HTTP server on `listener`.
 pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running, StartError> {
     let addr = listener.local_addr().map_err(StartError::Io)?;
-    let keys = Keys::new(&settings.jwt_secret).map_err(StartError::Keys)?;
-    auth::check_admin_key(&settings.admin_key).map_err(StartError::Keys)?;
+    let keys = Keys::new(settings.jwt_secret.expose()).map_err(StartError::Keys)?;
+    auth::check_admin_key(settings.admin_key.expose()).map_err(StartError::Keys)?;
     let mut hub_config = settings.hub;
     let mut driver_config = settings.driver;
     if driver_config.refresh.is_none() {

@@ -2,16 +2,25 @@
 //! the tier, the roles, optionally rooms to join, and the expiry (`exp`). The hub never parses
 //! tokens; this module turns a verified token into the [`Principal`] it is handed.
 //!
+//! **Connection labels** come from three claims, all optional: `sid` (OpenID Connect's session
+//! id) becomes the label `sid`, `client_id` (RFC 9068's: the client the token was issued to) the
+//! label `client_id`, and `labels`, an object of strings, adds its pairs as they are. Together
+//! they must fit [`Labels`]' bounds (8 pairs, keys of `A-Z a-z 0-9 _ - .` up to 64 bytes, values
+//! up to 256 bytes, no key twice) or the token is refused. The hub shows them in its views,
+//! in the origin of the connection's messages and in its audit events; it never routes on them
+//! and never sends them to a client.
+//!
 //! Self-contained (it refers to no sibling module), so that `examples/smol_server.rs` and the
 //! tests can include it as it is.
 
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use switchboard::{PresenceMeta, Principal, RoomId, Tier};
+use switchboard::{Labels, LabelsError, PresenceMeta, Principal, RoomId, Tier};
 
 /// The shortest HS256 secret [`Keys::new`] accepts, in bytes (RFC 7518 §3.2: a key of at least
 /// the hash's size). A shorter one is refused: an empty secret would let anyone sign any token.
@@ -56,6 +65,15 @@ pub struct Claims {
     /// A display name, shown beside the user id in presence (`meta.name`); at most 256 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The session id (OpenID Connect's `sid`): the connection's label `sid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The client the token was issued to (RFC 9068's `client_id`): the label `client_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Further connection labels (see the module docs for the bounds).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Claims {
@@ -70,7 +88,30 @@ impl Claims {
             exp: unix_now().saturating_add(ttl.as_secs()),
             nbf: None,
             name: None,
+            sid: None,
+            client_id: None,
+            labels: BTreeMap::new(),
         }
+    }
+
+    /// The connection labels these claims carry: `sid`, `client_id`, then `labels`.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Invalid`] if they do not fit [`Labels`]' bounds.
+    pub fn connection_labels(&self) -> Result<Labels, AuthError> {
+        let standard = [("sid", &self.sid), ("client_id", &self.client_id)];
+        let standard = standard.into_iter().filter_map(|(k, v)| Some((k, v.as_deref()?)));
+        let custom = self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        Labels::new(standard.chain(custom)).map_err(|e| {
+            AuthError::Invalid(match e {
+                LabelsError::TooMany { .. } => "more than 8 connection labels",
+                LabelsError::InvalidKey { .. } => "invalid label key",
+                LabelsError::ValueTooLong { .. } => "a label's value is over 256 bytes",
+                LabelsError::Duplicate { .. } => "a label is given twice",
+                _ => "invalid connection labels",
+            })
+        })
     }
 }
 
@@ -169,14 +210,20 @@ pub fn check_admin_key(key: &str) -> Result<(), KeyError> {
 }
 
 /// The HS256 signing and verifying keys.
+///
+/// `jsonwebtoken` keeps a copy of the secret in each of its keys and does not wipe it; they are
+/// built once and shared by every clone (the routes' state is cloned per request), so that copy
+/// exists once, for the life of the server.
 #[derive(Clone)]
 pub struct Keys {
-    /// Shared: the router clones its state (and so these keys) for every request, and the key
-    /// material and validation rules are several heap allocations to copy.
+    /// Shared: the router clones its state (and so these keys) for every request; the key
+    /// material and validation rules are several heap allocations to copy, and the secret's
+    /// unwiped copy inside them must exist once.
     material: Arc<KeyMaterial>,
     max_session: Duration,
 }
 
+/// `jsonwebtoken`'s keys for one secret, and the checks every token gets.
 struct KeyMaterial {
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -293,10 +340,12 @@ impl Keys {
         let expires_at = Instant::now()
             .checked_add(remaining)
             .ok_or(AuthError::Invalid("`exp` beyond the maximum session length"))?;
+        let labels = claims.connection_labels()?;
         let mut principal = Principal::new(claims.tenant, claims.sub)
             .tier(tier)
             .roles(claims.roles)
-            .expires_at(expires_at);
+            .expires_at(expires_at)
+            .labels(labels);
         if let Some(name) = &claims.name {
             if name.is_empty() || too_long(name) {
                 return Err(AuthError::Invalid("empty or too long `name`"));

@@ -26,6 +26,7 @@ use switchboard::{
 use crate::auth::{AuthError, Claims, KeyError, Keys, check_admin_key};
 use crate::driver::{Handle, PublishFailed, Receipt, Refused};
 use crate::metrics;
+use crate::secret::AdminKey;
 
 /// Counters of the HTTP layer (the hub never sees what it refuses here).
 #[derive(Debug, Default)]
@@ -105,8 +106,9 @@ pub struct AppState {
     pub handle: Handle,
     /// Verifies connection tokens.
     pub keys: Keys,
-    /// What `POST /publish` requires as `Authorization: Bearer <key>`.
-    pub admin_key: Arc<str>,
+    /// What `POST /publish` requires as `Authorization: Bearer <key>` (one buffer shared by
+    /// every clone of the state, wiped when the last is dropped).
+    pub admin_key: AdminKey,
     /// The HTTP layer's counters, rendered by `/metrics`.
     pub counters: Arc<HttpCounters>,
     /// The browser origins allowed to open `/ws` (exact `scheme://host[:port]`); `None` allows
@@ -126,12 +128,17 @@ impl AppState {
     /// State for [`router`], with fresh counters, any origin allowed and `/metrics` open. The
     /// admin key must have at least [`MIN_ADMIN_KEY_BYTES`](crate::auth::MIN_ADMIN_KEY_BYTES)
     /// bytes.
-    pub fn new(handle: Handle, keys: Keys, admin_key: String) -> Result<Self, KeyError> {
-        check_admin_key(&admin_key)?;
+    pub fn new(
+        handle: Handle,
+        keys: Keys,
+        admin_key: impl Into<AdminKey>,
+    ) -> Result<Self, KeyError> {
+        let admin_key = admin_key.into();
+        check_admin_key(admin_key.expose())?;
         Ok(AppState {
             handle,
             keys,
-            admin_key: admin_key.into(),
+            admin_key,
             counters: Arc::default(),
             allowed_origins: None,
             metrics_require_admin: false,
@@ -271,7 +278,7 @@ async fn healthz(State(app): State<AppState>) -> Response {
 /// `GET /metrics`: the Prometheus text format 0.0.4 for every scraper (see [`metrics`]). With
 /// `metrics_require_admin`, only with the admin key.
 async fn metrics_text(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if app.metrics_require_admin && !bearer(&headers).is_some_and(|k| same_key(k, &app.admin_key)) {
+    if app.metrics_require_admin && !bearer(&headers).is_some_and(|k| app.admin_key.matches(k)) {
         app.counters.metrics_unauthorized.fetch_add(1, Ordering::Relaxed);
         let mut res = error(StatusCode::UNAUTHORIZED, "unauthorized", "admin key required");
         res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -482,24 +489,13 @@ impl PublishRequest {
     }
 }
 
-/// Compares without returning early, so the time taken does not reveal how much of the key
-/// matched.
-fn same_key(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for (i, byte) in b.iter().enumerate() {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
-    }
-    diff == 0
-}
-
 /// `POST /publish`: any backend publishes an event to a user, a thread, a room or a tenant.
 ///
 /// The admin key is checked before the body is read, so that a caller without it cannot make
 /// the server buffer anything; the body is then read within the route's [`PublishBody`] bounds.
 async fn publish(State(app): State<AppState>, request: Request) -> Response {
     let c = &app.counters;
-    if !bearer(request.headers()).is_some_and(|key| same_key(key, &app.admin_key)) {
+    if !bearer(request.headers()).is_some_and(|key| app.admin_key.matches(key)) {
         c.publish_unauthorized.fetch_add(1, Ordering::Relaxed);
         let mut res = error(StatusCode::UNAUTHORIZED, "unauthorized", "admin key required");
         res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -62,7 +62,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let (handle, mut inbound) = driver::spawn(Hub::new(Config::default())?, DriverConfig::default());
 //! let keys = Keys::new(b"a secret of at least thirty-two bytes!!")?;
-//! let routes = http::router(AppState::new(handle.clone(), keys, "an admin key, 16+ bytes".into())?);
+//! let routes = http::router(AppState::new(handle.clone(), keys, "an admin key, 16+ bytes")?);
 //! let app = Router::new().route("/version", get(|| async { "1.0" })).merge(routes);
 //!
 //! // `axum::serve` works too; `listen::serve` adds a header-read timeout, a cap on connections
@@ -95,3 +95,4 @@ pub mod driver;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+pub mod secret;

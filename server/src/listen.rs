@@ -122,6 +122,23 @@ pub fn nofile_limit() -> Option<u64> {
     None
 }
 
+/// How many file descriptors the process has open (`/proc/self/fd`), or `None` where that
+/// cannot be read (not Linux). Since Linux 6.2 the directory's size is the count, one `stat`;
+/// older kernels report 0 there and the entries are counted instead.
+#[must_use]
+pub fn open_fds() -> Option<u64> {
+    const DIR: &str = "/proc/self/fd";
+    match std::fs::metadata(DIR) {
+        Ok(meta) if meta.len() > 0 => Some(meta.len()),
+        Ok(_) => {
+            // Listing opens one descriptor of its own, which the listing shows.
+            let entries = std::fs::read_dir(DIR).ok()?.count() as u64;
+            Some(entries.saturating_sub(1))
+        }
+        Err(_) => None,
+    }
+}
+
 /// Serves `router` on `listener` until `stop` resolves, then stops accepting, asks every HTTP
 /// connection to finish its request and close, and returns once they have (upgraded WebSockets
 /// are not waited for: the driver's shutdown closes them). Counts into `counters`.
@@ -317,5 +334,21 @@ mod tests {
         if cfg!(unix) {
             assert!(nofile_limit().is_some_and(|n| n > 0));
         }
+    }
+
+    #[test]
+    fn open_descriptors_are_counted_and_follow_what_is_opened() {
+        if !cfg!(target_os = "linux") {
+            assert_eq!(open_fds(), None);
+            return;
+        }
+        // Other tests' threads open and close files meanwhile: compare with a wide margin.
+        let before = open_fds().expect("linux has /proc/self/fd");
+        let files: Vec<std::fs::File> =
+            (0..64).map(|_| std::fs::File::open("/proc/self/status").unwrap()).collect();
+        let during = open_fds().unwrap();
+        drop(files);
+        assert!(during >= before + 32, "{before} then {during} with 64 more open");
+        assert!(nofile_limit().is_none_or(|limit| during <= limit));
     }
 }

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use switchboard::{ClusterConfig, NodeId};
+use switchboard::{ClusterConfig, NodeId, Tier};
 use switchboard_server::app::{self, Settings};
 use switchboard_server::auth::{self, Keys};
 use switchboard_server::bus::redis::RedisConfig;
 use switchboard_server::listen::FdBudget;
+use switchboard_server::secret::{AdminKey, JwtSecret};
 
 /// The switchboard server.
 #[derive(Debug, Parser)]
@@ -30,12 +31,22 @@ struct Cli {
     listen: SocketAddr,
     /// HS256 secret for verifying tokens. Without one, a development secret is generated and
     /// demo tokens are printed.
-    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
+    #[arg(
+        long,
+        env = "SWITCHBOARD_JWT_SECRET",
+        hide_env_values = true,
+        value_parser = JwtSecret::parse_arg
+    )]
+    jwt_secret: Option<JwtSecret>,
     /// Key that `POST /publish` requires as `Authorization: Bearer <key>`. Generated and printed
     /// when not given.
-    #[arg(long, env = "SWITCHBOARD_ADMIN_KEY", hide_env_values = true)]
-    admin_key: Option<String>,
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_KEY",
+        hide_env_values = true,
+        value_parser = AdminKey::parse_arg
+    )]
+    admin_key: Option<AdminKey>,
     /// Seconds of silence before the hub pings a connection.
     #[arg(long, env = "SWITCHBOARD_HEARTBEAT_SECS", default_value_t = 25)]
     heartbeat_secs: u64,
@@ -97,6 +108,32 @@ struct Cli {
     /// the process itself. Default: an eighth of RLIMIT_NOFILE, between 32 and 1,024.
     #[arg(long, env = "SWITCHBOARD_FD_RESERVE")]
     fd_reserve: Option<usize>,
+    /// The longest a connection of a tier stays open, as TIER=SECONDS (`free=3600`); repeat it or
+    /// give a comma-separated list. At the cap the connection is closed with 4009 `max_lifetime`
+    /// and the client reconnects, so sockets spread over the nodes after a deploy. Default: none.
+    #[arg(
+        long = "max-connection-lifetime",
+        env = "SWITCHBOARD_MAX_CONNECTION_LIFETIME",
+        value_delimiter = ',',
+        value_parser = tier_lifetime
+    )]
+    max_connection_lifetime: Vec<(Tier, Duration)>,
+}
+
+/// `TIER=SECONDS`, for `--max-connection-lifetime`.
+fn tier_lifetime(value: &str) -> Result<(Tier, Duration), String> {
+    let (tier, secs) = value.split_once('=').ok_or("expected TIER=SECONDS, as in free=3600")?;
+    let tier = Tier::ALL
+        .iter()
+        .copied()
+        .find(|t| t.as_str() == tier.trim())
+        .ok_or_else(|| format!("unknown tier {tier:?} (free, early, mid, enterprise)"))?;
+    let secs: u64 =
+        secs.trim().parse().map_err(|_| format!("{secs:?} is not a number of seconds"))?;
+    if secs == 0 {
+        return Err("a lifetime of 0 s would close every connection at once".into());
+    }
+    Ok((tier, Duration::from_secs(secs)))
 }
 
 /// mimalloc for the binary: glibc's malloc spent a sixth of the server's CPU under single-user
@@ -109,11 +146,12 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     let dev_mode = cli.jwt_secret.is_none();
-    let jwt_secret = cli.jwt_secret.clone().unwrap_or_else(auth::dev_secret);
-    let admin_key = cli.admin_key.clone().unwrap_or_else(auth::dev_secret);
+    // The secrets live in one wiped-on-drop buffer each; these are shared handles to them.
+    let jwt_secret = cli.jwt_secret.clone().unwrap_or_else(|| auth::dev_secret().into());
+    let admin_key = cli.admin_key.clone().unwrap_or_else(|| auth::dev_secret().into());
     // A short or empty secret would let anyone sign tokens: refuse to start.
-    let keys = match Keys::new(jwt_secret.as_bytes())
-        .and_then(|keys| auth::check_admin_key(&admin_key).map(|()| keys))
+    let keys = match Keys::new(jwt_secret.expose())
+        .and_then(|keys| auth::check_admin_key(admin_key.expose()).map(|()| keys))
     {
         Ok(keys) => keys,
         Err(e) => {
@@ -139,6 +177,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         settings.listen.max_pending = max.max(1);
     }
     settings.listen.header_read_timeout = Duration::from_secs(cli.header_read_timeout_secs.max(1));
+    for &(tier, cap) in &cli.max_connection_lifetime {
+        settings.hub.tiers.get_mut(tier).max_connection_lifetime = Some(cap);
+    }
     if let Some(url) = &cli.redis {
         let node = NodeId::new(cli.node_id.clone().unwrap_or_else(default_node_id));
         let mut cluster = ClusterConfig::new(node.clone());
@@ -192,7 +233,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if cli.admin_key.is_none() {
         println!("\nNo --admin-key: POST /publish takes a generated key (ADMIN below).");
-        exports.push(format!("ADMIN={admin_key}"));
+        exports.push(format!("ADMIN={}", admin_key.expose()));
     }
     if !exports.is_empty() {
         println!(
@@ -302,6 +343,46 @@ mod tests {
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert!(default_node_id().len() > 5);
         assert_ne!(default_node_id(), default_node_id(), "ids carry a random suffix");
+    }
+
+    #[test]
+    fn lifetimes_are_given_per_tier_and_checked() {
+        let cli = Cli::try_parse_from([
+            "switchboard",
+            "--max-connection-lifetime",
+            "free=3600,enterprise=86400",
+            "--max-connection-lifetime",
+            "mid=60",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.max_connection_lifetime,
+            [
+                (Tier::Free, Duration::from_secs(3600)),
+                (Tier::Enterprise, Duration::from_secs(86400)),
+                (Tier::Mid, Duration::from_secs(60)),
+            ]
+        );
+        for bad in ["free", "gold=60", "free=soon", "free=0"] {
+            let parsed = Cli::try_parse_from(["switchboard", "--max-connection-lifetime", bad]);
+            assert!(parsed.is_err(), "{bad}");
+        }
+        assert!(Cli::try_parse_from(["switchboard"]).unwrap().max_connection_lifetime.is_empty());
+    }
+
+    #[test]
+    fn secrets_given_on_the_command_line_do_not_print() {
+        let cli = Cli::try_parse_from([
+            "switchboard",
+            "--jwt-secret",
+            "a-jwt-secret-of-thirty-two-bytes-or-more",
+            "--admin-key",
+            "an-admin-key-of-16+",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("thirty-two") && !shown.contains("16+"), "{shown}");
+        assert_eq!(cli.admin_key.unwrap().expose(), "an-admin-key-of-16+");
     }
 
     #[test]

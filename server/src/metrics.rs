@@ -29,11 +29,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus::core::Collector;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
     Counter, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
-use switchboard::{AuditKind, ClosedBy, LimitKind};
+use switchboard::{AuditKind, ClosedBy, LimitKind, RttHistogram};
 
 use crate::bus::BusMetrics;
 use crate::driver::Snapshot;
@@ -124,6 +125,23 @@ fn bus_families(
     Ok(())
 }
 
+/// A family someone else counted (the hub's round-trip histogram, kept as plain bucket counts):
+/// the registry only sorts and encodes it.
+struct Precounted {
+    desc: Desc,
+    family: MetricFamily,
+}
+
+impl Collector for Precounted {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        vec![self.family.clone()]
+    }
+}
+
 /// The families of one scrape, each named `switchboard_<name>`, registered as they are added.
 struct Families {
     registry: Registry,
@@ -170,6 +188,33 @@ impl Families {
         let g = IntGauge::new(format!("switchboard_{name}"), help)?;
         g.set(gauge_value(value));
         self.add(g)
+    }
+
+    /// A histogram in seconds from the hub's fixed buckets (`le` cumulative, `+Inf` the count).
+    fn rtt_histogram(&self, name: &str, help: &str, h: &RttHistogram) -> prometheus::Result<()> {
+        let name = format!("switchboard_{name}");
+        let buckets = h
+            .cumulative()
+            .map(|(bound, count)| {
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(bound.as_secs_f64());
+                b.set_cumulative_count(count);
+                b
+            })
+            .collect();
+        let mut histogram = proto::Histogram::default();
+        histogram.set_sample_count(h.count());
+        histogram.set_sample_sum(h.sum().as_secs_f64());
+        histogram.set_bucket(buckets);
+        let mut metric = proto::Metric::default();
+        metric.set_histogram(histogram);
+        let mut family = MetricFamily::default();
+        family.set_name(name.clone());
+        family.set_help(help.to_owned());
+        family.set_field_type(MetricType::HISTOGRAM);
+        family.set_metric(vec![metric]);
+        let desc = Desc::new(name, help.to_owned(), Vec::new(), Default::default())?;
+        self.add(Precounted { desc, family })
     }
 
     fn gauges_f64<'a>(
@@ -272,6 +317,12 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
     b.counter("protocol_errors", "Client frames refused", s.protocol_errors)?;
     b.counter("pings_sent", "Transport pings requested", s.pings_sent)?;
     b.counter("pongs_received", "Transport pongs received", s.pongs_received)?;
+    b.rtt_histogram(
+        "round_trip_seconds",
+        "Round trips of the hub's heartbeat pings: from asking for the ping to the pong (never a \
+         client's own ping frames)",
+        &s.round_trips,
+    )?;
     b.counter("refresh_required_sent", "refresh_required frames sent", s.refresh_required_sent)?;
     b.counter("sessions_refreshed", "Sessions refreshed", s.sessions_refreshed)?;
 
@@ -340,6 +391,14 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
         d.accept_fd_exhausted,
     )?;
     b.counter("accept_errors", "Accepts that failed for other reasons", d.accept_errors)?;
+    // Read at the scrape, from the process: `/proc/self/fd` (Linux) and RLIMIT_NOFILE (absent
+    // where unknown or unlimited).
+    if let Some(open) = crate::listen::open_fds() {
+        b.gauge("open_fds", "File descriptors the process has open", open)?;
+    }
+    if let Some(limit) = crate::listen::nofile_limit() {
+        b.gauge("max_fds", "The process's soft limit on open file descriptors", limit)?;
+    }
     b.counter(
         "http_pending_refused",
         "TCP connections answered 503 and closed: too many had not upgraded",
@@ -455,7 +514,12 @@ mod tests {
         }
         for s in &series {
             let name = s.split('{').next().unwrap();
-            assert!(types.iter().any(|(n, _)| n == name), "{name} has no TYPE of its own name");
+            let histogram = |n: &str| types.iter().any(|(t, k)| t == n && k == "histogram");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix).filter(|n| histogram(n)))
+                .unwrap_or(name);
+            assert!(types.iter().any(|(n, _)| n == family), "{name} has no TYPE of its own name");
         }
         assert!(text.contains("switchboard_security_violations_total 2\n"), "{text}");
         assert!(text.contains("switchboard_audit_events_total{kind=\"from_a_newer_core\"} 1\n"));
@@ -464,6 +528,35 @@ mod tests {
             text.contains("switchboard_tier_delivered_per_minute_moving_avg{tier=\"free\"} 1.5")
         );
         assert!(text.contains("switchboard_connections_closed_total{reason=\"client_clean\"} 0\n"));
+    }
+
+    #[test]
+    fn round_trips_render_as_a_histogram_in_seconds_and_descriptors_as_gauges() {
+        let mut snap = snapshot();
+        // Two samples of the hub's: 3 ms and 40 ms (HubStats is built by the hub only).
+        let mut hub = switchboard::Hub::new(switchboard::Config::default()).unwrap();
+        let t0 = std::time::Instant::now();
+        let id = hub.connect(t0, switchboard::Principal::new("acme", "alice")).unwrap();
+        let mut now = t0;
+        for rtt_ms in [3, 40] {
+            now += std::time::Duration::from_secs(25);
+            hub.tick(now);
+            now += std::time::Duration::from_millis(rtt_ms);
+            hub.pong(now, id).unwrap();
+        }
+        snap.hub = hub.stats();
+        let text = render(&snap, &HttpCounters::default()).unwrap();
+        assert!(text.contains("# TYPE switchboard_round_trip_seconds histogram\n"), "{text}");
+        assert!(text.contains("switchboard_round_trip_seconds_bucket{le=\"0.0025\"} 0\n"));
+        assert!(text.contains("switchboard_round_trip_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("switchboard_round_trip_seconds_bucket{le=\"0.05\"} 2\n"));
+        assert!(text.contains("switchboard_round_trip_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("switchboard_round_trip_seconds_sum 0.043\n"));
+        assert!(text.contains("switchboard_round_trip_seconds_count 2\n"));
+        if cfg!(target_os = "linux") {
+            assert!(text.contains("# TYPE switchboard_open_fds gauge\n"));
+            assert!(text.contains("# TYPE switchboard_max_fds gauge\n"));
+        }
     }
 
     #[test]

@@ -362,12 +362,19 @@ async fn metrics_are_0_0_4_text_for_every_scraper_with_counters_typed_by_their_t
         assert_eq!(types["switchboard_connections_active"], "gauge");
         assert!(!types.contains_key("switchboard_connections_opened"));
         for (name, kind) in &types {
-            assert!(["counter", "gauge"].contains(&kind.as_str()), "{name} {kind}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind.as_str()), "{name} {kind}");
             assert_eq!(kind == "counter", name.ends_with("_total"), "{name} is a {kind}");
         }
+        assert_eq!(types["switchboard_round_trip_seconds"], "histogram");
         for s in &series {
             let name = s.split('{').next().unwrap();
-            assert!(types.contains_key(name), "{name} sample without a TYPE of its own name");
+            // A histogram's samples are its name with `_bucket`, `_sum` and `_count`.
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .filter_map(|suffix| name.strip_suffix(suffix))
+                .find(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+                .unwrap_or(name);
+            assert!(types.contains_key(family), "{name} sample without a TYPE of its own name");
         }
         assert_eq!(sample(&reply.body, "switchboard_connections_opened_total"), 1.0);
         // Rates per tier are gauges named as moving averages.

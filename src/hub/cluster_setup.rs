@@ -243,7 +243,7 @@ impl Hub {
             }
             Ok(BusReply::Leased { granted: false, .. }) => {
                 let kind = crate::kinds::LimitKind::UserConnections;
-                self.out.limit(kind, AuditKind::LimitHit(kind), Some(id), &tenant, &user);
+                self.limit_conn(kind, AuditKind::LimitHit(kind), idx);
                 self.close_conn(now, idx, ClosedBy::Hub(CloseReason::UserLimit));
             }
             _ => self.close_conn(now, idx, ClosedBy::Hub(CloseReason::Unavailable)),
@@ -281,7 +281,7 @@ impl Hub {
             return;
         }
         let kind = crate::kinds::LimitKind::UserConnectionsEvicted;
-        self.out.limit(kind, AuditKind::LimitHit(kind), Some(id), &t, &u);
+        self.limit_conn(kind, AuditKind::LimitHit(kind), idx);
         self.close_conn(now, idx, ClosedBy::Hub(CloseReason::Replaced));
     }
 
@@ -374,9 +374,8 @@ impl Hub {
             #[allow(clippy::cast_possible_truncation)]
             let id = ConnId::new(holder.conn as u32, (holder.conn >> 32) as u32);
             let Some(idx) = self.live(now, id) else { continue };
-            let (tenant, user) = self.owner(idx);
             let kind = crate::kinds::LimitKind::UserConnections;
-            self.out.limit(kind, AuditKind::LimitHit(kind), Some(id), &tenant, &user);
+            self.limit_conn(kind, AuditKind::LimitHit(kind), idx);
             self.close_conn(now, idx, ClosedBy::Hub(CloseReason::UserLimit));
         }
     }

@@ -2,6 +2,7 @@
 //! Publishing lives in `publish.rs`, client frames in `receive.rs`, resume in `resume.rs`, rooms
 //! in `rooms.rs`.
 
+mod audit;
 mod cluster;
 mod cluster_resume;
 mod cluster_setup;
@@ -24,6 +25,7 @@ use crate::flow::{Flow, Offer};
 use crate::frame::Frame;
 use crate::ids::{ConnId, Role, Roles, StreamName, TenantId, UserId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy, DisconnectReason, LimitKind};
+use crate::labels::Labels;
 use crate::limits::Bucket;
 use crate::outbox::Outbox;
 use crate::presence::PresenceMeta;
@@ -51,6 +53,10 @@ pub struct Principal {
     /// Presence: what the scopes' members see beside this user's id (the last connection's
     /// wins). Shown, never routed on.
     pub meta: Option<PresenceMeta>,
+    /// This connection's labels (a session id, a client name): shown in
+    /// [`ConnView::labels`], in the [`Origin`](crate::Origin) of its messages and in the
+    /// [`AuditEvent`](crate::AuditEvent)s it causes; never sent to a client, never routed on.
+    pub labels: Labels,
 }
 
 impl Principal {
@@ -63,6 +69,7 @@ impl Principal {
             roles: Roles::none(),
             expires_at: None,
             meta: None,
+            labels: Labels::none(),
         }
     }
 
@@ -93,6 +100,13 @@ impl Principal {
         self.meta = Some(meta);
         self
     }
+
+    /// Sets the connection's labels.
+    #[must_use]
+    pub fn labels(mut self, labels: Labels) -> Self {
+        self.labels = labels;
+        self
+    }
 }
 
 /// Why the hub wants [`Hub::tick`] at the instant [`Hub::next_timeout`] returns.
@@ -101,7 +115,8 @@ impl Principal {
 pub enum WakeReason {
     /// Actions are queued: drain them first (the instant is the last `now` seen).
     Drain,
-    /// A connection's heartbeat, pong timeout, session refresh or expiry, or resume window.
+    /// A connection's heartbeat, pong timeout, session refresh or expiry, resume window, or
+    /// lifetime cap.
     Connection(ConnId),
     /// A user's reconnect breaker half-opens, or its probe has proved healthy.
     Breaker,
@@ -271,7 +286,9 @@ impl Hub {
             self.breakers.admit(now, tenant_id.as_str(), user_id.as_str(), &self.cfg.breaker);
         if let Err(retry_after) = breaker {
             self.out.stats.breaker_refusals += 1;
-            self.out.audit(AuditKind::BreakerRefused, None, Some(tenant_id), Some(user_id));
+            let labels = &principal.labels;
+            let kind = AuditKind::BreakerRefused;
+            self.out.audit_labelled(kind, None, Some(tenant_id), Some(user_id), labels);
             return Err(ConnectError::BreakerOpen { retry_after });
         }
         let limit = self.cfg.tiers.get(principal.tier).max_connections_per_user;
@@ -284,7 +301,7 @@ impl Hub {
             match self.cfg.user_limit_policy {
                 UserLimitPolicy::Reject => {
                     let kind = LimitKind::UserConnections;
-                    self.out.limit(kind, AuditKind::LimitHit(kind), None, tenant_id, user_id);
+                    self.refuse_connect(kind, &principal);
                     return Err(ConnectError::UserLimit { tier: principal.tier, limit });
                 }
                 UserLimitPolicy::EvictOldest => evict = held + 1 - limit as usize,
@@ -292,14 +309,14 @@ impl Hub {
         }
         if self.conns.len() - evict >= self.cfg.max_connections as usize {
             let kind = LimitKind::TotalConnections;
-            self.out.limit(kind, AuditKind::LimitHit(kind), None, tenant_id, user_id);
+            self.refuse_connect(kind, &principal);
             return Err(ConnectError::TooManyConnections { limit: self.cfg.max_connections });
         }
         if let Some(cap) = self.cfg.max_connections_per_tenant {
             let in_tenant = self.tenants.get(tenant_id).map_or(0, |t| t.conns.len());
             if in_tenant - evict >= cap as usize {
                 let kind = LimitKind::TenantConnections;
-                self.out.limit(kind, AuditKind::LimitHit(kind), None, tenant_id, user_id);
+                self.refuse_connect(kind, &principal);
                 return Err(ConnectError::TenantLimit { limit: cap });
             }
         }
@@ -330,6 +347,7 @@ impl Hub {
             uidx,
             principal.tier,
             principal.roles,
+            principal.labels,
             principal.expires_at,
             !self.cfg.resume_window.is_zero(),
             user.stream.position().seq,
@@ -356,15 +374,8 @@ impl Hub {
 
         for _ in 0..evict {
             let oldest = self.users.get(uidx).conns[0];
-            let oldest_id = self.conns.id_of(oldest);
             let kind = LimitKind::UserConnectionsEvicted;
-            self.out.limit(
-                kind,
-                AuditKind::LimitHit(kind),
-                Some(oldest_id),
-                &principal.tenant,
-                &principal.user,
-            );
+            self.limit_conn(kind, AuditKind::LimitHit(kind), oldest);
             self.close_conn(now, oldest, ClosedBy::Hub(CloseReason::Replaced));
         }
         Ok(id)
@@ -590,7 +601,9 @@ impl Hub {
         conns.len()
     }
 
-    /// A transport-level pong arrived: the peer is alive.
+    /// A transport-level pong arrived: the peer is alive. If it answers the hub's `Ping`, the
+    /// time since the hub asked for that ping is the connection's round trip
+    /// ([`ConnView::round_trip`], [`HubStats::round_trips`]).
     ///
     /// # Errors
     ///
@@ -600,7 +613,9 @@ impl Hub {
     pub fn pong(&mut self, now: Instant, conn: ConnId) -> Result<(), ConnError> {
         let now = self.clock(now);
         let idx = self.resolve(now, conn)?;
-        self.conns.get_mut(idx).seen(now);
+        if let Some(rtt) = self.conns.get_mut(idx).pong(now, self.cfg.heartbeat.timeout) {
+            self.out.stats.round_trips.observe(rtt);
+        }
         self.conns.rearm_if_earlier(idx, &self.cfg);
         self.out.stats.pongs_received += 1;
         Ok(())

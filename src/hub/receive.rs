@@ -146,7 +146,9 @@ impl Hub {
             ClientFrame::Message { thread, data, id } => {
                 let (tier, user) = (c.tier(), c.user());
                 let owner = self.users.get(user);
-                let from = Origin { tenant: owner.tenant.clone(), user: owner.user.clone(), conn };
+                let labels = c.labels().clone();
+                let from =
+                    Origin { tenant: owner.tenant.clone(), user: owner.user.clone(), conn, labels };
                 let clock = self.flow.clock;
                 self.flow.tier(tier).inbound.add(clock, 1);
                 self.users.get_mut(user).meters.inbound.add(clock, 1);
@@ -276,10 +278,8 @@ impl Hub {
     }
 
     fn refuse_refresh(&mut self, now: Instant, idx: u32, why: &str) {
-        let (tenant, user) = self.owner(idx);
-        let id = self.conns.id_of(idx);
         self.out.stats.refreshes_refused += 1;
-        self.out.audit(AuditKind::RefreshRefused, Some(id), Some(&tenant), Some(&user));
+        self.audit_conn(AuditKind::RefreshRefused, idx);
         let mut end = why.len().min(200);
         while !why.is_char_boundary(end) {
             end -= 1;
@@ -305,9 +305,7 @@ impl Hub {
         }
         let allowance = Rate::every(self.cfg.violation_refill, self.cfg.max_violations);
         if self.conns.get_mut(idx).violation_spends_allowance(now, allowance) {
-            let id = self.conns.id_of(idx);
-            let (tenant, user) = self.owner(idx);
-            self.out.audit(AuditKind::ViolationClose, Some(id), Some(&tenant), Some(&user));
+            self.audit_conn(AuditKind::ViolationClose, idx);
             self.close_conn(now, idx, ClosedBy::Hub(CloseReason::ProtocolViolation));
         }
         err
@@ -323,12 +321,10 @@ impl Hub {
         limit: Option<LimitKind>,
         audit: AuditKind,
     ) -> ReceiveError {
-        let id = self.conns.id_of(idx);
-        let (tenant, user) = self.owner(idx);
         self.out.stats.protocol_errors += 1;
         match limit {
-            Some(limit) => self.out.limit(limit, audit, Some(id), &tenant, &user),
-            None => self.out.audit(audit, Some(id), Some(&tenant), Some(&user)),
+            Some(limit) => self.limit_conn(limit, audit, idx),
+            None => self.audit_conn(audit, idx),
         }
         let frame = self.flow.writer.error(&err);
         self.control_or_close(now, idx, &frame);

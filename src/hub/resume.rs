@@ -119,8 +119,7 @@ impl Hub {
             }
         }
         if foreign {
-            let (id, (t, u)) = (self.conns.id_of(idx), self.owner(idx));
-            self.out.audit(AuditKind::ForeignStream, Some(id), Some(&t), Some(&u));
+            self.audit_conn(AuditKind::ForeignStream, idx);
         }
         let recovered = reports.iter().all(|(_, r)| r.recovered);
         if recovered {

@@ -34,9 +34,8 @@ impl Hub {
             return Ok(false);
         }
         if c.memberships().len() >= self.cfg.max_rooms_per_connection as usize {
-            let (t, u) = self.owner(idx);
             let kind = LimitKind::RoomsPerConnection;
-            self.out.limit(kind, AuditKind::LimitHit(kind), Some(conn), &t, &u);
+            self.limit_conn(kind, AuditKind::LimitHit(kind), idx);
             return Err(RoomError::TooManyRooms { limit: self.cfg.max_rooms_per_connection });
         }
         let tenant_id = self.users.get(c.user()).tenant.clone();

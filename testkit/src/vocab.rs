@@ -201,6 +201,7 @@ pub fn config(k: &Knobs) -> Config {
         max_connections_per_user: conns,
         messages_per_minute: per_minute,
         message_burst: burst,
+        max_connection_lifetime: None,
     };
     cfg.tiers.free = quota(2, 60, 2);
     cfg.tiers.early = quota(3, 120, 3);

@@ -279,8 +279,8 @@ impl Driver {
                     *self.stats.audits.entry(event.kind.as_str()).or_default() += 1;
                     if self.handle.cfg.log_audits {
                         eprintln!(
-                            "switchboard audit: {:?} conn={:?} tenant={:?} user={:?}",
-                            event.kind, event.conn, event.tenant, event.user
+                            "switchboard audit: {:?} conn={:?} tenant={:?} user={:?} labels={:?}",
+                            event.kind, event.conn, event.tenant, event.user, event.labels
                         );
                     }
                 }
