@@ -3,9 +3,10 @@
 
 use serde_json::{Value, json};
 
+use crate::client_frame::{ClientFrame, parse_client_frame};
 use crate::envelope::EventKind;
 use crate::ids::{RoomId, RunId, StreamName, StreamPos, ThreadId};
-use crate::protocol::{ClientFrame, FrameWriter, Redactor, parse_client_frame};
+use crate::protocol::{FrameWriter, Redactor};
 
 /// Parses `bytes` as a client frame; if it parses, serializes what was understood back to JSON,
 /// parses that again and checks both readings agree. `Err` describes a disagreement.

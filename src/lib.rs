@@ -292,6 +292,7 @@ mod action;
 #[cfg(test)]
 mod architecture;
 mod breaker;
+mod client_frame;
 mod cluster;
 mod config;
 mod connection;

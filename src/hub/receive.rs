@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::action::{Action, RefreshRequest};
 use crate::action::{Inbound, Origin};
+use crate::client_frame::{ClientFrame, parse_client_frame};
 use crate::envelope::{MAX_DATA_DEPTH, Reply, depth_within};
 use crate::error::{PeerError, ReceiveError};
 use crate::error::{RefreshError, ReplyError};
@@ -14,7 +15,6 @@ use crate::hub::presence::Requested;
 use crate::ids::{ConnId, ThreadId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy, LimitKind};
 use crate::limits::Rate;
-use crate::protocol::{ClientFrame, parse_client_frame};
 
 impl Hub {
     /// A text (or binary) frame arrived from the client. Any frame proves the peer alive, and any
