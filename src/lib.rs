@@ -311,6 +311,7 @@ mod ids;
 mod invariants;
 mod kinds;
 mod limits;
+mod narrowing;
 mod outbox;
 mod presence;
 mod protocol;

@@ -17,7 +17,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use switchboard::{Audience, ConnectError, Envelope, EventKind, PublishError, StreamName, Target};
+use switchboard::{
+    Audience, ConnectError, Envelope, EventKind, Priority, PublishError, StreamName, Target,
+};
 
 use crate::auth::{AuthError, Claims, KeyError, Keys, check_admin_key};
 use crate::driver::{Handle, PublishFailed, Receipt, Refused};
@@ -408,12 +410,34 @@ pub struct PublishRequest {
     /// (the answer says `duplicate: true` and gives the first position): a single node remembers
     /// it, in cluster mode the bus does. At most [`MAX_IDEMPOTENCY_KEY_BYTES`].
     pub idempotency_key: Option<String>,
+    /// A custom kind's priority: `"critical"` (the default) or `"low"` (skipped, and counted,
+    /// for a connection that is behind, like `agent_thinking`). The agent events' priorities are
+    /// fixed: naming another one is refused.
+    pub priority: Option<String>,
+    /// A connection id (its client's `connected.conn_id`) left out of the recipients: the
+    /// sender's, which already shows what it sent. It names a connection of the node that takes
+    /// the request; the answer's `excluded` says whether it named an open one.
+    pub exclude: Option<String>,
 }
 
 impl PublishRequest {
     /// The envelope it describes, or what is wrong with it.
     pub fn envelope(self) -> Result<Envelope, &'static str> {
-        let kind = EventKind::from_wire(&self.kind);
+        let mut kind = EventKind::from_wire(&self.kind);
+        if let Some(priority) = &self.priority {
+            let priority = match priority.as_str() {
+                "low" => Priority::Low,
+                "critical" => Priority::Critical,
+                _ => return Err("`priority` is \"low\" or \"critical\""),
+            };
+            match kind {
+                EventKind::Custom(name) => kind = EventKind::custom_with_priority(name, priority),
+                _ if kind.priority() != priority => {
+                    return Err("the agent events' priorities are fixed");
+                }
+                _ => {}
+            }
+        }
         let target = match (self.everyone, self.tenant, self.user, self.room) {
             (true, None, None, None) if self.role.is_none() && self.thread.is_none() => {
                 Target::Everyone
@@ -622,11 +646,29 @@ impl Outcome {
 }
 
 /// Publishes one envelope of `POST /publish`.
-async fn publish_one(app: &AppState, request: PublishRequest) -> Outcome {
-    let envelope = match request.envelope() {
+async fn publish_one(app: &AppState, mut request: PublishRequest) -> Outcome {
+    let exclude = request.exclude.take();
+    let mut envelope = match request.envelope() {
         Ok(env) => env,
         Err(why) => return Outcome::refused(StatusCode::BAD_REQUEST, "bad_target", why.into()),
     };
+    // Resolved on the hub: only an id of an open connection excludes anyone.
+    let excluded = match exclude {
+        None => None,
+        Some(wire) => {
+            envelope.exclude =
+                app.handle.with_hub(move |hub, _| hub.find_connection(&wire)).await.flatten();
+            Some(envelope.exclude.is_some())
+        }
+    };
+    let mut outcome = publish_receipt(app, envelope).await;
+    if let (Some(excluded), StatusCode::OK) = (excluded, outcome.status) {
+        outcome.body["excluded"] = json!(excluded);
+    }
+    outcome
+}
+
+async fn publish_receipt(app: &AppState, envelope: Envelope) -> Outcome {
     match app.handle.publish_receipt(envelope).await {
         Ok(Receipt { published, duplicate }) => {
             let (stream, epoch, seq) = match &published.position {

@@ -152,10 +152,10 @@ impl Hub {
                     bad = true;
                     break;
                 };
-                let scope = super::cluster::scope_of(&decoded, &me);
+                let visible = super::cluster::visible_of(&decoded, &me);
                 decoded.render(StreamPos { epoch: top.epoch, seq: e.seq }, &mut text);
                 let frame = crate::frame::Frame::new(&text);
-                kept.push(Buffered { seq: e.seq, at: now, frame, scope });
+                kept.push(Buffered { seq: e.seq, at: now, frame, visible });
             }
             if bad {
                 self.node().expect("clustered").counters.mismatches += 1;

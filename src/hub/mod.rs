@@ -2,6 +2,7 @@
 //! Publishing lives in `publish.rs`, client frames in `receive.rs`, resume in `resume.rs`, rooms
 //! in `rooms.rs`.
 
+mod admin;
 mod cluster;
 mod cluster_resume;
 mod cluster_setup;

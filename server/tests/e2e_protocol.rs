@@ -1,0 +1,78 @@
+//! End-to-end tests of issue 14's protocol additions over real WebSockets on loopback: custom
+//! kinds with a priority and publishes that leave the sender out (item 7), runs (item 2),
+//! history (item 4) and the admin API (item 5). Same harness as `e2e.rs`.
+
+use serde_json::{Value, json};
+
+mod e2e_harness;
+mod support;
+
+use support::{ADMIN, Server};
+
+/// POSTs `body` to `/publish` with the admin key and returns the answer's JSON (asserting 200).
+async fn publish_json(server: &Server, body: Value) -> Value {
+    let res = server.http("POST", "/publish", Some(ADMIN), &body.to_string()).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    res.json()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 7: priorities and exclusion
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_can_leave_the_sender_out_and_give_a_custom_kind_a_priority() {
+    let server = Server::start(|_| {}).await;
+    let (mut sender, connected) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    let (mut other_tab, _) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    let (mut bob, _) = server.live(&server.token("acme", "bob", &[], &[])).await;
+    let me = connected["conn_id"].as_str().unwrap().to_owned();
+
+    // The sender's echo goes to its other tab only; the answer says the id named a connection.
+    let echo = json!({"tenant": "acme", "user": "alice", "kind": "user_message",
+                      "data": {"text": "hi"}, "exclude": me});
+    let answer = publish_json(&server, echo).await;
+    assert_eq!((answer["excluded"].as_bool(), answer["delivered"].as_u64()), (Some(true), Some(1)));
+    let got = other_tab.recv_event().await;
+    assert_eq!(
+        (got["type"].as_str(), got["data"]["text"].as_str()),
+        (Some("user_message"), Some("hi"))
+    );
+    // A tenant broadcast excluding the sender reaches everyone else.
+    let all = json!({"tenant": "acme", "kind": "notice", "exclude": me});
+    assert_eq!(publish_json(&server, all).await["delivered"], 2);
+    assert_eq!(other_tab.recv_event().await["type"], "notice");
+    assert_eq!(bob.recv_event().await["type"], "notice");
+    sender.sync().await;
+    other_tab.sync().await;
+    bob.sync().await;
+
+    // An id that names no open connection excludes nobody, and the answer says so.
+    let stale = json!({"tenant": "acme", "user": "bob", "kind": "notice", "exclude": "999v9"});
+    let answer = publish_json(&server, stale).await;
+    assert_eq!(
+        (answer["excluded"].as_bool(), answer["delivered"].as_u64()),
+        (Some(false), Some(1))
+    );
+    assert_eq!(bob.recv_event().await["type"], "notice");
+
+    // A droppable custom kind is published as such; the agent events' priorities are fixed.
+    let low = json!({"tenant": "acme", "user": "bob", "kind": "upload_progress",
+                     "priority": "low", "data": {"pct": 50}});
+    publish_json(&server, low).await;
+    let got = bob.recv_event().await;
+    assert_eq!(
+        (got["type"].as_str(), got["data"]["pct"].as_u64()),
+        (Some("upload_progress"), Some(50))
+    );
+    for (kind, priority) in [("agent_completed", "low"), ("notice", "urgent")] {
+        let bad = json!({"tenant": "acme", "user": "bob", "kind": kind, "priority": priority});
+        let res = server.http("POST", "/publish", Some(ADMIN), &bad.to_string()).await;
+        assert_eq!((res.status, res.json()["error"].as_str()), (400, Some("bad_target")), "{kind}");
+    }
+    let fixed =
+        json!({"tenant": "acme", "user": "bob", "kind": "agent_thinking", "priority": "low"});
+    publish_json(&server, fixed).await;
+    assert_eq!(bob.recv_event().await["type"], "agent_thinking");
+    bob.sync().await;
+    sender.sync().await;
+}
