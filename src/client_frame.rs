@@ -18,6 +18,8 @@ struct RawClientFrame<'a> {
     kind: Loose<'a>,
     #[serde(borrow, default)]
     thread_id: Loose<'a>,
+    #[serde(borrow, default)]
+    run_id: Loose<'a>,
     data: Option<Value>,
     positions: Option<Value>,
     #[serde(borrow, default)]
@@ -113,12 +115,15 @@ fn parse_positions(
 /// A parsed, validated client frame.
 #[derive(Debug, PartialEq)]
 pub(crate) enum ClientFrame<'a> {
+    /// A thread, a run, or both (at least one).
     Subscribe {
-        thread: Cow<'a, str>,
+        thread: Option<Cow<'a, str>>,
+        run: Option<Cow<'a, str>>,
     },
-    /// `None` clears the filter: the connection receives all of its user's events again.
+    /// Neither: clears the filter, and the connection receives all of its user's events again.
     Unsubscribe {
         thread: Option<Cow<'a, str>>,
+        run: Option<Cow<'a, str>>,
     },
     Message {
         thread: Option<Cow<'a, str>>,
@@ -171,12 +176,17 @@ pub(crate) fn parse_client_frame(
         Loose::Str(t) if !t.is_empty() && t.len() <= max_id => Some(t),
         _ => return Err(PeerError::InvalidField { field: "thread_id" }),
     };
+    let run = match raw.run_id {
+        Loose::Absent => None,
+        Loose::Str(r) if !r.is_empty() && r.len() <= max_id => Some(r),
+        _ => return Err(PeerError::InvalidField { field: "run_id" }),
+    };
     match &*kind {
-        "subscribe" => match thread {
-            Some(thread) => Ok(ClientFrame::Subscribe { thread }),
-            None => Err(PeerError::InvalidField { field: "thread_id" }),
-        },
-        "unsubscribe" => Ok(ClientFrame::Unsubscribe { thread }),
+        "subscribe" if thread.is_none() && run.is_none() => {
+            Err(PeerError::InvalidField { field: "thread_id" })
+        }
+        "subscribe" => Ok(ClientFrame::Subscribe { thread, run }),
+        "unsubscribe" => Ok(ClientFrame::Unsubscribe { thread, run }),
         "message" => {
             let id = match raw.id {
                 Loose::Absent => None,
@@ -217,9 +227,28 @@ mod tests {
         }
         assert_eq!(
             p(r#"{"type":"subscribe","thread_id":"t1"}"#),
-            Ok(ClientFrame::Subscribe { thread: "t1".into() })
+            Ok(ClientFrame::Subscribe { thread: Some("t1".into()), run: None })
         );
-        assert_eq!(p(r#"{"type":"unsubscribe"}"#), Ok(ClientFrame::Unsubscribe { thread: None }));
+        assert_eq!(
+            p(r#"{"type":"subscribe","run_id":"r9"}"#),
+            Ok(ClientFrame::Subscribe { thread: None, run: Some("r9".into()) })
+        );
+        assert_eq!(
+            p(r#"{"type":"unsubscribe","run_id":"r9"}"#),
+            Ok(ClientFrame::Unsubscribe { thread: None, run: Some("r9".into()) })
+        );
+        assert_eq!(
+            p(r#"{"type":"subscribe","run_id":""}"#),
+            Err(PeerError::InvalidField { field: "run_id" })
+        );
+        assert_eq!(
+            p(r#"{"type":"ping","run_id":7}"#),
+            Err(PeerError::InvalidField { field: "run_id" })
+        );
+        assert_eq!(
+            p(r#"{"type":"unsubscribe"}"#),
+            Ok(ClientFrame::Unsubscribe { thread: None, run: None })
+        );
         assert_eq!(p(r#"{"type":"ping","extra":[1,2]}"#), Ok(ClientFrame::Ping));
         assert_eq!(
             p(r#"{"type":"message","data":{"user_id":"mallory"}}"#),

@@ -170,7 +170,8 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Maximum rooms one connection may be in (default 128).
     pub max_rooms_per_connection: u32,
-    /// Maximum threads one connection may narrow its stream to with `subscribe` (default 64).
+    /// Maximum threads one connection may narrow its stream to with `subscribe` (default 64), and
+    /// as many agent runs.
     pub max_thread_subscriptions: u32,
     /// Longest identifier (thread id) a client may send, in bytes (default 128).
     pub max_client_id_bytes: usize,

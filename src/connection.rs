@@ -288,7 +288,6 @@ impl Connection {
     }
 
     /// The runs it narrowed itself to; `None` when it receives all of its user's events.
-    #[allow(dead_code)] // until runs are wired (next commit)
     pub(crate) fn runs(&self) -> Option<&[RunId]> {
         self.threads.as_deref().map(Narrowing::runs)
     }
@@ -302,7 +301,6 @@ impl Connection {
     }
 
     /// `subscribe` to a run: as [`Connection::narrow_to`], for runs (at most `max` of them).
-    #[allow(dead_code)] // until runs are wired (next commit)
     pub(crate) fn narrow_to_run(&mut self, run: &str, max: u32) -> Result<(), TooManyThreads> {
         let added = self.threads.get_or_insert_with(Box::default).add_run(run, max);
         self.widen_if_empty();
@@ -319,7 +317,6 @@ impl Connection {
     }
 
     /// `unsubscribe` of one run (see [`Connection::unsubscribe`]).
-    #[allow(dead_code)] // until runs are wired (next commit)
     pub(crate) fn unsubscribe_run(&mut self, run: &str) {
         if let Some(n) = &mut self.threads {
             n.remove_run(run);

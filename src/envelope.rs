@@ -211,6 +211,17 @@ pub enum Target {
         /// The thread.
         thread: ThreadId,
     },
+    /// One agent run of one user: the user's connections that subscribed to the run, plus those
+    /// not narrowed at all (the origin's `run_id_connections` index). A connection narrowed to
+    /// threads or other runs gets it only if it also subscribed to the envelope's thread.
+    Run {
+        /// The tenant.
+        tenant: TenantId,
+        /// The user.
+        user: UserId,
+        /// The run.
+        run: RunId,
+    },
     /// Exactly one connection (on its user's stream).
     Connection(ConnId),
     /// Every member of a room of one tenant.
@@ -248,6 +259,16 @@ impl Target {
         Target::Thread { tenant: tenant.into(), user: user.into(), thread: thread.into() }
     }
 
+    /// One agent run of one user: `Target::Run { tenant, user, run }`.
+    #[must_use]
+    pub fn run(
+        tenant: impl Into<TenantId>,
+        user: impl Into<UserId>,
+        run: impl Into<RunId>,
+    ) -> Self {
+        Target::Run { tenant: tenant.into(), user: user.into(), run: run.into() }
+    }
+
     /// Every member of a room: `Target::Room { tenant, room }`.
     #[must_use]
     pub fn room(tenant: impl Into<TenantId>, room: impl Into<RoomId>) -> Self {
@@ -276,7 +297,9 @@ pub struct Envelope {
     pub kind: EventKind,
     /// The thread it belongs to, if any (set automatically for `Target::Thread`).
     pub thread: Option<ThreadId>,
-    /// The agent run it belongs to, if any.
+    /// The agent run it belongs to, if any (set automatically for `Target::Run`). On a user's
+    /// stream, a connection narrowed with `subscribe` gets it only if it subscribed to this run
+    /// or to the event's thread.
     pub run: Option<RunId>,
     /// The payload. Configured keys are redacted at any depth before serialization. `null` means
     /// no data: the frame then has no `data` key. At most [`MAX_DATA_DEPTH`] levels deep.

@@ -216,6 +216,9 @@ pub enum PublishError {
     /// `Target::Thread` names one thread and the envelope's `thread` another.
     #[error("envelope thread differs from the target's thread")]
     ThreadMismatch,
+    /// `Target::Run` names one run and the envelope's `run` another.
+    #[error("envelope run differs from the target's run")]
+    RunMismatch,
     /// The event's frame would be larger than
     /// [`Config::max_unwritten_bytes`](crate::Config::max_unwritten_bytes): no connection could
     /// ever take it, so it is refused before anything is kept or delivered (an HTTP front end

@@ -23,11 +23,21 @@ pub fn client_frame_round_trip(bytes: &[u8]) -> Result<(), String> {
 
 fn to_json(frame: &ClientFrame<'_>) -> Value {
     match frame {
-        ClientFrame::Subscribe { thread } => json!({"type": "subscribe", "thread_id": thread}),
-        ClientFrame::Unsubscribe { thread: Some(t) } => {
-            json!({"type": "unsubscribe", "thread_id": t})
+        ClientFrame::Subscribe { thread, run } | ClientFrame::Unsubscribe { thread, run } => {
+            let kind = if matches!(frame, ClientFrame::Subscribe { .. }) {
+                "subscribe"
+            } else {
+                "unsubscribe"
+            };
+            let mut v = json!({"type": kind});
+            if let Some(t) = thread {
+                v["thread_id"] = json!(t);
+            }
+            if let Some(r) = run {
+                v["run_id"] = json!(r);
+            }
+            v
         }
-        ClientFrame::Unsubscribe { thread: None } => json!({"type": "unsubscribe"}),
         ClientFrame::Message { thread, data, id } => {
             let mut v = json!({"type": "message", "data": data});
             if let Some(t) = thread {

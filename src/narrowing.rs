@@ -39,7 +39,6 @@ impl Narrowing {
     }
 
     /// The runs subscribed to.
-    #[allow(dead_code)] // until runs are wired (next commit)
     pub(crate) fn runs(&self) -> &[RunId] {
         &self.runs
     }
@@ -54,7 +53,6 @@ impl Narrowing {
     }
 
     /// Adds a run, unless the list already holds `max`. Twice is once.
-    #[allow(dead_code)] // until runs are wired (next commit)
     pub(crate) fn add_run(&mut self, run: &str, max: u32) -> Result<(), TooManySubscriptions> {
         add(&mut self.runs, run, max)
     }
@@ -65,7 +63,6 @@ impl Narrowing {
     }
 
     /// Removes a run.
-    #[allow(dead_code)] // until runs are wired (next commit)
     pub(crate) fn remove_run(&mut self, run: &str) {
         self.runs.retain(|r| r.as_str() != run);
     }

@@ -633,3 +633,32 @@ fn a_cluster_configuration_that_makes_no_sense_is_refused_by_name() {
         assert_eq!(Hub::new(cfg).err(), Some(ConfigError::Zero { field }), "{field}");
     }
 }
+
+#[test]
+fn runs_and_exclusions_travel_on_the_bus_and_each_node_applies_them() {
+    let mut net = Net::new(2, |cfg| cfg.tiers.free.max_connections_per_user = 4);
+    let watcher = net.connect(0, "acme", "alice");
+    let sender = net.connect(0, "acme", "alice");
+    let other_run = net.connect(1, "acme", "alice");
+    let everything = net.connect(1, "acme", "alice");
+    let now = net.now();
+    let subscribe = |run: &str| format!(r#"{{"type":"subscribe","run_id":"{run}"}}"#);
+    net.hub(0).receive(now, watcher, subscribe("r1").as_bytes()).expect("subscribed");
+    net.hub(1).receive(now, other_run, subscribe("r2").as_bytes()).expect("subscribed");
+    net.pump();
+    let step = |n: u64| {
+        Envelope::new(Target::run("acme", "alice", "r1"), EventKind::Custom("note".into()))
+            .data(json!({ "n": n }))
+    };
+    net.publish(1, step(1));
+    // Published on node 0 leaving out one of its own connections; node 1's connection that
+    // happens to have the same local id is not left out.
+    net.publish(0, step(2).exclude(sender));
+    assert_eq!(net.notes(0, watcher), [1, 2]);
+    assert_eq!(net.notes(0, sender), [1]);
+    assert!(net.notes(1, other_run).is_empty(), "narrowed to another run");
+    assert_eq!(net.notes(1, everything), [1, 2]);
+    let mismatch = Envelope::new(Target::run("acme", "alice", "r1"), EventKind::AgentStarted);
+    let refused = net.hub(0).publish(now, mismatch.run("r2"));
+    assert_eq!(refused, Err(PublishError::RunMismatch));
+}

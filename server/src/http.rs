@@ -380,7 +380,7 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 /// The body of `POST /publish`: flat, so that it is easy to write with curl.
 ///
 /// The target is chosen by which fields are present: `user` (with `thread`, one thread of that
-/// user), `room`, or neither (the tenant's broadcast, narrowed to `role` if given). `everyone:
+/// user; else with `run`, one run of that user), `room`, or neither (the tenant's broadcast, narrowed to `role` if given). `everyone:
 /// true` without a tenant is a global broadcast, refused unless the hub config allows it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -452,13 +452,19 @@ impl PublishRequest {
                 if self.role.is_some() {
                     return Err("`role` narrows a tenant broadcast, not a user");
                 }
-                match self.thread {
-                    Some(thread) => Target::Thread {
+                match (self.thread, &self.run) {
+                    (Some(thread), _) => Target::Thread {
                         tenant: tenant.into(),
                         user: user.into(),
                         thread: thread.into(),
                     },
-                    None => Target::User { tenant: tenant.into(), user: user.into() },
+                    // The run's watchers (and the user's connections not narrowed).
+                    (None, Some(run)) => Target::Run {
+                        tenant: tenant.into(),
+                        user: user.into(),
+                        run: run.as_str().into(),
+                    },
+                    (None, None) => Target::User { tenant: tenant.into(), user: user.into() },
                 }
             }
             (false, Some(tenant), None, Some(room)) => {

@@ -76,3 +76,55 @@ async fn a_publish_can_leave_the_sender_out_and_give_a_custom_kind_a_priority() 
     bob.sync().await;
     sender.sync().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 2: runs
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_watches_one_run_live_and_in_its_resume() {
+    let server = Server::start(|_| {}).await;
+    let token = server.token("acme", "alice", &[], &[]);
+    let (mut watcher, _) = server.live(&token).await;
+    let (mut tab, _) = server.live(&token).await;
+    let (mut other_thread, _) = server.live(&token).await;
+    watcher.send(json!({"type": "subscribe", "run_id": "r-7"})).await;
+    other_thread.send(json!({"type": "subscribe", "thread_id": "t2"})).await;
+    watcher.sync().await;
+    other_thread.sync().await;
+
+    let step = |run: &str, n: u64| {
+        json!({"tenant": "acme", "user": "alice", "run": run, "kind": "tool_executing",
+               "data": {"n": n}})
+    };
+    assert_eq!(publish_json(&server, step("r-7", 1)).await["delivered"], 2);
+    assert_eq!(publish_json(&server, step("r-8", 2)).await["delivered"], 1);
+    let seen = watcher.recv_event().await;
+    assert_eq!((seen["run_id"].as_str(), seen["data"]["n"].as_u64()), (Some("r-7"), Some(1)));
+    for n in [1, 2] {
+        assert_eq!(tab.recv_event().await["data"]["n"], n);
+    }
+    watcher.sync().await;
+    other_thread.sync().await;
+
+    // Away, then back: the resume honours the run subscription sent before it.
+    let (epoch, seq) = (seen["epoch"].as_u64().unwrap(), seen["seq"].as_u64().unwrap());
+    drop(watcher);
+    server.until("the watcher is gone", |s| s.hub.connections_active == 2).await;
+    publish_json(&server, step("r-8", 3)).await;
+    publish_json(&server, step("r-7", 4)).await;
+    let mut back = server.ws_with(Some(&token), None).await.expect("connects");
+    assert_eq!(back.recv().await["type"], "connected");
+    back.send(json!({"type": "subscribe", "run_id": "r-7"})).await;
+    back.send(json!({"type": "resume", "positions": {"u": {"epoch": epoch, "seq": seq}}})).await;
+    let replayed = back.recv_event().await;
+    assert_eq!(
+        (replayed["run_id"].as_str(), replayed["data"]["n"].as_u64()),
+        (Some("r-7"), Some(4))
+    );
+    let resumed = back.recv_event().await;
+    assert_eq!(
+        (resumed["type"].as_str(), resumed["recovered"].as_bool()),
+        (Some("resumed"), Some(true))
+    );
+    back.sync().await;
+}

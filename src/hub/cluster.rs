@@ -568,7 +568,7 @@ impl Hub {
             envelope;
         let node = self.node.as_deref().expect("clustered");
         let me = node.cfg.node.clone();
-        let mut thread = thread;
+        let (mut thread, mut run) = (thread, run);
         let (key, visibility) = match &target {
             Target::User { tenant, user } => (StreamKey::user(tenant.clone(), user.clone()), None),
             Target::Thread { tenant, user, thread: t } => {
@@ -576,6 +576,13 @@ impl Hub {
                     return Err(PublishError::ThreadMismatch);
                 }
                 thread = Some(t.clone());
+                (StreamKey::user(tenant.clone(), user.clone()), None)
+            }
+            Target::Run { tenant, user, run: r } => {
+                if run.as_ref().is_some_and(|own| own != r) {
+                    return Err(PublishError::RunMismatch);
+                }
+                run = Some(r.clone());
                 (StreamKey::user(tenant.clone(), user.clone()), None)
             }
             Target::Connection(id) => {

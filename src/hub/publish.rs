@@ -127,6 +127,7 @@ impl Hub {
     /// Nothing is delivered or kept when it fails:
     /// - [`PublishError::InvalidKind`]: a custom event kind that is empty or reserved;
     /// - [`PublishError::ThreadMismatch`]: a `Thread` target whose envelope names another thread;
+    /// - [`PublishError::RunMismatch`]: a `Run` target whose envelope names another run;
     /// - [`PublishError::GlobalBroadcastDisabled`]: [`Target::Everyone`] without
     ///   [`Config::allow_global_broadcast`] (audited);
     /// - [`PublishError::Conn`]: a `Connection` target that is not open (see [`ConnError`](crate::ConnError));
@@ -193,6 +194,13 @@ impl Hub {
                     return Err(PublishError::ThreadMismatch);
                 }
                 let msg = Message { thread: Some(target_thread), ..msg };
+                self.publish_user(now, tenant, user, None, &msg)?
+            }
+            Target::Run { tenant, user, run: target_run } => {
+                if run.as_ref().is_some_and(|r| r != target_run) {
+                    return Err(PublishError::RunMismatch);
+                }
+                let msg = Message { run: Some(target_run), ..msg };
                 self.publish_user(now, tenant, user, None, &msg)?
             }
             Target::Connection(id) => {
@@ -280,8 +288,8 @@ impl Hub {
         }
     }
 
-    /// On a user's stream: to `only` if given (bypassing the thread filter), else to every
-    /// connection whose filter admits the thread. Kept for recovery even while the user is
+    /// On a user's stream: to `only` if given (bypassing the filter), else to every connection
+    /// whose filter admits the thread and run. Kept for recovery even while the user is
     /// detached.
     fn publish_user(
         &mut self,
@@ -431,9 +439,9 @@ impl Hub {
 /// target (ephemeral) or `Everyone` (one stream per tenant), whose keys are not remembered.
 fn idempotent_stream(target: &Target) -> Option<StreamKey> {
     match target {
-        Target::User { tenant, user } | Target::Thread { tenant, user, .. } => {
-            Some(StreamKey::user(tenant.clone(), user.clone()))
-        }
+        Target::User { tenant, user }
+        | Target::Thread { tenant, user, .. }
+        | Target::Run { tenant, user, .. } => Some(StreamKey::user(tenant.clone(), user.clone())),
         Target::Room { tenant, room } => Some(StreamKey::room(tenant.clone(), room.clone())),
         Target::Tenant { tenant, .. } => Some(StreamKey::tenant(tenant.clone())),
         _ => None,

@@ -126,9 +126,11 @@ impl Hub {
         }
         let c = self.conns.get_mut(idx);
         match parsed {
-            ClientFrame::Subscribe { thread } => {
+            ClientFrame::Subscribe { thread, run } => {
                 let max = self.cfg.max_thread_subscriptions;
-                if c.narrow_to(&thread, max).is_err() {
+                let thread_ok = thread.is_none_or(|t| c.narrow_to(&t, max).is_ok());
+                let run_ok = run.is_none_or(|r| c.narrow_to_run(&r, max).is_ok());
+                if !(thread_ok && run_ok) {
                     let err = PeerError::TooManySubscriptions { limit: max };
                     let limit = LimitKind::ThreadSubscriptions;
                     return Err(self.peer_error(
@@ -140,8 +142,15 @@ impl Hub {
                     ));
                 }
             }
-            ClientFrame::Unsubscribe { thread: None } => c.widen(),
-            ClientFrame::Unsubscribe { thread: Some(thread) } => c.unsubscribe(&thread),
+            ClientFrame::Unsubscribe { thread: None, run: None } => c.widen(),
+            ClientFrame::Unsubscribe { thread, run } => {
+                if let Some(thread) = thread {
+                    c.unsubscribe(&thread);
+                }
+                if let Some(run) = run {
+                    c.unsubscribe_run(&run);
+                }
+            }
             ClientFrame::Message { thread, data, id } => {
                 let (tier, user) = (c.tier(), c.user());
                 let owner = self.users.get(user);

@@ -3,8 +3,9 @@
 //! (anything else is `malformed`, located at the first character that is not whitespace, or where
 //! the JSON breaks; a field named twice breaks it); `type` must be a string (`missing_type`
 //! otherwise) and one of the seven client types (`unknown_type`); `thread_id`, when present, a
-//! non-empty string of at most `max_client_id_bytes` (checked for every type); `subscribe` needs
-//! one; a `message`'s `id`, when present, is such a string too; `resume` needs `positions`, an
+//! non-empty string of at most `max_client_id_bytes` (checked for every type), and so is
+//! `run_id`; `subscribe` needs one or the other (without either: `invalid_field` `thread_id`);
+//! a `message`'s `id`, when present, is such a string too; `resume` needs `positions`, an
 //! object of stream name → `{epoch, seq}` of non-negative integers; `presence` needs a `scope`
 //! (a non-empty string of at most `max_client_id_bytes + 2`); `refresh` a non-empty `token`;
 //! other fields are ignored.
@@ -44,6 +45,8 @@ struct Wire {
     kind: Field,
     #[serde(default, deserialize_with = "field")]
     thread_id: Field,
+    #[serde(default, deserialize_with = "field")]
+    run_id: Field,
     data: Option<Value>,
     positions: Option<Value>,
     #[serde(default, deserialize_with = "field")]
@@ -61,6 +64,9 @@ pub enum Decoded {
     Subscribe(String),
     /// `unsubscribe` from a thread, or from every one.
     Unsubscribe(Option<String>),
+    /// `subscribe` or (`false`) `unsubscribe` naming a run, maybe with a thread (outside the
+    /// model's domain: it knows no runs).
+    Run { subscribe: bool, thread: Option<String>, run: String },
     /// `message`, maybe on a thread, with its data (`null` when absent).
     Message(Option<String>, Value),
     /// `ping`.
@@ -99,6 +105,14 @@ pub fn decode(bytes: &[u8], max_client_id_bytes: usize) -> Decoded {
         Field::Str(t) if !t.is_empty() && t.len() <= max_client_id_bytes => Some(t),
         _ => return invalid("thread_id"),
     };
+    let run = match wire.run_id {
+        Field::Absent => None,
+        Field::Str(r) if !r.is_empty() && r.len() <= max_client_id_bytes => Some(r),
+        _ => return invalid("run_id"),
+    };
+    if let ("subscribe" | "unsubscribe", Some(run)) = (kind.as_str(), &run) {
+        return Decoded::Run { subscribe: kind == "subscribe", thread, run: run.clone() };
+    }
     match kind.as_str() {
         "subscribe" => thread.map_or_else(|| invalid("thread_id"), Decoded::Subscribe),
         "unsubscribe" => Decoded::Unsubscribe(thread),
@@ -163,7 +177,7 @@ impl Decoded {
             }
             Decoded::Ping => In::Ping,
             Decoded::Resume(_) => In::Resume(Vec::new(), false),
-            Decoded::Presence(_) | Decoded::Refresh(_) => return None,
+            Decoded::Presence(_) | Decoded::Refresh(_) | Decoded::Run { .. } => return None,
             Decoded::Refused(_) => In::Raw(bytes.to_vec()),
         })
     }
@@ -171,7 +185,7 @@ impl Decoded {
 
 /// The fields of [`raw_json`] frames: a key and the JSON texts its value may be (valid and
 /// invalid ones). The last is `type` again: a field named twice.
-pub const RAW_FIELDS: [(&str, &[&str]); 8] = [
+pub const RAW_FIELDS: [(&str, &[&str]); 9] = [
     (
         "type",
         &[
@@ -214,6 +228,7 @@ pub const RAW_FIELDS: [(&str, &[&str]); 8] = [
     ("x", &["true", r#"{"nested":[1]}"#, r#""y""#]),
     ("id", &[r#""m1""#, r#""""#, "9"]),
     ("scope", &[r#""t""#, r#""r:lobby""#, r#""""#, "null"]),
+    ("run_id", &[r#""r1""#, r#""""#, "3"]),
     ("type", &[r#""ping""#]),
 ];
 
