@@ -28,6 +28,12 @@ struct RawClientFrame<'a> {
     id: Loose<'a>,
     #[serde(borrow, default)]
     token: Loose<'a>,
+    #[serde(borrow, default)]
+    stream: Loose<'a>,
+    limit: Option<Value>,
+    before: Option<Value>,
+    after: Option<Value>,
+    epoch: Option<Value>,
 }
 
 /// A field that should be a string: the string, absent, or something else (reported as an invalid
@@ -144,6 +150,35 @@ pub(crate) enum ClientFrame<'a> {
     Refresh {
         token: Cow<'a, str>,
     },
+    /// The last messages of a stream the connection may see (`History::page` says which).
+    History(History<'a>),
+}
+
+/// A `history` request: up to `limit` messages of `stream` that the connection may see, the
+/// newest ones (before `before`, if given), or the oldest ones after `after`; only those of a
+/// thread or a run when asked.
+#[derive(Debug, PartialEq)]
+pub(crate) struct History<'a> {
+    pub(crate) stream: Cow<'a, str>,
+    pub(crate) limit: u32,
+    pub(crate) page: Page,
+    /// The epoch the client's positions belong to; another epoch's positions mean nothing.
+    pub(crate) epoch: Option<u64>,
+    pub(crate) thread: Option<Cow<'a, str>>,
+    pub(crate) run: Option<Cow<'a, str>>,
+    /// Echoed in the answer, so the client can match it.
+    pub(crate) id: Option<Cow<'a, str>>,
+}
+
+/// Which messages of a stream a `history` request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Page {
+    /// The newest ones.
+    Last,
+    /// The newest ones with a seq below this.
+    Before(u64),
+    /// The oldest ones with a seq above this.
+    After(u64),
 }
 
 impl ClientFrame<'_> {
@@ -152,11 +187,22 @@ impl ClientFrame<'_> {
     }
 }
 
-/// Parses one client frame. The caller has already checked its size.
+/// A client-chosen id (`message`'s, `history`'s): absent, or 1 to `max_id` bytes.
+fn client_id(id: Loose<'_>, max_id: usize) -> Result<Option<Cow<'_, str>>, PeerError> {
+    match id {
+        Loose::Absent => Ok(None),
+        Loose::Str(id) if !id.is_empty() && id.len() <= max_id => Ok(Some(id)),
+        _ => Err(PeerError::InvalidField { field: "id" }),
+    }
+}
+
+/// Parses one client frame. The caller has already checked its size. A `history` request asks
+/// for at most `max_history` messages.
 pub(crate) fn parse_client_frame(
     bytes: &[u8],
     max_id: usize,
     max_positions: usize,
+    max_history: u32,
 ) -> Result<ClientFrame<'_>, PeerError> {
     // A frame is a JSON object; serde would also read a struct from an array, position by
     // position, which the protocol does not allow.
@@ -188,12 +234,33 @@ pub(crate) fn parse_client_frame(
         "subscribe" => Ok(ClientFrame::Subscribe { thread, run }),
         "unsubscribe" => Ok(ClientFrame::Unsubscribe { thread, run }),
         "message" => {
-            let id = match raw.id {
-                Loose::Absent => None,
-                Loose::Str(id) if !id.is_empty() && id.len() <= max_id => Some(id),
-                _ => return Err(PeerError::InvalidField { field: "id" }),
-            };
+            let id = client_id(raw.id, max_id)?;
             Ok(ClientFrame::Message { thread, data: raw.data.unwrap_or(Value::Null), id })
+        }
+        "history" => {
+            let stream = match raw.stream {
+                // `u`, `t`, or `r:` plus a room id of at most `max_id` bytes.
+                Loose::Str(s) if !s.is_empty() && s.len() <= max_id + 2 => s,
+                _ => return Err(PeerError::InvalidField { field: "stream" }),
+            };
+            let number = |v: Option<Value>, field| match v {
+                None => Ok(None),
+                Some(v) => v.as_u64().map(Some).ok_or(PeerError::InvalidField { field }),
+            };
+            let limit = match number(raw.limit, "limit")? {
+                None => max_history,
+                Some(n) if n >= 1 && n <= u64::from(max_history) => n as u32,
+                Some(_) => return Err(PeerError::InvalidField { field: "limit" }),
+            };
+            let page = match (number(raw.before, "before")?, number(raw.after, "after")?) {
+                (None, None) => Page::Last,
+                (Some(b), None) => Page::Before(b),
+                (None, Some(a)) => Page::After(a),
+                (Some(_), Some(_)) => return Err(PeerError::InvalidField { field: "after" }),
+            };
+            let epoch = number(raw.epoch, "epoch")?;
+            let id = client_id(raw.id, max_id)?;
+            Ok(ClientFrame::History(History { stream, limit, page, epoch, thread, run, id }))
         }
         "ping" => Ok(ClientFrame::Ping),
         "resume" => {
@@ -223,7 +290,7 @@ mod tests {
     #[test]
     fn client_frames_parse_and_validate() {
         fn p(s: &str) -> Result<ClientFrame<'_>, PeerError> {
-            parse_client_frame(s.as_bytes(), 8, 2)
+            parse_client_frame(s.as_bytes(), 8, 2, 50)
         }
         assert_eq!(
             p(r#"{"type":"subscribe","thread_id":"t1"}"#),
@@ -249,6 +316,37 @@ mod tests {
             p(r#"{"type":"unsubscribe"}"#),
             Ok(ClientFrame::Unsubscribe { thread: None, run: None })
         );
+        let history = |stream: &'static str, limit, page| {
+            Ok(ClientFrame::History(History {
+                stream: stream.into(),
+                limit,
+                page,
+                epoch: None,
+                thread: None,
+                run: None,
+                id: None,
+            }))
+        };
+        assert_eq!(p(r#"{"type":"history","stream":"u"}"#), history("u", 50, Page::Last));
+        assert_eq!(
+            p(r#"{"type":"history","stream":"r:lobby","limit":3,"before":9}"#),
+            history("r:lobby", 3, Page::Before(9))
+        );
+        assert_eq!(
+            p(r#"{"type":"history","stream":"t","after":0}"#),
+            history("t", 50, Page::After(0))
+        );
+        for (bad, field) in [
+            (r#"{"type":"history"}"#, "stream"),
+            (r#"{"type":"history","stream":"u","limit":0}"#, "limit"),
+            (r#"{"type":"history","stream":"u","limit":51}"#, "limit"),
+            (r#"{"type":"history","stream":"u","before":-1}"#, "before"),
+            (r#"{"type":"history","stream":"u","before":1,"after":0}"#, "after"),
+            (r#"{"type":"history","stream":"u","epoch":"x"}"#, "epoch"),
+            (r#"{"type":"history","stream":"u","id":""}"#, "id"),
+        ] {
+            assert_eq!(p(bad), Err(PeerError::InvalidField { field }), "{bad}");
+        }
         assert_eq!(p(r#"{"type":"ping","extra":[1,2]}"#), Ok(ClientFrame::Ping));
         assert_eq!(
             p(r#"{"type":"message","data":{"user_id":"mallory"}}"#),
@@ -300,7 +398,7 @@ mod tests {
             Err(PeerError::Malformed { line: 1, column: 1 })
         );
         assert!(matches!(
-            parse_client_frame(&[0xff, 0xfe], 8, 2),
+            parse_client_frame(&[0xff, 0xfe], 8, 2, 50),
             Err(PeerError::Malformed { .. })
         ));
     }

@@ -455,6 +455,49 @@ impl FrameWriter {
         self.finish()
     }
 
+    /// A `history` answer: `messages` are event frames exactly as delivered live (their bytes
+    /// are copied in, not re-serialized). At most [`HISTORY_OVERHEAD`] bytes besides the
+    /// messages, their commas and the id.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn history(
+        &mut self,
+        id: Option<&str>,
+        stream: &StreamName,
+        pos: StreamPos,
+        available_from: u64,
+        more: bool,
+        reason: Option<&str>,
+        messages: &[&Frame],
+    ) -> Frame {
+        let b = &mut self.buf;
+        b.clear();
+        b.extend_from_slice(br#"{"type":"history""#);
+        if let Some(id) = id {
+            b.extend_from_slice(br#","id":"#);
+            json_str(b, id);
+        }
+        b.extend_from_slice(br#","stream":"#);
+        serde_json::to_writer(&mut *b, &WireStream(stream)).expect("in-memory JSON");
+        let numbers = format!(
+            r#","epoch":{},"seq":{},"available_from":{available_from},"more":{more}"#,
+            pos.epoch, pos.seq
+        );
+        b.extend_from_slice(numbers.as_bytes());
+        if let Some(reason) = reason {
+            b.extend_from_slice(br#","reason":"#);
+            json_str(b, reason);
+        }
+        b.extend_from_slice(br#","messages":["#);
+        for (i, m) in messages.iter().enumerate() {
+            if i > 0 {
+                b.push(b',');
+            }
+            b.extend_from_slice(m.as_str().as_bytes());
+        }
+        b.extend_from_slice(b"]}");
+        self.finish()
+    }
+
     pub(crate) fn left(&mut self, stream: &StreamName) -> Frame {
         self.write(&ControlFrame::Left { stream: WireStream(stream) })
     }
@@ -463,6 +506,11 @@ impl FrameWriter {
         self.write(&ControlFrame::Resumed { recovered, streams: Reports(reports) })
     }
 }
+
+/// The most a `history` answer adds to its messages, their commas, its id (escaped: six bytes a
+/// byte at worst) and its stream name (likewise): the fixed keys, three numbers of 20 digits,
+/// `more` and the longest reason.
+pub(crate) const HISTORY_OVERHEAD: u64 = 200;
 
 /// Appends `text` as a JSON string.
 fn json_str(buf: &mut Vec<u8>, text: &str) {

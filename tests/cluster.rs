@@ -662,3 +662,36 @@ fn runs_and_exclusions_travel_on_the_bus_and_each_node_applies_them() {
     let refused = net.hub(0).publish(now, mismatch.run("r2"));
     assert_eq!(refused, Err(PublishError::RunMismatch));
 }
+
+#[test]
+fn history_comes_from_the_log_where_the_node_has_not_buffered_it() {
+    let mut net = Net::new(2, |_| {});
+    let early = net.connect(0, "acme", "alice");
+    for n in 1..=5 {
+        net.publish(0, note("acme", "alice", n));
+    }
+    assert_eq!(net.notes(0, early), [1, 2, 3, 4, 5]);
+    // Node 1 starts following alice's stream only now: its buffer holds nothing older.
+    let late = net.connect(1, "acme", "alice");
+    net.publish(1, note("acme", "alice", 6));
+    let now = net.now();
+    let ask = br#"{"type":"history","stream":"u","limit":4,"id":"h"}"#;
+    net.hub(1).receive(now, late, ask).expect("a valid request");
+    let busy = net.hub(1).receive(now, late, ask);
+    assert!(busy.is_err(), "one request waits for the log at a time: {busy:?}");
+    net.pump();
+    let answers = net.of_type(1, late, "history");
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let got: Vec<u64> = answers[0]["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["data"]["n"].as_u64().expect("n"))
+        .collect();
+    assert_eq!(got, [3, 4, 5, 6]);
+    assert_eq!((answers[0]["more"].as_bool(), answers[0]["id"].as_str()), (Some(true), Some("h")));
+    // The node that buffered everything answers at once, without the log.
+    net.hub(0).receive(now, early, br#"{"type":"history","stream":"u","limit":2}"#).unwrap();
+    net.pump();
+    assert_eq!(net.of_type(0, early, "history")[0]["messages"].as_array().map(Vec::len), Some(2));
+}

@@ -283,6 +283,7 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
     )?;
     b.counter("held_back", "Events held for connections in their resume window", s.held_back)?;
     b.counter("replayed", "Messages replayed from recovery buffers", s.replayed)?;
+    b.counter("history_answers", "history frames answering client requests", s.history_requests)?;
     b.counters(
         "resumes",
         "resume frames answered, by outcome",

@@ -128,3 +128,54 @@ async fn a_client_watches_one_run_live_and_in_its_resume() {
     );
     back.sync().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 4: history
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_opening_a_thread_loads_its_recent_history_and_only_its_own() {
+    let server = Server::start(|_| {}).await;
+    let (mut first, _) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    for (thread, n) in [("t1", 1), ("t2", 2), ("t1", 3)] {
+        let body = json!({"tenant": "acme", "user": "alice", "thread": thread, "kind": "note",
+                          "data": {"n": n}});
+        publish_json(&server, body).await;
+        assert_eq!(first.recv_event().await["data"]["n"], n);
+    }
+    publish_json(&server, json!({"tenant": "acme", "user": "bob", "kind": "note"})).await;
+
+    // A new tab opens thread t1: its history has t1's events, newest last, as delivered live.
+    let (mut tab, _) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    tab.send(
+        json!({"type": "history", "stream": "u", "thread_id": "t1", "limit": 10, "id": "open"}),
+    )
+    .await;
+    let answer = tab.recv_event().await;
+    assert_eq!((answer["type"].as_str(), answer["id"].as_str()), (Some("history"), Some("open")));
+    let messages = answer["messages"].as_array().unwrap();
+    let got: Vec<u64> = messages.iter().map(|m| m["data"]["n"].as_u64().unwrap()).collect();
+    assert_eq!(got, [1, 3]);
+    assert!(messages.iter().all(|m| m["thread_id"] == "t1" && m["stream"] == "u"));
+    // Paged: one at a time, backwards.
+    tab.send(json!({"type": "history", "stream": "u", "limit": 1})).await;
+    let newest = tab.recv_event().await;
+    assert_eq!(
+        (newest["messages"][0]["data"]["n"].as_u64(), newest["more"].as_bool()),
+        (Some(3), Some(true))
+    );
+    let before = newest["messages"][0]["seq"].as_u64().unwrap();
+    tab.send(json!({"type": "history", "stream": "u", "limit": 1, "before": before})).await;
+    assert_eq!(tab.recv_event().await["messages"][0]["data"]["n"], 2);
+    // A room it is not in is refused, and the connection stays.
+    tab.send(json!({"type": "history", "stream": "r:lobby"})).await;
+    let refused = tab.recv_event().await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("unknown_stream"))
+    );
+    tab.sync().await;
+    first.sync().await;
+    // The page asks for its thread's history when it opens.
+    let page = server.http("GET", "/", None, "").await;
+    assert!(page.body.contains(r#"type: "history""#), "the page requests history");
+}

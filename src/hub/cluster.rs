@@ -308,6 +308,7 @@ impl Hub {
                 }
             },
             Pending::Resume { conn, stream } => self.resume_fetched(now, conn, &stream, reply),
+            Pending::History { conn, stream } => self.history_fetched(now, conn, &stream, reply),
             Pending::Tops { streams } => {
                 let Ok(BusReply::Tops(tops)) = reply else { return };
                 for (key, top) in streams.iter().zip(tops) {

@@ -56,7 +56,8 @@ impl Hub {
             return Err(self.peer_error(now, idx, err, Some(limit), AuditKind::OversizedFrame));
         }
         let max_positions = 2 + self.cfg.max_rooms_per_connection as usize;
-        let parsed = match parse_client_frame(frame, self.cfg.max_client_id_bytes, max_positions) {
+        let (max_id, max_history) = (self.cfg.max_client_id_bytes, self.cfg.max_history_messages);
+        let parsed = match parse_client_frame(frame, max_id, max_positions, max_history) {
             Ok(f) => f,
             Err(err) => {
                 return Err(self.peer_error(now, idx, err, None, AuditKind::MalformedFrame));
@@ -195,6 +196,16 @@ impl Hub {
                     ));
                 }
             },
+            ClientFrame::History(request) => {
+                if let Err(err) = self.history(now, idx, &request) {
+                    let audit = match err {
+                        PeerError::UnknownStream => AuditKind::ForeignStream,
+                        _ => AuditKind::MalformedFrame,
+                    };
+                    // Answered, not a violation: a client may ask about a room it just left.
+                    return Err(self.refuse(now, idx, err, None, audit));
+                }
+            }
             ClientFrame::Resume { .. } => unreachable!("handled above"),
         }
         Ok(())
