@@ -338,8 +338,8 @@ pub use error::{
     RoomError,
 };
 pub use frame::Frame;
-pub use hub::PresenceView;
 pub use hub::{Hub, Principal, Published, WakeReason};
+pub use hub::{PresenceView, RoomInfo};
 pub use ids::{
     ConnId, Role, Roles, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId,
 };

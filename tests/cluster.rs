@@ -695,3 +695,25 @@ fn history_comes_from_the_log_where_the_node_has_not_buffered_it() {
     net.pump();
     assert_eq!(net.of_type(0, early, "history")[0]["messages"].as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn a_kick_reaches_the_users_connections_on_every_node() {
+    let mut net = Net::new(2, |_| {});
+    let here = net.connect(0, "acme", "alice");
+    let there = net.connect(1, "acme", "alice");
+    let bob = net.connect(1, "acme", "bob");
+    let now = net.now();
+    let closed = net.hub(0).kick_user(now, &"acme".into(), &"alice".into());
+    assert_eq!(closed, 1, "this node's own");
+    net.pump();
+    assert!(net.hub(0).connection(here).is_none());
+    assert!(net.hub(1).connection(there).is_none(), "the other node closed its own too");
+    assert!(net.hub(1).connection(bob).is_some());
+    assert_eq!(
+        net.hub(1)
+            .stats()
+            .closed_by
+            .get(switchboard::ClosedBy::Hub(switchboard::CloseReason::Kicked)),
+        1
+    );
+}

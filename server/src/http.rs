@@ -1,5 +1,6 @@
 //! The HTTP surface: `GET /ws` (authenticated upgrade), `POST /publish` (admin key),
-//! `GET /metrics` (Prometheus text), `GET /healthz`, and `GET /` (the demo page).
+//! `GET /metrics` (Prometheus text), `GET /healthz`, `GET /` (the demo page), and the admin API
+//! (`/admin/…`, admin key; see `admin.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -55,6 +56,8 @@ pub struct HttpCounters {
     pub publish_unavailable: AtomicU64,
     /// `GET /metrics` requests without the admin key, when it is required.
     pub metrics_unauthorized: AtomicU64,
+    /// `/admin/…` requests without the admin key.
+    pub admin_unauthorized: AtomicU64,
 }
 
 impl HttpCounters {
@@ -180,7 +183,8 @@ impl AppState {
     }
 }
 
-/// The routes: `GET /ws`, `POST /publish`, `GET /metrics`, `GET /healthz`, `GET /`. Merge it
+/// The routes: `GET /ws`, `POST /publish`, `GET /metrics`, `GET /healthz`, `GET /`, and the
+/// admin API under `/admin/` ([`crate::admin::routes`]). Merge it
 /// into the application's own router, or nest it under a prefix.
 ///
 /// `POST /publish` reads at most [`PublishBody::max_bytes`] of body (axum's [`DefaultBodyLimit`]
@@ -194,6 +198,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/demo/token", post(demo_token))
+        .merge(crate::admin::routes())
         .with_state(state)
 }
 
@@ -284,12 +289,13 @@ async fn metrics_text(State(app): State<AppState>, headers: HeaderMap) -> Respon
     }
 }
 
-fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+/// A JSON error answer: `{"error": code, "message": …}`.
+pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": code, "message": message.to_string() }))).into_response()
 }
 
 /// The bearer token of an `Authorization` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
@@ -500,7 +506,7 @@ impl PublishRequest {
 
 /// Compares without returning early, so the time taken does not reveal how much of the key
 /// matched.
-fn same_key(given: &str, expected: &str) -> bool {
+pub(crate) fn same_key(given: &str, expected: &str) -> bool {
     let (a, b) = (given.as_bytes(), expected.as_bytes());
     let mut diff = a.len() ^ b.len();
     for (i, byte) in b.iter().enumerate() {

@@ -401,6 +401,11 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
         "GET /metrics requests without the admin key (with --metrics-require-admin)",
         load(&http.metrics_unauthorized),
     )?;
+    b.counter(
+        "http_admin_unauthorized",
+        "/admin requests without the admin key",
+        load(&http.admin_unauthorized),
+    )?;
     let mut out = String::with_capacity(16 * 1024);
     TextEncoder::new().encode_utf8(&b.registry.gather(), &mut out)?;
     Ok(out)

@@ -179,3 +179,96 @@ async fn a_client_opening_a_thread_loads_its_recent_history_and_only_its_own() {
     let page = server.http("GET", "/", None, "").await;
     assert!(page.body.contains(r#"type: "history""#), "the page requests history");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 5: the admin API
+
+/// An admin request: status and JSON body.
+async fn admin(server: &Server, method: &str, path: &str) -> (u16, Value) {
+    let res = server.http(method, path, Some(ADMIN), "").await;
+    let body = if res.body.is_empty() { Value::Null } else { res.json() };
+    (res.status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lists_inspects_moves_and_kicks_through_the_admin_api() {
+    let server = Server::start(|_| {}).await;
+    let (mut alice, hello) = server.live(&server.token("acme", "alice", &[], &["lobby"])).await;
+    let (mut alice2, hello2) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    let (mut bob, bob_hello) =
+        server.live(&server.token("acme", "bob", &["admin"], &["lobby"])).await;
+    let (_carol, _) = server.live(&server.token("globex", "carol", &[], &[])).await;
+    let alice_id = hello["conn_id"].as_str().unwrap().to_owned();
+    let alice2_id = hello2["conn_id"].as_str().unwrap().to_owned();
+    let bob_id = bob_hello["conn_id"].as_str().unwrap().to_owned();
+    alice.send(json!({"type": "subscribe", "run_id": "r-1"})).await;
+    alice.sync().await;
+
+    // Without the key: 401, nothing read.
+    let res = server.http("GET", "/admin/stats", None, "").await;
+    assert_eq!(res.status, 401);
+    let res = server.http("POST", "/admin/tenants/acme/users/bob/kick", Some("wrong"), "").await;
+    assert_eq!(res.status, 401);
+
+    // Users, a page at a time; never another tenant's.
+    let (status, page) = admin(&server, "GET", "/admin/tenants/acme/users?limit=1").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        (page["items"][0]["user"].as_str(), page["next"].as_str()),
+        (Some("alice"), Some("alice"))
+    );
+    let (_, rest) = admin(&server, "GET", "/admin/tenants/acme/users?limit=1&after=alice").await;
+    assert_eq!(rest["items"][0]["user"], "bob");
+    let (status, _) = admin(&server, "GET", "/admin/tenants/acme/users?limit=0").await;
+    assert_eq!(status, 400);
+    // One user with its connections' views.
+    let (_, user) = admin(&server, "GET", "/admin/tenants/acme/users/alice").await;
+    assert_eq!((user["connections"].as_u64(), user["phase"].as_str()), (Some(2), Some("active")));
+    let views = user["connection_views"].as_array().unwrap();
+    let first = views.iter().find(|v| v["conn_id"] == alice_id.as_str()).unwrap();
+    assert_eq!(first["runs"], json!(["r-1"]));
+    assert_eq!(first["rooms"], json!(["lobby"]));
+    assert_eq!(admin(&server, "GET", "/admin/tenants/acme/users/nobody").await.0, 404);
+    // Connections and rooms.
+    let (_, conns) = admin(&server, "GET", "/admin/tenants/acme/connections").await;
+    assert_eq!(conns["items"].as_array().unwrap().len(), 3);
+    assert!(conns["items"].as_array().unwrap().iter().all(|c| c["tenant"] == "acme"));
+    let (_, rooms) = admin(&server, "GET", "/admin/tenants/acme/rooms").await;
+    assert_eq!(
+        (rooms["items"][0]["room"].as_str(), rooms["items"][0]["members"].as_u64()),
+        (Some("lobby"), Some(2))
+    );
+    let (_, presence) = admin(&server, "GET", "/admin/tenants/acme/presence?room=lobby").await;
+    assert_eq!(presence["count"], 2, "{presence}");
+
+    // Rooms at runtime: alice's second tab joins the lobby, then leaves it.
+    let path = format!("/admin/connections/{alice2_id}/rooms/lobby");
+    let (status, joined) = admin(&server, "POST", &path).await;
+    assert_eq!((status, joined["joined"].as_bool()), (200, Some(true)));
+    let f = alice2.recv_event().await;
+    assert_eq!((f["type"].as_str(), f["stream"].as_str()), (Some("joined"), Some("r:lobby")));
+    let (status, left) = admin(&server, "DELETE", &path).await;
+    assert_eq!((status, left["left"].as_bool()), (200, Some(true)));
+    loop {
+        let f = alice2.recv_event().await;
+        if f["type"] == "left" {
+            assert_eq!(f["stream"], "r:lobby");
+            break;
+        }
+    }
+    assert_eq!(admin(&server, "POST", "/admin/connections/999v9/rooms/lobby").await.0, 404);
+
+    // Kicks: one connection, then a user; closed with `kicked` (4005).
+    let (status, _) = admin(&server, "POST", &format!("/admin/connections/{bob_id}/kick")).await;
+    assert_eq!(status, 200);
+    assert_eq!(bob.close_code().await, 4005);
+    let (status, kicked) = admin(&server, "POST", "/admin/tenants/acme/users/alice/kick").await;
+    assert_eq!((status, kicked["closed_here"].as_u64()), (200, Some(2)));
+    assert_eq!(alice.close_code().await, 4005);
+    assert_eq!(alice2.close_code().await, 4005);
+    let (_, stats) = admin(&server, "GET", "/admin/stats").await;
+    assert_eq!(
+        (stats["kicked"].as_u64(), stats["connections_active"].as_u64()),
+        (Some(3), Some(1))
+    );
+}

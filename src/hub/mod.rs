@@ -3,6 +3,7 @@
 //! in `rooms.rs`.
 
 mod admin;
+pub use admin::RoomInfo;
 mod cluster;
 mod cluster_resume;
 mod cluster_setup;
