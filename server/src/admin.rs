@@ -105,6 +105,39 @@ async fn on_hub(
     app.handle.with_hub(f).await.unwrap_or_else(stopping)
 }
 
+/// A page of a listing: `f` gets the cursor and the page size and returns the items, or `None`
+/// for a cursor it cannot read.
+async fn listing(
+    app: &AppState,
+    headers: &HeaderMap,
+    q: PageQuery,
+    cursor: &'static str,
+    f: impl FnOnce(&mut Hub, Instant, Option<&str>, usize) -> Option<Vec<Value>> + Send + 'static,
+) -> Response {
+    on_hub(app, headers, move |hub, now| {
+        let Some(limit) = q.limit() else { return bad_limit() };
+        match f(hub, now, q.after.as_deref(), limit) {
+            Some(items) => page(items, limit, cursor),
+            None => bad_request(format!("`after` is not a `{cursor}`")),
+        }
+    })
+    .await
+}
+
+/// Runs `f` on one connection of this node, named by its `conn_id` (404 if none is open).
+async fn on_conn(
+    app: &AppState,
+    headers: &HeaderMap,
+    conn: String,
+    f: impl FnOnce(&mut Hub, Instant, switchboard::ConnId) -> Response + Send + 'static,
+) -> Response {
+    on_hub(app, headers, move |hub, now| match hub.find_connection(&conn) {
+        Some(id) => f(hub, now, id),
+        None => not_found("connection"),
+    })
+    .await
+}
+
 /// Milliseconds from `then` to `now` (0 if `then` is later).
 fn ms_since(now: Instant, then: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(then).as_millis()).unwrap_or(u64::MAX)
@@ -195,11 +228,9 @@ async fn users(
     Path(tenant): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    on_hub(&app, &headers, move |hub, _| {
-        let Some(limit) = q.limit() else { return bad_limit() };
-        let tenant = TenantId::from(tenant);
-        let items = hub.tenant_users(&tenant, q.after.as_deref(), limit);
-        page(items.iter().map(user_json).collect(), limit, "user")
+    listing(&app, &headers, q, "user", move |hub, _, after, limit| {
+        let items = hub.tenant_users(&TenantId::from(tenant), after, limit);
+        Some(items.iter().map(user_json).collect())
     })
     .await
 }
@@ -245,13 +276,9 @@ async fn connections(
     Path(tenant): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    on_hub(&app, &headers, move |hub, now| {
-        let Some(limit) = q.limit() else { return bad_limit() };
-        let tenant = TenantId::from(tenant);
-        let Some(conns) = hub.tenant_connections(&tenant, q.after.as_deref(), limit) else {
-            return bad_request("`after` is a conn_id".into());
-        };
-        page(conns.iter().map(|c| conn_json(now, c)).collect(), limit, "conn_id")
+    listing(&app, &headers, q, "conn_id", move |hub, now, after, limit| {
+        let conns = hub.tenant_connections(&TenantId::from(tenant), after, limit)?;
+        Some(conns.iter().map(|c| conn_json(now, c)).collect())
     })
     .await
 }
@@ -263,21 +290,17 @@ async fn rooms(
     Path(tenant): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    on_hub(&app, &headers, move |hub, _| {
-        let Some(limit) = q.limit() else { return bad_limit() };
-        let rooms = hub.tenant_rooms(&TenantId::from(tenant), q.after.as_deref(), limit);
-        let items = rooms
-            .iter()
-            .map(|r| {
-                json!({
-                    "room": r.room.as_str(),
-                    "members": r.members,
-                    "stream": {"epoch": r.position.epoch, "seq": r.position.seq},
-                    "idle": r.idle,
-                })
+    listing(&app, &headers, q, "room", move |hub, _, after, limit| {
+        let rooms = hub.tenant_rooms(&TenantId::from(tenant), after, limit);
+        let room = |r: &switchboard::RoomInfo| {
+            json!({
+                "room": r.room.as_str(),
+                "members": r.members,
+                "stream": {"epoch": r.position.epoch, "seq": r.position.seq},
+                "idle": r.idle,
             })
-            .collect();
-        page(items, limit, "room")
+        };
+        Some(rooms.iter().map(room).collect())
     })
     .await
 }
@@ -327,12 +350,9 @@ async fn kick_connection(
     headers: HeaderMap,
     Path(conn): Path<String>,
 ) -> Response {
-    on_hub(&app, &headers, move |hub, now| {
-        let Some(id) = hub.find_connection(&conn) else { return not_found("connection") };
-        match hub.close(now, id, CloseReason::Kicked) {
-            Ok(()) => Json(json!({ "closed": true })).into_response(),
-            Err(_) => not_found("connection"),
-        }
+    on_conn(&app, &headers, conn, |hub, now, id| match hub.close(now, id, CloseReason::Kicked) {
+        Ok(()) => Json(json!({ "closed": true })).into_response(),
+        Err(_) => not_found("connection"),
     })
     .await
 }
@@ -343,15 +363,10 @@ async fn join(
     headers: HeaderMap,
     Path((conn, room)): Path<(String, String)>,
 ) -> Response {
-    on_hub(&app, &headers, move |hub, now| {
-        let Some(id) = hub.find_connection(&conn) else { return not_found("connection") };
-        match hub.join(now, id, RoomId::from(room)) {
-            Ok(joined) => Json(json!({ "joined": joined })).into_response(),
-            Err(e @ RoomError::TooManyRooms { .. }) => {
-                error(StatusCode::CONFLICT, "too_many_rooms", e)
-            }
-            Err(e) => bad_request(e.to_string()),
-        }
+    on_conn(&app, &headers, conn, move |hub, now, id| match hub.join(now, id, RoomId::from(room)) {
+        Ok(joined) => Json(json!({ "joined": joined })).into_response(),
+        Err(e @ RoomError::TooManyRooms { .. }) => error(StatusCode::CONFLICT, "too_many_rooms", e),
+        Err(e) => bad_request(e.to_string()),
     })
     .await
 }
@@ -362,8 +377,7 @@ async fn leave(
     headers: HeaderMap,
     Path((conn, room)): Path<(String, String)>,
 ) -> Response {
-    on_hub(&app, &headers, move |hub, now| {
-        let Some(id) = hub.find_connection(&conn) else { return not_found("connection") };
+    on_conn(&app, &headers, conn, move |hub, now, id| {
         match hub.leave(now, id, RoomId::from(room)) {
             Ok(left) => Json(json!({ "left": left })).into_response(),
             Err(e) => bad_request(e.to_string()),
