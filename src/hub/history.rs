@@ -13,14 +13,14 @@ use std::time::Instant;
 use hashbrown::HashMap;
 
 use crate::client_frame::{History, Page};
-use crate::cluster::{BusFailure, BusOp, BusReply, Decoded, Pending, StreamKey};
+use crate::cluster::{BusFailure, BusOp, BusReply, Pending, StreamKey};
 use crate::connection::Lookup;
 use crate::error::PeerError;
 use crate::flow::notice_len;
 use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::hub::publish::stream_of;
-use crate::ids::{ConnId, RunId, StreamName, StreamPos, ThreadId};
+use crate::ids::{ConnId, RunId, StreamName, ThreadId};
 use crate::protocol::HISTORY_OVERHEAD;
 use crate::routing::visible_to;
 use crate::stream::{Buffered, Scope, TrimKey};
@@ -121,25 +121,13 @@ impl Hub {
         };
         let local_epoch = stream_of(&mut self.users, &mut self.tenants, &holder)
             .map_or(0, |s| s.position().epoch);
-        let node = self.node.as_deref().expect("clustered").cfg.node.clone();
         let mut extra = Vec::new();
         let mut reason = Some(LOG_UNAVAILABLE);
         if let Ok(BusReply::Fetched { top, entries }) = reply {
-            if top.epoch == local_epoch {
-                reason = None;
-                let mut text = String::new();
-                for e in entries {
-                    let Some(decoded) = Decoded::parse(key, &e.payload) else {
-                        // A driver fault: none of the log is trusted (the buffer still is).
-                        self.node().expect("clustered").counters.mismatches += 1;
-                        extra.clear();
-                        reason = Some(LOG_UNAVAILABLE);
-                        break;
-                    };
-                    let visible = super::cluster::visible_of(&decoded, &node);
-                    decoded.render(StreamPos { epoch: top.epoch, seq: e.seq }, &mut text);
-                    extra.push(Buffered { seq: e.seq, at: now, frame: Frame::new(&text), visible });
-                }
+            // A driver fault (an entry of another stream) leaves the buffer alone answering.
+            let fetched = self.fetched_entries(now, id, key, top.epoch, entries);
+            if let (Some(fetched), true) = (fetched, top.epoch == local_epoch) {
+                (extra, reason) = (fetched, None);
             }
         }
         self.answer_history(now, idx, &request, &holder, &name, &extra, reason);
