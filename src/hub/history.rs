@@ -193,7 +193,12 @@ impl Hub {
             Vec::new()
         } else {
             older
-                .chain(stream.range(pos.epoch, buffered_from - 1, pos.seq).into_iter().flatten())
+                .chain(
+                    stream
+                        .range(pos.epoch, buffered_from.saturating_sub(1), pos.seq)
+                        .into_iter()
+                        .flatten(),
+                )
                 .collect()
         };
         let available_from = candidates.first().map_or(buffered_from, |b| b.seq.min(buffered_from));
