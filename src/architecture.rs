@@ -135,6 +135,7 @@ fn the_vocabulary_names_no_component() {
         "stats",
         "action",
         "protocol",
+        "client_frame",
         "timer",
     ];
     let components = ["connection", "user", "routing", "stream", "outbox", "hub", "view"];

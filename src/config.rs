@@ -189,10 +189,15 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Maximum rooms one connection may be in (default 128).
     pub max_rooms_per_connection: u32,
-    /// Maximum threads one connection may narrow its stream to with `subscribe` (default 64).
+    /// Maximum threads one connection may narrow its stream to with `subscribe` (default 64), and
+    /// as many agent runs.
     pub max_thread_subscriptions: u32,
     /// Longest identifier (thread id) a client may send, in bytes (default 128).
     pub max_client_id_bytes: usize,
+    /// The most messages one `history` answer holds (default 100; a request's `limit` may not
+    /// exceed it). The answer is also held under what the connection may still be handed
+    /// (`max_unwritten_bytes`).
+    pub max_history_messages: u32,
     /// Control frames (`subscribe`, `unsubscribe`, `ping`, `resume`) per connection per minute,
     /// sustained (default 600), with `control_burst` back to back (default 60).
     pub control_frames_per_minute: u32,
@@ -294,6 +299,7 @@ impl Default for Config {
             max_rooms_per_connection: 128,
             max_thread_subscriptions: 64,
             max_client_id_bytes: 128,
+            max_history_messages: 100,
             control_frames_per_minute: 600,
             control_burst: 60,
             max_violations: 5,
@@ -380,6 +386,7 @@ impl Config {
         nonzero("max_rooms_per_connection", self.max_rooms_per_connection.into())?;
         nonzero("max_thread_subscriptions", self.max_thread_subscriptions.into())?;
         nonzero("max_client_id_bytes", self.max_client_id_bytes as u64)?;
+        nonzero("max_history_messages", self.max_history_messages.into())?;
         nonzero("control_frames_per_minute", self.control_frames_per_minute.into())?;
         nonzero("control_burst", self.control_burst.into())?;
         nonzero("max_violations", self.max_violations.into())?;

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::config::{Config, Tier};
-use crate::ids::{ConnId, Roles, RoomId, StreamName, ThreadId};
+use crate::ids::{ConnId, Roles, RoomId, RunId, StreamName, ThreadId};
 use crate::kinds::CloseReason;
 use crate::labels::Labels;
 use crate::limits::{Bucket, Rate};
+use crate::narrowing::Narrowing;
+pub(crate) use crate::narrowing::TooManySubscriptions as TooManyThreads;
 use crate::stats::{Meter, MeterClock};
 use crate::timer::{TimerId, TimerQueue};
 
@@ -111,10 +113,10 @@ pub(crate) struct Connection {
     /// Its place in the hub's connection order (1, 2, …; set by [`Connections::insert`]): the
     /// reconnect breaker coalesces closes of connections that were open together by it.
     order: u64,
-    /// `None`: all of the user's events. `Some(threads)`: thread-less events plus these threads'
-    /// (never an empty list: unsubscribing the last thread widens the filter back to `None`).
+    /// `None`: all of the user's events. `Some(..)`: the threads and runs it subscribed to (see
+    /// `narrowing.rs`; never empty: unsubscribing the last widens the filter back to `None`).
     /// Boxed: most connections never narrow, and this keeps them a pointer smaller.
-    threads: Option<Box<Threads>>,
+    threads: Option<Box<Narrowing>>,
     rooms: Vec<Membership>,
     /// Control frames' allowance (per connection; `message` frames draw on the user's quota).
     control: Bucket,
@@ -157,10 +159,6 @@ struct LeftRooms {
     forgotten: bool,
 }
 
-/// The threads a connection narrowed itself to.
-#[derive(Debug, Default)]
-struct Threads(Vec<ThreadId>);
-
 /// What a connection's timer found due. A close excludes everything else.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Due {
@@ -171,10 +169,6 @@ pub(crate) struct Due {
     /// The resume window ran out: start live delivery.
     pub(crate) release: bool,
 }
-
-/// A `subscribe` that would take a connection past `max_thread_subscriptions`.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct TooManyThreads;
 
 impl Connection {
     /// A connection opening at `now` for the user in slot `user`, held for its resume window if
@@ -309,41 +303,58 @@ impl Connection {
 
     // --- Thread filter
 
-    /// Whether an event of `thread` (or a thread-less one) passes this connection's filter.
+    /// Whether an event of `thread` and `run` passes this connection's filter (see
+    /// `narrowing.rs`).
     #[inline]
-    pub(crate) fn wants(&self, thread: Option<&ThreadId>) -> bool {
-        match (&self.threads, thread) {
-            (None, _) | (Some(_), None) => true,
-            (Some(threads), Some(t)) => threads.0.contains(t),
-        }
+    pub(crate) fn wants(&self, thread: Option<&ThreadId>, run: Option<&RunId>) -> bool {
+        self.threads.as_deref().is_none_or(|n| n.admits(thread, run))
     }
 
     /// The threads it narrowed itself to; `None` when it receives all of its user's events.
     pub(crate) fn threads(&self) -> Option<&[ThreadId]> {
-        self.threads.as_deref().map(|t| t.0.as_slice())
+        self.threads.as_deref().map(Narrowing::threads)
+    }
+
+    /// The runs it narrowed itself to; `None` when it receives all of its user's events.
+    pub(crate) fn runs(&self) -> Option<&[RunId]> {
+        self.threads.as_deref().map(Narrowing::runs)
     }
 
     /// `subscribe`: adds `thread` to the filter (narrowing it on the first), unless that would
     /// hold more than `max` threads. Subscribing twice is one subscription.
     pub(crate) fn narrow_to(&mut self, thread: &str, max: u32) -> Result<(), TooManyThreads> {
-        let threads = &mut self.threads.get_or_insert_with(Box::default).0;
-        if !threads.iter().any(|t| t.as_str() == thread) {
-            if threads.len() >= max as usize {
-                return Err(TooManyThreads);
-            }
-            threads.push(ThreadId::from(thread));
-        }
-        Ok(())
+        let added = self.threads.get_or_insert_with(Box::default).add_thread(thread, max);
+        self.widen_if_empty();
+        added
     }
 
-    /// `unsubscribe` of one thread: without any left, the connection receives all of its user's
-    /// events again.
+    /// `subscribe` to a run: as [`Connection::narrow_to`], for runs (at most `max` of them).
+    pub(crate) fn narrow_to_run(&mut self, run: &str, max: u32) -> Result<(), TooManyThreads> {
+        let added = self.threads.get_or_insert_with(Box::default).add_run(run, max);
+        self.widen_if_empty();
+        added
+    }
+
+    /// `unsubscribe` of one thread: without any thread or run left, the connection receives all
+    /// of its user's events again.
     pub(crate) fn unsubscribe(&mut self, thread: &str) {
-        if let Some(threads) = &mut self.threads {
-            threads.0.retain(|t| t.as_str() != thread);
-            if threads.0.is_empty() {
-                self.threads = None;
-            }
+        if let Some(n) = &mut self.threads {
+            n.remove_thread(thread);
+        }
+        self.widen_if_empty();
+    }
+
+    /// `unsubscribe` of one run (see [`Connection::unsubscribe`]).
+    pub(crate) fn unsubscribe_run(&mut self, run: &str) {
+        if let Some(n) = &mut self.threads {
+            n.remove_run(run);
+        }
+        self.widen_if_empty();
+    }
+
+    fn widen_if_empty(&mut self) {
+        if self.threads.as_deref().is_some_and(Narrowing::is_empty) {
+            self.threads = None;
         }
     }
 

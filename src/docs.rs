@@ -41,7 +41,7 @@
 //! What switchboard guarantees:
 //!
 //! 1. **Isolation.** A frame reaches a connection only if the target admits it: the connection's
-//!    user (and thread filter), a room it is in, its tenant (and role), or that very connection. A
+//!    user (and thread and run filter), a room it is in, its tenant (and role), or that very connection. A
 //!    replay after `resume` follows the same rule. No API resolves across tenants except
 //!    `Target::Everyone`, off by default.
 //! 2. **Order and no duplicates.** On one connection, a stream's seqs only grow: a replay never
@@ -49,7 +49,7 @@
 //!    re-joined a room); when the client's position is below that, the stream is reported
 //!    `recovered: false` with reason `live_ahead` rather than replayed out of order.
 //! 3. **No silent loss of critical events on a live connection.** Every event but `agent_thinking`
-//!    is delivered in order, or the connection is closed with `slow_consumer` (4003) so the client
+//!    (and custom kinds published as droppable, `EventKind::CustomDroppable`) is delivered in order, or the connection is closed with `slow_consumer` (4003) so the client
 //!    resumes. `agent_thinking` may be skipped for a connection that is behind (it has bytes not yet
 //!    confirmed by `written`, and this frame would take it past `max_inflight_bytes`, default
 //!    128 KiB); a connection with nothing unwritten gets it whatever its size. The next frame to a
@@ -218,37 +218,49 @@
 //! | `refresh_required` | `expires_in_ms` | `session_grace` before the session expires |
 //! | `refreshed` | `session_expires_in_ms` (or `null`) | a client `refresh` was accepted: the session was extended on the open connection |
 //! | `resumed` | `recovered`, `streams`: per stream `{recovered, reason?, epoch, seq, available_from, replayed}` | after the replay that answers a `resume` |
-//! | `skipped` | `count` | before the next frame, when `agent_thinking` frames were skipped for backpressure |
+//! | `skipped` | `count` | before the next frame, when `agent_thinking` frames (or droppable custom kinds') were skipped for backpressure |
 //! | `joined` | `stream` (`"r:<room>"`), `epoch`, `seq` | the server put the connection into a room; live delivery of it starts after `seq` |
 //! | `left` | `stream` | the server took the connection out of a room |
 //! | `error` | `code`, `message` | a client frame was refused |
 //! | `pong` | | answer to a client `ping` |
 //! | `reply` | `id` (the client message's), and `data` (redacted like an event's; absent when `null`) or `error`: `{code, message}` | the application answered a `message` that carried an `id` (`Hub::reply`), to that connection only |
+//! | `history` | `id` (the request's, if it had one), `stream`, `epoch` and `seq` (the stream's position now), `available_from` (the oldest seq still held), `more` (more messages it may see lie beyond this page: ask again with `before` the first seq, or `after` the last), optional `reason` (`epoch_mismatch`: the request's `epoch` is not the stream's, nothing returned; `log_unavailable`: cluster mode, the log could not be read, only the node's buffer answered; `too_large`: the next message does not fit in what the connection may still be handed), `messages`: the event frames exactly as delivered live, oldest first | answers a `history` request. Bounded by `limit` and by `max_unwritten_bytes` less what the connection has unwritten. A single node answers from the recovery buffer (`retention`); in cluster mode the buffer is a cache in front of the Redis log, which is read when the buffer does not reach the page's window (the `fetch_limit` seqs before the page's end, or after `after`); one request per connection may wait for the log (`error` `history_busy` otherwise) |
 //! | `resync` | `stream`, `epoch`, `seq`, `recovered` (`false`), `reason` (`gap_too_old`, `epoch_changed`) | cluster mode: messages of the stream up to `(epoch, seq)` may be missing (the log no longer holds them, or the stream started over); take `(epoch, seq)` as the stream's position and refetch its state |
 //! | `presence` | `scope` (`"t"` the tenant, `"r:<room>"` a room), `count` (users present), `members`: `[{user, conns, meta?}]` as last announced, or `null` when the scope is over `PresenceConfig::max_members` | presence on: when the connection enters a scope (after `connected` / `joined`), when asked, and to every member when the scope crosses its size limit |
 //! | `presence_diff` | `scope`, `joins`: `[{user, meta?}]`, `leaves`: `[user]` | presence on: at most once per `flush_interval` (250 ms) per scope, the net changes since the last batch (a user joins with its first connection in the scope and leaves after its last one closed and `grace`, 5 s, passed without a new one) |
 //!
 //! Example: `{"type":"agent_started","stream":"u","epoch":77,"seq":42,"thread_id":"t1","run_id":"r9","data":{"agent":"researcher"}}`
 //!
-//! `seq` grows by one per message of a stream; a connection narrowed to threads sees gaps where other
-//! threads' messages were. `epoch` changes only when a stream is created anew.
+//! `seq` grows by one per message of a stream; a connection narrowed to threads or runs sees gaps
+//! where other threads' and runs' messages were (and so does a connection left out of a publish
+//! with `exclude`).
+//!
+//! **Runs.** Events of one agent run carry its `run_id`. `Target::Run { tenant, user, run }` (and
+//! `/publish` with `user` and `run` but no `thread`) reaches exactly that user's connections that
+//! subscribed to the run (`{"type":"subscribe","run_id":"r9"}`) plus those not narrowed at all; a
+//! connection narrowed to other threads or runs gets it only if it also watches the event's thread.
+//! The same rule holds for every user-stream event that names a run (so `Target::User` with a run
+//! set routes like `Target::Run`), for the replay after `resume`, and in cluster mode, where the bus
+//! message carries the thread and the run. The demo agent's `reply` names the run it starts, so a
+//! client can subscribe to it. `epoch` changes only when a stream is created anew.
 //!
 //! **Client → server**
 //!
 //! | `type` | fields | effect |
 //! |---|---|---|
-//! | `subscribe` | `thread_id` | narrow this connection to the threads it subscribed to (plus thread-less user events) |
-//! | `unsubscribe` | `thread_id`, or none | drop one thread; when the last one goes, or without `thread_id`, the filter is gone and the connection receives all of its user's events again |
+//! | `subscribe` | `thread_id`, `run_id`, or both | narrow this connection's user stream to the threads and agent runs it subscribed to: it then gets an event of its user if the event's thread or its run is one of them, or if the event has neither (user-wide notices); at most `max_thread_subscriptions` (64) threads and as many runs (`too_many_subscriptions`) |
+//! | `unsubscribe` | `thread_id` and/or `run_id`, or none | drop a thread or a run; when the last one goes, or without either, the filter is gone and the connection receives all of its user's events again |
 //! | `message` | optional `thread_id`, `data`, optional `id` (a string of 1 to `max_client_id_bytes`, 128) | surfaced to the application as `Action::Inbound`, stamped with the authenticated origin (ids inside `data` are never trusted); with an `id`, the application may answer with a `reply` carrying it |
 //! | `ping` | | answered with a `pong` frame |
 //! | `resume` | `positions`: `{ "u": {epoch, seq}, "t": {...}, "r:<room>": {...} }`, the last position seen per stream | once per connection, first (after any `subscribe`): replays exactly the missed messages the connection may see, in order, then `resumed` |
 //! | `refresh` | `token`: a new token for this session | handed to the application (`Action::RefreshRequested`), which verifies it; accepted: the session ends later and the client gets `refreshed`; refused (another tenant or user, no later expiry, invalid): an `error` frame `refresh_refused`, audited (`refresh_refused`), the session unchanged |
 //! | `presence` | `scope` (`"t"` or `"r:<room>"`) | a fresh `presence` snapshot of a scope the connection is in; `error` `no_presence` when presence is off there or the connection is not in that room |
+//! | `history` | `stream` (`"u"`, `"t"`, `"r:<room>"`), optional `limit` (1 to `max_history_messages`, 100, the default), `before` or `after` (a seq), `epoch`, `thread_id`, `run_id`, `id` | the last `limit` messages of a stream the connection has that it may see (or those before `before`, or the first after `after`), filtered exactly as live delivery is (its user, thread and run filter, role, `exclude`), and only those of `thread_id` / `run_id` when given; answered by one `history` frame. Another user's stream cannot be named (`u` is always the asker's); a room it is not in: `error` `unknown_stream`, audited (`foreign_stream`), not a violation |
 //!
 //! A malformed frame, an unknown or missing `type`, an invalid field, a frame over the size limit or
 //! over a rate gets an `error` frame (`malformed`, `unknown_type`, `missing_type`, `invalid_field`,
 //! `frame_too_large`, `rate_limited`, `too_many_subscriptions`, `already_resumed`, `no_presence`,
-//! `refresh_refused`) and a typed `Err`
+//! `refresh_refused`, `unknown_stream`, `history_busy`) and a typed `Err`
 //! to the caller.
 //!
 //! **Close codes**

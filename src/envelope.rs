@@ -27,8 +27,12 @@ pub enum EventKind {
     /// `agent_completed`: the run finished.
     AgentCompleted,
     /// An application-defined event type. Its name must not be one of the protocol's own frame
-    /// types (see [`EventKind::RESERVED`]).
+    /// types (see [`EventKind::RESERVED`]). Critical, like the agent events but `agent_thinking`.
     Custom(Cow<'static, str>),
+    /// An application-defined event type of [`Priority::Low`]: like `agent_thinking`, it may be
+    /// skipped (and counted in the next `skipped` notice) for a connection that is behind; for an
+    /// application's own progress events. On the wire it is its name, like [`EventKind::Custom`].
+    CustomDroppable(Cow<'static, str>),
 }
 
 /// The application's answer to a client `message` that carried an `id` ([`Hub::reply`](crate::Hub::reply)).
@@ -81,11 +85,28 @@ impl EventKind {
         "presence",
         "presence_diff",
         "reply",
+        "refreshed",
+        "refresh",
+        "history",
     ];
 
     /// A custom kind.
     pub fn custom(name: impl Into<Cow<'static, str>>) -> Self {
         EventKind::Custom(name.into())
+    }
+
+    /// A custom kind that may be skipped under pressure ([`EventKind::CustomDroppable`]).
+    pub fn custom_droppable(name: impl Into<Cow<'static, str>>) -> Self {
+        EventKind::CustomDroppable(name.into())
+    }
+
+    /// A custom kind of the given priority: [`EventKind::Custom`] for `Critical`,
+    /// [`EventKind::CustomDroppable`] for `Low`.
+    pub fn custom_with_priority(name: impl Into<Cow<'static, str>>, priority: Priority) -> Self {
+        match priority {
+            Priority::Critical => EventKind::Custom(name.into()),
+            Priority::Low => EventKind::CustomDroppable(name.into()),
+        }
     }
 
     /// The kind with this wire name: one of the five agent events, or else a custom kind (which
@@ -111,15 +132,16 @@ impl EventKind {
             EventKind::ToolExecuting => "tool_executing",
             EventKind::ToolCompleted => "tool_completed",
             EventKind::AgentCompleted => "agent_completed",
-            EventKind::Custom(name) => name,
+            EventKind::Custom(name) | EventKind::CustomDroppable(name) => name,
         }
     }
 
-    /// The kind's priority: `Low` for `agent_thinking`, `Critical` for everything else.
+    /// The kind's priority: `Low` for `agent_thinking` and droppable custom kinds, `Critical`
+    /// for everything else.
     #[must_use]
     pub fn priority(&self) -> Priority {
         match self {
-            EventKind::AgentThinking => Priority::Low,
+            EventKind::AgentThinking | EventKind::CustomDroppable(_) => Priority::Low,
             _ => Priority::Critical,
         }
     }
@@ -127,7 +149,9 @@ impl EventKind {
     /// Whether this kind can be sent: custom names must be non-empty and not reserved.
     pub(crate) fn is_valid(&self) -> bool {
         match self {
-            EventKind::Custom(name) => !name.is_empty() && !Self::RESERVED.contains(&&**name),
+            EventKind::Custom(name) | EventKind::CustomDroppable(name) => {
+                !name.is_empty() && !Self::RESERVED.contains(&&**name)
+            }
             _ => true,
         }
     }
@@ -163,6 +187,17 @@ pub enum Target {
         user: UserId,
         /// The thread.
         thread: ThreadId,
+    },
+    /// One agent run of one user: the user's connections that subscribed to the run, plus those
+    /// not narrowed at all (the origin's `run_id_connections` index). A connection narrowed to
+    /// threads or other runs gets it only if it also subscribed to the envelope's thread.
+    Run {
+        /// The tenant.
+        tenant: TenantId,
+        /// The user.
+        user: UserId,
+        /// The run.
+        run: RunId,
     },
     /// Exactly one connection (on its user's stream).
     Connection(ConnId),
@@ -201,6 +236,16 @@ impl Target {
         Target::Thread { tenant: tenant.into(), user: user.into(), thread: thread.into() }
     }
 
+    /// One agent run of one user: `Target::Run { tenant, user, run }`.
+    #[must_use]
+    pub fn run(
+        tenant: impl Into<TenantId>,
+        user: impl Into<UserId>,
+        run: impl Into<RunId>,
+    ) -> Self {
+        Target::Run { tenant: tenant.into(), user: user.into(), run: run.into() }
+    }
+
     /// Every member of a room: `Target::Room { tenant, room }`.
     #[must_use]
     pub fn room(tenant: impl Into<TenantId>, room: impl Into<RoomId>) -> Self {
@@ -229,7 +274,9 @@ pub struct Envelope {
     pub kind: EventKind,
     /// The thread it belongs to, if any (set automatically for `Target::Thread`).
     pub thread: Option<ThreadId>,
-    /// The agent run it belongs to, if any.
+    /// The agent run it belongs to, if any (set automatically for `Target::Run`). On a user's
+    /// stream, a connection narrowed with `subscribe` gets it only if it subscribed to this run
+    /// or to the event's thread.
     pub run: Option<RunId>,
     /// The payload: a [`Value`] ([`Envelope::data`]) or JSON text ([`Envelope::raw_data`]).
     /// Configured keys are redacted at any depth while the frame is written. `null` means no
@@ -243,6 +290,12 @@ pub struct Envelope {
     /// them and reports [`PublishOutcome::Duplicate`](crate::PublishOutcome::Duplicate).
     /// Ignored for `Connection` and `Everyone` targets (no one stream).
     pub idempotency_key: Option<Arc<str>>,
+    /// A connection that does not receive this event although the target covers it: typically
+    /// the sender's ([`Inbound::from`](crate::Inbound::from)`.conn`), whose client already shows
+    /// what it sent. Honoured by every target, live and in replays and history (the message is
+    /// still in the stream: the connection's next `seq` skips it). A connection that is not open
+    /// excludes nobody. In cluster mode it names a connection of the publishing node.
+    pub exclude: Option<ConnId>,
 }
 
 impl Envelope {
@@ -256,7 +309,15 @@ impl Envelope {
             run: None,
             data: Payload::default(),
             idempotency_key: None,
+            exclude: None,
         }
+    }
+
+    /// Leaves `conn` out of the recipients (see [`Envelope::exclude`]).
+    #[must_use]
+    pub fn exclude(mut self, conn: ConnId) -> Self {
+        self.exclude = Some(conn);
+        self
     }
 
     /// Sets the thread.
@@ -328,6 +389,10 @@ mod tests {
         ] {
             assert_eq!(EventKind::from_wire(kind.as_str()), kind);
         }
+        // Priority is not on the wire: a droppable kind reads back as a plain custom one.
+        let progress = EventKind::custom_droppable("upload_progress");
+        assert_eq!(progress.as_str(), "upload_progress");
+        assert_eq!(EventKind::from_wire("upload_progress"), EventKind::custom("upload_progress"));
         assert!(!EventKind::from_wire("connected").is_valid());
     }
 
@@ -338,5 +403,13 @@ mod tests {
         assert!(!EventKind::custom("").is_valid());
         assert_eq!(EventKind::AgentThinking.priority(), Priority::Low);
         assert_eq!(EventKind::ToolCompleted.priority(), Priority::Critical);
+        assert_eq!(EventKind::custom("invoice_ready").priority(), Priority::Critical);
+        assert_eq!(EventKind::custom_droppable("upload_progress").priority(), Priority::Low);
+        assert_eq!(
+            EventKind::custom_with_priority("x", Priority::Low),
+            EventKind::custom_droppable("x")
+        );
+        assert!(!EventKind::custom_droppable("agent_thinking").is_valid());
+        assert!(!EventKind::custom_droppable("").is_valid());
     }
 }

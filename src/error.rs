@@ -126,6 +126,15 @@ pub enum PeerError {
         /// Why, as the application said it.
         why: String,
     },
+    /// A `history` request named a stream the connection does not have (another user's, a room it
+    /// is not in, or nonsense). Audited as [`AuditKind::ForeignStream`](crate::AuditKind::ForeignStream);
+    /// not a violation.
+    #[error("no such stream for this connection")]
+    UnknownStream,
+    /// Cluster mode: a `history` request while the connection's previous one still waits for the
+    /// log (one at a time).
+    #[error("a history request is already waiting for the log")]
+    HistoryBusy,
     /// `subscribe` would narrow the connection to more threads than allowed.
     #[error("thread subscription limit reached ({limit})")]
     TooManySubscriptions {
@@ -149,6 +158,8 @@ impl PeerError {
             PeerError::AlreadyResumed => "already_resumed",
             PeerError::NoPresence => "no_presence",
             PeerError::RefreshRefused { .. } => "refresh_refused",
+            PeerError::UnknownStream => "unknown_stream",
+            PeerError::HistoryBusy => "history_busy",
         }
     }
 }
@@ -216,6 +227,9 @@ pub enum PublishError {
     /// `Target::Thread` names one thread and the envelope's `thread` another.
     #[error("envelope thread differs from the target's thread")]
     ThreadMismatch,
+    /// `Target::Run` names one run and the envelope's `run` another.
+    #[error("envelope run differs from the target's run")]
+    RunMismatch,
     /// The event's frame would be larger than
     /// [`Config::max_unwritten_bytes`](crate::Config::max_unwritten_bytes): no connection could
     /// ever take it, so it is refused before anything is kept or delivered (an HTTP front end

@@ -3,17 +3,18 @@
 
 use serde_json::{Value, json};
 
+use crate::client_frame::{ClientFrame, Page, parse_client_frame};
 use crate::envelope::EventKind;
 use crate::ids::{RoomId, RunId, StreamName, StreamPos, ThreadId};
 use crate::payload::{MAX_DATA_DEPTH, Payload, RawData, RawDataError, depth_within};
-use crate::protocol::{ClientFrame, FrameWriter, Redactor, parse_client_frame};
+use crate::protocol::{FrameWriter, Redactor};
 
 /// Parses `bytes` as a client frame; if it parses, serializes what was understood back to JSON,
 /// parses that again and checks both readings agree. `Err` describes a disagreement.
 pub fn client_frame_round_trip(bytes: &[u8]) -> Result<(), String> {
-    let Ok(frame) = parse_client_frame(bytes, 128, 130) else { return Ok(()) };
+    let Ok(frame) = parse_client_frame(bytes, 128, 130, 100) else { return Ok(()) };
     let text = to_json(&frame).to_string();
-    let again = parse_client_frame(text.as_bytes(), 128, 130)
+    let again = parse_client_frame(text.as_bytes(), 128, 130, 100)
         .map_err(|e| format!("re-parse of {text} failed: {e}"))?;
     if again != frame {
         return Err(format!("{frame:?} became {again:?} via {text}"));
@@ -23,11 +24,21 @@ pub fn client_frame_round_trip(bytes: &[u8]) -> Result<(), String> {
 
 fn to_json(frame: &ClientFrame<'_>) -> Value {
     match frame {
-        ClientFrame::Subscribe { thread } => json!({"type": "subscribe", "thread_id": thread}),
-        ClientFrame::Unsubscribe { thread: Some(t) } => {
-            json!({"type": "unsubscribe", "thread_id": t})
+        ClientFrame::Subscribe { thread, run } | ClientFrame::Unsubscribe { thread, run } => {
+            let kind = if matches!(frame, ClientFrame::Subscribe { .. }) {
+                "subscribe"
+            } else {
+                "unsubscribe"
+            };
+            let mut v = json!({"type": kind});
+            if let Some(t) = thread {
+                v["thread_id"] = json!(t);
+            }
+            if let Some(r) = run {
+                v["run_id"] = json!(r);
+            }
+            v
         }
-        ClientFrame::Unsubscribe { thread: None } => json!({"type": "unsubscribe"}),
         ClientFrame::Message { thread, data, id } => {
             let mut v = json!({"type": "message", "data": data});
             if let Some(t) = thread {
@@ -48,6 +59,23 @@ fn to_json(frame: &ClientFrame<'_>) -> Value {
         }
         ClientFrame::Presence { scope } => json!({"type": "presence", "scope": scope}),
         ClientFrame::Refresh { token } => json!({"type": "refresh", "token": token}),
+        ClientFrame::History(h) => {
+            let mut v = json!({"type": "history", "stream": h.stream, "limit": h.limit});
+            match h.page {
+                Page::Last => {}
+                Page::Before(seq) => v["before"] = json!(seq),
+                Page::After(seq) => v["after"] = json!(seq),
+            }
+            for (field, value) in [("thread_id", &h.thread), ("run_id", &h.run), ("id", &h.id)] {
+                if let Some(value) = value {
+                    v[field] = json!(value);
+                }
+            }
+            if let Some(epoch) = h.epoch {
+                v["epoch"] = json!(epoch);
+            }
+            v
+        }
     }
 }
 

@@ -92,12 +92,15 @@ impl Hub {
                     m.room()
                 );
             }
-            if let Some(threads) = c.threads() {
+            if let (Some(threads), Some(runs)) = (c.threads(), c.runs()) {
                 ensure!(
-                    threads.len() <= cfg.max_thread_subscriptions as usize,
-                    "conn {idx}: too many threads"
+                    threads.len() <= cfg.max_thread_subscriptions as usize
+                        && runs.len() <= cfg.max_thread_subscriptions as usize,
+                    "conn {idx}: too many threads or runs"
                 );
+                ensure!(!threads.is_empty() || !runs.is_empty(), "conn {idx}: an empty filter");
             }
+
             let armed = self.conns.timer_deadline(idx);
             match (armed, c.next_deadline(cfg)) {
                 (Some(armed), Some(due)) => {
@@ -107,6 +110,11 @@ impl Hub {
                 (_, None) => {}
             }
             conn_timers += usize::from(armed.is_some());
+        }
+        // History requests wait for the log only in cluster mode, one per open connection.
+        for id in self.histories.keys() {
+            let open = self.conns.contains(id.index) && self.conns.id_of(id.index) == *id;
+            ensure!(open && self.node.is_some(), "a history request of {id} waits, not open");
         }
         ensure!(
             n_conns as u64 == stats.connections_active,

@@ -292,6 +292,7 @@ mod action;
 #[cfg(test)]
 mod architecture;
 mod breaker;
+mod client_frame;
 mod cluster;
 mod config;
 mod connection;
@@ -311,6 +312,7 @@ mod invariants;
 mod kinds;
 mod labels;
 mod limits;
+mod narrowing;
 mod outbox;
 mod payload;
 mod presence;
@@ -339,8 +341,8 @@ pub use error::{
     RoomError,
 };
 pub use frame::Frame;
-pub use hub::PresenceView;
 pub use hub::{Hub, Principal, Published, WakeReason};
+pub use hub::{PresenceView, RoomInfo};
 pub use ids::{
     ConnId, Role, Roles, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId,
 };

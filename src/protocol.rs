@@ -1,15 +1,12 @@
-//! The wire protocol (JSON text frames) in both directions, and redaction.
+//! The wire protocol, server → client (JSON text frames), and redaction.
 //!
 //! Server → client event frame:
 //! `{"type":"agent_started","stream":"u","epoch":77,"seq":42,"thread_id":"t1","run_id":"r9","data":{..}}`.
 //! Control frames: `connected`, `resumed`, `refresh_required`, `skipped`, `joined`, `left`,
-//! `error`, `pong`. Client → server: `subscribe`, `unsubscribe`, `message`, `ping`, `resume`.
-
-use std::borrow::Cow;
-use std::fmt;
+//! `error`, `pong`. Client → server frames are parsed in `client_frame.rs`.
 
 use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use crate::envelope::EventKind;
@@ -475,6 +472,49 @@ impl FrameWriter {
         self.finish()
     }
 
+    /// A `history` answer: `messages` are event frames exactly as delivered live (their bytes
+    /// are copied in, not re-serialized). At most [`HISTORY_OVERHEAD`] bytes besides the
+    /// messages, their commas and the id.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn history(
+        &mut self,
+        id: Option<&str>,
+        stream: &StreamName,
+        pos: StreamPos,
+        available_from: u64,
+        more: bool,
+        reason: Option<&str>,
+        messages: &[&Frame],
+    ) -> Frame {
+        let b = &mut self.buf;
+        b.clear();
+        b.extend_from_slice(br#"{"type":"history""#);
+        if let Some(id) = id {
+            b.extend_from_slice(br#","id":"#);
+            json_str(b, id);
+        }
+        b.extend_from_slice(br#","stream":"#);
+        serde_json::to_writer(&mut *b, &WireStream(stream)).expect("in-memory JSON");
+        let numbers = format!(
+            r#","epoch":{},"seq":{},"available_from":{available_from},"more":{more}"#,
+            pos.epoch, pos.seq
+        );
+        b.extend_from_slice(numbers.as_bytes());
+        if let Some(reason) = reason {
+            b.extend_from_slice(br#","reason":"#);
+            json_str(b, reason);
+        }
+        b.extend_from_slice(br#","messages":["#);
+        for (i, m) in messages.iter().enumerate() {
+            if i > 0 {
+                b.push(b',');
+            }
+            b.extend_from_slice(m.as_str().as_bytes());
+        }
+        b.extend_from_slice(b"]}");
+        self.finish()
+    }
+
     pub(crate) fn left(&mut self, stream: &StreamName) -> Frame {
         self.write(&ControlFrame::Left { stream: WireStream(stream) })
     }
@@ -484,108 +524,10 @@ impl FrameWriter {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Client → server
-
-/// Every field any client frame may carry; validated per type afterwards. One parse, and a clear
-/// error for a missing or wrongly typed field rather than serde's message about the whole frame.
-#[derive(Deserialize)]
-struct RawClientFrame<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Loose<'a>,
-    #[serde(borrow, default)]
-    thread_id: Loose<'a>,
-    data: Option<Value>,
-    positions: Option<Value>,
-    #[serde(borrow, default)]
-    scope: Loose<'a>,
-    #[serde(borrow, default)]
-    id: Loose<'a>,
-    #[serde(borrow, default)]
-    token: Loose<'a>,
-}
-
-/// A field that should be a string: the string, absent, or something else (reported as an invalid
-/// field by the caller, not as a malformed frame).
-#[derive(Default, Debug)]
-enum Loose<'a> {
-    #[default]
-    Absent,
-    Str(Cow<'a, str>),
-    Other,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Loose<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Loose::Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Loose::Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Loose::Str(Cow::Owned(v)))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Loose::Other)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Loose::Other)
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-/// `positions`: an object of stream name → `{epoch, seq}` (non-negative integers).
-fn parse_positions(
-    value: Value,
-    max: usize,
-) -> Result<Vec<(Cow<'static, str>, StreamPos)>, PeerError> {
-    let invalid = PeerError::InvalidField { field: "positions" };
-    let Value::Object(map) = value else { return Err(invalid) };
-    if map.len() > max {
-        return Err(invalid);
-    }
-    let mut out = Vec::with_capacity(map.len());
-    for (name, pos) in map {
-        let field = |f: &str| pos.get(f).and_then(Value::as_u64);
-        match (field("epoch"), field("seq")) {
-            (Some(epoch), Some(seq)) => out.push((Cow::Owned(name), StreamPos { epoch, seq })),
-            _ => return Err(invalid),
-        }
-    }
-    Ok(out)
-}
+/// The most a `history` answer adds to its messages, their commas, its id (escaped: six bytes a
+/// byte at worst) and its stream name (likewise): the fixed keys, three numbers of 20 digits,
+/// `more` and the longest reason.
+pub(crate) const HISTORY_OVERHEAD: u64 = 200;
 
 /// Appends `text` as a JSON string.
 fn json_str(buf: &mut Vec<u8>, text: &str) {
@@ -597,101 +539,6 @@ fn meta_field(buf: &mut Vec<u8>, meta: Option<&str>) {
     if let Some(meta) = meta {
         buf.extend_from_slice(br#","meta":"#);
         buf.extend_from_slice(meta.as_bytes());
-    }
-}
-
-/// A parsed, validated client frame.
-#[derive(Debug, PartialEq)]
-pub(crate) enum ClientFrame<'a> {
-    Subscribe {
-        thread: Cow<'a, str>,
-    },
-    /// `None` clears the filter: the connection receives all of its user's events again.
-    Unsubscribe {
-        thread: Option<Cow<'a, str>>,
-    },
-    Message {
-        thread: Option<Cow<'a, str>>,
-        data: Value,
-        /// What the client will match the application's `reply` with.
-        id: Option<Cow<'a, str>>,
-    },
-    Ping,
-    /// Stream name (`u`, `t`, `r:<room>`) → the last position the client saw.
-    Resume {
-        positions: Vec<(Cow<'a, str>, StreamPos)>,
-    },
-    /// Presence: a fresh snapshot of a scope (`t` or `r:<room>`) the connection is in.
-    Presence {
-        scope: Cow<'a, str>,
-    },
-    /// A new token for this connection's session, for the application to verify.
-    Refresh {
-        token: Cow<'a, str>,
-    },
-}
-
-impl ClientFrame<'_> {
-    pub(crate) fn is_message(&self) -> bool {
-        matches!(self, ClientFrame::Message { .. })
-    }
-}
-
-/// Parses one client frame. The caller has already checked its size.
-pub(crate) fn parse_client_frame(
-    bytes: &[u8],
-    max_id: usize,
-    max_positions: usize,
-) -> Result<ClientFrame<'_>, PeerError> {
-    // A frame is a JSON object; serde would also read a struct from an array, position by
-    // position, which the protocol does not allow.
-    if let Some(at) = bytes.iter().position(|b| !b.is_ascii_whitespace()) {
-        if bytes[at] != b'{' {
-            let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
-            let column =
-                at - bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |nl| nl + 1) + 1;
-            return Err(PeerError::Malformed { line, column });
-        }
-    }
-    let raw: RawClientFrame<'_> = serde_json::from_slice(bytes)
-        .map_err(|e| PeerError::Malformed { line: e.line(), column: e.column() })?;
-    let Loose::Str(kind) = raw.kind else { return Err(PeerError::MissingType) };
-    let thread = match raw.thread_id {
-        Loose::Absent => None,
-        Loose::Str(t) if !t.is_empty() && t.len() <= max_id => Some(t),
-        _ => return Err(PeerError::InvalidField { field: "thread_id" }),
-    };
-    match &*kind {
-        "subscribe" => match thread {
-            Some(thread) => Ok(ClientFrame::Subscribe { thread }),
-            None => Err(PeerError::InvalidField { field: "thread_id" }),
-        },
-        "unsubscribe" => Ok(ClientFrame::Unsubscribe { thread }),
-        "message" => {
-            let id = match raw.id {
-                Loose::Absent => None,
-                Loose::Str(id) if !id.is_empty() && id.len() <= max_id => Some(id),
-                _ => return Err(PeerError::InvalidField { field: "id" }),
-            };
-            Ok(ClientFrame::Message { thread, data: raw.data.unwrap_or(Value::Null), id })
-        }
-        "ping" => Ok(ClientFrame::Ping),
-        "resume" => {
-            let positions = raw.positions.ok_or(PeerError::InvalidField { field: "positions" })?;
-            Ok(ClientFrame::Resume { positions: parse_positions(positions, max_positions)? })
-        }
-        "refresh" => match raw.token {
-            Loose::Str(token) if !token.is_empty() => Ok(ClientFrame::Refresh { token }),
-            _ => Err(PeerError::InvalidField { field: "token" }),
-        },
-        "presence" => match raw.scope {
-            // `r:` plus a room id of at most `max_id` bytes.
-            Loose::Str(scope) if !scope.is_empty() && scope.len() <= max_id + 2 => {
-                Ok(ClientFrame::Presence { scope })
-            }
-            _ => Err(PeerError::InvalidField { field: "scope" }),
-        },
-        _ => Err(PeerError::UnknownType),
     }
 }
 
@@ -781,71 +628,5 @@ mod tests {
             })
         );
         assert!(!f.as_str().contains("hunter2"));
-    }
-
-    #[test]
-    fn client_frames_parse_and_validate() {
-        fn p(s: &str) -> Result<ClientFrame<'_>, PeerError> {
-            parse_client_frame(s.as_bytes(), 8, 2)
-        }
-        assert_eq!(
-            p(r#"{"type":"subscribe","thread_id":"t1"}"#),
-            Ok(ClientFrame::Subscribe { thread: "t1".into() })
-        );
-        assert_eq!(p(r#"{"type":"unsubscribe"}"#), Ok(ClientFrame::Unsubscribe { thread: None }));
-        assert_eq!(p(r#"{"type":"ping","extra":[1,2]}"#), Ok(ClientFrame::Ping));
-        assert_eq!(
-            p(r#"{"type":"message","data":{"user_id":"mallory"}}"#),
-            Ok(ClientFrame::Message { thread: None, data: json!({"user_id":"mallory"}), id: None })
-        );
-        assert_eq!(
-            p(r#"{"type":"subscribe"}"#),
-            Err(PeerError::InvalidField { field: "thread_id" })
-        );
-        assert_eq!(
-            p(r#"{"type":"subscribe","thread_id":"123456789"}"#),
-            Err(PeerError::InvalidField { field: "thread_id" })
-        );
-        assert_eq!(p(r#"{"type":"launch"}"#), Err(PeerError::UnknownType));
-        assert_eq!(
-            p(
-                r#"{"type":"resume","positions":{"u":{"epoch":3,"seq":9},"r:x":{"epoch":1,"seq":0}}}"#
-            ),
-            Ok(ClientFrame::Resume {
-                // Order does not matter: the hub walks its own streams.
-                positions: vec![
-                    ("r:x".into(), StreamPos { epoch: 1, seq: 0 }),
-                    ("u".into(), StreamPos { epoch: 3, seq: 9 })
-                ]
-            })
-        );
-        let three = r#"{"type":"resume","positions":{"u":{"epoch":1,"seq":1},"t":{"epoch":1,"seq":1},"r:a":{"epoch":1,"seq":1}}}"#;
-        assert_eq!(p(three), Err(PeerError::InvalidField { field: "positions" }));
-        assert_eq!(p(r#"{"type":"resume"}"#), Err(PeerError::InvalidField { field: "positions" }));
-        assert_eq!(
-            p(r#"{"type":"resume","positions":{"u":{"epoch":-1,"seq":1}}}"#),
-            Err(PeerError::InvalidField { field: "positions" })
-        );
-        assert_eq!(
-            p(r#"{"type":"resume","positions":[1]}"#),
-            Err(PeerError::InvalidField { field: "positions" })
-        );
-        assert_eq!(p(r#"{"thread_id":"t"}"#), Err(PeerError::MissingType));
-        assert!(matches!(p("{not json"), Err(PeerError::Malformed { .. })));
-        assert_eq!(p(r#"{"type":7}"#), Err(PeerError::MissingType));
-        assert_eq!(
-            p(r#"{"type":"subscribe","thread_id":5}"#),
-            Err(PeerError::InvalidField { field: "thread_id" })
-        );
-        assert_eq!(p("[]"), Err(PeerError::Malformed { line: 1, column: 1 }));
-        assert_eq!(p(" \n  [\"ping\"]"), Err(PeerError::Malformed { line: 2, column: 3 }));
-        assert_eq!(
-            p(r#"["message","t",{"n":1}]"#),
-            Err(PeerError::Malformed { line: 1, column: 1 })
-        );
-        assert!(matches!(
-            parse_client_frame(&[0xff, 0xfe], 8, 2),
-            Err(PeerError::Malformed { .. })
-        ));
     }
 }

@@ -17,7 +17,7 @@ use hashbrown::HashMap;
 use crate::config::Config;
 use crate::connection::{Connection, Connections};
 use crate::ids::{ConnId, Role, Roles, RoomId, TenantId};
-use crate::stream::{Scope, Stream};
+use crate::stream::{Scope, Stream, Visible};
 use crate::timer::{TimerId, TimerQueue};
 
 /// Every tenant's state, and the timers of the rooms kept idle (`room_retention`). It derefs to
@@ -245,9 +245,15 @@ pub(crate) fn audience_admits(roles: &Roles, role: Option<&Role>) -> bool {
 pub(crate) fn scope_admits(conn: &Connection, id: ConnId, scope: &Scope) -> bool {
     match scope {
         Scope::All => true,
-        Scope::Thread(t) => conn.wants(Some(t)),
+        Scope::Subject { thread, run } => conn.wants(thread.as_ref(), run.as_ref()),
         Scope::Conn(c) => *c == id,
         Scope::Role(r) => audience_admits(conn.roles(), Some(r)),
         Scope::Nobody => false,
     }
+}
+
+/// [`scope_admits`], less the excluded connection.
+#[inline]
+pub(crate) fn visible_to(conn: &Connection, id: ConnId, visible: &Visible) -> bool {
+    visible.except != Some(id) && scope_admits(conn, id, &visible.scope)
 }

@@ -204,6 +204,8 @@ pub struct HubStats {
     pub resyncs_sent: u64,
     /// `reply` frames sent ([`Hub::reply`](crate::Hub::reply)).
     pub replies_sent: u64,
+    /// `history` frames sent, answering clients' `history` requests.
+    pub history_requests: u64,
     /// `refresh` frames received from clients.
     pub refresh_requests: u64,
     /// Client refreshes refused ([`Hub::answer_refresh`](crate::Hub::answer_refresh)).

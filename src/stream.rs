@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::frame::Frame;
-use crate::ids::{ConnId, Role, RoomId, StreamPos, TenantId, ThreadId};
+use crate::ids::{ConnId, Role, RoomId, RunId, StreamPos, TenantId, ThreadId};
 use crate::retention::Retention;
 use crate::timer::{TimerId, TimerQueue};
 
@@ -19,8 +19,14 @@ use crate::timer::{TimerId, TimerQueue};
 pub(crate) enum Scope {
     /// Anyone on the stream.
     All,
-    /// Connections whose thread filter admits this thread.
-    Thread(ThreadId),
+    /// Connections whose filter admits an event of this thread and run (at least one is set:
+    /// see `narrowing.rs`).
+    Subject {
+        /// The event's thread.
+        thread: Option<ThreadId>,
+        /// The event's run.
+        run: Option<RunId>,
+    },
     /// Exactly this connection (a `Target::Connection` message).
     Conn(ConnId),
     /// Connections whose principal holds this role.
@@ -30,13 +36,37 @@ pub(crate) enum Scope {
     Nobody,
 }
 
+impl Scope {
+    /// The scope of a user-stream event of `thread` and `run`.
+    pub(crate) fn subject(thread: Option<&ThreadId>, run: Option<&RunId>) -> Self {
+        match (thread, run) {
+            (None, None) => Scope::All,
+            _ => Scope::Subject { thread: thread.cloned(), run: run.cloned() },
+        }
+    }
+}
+
+/// Who may receive a message: its scope, less one excluded connection
+/// ([`Envelope::exclude`](crate::Envelope::exclude)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Visible {
+    pub(crate) scope: Scope,
+    pub(crate) except: Option<ConnId>,
+}
+
+impl From<Scope> for Visible {
+    fn from(scope: Scope) -> Self {
+        Visible { scope, except: None }
+    }
+}
+
 /// One message kept for recovery. The frame is the one that was delivered live (shared).
 #[derive(Clone, Debug)]
 pub(crate) struct Buffered {
     pub(crate) seq: u64,
     pub(crate) at: Instant,
     pub(crate) frame: Frame,
-    pub(crate) scope: Scope,
+    pub(crate) visible: Visible,
 }
 
 /// Why a stream could not be recovered.
@@ -137,12 +167,12 @@ impl Stream {
         now: Instant,
         seq: u64,
         frame: &Frame,
-        scope: Scope,
+        visible: Visible,
         limits: &Retention,
     ) {
         debug_assert!(self.buf.back().is_none_or(|b| b.seq + 1 == seq));
         self.bytes += frame.len();
-        self.buf.push_back(Buffered { seq, at: now, frame: frame.clone(), scope });
+        self.buf.push_back(Buffered { seq, at: now, frame: frame.clone(), visible });
         self.trim(now, limits);
     }
 
@@ -395,7 +425,7 @@ impl Buffers {
         now: Instant,
         pos: StreamPos,
         frame: &Frame,
-        scope: Scope,
+        visible: Visible,
         cfg: &Config,
     ) {
         let before = stream.buffered();
@@ -403,7 +433,7 @@ impl Buffers {
         if frame.len() as u64 > cfg.max_buffered_bytes {
             stream.clear();
         } else {
-            stream.keep(now, pos.seq, frame, scope, &cfg.retention);
+            stream.keep(now, pos.seq, frame, visible, &cfg.retention);
             if stream.buffered().0 > 0 {
                 self.order.push_back((key.clone(), pos.epoch, pos.seq));
             }
@@ -495,7 +525,7 @@ mod tests {
         let mut s = Stream::new(9);
         for _ in 0..5 {
             let pos = s.assign();
-            s.keep(t0, pos.seq, &frame(10), Scope::All, &limits);
+            s.keep(t0, pos.seq, &frame(10), Scope::All.into(), &limits);
         }
         // Holds seqs 3, 4, 5.
         assert_eq!(s.available_from(), 3);
@@ -523,7 +553,7 @@ mod tests {
         let mut s = Stream::new(1);
         for _ in 0..10 {
             let pos = s.assign();
-            s.keep(t0, pos.seq, &frame(10), Scope::All, &limits);
+            s.keep(t0, pos.seq, &frame(10), Scope::All.into(), &limits);
             assert!(s.buffered().1 <= 25);
         }
         assert_eq!(s.buffered(), (2, 20));

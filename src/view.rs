@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::config::Tier;
 use crate::connection::{Connection, Connections, RoundTrip};
-use crate::ids::{ConnId, Roles, RoomId, StreamPos, TenantId, ThreadId, UserId};
+use crate::ids::{ConnId, Roles, RoomId, RunId, StreamPos, TenantId, ThreadId, UserId};
 use crate::kinds::BreakerState;
 use crate::labels::Labels;
 use crate::stats::{MeterClock, Rates};
@@ -170,10 +170,17 @@ impl<'a> ConnView<'a> {
         self.conn.round_trip()
     }
 
-    /// The threads it narrowed its stream to; `None` when it receives all of its user's events.
+    /// The threads it narrowed its stream to (empty when it subscribed to runs only); `None` when
+    /// it receives all of its user's events.
     #[must_use]
     pub fn threads(&self) -> Option<&'a [ThreadId]> {
         self.conn.threads()
+    }
+
+    /// The agent runs it subscribed to; `None` when it receives all of its user's events.
+    #[must_use]
+    pub fn runs(&self) -> Option<&'a [RunId]> {
+        self.conn.runs()
     }
 
     /// The rooms it is in.

@@ -633,3 +633,87 @@ fn a_cluster_configuration_that_makes_no_sense_is_refused_by_name() {
         assert_eq!(Hub::new(cfg).err(), Some(ConfigError::Zero { field }), "{field}");
     }
 }
+
+#[test]
+fn runs_and_exclusions_travel_on_the_bus_and_each_node_applies_them() {
+    let mut net = Net::new(2, |cfg| cfg.tiers.free.max_connections_per_user = 4);
+    let watcher = net.connect(0, "acme", "alice");
+    let sender = net.connect(0, "acme", "alice");
+    let other_run = net.connect(1, "acme", "alice");
+    let everything = net.connect(1, "acme", "alice");
+    let now = net.now();
+    let subscribe = |run: &str| format!(r#"{{"type":"subscribe","run_id":"{run}"}}"#);
+    net.hub(0).receive(now, watcher, subscribe("r1").as_bytes()).expect("subscribed");
+    net.hub(1).receive(now, other_run, subscribe("r2").as_bytes()).expect("subscribed");
+    net.pump();
+    let step = |n: u64| {
+        Envelope::new(Target::run("acme", "alice", "r1"), EventKind::Custom("note".into()))
+            .data(json!({ "n": n }))
+    };
+    net.publish(1, step(1));
+    // Published on node 0 leaving out one of its own connections; node 1's connection that
+    // happens to have the same local id is not left out.
+    net.publish(0, step(2).exclude(sender));
+    assert_eq!(net.notes(0, watcher), [1, 2]);
+    assert_eq!(net.notes(0, sender), [1]);
+    assert!(net.notes(1, other_run).is_empty(), "narrowed to another run");
+    assert_eq!(net.notes(1, everything), [1, 2]);
+    let mismatch = Envelope::new(Target::run("acme", "alice", "r1"), EventKind::AgentStarted);
+    let refused = net.hub(0).publish(now, mismatch.run("r2"));
+    assert_eq!(refused, Err(PublishError::RunMismatch));
+}
+
+#[test]
+fn history_comes_from_the_log_where_the_node_has_not_buffered_it() {
+    let mut net = Net::new(2, |_| {});
+    let early = net.connect(0, "acme", "alice");
+    for n in 1..=5 {
+        net.publish(0, note("acme", "alice", n));
+    }
+    assert_eq!(net.notes(0, early), [1, 2, 3, 4, 5]);
+    // Node 1 starts following alice's stream only now: its buffer holds nothing older.
+    let late = net.connect(1, "acme", "alice");
+    net.publish(1, note("acme", "alice", 6));
+    let now = net.now();
+    let ask = br#"{"type":"history","stream":"u","limit":4,"id":"h"}"#;
+    net.hub(1).receive(now, late, ask).expect("a valid request");
+    let busy = net.hub(1).receive(now, late, ask);
+    assert!(busy.is_err(), "one request waits for the log at a time: {busy:?}");
+    net.pump();
+    let answers = net.of_type(1, late, "history");
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let got: Vec<u64> = answers[0]["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["data"]["n"].as_u64().expect("n"))
+        .collect();
+    assert_eq!(got, [3, 4, 5, 6]);
+    assert_eq!((answers[0]["more"].as_bool(), answers[0]["id"].as_str()), (Some(true), Some("h")));
+    // The node that buffered everything answers at once, without the log.
+    net.hub(0).receive(now, early, br#"{"type":"history","stream":"u","limit":2}"#).unwrap();
+    net.pump();
+    assert_eq!(net.of_type(0, early, "history")[0]["messages"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn a_kick_reaches_the_users_connections_on_every_node() {
+    let mut net = Net::new(2, |_| {});
+    let here = net.connect(0, "acme", "alice");
+    let there = net.connect(1, "acme", "alice");
+    let bob = net.connect(1, "acme", "bob");
+    let now = net.now();
+    let closed = net.hub(0).kick_user(now, &"acme".into(), &"alice".into());
+    assert_eq!(closed, 1, "this node's own");
+    net.pump();
+    assert!(net.hub(0).connection(here).is_none());
+    assert!(net.hub(1).connection(there).is_none(), "the other node closed its own too");
+    assert!(net.hub(1).connection(bob).is_some());
+    assert_eq!(
+        net.hub(1)
+            .stats()
+            .closed_by
+            .get(switchboard::ClosedBy::Hub(switchboard::CloseReason::Kicked)),
+        1
+    );
+}

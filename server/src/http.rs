@@ -1,5 +1,6 @@
 //! The HTTP surface: `GET /ws` (authenticated upgrade), `POST /publish` (admin key),
-//! `GET /metrics` (Prometheus text), `GET /healthz`, and `GET /` (the demo page).
+//! `GET /metrics` (Prometheus text), `GET /healthz`, `GET /` (the demo page), and the admin API
+//! (`/admin/…`, admin key; see `admin.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -19,8 +20,8 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use switchboard::{
-    Audience, ConnectError, Envelope, EventKind, PublishError, RawData, RawDataError, StreamName,
-    Target,
+    Audience, ConnectError, Envelope, EventKind, Priority, PublishError, RawData, RawDataError,
+    StreamName, Target,
 };
 
 use crate::auth::{AuthError, Claims, KeyError, Keys, check_admin_key};
@@ -58,6 +59,8 @@ pub struct HttpCounters {
     pub publish_unavailable: AtomicU64,
     /// `GET /metrics` requests without the admin key, when it is required.
     pub metrics_unauthorized: AtomicU64,
+    /// `/admin/…` requests without the admin key.
+    pub admin_unauthorized: AtomicU64,
 }
 
 impl HttpCounters {
@@ -189,7 +192,8 @@ impl AppState {
     }
 }
 
-/// The routes: `GET /ws`, `POST /publish`, `GET /metrics`, `GET /healthz`, `GET /`. Merge it
+/// The routes: `GET /ws`, `POST /publish`, `GET /metrics`, `GET /healthz`, `GET /`, and the
+/// admin API under `/admin/` ([`crate::admin::routes`]). Merge it
 /// into the application's own router, or nest it under a prefix.
 ///
 /// `POST /publish` reads at most [`PublishBody::max_bytes`] of body (axum's [`DefaultBodyLimit`]
@@ -203,6 +207,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/demo/token", post(demo_token))
+        .merge(crate::admin::routes())
         .with_state(state)
 }
 
@@ -293,12 +298,13 @@ async fn metrics_text(State(app): State<AppState>, headers: HeaderMap) -> Respon
     }
 }
 
-fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+/// A JSON error answer: `{"error": code, "message": …}`.
+pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": code, "message": message.to_string() }))).into_response()
 }
 
 /// The bearer token of an `Authorization` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
@@ -389,7 +395,7 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 /// The body of `POST /publish`: flat, so that it is easy to write with curl.
 ///
 /// The target is chosen by which fields are present: `user` (with `thread`, one thread of that
-/// user), `room`, or neither (the tenant's broadcast, narrowed to `role` if given). `everyone:
+/// user; else with `run`, one run of that user), `room`, or neither (the tenant's broadcast, narrowed to `role` if given). `everyone:
 /// true` without a tenant is a global broadcast, refused unless the hub config allows it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -420,12 +426,34 @@ pub struct PublishRequest {
     /// (the answer says `duplicate: true` and gives the first position): a single node remembers
     /// it, in cluster mode the bus does. At most [`MAX_IDEMPOTENCY_KEY_BYTES`].
     pub idempotency_key: Option<String>,
+    /// A custom kind's priority: `"critical"` (the default) or `"low"` (skipped, and counted,
+    /// for a connection that is behind, like `agent_thinking`). The agent events' priorities are
+    /// fixed: naming another one is refused.
+    pub priority: Option<String>,
+    /// A connection id (its client's `connected.conn_id`) left out of the recipients: the
+    /// sender's, which already shows what it sent. It names a connection of the node that takes
+    /// the request; the answer's `excluded` says whether it named an open one.
+    pub exclude: Option<String>,
 }
 
 impl PublishRequest {
     /// The envelope it describes, or what is wrong with it.
     pub fn envelope(self) -> Result<Envelope, &'static str> {
-        let kind = EventKind::from_wire(&self.kind);
+        let mut kind = EventKind::from_wire(&self.kind);
+        if let Some(priority) = &self.priority {
+            let priority = match priority.as_str() {
+                "low" => Priority::Low,
+                "critical" => Priority::Critical,
+                _ => return Err("`priority` is \"low\" or \"critical\""),
+            };
+            match kind {
+                EventKind::Custom(name) => kind = EventKind::custom_with_priority(name, priority),
+                _ if kind.priority() != priority => {
+                    return Err("the agent events' priorities are fixed");
+                }
+                _ => {}
+            }
+        }
         let target = match (self.everyone, self.tenant, self.user, self.room) {
             (true, None, None, None) if self.role.is_none() && self.thread.is_none() => {
                 Target::Everyone
@@ -440,13 +468,19 @@ impl PublishRequest {
                 if self.role.is_some() {
                     return Err("`role` narrows a tenant broadcast, not a user");
                 }
-                match self.thread {
-                    Some(thread) => Target::Thread {
+                match (self.thread, &self.run) {
+                    (Some(thread), _) => Target::Thread {
                         tenant: tenant.into(),
                         user: user.into(),
                         thread: thread.into(),
                     },
-                    None => Target::User { tenant: tenant.into(), user: user.into() },
+                    // The run's watchers (and the user's connections not narrowed).
+                    (None, Some(run)) => Target::Run {
+                        tenant: tenant.into(),
+                        user: user.into(),
+                        run: run.as_str().into(),
+                    },
+                    (None, None) => Target::User { tenant: tenant.into(), user: user.into() },
                 }
             }
             (false, Some(tenant), None, Some(room)) => {
@@ -633,11 +667,29 @@ impl Outcome {
 }
 
 /// Publishes one envelope of `POST /publish`.
-async fn publish_one(app: &AppState, request: PublishRequest) -> Outcome {
-    let envelope = match request.envelope() {
+async fn publish_one(app: &AppState, mut request: PublishRequest) -> Outcome {
+    let exclude = request.exclude.take();
+    let mut envelope = match request.envelope() {
         Ok(env) => env,
         Err(why) => return Outcome::refused(StatusCode::BAD_REQUEST, "bad_target", why.into()),
     };
+    // Resolved on the hub: only an id of an open connection excludes anyone.
+    let excluded = match exclude {
+        None => None,
+        Some(wire) => {
+            envelope.exclude =
+                app.handle.with_hub(move |hub, _| hub.find_connection(&wire)).await.flatten();
+            Some(envelope.exclude.is_some())
+        }
+    };
+    let mut outcome = publish_receipt(app, envelope).await;
+    if let (Some(excluded), StatusCode::OK) = (excluded, outcome.status) {
+        outcome.body["excluded"] = json!(excluded);
+    }
+    outcome
+}
+
+async fn publish_receipt(app: &AppState, envelope: Envelope) -> Outcome {
     match app.handle.publish_receipt(envelope).await {
         Ok(Receipt { published, duplicate }) => {
             let (stream, epoch, seq) = match &published.position {

@@ -18,7 +18,8 @@
 //!   pipelines, pub/sub with batched and restored subscriptions, a liveness probe, heartbeats).
 //! - [`auth`]: HS256 JWTs to [`switchboard::Principal`]s.
 //! - [`http`]: the routes (`/ws`, `/publish`, `/metrics`, `/healthz`, `/`) as an axum
-//!   [`Router`](axum::Router) to mount or merge into the application's own.
+//!   [`Router`](axum::Router) to mount or merge into the application's own; [`admin`]: the
+//!   admin API under `/admin/` (merged into the same router).
 //! - [`listen`]: the HTTP listener: a header-read timeout, a cap on connections that have not
 //!   upgraded, and a file-descriptor budget derived from `RLIMIT_NOFILE`.
 //! - [`metrics`]: the Prometheus text of `/metrics`.
@@ -87,6 +88,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod agent;
 pub mod app;
 pub mod auth;

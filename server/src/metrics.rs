@@ -334,6 +334,7 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
     )?;
     b.counter("held_back", "Events held for connections in their resume window", s.held_back)?;
     b.counter("replayed", "Messages replayed from recovery buffers", s.replayed)?;
+    b.counter("history_answers", "history frames answering client requests", s.history_requests)?;
     b.counters(
         "resumes",
         "resume frames answered, by outcome",
@@ -458,6 +459,11 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
         "http_metrics_unauthorized",
         "GET /metrics requests without the admin key (with --metrics-require-admin)",
         load(&http.metrics_unauthorized),
+    )?;
+    b.counter(
+        "http_admin_unauthorized",
+        "/admin requests without the admin key",
+        load(&http.admin_unauthorized),
     )?;
     let mut out = String::with_capacity(16 * 1024);
     TextEncoder::new().encode_utf8(&b.registry.gather(), &mut out)?;

@@ -1,7 +1,8 @@
 //! Cluster mode as it runs: real `switchboard` processes over a real `redis-server`, real
 //! WebSocket clients over loopback, and what production does to them — a node SIGKILLed
 //! mid-stream, Redis restarted empty, Redis gone for ten seconds, a dead node's leases, a reader
-//! that stops reading (the six scenarios of issue 12), and a Redis that stops answering. Each
+//! that stops reading (the six scenarios of issue 12), a Redis that stops answering, and history
+//! read from the log and a kick across nodes (issue 14). Each
 //! test starts its own Redis and nodes (`procs`), so the tests may run concurrently. Nothing is
 //! mocked.
 //!
@@ -659,4 +660,42 @@ async fn a_silent_redis_is_detected_and_publishes_retried_with_their_keys_land_o
     }
     nothing_more(&mut watcher, "alice on A after Redis woke").await;
     eprintln!("after the silence, in order: {got:?}; retries answered {retried:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 14: history from the Redis log, and a kick that reaches every node
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_comes_from_the_log_on_a_node_that_did_not_see_it_and_a_kick_reaches_every_node() {
+    let redis = Redis::start();
+    let n = nodes(2, &redis, &NodeOpts::default());
+    let (a, b) = (&n[0], &n[1]);
+    let alice = token("acme", "alice", "free", &[]);
+    let (mut on_a, _, _) = a.live(&alice).await;
+    for i in 1..=3 {
+        a.publish_ok(&to_user("acme", "alice", i)).await;
+        assert_eq!(recv_event(&mut on_a).await["data"]["i"], i);
+    }
+    // B follows alice's stream only from her connection there on: the history is Redis's log.
+    let (mut on_b, _, _) = b.live(&alice).await;
+    on_b.send(json!({"type": "history", "stream": "u", "limit": 10, "id": "h"})).await;
+    let answer = recv_event(&mut on_b).await;
+    assert_eq!((answer["type"].as_str(), answer["id"].as_str()), (Some("history"), Some("h")));
+    assert!(answer.get("reason").is_none(), "{answer}");
+    let got: Vec<u64> = answer["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["data"]["i"].as_u64().expect("i"))
+        .collect();
+    assert_eq!(got, [1, 2, 3], "{answer}");
+
+    // A kick through B closes alice's connections on both nodes.
+    let res = b.http("POST", "/admin/tenants/acme/users/alice/kick", Some(ADMIN), "").await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.json()["closed_here"], 1);
+    for (who, client) in [("on B", &mut on_b), ("on A", &mut on_a)] {
+        let (code, reason, _) = close_of(client).await;
+        assert_eq!((code, reason.as_str()), (4005, "kicked"), "{who}");
+    }
 }

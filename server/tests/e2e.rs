@@ -10,93 +10,17 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use switchboard::{Envelope, EventKind, Target};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use switchboard_testkit::ws::{
-    Client, RUN, Response, WAIT, eventually, http_request, http_status, read_run,
-};
+use switchboard_testkit::ws::{Client, RUN, WAIT, eventually, http_status, read_run};
 
 use switchboard_server::auth::{self, Claims, Keys};
-use switchboard_server::driver;
 
+mod e2e_harness;
 mod support;
 
 use support::{ADMIN, Server};
-
-// ---------------------------------------------------------------------------------------------
-// Harness
-
-impl Server {
-    fn token(&self, tenant: &str, user: &str, roles: &[&str], rooms: &[&str]) -> String {
-        let claims = Claims {
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            rooms: rooms.iter().map(|r| r.to_string()).collect(),
-            ..Claims::new(tenant, user, Duration::from_secs(3600))
-        };
-        self.keys.sign(&claims)
-    }
-
-    /// Opens a WebSocket with `?token=`; `rcvbuf` shrinks the client's receive buffer.
-    async fn ws_with(
-        &self,
-        token: Option<&str>,
-        rcvbuf: Option<u32>,
-    ) -> Result<Client, tungstenite::Error> {
-        let url = match token {
-            Some(t) => format!("ws://{}/ws?token={t}", self.addr()),
-            None => format!("ws://{}/ws", self.addr()),
-        };
-        let socket = TcpSocket::new_v4().unwrap();
-        if let Some(size) = rcvbuf {
-            socket.set_recv_buffer_size(size).unwrap();
-        }
-        let stream = socket.connect(self.addr()).await.unwrap();
-        let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-        Ok(Client { ws })
-    }
-
-    /// A connection that has read its `connected` frame, the `joined` announcements of the
-    /// rooms its token names, and gone live.
-    async fn live(&self, token: &str) -> (Client, Value) {
-        let mut c = self.ws_with(Some(token), None).await.expect("valid token connects");
-        let connected = c.recv().await;
-        assert_eq!(connected["type"], "connected", "{connected}");
-        c.send(json!({"type": "ping"})).await;
-        loop {
-            let f = c.recv().await;
-            match f["type"].as_str() {
-                Some("pong") => break,
-                Some("joined") => {
-                    assert!(f["stream"].as_str().is_some_and(|s| s.starts_with("r:")))
-                }
-                // The server runs room presence: each `joined` is followed by the room's.
-                Some("presence") => {
-                    assert!(f["scope"].as_str().is_some_and(|s| s.starts_with("r:")))
-                }
-                _ => panic!("expected joined and presence frames, then the pong; got {f}"),
-            }
-        }
-        (c, connected)
-    }
-
-    async fn snapshot(&self) -> driver::Snapshot {
-        self.running.handle.snapshot().await.expect("hub task runs")
-    }
-
-    /// Polls the hub's stats until `done` holds.
-    async fn until(&self, what: &str, done: impl Fn(&driver::Snapshot) -> bool) {
-        eventually(what, || async { done(&self.snapshot().await) }).await
-    }
-
-    async fn publish(&self, env: Envelope) -> switchboard::Published {
-        self.running.handle.publish(env).await.expect("publish accepted")
-    }
-
-    async fn http(&self, method: &str, path: &str, auth: Option<&str>, body: &str) -> Response {
-        http_request(self.addr(), method, path, auth, body).await
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Auth

@@ -22,6 +22,8 @@ pub(crate) enum Pending {
     Repair { stream: StreamKey },
     /// A fetch for one connection's resume.
     Resume { conn: ConnId, stream: StreamKey },
+    /// A fetch for one connection's `history` request.
+    History { conn: ConnId, stream: StreamKey },
     /// A top check of these streams.
     Tops { streams: Vec<StreamKey> },
     /// A rotation to a new epoch after the log lost its tail.

@@ -36,6 +36,9 @@ struct Header<'a> {
     /// Thread of a user-stream message (connections narrowed to other threads skip it).
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     th: Option<Cow<'a, str>>,
+    /// Run of a user-stream message (connections narrowed to other runs skip it).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    rn: Option<Cow<'a, str>>,
     /// Role audience of a tenant broadcast.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     role: Option<Cow<'a, str>>,
@@ -47,13 +50,19 @@ struct Header<'a> {
     /// Low priority (may be skipped for a connection that is behind).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     lo: bool,
+    /// Node and connection left out of the recipients (`Envelope::exclude`).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    xn: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    xc: Option<(u32, u32)>,
 }
 
 /// Who may see a message, as carried on the bus.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Visibility<'a> {
     All,
-    Thread(Cow<'a, str>),
+    /// A user-stream message of this thread and run (at least one set).
+    Subject(Option<Cow<'a, str>>, Option<Cow<'a, str>>),
     Role(Cow<'a, str>),
     /// One connection of one node: `(index, generation)`.
     Conn(Cow<'a, str>, (u32, u32)),
@@ -66,10 +75,14 @@ pub(crate) enum EncodeError {
     NoHole,
 }
 
+/// A connection of one node, `(index, generation)`, left out of a message's recipients.
+pub(crate) type Excluded<'a> = (Cow<'a, str>, (u32, u32));
+
 /// Encodes a message for `key`, whose frame `frame` was written at position `(0, 0)`.
 pub(crate) fn encode(
     key: &StreamKey,
     visibility: &Visibility<'_>,
+    except: Option<&Excluded<'_>>,
     low_priority: bool,
     frame: &str,
 ) -> Result<Arc<str>, EncodeError> {
@@ -86,14 +99,20 @@ pub(crate) fn encode(
         u,
         r,
         th: None,
+        rn: None,
         role: None,
         n: None,
         c: None,
         lo: low_priority,
+        xn: except.map(|(n, _)| Cow::Borrowed(n.as_ref())),
+        xc: except.map(|(_, c)| *c),
     };
     match visibility {
         Visibility::All => {}
-        Visibility::Thread(t) => header.th = Some(Cow::Borrowed(t)),
+        Visibility::Subject(t, r) => {
+            header.th = t.as_deref().map(Cow::Borrowed);
+            header.rn = r.as_deref().map(Cow::Borrowed);
+        }
         Visibility::Role(r) => header.role = Some(Cow::Borrowed(r)),
         Visibility::Conn(n, c) => {
             header.n = Some(Cow::Borrowed(n));
@@ -113,6 +132,7 @@ pub(crate) fn encode(
 #[derive(Debug)]
 pub(crate) struct Decoded<'a> {
     pub(crate) visibility: Visibility<'a>,
+    pub(crate) except: Option<Excluded<'a>>,
     pub(crate) low_priority: bool,
     prefix: &'a str,
     suffix: &'a str,
@@ -144,14 +164,20 @@ impl<'a> Decoded<'a> {
         if !tail.strip_suffix(wire.as_str())?.ends_with(r#","stream":"#) {
             return None;
         }
-        let visibility = match (header.th, header.role, header.n, header.c) {
-            (None, None, None, None) => Visibility::All,
-            (Some(t), None, None, None) => Visibility::Thread(t),
-            (None, Some(r), None, None) => Visibility::Role(r),
-            (None, None, Some(n), Some(c)) => Visibility::Conn(n, c),
+        let subject = header.th.is_some() || header.rn.is_some();
+        let visibility = match (subject, header.role, header.n, header.c) {
+            (false, None, None, None) => Visibility::All,
+            (true, None, None, None) => Visibility::Subject(header.th, header.rn),
+            (false, Some(r), None, None) => Visibility::Role(r),
+            (false, None, Some(n), Some(c)) => Visibility::Conn(n, c),
             _ => return None,
         };
-        Some(Self { visibility, low_priority: header.lo, prefix, suffix })
+        let except = match (header.xn, header.xc) {
+            (None, None) => None,
+            (Some(n), Some(c)) => Some((n, c)),
+            _ => return None,
+        };
+        Some(Self { visibility, except, low_priority: header.lo, prefix, suffix })
     }
 
     /// The frame at `pos`, exactly as a single-node hub would have written it.
@@ -175,10 +201,16 @@ mod tests {
     #[test]
     fn a_payload_renders_the_frame_at_any_position() {
         let key = StreamKey::user("acme", "alice");
-        let vis = Visibility::Thread(Cow::Borrowed("t1"));
-        let payload = encode(&key, &vis, true, &frame("u")).expect("encodes");
+        let vis = Visibility::Subject(Some(Cow::Borrowed("t1")), Some(Cow::Borrowed("r9")));
+        let except = (Cow::Borrowed("node-a"), (3, 1));
+        let payload = encode(&key, &vis, Some(&except), true, &frame("u")).expect("encodes");
         let decoded = Decoded::parse(&key, &payload).expect("decodes");
         assert_eq!(decoded.visibility, vis);
+        assert_eq!(decoded.except, Some(except));
+        let run_only = Visibility::Subject(None, Some(Cow::Borrowed("r9")));
+        let payload = encode(&key, &run_only, None, false, &frame("u")).expect("encodes");
+        let plain = Decoded::parse(&key, &payload).expect("decodes");
+        assert_eq!((plain.visibility, plain.except), (run_only, None));
         assert!(decoded.low_priority);
         let mut buf = String::new();
         decoded.render(StreamPos { epoch: 7, seq: 42 }, &mut buf);
@@ -188,7 +220,7 @@ mod tests {
     #[test]
     fn a_payload_is_refused_on_any_other_stream() {
         let alice = StreamKey::user("acme", "alice");
-        let payload = encode(&alice, &Visibility::All, false, &frame("u")).expect("encodes");
+        let payload = encode(&alice, &Visibility::All, None, false, &frame("u")).expect("encodes");
         for other in [
             StreamKey::user("acme", "bob"),
             StreamKey::user("globex", "alice"),
@@ -200,9 +232,10 @@ mod tests {
         assert!(Decoded::parse(&alice, &payload).is_some());
         // A header that lies about the stream its frame names is refused too.
         let room = StreamKey::room("acme", "lobby");
-        let forged = encode(&room, &Visibility::All, false, &frame("u")).expect("encodes");
+        let forged = encode(&room, &Visibility::All, None, false, &frame("u")).expect("encodes");
         assert!(Decoded::parse(&room, &forged).is_none());
-        let honest = encode(&room, &Visibility::All, false, &frame("r:lobby")).expect("encodes");
+        let honest =
+            encode(&room, &Visibility::All, None, false, &frame("r:lobby")).expect("encodes");
         assert!(Decoded::parse(&room, &honest).is_some());
     }
 

@@ -14,9 +14,9 @@ use crate::cluster::{
 };
 use crate::hub::Hub;
 use crate::hub::publish::stream_of;
-use crate::ids::{ConnId, Role, StreamPos, ThreadId};
+use crate::ids::{ConnId, Role, RunId, StreamPos, ThreadId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy};
-use crate::stream::{Scope, Stream, TrimKey};
+use crate::stream::{Scope, Stream, TrimKey, Visible};
 
 /// Why a stream's connections are told to refetch (`resync` frame's `reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,6 +308,7 @@ impl Hub {
                 }
             },
             Pending::Resume { conn, stream } => self.resume_fetched(now, conn, &stream, reply),
+            Pending::History { conn, stream } => self.history_fetched(now, conn, &stream, reply),
             Pending::Tops { streams } => {
                 let Ok(BusReply::Tops(tops)) = reply else { return };
                 for (key, top) in streams.iter().zip(tops) {
@@ -456,14 +457,14 @@ impl Hub {
             self.advance_local(key, pos);
             return;
         };
-        let scope = scope_of(&decoded, &self.node.as_deref().expect("clustered").cfg.node);
+        let visible = visible_of(&decoded, &self.node.as_deref().expect("clustered").cfg.node);
         let low = decoded.low_priority;
         let mut text = std::mem::take(&mut self.render_buf);
         decoded.render(pos, &mut text);
         let frame = crate::frame::Frame::new(&text);
         self.render_buf = text;
         let Some(holder) = self.holder(key) else { return };
-        let _published = self.deliver_at(now, &holder, pos, &frame, scope, low);
+        let _published = self.deliver_at(now, &holder, pos, &frame, visible, low);
     }
 
     /// Whether a message at an already delivered position is another message than the one
@@ -564,11 +565,11 @@ impl Hub {
     ) -> Result<crate::hub::Published, crate::error::PublishError> {
         use crate::envelope::{Audience, Priority, Target};
         use crate::error::PublishError;
-        let crate::envelope::Envelope { target, kind, thread, run, data, idempotency_key } =
+        let crate::envelope::Envelope { target, kind, thread, run, data, idempotency_key, exclude } =
             envelope;
         let node = self.node.as_deref().expect("clustered");
         let me = node.cfg.node.clone();
-        let mut thread = thread;
+        let (mut thread, mut run) = (thread, run);
         let (key, visibility) = match &target {
             Target::User { tenant, user } => (StreamKey::user(tenant.clone(), user.clone()), None),
             Target::Thread { tenant, user, thread: t } => {
@@ -576,6 +577,13 @@ impl Hub {
                     return Err(PublishError::ThreadMismatch);
                 }
                 thread = Some(t.clone());
+                (StreamKey::user(tenant.clone(), user.clone()), None)
+            }
+            Target::Run { tenant, user, run: r } => {
+                if run.as_ref().is_some_and(|own| own != r) {
+                    return Err(PublishError::RunMismatch);
+                }
+                run = Some(r.clone());
                 (StreamKey::user(tenant.clone(), user.clone()), None)
             }
             Target::Connection(id) => {
@@ -595,12 +603,16 @@ impl Hub {
             }
             Target::Everyone => return Err(PublishError::EveryoneInCluster),
         };
-        let visibility = visibility.unwrap_or_else(|| match &thread {
-            Some(t) if matches!(key.scope, StreamScope::User(_)) => {
-                Visibility::Thread(t.as_str().into())
-            }
-            _ => Visibility::All,
+        let visibility = visibility.unwrap_or_else(|| match (&thread, &run) {
+            (None, None) => Visibility::All,
+            _ if !matches!(key.scope, StreamScope::User(_)) => Visibility::All,
+            (t, r) => Visibility::Subject(
+                t.as_ref().map(|t| t.as_str().into()),
+                r.as_ref().map(|r| r.as_str().into()),
+            ),
         });
+        // The excluded connection is one of this node's: the others exclude nobody.
+        let except = exclude.map(|c| (me.as_str().into(), (c.index, c.generation)));
         let name = key.name();
         let frame = self.flow.writer.event(
             &kind,
@@ -617,8 +629,9 @@ impl Hub {
             return Err(PublishError::TooLarge { bytes, limit: self.cfg.max_unwritten_bytes });
         }
         let low = kind.priority() == Priority::Low;
-        let payload = crate::cluster::encode(&key, &visibility, low, frame.as_str())
-            .expect("the hub's own event frames have a position to fill");
+        let payload =
+            crate::cluster::encode(&key, &visibility, except.as_ref(), low, frame.as_str())
+                .expect("the hub's own event frames have a position to fill");
         let keep = u32::try_from(self.cfg.retention.max_messages).unwrap_or(u32::MAX);
         let ttl = self.cfg.retention.max_age;
         let stream = key.clone();
@@ -636,16 +649,26 @@ impl Hub {
 }
 
 /// Who may see a bus message on node `node`: a connection target of another node is nobody
-/// here. (The buffers' `Scope` is the hub's vocabulary, so the mapping lives here, not in
-/// `cluster`.)
-pub(crate) fn scope_of(decoded: &Decoded<'_>, node: &crate::cluster::NodeId) -> Scope {
-    match &decoded.visibility {
+/// here, and a connection excluded on another node excludes nobody here. (The buffers' `Scope`
+/// is the hub's vocabulary, so the mapping lives here, not in `cluster`.)
+pub(crate) fn visible_of(decoded: &Decoded<'_>, node: &crate::cluster::NodeId) -> Visible {
+    let scope = match &decoded.visibility {
         Visibility::All => Scope::All,
-        Visibility::Thread(t) => Scope::Thread(ThreadId::from(t.as_ref())),
+        Visibility::Subject(t, r) => Scope::Subject {
+            thread: t.as_deref().map(ThreadId::from),
+            run: r.as_deref().map(RunId::from),
+        },
         Visibility::Role(r) => Scope::Role(Role::from(r.as_ref())),
         Visibility::Conn(n, (index, generation)) if n.as_ref() == node.as_str() => {
             Scope::Conn(ConnId::new(*index, *generation))
         }
         Visibility::Conn(..) => Scope::Nobody,
-    }
+    };
+    let except = match &decoded.except {
+        Some((n, (index, generation))) if n.as_ref() == node.as_str() => {
+            Some(ConnId::new(*index, *generation))
+        }
+        _ => None,
+    };
+    Visible { scope, except }
 }

@@ -142,26 +142,7 @@ impl Hub {
         let Some(r) = self.resumes.get_mut(&id) else { return };
         r.waiting = r.waiting.saturating_sub(1);
         if let Ok(BusReply::Fetched { top, entries }) = reply {
-            let node = self.node.as_deref().expect("clustered");
-            let me = node.cfg.node.clone();
-            let mut kept = Vec::with_capacity(entries.len());
-            let mut text = String::new();
-            let mut bad = false;
-            for e in entries {
-                let Some(decoded) = Decoded::parse(key, &e.payload) else {
-                    bad = true;
-                    break;
-                };
-                let scope = super::cluster::scope_of(&decoded, &me);
-                decoded.render(StreamPos { epoch: top.epoch, seq: e.seq }, &mut text);
-                let frame = crate::frame::Frame::new(&text);
-                kept.push(Buffered { seq: e.seq, at: now, frame, scope });
-            }
-            if bad {
-                self.node().expect("clustered").counters.mismatches += 1;
-                self.out.audit(AuditKind::BusMismatch, Some(id), Some(&key.tenant), None);
-                kept.clear();
-            }
+            let kept = self.fetched_entries(now, id, key, top.epoch, entries).unwrap_or_default();
             // Entries of another epoch than the local stream's cannot be merged.
             let local_epoch = self
                 .holder(key)
@@ -172,6 +153,34 @@ impl Hub {
             }
         }
         let _ = self.finish_resume_if_done(now, id);
+    }
+
+    /// Entries fetched from the log for connection `id`, checked against their stream and
+    /// rendered as a single node would have sent them (epoch `epoch`); `None`, counted and
+    /// audited, if any names another stream (none of that answer is trusted).
+    pub(crate) fn fetched_entries(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        key: &StreamKey,
+        epoch: u64,
+        entries: Vec<crate::cluster::BusEntry>,
+    ) -> Option<Vec<Buffered>> {
+        let me = self.node.as_deref().expect("clustered").cfg.node.clone();
+        let mut kept = Vec::with_capacity(entries.len());
+        let mut text = String::new();
+        for e in entries {
+            let Some(decoded) = Decoded::parse(key, &e.payload) else {
+                self.node().expect("clustered").counters.mismatches += 1;
+                self.out.audit(AuditKind::BusMismatch, Some(id), Some(&key.tenant), None);
+                return None;
+            };
+            let visible = super::cluster::visible_of(&decoded, &me);
+            decoded.render(StreamPos { epoch, seq: e.seq }, &mut text);
+            let frame = crate::frame::Frame::new(&text);
+            kept.push(Buffered { seq: e.seq, at: now, frame, visible });
+        }
+        Some(kept)
     }
 
     /// Releases the connection once every fetch of its resume is answered. Returns whether it is

@@ -285,11 +285,15 @@ impl Hub {
         self.close_conn(now, idx, ClosedBy::Hub(CloseReason::Replaced));
     }
 
-    /// Cluster mode: an unsequenced signal arrived on a stream's channel (today: "close the
-    /// user's connection X on node N", sent when the cluster-wide quota evicted it). Checked
+    /// Cluster mode: an unsequenced signal arrived on a stream's channel ("close the user's
+    /// connection X on node N", sent when the cluster-wide quota evicted it; "kick the user",
+    /// sent by [`Hub::kick_user`](crate::Hub::kick_user)). Checked
     /// against the stream it came on; anything else is ignored and counted.
     pub fn bus_signal(&mut self, now: Instant, stream: &StreamKey, payload: &str) {
         let now = self.clock(now);
+        if self.node.is_none() || self.kick_signal(now, stream, payload) {
+            return;
+        }
         let Some(node) = self.node.as_deref_mut() else { return };
         let mut parts = payload.split('\n');
         let (Some("evict"), Some(target), Some(conn), None) =

@@ -2,10 +2,13 @@
 //! Publishing lives in `publish.rs`, client frames in `receive.rs`, resume in `resume.rs`, rooms
 //! in `rooms.rs`.
 
+mod admin;
 mod audit;
+pub use admin::RoomInfo;
 mod cluster;
 mod cluster_resume;
 mod cluster_setup;
+mod history;
 pub(crate) mod presence;
 mod publish;
 mod receive;
@@ -164,6 +167,8 @@ pub struct Hub {
     pub(crate) node: Option<Box<crate::cluster::Node>>,
     /// Cluster mode: resumes waiting for the log.
     pub(crate) resumes: cluster_resume::Resumes,
+    /// Cluster mode: `history` requests waiting for the log.
+    pub(crate) histories: history::Histories,
     /// Cluster mode: what the log gave a resume, for the release that answers it.
     pub(crate) replay_extra: Vec<(StreamName, Vec<crate::stream::Buffered>)>,
     /// Cluster mode: scratch for rendering bus messages into frames.
@@ -189,6 +194,7 @@ impl Hub {
         Ok(Self {
             node,
             resumes: cluster_resume::Resumes::default(),
+            histories: history::Histories::default(),
             replay_extra: Vec::new(),
             render_buf: String::new(),
             early_resumes: hashbrown::HashMap::new(),
@@ -446,6 +452,9 @@ impl Hub {
     /// Removes a connection from every index. A hub-initiated close also emits `Close`.
     pub(crate) fn close_conn(&mut self, now: Instant, idx: u32, by: ClosedBy) {
         let id = self.conns.id_of(idx);
+        if !self.histories.is_empty() {
+            self.histories.remove(&id);
+        }
         if !self.resumes.is_empty() {
             self.resumes.remove(&id);
         }

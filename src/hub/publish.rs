@@ -11,14 +11,14 @@ use crate::error::PublishError;
 use crate::flow::{Flow, Offer};
 use crate::frame::Frame;
 use crate::hub::Hub;
-use crate::ids::{Role, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId};
+use crate::ids::{ConnId, Role, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy};
 use crate::outbox::Outbox;
 use crate::payload::{MAX_DATA_DEPTH, Payload, depth_within};
 use crate::protocol::{FrameWriter, Redactor};
 use crate::routing::Tenants;
-use crate::routing::{audience_admits, scope_admits};
-use crate::stream::{Scope, Stream, TrimKey};
+use crate::routing::{audience_admits, visible_to};
+use crate::stream::{Scope, Stream, TrimKey, Visible};
 use crate::user::Users;
 
 /// What a publish did.
@@ -124,6 +124,7 @@ impl Hub {
     /// Nothing is delivered or kept when it fails:
     /// - [`PublishError::InvalidKind`]: a custom event kind that is empty or reserved;
     /// - [`PublishError::ThreadMismatch`]: a `Thread` target whose envelope names another thread;
+    /// - [`PublishError::RunMismatch`]: a `Run` target whose envelope names another run;
     /// - [`PublishError::GlobalBroadcastDisabled`]: [`Target::Everyone`] without
     ///   [`Config::allow_global_broadcast`] (audited);
     /// - [`PublishError::Conn`]: a `Connection` target that is not open (see [`ConnError`](crate::ConnError));
@@ -177,8 +178,14 @@ impl Hub {
         now: Instant,
         envelope: Envelope,
     ) -> Result<Published, PublishError> {
-        let Envelope { target, kind, thread, run, data, .. } = envelope;
-        let msg = Message { kind: &kind, thread: thread.as_ref(), run: run.as_ref(), data: &data };
+        let Envelope { target, kind, thread, run, data, exclude, .. } = envelope;
+        let msg = Message {
+            kind: &kind,
+            thread: thread.as_ref(),
+            run: run.as_ref(),
+            data: &data,
+            except: exclude,
+        };
         let result = match &target {
             Target::User { tenant, user } => self.publish_user(now, tenant, user, None, &msg)?,
             Target::Thread { tenant, user, thread: target_thread } => {
@@ -186,6 +193,13 @@ impl Hub {
                     return Err(PublishError::ThreadMismatch);
                 }
                 let msg = Message { thread: Some(target_thread), ..msg };
+                self.publish_user(now, tenant, user, None, &msg)?
+            }
+            Target::Run { tenant, user, run: target_run } => {
+                if run.as_ref().is_some_and(|r| r != target_run) {
+                    return Err(PublishError::RunMismatch);
+                }
+                let msg = Message { run: Some(target_run), ..msg };
                 self.publish_user(now, tenant, user, None, &msg)?
             }
             Target::Connection(id) => {
@@ -273,8 +287,8 @@ impl Hub {
         }
     }
 
-    /// On a user's stream: to `only` if given (bypassing the thread filter), else to every
-    /// connection whose filter admits the thread. Kept for recovery even while the user is
+    /// On a user's stream: to `only` if given (bypassing the filter), else to every connection
+    /// whose filter admits the thread and run. Kept for recovery even while the user is
     /// detached.
     fn publish_user(
         &mut self,
@@ -293,13 +307,13 @@ impl Hub {
         let frame = msg.frame(&mut self.flow.writer, &StreamName::User, pos, &self.redactor);
         deliverable(&frame, &self.cfg)?;
         let pos = u.stream.assign();
-        let scope = match (only, msg.thread) {
-            (Some(idx), _) => Scope::Conn(self.conns.id_of(idx)),
-            (None, Some(t)) => Scope::Thread(t.clone()),
-            (None, None) => Scope::All,
+        let scope = match only {
+            Some(idx) => Scope::Conn(self.conns.id_of(idx)),
+            None => Scope::subject(msg.thread, msg.run),
         };
         let key = || TrimKey::User(uidx);
-        self.buffers.keep(&mut u.stream, key, now, pos, &frame, scope, &self.cfg);
+        let visible = Visible { scope, except: msg.except };
+        self.buffers.keep(&mut u.stream, key, now, pos, &frame, visible, &self.cfg);
         let mut result = Published { position: Some((StreamName::User, pos)), ..Published::none() };
         let priority = msg.kind.priority();
         let only_slot = only.unwrap_or_default();
@@ -308,7 +322,10 @@ impl Hub {
             None => u.conns.as_slice(),
         };
         for &idx in recipients {
-            if only.is_none() && !self.conns.get(idx).wants(msg.thread) {
+            if only.is_none() && !self.conns.get(idx).wants(msg.thread, msg.run) {
+                continue;
+            }
+            if msg.except.is_some_and(|c| c == self.conns.id_of(idx)) {
                 continue;
             }
             let offer =
@@ -339,17 +356,19 @@ impl Hub {
         deliverable(&frame, &self.cfg)?;
         let pos = r.stream.assign();
         let key = || TrimKey::Room(tenant.clone(), room.clone());
-        self.buffers.keep(&mut r.stream, key, now, pos, &frame, Scope::All, &self.cfg);
+        let visible = Visible { scope: Scope::All, except: msg.except };
+        self.buffers.keep(&mut r.stream, key, now, pos, &frame, visible, &self.cfg);
         let mut result = Published { position: Some((name, pos)), ..Published::none() };
         let members = r.members.iter().map(|m| (&m.conn, m.slot));
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
+        let except = msg.except;
         fan_out(
             flow,
             out,
             conns,
             cfg,
             members,
-            |_, _| true,
+            |cs, idx| except.is_none_or(|c| c != cs.id_of(idx)),
             |c, slot| c.mark_room_sent(slot, pos.seq),
             &frame,
             msg.kind.priority(),
@@ -389,11 +408,15 @@ impl Hub {
         let pos = t.stream.assign();
         let scope = role.map_or(Scope::All, |r| Scope::Role(r.clone()));
         let key = || TrimKey::Tenant(tenant.clone());
-        self.buffers.keep(&mut t.stream, key, now, pos, &frame, scope, &self.cfg);
+        let visible = Visible { scope, except: msg.except };
+        self.buffers.keep(&mut t.stream, key, now, pos, &frame, visible, &self.cfg);
         let mut result =
             Published { position: Some((StreamName::Tenant, pos)), ..Published::none() };
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
-        let admit = |cs: &Connections, idx| audience_admits(cs.get(idx).roles(), role);
+        let except = msg.except;
+        let admit = |cs: &Connections, idx| {
+            audience_admits(cs.get(idx).roles(), role) && except.is_none_or(|c| c != cs.id_of(idx))
+        };
         fan_out(
             flow,
             out,
@@ -415,9 +438,9 @@ impl Hub {
 /// target (ephemeral) or `Everyone` (one stream per tenant), whose keys are not remembered.
 fn idempotent_stream(target: &Target) -> Option<StreamKey> {
     match target {
-        Target::User { tenant, user } | Target::Thread { tenant, user, .. } => {
-            Some(StreamKey::user(tenant.clone(), user.clone()))
-        }
+        Target::User { tenant, user }
+        | Target::Thread { tenant, user, .. }
+        | Target::Run { tenant, user, .. } => Some(StreamKey::user(tenant.clone(), user.clone())),
         Target::Room { tenant, room } => Some(StreamKey::room(tenant.clone(), room.clone())),
         Target::Tenant { tenant, .. } => Some(StreamKey::tenant(tenant.clone())),
         _ => None,
@@ -455,6 +478,8 @@ struct Message<'a> {
     thread: Option<&'a ThreadId>,
     run: Option<&'a RunId>,
     data: &'a Payload,
+    /// The connection left out ([`Envelope::exclude`]).
+    except: Option<ConnId>,
 }
 
 impl Message<'_> {
@@ -471,7 +496,7 @@ impl Message<'_> {
 
 impl Hub {
     /// Cluster mode: a message that came back over the bus at `pos`, rendered into `frame`, is
-    /// kept in its local stream's buffer and offered to the holder's connections that `scope`
+    /// kept in its local stream's buffer and offered to the holder's connections that `visible`
     /// admits (the same fan-out as a local publish).
     pub(crate) fn deliver_at(
         &mut self,
@@ -479,7 +504,7 @@ impl Hub {
         holder: &TrimKey,
         pos: StreamPos,
         frame: &Frame,
-        scope: Scope,
+        visible: Visible,
         low: bool,
     ) -> Published {
         let priority = if low { Priority::Low } else { Priority::Critical };
@@ -493,16 +518,16 @@ impl Hub {
             let _taken = stream.take(pos);
         }
         let key = || holder.clone();
-        self.buffers.keep(stream, key, now, pos, frame, scope.clone(), &self.cfg);
+        self.buffers.keep(stream, key, now, pos, frame, visible.clone(), &self.cfg);
         let mut result = Published::none();
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
         let doomed = &mut self.doomed;
         match holder {
             TrimKey::User(uidx) => {
                 let members = self.users.get(*uidx).conns.iter().map(|c| (c, 0));
-                let all = scope == Scope::All;
+                let all = visible == Visible::from(Scope::All);
                 let admit =
-                    |cs: &Connections, idx| all || scope_admits(cs.get(idx), cs.id_of(idx), &scope);
+                    |cs: &Connections, idx| all || visible_to(cs.get(idx), cs.id_of(idx), &visible);
                 let mark = |c: &mut Connection, _| c.mark_user_sent();
                 fan_out(
                     flow,
@@ -525,13 +550,14 @@ impl Hub {
                 let members = room.members.iter().map(|m| (&m.conn, m.slot));
                 let seq = pos.seq;
                 let mark = |c: &mut Connection, slot| c.mark_room_sent(slot, seq);
+                let except = visible.except;
                 fan_out(
                     flow,
                     out,
                     conns,
                     cfg,
                     members,
-                    |_, _| true,
+                    |cs, idx| except.is_none_or(|c| c != cs.id_of(idx)),
                     mark,
                     frame,
                     priority,
@@ -542,9 +568,9 @@ impl Hub {
             TrimKey::Tenant(t) => {
                 let Some(tenant) = self.tenants.get(t) else { return result };
                 let members = tenant.conns.iter().map(|c| (c, 0));
-                let all = scope == Scope::All;
+                let all = visible == Visible::from(Scope::All);
                 let admit =
-                    |cs: &Connections, idx| all || scope_admits(cs.get(idx), cs.id_of(idx), &scope);
+                    |cs: &Connections, idx| all || visible_to(cs.get(idx), cs.id_of(idx), &visible);
                 let mark = |c: &mut Connection, _| c.mark_tenant_sent();
                 fan_out(
                     flow,

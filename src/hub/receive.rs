@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::action::{Action, RefreshRequest};
 use crate::action::{Inbound, Origin};
+use crate::client_frame::{ClientFrame, parse_client_frame};
 use crate::envelope::Reply;
 use crate::error::{PeerError, ReceiveError};
 use crate::error::{RefreshError, ReplyError};
@@ -15,7 +16,6 @@ use crate::ids::{ConnId, ThreadId};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy, LimitKind};
 use crate::limits::Rate;
 use crate::payload::{MAX_DATA_DEPTH, depth_within};
-use crate::protocol::{ClientFrame, parse_client_frame};
 
 impl Hub {
     /// A text (or binary) frame arrived from the client. Any frame proves the peer alive, and any
@@ -57,7 +57,8 @@ impl Hub {
             return Err(self.peer_error(now, idx, err, Some(limit), AuditKind::OversizedFrame));
         }
         let max_positions = 2 + self.cfg.max_rooms_per_connection as usize;
-        let parsed = match parse_client_frame(frame, self.cfg.max_client_id_bytes, max_positions) {
+        let (max_id, max_history) = (self.cfg.max_client_id_bytes, self.cfg.max_history_messages);
+        let parsed = match parse_client_frame(frame, max_id, max_positions, max_history) {
             Ok(f) => f,
             Err(err) => {
                 return Err(self.peer_error(now, idx, err, None, AuditKind::MalformedFrame));
@@ -127,9 +128,11 @@ impl Hub {
         }
         let c = self.conns.get_mut(idx);
         match parsed {
-            ClientFrame::Subscribe { thread } => {
+            ClientFrame::Subscribe { thread, run } => {
                 let max = self.cfg.max_thread_subscriptions;
-                if c.narrow_to(&thread, max).is_err() {
+                let thread_ok = thread.is_none_or(|t| c.narrow_to(&t, max).is_ok());
+                let run_ok = run.is_none_or(|r| c.narrow_to_run(&r, max).is_ok());
+                if !(thread_ok && run_ok) {
                     let err = PeerError::TooManySubscriptions { limit: max };
                     let limit = LimitKind::ThreadSubscriptions;
                     return Err(self.peer_error(
@@ -141,8 +144,15 @@ impl Hub {
                     ));
                 }
             }
-            ClientFrame::Unsubscribe { thread: None } => c.widen(),
-            ClientFrame::Unsubscribe { thread: Some(thread) } => c.unsubscribe(&thread),
+            ClientFrame::Unsubscribe { thread: None, run: None } => c.widen(),
+            ClientFrame::Unsubscribe { thread, run } => {
+                if let Some(thread) = thread {
+                    c.unsubscribe(&thread);
+                }
+                if let Some(run) = run {
+                    c.unsubscribe_run(&run);
+                }
+            }
             ClientFrame::Message { thread, data, id } => {
                 let (tier, user) = (c.tier(), c.user());
                 let owner = self.users.get(user);
@@ -189,6 +199,16 @@ impl Hub {
                     ));
                 }
             },
+            ClientFrame::History(request) => {
+                if let Err(err) = self.history(now, idx, &request) {
+                    let audit = match err {
+                        PeerError::UnknownStream => AuditKind::ForeignStream,
+                        _ => AuditKind::MalformedFrame,
+                    };
+                    // Answered, not a violation: a client may ask about a room it just left.
+                    return Err(self.refuse(now, idx, err, None, audit));
+                }
+            }
             ClientFrame::Resume { .. } => unreachable!("handled above"),
         }
         Ok(())

@@ -11,7 +11,7 @@ use crate::ids::{StreamName, StreamPos};
 use crate::kinds::{AuditKind, CloseReason, ClosedBy};
 use crate::outbox::Outbox;
 use crate::protocol::StreamReport;
-use crate::routing::scope_admits;
+use crate::routing::visible_to;
 use crate::stream::{Buffered, Stream, Unrecoverable};
 
 impl Hub {
@@ -247,7 +247,7 @@ impl Replay<'_> {
         let conn = conns.get(self.idx);
         let bytes: u64 = entries
             .clone()
-            .filter(|entry| scope_admits(conn, id, &entry.scope))
+            .filter(|entry| visible_to(conn, id, &entry.visible))
             .map(|entry| entry.frame.len() as u64)
             .sum();
         if bytes > self.budget {
@@ -256,7 +256,7 @@ impl Replay<'_> {
         self.budget -= bytes;
         let mut n = 0;
         for entry in entries {
-            if scope_admits(conns.get(self.idx), id, &entry.scope) {
+            if visible_to(conns.get(self.idx), id, &entry.visible) {
                 flow.deliver(out, conns, self.idx, &entry.frame);
                 conns.get_mut(self.idx).mark_replayed(name, entry.seq);
                 n += 1;

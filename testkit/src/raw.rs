@@ -3,11 +3,14 @@
 //! (anything else is `malformed`, located at the first character that is not whitespace, or where
 //! the JSON breaks; a field named twice breaks it); `type` must be a string (`missing_type`
 //! otherwise) and one of the seven client types (`unknown_type`); `thread_id`, when present, a
-//! non-empty string of at most `max_client_id_bytes` (checked for every type); `subscribe` needs
-//! one; a `message`'s `id`, when present, is such a string too; `resume` needs `positions`, an
+//! non-empty string of at most `max_client_id_bytes` (checked for every type), and so is
+//! `run_id`; `subscribe` needs one or the other (without either: `invalid_field` `thread_id`);
+//! a `message`'s `id`, when present, is such a string too; `resume` needs `positions`, an
 //! object of stream name → `{epoch, seq}` of non-negative integers; `presence` needs a `scope`
 //! (a non-empty string of at most `max_client_id_bytes + 2`); `refresh` a non-empty `token`;
-//! other fields are ignored.
+//! `history` a `stream` like `presence`'s `scope`, and optionally `limit` (1 to the config's
+//! `max_history_messages`, 100 by default), one of `before` and `after`, and `epoch`
+//! (non-negative integers), and an `id` like `message`'s; other fields are ignored.
 //!
 //! [`decode`] reads bytes that way, and [`Decoded::model_frame`] says what the reference model
 //! should answer, or that the frame is valid but outside the model's domain (a thread not named
@@ -44,6 +47,8 @@ struct Wire {
     kind: Field,
     #[serde(default, deserialize_with = "field")]
     thread_id: Field,
+    #[serde(default, deserialize_with = "field")]
+    run_id: Field,
     data: Option<Value>,
     positions: Option<Value>,
     #[serde(default, deserialize_with = "field")]
@@ -52,6 +57,12 @@ struct Wire {
     scope: Field,
     #[serde(default, deserialize_with = "field")]
     token: Field,
+    #[serde(default, deserialize_with = "field")]
+    stream: Field,
+    limit: Option<Value>,
+    before: Option<Value>,
+    after: Option<Value>,
+    epoch: Option<Value>,
 }
 
 /// A client frame as the protocol reads it.
@@ -61,6 +72,9 @@ pub enum Decoded {
     Subscribe(String),
     /// `unsubscribe` from a thread, or from every one.
     Unsubscribe(Option<String>),
+    /// `subscribe` or (`false`) `unsubscribe` naming a run, maybe with a thread (outside the
+    /// model's domain: it knows no runs).
+    Run { subscribe: bool, thread: Option<String>, run: String },
     /// `message`, maybe on a thread, with its data (`null` when absent).
     Message(Option<String>, Value),
     /// `ping`.
@@ -71,6 +85,8 @@ pub enum Decoded {
     Presence(String),
     /// `refresh` with a token (outside the model's domain: it is the application's to verify).
     Refresh(String),
+    /// `history` of a stream (outside the model's domain).
+    History(String),
     /// Refused with this error.
     Refused(PeerError),
 }
@@ -99,6 +115,14 @@ pub fn decode(bytes: &[u8], max_client_id_bytes: usize) -> Decoded {
         Field::Str(t) if !t.is_empty() && t.len() <= max_client_id_bytes => Some(t),
         _ => return invalid("thread_id"),
     };
+    let run = match wire.run_id {
+        Field::Absent => None,
+        Field::Str(r) if !r.is_empty() && r.len() <= max_client_id_bytes => Some(r),
+        _ => return invalid("run_id"),
+    };
+    if let ("subscribe" | "unsubscribe", Some(run)) = (kind.as_str(), &run) {
+        return Decoded::Run { subscribe: kind == "subscribe", thread, run: run.clone() };
+    }
     match kind.as_str() {
         "subscribe" => thread.map_or_else(|| invalid("thread_id"), Decoded::Subscribe),
         "unsubscribe" => Decoded::Unsubscribe(thread),
@@ -119,6 +143,36 @@ pub fn decode(bytes: &[u8], max_client_id_bytes: usize) -> Decoded {
             }
             _ => invalid("scope"),
         },
+        "history" => {
+            let Field::Str(stream) = wire.stream else { return invalid("stream") };
+            if stream.is_empty() || stream.len() > max_client_id_bytes + 2 {
+                return invalid("stream");
+            }
+            let max = u64::from(switchboard::Config::default().max_history_messages);
+            let number = |v: &Option<Value>| v.as_ref().map(Value::as_u64);
+            match number(&wire.limit) {
+                Some(Some(n)) if (1..=max).contains(&n) => {}
+                None => {}
+                _ => return invalid("limit"),
+            }
+            let (before, after) = (number(&wire.before), number(&wire.after));
+            if before == Some(None) {
+                return invalid("before");
+            }
+            if after == Some(None) || (before.is_some() && after.is_some()) {
+                return invalid("after");
+            }
+            if number(&wire.epoch) == Some(None) {
+                return invalid("epoch");
+            }
+            match wire.id {
+                Field::Absent => Decoded::History(stream),
+                Field::Str(id) if !id.is_empty() && id.len() <= max_client_id_bytes => {
+                    Decoded::History(stream)
+                }
+                _ => invalid("id"),
+            }
+        }
         "ping" => Decoded::Ping,
         "resume" => {
             let Some(Value::Object(map)) = wire.positions else { return invalid("positions") };
@@ -163,7 +217,10 @@ impl Decoded {
             }
             Decoded::Ping => In::Ping,
             Decoded::Resume(_) => In::Resume(Vec::new(), false),
-            Decoded::Presence(_) | Decoded::Refresh(_) => return None,
+            Decoded::Presence(_)
+            | Decoded::Refresh(_)
+            | Decoded::Run { .. }
+            | Decoded::History(_) => return None,
             Decoded::Refused(_) => In::Raw(bytes.to_vec()),
         })
     }
@@ -171,7 +228,7 @@ impl Decoded {
 
 /// The fields of [`raw_json`] frames: a key and the JSON texts its value may be (valid and
 /// invalid ones). The last is `type` again: a field named twice.
-pub const RAW_FIELDS: [(&str, &[&str]); 8] = [
+pub const RAW_FIELDS: [(&str, &[&str]); 11] = [
     (
         "type",
         &[
@@ -181,6 +238,7 @@ pub const RAW_FIELDS: [(&str, &[&str]); 8] = [
             r#""ping""#,
             r#""resume""#,
             r#""presence""#,
+            r#""history""#,
             r#""dance""#,
             "7",
             "null",
@@ -214,6 +272,9 @@ pub const RAW_FIELDS: [(&str, &[&str]); 8] = [
     ("x", &["true", r#"{"nested":[1]}"#, r#""y""#]),
     ("id", &[r#""m1""#, r#""""#, "9"]),
     ("scope", &[r#""t""#, r#""r:lobby""#, r#""""#, "null"]),
+    ("run_id", &[r#""r1""#, r#""""#, "3"]),
+    ("stream", &[r#""u""#, r#""r:lobby""#, r#""""#, "1"]),
+    ("limit", &["3", "0", "101", r#""5""#]),
     ("type", &[r#""ping""#]),
 ];
 

@@ -180,6 +180,7 @@ impl Driver {
                 let _ = reply.send(self.hub.reply(now, conn, &id, answer));
             }
             Command::Shutdown { reply } => self.shutdown(now, reply),
+            Command::With(job) => job(&mut self.hub, now),
         }
         self.drain(now);
     }

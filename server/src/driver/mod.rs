@@ -186,7 +186,13 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Runs a closure on the hub (reads and runtime changes for the admin API and lookups); its
+    /// actions are drained after it, like any command's.
+    With(HubJob),
 }
+
+/// A closure run on the hub task with the current instant.
+type HubJob = Box<dyn FnOnce(&mut Hub, std::time::Instant) + Send>;
 
 /// Why a connect did not produce a connection.
 #[derive(Debug)]
@@ -501,6 +507,24 @@ impl Handle {
             Ok(result) => result.map_err(Some),
             Err(_) => Err(None),
         }
+    }
+
+    /// Runs `f` on the hub task with the hub and the current instant, and returns its result
+    /// (`None` if the hub task is gone). For reads and runtime changes that have no command of
+    /// their own (the admin API): the hub's actions are drained after it as after any call. Keep
+    /// `f` short: every connection waits while it runs.
+    pub async fn with_hub<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Hub, std::time::Instant) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (reply, rx) = oneshot::channel();
+        let job: HubJob = Box::new(move |hub, now| {
+            let _ = reply.send(f(hub, now));
+        });
+        if !self.send(Command::With(job)).await {
+            return None;
+        }
+        rx.await.ok()
     }
 
     /// The hub's and the driver's counters, or `None` if the hub task is gone.

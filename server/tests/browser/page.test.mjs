@@ -121,6 +121,19 @@ try {
   check(JSON.stringify(all) === JSON.stringify([...RUN, ...RUN]), `second run: ${all.join(", ")}`);
   console.log("second run complete");
 
+  // Another tab of the same user opening that thread loads its recent events from history.
+  const tab = await page.context().newPage();
+  await tab.goto(url);
+  await tab.waitForFunction(() => document.getElementById("status").className === "connected", null, { timeout: TIMEOUT });
+  await tab.fill("#thread", "browser");
+  await tab.dispatchEvent("#thread", "change");
+  await tab.waitForFunction(() => document.querySelectorAll('.run .event[data-kind="agent_completed"]').length === 2, null, { timeout: TIMEOUT });
+  const loaded = await tab.$$eval(".run .event", (els) => els.map((e) => [e.dataset.kind, e.querySelector(".meta").textContent]));
+  check(JSON.stringify(loaded.map(([k]) => k)) === JSON.stringify([...RUN, ...RUN]), `history: ${loaded.map(([k]) => k).join(", ")}`);
+  check(loaded.every(([, meta]) => meta.includes("history")), "history events are not marked as such");
+  await tab.close();
+  console.log("a new tab loaded the thread's history");
+
   // A rejected token: the page says so, offers the login form, and does not retry.
   const good = new URL(url).searchParams.get("token");
   const bad = new URL(url);
