@@ -6,6 +6,7 @@ mod cluster;
 mod cluster_resume;
 mod cluster_setup;
 pub(crate) mod presence;
+mod presence_cluster;
 mod publish;
 mod receive;
 mod resume;
@@ -158,6 +159,8 @@ pub struct Hub {
     pub(crate) early_resumes: hashbrown::HashMap<ConnId, Vec<(String, crate::ids::StreamPos)>>,
     /// Who is present in each tenant and room (with `Config::presence`).
     pub(crate) presence: crate::presence::Presence,
+    /// Cluster mode's presence: the other nodes' users, this node's sets on the bus.
+    pub(crate) remote: crate::cluster::presence::ClusterPresence,
     /// A single node's idempotency keys.
     pub(crate) idempotency: crate::idempotency::IdempotencyKeys,
 }
@@ -177,7 +180,10 @@ impl Hub {
             replay_extra: Vec::new(),
             render_buf: String::new(),
             early_resumes: hashbrown::HashMap::new(),
-            presence: crate::presence::Presence::new(),
+            presence: crate::presence::Presence::new(cfg.cluster.is_some()),
+            remote: crate::cluster::presence::ClusterPresence::new(
+                cfg.cluster.as_ref().map_or(Duration::from_secs(15), |c| c.presence_ttl),
+            ),
             idempotency: crate::idempotency::IdempotencyKeys::default(),
             redactor: Redactor::new(&cfg.redact_keys),
             epochs: Epochs::new(cfg.seed),
@@ -756,7 +762,7 @@ impl Hub {
             self.tenants.poll_timeout().map(|at| (at, WakeReason::RoomRetention)),
             self.node.as_deref().and_then(|n| n.poll_timeout()).map(|at| (at, WakeReason::Bus)),
             self.resume_timeout().map(|at| (at, WakeReason::Bus)),
-            self.presence.poll_timeout().map(|at| (at, WakeReason::Presence)),
+            self.presence_timeout().map(|at| (at, WakeReason::Presence)),
         ]
         .into_iter()
         .flatten()
@@ -782,6 +788,7 @@ impl Hub {
             stats.bus = node.counters;
             stats.bus.in_flight = node.in_flight() as u64;
             stats.bus.streams = node.streams.len() as u64;
+            stats.bus.presence_remote_entries = self.remote.entries();
         }
         stats
     }
