@@ -216,6 +216,8 @@
 //! | idle rooms (with `room_retention`) | 100,000 | the one closest to being dropped is dropped early |
 //! | breaker failures per user (abnormal closes of connections younger than 10 s, coalesced) | 5 in 60 s | `ConnectError::BreakerOpen { retry_after }` |
 //! | reconnect breakers remembered | 100,000 | the closed one closest to expiry is forgotten |
+//! | presence: users per scope with diffs | 1,000 (`PresenceConfig::max_members`) | members get a count-only `presence` (limit `presence_scope_size`); diffs resume below nine tenths |
+//! | cluster mode: other nodes' presence entries per scope | 10,000 (`PresenceConfig::max_remote_entries`) | left out (limit `presence_remote_entries`): the scope's count becomes a lower bound |
 //!
 //! Every refusal also emits `Action::Audit` and `Action::Metric` and is counted in `stats()`.
 //! Configured keys (`password`, `api_key`, `token`, `secret`, `authorization`, matched ignoring
@@ -367,6 +369,7 @@
 //! admit that many more connections of those users until it renews again.
 //!
 //! **Counters.** `HubStats::bus` (operations, failures, timeouts, late replies, untracked messages,
-//! duplicates dropped, gaps repaired and lost, mismatches, epochs changed, in flight, streams),
+//! duplicates dropped, gaps repaired and lost, mismatches, epochs changed, in flight, streams,
+//! presence signals, mismatches, reads, expired sets, rewrites and other nodes' entries),
 //! `HubStats::resyncs_sent`, `publishes_failed`, `connects_refused_unavailable`, and the close
 //! counters `unavailable` and `user_limit`.

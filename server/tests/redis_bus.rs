@@ -566,6 +566,31 @@ async fn presence_sets_are_written_read_refreshed_and_signalled_per_node() {
         ::redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1).query_async(&mut admin).await.unwrap();
     assert_eq!(listed, ["n1"]);
 
+    // A refresh costs one script call per scope, whatever the scope holds: 10 scopes, 10 calls.
+    let rooms: Vec<StreamKey> = (0..10).map(|i| StreamKey::room("acme", format!("r{i}"))).collect();
+    for room in &rooms {
+        let (scope, node) = (room.clone(), NodeId::new("n1"));
+        let joins = (0..50).map(|u| (UserId::from(format!("u{u}")), None)).collect();
+        let signal = "s".into();
+        let write = |op| BusOp::PresenceUpdate {
+            op,
+            scope,
+            node,
+            replace: true,
+            joins,
+            leaves: Vec::new(),
+            ttl: TTL,
+            signal,
+        };
+        assert_eq!(a.call(write).await, Ok(BusReply::PresenceWritten));
+    }
+    let before = evalsha_calls(&mut admin).await;
+    let scopes = rooms.iter().map(|r| (r.clone(), "s".into())).collect();
+    let node = NodeId::new("n1");
+    let refreshed = a.call(|op| BusOp::PresenceRefresh { op, node, ttl: TTL, scopes }).await;
+    assert_eq!(refreshed, Ok(BusReply::PresenceRefreshed { missing: Vec::new() }));
+    assert_eq!(evalsha_calls(&mut admin).await - before, 10);
+
     // Redis restarted empty (and forgot its scripts): the refresh finds the set gone.
     let _: () = ::redis::cmd("FLUSHALL").query_async(&mut admin).await.unwrap();
     let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
@@ -574,4 +599,13 @@ async fn presence_sets_are_written_read_refreshed_and_signalled_per_node() {
     let refreshed = a.call(|op| BusOp::PresenceRefresh { op, node, ttl: TTL, scopes }).await;
     assert_eq!(refreshed, Ok(BusReply::PresenceRefreshed { missing: vec![lobby.clone()] }));
     assert_eq!(presence_read(&mut a, 100).await, (Vec::new(), false));
+}
+
+/// `EVALSHA` calls Redis has served (`INFO commandstats`).
+async fn evalsha_calls(admin: &mut ::redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = ::redis::cmd("INFO").arg("commandstats").query_async(admin).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
 }

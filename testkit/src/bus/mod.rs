@@ -155,6 +155,15 @@ pub struct BusStats {
     pub rotations: u64,
     /// Signals lost ([`ModelBus::set_signal_loss`]).
     pub signals_lost: u64,
+    /// Signals queued for a node (one per subscriber per signal).
+    pub signals_sent: u64,
+    /// Their bytes (payloads, per subscriber).
+    pub signal_bytes: u64,
+    /// Presence sets written (`PresenceUpdate`) or refreshed (each scope of a
+    /// `PresenceRefresh`): what a Redis driver runs one script call for.
+    pub presence_writes: u64,
+    /// Presence reads.
+    pub presence_reads: u64,
 }
 
 struct Stream {
@@ -381,6 +390,7 @@ impl ModelBus {
                 }
             }
             BusOp::PresenceUpdate { scope, node, replace, joins, leaves, ttl, signal, .. } => {
+                self.stats.presence_writes += 1;
                 self.presence.update(now, &scope, &node, replace, &joins, &leaves, ttl);
                 self.signal(now, &scope, &signal);
                 BusReply::PresenceWritten
@@ -388,6 +398,7 @@ impl ModelBus {
             BusOp::PresenceRefresh { node, ttl, scopes, .. } => {
                 let mut missing = Vec::new();
                 for (scope, signal) in scopes {
+                    self.stats.presence_writes += 1;
                     if self.presence.refresh(now, &scope, &node, ttl) {
                         self.signal(now, &scope, &signal);
                     } else {
@@ -397,6 +408,7 @@ impl ModelBus {
                 BusReply::PresenceRefreshed { missing }
             }
             BusOp::PresenceRead { scope, limit, .. } => {
+                self.stats.presence_reads += 1;
                 let (held, truncated) = self.presence.read(now, &scope, limit);
                 BusReply::Presence { held, truncated }
             }
@@ -519,6 +531,8 @@ impl ModelBus {
                     self.stats.signals_lost += 1;
                     continue;
                 }
+                self.stats.signals_sent += 1;
+                self.stats.signal_bytes += payload.len() as u64;
                 let event = BusEvent::Signal { stream: stream.clone(), payload: payload.clone() };
                 self.enqueue(now, i, event);
             }
