@@ -572,18 +572,12 @@ fn apply(
 
 #[cfg(test)]
 mod tests {
+    use super::super::signal::test_signal as signal;
     use super::*;
     use crate::presence::PresenceScope;
 
     fn key() -> ScopeKey {
         ("acme".into(), PresenceScope::Room("lobby".into()))
-    }
-
-    fn signal(node: &str, digest_of: &[&str], joins: &[&str], leaves: &[&str]) -> Signal {
-        let joins: Vec<PresenceEntry> = joins.iter().map(|u| (UserId::from(*u), None)).collect();
-        let leaves: Vec<UserId> = leaves.iter().map(|u| UserId::from(*u)).collect();
-        let digest = Digest::of(digest_of.iter().copied());
-        Signal::new(&node.into(), Duration::from_secs(15), false, digest, &joins, &leaves)
     }
 
     fn net(out: &Outcome) -> Vec<(String, i32)> {

@@ -141,16 +141,26 @@ impl Signal {
     }
 }
 
+/// For tests: a signal from `node` (ttl 15 s) with these joins and leaves and the digest of
+/// `digest_of`.
+#[cfg(test)]
+pub(crate) fn test_signal(
+    node: &str,
+    digest_of: &[&str],
+    joins: &[&str],
+    leaves: &[&str],
+) -> Signal {
+    let joins: Vec<PresenceEntry> = joins.iter().map(|u| (UserId::from(*u), None)).collect();
+    let leaves: Vec<UserId> = leaves.iter().map(|u| UserId::from(*u)).collect();
+    let digest = Digest::of(digest_of.iter().copied());
+    Signal::new(&node.into(), Duration::from_secs(15), false, digest, &joins, &leaves)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn signal(node: &str, digest_of: &[&str], joins: &[&str], leaves: &[&str]) -> Signal {
-        let joins: Vec<PresenceEntry> = joins.iter().map(|u| (UserId::from(*u), None)).collect();
-        let leaves: Vec<UserId> = leaves.iter().map(|u| UserId::from(*u)).collect();
-        let digest = Digest::of(digest_of.iter().copied());
-        Signal::new(&node.into(), Duration::from_secs(15), false, digest, &joins, &leaves)
-    }
+    use test_signal as signal;
 
     #[test]
     fn signals_round_trip_and_bad_ones_are_refused() {
