@@ -4,8 +4,14 @@
 //! presence sends — one join or leave frame to every member per connection event, the design the
 //! origin system and several peers use.
 //!
+//! The second table is cluster mode (issue 13): three nodes over the test kit's model bus, what
+//! presence costs on the bus at rest (each node's refresh per period), for one join, and when a
+//! node dies and its users reconnect to the others, beside a naive cluster presence (each
+//! connection refreshes its own entry; every connection event is broadcast by every node to its
+//! members).
+//!
 //! ```sh
-//! cargo bench --bench presence              # prints one table (deterministic: counts, not times)
+//! cargo bench --bench presence              # prints two tables (deterministic: counts, not times)
 //! ```
 //!
 //! The numbers do not depend on the machine: they are the hub's output on a virtual clock.
@@ -13,9 +19,11 @@
 use std::time::{Duration, Instant};
 
 use switchboard::{
-    Action, Config, ConnId, DisconnectReason, Heartbeat, Hub, PresenceConfig, PresenceMeta,
-    Principal,
+    Action, ClusterConfig, Config, ConnId, DisconnectReason, Heartbeat, Hub, PresenceConfig,
+    PresenceMeta, Principal, Tier,
 };
+use switchboard_testkit::bus::BusStats;
+use switchboard_testkit::cluster::Cluster;
 
 /// Frames and bytes of presence sent.
 #[derive(Default, Clone, Copy)]
@@ -88,6 +96,11 @@ fn naive_frame_bytes(i: usize) -> u64 {
 }
 
 fn main() {
+    single_node();
+    cluster();
+}
+
+fn single_node() {
     let members = 1_000;
     let mut now = Instant::now();
 
@@ -174,5 +187,135 @@ fn main() {
         "\nswitchboard: a snapshot to each connection entering the room (a count only above the \
          limit), diffs batched per 250 ms and none for a return within the 5 s grace. Naive: one \
          frame per member per connection event."
+    );
+}
+
+/// Presence frames among a cluster's actions: (frames, bytes).
+fn cluster_frames(out: &[(usize, Action)]) -> Traffic {
+    let mut t = Traffic::default();
+    for (_, action) in out {
+        if let Action::Deliver { frame, .. } = action {
+            if frame.as_str().starts_with(r#"{"type":"presence"#) {
+                t.frames += 1;
+                t.bytes += frame.len() as u64;
+            }
+        }
+    }
+    t
+}
+
+/// What the bus did between two snapshots of its counters: operations of any kind, presence
+/// script calls (writes, refreshed scopes and reads), signals delivered and their bytes.
+fn bus_delta(before: &BusStats, after: &BusStats) -> (u64, u64, u64, u64) {
+    let scripts = |s: &BusStats| s.presence_writes + s.presence_reads;
+    (
+        after.ops - before.ops,
+        scripts(after) - scripts(before),
+        after.signals_sent - before.signals_sent,
+        after.signal_bytes - before.signal_bytes,
+    )
+}
+
+fn cluster() {
+    const NODES: usize = 3;
+    const ROOMS: usize = 10;
+    const USERS: usize = 1_000;
+    let ttl = Duration::from_secs(15);
+    let mut c = Cluster::new(NODES, 9, |i| {
+        let mut presence = PresenceConfig::default();
+        presence.tenant = false;
+        let mut cluster = ClusterConfig::new(format!("node-{i}").as_str());
+        cluster.presence_ttl = ttl;
+        // Only presence on the bus: no top checks, leases renewed rarely.
+        cluster.top_check_interval = None;
+        cluster.lease_ttl = Duration::from_secs(3600);
+        Config {
+            presence: Some(presence),
+            cluster: Some(cluster),
+            heartbeat: Heartbeat {
+                interval: Duration::from_secs(3600),
+                timeout: Duration::from_secs(600),
+            },
+            ..Config::default()
+        }
+    });
+    let room = |u: usize| format!("room-{}", u % ROOMS);
+    let enter = |c: &mut Cluster, node: usize, u: usize| {
+        let now = c.now;
+        let hub = c.hub(node).expect("alive");
+        let id = hub.connect(now, principal(u).tier(Tier::Enterprise)).unwrap();
+        hub.join(now, id, room(u).as_str()).unwrap();
+    };
+    for u in 0..USERS {
+        enter(&mut c, u % NODES, u);
+    }
+    c.advance(Duration::from_secs(20));
+
+    // At rest: a minute of refreshes (every third of the ttl).
+    let before = c.bus.stats().clone();
+    let quiet = c.advance(Duration::from_secs(60));
+    let (ops, writes, signals, bytes) = bus_delta(&before, c.bus.stats());
+    let periods = 60 / (ttl.as_secs() / 3) * NODES as u64;
+    println!(
+        "\ncluster presence over the model bus: {NODES} nodes, {USERS} users in {ROOMS} rooms"
+    );
+    println!(
+        "of 100 (each on one node, a third per node), presence_ttl 15 s (counts, not timed)\n"
+    );
+    println!("| what | switchboard | naive |");
+    println!("|---|---:|---:|");
+    println!(
+        "| at rest, per node per refresh period (5 s): bus operations / presence script calls / \
+         signals delivered / their bytes | {} / {} / {} / {} | {} / {} / 0 / 0 |",
+        ops / periods,
+        writes / periods,
+        signals / periods,
+        bytes / periods,
+        USERS as u64 / NODES as u64,
+        USERS as u64 / NODES as u64,
+    );
+    assert_eq!(cluster_frames(&quiet).frames, 0, "nothing for the clients at rest");
+
+    // One user joins room-0 on node 0.
+    let before = c.bus.stats().clone();
+    enter(&mut c, 0, USERS);
+    let out = c.advance(Duration::from_secs(1));
+    let (_, scripts, signals, bytes) = bus_delta(&before, c.bus.stats());
+    let frames = cluster_frames(&out);
+    println!(
+        "| one join in a room of 100 on 3 nodes: presence script calls / signals / bytes; \
+         presence frames to clients | {scripts} / {signals} / {bytes}; {} | – / {} / – ; {} |",
+        frames.frames, NODES, 101
+    );
+
+    // Node 0 dies; its users reconnect to nodes 1 and 2 within 3 s (inside the ttl).
+    let before = c.bus.stats().clone();
+    c.crash(0);
+    let mut out = Vec::new();
+    let moved: Vec<usize> = (0..USERS).filter(|u| u % NODES == 0).chain([USERS]).collect();
+    for (k, u) in moved.iter().enumerate() {
+        enter(&mut c, 1 + k % 2, *u);
+        if k % 10 == 9 {
+            out.extend(c.advance(Duration::from_millis(90)));
+        }
+    }
+    out.extend(c.advance(Duration::from_secs(30)));
+    let (_, scripts, signals, bytes) = bus_delta(&before, c.bus.stats());
+    let frames = cluster_frames(&out);
+    // What clients get is the returning connections' snapshots: nobody left or joined.
+    let naive = moved.len() as u64 * 2 * 100;
+    println!(
+        "| a node dies, its {} users reconnect to the other two within 3 s (30 s counted): \
+         presence script calls / signals / bytes; presence frames to clients (bytes) | {scripts} / \
+         {signals} / {bytes}; {} ({}) | – ; {naive} |",
+        moved.len(),
+        frames.frames,
+        frames.bytes,
+    );
+    println!(
+        "\nswitchboard: one refresh operation per node per period (one script call per room it \
+         holds users in, one pipeline), one write and one signal per subscribed node per batch of \
+         changes; users who move to another node within the ttl never leave. Naive: every \
+         connection refreshes its own entry, and every leave and join is broadcast to the room."
     );
 }

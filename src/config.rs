@@ -280,7 +280,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// Presence (DESIGN §12): who is online per tenant and per room, sent to the scope's members
     /// as a `presence` snapshot when they join it and `presence_diff` batches after. `None` (the
-    /// default): off. Single node only for now: [`Config::validate`] refuses it with `cluster`.
+    /// default): off. In cluster mode presence is cluster-wide (see "Presence" in the crate
+    /// docs and [`ClusterConfig::presence_ttl`](crate::ClusterConfig::presence_ttl)).
     pub presence: Option<PresenceConfig>,
     /// A single node's memory of publishers' idempotency keys ([`Envelope::idempotency_key`](crate::Envelope::idempotency_key)):
     /// at most this many, each for `retention.max_age`, oldest forgotten first. (In cluster mode
@@ -346,11 +347,7 @@ impl Config {
         if let Some(p) = &self.presence {
             nonzero("presence.max_members", p.max_members.into())?;
             nonzero("presence.flush_interval", u64::from(!p.flush_interval.is_zero()))?;
-            if self.cluster.is_some() {
-                return Err(ConfigError::Inconsistent {
-                    detail: "presence runs on a single node only, for now: not with `cluster`",
-                });
-            }
+            nonzero("presence.max_remote_entries", p.max_remote_entries.into())?;
         }
         nonzero("max_connections", self.max_connections.into())?;
         // Slot indices are u32 and one index is kept free of meaning; stay well inside.
@@ -418,6 +415,9 @@ impl Config {
             if let Some(every) = c.top_check_interval {
                 nonzero_d("cluster.top_check_interval", every)?;
             }
+            // Refreshed every third of it: a third must be a positive time.
+            nonzero_d("cluster.presence_ttl", c.presence_ttl / 3)?;
+            bounded("cluster.presence_ttl", c.presence_ttl)?;
         }
         nonzero("max_buffered_bytes", self.max_buffered_bytes)?;
         if self.max_unwritten_bytes < self.max_inflight_bytes {

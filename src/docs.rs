@@ -158,8 +158,49 @@
 //!   count, users (with their connection counts and metadata), and whether it is over the limit.
 //!   Nothing about presence is audited but the size limit and a request for a room the connection
 //!   is not in (like reading a foreign stream).
-//! - For now presence runs on a single node: `Config::validate` refuses it together with `cluster`.
-//!   Counters: `presence_snapshots_sent`, `presence_diffs_sent`, gauge `presence_scopes`.
+//! - Counters: `presence_snapshots_sent`, `presence_diffs_sent`, gauge `presence_scopes`.
+//!
+//! **In cluster mode** presence is cluster-wide ("Cluster mode" below has the bus operations):
+//!
+//! - Each node keeps, per scope, its own set on the bus: the users it holds there (a connection, or
+//!   a grace running), with their metadata, expiring `ClusterConfig::presence_ttl` (15 s) after its
+//!   last write. Its changes go out once per flush (at most 256 users per write), each write
+//!   publishing an unsequenced signal on the scope's channel with the changes and a digest of the
+//!   node's whole set; every third of the ttl the node refreshes all its sets in one batch
+//!   (`PresenceRefresh`, one script per scope in one pipeline on Redis).
+//! - A node with connections in a scope keeps a view of the other nodes' sets there: it reads the
+//!   scope from the bus when the scope gets its first connection here (that connection's snapshot
+//!   waits for the read, so it names the users of every node), then follows the signals. Each node
+//!   renders the changes for its own connections, in its own batches: a user is counted per node
+//!   that holds it, and a member is told a join or a leave only when the cluster-wide set changes —
+//!   a user on two nodes joins once and leaves once, never once per server.
+//! - Timing: a change on one node reaches the members on another within two `flush_interval`s
+//!   (the writer's batch, then the reader's). A user whose last connection closed leaves everyone's
+//!   presence within `grace + 2 × flush_interval`; one that reconnects to another node within the
+//!   grace never leaves.
+//! - **A node that dies** (or loses the bus): the others drop its set when it has sent nothing for
+//!   its ttl, so its users leave within `presence_ttl + flush_interval` of its last refresh — at
+//!   most `presence_ttl + flush_interval` after the death, and no sooner than two thirds of the ttl
+//!   (the last refresh may be that old). A user who reconnects to another node before then never
+//!   leaves. A node that comes back under the same name replaces its old set with its first write,
+//!   so its old users do not come back; the bus's copy of a dead node's set expires by itself.
+//! - A signal lost on the way (a driver drops what a full queue cannot take) shows at the next
+//!   signal of that node — within a third of the ttl — as a digest that disagrees with the view,
+//!   and the scope is read again; a lost leave is late by at most `presence_ttl`.
+//! - While the bus is down a node cannot hear the others: its picture of them stays as it was
+//!   (no flicker), its writes are kept for later, and when the bus is back it refreshes its sets
+//!   (writing again, whole, those the bus lost or that failed: it re-announces what it holds) and
+//!   reads every scope again. After an outage longer than the ttl, each node's users leave the other
+//!   nodes' presence until the node is heard again.
+//! - Bounded: at most `PresenceConfig::max_remote_entries` (10,000) other nodes' entries per scope
+//!   (past it they are left out, the count is a lower bound, counted as the limit
+//!   `presence_remote_entries`); at most 1,024 signals wait per scope while it is read (past that
+//!   it is read again); a signal's claimed ttl is capped at an hour.
+//! - `hub.presence(..)` is the cluster-wide picture of a scope this node has connections in
+//!   (`PresentUser::nodes`: how many other nodes hold each user; `conns` counts this node's).
+//! - Counters (`HubStats::bus`): `presence_signals`, `presence_mismatches`, `presence_reads`,
+//!   `presence_expired` (other nodes' sets dropped for silence), `presence_rewrites`, gauge
+//!   `presence_remote_entries`.
 //!
 //! ## Limits (defaults)
 //!
@@ -185,6 +226,8 @@
 //! | connection lifetime, by tier (`TierQuota::max_connection_lifetime`) | none | close `max_lifetime` (4009) between 90 % and 100 % of the cap |
 //! | connection labels (`Principal::labels`) | 8 pairs; keys `A-Z a-z 0-9 _ - .` up to 64 bytes; values up to 256 bytes | `LabelsError` when built (`TooMany`, `InvalidKey`, `ValueTooLong`, `Duplicate`); nothing connects with them |
 //! | reconnect breakers remembered | 100,000 | the closed one closest to expiry is forgotten |
+//! | presence: users per scope with diffs | 1,000 (`PresenceConfig::max_members`) | members get a count-only `presence` (limit `presence_scope_size`); diffs resume below nine tenths |
+//! | cluster mode: other nodes' presence entries per scope | 10,000 (`PresenceConfig::max_remote_entries`) | left out (limit `presence_remote_entries`): the scope's count becomes a lower bound |
 //!
 //! Every refusal also emits `Action::Audit` and `Action::Metric` and is counted in `stats()`.
 //! Configured keys (`password`, `api_key`, `token`, `secret`, `authorization`, matched ignoring
@@ -226,7 +269,7 @@
 //! | `reply` | `id` (the client message's), and `data` (redacted like an event's; absent when `null`) or `error`: `{code, message}` | the application answered a `message` that carried an `id` (`Hub::reply`), to that connection only |
 //! | `history` | `id` (the request's, if it had one), `stream`, `epoch` and `seq` (the stream's position now), `available_from` (the oldest seq still held), `more` (more messages it may see lie beyond this page: ask again with `before` the first seq, or `after` the last), optional `reason` (`epoch_mismatch`: the request's `epoch` is not the stream's, nothing returned; `log_unavailable`: cluster mode, the log could not be read, only the node's buffer answered; `too_large`: the next message does not fit in what the connection may still be handed), `messages`: the event frames exactly as delivered live, oldest first | answers a `history` request. Bounded by `limit` and by `max_unwritten_bytes` less what the connection has unwritten. A single node answers from the recovery buffer (`retention`); in cluster mode the buffer is a cache in front of the Redis log, which is read when the buffer does not reach the page's window (the `fetch_limit` seqs before the page's end, or after `after`); one request per connection may wait for the log (`error` `history_busy` otherwise) |
 //! | `resync` | `stream`, `epoch`, `seq`, `recovered` (`false`), `reason` (`gap_too_old`, `epoch_changed`) | cluster mode: messages of the stream up to `(epoch, seq)` may be missing (the log no longer holds them, or the stream started over); take `(epoch, seq)` as the stream's position and refetch its state |
-//! | `presence` | `scope` (`"t"` the tenant, `"r:<room>"` a room), `count` (users present), `members`: `[{user, conns, meta?}]` as last announced, or `null` when the scope is over `PresenceConfig::max_members` | presence on: when the connection enters a scope (after `connected` / `joined`), when asked, and to every member when the scope crosses its size limit |
+//! | `presence` | `scope` (`"t"` the tenant, `"r:<room>"` a room), `count` (users present), `members`: `[{user, conns, meta?}]` as last announced (`conns`: the user's connections on the node that sent the frame), or `null` when the scope is over `PresenceConfig::max_members` | presence on: when the connection enters a scope (after `connected` / `joined`), when asked, and to every member when the scope crosses its size limit |
 //! | `presence_diff` | `scope`, `joins`: `[{user, meta?}]`, `leaves`: `[user]` | presence on: at most once per `flush_interval` (250 ms) per scope, the net changes since the last batch (a user joins with its first connection in the scope and leaves after its last one closed and `grace`, 5 s, passed without a new one) |
 //!
 //! Example: `{"type":"agent_started","stream":"u","epoch":77,"seq":42,"thread_id":"t1","run_id":"r9","data":{"agent":"researcher"}}`
@@ -298,6 +341,9 @@
 //! | `Action::Bus(BusOp::Lease { op, user, holder, limit, ttl, evict_oldest })` | atomically in the user's lease set: drop expired, then grant, evict the oldest, or refuse | `Ok(Leased { granted, evicted })` |
 //! | `Action::Bus(BusOp::Renew { op, leases, ttl })` / `Release { user, holder }` | extend; a lease the set lost (expired, or the engine restarted empty) is added back only while the user's set has room / drop a lease | `Ok(Renewed { refused })` (those connections close 4008) / — |
 //! | `Action::Bus(BusOp::Signal { stream, payload })` | publish on the channel, unlogged | — |
+//! | `Action::Bus(BusOp::PresenceUpdate { op, scope, node, replace, joins, leaves, ttl, signal })` | atomically: write the node's set in the scope (replace it, or remove `leaves` and add `joins`), let it live `ttl` (an empty set is gone), publish `signal` on the scope's channel | `Ok(PresenceWritten)` |
+//! | `Action::Bus(BusOp::PresenceRefresh { op, node, ttl, scopes })` | for each scope: if the node's set exists, extend it and publish the scope's signal | `Ok(PresenceRefreshed { missing })` (the scopes whose set was gone) |
+//! | `Action::Bus(BusOp::PresenceRead { op, scope, limit })` | every node's live set in the scope with the time it has left, at most `limit` users | `Ok(Presence { held, truncated })` |
 //! | `Action::Published { op, outcome }` | answer the publisher (`Appended`, `Duplicate`, `Failed`) | — |
 //!
 //! Every live message on a subscribed channel goes to `hub.bus_message(now, &stream, pos, &payload)`
@@ -350,7 +396,7 @@
 //! | the log no longer covers a gap | `resync` (`gap_too_old`) to the stream's connections, then delivery goes on (`bus.gaps_lost`) |
 //! | the engine restarted empty, or a stream expired | the next message or top check shows another epoch: the stream starts over, `resync` (`epoch_changed`) |
 //! | a failover lost the tail of a log (its top went below what was delivered, same epoch) | the stream is rotated to a new epoch so that no position is handed out twice; `resync` (`epoch_changed`) |
-//! | a node dies | its clients reconnect to other nodes and `resume` there from the log; its leases expire within `lease_ttl` (until then they count against the users' quotas) |
+//! | a node dies | its clients reconnect to other nodes and `resume` there from the log; its leases expire within `lease_ttl` (until then they count against the users' quotas); its users leave the others' presence within `presence_ttl + flush_interval` unless they reconnected elsewhere first |
 //! | a message names another stream, or is malformed | dropped, audited `bus_mismatch`, counted (`bus.mismatches`) |
 //!
 //! **Limits and what is bounded.** Operations in flight: `max_inflight_ops` (10,000; past it a
@@ -361,6 +407,7 @@
 //! admit that many more connections of those users until it renews again.
 //!
 //! **Counters.** `HubStats::bus` (operations, failures, timeouts, late replies, untracked messages,
-//! duplicates dropped, gaps repaired and lost, mismatches, epochs changed, in flight, streams),
+//! duplicates dropped, gaps repaired and lost, mismatches, epochs changed, in flight, streams,
+//! presence signals, mismatches, reads, expired sets, rewrites and other nodes' entries),
 //! `HubStats::resyncs_sent`, `publishes_failed`, `connects_refused_unavailable`, and the close
 //! counters `unavailable` and `user_limit`.

@@ -16,7 +16,8 @@ macro_rules! ensure {
 
 impl Hub {
     /// Presence agrees with the connections: each user's connections per scope (its tenant once
-    /// `connected`, each room once `joined`).
+    /// `connected`, each room once `joined`); in cluster mode also with the view of the other
+    /// nodes' users and with what this node told the bus.
     fn check_presence(&self) -> Result<(), String> {
         let Some(p) = &self.cfg.presence else { return Ok(()) };
         let mut expected: hashbrown::HashMap<ScopeKey, hashbrown::HashMap<UserId, u32>> =
@@ -34,12 +35,14 @@ impl Hub {
                 count(PresenceScope::Tenant);
             }
             if p.rooms {
-                for m in c.memberships() {
+                for m in c.memberships().iter().filter(|m| m.is_announced()) {
                     count(PresenceScope::Room(m.room().clone()));
                 }
             }
         }
-        self.presence.check(&expected)
+        self.presence.check(&expected)?;
+        let (remote, published) = self.presence.cluster_counts();
+        self.remote.check(&remote, &published)
     }
 
     /// Checks that every index agrees with every other and that every gauge in

@@ -198,6 +198,7 @@ impl AuditKind {
         AuditKind::LimitHit(LimitKind::ControlRate),
         AuditKind::LimitHit(LimitKind::FrameSize),
         AuditKind::LimitHit(LimitKind::PresenceScopeSize),
+        AuditKind::LimitHit(LimitKind::PresenceRemoteEntries),
         AuditKind::Flood,
         AuditKind::OversizedFrame,
         AuditKind::MalformedFrame,
@@ -228,6 +229,7 @@ impl AuditKind {
                 LimitKind::ControlRate => "limit_control_rate",
                 LimitKind::FrameSize => "limit_frame_size",
                 LimitKind::PresenceScopeSize => "limit_presence_scope_size",
+                LimitKind::PresenceRemoteEntries => "limit_presence_remote_entries",
             },
             AuditKind::Flood => "flood",
             AuditKind::OversizedFrame => "oversized_frame",
@@ -267,6 +269,9 @@ pub enum LimitKind {
     /// [`PresenceConfig::max_members`](crate::PresenceConfig::max_members): a presence scope
     /// grew too large for diffs.
     PresenceScopeSize,
+    /// [`PresenceConfig::max_remote_entries`](crate::PresenceConfig::max_remote_entries):
+    /// cluster mode, other nodes' presence entries left out of a scope.
+    PresenceRemoteEntries,
 }
 
 impl LimitKind {
@@ -282,6 +287,7 @@ impl LimitKind {
         LimitKind::ControlRate,
         LimitKind::FrameSize,
         LimitKind::PresenceScopeSize,
+        LimitKind::PresenceRemoteEntries,
     ];
 
     /// A short snake_case name, for metric labels and logs (the field of
@@ -299,6 +305,7 @@ impl LimitKind {
             LimitKind::ControlRate => "control_rate",
             LimitKind::FrameSize => "frame_size",
             LimitKind::PresenceScopeSize => "presence_scope_size",
+            LimitKind::PresenceRemoteEntries => "presence_remote_entries",
         }
     }
 }

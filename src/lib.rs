@@ -327,8 +327,8 @@ mod view;
 
 pub use action::{Action, AuditEvent, Inbound, MetricEvent, Origin, RefreshRequest};
 pub use cluster::{
-    BusEntry, BusFailure, BusOp, BusReply, ClusterConfig, LeaseHolder, NodeId, OpId,
-    PublishOutcome, StreamKey, StreamScope,
+    BusEntry, BusFailure, BusOp, BusReply, ClusterConfig, LeaseHolder, NodeId, OpId, PresenceEntry,
+    PresenceHeld, PublishOutcome, StreamKey, StreamScope,
 };
 pub use config::{
     BreakerConfig, Config, ConfigError, Heartbeat, MAX_DURATION, Tier, TierQuota, TierQuotas,

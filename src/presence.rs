@@ -113,6 +113,11 @@ pub struct PresenceConfig {
     /// (a `presence` frame without members) and get no more diffs; they can still ask for the
     /// count. Below nine tenths of it again, everyone gets a full snapshot and diffs resume.
     pub max_members: u32,
+    /// Cluster mode: the other nodes' entries (a user held by a node) a node keeps per scope.
+    /// Past it further entries are left out (counted as the limit
+    /// [`LimitKind::PresenceRemoteEntries`](crate::LimitKind::PresenceRemoteEntries)): the
+    /// scope's count is then a lower bound.
+    pub max_remote_entries: u32,
 }
 
 impl Default for PresenceConfig {
@@ -123,6 +128,7 @@ impl Default for PresenceConfig {
             grace: Duration::from_secs(5),
             flush_interval: Duration::from_millis(250),
             max_members: 1_000,
+            max_remote_entries: 10_000,
         }
     }
 }
@@ -133,21 +139,32 @@ pub(crate) type ScopeKey = (TenantId, PresenceScope);
 /// One user in one scope.
 #[derive(Debug)]
 struct Member {
-    /// Its connections in the scope.
+    /// Its connections in the scope (on this node).
     conns: u32,
-    /// What the scope's members are shown beside its id (from its first connection's principal).
+    /// What the scope's members are shown beside its id (from its first connection's principal,
+    /// or the node that holds it).
     meta: Option<Arc<str>>,
     /// Armed while the user has no connection but is still present.
     grace: Option<TimerId>,
+    /// Cluster mode: how many other nodes hold the user in the scope.
+    remote: u32,
     /// Whether the last flush told the scope's members this user is present.
     announced: bool,
+    /// Cluster mode: whether the last flush told the bus this node holds the user.
+    published: bool,
     /// Listed in its scope's `changed` since the last flush.
     changed: bool,
 }
 
 impl Member {
-    fn present(&self) -> bool {
+    /// This node holds the user: a connection, or its grace.
+    fn held(&self) -> bool {
         self.conns > 0 || self.grace.is_some()
+    }
+
+    /// Some node holds it.
+    fn present(&self) -> bool {
+        self.held() || self.remote > 0
     }
 }
 
@@ -158,22 +175,29 @@ struct Scope {
     changed: Vec<UserId>,
     /// Users present.
     present: u32,
+    /// This node's connections in the scope.
+    local: u32,
     /// Above `max_members`: no diffs.
     large: bool,
 }
 
 /// One user as a snapshot shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PresentUser {
     /// The user.
     pub user: UserId,
-    /// Its connections in the scope (0 while in its grace).
+    /// Its connections in the scope on this node (0 while in its grace, or when only other
+    /// nodes hold it).
     pub conns: u32,
     /// Its metadata (JSON text), if its principal carried any.
     pub meta: Option<Arc<str>>,
+    /// Cluster mode: how many other nodes hold it in the scope (0 on a single node).
+    pub nodes: u32,
 }
 
-/// A scope's batch of changes since the last flush.
+/// A scope's batch of changes since the last flush: for its members (who is present), or for
+/// the bus (whom this node holds).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Diff {
     pub(crate) scope: ScopeKey,
@@ -202,17 +226,25 @@ pub(crate) struct Presence {
     flush_at: Option<Instant>,
     /// Scopes that crossed the size limit since the last flush.
     crossings: Vec<Crossing>,
+    /// Cluster mode: a flush also says what to tell the bus.
+    clustered: bool,
 }
 
 impl Presence {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(clustered: bool) -> Self {
         Self {
             scopes: HashMap::new(),
             timers: TimerQueue::new(),
             dirty: BTreeSet::new(),
             flush_at: None,
             crossings: Vec::new(),
+            clustered,
         }
+    }
+
+    /// This node's connections in a scope.
+    pub(crate) fn local_conns(&self, key: &ScopeKey) -> u32 {
+        self.scopes.get(key).map_or(0, |s| s.local)
     }
 
     /// Users present in all scopes (for the stats).
@@ -241,13 +273,11 @@ impl Presence {
             self.crossings.push(Crossing::TooLarge(key.clone()));
         } else if scope.large && u64::from(scope.present) * 10 < u64::from(cfg.max_members) * 9 {
             scope.large = false;
-            // Everyone gets a snapshot of the truth: it is what was announced from now on.
+            // Everyone gets a snapshot of the truth: it is what was announced from now on. (The
+            // change list stays: the next flush still tells the bus, and drops who is gone.)
             for m in scope.members.values_mut() {
                 m.announced = m.present();
-                m.changed = false;
             }
-            scope.changed.clear();
-            scope.members.retain(|_, m| m.present());
             self.crossings.push(Crossing::Resumed(key.clone()));
         }
     }
@@ -267,11 +297,15 @@ impl Presence {
             conns: 0,
             meta: meta.cloned(),
             grace: None,
+            remote: 0,
             announced: false,
+            published: false,
             changed: false,
         });
         let joined = !member.present();
+        let was_held = member.held();
         member.conns += 1;
+        scope.local += 1;
         if let Some(timer) = member.grace.take() {
             // Back within the grace: nobody saw it leave.
             self.timers.cancel(timer);
@@ -279,7 +313,12 @@ impl Presence {
         if joined {
             member.meta = meta.cloned();
             scope.present += 1;
+        }
+        if !was_held {
+            // A join here, or (held elsewhere too) news for the bus only.
             self.touch(now, key, user, cfg);
+        }
+        if joined {
             self.check_size(key, cfg);
         }
         joined
@@ -296,6 +335,7 @@ impl Presence {
         let Some(scope) = self.scopes.get_mut(key) else { return };
         let Some(member) = scope.members.get_mut(user) else { return };
         member.conns = member.conns.saturating_sub(1);
+        scope.local = scope.local.saturating_sub(1);
         if member.conns > 0 {
             return;
         }
@@ -310,9 +350,87 @@ impl Presence {
         let Some(scope) = self.scopes.get_mut(key) else { return };
         let Some(member) = scope.members.get_mut(user) else { return };
         member.grace = None;
-        scope.present -= 1;
+        let gone = !member.present();
+        if gone {
+            scope.present -= 1;
+        }
+        // Always news for the bus; a leave for the members if no other node holds it.
         self.touch(now, key, user, cfg);
-        self.check_size(key, cfg);
+        if gone {
+            self.check_size(key, cfg);
+        }
+    }
+
+    /// Cluster mode: `by` more (or fewer) other nodes hold `user` in the scope. A user nobody
+    /// held before joins (with `meta`); one nobody holds after leaves.
+    pub(crate) fn remote_shift(
+        &mut self,
+        now: Instant,
+        key: &ScopeKey,
+        user: &UserId,
+        by: i32,
+        meta: Option<&Arc<str>>,
+        cfg: &PresenceConfig,
+    ) {
+        if by == 0 {
+            return;
+        }
+        let scope = if by > 0 {
+            self.scopes.entry(key.clone()).or_default()
+        } else {
+            let Some(scope) = self.scopes.get_mut(key) else { return };
+            scope
+        };
+        let member = if by > 0 {
+            scope.members.entry(user.clone()).or_insert_with(|| Member {
+                conns: 0,
+                meta: None,
+                grace: None,
+                remote: 0,
+                announced: false,
+                published: false,
+                changed: false,
+            })
+        } else {
+            let Some(member) = scope.members.get_mut(user) else { return };
+            member
+        };
+        let was = member.present();
+        member.remote = member.remote.saturating_add_signed(by);
+        let is = member.present();
+        if is && !was {
+            member.meta = meta.cloned();
+            scope.present += 1;
+        } else if was && !is {
+            scope.present -= 1;
+        }
+        if is != was {
+            self.touch(now, key, user, cfg);
+            self.check_size(key, cfg);
+        }
+    }
+
+    /// Cluster mode: the scope's first snapshots go out now, each showing everyone present:
+    /// from now on that is what the scope's members were told.
+    pub(crate) fn settle(&mut self, key: &ScopeKey) {
+        if let Some(scope) = self.scopes.get_mut(key) {
+            for m in scope.members.values_mut() {
+                m.announced = m.present();
+            }
+        }
+    }
+
+    /// Cluster mode: the users this node told the bus it holds in the scope, sorted.
+    pub(crate) fn published(&self, key: &ScopeKey) -> Vec<(UserId, Option<Arc<str>>)> {
+        let Some(scope) = self.scopes.get(key) else { return Vec::new() };
+        let mut users: Vec<(UserId, Option<Arc<str>>)> = scope
+            .members
+            .iter()
+            .filter(|(_, m)| m.published)
+            .map(|(u, m)| (u.clone(), m.meta.clone()))
+            .collect();
+        users.sort_by(|a, b| a.0.cmp(&b.0));
+        users
     }
 
     /// The next deadline: a grace running out, or the next flush.
@@ -335,17 +453,20 @@ impl Presence {
         std::mem::take(&mut self.crossings)
     }
 
-    /// If the flush is due: every dirty scope's net changes since the last flush (scopes above
-    /// the limit send none), and what was announced is updated.
-    pub(crate) fn flush(&mut self, now: Instant) -> Vec<Diff> {
+    /// If the flush is due: every dirty scope's net changes since the last flush, for its
+    /// members (scopes above the limit send none) and, in cluster mode, for the bus (whom this
+    /// node holds); what was announced and published is updated.
+    pub(crate) fn flush(&mut self, now: Instant) -> (Vec<Diff>, Vec<Diff>) {
         if self.flush_at.is_none_or(|at| at > now) {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         self.flush_at = None;
         let mut diffs = Vec::new();
+        let mut bus = Vec::new();
         for key in std::mem::take(&mut self.dirty) {
             let Some(scope) = self.scopes.get_mut(&key) else { continue };
             let mut diff = Diff { scope: key.clone(), joins: Vec::new(), leaves: Vec::new() };
+            let mut told = Diff { scope: key.clone(), joins: Vec::new(), leaves: Vec::new() };
             for user in std::mem::take(&mut scope.changed) {
                 let Some(m) = scope.members.get_mut(&user) else { continue };
                 m.changed = false;
@@ -355,9 +476,22 @@ impl Presence {
                     _ => {}
                 }
                 m.announced = m.present();
+                if self.clustered {
+                    match (m.held(), m.published) {
+                        (true, false) => told.joins.push((user.clone(), m.meta.clone())),
+                        (false, true) => told.leaves.push(user.clone()),
+                        _ => {}
+                    }
+                    m.published = m.held();
+                }
                 if !m.present() {
                     scope.members.remove(&user);
                 }
+            }
+            if !told.joins.is_empty() || !told.leaves.is_empty() {
+                told.joins.sort_by(|a, b| a.0.cmp(&b.0));
+                told.leaves.sort();
+                bus.push(told);
             }
             if scope.members.is_empty() {
                 self.scopes.remove(&key);
@@ -370,7 +504,7 @@ impl Presence {
                 diffs.push(diff);
             }
         }
-        diffs
+        (diffs, bus)
     }
 
     /// Who is in a scope: the count of users present, and the users unless the scope is above
@@ -386,7 +520,12 @@ impl Presence {
             .members
             .iter()
             .filter(|(_, m)| if view { m.present() } else { m.announced })
-            .map(|(u, m)| PresentUser { user: u.clone(), conns: m.conns, meta: m.meta.clone() })
+            .map(|(u, m)| PresentUser {
+                user: u.clone(),
+                conns: m.conns,
+                meta: m.meta.clone(),
+                nodes: m.remote,
+            })
             .collect();
         users.sort_by(|a, b| a.user.cmp(&b.user));
         (scope.present, Some(users))
@@ -424,6 +563,10 @@ impl Presence {
                     scope.present
                 ));
             }
+            let local: u32 = scope.members.values().map(|m| m.conns).sum();
+            if local != scope.local {
+                return Err(format!("presence {key:?}: {} local conns, {local} held", scope.local));
+            }
             for (user, m) in &scope.members {
                 let held = expected.get(key).and_then(|u| u.get(user)).copied().unwrap_or(0);
                 if m.conns != held {
@@ -435,10 +578,14 @@ impl Presence {
                 if m.changed != scope.changed.contains(user) {
                     return Err(format!("presence {key:?}: {user}'s change flag disagrees"));
                 }
-                if !m.present() && !m.announced {
+                if !m.present() && !m.changed {
                     return Err(format!(
-                        "presence {key:?}: {user} is neither present nor announced"
+                        "presence {key:?}: {user} is neither present nor waiting for a flush"
                     ));
+                }
+                let told = if self.clustered { m.held() } else { false };
+                if m.published != told && !m.changed {
+                    return Err(format!("presence {key:?}: {user}'s published flag disagrees"));
                 }
                 timers += usize::from(m.grace.is_some());
             }
@@ -453,6 +600,28 @@ impl Presence {
             return Err("presence: dirty scopes but no flush due".into());
         }
         Ok(())
+    }
+
+    /// For the invariant checker, in cluster mode: per scope, how many other nodes hold each
+    /// user (as counted here), and whom this node told the bus it holds.
+    #[cfg(any(test, feature = "fuzzing", fuzzing))]
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn cluster_counts(
+        &self,
+    ) -> (HashMap<ScopeKey, HashMap<UserId, u32>>, HashMap<ScopeKey, Vec<UserId>>) {
+        let mut remote: HashMap<ScopeKey, HashMap<UserId, u32>> = HashMap::new();
+        let mut published: HashMap<ScopeKey, Vec<UserId>> = HashMap::new();
+        for (key, scope) in &self.scopes {
+            for (user, m) in &scope.members {
+                if m.remote > 0 {
+                    remote.entry(key.clone()).or_default().insert(user.clone(), m.remote);
+                }
+                if m.published {
+                    published.entry(key.clone()).or_default().push(user.clone());
+                }
+            }
+        }
+        (remote, published)
     }
 
     /// Whether the scope is above the limit.

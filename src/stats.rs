@@ -96,6 +96,20 @@ pub struct BusStats {
     pub in_flight: u64,
     /// Gauge: streams subscribed to.
     pub streams: u64,
+    /// Presence signals received from other nodes.
+    pub presence_signals: u64,
+    /// Presence signals whose digest disagreed with this node's view (a signal was lost): the
+    /// scope was read again.
+    pub presence_mismatches: u64,
+    /// Reads of a scope's presence on the bus.
+    pub presence_reads: u64,
+    /// Other nodes' presence sets dropped because they were not refreshed in time (the node
+    /// died, or lost the bus).
+    pub presence_expired: u64,
+    /// Writes of this node's presence sets that failed (each scope is written whole again).
+    pub presence_rewrites: u64,
+    /// Gauge: other nodes' presence entries this node keeps.
+    pub presence_remote_entries: u64,
 }
 
 /// Limit rejections, by limit.
@@ -122,6 +136,8 @@ pub struct LimitCounts {
     pub frame_size: u64,
     /// [`LimitKind::PresenceScopeSize`].
     pub presence_scope_size: u64,
+    /// [`LimitKind::PresenceRemoteEntries`].
+    pub presence_remote_entries: u64,
 }
 
 impl LimitCounts {
@@ -145,6 +161,7 @@ impl LimitCounts {
             + self.control_rate
             + self.frame_size
             + self.presence_scope_size
+            + self.presence_remote_entries
     }
 
     pub(crate) fn bump(&mut self, limit: LimitKind) {
@@ -163,6 +180,7 @@ impl LimitCounts {
             LimitKind::ControlRate => &mut self.control_rate,
             LimitKind::FrameSize => &mut self.frame_size,
             LimitKind::PresenceScopeSize => &mut self.presence_scope_size,
+            LimitKind::PresenceRemoteEntries => &mut self.presence_remote_entries,
         }
     }
 }

@@ -26,7 +26,9 @@
 //!   already), and then that stream's report must be `recovered: false`;
 //! - at the end, with every fault healed and a minute of quiet, every connected client stands at
 //!   the engine's top of each of its streams (nothing it may see is missing at the tail);
-//! - `Hub::check_invariants` holds on every running node after every step;
+//! - `Hub::check_invariants` holds on every running node after every step (presence is on for
+//!   tenants and rooms, so its bookkeeping — each node's view of the others' users and what it
+//!   told the bus — is checked under every fault too);
 //! - per-user connection quotas across nodes: no user ever holds more connected connections than
 //!   its tier allows (2 here, with three clients for some users), summed over every node; the
 //!   engine restarting empty opens the one window the documentation names (until every node has
@@ -498,7 +500,9 @@ impl World {
                     Err(e) => self.fail(format!("client {ci} on node {node}: {e}")),
                 }
             }
-            "pong" | "skipped" | "left" => {}
+            // Presence is on (its bookkeeping is in the invariants checked after every step);
+            // what clients are told of it is `cluster_presence.rs`'s to check.
+            "pong" | "skipped" | "left" | "presence" | "presence_diff" => {}
             "joined" => {
                 let c = &mut self.clients[ci].client;
                 let event = EventFrame::decode(&v).expect("joined names its stream");
@@ -779,6 +783,7 @@ fn run(seed: u64, minutes: u64) -> SimStats {
         },
         room_retention: Duration::from_secs(45),
         max_buffered_bytes: 64 << 20,
+        presence: Some(switchboard::PresenceConfig::default()),
         ..Config::default()
     };
     let mut c =

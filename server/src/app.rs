@@ -64,8 +64,7 @@ pub fn default_hub_config() -> Config {
         room_retention: defaults.user_retention,
         seed: auth::random_u64(),
         // Who is online in each room (the page shows the lobby's); a tenant's presence is one
-        // setting away (`tenant: true`). Single node only for now: `start` turns it off in
-        // cluster mode.
+        // setting away (`tenant: true`). Cluster-wide in cluster mode.
         presence: Some(rooms_presence()),
         ..defaults
     }
@@ -172,11 +171,6 @@ pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running,
                 .cluster
                 .get_or_insert_with(|| ClusterConfig::new(redis_cfg.node.clone()));
             redis_cfg.node = cluster.node.clone();
-            if hub_config.presence.take().is_some() {
-                eprintln!(
-                    "switchboard: presence is off in cluster mode (a single node only, for now)"
-                );
-            }
             let hub = Hub::new(hub_config).map_err(StartError::Config)?;
             let link = redis::start(redis_cfg).map_err(StartError::Redis)?;
             driver::spawn_clustered(hub, driver_config, link)

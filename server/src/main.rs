@@ -104,6 +104,11 @@ struct Cli {
     /// count it dead and release its leases.
     #[arg(long, env = "SWITCHBOARD_NODE_TIMEOUT_SECS", default_value_t = 5)]
     node_timeout_secs: u64,
+    /// Cluster mode: seconds this node's presence entries live in Redis without a refresh
+    /// (refreshed every third of it). The users of a node that dies leave the other nodes'
+    /// presence within this long (plus a quarter second).
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL_SECS", default_value_t = 15)]
+    presence_ttl_secs: u64,
     /// File descriptors kept from WebSockets for plain HTTP (/healthz, /publish, /metrics) and
     /// the process itself. Default: an eighth of RLIMIT_NOFILE, between 32 and 1,024.
     #[arg(long, env = "SWITCHBOARD_FD_RESERVE")]
@@ -184,6 +189,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let node = NodeId::new(cli.node_id.clone().unwrap_or_else(default_node_id));
         let mut cluster = ClusterConfig::new(node.clone());
         cluster.lease_ttl = Duration::from_secs(cli.lease_ttl_secs.max(1));
+        cluster.presence_ttl = Duration::from_secs(cli.presence_ttl_secs.max(1));
         settings.hub.cluster = Some(cluster);
         let mut redis = RedisConfig::new(url.clone(), node);
         redis.prefix = cli.redis_prefix.clone();
@@ -197,6 +203,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         settings.demo_token_ttl = Some(Duration::from_secs(cli.demo_token_hours * 3600));
     }
     let settings_echo = settings.redis.as_ref().map(|r| (r.node.to_string(), r.prefix.clone()));
+    let presence_ttl = cli.presence_ttl_secs.max(1);
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     let running = app::start(listener, settings).await?;
     let base = format!("http://{}", running.addr);
@@ -205,7 +212,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{limits}");
     if let (Some(redis), Some(url)) = (&settings_echo, &cli.redis) {
         println!(
-            "cluster mode: node {:?} over Redis {} (prefix {:?})",
+            "cluster mode: node {:?} over Redis {} (prefix {:?}); presence is cluster-wide, a \
+             dead node's users leave within {presence_ttl} s",
             redis.0,
             redact_url(url),
             redis.1

@@ -62,7 +62,7 @@ fn bus_families(
 ) -> prometheus::Result<()> {
     let h = &s.bus;
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let counters: [(&str, &str, u64); 18] = [
+    let counters: [(&str, &str, u64); 23] = [
         ("bus_ops", "Bus operations the hub issued", h.ops),
         ("bus_op_failures", "Bus operations that failed (as the hub saw them)", h.op_failures),
         ("bus_op_timeouts", "Bus operations without a reply within op_timeout", h.op_timeouts),
@@ -113,12 +113,34 @@ fn bus_families(
             "Nodes found dead (their leases released)",
             load(&bus.dead_nodes_cleaned),
         ),
+        ("presence_signals", "Presence signals received from other nodes", h.presence_signals),
+        (
+            "presence_mismatches",
+            "Presence signals whose digest disagreed with this node's view (the scope was read again)",
+            h.presence_mismatches,
+        ),
+        ("presence_reads", "Reads of a scope's presence on the bus", h.presence_reads),
+        (
+            "presence_expired",
+            "Other nodes' presence sets dropped because they were not refreshed in time",
+            h.presence_expired,
+        ),
+        (
+            "presence_rewrites",
+            "This node's presence sets written again whole (a write failed, or the bus lost them)",
+            h.presence_rewrites,
+        ),
     ];
     for (name, help, value) in counters {
         b.counter(name, help, value)?;
     }
     b.gauge("bus_ops_in_flight", "Bus operations waiting for their reply", h.in_flight)?;
     b.gauge("bus_streams", "Streams this node is subscribed to", h.streams)?;
+    b.gauge(
+        "presence_remote_entries",
+        "Other nodes' presence entries this node keeps",
+        h.presence_remote_entries,
+    )?;
     b.gauge("bus_up", "1 while the bus link is up", u64::from(bus.is_up()))?;
     b.add(bus.latency.clone())?;
     b.add(bus.errors.clone())?;

@@ -1,8 +1,9 @@
 //! Cluster mode as it runs: real `switchboard` processes over a real `redis-server`, real
 //! WebSocket clients over loopback, and what production does to them — a node SIGKILLed
 //! mid-stream, Redis restarted empty, Redis gone for ten seconds, a dead node's leases, a reader
-//! that stops reading (the six scenarios of issue 12), a Redis that stops answering, and history
-//! read from the log and a kick across nodes (issue 14). Each
+//! that stops reading (the six scenarios of issue 12), a Redis that stops answering, history
+//! read from the log and a kick across nodes (issue 14), and a dead node's users leaving the
+//! lobby's presence on the others (issue 13). Each
 //! test starts its own Redis and nodes (`procs`), so the tests may run concurrently. Nothing is
 //! mocked.
 //!
@@ -14,6 +15,7 @@
 //! subscriber connection, so messages of different streams published one after the other arrive
 //! in that order (the fences of scenario 1); and a stream created anew starts at seq 1.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -698,4 +700,136 @@ async fn history_comes_from_the_log_on_a_node_that_did_not_see_it_and_a_kick_rea
         let (code, reason, _) = close_of(client).await;
         assert_eq!((code, reason.as_str()), (4005, "kicked"), "{who}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Presence across nodes, and a killed node's users (issue 13)
+
+/// A connection's picture of the lobby, from the `presence` and `presence_diff` frames it read,
+/// with every join and leave it was told.
+#[derive(Default)]
+struct Lobby {
+    members: BTreeSet<String>,
+    joins: Vec<String>,
+    leaves: Vec<(Instant, String)>,
+}
+
+impl Lobby {
+    /// Applies one frame (others are ignored).
+    fn read(&mut self, f: &Value) {
+        if f["scope"] != "r:lobby" {
+            return;
+        }
+        let name = |v: &Value| v.as_str().expect("a user id").to_owned();
+        match f["type"].as_str() {
+            Some("presence") => {
+                let members = f["members"].as_array().expect("a member list under the limit");
+                self.members = members.iter().map(|m| name(&m["user"])).collect();
+            }
+            Some("presence_diff") => {
+                for user in f["leaves"].as_array().expect("leaves").iter().map(name) {
+                    assert!(self.members.remove(&user), "{user} left but was not there: {f}");
+                    self.leaves.push((Instant::now(), user));
+                }
+                for user in f["joins"].as_array().expect("joins").iter().map(|j| name(&j["user"])) {
+                    assert!(self.members.insert(user.clone()), "{user} joined twice: {f}");
+                    self.joins.push(user);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads until the picture is `want`; returns when it became so.
+    async fn until(&mut self, c: &mut Client, want: &[&str], who: &str) -> Instant {
+        let want: BTreeSet<String> = want.iter().map(|u| (*u).to_owned()).collect();
+        let deadline = Instant::now() + DEADLINE;
+        while self.members != want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let f = tokio::time::timeout(left, procs::recv_any(c))
+                .await
+                .unwrap_or_else(|_| panic!("{who} still shows {:?}, not {want:?}", self.members));
+            self.read(&f);
+        }
+        Instant::now()
+    }
+}
+
+/// Connects `user` to `node` in the lobby and reads up to its first lobby snapshot.
+async fn in_lobby(node: &Node, user: &str) -> (Client, Lobby) {
+    let mut c = node.ws(&token("acme", user, "free", &["lobby"]), None).await.expect("connects");
+    let mut lobby = Lobby::default();
+    loop {
+        let f = procs::recv_any(&mut c).await;
+        lobby.read(&f);
+        if f["type"] == "presence" && f["scope"] == "r:lobby" {
+            return (c, lobby);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_users_leave_the_lobby_of_the_others_in_time_and_nobody_else_does() {
+    /// `--presence-ttl-secs`: the bound on a dead node's users, with the flush (250 ms) and some
+    /// slack for a loaded machine.
+    const TTL: u64 = 3;
+    const SLACK: Duration = Duration::from_millis(250 + 1_500);
+    let redis = Redis::start();
+    let opts = NodeOpts { presence_ttl_secs: Some(TTL), ..NodeOpts::default() };
+    let mut n = nodes(3, &redis, &opts);
+    let (mut alice, mut alice_sees) = in_lobby(&n[0], "alice").await;
+    let (bob, _) = in_lobby(&n[0], "bob").await;
+    let (mut carol, mut carol_sees) = in_lobby(&n[1], "carol").await;
+    // Once B has heard of A's users (they are on the bus), dave's first snapshot, on the third
+    // node, names the users the other two hold.
+    carol_sees.until(&mut carol, &["alice", "bob", "carol"], "carol").await;
+    let (mut dave, mut dave_sees) = in_lobby(&n[2], "dave").await;
+    for user in ["alice", "bob", "carol"] {
+        assert!(dave_sees.members.contains(user), "dave's snapshot: {:?}", dave_sees.members);
+    }
+    let everyone = ["alice", "bob", "carol", "dave"];
+    carol_sees.until(&mut carol, &everyone, "carol").await;
+    dave_sees.until(&mut dave, &everyone, "dave").await;
+    // A's users see the whole lobby too.
+    alice_sees.until(&mut alice, &everyone, "alice").await;
+    drop(bob);
+
+    // A dies without a word. Its users leave the lobby of B's and C's connections within the
+    // ttl, measured on each concurrently; carol and dave never leave anyone's picture.
+    n[0].kill();
+    let killed = Instant::now();
+    let watch = |mut c: Client, mut seen: Lobby, who: &'static str| {
+        tokio::spawn(async move {
+            let at = seen.until(&mut c, &["carol", "dave"], who).await;
+            (c, seen, at)
+        })
+    };
+    let on_b = watch(carol, carol_sees, "carol");
+    let on_c = watch(dave, dave_sees, "dave");
+    for task in [on_b, on_c] {
+        let (mut c, seen, at) = task.await.expect("the watcher");
+        let took = at - killed;
+        eprintln!("A's users left the lobby of a surviving node {took:?} after the kill");
+        assert!(took <= Duration::from_secs(TTL) + SLACK, "{took:?} after the kill");
+        // Not some other path: the set expired (no sooner than two thirds of the ttl, the age of
+        // A's last refresh at worst, less the slack of a loaded machine).
+        assert!(took >= Duration::from_secs(TTL) * 2 / 3 - Duration::from_millis(500), "{took:?}");
+        let left: BTreeSet<&str> = seen.leaves.iter().map(|(_, u)| u.as_str()).collect();
+        assert_eq!(left, BTreeSet::from(["alice", "bob"]), "only A's users left");
+        // Quiet afterwards: nobody on a surviving node flickers.
+        c.send(json!({"type": "ping"})).await;
+        let mut after = seen;
+        loop {
+            let f = procs::recv_any(&mut c).await;
+            if f["type"] == "pong" {
+                break;
+            }
+            after.read(&f);
+        }
+        assert_eq!(after.leaves.len(), 2, "{:?}", after.leaves);
+        assert_eq!(after.members, BTreeSet::from(["carol".to_owned(), "dave".to_owned()]));
+    }
+    let metrics = n[1].metrics().await;
+    assert!(metric(&metrics, "switchboard_presence_expired_total") >= 1.0, "B dropped A's set");
+    drop(alice);
 }

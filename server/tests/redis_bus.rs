@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use switchboard::{
-    BusEntry, BusFailure, BusOp, BusReply, LeaseHolder, NodeId, OpId, StreamKey, StreamPos,
+    BusEntry, BusFailure, BusOp, BusReply, LeaseHolder, NodeId, OpId, StreamKey, StreamPos, UserId,
 };
 use switchboard_server::bus::redis::{self, RedisConfig};
 use switchboard_server::bus::{BusEvent, BusLink};
@@ -435,4 +435,177 @@ async fn a_redis_out_of_memory_fails_appends_as_retryable() {
     assert_eq!(full, Err(BusFailure::Retryable), "a full Redis may take it later");
     let _: () = set("0").query_async(&mut admin).await.unwrap();
     assert_eq!(appended(bus.append(&alice, "two", None).await).seq, 2, "nothing half-done");
+}
+
+/// One node's presence write in the lobby.
+async fn presence_update(
+    bus: &mut Link,
+    node: &str,
+    replace: bool,
+    joins: &[(&str, Option<&str>)],
+    leaves: &[&str],
+    ttl: Duration,
+) -> Result<BusReply, BusFailure> {
+    let scope = StreamKey::room("acme", "lobby");
+    bus.call(|op| BusOp::PresenceUpdate {
+        op,
+        scope,
+        node: NodeId::new(node),
+        replace,
+        joins: joins.iter().map(|(u, m)| (UserId::from(*u), m.map(Into::into))).collect(),
+        leaves: leaves.iter().map(|u| UserId::from(*u)).collect(),
+        ttl,
+        signal: format!("{node} wrote").into(),
+    })
+    .await
+}
+
+/// The lobby's sets as `(node, users)`, sorted, and whether the read was cut short.
+async fn presence_read(bus: &mut Link, limit: u32) -> (Vec<(String, Vec<String>)>, bool) {
+    let scope = StreamKey::room("acme", "lobby");
+    match bus.call(|op| BusOp::PresenceRead { op, scope, limit }).await {
+        Ok(BusReply::Presence { held, truncated }) => {
+            let mut sets: Vec<(String, Vec<String>)> = held
+                .into_iter()
+                .map(|h| {
+                    assert!(h.ttl > Duration::ZERO && h.ttl <= TTL, "{:?}", h.ttl);
+                    let mut users: Vec<String> = h.users.iter().map(|u| u.0.to_string()).collect();
+                    users.sort();
+                    (h.node.to_string(), users)
+                })
+                .collect();
+            sets.sort();
+            (sets, truncated)
+        }
+        other => panic!("presence read: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn presence_sets_are_written_read_refreshed_and_signalled_per_node() {
+    let redis = Redis::start();
+    let cfg = config(&redis, "n1");
+    let mut other = config(&redis, "n2");
+    other.prefix = cfg.prefix.clone();
+    let prefix = cfg.prefix.clone();
+    let (mut a, mut b) = (Link::start(cfg), Link::start(other));
+    let lobby = StreamKey::room("acme", "lobby");
+    b.subscribe(&lobby).await;
+    let meta = r#"{"name":"Alice"}"#;
+    let written = Ok(BusReply::PresenceWritten);
+    assert_eq!(
+        presence_update(&mut a, "n1", true, &[("alice", Some(meta)), ("bob", None)], &[], TTL)
+            .await,
+        written
+    );
+    assert_eq!(presence_update(&mut b, "n2", true, &[("carol", None)], &[], TTL).await, written);
+    // Each write's signal reaches the scope's subscribers, unlogged, as published.
+    match b.live().await {
+        BusEvent::Signal { stream, payload } => {
+            assert_eq!((stream, &*payload), (lobby.clone(), "n1 wrote"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let sets = |v: &[(&str, &[&str])]| -> Vec<(String, Vec<String>)> {
+        v.iter()
+            .map(|(n, us)| ((*n).to_owned(), us.iter().map(|u| (*u).to_owned()).collect()))
+            .collect()
+    };
+    assert_eq!(
+        presence_read(&mut b, 100).await,
+        (sets(&[("n1", &["alice", "bob"]), ("n2", &["carol"])]), false)
+    );
+    // Metadata comes back byte for byte; none reads as none.
+    let scope = lobby.clone();
+    let Ok(BusReply::Presence { held, .. }) =
+        a.call(|op| BusOp::PresenceRead { op, scope, limit: 100 }).await
+    else {
+        panic!("a read")
+    };
+    let n1 = held.iter().find(|h| h.node.as_str() == "n1").expect("n1's set");
+    assert!(n1.users.contains(&(UserId::from("alice"), Some(meta.into()))));
+    assert!(n1.users.contains(&(UserId::from("bob"), None)));
+    // Incremental writes; a replace drops what was there; the limit cuts a read short.
+    presence_update(&mut a, "n1", false, &[("dave", None)], &["bob"], TTL).await.unwrap();
+    assert_eq!(
+        presence_read(&mut b, 100).await.0,
+        sets(&[("n1", &["alice", "dave"]), ("n2", &["carol"])])
+    );
+    presence_update(&mut a, "n1", true, &[("erin", None)], &[], TTL).await.unwrap();
+    assert_eq!(presence_read(&mut b, 100).await.0, sets(&[("n1", &["erin"]), ("n2", &["carol"])]));
+    assert!(presence_read(&mut b, 1).await.1, "two users, one asked for");
+    // The last user leaving removes the node's set and its index entry.
+    presence_update(&mut b, "n2", false, &[], &["carol"], TTL).await.unwrap();
+    assert_eq!(presence_read(&mut a, 100).await.0, sets(&[("n1", &["erin"])]));
+
+    // A refresh extends the sets that exist (publishing their signals) and names the others.
+    let tenant = StreamKey::tenant("acme");
+    let scopes =
+        vec![(lobby.clone(), "n1 refreshed".into()), (tenant.clone(), "n1 nothing".into())];
+    let node = NodeId::new("n1");
+    let refreshed = a.call(|op| BusOp::PresenceRefresh { op, node, ttl: TTL, scopes }).await;
+    assert_eq!(refreshed, Ok(BusReply::PresenceRefreshed { missing: vec![tenant] }));
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("n1 refreshed") {
+        if let BusEvent::Signal { payload, .. } = b.live().await {
+            seen.push(payload.to_string());
+        }
+    }
+    assert!(!seen.contains(&"n1 nothing".to_owned()));
+
+    // A set expires as a whole when it is not refreshed; the read cleans the index.
+    presence_update(&mut b, "n2", true, &[("fay", None)], &[], Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(presence_read(&mut a, 100).await.0.len(), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(presence_read(&mut a, 100).await.0, sets(&[("n1", &["erin"])]));
+    let mut admin = admin(&redis).await;
+    let index = format!("{prefix}:{{r4:acme5:lobby}}:pn");
+    let listed: Vec<String> =
+        ::redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1).query_async(&mut admin).await.unwrap();
+    assert_eq!(listed, ["n1"]);
+
+    // A refresh costs one script call per scope, whatever the scope holds: 10 scopes, 10 calls.
+    let rooms: Vec<StreamKey> = (0..10).map(|i| StreamKey::room("acme", format!("r{i}"))).collect();
+    for room in &rooms {
+        let (scope, node) = (room.clone(), NodeId::new("n1"));
+        let joins = (0..50).map(|u| (UserId::from(format!("u{u}")), None)).collect();
+        let signal = "s".into();
+        let write = |op| BusOp::PresenceUpdate {
+            op,
+            scope,
+            node,
+            replace: true,
+            joins,
+            leaves: Vec::new(),
+            ttl: TTL,
+            signal,
+        };
+        assert_eq!(a.call(write).await, Ok(BusReply::PresenceWritten));
+    }
+    let before = evalsha_calls(&mut admin).await;
+    let scopes = rooms.iter().map(|r| (r.clone(), "s".into())).collect();
+    let node = NodeId::new("n1");
+    let refreshed = a.call(|op| BusOp::PresenceRefresh { op, node, ttl: TTL, scopes }).await;
+    assert_eq!(refreshed, Ok(BusReply::PresenceRefreshed { missing: Vec::new() }));
+    assert_eq!(evalsha_calls(&mut admin).await - before, 10);
+
+    // Redis restarted empty (and forgot its scripts): the refresh finds the set gone.
+    let _: () = ::redis::cmd("FLUSHALL").query_async(&mut admin).await.unwrap();
+    let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
+    let scopes = vec![(lobby.clone(), "again".into())];
+    let node = NodeId::new("n1");
+    let refreshed = a.call(|op| BusOp::PresenceRefresh { op, node, ttl: TTL, scopes }).await;
+    assert_eq!(refreshed, Ok(BusReply::PresenceRefreshed { missing: vec![lobby.clone()] }));
+    assert_eq!(presence_read(&mut a, 100).await, (Vec::new(), false));
+}
+
+/// `EVALSHA` calls Redis has served (`INFO commandstats`).
+async fn evalsha_calls(admin: &mut ::redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = ::redis::cmd("INFO").arg("commandstats").query_async(admin).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -20,11 +20,19 @@
 //!   failover lost the tail of a log, so that positions handed out before cannot be confused with
 //!   the ones handed out again).
 //!
+//! - **presence** (DESIGN §12): per scope (a tenant's or a room's stream key) and per node, a set
+//!   of users with their metadata that expires as a whole `ttl` after its last write unless it is
+//!   written again; an update writes a node's set and publishes a signal on the scope's channel in
+//!   one atomic step, a refresh extends many of a node's sets (and publishes their signals) in one
+//!   batch, and a read returns every node's unexpired set of a scope with the time it has left.
+//!
 //! Payloads are opaque text to the driver: it stores and forwards them byte for byte.
 
 mod node;
 mod payload;
+pub(crate) mod presence;
 mod seq;
+mod signal;
 
 pub(crate) use node::{Node, Pending, Tracked};
 pub(crate) use payload::{Decoded, Visibility, encode};
@@ -35,6 +43,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ids::{RoomId, StreamName, StreamPos, TenantId, UserId};
+
+/// A user and its presence metadata (JSON object text), as presence operations carry them.
+pub type PresenceEntry = (UserId, Option<Arc<str>>);
 
 /// The name of one node of a cluster, unique among the nodes sharing a bus (for example a host
 /// name plus a process id, or a random id chosen at start).
@@ -103,6 +114,11 @@ pub struct ClusterConfig {
     /// lives without a renewal. The node renews its leases every third of it, in batches; the
     /// leases of a node that died expire after at most this long.
     pub lease_ttl: Duration,
+    /// Presence (with [`Config::presence`](crate::Config::presence)): how long this node's
+    /// entries on the bus live without a refresh. The node refreshes them every third of it, in
+    /// one batch; the users of a node that died (or lost the bus) leave the other nodes'
+    /// presence at most this long after its last refresh, plus one `flush_interval`.
+    pub presence_ttl: Duration,
 }
 
 impl ClusterConfig {
@@ -117,6 +133,7 @@ impl ClusterConfig {
             top_check_interval: Some(Duration::from_secs(30)),
             resume_wait: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(30),
+            presence_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -334,6 +351,53 @@ pub enum BusOp {
         /// The signal, opaque to the driver.
         payload: Arc<str>,
     },
+    /// Presence: write `node`'s set in the scope, atomically with publishing `signal` on the
+    /// scope's channel (as [`BusOp::Signal`] does): with `replace`, the set becomes exactly
+    /// `joins`; otherwise `leaves` are removed and `joins` added (or their metadata replaced).
+    /// A set left non-empty lives `ttl` from now; an empty one is gone. Reply
+    /// [`BusReply::PresenceWritten`].
+    PresenceUpdate {
+        /// The operation.
+        op: OpId,
+        /// The scope: a tenant's or a room's stream key.
+        scope: StreamKey,
+        /// The node whose set it is.
+        node: NodeId,
+        /// Whether the set is replaced (the node's first write to the scope, or a rewrite).
+        replace: bool,
+        /// Users added, with their metadata.
+        joins: Vec<PresenceEntry>,
+        /// Users removed.
+        leaves: Vec<UserId>,
+        /// The set's lifetime from now.
+        ttl: Duration,
+        /// Published on the scope's channel after the write, opaque to the driver.
+        signal: Arc<str>,
+    },
+    /// Presence: for each scope, if `node`'s set there exists, let it live `ttl` from now and
+    /// publish the scope's signal; if it does not (it expired, or the engine restarted empty),
+    /// publish nothing and name the scope in the reply, [`BusReply::PresenceRefreshed`]. One
+    /// batch per refresh period.
+    PresenceRefresh {
+        /// The operation.
+        op: OpId,
+        /// The node whose sets they are.
+        node: NodeId,
+        /// Their lifetime from now.
+        ttl: Duration,
+        /// The scopes, each with its signal.
+        scopes: Vec<(StreamKey, Arc<str>)>,
+    },
+    /// Presence: every node's unexpired set in the scope, with the time each has left, at most
+    /// `limit` users in all; reply [`BusReply::Presence`].
+    PresenceRead {
+        /// The operation.
+        op: OpId,
+        /// The scope.
+        scope: StreamKey,
+        /// The most users to return.
+        limit: u32,
+    },
 }
 
 impl BusOp {
@@ -347,7 +411,10 @@ impl BusOp {
             | BusOp::Tops { op, .. }
             | BusOp::Rotate { op, .. }
             | BusOp::Lease { op, .. }
-            | BusOp::Renew { op, .. } => Some(*op),
+            | BusOp::Renew { op, .. }
+            | BusOp::PresenceUpdate { op, .. }
+            | BusOp::PresenceRefresh { op, .. }
+            | BusOp::PresenceRead { op, .. } => Some(*op),
             BusOp::Unsubscribe { .. } | BusOp::Release { .. } | BusOp::Signal { .. } => None,
         }
     }
@@ -409,6 +476,32 @@ pub enum BusReply {
         /// The holders whose leases could not be added back.
         refused: Vec<LeaseHolder>,
     },
+    /// A [`BusOp::PresenceUpdate`] was written and its signal published.
+    PresenceWritten,
+    /// A [`BusOp::PresenceRefresh`] was done, except for these scopes, where the node's set was
+    /// gone (nothing was published for them).
+    PresenceRefreshed {
+        /// The scopes whose set must be written again.
+        missing: Vec<StreamKey>,
+    },
+    /// A [`BusOp::PresenceRead`]: each node's set in the scope.
+    Presence {
+        /// The nodes' sets.
+        held: Vec<PresenceHeld>,
+        /// Whether users were left out to stay within the read's `limit`.
+        truncated: bool,
+    },
+}
+
+/// One node's presence set in a scope, as a [`BusOp::PresenceRead`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceHeld {
+    /// The node.
+    pub node: NodeId,
+    /// How long the set has left to live without a refresh.
+    pub ttl: Duration,
+    /// Its users, with their metadata.
+    pub users: Vec<PresenceEntry>,
 }
 
 /// Why a bus operation failed.

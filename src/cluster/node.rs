@@ -32,6 +32,12 @@ pub(crate) enum Pending {
     Lease { conn: ConnId, user: StreamKey },
     /// The periodic renewal of the node's leases.
     Renew,
+    /// A write of this node's presence set in a scope.
+    PresenceUpdate { scope: StreamKey },
+    /// The periodic refresh of this node's presence sets.
+    PresenceRefresh,
+    /// A read of a scope's presence sets.
+    PresenceRead { scope: StreamKey },
 }
 
 /// One stream the node is subscribed to (or subscribing to).

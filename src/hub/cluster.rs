@@ -145,6 +145,7 @@ impl Hub {
             self.renew_leases(now);
         }
         self.resume_bus_back(now);
+        self.presence_bus_up(now);
     }
 
     /// Cluster mode's timers: operation deadlines (a timed-out operation fails as retryable)
@@ -326,6 +327,9 @@ impl Hub {
             Pending::Lease { conn, user } => self.leased(now, conn, user, reply),
             // A failed renewal is tried again at the next period (a lease outlives two misses).
             Pending::Renew => self.renewed(now, reply),
+            what @ (Pending::PresenceUpdate { .. }
+            | Pending::PresenceRefresh
+            | Pending::PresenceRead { .. }) => self.presence_settled(now, op, what, reply),
         }
     }
 

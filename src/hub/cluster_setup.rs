@@ -106,6 +106,9 @@ impl Hub {
         if self.conns.get_mut(idx).announce(room, pos.seq) {
             let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);
             self.control_or_close(now, idx, &frame);
+            if self.conns.contains(idx) {
+                self.presence_joined(now, idx, room.clone());
+            }
         }
         // A resume that waited for the connection's rooms goes on once the last is set up.
         let id = self.conns.id_of(idx);
@@ -285,13 +288,18 @@ impl Hub {
         self.close_conn(now, idx, ClosedBy::Hub(CloseReason::Replaced));
     }
 
-    /// Cluster mode: an unsequenced signal arrived on a stream's channel ("close the user's
-    /// connection X on node N", sent when the cluster-wide quota evicted it; "kick the user",
-    /// sent by [`Hub::kick_user`](crate::Hub::kick_user)). Checked
-    /// against the stream it came on; anything else is ignored and counted.
+    /// Cluster mode: an unsequenced signal arrived on a stream's channel: "close the user's
+    /// connection X on node N" (sent when the cluster-wide quota evicted it), "kick the user"
+    /// (sent by [`Hub::kick_user`](crate::Hub::kick_user)), or a node's presence changes in the
+    /// scope the channel belongs to. Checked against the stream it came on; anything else is
+    /// ignored and counted.
     pub fn bus_signal(&mut self, now: Instant, stream: &StreamKey, payload: &str) {
         let now = self.clock(now);
         if self.node.is_none() || self.kick_signal(now, stream, payload) {
+            return;
+        }
+        if crate::cluster::presence::Signal::is_presence(payload) {
+            self.presence_signal(now, stream, payload);
             return;
         }
         let Some(node) = self.node.as_deref_mut() else { return };

@@ -10,6 +10,7 @@ mod cluster_resume;
 mod cluster_setup;
 mod history;
 pub(crate) mod presence;
+mod presence_cluster;
 mod publish;
 mod receive;
 mod resume;
@@ -178,6 +179,8 @@ pub struct Hub {
     pub(crate) early_resumes: hashbrown::HashMap<ConnId, Vec<(String, crate::ids::StreamPos)>>,
     /// Who is present in each tenant and room (with `Config::presence`).
     pub(crate) presence: crate::presence::Presence,
+    /// Cluster mode's presence: the other nodes' users, this node's sets on the bus.
+    pub(crate) remote: crate::cluster::presence::ClusterPresence,
     /// A single node's idempotency keys.
     pub(crate) idempotency: crate::idempotency::IdempotencyKeys,
 }
@@ -198,7 +201,10 @@ impl Hub {
             replay_extra: Vec::new(),
             render_buf: String::new(),
             early_resumes: hashbrown::HashMap::new(),
-            presence: crate::presence::Presence::new(),
+            presence: crate::presence::Presence::new(cfg.cluster.is_some()),
+            remote: crate::cluster::presence::ClusterPresence::new(
+                cfg.cluster.as_ref().map_or(Duration::from_secs(15), |c| c.presence_ttl),
+            ),
             idempotency: crate::idempotency::IdempotencyKeys::default(),
             redactor: Redactor::new(&cfg.redact_keys),
             epochs: Epochs::new(cfg.seed),
@@ -780,7 +786,7 @@ impl Hub {
             self.tenants.poll_timeout().map(|at| (at, WakeReason::RoomRetention)),
             self.node.as_deref().and_then(|n| n.poll_timeout()).map(|at| (at, WakeReason::Bus)),
             self.resume_timeout().map(|at| (at, WakeReason::Bus)),
-            self.presence.poll_timeout().map(|at| (at, WakeReason::Presence)),
+            self.presence_timeout().map(|at| (at, WakeReason::Presence)),
         ]
         .into_iter()
         .flatten()
@@ -806,6 +812,7 @@ impl Hub {
             stats.bus = node.counters;
             stats.bus.in_flight = node.in_flight() as u64;
             stats.bus.streams = node.streams.len() as u64;
+            stats.bus.presence_remote_entries = self.remote.entries();
         }
         stats
     }

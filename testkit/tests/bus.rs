@@ -718,3 +718,96 @@ fn leases_are_granted_up_to_the_limit_evict_the_oldest_or_refuse_and_expire() {
     assert_eq!(bus.leases(&user, later), 0);
     assert_eq!(lease(&mut bus, later, holder("c", 1), false), granted);
 }
+
+#[test]
+fn presence_sets_are_written_refreshed_read_and_expire_per_node() {
+    use switchboard::{NodeId, PresenceHeld, UserId};
+    let mut d = Drive::new(4);
+    let lobby = StreamKey::room("acme", "lobby");
+    let ttl = secs(6);
+    d.subscribe(secs(0), 1, &lobby);
+    d.drain(secs(0), 1);
+    let entry = |u: &str| (UserId::from(u), Some(Arc::<str>::from(r#"{"n":1}"#)));
+    let update =
+        |d: &mut Drive, t: u64, node: &str, replace: bool, joins: &[&str], leaves: &[&str]| {
+            let op = d.op();
+            let signal: Arc<str> = Arc::from(format!("sig {node} {t}"));
+            let update = BusOp::PresenceUpdate {
+                op,
+                scope: lobby.clone(),
+                node: NodeId::from(node),
+                replace,
+                joins: joins.iter().map(|u| entry(u)).collect(),
+                leaves: leaves.iter().map(|u| UserId::from(*u)).collect(),
+                ttl,
+                signal,
+            };
+            d.bus.submit(d.at(secs(t)), 0, update);
+            d.reply(secs(t), 0, op)
+        };
+    assert_eq!(update(&mut d, 0, "a", true, &["alice", "bob"], &[]), Ok(BusReply::PresenceWritten));
+    assert_eq!(update(&mut d, 1, "b", true, &["carol"], &[]), Ok(BusReply::PresenceWritten));
+    assert_eq!(update(&mut d, 2, "a", false, &["dave"], &["bob"]), Ok(BusReply::PresenceWritten));
+    // Every write's signal went to the scope's subscribers, after the write.
+    let signals: Vec<String> = d
+        .drain(secs(2), 1)
+        .into_iter()
+        .filter_map(|e| match e {
+            BusEvent::Signal { payload, .. } => Some(payload.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(signals, ["sig a 0", "sig b 1", "sig a 2"]);
+    let names = |set: &std::collections::BTreeSet<UserId>| -> Vec<String> {
+        set.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(names(&d.bus.presence_members(&lobby, d.at(secs(2)))), ["alice", "carol", "dave"]);
+    // A read returns each live set with its time left, within the limit.
+    let op = d.op();
+    d.bus.submit(d.at(secs(3)), 0, BusOp::PresenceRead { op, scope: lobby.clone(), limit: 10 });
+    let Ok(BusReply::Presence { held, truncated: false }) = d.reply(secs(3), 0, op) else {
+        panic!("a full read")
+    };
+    let expected_a =
+        PresenceHeld { node: "a".into(), ttl: secs(5), users: vec![entry("alice"), entry("dave")] };
+    assert_eq!(held[0], expected_a);
+    assert_eq!((held[1].node.as_str(), held[1].ttl), ("b", secs(4)));
+    let op = d.op();
+    d.bus.submit(d.at(secs(3)), 0, BusOp::PresenceRead { op, scope: lobby.clone(), limit: 2 });
+    let Ok(BusReply::Presence { held, truncated }) = d.reply(secs(3), 0, op) else { panic!() };
+    assert!(truncated && held.iter().map(|h| h.users.len()).sum::<usize>() == 2);
+    // A refresh extends the sets that exist and names the others.
+    let op = d.op();
+    let scopes =
+        vec![(lobby.clone(), Arc::from("refresh a")), (StreamKey::tenant("acme"), Arc::from("x"))];
+    d.bus.submit(d.at(secs(6)), 0, BusOp::PresenceRefresh { op, node: "a".into(), ttl, scopes });
+    let missing = vec![StreamKey::tenant("acme")];
+    assert_eq!(d.reply(secs(6), 0, op), Ok(BusReply::PresenceRefreshed { missing }));
+    // b's set was not refreshed: it is gone 6 s after its write; a's lives on.
+    assert_eq!(names(&d.bus.presence_members(&lobby, d.at(secs(7)))), ["alice", "dave"]);
+    assert_eq!(d.bus.presence_nodes(&lobby, d.at(secs(11))), vec![NodeId::from("a")]);
+    assert!(d.bus.presence_members(&lobby, d.at(secs(12))).is_empty());
+    // Leaving the last user removes the set at once; an engine restart loses everything.
+    assert_eq!(update(&mut d, 13, "a", false, &["erin"], &[]), Ok(BusReply::PresenceWritten));
+    assert_eq!(update(&mut d, 13, "a", false, &[], &["erin"]), Ok(BusReply::PresenceWritten));
+    assert!(d.bus.presence_nodes(&lobby, d.at(secs(13))).is_empty());
+    assert_eq!(update(&mut d, 14, "b", false, &["fay"], &[]), Ok(BusReply::PresenceWritten));
+    d.bus.restart_empty();
+    assert!(d.bus.presence_members(&lobby, d.at(secs(14))).is_empty());
+}
+
+#[test]
+fn signals_can_be_lost_on_purpose() {
+    let mut d = Drive::new(5);
+    let lobby = StreamKey::room("acme", "lobby");
+    d.subscribe(secs(0), 1, &lobby);
+    d.drain(secs(0), 1);
+    d.bus.set_signal_loss(1_000_000);
+    let signal = |p: &str| BusOp::Signal { stream: lobby.clone(), payload: Arc::from(p) };
+    d.bus.submit(d.at(secs(1)), 0, signal("lost"));
+    d.bus.set_signal_loss(0);
+    d.bus.submit(d.at(secs(1)), 0, signal("kept"));
+    let got: Vec<BusEvent> = d.drain(secs(1), 1);
+    assert_eq!(got, vec![BusEvent::Signal { stream: lobby.clone(), payload: Arc::from("kept") }]);
+    assert_eq!(d.bus.stats().signals_lost, 1);
+}

@@ -69,7 +69,7 @@ pub struct BusLink {
 }
 
 /// The kinds of bus operations, as the `op` label of the metrics.
-pub(crate) const OP_KINDS: [&str; 10] = [
+pub(crate) const OP_KINDS: [&str; 13] = [
     "subscribe",
     "unsubscribe",
     "append",
@@ -80,6 +80,9 @@ pub(crate) const OP_KINDS: [&str; 10] = [
     "renew",
     "release",
     "signal",
+    "presence_update",
+    "presence_refresh",
+    "presence_read",
 ];
 
 /// The metrics label of an operation.
@@ -95,6 +98,9 @@ pub(crate) fn op_kind(op: &BusOp) -> &'static str {
         BusOp::Renew { .. } => "renew",
         BusOp::Release { .. } => "release",
         BusOp::Signal { .. } => "signal",
+        BusOp::PresenceUpdate { .. } => "presence_update",
+        BusOp::PresenceRefresh { .. } => "presence_refresh",
+        BusOp::PresenceRead { .. } => "presence_read",
         _ => "other",
     }
 }

@@ -90,6 +90,26 @@ impl StreamNames {
         push_prefixed(&mut name, key);
         name
     }
+
+    /// Presence (tenant and room streams): sorted set of the nodes with a set in the scope, by
+    /// expiry (ms, Redis time).
+    pub(crate) fn presence_nodes(&self) -> String {
+        self.name("pn")
+    }
+
+    /// Presence: the start of every node's set name in the scope (the read script appends the
+    /// length-prefixed node id, as [`StreamNames::presence_set`] does).
+    pub(crate) fn presence_set_prefix(&self) -> String {
+        self.name("p:")
+    }
+
+    /// Presence: hash user → metadata (`""` for none) of one node's set in the scope, expiring
+    /// as a whole.
+    pub(crate) fn presence_set(&self, node: &NodeId) -> String {
+        let mut name = self.presence_set_prefix();
+        push_prefixed(&mut name, node.as_str());
+        name
+    }
 }
 
 /// A lease holder as a sorted-set member: `<len>:<node>|<conn>`.
@@ -161,7 +181,15 @@ mod tests {
         }
         for key in [StreamKey::user("acme", "alice"), StreamKey::room("t}x", "r}oom")] {
             let n = StreamNames::of("sb", &key);
-            let keys = [n.meta(), n.log(), n.idempotency("k1"), n.leases(), n.lease_order()];
+            let keys = [
+                n.meta(),
+                n.log(),
+                n.idempotency("k1"),
+                n.leases(),
+                n.lease_order(),
+                n.presence_nodes(),
+                n.presence_set(&NodeId::new("n}1")),
+            ];
             let tags = keys.each_ref().map(|k| tag(k));
             assert!(tags.iter().all(|t| *t == tags[0]), "{tags:?}");
         }
@@ -177,6 +205,15 @@ mod tests {
         }
         assert_eq!(parse_holder(b"9:short|1"), None);
         assert_eq!(parse_holder(b"garbage"), None);
+    }
+
+    #[test]
+    fn presence_sets_are_named_per_node_with_length_prefixes() {
+        let n = StreamNames::of("sb", &StreamKey::room("acme", "lobby"));
+        assert_eq!(n.presence_set(&NodeId::new("a:1")), "sb:{r4:acme5:lobby}:p:3:a:1");
+        assert!(n.presence_set(&NodeId::new("a")).starts_with(&n.presence_set_prefix()));
+        assert_ne!(n.presence_set(&NodeId::new("a:1")), n.presence_set(&NodeId::new("a")) + ":1");
+        assert_eq!(n.presence_nodes(), "sb:{r4:acme5:lobby}:pn");
     }
 
     #[test]

@@ -7,7 +7,11 @@
 //!   costs one Redis round trip whatever its fan-out, and appends to a stream are applied in the
 //!   order the hub issued them. Every stream operation is one Lua script ([`scripts`]): append
 //!   (epoch if absent, next seq, log push, trim, expiries, idempotency key, publish), fetch (top
-//!   and range), rotate, lease and renew; tops are a batch of `HMGET`s. A script Redis no longer
+//!   and range), rotate, lease and renew; tops are a batch of `HMGET`s. Presence is three
+//!   scripts: an update writes one node's set in a scope (a hash that expires as a whole, listed
+//!   in the scope's node index by expiry) and publishes its signal; a refresh is one script call
+//!   per scope, all in one pipeline (the node's sets live another `ttl`, each publishing its
+//!   signal; a set Redis lost is reported, not recreated); a read returns every live set. A script Redis no longer
 //!   knows (`NOSCRIPT`: it restarted) is loaded and that operation retried once — safe, since a
 //!   script that was not found did not run.
 //! - **the subscriber** owns the pub/sub connection: it subscribes in batches (one `SUBSCRIBE`
@@ -354,6 +358,50 @@ impl Executor {
                 message.push_str(payload);
                 pipe.cmd("PUBLISH").arg(n.channel()).arg(message);
             }
+            BusOp::PresenceUpdate { scope, node, replace, joins, leaves, ttl, signal, .. } => {
+                let n = StreamNames::of(prefix, scope);
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(self.scripts.presence_update.hash())
+                    .arg(2)
+                    .arg(n.presence_nodes())
+                    .arg(n.presence_set(node))
+                    .arg(n.channel())
+                    .arg(signal.as_bytes())
+                    .arg(millis(*ttl))
+                    .arg(node.as_str())
+                    .arg(if *replace { "1" } else { "0" })
+                    .arg(joins.len());
+                for (user, meta) in joins {
+                    cmd.arg(user.as_str()).arg(meta.as_deref().unwrap_or(""));
+                }
+                for user in leaves {
+                    cmd.arg(user.as_str());
+                }
+            }
+            BusOp::PresenceRefresh { node, ttl, scopes, .. } => {
+                for (scope, signal) in scopes {
+                    let n = StreamNames::of(prefix, scope);
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.presence_refresh.hash())
+                        .arg(2)
+                        .arg(n.presence_nodes())
+                        .arg(n.presence_set(node))
+                        .arg(n.channel())
+                        .arg(signal.as_bytes())
+                        .arg(millis(*ttl))
+                        .arg(node.as_str());
+                }
+            }
+            BusOp::PresenceRead { scope, limit, .. } => {
+                let n = StreamNames::of(prefix, scope);
+                pipe.cmd("EVALSHA")
+                    .arg(self.scripts.presence_read.hash())
+                    .arg(1)
+                    .arg(n.presence_nodes())
+                    .arg(n.presence_set_prefix())
+                    .arg(*limit);
+            }
             // Handled by the subscriber; a kind this driver does not know sends nothing and is
             // answered `Refused` (see `read`).
             _ => {}
@@ -405,6 +453,22 @@ impl Executor {
                 }
                 all.map(|()| BusReply::Renewed { refused })
             }
+            BusOp::PresenceUpdate { .. } => one(replies).map(|_| BusReply::PresenceWritten),
+            BusOp::PresenceRefresh { scopes, .. } => {
+                let mut missing = Vec::new();
+                let mut all = Ok(());
+                for ((scope, _), reply) in scopes.iter().zip(replies) {
+                    match scripts::number(reply) {
+                        Some(1) => {}
+                        Some(0) => missing.push(scope.clone()),
+                        _ => all = Err(scripts::Shape(format!("presence refresh: {reply:?}"))),
+                    }
+                }
+                all.map(|()| BusReply::PresenceRefreshed { missing })
+            }
+            BusOp::PresenceRead { .. } => one(replies)
+                .and_then(scripts::presence_read)
+                .map(|(held, truncated)| BusReply::Presence { held, truncated }),
             _ => return Err(BusFailure::Refused),
         };
         parsed.map_err(|e| {

@@ -9,8 +9,11 @@
 //! JavaScript numbers and in Lua's doubles). Numbers cross the script boundary as decimal text,
 //! never as Lua numbers formatted by `tostring` (which rounds to 14 digits).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use redis::{Script, Value};
-use switchboard::{BusEntry, StreamPos};
+use switchboard::{BusEntry, NodeId, PresenceHeld, StreamPos, UserId};
 
 /// Shared by every script: Redis's clock.
 const PRELUDE: &str = r"
@@ -152,6 +155,87 @@ keep_alive(ttl)
 return refused
 ";
 
+/// Presence: drops the scope's expired nodes and keeps the node index alive as long as its
+/// longest-lived set. KEYS[1] is the index (node → expiry in ms).
+const PRESENCE_PRELUDE: &str = r"
+local now = math.floor(now_us() / 1000)
+local function index_alive()
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', KEYS[1], last[2]) end
+end
+";
+
+/// KEYS: node index, the node's set. ARGV: channel, signal, ttl ms, node, replace (`1`/`0`),
+/// number of joins, then (user, meta) per join, then the users that leave. Writes the set, lets
+/// it live `ttl` (an empty one is gone), then publishes the signal. Returns 1.
+const PRESENCE_UPDATE: &str = r"
+local ttl = tonumber(ARGV[3])
+if ARGV[5] == '1' then redis.call('DEL', KEYS[2]) end
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HDEL', KEYS[2], ARGV[i])
+  i = i + 1
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[4])
+else
+  redis.call('ZREM', KEYS[1], ARGV[4])
+end
+index_alive()
+redis.call('PUBLISH', ARGV[1], 's:' .. ARGV[2])
+return 1
+";
+
+/// KEYS: node index, the node's set. ARGV: channel, signal, ttl ms, node. If the set exists, it
+/// lives `ttl` more and the signal is published (returns 1); else 0.
+const PRESENCE_REFRESH: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[4])
+  index_alive()
+  return 0
+end
+local ttl = tonumber(ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[4])
+index_alive()
+redis.call('PUBLISH', ARGV[1], 's:' .. ARGV[2])
+return 1
+";
+
+/// KEYS: node index. ARGV: the sets' name prefix, limit. Each node's set name is the prefix plus
+/// `<len>:<node>` (in the scope's hash slot, as every key of the scope). Returns
+/// `{truncated (0/1), then per live set: node, ms left, n, n (user, meta) pairs}`.
+const PRESENCE_READ: &str = r"
+index_alive()
+local out = {0}
+local left = tonumber(ARGV[2])
+local nodes = redis.call('ZRANGE', KEYS[1], 0, -1)
+for _, node in ipairs(nodes) do
+  local key = ARGV[1] .. string.len(node) .. ':' .. node
+  local ms = redis.call('PTTL', key)
+  if ms > 0 then
+    local all = redis.call('HGETALL', key)
+    local n = #all / 2
+    local take = math.min(n, left)
+    if take < n then out[1] = 1 end
+    left = left - take
+    out[#out + 1] = node
+    out[#out + 1] = ms
+    out[#out + 1] = take
+    for j = 1, take * 2 do out[#out + 1] = all[j] end
+  else
+    redis.call('ZREM', KEYS[1], node)
+  end
+end
+return out
+";
+
 /// One script: its text, and its SHA1 for `EVALSHA`.
 pub(crate) struct Lua {
     pub(crate) code: String,
@@ -177,24 +261,40 @@ pub(crate) struct Scripts {
     pub(crate) rotate: Lua,
     pub(crate) lease: Lua,
     pub(crate) renew: Lua,
+    pub(crate) presence_update: Lua,
+    pub(crate) presence_refresh: Lua,
+    pub(crate) presence_read: Lua,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Self {
         let plain = |body: &str| Lua::new(format!("{PRELUDE}{body}"));
         let leasing = |body: &str| Lua::new(format!("{PRELUDE}{LEASE_PRELUDE}{body}"));
+        let presence = |body: &str| Lua::new(format!("{PRELUDE}{PRESENCE_PRELUDE}{body}"));
         Scripts {
             append: plain(APPEND),
             fetch: plain(FETCH),
             rotate: plain(ROTATE),
             lease: leasing(LEASE),
             renew: leasing(RENEW),
+            presence_update: presence(PRESENCE_UPDATE),
+            presence_refresh: presence(PRESENCE_REFRESH),
+            presence_read: presence(PRESENCE_READ),
         }
     }
 
     /// Every script, for `SCRIPT LOAD` after Redis answered `NOSCRIPT` (it restarted empty).
-    pub(crate) fn all(&self) -> [&Lua; 5] {
-        [&self.append, &self.fetch, &self.rotate, &self.lease, &self.renew]
+    pub(crate) fn all(&self) -> [&Lua; 8] {
+        [
+            &self.append,
+            &self.fetch,
+            &self.rotate,
+            &self.lease,
+            &self.renew,
+            &self.presence_update,
+            &self.presence_refresh,
+            &self.presence_read,
+        ]
     }
 }
 
@@ -291,6 +391,37 @@ pub(crate) fn refused(value: &Value) -> Result<Vec<&str>, Shape> {
     array("renew", value)?.iter().map(|v| text(v).ok_or_else(|| shape("renew", v))).collect()
 }
 
+/// A presence read's reply: each live set (node, time left, users with metadata, `""` read as
+/// none), and whether users were left out.
+pub(crate) fn presence_read(value: &Value) -> Result<(Vec<PresenceHeld>, bool), Shape> {
+    let items = array("presence read", value)?;
+    let bad = || shape("presence read", value);
+    let truncated = items.first().and_then(number).ok_or_else(bad)? == 1;
+    let mut held = Vec::new();
+    let mut rest = items.get(1..).unwrap_or_default();
+    while let [node, ms, n, tail @ ..] = rest {
+        let node = text(node).ok_or_else(bad)?;
+        let (ms, n) = (number(ms).ok_or_else(bad)?, number(n).ok_or_else(bad)?);
+        let n = usize::try_from(n).map_err(|_| bad())?;
+        let pairs = tail.get(..n.saturating_mul(2)).ok_or_else(bad)?;
+        let users = pairs
+            .chunks(2)
+            .map(|pair| {
+                let user = text(&pair[0]).ok_or_else(bad)?;
+                let meta = text(&pair[1]).ok_or_else(bad)?;
+                let meta = (!meta.is_empty()).then(|| Arc::from(meta));
+                Ok((UserId::from(user), meta))
+            })
+            .collect::<Result<Vec<_>, Shape>>()?;
+        held.push(PresenceHeld { node: NodeId::new(node), ttl: Duration::from_millis(ms), users });
+        rest = &tail[n * 2..];
+    }
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    Ok((held, truncated))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +447,38 @@ mod tests {
         assert!(leased(&Value::Okay).is_err());
         assert!(refused(&Value::Array(vec![Value::Int(3)])).is_err());
         assert_eq!(top(&Value::Array(vec![Value::Nil, Value::Nil])).unwrap().seq, 0);
+    }
+
+    #[test]
+    fn presence_reads_parse_and_bad_shapes_are_errors() {
+        let reply = Value::Array(vec![
+            Value::Int(1),
+            bulk("n1"),
+            Value::Int(4_000),
+            Value::Int(2),
+            bulk("alice"),
+            bulk(r#"{"name":"A"}"#),
+            bulk("bob"),
+            bulk(""),
+            bulk("n2"),
+            Value::Int(10),
+            Value::Int(0),
+        ]);
+        let (held, truncated) = presence_read(&reply).unwrap();
+        assert!(truncated);
+        assert_eq!(held.len(), 2);
+        assert_eq!(held[0].ttl, Duration::from_secs(4));
+        assert_eq!(held[0].users[0].1.as_deref(), Some(r#"{"name":"A"}"#));
+        assert_eq!(held[0].users[1], (UserId::from("bob"), None));
+        assert!(held[1].users.is_empty());
+        for bad in [
+            Value::Nil,
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Int(0), bulk("n1"), Value::Int(1), Value::Int(2), bulk("a")]),
+            Value::Array(vec![Value::Int(0), bulk("n1")]),
+        ] {
+            assert!(presence_read(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -29,24 +29,35 @@
 //! - [`ModelBus::lose_tail`] / [`ModelBus::lose_tail_everywhere`]: a failover to an asynchronous
 //!   replica that missed the last `n` appends of a stream;
 //! - [`ModelBus::crash_node`]: a node died; its subscriptions and queued events are gone (its
-//!   leases stay until they expire, as a dead node's do).
+//!   leases and presence sets stay until they expire, as a dead node's do);
+//! - [`ModelBus::set_signal_loss`]: each signal to a node is lost with a probability (a driver
+//!   drops what the hub's queue cannot take).
 //!
 //! Leases: per user, a set of holders with an expiry; `Lease` drops expired ones, then grants,
 //! evicts the oldest (`evict_oldest`) or refuses; `Renew` extends (re-adding lost ones while the
 //! set has room, refusing the rest);
 //! `Release` drops one. `Signal` goes to the stream's subscribers unlogged.
 //!
+//! Presence ([`presence`]): per scope and node a set of users that expires `ttl` after its last
+//! write; `PresenceUpdate` writes a set and then publishes its signal, `PresenceRefresh` extends
+//! each named set that still exists and publishes its signal (the others are answered
+//! missing), `PresenceRead` returns the live sets with their time left.
+//!
 //! Everything is ordered (`BTreeMap`s, node indices) and the only randomness is the seeded
 //! generator, so a run is reproducible from its seed. The engine's own state is bounded by the
 //! `keep` and `ttl` of the appends and by [`ModelBus::set_queue_limit`]; the ground truth
 //! ([`ModelBus::history`]) holds one record per append ever made.
+
+mod presence;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchboard::{BusEntry, BusFailure, BusOp, BusReply, LeaseHolder, OpId, StreamKey, StreamPos};
+use switchboard::{
+    BusEntry, BusFailure, BusOp, BusReply, LeaseHolder, NodeId, OpId, StreamKey, StreamPos, UserId,
+};
 
 use crate::rng::Rng;
 
@@ -142,6 +153,17 @@ pub struct BusStats {
     pub streams_expired: u64,
     /// Streams rotated to a new epoch.
     pub rotations: u64,
+    /// Signals lost ([`ModelBus::set_signal_loss`]).
+    pub signals_lost: u64,
+    /// Signals queued for a node (one per subscriber per signal).
+    pub signals_sent: u64,
+    /// Their bytes (payloads, per subscriber).
+    pub signal_bytes: u64,
+    /// Presence sets written (`PresenceUpdate`) or refreshed (each scope of a
+    /// `PresenceRefresh`): what a Redis driver runs one script call for.
+    pub presence_writes: u64,
+    /// Presence reads.
+    pub presence_reads: u64,
 }
 
 struct Stream {
@@ -187,6 +209,8 @@ pub struct ModelBus {
     stats: BusStats,
     /// Per user (by its stream key): the leases, holder → (taken at, expires at).
     leases: BTreeMap<StreamKey, BTreeMap<LeaseHolder, (Instant, Instant)>>,
+    presence: presence::PresenceStore,
+    signal_loss_ppm: u32,
 }
 
 const MILLION: u64 = 1_000_000;
@@ -211,6 +235,8 @@ impl ModelBus {
             history: BTreeMap::new(),
             stats: BusStats::default(),
             leases: BTreeMap::new(),
+            presence: presence::PresenceStore::default(),
+            signal_loss_ppm: 0,
         }
     }
 
@@ -363,6 +389,29 @@ impl ModelBus {
                     BusReply::Leased { granted: false, evicted: None }
                 }
             }
+            BusOp::PresenceUpdate { scope, node, replace, joins, leaves, ttl, signal, .. } => {
+                self.stats.presence_writes += 1;
+                self.presence.update(now, &scope, &node, replace, &joins, &leaves, ttl);
+                self.signal(now, &scope, &signal);
+                BusReply::PresenceWritten
+            }
+            BusOp::PresenceRefresh { node, ttl, scopes, .. } => {
+                let mut missing = Vec::new();
+                for (scope, signal) in scopes {
+                    self.stats.presence_writes += 1;
+                    if self.presence.refresh(now, &scope, &node, ttl) {
+                        self.signal(now, &scope, &signal);
+                    } else {
+                        missing.push(scope);
+                    }
+                }
+                BusReply::PresenceRefreshed { missing }
+            }
+            BusOp::PresenceRead { scope, limit, .. } => {
+                self.stats.presence_reads += 1;
+                let (held, truncated) = self.presence.read(now, &scope, limit);
+                BusReply::Presence { held, truncated }
+            }
             BusOp::Renew { leases, ttl, .. } => {
                 let mut refused = Vec::new();
                 for (user, holder, limit) in leases {
@@ -477,6 +526,13 @@ impl ModelBus {
     fn signal(&mut self, now: Instant, stream: &StreamKey, payload: &Arc<str>) {
         for i in 0..self.nodes.len() {
             if self.nodes[i].subs.contains(stream) && self.reachable(i) {
+                let loss = u64::from(self.signal_loss_ppm);
+                if loss > 0 && self.rng.chance_per_million(loss) {
+                    self.stats.signals_lost += 1;
+                    continue;
+                }
+                self.stats.signals_sent += 1;
+                self.stats.signal_bytes += payload.len() as u64;
                 let event = BusEvent::Signal { stream: stream.clone(), payload: payload.clone() };
                 self.enqueue(now, i, event);
             }
@@ -595,6 +651,12 @@ impl ModelBus {
         self.timeout_ppm = timeout_ppm.min(MILLION as u32);
     }
 
+    /// Each signal to each node is lost with this probability, in parts per million (capped at a
+    /// million): a driver drops a signal the hub's queue cannot take.
+    pub fn set_signal_loss(&mut self, ppm: u32) {
+        self.signal_loss_ppm = ppm.min(MILLION as u32);
+    }
+
     /// Live messages queued for one node beyond this many are lost (a pub/sub client's output
     /// buffer limit). Default 100 000.
     pub fn set_queue_limit(&mut self, limit: usize) {
@@ -666,8 +728,10 @@ impl ModelBus {
             }
         }
         self.expiry.clear();
-        // Leases are gone too; the nodes' next renewals put theirs back.
+        // Leases and presence sets are gone too; the nodes' next renewals and refreshes put
+        // theirs back.
         self.leases.clear();
+        self.presence.clear();
     }
 
     /// A failover lost the last `n` appends of `stream`: its seq goes back by `n` in the same
@@ -762,6 +826,18 @@ impl ModelBus {
     #[must_use]
     pub fn queued(&self, node: usize) -> usize {
         self.nodes.get(node).map_or(0, |n| n.queue.len())
+    }
+
+    /// Presence's ground truth: the users some node's live set holds in `scope` at `now`.
+    #[must_use]
+    pub fn presence_members(&self, scope: &StreamKey, now: Instant) -> BTreeSet<UserId> {
+        self.presence.members(scope, now)
+    }
+
+    /// The nodes with a live presence set in `scope` at `now`.
+    #[must_use]
+    pub fn presence_nodes(&self, scope: &StreamKey, now: Instant) -> Vec<NodeId> {
+        self.presence.nodes(scope, now)
     }
 
     /// The counters.
