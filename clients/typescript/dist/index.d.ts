@@ -1,0 +1,5 @@
+export * from "./backoff.js";
+export * from "./close.js";
+export * from "./frames.js";
+export * from "./stream.js";
+export * from "./client.js";
