@@ -178,7 +178,8 @@ impl AppState {
     }
 }
 
-/// The routes: `GET /ws`, `POST /publish`, `GET /metrics`, `GET /healthz`, `GET /`. Merge it
+/// The routes: `GET /ws`, `POST /publish`, `GET /metrics`, `GET /healthz`, `GET /` and
+/// `GET /switchboard-client.js`. Merge it
 /// into the application's own router, or nest it under a prefix.
 ///
 /// `POST /publish` reads at most [`PublishBody::max_bytes`] of body (axum's [`DefaultBodyLimit`]
@@ -187,6 +188,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = DefaultBodyLimit::max(state.publish_body.max_bytes);
     Router::new()
         .route("/", get(page))
+        .route("/switchboard-client.js", get(client_module))
         .route("/ws", get(websocket))
         .route("/publish", post(publish).layer(body_limit))
         .route("/metrics", get(metrics_text))
@@ -197,8 +199,23 @@ pub fn router(state: AppState) -> Router {
 
 const PAGE: &str = include_str!("page.html");
 
-/// The page's Content-Security-Policy: nothing but its own inline script and style (allowed by
-/// their hashes), WebSockets and fetches to its own origin, and no framing.
+/// The TypeScript client (`clients/typescript`), compiled: the page imports it, and any other
+/// page of the deployment may. Committed build output, so the server needs no node to run; CI
+/// checks that it is the build of the current source (`npm run check-build`).
+pub const CLIENT_MODULE: &str = include_str!("../../clients/typescript/dist/switchboard.js");
+
+async fn client_module() -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    (headers, CLIENT_MODULE).into_response()
+}
+
+/// The page's Content-Security-Policy: nothing but its own inline module and style (allowed by
+/// their hashes) and scripts of its own origin (the client module), WebSockets and fetches to its
+/// own origin, and no framing.
 fn page_csp() -> &'static str {
     static CSP: OnceLock<String> = OnceLock::new();
     CSP.get_or_init(|| {
@@ -209,9 +226,9 @@ fn page_csp() -> &'static str {
             format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest))
         };
         format!(
-            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self'; \
-             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            hash("<script>", "</script>"),
+            "default-src 'none'; script-src 'self' {}; style-src {}; connect-src 'self'; \
+             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash("<script type=\"module\">", "</script>"),
             hash("<style>", "</style>"),
         )
     })

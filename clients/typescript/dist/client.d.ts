@@ -80,8 +80,12 @@ export interface PresenceState {
 }
 /** Why the client stopped for good. */
 export interface Stopped {
+    /** The close code, or the handshake's HTTP status (401, 403). */
     code: number;
+    /** The close reason, or the server's error code (`invalid`, `expired`, …). */
     reason: string;
+    /** The server's explanation of a refused handshake, when it gave one. */
+    message?: string;
 }
 /** What the client emits; `on(name, fn)` subscribes. */
 export interface ClientEvents {

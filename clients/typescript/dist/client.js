@@ -283,21 +283,19 @@ export class Client {
             if (this.#stopped)
                 return;
             if (why?.status === 401) {
+                // A provider may have a better token (the old one expired); ask it once.
                 if (typeof this.#opts.token === "function" && !this.#rejectedOnce) {
                     this.#rejectedOnce = true;
-                    this.#token = null;
-                    try {
-                        await this.#getToken("rejected");
-                    }
-                    catch {
-                        /* retried below */
-                    }
-                    return this.#retry(0, "token_rejected");
+                    const fresh = await this.#getToken("rejected").catch(() => token);
+                    if (this.#stopped)
+                        return;
+                    if (fresh !== token)
+                        return this.#retry(0, "token_rejected");
                 }
-                return this.#stop(401, why.error);
+                return this.#stop(401, why.error, why.message);
             }
             if (why?.status === 403)
-                return this.#stop(403, why.error);
+                return this.#stop(403, why.error, why.message);
             if (why?.retryAfterMs)
                 minDelay = why.retryAfterMs;
         }
@@ -324,14 +322,14 @@ export class Client {
             void this.#open();
         }, delayMs);
     }
-    #stop(code, reason) {
+    #stop(code, reason, message) {
         this.#stopped = true;
         this.#clearTimers();
         this.#failPending(new NotConnectedError(`stopped: ${reason}`));
         for (const s of [...this.#streams])
             s.fail(new NotConnectedError(`stopped: ${reason}`));
         this.#setState("closed");
-        this.#emit("stopped", { code, reason });
+        this.#emit("stopped", message === undefined ? { code, reason } : { code, reason, message });
         this.#settle(new NotConnectedError(`stopped: ${reason} (${code})`));
     }
     /** Why a handshake failed: 401/403 with the server's code, or a `Retry-After`. */
@@ -344,16 +342,19 @@ export class Client {
             url.protocol = url.protocol === "wss:" || url.protocol === "https:" ? "https:" : "http:";
             const res = await f(url.toString(), { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
             let error = String(res.status);
+            let message = "";
             try {
                 const body = (await res.json());
                 if (body.error)
                     error = body.error;
+                if (body.message)
+                    message = body.message;
             }
             catch {
                 /* not JSON */
             }
             const retry = Number(res.headers.get("retry-after"));
-            return { status: res.status, error, retryAfterMs: Number.isFinite(retry) ? retry * 1000 : 0 };
+            return { status: res.status, error, message, retryAfterMs: Number.isFinite(retry) ? retry * 1000 : 0 };
         }
         catch {
             return null; // unreachable: keep retrying

@@ -431,16 +431,13 @@ var Client = class {
       if (why?.status === 401) {
         if (typeof this.#opts.token === "function" && !this.#rejectedOnce) {
           this.#rejectedOnce = true;
-          this.#token = null;
-          try {
-            await this.#getToken("rejected");
-          } catch {
-          }
-          return this.#retry(0, "token_rejected");
+          const fresh = await this.#getToken("rejected").catch(() => token);
+          if (this.#stopped) return;
+          if (fresh !== token) return this.#retry(0, "token_rejected");
         }
-        return this.#stop(401, why.error);
+        return this.#stop(401, why.error, why.message);
       }
-      if (why?.status === 403) return this.#stop(403, why.error);
+      if (why?.status === 403) return this.#stop(403, why.error, why.message);
       if (why?.retryAfterMs) minDelay = why.retryAfterMs;
     }
     const info = closeInfo(code);
@@ -463,13 +460,13 @@ var Client = class {
       void this.#open();
     }, delayMs);
   }
-  #stop(code, reason) {
+  #stop(code, reason, message) {
     this.#stopped = true;
     this.#clearTimers();
     this.#failPending(new NotConnectedError(`stopped: ${reason}`));
     for (const s of [...this.#streams]) s.fail(new NotConnectedError(`stopped: ${reason}`));
     this.#setState("closed");
-    this.#emit("stopped", { code, reason });
+    this.#emit("stopped", message === void 0 ? { code, reason } : { code, reason, message });
     this.#settle(new NotConnectedError(`stopped: ${reason} (${code})`));
   }
   /** Why a handshake failed: 401/403 with the server's code, or a `Retry-After`. */
@@ -481,13 +478,15 @@ var Client = class {
       url.protocol = url.protocol === "wss:" || url.protocol === "https:" ? "https:" : "http:";
       const res = await f(url.toString(), { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
       let error = String(res.status);
+      let message = "";
       try {
         const body = await res.json();
         if (body.error) error = body.error;
+        if (body.message) message = body.message;
       } catch {
       }
       const retry = Number(res.headers.get("retry-after"));
-      return { status: res.status, error, retryAfterMs: Number.isFinite(retry) ? retry * 1e3 : 0 };
+      return { status: res.status, error, message, retryAfterMs: Number.isFinite(retry) ? retry * 1e3 : 0 };
     } catch {
       return null;
     }

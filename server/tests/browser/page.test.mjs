@@ -1,4 +1,4 @@
-// Drives the demo page in a real headless chromium: connect with a token, see who is online in
+// Drives the demo page (on the TypeScript client of clients/typescript) in a real headless chromium: connect with a token, see who is online in
 // the lobby, type a message, send it, and wait for the demo agent's five kinds of events to appear in order. Then drop the
 // socket from inside the page and check that it reconnects and resumes by itself, and that the
 // server counted the drop as a clean close. Then open the page with a rejected token: it must say
@@ -58,6 +58,11 @@ try {
   await page.waitForFunction(() => document.getElementById("status").className === "connected", null, { timeout: TIMEOUT });
   const who = await page.textContent("#who");
   console.log(`connected as ${who}`);
+  // The page runs on the TypeScript client the server serves compiled.
+  const usesClient = await page.evaluate(() =>
+    performance.getEntriesByType("resource").some((r) => r.name.endsWith("/switchboard-client.js")) &&
+    window.switchboard.client.state === "open");
+  check(usesClient, "the page did not load /switchboard-client.js or its client is not open");
 
   // The token left the address bar, and is kept for this tab only.
   const stored = await page.evaluate(() => ({
