@@ -5,7 +5,7 @@
 import { after, afterEach, before, test } from "node:test";
 import assert from "node:assert/strict";
 
-import { backoffCeiling, CLOSE_CODES, ReplyError, type EventFrame, type Resync } from "../src/index.js";
+import { backoffCeiling, CLOSE_CODES, ReplyError, type EventFrame, type Resync, type Stopped } from "../src/index.js";
 import { client, closeAll, freePort, Proxy, sleep, SwitchboardServer, token, until } from "./support.js";
 
 let server: SwitchboardServer;
@@ -125,7 +125,7 @@ test("reconnect delays are full-jitter draws within the documented bounds", asyn
 
 test("close codes that forbid retrying stop the client: protocol_violation (4004)", async () => {
   const c = client({ url: server.ws, token: token("violator") });
-  const stopped = new Promise<{ code: number; reason: string }>((ok) => c.on("stopped", ok));
+  const stopped = new Promise<Stopped>((ok) => c.on("stopped", ok));
   await c.connect();
   for (let i = 0; i < 5; i++) c.sendFrame({ type: "no_such_frame" });
   const why = await stopped;
@@ -199,7 +199,7 @@ test("a token provider refreshes the session before it ends, and re-authenticate
 
 test("a token refused at the handshake stops the client with the server's reason", async () => {
   const c = client({ url: server.ws, token: token("mallory", { secret: "not the server's secret, 32+ bytes" }) });
-  const stopped = new Promise<{ code: number; reason: string }>((ok) => c.on("stopped", ok));
+  const stopped = new Promise<Stopped>((ok) => c.on("stopped", ok));
   await assert.rejects(c.connect());
   const why = await stopped;
   assert.equal(why.code, 401);
