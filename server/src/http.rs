@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use switchboard::{Audience, ConnectError, Envelope, EventKind, PublishError, StreamName, Target};
 
 use crate::auth::{AuthError, Claims, KeyError, Keys, check_admin_key};
-use crate::driver::{Handle, PublishFailed, Receipt, Refused};
+use crate::driver::{Handle, PublishFailed, Receipt, Refused, SseSessions};
 use crate::metrics;
 
 /// Counters of the HTTP layer (the hub never sees what it refuses here).
@@ -56,7 +56,7 @@ pub struct HttpCounters {
 }
 
 impl HttpCounters {
-    fn unauthorized(&self, err: &AuthError) {
+    pub(crate) fn unauthorized(&self, err: &AuthError) {
         let c = match err {
             AuthError::Missing => &self.unauthorized_missing,
             AuthError::Expired => &self.unauthorized_expired,
@@ -116,6 +116,8 @@ pub struct AppState {
     /// page can refresh its session (a real deployment's own token issuer does that). `None`
     /// (the default): the route answers 404.
     pub demo_token_ttl: Option<Duration>,
+    /// The open Server-Sent Events connections, for `POST /sse/{conn_id}` ([`crate::sse`]).
+    pub sse: SseSessions,
 }
 
 impl AppState {
@@ -133,6 +135,7 @@ impl AppState {
             metrics_require_admin: false,
             publish_body: PublishBody::default(),
             demo_token_ttl: None,
+            sse: SseSessions::default(),
         })
     }
 
@@ -169,7 +172,7 @@ impl AppState {
         self
     }
 
-    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn origin_allowed(&self, headers: &HeaderMap) -> bool {
         let Some(allowed) = &self.allowed_origins else { return true };
         let Some(origin) = headers.get(header::ORIGIN) else { return true };
         let Ok(origin) = origin.to_str() else { return false };
@@ -178,8 +181,8 @@ impl AppState {
     }
 }
 
-/// The routes: `GET /ws`, `POST /publish`, `GET /metrics`, `GET /healthz`, `GET /` and
-/// `GET /switchboard-client.js`. Merge it
+/// The routes: `GET /ws`, `GET /sse` and `POST /sse/{conn_id}` ([`crate::sse`]), `POST /publish`,
+/// `GET /metrics`, `GET /healthz`, `GET /` and `GET /switchboard-client.js`. Merge it
 /// into the application's own router, or nest it under a prefix.
 ///
 /// `POST /publish` reads at most [`PublishBody::max_bytes`] of body (axum's [`DefaultBodyLimit`]
@@ -190,6 +193,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(page))
         .route("/switchboard-client.js", get(client_module))
         .route("/ws", get(websocket))
+        .route("/sse", get(crate::sse::open))
+        .route("/sse/{conn_id}", post(crate::sse::post))
         .route("/publish", post(publish).layer(body_limit))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
@@ -299,12 +304,12 @@ async fn metrics_text(State(app): State<AppState>, headers: HeaderMap) -> Respon
     }
 }
 
-fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": code, "message": message.to_string() }))).into_response()
 }
 
 /// The bearer token of an `Authorization` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
@@ -354,7 +359,7 @@ async fn websocket(
     }
 }
 
-fn refusal(refused: Refused) -> Response {
+pub(crate) fn refusal(refused: Refused) -> Response {
     let err = match refused {
         Refused::Stopping => {
             return error(

@@ -95,3 +95,4 @@ pub mod driver;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+pub mod sse;

@@ -40,6 +40,11 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 export interface ClientOptions {
     /** The server's WebSocket endpoint, `wss://host/ws` (`https://host/ws` works too). */
     url: string;
+    /**
+     * `"websocket"` (the default) or `"sse"`: Server-Sent Events from `/sse` beside the same
+     * endpoint, client frames by `POST` (for networks that block WebSockets). Same semantics.
+     */
+    transport?: "websocket" | "sse";
     /** A token, or a provider of fresh ones. */
     token: TokenSource;
     /** A WebSocket implementation; default `globalThis.WebSocket` (node 20 has none: pass `ws`). */

@@ -5,6 +5,7 @@
 import { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
 import { closeInfo } from "./close.js";
 import { decodeFrame, } from "./frames.js";
+import { encodeEventId, SseSocket } from "./sse.js";
 import { EventStream } from "./stream.js";
 /** A reply that carried an error, or a request that got none. */
 export class ReplyError extends Error {
@@ -229,6 +230,16 @@ export class Client {
         this.#token = await src(reason);
         return this.#token;
     }
+    get #sse() {
+        return this.#opts.transport === "sse";
+    }
+    /** An SSE stream resuming from the positions held (the server sends the subscriptions and
+     * `resume` itself, from the query and `Last-Event-ID`). */
+    #sseSocket(token) {
+        const base = new URL(".", this.#opts.url.replace(/^ws/, "http"));
+        const lastEventId = this.positions.size ? encodeEventId(this.positions) : null;
+        return new SseSocket(base.href, token, { threads: this.#threads, lastEventId, fetch: this.#opts.fetch });
+    }
     #wsUrl(token) {
         const url = new URL(this.#opts.url);
         if (url.protocol === "http:")
@@ -251,10 +262,10 @@ export class Client {
         if (this.#stopped)
             return;
         const Ctor = this.#opts.WebSocket ?? globalThis.WebSocket;
-        if (!Ctor)
+        if (!Ctor && !this.#sse)
             throw new Error("no WebSocket implementation: pass one as `WebSocket`");
         this.#opened = false;
-        const ws = new Ctor(this.#wsUrl(token));
+        const ws = this.#sse ? this.#sseSocket(token) : new Ctor(this.#wsUrl(token));
         this.#ws = ws;
         ws.onopen = () => {
             this.#opened = true;
@@ -278,8 +289,9 @@ export class Client {
             return;
         let minDelay = 0;
         if (!this.#opened) {
-            // The handshake failed, and WebSocket APIs do not say why: ask the endpoint.
-            const why = await this.#probe(token);
+            // The handshake failed, and WebSocket APIs do not say why: ask the endpoint (an SSE
+            // request already has the answer).
+            const why = ws instanceof SseSocket ? ws.refusal : await this.#probe(token);
             if (this.#stopped)
                 return;
             if (why?.status === 401) {
@@ -440,14 +452,19 @@ export class Client {
         this.#setState("open");
         // Thread filters first, so that the replay already honours them; then `resume` (or any
         // frame, which ends the server's resume window at once).
-        for (const t of this.#threads)
-            this.#ws?.send(JSON.stringify({ type: "subscribe", thread_id: t }));
-        if (resume) {
-            this.#resuming = true;
-            this.#ws?.send(JSON.stringify({ type: "resume", positions: Object.fromEntries(this.positions) }));
+        if (this.#sse) {
+            this.#resuming = resume; // the server sent the subscriptions and `resume` (or a ping)
         }
         else {
-            this.#ws?.send(JSON.stringify({ type: "ping" }));
+            for (const t of this.#threads)
+                this.#ws?.send(JSON.stringify({ type: "subscribe", thread_id: t }));
+            if (resume) {
+                this.#resuming = true;
+                this.#ws?.send(JSON.stringify({ type: "resume", positions: Object.fromEntries(this.positions) }));
+            }
+            else {
+                this.#ws?.send(JSON.stringify({ type: "ping" }));
+            }
         }
         this.#stable = setTimeout(() => {
             this.#attempt = 0;

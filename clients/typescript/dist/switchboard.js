@@ -109,6 +109,130 @@ function decodeFrame(text, replayed = false) {
   return { ...rest, type: "event", kind: type, replayed };
 }
 
+// src/sse.ts
+function encodeEventId(positions) {
+  const json = JSON.stringify(Object.fromEntries([...positions].map(([k, p]) => [k, [p.epoch, p.seq]])));
+  let bin = "";
+  for (const b of new TextEncoder().encode(json)) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+var SseSocket = class {
+  readyState = 0;
+  onopen = null;
+  onmessage = null;
+  onclose = null;
+  onerror = null;
+  /** Set when the server answered the `GET` with an error status. */
+  refusal = null;
+  #abort = new AbortController();
+  #fetch;
+  #base;
+  #token;
+  #connId = null;
+  #posting = Promise.resolve();
+  #closed = false;
+  constructor(base, token, opts) {
+    this.#fetch = opts.fetch ?? globalThis.fetch.bind(globalThis);
+    this.#base = new URL(base);
+    this.#token = token;
+    const url = new URL("sse", this.#base);
+    const threads = [...opts.threads];
+    if (threads.length) url.searchParams.set("threads", threads.join(","));
+    const headers = { Authorization: `Bearer ${token}`, Accept: "text/event-stream" };
+    if (opts.lastEventId) headers["Last-Event-ID"] = opts.lastEventId;
+    void this.#run(url, headers);
+  }
+  async #run(url, headers) {
+    let res;
+    try {
+      res = await this.#fetch(url, { headers, signal: this.#abort.signal, cache: "no-store" });
+    } catch {
+      return this.#end(1006, "unreachable");
+    }
+    if (!res.ok || !res.body) {
+      let body = {};
+      try {
+        body = await res.json();
+      } catch {
+      }
+      const retry = Number(res.headers.get("retry-after"));
+      this.refusal = {
+        status: res.status,
+        error: body.error ?? String(res.status),
+        message: body.message ?? "",
+        retryAfterMs: Number.isFinite(retry) ? retry * 1e3 : 0
+      };
+      return this.#end(1006, `http_${res.status}`);
+    }
+    this.readyState = 1;
+    this.onopen?.({});
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    let event = "";
+    let data = [];
+    try {
+      for (; ; ) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let nl;
+        while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + (buf.startsWith("\r\n", nl) ? 2 : 1));
+          if (line === "") {
+            if (data.length) this.#dispatch(event, data.join("\n"));
+            event = "";
+            data = [];
+            if (this.#closed) return;
+          } else if (!line.startsWith(":")) {
+            const colon = line.indexOf(":");
+            const field = colon < 0 ? line : line.slice(0, colon);
+            const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+            if (field === "data") data.push(val);
+            else if (field === "event") event = val;
+          }
+        }
+      }
+    } catch {
+    }
+    this.#end(1006, "stream_ended");
+  }
+  #dispatch(event, data) {
+    if (event === "close") {
+      let code = 1006;
+      let reason = "";
+      try {
+        ({ code, reason } = JSON.parse(data));
+      } catch {
+      }
+      this.#abort.abort();
+      return this.#end(code, reason);
+    }
+    if (this.#connId === null) {
+      const m = /"type":"connected","conn_id":"([^"]+)"/.exec(data);
+      if (m) this.#connId = m[1];
+    }
+    this.onmessage?.({ data });
+  }
+  #end(code, reason) {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+  send(text) {
+    if (this.readyState !== 1 || this.#connId === null) throw new Error("the SSE stream is not open");
+    const url = new URL(`sse/${encodeURIComponent(this.#connId)}`, this.#base);
+    const init = { method: "POST", headers: { Authorization: `Bearer ${this.#token}` }, body: text };
+    this.#posting = this.#posting.then(() => this.#fetch(url, init)).catch(() => {
+    });
+  }
+  close(code = 1e3, reason = "") {
+    this.#abort.abort();
+    queueMicrotask(() => this.#end(code, reason));
+  }
+};
+
 // src/stream.ts
 var OverflowError = class extends Error {
   constructor(limit) {
@@ -386,6 +510,16 @@ var Client = class {
     this.#token = await src(reason);
     return this.#token;
   }
+  get #sse() {
+    return this.#opts.transport === "sse";
+  }
+  /** An SSE stream resuming from the positions held (the server sends the subscriptions and
+   * `resume` itself, from the query and `Last-Event-ID`). */
+  #sseSocket(token) {
+    const base = new URL(".", this.#opts.url.replace(/^ws/, "http"));
+    const lastEventId = this.positions.size ? encodeEventId(this.positions) : null;
+    return new SseSocket(base.href, token, { threads: this.#threads, lastEventId, fetch: this.#opts.fetch });
+  }
   #wsUrl(token) {
     const url = new URL(this.#opts.url);
     if (url.protocol === "http:") url.protocol = "ws:";
@@ -403,9 +537,9 @@ var Client = class {
     }
     if (this.#stopped) return;
     const Ctor = this.#opts.WebSocket ?? globalThis.WebSocket;
-    if (!Ctor) throw new Error("no WebSocket implementation: pass one as `WebSocket`");
+    if (!Ctor && !this.#sse) throw new Error("no WebSocket implementation: pass one as `WebSocket`");
     this.#opened = false;
-    const ws = new Ctor(this.#wsUrl(token));
+    const ws = this.#sse ? this.#sseSocket(token) : new Ctor(this.#wsUrl(token));
     this.#ws = ws;
     ws.onopen = () => {
       this.#opened = true;
@@ -426,7 +560,7 @@ var Client = class {
     if (this.#stopped) return;
     let minDelay = 0;
     if (!this.#opened) {
-      const why = await this.#probe(token);
+      const why = ws instanceof SseSocket ? ws.refusal : await this.#probe(token);
       if (this.#stopped) return;
       if (why?.status === 401) {
         if (typeof this.#opts.token === "function" && !this.#rejectedOnce) {
@@ -562,12 +696,16 @@ var Client = class {
     }
     this.#save();
     this.#setState("open");
-    for (const t of this.#threads) this.#ws?.send(JSON.stringify({ type: "subscribe", thread_id: t }));
-    if (resume) {
-      this.#resuming = true;
-      this.#ws?.send(JSON.stringify({ type: "resume", positions: Object.fromEntries(this.positions) }));
+    if (this.#sse) {
+      this.#resuming = resume;
     } else {
-      this.#ws?.send(JSON.stringify({ type: "ping" }));
+      for (const t of this.#threads) this.#ws?.send(JSON.stringify({ type: "subscribe", thread_id: t }));
+      if (resume) {
+        this.#resuming = true;
+        this.#ws?.send(JSON.stringify({ type: "resume", positions: Object.fromEntries(this.positions) }));
+      } else {
+        this.#ws?.send(JSON.stringify({ type: "ping" }));
+      }
     }
     this.#stable = setTimeout(() => {
       this.#attempt = 0;
@@ -660,9 +798,11 @@ export {
   NotConnectedError,
   OverflowError,
   ReplyError,
+  SseSocket,
   backoffCeiling,
   backoffDelay,
   closeInfo,
   decodeFrame,
+  encodeEventId,
   matches
 };

@@ -17,6 +17,7 @@ import {
   type ResumedFrame,
   type ServerFrame,
 } from "./frames.js";
+import { encodeEventId, SseSocket } from "./sse.js";
 import { EventStream, type EventFilter } from "./stream.js";
 
 /** Why the token provider is called. */
@@ -58,6 +59,11 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 export interface ClientOptions {
   /** The server's WebSocket endpoint, `wss://host/ws` (`https://host/ws` works too). */
   url: string;
+  /**
+   * `"websocket"` (the default) or `"sse"`: Server-Sent Events from `/sse` beside the same
+   * endpoint, client frames by `POST` (for networks that block WebSockets). Same semantics.
+   */
+  transport?: "websocket" | "sse";
   /** A token, or a provider of fresh ones. */
   token: TokenSource;
   /** A WebSocket implementation; default `globalThis.WebSocket` (node 20 has none: pass `ws`). */
@@ -389,6 +395,18 @@ export class Client {
     return this.#token;
   }
 
+  get #sse(): boolean {
+    return this.#opts.transport === "sse";
+  }
+
+  /** An SSE stream resuming from the positions held (the server sends the subscriptions and
+   * `resume` itself, from the query and `Last-Event-ID`). */
+  #sseSocket(token: string): SseSocket {
+    const base = new URL(".", this.#opts.url.replace(/^ws/, "http"));
+    const lastEventId = this.positions.size ? encodeEventId(this.positions) : null;
+    return new SseSocket(base.href, token, { threads: this.#threads, lastEventId, fetch: this.#opts.fetch });
+  }
+
   #wsUrl(token: string): string {
     const url = new URL(this.#opts.url);
     if (url.protocol === "http:") url.protocol = "ws:";
@@ -408,9 +426,9 @@ export class Client {
     }
     if (this.#stopped) return;
     const Ctor = this.#opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!Ctor) throw new Error("no WebSocket implementation: pass one as `WebSocket`");
+    if (!Ctor && !this.#sse) throw new Error("no WebSocket implementation: pass one as `WebSocket`");
     this.#opened = false;
-    const ws = new Ctor(this.#wsUrl(token));
+    const ws = this.#sse ? this.#sseSocket(token) : new Ctor!(this.#wsUrl(token));
     this.#ws = ws;
     ws.onopen = () => {
       this.#opened = true;
@@ -431,8 +449,9 @@ export class Client {
     if (this.#stopped) return;
     let minDelay = 0;
     if (!this.#opened) {
-      // The handshake failed, and WebSocket APIs do not say why: ask the endpoint.
-      const why = await this.#probe(token);
+      // The handshake failed, and WebSocket APIs do not say why: ask the endpoint (an SSE
+      // request already has the answer).
+      const why = ws instanceof SseSocket ? ws.refusal : await this.#probe(token);
       if (this.#stopped) return;
       if (why?.status === 401) {
         // A provider may have a better token (the old one expired); ask it once.
@@ -581,12 +600,16 @@ export class Client {
     this.#setState("open");
     // Thread filters first, so that the replay already honours them; then `resume` (or any
     // frame, which ends the server's resume window at once).
-    for (const t of this.#threads) this.#ws?.send(JSON.stringify({ type: "subscribe", thread_id: t }));
-    if (resume) {
-      this.#resuming = true;
-      this.#ws?.send(JSON.stringify({ type: "resume", positions: Object.fromEntries(this.positions) }));
+    if (this.#sse) {
+      this.#resuming = resume; // the server sent the subscriptions and `resume` (or a ping)
     } else {
-      this.#ws?.send(JSON.stringify({ type: "ping" }));
+      for (const t of this.#threads) this.#ws?.send(JSON.stringify({ type: "subscribe", thread_id: t }));
+      if (resume) {
+        this.#resuming = true;
+        this.#ws?.send(JSON.stringify({ type: "resume", positions: Object.fromEntries(this.positions) }));
+      } else {
+        this.#ws?.send(JSON.stringify({ type: "ping" }));
+      }
     }
     this.#stable = setTimeout(() => {
       this.#attempt = 0;

@@ -201,14 +201,22 @@ export class Proxy {
     up.on("error", end).on("close", end);
     down.on("data", (d) => up.write(d));
     let upgraded = false;
+    let raw = false;
     let buf = Buffer.alloc(0);
     up.on("data", (d: Buffer) => {
       const forward = () => {
+        if (raw) return void down.write(d);
         if (!upgraded) {
-          // The HTTP response of the upgrade: pass it through, frames follow.
+          // The HTTP response of the upgrade: pass it through, frames follow. Any other
+          // response (an SSE stream, plain HTTP) passes through untouched.
           buf = Buffer.concat([buf, d]);
           const i = buf.indexOf("\r\n\r\n");
           if (i < 0) return;
+          if (!buf.subarray(0, 12).toString().startsWith("HTTP/1.1 101")) {
+            raw = true;
+            down.write(buf);
+            return;
+          }
           down.write(buf.subarray(0, i + 4));
           upgraded = true;
           d = buf.subarray(i + 4);
