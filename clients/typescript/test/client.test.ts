@@ -2,20 +2,14 @@
 // drops, dedupe, full-jitter backoff within its bounds, the close codes' reconnect hints, token
 // refresh and re-authentication, replies with timeouts, threads, presence and stored positions.
 
-import { after, afterEach, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { backoffCeiling, CLOSE_CODES, ReplyError, type EventFrame, type Resync, type Stopped } from "../src/index.js";
-import { client, closeAll, freePort, Proxy, sleep, SwitchboardServer, token, until } from "./support.js";
+import { client, serverPerFile, freePort, Proxy, sleep, SwitchboardServer, token, until } from "./support.js";
 
 let server: SwitchboardServer;
-before(async () => {
-  server = await SwitchboardServer.start();
-});
-after(async () => {
-  await server.shutdown();
-});
-afterEach(() => closeAll());
+serverPerFile((s) => (server = s));
 
 /** Collects every event a client hands out. */
 function collect(c: ReturnType<typeof client>): EventFrame[] {

@@ -3,20 +3,14 @@
 // with `Last-Event-ID` replays exactly the missed events), a slow SSE reader closed as a slow
 // consumer, and POSTs only to one's own connections.
 
-import { after, afterEach, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import type { EventFrame } from "../src/index.js";
-import { client, closeAll, Proxy, sleep, SwitchboardServer, token, until } from "./support.js";
+import { client, serverPerFile, Proxy, sleep, SwitchboardServer, token, until } from "./support.js";
 
 let server: SwitchboardServer;
-before(async () => {
-  server = await SwitchboardServer.start();
-});
-after(async () => {
-  await server.shutdown();
-});
-afterEach(() => closeAll());
+serverPerFile((s) => (server = s));
 
 const notice = (user: string, n: number, extra: Record<string, unknown> = {}) =>
   ({ tenant: "acme", user, kind: "notice", data: { n }, ...extra });

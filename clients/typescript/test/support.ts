@@ -4,6 +4,7 @@
 // server's bytes, or deliver every event frame twice.
 
 import { spawn, type ChildProcess } from "node:child_process";
+import { after, afterEach, before } from "node:test";
 import { createHmac } from "node:crypto";
 import { once } from "node:events";
 import { createServer, connect, type AddressInfo, type Server, type Socket } from "node:net";
@@ -143,6 +144,22 @@ export function client(opts: Omit<ClientOptions, "WebSocket">): Client {
 }
 export function closeAll(): void {
   for (const c of clients.splice(0)) c.close();
+}
+
+/**
+ * One server for a test file: started before its first test (handed to `set`), shut down after
+ * its last, every client closed after each test.
+ */
+export function serverPerFile(set: (server: SwitchboardServer) => void): void {
+  let server: SwitchboardServer | undefined;
+  before(async () => {
+    server = await SwitchboardServer.start();
+    set(server);
+  });
+  after(async () => {
+    await server?.shutdown();
+  });
+  afterEach(() => closeAll());
 }
 
 /** Resolves when `cond()` holds (polled), or rejects after `ms`. */
