@@ -92,3 +92,18 @@ async def test_a_request_gets_the_applications_reply_then_the_run(server):
         events = await take(c, 7)
         assert {e.run_id for e in events} == {reply["run_id"]}
         assert [e.kind for e in events][0] == "agent_started" and events[-1].kind == "agent_completed"
+
+
+async def test_a_failing_token_provider_is_retried_with_backoff(server):
+    calls = []
+
+    async def provider(reason: str) -> str:
+        calls.append(reason)
+        if len(calls) < 3:
+            raise RuntimeError("the token service is down")
+        return token("py-provider")
+
+    async with Consumer(server.ws, provider, backoff=Backoff(base=0.02, max=0.05)) as c:
+        assert c.connection is not None and c.connection.user == "py-provider"
+        assert calls == ["connect", "connect", "connect"]
+        assert c.stats["reconnects"] == 2

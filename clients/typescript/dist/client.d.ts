@@ -188,7 +188,8 @@ export declare class Client {
     /**
      * Sends a `message` with an `id` and resolves with the application's `reply` data; rejects with
      * [`ReplyError`] for an error reply, a timeout (`code: "timeout"`) or a lost connection
-     * (`code: "disconnected"`: the reply could only come on the connection that asked).
+     * (`code: "disconnected"`: the reply could only come on the connection that asked), and
+     * with [`NotConnectedError`] when there is no live connection to ask on.
      */
     request(data: unknown, opts?: {
         thread?: string;

@@ -173,11 +173,17 @@ export class Client {
     /**
      * Sends a `message` with an `id` and resolves with the application's `reply` data; rejects with
      * [`ReplyError`] for an error reply, a timeout (`code: "timeout"`) or a lost connection
-     * (`code: "disconnected"`: the reply could only come on the connection that asked).
+     * (`code: "disconnected"`: the reply could only come on the connection that asked), and
+     * with [`NotConnectedError`] when there is no live connection to ask on.
      */
     request(data, opts = {}) {
         const id = `q${++this.#nextId}`;
-        this.#sendNow({ type: "message", id, thread_id: opts.thread, data });
+        try {
+            this.#sendNow({ type: "message", id, thread_id: opts.thread, data });
+        }
+        catch (err) {
+            return Promise.reject(err);
+        }
         const ms = opts.timeoutMs ?? this.#opts.replyTimeoutMs ?? 10_000;
         return new Promise((resolve, reject) => {
             const timer = setTimeout(() => {

@@ -12,8 +12,10 @@
 //! Bytes count as written once the body has taken them, so a slow SSE reader is a slow consumer
 //! exactly like a slow WebSocket reader. Client frames come in by `POST` ([`SseConn::receive`]).
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -227,6 +229,7 @@ impl Handle {
         let parts = accepted.parts.take();
         let (tenant, user) = owner;
         let conn_id = id.to_string();
+        let retry_seed = conn_id.clone();
         let conn = SseConn { handle: self.clone(), id, tenant, user };
         sessions.0.lock().unwrap_or_else(|e| e.into_inner()).insert(conn_id.clone(), conn);
         for frame in first {
@@ -246,10 +249,14 @@ impl Handle {
             ended: false,
             _alive,
         });
-        // A reconnect delay for the browser's EventSource; the client's own backoff applies
-        // when it reconnects by itself.
+        // The browser's EventSource reconnects after `retry` ms, with no jitter of its own: a
+        // delay between 1 and 5 s drawn per connection keeps a restart from bringing every
+        // browser back in the same instant. (The TypeScript client uses its own backoff.)
+        let retry = 1000 + RandomState::new().hash_one(&retry_seed) % 4000;
         let hello =
-            futures_util::stream::once(async { Ok(Bytes::from_static(b"retry: 1000\n\n")) });
+            futures_util::stream::once(
+                async move { Ok(Bytes::from(format!("retry: {retry}\n\n"))) },
+            );
         let body = futures_util::stream::unfold(writer, |writer| async move {
             let mut writer = writer?;
             let chunk = writer.next_chunk().await?;

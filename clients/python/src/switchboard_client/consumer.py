@@ -184,11 +184,27 @@ class Consumer:
         return err
 
     async def _run(self) -> None:
+        """The connection loop; whatever ends it also ends the iterator (never a silent hang)."""
+        try:
+            await self._loop()
+        except (asyncio.CancelledError, ConsumerStopped, QueueOverflow):
+            raise  # cancelled by close(), or already queued for the reader
+        except BaseException as err:
+            self._queue.put_nowait(err)
+            raise
+
+    async def _loop(self) -> None:
         attempt = 0
         while True:
-            token = self._token or await self._get_token("expired" if self.stats["connects"] else "connect")
             code, min_delay = 1006, 0.0
             try:
+                token = self._token or await self._get_token("expired" if self.stats["connects"] else "connect")
+            except Exception:
+                # The provider failed (its backend is down?): try again after a backoff.
+                token = None
+            try:
+                if token is None:
+                    raise OSError("no token")
                 async with connect(self._ws_url(token), max_size=None, open_timeout=10) as ws:
                     self._ws = ws
                     opened = asyncio.get_running_loop().time()
