@@ -63,6 +63,16 @@ export interface ClientOptions {
     replyTimeoutMs?: number;
     /** How many events one iterator buffers for a slow `for await` loop. Default 10,000. */
     maxBuffered?: number;
+    /**
+     * Dead-connection detection: after `intervalMs` without a frame (default: the server's
+     * `heartbeat_ms`) the client sends `ping`; with no frame `timeoutMs` later (default 10,000) it
+     * gives the connection up as `heartbeat_timeout` and reconnects. A WebSocket whose network
+     * vanished can otherwise look open for minutes (the server's pings are invisible to a page).
+     */
+    heartbeat?: {
+        intervalMs?: number;
+        timeoutMs?: number;
+    };
     /** Called when a stream could not be recovered: refetch its state, then go on from there. */
     onResync?: (resync: Resync) => void;
 }

@@ -53,6 +53,8 @@ export class Client {
     #identity = null;
     #timer = null;
     #stable = null;
+    #watchdog = null;
+    #lastFrameAt = 0;
     #nextId = 0;
     #rejectedOnce = false;
     #ready = [];
@@ -217,7 +219,52 @@ export class Client {
             clearTimeout(this.#timer);
         if (this.#stable)
             clearTimeout(this.#stable);
-        this.#timer = this.#stable = null;
+        if (this.#watchdog)
+            clearTimeout(this.#watchdog);
+        this.#timer = this.#stable = this.#watchdog = null;
+    }
+    /** Abandons a connection without waiting for a close handshake that cannot complete. */
+    #giveUp(ws, token, code, reason) {
+        if (this.#ws !== ws)
+            return;
+        ws.onclose = ws.onmessage = ws.onopen = null;
+        try {
+            ws.close(code === 1006 ? 1000 : code, reason);
+        }
+        catch {
+            /* still connecting: nothing to close cleanly */
+        }
+        void this.#onClose(ws, token, code, reason);
+    }
+    /** Pings an idle connection, and gives it up when even the ping gets no answer. */
+    #watch(ws, token, heartbeatMs) {
+        const intervalMs = this.#opts.heartbeat?.intervalMs ?? heartbeatMs;
+        const timeoutMs = this.#opts.heartbeat?.timeoutMs ?? 10_000;
+        if (this.#watchdog)
+            clearTimeout(this.#watchdog); // the handshake's timer
+        const check = (pingedAt) => {
+            if (this.#ws !== ws)
+                return;
+            const now = Date.now();
+            if (pingedAt !== null && this.#lastFrameAt < pingedAt) {
+                // No frame since the ping: the connection is dead.
+                return this.#giveUp(ws, token, 4000, "heartbeat_timeout");
+            }
+            const idle = now - this.#lastFrameAt;
+            if (idle >= intervalMs) {
+                try {
+                    ws.send(JSON.stringify({ type: "ping" }));
+                }
+                catch {
+                    /* the close handler will run */
+                }
+                this.#watchdog = setTimeout(() => check(now), timeoutMs);
+            }
+            else {
+                this.#watchdog = setTimeout(() => check(null), intervalMs - idle);
+            }
+        };
+        this.#watchdog = setTimeout(() => check(null), intervalMs);
     }
     #sendNow(frame) {
         if (!this.#ws || this.#ws.readyState !== OPEN || this.state !== "open") {
@@ -273,10 +320,15 @@ export class Client {
         this.#opened = false;
         const ws = this.#sse ? this.#sseSocket(token) : new Ctor(this.#wsUrl(token));
         this.#ws = ws;
+        // A handshake that neither completes nor fails (a black-holed network) is given up too.
+        this.#watchdog = setTimeout(() => {
+            this.#giveUp(ws, token, 1006, "connect_timeout"); // cleared by `connected`
+        }, this.#opts.heartbeat?.timeoutMs ?? 10_000);
         ws.onopen = () => {
             this.#opened = true;
         };
         ws.onmessage = (ev) => {
+            this.#lastFrameAt = Date.now();
             if (typeof ev.data === "string")
                 this.#onText(ev.data);
         };
@@ -289,7 +341,9 @@ export class Client {
         this.#ws = null;
         if (this.#stable)
             clearTimeout(this.#stable);
-        this.#stable = null;
+        if (this.#watchdog)
+            clearTimeout(this.#watchdog);
+        this.#stable = this.#watchdog = null;
         this.#failPending(new ReplyError("disconnected", "the connection closed before the reply"));
         if (this.#stopped)
             return;
@@ -475,6 +529,8 @@ export class Client {
         this.#stable = setTimeout(() => {
             this.#attempt = 0;
         }, this.#backoff.stableAfterMs);
+        if (this.#ws)
+            this.#watch(this.#ws, this.#token ?? "", f.heartbeat_ms);
         this.#emit("connected", f);
         if (!resume)
             this.#settle(null);

@@ -347,6 +347,8 @@ var Client = class {
   #identity = null;
   #timer = null;
   #stable = null;
+  #watchdog = null;
+  #lastFrameAt = 0;
   #nextId = 0;
   #rejectedOnce = false;
   #ready = [];
@@ -498,7 +500,42 @@ var Client = class {
   #clearTimers() {
     if (this.#timer) clearTimeout(this.#timer);
     if (this.#stable) clearTimeout(this.#stable);
-    this.#timer = this.#stable = null;
+    if (this.#watchdog) clearTimeout(this.#watchdog);
+    this.#timer = this.#stable = this.#watchdog = null;
+  }
+  /** Abandons a connection without waiting for a close handshake that cannot complete. */
+  #giveUp(ws, token, code, reason) {
+    if (this.#ws !== ws) return;
+    ws.onclose = ws.onmessage = ws.onopen = null;
+    try {
+      ws.close(code === 1006 ? 1e3 : code, reason);
+    } catch {
+    }
+    void this.#onClose(ws, token, code, reason);
+  }
+  /** Pings an idle connection, and gives it up when even the ping gets no answer. */
+  #watch(ws, token, heartbeatMs) {
+    const intervalMs = this.#opts.heartbeat?.intervalMs ?? heartbeatMs;
+    const timeoutMs = this.#opts.heartbeat?.timeoutMs ?? 1e4;
+    if (this.#watchdog) clearTimeout(this.#watchdog);
+    const check = (pingedAt) => {
+      if (this.#ws !== ws) return;
+      const now = Date.now();
+      if (pingedAt !== null && this.#lastFrameAt < pingedAt) {
+        return this.#giveUp(ws, token, 4e3, "heartbeat_timeout");
+      }
+      const idle = now - this.#lastFrameAt;
+      if (idle >= intervalMs) {
+        try {
+          ws.send(JSON.stringify({ type: "ping" }));
+        } catch {
+        }
+        this.#watchdog = setTimeout(() => check(now), timeoutMs);
+      } else {
+        this.#watchdog = setTimeout(() => check(null), intervalMs - idle);
+      }
+    };
+    this.#watchdog = setTimeout(() => check(null), intervalMs);
   }
   #sendNow(frame) {
     if (!this.#ws || this.#ws.readyState !== OPEN || this.state !== "open") {
@@ -546,10 +583,14 @@ var Client = class {
     this.#opened = false;
     const ws = this.#sse ? this.#sseSocket(token) : new Ctor(this.#wsUrl(token));
     this.#ws = ws;
+    this.#watchdog = setTimeout(() => {
+      this.#giveUp(ws, token, 1006, "connect_timeout");
+    }, this.#opts.heartbeat?.timeoutMs ?? 1e4);
     ws.onopen = () => {
       this.#opened = true;
     };
     ws.onmessage = (ev) => {
+      this.#lastFrameAt = Date.now();
       if (typeof ev.data === "string") this.#onText(ev.data);
     };
     ws.onerror = () => {
@@ -560,7 +601,8 @@ var Client = class {
     if (this.#ws !== ws) return;
     this.#ws = null;
     if (this.#stable) clearTimeout(this.#stable);
-    this.#stable = null;
+    if (this.#watchdog) clearTimeout(this.#watchdog);
+    this.#stable = this.#watchdog = null;
     this.#failPending(new ReplyError("disconnected", "the connection closed before the reply"));
     if (this.#stopped) return;
     let minDelay = 0;
@@ -715,6 +757,7 @@ var Client = class {
     this.#stable = setTimeout(() => {
       this.#attempt = 0;
     }, this.#backoff.stableAfterMs);
+    if (this.#ws) this.#watch(this.#ws, this.#token ?? "", f.heartbeat_ms);
     this.#emit("connected", f);
     if (!resume) this.#settle(null);
   }

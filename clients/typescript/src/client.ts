@@ -82,6 +82,13 @@ export interface ClientOptions {
   replyTimeoutMs?: number;
   /** How many events one iterator buffers for a slow `for await` loop. Default 10,000. */
   maxBuffered?: number;
+  /**
+   * Dead-connection detection: after `intervalMs` without a frame (default: the server's
+   * `heartbeat_ms`) the client sends `ping`; with no frame `timeoutMs` later (default 10,000) it
+   * gives the connection up as `heartbeat_timeout` and reconnects. A WebSocket whose network
+   * vanished can otherwise look open for minutes (the server's pings are invisible to a page).
+   */
+  heartbeat?: { intervalMs?: number; timeoutMs?: number };
   /** Called when a stream could not be recovered: refetch its state, then go on from there. */
   onResync?: (resync: Resync) => void;
 }
@@ -207,6 +214,8 @@ export class Client {
   #identity: { tenant: string; user: string } | null = null;
   #timer: ReturnType<typeof setTimeout> | null = null;
   #stable: ReturnType<typeof setTimeout> | null = null;
+  #watchdog: ReturnType<typeof setTimeout> | null = null;
+  #lastFrameAt = 0;
   #nextId = 0;
   #rejectedOnce = false;
   #ready: { resolve: () => void; reject: (e: Error) => void }[] = [];
@@ -379,7 +388,47 @@ export class Client {
   #clearTimers(): void {
     if (this.#timer) clearTimeout(this.#timer);
     if (this.#stable) clearTimeout(this.#stable);
-    this.#timer = this.#stable = null;
+    if (this.#watchdog) clearTimeout(this.#watchdog);
+    this.#timer = this.#stable = this.#watchdog = null;
+  }
+
+  /** Abandons a connection without waiting for a close handshake that cannot complete. */
+  #giveUp(ws: WebSocketLike, token: string, code: number, reason: string): void {
+    if (this.#ws !== ws) return;
+    ws.onclose = ws.onmessage = ws.onopen = null;
+    try {
+      ws.close(code === 1006 ? 1000 : code, reason);
+    } catch {
+      /* still connecting: nothing to close cleanly */
+    }
+    void this.#onClose(ws, token, code, reason);
+  }
+
+  /** Pings an idle connection, and gives it up when even the ping gets no answer. */
+  #watch(ws: WebSocketLike, token: string, heartbeatMs: number): void {
+    const intervalMs = this.#opts.heartbeat?.intervalMs ?? heartbeatMs;
+    const timeoutMs = this.#opts.heartbeat?.timeoutMs ?? 10_000;
+    if (this.#watchdog) clearTimeout(this.#watchdog); // the handshake's timer
+    const check = (pingedAt: number | null) => {
+      if (this.#ws !== ws) return;
+      const now = Date.now();
+      if (pingedAt !== null && this.#lastFrameAt < pingedAt) {
+        // No frame since the ping: the connection is dead.
+        return this.#giveUp(ws, token, 4000, "heartbeat_timeout");
+      }
+      const idle = now - this.#lastFrameAt;
+      if (idle >= intervalMs) {
+        try {
+          ws.send(JSON.stringify({ type: "ping" }));
+        } catch {
+          /* the close handler will run */
+        }
+        this.#watchdog = setTimeout(() => check(now), timeoutMs);
+      } else {
+        this.#watchdog = setTimeout(() => check(null), intervalMs - idle);
+      }
+    };
+    this.#watchdog = setTimeout(() => check(null), intervalMs);
   }
 
   #sendNow(frame: Record<string, unknown>): void {
@@ -435,10 +484,15 @@ export class Client {
     this.#opened = false;
     const ws = this.#sse ? this.#sseSocket(token) : new Ctor!(this.#wsUrl(token));
     this.#ws = ws;
+    // A handshake that neither completes nor fails (a black-holed network) is given up too.
+    this.#watchdog = setTimeout(() => {
+      this.#giveUp(ws, token, 1006, "connect_timeout"); // cleared by `connected`
+    }, this.#opts.heartbeat?.timeoutMs ?? 10_000);
     ws.onopen = () => {
       this.#opened = true;
     };
     ws.onmessage = (ev) => {
+      this.#lastFrameAt = Date.now();
       if (typeof ev.data === "string") this.#onText(ev.data);
     };
     ws.onerror = () => {}; // a close always follows
@@ -449,7 +503,8 @@ export class Client {
     if (this.#ws !== ws) return;
     this.#ws = null;
     if (this.#stable) clearTimeout(this.#stable);
-    this.#stable = null;
+    if (this.#watchdog) clearTimeout(this.#watchdog);
+    this.#stable = this.#watchdog = null;
     this.#failPending(new ReplyError("disconnected", "the connection closed before the reply"));
     if (this.#stopped) return;
     let minDelay = 0;
@@ -619,6 +674,7 @@ export class Client {
     this.#stable = setTimeout(() => {
       this.#attempt = 0;
     }, this.#backoff.stableAfterMs);
+    if (this.#ws) this.#watch(this.#ws, this.#token ?? "", f.heartbeat_ms);
     this.#emit("connected", f);
     if (!resume) this.#settle(null);
   }

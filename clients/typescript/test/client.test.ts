@@ -264,3 +264,28 @@ test("presence: a room's members as snapshot plus diffs", async () => {
   assert.deepEqual(hall.members!.get("pres-a"), { name: "Ann" });
   assert.equal(hall.count, 2);
 });
+
+test("a connection that silently stops answering is given up and resumed (client heartbeat)", async () => {
+  const proxy = await Proxy.start(server.port);
+  const c = client({
+    url: proxy.ws,
+    token: token("silent-1"),
+    heartbeat: { intervalMs: 200, timeoutMs: 300 },
+    backoff: { baseMs: 50, maxMs: 100 },
+  });
+  const got = collect(c);
+  const codes = [] as number[];
+  c.on("reconnecting", (r) => codes.push(r.code));
+  await c.connect();
+  await server.publish(notice("silent-1", 1));
+  await until(() => got.length === 1, "a live event");
+  await sleep(600);
+  assert.equal(codes.length, 0, "an idle but answering connection is kept (pings answered)");
+  proxy.pause(); // the server's bytes stop arriving; no close, no error
+  await server.publish(notice("silent-1", 2));
+  await until(() => codes.includes(4000), "the heartbeat timeout", 5_000);
+  proxy.resume();
+  await until(() => got.length === 2 && c.state === "open", "the resume");
+  assert.deepEqual(got.map((e) => [e.seq, e.replayed]), [[1, false], [2, true]]);
+  await proxy.close();
+});
