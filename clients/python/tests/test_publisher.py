@@ -15,7 +15,10 @@ from switchboard_client import (
 async def test_publish_to_every_target_returns_positions_and_reaches_the_consumer(server):
     async with Publisher(server.http, ADMIN) as pub, Consumer(server.ws, token("py-pub-1", rooms=["den"])) as c:
         got = await pub.to_user("acme", "py-pub-1", "notice", {"n": 1})
-        assert (got.stream, got.seq, got.duplicate, got.delivered) == ("u", 1, False, 1)
+        assert (got.stream, got.seq, got.duplicate) == ("u", 1, False)
+        # Delivered, or held while the consumer's first frame is still on its way (it then
+        # arrives when the connection goes live).
+        assert got.delivered + got.held == 1, got
         got = await pub.to_thread("acme", "py-pub-1", "t1", "agent_started", {"n": 2}, run="r1")
         assert (got.stream, got.seq) == ("u", 2)
         got = await pub.to_run("acme", "py-pub-1", "r1", "agent_completed", {"n": 3})

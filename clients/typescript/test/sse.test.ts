@@ -145,3 +145,21 @@ test("POST /sse/{conn_id} takes frames only from the connection's own user", asy
   assert.equal((await post(token("sse-owner"))).status, 202);
   assert.equal((await fetch(`${server.http}/sse/0v999`, { method: "POST", headers: { Authorization: `Bearer ${token("sse-owner")}` }, body: "{}" })).status, 404);
 });
+
+test("the hub's close ends the stream with a close event carrying the code", async () => {
+  const own = await SwitchboardServer.start();
+  const res = await fetch(`${own.http}/sse?token=${token("sse-bye")}`);
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  const first = await reader.read();
+  text += first.value ?? "";
+  const stopping = own.shutdown(); // SIGINT: every connection closed with server_shutdown
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += value;
+  }
+  await stopping;
+  assert.match(text, /^retry: \d+\n\n/, "a reconnect delay first");
+  assert.match(text, /event: close\ndata: \{"code":4006,"reason":"server_shutdown"\}\n\n$/, text.slice(-200));
+});

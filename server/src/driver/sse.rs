@@ -162,42 +162,56 @@ impl Writer {
         if self.ended {
             return None;
         }
+        let mut chunk = String::new();
         let first = tokio::select! {
             biased;
             reason = &mut self.close => {
                 self.ended = true;
                 self.closed = true;
                 let reason = reason.ok()?;
+                // As on a WebSocket: what was queued before the close goes first, except for a
+                // slow consumer, whose queue is abandoned (it resumes instead).
+                if reason != CloseReason::SlowConsumer {
+                    while let Ok(out) = self.frames.try_recv() {
+                        self.push(&mut chunk, out);
+                    }
+                }
                 let data = serde_json::json!({ "code": reason.code(), "reason": reason.as_str() });
-                return Some(Bytes::from(format!("event: close\ndata: {data}\n\n")));
+                chunk.push_str(&format!("event: close\ndata: {data}\n\n"));
+                return Some(Bytes::from(chunk));
             }
             out = self.frames.recv() => out?,
         };
-        let mut chunk = String::new();
         let flush = self.handle.cfg.flush_bytes;
         let mut next = Some(first);
         while let Some(out) = next.take() {
-            match out {
-                Out::Text(frame) => {
-                    let text = frame.as_str();
-                    track(&mut self.positions, text);
-                    chunk.push_str("id: ");
-                    chunk.push_str(&encode_positions(&self.positions));
-                    chunk.push_str("\ndata: ");
-                    chunk.push_str(text);
-                    chunk.push_str("\n\n");
-                    self.unreported += frame.len();
-                }
-                Out::Ping => {
-                    chunk.push_str(": ping\n\n");
-                    self.pinged = true;
-                }
-            }
+            self.push(&mut chunk, out);
             if chunk.len() < flush {
                 next = self.frames.try_recv().ok();
             }
         }
         Some(Bytes::from(chunk))
+    }
+
+    /// Appends one of the hub's outputs to a chunk: a frame as an event with the positions as
+    /// its id, a ping as a comment.
+    fn push(&mut self, chunk: &mut String, out: Out) {
+        match out {
+            Out::Text(frame) => {
+                let text = frame.as_str();
+                track(&mut self.positions, text);
+                chunk.push_str("id: ");
+                chunk.push_str(&encode_positions(&self.positions));
+                chunk.push_str("\ndata: ");
+                chunk.push_str(text);
+                chunk.push_str("\n\n");
+                self.unreported += frame.len();
+            }
+            Out::Ping => {
+                chunk.push_str(": ping\n\n");
+                self.pinged = true;
+            }
+        }
     }
 }
 
