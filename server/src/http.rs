@@ -25,7 +25,7 @@ use switchboard::{
 };
 
 use crate::auth::{AuthError, Claims, KeyError, Keys, check_admin_key};
-use crate::driver::{Handle, PublishFailed, Receipt, Refused};
+use crate::driver::{Handle, PublishFailed, Receipt, Refused, SseSessions};
 use crate::metrics;
 use crate::secret::AdminKey;
 
@@ -64,7 +64,7 @@ pub struct HttpCounters {
 }
 
 impl HttpCounters {
-    fn unauthorized(&self, err: &AuthError) {
+    pub(crate) fn unauthorized(&self, err: &AuthError) {
         let c = match err {
             AuthError::Missing => &self.unauthorized_missing,
             AuthError::Expired => &self.unauthorized_expired,
@@ -125,6 +125,8 @@ pub struct AppState {
     /// page can refresh its session (a real deployment's own token issuer does that). `None`
     /// (the default): the route answers 404.
     pub demo_token_ttl: Option<Duration>,
+    /// The open Server-Sent Events connections, for `POST /sse/{conn_id}` ([`crate::sse`]).
+    pub sse: SseSessions,
 }
 
 impl AppState {
@@ -147,6 +149,7 @@ impl AppState {
             metrics_require_admin: false,
             publish_body: PublishBody::default(),
             demo_token_ttl: None,
+            sse: SseSessions::default(),
         })
     }
 
@@ -183,7 +186,7 @@ impl AppState {
         self
     }
 
-    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn origin_allowed(&self, headers: &HeaderMap) -> bool {
         let Some(allowed) = &self.allowed_origins else { return true };
         let Some(origin) = headers.get(header::ORIGIN) else { return true };
         let Ok(origin) = origin.to_str() else { return false };
@@ -192,8 +195,9 @@ impl AppState {
     }
 }
 
-/// The routes: `GET /ws`, `POST /publish`, `GET /metrics`, `GET /healthz`, `GET /`, and the
-/// admin API under `/admin/` ([`crate::admin::routes`]). Merge it
+/// The routes: `GET /ws`, `GET /sse` and `POST /sse/{conn_id}` ([`crate::sse`]), `POST /publish`,
+/// `GET /metrics`, `GET /healthz`, `GET /`, `GET /switchboard-client.js`, and the admin API
+/// under `/admin/` ([`crate::admin::routes`]). Merge it
 /// into the application's own router, or nest it under a prefix.
 ///
 /// `POST /publish` reads at most [`PublishBody::max_bytes`] of body (axum's [`DefaultBodyLimit`]
@@ -202,7 +206,10 @@ pub fn router(state: AppState) -> Router {
     let body_limit = DefaultBodyLimit::max(state.publish_body.max_bytes);
     Router::new()
         .route("/", get(page))
+        .route("/switchboard-client.js", get(client_module))
         .route("/ws", get(websocket))
+        .route("/sse", get(crate::sse::open))
+        .route("/sse/{conn_id}", post(crate::sse::post))
         .route("/publish", post(publish).layer(body_limit))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
@@ -213,8 +220,23 @@ pub fn router(state: AppState) -> Router {
 
 const PAGE: &str = include_str!("page.html");
 
-/// The page's Content-Security-Policy: nothing but its own inline script and style (allowed by
-/// their hashes), WebSockets and fetches to its own origin, and no framing.
+/// The TypeScript client (`clients/typescript`), compiled: the page imports it, and any other
+/// page of the deployment may. Committed build output, so the server needs no node to run; CI
+/// checks that it is the build of the current source (`npm run check-build`).
+pub const CLIENT_MODULE: &str = include_str!("../../clients/typescript/dist/switchboard.js");
+
+async fn client_module() -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    (headers, CLIENT_MODULE).into_response()
+}
+
+/// The page's Content-Security-Policy: nothing but its own inline module and style (allowed by
+/// their hashes) and scripts of its own origin (the client module), WebSockets and fetches to its
+/// own origin, and no framing.
 fn page_csp() -> &'static str {
     static CSP: OnceLock<String> = OnceLock::new();
     CSP.get_or_init(|| {
@@ -225,9 +247,9 @@ fn page_csp() -> &'static str {
             format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest))
         };
         format!(
-            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self'; \
-             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            hash("<script>", "</script>"),
+            "default-src 'none'; script-src 'self' {}; style-src {}; connect-src 'self'; \
+             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash("<script type=\"module\">", "</script>"),
             hash("<style>", "</style>"),
         )
     })
@@ -354,7 +376,7 @@ async fn websocket(
     }
 }
 
-fn refusal(refused: Refused) -> Response {
+pub(crate) fn refusal(refused: Refused) -> Response {
     let err = match refused {
         Refused::Stopping => {
             return error(

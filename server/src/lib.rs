@@ -17,9 +17,10 @@
 //!   [`bus::redis`], the Redis driver that runs a clustered hub's bus operations (Lua scripts,
 //!   pipelines, pub/sub with batched and restored subscriptions, a liveness probe, heartbeats).
 //! - [`auth`]: HS256 JWTs to [`switchboard::Principal`]s.
-//! - [`http`]: the routes (`/ws`, `/publish`, `/metrics`, `/healthz`, `/`) as an axum
-//!   [`Router`](axum::Router) to mount or merge into the application's own; [`admin`]: the
-//!   admin API under `/admin/` (merged into the same router).
+//! - [`http`]: the routes (`/ws`, `/sse`, `/publish`, `/metrics`, `/healthz`, `/`, and the
+//!   compiled TypeScript client) as an axum [`Router`](axum::Router) to mount or merge into the
+//!   application's own; [`admin`]: the admin API under `/admin/` (merged into the same router);
+//!   [`sse`]: the Server-Sent Events routes.
 //! - [`listen`]: the HTTP listener: a header-read timeout, a cap on connections that have not
 //!   upgraded, and a file-descriptor budget derived from `RLIMIT_NOFILE`.
 //! - [`metrics`]: the Prometheus text of `/metrics`.
@@ -98,3 +99,4 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod secret;
+pub mod sse;

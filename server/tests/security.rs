@@ -304,12 +304,18 @@ async fn the_page_is_sent_with_csp_and_framing_headers() {
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     assert!(csp.contains("connect-src 'self'"), "{csp}");
     assert!(!csp.contains("unsafe-inline"), "{csp}");
-    // The hash allows exactly the page's inline script.
-    let start = reply.body.find("<script>").unwrap() + "<script>".len();
+    // The hash allows exactly the page's inline module; 'self' the client module it imports.
+    let open = r#"<script type="module">"#;
+    let start = reply.body.find(open).unwrap() + open.len();
     let end = reply.body.find("</script>").unwrap();
     let digest = Sha256::digest(&reply.body.as_bytes()[start..end]);
     let hash = base64::engine::general_purpose::STANDARD.encode(digest);
-    assert!(csp.contains(&format!("script-src 'sha256-{hash}'")), "{csp}");
+    assert!(csp.contains(&format!("script-src 'self' 'sha256-{hash}'")), "{csp}");
+    assert!(reply.body.contains(r#"from "/switchboard-client.js""#));
+    let module = server.get("/switchboard-client.js", &[]).await;
+    assert_eq!(module.status, 200);
+    assert!(module.headers["content-type"].starts_with("text/javascript"));
+    assert!(module.body.contains("var Client = class"), "the compiled client");
 }
 
 // ---------------------------------------------------------------------------------------------

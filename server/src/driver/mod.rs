@@ -57,6 +57,9 @@
 
 mod connection;
 mod hub_task;
+mod sse;
+
+pub use sse::{SseConn, SseSessions, decode_positions, encode_positions};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

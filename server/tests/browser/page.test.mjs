@@ -1,4 +1,4 @@
-// Drives the demo page in a real headless chromium: connect with a token, see who is online in
+// Drives the demo page (on the TypeScript client of clients/typescript) in a real headless chromium: connect with a token, see who is online in
 // the lobby, type a message, send it, and wait for the demo agent's five kinds of events to appear in order. Then drop the
 // socket from inside the page and check that it reconnects and resumes by itself, and that the
 // server counted the drop as a clean close. Then open the page with a rejected token: it must say
@@ -11,6 +11,8 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createServer, connect } from "node:net";
+import { once } from "node:events";
 import { chromium } from "playwright-core";
 
 const url = process.argv[2];
@@ -58,6 +60,11 @@ try {
   await page.waitForFunction(() => document.getElementById("status").className === "connected", null, { timeout: TIMEOUT });
   const who = await page.textContent("#who");
   console.log(`connected as ${who}`);
+  // The page runs on the TypeScript client the server serves compiled.
+  const usesClient = await page.evaluate(() =>
+    performance.getEntriesByType("resource").some((r) => r.name.endsWith("/switchboard-client.js")) &&
+    window.switchboard.client.state === "open");
+  check(usesClient, "the page did not load /switchboard-client.js or its client is not open");
 
   // The token left the address bar, and is kept for this tab only.
   const stored = await page.evaluate(() => ({
@@ -154,6 +161,55 @@ try {
   console.log("a rejected token is reported and not retried; a pasted one connects");
 
   if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
+
+  // Server-Sent Events: the browser's own EventSource, through a TCP proxy this script can cut.
+  // A run starts; after its first event the proxy drops every connection; the browser reconnects
+  // by itself with Last-Event-ID, and the server replays exactly what it missed, then `resumed`.
+  const target = new URL(url);
+  const sockets = new Set();
+  const proxy = createServer((down) => {
+    const up = connect(Number(target.port), target.hostname);
+    for (const [a, b] of [[down, up], [up, down]]) {
+      sockets.add(a);
+      a.on("data", (d) => b.write(d));
+      a.on("error", () => b.destroy());
+      a.on("close", () => { b.destroy(); sockets.delete(a); });
+    }
+  });
+  proxy.listen(0, "127.0.0.1");
+  await once(proxy, "listening");
+  const via = `http://127.0.0.1:${proxy.address().port}`;
+  const sse = await context.newPage();
+  await sse.goto(`${via}/`);
+  await sse.evaluate((tok) => {
+    window.sseLog = { frames: [], opens: 0 };
+    const es = new EventSource(`/sse?token=${encodeURIComponent(tok)}`);
+    es.onopen = () => { window.sseLog.opens += 1; };
+    es.onmessage = (e) => window.sseLog.frames.push({ id: e.lastEventId, frame: JSON.parse(e.data) });
+  }, good);
+  await sse.waitForFunction(() => window.sseLog.frames.some((f) => f.frame.type === "connected"), null, { timeout: TIMEOUT });
+  const connId = await sse.evaluate(() => window.sseLog.frames.find((f) => f.frame.type === "connected").frame.conn_id);
+  const posted = await fetch(`${target.origin}/sse/${connId}`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${good}` },
+    body: JSON.stringify({ type: "message", thread_id: "sse", data: { text: "over SSE" } }),
+  });
+  check(posted.status === 202, `POST /sse/${connId}: ${posted.status}`);
+  await sse.waitForFunction(() => window.sseLog.frames.some((f) => f.frame.type === "agent_started"), null, { timeout: TIMEOUT });
+  for (const s of sockets) s.destroy(); // the network drops mid-run
+  await sse.waitForFunction(() => window.sseLog.frames.some((f) => f.frame.type === "resumed"), null, { timeout: TIMEOUT });
+  await sse.waitForFunction(() => window.sseLog.frames.some((f) => f.frame.type === "agent_completed"), null, { timeout: TIMEOUT });
+  const log = await sse.evaluate(() => window.sseLog);
+  const runEvents = log.frames.map((f) => f.frame).filter((f) => f.thread_id === "sse");
+  check(JSON.stringify(runEvents.map((f) => f.type)) === JSON.stringify(RUN), `SSE run: ${runEvents.map((f) => f.type)}`);
+  const sseSeqs = runEvents.map((f) => f.seq);
+  check(sseSeqs.every((q, i) => i === 0 || q === sseSeqs[i - 1] + 1), `SSE seqs not consecutive: ${sseSeqs}`);
+  const resumed = log.frames.find((f) => f.frame.type === "resumed").frame;
+  check(resumed.recovered === true && log.opens === 2, `resume over SSE: ${JSON.stringify(resumed)}, opens ${log.opens}`);
+  const replayedCount = Object.values(resumed.streams).reduce((a, r) => a + r.replayed, 0);
+  console.log(`EventSource resumed after the drop: ${replayedCount} missed events replayed, the run complete and in order`);
+  await sse.close();
+  proxy.close();
   console.log("browser test passed");
 } catch (e) {
   failed = true;

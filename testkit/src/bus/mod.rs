@@ -565,9 +565,11 @@ impl ModelBus {
         n.queue.push_back((due, event));
     }
 
+    /// Below 2^53, as the Redis engine's (microsecond) epochs and the hub's own are, so that a
+    /// JavaScript client reads every epoch exactly.
     fn fresh_epoch(&mut self) -> u64 {
         loop {
-            let e = self.rng.next();
+            let e = self.rng.next() & ((1 << 53) - 1);
             if e != 0 && self.epochs_used.insert(e) {
                 return e;
             }

@@ -1,0 +1,6 @@
+export * from "./backoff.js";
+export * from "./close.js";
+export * from "./frames.js";
+export * from "./sse.js";
+export * from "./stream.js";
+export * from "./client.js";

@@ -1,0 +1,769 @@
+// The switchboard client: one logical connection that survives reconnects. It keeps the last
+// position of every stream, sends `resume` first after each reconnect, drops duplicates by
+// (stream, epoch, seq), reports streams that could not be recovered, backs off with full jitter
+// and follows the server's close codes. See the README for the protocol it speaks.
+
+import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from "./backoff.js";
+import { closeInfo } from "./close.js";
+import {
+  decodeFrame,
+  FrameError,
+  type ConnectedFrame,
+  type ErrorFrame,
+  type EventFrame,
+  type Position,
+  type PresenceFrame,
+  type PresenceDiffFrame,
+  type ResumedFrame,
+  type ServerFrame,
+} from "./frames.js";
+import { encodeEventId, SseSocket } from "./sse.js";
+import { EventStream, type EventFilter } from "./stream.js";
+
+/** Why the token provider is called. */
+export type TokenReason =
+  /** The first connection. */
+  | "connect"
+  /** The server sent `refresh_required`: the session ends soon. */
+  | "refresh"
+  /** The session expired (close 4001): the next connection needs a new token. */
+  | "expired"
+  /** The server refused the token at the handshake (401). */
+  | "rejected";
+
+/** A token, or a function that returns a fresh one (called as [`TokenReason`] says). */
+export type TokenSource = string | ((reason: TokenReason) => string | Promise<string>);
+
+/** What the client needs of `localStorage`/`sessionStorage` to keep positions across loads. */
+export interface StorageLike {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem(key: string): void;
+}
+
+/** The part of the WebSocket API the client uses (the browser's, or node's `ws` package). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+
+/** A WebSocket constructor. */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** How a [`Client`] connects and behaves. */
+export interface ClientOptions {
+  /** The server's WebSocket endpoint, `wss://host/ws` (`https://host/ws` works too). */
+  url: string;
+  /**
+   * `"websocket"` (the default) or `"sse"`: Server-Sent Events from `/sse` beside the same
+   * endpoint, client frames by `POST` (for networks that block WebSockets). Same semantics.
+   */
+  transport?: "websocket" | "sse";
+  /** A token, or a provider of fresh ones. */
+  token: TokenSource;
+  /** A WebSocket implementation; default `globalThis.WebSocket` (node 20 has none: pass `ws`). */
+  WebSocket?: WebSocketConstructor;
+  /** Used to ask why a handshake failed (401, 403, 429); default `globalThis.fetch`. */
+  fetch?: typeof fetch;
+  /** Reconnect timing (see [`DEFAULT_BACKOFF`]). */
+  backoff?: BackoffOptions;
+  /** The jitter's source of randomness, in [0, 1); default `Math.random`. */
+  random?: () => number;
+  /** Keeps positions across page loads or process restarts (e.g. `sessionStorage`). */
+  storage?: StorageLike;
+  /** The storage key; default `"switchboard-positions"`. */
+  storageKey?: string;
+  /** How long [`Client.request`] waits for a reply by default, in ms. Default 10,000. */
+  replyTimeoutMs?: number;
+  /** How many events one iterator buffers for a slow `for await` loop. Default 10,000. */
+  maxBuffered?: number;
+  /**
+   * Dead-connection detection: after `intervalMs` without a frame (default: the server's
+   * `heartbeat_ms`) the client sends `ping`; with no frame `timeoutMs` later (default 10,000) it
+   * gives the connection up as `heartbeat_timeout` and reconnects. A WebSocket whose network
+   * vanished can otherwise look open for minutes (the server's pings are invisible to a page).
+   */
+  heartbeat?: { intervalMs?: number; timeoutMs?: number };
+  /** Called when a stream could not be recovered: refetch its state, then go on from there. */
+  onResync?: (resync: Resync) => void;
+}
+
+/** A stream whose missed messages did not all come: the application should refetch its state. */
+export interface Resync {
+  stream: string;
+  /** The position the stream continues from. */
+  position: Position;
+  /** `epoch_mismatch`, `gap_too_old`, `live_ahead`, … (README, "Resume protocol"). */
+  reason: string;
+}
+
+/** Where the client is. */
+export type ClientState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** Who is present in a scope, as the server last announced it. */
+export interface PresenceState {
+  scope: string;
+  count: number;
+  /** user → meta; `null` when the scope is too large for a list. */
+  members: Map<string, Record<string, unknown> | undefined> | null;
+}
+
+/** Why the client stopped for good. */
+export interface Stopped {
+  /** The close code, or the handshake's HTTP status (401, 403). */
+  code: number;
+  /** The close reason, or the server's error code (`invalid`, `expired`, …). */
+  reason: string;
+  /** The server's explanation of a refused handshake, when it gave one. */
+  message?: string;
+}
+
+/** What the client emits; `on(name, fn)` subscribes. */
+export interface ClientEvents {
+  /** Every frame, decoded (events included). */
+  frame: ServerFrame;
+  /** Every new event (duplicates dropped). */
+  event: EventFrame;
+  state: ClientState;
+  connected: ConnectedFrame;
+  resumed: ResumedFrame;
+  resync: Resync;
+  presence: PresenceState;
+  /** An `error` frame: the server refused something this client sent. */
+  serverError: ErrorFrame;
+  /** A frame this client could not read. */
+  protocolError: FrameError;
+  /** A reconnect is scheduled. */
+  reconnecting: { attempt: number; delayMs: number; code: number; reason: string };
+  /** The client stopped for good (a close code that forbids retrying, a refused token). */
+  stopped: Stopped;
+}
+
+/** A reply that carried an error, or a request that got none. */
+export class ReplyError extends Error {
+  override name = "ReplyError";
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Sending needs a live connection. */
+export class NotConnectedError extends Error {
+  override name = "NotConnectedError";
+}
+
+/** Counters, for display and tests. */
+export interface ClientStats {
+  connects: number;
+  reconnects: number;
+  events: number;
+  duplicates: number;
+  replayed: number;
+  skipped: number;
+}
+
+const OPEN = 1;
+
+interface Pending {
+  resolve: (data: unknown) => void;
+  reject: (err: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+// Listeners by event name; `on` and `emit` keep each set's element type in step with its name.
+type AnyListener = (v: never) => void;
+
+/** One logical connection to a switchboard server, across reconnects. */
+export class Client {
+  /** Stream → the last position processed. */
+  readonly positions = new Map<string, Position>();
+  /** Scope → presence, for the scopes this connection is in. */
+  readonly presence = new Map<string, PresenceState>();
+  readonly stats: ClientStats = {
+    connects: 0,
+    reconnects: 0,
+    events: 0,
+    duplicates: 0,
+    replayed: 0,
+    skipped: 0,
+  };
+  /** The current (or last) `connected` frame. */
+  connection: ConnectedFrame | null = null;
+  state: ClientState = "idle";
+
+  readonly #opts: ClientOptions;
+  readonly #backoff: Required<BackoffOptions>;
+  readonly #threads = new Set<string>();
+  readonly #streams = new Set<EventStream>();
+  readonly #pending = new Map<string, Pending>();
+  readonly #listeners = new Map<keyof ClientEvents, Set<AnyListener>>();
+  #ws: WebSocketLike | null = null;
+  #token: string | null = null;
+  #attempt = 0;
+  #opened = false;
+  #resuming = false;
+  #stopped = false;
+  #identity: { tenant: string; user: string } | null = null;
+  #timer: ReturnType<typeof setTimeout> | null = null;
+  #stable: ReturnType<typeof setTimeout> | null = null;
+  #watchdog: ReturnType<typeof setTimeout> | null = null;
+  #lastFrameAt = 0;
+  #nextId = 0;
+  #rejectedOnce = false;
+  #ready: { resolve: () => void; reject: (e: Error) => void }[] = [];
+
+  constructor(opts: ClientOptions) {
+    this.#opts = opts;
+    this.#backoff = { ...DEFAULT_BACKOFF, ...opts.backoff };
+    if (typeof opts.token === "string") this.#token = opts.token;
+    this.#load();
+  }
+
+  /** Subscribes to one kind of client event; returns the unsubscribe function. */
+  on<K extends keyof ClientEvents>(name: K, fn: (v: ClientEvents[K]) => void): () => void {
+    let set = this.#listeners.get(name);
+    if (!set) this.#listeners.set(name, (set = new Set()));
+    set.add(fn);
+    return () => void set.delete(fn);
+  }
+
+  #emit<K extends keyof ClientEvents>(name: K, v: ClientEvents[K]): void {
+    for (const fn of this.#listeners.get(name) ?? []) {
+      try {
+        (fn as (v: ClientEvents[K]) => void)(v);
+      } catch (err) {
+        // A listener's bug must not break the connection; surface it asynchronously.
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+  }
+
+  /**
+   * Connects (once; later calls wait for the same connection). Resolves when the connection is
+   * live: after `resumed` on a reconnect, at once on a first connection. Rejects if the client
+   * stops for good first.
+   */
+  connect(): Promise<void> {
+    const ready = new Promise<void>((resolve, reject) => this.#ready.push({ resolve, reject }));
+    if (this.state === "open" && !this.#resuming) this.#settle(null);
+    else if (this.state === "idle" || this.state === "closed") {
+      this.#stopped = false;
+      void this.#open();
+    }
+    return ready;
+  }
+
+  /** Closes for good: no reconnect; iterators end, outstanding requests are rejected. */
+  close(): void {
+    this.#stopped = true;
+    this.#clearTimers();
+    const ws = this.#ws;
+    this.#ws = null;
+    if (ws) {
+      ws.onclose = ws.onmessage = ws.onopen = ws.onerror = null;
+      ws.close(1000, "client closed");
+    }
+    this.#failPending(new NotConnectedError("the client was closed"));
+    for (const s of [...this.#streams]) s.end();
+    this.#setState("closed");
+    this.#settle(new NotConnectedError("the client was closed"));
+  }
+
+  /**
+   * Closes the current socket cleanly (1000) and reconnects as after any drop: for trying
+   * resume by hand. A clean close does not count towards the server's reconnect breaker.
+   */
+  drop(): void {
+    this.#ws?.close(1000, "dropped by the client");
+  }
+
+  /** Forgets every stream position (for a different user, or after refetching everything). */
+  resetPositions(): void {
+    this.positions.clear();
+    this.#save();
+  }
+
+  /** Narrows the connection to `thread` (plus thread-less user events); kept across reconnects. */
+  subscribe(thread: string): void {
+    this.#threads.add(thread);
+    this.#sendIfOpen({ type: "subscribe", thread_id: thread });
+  }
+
+  /** Drops one thread, or without one every thread (the connection gets all events again). */
+  unsubscribe(thread?: string): void {
+    if (thread === undefined) this.#threads.clear();
+    else this.#threads.delete(thread);
+    this.#sendIfOpen(thread === undefined ? { type: "unsubscribe" } : { type: "unsubscribe", thread_id: thread });
+  }
+
+  /** Every new event that passes `filter`, as an async iterator. */
+  events(filter: EventFilter = {}): EventStream {
+    const s: EventStream = new EventStream(filter, this.#opts.maxBuffered ?? 10_000, () => this.#streams.delete(s));
+    this.#streams.add(s);
+    return s;
+  }
+
+  /**
+   * The events of one thread: subscribes to it (the server then sends only the subscribed
+   * threads' events) and unsubscribes when the loop ends.
+   */
+  thread(thread: string): EventStream {
+    this.subscribe(thread);
+    const s: EventStream = new EventStream({ thread }, this.#opts.maxBuffered ?? 10_000, () => {
+      this.#streams.delete(s);
+      this.unsubscribe(thread);
+    });
+    this.#streams.add(s);
+    return s;
+  }
+
+  /**
+   * The events of one agent run. Filtered here for now; when the server offers run
+   * subscriptions this also subscribes, like [`Client.thread`].
+   */
+  run(run: string): EventStream {
+    return this.events({ run });
+  }
+
+  /** Sends a client `message` (to the application). Throws if not connected. */
+  send(data: unknown, opts: { thread?: string } = {}): void {
+    this.#sendNow({ type: "message", thread_id: opts.thread, data });
+  }
+
+  /**
+   * Sends a `message` with an `id` and resolves with the application's `reply` data; rejects with
+   * [`ReplyError`] for an error reply, a timeout (`code: "timeout"`) or a lost connection
+   * (`code: "disconnected"`: the reply could only come on the connection that asked), and
+   * with [`NotConnectedError`] when there is no live connection to ask on.
+   */
+  request(data: unknown, opts: { thread?: string; timeoutMs?: number } = {}): Promise<unknown> {
+    const id = `q${++this.#nextId}`;
+    try {
+      this.#sendNow({ type: "message", id, thread_id: opts.thread, data });
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+    const ms = opts.timeoutMs ?? this.#opts.replyTimeoutMs ?? 10_000;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(id);
+        reject(new ReplyError("timeout", `no reply within ${ms} ms`));
+      }, ms);
+      this.#pending.set(id, { resolve, reject, timer });
+    });
+  }
+
+  /** Asks for a fresh presence snapshot of a scope (`"t"` or `"r:<room>"`). */
+  requestPresence(scope: string): void {
+    this.#sendNow({ type: "presence", scope });
+  }
+
+  /** Sends any frame (for protocol features newer than this client). Throws if not connected. */
+  sendFrame(frame: Record<string, unknown>): void {
+    this.#sendNow(frame);
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  #setState(s: ClientState): void {
+    if (this.state === s) return;
+    this.state = s;
+    this.#emit("state", s);
+  }
+
+  #settle(err: Error | null): void {
+    for (const r of this.#ready.splice(0)) err ? r.reject(err) : r.resolve();
+  }
+
+  #clearTimers(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    if (this.#stable) clearTimeout(this.#stable);
+    if (this.#watchdog) clearTimeout(this.#watchdog);
+    this.#timer = this.#stable = this.#watchdog = null;
+  }
+
+  /** Abandons a connection without waiting for a close handshake that cannot complete. */
+  #giveUp(ws: WebSocketLike, token: string, code: number, reason: string): void {
+    if (this.#ws !== ws) return;
+    ws.onclose = ws.onmessage = ws.onopen = null;
+    try {
+      ws.close(code === 1006 ? 1000 : code, reason);
+    } catch {
+      /* still connecting: nothing to close cleanly */
+    }
+    void this.#onClose(ws, token, code, reason);
+  }
+
+  /** Pings an idle connection, and gives it up when even the ping gets no answer. */
+  #watch(ws: WebSocketLike, token: string, heartbeatMs: number): void {
+    const intervalMs = this.#opts.heartbeat?.intervalMs ?? heartbeatMs;
+    const timeoutMs = this.#opts.heartbeat?.timeoutMs ?? 10_000;
+    if (this.#watchdog) clearTimeout(this.#watchdog); // the handshake's timer
+    const check = (pingedAt: number | null) => {
+      if (this.#ws !== ws) return;
+      const now = Date.now();
+      if (pingedAt !== null && this.#lastFrameAt < pingedAt) {
+        // No frame since the ping: the connection is dead.
+        return this.#giveUp(ws, token, 4000, "heartbeat_timeout");
+      }
+      const idle = now - this.#lastFrameAt;
+      if (idle >= intervalMs) {
+        try {
+          ws.send(JSON.stringify({ type: "ping" }));
+        } catch {
+          /* the close handler will run */
+        }
+        this.#watchdog = setTimeout(() => check(now), timeoutMs);
+      } else {
+        this.#watchdog = setTimeout(() => check(null), intervalMs - idle);
+      }
+    };
+    this.#watchdog = setTimeout(() => check(null), intervalMs);
+  }
+
+  #sendNow(frame: Record<string, unknown>): void {
+    if (!this.#ws || this.#ws.readyState !== OPEN || this.state !== "open") {
+      throw new NotConnectedError("not connected");
+    }
+    this.#ws.send(JSON.stringify(frame));
+  }
+
+  #sendIfOpen(frame: Record<string, unknown>): void {
+    if (this.#ws && this.#ws.readyState === OPEN && this.state === "open") this.#ws.send(JSON.stringify(frame));
+  }
+
+  async #getToken(reason: TokenReason): Promise<string> {
+    const src = this.#opts.token;
+    if (typeof src === "string") return src;
+    this.#token = await src(reason);
+    return this.#token;
+  }
+
+  get #sse(): boolean {
+    return this.#opts.transport === "sse";
+  }
+
+  /** An SSE stream resuming from the positions held (the server sends the subscriptions and
+   * `resume` itself, from the query and `Last-Event-ID`). */
+  #sseSocket(token: string): SseSocket {
+    const base = new URL(".", this.#opts.url.replace(/^ws/, "http"));
+    const lastEventId = this.positions.size ? encodeEventId(this.positions) : null;
+    return new SseSocket(base.href, token, { threads: this.#threads, lastEventId, fetch: this.#opts.fetch });
+  }
+
+  #wsUrl(token: string): string {
+    const url = new URL(this.#opts.url);
+    if (url.protocol === "http:") url.protocol = "ws:";
+    if (url.protocol === "https:") url.protocol = "wss:";
+    url.searchParams.set("token", token);
+    return url.toString();
+  }
+
+  async #open(): Promise<void> {
+    this.#setState(this.stats.connects || this.stats.reconnects ? "reconnecting" : "connecting");
+    let token: string;
+    try {
+      token = this.#token ?? (await this.#getToken(this.stats.connects ? "expired" : "connect"));
+    } catch {
+      // The provider failed (its backend is down?): try again later like any failed attempt.
+      return this.#retry(0, "token_provider_failed");
+    }
+    if (this.#stopped) return;
+    const Ctor = this.#opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!Ctor && !this.#sse) throw new Error("no WebSocket implementation: pass one as `WebSocket`");
+    this.#opened = false;
+    const ws = this.#sse ? this.#sseSocket(token) : new Ctor!(this.#wsUrl(token));
+    this.#ws = ws;
+    // A handshake that neither completes nor fails (a black-holed network) is given up too.
+    this.#watchdog = setTimeout(() => {
+      this.#giveUp(ws, token, 1006, "connect_timeout"); // cleared by `connected`
+    }, this.#opts.heartbeat?.timeoutMs ?? 10_000);
+    ws.onopen = () => {
+      this.#opened = true;
+    };
+    ws.onmessage = (ev) => {
+      this.#lastFrameAt = Date.now();
+      if (typeof ev.data === "string") this.#onText(ev.data);
+    };
+    ws.onerror = () => {}; // a close always follows
+    ws.onclose = (ev) => void this.#onClose(ws, token, ev.code, ev.reason);
+  }
+
+  async #onClose(ws: WebSocketLike, token: string, code: number, reason: string): Promise<void> {
+    if (this.#ws !== ws) return;
+    this.#ws = null;
+    if (this.#stable) clearTimeout(this.#stable);
+    if (this.#watchdog) clearTimeout(this.#watchdog);
+    this.#stable = this.#watchdog = null;
+    this.#failPending(new ReplyError("disconnected", "the connection closed before the reply"));
+    if (this.#stopped) return;
+    let minDelay = 0;
+    if (!this.#opened) {
+      // The handshake failed, and WebSocket APIs do not say why: ask the endpoint (an SSE
+      // request already has the answer).
+      const why = ws instanceof SseSocket ? ws.refusal : await this.#probe(token);
+      if (this.#stopped) return;
+      if (why?.status === 401) {
+        // A provider may have a better token (the old one expired); ask it once.
+        if (typeof this.#opts.token === "function" && !this.#rejectedOnce) {
+          this.#rejectedOnce = true;
+          const fresh = await this.#getToken("rejected").catch(() => token);
+          if (this.#stopped) return;
+          if (fresh !== token) return this.#retry(0, "token_rejected");
+        }
+        return this.#stop(401, why.error, why.message);
+      }
+      if (why?.status === 403) return this.#stop(403, why.error, why.message);
+      if (why?.retryAfterMs) minDelay = why.retryAfterMs;
+    }
+    const info = closeInfo(code);
+    if (info.action === "stop") return this.#stop(code, reason || info.reason);
+    if (info.action === "reauthenticate") {
+      this.#token = null;
+      if (typeof this.#opts.token === "string") return this.#stop(code, info.reason);
+    }
+    this.#retry(code, info.reason, minDelay);
+  }
+
+  #retry(code: number, reason: string, minDelayMs = 0): void {
+    if (this.#stopped) return;
+    const delayMs = Math.max(minDelayMs, backoffDelay(this.#attempt, this.#backoff, this.#opts.random));
+    this.#attempt += 1;
+    this.stats.reconnects += 1;
+    this.#setState("reconnecting");
+    this.#emit("reconnecting", { attempt: this.#attempt, delayMs, code, reason });
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      void this.#open();
+    }, delayMs);
+  }
+
+  #stop(code: number, reason: string, message?: string): void {
+    this.#stopped = true;
+    this.#clearTimers();
+    this.#failPending(new NotConnectedError(`stopped: ${reason}`));
+    for (const s of [...this.#streams]) s.fail(new NotConnectedError(`stopped: ${reason}`));
+    this.#setState("closed");
+    this.#emit("stopped", message === undefined ? { code, reason } : { code, reason, message });
+    this.#settle(new NotConnectedError(`stopped: ${reason} (${code})`));
+  }
+
+  /** Why a handshake failed: 401/403 with the server's code, or a `Retry-After`. */
+  async #probe(
+    token: string,
+  ): Promise<{ status: number; error: string; message: string; retryAfterMs: number } | null> {
+    const f = this.#opts.fetch ?? globalThis.fetch;
+    if (!f) return null;
+    try {
+      const url = new URL(this.#opts.url);
+      url.protocol = url.protocol === "wss:" || url.protocol === "https:" ? "https:" : "http:";
+      const res = await f(url.toString(), { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
+      let error = String(res.status);
+      let message = "";
+      try {
+        const body = (await res.json()) as { error?: string; message?: string };
+        if (body.error) error = body.error;
+        if (body.message) message = body.message;
+      } catch {
+        /* not JSON */
+      }
+      const retry = Number(res.headers.get("retry-after"));
+      return { status: res.status, error, message, retryAfterMs: Number.isFinite(retry) ? retry * 1000 : 0 };
+    } catch {
+      return null; // unreachable: keep retrying
+    }
+  }
+
+  #failPending(err: Error): void {
+    for (const [id, p] of this.#pending) {
+      clearTimeout(p.timer);
+      p.reject(err);
+      this.#pending.delete(id);
+    }
+  }
+
+  #onText(text: string): void {
+    let f: ServerFrame;
+    try {
+      f = decodeFrame(text, this.#resuming);
+    } catch (err) {
+      this.#emit("protocolError", err as FrameError);
+      return;
+    }
+    this.#emit("frame", f);
+    switch (f.type) {
+      case "connected":
+        return this.#onConnected(f);
+      case "resumed":
+        return this.#onResumed(f);
+      case "event":
+        return this.#onEvent(f);
+      case "joined":
+        if (!this.positions.has(f.stream)) this.#setPos(f.stream, { epoch: f.epoch, seq: f.seq });
+        return;
+      case "left":
+        this.positions.delete(f.stream);
+        this.presence.delete(f.stream);
+        return this.#save();
+      case "resync":
+        return this.#resync(f.stream, { epoch: f.epoch, seq: f.seq }, f.reason);
+      case "presence":
+        return this.#onPresence(f);
+      case "presence_diff":
+        return this.#onPresenceDiff(f);
+      case "skipped":
+        this.stats.skipped += f.count;
+        return;
+      case "refresh_required":
+        return void this.#refresh();
+      case "reply": {
+        const p = this.#pending.get(f.id);
+        if (!p) return;
+        this.#pending.delete(f.id);
+        clearTimeout(p.timer);
+        if (f.error) p.reject(new ReplyError(f.error.code, f.error.message));
+        else p.resolve(f.data);
+        return;
+      }
+      case "error":
+        return this.#emit("serverError", f);
+      case "refreshed":
+      case "pong":
+        return;
+    }
+  }
+
+  #onConnected(f: ConnectedFrame): void {
+    this.connection = f;
+    this.stats.connects += 1;
+    this.#rejectedOnce = false;
+    // Positions saved for another user (a new token) must not be resumed.
+    if (this.#identity && (this.#identity.tenant !== f.tenant || this.#identity.user !== f.user)) {
+      this.positions.clear();
+    }
+    this.#identity = { tenant: f.tenant, user: f.user };
+    const resume = this.positions.size > 0;
+    for (const [name, pos] of Object.entries(f.streams)) {
+      if (!this.positions.has(name)) this.positions.set(name, pos);
+    }
+    this.#save();
+    this.#setState("open");
+    // Thread filters first, so that the replay already honours them; then `resume` (or any
+    // frame, which ends the server's resume window at once).
+    if (this.#sse) {
+      this.#resuming = resume; // the server sent the subscriptions and `resume` (or a ping)
+    } else {
+      for (const t of this.#threads) this.#ws?.send(JSON.stringify({ type: "subscribe", thread_id: t }));
+      if (resume) {
+        this.#resuming = true;
+        this.#ws?.send(JSON.stringify({ type: "resume", positions: Object.fromEntries(this.positions) }));
+      } else {
+        this.#ws?.send(JSON.stringify({ type: "ping" }));
+      }
+    }
+    this.#stable = setTimeout(() => {
+      this.#attempt = 0;
+    }, this.#backoff.stableAfterMs);
+    if (this.#ws) this.#watch(this.#ws, this.#token ?? "", f.heartbeat_ms);
+    this.#emit("connected", f);
+    if (!resume) this.#settle(null);
+  }
+
+  #onResumed(f: ResumedFrame): void {
+    this.#resuming = false;
+    for (const [name, r] of Object.entries(f.streams)) {
+      if (!r.recovered) this.#resync(name, { epoch: r.epoch, seq: r.seq }, r.reason ?? "unknown");
+    }
+    this.#emit("resumed", f);
+    this.#settle(null);
+  }
+
+  #onEvent(e: EventFrame): void {
+    const last = this.positions.get(e.stream);
+    if (last && last.epoch === e.epoch && e.seq <= last.seq) {
+      this.stats.duplicates += 1;
+      return;
+    }
+    this.#setPos(e.stream, { epoch: e.epoch, seq: e.seq });
+    this.stats.events += 1;
+    if (e.replayed) this.stats.replayed += 1;
+    this.#emit("event", e);
+    for (const s of [...this.#streams]) s.push(e);
+  }
+
+  #resync(stream: string, position: Position, reason: string): void {
+    this.#setPos(stream, position);
+    const r = { stream, position, reason };
+    this.#opts.onResync?.(r);
+    this.#emit("resync", r);
+  }
+
+  #onPresence(f: PresenceFrame): void {
+    const members = f.members && new Map(f.members.map((m) => [m.user, m.meta]));
+    const p = { scope: f.scope, count: f.count, members };
+    this.presence.set(f.scope, p);
+    this.#emit("presence", p);
+  }
+
+  #onPresenceDiff(f: PresenceDiffFrame): void {
+    const p = this.presence.get(f.scope);
+    if (!p?.members) return; // no list to apply it to (over the limit, or no snapshot yet)
+    for (const j of f.joins) p.members.set(j.user, j.meta);
+    for (const l of f.leaves) p.members.delete(l);
+    p.count = p.members.size;
+    this.#emit("presence", p);
+  }
+
+  async #refresh(): Promise<void> {
+    if (typeof this.#opts.token === "string") return; // nothing to refresh with: 4001 will stop
+    try {
+      const token = await this.#getToken("refresh");
+      this.#sendIfOpen({ type: "refresh", token });
+    } catch {
+      // The provider failed: the session will expire (4001) and the client re-authenticates.
+    }
+  }
+
+  #setPos(stream: string, pos: Position): void {
+    this.positions.set(stream, pos);
+    this.#save();
+  }
+
+  #save(): void {
+    const { storage, storageKey = "switchboard-positions" } = this.#opts;
+    if (!storage) return;
+    try {
+      storage.setItem(storageKey, JSON.stringify({ identity: this.#identity, positions: Object.fromEntries(this.positions) }));
+    } catch {
+      /* full or forbidden storage: positions still live in memory */
+    }
+  }
+
+  #load(): void {
+    const { storage, storageKey = "switchboard-positions" } = this.#opts;
+    if (!storage) return;
+    try {
+      const saved = JSON.parse(storage.getItem(storageKey) ?? "null") as {
+        identity: { tenant: string; user: string } | null;
+        positions: Record<string, Position>;
+      } | null;
+      if (!saved) return;
+      this.#identity = saved.identity;
+      for (const [k, v] of Object.entries(saved.positions ?? {})) {
+        if (Number.isFinite(v?.epoch) && Number.isFinite(v?.seq)) this.positions.set(k, { epoch: v.epoch, seq: v.seq });
+      }
+    } catch {
+      storage.removeItem(storageKey);
+    }
+  }
+}
