@@ -1,12 +1,12 @@
 //! The server's two secrets in memory: the HS256 secret tokens are verified with
 //! ([`JwtSecret`]) and the key of the admin routes ([`AdminKey`]).
 //!
-//! Each is held once, behind a reference count, in a buffer that is overwritten with zeros when
-//! the last holder drops it ([`zeroize::Zeroizing`]): clones (every request clones the routes'
-//! state) share that one buffer instead of leaving copies on the heap. Neither prints itself:
-//! `Debug` shows `[redacted]`, and there is no `Display`. Reading one takes an explicit
-//! [`JwtSecret::expose`] / [`AdminKey::expose`], and comparing a presented key with the admin
-//! key ([`AdminKey::matches`]) takes time independent of where they differ.
+//! Each is a [`Secret`]: held once, behind a reference count, in a buffer that is overwritten
+//! with zeros when the last holder drops it ([`zeroize::Zeroizing`]). Clones (every request
+//! clones the routes' state) share that one buffer instead of leaving copies on the heap. Neither
+//! prints itself: `Debug` shows `[redacted]`, and there is no `Display`. Reading one takes an
+//! explicit [`Secret::expose`], and comparing a presented key with the admin key
+//! ([`AdminKey::matches`]) takes time independent of where they differ.
 //!
 //! What this does not cover, so that nobody relies on it: the process's command line and
 //! environment keep what they were given (`--jwt-secret`, `SWITCHBOARD_JWT_SECRET`), as does the
@@ -18,37 +18,39 @@
 use std::fmt;
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
-/// The HS256 secret that signs and verifies tokens: wiped on drop, never printed.
+/// A secret value: one buffer, shared by every clone, wiped when the last is dropped, never
+/// printed.
 #[derive(Clone)]
-pub struct JwtSecret(Arc<Zeroizing<Vec<u8>>>);
+pub struct Secret<T: Zeroize>(Arc<Zeroizing<T>>);
 
-impl JwtSecret {
-    /// Takes ownership of `bytes` (moved, not copied: a `String` or `Vec` given here is the one
-    /// buffer that is wiped).
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Self(Arc::new(Zeroizing::new(bytes)))
+/// The HS256 secret that signs and verifies tokens.
+pub type JwtSecret = Secret<Vec<u8>>;
+
+/// The key the admin routes (`POST /publish`, and `GET /metrics` when it asks for it) require as
+/// `Authorization: Bearer <key>`.
+pub type AdminKey = Secret<String>;
+
+impl<T: Zeroize> Secret<T> {
+    /// Takes ownership of `value` (moved, not copied: the buffer given here is the one that is
+    /// wiped).
+    pub fn new(value: T) -> Self {
+        Self(Arc::new(Zeroizing::new(value)))
     }
 
-    /// The secret's bytes, for building the signing keys.
+    /// The value, for the one place that needs it (building the signing keys, checking a key's
+    /// length, printing a key the binary generated).
     #[must_use]
-    pub fn expose(&self) -> &[u8] {
+    pub fn expose(&self) -> &T {
         &self.0
     }
+}
 
-    /// Its length in bytes.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether it is empty.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
+impl<T: Zeroize> Secret<T>
+where
+    Self: for<'a> From<&'a str>,
+{
     /// For the command line: the value as given.
     ///
     /// # Errors
@@ -56,6 +58,20 @@ impl JwtSecret {
     /// Never (the length is checked when the server starts, with its own message).
     pub fn parse_arg(value: &str) -> Result<Self, std::convert::Infallible> {
         Ok(Self::from(value))
+    }
+}
+
+impl AdminKey {
+    /// Whether `given` is the key. Every byte of the key is compared whatever `given` holds, so
+    /// the time taken does not tell how much of a guess was right.
+    #[must_use]
+    pub fn matches(&self, given: &str) -> bool {
+        let (a, b) = (given.as_bytes(), self.0.as_bytes());
+        let mut diff = a.len() ^ b.len();
+        for (i, byte) in b.iter().enumerate() {
+            diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
+        }
+        diff == 0
     }
 }
 
@@ -83,63 +99,6 @@ impl From<&[u8]> for JwtSecret {
     }
 }
 
-impl fmt::Debug for JwtSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JwtSecret([redacted])")
-    }
-}
-
-/// The key the admin routes (`POST /publish`, and `GET /metrics` when it asks for it) require as
-/// `Authorization: Bearer <key>`: wiped on drop, never printed.
-#[derive(Clone)]
-pub struct AdminKey(Arc<Zeroizing<String>>);
-
-impl AdminKey {
-    /// Takes ownership of `key` (moved, not copied).
-    pub fn new(key: String) -> Self {
-        Self(Arc::new(Zeroizing::new(key)))
-    }
-
-    /// The key as text (the binary prints a key it generated, so that it can be used).
-    #[must_use]
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Its length in bytes.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether it is empty.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Whether `given` is the key. Every byte of the key is compared whatever `given` holds, so
-    /// the time taken does not tell how much of a guess was right.
-    #[must_use]
-    pub fn matches(&self, given: &str) -> bool {
-        let (a, b) = (given.as_bytes(), self.0.as_bytes());
-        let mut diff = a.len() ^ b.len();
-        for (i, byte) in b.iter().enumerate() {
-            diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
-        }
-        diff == 0
-    }
-
-    /// For the command line: the value as given.
-    ///
-    /// # Errors
-    ///
-    /// Never (the length is checked when the server starts, with its own message).
-    pub fn parse_arg(value: &str) -> Result<Self, std::convert::Infallible> {
-        Ok(Self::from(value))
-    }
-}
-
 impl From<String> for AdminKey {
     fn from(key: String) -> Self {
         Self::new(key)
@@ -152,9 +111,9 @@ impl From<&str> for AdminKey {
     }
 }
 
-impl fmt::Debug for AdminKey {
+impl<T: Zeroize> fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminKey([redacted])")
+        f.write_str("[redacted]")
     }
 }
 
@@ -168,8 +127,8 @@ mod tests {
         let key = AdminKey::from("admin-key-hunter2-hunter2");
         let shown = format!("{secret:?} {key:?} {:#?}", (secret.clone(), key.clone()));
         assert!(!shown.contains("horse") && !shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("JwtSecret([redacted])") && shown.contains("AdminKey([redacted])"));
-        assert_eq!(secret.expose(), b"correct horse battery staple, 32+ bytes");
+        assert_eq!(shown.matches("[redacted]").count(), 4, "{shown}");
+        assert_eq!(secret.expose().as_slice(), b"correct horse battery staple, 32+ bytes");
         assert_eq!(key.expose(), "admin-key-hunter2-hunter2");
     }
 
