@@ -126,6 +126,21 @@ class Resync:
 
 
 @dataclass(frozen=True)
+class History:
+    """The answer to a ``history`` request: the stream's position now and a page of its events as
+    they were delivered live, oldest first (``more``: further events lie beyond this page)."""
+
+    stream: str
+    epoch: int
+    seq: int
+    available_from: int
+    more: bool
+    messages: list = field(default_factory=list)
+    id: Optional[str] = None
+    reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class PresenceMember:
     user: str
     conns: int
@@ -154,7 +169,7 @@ class PresenceDiff:
 
 Frame = Union[
     Event, Connected, RefreshRequired, Refreshed, Resumed, Skipped, Joined, Left, Error, Pong,
-    Reply, Resync, Presence, PresenceDiff,
+    Reply, Resync, History, Presence, PresenceDiff,
 ]
 
 #: Control frame type → its dataclass. New frame types (history, runs) are added here.
@@ -170,6 +185,7 @@ CONTROL: dict[str, type] = {
     "pong": Pong,
     "reply": Reply,
     "resync": Resync,
+    "history": History,
     "presence": Presence,
     "presence_diff": PresenceDiff,
 }
@@ -186,6 +202,8 @@ def _build(cls: type, obj: dict) -> Any:
         kwargs["error"] = _build(ReplyError, obj["error"])
     elif cls is Presence and obj.get("members") is not None:
         kwargs["members"] = [_build(PresenceMember, m) for m in obj["members"]]
+    elif cls is History:
+        kwargs["messages"] = [_event(dict(m), False) for m in obj["messages"]]
     elif cls is PresenceDiff:
         kwargs["joins"] = [_build(PresenceJoin, j) for j in obj.get("joins", [])]
     return cls(**kwargs)
@@ -204,11 +222,18 @@ def decode_frame(text: str, replayed: bool = False) -> Frame:
         cls = CONTROL.get(ty)
         if cls is not None:
             return _build(cls, obj)
-        if not all(isinstance(obj.get(k), int) for k in ("epoch", "seq")) or not isinstance(obj.get("stream"), str):
-            raise FrameError(f"{ty}: not a known frame, and not an event")
-        return Event(kind=ty, replayed=replayed, **{k: v for k, v in obj.items() if k in _EVENT_FIELDS})
+        obj["type"] = ty
+        return _event(obj, replayed)
     except (KeyError, TypeError, AttributeError) as e:
         raise FrameError(f"{ty}: {e!r}") from e
+
+
+def _event(obj: dict, replayed: bool) -> Event:
+    """An event frame's fields (its ``type`` included) as an :class:`Event`."""
+    ty = obj.pop("type")
+    if not all(isinstance(obj.get(k), int) for k in ("epoch", "seq")) or not isinstance(obj.get("stream"), str):
+        raise FrameError(f"{ty}: not a known frame, and not an event")
+    return Event(kind=ty, replayed=replayed, **{k: v for k, v in obj.items() if k in _EVENT_FIELDS})
 
 
 _EVENT_FIELDS = {"stream", "epoch", "seq", "thread_id", "run_id", "data"}
