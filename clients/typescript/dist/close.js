@@ -10,6 +10,7 @@ export const CLOSE_CODES = {
     4006: { reason: "server_shutdown", action: "reconnect" },
     4007: { reason: "unavailable", action: "reconnect" },
     4008: { reason: "user_limit", action: "stop" },
+    4009: { reason: "max_lifetime", action: "reconnect" },
 };
 /**
  * What to do after close `code`. Codes the server does not document (1006 for a lost network,

@@ -22,7 +22,8 @@ var CLOSE_CODES = {
   4005: { reason: "kicked", action: "stop" },
   4006: { reason: "server_shutdown", action: "reconnect" },
   4007: { reason: "unavailable", action: "reconnect" },
-  4008: { reason: "user_limit", action: "stop" }
+  4008: { reason: "user_limit", action: "stop" },
+  4009: { reason: "max_lifetime", action: "reconnect" }
 };
 function closeInfo(code) {
   return CLOSE_CODES[code] ?? { reason: code === 1006 ? "connection_lost" : `code_${code}`, action: "reconnect" };

@@ -26,6 +26,7 @@ export const CLOSE_CODES: Readonly<Record<number, CloseInfo>> = {
   4006: { reason: "server_shutdown", action: "reconnect" },
   4007: { reason: "unavailable", action: "reconnect" },
   4008: { reason: "user_limit", action: "stop" },
+  4009: { reason: "max_lifetime", action: "reconnect" },
 };
 
 /**

@@ -28,6 +28,7 @@ from .frames import (
 )
 
 #: Close codes after which the client must not reconnect, and the one that needs a new token.
+# Every other code (4009 max_lifetime among them) reconnects and resumes.
 STOP_CODES = {4002: "replaced", 4004: "protocol_violation", 4005: "kicked", 4008: "user_limit"}
 SESSION_EXPIRED = 4001
 
