@@ -93,12 +93,18 @@ impl RawData {
         // Depth first: it is a cheap scan, and serde_json's own limit would report it as a syntax
         // error. The depth count is reliable before validation (strings are skipped properly) and
         // only has to reject, never to accept, anything.
-        if max_depth(&text) > MAX_DATA_DEPTH {
+        let scan = scan(&text);
+        if scan.depth > MAX_DATA_DEPTH {
             return Err(RawDataError::TooDeep { limit: MAX_DATA_DEPTH });
         }
         // Validation without a tree: every value is read and ignored.
         serde_json::from_str::<IgnoredAny>(&text)
             .map_err(|e| RawDataError::Invalid(e.to_string()))?;
+        // Ignoring a number does not check its range, but no serde_json reader of the frame
+        // (nor a tree on the other path) would take `1e999`: refuse it as serde_json would.
+        if scan.huge_number {
+            return Err(RawDataError::Invalid("number out of range".into()));
+        }
         Ok(RawData(text))
     }
 
@@ -135,10 +141,17 @@ fn is_ws(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
-/// The deepest nesting of arrays and objects in `text`, brackets inside strings not counted.
-fn max_depth(text: &str) -> usize {
+/// What one pass over `text` finds: the deepest nesting of arrays and objects (brackets inside
+/// strings not counted), and whether a number is outside `f64`'s range.
+struct Scan {
+    depth: usize,
+    huge_number: bool,
+}
+
+fn scan(text: &str) -> Scan {
     let b = text.as_bytes();
     let (mut depth, mut max, mut i) = (0usize, 0usize, 0usize);
+    let mut huge_number = false;
     while i < b.len() {
         match b[i] {
             b'"' => i = string_end(b, i),
@@ -147,11 +160,25 @@ fn max_depth(text: &str) -> usize {
                 max = max.max(depth);
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let end = b[i..]
+                    .iter()
+                    .position(|c| !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .map_or(b.len(), |n| i + n);
+                // Only an exponent or a long mantissa can overflow; most numbers skip the parse.
+                let token = &text[i..end];
+                if (end - i > 300 || token.bytes().any(|c| c == b'e' || c == b'E'))
+                    && token.parse::<f64>().is_ok_and(f64::is_infinite)
+                {
+                    huge_number = true;
+                }
+                i = end - 1;
+            }
             _ => {}
         }
         i += 1;
     }
-    max
+    Scan { depth: max, huge_number }
 }
 
 /// The index of the quote that closes the string opened at `open` (or the last index if it is
@@ -344,6 +371,17 @@ mod tests {
         assert!(matches!(RawData::new("{\"a\":}"), Err(RawDataError::Invalid(_))));
         assert!(matches!(RawData::new("1 2"), Err(RawDataError::Invalid(_))));
         assert!(matches!(RawData::new(""), Err(RawDataError::Invalid(_))));
+        // Out of f64's range: serde_json refuses to parse it, so a frame carrying it could not be
+        // read back (found by the protocol fuzz target); in range and integer-sized ones pass.
+        assert!(matches!(RawData::new("[1e999]"), Err(RawDataError::Invalid(_))));
+        assert!(matches!(RawData::new(r#"{"a":-1e400}"#), Err(RawDataError::Invalid(_))));
+        assert!(matches!(RawData::new("1".repeat(400)), Err(RawDataError::Invalid(_))));
+        let fine = r#"["1e999", 1e308, 123456789012345678901234567890, -0, 1e-999]"#;
+        assert!(RawData::new(fine).is_ok());
+        // Both paths agree with serde_json's reading of each.
+        for (text, ok) in [("[1e999]", false), (&"1".repeat(400)[..], false), (fine, true)] {
+            assert_eq!(serde_json::from_str::<Value>(text).is_ok(), ok, "{text}");
+        }
         let deep = "[".repeat(MAX_DATA_DEPTH + 1) + &"]".repeat(MAX_DATA_DEPTH + 1);
         assert_eq!(RawData::new(deep), Err(RawDataError::TooDeep { limit: MAX_DATA_DEPTH }));
         let ok = "[".repeat(MAX_DATA_DEPTH) + &"]".repeat(MAX_DATA_DEPTH);
