@@ -1,19 +1,22 @@
-//! One connection's tasks: the reader feeds the hub task, the writer performs what it asks for.
+//! One connection's task: it reads the socket into the hub task and writes what the hub queued,
+//! both from one loop over the unsplit socket.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use switchboard::{CloseReason, ConnId, DisconnectReason};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Accepted, AcceptedParts, Command, Handle, Out};
 
 impl Handle {
-    /// Runs one connection on its socket until it ends: a reader feeding the hub, and a writer
-    /// performing what the hub asks for.
+    /// Runs one connection on its socket until it ends: one task reads the socket into the hub
+    /// and writes what the hub queued for it.
     ///
     /// What the transport refuses never reaches the hub: a binary frame is closed with 1003
     /// (unsupported data; the protocol is JSON text), a text frame that is not UTF-8 with 1007,
@@ -23,81 +26,235 @@ impl Handle {
         let id = accepted.id;
         let Some(parts) = accepted.parts.take() else { return };
         let AcceptedParts { frames, close, _alive, .. } = parts;
-        let close_timeout = self.cfg.close_timeout;
-        let (sink, mut stream) = socket.split();
-        let (refuse, refused) = oneshot::channel();
-        let mut writer = tokio::spawn(write_loop(self.clone(), id, sink, frames, close, refused));
-        let mut writer_done = false;
-        let mut linger: Option<tokio::time::Instant> = None;
-        let mut refusal: Option<CloseFrame> = None;
-        let reason = loop {
-            let lingering = async {
-                match linger {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        self.send(Command::Frame { conn: id, bytes: Bytes::from(text) }).await;
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        if writer_done {
-                            continue; // closing already; only the peer's close reply matters
-                        }
-                        refusal = Some(close_frame(1003, "binary frames are not supported"));
-                        break DisconnectReason::Abnormal;
-                    }
-                    Some(Ok(Message::Pong(_))) => {
-                        self.send(Command::Pong { conn: id }).await;
-                    }
-                    // Answered by tungstenite itself.
-                    Some(Ok(Message::Ping(_))) => {}
-                    Some(Ok(Message::Close(frame))) => {
-                        let clean = frame.is_none_or(|f| matches!(f.code, 1000 | 1001));
-                        break if clean { DisconnectReason::Clean } else { DisconnectReason::Abnormal };
-                    }
-                    Some(Err(err)) => {
-                        if !writer_done {
-                            refusal = transport_refusal(&err);
-                        }
-                        break DisconnectReason::Abnormal;
-                    }
-                    None => break DisconnectReason::Abnormal,
-                },
-                _ = &mut writer, if !writer_done => {
-                    // The writer ended: the hub closed the connection (close frame sent or timed
-                    // out) or the socket failed. Give the peer a moment to answer the close.
-                    writer_done = true;
-                    linger = Some(tokio::time::Instant::now() + close_timeout);
-                }
-                () = lingering => break DisconnectReason::Abnormal,
-            }
+        let mut conn = Conn {
+            socket,
+            outbox: Outbox { frames, close: Some(close) },
+            batch: 0,
+            dirty: false,
+            flush_bytes: self.cfg.flush_bytes,
         };
-        // The writer looks at this before anything else, so it sends this close frame even
-        // though `Gone` below also ends it.
-        let refused = refusal.is_some_and(|frame| refuse.send(frame).is_ok());
+        let (reason, refusal) = self.run(id, &mut conn).await;
         // If the hub closed it, it already forgot it and ignores this.
         self.send(Command::Gone { conn: id, reason }).await;
-        if !writer_done {
-            // `Gone` drops the outbox, which ends the writer.
-            if tokio::time::timeout(close_timeout, &mut writer).await.is_err() {
-                writer.abort();
+        if let Some(frame) = refusal {
+            conn.refuse(frame, self.cfg.close_timeout).await;
+        }
+    }
+
+    /// The connection's loop: returns how it ended, and the close frame to refuse the peer with
+    /// if the transport refused what it sent.
+    async fn run(&self, id: ConnId, conn: &mut Conn) -> (DisconnectReason, Option<CloseFrame>) {
+        let close_timeout = self.cfg.close_timeout;
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_event(cx)).await {
+                Event::Read(Ok(Message::Text(text))) => {
+                    self.send(Command::Frame { conn: id, bytes: Bytes::from(text) }).await;
+                }
+                Event::Read(Ok(Message::Binary(_))) => {
+                    let frame = close_frame(1003, "binary frames are not supported");
+                    return (DisconnectReason::Abnormal, Some(frame));
+                }
+                Event::Read(Ok(Message::Pong(_))) => {
+                    self.send(Command::Pong { conn: id }).await;
+                }
+                // Answered by tungstenite itself.
+                Event::Read(Ok(Message::Ping(_))) => {}
+                Event::Read(Ok(Message::Close(frame))) => {
+                    // Send tungstenite's queued reply to the peer's close.
+                    let _ = tokio::time::timeout(close_timeout, conn.socket.flush()).await;
+                    return (peer_closed(frame.as_ref()), None);
+                }
+                Event::Read(Err(err)) => {
+                    return (DisconnectReason::Abnormal, transport_refusal(&err));
+                }
+                Event::Ended => return (DisconnectReason::Abnormal, None),
+                Event::Written(bytes) => {
+                    self.send(Command::Written { conn: id, bytes }).await;
+                }
+                Event::Close(reason) => {
+                    // The hub closed it (and forgot it): send the close frame, then give the peer
+                    // a moment to answer it.
+                    conn.send_close(reason, close_timeout).await;
+                    return (conn.linger(close_timeout).await, None);
+                }
+                // The hub dropped the outbox without a close, or the socket failed while writing.
+                Event::Detached | Event::WriteFailed => {
+                    return (conn.linger(close_timeout).await, None);
+                }
             }
         }
-        if refused {
-            // Let the peer read the close frame and answer it (a stream that failed is already
-            // over and returns `None` at once).
-            let _ = tokio::time::timeout(close_timeout, async {
-                while let Some(Ok(msg)) = stream.next().await {
-                    if let Message::Close(_) = msg {
-                        break;
-                    }
-                }
-            })
-            .await;
+    }
+}
+
+/// How a peer's close frame ends the connection: 1000/1001 (or no code) is clean.
+fn peer_closed(frame: Option<&CloseFrame>) -> DisconnectReason {
+    if frame.is_none_or(|f| matches!(f.code, 1000 | 1001)) {
+        DisconnectReason::Clean
+    } else {
+        DisconnectReason::Abnormal
+    }
+}
+
+/// What woke the connection's loop.
+enum Event {
+    /// A message from the socket, or its read error.
+    Read(Result<Message, axum::Error>),
+    /// The socket's read side ended.
+    Ended,
+    /// A batch of text bytes was flushed.
+    Written(usize),
+    /// The hub closed the connection.
+    Close(CloseReason),
+    /// The hub let go of the connection without a close.
+    Detached,
+    /// Writing to the socket failed.
+    WriteFailed,
+}
+
+/// The connection's end of what the hub queues for it.
+struct Outbox {
+    frames: mpsc::Receiver<Out>,
+    /// `None` once it resolved.
+    close: Option<oneshot::Receiver<CloseReason>>,
+}
+
+impl Outbox {
+    /// A close from the hub: `Some(Some(reason))`, `Some(None)` if the hub dropped the slot.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<CloseReason>> {
+        let Some(close) = &mut self.close else { return Poll::Pending };
+        let result = std::task::ready!(Pin::new(close).poll(cx));
+        self.close = None;
+        Poll::Ready(result.ok())
+    }
+
+    /// The next queued frame; `Ready(None)` once the hub dropped the outbox.
+    fn poll_pop(&mut self, cx: &mut Context<'_>) -> Poll<Option<Out>> {
+        self.frames.poll_recv(cx)
+    }
+
+    /// The next queued frame if there is one.
+    fn try_pop(&mut self) -> Option<Out> {
+        self.frames.try_recv().ok()
+    }
+}
+
+/// One connection's socket and its outbox.
+struct Conn {
+    socket: WebSocket,
+    outbox: Outbox,
+    /// Text bytes handed to the socket since its last completed flush.
+    batch: usize,
+    /// Whether anything was handed to the socket since its last completed flush.
+    dirty: bool,
+    /// Bytes handed to the socket before a flush must complete.
+    flush_bytes: usize,
+}
+
+impl Conn {
+    /// Waits for the next thing to do, writing what the outbox holds meanwhile: a close from the
+    /// hub first, then a completed flush, then a message from the socket.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        match self.outbox.poll_close(cx) {
+            Poll::Ready(Some(reason)) => return Poll::Ready(Event::Close(reason)),
+            Poll::Ready(None) => return Poll::Ready(Event::Detached),
+            Poll::Pending => {}
         }
+        match self.poll_write(cx) {
+            Poll::Ready(event) => return Poll::Ready(event),
+            Poll::Pending => {}
+        }
+        match Pin::new(&mut self.socket).poll_next(cx) {
+            Poll::Ready(Some(msg)) => Poll::Ready(Event::Read(msg)),
+            Poll::Ready(None) => Poll::Ready(Event::Ended),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Hands queued frames to the socket (up to `flush_bytes` unflushed) and flushes them.
+    /// Ready with `Written` once a batch with text is flushed, or with why writing stopped.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        loop {
+            while self.batch < self.flush_bytes {
+                match Pin::new(&mut self.socket).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteFailed),
+                    Poll::Pending => break,
+                }
+                let out = match self.outbox.poll_pop(cx) {
+                    Poll::Ready(Some(out)) => out,
+                    Poll::Ready(None) => return Poll::Ready(Event::Detached),
+                    Poll::Pending => break,
+                };
+                let (msg, n) = to_message(out);
+                if Pin::new(&mut self.socket).start_send(msg).is_err() {
+                    return Poll::Ready(Event::WriteFailed);
+                }
+                self.batch += n;
+                self.dirty = true;
+            }
+            if !self.dirty {
+                return Poll::Pending;
+            }
+            match std::task::ready!(Pin::new(&mut self.socket).poll_flush(cx)) {
+                Ok(()) => {
+                    self.dirty = false;
+                    let bytes = std::mem::take(&mut self.batch);
+                    if bytes > 0 {
+                        return Poll::Ready(Event::Written(bytes));
+                    }
+                    // Only pings went out: look for more.
+                }
+                Err(_) => return Poll::Ready(Event::WriteFailed),
+            }
+        }
+    }
+
+    /// Sends the frames queued before the close (unless the peer is a slow consumer: its queue
+    /// is abandoned), then the close frame with the reason's code, within `timeout`.
+    async fn send_close(&mut self, reason: CloseReason, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, async {
+            if reason != CloseReason::SlowConsumer {
+                while let Some(out) = self.outbox.try_pop() {
+                    self.socket.feed(to_message(out).0).await?;
+                }
+            }
+            let frame =
+                CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.as_str()) };
+            self.socket.send(Message::Close(Some(frame))).await
+        })
+        .await;
+    }
+
+    /// Closes the connection with a close frame the transport chose (the peer broke the
+    /// protocol), abandoning whatever is queued, and lets the peer answer it.
+    async fn refuse(&mut self, frame: CloseFrame, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.socket.send(Message::Close(Some(frame)))).await;
+        // Let the peer read the close frame and answer it (a stream that failed is already over
+        // and returns `None` at once).
+        let _ = tokio::time::timeout(timeout, async {
+            while let Some(Ok(msg)) = self.socket.next().await {
+                if let Message::Close(_) = msg {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// After our close frame (or a failed write): reads until the peer's close reply, the end of
+    /// the stream, or `timeout`. Anything else it sends is dropped.
+    async fn linger(&mut self, timeout: Duration) -> DisconnectReason {
+        let read = async {
+            while let Some(msg) = self.socket.next().await {
+                match msg {
+                    Ok(Message::Close(frame)) => return peer_closed(frame.as_ref()),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            DisconnectReason::Abnormal
+        };
+        tokio::time::timeout(timeout, read).await.unwrap_or(DisconnectReason::Abnormal)
     }
 }
 
@@ -119,71 +276,6 @@ fn transport_refusal(err: &axum::Error) -> Option<CloseFrame> {
     }
 }
 
-type Sink = SplitSink<WebSocket, Message>;
-
-/// Performs `Deliver` and `Ping` in order, flushes in batches, reports `written`, and on `Close`
-/// sends the close frame. Ends when the connection is closed or gone.
-async fn write_loop(
-    handle: Handle,
-    id: ConnId,
-    mut sink: Sink,
-    mut frames: mpsc::Receiver<Out>,
-    mut close: oneshot::Receiver<CloseReason>,
-    refused: oneshot::Receiver<CloseFrame>,
-) {
-    let cfg = handle.cfg.clone();
-    // Resolves only with a frame: a reader that ends without refusing anything drops the sender.
-    let refused = async move {
-        match refused.await {
-            Ok(frame) => frame,
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::pin!(refused);
-    loop {
-        let first = tokio::select! {
-            biased;
-            frame = &mut refused => {
-                send_close_frame(&mut sink, frame, cfg.close_timeout).await;
-                return;
-            }
-            reason = &mut close => {
-                if let Ok(reason) = reason {
-                    send_close(&mut sink, &mut frames, reason, cfg.close_timeout).await;
-                }
-                return;
-            }
-            out = frames.recv() => match out {
-                Some(out) => out,
-                None => return, // gone: the reader reported it
-            },
-        };
-        let batch = send_batch(&mut sink, first, &mut frames, cfg.flush_bytes);
-        let sent = tokio::select! {
-            biased;
-            frame = &mut refused => {
-                send_close_frame(&mut sink, frame, cfg.close_timeout).await;
-                return;
-            }
-            reason = &mut close => {
-                // The hub closed it while a send was stuck (a slow consumer) or in progress.
-                if let Ok(reason) = reason {
-                    send_close(&mut sink, &mut frames, reason, cfg.close_timeout).await;
-                }
-                return;
-            }
-            sent = batch => sent,
-        };
-        match sent {
-            Ok(0) => {}
-            Ok(bytes) => {
-                handle.send(Command::Written { conn: id, bytes }).await;
-            }
-            Err(_) => return, // the socket failed; the reader sees it too
-        }
-    }
-}
-
 fn to_message(out: Out) -> (Message, usize) {
     match out {
         Out::Text(frame) => {
@@ -194,51 +286,4 @@ fn to_message(out: Out) -> (Message, usize) {
         }
         Out::Ping => (Message::Ping(Bytes::new()), 0),
     }
-}
-
-/// Sends `first` and whatever else is already queued (up to `flush_bytes`), then flushes once.
-/// Returns the text bytes flushed.
-async fn send_batch(
-    sink: &mut Sink,
-    first: Out,
-    frames: &mut mpsc::Receiver<Out>,
-    flush_bytes: usize,
-) -> Result<usize, axum::Error> {
-    let (msg, mut bytes) = to_message(first);
-    sink.feed(msg).await?;
-    while bytes < flush_bytes {
-        let Ok(out) = frames.try_recv() else { break };
-        let (msg, n) = to_message(out);
-        sink.feed(msg).await?;
-        bytes += n;
-    }
-    sink.flush().await?;
-    Ok(bytes)
-}
-
-/// Sends the frames queued before the close (unless the peer is a slow consumer: its queue is
-/// abandoned), then the close frame with the reason's code, within `timeout`.
-async fn send_close(
-    sink: &mut Sink,
-    frames: &mut mpsc::Receiver<Out>,
-    reason: CloseReason,
-    timeout: Duration,
-) {
-    let _ = tokio::time::timeout(timeout, async {
-        if reason != CloseReason::SlowConsumer {
-            while let Ok(out) = frames.try_recv() {
-                sink.feed(to_message(out).0).await?;
-            }
-        }
-        let frame =
-            CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.as_str()) };
-        sink.send(Message::Close(Some(frame))).await
-    })
-    .await;
-}
-
-/// Sends a close frame the transport chose (the peer broke the protocol), abandoning whatever is
-/// queued, within `timeout`.
-async fn send_close_frame(sink: &mut Sink, frame: CloseFrame, timeout: Duration) {
-    let _ = tokio::time::timeout(timeout, sink.send(Message::Close(Some(frame)))).await;
 }
