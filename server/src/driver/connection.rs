@@ -1,7 +1,6 @@
 //! One connection's task: it reads the socket into the hub task and writes what the hub queued,
 //! both from one loop over the unsplit socket.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -10,8 +9,8 @@ use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use switchboard::{CloseReason, ConnId, DisconnectReason};
-use tokio::sync::{mpsc, oneshot};
 
+use super::outbox::{Moved, Receiver, Stop};
 use super::{Accepted, AcceptedParts, Command, Handle, Out};
 
 impl Handle {
@@ -25,10 +24,12 @@ impl Handle {
     pub async fn serve(self, mut accepted: Accepted, socket: WebSocket) {
         let id = accepted.id;
         let Some(parts) = accepted.parts.take() else { return };
-        let AcceptedParts { frames, close, _alive, .. } = parts;
+        let AcceptedParts { outbox, _alive, .. } = parts;
         let mut conn = Conn {
+            id,
             socket,
-            outbox: Outbox { frames, close: Some(close) },
+            outbox,
+            moved: self.moved.clone(),
             batch: 0,
             dirty: false,
             flush_bytes: self.cfg.flush_bytes,
@@ -68,9 +69,6 @@ impl Handle {
                     return (DisconnectReason::Abnormal, transport_refusal(&err));
                 }
                 Event::Ended => return (DisconnectReason::Abnormal, None),
-                Event::Written(bytes) => {
-                    self.send(Command::Written { conn: id, bytes }).await;
-                }
                 Event::Close(reason) => {
                     // The hub closed it (and forgot it): send the close frame, then give the peer
                     // a moment to answer it.
@@ -101,8 +99,6 @@ enum Event {
     Read(Result<Message, axum::Error>),
     /// The socket's read side ended.
     Ended,
-    /// A batch of text bytes was flushed.
-    Written(usize),
     /// The hub closed the connection.
     Close(CloseReason),
     /// The hub let go of the connection without a close.
@@ -111,37 +107,13 @@ enum Event {
     WriteFailed,
 }
 
-/// The connection's end of what the hub queues for it.
-struct Outbox {
-    frames: mpsc::Receiver<Out>,
-    /// `None` once it resolved.
-    close: Option<oneshot::Receiver<CloseReason>>,
-}
-
-impl Outbox {
-    /// A close from the hub: `Some(Some(reason))`, `Some(None)` if the hub dropped the slot.
-    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<CloseReason>> {
-        let Some(close) = &mut self.close else { return Poll::Pending };
-        let result = std::task::ready!(Pin::new(close).poll(cx));
-        self.close = None;
-        Poll::Ready(result.ok())
-    }
-
-    /// The next queued frame; `Ready(None)` once the hub dropped the outbox.
-    fn poll_pop(&mut self, cx: &mut Context<'_>) -> Poll<Option<Out>> {
-        self.frames.poll_recv(cx)
-    }
-
-    /// The next queued frame if there is one.
-    fn try_pop(&mut self) -> Option<Out> {
-        self.frames.try_recv().ok()
-    }
-}
-
 /// One connection's socket and its outbox.
 struct Conn {
+    id: ConnId,
     socket: WebSocket,
-    outbox: Outbox,
+    outbox: Receiver,
+    /// Where a flush names the connection for the hub task to settle its written bytes.
+    moved: std::sync::Arc<Moved>,
     /// Text bytes handed to the socket since its last completed flush.
     batch: usize,
     /// Whether anything was handed to the socket since its last completed flush.
@@ -154,10 +126,11 @@ impl Conn {
     /// Waits for the next thing to do, writing what the outbox holds meanwhile: a close from the
     /// hub first, then a completed flush, then a message from the socket.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        match self.outbox.poll_close(cx) {
-            Poll::Ready(Some(reason)) => return Poll::Ready(Event::Close(reason)),
-            Poll::Ready(None) => return Poll::Ready(Event::Detached),
-            Poll::Pending => {}
+        self.outbox.register(cx.waker());
+        match self.outbox.stop() {
+            Some(Stop::Close(reason)) => return Poll::Ready(Event::Close(reason)),
+            Some(Stop::Detached) => return Poll::Ready(Event::Detached),
+            None => {}
         }
         match self.poll_write(cx) {
             Poll::Ready(event) => return Poll::Ready(event),
@@ -170,8 +143,8 @@ impl Conn {
         }
     }
 
-    /// Hands queued frames to the socket (up to `flush_bytes` unflushed) and flushes them.
-    /// Ready with `Written` once a batch with text is flushed, or with why writing stopped.
+    /// Hands queued frames to the socket (up to `flush_bytes` unflushed) and flushes them, until
+    /// the queue is empty or the socket is not ready. Ready only with why writing stopped.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         loop {
             while self.batch < self.flush_bytes {
@@ -180,11 +153,8 @@ impl Conn {
                     Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteFailed),
                     Poll::Pending => break,
                 }
-                let out = match self.outbox.poll_pop(cx) {
-                    Poll::Ready(Some(out)) => out,
-                    Poll::Ready(None) => return Poll::Ready(Event::Detached),
-                    Poll::Pending => break,
-                };
+                // The waker is registered: a push into the empty queue wakes the task.
+                let Some(out) = self.outbox.pop() else { break };
                 let (msg, n) = to_message(out);
                 if Pin::new(&mut self.socket).start_send(msg).is_err() {
                     return Poll::Ready(Event::WriteFailed);
@@ -198,11 +168,12 @@ impl Conn {
             match std::task::ready!(Pin::new(&mut self.socket).poll_flush(cx)) {
                 Ok(()) => {
                     self.dirty = false;
+                    // Counted for the hub task, which settles it with `Hub::written` on its next
+                    // turn; named to it only if it took every earlier count.
                     let bytes = std::mem::take(&mut self.batch);
-                    if bytes > 0 {
-                        return Poll::Ready(Event::Written(bytes));
+                    if bytes > 0 && self.outbox.add_written(bytes) {
+                        self.moved.push(self.id);
                     }
-                    // Only pings went out: look for more.
                 }
                 Err(_) => return Poll::Ready(Event::WriteFailed),
             }
@@ -214,7 +185,7 @@ impl Conn {
     async fn send_close(&mut self, reason: CloseReason, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, async {
             if reason != CloseReason::SlowConsumer {
-                while let Some(out) = self.outbox.try_pop() {
+                while let Some(out) = self.outbox.pop() {
                     self.socket.feed(to_message(out).0).await?;
                 }
             }

@@ -1,38 +1,46 @@
 //! The driver: runs a sans-io [`Hub`] on tokio for axum WebSocket connections.
 //!
 //! This module holds the public surface ([`spawn`], [`Handle`], [`DriverConfig`], [`Snapshot`]);
-//! `hub_task` is the task that owns the hub, `connection` the reader and writer of one socket.
+//! `hub_task` is the task that owns the hub, `connection` the one task of one socket, `outbox`
+//! what the hub queues for a connection.
 //!
 //! # Design
 //!
 //! ```text
-//!   HTTP handlers ──┐                         ┌──► conn task A: writer ──► socket A
-//!   (publish,       │   one bounded channel   │      (frames, pings, close)
-//!    stats, auth'd  ├──► ┌──────────────┐ ────┤
-//!    connect)       │    │   hub task   │     └──► conn task B: writer ──► socket B
-//!   conn readers ───┤    │  owns `Hub`  │          per-connection bounded outbox + close slot
-//!   (frames, pongs, │    │  + one timer │
-//!    gone)          │    └──────┬───────┘
-//!   conn writers ───┘           └──► application channel (Inbound messages, bounded)
-//!   (written n bytes)
+//!   HTTP handlers ──┐                       ┌─► outbox A ─► conn task A ◄─► socket A
+//!   (publish,       │  one bounded channel  │   (frames, pings, close)
+//!    stats, auth'd  ├─► ┌──────────────┐ ───┤
+//!    connect)       │   │   hub task   │    └─► outbox B ─► conn task B ◄─► socket B
+//!   conn tasks ─────┘   │  owns `Hub`  │
+//!   (frames, pongs,     │  + one timer │ ◄── "moved": connections that flushed bytes
+//!    gone)              └──────┬───────┘
+//!                              └──► application channel (Inbound messages, bounded)
 //! ```
 //!
 //! - **One owner.** The [`Hub`] lives in one task and nothing else touches it: no mutex, no shared
 //!   state. Everything else talks to that task through [`Handle`], a cheap clone around one
-//!   bounded `mpsc` channel of `Command`s. A full channel makes readers wait, which stops them
-//!   reading their sockets: TCP pushes back on the clients, never on the hub.
+//!   bounded `mpsc` channel of `Command`s. A full channel makes connection tasks wait, which
+//!   stops them reading their sockets: TCP pushes back on the clients, never on the hub.
 //! - **The drive loop.** The task waits for a command or for the deadline of
 //!   [`Hub::poll_timeout`] (one `sleep_until`, re-armed every turn), calls into the hub with
 //!   `Instant::now()`, and drains [`Hub::poll_action`] until `None` after every call.
-//! - **The hub never waits for a socket.** Each connection has a bounded outbox (`try_send`
-//!   only) and a one-shot close slot. `Deliver` and `Ping` go into the outbox; `Close` goes into
-//!   the slot, which the writer watches even while a send is blocked on a slow peer. The hub
-//!   already bounds what it hands a connection by bytes (`max_unwritten_bytes`, released by
-//!   `written`); the outbox's frame count is a second fence, and overflowing it closes the
-//!   connection as a slow consumer, exactly as the hub would.
-//! - **Writers report progress.** After flushing a batch of text frames the writer reports the
-//!   bytes with `written`, which is what lets the hub skip `agent_thinking` for a connection that
-//!   is behind and close one that cannot keep up, while everyone else goes on receiving.
+//! - **One task per connection.** It owns the unsplit socket and polls, in one loop, the hub's
+//!   close, the outbox (writing and flushing what is queued) and the socket's next message; no
+//!   second writer task, no lock around the socket's halves.
+//! - **The hub never waits for a socket.** Each connection has an outbox: a small shared queue
+//!   (a mutex held only for a push or a pop, and a waker) with a close slot. `Deliver` and `Ping`
+//!   go into the queue; `Close` goes into the slot, which the connection's task looks at on every
+//!   wake, even while its socket is blocked on a slow peer. The hub already bounds what it hands a
+//!   connection by bytes (`max_unwritten_bytes`, released by `written`); the outbox's frame
+//!   count is a second fence, and overflowing it closes the connection as a slow consumer,
+//!   exactly as the hub would.
+//! - **Connections report progress without a message per flush.** After flushing a batch of
+//!   text frames the connection's task adds the bytes to its outbox's counter and, if the hub
+//!   had taken the previous count, names itself in a shared "moved" list (waking the hub task if
+//!   the list was empty). Once per turn of its loop the hub task settles every connection named
+//!   there with one `written` each. That is what lets the hub skip `agent_thinking` for a
+//!   connection that is behind and close one that cannot keep up, while everyone else goes on
+//!   receiving.
 //! - **Transport mapping.** `Ping` → WebSocket ping; a pong → [`Hub::pong`]; `Close { reason }` →
 //!   a close frame with `reason.code()` and `reason.as_str()` (frames queued before it are sent
 //!   first, except for `SlowConsumer`, whose queue is abandoned); a client close frame with
@@ -48,8 +56,9 @@
 //!   The returned [`Accepted`] owns the outbox; if the upgrade never happens, dropping it reports
 //!   the connection gone.
 //! - **Shutdown.** [`Handle::shutdown`] closes every connection with
-//!   [`CloseReason::ServerShutdown`] through [`Hub::close`], then waits (bounded) until every
-//!   connection task has sent its close frame and ended; new connects are refused meanwhile.
+//!   [`switchboard::CloseReason::ServerShutdown`] through [`Hub::close`], then waits (bounded)
+//!   until every connection task has sent its close frame and ended; new connects are refused
+//!   meanwhile.
 //!
 //! Application hooks: inbound client messages arrive on the `mpsc::Receiver<Box<Inbound>>`
 //! returned by [`spawn`]; publish with [`Handle::publish`]; read counters with
@@ -57,6 +66,7 @@
 
 mod connection;
 mod hub_task;
+mod outbox;
 mod sse;
 
 pub use sse::{SseConn, SseSessions, decode_positions, encode_positions};
@@ -69,8 +79,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::WebSocketUpgrade;
 use switchboard::{
-    BusFailure, CloseReason, ConnId, ConnectError, DisconnectReason, Envelope, Frame, Hub,
-    HubStats, Inbound, Principal, PublishError, Published, Rates, RoomId, Tier,
+    BusFailure, ConnId, ConnectError, DisconnectReason, Envelope, Frame, Hub, HubStats, Inbound,
+    Principal, PublishError, Published, Rates, RoomId, Tier,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -164,10 +174,6 @@ enum Command {
     },
     Pong {
         conn: ConnId,
-    },
-    Written {
-        conn: ConnId,
-        bytes: usize,
     },
     Gone {
         conn: ConnId,
@@ -319,10 +325,16 @@ enum Out {
     Ping,
 }
 
-/// The driver's side of one connection.
+/// The driver's side of one connection: its outbox. Dropping it (the hub forgot the connection)
+/// detaches the outbox, which the connection's task notices.
 struct Peer {
-    frames: mpsc::Sender<Out>,
-    close: oneshot::Sender<CloseReason>,
+    outbox: Arc<outbox::Outbox>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.outbox.detach();
+    }
 }
 
 /// A connection the hub admitted, waiting for its socket ([`Handle::serve`]). Dropping it unused
@@ -333,8 +345,7 @@ pub struct Accepted {
 }
 
 struct AcceptedParts {
-    frames: mpsc::Receiver<Out>,
-    close: oneshot::Receiver<CloseReason>,
+    outbox: outbox::Receiver,
     handle: Handle,
     /// Held while the connection's task runs; shutdown waits until every clone is gone.
     _alive: Alive,
@@ -375,6 +386,8 @@ impl Drop for Accepted {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
+    /// Connections with flushed bytes the hub task has not settled yet.
+    moved: Arc<outbox::Moved>,
     cfg: Arc<DriverConfig>,
     listener: Arc<ListenerCounters>,
     /// The largest message the transport reads ([`Handle::configure`]).
@@ -406,7 +419,13 @@ fn spawn_inner(
     let (tx, rx) = mpsc::channel(cfg.command_queue);
     let (inbound_tx, inbound_rx) = mpsc::channel(cfg.inbound_queue);
     let max_message = transport_limit(hub.config().max_frame_bytes);
-    let handle = Handle { tx, cfg: Arc::new(cfg), listener: Arc::default(), max_message };
+    let handle = Handle {
+        tx,
+        moved: Arc::default(),
+        cfg: Arc::new(cfg),
+        listener: Arc::default(),
+        max_message,
+    };
     let (bus, events) = match link {
         Some(link) => (Some((link.ops, link.metrics)), Some(link.events)),
         None => (None, None),
@@ -537,8 +556,9 @@ impl Handle {
         rx.await.ok()
     }
 
-    /// Closes every connection with [`CloseReason::ServerShutdown`] and waits (at most about
-    /// twice `close_timeout`) until every connection task has ended. Later connects are refused.
+    /// Closes every connection with [`switchboard::CloseReason::ServerShutdown`] and waits (at
+    /// most about twice `close_timeout`) until every connection task has ended. Later connects
+    /// are refused.
     pub async fn shutdown(&self) {
         let (reply, rx) = oneshot::channel();
         if self.send(Command::Shutdown { reply }).await {
