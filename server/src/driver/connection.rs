@@ -1,6 +1,7 @@
 //! One connection's task: it reads the socket into the hub task and writes what the hub queued,
 //! both from one loop over the unsplit socket.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use switchboard::{CloseReason, ConnId, DisconnectReason};
+use tokio::sync::mpsc;
 
 use super::outbox::{Moved, Receiver, Stop};
 use super::{Accepted, AcceptedParts, Command, Handle, Out};
@@ -21,24 +23,50 @@ impl Handle {
     /// (unsupported data; the protocol is JSON text), a text frame that is not UTF-8 with 1007,
     /// a message over the transport's size limit ([`Handle::configure`]) with 1009, any other
     /// WebSocket protocol error with 1002. Each ends the connection as abnormal.
-    pub async fn serve(self, mut accepted: Accepted, socket: WebSocket) {
+    ///
+    /// The connection's state is built before the returned future, so the socket is held once in
+    /// the task, not both as an argument and as a local.
+    pub fn serve(
+        self,
+        mut accepted: Accepted,
+        socket: WebSocket,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let id = accepted.id;
-        let Some(parts) = accepted.parts.take() else { return };
-        let AcceptedParts { outbox, _alive, .. } = parts;
-        let mut conn = Conn {
-            id,
-            socket,
-            outbox,
-            moved: self.moved.clone(),
-            batch: 0,
-            dirty: false,
-            flush_bytes: self.cfg.flush_bytes,
-        };
-        let (reason, refusal) = self.run(id, &mut conn).await;
-        // If the hub closed it, it already forgot it and ignores this.
-        self.send(Command::Gone { conn: id, reason }).await;
-        if let Some(frame) = refusal {
-            conn.refuse(frame, self.cfg.close_timeout).await;
+        let parts = accepted.parts.take();
+        let conn = parts.map(|AcceptedParts { outbox, _alive, .. }| {
+            let conn = Conn {
+                id,
+                socket,
+                outbox,
+                moved: self.moved.clone(),
+                batch: 0,
+                dirty: false,
+                flush_bytes: self.cfg.flush_bytes,
+            };
+            (conn, _alive)
+        });
+        let mut conn = conn;
+        async move {
+            // Borrowed where it lies: moving it out would give it a second slot in the task.
+            let Some((conn, _alive)) = conn.as_mut() else { return };
+            let (reason, refusal) = self.run(id, conn).await;
+            // If the hub closed it, it already forgot it and ignores this.
+            if let Some(wait) = self.forward(Command::Gone { conn: id, reason }) {
+                wait.await;
+            }
+            if let Some(frame) = refusal {
+                Box::pin(conn.refuse(frame, self.cfg.close_timeout)).await;
+            }
+        }
+    }
+
+    /// Sends a command to the hub task if its channel has room; if not, returns the wait for
+    /// room, boxed: a connection's task is as large as the largest state its future can be in,
+    /// and a full channel is the rare case.
+    fn forward(&self, cmd: Command) -> Option<Pin<Box<dyn Future<Output = bool> + Send + '_>>> {
+        match self.tx.try_send(cmd) {
+            Err(mpsc::error::TrySendError::Full(cmd)) => Some(Box::pin(self.send(cmd))),
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
         }
     }
 
@@ -49,20 +77,26 @@ impl Handle {
         loop {
             match std::future::poll_fn(|cx| conn.poll_event(cx)).await {
                 Event::Read(Ok(Message::Text(text))) => {
-                    self.send(Command::Frame { conn: id, bytes: Bytes::from(text) }).await;
+                    let cmd = Command::Frame { conn: id, bytes: Bytes::from(text) };
+                    if let Some(wait) = self.forward(cmd) {
+                        wait.await;
+                    }
                 }
                 Event::Read(Ok(Message::Binary(_))) => {
                     let frame = close_frame(1003, "binary frames are not supported");
                     return (DisconnectReason::Abnormal, Some(frame));
                 }
                 Event::Read(Ok(Message::Pong(_))) => {
-                    self.send(Command::Pong { conn: id }).await;
+                    if let Some(wait) = self.forward(Command::Pong { conn: id }) {
+                        wait.await;
+                    }
                 }
                 // Answered by tungstenite itself.
                 Event::Read(Ok(Message::Ping(_))) => {}
                 Event::Read(Ok(Message::Close(frame))) => {
                     // Send tungstenite's queued reply to the peer's close.
-                    let _ = tokio::time::timeout(close_timeout, conn.socket.flush()).await;
+                    let flush = tokio::time::timeout(close_timeout, conn.socket.flush());
+                    let _ = Box::pin(flush).await;
                     return (peer_closed(frame.as_ref()), None);
                 }
                 Event::Read(Err(err)) => {
@@ -72,12 +106,15 @@ impl Handle {
                 Event::Close(reason) => {
                     // The hub closed it (and forgot it): send the close frame, then give the peer
                     // a moment to answer it.
-                    conn.send_close(reason, close_timeout).await;
-                    return (conn.linger(close_timeout).await, None);
+                    let closing = async {
+                        conn.send_close(reason, close_timeout).await;
+                        conn.linger(close_timeout).await
+                    };
+                    return (Box::pin(closing).await, None);
                 }
                 // The hub dropped the outbox without a close, or the socket failed while writing.
                 Event::Detached | Event::WriteFailed => {
-                    return (conn.linger(close_timeout).await, None);
+                    return (Box::pin(conn.linger(close_timeout)).await, None);
                 }
             }
         }

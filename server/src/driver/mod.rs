@@ -457,6 +457,25 @@ impl Handle {
             .max_frame_size(self.max_message)
     }
 
+    /// Answers a WebSocket upgrade for an admitted connection: the transport settings of
+    /// [`Handle::configure`], then [`Handle::serve`] on the socket in a task of its own.
+    ///
+    /// axum's upgrade runs its callback inside the task that awaited the handshake, whose future
+    /// keeps the handshake's state (the upgrade, the settings, the protocol, a slot for the socket)
+    /// beside the callback's for the connection's whole life. Spawning the connection's task from
+    /// the callback lets that task end at once: the connection holds only its own state.
+    pub fn upgrade(
+        &self,
+        upgrade: WebSocketUpgrade,
+        accepted: Accepted,
+    ) -> axum::response::Response {
+        let handle = self.clone();
+        self.configure(upgrade).on_upgrade(move |socket| {
+            tokio::spawn(handle.serve(accepted, socket));
+            std::future::ready(())
+        })
+    }
+
     /// The counters a listener in front of this driver keeps ([`crate::listen::serve`]); they
     /// appear in every [`Snapshot`].
     pub fn listener_counters(&self) -> Arc<ListenerCounters> {
