@@ -434,6 +434,14 @@ fn spawn_inner(
     (handle, inbound_rx)
 }
 
+/// The read buffer of each WebSocket connection ([`Handle::configure`]). Client frames (pongs,
+/// subscriptions, acknowledgements) are small; a larger message is read 512 bytes per call.
+pub const READ_BUFFER_BYTES: usize = 512;
+
+/// What a WebSocket connection's transport buffers before writing to its socket (it writes
+/// earlier on every flush) ([`Handle::configure`]).
+pub const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
 /// The transport's message size limit for a hub that accepts frames up to `max_frame_bytes`:
 /// twice that, at least 16 KiB. A frame a little over the hub's limit still reaches the hub, which
 /// answers it with an `error` frame (`frame_too_large`) and keeps the connection; one far over it
@@ -444,15 +452,19 @@ fn transport_limit(max_frame_bytes: usize) -> usize {
 
 impl Handle {
     /// Applies the driver's transport settings to a WebSocket upgrade before
-    /// [`on_upgrade`](WebSocketUpgrade::on_upgrade): a 4 KiB read buffer and the message and frame
-    /// size limit derived from the hub's `Config::max_frame_bytes` (twice it, at least 16 KiB).
+    /// [`on_upgrade`](WebSocketUpgrade::on_upgrade): a [`READ_BUFFER_BYTES`] read buffer, a
+    /// [`WRITE_BUFFER_BYTES`] write threshold, and the message and frame size limit derived from
+    /// the hub's `Config::max_frame_bytes` (twice it, at least 16 KiB).
     ///
-    /// The read buffer is 4 KiB rather than tungstenite's 128 KiB (which it zero-fills, so every
-    /// page stays resident): client frames are small, and that buffer was 93% of the server's
-    /// memory per connection (BENCHMARKS.md, end to end).
+    /// tungstenite's default read buffer is 128 KiB, which it zero-fills, so every page stays
+    /// resident: that was 93% of the server's memory per connection (BENCHMARKS.md, end to end).
+    /// Client frames are small; a larger one is read in several calls, and the size limit still
+    /// bounds it. The write threshold bounds what tungstenite buffers (and keeps allocated)
+    /// before writing to the socket, whatever the batch a flush covers.
     pub fn configure(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
         upgrade
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(WRITE_BUFFER_BYTES)
             .max_message_size(self.max_message)
             .max_frame_size(self.max_message)
     }
