@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -37,6 +37,8 @@ impl Handle {
             let conn = Conn {
                 id,
                 socket,
+                read_waker: outbox.read_waker(),
+                read_more: true,
                 outbox,
                 moved: self.moved.clone(),
                 batch: 0,
@@ -157,6 +159,10 @@ struct Conn {
     dirty: bool,
     /// Bytes handed to the socket before a flush must complete.
     flush_bytes: usize,
+    /// The waker the socket's read side is polled with ([`Receiver::read_waker`]).
+    read_waker: Waker,
+    /// The read side returned a message when last polled: it may hold more without a new wake.
+    read_more: bool,
 }
 
 impl Conn {
@@ -173,8 +179,18 @@ impl Conn {
             Poll::Ready(event) => return Poll::Ready(event),
             Poll::Pending => {}
         }
-        match Pin::new(&mut self.socket).poll_next(cx) {
-            Poll::Ready(Some(msg)) => Poll::Ready(Event::Read(msg)),
+        // Only when the read side woke the task (or returned a message last time): each poll of
+        // tungstenite's read zero-fills its read buffer before it tries the socket, which a wake
+        // for the outbox or a writable socket would pay for nothing.
+        if !(std::mem::take(&mut self.read_more) | self.outbox.take_read_woken()) {
+            return Poll::Pending;
+        }
+        let mut read_cx = Context::from_waker(&self.read_waker);
+        match Pin::new(&mut self.socket).poll_next(&mut read_cx) {
+            Poll::Ready(Some(msg)) => {
+                self.read_more = true;
+                Poll::Ready(Event::Read(msg))
+            }
             Poll::Ready(None) => Poll::Ready(Event::Ended),
             Poll::Pending => Poll::Pending,
         }
@@ -200,7 +216,13 @@ impl Conn {
                 self.dirty = true;
             }
             if !self.dirty {
-                return Poll::Pending;
+                // Nothing of ours to flush, but tungstenite may hold a reply it queued while
+                // reading (a pong) that a full socket held back: the read side is not polled
+                // again on a writable socket, so flush here (no syscall when there is none).
+                return match Pin::new(&mut self.socket).poll_flush(cx) {
+                    Poll::Ready(Err(_)) => Poll::Ready(Event::WriteFailed),
+                    Poll::Ready(Ok(())) | Poll::Pending => Poll::Pending,
+                };
             }
             match std::task::ready!(Pin::new(&mut self.socket).poll_flush(cx)) {
                 Ok(()) => {

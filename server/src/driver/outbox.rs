@@ -9,9 +9,9 @@
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 use switchboard::{CloseReason, ConnId};
@@ -27,6 +27,8 @@ pub(super) struct Outbox {
     waker: AtomicWaker,
     /// Text bytes flushed since the hub last took them ([`Outbox::take_written`]).
     written: AtomicUsize,
+    /// The socket's read side woke the task since it last looked ([`Receiver::read_waker`]).
+    read_woken: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +130,11 @@ impl Outbox {
         out
     }
 
+    /// Connection side: whether the socket's read side woke the task since the last call.
+    pub(super) fn take_read_woken(&self) -> bool {
+        self.read_woken.swap(false, Ordering::AcqRel)
+    }
+
     /// Connection side: the next queued output, or why there is none (a close first).
     pub(super) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Result<Out, Stop>> {
         self.register(cx.waker());
@@ -163,6 +170,27 @@ impl Receiver {
     /// The receiving side of `outbox`.
     pub(super) fn new(outbox: Arc<Outbox>) -> Self {
         Receiver(outbox)
+    }
+}
+
+impl Receiver {
+    /// A waker for the socket's read side: it notes that the read side woke the task
+    /// ([`Outbox::take_read_woken`]) and wakes the task, so the task polls the read side only
+    /// when it may have something. No allocation: it shares the outbox's.
+    pub(super) fn read_waker(&self) -> Waker {
+        Waker::from(self.0.clone())
+    }
+}
+
+/// The read side's waker ([`Receiver::read_waker`]).
+impl Wake for Outbox {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.read_woken.store(true, Ordering::Release);
+        self.waker.wake();
     }
 }
 
@@ -246,6 +274,25 @@ mod tests {
         assert_eq!(outbox.take_written(), 15);
         assert_eq!(outbox.take_written(), 0);
         assert!(outbox.add_written(1), "taken: name it again");
+    }
+
+    #[test]
+    fn the_read_waker_marks_the_read_side_and_wakes_the_task() {
+        use std::sync::atomic::AtomicUsize;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let rx = Receiver::new(Arc::new(Outbox::default()));
+        rx.register(&Waker::from(count.clone()));
+        assert!(!rx.take_read_woken());
+        rx.read_waker().wake_by_ref();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(rx.take_read_woken());
+        assert!(!rx.take_read_woken(), "taken once");
     }
 
     #[test]
