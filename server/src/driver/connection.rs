@@ -116,6 +116,9 @@ impl Handle {
                 }
                 // The hub dropped the outbox without a close, or the socket failed while writing.
                 Event::Detached | Event::WriteFailed => {
+                    // Nothing more will be written: the hub's pushes are refused from now on
+                    // instead of piling up while the task lingers.
+                    conn.outbox.end();
                     return (Box::pin(conn.linger(close_timeout)).await, None);
                 }
             }

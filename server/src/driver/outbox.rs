@@ -147,8 +147,9 @@ impl Outbox {
         }
     }
 
-    /// Connection side: the task ended; what is queued is dropped and later pushes are refused.
-    fn end(&self) {
+    /// Connection side: the task stopped writing (it ended, or it only waits for the peer's
+    /// close now); what is queued is dropped and later pushes are refused.
+    pub(super) fn end(&self) {
         let mut state = self.state();
         state.ended = true;
         state.queue = VecDeque::new();
