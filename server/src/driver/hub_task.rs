@@ -255,7 +255,8 @@ impl Driver {
             self.drain(now);
         }
         // Every connection task holds a clone of `alive`; `recv` returns `None` once all are gone.
-        // Writers take at most `close_timeout`, readers linger at most as long again.
+        // A task takes at most `close_timeout` to send its close frame, and lingers at most as long
+        // again for the reply.
         let wait = self.handle.cfg.close_timeout * 2 + Duration::from_secs(1);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(wait, all_done.recv()).await;

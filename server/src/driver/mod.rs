@@ -96,10 +96,11 @@ pub struct DriverConfig {
     pub outbox_frames: usize,
     /// Capacity of the channel of inbound client messages to the application.
     pub inbound_queue: usize,
-    /// How long a writer may take to send its close frame, and how long the reader then waits for
-    /// the peer's close reply, before the socket is dropped.
+    /// How long a connection's task may take to send its close frame, and how long it then waits
+    /// for the peer's close reply, before the socket is dropped.
     pub close_timeout: Duration,
-    /// Bytes of text frames a writer sends before it flushes and reports `written`.
+    /// Bytes of text frames a connection's task hands to its socket before a flush must
+    /// complete; each completed flush counts as `written`.
     pub flush_bytes: usize,
     /// Log audit events to stderr.
     pub log_audits: bool,
@@ -318,7 +319,7 @@ pub struct Snapshot {
     pub bus: Option<Arc<BusMetrics>>,
 }
 
-/// What a writer sends, in order.
+/// What a connection's task sends, in order.
 #[derive(Debug)]
 enum Out {
     Text(Frame),
