@@ -364,11 +364,9 @@ async fn websocket(
         Err(rejection) => return rejection.into_response(),
     };
     match app.handle.connect(identity.principal, identity.rooms).await {
-        Ok(accepted) => {
-            let handle = app.handle.clone();
-            // A small read buffer, and a size limit derived from the hub's `max_frame_bytes`.
-            handle.configure(upgrade).on_upgrade(move |socket| handle.serve(accepted, socket))
-        }
+        // A small read buffer, a size limit derived from the hub's `max_frame_bytes`, and the
+        // connection's own task.
+        Ok(accepted) => app.handle.upgrade(upgrade, accepted),
         Err(refused) => {
             app.counters.connect_refused.fetch_add(1, Ordering::Relaxed);
             refusal(refused)

@@ -1,103 +1,293 @@
-//! One connection's tasks: the reader feeds the hub task, the writer performs what it asks for.
+//! One connection's task: it reads the socket into the hub task and writes what the hub queued,
+//! both from one loop over the unsplit socket.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use switchboard::{CloseReason, ConnId, DisconnectReason};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::outbox::{Moved, Receiver, Stop};
 use super::{Accepted, AcceptedParts, Command, Handle, Out};
 
 impl Handle {
-    /// Runs one connection on its socket until it ends: a reader feeding the hub, and a writer
-    /// performing what the hub asks for.
+    /// Runs one connection on its socket until it ends: one task reads the socket into the hub
+    /// and writes what the hub queued for it.
     ///
     /// What the transport refuses never reaches the hub: a binary frame is closed with 1003
     /// (unsupported data; the protocol is JSON text), a text frame that is not UTF-8 with 1007,
     /// a message over the transport's size limit ([`Handle::configure`]) with 1009, any other
     /// WebSocket protocol error with 1002. Each ends the connection as abnormal.
-    pub async fn serve(self, mut accepted: Accepted, socket: WebSocket) {
+    ///
+    /// The connection's state is built before the returned future, so the socket is held once in
+    /// the task, not both as an argument and as a local.
+    pub fn serve(
+        self,
+        mut accepted: Accepted,
+        socket: WebSocket,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let id = accepted.id;
-        let Some(parts) = accepted.parts.take() else { return };
-        let AcceptedParts { frames, close, _alive, .. } = parts;
-        let close_timeout = self.cfg.close_timeout;
-        let (sink, mut stream) = socket.split();
-        let (refuse, refused) = oneshot::channel();
-        let mut writer = tokio::spawn(write_loop(self.clone(), id, sink, frames, close, refused));
-        let mut writer_done = false;
-        let mut linger: Option<tokio::time::Instant> = None;
-        let mut refusal: Option<CloseFrame> = None;
-        let reason = loop {
-            let lingering = async {
-                match linger {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
+        let parts = accepted.parts.take();
+        let conn = parts.map(|AcceptedParts { outbox, _alive, .. }| {
+            let conn = Conn {
+                id,
+                socket,
+                read_waker: outbox.read_waker(),
+                read_more: true,
+                outbox,
+                moved: self.moved.clone(),
+                batch: 0,
+                dirty: false,
+                flush_bytes: self.cfg.flush_bytes,
             };
-            tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        self.send(Command::Frame { conn: id, bytes: Bytes::from(text) }).await;
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        if writer_done {
-                            continue; // closing already; only the peer's close reply matters
-                        }
-                        refusal = Some(close_frame(1003, "binary frames are not supported"));
-                        break DisconnectReason::Abnormal;
-                    }
-                    Some(Ok(Message::Pong(_))) => {
-                        self.send(Command::Pong { conn: id }).await;
-                    }
-                    // Answered by tungstenite itself.
-                    Some(Ok(Message::Ping(_))) => {}
-                    Some(Ok(Message::Close(frame))) => {
-                        let clean = frame.is_none_or(|f| matches!(f.code, 1000 | 1001));
-                        break if clean { DisconnectReason::Clean } else { DisconnectReason::Abnormal };
-                    }
-                    Some(Err(err)) => {
-                        if !writer_done {
-                            refusal = transport_refusal(&err);
-                        }
-                        break DisconnectReason::Abnormal;
-                    }
-                    None => break DisconnectReason::Abnormal,
-                },
-                _ = &mut writer, if !writer_done => {
-                    // The writer ended: the hub closed the connection (close frame sent or timed
-                    // out) or the socket failed. Give the peer a moment to answer the close.
-                    writer_done = true;
-                    linger = Some(tokio::time::Instant::now() + close_timeout);
-                }
-                () = lingering => break DisconnectReason::Abnormal,
+            (conn, _alive)
+        });
+        let mut conn = conn;
+        async move {
+            // Borrowed where it lies: moving it out would give it a second slot in the task.
+            let Some((conn, _alive)) = conn.as_mut() else { return };
+            let (reason, refusal) = self.run(id, conn).await;
+            // If the hub closed it, it already forgot it and ignores this.
+            if let Some(wait) = self.forward(Command::Gone { conn: id, reason }) {
+                wait.await;
             }
+            if let Some(frame) = refusal {
+                Box::pin(conn.refuse(frame, self.cfg.close_timeout)).await;
+            }
+        }
+    }
+
+    /// Sends a command to the hub task if its channel has room; if not, returns the wait for
+    /// room, boxed: a connection's task is as large as the largest state its future can be in,
+    /// and a full channel is the rare case.
+    fn forward(&self, cmd: Command) -> Option<Pin<Box<dyn Future<Output = bool> + Send + '_>>> {
+        match self.tx.try_send(cmd) {
+            Err(mpsc::error::TrySendError::Full(cmd)) => Some(Box::pin(self.send(cmd))),
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+        }
+    }
+
+    /// The connection's loop: returns how it ended, and the close frame to refuse the peer with
+    /// if the transport refused what it sent.
+    async fn run(&self, id: ConnId, conn: &mut Conn) -> (DisconnectReason, Option<CloseFrame>) {
+        let close_timeout = self.cfg.close_timeout;
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_event(cx)).await {
+                Event::Read(Ok(Message::Text(text))) => {
+                    let cmd = Command::Frame { conn: id, bytes: Bytes::from(text) };
+                    if let Some(wait) = self.forward(cmd) {
+                        wait.await;
+                    }
+                }
+                Event::Read(Ok(Message::Binary(_))) => {
+                    let frame = close_frame(1003, "binary frames are not supported");
+                    return (DisconnectReason::Abnormal, Some(frame));
+                }
+                Event::Read(Ok(Message::Pong(_))) => {
+                    if let Some(wait) = self.forward(Command::Pong { conn: id }) {
+                        wait.await;
+                    }
+                }
+                // Answered by tungstenite itself.
+                Event::Read(Ok(Message::Ping(_))) => {}
+                Event::Read(Ok(Message::Close(frame))) => {
+                    // Send tungstenite's queued reply to the peer's close.
+                    let flush = tokio::time::timeout(close_timeout, conn.socket.flush());
+                    let _ = Box::pin(flush).await;
+                    return (peer_closed(frame.as_ref()), None);
+                }
+                Event::Read(Err(err)) => {
+                    return (DisconnectReason::Abnormal, transport_refusal(&err));
+                }
+                Event::Ended => return (DisconnectReason::Abnormal, None),
+                Event::Close(reason) => {
+                    // The hub closed it (and forgot it): send the close frame, then give the peer
+                    // a moment to answer it.
+                    let closing = async {
+                        conn.send_close(reason, close_timeout).await;
+                        conn.linger(close_timeout).await
+                    };
+                    return (Box::pin(closing).await, None);
+                }
+                // The hub dropped the outbox without a close, or the socket failed while writing.
+                Event::Detached | Event::WriteFailed => {
+                    // Nothing more will be written: the hub's pushes are refused from now on
+                    // instead of piling up while the task lingers.
+                    conn.outbox.end();
+                    return (Box::pin(conn.linger(close_timeout)).await, None);
+                }
+            }
+        }
+    }
+}
+
+/// How a peer's close frame ends the connection: 1000/1001 (or no code) is clean.
+fn peer_closed(frame: Option<&CloseFrame>) -> DisconnectReason {
+    if frame.is_none_or(|f| matches!(f.code, 1000 | 1001)) {
+        DisconnectReason::Clean
+    } else {
+        DisconnectReason::Abnormal
+    }
+}
+
+/// What woke the connection's loop.
+enum Event {
+    /// A message from the socket, or its read error.
+    Read(Result<Message, axum::Error>),
+    /// The socket's read side ended.
+    Ended,
+    /// The hub closed the connection.
+    Close(CloseReason),
+    /// The hub let go of the connection without a close.
+    Detached,
+    /// Writing to the socket failed.
+    WriteFailed,
+}
+
+/// One connection's socket and its outbox.
+struct Conn {
+    id: ConnId,
+    socket: WebSocket,
+    outbox: Receiver,
+    /// Where a flush names the connection for the hub task to settle its written bytes.
+    moved: std::sync::Arc<Moved>,
+    /// Text bytes handed to the socket since its last completed flush.
+    batch: usize,
+    /// Whether anything was handed to the socket since its last completed flush.
+    dirty: bool,
+    /// Bytes handed to the socket before a flush must complete.
+    flush_bytes: usize,
+    /// The waker the socket's read side is polled with ([`Receiver::read_waker`]).
+    read_waker: Waker,
+    /// The read side returned a message when last polled: it may hold more without a new wake.
+    read_more: bool,
+}
+
+impl Conn {
+    /// Waits for the next thing to do, writing what the outbox holds meanwhile: a close from the
+    /// hub first, then a completed flush, then a message from the socket.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        self.outbox.register(cx.waker());
+        match self.outbox.stop() {
+            Some(Stop::Close(reason)) => return Poll::Ready(Event::Close(reason)),
+            Some(Stop::Detached) => return Poll::Ready(Event::Detached),
+            None => {}
+        }
+        match self.poll_write(cx) {
+            Poll::Ready(event) => return Poll::Ready(event),
+            Poll::Pending => {}
+        }
+        // Only when the read side woke the task (or returned a message last time): each poll of
+        // tungstenite's read zero-fills its read buffer before it tries the socket, which a wake
+        // for the outbox or a writable socket would pay for nothing.
+        if !(std::mem::take(&mut self.read_more) | self.outbox.take_read_woken()) {
+            return Poll::Pending;
+        }
+        let mut read_cx = Context::from_waker(&self.read_waker);
+        match Pin::new(&mut self.socket).poll_next(&mut read_cx) {
+            Poll::Ready(Some(msg)) => {
+                self.read_more = true;
+                Poll::Ready(Event::Read(msg))
+            }
+            Poll::Ready(None) => Poll::Ready(Event::Ended),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Hands queued frames to the socket (up to `flush_bytes` unflushed) and flushes them, until
+    /// the queue is empty or the socket is not ready. Ready only with why writing stopped.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        loop {
+            while self.batch < self.flush_bytes {
+                match Pin::new(&mut self.socket).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteFailed),
+                    Poll::Pending => break,
+                }
+                // The waker is registered: a push into the empty queue wakes the task.
+                let Some(out) = self.outbox.pop() else { break };
+                let (msg, n) = to_message(out);
+                if Pin::new(&mut self.socket).start_send(msg).is_err() {
+                    return Poll::Ready(Event::WriteFailed);
+                }
+                self.batch += n;
+                self.dirty = true;
+            }
+            if !self.dirty {
+                // Nothing of ours to flush, but tungstenite may hold a reply it queued while
+                // reading (a pong) that a full socket held back: the read side is not polled
+                // again on a writable socket, so flush here (no syscall when there is none).
+                return match Pin::new(&mut self.socket).poll_flush(cx) {
+                    Poll::Ready(Err(_)) => Poll::Ready(Event::WriteFailed),
+                    Poll::Ready(Ok(())) | Poll::Pending => Poll::Pending,
+                };
+            }
+            match std::task::ready!(Pin::new(&mut self.socket).poll_flush(cx)) {
+                Ok(()) => {
+                    self.dirty = false;
+                    // Counted for the hub task, which settles it with `Hub::written` on its next
+                    // turn; named to it only if it took every earlier count.
+                    let bytes = std::mem::take(&mut self.batch);
+                    if bytes > 0 && self.outbox.add_written(bytes) {
+                        self.moved.push(self.id);
+                    }
+                }
+                Err(_) => return Poll::Ready(Event::WriteFailed),
+            }
+        }
+    }
+
+    /// Sends the frames queued before the close (unless the peer is a slow consumer: its queue
+    /// is abandoned), then the close frame with the reason's code, within `timeout`.
+    async fn send_close(&mut self, reason: CloseReason, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, async {
+            if reason != CloseReason::SlowConsumer {
+                while let Some(out) = self.outbox.pop() {
+                    self.socket.feed(to_message(out).0).await?;
+                }
+            }
+            let frame =
+                CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.as_str()) };
+            self.socket.send(Message::Close(Some(frame))).await
+        })
+        .await;
+    }
+
+    /// Closes the connection with a close frame the transport chose (the peer broke the
+    /// protocol), abandoning whatever is queued, and lets the peer answer it.
+    async fn refuse(&mut self, frame: CloseFrame, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.socket.send(Message::Close(Some(frame)))).await;
+        // Let the peer read the close frame and answer it (a stream that failed is already over
+        // and returns `None` at once).
+        let _ = tokio::time::timeout(timeout, async {
+            while let Some(Ok(msg)) = self.socket.next().await {
+                if let Message::Close(_) = msg {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// After our close frame (or a failed write): reads until the peer's close reply, the end of
+    /// the stream, or `timeout`. Anything else it sends is dropped.
+    async fn linger(&mut self, timeout: Duration) -> DisconnectReason {
+        let read = async {
+            while let Some(msg) = self.socket.next().await {
+                match msg {
+                    Ok(Message::Close(frame)) => return peer_closed(frame.as_ref()),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            DisconnectReason::Abnormal
         };
-        // The writer looks at this before anything else, so it sends this close frame even
-        // though `Gone` below also ends it.
-        let refused = refusal.is_some_and(|frame| refuse.send(frame).is_ok());
-        // If the hub closed it, it already forgot it and ignores this.
-        self.send(Command::Gone { conn: id, reason }).await;
-        if !writer_done {
-            // `Gone` drops the outbox, which ends the writer.
-            if tokio::time::timeout(close_timeout, &mut writer).await.is_err() {
-                writer.abort();
-            }
-        }
-        if refused {
-            // Let the peer read the close frame and answer it (a stream that failed is already
-            // over and returns `None` at once).
-            let _ = tokio::time::timeout(close_timeout, async {
-                while let Some(Ok(msg)) = stream.next().await {
-                    if let Message::Close(_) = msg {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
+        tokio::time::timeout(timeout, read).await.unwrap_or(DisconnectReason::Abnormal)
     }
 }
 
@@ -119,71 +309,6 @@ fn transport_refusal(err: &axum::Error) -> Option<CloseFrame> {
     }
 }
 
-type Sink = SplitSink<WebSocket, Message>;
-
-/// Performs `Deliver` and `Ping` in order, flushes in batches, reports `written`, and on `Close`
-/// sends the close frame. Ends when the connection is closed or gone.
-async fn write_loop(
-    handle: Handle,
-    id: ConnId,
-    mut sink: Sink,
-    mut frames: mpsc::Receiver<Out>,
-    mut close: oneshot::Receiver<CloseReason>,
-    refused: oneshot::Receiver<CloseFrame>,
-) {
-    let cfg = handle.cfg.clone();
-    // Resolves only with a frame: a reader that ends without refusing anything drops the sender.
-    let refused = async move {
-        match refused.await {
-            Ok(frame) => frame,
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::pin!(refused);
-    loop {
-        let first = tokio::select! {
-            biased;
-            frame = &mut refused => {
-                send_close_frame(&mut sink, frame, cfg.close_timeout).await;
-                return;
-            }
-            reason = &mut close => {
-                if let Ok(reason) = reason {
-                    send_close(&mut sink, &mut frames, reason, cfg.close_timeout).await;
-                }
-                return;
-            }
-            out = frames.recv() => match out {
-                Some(out) => out,
-                None => return, // gone: the reader reported it
-            },
-        };
-        let batch = send_batch(&mut sink, first, &mut frames, cfg.flush_bytes);
-        let sent = tokio::select! {
-            biased;
-            frame = &mut refused => {
-                send_close_frame(&mut sink, frame, cfg.close_timeout).await;
-                return;
-            }
-            reason = &mut close => {
-                // The hub closed it while a send was stuck (a slow consumer) or in progress.
-                if let Ok(reason) = reason {
-                    send_close(&mut sink, &mut frames, reason, cfg.close_timeout).await;
-                }
-                return;
-            }
-            sent = batch => sent,
-        };
-        match sent {
-            Ok(0) => {}
-            Ok(bytes) => {
-                handle.send(Command::Written { conn: id, bytes }).await;
-            }
-            Err(_) => return, // the socket failed; the reader sees it too
-        }
-    }
-}
-
 fn to_message(out: Out) -> (Message, usize) {
     match out {
         Out::Text(frame) => {
@@ -194,51 +319,4 @@ fn to_message(out: Out) -> (Message, usize) {
         }
         Out::Ping => (Message::Ping(Bytes::new()), 0),
     }
-}
-
-/// Sends `first` and whatever else is already queued (up to `flush_bytes`), then flushes once.
-/// Returns the text bytes flushed.
-async fn send_batch(
-    sink: &mut Sink,
-    first: Out,
-    frames: &mut mpsc::Receiver<Out>,
-    flush_bytes: usize,
-) -> Result<usize, axum::Error> {
-    let (msg, mut bytes) = to_message(first);
-    sink.feed(msg).await?;
-    while bytes < flush_bytes {
-        let Ok(out) = frames.try_recv() else { break };
-        let (msg, n) = to_message(out);
-        sink.feed(msg).await?;
-        bytes += n;
-    }
-    sink.flush().await?;
-    Ok(bytes)
-}
-
-/// Sends the frames queued before the close (unless the peer is a slow consumer: its queue is
-/// abandoned), then the close frame with the reason's code, within `timeout`.
-async fn send_close(
-    sink: &mut Sink,
-    frames: &mut mpsc::Receiver<Out>,
-    reason: CloseReason,
-    timeout: Duration,
-) {
-    let _ = tokio::time::timeout(timeout, async {
-        if reason != CloseReason::SlowConsumer {
-            while let Ok(out) = frames.try_recv() {
-                sink.feed(to_message(out).0).await?;
-            }
-        }
-        let frame =
-            CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.as_str()) };
-        sink.send(Message::Close(Some(frame))).await
-    })
-    .await;
-}
-
-/// Sends a close frame the transport chose (the peer broke the protocol), abandoning whatever is
-/// queued, within `timeout`.
-async fn send_close_frame(sink: &mut Sink, frame: CloseFrame, timeout: Duration) {
-    let _ = tokio::time::timeout(timeout, sink.send(Message::Close(Some(frame)))).await;
 }

@@ -11,6 +11,7 @@ use switchboard::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::outbox::{Outbox, Receiver, Refused as Push};
 use super::{
     Accepted, AcceptedParts, Alive, Command, DriverStats, Handle, Out, Peer, PublishFailed,
     Receipt, Refused, Snapshot,
@@ -43,6 +44,8 @@ pub(super) struct Driver {
     live: Arc<AtomicUsize>,
     /// Cluster mode: the bus's operations and pending publishes.
     bus: Option<Bus>,
+    /// The connections whose flushed bytes are being settled (kept for its allocation).
+    moved: Vec<ConnId>,
 }
 
 impl Driver {
@@ -65,6 +68,7 @@ impl Driver {
             alive: Some((alive, alive_rx)),
             live: Arc::default(),
             bus,
+            moved: Vec::new(),
         }
     }
 
@@ -77,9 +81,11 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
-            // Not biased: a steady stream of commands (publishes, `written` reports) must not
-            // starve the bus's replies and messages, nor the other way round.
+            // Not biased: a steady stream of commands (publishes, frames) must not starve the
+            // bus's replies and messages, nor the other way round.
+            let moved = self.handle.moved.clone();
             tokio::select! {
+                () = moved.notify.notified() => {}
                 cmd = self.rx.recv() => {
                     let Some(cmd) = cmd else { return };
                     self.handle(cmd);
@@ -112,6 +118,8 @@ impl Driver {
                     self.drain(Instant::now());
                 }
             }
+            // Whatever woke it, the bytes flushed meanwhile are settled once per turn.
+            self.settle_written(Instant::now());
         }
     }
 
@@ -142,9 +150,6 @@ impl Driver {
             }
             Command::Pong { conn } => {
                 let _ = self.hub.pong(now, conn);
-            }
-            Command::Written { conn, bytes } => {
-                let _ = self.hub.written(now, conn, bytes);
             }
             Command::Gone { conn, reason } => {
                 self.peers.remove(&conn);
@@ -205,9 +210,8 @@ impl Driver {
         let id = self.hub.connect(now, principal).map_err(Refused::Hub)?;
         self.live.fetch_add(1, Ordering::Relaxed);
         let alive = Alive { _tx: alive, live: self.live.clone() };
-        let (frames_tx, frames_rx) = mpsc::channel(self.handle.cfg.outbox_frames);
-        let (close_tx, close_rx) = oneshot::channel();
-        self.peers.insert(id, Peer { frames: frames_tx, close: close_tx });
+        let outbox = Arc::new(Outbox::default());
+        self.peers.insert(id, Peer { outbox: outbox.clone() });
         let mut refused = RoomRefusals::default();
         let asked = rooms.len();
         for room in rooms {
@@ -232,8 +236,7 @@ impl Driver {
             self.stats.connects_with_refused_rooms += 1;
         }
         let parts = AcceptedParts {
-            frames: frames_rx,
-            close: close_rx,
+            outbox: Receiver::new(outbox),
             handle: self.handle.clone(),
             _alive: alive,
         };
@@ -252,7 +255,8 @@ impl Driver {
             self.drain(now);
         }
         // Every connection task holds a clone of `alive`; `recv` returns `None` once all are gone.
-        // Writers take at most `close_timeout`, readers linger at most as long again.
+        // A task takes at most `close_timeout` to send its close frame, and lingers at most as long
+        // again for the reply.
         let wait = self.handle.cfg.close_timeout * 2 + Duration::from_secs(1);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(wait, all_done.recv()).await;
@@ -268,7 +272,7 @@ impl Driver {
                 Action::Ping { conn } => self.push(now, conn, Out::Ping),
                 Action::Close { conn, reason } => {
                     if let Some(peer) = self.peers.remove(&conn) {
-                        let _ = peer.close.send(reason);
+                        peer.outbox.close(reason);
                     }
                 }
                 Action::Inbound(msg) => {
@@ -334,21 +338,39 @@ impl Driver {
         let _ = reply.send(result);
     }
 
-    /// Queues a frame or ping for a connection's writer without waiting.
+    /// Queues a frame or ping for a connection's task without waiting.
     fn push(&mut self, now: Instant, conn: ConnId, out: Out) {
         let Some(peer) = self.peers.get(&conn) else { return };
-        match peer.frames.try_send(out) {
+        match peer.outbox.push(out, self.handle.cfg.outbox_frames) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Out::Ping)) => {} // it is behind; pings can wait
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Push::Full(Out::Ping)) => {} // it is behind; pings can wait
+            Err(Push::Full(_)) => {
                 // Its `Close` action follows in this drain.
                 if self.hub.close(now, conn, CloseReason::SlowConsumer).is_ok() {
                     self.stats.outbox_overflows += 1;
                 }
             }
-            // The writer ended; the reader reports the connection gone.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            // The task ended; it reports the connection gone.
+            Err(Push::Ended) => {}
         }
+    }
+
+    /// Tells the hub what the connections named in [`Handle`]'s `moved` list flushed since the
+    /// last turn: one `written` per connection that moved, not one command per flush.
+    fn settle_written(&mut self, now: Instant) {
+        self.handle.moved.take(&mut self.moved);
+        if self.moved.is_empty() {
+            return;
+        }
+        for &conn in &self.moved {
+            // Gone or closed since: its budget no longer matters.
+            let Some(peer) = self.peers.get(&conn) else { continue };
+            let bytes = peer.outbox.take_written();
+            if bytes > 0 {
+                let _ = self.hub.written(now, conn, bytes);
+            }
+        }
+        self.drain(now);
     }
 }
 

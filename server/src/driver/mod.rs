@@ -1,38 +1,46 @@
 //! The driver: runs a sans-io [`Hub`] on tokio for axum WebSocket connections.
 //!
 //! This module holds the public surface ([`spawn`], [`Handle`], [`DriverConfig`], [`Snapshot`]);
-//! `hub_task` is the task that owns the hub, `connection` the reader and writer of one socket.
+//! `hub_task` is the task that owns the hub, `connection` the one task of one socket, `outbox`
+//! what the hub queues for a connection.
 //!
 //! # Design
 //!
 //! ```text
-//!   HTTP handlers ──┐                         ┌──► conn task A: writer ──► socket A
-//!   (publish,       │   one bounded channel   │      (frames, pings, close)
-//!    stats, auth'd  ├──► ┌──────────────┐ ────┤
-//!    connect)       │    │   hub task   │     └──► conn task B: writer ──► socket B
-//!   conn readers ───┤    │  owns `Hub`  │          per-connection bounded outbox + close slot
-//!   (frames, pongs, │    │  + one timer │
-//!    gone)          │    └──────┬───────┘
-//!   conn writers ───┘           └──► application channel (Inbound messages, bounded)
-//!   (written n bytes)
+//!   HTTP handlers ──┐                       ┌─► outbox A ─► conn task A ◄─► socket A
+//!   (publish,       │  one bounded channel  │   (frames, pings, close)
+//!    stats, auth'd  ├─► ┌──────────────┐ ───┤
+//!    connect)       │   │   hub task   │    └─► outbox B ─► conn task B ◄─► socket B
+//!   conn tasks ─────┘   │  owns `Hub`  │
+//!   (frames, pongs,     │  + one timer │ ◄── "moved": connections that flushed bytes
+//!    gone)              └──────┬───────┘
+//!                              └──► application channel (Inbound messages, bounded)
 //! ```
 //!
 //! - **One owner.** The [`Hub`] lives in one task and nothing else touches it: no mutex, no shared
 //!   state. Everything else talks to that task through [`Handle`], a cheap clone around one
-//!   bounded `mpsc` channel of `Command`s. A full channel makes readers wait, which stops them
-//!   reading their sockets: TCP pushes back on the clients, never on the hub.
+//!   bounded `mpsc` channel of `Command`s. A full channel makes connection tasks wait, which
+//!   stops them reading their sockets: TCP pushes back on the clients, never on the hub.
 //! - **The drive loop.** The task waits for a command or for the deadline of
 //!   [`Hub::poll_timeout`] (one `sleep_until`, re-armed every turn), calls into the hub with
 //!   `Instant::now()`, and drains [`Hub::poll_action`] until `None` after every call.
-//! - **The hub never waits for a socket.** Each connection has a bounded outbox (`try_send`
-//!   only) and a one-shot close slot. `Deliver` and `Ping` go into the outbox; `Close` goes into
-//!   the slot, which the writer watches even while a send is blocked on a slow peer. The hub
-//!   already bounds what it hands a connection by bytes (`max_unwritten_bytes`, released by
-//!   `written`); the outbox's frame count is a second fence, and overflowing it closes the
-//!   connection as a slow consumer, exactly as the hub would.
-//! - **Writers report progress.** After flushing a batch of text frames the writer reports the
-//!   bytes with `written`, which is what lets the hub skip `agent_thinking` for a connection that
-//!   is behind and close one that cannot keep up, while everyone else goes on receiving.
+//! - **One task per connection.** It owns the unsplit socket and polls, in one loop, the hub's
+//!   close, the outbox (writing and flushing what is queued) and the socket's next message; no
+//!   second writer task, no lock around the socket's halves.
+//! - **The hub never waits for a socket.** Each connection has an outbox: a small shared queue
+//!   (a mutex held only for a push or a pop, and a waker) with a close slot. `Deliver` and `Ping`
+//!   go into the queue; `Close` goes into the slot, which the connection's task looks at on every
+//!   wake, even while its socket is blocked on a slow peer. The hub already bounds what it hands a
+//!   connection by bytes (`max_unwritten_bytes`, released by `written`); the outbox's frame
+//!   count is a second fence, and overflowing it closes the connection as a slow consumer,
+//!   exactly as the hub would.
+//! - **Connections report progress without a message per flush.** After flushing a batch of
+//!   text frames the connection's task adds the bytes to its outbox's counter and, if the hub
+//!   had taken the previous count, names itself in a shared "moved" list (waking the hub task if
+//!   the list was empty). Once per turn of its loop the hub task settles every connection named
+//!   there with one `written` each. That is what lets the hub skip `agent_thinking` for a
+//!   connection that is behind and close one that cannot keep up, while everyone else goes on
+//!   receiving.
 //! - **Transport mapping.** `Ping` → WebSocket ping; a pong → [`Hub::pong`]; `Close { reason }` →
 //!   a close frame with `reason.code()` and `reason.as_str()` (frames queued before it are sent
 //!   first, except for `SlowConsumer`, whose queue is abandoned); a client close frame with
@@ -48,8 +56,9 @@
 //!   The returned [`Accepted`] owns the outbox; if the upgrade never happens, dropping it reports
 //!   the connection gone.
 //! - **Shutdown.** [`Handle::shutdown`] closes every connection with
-//!   [`CloseReason::ServerShutdown`] through [`Hub::close`], then waits (bounded) until every
-//!   connection task has sent its close frame and ended; new connects are refused meanwhile.
+//!   [`switchboard::CloseReason::ServerShutdown`] through [`Hub::close`], then waits (bounded)
+//!   until every connection task has sent its close frame and ended; new connects are refused
+//!   meanwhile.
 //!
 //! Application hooks: inbound client messages arrive on the `mpsc::Receiver<Box<Inbound>>`
 //! returned by [`spawn`]; publish with [`Handle::publish`]; read counters with
@@ -57,6 +66,7 @@
 
 mod connection;
 mod hub_task;
+mod outbox;
 mod sse;
 
 pub use sse::{SseConn, SseSessions, decode_positions, encode_positions};
@@ -69,8 +79,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::WebSocketUpgrade;
 use switchboard::{
-    BusFailure, CloseReason, ConnId, ConnectError, DisconnectReason, Envelope, Frame, Hub,
-    HubStats, Inbound, Principal, PublishError, Published, Rates, RoomId, Tier,
+    BusFailure, ConnId, ConnectError, DisconnectReason, Envelope, Frame, Hub, HubStats, Inbound,
+    Principal, PublishError, Published, Rates, RoomId, Tier,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -86,10 +96,11 @@ pub struct DriverConfig {
     pub outbox_frames: usize,
     /// Capacity of the channel of inbound client messages to the application.
     pub inbound_queue: usize,
-    /// How long a writer may take to send its close frame, and how long the reader then waits for
-    /// the peer's close reply, before the socket is dropped.
+    /// How long a connection's task may take to send its close frame, and how long it then waits
+    /// for the peer's close reply, before the socket is dropped.
     pub close_timeout: Duration,
-    /// Bytes of text frames a writer sends before it flushes and reports `written`.
+    /// Bytes of text frames a connection's task hands to its socket before a flush must
+    /// complete; each completed flush counts as `written`.
     pub flush_bytes: usize,
     /// Log audit events to stderr.
     pub log_audits: bool,
@@ -164,10 +175,6 @@ enum Command {
     },
     Pong {
         conn: ConnId,
-    },
-    Written {
-        conn: ConnId,
-        bytes: usize,
     },
     Gone {
         conn: ConnId,
@@ -312,17 +319,23 @@ pub struct Snapshot {
     pub bus: Option<Arc<BusMetrics>>,
 }
 
-/// What a writer sends, in order.
+/// What a connection's task sends, in order.
 #[derive(Debug)]
 enum Out {
     Text(Frame),
     Ping,
 }
 
-/// The driver's side of one connection.
+/// The driver's side of one connection: its outbox. Dropping it (the hub forgot the connection)
+/// detaches the outbox, which the connection's task notices.
 struct Peer {
-    frames: mpsc::Sender<Out>,
-    close: oneshot::Sender<CloseReason>,
+    outbox: Arc<outbox::Outbox>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.outbox.detach();
+    }
 }
 
 /// A connection the hub admitted, waiting for its socket ([`Handle::serve`]). Dropping it unused
@@ -333,8 +346,7 @@ pub struct Accepted {
 }
 
 struct AcceptedParts {
-    frames: mpsc::Receiver<Out>,
-    close: oneshot::Receiver<CloseReason>,
+    outbox: outbox::Receiver,
     handle: Handle,
     /// Held while the connection's task runs; shutdown waits until every clone is gone.
     _alive: Alive,
@@ -375,6 +387,8 @@ impl Drop for Accepted {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
+    /// Connections with flushed bytes the hub task has not settled yet.
+    moved: Arc<outbox::Moved>,
     cfg: Arc<DriverConfig>,
     listener: Arc<ListenerCounters>,
     /// The largest message the transport reads ([`Handle::configure`]).
@@ -406,7 +420,13 @@ fn spawn_inner(
     let (tx, rx) = mpsc::channel(cfg.command_queue);
     let (inbound_tx, inbound_rx) = mpsc::channel(cfg.inbound_queue);
     let max_message = transport_limit(hub.config().max_frame_bytes);
-    let handle = Handle { tx, cfg: Arc::new(cfg), listener: Arc::default(), max_message };
+    let handle = Handle {
+        tx,
+        moved: Arc::default(),
+        cfg: Arc::new(cfg),
+        listener: Arc::default(),
+        max_message,
+    };
     let (bus, events) = match link {
         Some(link) => (Some((link.ops, link.metrics)), Some(link.events)),
         None => (None, None),
@@ -414,6 +434,14 @@ fn spawn_inner(
     tokio::spawn(Driver::new(hub, rx, handle.clone(), inbound_tx, bus).run(events));
     (handle, inbound_rx)
 }
+
+/// The read buffer of each WebSocket connection ([`Handle::configure`]). Client frames (pongs,
+/// subscriptions, acknowledgements) are small; a larger message is read 512 bytes per call.
+pub const READ_BUFFER_BYTES: usize = 512;
+
+/// What a WebSocket connection's transport buffers before writing to its socket (it writes
+/// earlier on every flush) ([`Handle::configure`]).
+pub const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 /// The transport's message size limit for a hub that accepts frames up to `max_frame_bytes`:
 /// twice that, at least 16 KiB. A frame a little over the hub's limit still reaches the hub, which
@@ -425,17 +453,40 @@ fn transport_limit(max_frame_bytes: usize) -> usize {
 
 impl Handle {
     /// Applies the driver's transport settings to a WebSocket upgrade before
-    /// [`on_upgrade`](WebSocketUpgrade::on_upgrade): a 4 KiB read buffer and the message and frame
-    /// size limit derived from the hub's `Config::max_frame_bytes` (twice it, at least 16 KiB).
+    /// [`on_upgrade`](WebSocketUpgrade::on_upgrade): a [`READ_BUFFER_BYTES`] read buffer, a
+    /// [`WRITE_BUFFER_BYTES`] write threshold, and the message and frame size limit derived from
+    /// the hub's `Config::max_frame_bytes` (twice it, at least 16 KiB).
     ///
-    /// The read buffer is 4 KiB rather than tungstenite's 128 KiB (which it zero-fills, so every
-    /// page stays resident): client frames are small, and that buffer was 93% of the server's
-    /// memory per connection (BENCHMARKS.md, end to end).
+    /// tungstenite's default read buffer is 128 KiB, which it zero-fills, so every page stays
+    /// resident: that was 93% of the server's memory per connection (BENCHMARKS.md, end to end).
+    /// Client frames are small; a larger one is read in several calls, and the size limit still
+    /// bounds it. The write threshold bounds what tungstenite buffers (and keeps allocated)
+    /// before writing to the socket, whatever the batch a flush covers.
     pub fn configure(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
         upgrade
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(WRITE_BUFFER_BYTES)
             .max_message_size(self.max_message)
             .max_frame_size(self.max_message)
+    }
+
+    /// Answers a WebSocket upgrade for an admitted connection: the transport settings of
+    /// [`Handle::configure`], then [`Handle::serve`] on the socket in a task of its own.
+    ///
+    /// axum's upgrade runs its callback inside the task that awaited the handshake, whose future
+    /// keeps the handshake's state (the upgrade, the settings, the protocol, a slot for the socket)
+    /// beside the callback's for the connection's whole life. Spawning the connection's task from
+    /// the callback lets that task end at once: the connection holds only its own state.
+    pub fn upgrade(
+        &self,
+        upgrade: WebSocketUpgrade,
+        accepted: Accepted,
+    ) -> axum::response::Response {
+        let handle = self.clone();
+        self.configure(upgrade).on_upgrade(move |socket| {
+            tokio::spawn(handle.serve(accepted, socket));
+            std::future::ready(())
+        })
     }
 
     /// The counters a listener in front of this driver keeps ([`crate::listen::serve`]); they
@@ -537,8 +588,9 @@ impl Handle {
         rx.await.ok()
     }
 
-    /// Closes every connection with [`CloseReason::ServerShutdown`] and waits (at most about
-    /// twice `close_timeout`) until every connection task has ended. Later connects are refused.
+    /// Closes every connection with [`switchboard::CloseReason::ServerShutdown`] and waits (at
+    /// most about twice `close_timeout`) until every connection task has ended. Later connects
+    /// are refused.
     pub async fn shutdown(&self) {
         let (reply, rx) = oneshot::channel();
         if self.send(Command::Shutdown { reply }).await {

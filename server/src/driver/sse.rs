@@ -23,8 +23,8 @@ use base64::Engine as _;
 use futures_util::Stream;
 use serde::Deserialize;
 use switchboard::{CloseReason, ConnId, DisconnectReason};
-use tokio::sync::{mpsc, oneshot};
 
+use super::outbox::{Receiver, Stop};
 use super::{Accepted, AcceptedParts, Alive, Command, Handle, Out};
 
 /// The open SSE connections by their `conn_id`, so that a `POST` reaches its connection.
@@ -137,8 +137,7 @@ struct Writer {
     id: ConnId,
     conn_id: String,
     sessions: SseSessions,
-    frames: mpsc::Receiver<Out>,
-    close: oneshot::Receiver<CloseReason>,
+    outbox: Receiver,
     positions: BTreeMap<String, (u64, u64)>,
     /// Text bytes of the last chunk, reported `written` when the body asks for the next one.
     unreported: usize,
@@ -154,7 +153,9 @@ impl Writer {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.unreported > 0 {
             let bytes = std::mem::take(&mut self.unreported);
-            self.handle.send(Command::Written { conn: self.id, bytes }).await;
+            if self.outbox.add_written(bytes) {
+                self.handle.moved.push(self.id);
+            }
         }
         if std::mem::take(&mut self.pinged) {
             self.handle.send(Command::Pong { conn: self.id }).await;
@@ -163,16 +164,15 @@ impl Writer {
             return None;
         }
         let mut chunk = String::new();
-        let first = tokio::select! {
-            biased;
-            reason = &mut self.close => {
+        let first = match std::future::poll_fn(|cx| self.outbox.poll_next(cx)).await {
+            Ok(out) => out,
+            Err(Stop::Close(reason)) => {
                 self.ended = true;
                 self.closed = true;
-                let reason = reason.ok()?;
                 // As on a WebSocket: what was queued before the close goes first, except for a
                 // slow consumer, whose queue is abandoned (it resumes instead).
                 if reason != CloseReason::SlowConsumer {
-                    while let Ok(out) = self.frames.try_recv() {
+                    while let Some(out) = self.outbox.pop() {
                         self.push(&mut chunk, out);
                     }
                 }
@@ -180,14 +180,18 @@ impl Writer {
                 chunk.push_str(&format!("event: close\ndata: {data}\n\n"));
                 return Some(Bytes::from(chunk));
             }
-            out = self.frames.recv() => out?,
+            Err(Stop::Detached) => {
+                self.ended = true;
+                self.closed = true;
+                return None;
+            }
         };
         let flush = self.handle.cfg.flush_bytes;
         let mut next = Some(first);
         while let Some(out) = next.take() {
             self.push(&mut chunk, out);
             if chunk.len() < flush {
-                next = self.frames.try_recv().ok();
+                next = self.outbox.pop();
             }
         }
         Some(Bytes::from(chunk))
@@ -249,13 +253,12 @@ impl Handle {
         for frame in first {
             self.send(Command::Frame { conn: id, bytes: frame }).await;
         }
-        let writer = parts.map(|AcceptedParts { frames, close, _alive, .. }| Writer {
+        let writer = parts.map(|AcceptedParts { outbox, _alive, .. }| Writer {
             handle: self.clone(),
             id,
             conn_id,
             sessions: sessions.clone(),
-            frames,
-            close,
+            outbox,
             positions,
             unreported: 0,
             pinged: false,

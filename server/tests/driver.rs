@@ -1,0 +1,93 @@
+//! The driver's plumbing over real sockets: what connection tasks flush reaches the hub's
+//! `written` accounting (settled by the hub task from the shared "moved" list, no command per
+//! flush), for WebSocket and Server-Sent Events connections alike.
+
+use serde_json::json;
+use switchboard::{Envelope, EventKind, Target};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use switchboard_testkit::ws::WAIT;
+
+mod e2e_harness;
+mod support;
+
+use support::Server;
+
+fn note(tenant: &str, user: &str, n: u64) -> Envelope {
+    Envelope::new(
+        Target::User { tenant: tenant.into(), user: user.into() },
+        EventKind::custom("note"),
+    )
+    .data(json!({ "n": n, "pad": "x".repeat(200) }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_websocket_tasks_flush_is_settled_as_written_until_nothing_is_outstanding() {
+    let server = Server::start(|_| {}).await;
+    let (mut alice, _) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    let before = server.snapshot().await.hub;
+    for n in 0..300 {
+        server.publish(note("acme", "alice", n)).await;
+    }
+    for n in 0..300 {
+        let f = alice.recv_event().await;
+        assert_eq!((f["type"].as_str(), &f["data"]["n"]), (Some("note"), &json!(n)));
+    }
+    let delivered = server.snapshot().await.hub.bytes_delivered - before.bytes_delivered;
+    assert!(delivered > 300 * 200, "{delivered} bytes handed over for 300 notes of 200+ bytes");
+    // Every byte handed to the connection was flushed; the hub hears of all of it.
+    server
+        .until("written catches up with delivered", |s| {
+            s.hub.bytes_written == s.hub.bytes_delivered
+                && s.hub.bytes_written - before.bytes_written >= delivered
+        })
+        .await;
+}
+
+/// Reads from `tcp` into `seen` until `done` holds for what was read so far.
+async fn read_until(tcp: &mut TcpStream, seen: &mut String, done: impl Fn(&str) -> bool) {
+    let mut buf = vec![0u8; 64 * 1024];
+    tokio::time::timeout(WAIT, async {
+        while !done(seen) {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the event stream ended early: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out; read so far: {seen}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_sse_body_takes_is_settled_as_written_and_its_end_reports_the_connection_gone() {
+    let server = Server::start(|_| {}).await;
+    let token = server.token("acme", "bob", &[], &[]);
+    let mut tcp = TcpStream::connect(server.addr()).await.unwrap();
+    let request = format!("GET /sse?token={token} HTTP/1.1\r\nhost: test\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    read_until(&mut tcp, &mut seen, |s| s.contains(r#""type":"connected""#)).await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    server.until("bob is connected", |s| s.driver.connections == 1).await;
+
+    let before = server.snapshot().await.hub;
+    for n in 0..100 {
+        server.publish(note("acme", "bob", n)).await;
+    }
+    read_until(&mut tcp, &mut seen, |s| s.contains(r#""n":99"#)).await;
+    assert_eq!(seen.matches(r#""type":"note""#).count(), 100, "each note once");
+    let delivered = server.snapshot().await.hub.bytes_delivered - before.bytes_delivered;
+    assert!(delivered > 100 * 200, "{delivered} bytes handed over for 100 notes of 200+ bytes");
+    server
+        .until("written catches up with delivered", |s| {
+            s.hub.bytes_written == s.hub.bytes_delivered
+                && s.hub.bytes_written - before.bytes_written >= delivered
+        })
+        .await;
+
+    // The client goes away: the body's end reports the connection gone.
+    drop(tcp);
+    server.until("bob is gone", |s| s.driver.connections == 0).await;
+}
