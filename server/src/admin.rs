@@ -3,10 +3,17 @@
 //! presence and the hub's stats, as JSON. Each request runs on the hub task
 //! ([`Handle::with_hub`](crate::driver::Handle::with_hub)).
 //!
-//! In cluster mode every request but a user's kick is node-local: it reads or changes the node
-//! that takes it (a connection id names a connection of that node). A user's kick is cluster-wide:
-//! the node closes its own connections of the user and signals the others on the user's stream.
+//! In cluster mode two requests are cluster-wide and the others node-local (they read or change
+//! the node that takes them; a connection id names a connection of that node):
+//! - a user's kick: the node closes its own connections of the user and signals the others on the
+//!   user's stream;
+//! - a scope's presence: read from the bus (every node's live set in the scope, through
+//!   [`BusReader::presence`](crate::bus::BusReader::presence)), so any node answers it whether or
+//!   not it holds a connection there; a user held by several nodes is one member. The bus down
+//!   answers 503 with `Retry-After`, as `/publish` does.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -19,16 +26,21 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard::{
-    BreakerState, CloseReason, ConnView, Hub, PresenceScope, RoomError, RoomId, TenantId, UserId,
-    UserPhase, UserView,
+    BreakerState, BusFailure, CloseReason, ConnView, Hub, PresenceHeld, PresenceScope,
+    PresenceView, RoomError, RoomId, StreamKey, TenantId, UserId, UserPhase, UserView,
 };
 
-use crate::http::{AppState, bearer, error};
+use crate::http::{AppState, RETRY_BUS_SECS, bearer, error};
 
 /// The most items one page of a listing holds (`?limit=`, default [`DEFAULT_PAGE`]).
 pub const MAX_PAGE: usize = 1_000;
 /// Items in a page when `?limit=` is not given.
 pub const DEFAULT_PAGE: usize = 100;
+/// The most members a presence answer lists (`?limit=`, default [`DEFAULT_PRESENCE`]); in
+/// cluster mode, the most entries (a user held by a node) read from the bus.
+pub const MAX_PRESENCE: u32 = 10_000;
+/// Members a presence answer lists when `?limit=` is not given.
+pub const DEFAULT_PRESENCE: u32 = 1_000;
 
 /// The admin routes, to merge into the server's router.
 pub fn routes() -> Router<AppState> {
@@ -305,43 +317,154 @@ async fn rooms(
     .await
 }
 
+/// `?room=&limit=` of a presence request.
 #[derive(Debug, Deserialize)]
 struct PresenceQuery {
     room: Option<String>,
+    limit: Option<u32>,
 }
 
-/// `GET /admin/tenants/{tenant}/presence[?room=]`: who is present in the tenant or one room.
+/// Presence metadata is JSON text; anything else reads as none.
+fn meta_json(meta: Option<&str>) -> Option<Value> {
+    meta.and_then(|t| serde_json::from_str::<Value>(t).ok())
+}
+
+/// `GET /admin/tenants/{tenant}/presence[?room=][&limit=]`: who is present in the tenant or one
+/// room. `{scope, count, too_large, cluster, truncated, members}`; on a single node `members` are
+/// `{user, conns, meta}` (this node's view), in cluster mode `{user, nodes, meta}` read from the
+/// bus, plus `nodes` (the nodes holding anyone in the scope). At most `limit` members (in cluster
+/// mode, entries read): `truncated` says some were left out.
 async fn presence(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
     Query(q): Query<PresenceQuery>,
 ) -> Response {
-    on_hub(&app, &headers, move |hub, _| {
-        let scope = match q.room {
-            Some(room) => PresenceScope::Room(RoomId::from(room)),
-            None => PresenceScope::Tenant,
-        };
-        let Some(view) = hub.presence(&TenantId::from(tenant), &scope) else {
-            return error(StatusCode::NOT_FOUND, "no_presence", "presence is off for that scope");
-        };
-        let members: Vec<Value> = view
-            .users
-            .iter()
-            .map(|m| {
-                let meta = m.meta.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok());
-                json!({ "user": m.user.as_str(), "conns": m.conns, "meta": meta })
-            })
-            .collect();
-        Json(json!({
-            "scope": scope.wire_name(),
-            "count": view.count,
-            "too_large": view.too_large,
-            "members": members,
-        }))
-        .into_response()
-    })
-    .await
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
+    let limit = match q.limit {
+        None => DEFAULT_PRESENCE,
+        Some(n) if (1..=MAX_PRESENCE).contains(&n) => n,
+        Some(_) => return bad_request(format!("`limit` is 1 to {MAX_PRESENCE}")),
+    };
+    let tenant = TenantId::from(tenant);
+    let scope = match q.room {
+        Some(room) => PresenceScope::Room(RoomId::from(room)),
+        None => PresenceScope::Tenant,
+    };
+    // The hub says whether presence is on for the scope (and holds the single node's answer).
+    let (t, s) = (tenant.clone(), scope.clone());
+    let local = app.handle.with_hub(move |hub, _| {
+        let max_members = hub.config().presence.as_ref().map_or(u32::MAX, |p| p.max_members);
+        hub.presence(&t, &s).map(|view| (view, max_members))
+    });
+    let Some(local) = local.await else { return stopping() };
+    let Some((view, max_members)) = local else {
+        return error(StatusCode::NOT_FOUND, "no_presence", "presence is off for that scope");
+    };
+    match &app.bus {
+        None => node_presence(&scope, &view, limit),
+        Some(bus) => {
+            let stream = match &scope {
+                PresenceScope::Room(room) => StreamKey::room(tenant, room.clone()),
+                PresenceScope::Tenant => StreamKey::tenant(tenant),
+            };
+            match bus.presence(stream, limit).await {
+                Ok((held, truncated)) => {
+                    let local_large = view.too_large;
+                    cluster_presence(&scope, &held, truncated, local_large, max_members)
+                }
+                Err(failure) => bus_failed(&failure),
+            }
+        }
+    }
+}
+
+/// A single node's presence answer: the hub's view.
+fn node_presence(scope: &PresenceScope, view: &PresenceView, limit: u32) -> Response {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let members: Vec<Value> = view
+        .users
+        .iter()
+        .take(limit)
+        .map(|m| {
+            let meta = meta_json(m.meta.as_deref());
+            json!({ "user": m.user.as_str(), "conns": m.conns, "meta": meta })
+        })
+        .collect();
+    Json(json!({
+        "scope": scope.wire_name(),
+        "count": view.count,
+        "too_large": view.too_large,
+        "cluster": false,
+        "truncated": view.users.len() > limit,
+        "members": members,
+    }))
+    .into_response()
+}
+
+/// A user's share of the cluster's presence: the nodes holding it, and its metadata (the first
+/// node's that has any).
+#[derive(Default)]
+struct Member {
+    nodes: u32,
+    meta: Option<Arc<str>>,
+}
+
+/// Every node's set in the scope merged into one member list, sorted by user.
+fn merge(held: &[PresenceHeld]) -> BTreeMap<&UserId, Member> {
+    let mut members: BTreeMap<&UserId, Member> = BTreeMap::new();
+    for set in held {
+        for (user, meta) in &set.users {
+            let m = members.entry(user).or_default();
+            m.nodes += 1;
+            if m.meta.is_none() {
+                m.meta.clone_from(meta);
+            }
+        }
+    }
+    members
+}
+
+/// A cluster's presence answer: the bus's sets, merged. Too large when this node's view says so
+/// or the members outnumber `max_members`.
+fn cluster_presence(
+    scope: &PresenceScope,
+    held: &[PresenceHeld],
+    truncated: bool,
+    local_large: bool,
+    max_members: u32,
+) -> Response {
+    let members = merge(held);
+    let count = u32::try_from(members.len()).unwrap_or(u32::MAX);
+    let members: Vec<Value> = members
+        .iter()
+        .map(|(user, m)| {
+            json!({ "user": user.as_str(), "nodes": m.nodes, "meta": meta_json(m.meta.as_deref()) })
+        })
+        .collect();
+    Json(json!({
+        "scope": scope.wire_name(),
+        "count": count,
+        "too_large": local_large || count > max_members,
+        "cluster": true,
+        // A node's set exists while it holds someone (a truncated read lists it all the same).
+        "nodes": held.len(),
+        "truncated": truncated,
+        "members": members,
+    }))
+    .into_response()
+}
+
+/// The bus did not answer: 503 with `Retry-After` when trying again may work, else 502.
+fn bus_failed(failure: &BusFailure) -> Response {
+    if !failure.is_retryable() {
+        return error(StatusCode::BAD_GATEWAY, "unavailable", failure);
+    }
+    let mut res = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", failure);
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_BUS_SECS));
+    res
 }
 
 /// `POST /admin/connections/{conn}/kick`: closes one connection of this node (`kicked`, 4005).

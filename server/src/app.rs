@@ -165,6 +165,7 @@ pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running,
     if driver_config.refresh.is_none() {
         driver_config.refresh = Some(refresh_verifier(keys.clone()));
     }
+    let mut bus_reader = None;
     let (handle, inbound) = match settings.redis {
         Some(mut redis_cfg) => {
             let cluster = hub_config
@@ -172,7 +173,9 @@ pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running,
                 .get_or_insert_with(|| ClusterConfig::new(redis_cfg.node.clone()));
             redis_cfg.node = cluster.node.clone();
             let hub = Hub::new(hub_config).map_err(StartError::Config)?;
-            let link = redis::start(redis_cfg).map_err(StartError::Redis)?;
+            let mut link = redis::start(redis_cfg).map_err(StartError::Redis)?;
+            // The admin API reads presence cluster-wide through it, beside the hub task.
+            bus_reader = link.reader.take();
             driver::spawn_clustered(hub, driver_config, link)
         }
         None => driver::spawn(Hub::new(hub_config).map_err(StartError::Config)?, driver_config),
@@ -184,7 +187,8 @@ pub async fn start(listener: TcpListener, settings: Settings) -> Result<Running,
         .allowed_origins(settings.allowed_origins)
         .metrics_require_admin(settings.metrics_require_admin)
         .publish_body(settings.publish_body)
-        .demo_token_ttl(settings.demo_token_ttl);
+        .demo_token_ttl(settings.demo_token_ttl)
+        .bus_reader(bus_reader);
     let http_counters = state.counters.clone();
     let router = http::router(state);
     let (stop_http, stopped) = oneshot::channel::<()>();

@@ -25,6 +25,7 @@ use switchboard::{
 };
 
 use crate::auth::{AuthError, Claims, KeyError, Keys, check_admin_key};
+use crate::bus::BusReader;
 use crate::driver::{Handle, PublishFailed, Receipt, Refused, SseSessions};
 use crate::metrics;
 use crate::secret::AdminKey;
@@ -127,6 +128,9 @@ pub struct AppState {
     pub demo_token_ttl: Option<Duration>,
     /// The open Server-Sent Events connections, for `POST /sse/{conn_id}` ([`crate::sse`]).
     pub sse: SseSessions,
+    /// Cluster mode: reads on the bus that do not go through the hub (the admin API's
+    /// cluster-wide presence). `None` on a single node.
+    pub bus: Option<BusReader>,
 }
 
 impl AppState {
@@ -150,7 +154,15 @@ impl AppState {
             publish_body: PublishBody::default(),
             demo_token_ttl: None,
             sse: SseSessions::default(),
+            bus: None,
         })
+    }
+
+    /// Cluster mode: the bus reader the admin API's cluster-wide reads use (the bus link's
+    /// `reader`).
+    pub fn bus_reader(mut self, reader: Option<BusReader>) -> Self {
+        self.bus = reader;
+        self
     }
 
     /// Development only: serves `POST /demo/token` (see [`AppState::demo_token_ttl`]).
@@ -407,7 +419,7 @@ pub(crate) fn refusal(refused: Refused) -> Response {
 
 /// `Retry-After` (seconds) when the bus is down: reconnecting to Redis takes up to about two
 /// seconds between attempts.
-const RETRY_BUS_SECS: u64 = 2;
+pub(crate) const RETRY_BUS_SECS: u64 = 2;
 
 /// The longest idempotency key `POST /publish` takes, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;

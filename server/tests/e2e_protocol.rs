@@ -240,6 +240,17 @@ async fn an_operator_lists_inspects_moves_and_kicks_through_the_admin_api() {
     );
     let (_, presence) = admin(&server, "GET", "/admin/tenants/acme/presence?room=lobby").await;
     assert_eq!(presence["count"], 2, "{presence}");
+    assert_eq!(
+        (presence["cluster"].as_bool(), presence["truncated"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert!(presence["members"].as_array().unwrap().iter().all(|m| m["conns"].as_u64() >= Some(1)));
+    let (_, cut) = admin(&server, "GET", "/admin/tenants/acme/presence?room=lobby&limit=1").await;
+    assert_eq!((cut["count"].as_u64(), cut["truncated"].as_bool()), (Some(2), Some(true)), "{cut}");
+    assert_eq!(cut["members"].as_array().map(Vec::len), Some(1), "{cut}");
+    let (status, _) =
+        admin(&server, "GET", "/admin/tenants/acme/presence?room=lobby&limit=0").await;
+    assert_eq!(status, 400);
 
     // Rooms at runtime: alice's second tab joins the lobby, then leaves it.
     let path = format!("/admin/connections/{alice2_id}/rooms/lobby");

@@ -8,10 +8,11 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use switchboard::{
-    BusEntry, BusFailure, BusOp, BusReply, LeaseHolder, NodeId, OpId, StreamKey, StreamPos, UserId,
+    BusEntry, BusFailure, BusOp, BusReply, LeaseHolder, NodeId, OpId, PresenceHeld, StreamKey,
+    StreamPos, UserId,
 };
 use switchboard_server::bus::redis::{self, RedisConfig};
-use switchboard_server::bus::{BusEvent, BusLink};
+use switchboard_server::bus::{BusEvent, BusLink, BusReader};
 
 mod procs;
 
@@ -78,6 +79,17 @@ impl Link {
                 ev => other.push_back(ev),
             }
         }
+    }
+
+    /// The link's reader (for the HTTP layer), once the link is up.
+    async fn reader(&self) -> BusReader {
+        let reader = self.link.reader.clone().expect("the Redis driver has a reader");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !reader.is_up() {
+            assert!(tokio::time::Instant::now() < deadline, "the link came up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        reader
     }
 
     async fn send(&mut self, op: BusOp) {
@@ -402,9 +414,17 @@ async fn operations_fail_retryable_while_redis_is_gone() {
     let mut bus = Link::start(config(&redis, "n1"));
     let alice = StreamKey::user("acme", "alice");
     appended(bus.append(&alice, "one", None).await);
+    let reader = bus.reader().await;
     redis.kill();
     let reply = bus.try_append(&alice, "lost?", None).await;
     assert_eq!(reply, Err(BusFailure::Retryable));
+    let lobby = StreamKey::room("acme", "lobby");
+    let scope = lobby.clone();
+    let read = bus.call(|op| BusOp::PresenceRead { op, scope, limit: 10 }).await;
+    assert_eq!(read, Err(BusFailure::Retryable));
+    // The reader fails fast too: retryable (the link may not have noticed yet), or down.
+    let failed = reader.presence(lobby, 10).await.expect_err("Redis is gone");
+    assert!(failed.is_retryable(), "{failed:?}");
     redis.restart();
     bus.down_then_up().await;
     let pos = appended(bus.append(&alice, "two", None).await);
@@ -460,25 +480,35 @@ async fn presence_update(
     .await
 }
 
-/// The lobby's sets as `(node, users)`, sorted, and whether the read was cut short.
-async fn presence_read(bus: &mut Link, limit: u32) -> (Vec<(String, Vec<String>)>, bool) {
+/// Sets as `(node, users)`, sorted.
+type Sets = Vec<(String, Vec<String>)>;
+
+/// A presence read's answer as sorted [`Sets`], and whether it was cut short.
+fn sorted(held: Vec<PresenceHeld>, truncated: bool) -> (Sets, bool) {
+    let mut sets: Sets = held
+        .into_iter()
+        .map(|h| {
+            assert!(h.ttl > Duration::ZERO && h.ttl <= TTL, "{:?}", h.ttl);
+            let mut users: Vec<String> = h.users.iter().map(|u| u.0.to_string()).collect();
+            users.sort();
+            (h.node.to_string(), users)
+        })
+        .collect();
+    sets.sort();
+    (sets, truncated)
+}
+
+/// The lobby's sets as `(node, users)`, sorted, and whether the read was cut short; read as the
+/// hub reads them, and checked against the HTTP layer's reader.
+async fn presence_read(bus: &mut Link, limit: u32) -> (Sets, bool) {
     let scope = StreamKey::room("acme", "lobby");
-    match bus.call(|op| BusOp::PresenceRead { op, scope, limit }).await {
-        Ok(BusReply::Presence { held, truncated }) => {
-            let mut sets: Vec<(String, Vec<String>)> = held
-                .into_iter()
-                .map(|h| {
-                    assert!(h.ttl > Duration::ZERO && h.ttl <= TTL, "{:?}", h.ttl);
-                    let mut users: Vec<String> = h.users.iter().map(|u| u.0.to_string()).collect();
-                    users.sort();
-                    (h.node.to_string(), users)
-                })
-                .collect();
-            sets.sort();
-            (sets, truncated)
-        }
+    let read = match bus.call(|op| BusOp::PresenceRead { op, scope: scope.clone(), limit }).await {
+        Ok(BusReply::Presence { held, truncated }) => sorted(held, truncated),
         other => panic!("presence read: {other:?}"),
-    }
+    };
+    let (held, truncated) = bus.reader().await.presence(scope, limit).await.expect("a read");
+    assert_eq!(sorted(held, truncated), read, "the reader reads what the hub reads");
+    read
 }
 
 #[tokio::test]
@@ -506,7 +536,7 @@ async fn presence_sets_are_written_read_refreshed_and_signalled_per_node() {
         }
         other => panic!("{other:?}"),
     }
-    let sets = |v: &[(&str, &[&str])]| -> Vec<(String, Vec<String>)> {
+    let sets = |v: &[(&str, &[&str])]| -> Sets {
         v.iter()
             .map(|(n, us)| ((*n).to_owned(), us.iter().map(|u| (*u).to_owned()).collect()))
             .collect()
@@ -608,4 +638,43 @@ async fn evalsha_calls(admin: &mut ::redis::aio::MultiplexedConnection) -> u64 {
         .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
         .and_then(|rest| rest.split(',').next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Redis Cluster runs a script only on keys it is given: the read takes the scope's node index
+/// first, then hands the script the index and each listed node's set. Node ids that would
+/// concatenate alike name distinct sets; a script Redis forgot is loaded and the read answered.
+#[tokio::test]
+async fn presence_reads_name_each_nodes_set_and_survive_a_forgotten_script() {
+    let redis = Redis::start();
+    let cfg = config(&redis, "n:1");
+    let prefix = cfg.prefix.clone();
+    let mut bus = Link::start(cfg);
+    for (node, user) in [("n:1", "alice"), ("n", "bob"), ("n:1:x", "carol")] {
+        let written = presence_update(&mut bus, node, true, &[(user, None)], &[], TTL).await;
+        assert_eq!(written, Ok(BusReply::PresenceWritten));
+    }
+    let want = |v: &[(&str, &str)]| -> Sets {
+        v.iter().map(|(n, u)| ((*n).to_owned(), vec![(*u).to_owned()])).collect()
+    };
+    let all = want(&[("n", "bob"), ("n:1", "alice"), ("n:1:x", "carol")]);
+    assert_eq!(presence_read(&mut bus, 100).await, (all.clone(), false));
+    // Redis forgot its scripts: both reads load it again and answer.
+    let mut admin = admin(&redis).await;
+    let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
+    assert_eq!(presence_read(&mut bus, 100).await, (all, false));
+    // A set gone while the index still lists its node (expired between two reads): left out,
+    // and the index forgets the node.
+    let set = format!("{prefix}:{{r4:acme5:lobby}}:p:1:n");
+    let _: () = ::redis::cmd("DEL").arg(&set).query_async(&mut admin).await.unwrap();
+    let rest = want(&[("n:1", "alice"), ("n:1:x", "carol")]);
+    assert_eq!(presence_read(&mut bus, 100).await, (rest, false));
+    let index = format!("{prefix}:{{r4:acme5:lobby}}:pn");
+    let mut listed: Vec<String> =
+        ::redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1).query_async(&mut admin).await.unwrap();
+    listed.sort();
+    assert_eq!(listed, ["n:1", "n:1:x"]);
+    // A scope nobody is in: no node listed, an empty answer.
+    let scope = StreamKey::room("acme", "empty");
+    let reader = bus.reader().await;
+    assert_eq!(reader.presence(scope, 10).await, Ok((Vec::new(), false)));
 }

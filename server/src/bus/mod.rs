@@ -13,15 +13,20 @@
 //! operations in flight), while a live message that finds the queue full is dropped and counted
 //! (`switchboard_bus_messages_dropped_total`) — the hub sees the gap at the next message and
 //! fetches it from the log, so a full queue costs a round trip, never a message.
+//!
+//! The HTTP layer reads the engine through a [`BusReader`] of its own (the admin API's
+//! cluster-wide presence): the hub task's operations carry the hub's ids and their replies go to
+//! the hub, so a read nobody in the hub asked for does not travel that way.
 
 pub mod redis;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
-use switchboard::{BusFailure, BusOp, BusReply, OpId, StreamKey, StreamPos};
-use tokio::sync::mpsc;
+use switchboard::{BusFailure, BusOp, BusReply, OpId, PresenceHeld, StreamKey, StreamPos};
+use tokio::sync::{mpsc, oneshot};
 
 /// What the engine's driver tells the hub task.
 #[derive(Debug)]
@@ -65,7 +70,94 @@ pub struct BusLink {
     /// What the engine says.
     pub events: mpsc::Receiver<BusEvent>,
     /// The driver's counters, for `/metrics`.
-    pub metrics: std::sync::Arc<BusMetrics>,
+    pub metrics: Arc<BusMetrics>,
+    /// Reads for the HTTP layer, beside the hub task's operations (`None`: the engine offers
+    /// none). The hub task does not use it; take it before handing the link over.
+    pub reader: Option<BusReader>,
+}
+
+/// A read the HTTP layer asks the engine for directly, not through the hub task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BusQuery {
+    /// Every node's live presence set in `scope`, at most `limit` users in all; answered
+    /// [`BusReply::Presence`] as [`BusOp::PresenceRead`] is.
+    Presence {
+        /// The scope's stream (tenant or room).
+        scope: StreamKey,
+        /// The most users (entries of all sets together) the answer holds.
+        limit: u32,
+    },
+}
+
+/// A [`BusQuery`] on its way to the driver, with where its answer goes.
+#[derive(Debug)]
+pub struct QueryRequest {
+    /// What to read.
+    pub query: BusQuery,
+    /// The answer (dropped unanswered if the asker gave up).
+    pub reply: oneshot::Sender<Result<BusReply, BusFailure>>,
+}
+
+/// The HTTP layer's handle on the engine: runs one [`BusQuery`] at a time per request, bounded
+/// on both sides. A query that finds the driver's queue full fails at once as `Overloaded`, one
+/// asked while the link is down fails at once as `Down`, and one not answered within the
+/// reader's timeout as `Retryable`. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BusReader {
+    queries: mpsc::Sender<QueryRequest>,
+    metrics: Arc<BusMetrics>,
+    timeout: Duration,
+}
+
+impl BusReader {
+    /// A reader whose queries wait at most `capacity` in the queue a driver serves (the
+    /// receiver) and `timeout` for their answer; `metrics` says whether the link is up.
+    pub fn new(
+        capacity: usize,
+        timeout: Duration,
+        metrics: Arc<BusMetrics>,
+    ) -> (Self, mpsc::Receiver<QueryRequest>) {
+        let (queries, rx) = mpsc::channel(capacity.max(1));
+        (BusReader { queries, metrics, timeout }, rx)
+    }
+
+    /// Whether the link is up.
+    pub fn is_up(&self) -> bool {
+        self.metrics.is_up()
+    }
+
+    /// Runs `query` and returns the driver's answer.
+    pub async fn query(&self, query: BusQuery) -> Result<BusReply, BusFailure> {
+        if !self.is_up() {
+            return Err(BusFailure::Down);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queries.try_send(QueryRequest { query, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => BusFailure::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => BusFailure::Down,
+        })?;
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(reply)) => reply,
+            // The driver stopped.
+            Ok(Err(_)) => Err(BusFailure::Down),
+            Err(_) => Err(BusFailure::Retryable),
+        }
+    }
+
+    /// Every node's live presence set in `scope` (at most `limit` users in all), and whether
+    /// users were left out.
+    pub async fn presence(
+        &self,
+        scope: StreamKey,
+        limit: u32,
+    ) -> Result<(Vec<PresenceHeld>, bool), BusFailure> {
+        match self.query(BusQuery::Presence { scope, limit }).await? {
+            BusReply::Presence { held, truncated } => Ok((held, truncated)),
+            // A driver that answers another kind of reply does not implement the query.
+            _ => Err(BusFailure::Refused),
+        }
+    }
 }
 
 /// The kinds of bus operations, as the `op` label of the metrics.

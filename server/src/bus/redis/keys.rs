@@ -10,7 +10,8 @@
 //! so they still share a slot; uniqueness comes from the full, length-prefixed name.
 //!
 //! The node registry and each node's list of lease sets live outside any stream's slot: they
-//! are only ever touched one key per command.
+//! are only ever touched one key per command. Every name is built here, in Rust; scripts get
+//! them in KEYS and never derive one (Redis Cluster's rule, checked by a test in `scripts`).
 
 use std::fmt::Write as _;
 
@@ -97,9 +98,10 @@ impl StreamNames {
         self.name("pn")
     }
 
-    /// Presence: the start of every node's set name in the scope (the read script appends the
-    /// length-prefixed node id, as [`StreamNames::presence_set`] does).
-    pub(crate) fn presence_set_prefix(&self) -> String {
+    /// Presence: the start of every node's set name in the scope. Only the driver builds set
+    /// names (a script that touched a name it built itself would break on Redis Cluster, which
+    /// requires every key a script touches to be passed in KEYS).
+    fn presence_set_prefix(&self) -> String {
         self.name("p:")
     }
 

@@ -1,6 +1,6 @@
 //! The Redis driver: runs a clustered hub's [`BusOp`]s on Redis (DESIGN §11).
 //!
-//! [`start`] returns the hub task's [`BusLink`] and spawns three tasks:
+//! [`start`] returns the hub task's [`BusLink`] and spawns four tasks:
 //!
 //! - **the executor** takes operations in arrival order and sends each batch of them (up to
 //!   [`RedisConfig::batch`]) to Redis as one pipeline on a multiplexed connection, so a publish
@@ -11,9 +11,12 @@
 //!   scripts: an update writes one node's set in a scope (a hash that expires as a whole, listed
 //!   in the scope's node index by expiry) and publishes its signal; a refresh is one script call
 //!   per scope, all in one pipeline (the node's sets live another `ttl`, each publishing its
-//!   signal; a set Redis lost is reported, not recreated); a read returns every live set. A script Redis no longer
-//!   knows (`NOSCRIPT`: it restarted) is loaded and that operation retried once — safe, since a
-//!   script that was not found did not run.
+//!   signal; a set Redis lost is reported, not recreated); a read returns every live set, in
+//!   two steps (`reads`: the scope's node index, then one script given the index and each
+//!   listed node's set as KEYS, since on Redis Cluster a script may touch only the keys it is
+//!   given), after the rest of its batch. A script Redis no longer knows (`NOSCRIPT`: it
+//!   restarted) is loaded and that operation retried once — safe, since a script that was not
+//!   found did not run.
 //! - **the subscriber** owns the pub/sub connection: it subscribes in batches (one `SUBSCRIBE`
 //!   for every request waiting), reads each new stream's top after its subscription is
 //!   confirmed, restores every subscription after a reconnect before it reports the link up,
@@ -25,6 +28,9 @@
 //!   leases are removed by the next lease or renewal on each user's set (the scripts take the
 //!   dead nodes' member prefixes), so a crashed node's connections stop counting against quotas
 //!   after `node_timeout` rather than after the whole lease lifetime.
+//! - **the reader** serves the HTTP layer's [`BusReader`] (the link's
+//!   `reader`): one query at a time on the same multiplexed connection, never through the hub
+//!   task.
 //!
 //! Key names: [`keys`]. Every wait on Redis is bounded ([`RedisConfig::response_timeout`],
 //! [`RedisConfig::connect_timeout`]); the redis crate's own defaults are shorter than a slow
@@ -32,6 +38,7 @@
 
 mod keys;
 mod pubsub;
+mod reads;
 mod scripts;
 
 use std::collections::BTreeMap;
@@ -43,7 +50,7 @@ use redis::{Pipeline, Value};
 use switchboard::{BusFailure, BusOp, BusReply, LeaseHolder, NodeId, OpId, StreamKey, StreamPos};
 use tokio::sync::mpsc;
 
-use super::{BusEvent, BusLink, BusMetrics, op_kind};
+use super::{BusEvent, BusLink, BusMetrics, BusReader, op_kind};
 use keys::StreamNames;
 use scripts::Scripts;
 
@@ -82,6 +89,9 @@ pub struct RedisConfig {
     /// The longest pause between reconnection attempts (they start at 100 ms and double, with
     /// jitter).
     pub max_backoff: Duration,
+    /// The HTTP layer's queries ([`BusReader`]) waiting for the reader; past it they fail at
+    /// once as `Overloaded`.
+    pub queries_queue: usize,
 }
 
 impl RedisConfig {
@@ -102,6 +112,7 @@ impl RedisConfig {
             heartbeat_interval: Duration::from_secs(1),
             node_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(2),
+            queries_queue: 64,
         }
     }
 }
@@ -135,6 +146,16 @@ pub fn start(cfg: RedisConfig) -> Result<BusLink, RedisStartError> {
     let metrics = Arc::new(BusMetrics::default());
     let dead: DeadNodes = Arc::default();
     let scripts = Arc::new(Scripts::new());
+    // A query is two round trips (a presence read), each bounded by the response timeout.
+    let query_timeout = cfg.response_timeout.saturating_mul(2) + Duration::from_millis(500);
+    let (reader, queries) = BusReader::new(cfg.queries_queue, query_timeout, metrics.clone());
+    tokio::spawn(reads::serve(
+        conn.clone(),
+        scripts.clone(),
+        cfg.prefix.clone(),
+        metrics.clone(),
+        queries,
+    ));
     let cfg = Arc::new(cfg);
     tokio::spawn(
         Executor {
@@ -159,7 +180,7 @@ pub fn start(cfg: RedisConfig) -> Result<BusLink, RedisStartError> {
         .run(subs_rx),
     );
     tokio::spawn(heartbeat(conn, cfg, metrics.clone(), dead, events_tx));
-    Ok(BusLink { ops: ops_tx, events: events_rx, metrics })
+    Ok(BusLink { ops: ops_tx, events: events_rx, metrics, reader: Some(reader) })
 }
 
 /// What the executor hands the subscriber.
@@ -193,6 +214,7 @@ impl Executor {
         while ops.recv_many(&mut batch, self.cfg.batch).await > 0 {
             let at = Instant::now();
             let mut rest = Vec::with_capacity(batch.len());
+            let mut reads = Vec::new();
             for op in batch.drain(..) {
                 match op {
                     BusOp::Subscribe { op, stream } => {
@@ -201,11 +223,15 @@ impl Executor {
                     BusOp::Unsubscribe { stream } => {
                         let _ = self.subs.send(SubRequest::Unsubscribe { stream }).await;
                     }
+                    read @ BusOp::PresenceRead { .. } => reads.push(read),
                     other => rest.push(other),
                 }
             }
             if !rest.is_empty() {
                 self.run_batch(rest, at, true).await;
+            }
+            if !reads.is_empty() {
+                self.presence_reads(reads, at).await;
             }
         }
     }
@@ -259,11 +285,23 @@ impl Executor {
     }
 
     async fn load_scripts(&mut self) -> bool {
-        let mut pipe = Pipeline::new();
-        for script in self.scripts.all() {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(&script.code);
+        load_scripts(&mut self.conn, &self.scripts).await
+    }
+
+    /// Runs a batch's presence reads ([`reads::presence`]: two pipelines for all of them).
+    async fn presence_reads(&mut self, ops: Vec<BusOp>, at: Instant) {
+        let reads: Vec<reads::Read<'_>> = ops
+            .iter()
+            .filter_map(|op| match op {
+                BusOp::PresenceRead { scope, limit, .. } => Some((scope, *limit)),
+                _ => None,
+            })
+            .collect();
+        let answers =
+            reads::presence(&mut self.conn, &self.scripts, &self.cfg.prefix, &reads).await;
+        for (op, answer) in ops.iter().zip(answers) {
+            self.finish(op, at, answer).await;
         }
-        matches!(self.conn.send_packed_commands(&pipe, 0, pipe.len()).await, Ok(r) if !r.iter().any(|v| matches!(v, Value::ServerError(_))))
     }
 
     /// Adds `op`'s commands to the pipeline.
@@ -393,17 +431,8 @@ impl Executor {
                         .arg(node.as_str());
                 }
             }
-            BusOp::PresenceRead { scope, limit, .. } => {
-                let n = StreamNames::of(prefix, scope);
-                pipe.cmd("EVALSHA")
-                    .arg(self.scripts.presence_read.hash())
-                    .arg(1)
-                    .arg(n.presence_nodes())
-                    .arg(n.presence_set_prefix())
-                    .arg(*limit);
-            }
-            // Handled by the subscriber; a kind this driver does not know sends nothing and is
-            // answered `Refused` (see `read`).
+            // Subscriptions are the subscriber's and presence reads take two steps (`reads`); a
+            // kind this driver does not know sends nothing and is answered `Refused` (see `read`).
             _ => {}
         }
     }
@@ -466,9 +495,6 @@ impl Executor {
                 }
                 all.map(|()| BusReply::PresenceRefreshed { missing })
             }
-            BusOp::PresenceRead { .. } => one(replies)
-                .and_then(scripts::presence_read)
-                .map(|(held, truncated)| BusReply::Presence { held, truncated }),
             _ => return Err(BusFailure::Refused),
         };
         parsed.map_err(|e| {
@@ -492,6 +518,16 @@ fn one(replies: &[Value]) -> Result<&Value, scripts::Shape> {
         [only] => Ok(only),
         other => Err(scripts::Shape(format!("{} replies for one command", other.len()))),
     }
+}
+
+/// Loads every script (after Redis answered `NOSCRIPT`: it restarted empty); whether all loaded.
+async fn load_scripts(conn: &mut ConnectionManager, scripts: &Scripts) -> bool {
+    let mut pipe = Pipeline::new();
+    for script in scripts.all() {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(&script.code);
+    }
+    let loaded = conn.send_packed_commands(&pipe, 0, pipe.len()).await;
+    matches!(loaded, Ok(r) if !r.iter().any(|v| matches!(v, Value::ServerError(_))))
 }
 
 /// Error codes of a Redis that may answer differently later: out of memory (with
@@ -535,14 +571,7 @@ async fn heartbeat(
     dead: DeadNodes,
     hub: mpsc::Sender<BusEvent>,
 ) {
-    const SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-";
-    let script = redis::Script::new(SCRIPT);
+    let script = redis::Script::new(scripts::HEARTBEAT);
     let registry = keys::nodes(&cfg.prefix);
     let timeout = millis(cfg.node_timeout);
     let forget = timeout.saturating_mul(10);

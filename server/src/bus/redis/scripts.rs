@@ -208,19 +208,23 @@ redis.call('PUBLISH', ARGV[1], 's:' .. ARGV[2])
 return 1
 ";
 
-/// KEYS: node index. ARGV: the sets' name prefix, limit. Each node's set name is the prefix plus
-/// `<len>:<node>` (in the scope's hash slot, as every key of the scope). Returns
-/// `{truncated (0/1), then per live set: node, ms left, n, n (user, meta) pairs}`.
+/// KEYS: node index, then the set of each node the index listed (names built by the driver,
+/// `StreamNames::presence_set`, so the script touches only keys it was given, as Redis Cluster
+/// requires). ARGV: limit, then those nodes in KEYS' order. Returns `{truncated (0/1), then per
+/// live set: node, ms left, n, n (user, meta) pairs}`; a listed node whose set is gone leaves the
+/// index.
 const PRESENCE_READ: &str = r"
+if #ARGV ~= #KEYS then
+  return redis.error_reply('ERR presence read: ' .. #KEYS .. ' keys for ' .. #ARGV .. ' arguments')
+end
 index_alive()
 local out = {0}
-local left = tonumber(ARGV[2])
-local nodes = redis.call('ZRANGE', KEYS[1], 0, -1)
-for _, node in ipairs(nodes) do
-  local key = ARGV[1] .. string.len(node) .. ':' .. node
-  local ms = redis.call('PTTL', key)
+local left = tonumber(ARGV[1])
+for i = 2, #KEYS do
+  local node = ARGV[i]
+  local ms = redis.call('PTTL', KEYS[i])
   if ms > 0 then
-    local all = redis.call('HGETALL', key)
+    local all = redis.call('HGETALL', KEYS[i])
     local n = #all / 2
     local take = math.min(n, left)
     if take < n then out[1] = 1 end
@@ -234,6 +238,18 @@ for _, node in ipairs(nodes) do
   end
 end
 return out
+";
+
+/// The heartbeat (not through the executor, so not among [`Scripts::all`]). KEYS: the node
+/// registry. ARGV: this node, the node timeout ms, the forget-after ms. Records this node's
+/// heartbeat, forgets nodes silent for the forget-after, returns the nodes silent past the
+/// timeout.
+pub(crate) const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 ";
 
 /// One script: its text, and its SHA1 for `EVALSHA`.
@@ -391,6 +407,11 @@ pub(crate) fn refused(value: &Value) -> Result<Vec<&str>, Shape> {
     array("renew", value)?.iter().map(|v| text(v).ok_or_else(|| shape("renew", v))).collect()
 }
 
+/// `ZRANGE`: the members, as text.
+pub(crate) fn members(value: &Value) -> Result<Vec<&str>, Shape> {
+    array("members", value)?.iter().map(|v| text(v).ok_or_else(|| shape("members", v))).collect()
+}
+
 /// A presence read's reply: each live set (node, time left, users with metadata, `""` read as
 /// none), and whether users were left out.
 pub(crate) fn presence_read(value: &Value) -> Result<(Vec<PresenceHeld>, bool), Shape> {
@@ -479,6 +500,44 @@ mod tests {
         ] {
             assert!(presence_read(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn members_are_text_and_anything_else_is_an_error() {
+        let reply = Value::Array(vec![bulk("n1"), bulk("a:2")]);
+        assert_eq!(members(&reply).unwrap(), ["n1", "a:2"]);
+        assert!(members(&Value::Array(vec![])).unwrap().is_empty());
+        assert!(members(&Value::Array(vec![Value::Int(1)])).is_err());
+        assert!(members(&Value::Nil).is_err());
+    }
+
+    /// Redis Cluster runs a script only if every key it touches is in KEYS (and in one slot):
+    /// no script may build a key name. Each `redis.call` of a key command takes `KEYS[i]` as
+    /// its key; only `TIME` (no key) and `PUBLISH` (a channel, not a key) are exempt.
+    #[test]
+    fn every_key_a_script_touches_comes_from_keys() {
+        let scripts = Scripts::new();
+        let mut texts: Vec<&str> = scripts.all().iter().map(|l| l.code.as_str()).collect();
+        texts.push(HEARTBEAT);
+        let mut calls = 0;
+        for text in texts {
+            for (at, _) in text.match_indices("redis.call(") {
+                let rest = &text[at + "redis.call(".len()..];
+                // `'COMMAND'` then `)` (no argument) or `, ` and the arguments.
+                let quoted = rest.strip_prefix('\'').expect("the command is a literal");
+                let (command, args) = quoted.split_once('\'').expect("a closed literal");
+                if ["TIME", "PUBLISH"].contains(&command) {
+                    continue;
+                }
+                calls += 1;
+                assert!(
+                    args.strip_prefix(", ").is_some_and(|a| a.starts_with("KEYS[")),
+                    "{command} touches a key not taken from KEYS: {}",
+                    &rest[..rest.find('\n').unwrap_or(rest.len())]
+                );
+            }
+        }
+        assert!(calls > 30, "the check found the scripts' calls: {calls}");
     }
 
     #[test]
