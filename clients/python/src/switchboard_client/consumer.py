@@ -203,8 +203,10 @@ class Consumer:
         if thread is None and run is None:
             self.threads.clear()
             self.runs.clear()
-        self.threads.discard(thread)  # type: ignore[arg-type]
-        self.runs.discard(run)  # type: ignore[arg-type]
+        if thread is not None:
+            self.threads.discard(thread)
+        if run is not None:
+            self.runs.discard(run)
         if self._live.is_set():
             await self._send({"type": "unsubscribe", "thread_id": thread, "run_id": run})
 
@@ -288,8 +290,10 @@ class Consumer:
         """A thread's or run's iterator ended: unsubscribe unless another one has it."""
         if any(s.thread == thread and s.run == run for s in self._subs):
             return
-        self.threads.discard(thread)  # type: ignore[arg-type]
-        self.runs.discard(run)  # type: ignore[arg-type]
+        if thread is not None:
+            self.threads.discard(thread)
+        if run is not None:
+            self.runs.discard(run)
         if self._live.is_set():
             await self._send_quietly({"type": "unsubscribe", "thread_id": thread, "run_id": run})
 
