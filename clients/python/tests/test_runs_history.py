@@ -117,6 +117,8 @@ async def test_history_refusals_are_typed_and_the_connection_goes_on(server):
         await settle(c, "py-hist-bad", 1)
         page = await c.history()
         assert [m.data for m in page.messages] == [{"n": 1}]
+    with pytest.raises(ConnectionError):  # closed: no waiting for a connection that never comes
+        await c.history(timeout=5)
 
 
 async def test_history_times_out_and_a_request_cut_off_by_a_drop_is_asked_again(server, proxy):
@@ -143,3 +145,19 @@ async def test_presence_frames_come_out_of_the_iterator_and_are_kept(server):
                 diff = await next_of(a)
             state = a.presence["r:py-hall"]
             assert set(state.members) == {"py-pres-a", "py-pres-b"} and state.count == 2
+
+
+async def test_a_history_request_waiting_for_a_connection_ends_when_the_consumer_stops(server, proxy):
+    c = Consumer(proxy.ws, token("py-hist-stop"), **AWAY)
+    await c.start()
+    proxy.drop()
+    for _ in range(200):
+        if not c._live.is_set():
+            break
+        await asyncio.sleep(0.01)
+    asking = asyncio.ensure_future(c.history(timeout=5))
+    await asyncio.sleep(0.1)
+    assert not asking.done(), "it waits for the next connection"
+    await c.close()
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(asking, 2)

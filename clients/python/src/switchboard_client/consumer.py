@@ -239,7 +239,7 @@ class Consumer:
         Waits for a resume in progress; requests go one at a time; one cut off by a reconnect is
         asked again on the next connection. Raises :class:`HistoryFailed` for a refusal (its
         ``code``: ``unknown_stream``, ``invalid_field``, ...; bad input is refused before sending)
-        or ``timeout``, and ``ConnectionError`` when the consumer is not connected.
+        or ``timeout``, and ``ConnectionError`` when the consumer was not started or stopped.
         """
         frame = _history_request(stream, thread, run, limit, before, after, epoch)
         if self._task is None or self._task.done():
@@ -307,7 +307,7 @@ class Consumer:
     async def _ask_history(self, frame: dict) -> History:
         async with self._history_lock:
             while True:
-                await self._live.wait()
+                await self._until_live()
                 ws = self._ws
                 fut: asyncio.Future = asyncio.get_running_loop().create_future()
                 if ws is None:
@@ -324,6 +324,19 @@ class Consumer:
                     await asyncio.sleep(0)  # asked again once the next connection is live
                 finally:
                     self._history_wait = None
+
+    async def _until_live(self) -> None:
+        """Waits for a live connection; ``ConnectionError`` if the consumer stops first."""
+        if self._live.is_set():
+            return
+        live = asyncio.ensure_future(self._live.wait())
+        try:
+            assert self._task is not None
+            await asyncio.wait({live, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            if not live.done():
+                raise ConnectionError("the consumer stopped")
+        finally:
+            live.cancel()
 
     def _history_answered(self, f: Union[History, Error]) -> bool:
         """The waiting history request's answer, or an ``error`` that is its refusal."""
