@@ -2,11 +2,12 @@
 //! arrive as events (see [`crate::driver::SseSessions`] for the mapping), `POST /sse/{conn_id}`
 //! sends it a client frame.
 //!
-//! - `GET /sse?token=…[&threads=t1,t2][&last_event_id=…]`: the token as for `/ws` (query or
-//!   `Authorization: Bearer`). `Last-Event-ID` (the header the browser's `EventSource` sends when
-//!   it reconnects, or the query parameter) holds the positions the last event carried: the hub
-//!   gets the thread subscriptions, then `resume` with them, before anything is written, so the
-//!   replay is exact. Without it the connection starts live at once (`ping`).
+//! - `GET /sse?token=…[&threads=t1,t2][&runs=r1,r2][&last_event_id=…]`: the token as for `/ws`
+//!   (query or `Authorization: Bearer`). `Last-Event-ID` (the header the browser's `EventSource`
+//!   sends when it reconnects, or the query parameter) holds the positions the last event
+//!   carried: the hub gets the thread and run subscriptions, then `resume` with them, before
+//!   anything is written, so the replay is exact. Without it the connection starts live at once
+//!   (`ping`).
 //! - `POST /sse/{conn_id}` with the same user's token and one client frame as the body
 //!   (`message`, `subscribe`, `refresh`, …): 202 once handed to the hub; 404 for a connection
 //!   that is not open or not this user's; 401 without a valid token; 413 over the transport's
@@ -31,6 +32,8 @@ pub struct SseQuery {
     token: Option<String>,
     /// Comma-separated thread ids to subscribe to before resuming.
     threads: Option<String>,
+    /// Comma-separated agent run ids to subscribe to before resuming.
+    runs: Option<String>,
     /// For clients that cannot set the `Last-Event-ID` header.
     last_event_id: Option<String>,
 }
@@ -84,6 +87,9 @@ pub async fn open(
     let mut first: Vec<Bytes> = Vec::new();
     for thread in q.threads.as_deref().unwrap_or("").split(',').filter(|t| !t.is_empty()) {
         first.push(Bytes::from(json!({ "type": "subscribe", "thread_id": thread }).to_string()));
+    }
+    for run in q.runs.as_deref().unwrap_or("").split(',').filter(|r| !r.is_empty()) {
+        first.push(Bytes::from(json!({ "type": "subscribe", "run_id": run }).to_string()));
     }
     first.push(Bytes::from(if positions.is_empty() {
         json!({ "type": "ping" }).to_string()

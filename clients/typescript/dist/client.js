@@ -5,6 +5,7 @@
 import { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
 import { closeInfo } from "./close.js";
 import { decodeFrame, } from "./frames.js";
+import { HISTORY_REFUSALS, HistoryError, historyPage, historyRequest, } from "./history.js";
 import { encodeEventId, SseSocket } from "./sse.js";
 import { EventStream } from "./stream.js";
 /** A reply that carried an error, or a request that got none. */
@@ -41,6 +42,11 @@ export class Client {
     #opts;
     #backoff;
     #threads = new Set();
+    #runs = new Set();
+    #histories = [];
+    /** Pings sent and pongs received on the current connection (pongs come back in order). */
+    #pings = 0;
+    #pongs = 0;
     #streams = new Set();
     #pending = new Map();
     #listeners = new Map();
@@ -112,6 +118,7 @@ export class Client {
             ws.close(1000, "client closed");
         }
         this.#failPending(new NotConnectedError("the client was closed"));
+        this.#failHistories(new NotConnectedError("the client was closed"));
         for (const s of [...this.#streams])
             s.end();
         this.#setState("closed");
@@ -129,18 +136,35 @@ export class Client {
         this.positions.clear();
         this.#save();
     }
-    /** Narrows the connection to `thread` (plus thread-less user events); kept across reconnects. */
-    subscribe(thread) {
-        this.#threads.add(thread);
-        this.#sendIfOpen({ type: "subscribe", thread_id: thread });
+    /**
+     * Narrows the connection to a thread (a string) or an agent run (`{ run }`), plus the user's
+     * events that name neither; kept across reconnects (sent again before `resume`). Several
+     * subscriptions add up: an event passes if its thread or its run is one of them.
+     */
+    subscribe(to) {
+        const { thread, run } = typeof to === "string" ? { thread: to } : to;
+        if (thread !== undefined)
+            this.#threads.add(thread);
+        if (run !== undefined)
+            this.#runs.add(run);
+        if (thread !== undefined || run !== undefined)
+            this.#sendIfOpen({ type: "subscribe", thread_id: thread, run_id: run });
     }
-    /** Drops one thread, or without one every thread (the connection gets all events again). */
-    unsubscribe(thread) {
-        if (thread === undefined)
+    /**
+     * Drops a thread (a string) or a run (`{ run }`); without an argument every subscription (the
+     * connection gets all of its user's events again, as it does when the last one goes).
+     */
+    unsubscribe(from) {
+        const { thread, run } = typeof from === "string" ? { thread: from } : (from ?? {});
+        if (thread === undefined && run === undefined) {
             this.#threads.clear();
-        else
+            this.#runs.clear();
+        }
+        if (thread !== undefined)
             this.#threads.delete(thread);
-        this.#sendIfOpen(thread === undefined ? { type: "unsubscribe" } : { type: "unsubscribe", thread_id: thread });
+        if (run !== undefined)
+            this.#runs.delete(run);
+        this.#sendIfOpen({ type: "unsubscribe", thread_id: thread, run_id: run });
     }
     /** Every new event that passes `filter`, as an async iterator. */
     events(filter = {}) {
@@ -150,23 +174,55 @@ export class Client {
     }
     /**
      * The events of one thread: subscribes to it (the server then sends only the subscribed
-     * threads' events) and unsubscribes when the loop ends.
+     * threads' and runs' events) and unsubscribes when the loop ends.
      */
     thread(thread) {
-        this.subscribe(thread);
-        const s = new EventStream({ thread }, this.#opts.maxBuffered ?? 10_000, () => {
+        return this.#narrowed({ thread });
+    }
+    /**
+     * The events of one agent run: subscribes to it by `run_id` (the server then sends only the
+     * subscribed runs' and threads' events, replays after a reconnect included) and unsubscribes
+     * when the loop ends.
+     */
+    run(run) {
+        return this.#narrowed({ run });
+    }
+    #narrowed(n) {
+        this.subscribe(n);
+        const key = "run" in n ? "run" : "thread";
+        const s = new EventStream(n, this.#opts.maxBuffered ?? 10_000, () => {
             this.#streams.delete(s);
-            this.unsubscribe(thread);
+            // Another loop over the same thread or run keeps the subscription.
+            if (![...this.#streams].some((o) => o.filter[key] === n[key]))
+                this.unsubscribe(n);
         });
         this.#streams.add(s);
         return s;
     }
     /**
-     * The events of one agent run. Filtered here for now; when the server offers run
-     * subscriptions this also subscribes, like [`Client.thread`].
+     * A page of history: the last `limit` events of a stream (`"u"` by default) that this
+     * connection may see, or of one thread or run (`{ thread }`, `{ run }`), or the page `before`
+     * or `after` a seq. Waits for a resume in progress; requests go one at a time. Rejects with
+     * [`HistoryError`] for a refusal or a timeout, and with [`NotConnectedError`] when there is no
+     * connection; a request cut off by a reconnect is asked again on the next connection.
      */
-    run(run) {
-        return this.events({ run });
+    history(target = "u", opts = {}) {
+        let frame;
+        try {
+            frame = historyRequest(target, opts, `h${++this.#nextId}`);
+            if (this.state !== "open")
+                throw new NotConnectedError("not connected");
+        }
+        catch (err) {
+            return Promise.reject(err);
+        }
+        const ms = opts.timeoutMs ?? this.#opts.replyTimeoutMs ?? 10_000;
+        return new Promise((resolve, reject) => {
+            const timeout = () => this.#endHistory(h, new HistoryError("timeout", `no history within ${ms} ms`));
+            const h = { frame, resolve, reject, timer: setTimeout(timeout, ms), sent: false, ping: 0 };
+            this.#histories.push(h);
+            this.#nextHistory();
+        });
     }
     /** Sends a client `message` (to the application). Throws if not connected. */
     send(data, opts = {}) {
@@ -254,6 +310,7 @@ export class Client {
             if (idle >= intervalMs) {
                 try {
                     ws.send(JSON.stringify({ type: "ping" }));
+                    this.#pings += 1;
                 }
                 catch {
                     /* the close handler will run */
@@ -271,6 +328,8 @@ export class Client {
             throw new NotConnectedError("not connected");
         }
         this.#ws.send(JSON.stringify(frame));
+        if (frame.type === "ping")
+            this.#pings += 1;
     }
     #sendIfOpen(frame) {
         if (this.#ws && this.#ws.readyState === OPEN && this.state === "open")
@@ -291,7 +350,8 @@ export class Client {
     #sseSocket(token) {
         const base = new URL(".", this.#opts.url.replace(/^ws/, "http"));
         const lastEventId = this.positions.size ? encodeEventId(this.positions) : null;
-        return new SseSocket(base.href, token, { threads: this.#threads, lastEventId, fetch: this.#opts.fetch });
+        const { fetch } = this.#opts;
+        return new SseSocket(base.href, token, { threads: this.#threads, runs: this.#runs, lastEventId, fetch });
     }
     #wsUrl(token) {
         const url = new URL(this.#opts.url);
@@ -345,6 +405,9 @@ export class Client {
             clearTimeout(this.#watchdog);
         this.#stable = this.#watchdog = null;
         this.#failPending(new ReplyError("disconnected", "the connection closed before the reply"));
+        // History is a read: a request cut off is asked again on the next connection (within its timeout).
+        for (const h of this.#histories)
+            h.sent = false;
         if (this.#stopped)
             return;
         let minDelay = 0;
@@ -398,6 +461,7 @@ export class Client {
         this.#stopped = true;
         this.#clearTimers();
         this.#failPending(new NotConnectedError(`stopped: ${reason}`));
+        this.#failHistories(new NotConnectedError(`stopped: ${reason}`));
         for (const s of [...this.#streams])
             s.fail(new NotConnectedError(`stopped: ${reason}`));
         this.#setState("closed");
@@ -431,6 +495,54 @@ export class Client {
         catch {
             return null; // unreachable: keep retrying
         }
+    }
+    /** Sends the oldest queued history request, when none is in flight and the connection is live. */
+    #nextHistory() {
+        const h = this.#histories[0];
+        if (!h || h.sent || this.#resuming || this.state !== "open")
+            return;
+        try {
+            this.#sendNow(h.frame);
+            this.#sendNow({ type: "ping" }); // its `pong` closes the window in which an `error` is this request's
+            h.sent = true;
+            h.ping = this.#pings;
+        }
+        catch {
+            /* asked again on the next connection */
+        }
+    }
+    #endHistory(h, err, page) {
+        const i = this.#histories.indexOf(h);
+        if (i < 0)
+            return;
+        this.#histories.splice(i, 1);
+        clearTimeout(h.timer);
+        if (err)
+            h.reject(err);
+        else
+            h.resolve(page);
+        this.#nextHistory();
+    }
+    #failHistories(err) {
+        for (const h of [...this.#histories])
+            this.#endHistory(h, err);
+    }
+    /** The in-flight history request's answer, or an `error` that is its refusal (then `true`). */
+    #historyAnswered(f) {
+        const h = this.#histories[0];
+        if (!h?.sent)
+            return false;
+        if (f.type === "history") {
+            if (f.id !== h.frame.id)
+                return false;
+            this.#endHistory(h, null, historyPage(f));
+        }
+        else {
+            if (!HISTORY_REFUSALS.has(f.code) && this.#pongs >= h.ping)
+                return false;
+            this.#endHistory(h, new HistoryError(f.code, f.message));
+        }
+        return true;
     }
     #failPending(err) {
         for (const [id, p] of this.#pending) {
@@ -487,10 +599,16 @@ export class Client {
                     p.resolve(f.data);
                 return;
             }
+            case "history":
+                return void this.#historyAnswered(f);
             case "error":
-                return this.#emit("serverError", f);
-            case "refreshed":
+                if (!this.#historyAnswered(f))
+                    this.#emit("serverError", f);
+                return;
             case "pong":
+                this.#pongs += 1;
+                return;
+            case "refreshed":
                 return;
         }
     }
@@ -504,28 +622,35 @@ export class Client {
         }
         this.#identity = { tenant: f.tenant, user: f.user };
         const resume = this.positions.size > 0;
+        this.#pings = this.#pongs = 0;
         for (const [name, pos] of Object.entries(f.streams)) {
             if (!this.positions.has(name))
                 this.positions.set(name, pos);
         }
         this.#save();
-        this.#setState("open");
-        // Thread filters first, so that the replay already honours them; then `resume` (or any
-        // frame, which ends the server's resume window at once).
+        // Thread and run filters first, so that the replay already honours them; then `resume` (or
+        // any frame, which ends the server's resume window at once). Only then is the connection
+        // open to the application's frames (a frame of its before `resume` would end the window).
         if (this.#sse) {
             this.#resuming = resume; // the server sent the subscriptions and `resume` (or a ping)
+            if (!resume)
+                this.#pings = 1;
         }
         else {
             for (const t of this.#threads)
                 this.#ws?.send(JSON.stringify({ type: "subscribe", thread_id: t }));
+            for (const r of this.#runs)
+                this.#ws?.send(JSON.stringify({ type: "subscribe", run_id: r }));
             if (resume) {
                 this.#resuming = true;
                 this.#ws?.send(JSON.stringify({ type: "resume", positions: Object.fromEntries(this.positions) }));
             }
             else {
                 this.#ws?.send(JSON.stringify({ type: "ping" }));
+                this.#pings = 1;
             }
         }
+        this.#setState("open");
         this.#stable = setTimeout(() => {
             this.#attempt = 0;
         }, this.#backoff.stableAfterMs);
@@ -534,6 +659,7 @@ export class Client {
         this.#emit("connected", f);
         if (!resume)
             this.#settle(null);
+        this.#nextHistory();
     }
     #onResumed(f) {
         this.#resuming = false;
@@ -543,6 +669,7 @@ export class Client {
         }
         this.#emit("resumed", f);
         this.#settle(null);
+        this.#nextHistory();
     }
     #onEvent(e) {
         const last = this.positions.get(e.stream);

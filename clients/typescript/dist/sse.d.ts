@@ -1,5 +1,5 @@
 import type { Position } from "./frames.js";
-import type { WebSocketLike } from "./client.js";
+import type { WebSocketLike } from "./types.js";
 /** Why the server refused to open the stream (the HTTP answer), for the client's handling. */
 export interface Refusal {
     status: number;
@@ -26,6 +26,7 @@ export declare class SseSocket implements WebSocketLike {
     refusal: Refusal | null;
     constructor(base: string, token: string, opts: {
         threads: Iterable<string>;
+        runs?: Iterable<string>;
         lastEventId: string | null;
         fetch?: typeof fetch;
     });

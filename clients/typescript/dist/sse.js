@@ -35,6 +35,9 @@ export class SseSocket {
         const threads = [...opts.threads];
         if (threads.length)
             url.searchParams.set("threads", threads.join(","));
+        const runs = [...(opts.runs ?? [])];
+        if (runs.length)
+            url.searchParams.set("runs", runs.join(","));
         const headers = { Authorization: `Bearer ${token}`, Accept: "text/event-stream" };
         if (opts.lastEventId)
             headers["Last-Event-ID"] = opts.lastEventId;

@@ -119,6 +119,49 @@ function decodeFrame(text, replayed = false) {
   return { ...rest, type: "event", kind: type, replayed };
 }
 
+// src/history.ts
+var HistoryError = class extends Error {
+  constructor(code, message) {
+    super(message);
+    this.code = code;
+  }
+  code;
+  name = "HistoryError";
+};
+var HISTORY_REFUSALS = /* @__PURE__ */ new Set(["unknown_stream", "history_busy"]);
+var seqOk = (v) => v === void 0 || Number.isSafeInteger(v) && v >= 0;
+var idOk = (v) => v === void 0 || typeof v === "string" && v.length > 0;
+function historyRequest(target, opts, id) {
+  const t = typeof target === "string" ? { stream: target } : target;
+  const { limit, before, after, epoch } = opts;
+  const bad = (field, why) => new HistoryError("invalid_field", `history: ${field} ${why}`);
+  if (typeof t !== "object" || t === null) throw bad("target", "must be a stream name or {thread} / {run}");
+  const stream = t.stream ?? "u";
+  if (typeof stream !== "string" || !stream) throw bad("stream", "must be a stream name");
+  const { thread, run } = t;
+  if (!idOk(thread)) throw bad("thread", "must be a non-empty string");
+  if (!idOk(run)) throw bad("run", "must be a non-empty string");
+  if (limit !== void 0 && !(Number.isSafeInteger(limit) && limit >= 1)) throw bad("limit", "must be 1 or more");
+  if (!seqOk(before)) throw bad("before", "must be a seq");
+  if (!seqOk(after)) throw bad("after", "must be a seq");
+  if (!seqOk(epoch)) throw bad("epoch", "must be an epoch");
+  if (before !== void 0 && after !== void 0) throw bad("after", "cannot go with before");
+  return { type: "history", id, stream, limit, before, after, epoch, thread_id: thread, run_id: run };
+}
+function historyPage(f) {
+  const events = f.messages.map(({ type, ...rest }) => ({ ...rest, type: "event", kind: type, replayed: false }));
+  const page = {
+    stream: f.stream,
+    epoch: f.epoch,
+    seq: f.seq,
+    available_from: f.available_from,
+    more: f.more,
+    events
+  };
+  if (f.reason !== void 0) page.reason = f.reason;
+  return page;
+}
+
 // src/sse.ts
 function encodeEventId(positions) {
   const json = JSON.stringify(Object.fromEntries([...positions].map(([k, p]) => [k, [p.epoch, p.seq]])));
@@ -148,6 +191,8 @@ var SseSocket = class {
     const url = new URL("sse", this.#base);
     const threads = [...opts.threads];
     if (threads.length) url.searchParams.set("threads", threads.join(","));
+    const runs = [...opts.runs ?? []];
+    if (runs.length) url.searchParams.set("runs", runs.join(","));
     const headers = { Authorization: `Bearer ${token}`, Accept: "text/event-stream" };
     if (opts.lastEventId) headers["Last-Event-ID"] = opts.lastEventId;
     void this.#run(url, headers);
@@ -345,6 +390,11 @@ var Client = class {
   #opts;
   #backoff;
   #threads = /* @__PURE__ */ new Set();
+  #runs = /* @__PURE__ */ new Set();
+  #histories = [];
+  /** Pings sent and pongs received on the current connection (pongs come back in order). */
+  #pings = 0;
+  #pongs = 0;
   #streams = /* @__PURE__ */ new Set();
   #pending = /* @__PURE__ */ new Map();
   #listeners = /* @__PURE__ */ new Map();
@@ -411,6 +461,7 @@ var Client = class {
       ws.close(1e3, "client closed");
     }
     this.#failPending(new NotConnectedError("the client was closed"));
+    this.#failHistories(new NotConnectedError("the client was closed"));
     for (const s of [...this.#streams]) s.end();
     this.#setState("closed");
     this.#settle(new NotConnectedError("the client was closed"));
@@ -427,16 +478,30 @@ var Client = class {
     this.positions.clear();
     this.#save();
   }
-  /** Narrows the connection to `thread` (plus thread-less user events); kept across reconnects. */
-  subscribe(thread) {
-    this.#threads.add(thread);
-    this.#sendIfOpen({ type: "subscribe", thread_id: thread });
+  /**
+   * Narrows the connection to a thread (a string) or an agent run (`{ run }`), plus the user's
+   * events that name neither; kept across reconnects (sent again before `resume`). Several
+   * subscriptions add up: an event passes if its thread or its run is one of them.
+   */
+  subscribe(to) {
+    const { thread, run } = typeof to === "string" ? { thread: to } : to;
+    if (thread !== void 0) this.#threads.add(thread);
+    if (run !== void 0) this.#runs.add(run);
+    if (thread !== void 0 || run !== void 0) this.#sendIfOpen({ type: "subscribe", thread_id: thread, run_id: run });
   }
-  /** Drops one thread, or without one every thread (the connection gets all events again). */
-  unsubscribe(thread) {
-    if (thread === void 0) this.#threads.clear();
-    else this.#threads.delete(thread);
-    this.#sendIfOpen(thread === void 0 ? { type: "unsubscribe" } : { type: "unsubscribe", thread_id: thread });
+  /**
+   * Drops a thread (a string) or a run (`{ run }`); without an argument every subscription (the
+   * connection gets all of its user's events again, as it does when the last one goes).
+   */
+  unsubscribe(from) {
+    const { thread, run } = typeof from === "string" ? { thread: from } : from ?? {};
+    if (thread === void 0 && run === void 0) {
+      this.#threads.clear();
+      this.#runs.clear();
+    }
+    if (thread !== void 0) this.#threads.delete(thread);
+    if (run !== void 0) this.#runs.delete(run);
+    this.#sendIfOpen({ type: "unsubscribe", thread_id: thread, run_id: run });
   }
   /** Every new event that passes `filter`, as an async iterator. */
   events(filter = {}) {
@@ -446,23 +511,51 @@ var Client = class {
   }
   /**
    * The events of one thread: subscribes to it (the server then sends only the subscribed
-   * threads' events) and unsubscribes when the loop ends.
+   * threads' and runs' events) and unsubscribes when the loop ends.
    */
   thread(thread) {
-    this.subscribe(thread);
-    const s = new EventStream({ thread }, this.#opts.maxBuffered ?? 1e4, () => {
+    return this.#narrowed({ thread });
+  }
+  /**
+   * The events of one agent run: subscribes to it by `run_id` (the server then sends only the
+   * subscribed runs' and threads' events, replays after a reconnect included) and unsubscribes
+   * when the loop ends.
+   */
+  run(run) {
+    return this.#narrowed({ run });
+  }
+  #narrowed(n) {
+    this.subscribe(n);
+    const key = "run" in n ? "run" : "thread";
+    const s = new EventStream(n, this.#opts.maxBuffered ?? 1e4, () => {
       this.#streams.delete(s);
-      this.unsubscribe(thread);
+      if (![...this.#streams].some((o) => o.filter[key] === n[key])) this.unsubscribe(n);
     });
     this.#streams.add(s);
     return s;
   }
   /**
-   * The events of one agent run. Filtered here for now; when the server offers run
-   * subscriptions this also subscribes, like [`Client.thread`].
+   * A page of history: the last `limit` events of a stream (`"u"` by default) that this
+   * connection may see, or of one thread or run (`{ thread }`, `{ run }`), or the page `before`
+   * or `after` a seq. Waits for a resume in progress; requests go one at a time. Rejects with
+   * [`HistoryError`] for a refusal or a timeout, and with [`NotConnectedError`] when there is no
+   * connection; a request cut off by a reconnect is asked again on the next connection.
    */
-  run(run) {
-    return this.events({ run });
+  history(target = "u", opts = {}) {
+    let frame;
+    try {
+      frame = historyRequest(target, opts, `h${++this.#nextId}`);
+      if (this.state !== "open") throw new NotConnectedError("not connected");
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const ms = opts.timeoutMs ?? this.#opts.replyTimeoutMs ?? 1e4;
+    return new Promise((resolve, reject) => {
+      const timeout = () => this.#endHistory(h, new HistoryError("timeout", `no history within ${ms} ms`));
+      const h = { frame, resolve, reject, timer: setTimeout(timeout, ms), sent: false, ping: 0 };
+      this.#histories.push(h);
+      this.#nextHistory();
+    });
   }
   /** Sends a client `message` (to the application). Throws if not connected. */
   send(data, opts = {}) {
@@ -538,6 +631,7 @@ var Client = class {
       if (idle >= intervalMs) {
         try {
           ws.send(JSON.stringify({ type: "ping" }));
+          this.#pings += 1;
         } catch {
         }
         this.#watchdog = setTimeout(() => check(now), timeoutMs);
@@ -552,6 +646,7 @@ var Client = class {
       throw new NotConnectedError("not connected");
     }
     this.#ws.send(JSON.stringify(frame));
+    if (frame.type === "ping") this.#pings += 1;
   }
   #sendIfOpen(frame) {
     if (this.#ws && this.#ws.readyState === OPEN && this.state === "open") this.#ws.send(JSON.stringify(frame));
@@ -570,7 +665,8 @@ var Client = class {
   #sseSocket(token) {
     const base = new URL(".", this.#opts.url.replace(/^ws/, "http"));
     const lastEventId = this.positions.size ? encodeEventId(this.positions) : null;
-    return new SseSocket(base.href, token, { threads: this.#threads, lastEventId, fetch: this.#opts.fetch });
+    const { fetch } = this.#opts;
+    return new SseSocket(base.href, token, { threads: this.#threads, runs: this.#runs, lastEventId, fetch });
   }
   #wsUrl(token) {
     const url = new URL(this.#opts.url);
@@ -614,6 +710,7 @@ var Client = class {
     if (this.#watchdog) clearTimeout(this.#watchdog);
     this.#stable = this.#watchdog = null;
     this.#failPending(new ReplyError("disconnected", "the connection closed before the reply"));
+    for (const h of this.#histories) h.sent = false;
     if (this.#stopped) return;
     let minDelay = 0;
     if (!this.#opened) {
@@ -655,6 +752,7 @@ var Client = class {
     this.#stopped = true;
     this.#clearTimers();
     this.#failPending(new NotConnectedError(`stopped: ${reason}`));
+    this.#failHistories(new NotConnectedError(`stopped: ${reason}`));
     for (const s of [...this.#streams]) s.fail(new NotConnectedError(`stopped: ${reason}`));
     this.#setState("closed");
     this.#emit("stopped", message === void 0 ? { code, reason } : { code, reason, message });
@@ -681,6 +779,43 @@ var Client = class {
     } catch {
       return null;
     }
+  }
+  /** Sends the oldest queued history request, when none is in flight and the connection is live. */
+  #nextHistory() {
+    const h = this.#histories[0];
+    if (!h || h.sent || this.#resuming || this.state !== "open") return;
+    try {
+      this.#sendNow(h.frame);
+      this.#sendNow({ type: "ping" });
+      h.sent = true;
+      h.ping = this.#pings;
+    } catch {
+    }
+  }
+  #endHistory(h, err, page) {
+    const i = this.#histories.indexOf(h);
+    if (i < 0) return;
+    this.#histories.splice(i, 1);
+    clearTimeout(h.timer);
+    if (err) h.reject(err);
+    else h.resolve(page);
+    this.#nextHistory();
+  }
+  #failHistories(err) {
+    for (const h of [...this.#histories]) this.#endHistory(h, err);
+  }
+  /** The in-flight history request's answer, or an `error` that is its refusal (then `true`). */
+  #historyAnswered(f) {
+    const h = this.#histories[0];
+    if (!h?.sent) return false;
+    if (f.type === "history") {
+      if (f.id !== h.frame.id) return false;
+      this.#endHistory(h, null, historyPage(f));
+    } else {
+      if (!HISTORY_REFUSALS.has(f.code) && this.#pongs >= h.ping) return false;
+      this.#endHistory(h, new HistoryError(f.code, f.message));
+    }
+    return true;
   }
   #failPending(err) {
     for (const [id, p] of this.#pending) {
@@ -732,10 +867,15 @@ var Client = class {
         else p.resolve(f.data);
         return;
       }
+      case "history":
+        return void this.#historyAnswered(f);
       case "error":
-        return this.#emit("serverError", f);
-      case "refreshed":
+        if (!this.#historyAnswered(f)) this.#emit("serverError", f);
+        return;
       case "pong":
+        this.#pongs += 1;
+        return;
+      case "refreshed":
         return;
     }
   }
@@ -748,28 +888,33 @@ var Client = class {
     }
     this.#identity = { tenant: f.tenant, user: f.user };
     const resume = this.positions.size > 0;
+    this.#pings = this.#pongs = 0;
     for (const [name, pos] of Object.entries(f.streams)) {
       if (!this.positions.has(name)) this.positions.set(name, pos);
     }
     this.#save();
-    this.#setState("open");
     if (this.#sse) {
       this.#resuming = resume;
+      if (!resume) this.#pings = 1;
     } else {
       for (const t of this.#threads) this.#ws?.send(JSON.stringify({ type: "subscribe", thread_id: t }));
+      for (const r of this.#runs) this.#ws?.send(JSON.stringify({ type: "subscribe", run_id: r }));
       if (resume) {
         this.#resuming = true;
         this.#ws?.send(JSON.stringify({ type: "resume", positions: Object.fromEntries(this.positions) }));
       } else {
         this.#ws?.send(JSON.stringify({ type: "ping" }));
+        this.#pings = 1;
       }
     }
+    this.#setState("open");
     this.#stable = setTimeout(() => {
       this.#attempt = 0;
     }, this.#backoff.stableAfterMs);
     if (this.#ws) this.#watch(this.#ws, this.#token ?? "", f.heartbeat_ms);
     this.#emit("connected", f);
     if (!resume) this.#settle(null);
+    this.#nextHistory();
   }
   #onResumed(f) {
     this.#resuming = false;
@@ -778,6 +923,7 @@ var Client = class {
     }
     this.#emit("resumed", f);
     this.#settle(null);
+    this.#nextHistory();
   }
   #onEvent(e) {
     const last = this.positions.get(e.stream);
@@ -853,6 +999,8 @@ export {
   DEFAULT_BACKOFF,
   EventStream,
   FrameError,
+  HISTORY_REFUSALS,
+  HistoryError,
   NotConnectedError,
   OverflowError,
   ReplyError,
@@ -862,5 +1010,7 @@ export {
   closeInfo,
   decodeFrame,
   encodeEventId,
+  historyPage,
+  historyRequest,
   matches
 };

@@ -11,138 +11,36 @@ import {
   type ConnectedFrame,
   type ErrorFrame,
   type EventFrame,
+  type HistoryFrame,
   type Position,
   type PresenceFrame,
   type PresenceDiffFrame,
   type ResumedFrame,
   type ServerFrame,
 } from "./frames.js";
+import {
+  HISTORY_REFUSALS,
+  HistoryError,
+  historyPage,
+  historyRequest,
+  type HistoryOptions,
+  type HistoryPage,
+  type HistoryTarget,
+} from "./history.js";
 import { encodeEventId, SseSocket } from "./sse.js";
 import { EventStream, type EventFilter } from "./stream.js";
-
-/** Why the token provider is called. */
-export type TokenReason =
-  /** The first connection. */
-  | "connect"
-  /** The server sent `refresh_required`: the session ends soon. */
-  | "refresh"
-  /** The session expired (close 4001): the next connection needs a new token. */
-  | "expired"
-  /** The server refused the token at the handshake (401). */
-  | "rejected";
-
-/** A token, or a function that returns a fresh one (called as [`TokenReason`] says). */
-export type TokenSource = string | ((reason: TokenReason) => string | Promise<string>);
-
-/** What the client needs of `localStorage`/`sessionStorage` to keep positions across loads. */
-export interface StorageLike {
-  getItem(key: string): string | null;
-  setItem(key: string, value: string): void;
-  removeItem(key: string): void;
-}
-
-/** The part of the WebSocket API the client uses (the browser's, or node's `ws` package). */
-export interface WebSocketLike {
-  readonly readyState: number;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  onopen: ((ev: unknown) => void) | null;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
-}
-
-/** A WebSocket constructor. */
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
-
-/** How a [`Client`] connects and behaves. */
-export interface ClientOptions {
-  /** The server's WebSocket endpoint, `wss://host/ws` (`https://host/ws` works too). */
-  url: string;
-  /**
-   * `"websocket"` (the default) or `"sse"`: Server-Sent Events from `/sse` beside the same
-   * endpoint, client frames by `POST` (for networks that block WebSockets). Same semantics.
-   */
-  transport?: "websocket" | "sse";
-  /** A token, or a provider of fresh ones. */
-  token: TokenSource;
-  /** A WebSocket implementation; default `globalThis.WebSocket` (node 20 has none: pass `ws`). */
-  WebSocket?: WebSocketConstructor;
-  /** Used to ask why a handshake failed (401, 403, 429); default `globalThis.fetch`. */
-  fetch?: typeof fetch;
-  /** Reconnect timing (see [`DEFAULT_BACKOFF`]). */
-  backoff?: BackoffOptions;
-  /** The jitter's source of randomness, in [0, 1); default `Math.random`. */
-  random?: () => number;
-  /** Keeps positions across page loads or process restarts (e.g. `sessionStorage`). */
-  storage?: StorageLike;
-  /** The storage key; default `"switchboard-positions"`. */
-  storageKey?: string;
-  /** How long [`Client.request`] waits for a reply by default, in ms. Default 10,000. */
-  replyTimeoutMs?: number;
-  /** How many events one iterator buffers for a slow `for await` loop. Default 10,000. */
-  maxBuffered?: number;
-  /**
-   * Dead-connection detection: after `intervalMs` without a frame (default: the server's
-   * `heartbeat_ms`) the client sends `ping`; with no frame `timeoutMs` later (default 10,000) it
-   * gives the connection up as `heartbeat_timeout` and reconnects. A WebSocket whose network
-   * vanished can otherwise look open for minutes (the server's pings are invisible to a page).
-   */
-  heartbeat?: { intervalMs?: number; timeoutMs?: number };
-  /** Called when a stream could not be recovered: refetch its state, then go on from there. */
-  onResync?: (resync: Resync) => void;
-}
-
-/** A stream whose missed messages did not all come: the application should refetch its state. */
-export interface Resync {
-  stream: string;
-  /** The position the stream continues from. */
-  position: Position;
-  /** `epoch_mismatch`, `gap_too_old`, `live_ahead`, … (README, "Resume protocol"). */
-  reason: string;
-}
-
-/** Where the client is. */
-export type ClientState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
-
-/** Who is present in a scope, as the server last announced it. */
-export interface PresenceState {
-  scope: string;
-  count: number;
-  /** user → meta; `null` when the scope is too large for a list. */
-  members: Map<string, Record<string, unknown> | undefined> | null;
-}
-
-/** Why the client stopped for good. */
-export interface Stopped {
-  /** The close code, or the handshake's HTTP status (401, 403). */
-  code: number;
-  /** The close reason, or the server's error code (`invalid`, `expired`, …). */
-  reason: string;
-  /** The server's explanation of a refused handshake, when it gave one. */
-  message?: string;
-}
-
-/** What the client emits; `on(name, fn)` subscribes. */
-export interface ClientEvents {
-  /** Every frame, decoded (events included). */
-  frame: ServerFrame;
-  /** Every new event (duplicates dropped). */
-  event: EventFrame;
-  state: ClientState;
-  connected: ConnectedFrame;
-  resumed: ResumedFrame;
-  resync: Resync;
-  presence: PresenceState;
-  /** An `error` frame: the server refused something this client sent. */
-  serverError: ErrorFrame;
-  /** A frame this client could not read. */
-  protocolError: FrameError;
-  /** A reconnect is scheduled. */
-  reconnecting: { attempt: number; delayMs: number; code: number; reason: string };
-  /** The client stopped for good (a close code that forbids retrying, a refused token). */
-  stopped: Stopped;
-}
+import type {
+  ClientEvents,
+  ClientOptions,
+  ClientState,
+  ClientStats,
+  Narrowing,
+  PresenceState,
+  Resync,
+  TokenReason,
+  WebSocketConstructor,
+  WebSocketLike,
+} from "./types.js";
 
 /** A reply that carried an error, or a request that got none. */
 export class ReplyError extends Error {
@@ -160,22 +58,23 @@ export class NotConnectedError extends Error {
   override name = "NotConnectedError";
 }
 
-/** Counters, for display and tests. */
-export interface ClientStats {
-  connects: number;
-  reconnects: number;
-  events: number;
-  duplicates: number;
-  replayed: number;
-  skipped: number;
-}
-
 const OPEN = 1;
 
 interface Pending {
   resolve: (data: unknown) => void;
   reject: (err: Error) => void;
   timer: ReturnType<typeof setTimeout>;
+}
+
+/** A history request: queued, or in flight (`sent`) until its answer, a refusal or the timeout. */
+interface HistoryWait {
+  frame: Record<string, unknown>;
+  resolve: (page: HistoryPage) => void;
+  reject: (err: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+  sent: boolean;
+  /** The number of the `ping` sent right after it: until that `pong`, an `error` is its refusal. */
+  ping: number;
 }
 
 // Listeners by event name; `on` and `emit` keep each set's element type in step with its name.
@@ -202,6 +101,11 @@ export class Client {
   readonly #opts: ClientOptions;
   readonly #backoff: Required<BackoffOptions>;
   readonly #threads = new Set<string>();
+  readonly #runs = new Set<string>();
+  readonly #histories: HistoryWait[] = [];
+  /** Pings sent and pongs received on the current connection (pongs come back in order). */
+  #pings = 0;
+  #pongs = 0;
   readonly #streams = new Set<EventStream>();
   readonly #pending = new Map<string, Pending>();
   readonly #listeners = new Map<keyof ClientEvents, Set<AnyListener>>();
@@ -274,6 +178,7 @@ export class Client {
       ws.close(1000, "client closed");
     }
     this.#failPending(new NotConnectedError("the client was closed"));
+    this.#failHistories(new NotConnectedError("the client was closed"));
     for (const s of [...this.#streams]) s.end();
     this.#setState("closed");
     this.#settle(new NotConnectedError("the client was closed"));
@@ -293,17 +198,31 @@ export class Client {
     this.#save();
   }
 
-  /** Narrows the connection to `thread` (plus thread-less user events); kept across reconnects. */
-  subscribe(thread: string): void {
-    this.#threads.add(thread);
-    this.#sendIfOpen({ type: "subscribe", thread_id: thread });
+  /**
+   * Narrows the connection to a thread (a string) or an agent run (`{ run }`), plus the user's
+   * events that name neither; kept across reconnects (sent again before `resume`). Several
+   * subscriptions add up: an event passes if its thread or its run is one of them.
+   */
+  subscribe(to: string | Narrowing): void {
+    const { thread, run } = typeof to === "string" ? { thread: to } : to;
+    if (thread !== undefined) this.#threads.add(thread);
+    if (run !== undefined) this.#runs.add(run);
+    if (thread !== undefined || run !== undefined) this.#sendIfOpen({ type: "subscribe", thread_id: thread, run_id: run });
   }
 
-  /** Drops one thread, or without one every thread (the connection gets all events again). */
-  unsubscribe(thread?: string): void {
-    if (thread === undefined) this.#threads.clear();
-    else this.#threads.delete(thread);
-    this.#sendIfOpen(thread === undefined ? { type: "unsubscribe" } : { type: "unsubscribe", thread_id: thread });
+  /**
+   * Drops a thread (a string) or a run (`{ run }`); without an argument every subscription (the
+   * connection gets all of its user's events again, as it does when the last one goes).
+   */
+  unsubscribe(from?: string | Narrowing): void {
+    const { thread, run } = typeof from === "string" ? { thread: from } : (from ?? {});
+    if (thread === undefined && run === undefined) {
+      this.#threads.clear();
+      this.#runs.clear();
+    }
+    if (thread !== undefined) this.#threads.delete(thread);
+    if (run !== undefined) this.#runs.delete(run);
+    this.#sendIfOpen({ type: "unsubscribe", thread_id: thread, run_id: run });
   }
 
   /** Every new event that passes `filter`, as an async iterator. */
@@ -315,24 +234,55 @@ export class Client {
 
   /**
    * The events of one thread: subscribes to it (the server then sends only the subscribed
-   * threads' events) and unsubscribes when the loop ends.
+   * threads' and runs' events) and unsubscribes when the loop ends.
    */
   thread(thread: string): EventStream {
-    this.subscribe(thread);
-    const s: EventStream = new EventStream({ thread }, this.#opts.maxBuffered ?? 10_000, () => {
+    return this.#narrowed({ thread });
+  }
+
+  /**
+   * The events of one agent run: subscribes to it by `run_id` (the server then sends only the
+   * subscribed runs' and threads' events, replays after a reconnect included) and unsubscribes
+   * when the loop ends.
+   */
+  run(run: string): EventStream {
+    return this.#narrowed({ run });
+  }
+
+  #narrowed(n: { thread: string } | { run: string }): EventStream {
+    this.subscribe(n);
+    const key = "run" in n ? "run" : "thread";
+    const s: EventStream = new EventStream(n, this.#opts.maxBuffered ?? 10_000, () => {
       this.#streams.delete(s);
-      this.unsubscribe(thread);
+      // Another loop over the same thread or run keeps the subscription.
+      if (![...this.#streams].some((o) => o.filter[key] === n[key as keyof typeof n])) this.unsubscribe(n);
     });
     this.#streams.add(s);
     return s;
   }
 
   /**
-   * The events of one agent run. Filtered here for now; when the server offers run
-   * subscriptions this also subscribes, like [`Client.thread`].
+   * A page of history: the last `limit` events of a stream (`"u"` by default) that this
+   * connection may see, or of one thread or run (`{ thread }`, `{ run }`), or the page `before`
+   * or `after` a seq. Waits for a resume in progress; requests go one at a time. Rejects with
+   * [`HistoryError`] for a refusal or a timeout, and with [`NotConnectedError`] when there is no
+   * connection; a request cut off by a reconnect is asked again on the next connection.
    */
-  run(run: string): EventStream {
-    return this.events({ run });
+  history(target: HistoryTarget = "u", opts: HistoryOptions = {}): Promise<HistoryPage> {
+    let frame: Record<string, unknown>;
+    try {
+      frame = historyRequest(target, opts, `h${++this.#nextId}`);
+      if (this.state !== "open") throw new NotConnectedError("not connected");
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+    const ms = opts.timeoutMs ?? this.#opts.replyTimeoutMs ?? 10_000;
+    return new Promise((resolve, reject) => {
+      const timeout = () => this.#endHistory(h, new HistoryError("timeout", `no history within ${ms} ms`));
+      const h: HistoryWait = { frame, resolve, reject, timer: setTimeout(timeout, ms), sent: false, ping: 0 };
+      this.#histories.push(h);
+      this.#nextHistory();
+    });
   }
 
   /** Sends a client `message` (to the application). Throws if not connected. */
@@ -420,6 +370,7 @@ export class Client {
       if (idle >= intervalMs) {
         try {
           ws.send(JSON.stringify({ type: "ping" }));
+          this.#pings += 1;
         } catch {
           /* the close handler will run */
         }
@@ -436,6 +387,7 @@ export class Client {
       throw new NotConnectedError("not connected");
     }
     this.#ws.send(JSON.stringify(frame));
+    if (frame.type === "ping") this.#pings += 1;
   }
 
   #sendIfOpen(frame: Record<string, unknown>): void {
@@ -458,7 +410,8 @@ export class Client {
   #sseSocket(token: string): SseSocket {
     const base = new URL(".", this.#opts.url.replace(/^ws/, "http"));
     const lastEventId = this.positions.size ? encodeEventId(this.positions) : null;
-    return new SseSocket(base.href, token, { threads: this.#threads, lastEventId, fetch: this.#opts.fetch });
+    const { fetch } = this.#opts;
+    return new SseSocket(base.href, token, { threads: this.#threads, runs: this.#runs, lastEventId, fetch });
   }
 
   #wsUrl(token: string): string {
@@ -506,6 +459,8 @@ export class Client {
     if (this.#watchdog) clearTimeout(this.#watchdog);
     this.#stable = this.#watchdog = null;
     this.#failPending(new ReplyError("disconnected", "the connection closed before the reply"));
+    // History is a read: a request cut off is asked again on the next connection (within its timeout).
+    for (const h of this.#histories) h.sent = false;
     if (this.#stopped) return;
     let minDelay = 0;
     if (!this.#opened) {
@@ -552,6 +507,7 @@ export class Client {
     this.#stopped = true;
     this.#clearTimers();
     this.#failPending(new NotConnectedError(`stopped: ${reason}`));
+    this.#failHistories(new NotConnectedError(`stopped: ${reason}`));
     for (const s of [...this.#streams]) s.fail(new NotConnectedError(`stopped: ${reason}`));
     this.#setState("closed");
     this.#emit("stopped", message === undefined ? { code, reason } : { code, reason, message });
@@ -582,6 +538,48 @@ export class Client {
     } catch {
       return null; // unreachable: keep retrying
     }
+  }
+
+  /** Sends the oldest queued history request, when none is in flight and the connection is live. */
+  #nextHistory(): void {
+    const h = this.#histories[0];
+    if (!h || h.sent || this.#resuming || this.state !== "open") return;
+    try {
+      this.#sendNow(h.frame);
+      this.#sendNow({ type: "ping" }); // its `pong` closes the window in which an `error` is this request's
+      h.sent = true;
+      h.ping = this.#pings;
+    } catch {
+      /* asked again on the next connection */
+    }
+  }
+
+  #endHistory(h: HistoryWait, err: Error | null, page?: HistoryPage): void {
+    const i = this.#histories.indexOf(h);
+    if (i < 0) return;
+    this.#histories.splice(i, 1);
+    clearTimeout(h.timer);
+    if (err) h.reject(err);
+    else h.resolve(page!);
+    this.#nextHistory();
+  }
+
+  #failHistories(err: Error): void {
+    for (const h of [...this.#histories]) this.#endHistory(h, err);
+  }
+
+  /** The in-flight history request's answer, or an `error` that is its refusal (then `true`). */
+  #historyAnswered(f: HistoryFrame | ErrorFrame): boolean {
+    const h = this.#histories[0];
+    if (!h?.sent) return false;
+    if (f.type === "history") {
+      if (f.id !== h.frame.id) return false;
+      this.#endHistory(h, null, historyPage(f));
+    } else {
+      if (!HISTORY_REFUSALS.has(f.code) && this.#pongs >= h.ping) return false;
+      this.#endHistory(h, new HistoryError(f.code, f.message));
+    }
+    return true;
   }
 
   #failPending(err: Error): void {
@@ -635,10 +633,15 @@ export class Client {
         else p.resolve(f.data);
         return;
       }
+      case "history":
+        return void this.#historyAnswered(f);
       case "error":
-        return this.#emit("serverError", f);
-      case "refreshed":
+        if (!this.#historyAnswered(f)) this.#emit("serverError", f);
+        return;
       case "pong":
+        this.#pongs += 1;
+        return;
+      case "refreshed":
         return;
     }
   }
@@ -653,30 +656,36 @@ export class Client {
     }
     this.#identity = { tenant: f.tenant, user: f.user };
     const resume = this.positions.size > 0;
+    this.#pings = this.#pongs = 0;
     for (const [name, pos] of Object.entries(f.streams)) {
       if (!this.positions.has(name)) this.positions.set(name, pos);
     }
     this.#save();
-    this.#setState("open");
-    // Thread filters first, so that the replay already honours them; then `resume` (or any
-    // frame, which ends the server's resume window at once).
+    // Thread and run filters first, so that the replay already honours them; then `resume` (or
+    // any frame, which ends the server's resume window at once). Only then is the connection
+    // open to the application's frames (a frame of its before `resume` would end the window).
     if (this.#sse) {
       this.#resuming = resume; // the server sent the subscriptions and `resume` (or a ping)
+      if (!resume) this.#pings = 1;
     } else {
       for (const t of this.#threads) this.#ws?.send(JSON.stringify({ type: "subscribe", thread_id: t }));
+      for (const r of this.#runs) this.#ws?.send(JSON.stringify({ type: "subscribe", run_id: r }));
       if (resume) {
         this.#resuming = true;
         this.#ws?.send(JSON.stringify({ type: "resume", positions: Object.fromEntries(this.positions) }));
       } else {
         this.#ws?.send(JSON.stringify({ type: "ping" }));
+        this.#pings = 1;
       }
     }
+    this.#setState("open");
     this.#stable = setTimeout(() => {
       this.#attempt = 0;
     }, this.#backoff.stableAfterMs);
     if (this.#ws) this.#watch(this.#ws, this.#token ?? "", f.heartbeat_ms);
     this.#emit("connected", f);
     if (!resume) this.#settle(null);
+    this.#nextHistory();
   }
 
   #onResumed(f: ResumedFrame): void {
@@ -686,6 +695,7 @@ export class Client {
     }
     this.#emit("resumed", f);
     this.#settle(null);
+    this.#nextHistory();
   }
 
   #onEvent(e: EventFrame): void {

@@ -5,7 +5,7 @@
 // EventSource works against the same endpoint too (its `Last-Event-ID` resumes exactly).
 
 import type { Position } from "./frames.js";
-import type { WebSocketLike } from "./client.js";
+import type { WebSocketLike } from "./types.js";
 
 /** Why the server refused to open the stream (the HTTP answer), for the client's handling. */
 export interface Refusal {
@@ -44,7 +44,7 @@ export class SseSocket implements WebSocketLike {
   constructor(
     base: string,
     token: string,
-    opts: { threads: Iterable<string>; lastEventId: string | null; fetch?: typeof fetch },
+    opts: { threads: Iterable<string>; runs?: Iterable<string>; lastEventId: string | null; fetch?: typeof fetch },
   ) {
     this.#fetch = opts.fetch ?? globalThis.fetch.bind(globalThis);
     this.#base = new URL(base);
@@ -52,6 +52,8 @@ export class SseSocket implements WebSocketLike {
     const url = new URL("sse", this.#base);
     const threads = [...opts.threads];
     if (threads.length) url.searchParams.set("threads", threads.join(","));
+    const runs = [...(opts.runs ?? [])];
+    if (runs.length) url.searchParams.set("runs", runs.join(","));
     const headers: Record<string, string> = { Authorization: `Bearer ${token}`, Accept: "text/event-stream" };
     if (opts.lastEventId) headers["Last-Event-ID"] = opts.lastEventId;
     void this.#run(url, headers);

@@ -1,9 +1,11 @@
 """The consumer: one logical connection that survives reconnects, as an async iterator of events.
 
 The same semantics as the TypeScript client: positions per stream kept across reconnects, the
-thread subscriptions then ``resume`` sent first after each reconnect, events deduplicated by
-(stream, epoch, seq), streams that could not be recovered reported to ``on_resync``, full-jitter
-backoff, and the server's close codes followed (README, "Close codes").
+thread and run subscriptions then ``resume`` sent first after each reconnect, events deduplicated
+by (stream, epoch, seq), streams that could not be recovered reported to ``on_resync``,
+full-jitter backoff, and the server's close codes followed (README, "Close codes"). Presence
+frames are kept in ``presence`` and yielded by the iterator; ``history`` asks for a page of a
+stream, a thread or a run.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .backoff import Backoff
-from .errors import ConsumerStopped, QueueOverflow, ReplyFailed, ReplyTimeout
+from .errors import ConsumerStopped, HistoryFailed, QueueOverflow, ReplyFailed, ReplyTimeout
 from .frames import (
-    Connected, Event, Frame, FrameError, Joined, Left, Presence, PresenceDiff, RefreshRequired,
-    Reply, Resumed, Resync, Position, decode_frame,
+    Connected, Error, Event, Frame, FrameError, History, Joined, Left, Pong, Presence, PresenceDiff,
+    RefreshRequired, Reply, Resumed, Resync, Position, decode_frame,
 )
+from .subscription import Subscription
 
 #: Close codes after which the client must not reconnect, and the one that needs a new token.
 # Every other code (4009 max_lifetime among them) reconnects and resumes.
@@ -33,6 +36,28 @@ STOP_CODES = {4002: "replaced", 4004: "protocol_violation", 4005: "kicked", 4008
 SESSION_EXPIRED = 4001
 
 TokenSource = Union[str, Callable[[str], Union[str, Awaitable[str]]]]
+
+#: What the consumer's own iterator yields: events, and presence as the server announces it.
+Item = Union[Event, Presence, PresenceDiff]
+
+#: Error codes only a ``history`` request gets: such an ``error`` answers the one in flight.
+HISTORY_REFUSALS = {"unknown_stream", "history_busy"}
+
+
+class _Cut(Exception):
+    """The connection closed while a history request waited: it is asked again."""
+
+
+@dataclass
+class PresenceState:
+    """Who is present in a scope (``"t"`` or ``"r:<room>"``): the last snapshot plus the diffs since.
+
+    ``members`` maps user → meta, or is ``None`` when the scope is too large for a list.
+    """
+
+    scope: str
+    count: int
+    members: Optional[dict[str, Optional[dict]]]
 
 
 @dataclass(frozen=True)
@@ -48,8 +73,11 @@ class Consumer:
     """Consumes a user's events from a switchboard server.
 
     ``token`` is a token or a function ``reason -> token`` (``"connect"``, ``"refresh"``,
-    ``"expired"``; it may be async). Iterate with ``async for event in consumer``; use as
-    ``async with Consumer(...) as c:`` (or call :meth:`start` and :meth:`close`).
+    ``"expired"``; it may be async). Iterate with ``async for item in consumer``: events, and
+    ``Presence`` / ``PresenceDiff`` frames unless ``presence=False`` (``presence`` keeps each
+    scope's members either way); use as ``async with Consumer(...) as c:`` (or call
+    :meth:`start` and :meth:`close`). ``thread(id)`` and ``run(id)`` iterate one thread's or run's
+    events; ``history(...)`` asks for a page of history.
     """
 
     def __init__(
@@ -60,6 +88,8 @@ class Consumer:
         backoff: Backoff = Backoff(),
         positions: Optional[dict[str, Position]] = None,
         threads: tuple[str, ...] = (),
+        runs: tuple[str, ...] = (),
+        presence: bool = True,
         on_resync: Optional[Callable[[ResyncReport], Any]] = None,
         max_queue: int = 10_000,
         rng: Optional[random.Random] = None,
@@ -70,9 +100,20 @@ class Consumer:
         self.backoff = backoff
         #: Stream → last position processed; pass it to a new consumer to resume where this one was.
         self.positions: dict[str, Position] = dict(positions or {})
+        #: The threads and runs the connection is narrowed to (``subscribe``), kept across reconnects.
         self.threads = set(threads)
+        self.runs = set(runs)
+        #: Scope → who is present there, for the scopes with presence this connection is in.
+        self.presence: dict[str, PresenceState] = {}
+        self._yield_presence = presence
+        self._subs: list[Subscription] = []
+        self._history_lock = asyncio.Lock()
+        self._history_wait: Optional[tuple[str, asyncio.Future, int]] = None
+        self._pings = 0
+        self._pongs = 0
+        self._pong_waiters: list[tuple[int, asyncio.Future]] = []
         self.on_resync = on_resync
-        self._queue: asyncio.Queue[Union[Event, BaseException]] = asyncio.Queue(max_queue + 1)
+        self._queue: asyncio.Queue[Union[Item, BaseException]] = asyncio.Queue(max_queue + 1)
         self._max_queue = max_queue
         self._rng = rng or random.Random()
         self._task: Optional[asyncio.Task] = None
@@ -118,7 +159,7 @@ class Consumer:
     def __aiter__(self) -> "Consumer":
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> Item:
         if self._task is None:
             await self.start()
         item = await self._queue.get()
@@ -146,12 +187,191 @@ class Consumer:
         finally:
             self._pending.pop(rid, None)
 
+    async def subscribe(self, thread: Optional[str] = None, run: Optional[str] = None) -> None:
+        """Narrows the connection to a thread and/or an agent run (plus the user's events that name
+        neither); kept across reconnects. Subscriptions add up: an event passes if its thread or its
+        run is one of them."""
+        if thread is not None:
+            self.threads.add(thread)
+        if run is not None:
+            self.runs.add(run)
+        if (thread is not None or run is not None) and self._live.is_set():
+            await self._send({"type": "subscribe", "thread_id": thread, "run_id": run})
+
+    async def unsubscribe(self, thread: Optional[str] = None, run: Optional[str] = None) -> None:
+        """Drops a thread or a run; without either, every subscription (all events come again)."""
+        if thread is None and run is None:
+            self.threads.clear()
+            self.runs.clear()
+        if thread is not None:
+            self.threads.discard(thread)
+        if run is not None:
+            self.runs.discard(run)
+        if self._live.is_set():
+            await self._send({"type": "unsubscribe", "thread_id": thread, "run_id": run})
+
+    def thread(self, thread: str) -> Subscription:
+        """One thread's events as their own iterator (``async with c.thread("t1") as events``)."""
+        return self._narrowed(Subscription(self, thread=thread, max_queue=self._max_queue))
+
+    def run(self, run: str) -> Subscription:
+        """One agent run's events as their own iterator, narrowed by the server (``subscribe`` with
+        ``run_id``); the subscription ends with the iteration (``async with c.run("r9") as events``)."""
+        return self._narrowed(Subscription(self, run=run, max_queue=self._max_queue))
+
+    async def history(
+        self,
+        stream: str = "u",
+        *,
+        thread: Optional[str] = None,
+        run: Optional[str] = None,
+        limit: Optional[int] = None,
+        before: Optional[int] = None,
+        after: Optional[int] = None,
+        epoch: Optional[int] = None,
+        timeout: float = 10.0,
+    ) -> History:
+        """A page of a stream's history (``"u"``, ``"t"``, ``"r:<room>"``), or of one thread's or
+        run's events in it: the last ``limit`` events this connection may see, or those ``before`` or
+        ``after`` a seq. ``History.messages`` holds them as :class:`Event`, oldest first; ``more``
+        says an older page exists (ask with ``before`` the first seq).
+
+        Waits for a resume in progress; requests go one at a time; one cut off by a reconnect is
+        asked again on the next connection. Raises :class:`HistoryFailed` for a refusal (its
+        ``code``: ``unknown_stream``, ``invalid_field``, ...; bad input is refused before sending)
+        or ``timeout``, and ``ConnectionError`` when the consumer was not started or stopped.
+        """
+        frame = _history_request(stream, thread, run, limit, before, after, epoch)
+        if self._task is None or self._task.done():
+            raise ConnectionError("not connected")
+        frame["id"] = f"h{next(self._ids)}"
+        try:
+            return await asyncio.wait_for(self._ask_history(frame), timeout)
+        except asyncio.TimeoutError:
+            raise HistoryFailed("timeout", f"no history within {timeout} s") from None
+
     async def drop(self) -> None:
         """Closes the current socket cleanly; the consumer reconnects and resumes as after any drop."""
         if self._ws is not None:
             await self._ws.close(1000, "dropped by the client")
 
     # -----------------------------------------------------------------------------------------
+
+    def _narrowed(self, sub: Subscription) -> Subscription:
+        self._subs.append(sub)
+        if sub.thread is not None:
+            self.threads.add(sub.thread)
+        if sub.run is not None:
+            self.runs.add(sub.run)
+        if self._live.is_set():
+            frame = {"type": "subscribe", "thread_id": sub.thread, "run_id": sub.run}
+            sub._subscribed = asyncio.ensure_future(self._send_and_sync(frame))
+        return sub
+
+    async def _send_and_sync(self, frame: dict) -> None:
+        """Sends a frame, then waits until the server has handled it (the pong of a ping after it:
+        frames are handled in order). Quietly gives up when the connection goes: the next one
+        sends the subscriptions before anything else anyway."""
+        try:
+            await self._send(frame)
+            fut: asyncio.Future = asyncio.get_running_loop().create_future()
+            self._pong_waiters.append((self._pings + 1, fut))
+            await self._send({"type": "ping"})
+            self._pings += 1
+            await asyncio.wait_for(fut, 10)
+        except (ConnectionError, ConnectionClosed, asyncio.TimeoutError, _Cut):
+            pass
+
+    def _forget(self, sub: Subscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+
+    async def _release(self, thread: Optional[str], run: Optional[str]) -> None:
+        """A thread's or run's iterator ended: unsubscribe unless another one has it."""
+        if any(s.thread == thread and s.run == run for s in self._subs):
+            return
+        if thread is not None:
+            self.threads.discard(thread)
+        if run is not None:
+            self.runs.discard(run)
+        if self._live.is_set():
+            await self._send_quietly({"type": "unsubscribe", "thread_id": thread, "run_id": run})
+
+    async def _send_quietly(self, frame: dict) -> None:
+        """Sends if connected; otherwise the next connection sends the subscriptions anyway."""
+        try:
+            await self._send(frame)
+        except (ConnectionError, ConnectionClosed):
+            pass
+
+    async def _ask_history(self, frame: dict) -> History:
+        async with self._history_lock:
+            while True:
+                await self._until_live()
+                ws = self._ws
+                fut: asyncio.Future = asyncio.get_running_loop().create_future()
+                if ws is None:
+                    await asyncio.sleep(0.01)  # the connection is being set up or torn down
+                    continue
+                # Until the pong of the ping sent right after it, an ``error`` is this request's refusal.
+                self._history_wait = (frame["id"], fut, self._pings + 1)
+                try:
+                    await ws.send(json.dumps({k: v for k, v in frame.items() if v is not None}))
+                    await ws.send('{"type":"ping"}')
+                    self._pings += 1
+                    return await fut
+                except (_Cut, ConnectionClosed):
+                    await asyncio.sleep(0)  # asked again once the next connection is live
+                finally:
+                    self._history_wait = None
+
+    async def _until_live(self) -> None:
+        """Waits for a live connection; ``ConnectionError`` if the consumer stops first."""
+        if self._live.is_set():
+            return
+        live = asyncio.ensure_future(self._live.wait())
+        try:
+            assert self._task is not None
+            await asyncio.wait({live, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            if not live.done():
+                raise ConnectionError("the consumer stopped")
+        finally:
+            live.cancel()
+
+    def _history_answered(self, f: Union[History, Error]) -> bool:
+        """The waiting history request's answer, or an ``error`` that is its refusal."""
+        if self._history_wait is None:
+            return False
+        rid, fut, ping = self._history_wait
+        if fut.done():
+            return False
+        if isinstance(f, History):
+            if f.id != rid:
+                return False
+            fut.set_result(f)
+        else:
+            if f.code not in HISTORY_REFUSALS and self._pongs >= ping:
+                return False
+            fut.set_exception(HistoryFailed(f.code, f.message))
+        return True
+
+    def _dispatch(self, item: Union[Item, BaseException]) -> None:
+        """An event to its thread's or run's iterators, else (and anything else) to the consumer's."""
+        if isinstance(item, Event):
+            subs = [s for s in self._subs if s.matches(item)]
+            for sub in subs:
+                sub._push(item)
+            if subs:
+                return
+        elif isinstance(item, BaseException):
+            for sub in list(self._subs):
+                sub._push(item)
+        if not isinstance(item, BaseException) and self._queue.qsize() >= self._max_queue:
+            # Never unbounded: the reader learns it fell behind, and the consumer stops.
+            err = QueueOverflow(f"the reader fell {self._max_queue} items behind")
+            self._dispatch(err)
+            raise err
+        self._queue.put_nowait(item)
 
     async def _send(self, frame: dict) -> None:
         if self._ws is None or not self._live.is_set():
@@ -181,7 +401,7 @@ class Consumer:
 
     def _stop(self, code: int, reason: str) -> ConsumerStopped:
         err = ConsumerStopped(code, reason)
-        self._queue.put_nowait(err)
+        self._dispatch(err)
         return err
 
     async def _run(self) -> None:
@@ -191,7 +411,7 @@ class Consumer:
         except (asyncio.CancelledError, ConsumerStopped, QueueOverflow):
             raise  # cancelled by close(), or already queued for the reader
         except BaseException as err:
-            self._queue.put_nowait(err)
+            self._dispatch(err)
             raise
 
     async def _loop(self) -> None:
@@ -233,6 +453,12 @@ class Consumer:
                 self._ws = None
                 self._live.clear()
                 self._fail_pending(ConnectionError("the connection closed before the reply"))
+                if self._history_wait is not None and not self._history_wait[1].done():
+                    self._history_wait[1].set_exception(_Cut())
+                for _, fut in self._pong_waiters:
+                    if not fut.done():
+                        fut.set_exception(_Cut())
+                self._pong_waiters.clear()
             if code in STOP_CODES:
                 raise self._stop(code, STOP_CODES[code])
             if code == SESSION_EXPIRED:
@@ -254,16 +480,20 @@ class Consumer:
             self.connection = f
             self.stats["connects"] += 1
             resume = bool(self.positions)
+            self._pings = self._pongs = 0
             for name, pos in f.streams.items():
                 self.positions.setdefault(name, pos)
             for t in sorted(self.threads):
                 await ws.send(json.dumps({"type": "subscribe", "thread_id": t}))
+            for r in sorted(self.runs):
+                await ws.send(json.dumps({"type": "subscribe", "run_id": r}))
             if resume:
                 self._resuming = True
                 positions = {k: {"epoch": p.epoch, "seq": p.seq} for k, p in self.positions.items()}
                 await ws.send(json.dumps({"type": "resume", "positions": positions}))
             else:
                 await ws.send(json.dumps({"type": "ping"}))
+                self._pings = 1
                 self._live.set()
         elif isinstance(f, Resumed):
             self._resuming = False
@@ -280,16 +510,12 @@ class Consumer:
             self.stats["events"] += 1
             if f.replayed:
                 self.stats["replayed"] += 1
-            if self._queue.qsize() >= self._max_queue:
-                # Never unbounded: the reader learns it fell behind, and the consumer stops.
-                err = QueueOverflow(f"the reader fell {self._max_queue} events behind")
-                self._queue.put_nowait(err)
-                raise err
-            self._queue.put_nowait(f)
+            self._dispatch(f)
         elif isinstance(f, Joined):
             self.positions.setdefault(f.stream, Position(f.epoch, f.seq))
         elif isinstance(f, Left):
             self.positions.pop(f.stream, None)
+            self.presence.pop(f.stream, None)
         elif isinstance(f, Resync):
             self._resync(f.stream, Position(f.epoch, f.seq), f.reason)
         elif isinstance(f, RefreshRequired):
@@ -303,8 +529,29 @@ class Consumer:
                     fut.set_exception(ReplyFailed(f.error.code, f.error.message))
                 else:
                     fut.set_result(f.data)
-        elif isinstance(f, (Presence, PresenceDiff)):
-            pass  # presence is the TypeScript client's (browsers show it); frames are still decoded
+        elif isinstance(f, (History, Error)):
+            self._history_answered(f)
+        elif isinstance(f, Pong):
+            self._pongs += 1
+            for n, fut in [w for w in self._pong_waiters if w[0] <= self._pongs]:
+                self._pong_waiters.remove((n, fut))
+                if not fut.done():
+                    fut.set_result(None)
+        elif isinstance(f, Presence):
+            members = None if f.members is None else {m.user: m.meta for m in f.members}
+            self.presence[f.scope] = PresenceState(f.scope, f.count, members)
+            if self._yield_presence:
+                self._dispatch(f)
+        elif isinstance(f, PresenceDiff):
+            state = self.presence.get(f.scope)
+            if state is not None and state.members is not None:
+                for j in f.joins:
+                    state.members[j.user] = j.meta
+                for user in f.leaves:
+                    state.members.pop(user, None)
+                state.count = len(state.members)
+            if self._yield_presence:
+                self._dispatch(f)
 
     def _resync(self, stream: str, position: Position, reason: str) -> None:
         self.positions[stream] = position
@@ -312,3 +559,31 @@ class Consumer:
         self.resyncs.append(report)
         if self.on_resync is not None:
             self.on_resync(report)
+
+
+def _history_request(
+    stream: str, thread: Optional[str], run: Optional[str], limit: Optional[int], before: Optional[int],
+    after: Optional[int], epoch: Optional[int],
+) -> dict:
+    """The ``history`` frame (without its id); :class:`HistoryFailed` ``invalid_field`` for bad input."""
+
+    def bad(field: str, why: str) -> HistoryFailed:
+        return HistoryFailed("invalid_field", f"history: {field} {why}")
+
+    def seq(v: object) -> bool:
+        return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+
+    if not isinstance(stream, str) or not stream:
+        raise bad("stream", "must be a stream name")
+    for name, v in (("thread", thread), ("run", run)):
+        if v is not None and (not isinstance(v, str) or not v):
+            raise bad(name, "must be a non-empty string")
+    if limit is not None and not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1):
+        raise bad("limit", "must be 1 or more")
+    for name, v in (("before", before), ("after", after), ("epoch", epoch)):
+        if not seq(v):
+            raise bad(name, "must be a non-negative integer")
+    if before is not None and after is not None:
+        raise bad("after", "cannot go with before")
+    return {"type": "history", "stream": stream, "limit": limit, "before": before, "after": after,
+            "epoch": epoch, "thread_id": thread, "run_id": run}

@@ -74,5 +74,16 @@ class ReplyFailed(SwitchboardError):
         self.message = message
 
 
+class HistoryFailed(SwitchboardError):
+    """A ``history`` request got no page: refused by the server (``code`` ``unknown_stream``,
+    ``invalid_field``, ``history_busy``, ``rate_limited``), refused before sending
+    (``invalid_field``), or unanswered (``timeout``)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
 class QueueOverflow(SwitchboardError):
     """The consumer's reader fell more events behind than the queue holds."""

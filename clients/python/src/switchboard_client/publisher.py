@@ -167,7 +167,8 @@ class Publisher:
     async def to_run(
         self, tenant: str, user: str, run: str, kind: str, data: Any = None, *, thread: Optional[str] = None
     ) -> Published:
-        """An event of one agent run (carried as ``run_id``; the user's connections receive it)."""
+        """An event of one agent run (carried as ``run_id``): for the user's connections subscribed to
+        the run, and those not narrowed to threads or runs at all."""
         return await self.publish(Envelope(tenant, kind, data, user=user, thread=thread, run=run))
 
     async def to_room(self, tenant: str, room: str, kind: str, data: Any = None) -> Published:
