@@ -154,13 +154,14 @@ measure() {
   rss_before=$(sum_rss_kib "${node_pids[@]}")
   echo "== $label: $n clients from $holders load generator(s) over ${#node_pids[@]} node(s)"
   holder_pids=()
-  share=$(((n / holders + 1) / 2 * 2))
+  # An even share each (two connections per user), the last one takes the rest.
+  share=$((n / holders / 2 * 2))
+  [ "$share" -gt 0 ] || die "$n clients are too few for $holders load generators"
   started=$(date +%s.%N)
   for k in $(seq 0 $((holders - 1))); do
     offset=$((k * share))
     count=$share
-    [ $((offset + count)) -le "$n" ] || count=$((n - offset))
-    [ "$count" -gt 0 ] || continue
+    [ "$k" -lt $((holders - 1)) ] || count=$((n - offset))
     "$loadgen_bin" --server switchboard --addr "$addrs" --bind "127.0.0.$((k + 2))" \
       --clients "$count" --conns-per-user 2 --tenants 1 --user-offset "$offset" \
       --connect-concurrency "$CONCURRENCY" --connect-timeout "$CONNECT_TIMEOUT" \
@@ -195,6 +196,11 @@ measure() {
     sleep 0.2
   done
   live_at=$(date +%s.%N)
+  local held=0 s
+  for s in "$work"/holder-"$label"-*.out; do
+    held=$((held + $(sed -n 's/^LIVE clients=\([0-9]*\).*/\1/p' "$s")))
+  done
+  [ "$held" = "$n" ] || die "$label: the load generators hold $held clients, not $n"
   local connect_s
   connect_s=$(python3 -c "print(f'{$live_at - $started:.2f}')")
   echo "   every client live after ${connect_s} s ($(python3 -c "print(round($n / ($live_at - $started)))")/s)"
@@ -202,6 +208,9 @@ measure() {
   local rss_live
   rss_live=$(sum_rss_kib "${node_pids[@]}")
   echo "   nodes' RSS ${rss_before} KiB before, ${rss_live} KiB with every client live"
+  # The kernel's TCP buffers (both ends of every loopback connection), not in any RSS.
+  local tcp_mem_pages
+  tcp_mem_pages=$(awk '/^TCP:/ {for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat)
 
   # Idle window.
   local c0 c1 r0=0 r1=0 l0 l1
@@ -257,6 +266,7 @@ idle_s = ($c1 - $c0) / $tck
 fields = dict(label="$label", nodes=${#node_pids[@]}, clients=n, commit="$commit",
     connect_s=$connect_s, connect_per_s=round(n / $connect_s),
     rss_before_kib=before, rss_live_kib=live, rss_after_kib=after,
+    kernel_tcp_mem_kib=int("${tcp_mem_pages:-0}" or 0) * $(getconf PAGESIZE) // 1024,
     bytes_per_conn=round((live - before) * 1024 / n),
     idle_secs=$IDLE_SECS, idle_cpu_s=round(idle_s, 2), idle_cpu_pct=round(idle_s / $IDLE_SECS * 100, 1),
     idle_us_per_conn_s=round(idle_s / $IDLE_SECS / n * 1e6, 3),
