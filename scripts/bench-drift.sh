@@ -14,8 +14,10 @@
 #   table headed `local Ir/step | cluster Ir/step`;
 # - heap bytes (`cargo bench --bench memory`): the `## Memory` table's switchboard column and
 #   the allocation table (`| step | allocation calls | bytes requested |`).
-# Each table is compared on its own, so a later table that re-measured a workload does not hide
-# an older one that still quotes the old figure. Exit status 1 when any row drifted.
+# Only the tables that BENCHMARKS.md marks as current are compared: a line `<!-- bench-drift -->`
+# between the table and the heading or table before it. A table that records an earlier commit
+# on purpose (a before/after, a finding) carries no marker and names its commit instead. Each
+# marked table is compared on its own. Exit status 1 when any row drifted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THRESHOLD="${THRESHOLD:-3}"
@@ -69,19 +71,25 @@ def number(cell):
     found = re.findall(r"\d[\d,]*(?:\.\d+)?", re.sub(r"[⁰¹²³⁴⁵⁶⁷⁸⁹]", "", cell))
     return float(found[-1].replace(",", "")) if found else None
 
-def tables(lines):
-    """(heading, header cells, [row cells]) for every markdown table, in order."""
-    heading, out, i = "", [], 0
+def tables(lines, marked_only=False):
+    """(heading, header cells, [row cells]) for every markdown table, in order; with
+    `marked_only`, only those after a `<!-- bench-drift -->` line (since the last table)."""
+    heading, out, i, marked = "", [], 0, False
     while i < len(lines):
         line = lines[i]
         if line.startswith("#"):
             heading = line.lstrip("#").strip()
+            marked = False
+        if line.strip() == "<!-- bench-drift -->":
+            marked = True
         if line.startswith("|") and i + 1 < len(lines) and re.match(r"^\|[-:| ]+\|$", lines[i + 1].strip()):
             header, rows, i = cells(line), [], i + 2
             while i < len(lines) and lines[i].startswith("|"):
                 rows.append(cells(lines[i]))
                 i += 1
-            out.append((heading, header, rows))
+            if marked or not marked_only:
+                out.append((heading, header, rows))
+            marked = False
             continue
         i += 1
     return out
@@ -89,6 +97,13 @@ def tables(lines):
 def workload(cell):
     m = re.match(r"([a-z0-9-]+)", cell)
     return m.group(1) if m else cell
+
+def step_key(cell):
+    """The allocation table's rows by what they count, whatever their wording."""
+    for key, words in (("clustered", "clustered publish"), ("local", "local publish"), ("bus", "bus message")):
+        if words in cell:
+            return key
+    return cell
 
 def read(name):
     path = os.path.join(work, name)
@@ -114,8 +129,8 @@ if mem is not None:
                 now[("heap", key)] = number(r[1])
         elif header[:2] == ["step", "allocation calls"]:
             for r in rows:
-                now[("calls", r[0])] = number(r[1])
-                now[("bytes", r[0])] = number(r[2])
+                now[("calls", step_key(r[0]))] = number(r[1])
+                now[("bytes", step_key(r[0]))] = number(r[2])
 
 report, drifted = [], 0
 def compare(where, label, kind, key, cell):
@@ -130,7 +145,7 @@ def compare(where, label, kind, key, cell):
     drifted += flag
     report.append(f"| {where} | {label} | {was:,.1f} | {is_:,.1f} | {pct:+.1f}% | {'**stale**' if flag else 'ok'} |".replace(".0 |", " |"))
 
-for heading, header, rows in tables(open(doc, encoding="utf-8").read().splitlines()):
+for heading, header, rows in tables(open(doc, encoding="utf-8").read().splitlines(), marked_only=True):
     if len(header) >= 2 and header[0] == "workload" and header[1].startswith("switchboard Ir/step"):
         for r in rows:
             compare(heading, workload(r[0]), "ir", workload(r[0]), r[1])
@@ -138,19 +153,22 @@ for heading, header, rows in tables(open(doc, encoding="utf-8").read().splitline
         for r in rows:
             compare(heading, f"{r[1]} (local)", "ir", r[1], r[2])
             compare(heading, f"{r[0]} (cluster)", "ir", r[0], r[3])
-    elif heading == "Memory" and header[:2] == ["scenario", "switchboard"]:
+    elif header[:2] == ["scenario", "switchboard"]:
         for r in rows:
             key = "4" if "(4 each)" in r[0] else "1" if "(1 each)" in r[0] else "detached" if "detached" in r[0] else None
             if key:
                 compare(heading, r[0], "heap", key, r[1])
     elif header[:3] == ["step", "allocation calls", "bytes requested"]:
         for r in rows:
-            compare(heading, f"{r[0]}: calls", "calls", r[0], r[1])
-            compare(heading, f"{r[0]}: bytes", "bytes", r[0], r[2])
+            compare(heading, f"{r[0]}: calls", "calls", step_key(r[0]), r[1])
+            compare(heading, f"{r[0]}: bytes", "bytes", step_key(r[0]), r[2])
 
 print("| section | row | table | now | drift | |")
 print("|---|---|---:|---:|---:|---|")
 print("\n".join(report))
+if not report:
+    print("bench-drift: no marked table (<!-- bench-drift -->) had a row this run measured", file=sys.stderr)
+    sys.exit(2)
 print(f"\n{drifted} of {len(report)} rows drifted more than {threshold:g}% from BENCHMARKS.md")
 sys.exit(1 if drifted else 0)
 EOF
