@@ -9,6 +9,7 @@
 #   CLIENTS=10000 DURATION=3 scripts/bench-ab.sh user:0:b10 2 /tmp/sb-a /tmp/sb-b
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 [ $# -ge 3 ] || { echo "usage: $0 PHASE REPS BINARY..." >&2; exit 2; }
 PHASE=$1 REPS=$2
 shift 2
@@ -22,15 +23,11 @@ secret="ab-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 admin="ab-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 for _ in $(seq "$REPS"); do
   for bin in "$@"; do
-    if ss -ltn | grep -q ":$PORT "; then echo "bench-ab: port $PORT is taken" >&2; exit 1; fi
+    bench_require_free_ports bench-ab "$PORT"
     taskset -c 0 "$bin" --listen "127.0.0.1:$PORT" --jwt-secret "$secret" --admin-key "$admin" \
       >/dev/null 2>&1 &
     pid=$!
-    for _ in $(seq 50); do
-      curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break
-      kill -0 "$pid" 2>/dev/null || { echo "bench-ab: $bin did not start" >&2; exit 1; }
-      sleep 0.1
-    done
+    bench_wait_for bench-ab "$pid" "$PORT" /healthz 50 || { echo "bench-ab: $bin did not start" >&2; exit 1; }
     result=$(taskset -c 1 "$loadgen" --server switchboard --addr "127.0.0.1:$PORT" \
       --jwt-secret "$secret" --admin-key "$admin" --pid "$pid" --clients "${CLIENTS:-2000}" \
       --phase "$PHASE" --warmup 2 --duration "${DURATION:-6}" | grep '^RESULT' || true)

@@ -3,6 +3,8 @@
 # fan-out (benches/peers/socketio), under the same load from tools/loadgen, side by side in
 # one run. Prints one table with both servers' figures and their ratios.
 #
+# Refuses to run when SB_PORT or SIO_PORT is taken, and checks before measuring that the process
+# listening there is the one it started (not a server left over from something else).
 # Installs the peer's npm dependencies (npm ci), builds the server and the load generator in
 # release mode, then for each repetition starts each server on 127.0.0.1 (stopped by PID), connects
 # CLIENTS clients once and runs four phases on them:
@@ -23,6 +25,7 @@
 #   RAW=results.txt scripts/bench-e2e.sh          # keep the loadgen's RESULT lines
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 
 CLIENTS="${CLIENTS:-10000}"
 CONNS_PER_USER="${CONNS_PER_USER:-2}"
@@ -38,9 +41,11 @@ SB_PORT="${SB_PORT:-18080}"
 SIO_PORT="${SIO_PORT:-18081}"
 PIN="${PIN:-auto}"
 
-for tool in node npm curl; do
+for tool in node npm curl ss; do
   command -v "$tool" >/dev/null || { echo "bench-e2e: $tool is required" >&2; exit 1; }
 done
+[ "$SB_PORT" != "$SIO_PORT" ] || { echo "bench-e2e: SB_PORT and SIO_PORT must differ" >&2; exit 1; }
+bench_require_free_ports bench-e2e "$SB_PORT" "$SIO_PORT"
 
 echo "== installing the Socket.IO peer (npm ci)"
 (cd benches/peers/socketio && npm ci --no-audit --no-fund --loglevel=error)
@@ -84,6 +89,7 @@ trap cleanup EXIT
 
 start_server() { # kind port
   local kind=$1 port=$2
+  bench_require_free_ports bench-e2e "$port"
   case "$kind" in
     switchboard)
       "${server_pin[@]}" "$server_bin" --listen "127.0.0.1:$port" --jwt-secret "$secret" \
@@ -95,11 +101,9 @@ start_server() { # kind port
       ;;
   esac
   pid=$!
-  for _ in $(seq 100); do
-    if curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then return 0; fi
-    if ! kill -0 "$pid" 2>/dev/null; then break; fi
-    sleep 0.1
-  done
+  # The process answering must be the one just started: a server already listening there
+  # would otherwise be measured instead (with --pid pointing at ours).
+  if bench_wait_for bench-e2e "$pid" "$port" /healthz; then return 0; fi
   echo "bench-e2e: $kind did not come up:" >&2
   cat "$work/$kind.log" >&2
   exit 1

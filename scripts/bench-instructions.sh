@@ -3,6 +3,7 @@
 # counted by callgrind through benches/profile.rs. Counts do not depend on the machine's load.
 #
 #   scripts/bench-instructions.sh [workload ...]     (default: all)
+#   BASELINE=0 scripts/bench-instructions.sh ...      # switchboard only (the baseline column "-")
 #
 # Two tables: switchboard against the baseline, then cluster mode against the local workload of
 # the same shape (bus message fanned out to N vs local publish to N; clustered vs local publish),
@@ -127,6 +128,10 @@ for line in "${all[@]}"; do
     wanted "$w" || continue
     ours "$w" "$n" "$sub" >/dev/null
     o=${counted["$w $n"]}
+    if [ "${BASELINE:-1}" = 0 ]; then
+        rows+=("| $w | $o | - | - |")
+        continue
+    fi
     theirs=$(run baseline "$w" "$bn" "$bsub")
     ratio=$(awk -v a="$theirs" -v b="$o" 'BEGIN {printf "%.1f", a / b}')
     rows+=("| $w | $o | $theirs | ${ratio}× |")

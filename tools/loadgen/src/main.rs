@@ -58,6 +58,16 @@
 //! `--recovery` runs another test on the same clients: a node killed mid-stream, and what its
 //! clients lost or got twice after moving to another node (see `recovery.rs`).
 //!
+//! # Many connections
+//!
+//! `--hold FILE` connects the clients and keeps them open, answering heartbeats, until `FILE`
+//! exists, recording the latency of every event that arrives meanwhile (see `hold.rs`); another
+//! load generator publishes. `ts` is microseconds since the Unix epoch (read once at start, then
+//! advanced by the monotonic clock), so that one process's publishes are timed by another's
+//! receptions on the same machine. `--bind` gives the clients source addresses (`127.0.0.2`,
+//! `127.0.0.3`, …: each address has its own ephemeral ports), `--user-offset` keeps the users
+//! of several processes apart (`scripts/bench-scale.sh`).
+//!
 //! # The clients
 //!
 //! A minimal RFC 6455 client over tokio's `TcpStream`: an HTTP/1.1 upgrade, masked client frames,
@@ -79,7 +89,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -88,11 +98,13 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
-use switchboard_server::auth::{Claims, Keys};
-
+mod connect;
+mod hold;
 mod recovery;
+
+use connect::{close_clients, connect_clients};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ServerKind {
@@ -236,6 +248,22 @@ struct Cli {
     /// A label for the RESULT lines.
     #[arg(long, default_value = "-")]
     label: String,
+    /// Source addresses for the clients (`127.0.0.2`; repeat or separate with commas): client `c`
+    /// binds to the `c mod N`-th before connecting. Each address has its own ephemeral ports.
+    #[arg(long = "bind", value_delimiter = ',')]
+    binds: Vec<IpAddr>,
+    /// Number the users from this one (`u{offset}`, …), so that several load generators against
+    /// the same servers hold different users.
+    #[arg(long, default_value_t = 0)]
+    user_offset: usize,
+    /// Seconds to wait for every client to be live.
+    #[arg(long, default_value_t = 180.0)]
+    connect_timeout: f64,
+    /// Hold the clients instead of running phases: connect them, print a `LIVE` line, record
+    /// every event's latency until this file exists, then print `RESULT` and `HIST` lines and
+    /// close (see `hold.rs`).
+    #[arg(long)]
+    hold: Option<std::path::PathBuf>,
     /// Run the recovery test instead of the phases (see the module docs of `recovery`): clients
     /// on the first `--addr`, publishes through `--publish-via` (default the second) at `--rate`
     /// for `--duration` seconds, `--kill-pid` SIGKILLed `--kill-after` seconds in.
@@ -283,7 +311,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "loadgen: {:?} at {addrs}, {} clients, {threads} runtime threads, fd limit {fds}",
         cli.server, cli.clients
     );
-    if cli.recovery { rt.block_on(recovery::run(cli)) } else { rt.block_on(run(cli)) }
+    if cli.recovery {
+        rt.block_on(recovery::run(cli))
+    } else if cli.hold.is_some() {
+        rt.block_on(hold::run(cli))
+    } else {
+        rt.block_on(run(cli))
+    }
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to at least `want` (up to the hard limit, or beyond it when
@@ -390,9 +424,13 @@ struct Ctx {
     kind: ServerKind,
     /// The nodes; client `c` connects to `addrs[c % len]`.
     addrs: Vec<SocketAddr>,
-    /// The clock every `ts` is measured on.
+    /// Source addresses; client `c` binds to `binds[c % len]` (none: the kernel picks).
+    binds: Vec<IpAddr>,
+    /// The clock every `ts` is measured on: `t0_unix_us` microseconds since the Unix epoch at
+    /// `t0`, advanced by the monotonic clock from there.
     t0: Instant,
-    /// The measurement window, in microseconds since `t0` (set before publishing starts).
+    t0_unix_us: u64,
+    /// The measurement window, on the same clock (set before publishing starts).
     window_from: AtomicU64,
     window_to: AtomicU64,
     /// Event frames received, ever (for the in-flight window).
@@ -416,7 +454,12 @@ struct Ctx {
 
 impl Ctx {
     fn now_us(&self) -> u64 {
-        self.t0.elapsed().as_micros() as u64
+        self.us_at(Instant::now())
+    }
+
+    /// `at` on the `ts` clock.
+    fn us_at(&self, at: Instant) -> u64 {
+        self.t0_unix_us + at.saturating_duration_since(self.t0).as_micros() as u64
     }
 
     fn fail(&self, why: String) {
@@ -447,87 +490,11 @@ struct Layout {
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let n = cli.clients;
-    let users = n.div_ceil(cli.conns_per_user);
-    let tenants = cli.tenants.min(users);
-    let user_of = |client: usize| client / cli.conns_per_user;
-    let mut layout = Layout { user_conns: vec![0; users], tenant_conns: vec![0; tenants] };
-    for c in 0..n {
-        layout.user_conns[user_of(c)] += 1;
-        layout.tenant_conns[user_of(c) % tenants] += 1;
-    }
-    let layout = Arc::new(layout);
-
-    // One token per user, the same claims for both servers.
-    let keys = Keys::new(cli.jwt_secret.as_bytes())?;
-    let tokens: Vec<Arc<str>> = (0..users)
-        .map(|u| {
-            let claims = Claims {
-                tier: Some("enterprise".into()),
-                ..Claims::new(
-                    &format!("t{}", u % tenants),
-                    &format!("u{u}"),
-                    Duration::from_secs(3600),
-                )
-            };
-            Arc::from(keys.sign(&claims))
-        })
-        .collect();
-
-    let ctx = Arc::new(Ctx {
-        kind: cli.server,
-        addrs: cli.addrs.clone(),
-        t0: Instant::now(),
-        window_from: AtomicU64::new(u64::MAX),
-        window_to: AtomicU64::new(u64::MAX),
-        received: AtomicU64::new(0),
-        expected: AtomicU64::new(0),
-        hist: Hist::new(),
-        unreadable: AtomicU64::new(0),
-        ready: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
-        finished: AtomicUsize::new(0),
-        dropped: AtomicUsize::new(0),
-        first_error: std::sync::Mutex::new(None),
-    });
-
-    let rss_before = sum_rss(&cli.pids);
-
-    // Connect every client, at most `connect_concurrency` handshakes at a time.
-    let connect_started = Instant::now();
-    let gate = Arc::new(Semaphore::new(cli.connect_concurrency.max(1)));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    for c in 0..n {
-        let permit = gate.clone().acquire_owned().await?;
-        let ctx = ctx.clone();
-        let token = tokens[user_of(c)].clone();
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut permit = Some(permit);
-            if let Err(e) = client(&ctx, c as u64, &token, &mut permit, stop).await {
-                ctx.failed.fetch_add(1, Relaxed);
-                ctx.fail(format!("client {c}: {e}"));
-            }
-            ctx.finished.fetch_add(1, Relaxed);
-        });
-    }
-    let connect_deadline = Instant::now() + Duration::from_secs(180);
-    while ctx.ready.load(Relaxed) + ctx.failed.load(Relaxed) < n {
-        if Instant::now() > connect_deadline {
-            return Err(format!(
-                "only {} of {n} clients live after 180 s ({} failed)",
-                ctx.ready.load(Relaxed),
-                ctx.failed.load(Relaxed)
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let connect_secs = connect_started.elapsed().as_secs_f64();
-    let failed = ctx.failed.load(Relaxed);
-    if failed > 0 {
-        let why = ctx.first_error.lock().unwrap().clone().unwrap_or_default();
-        return Err(format!("{failed} of {n} clients failed to connect; first: {why}").into());
-    }
+    let connected = connect_clients(&cli).await?;
+    let (ctx, layout) = (connected.ctx.clone(), connected.layout.clone());
+    let (users, tenants, connect_secs) =
+        (connected.users, connected.tenants, connected.connect_secs);
+    let rss_before = connected.rss_before;
     tokio::time::sleep(Duration::from_secs_f64(cli.settle)).await;
     let rss_live = sum_rss(&cli.pids);
     let mem_per_conn = match (rss_before, rss_live) {
@@ -658,14 +625,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Close every client cleanly and wait for them (bounded).
-    let _ = stop_tx.send(true);
-    let close_deadline = Instant::now() + Duration::from_secs(15);
-    while ctx.finished.load(Relaxed) < n && Instant::now() < close_deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if let Some(why) = ctx.first_error.lock().unwrap().as_ref() {
-        eprintln!("loadgen: first error: {why}");
-    }
+    close_clients(connected, n).await;
     Ok(())
 }
 
@@ -714,7 +674,7 @@ async fn phase(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSpec)
     let start = Instant::now();
     let from = start + warmup;
     let to = from + duration;
-    let us = |t: Instant| t.duration_since(ctx.t0).as_micros() as u64;
+    let us = |t: Instant| ctx.us_at(t);
     ctx.window_from.store(us(from), Relaxed);
     ctx.window_to.store(us(to), Relaxed);
     let fanout = match spec.target {
@@ -732,6 +692,7 @@ async fn phase(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSpec)
         admin_key: cli.admin_key.clone(),
         publish_via: cli.publish_via,
         batch: spec.batch,
+        user_offset: cli.user_offset,
         start,
         from,
         to,
@@ -842,6 +803,8 @@ struct Plan {
     publish_via: Option<usize>,
     /// Envelopes per request: more than one posts a JSON array (batch publish).
     batch: u64,
+    /// `--user-offset`: user `u` is named `u{u + user_offset}`.
+    user_offset: usize,
     start: Instant,
     from: Instant,
     to: Instant,
@@ -908,12 +871,12 @@ async fn publisher(ctx: Arc<Ctx>, plan: Arc<Plan>, index: usize) -> PublishStats
             }
             let _ = write!(body, r#"{{"tenant":"t{tenant}","#);
             if let Some(u) = user {
-                let _ = write!(body, r#""user":"u{u}","#);
+                let _ = write!(body, r#""user":"u{}","#, u + plan.user_offset);
             }
             let _ = write!(
                 body,
                 r#""kind":"bench","data":{{"ts":{},"pad":"{}"}}}}"#,
-                sent_at.duration_since(ctx.t0).as_micros(),
+                ctx.us_at(sent_at),
                 plan.pad
             );
         }
@@ -1133,11 +1096,15 @@ impl Ws {
     /// Opens the TCP connection and performs the HTTP/1.1 upgrade.
     async fn open(
         addr: SocketAddr,
+        bind: Option<IpAddr>,
         path: &str,
         bearer: Option<&str>,
         seed: u64,
     ) -> std::io::Result<Ws> {
-        let mut stream = TcpStream::connect(addr).await?;
+        let mut stream = match bind {
+            Some(source) => hold::connect_from(source, addr).await?,
+            None => TcpStream::connect(addr).await?,
+        };
         stream.set_nodelay(true)?;
         let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         let request = format!(
@@ -1276,10 +1243,11 @@ async fn client(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let addr = ctx.addrs[index as usize % ctx.addrs.len()];
+    let bind = (!ctx.binds.is_empty()).then(|| ctx.binds[index as usize % ctx.binds.len()]);
     let mut ws = match ctx.kind {
-        ServerKind::Switchboard => Ws::open(addr, "/ws", Some(token), index).await?,
+        ServerKind::Switchboard => Ws::open(addr, bind, "/ws", Some(token), index).await?,
         ServerKind::Socketio => {
-            Ws::open(addr, "/socket.io/?EIO=4&transport=websocket", None, index).await?
+            Ws::open(addr, bind, "/socket.io/?EIO=4&transport=websocket", None, index).await?
         }
     };
     let connect_packet = format!(r#"40{{"token":"{token}"}}"#);

@@ -439,9 +439,9 @@ async fn connection(
     };
     let opened = async {
         match shared.kind {
-            ServerKind::Switchboard => Ws::open(addr, "/ws", Some(token), index).await,
+            ServerKind::Switchboard => Ws::open(addr, None, "/ws", Some(token), index).await,
             ServerKind::Socketio => {
-                Ws::open(addr, "/socket.io/?EIO=4&transport=websocket", None, index).await
+                Ws::open(addr, None, "/socket.io/?EIO=4&transport=websocket", None, index).await
             }
         }
     };

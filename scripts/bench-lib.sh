@@ -1,0 +1,64 @@
+# Shared by the benchmark scripts (sourced, not run): ports that must be free, and making sure
+# that the process answering on a port is the one the script started.
+#
+#   . scripts/bench-lib.sh
+#   bench_require_free_ports bench-e2e 18080 18081      # exits when one is taken
+#   bench_wait_for bench-e2e "$pid" 18080 /healthz || exit 1  # fails unless $pid answers
+#   bench_listener_pids 18080                           # the PIDs holding a listening socket
+
+# The PIDs of the processes with a socket listening on TCP port $1 (any address), one a line;
+# empty when nobody listens. Needs `ss` (iproute2), which names the owner of sockets this user
+# may see (every process of the same user, and every process for root).
+bench_listener_pids() {
+  ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u
+}
+
+# Whether anything listens on TCP port $1.
+bench_port_taken() {
+  if command -v ss >/dev/null 2>&1; then
+    [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
+  else
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  fi
+}
+
+# Exits (naming the script $1) when any of the ports $2… is taken.
+bench_require_free_ports() {
+  local who=$1 port
+  shift
+  command -v ss >/dev/null 2>&1 ||
+    { echo "$who: ss (iproute2) is needed to check who listens on a port" >&2; exit 1; }
+  for port in "$@"; do
+    if bench_port_taken "$port"; then
+      echo "$who: port $port is taken (pids: $(bench_listener_pids "$port" | tr '\n' ' ')); choose another" >&2
+      exit 1
+    fi
+  done
+}
+
+# Waits (up to $5 tenths of a second, default 100) until process $2 listens on port $3 and
+# answers `GET $4` with a success; fails (saying why, naming the script $1) when $2 ends first,
+# when another process holds the port, or on timeout. The PID check is what tells the
+# server just started from one that was already there.
+bench_wait_for() {
+  local who=$1 pid=$2 port=$3 path=$4 tries=${5:-100} owners
+  for _ in $(seq "$tries"); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$who: process $pid exited before answering on port $port" >&2
+      return 1
+    fi
+    owners=$(bench_listener_pids "$port")
+    if [ -n "$owners" ]; then
+      if [ "$owners" != "$pid" ]; then
+        echo "$who: port $port is held by pid(s) $(echo "$owners" | tr '\n' ' ')not by $pid, the process started" >&2
+        return 1
+      fi
+      if curl -fsS "http://127.0.0.1:$port$path" >/dev/null 2>&1; then
+        return 0
+      fi
+    fi
+    sleep 0.1
+  done
+  echo "$who: process $pid did not answer $path on port $port in time" >&2
+  return 1
+}
