@@ -73,19 +73,6 @@ async fn until_lobby(node: &Node, want: &[(&str, u64)]) -> (Value, Instant) {
     }
 }
 
-/// Polls `GET /healthz` until its `bus` field says `state`.
-async fn until_bus(node: &Node, state: &str) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let res = node.http("GET", "/healthz", None, "").await;
-        if res.status == 200 && res.json()["bus"] == state {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} never reported bus {state}: {res:?}", node.name);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_connections_in_a_room_lists_the_clusters_members_and_drops_a_dead_nodes() {
     let mut redis = Redis::start();
@@ -136,7 +123,7 @@ async fn a_node_without_connections_in_a_room_lists_the_clusters_members_and_dro
 
     // The bus down: 503 with Retry-After, as `/publish` answers.
     redis.kill();
-    until_bus(&n[1], "down").await;
+    n[1].until_bus("down").await;
     let res = n[1].http("GET", LOBBY, Some(ADMIN), "").await;
     assert_eq!(res.status, 503, "{res:?}");
     assert_eq!(res.json()["error"], "unavailable", "{res:?}");

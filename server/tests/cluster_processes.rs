@@ -355,7 +355,7 @@ async fn redis_down_for_ten_seconds_refuses_publishes_keeps_connections_and_reco
 
     // Once a node knows Redis is gone it refuses new connections before the upgrade: no lease
     // can be taken (README: 503 `unavailable` with `Retry-After`).
-    until_bus(a, "down").await;
+    a.until_bus("down").await;
     match a.ws(&token("acme", "dora", "free", &[]), None).await {
         Err(tungstenite::Error::Http(res)) => {
             assert_eq!(res.status().as_u16(), 503, "{res:?}");
@@ -589,19 +589,6 @@ async fn a_stalled_reader_on_one_node_does_not_hold_up_delivery_on_the_others() 
 // ---------------------------------------------------------------------------------------------
 // 7. A Redis that stops answering (beyond issue 12's list: the deaf link its driver must detect)
 
-/// Polls `GET /healthz` until its `bus` field says `state`.
-async fn until_bus(node: &Node, state: &str) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let res = node.http("GET", "/healthz", None, "").await;
-        if res.status == 200 && res.json()["bus"] == state {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} never reported bus {state}: {res:?}", node.name);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_redis_is_detected_and_publishes_retried_with_their_keys_land_once() {
     let redis = Redis::start();
@@ -624,15 +611,15 @@ async fn a_silent_redis_is_detected_and_publishes_retried_with_their_keys_land_o
     };
     // Sent before the node knows: it times out; Redis may still run it when it wakes.
     assert_unavailable(b, &keyed(100)).await;
-    until_bus(a, "down").await;
-    until_bus(b, "down").await;
+    a.until_bus("down").await;
+    b.until_bus("down").await;
     // Known down: refused at once, never sent.
     assert_unavailable(b, &keyed(101)).await;
     nothing_more(&mut watcher, "alice on A while Redis is silent").await;
 
     redis.resume();
-    until_bus(a, "up").await;
-    until_bus(b, "up").await;
+    a.until_bus("up").await;
+    b.until_bus("up").await;
     let third = b.publish_when_back(&to_user("acme", "alice", 3)).await;
     assert_eq!(third["epoch"], epoch, "{third}");
     // The retries land once each, whether or not the first attempt got through.

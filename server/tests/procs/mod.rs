@@ -445,6 +445,19 @@ impl Node {
         }
     }
 
+    /// Polls `GET /healthz` until its `bus` field says `state`.
+    pub async fn until_bus(&self, state: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let res = self.http("GET", "/healthz", None, "").await;
+            if res.status == 200 && res.json()["bus"] == state {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} never reported bus {state}: {res:?}", self.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `GET /healthz`'s status.
     pub async fn healthz(&self) -> u16 {
         self.http("GET", "/healthz", None, "").await.status
