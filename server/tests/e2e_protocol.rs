@@ -175,9 +175,10 @@ async fn a_client_opening_a_thread_loads_its_recent_history_and_only_its_own() {
     );
     tab.sync().await;
     first.sync().await;
-    // The page asks for its thread's history when it opens.
+    // The page asks for its thread's history when it opens, through the client's `history`
+    // (which sends the frame above: the TypeScript client's tests and the browser test run it).
     let page = server.http("GET", "/", None, "").await;
-    assert!(page.body.contains(r#"type: "history""#), "the page requests history");
+    assert!(page.body.contains("client.history("), "the page requests history");
 }
 
 // ---------------------------------------------------------------------------------------------
