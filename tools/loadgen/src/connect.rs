@@ -3,14 +3,14 @@
 //! each is live; closing them all at the end.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, watch};
 
 use switchboard_server::auth::{Claims, Keys};
 
-use crate::{Cli, Ctx, Hist, Layout, client, sum_rss};
+use crate::{Cli, Ctx, Layout, client, sum_rss};
 
 /// The clients, connected and live.
 pub(crate) struct Connected {
@@ -60,24 +60,7 @@ pub(crate) async fn connect_clients(cli: &Cli) -> Result<Connected, Box<dyn std:
     let t0_unix_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
-    let ctx = Arc::new(Ctx {
-        kind: cli.server,
-        addrs: cli.addrs.clone(),
-        binds: cli.binds.clone(),
-        t0,
-        t0_unix_us,
-        window_from: AtomicU64::new(u64::MAX),
-        window_to: AtomicU64::new(u64::MAX),
-        received: AtomicU64::new(0),
-        expected: AtomicU64::new(0),
-        hist: Hist::new(),
-        unreadable: AtomicU64::new(0),
-        ready: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
-        finished: AtomicUsize::new(0),
-        dropped: AtomicUsize::new(0),
-        first_error: std::sync::Mutex::new(None),
-    });
+    let ctx = Arc::new(Ctx::new(cli.server, cli.addrs.clone(), cli.binds.clone(), t0, t0_unix_us));
 
     let rss_before = sum_rss(&cli.pids);
 

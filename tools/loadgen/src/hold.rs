@@ -118,27 +118,15 @@ mod tests {
 
     #[test]
     fn ts_is_the_unix_clock_advanced_by_the_monotonic_one() {
-        use std::sync::atomic::{AtomicU64, AtomicUsize};
         use std::time::Instant;
         let t0 = Instant::now();
-        let ctx = crate::Ctx {
-            kind: crate::ServerKind::Switchboard,
-            addrs: Vec::new(),
-            binds: Vec::new(),
+        let ctx = crate::Ctx::new(
+            crate::ServerKind::Switchboard,
+            Vec::new(),
+            Vec::new(),
             t0,
-            t0_unix_us: 1_700_000_000_000_000,
-            window_from: AtomicU64::new(0),
-            window_to: AtomicU64::new(0),
-            received: AtomicU64::new(0),
-            expected: AtomicU64::new(0),
-            hist: Hist::new(),
-            unreadable: AtomicU64::new(0),
-            ready: AtomicUsize::new(0),
-            failed: AtomicUsize::new(0),
-            finished: AtomicUsize::new(0),
-            dropped: AtomicUsize::new(0),
-            first_error: std::sync::Mutex::new(None),
-        };
+            1_700_000_000_000_000,
+        );
         assert_eq!(ctx.us_at(t0), 1_700_000_000_000_000);
         assert_eq!(ctx.us_at(t0 + Duration::from_millis(5)), 1_700_000_000_005_000);
         // An instant before t0 (a clock read racing the context's creation) is t0, not a wrap.

@@ -453,6 +453,34 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// A context with every counter at zero and no measurement window yet (`u64::MAX`).
+    fn new(
+        kind: ServerKind,
+        addrs: Vec<SocketAddr>,
+        binds: Vec<IpAddr>,
+        t0: Instant,
+        t0_unix_us: u64,
+    ) -> Self {
+        Ctx {
+            kind,
+            addrs,
+            binds,
+            t0,
+            t0_unix_us,
+            window_from: AtomicU64::new(u64::MAX),
+            window_to: AtomicU64::new(u64::MAX),
+            received: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
+            hist: Hist::new(),
+            unreadable: AtomicU64::new(0),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+            first_error: std::sync::Mutex::new(None),
+        }
+    }
+
     fn now_us(&self) -> u64 {
         self.us_at(Instant::now())
     }
