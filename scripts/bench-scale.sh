@@ -43,7 +43,7 @@ SIZES="${SIZES:-5000 10000 19000}"
 CLUSTER_CLIENTS="${CLUSTER_CLIENTS:-100000}"
 NODES="${NODES:-6}"
 # Four load generators even for one node: one process on one source address connected 19,000
-# clients at 3,000/s, four at 12,500/s (BENCHMARKS.md, Scale): the connect rate is then the server's.
+# clients at 3,000/s, four at 12,500/s (docs/benchmarks/scale.md): the connect rate is then the server's.
 HOLDERS_SINGLE="${HOLDERS_SINGLE:-4}"
 HOLDERS_CLUSTER="${HOLDERS_CLUSTER:-6}"
 CONCURRENCY="${CONCURRENCY:-64}"
