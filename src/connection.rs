@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::config::{Config, Tier};
-use crate::ids::{ConnId, Roles, RoomId, RunId, StreamName, ThreadId};
+use crate::ids::{ConnId, Roles, RoomId, RunId, StreamName, StreamPos, ThreadId};
 use crate::kinds::CloseReason;
 use crate::labels::Labels;
 use crate::limits::{Bucket, Rate};
@@ -606,10 +606,15 @@ impl Connection {
         memory.rooms.push(left);
     }
 
-    /// It just joined `room` (its last membership), whose stream is in epoch `epoch`: what it was
-    /// sent there before it left counts again, so that a resume never sends the room's seqs out
-    /// of order (issue 10 item 5).
-    pub(crate) fn rejoined(&mut self, room: &RoomId, epoch: u64) {
+    /// It joined `room` again, whose stream is in epoch `epoch` (in cluster mode, known only once
+    /// the bus confirmed the stream): what it was sent there before it left counts again, so that
+    /// a resume never sends the room's seqs out of order (issue 10 item 5). Nothing to do if it
+    /// is not a member.
+    ///
+    /// True if it was sent a later seq of this epoch than the stream's top `pos`: the log lost
+    /// its tail since (cluster mode), and the seqs it had would be handed out again.
+    pub(crate) fn rejoined(&mut self, room: &RoomId, pos: StreamPos) -> bool {
+        let epoch = pos.epoch;
         let (remembered, forgotten) = match self.left_rooms.as_deref_mut() {
             Some(left) => {
                 let i = left.rooms.iter().position(|l| &l.room == room);
@@ -617,13 +622,14 @@ impl Connection {
             }
             None => (None, false),
         };
-        let m = self.rooms.last_mut().expect("just joined");
+        let Some(m) = self.rooms.iter_mut().find(|m| &m.room == room) else { return false };
         m.sent = match remembered {
             Some(left) if left.epoch == epoch => left.sent,
             Some(_) => 0,
             None if forgotten => m.base,
             None => 0,
         };
+        m.sent > pos.seq
     }
 
     // --- Timer

@@ -388,7 +388,7 @@ impl Hub {
 
     /// The log went backwards in one epoch (a failover lost its tail): positions already handed
     /// out would be handed out again for other messages, so the stream moves to a new epoch.
-    fn rotate(&mut self, now: Instant, key: &StreamKey) {
+    pub(super) fn rotate(&mut self, now: Instant, key: &StreamKey) {
         let Some(epoch) = self.node().and_then(|n| n.streams.get(key)).and_then(|t| t.seq.top())
         else {
             return;

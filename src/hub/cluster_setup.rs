@@ -104,6 +104,14 @@ impl Hub {
         let Some(r) = tenant.rooms.get(room) else { return };
         let pos = r.stream.position();
         if self.conns.get_mut(idx).announce(room, pos.seq) {
+            // Only now is the room's epoch known: what the connection was sent there before it
+            // left counts again if the stream is the same one. If it was sent more of this epoch
+            // than the log now holds, the log lost its tail while this node was not following
+            // the stream: its seqs would be handed out again, so the stream moves to a new epoch
+            // (the members get `resync`), as when a following node sees the top go back.
+            if self.conns.get_mut(idx).rejoined(room, pos) {
+                self.rotate(now, &key);
+            }
             let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);
             self.control_or_close(now, idx, &frame);
             if self.conns.contains(idx) {

@@ -54,12 +54,6 @@ impl Hub {
             }
         };
         let joined = tenant.join(&mut self.conns, idx, &room, new_stream);
-        if joined {
-            // What this connection was sent of the room before it left, so that a resume never
-            // sends the room's seqs out of order (issue 10 item 5).
-            let epoch = tenant.rooms[&room].stream.epoch();
-            self.conns.get_mut(idx).rejoined(&room, epoch);
-        }
         if fresh || revived {
             self.out.stats.rooms += 1;
         }
@@ -71,6 +65,8 @@ impl Hub {
             if self.conns.get(idx).is_awaiting() || !self.stream_confirmed(&key) {
                 // Cluster mode: `joined` waits until the connection and the room's stream are
                 // set up on the bus; nothing of the room is delivered before.
+                // What it was sent there before it left is matched with the stream's epoch
+                // when that is known (`announce_room`).
                 let c = self.conns.get_mut(idx);
                 let slot = c.memberships().len() as u32 - 1;
                 c.defer_announcement(slot);
@@ -79,6 +75,13 @@ impl Hub {
             // Tell the client where the room's stream stands, so that it can resume it later.
             let tenant = self.tenants.get(&key.tenant).expect("connection's tenant exists");
             let pos = tenant.rooms[&room].stream.position();
+            // What this connection was sent of the room before it left, so that a resume never
+            // sends the room's seqs out of order (issue 10 item 5).
+            // (A room's stream never goes back on one node; in cluster mode, see
+            // `announce_room`.)
+            if self.conns.get_mut(idx).rejoined(&room, pos) && self.node.is_some() {
+                self.rotate(now, &key);
+            }
             let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);
             self.control_or_close(now, idx, &frame);
             if self.conns.contains(idx) {

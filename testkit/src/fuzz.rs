@@ -988,6 +988,58 @@ mod tests {
     }
 
     #[test]
+    fn a_history_page_may_repeat_live_seqs_but_not_carry_a_foreign_event() {
+        let mut r = ClusterRunner::new(&knobs(2));
+        r.apply(&ClusterStep::Connect { node: 0, tenant: 0, user: 0 }).expect("clean");
+        r.apply(&ClusterStep::Publish { node: 0, to: CTarget::User(1, 0), key: None })
+            .expect("nobody of t1 is connected");
+        let id = r.conn(0, 0).expect("connected");
+        let live = r#"{"type":"agent_started","stream":"u","epoch":5,"seq":1}"#;
+        r.delivered(0, id, live).expect("first");
+        let page = |m: &str| {
+            format!(
+                r#"{{"type":"history","stream":"u","epoch":5,"seq":1,"more":false,"messages":[{m}]}}"#
+            )
+        };
+        r.delivered(0, id, &page(live)).expect("a page repeats what came live");
+        r.delivered(0, id, &page(live)).expect("and again");
+        let foreign =
+            r#"{"type":"agent_started","stream":"u","epoch":5,"seq":1,"data":{"fz_mark":0}}"#;
+        assert!(r.delivered(0, id, &page(foreign)).is_err(), "t1/u0's event in t0/u0's page");
+        assert!(r.delivered(0, id, &page(r#"{"type":"x"}"#)).is_err(), "not an event");
+        let next = r#"{"type":"agent_started","stream":"u","epoch":5,"seq":2}"#;
+        r.delivered(0, id, next).expect("the page moved no position");
+    }
+
+    /// Found by the cluster fuzz target: the only member of a room on node 1 leaves (node 1 stops
+    /// following the room's stream), the log loses its tail (a failover), the member joins again
+    /// and node 1 follows the stream anew from the shorter log; the next publish would have come
+    /// with the seq the member was already sent, in the same epoch.
+    #[test]
+    fn a_member_back_in_a_room_whose_log_lost_its_tail_meanwhile_is_never_sent_a_seq_twice() {
+        let mut r = ClusterRunner::new(&knobs(2));
+        let room = CTarget::Room(1, 1);
+        let steps = [
+            ClusterStep::Publish { node: 0, to: room, key: None },
+            ClusterStep::Connect { node: 1, tenant: 1, user: 1 },
+            ClusterStep::Join { node: 1, conn: 0, room: 1 },
+            ClusterStep::Publish { node: 0, to: room, key: None },
+            ClusterStep::Fault(CFault::LoseTailEverywhere(1)),
+            ClusterStep::Leave { node: 1, conn: 0, room: 1 },
+            ClusterStep::Join { node: 1, conn: 0, room: 1 },
+            ClusterStep::Publish { node: 0, to: room, key: None },
+            ClusterStep::Publish { node: 0, to: room, key: None },
+        ];
+        for (i, s) in steps.iter().enumerate() {
+            if let Err(e) = r.apply(s) {
+                panic!("step {i}: {e}");
+            }
+        }
+        let bus = r.c.hub_ref(1).expect("node 1").stats().bus;
+        assert!(bus.epochs_changed >= 1, "the room's stream moved to a new epoch: {bus:?}");
+    }
+
+    #[test]
     fn random_cases_run_clean() {
         let mut rng = Rng::seeded(11);
         let mut delivered = 0;
