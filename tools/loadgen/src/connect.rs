@@ -10,7 +10,10 @@ use tokio::sync::{Semaphore, watch};
 
 use switchboard_server::auth::{Claims, Keys};
 
-use crate::{Cli, Ctx, Layout, client, sum_rss};
+use crate::cli::Cli;
+use crate::client::client;
+use crate::ctx::{Ctx, Layout};
+use crate::procfs::sum_rss;
 
 /// The clients, connected and live.
 pub(crate) struct Connected {

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::{Cli, Hist, close_clients, connect_clients};
+use crate::cli::Cli;
+use crate::connect::{close_clients, connect_clients};
+use crate::hist::Hist;
 
 /// Connects to `addr` from `source` (port chosen by the kernel at connect time).
 pub(crate) async fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
@@ -120,8 +122,8 @@ mod tests {
     fn ts_is_the_unix_clock_advanced_by_the_monotonic_one() {
         use std::time::Instant;
         let t0 = Instant::now();
-        let ctx = crate::Ctx::new(
-            crate::ServerKind::Switchboard,
+        let ctx = crate::ctx::Ctx::new(
+            crate::cli::ServerKind::Switchboard,
             Vec::new(),
             Vec::new(),
             t0,
