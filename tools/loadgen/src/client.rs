@@ -19,6 +19,10 @@ pub(crate) async fn client(
     permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    // One wait on the stop signal for the client's whole life (not one per wake).
+    let mut stop_signal = std::pin::pin!(async move {
+        let _ = stop.changed().await;
+    });
     let addr = ctx.addrs[index as usize % ctx.addrs.len()];
     let bind = (!ctx.binds.is_empty()).then(|| ctx.binds[index as usize % ctx.binds.len()]);
     let mut ws = match ctx.kind {
@@ -31,6 +35,10 @@ pub(crate) async fn client(
     let mut phase = Phase::Opening;
     let mut stopping = false;
     let mut close_deadline = None;
+    // `--latency-every N`: of a live client's events, every N-th is parsed for its `ts` (the
+    // clients start at different offsets); the others are only counted.
+    let every = ctx.latency_every.max(1);
+    let mut until_sample = index % every;
     loop {
         // Every complete frame in the buffer.
         let mut events = 0u64;
@@ -75,6 +83,14 @@ pub(crate) async fn client(
                 _ => continue,
             };
             let payload: &[u8] = whole.as_deref().unwrap_or(&ws.buf[range]);
+            if phase == Phase::Live && is_event(ctx.kind, payload) {
+                if until_sample > 0 {
+                    until_sample -= 1;
+                    events += 1;
+                    continue;
+                }
+                until_sample = every - 1;
+            }
             match handle_message(ctx, payload, phase) {
                 Handled::Event(ts) => {
                     events += 1;
@@ -139,10 +155,7 @@ pub(crate) async fn client(
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
             }
-            changed = stop.changed(), if !stopping => {
-                let _ = changed;
-                stopping = true;
-            }
+            () = &mut stop_signal, if !stopping => stopping = true,
             () = deadline => return Ok(()),
         }
     }
@@ -160,6 +173,15 @@ pub(crate) enum Handled {
     EnginePing,
     Refused(String),
     Other,
+}
+
+/// Whether `payload` is a published event, by its first bytes only: switchboard's
+/// `{"type":"bench"…` (the kind the load generator publishes), Socket.IO's `42…`.
+pub(crate) fn is_event(kind: ServerKind, payload: &[u8]) -> bool {
+    match kind {
+        ServerKind::Switchboard => payload.starts_with(br#"{"type":"bench""#),
+        ServerKind::Socketio => payload.starts_with(b"42"),
+    }
 }
 
 /// Classifies one message by the server flavour and the handshake phase, reading only the
@@ -193,5 +215,22 @@ pub(crate) fn handle_message(ctx: &Ctx, payload: &[u8], phase: Phase) -> Handled
             }
             _ => Handled::Other,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_told_by_their_first_bytes() {
+        let sb = ServerKind::Switchboard;
+        assert!(is_event(sb, br#"{"type":"bench","stream":"t","data":{"ts":1}}"#));
+        assert!(!is_event(sb, br#"{"type":"pong"}"#));
+        assert!(!is_event(sb, br#"{"type":"connected","conn_id":"c"}"#));
+        let sio = ServerKind::Socketio;
+        assert!(is_event(sio, br#"42["bench",{"ts":1}]"#));
+        assert!(!is_event(sio, b"2"));
+        assert!(!is_event(sio, br#"40{"sid":"x"}"#));
     }
 }

@@ -63,7 +63,9 @@ pub(crate) async fn connect_clients(cli: &Cli) -> Result<Connected, Box<dyn std:
     let t0_unix_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
-    let ctx = Arc::new(Ctx::new(cli.server, cli.addrs.clone(), cli.binds.clone(), t0, t0_unix_us));
+    let mut ctx = Ctx::new(cli.server, cli.addrs.clone(), cli.binds.clone(), t0, t0_unix_us);
+    ctx.latency_every = cli.latency_every;
+    let ctx = Arc::new(ctx);
 
     let rss_before = sum_rss(&cli.pids);
 

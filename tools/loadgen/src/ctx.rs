@@ -39,6 +39,8 @@ pub(crate) struct Ctx {
     pub(crate) finished: AtomicUsize,
     /// Connections the server closed or reset while running.
     pub(crate) dropped: AtomicUsize,
+    /// `--latency-every`: a client parses the `ts` of one event in this many.
+    pub(crate) latency_every: u64,
     /// The first failure of any task, for the report.
     pub(crate) first_error: std::sync::Mutex<Option<String>>,
 }
@@ -68,6 +70,7 @@ impl Ctx {
             failed: AtomicUsize::new(0),
             finished: AtomicUsize::new(0),
             dropped: AtomicUsize::new(0),
+            latency_every: 1,
             first_error: std::sync::Mutex::new(None),
         }
     }
