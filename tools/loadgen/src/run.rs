@@ -69,8 +69,8 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         );
         println!("  delivered          {} in {secs:.1} s = {:.0}/s", r.measured, r.delivered_per_s);
         println!(
-            "  latency (µs)       p50 {}  p99 {}  p99.9 {}  max {}",
-            r.p50, r.p99, r.p999, r.max
+            "  latency (µs)       p1 {}  p50 {}  p99 {}  p99.9 {}  max {}",
+            r.p1, r.p50, r.p99, r.p999, r.max
         );
         println!(
             "  cpu in window      server {}%, loadgen {}% (of one core); {} delivered per server CPU-second",
@@ -118,6 +118,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         kv("fanout", fanout.to_string());
         kv("publish_per_s", format!("{:.0}", s.in_window as f64 / secs));
         kv("delivered_per_s", format!("{:.0}", r.delivered_per_s));
+        kv("p1_us", r.p1.to_string());
         kv("p50_us", r.p50.to_string());
         kv("p99_us", r.p99.to_string());
         kv("mem_per_conn", fmt_opt(mem_per_conn, 0));
@@ -171,6 +172,9 @@ pub(crate) struct PhaseResult {
     stats: PublishStats,
     measured: u64,
     delivered_per_s: f64,
+    /// The first percentile: about what the earliest recipients of a publish wait, so that
+    /// p99 − p1 is how long a fan-out takes to reach (nearly) all of its recipients.
+    p1: u64,
     p50: u64,
     p99: u64,
     p999: u64,
@@ -299,6 +303,7 @@ pub(crate) async fn phase(
         stats,
         measured,
         delivered_per_s,
+        p1: Hist::percentile(&counts, 0.01),
         p50: Hist::percentile(&counts, 0.50),
         p99: Hist::percentile(&counts, 0.99),
         p999: Hist::percentile(&counts, 0.999),
