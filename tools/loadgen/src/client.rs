@@ -131,6 +131,12 @@ pub(crate) async fn client(
         }
         if events > 0 {
             ctx.received.fetch_add(events, Relaxed);
+            // Counted by the time of the read: with `--latency-every` above 1 the histogram holds
+            // only a sample, so the deliveries in the window are counted here.
+            let now = ctx.now_us();
+            if now >= ctx.window_from.load(Relaxed) && now < ctx.window_to.load(Relaxed) {
+                ctx.in_window.fetch_add(events, Relaxed);
+            }
         }
         ws.flush().await?;
         if stopping && phase != Phase::Closing {

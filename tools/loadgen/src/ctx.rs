@@ -25,6 +25,8 @@ pub(crate) struct Ctx {
     pub(crate) window_to: AtomicU64,
     /// Event frames received, ever (for the in-flight window).
     pub(crate) received: AtomicU64,
+    /// Event frames received in the measurement window (every one, sampled for latency or not).
+    pub(crate) in_window: AtomicU64,
     /// Deliveries the publishes so far should produce.
     pub(crate) expected: AtomicU64,
     /// Events received in the window, by latency.
@@ -63,6 +65,7 @@ impl Ctx {
             window_from: AtomicU64::new(u64::MAX),
             window_to: AtomicU64::new(u64::MAX),
             received: AtomicU64::new(0),
+            in_window: AtomicU64::new(0),
             expected: AtomicU64::new(0),
             hist: Hist::new(),
             unreadable: AtomicU64::new(0),

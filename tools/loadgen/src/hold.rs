@@ -61,6 +61,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let ctx = connected.ctx.clone();
     // Every event from now on counts.
     ctx.hist.reset();
+    ctx.in_window.store(0, Relaxed);
     ctx.window_from.store(0, Relaxed);
     ctx.window_to.store(u64::MAX, Relaxed);
     let secs = connected.connect_secs;
@@ -77,7 +78,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         line,
         " label={} clients={n} connect_s={secs:.2} received={} p50_us={} p99_us={} max_us={} dropped={} unreadable={}",
         cli.label,
-        counts.iter().sum::<u64>(),
+        ctx.in_window.load(Relaxed),
         Hist::percentile(&counts, 0.50),
         Hist::percentile(&counts, 0.99),
         Hist::percentile(&counts, 1.0),

@@ -33,7 +33,9 @@
 //! - **delivered/s**: event frames received by all clients during a phase's measurement window
 //!   (after `--warmup`, for `--duration`), divided by its length.
 //! - **p50/p99 latency**: receive time minus the `ts` (microseconds on this process's clock)
-//!   that the publisher embedded in the payload, over every event received in the window.
+//!   that the publisher embedded in the payload, over every event received in the window (or,
+//!   with `--latency-every N`, over one event in N per client: a cheaper receive path when the
+//!   load generator shares the server's cores).
 //! - **memory per connection**: the server's `VmRSS` from `/proc/<--pid>/status` once every
 //!   client is connected and live (after `--settle`), minus it before the first connect, divided
 //!   by the number of clients.

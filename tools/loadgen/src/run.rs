@@ -198,6 +198,7 @@ pub(crate) async fn phase(
     spec: PhaseSpec,
 ) -> PhaseResult {
     ctx.hist.reset();
+    ctx.in_window.store(0, Relaxed);
     let warmup = Duration::from_secs_f64(cli.warmup);
     let duration = Duration::from_secs_f64(cli.duration);
     let start = Instant::now();
@@ -270,7 +271,7 @@ pub(crate) async fn phase(
     ctx.received.fetch_add(missing, Relaxed);
 
     let counts = ctx.hist.counts();
-    let measured: u64 = counts.iter().sum();
+    let measured = ctx.in_window.load(Relaxed);
     let secs = duration.as_secs_f64();
     let delivered_per_s = measured as f64 / secs;
     let tick = clock_ticks_per_sec();
