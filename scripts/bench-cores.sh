@@ -3,11 +3,15 @@
 # (server on CPU 0, load generator on CPU 1, as scripts/bench-ab.sh does) and unpinned (server
 # and load generator free on every CPU, the server's tokio runtime with a worker per CPU),
 # alternated REPS times in one run. Prints each run's delivered/s, CPU and the ratio of the
-# medians (unpinned ÷ pinned); the target is ≥ 1.7× on a 2-CPU machine.
+# medians (unpinned ÷ pinned); the target is ≥ 1.7× on a 2-CPU machine. Since the load generator
+# shares the CPUs, it also prints each side's CPU per delivery and the ratio those costs allow on
+# an otherwise idle machine, and warns when the pinned server did not use its core (a shared
+# machine: the measured ratio then reflects CPU share rather than scaling).
 #
 # Each run also samples the server's threads over the window (/proc/PID/task/*/stat: the busiest
 # thread and the sum). With PERF=1 one more unpinned run (not in the medians) records the server
-# with perf (frame-pointer call graphs; the server is built with frame pointers for it) for
+# with perf (frame-pointer call graphs; the server is built with frame pointers for it, into
+# TARGET/frame-pointers, or FP_SERVER names such a build) for
 # PERF_SECS and counts the samples whose stack passes through the hub task (`driver::hub_task`):
 # that share of the samples times the server's CPU is the hub task's CPU, in cores. The hub task is
 # one tokio task, so one core is its ceiling: its share of one core is how far it is from being
