@@ -37,8 +37,7 @@ pub(crate) async fn client(
     let mut close_deadline = None;
     // `--latency-every N`: of a live client's events, every N-th is parsed for its `ts` (the
     // clients start at different offsets); the others are only counted.
-    let every = ctx.latency_every.max(1);
-    let mut until_sample = index % every;
+    let mut sample = Sampler::new(ctx.latency_every, index);
     loop {
         // Every complete frame in the buffer.
         let mut events = 0u64;
@@ -83,13 +82,9 @@ pub(crate) async fn client(
                 _ => continue,
             };
             let payload: &[u8] = whole.as_deref().unwrap_or(&ws.buf[range]);
-            if phase == Phase::Live && is_event(ctx.kind, payload) {
-                if until_sample > 0 {
-                    until_sample -= 1;
-                    events += 1;
-                    continue;
-                }
-                until_sample = every - 1;
+            if phase == Phase::Live && is_event(ctx.kind, payload) && !sample.take() {
+                events += 1;
+                continue;
             }
             match handle_message(ctx, payload, phase) {
                 Handled::Event(ts) => {
@@ -181,6 +176,31 @@ pub(crate) enum Handled {
     Other,
 }
 
+/// Which of a client's events are parsed for their `ts`: one in `every`, the first after
+/// `offset mod every` skipped ones (so that clients sample different publishes).
+pub(crate) struct Sampler {
+    every: u64,
+    until: u64,
+}
+
+impl Sampler {
+    /// One in `every` (at least 1) events, starting after `offset % every` of them.
+    pub(crate) fn new(every: u64, offset: u64) -> Self {
+        let every = every.max(1);
+        Sampler { every, until: offset % every }
+    }
+
+    /// Whether the next event is in the sample.
+    pub(crate) fn take(&mut self) -> bool {
+        if self.until > 0 {
+            self.until -= 1;
+            return false;
+        }
+        self.until = self.every - 1;
+        true
+    }
+}
+
 /// Whether `payload` is a published event, by its first bytes only: switchboard's
 /// `{"type":"bench"…` (the kind the load generator publishes), Socket.IO's `42…`.
 pub(crate) fn is_event(kind: ServerKind, payload: &[u8]) -> bool {
@@ -227,6 +247,19 @@ pub(crate) fn handle_message(ctx: &Ctx, payload: &[u8], phase: Phase) -> Handled
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sample_is_one_event_in_n_from_the_offset() {
+        let take = |every, offset| {
+            let mut s = Sampler::new(every, offset);
+            (0..10).map(|_| s.take()).collect::<Vec<_>>()
+        };
+        assert!(take(1, 7).iter().all(|&t| t));
+        assert!(take(0, 3).iter().all(|&t| t), "0 is taken as 1");
+        let (t, f) = (true, false);
+        assert_eq!(take(4, 0), [t, f, f, f, t, f, f, f, t, f]);
+        assert_eq!(take(4, 6), [f, f, t, f, f, f, t, f, f, f]);
+    }
 
     #[test]
     fn events_are_told_by_their_first_bytes() {
