@@ -10,7 +10,10 @@ use tokio::sync::{Semaphore, watch};
 
 use switchboard_server::auth::{Claims, Keys};
 
-use crate::{Cli, Ctx, Layout, client, sum_rss};
+use crate::cli::Cli;
+use crate::client::client;
+use crate::ctx::{Ctx, Layout};
+use crate::procfs::sum_rss;
 
 /// The clients, connected and live.
 pub(crate) struct Connected {
@@ -60,7 +63,9 @@ pub(crate) async fn connect_clients(cli: &Cli) -> Result<Connected, Box<dyn std:
     let t0_unix_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
-    let ctx = Arc::new(Ctx::new(cli.server, cli.addrs.clone(), cli.binds.clone(), t0, t0_unix_us));
+    let mut ctx = Ctx::new(cli.server, cli.addrs.clone(), cli.binds.clone(), t0, t0_unix_us);
+    ctx.latency_every = cli.latency_every;
+    let ctx = Arc::new(ctx);
 
     let rss_before = sum_rss(&cli.pids);
 

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::{Cli, Hist, close_clients, connect_clients};
+use crate::cli::Cli;
+use crate::connect::{close_clients, connect_clients};
+use crate::hist::Hist;
 
 /// Connects to `addr` from `source` (port chosen by the kernel at connect time).
 pub(crate) async fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
@@ -59,6 +61,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let ctx = connected.ctx.clone();
     // Every event from now on counts.
     ctx.hist.reset();
+    ctx.in_window.store(0, Relaxed);
     ctx.window_from.store(0, Relaxed);
     ctx.window_to.store(u64::MAX, Relaxed);
     let secs = connected.connect_secs;
@@ -75,7 +78,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         line,
         " label={} clients={n} connect_s={secs:.2} received={} p50_us={} p99_us={} max_us={} dropped={} unreadable={}",
         cli.label,
-        counts.iter().sum::<u64>(),
+        ctx.in_window.load(Relaxed),
         Hist::percentile(&counts, 0.50),
         Hist::percentile(&counts, 0.99),
         Hist::percentile(&counts, 1.0),
@@ -120,8 +123,8 @@ mod tests {
     fn ts_is_the_unix_clock_advanced_by_the_monotonic_one() {
         use std::time::Instant;
         let t0 = Instant::now();
-        let ctx = crate::Ctx::new(
-            crate::ServerKind::Switchboard,
+        let ctx = crate::ctx::Ctx::new(
+            crate::cli::ServerKind::Switchboard,
             Vec::new(),
             Vec::new(),
             t0,

@@ -30,7 +30,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, watch};
 
-use super::{Cli, HttpConn, ServerKind, Ws, fmt_opt};
+use crate::cli::{Cli, ServerKind};
+use crate::publish::HttpConn;
+use crate::run::fmt_opt;
+use crate::ws::Ws;
 
 /// What the clients and the publisher share.
 struct Shared {
@@ -53,7 +56,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn fail(&self, why: String) {
+    pub(crate) fn fail(&self, why: String) {
         let mut first = self.first_error.lock().unwrap();
         if first.is_none() {
             *first = Some(why);
