@@ -436,8 +436,8 @@ fn spawn_inner(
 }
 
 /// The read buffer of each WebSocket connection ([`Handle::configure`]). Client frames (pongs,
-/// subscriptions, acknowledgements) are small; a larger message is read 512 bytes per call.
-pub const READ_BUFFER_BYTES: usize = 512;
+/// subscriptions, acknowledgements) are small; a larger message is read 256 bytes per call.
+pub const READ_BUFFER_BYTES: usize = 256;
 
 /// What a WebSocket connection's transport buffers before writing to its socket (it writes
 /// earlier on every flush) ([`Handle::configure`]).
