@@ -14,7 +14,13 @@
 //! cache misses, which the wall clock does not).
 //!
 //! Workloads: `churn`, `publish-1`, `publish-1-noredact`, `publish-3`, `room-<n>`, `tenant-<n>`,
-//! `tick-<n>`, `sweep-<k>-of-<n>`, `resume-1000`.
+//! `tick-<n>`, `sweep-<k>-of-<n>`, `resume-1000`, `floor-<n>`.
+//!
+//! `floor-<n>` is no hub at all: the least any fan-out to `n` recipients does, to compare the cost
+//! of a further recipient with (issue 16 item 5). Per recipient it pushes the recipient's id and
+//! a clone of the shared frame (an `Arc<str>` of the event's serialized size) onto a queue, then
+//! takes each back out and drops it, as a transport does once it wrote the frame. No checks, no
+//! meters, no stream. It has no baseline side.
 //!
 //! Cluster mode (switchboard only, no baseline; compared with the local workload of the same
 //! shape, see `scripts/bench-instructions.sh`):
@@ -33,6 +39,7 @@ mod baseline;
 mod workload;
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -321,6 +328,33 @@ fn main() {
                 )
             };
             publish(&mut p, baseline, n, target, to, &ids);
+        }
+        ["floor", members] => {
+            assert!(!baseline, "the floor has no baseline");
+            let mut p = Pair::new(true, 3);
+            let ids = fan_out_members(&mut p, number(members), false);
+            // A frame of the size a room fan-out shares (the same event, serialized once).
+            let mut sample = Pair::new(true, 3);
+            let one = fan_out_members(&mut sample, 1, true)[0];
+            let target = Target::Room { tenant: TENANT.into(), room: "lobby".into() };
+            sample.hub.publish(sample.now, envelope(target)).unwrap();
+            let frame: Arc<str> = std::iter::from_fn(|| sample.hub.poll_action())
+                .find_map(|a| match a {
+                    Action::Deliver { conn, frame } if conn == one => {
+                        Some(Arc::from(frame.as_str()))
+                    }
+                    _ => None,
+                })
+                .expect("the sample publish reaches its member");
+            let mut queue: Vec<(ConnId, Arc<str>)> = Vec::with_capacity(ids.len());
+            region(n, &mut || {
+                for &id in &ids {
+                    queue.push((id, Arc::clone(&frame)));
+                }
+                for delivery in queue.drain(..) {
+                    black_box(&delivery);
+                }
+            });
         }
         ["bus", "message", shape @ ("user" | "room" | "tenant"), conns] => {
             assert!(!baseline, "the cluster workloads have no baseline");
