@@ -23,8 +23,9 @@ out="$CARGO_TARGET_DIR/callgrind-runs"
 mkdir -p "$out"
 
 # workload, steps for switchboard, steps for the baseline ("-": it has none), function to
-# subtract (each side). `floor-<n>` is the least a fan-out to n recipients can do (see
-# benches/profile.rs): a further recipient's cost is compared with it in a table of its own.
+# subtract (each side). `floor-<n>` is the least a fan-out to n recipients can do, and
+# `floor-publish-1` the least a publish of raw data to one connection can do (serialize + route;
+# see benches/profile.rs): each is compared with the hub's workload in a table of its own.
 all=(
     "churn 20000 20000 - -"
     "publish-1 20000 20000 Hub::written -"
@@ -40,6 +41,9 @@ all=(
     "resume-1000 2000 50 - Baseline::publish"
     "floor-10 20000 - - -"
     "floor-1000 2000 - - -"
+    "publish-1-raw 20000 - Hub::written -"
+    "publish-1-raw-noredact 20000 - Hub::written -"
+    "floor-publish-1 20000 - - -"
 )
 
 # Cluster mode: bus workload, the local workload it is compared with, steps (both), function to
@@ -158,6 +162,18 @@ if [ -n "${counted[room-10 20000]:-}" ] && [ -n "${counted[room-1000 2000]:-}" ]
         print "|---|---:|---:|---:|"
         printf "| per recipient | %.1f | %.1f | %.2f× |\n\n", room, floor, room / floor
     }'
+fi
+
+# A publish of raw data to one connection against serialize + route, when counted above.
+if [ -n "${counted[floor-publish-1 20000]:-}" ]; then
+    echo "| publish to one connection, raw data | switchboard Ir/step | serialize + route Ir/step | ÷ |"
+    echo "|---|---:|---:|---:|"
+    for w in publish-1-raw-noredact publish-1-raw; do
+        [ -n "${counted[$w 20000]:-}" ] || continue
+        awk -v w="$w" -v a="${counted[$w 20000]}" -v b="${counted[floor-publish-1 20000]}" \
+            'BEGIN {printf "| %s | %d | %d | %.2f× |\n", w, a, b, a / b}'
+    done
+    echo
 fi
 
 rows=()
