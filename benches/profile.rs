@@ -14,7 +14,15 @@
 //! cache misses, which the wall clock does not).
 //!
 //! Workloads: `churn`, `publish-1`, `publish-1-noredact`, `publish-3`, `room-<n>`, `tenant-<n>`,
-//! `tick-<n>`, `sweep-<k>-of-<n>`, `resume-1000`.
+//! `tick-<n>`, `sweep-<k>-of-<n>`, `resume-1000`, `floor-<n>`; without a baseline side:
+//! `publish-1-raw` and `publish-1-raw-noredact` (the data as JSON text, [`RawData`]) and
+//! `floor-publish-1` (see [`floor_publish_1`]).
+//!
+//! `floor-<n>` is no hub at all: the least any fan-out to `n` recipients does, to compare the cost
+//! of a further recipient with (issue 16 item 5). Per recipient it pushes the recipient's id and
+//! a clone of the shared frame (an `Arc<str>` of the event's serialized size) onto a queue, then
+//! takes each back out and drops it, as a transport does once it wrote the frame. No checks, no
+//! meters, no stream. It has no baseline side.
 //!
 //! Cluster mode (switchboard only, no baseline; compared with the local workload of the same
 //! shape, see `scripts/bench-instructions.sh`):
@@ -32,18 +40,20 @@
 mod baseline;
 mod workload;
 
+use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use switchboard::{
     Action, Audience, BusReply, Config, ConnId, DisconnectReason, Envelope, Hub, Principal,
-    StreamPos, Target, Tier,
+    RawData, StreamPos, Target, Tier,
 };
 
 use baseline::{Baseline, BaselineConfig, Message, To};
 use workload::cluster::{EPOCH, bus_payload, clustered, settle};
-use workload::{TENANT, envelope, message};
+use workload::{TENANT, envelope, message, payload};
 
 fn drain(hub: &mut Hub) {
     while let Some(action) = hub.poll_action() {
@@ -135,9 +145,10 @@ impl Pair {
     }
 }
 
-/// Publishes `n` pre-built inputs to `target`/`to` on one side, acknowledging deliveries to
-/// `ids` every 128 publishes (as `hub.rs` does, there outside the clock).
-fn publish(p: &mut Pair, baseline: bool, n: usize, target: Target, to: To<'_>, ids: &[ConnId]) {
+/// Publishes `n` copies of `env` (switchboard) or of the same message to `to` (baseline) on one
+/// side, acknowledging deliveries to `ids` every 128 publishes (as `hub.rs` does, there outside
+/// the clock).
+fn publish(p: &mut Pair, baseline: bool, n: usize, env: Envelope, to: To<'_>, ids: &[ConnId]) {
     let now = p.now;
     if baseline {
         let mut inputs: Vec<Message> = (0..n).map(|_| message()).collect();
@@ -148,7 +159,6 @@ fn publish(p: &mut Pair, baseline: bool, n: usize, target: Target, to: To<'_>, i
             drain_baseline(b);
         });
     } else {
-        let env = envelope(target);
         let mut inputs: Vec<Envelope> = (0..n).map(|_| env.clone()).collect();
         let hub = &mut p.hub;
         let mut done = 0;
@@ -227,6 +237,61 @@ fn bus_messages(p: &mut Pair, n: usize, target: Target, ids: &[ConnId]) {
     assert_eq!(delivered, ids.len(), "the sequencer still delivers after {n} messages");
 }
 
+/// `floor-publish-1`: serialize + route, the least a publish of raw JSON data to a user with one
+/// connection (among 10,000 other users) does. Route: find the user's connections in a map by
+/// tenant, then user. Serialize: the event's fields through serde (as the hub writes its
+/// frames), then the data text copied in, into one shared `Arc<str>`. Then, as `floor-<n>`, push
+/// (id, frame) and take it out and drop it. No validation, redaction, stream or recovery buffer.
+fn floor_publish_1(n: usize) {
+    #[derive(serde::Serialize)]
+    struct Head<'a> {
+        #[serde(rename = "type")]
+        ty: &'a str,
+        kind: &'a str,
+        stream: &'a str,
+        epoch: u64,
+        seq: u64,
+        run_id: &'a str,
+    }
+    type Routes = HashMap<String, HashMap<String, Vec<ConnId>>>;
+    let mut p = Pair::new(false, 3);
+    let mut routes = Routes::new();
+    let users = routes.entry(TENANT.to_owned()).or_default();
+    for i in 0..10_000 {
+        let user = format!("bg{i}");
+        users.insert(user.clone(), vec![p.connect(p.now, &user).0]);
+    }
+    users.insert("alice".to_owned(), vec![p.connect(p.now, "alice").0]);
+    let data = payload().to_string();
+    let (mut buf, mut seq) = (Vec::<u8>::new(), 0u64);
+    let mut queue: Vec<(ConnId, Arc<str>)> = Vec::new();
+    region(n, &mut || {
+        let conns = &routes[black_box(TENANT)][black_box("alice")];
+        seq += 1;
+        let head = Head {
+            ty: "event",
+            kind: "tool_executing",
+            stream: "u",
+            epoch: 7,
+            seq,
+            run_id: "run-42",
+        };
+        buf.clear();
+        serde_json::to_writer(&mut buf, &head).unwrap();
+        buf.pop();
+        buf.extend_from_slice(br#","data":"#);
+        buf.extend_from_slice(data.as_bytes());
+        buf.push(b'}');
+        let frame: Arc<str> = Arc::from(std::str::from_utf8(&buf).unwrap());
+        for &id in conns {
+            queue.push((id, Arc::clone(&frame)));
+        }
+        for delivery in queue.drain(..) {
+            black_box(&delivery);
+        }
+    });
+}
+
 fn number(s: &str) -> usize {
     s.parse().unwrap_or_else(|_| panic!("not a number: {s}"))
 }
@@ -297,13 +362,23 @@ fn main() {
             });
         }
         ["publish", conns, rest @ ..] => {
-            let mut p = Pair::new(rest != ["noredact"], 3);
+            // `raw`: the data as JSON text (`RawData`, the server's path), no baseline side.
+            let raw = rest.contains(&"raw");
+            assert!(!(raw && baseline), "the raw workloads have no baseline");
+            let mut p = Pair::new(!rest.contains(&"noredact"), 3);
             p.populate(10_000);
             let ids: Vec<ConnId> =
                 (0..number(conns)).map(|_| p.connect(p.now, "alice").0).collect();
-            let target = Target::User { tenant: TENANT.into(), user: "alice".into() };
+            let mut env = envelope(Target::User { tenant: TENANT.into(), user: "alice".into() });
+            if raw {
+                env = env.raw_data(RawData::new(payload().to_string()).unwrap());
+            }
             let to = To::User { tenant: TENANT, user: "alice" };
-            publish(&mut p, baseline, n, target, to, &ids);
+            publish(&mut p, baseline, n, env, to, &ids);
+        }
+        ["floor", "publish", "1"] => {
+            assert!(!baseline, "the floor has no baseline");
+            floor_publish_1(n);
         }
         [kind @ ("room" | "tenant"), members] => {
             let room = *kind == "room";
@@ -320,7 +395,34 @@ fn main() {
                     To::Tenant { tenant: TENANT },
                 )
             };
-            publish(&mut p, baseline, n, target, to, &ids);
+            publish(&mut p, baseline, n, envelope(target), to, &ids);
+        }
+        ["floor", members] => {
+            assert!(!baseline, "the floor has no baseline");
+            let mut p = Pair::new(true, 3);
+            let ids = fan_out_members(&mut p, number(members), false);
+            // A frame of the size a room fan-out shares (the same event, serialized once).
+            let mut sample = Pair::new(true, 3);
+            let one = fan_out_members(&mut sample, 1, true)[0];
+            let target = Target::Room { tenant: TENANT.into(), room: "lobby".into() };
+            sample.hub.publish(sample.now, envelope(target)).unwrap();
+            let frame: Arc<str> = std::iter::from_fn(|| sample.hub.poll_action())
+                .find_map(|a| match a {
+                    Action::Deliver { conn, frame } if conn == one => {
+                        Some(Arc::from(frame.as_str()))
+                    }
+                    _ => None,
+                })
+                .expect("the sample publish reaches its member");
+            let mut queue: Vec<(ConnId, Arc<str>)> = Vec::with_capacity(ids.len());
+            region(n, &mut || {
+                for &id in &ids {
+                    queue.push((id, Arc::clone(&frame)));
+                }
+                for delivery in queue.drain(..) {
+                    black_box(&delivery);
+                }
+            });
         }
         ["bus", "message", shape @ ("user" | "room" | "tenant"), conns] => {
             assert!(!baseline, "the cluster workloads have no baseline");

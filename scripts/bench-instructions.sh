@@ -22,7 +22,10 @@ bin=$(cargo bench --bench profile --no-run --message-format=json 2>/dev/null |
 out="$CARGO_TARGET_DIR/callgrind-runs"
 mkdir -p "$out"
 
-# workload, steps for switchboard, steps for the baseline, function to subtract (each side)
+# workload, steps for switchboard, steps for the baseline ("-": it has none), function to
+# subtract (each side). `floor-<n>` is the least a fan-out to n recipients can do, and
+# `floor-publish-1` the least a publish of raw data to one connection can do (serialize + route;
+# see benches/profile.rs): each is compared with the hub's workload in a table of its own.
 all=(
     "churn 20000 20000 - -"
     "publish-1 20000 20000 Hub::written -"
@@ -36,6 +39,11 @@ all=(
     "sweep-100-of-100000 2000 10 Hub::pong Baseline::pong"
     "sweep-1000-of-100000 300 10 Hub::pong Baseline::pong"
     "resume-1000 2000 50 - Baseline::publish"
+    "floor-10 20000 - - -"
+    "floor-1000 2000 - - -"
+    "publish-1-raw 20000 - Hub::written -"
+    "publish-1-raw-noredact 20000 - Hub::written -"
+    "floor-publish-1 20000 - - -"
 )
 
 # Cluster mode: bus workload, the local workload it is compared with, steps (both), function to
@@ -128,7 +136,7 @@ for line in "${all[@]}"; do
     wanted "$w" || continue
     ours "$w" "$n" "$sub" >/dev/null
     o=${counted["$w $n"]}
-    if [ "${BASELINE:-1}" = 0 ]; then
+    if [ "${BASELINE:-1}" = 0 ] || [ "$bn" = - ]; then
         rows+=("| $w | $o | - | - |")
         continue
     fi
@@ -140,6 +148,31 @@ if [ ${#rows[@]} -gt 0 ]; then
     echo "| workload | switchboard Ir/step | baseline Ir/step | baseline ÷ switchboard |"
     echo "|---|---:|---:|---:|"
     printf '%s\n' "${rows[@]}"
+    echo
+fi
+
+# A further fan-out recipient: the difference between 1,000 and 10 recipients, per recipient,
+# for a room fan-out and for the floor, when all four were counted above.
+if [ -n "${counted[room-10 20000]:-}" ] && [ -n "${counted[room-1000 2000]:-}" ] &&
+    [ -n "${counted[floor-10 20000]:-}" ] && [ -n "${counted[floor-1000 2000]:-}" ]; then
+    awk -v r10="${counted[room-10 20000]}" -v r1k="${counted[room-1000 2000]}" \
+        -v f10="${counted[floor-10 20000]}" -v f1k="${counted[floor-1000 2000]}" 'BEGIN {
+        room = (r1k - r10) / 990; floor = (f1k - f10) / 990
+        print "| a further recipient (1,000 vs 10) | room fan-out Ir | floor Ir | room ÷ floor |"
+        print "|---|---:|---:|---:|"
+        printf "| per recipient | %.1f | %.1f | %.2f× |\n\n", room, floor, room / floor
+    }'
+fi
+
+# A publish of raw data to one connection against serialize + route, when counted above.
+if [ -n "${counted[floor-publish-1 20000]:-}" ]; then
+    echo "| publish to one connection, raw data | switchboard Ir/step | serialize + route Ir/step | ÷ |"
+    echo "|---|---:|---:|---:|"
+    for w in publish-1-raw-noredact publish-1-raw; do
+        [ -n "${counted[$w 20000]:-}" ] || continue
+        awk -v w="$w" -v a="${counted[$w 20000]}" -v b="${counted[floor-publish-1 20000]}" \
+            'BEGIN {printf "| %s | %d | %d | %.2f× |\n", w, a, b, a / b}'
+    done
     echo
 fi
 

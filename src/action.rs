@@ -150,6 +150,11 @@ pub enum MetricEvent {
 
 /// One thing for the caller to do. Drain them in order with
 /// [`Hub::poll_action`](crate::Hub::poll_action) after every call into the hub.
+///
+/// Every action is 32 bytes: a fan-out queues one [`Action::Deliver`] per recipient, and each is
+/// moved into the queue, out of it and into the caller, so the rare variants whose contents are
+/// larger (audits, metrics, bus operations, publish outcomes, inbound messages, refresh requests)
+/// carry them boxed.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Action {
@@ -175,22 +180,34 @@ pub enum Action {
     },
     /// A client message for the application.
     Inbound(Box<Inbound>),
-    /// A security-relevant event.
-    Audit(AuditEvent),
-    /// A lifecycle metric.
-    Metric(MetricEvent),
+    /// A security-relevant event (boxed: see the enum's docs).
+    Audit(Box<AuditEvent>),
+    /// A lifecycle metric (boxed: see the enum's docs).
+    Metric(Box<MetricEvent>),
     /// A client sent a new token for its session (`refresh` frame). Verify it (same tenant and
     /// user, a later expiry) and answer with [`Hub::answer_refresh`](crate::Hub::answer_refresh).
     RefreshRequested(Box<RefreshRequest>),
     /// Cluster mode: perform this operation on the bus, then report its reply with
-    /// [`Hub::bus_reply`](crate::Hub::bus_reply) (see [`BusOp`]).
-    Bus(BusOp),
+    /// [`Hub::bus_reply`](crate::Hub::bus_reply) (see [`BusOp`]; boxed: see the enum's docs).
+    Bus(Box<BusOp>),
     /// Cluster mode: what became of a [`Hub::publish`](crate::Hub::publish) once the bus
     /// answered ([`Published::op`](crate::Published::op) names it).
     Published {
         /// The append operation the publish issued.
         op: OpId,
-        /// Appended, a duplicate, or failed.
-        outcome: PublishOutcome,
+        /// Appended, a duplicate, or failed (boxed: see the enum's docs).
+        outcome: Box<PublishOutcome>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Action;
+
+    #[test]
+    fn an_action_is_four_words() {
+        // A fan-out moves one `Deliver` per recipient three times (into the queue, out of it,
+        // into the caller): a variant that grows the enum makes every one of those moves larger.
+        assert_eq!(size_of::<Action>(), 32);
+    }
 }

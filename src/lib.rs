@@ -116,7 +116,7 @@
 //!             while let Some(action) = nodes[n].poll_action() {
 //!                 idle = false;
 //!                 let op = match action {
-//!                     Action::Bus(op) => op,
+//!                     Action::Bus(op) => *op,
 //!                     Action::Deliver { frame, .. } => {
 //!                         frames.push((n, frame.as_str().to_owned()));
 //!                         continue;

@@ -25,6 +25,7 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// The oldest queued action.
+    #[inline]
     pub(crate) fn pop(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
@@ -34,6 +35,7 @@ impl Outbox {
     }
 
     /// A frame for a connection (its backpressure already checked: see `flow`).
+    #[inline]
     pub(crate) fn deliver(&mut self, conn: ConnId, frame: &Frame) {
         self.stats.deliveries += 1;
         self.stats.bytes_delivered += frame.len() as u64;
@@ -42,7 +44,7 @@ impl Outbox {
 
     /// Cluster mode: an operation for the driver to perform on the bus.
     pub(crate) fn bus(&mut self, op: BusOp) {
-        self.actions.push_back(Action::Bus(op));
+        self.actions.push_back(Action::Bus(Box::new(op)));
     }
 
     /// Cluster mode: what became of a publish.
@@ -50,7 +52,7 @@ impl Outbox {
         if matches!(outcome, PublishOutcome::Failed { .. }) {
             self.stats.publishes_failed += 1;
         }
-        self.actions.push_back(Action::Published { op, outcome });
+        self.actions.push_back(Action::Published { op, outcome: Box::new(outcome) });
     }
 
     /// A transport ping.
@@ -86,13 +88,13 @@ impl Outbox {
         labels: &Labels,
     ) {
         self.stats.security_violations += 1;
-        self.actions.push_back(Action::Audit(AuditEvent {
+        self.actions.push_back(Action::Audit(Box::new(AuditEvent {
             kind,
             conn,
             tenant: tenant.cloned(),
             user: user.cloned(),
             labels: labels.clone(),
-        }));
+        })));
     }
 
     /// An action with no counter of its own.
@@ -102,7 +104,7 @@ impl Outbox {
 
     /// A metric event on its own (a limit with no user to name, say).
     pub(crate) fn push_metric(&mut self, event: MetricEvent) {
-        self.actions.push_back(Action::Metric(event));
+        self.actions.push_back(Action::Metric(Box::new(event)));
     }
 
     /// A limit refused something: counted, pushed as a metric, audited as `audit` with the labels
@@ -117,19 +119,19 @@ impl Outbox {
         labels: &Labels,
     ) {
         self.stats.limit_rejections.bump(limit);
-        self.actions.push_back(Action::Metric(MetricEvent::LimitRejected { limit }));
+        self.push_metric(MetricEvent::LimitRejected { limit });
         self.audit_labelled(audit, conn, Some(tenant), Some(user), labels);
     }
 
     /// A connection opened.
     pub(crate) fn opened(&mut self, conn: ConnId, tenant: &TenantId, user: &UserId, tier: Tier) {
         self.stats.connections_opened += 1;
-        self.actions.push_back(Action::Metric(MetricEvent::ConnectionOpened {
+        self.push_metric(MetricEvent::ConnectionOpened {
             conn,
             tenant: tenant.clone(),
             user: user.clone(),
             tier,
-        }));
+        });
     }
 
     /// A connection ended: a `Close` if the hub closed it, then its metric.
@@ -148,29 +150,26 @@ impl Outbox {
         stats.connections_closed += 1;
         stats.closed_by.bump(by);
         stats.total_connection_lifetime += lifetime;
-        self.actions.push_back(Action::Metric(MetricEvent::ConnectionClosed {
+        self.push_metric(MetricEvent::ConnectionClosed {
             conn,
             tenant: tenant.clone(),
             user: user.clone(),
             lifetime,
             reason: by,
-        }));
+        });
     }
 
     /// A user's state was created.
     pub(crate) fn user_created(&mut self, tenant: &TenantId, user: &UserId) {
         self.stats.users_created += 1;
-        self.actions.push_back(Action::Metric(MetricEvent::UserCreated {
-            tenant: tenant.clone(),
-            user: user.clone(),
-        }));
+        self.push_metric(MetricEvent::UserCreated { tenant: tenant.clone(), user: user.clone() });
     }
 
     /// A user's state was retired (`evicted`: early, over `max_detached_users`).
     pub(crate) fn user_retired(&mut self, tenant: TenantId, user: UserId, evicted: bool) {
         self.stats.users_retired += 1;
         self.stats.users_evicted += u64::from(evicted);
-        self.actions.push_back(Action::Metric(MetricEvent::UserRetired { tenant, user }));
+        self.push_metric(MetricEvent::UserRetired { tenant, user });
     }
 
     /// A user's breaker changed state; `opened` also counts and audits it.
@@ -185,11 +184,11 @@ impl Outbox {
             self.stats.breakers_opened += 1;
             self.audit(AuditKind::BreakerOpened, None, Some(&tenant), Some(&user));
         }
-        self.actions.push_back(Action::Metric(MetricEvent::BreakerChanged { tenant, user, state }));
+        self.push_metric(MetricEvent::BreakerChanged { tenant, user, state });
     }
 
     /// A periodic snapshot of the stats (as `Hub::stats` derives them).
     pub(crate) fn snapshot(&mut self, stats: HubStats) {
-        self.actions.push_back(Action::Metric(MetricEvent::Snapshot(Box::new(stats))));
+        self.push_metric(MetricEvent::Snapshot(Box::new(stats)));
     }
 }

@@ -56,7 +56,7 @@ impl Net {
                 Action::Deliver { conn, frame } => {
                     self.frames[n].push((conn, parse(frame.as_str())))
                 }
-                Action::Published { outcome, .. } => self.outcomes.push(outcome),
+                Action::Published { outcome, .. } => self.outcomes.push(*outcome),
                 Action::Audit(event) => self.audits.push(event.kind),
                 _ => {}
             }
@@ -154,7 +154,7 @@ fn connected_waits_for_the_subscription_and_reports_the_true_position() {
     while let Some(action) = net.hub(1).poll_action() {
         assert!(!matches!(action, Action::Deliver { conn, .. } if conn == b), "{action:?}");
         if let Action::Bus(op) = action {
-            net.bus().submit(now, 1, op);
+            net.bus().submit(now, 1, *op);
         }
     }
     net.pump();

@@ -459,7 +459,7 @@ fn the_breaker_opens_half_opens_and_closes_with_exact_retry_after() {
     let opened: Vec<_> = actions
         .iter()
         .filter_map(|a| match a {
-            Action::Audit(e) if e.kind == AuditKind::BreakerOpened => Some(e.clone()),
+            Action::Audit(e) if e.kind == AuditKind::BreakerOpened => Some((**e).clone()),
             _ => None,
         })
         .collect();

@@ -781,7 +781,10 @@ fn stats_snapshot_metric_when_configured() {
     let snaps: Vec<_> = actions
         .iter()
         .filter_map(|a| match a {
-            Action::Metric(switchboard::MetricEvent::Snapshot(s)) => Some(**s),
+            Action::Metric(m) => match &**m {
+                switchboard::MetricEvent::Snapshot(s) => Some(**s),
+                _ => None,
+            },
             _ => None,
         })
         .collect();

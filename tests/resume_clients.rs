@@ -79,8 +79,10 @@ impl Clients {
                         self.received.entry((*conn, e.stream)).or_default().push((e.epoch, e.seq));
                     }
                 }
-                Action::Metric(MetricEvent::ConnectionClosed { conn, .. }) => {
-                    self.closed.insert(*conn);
+                Action::Metric(m) => {
+                    if let MetricEvent::ConnectionClosed { conn, .. } = &**m {
+                        self.closed.insert(*conn);
+                    }
                 }
                 _ => {}
             }

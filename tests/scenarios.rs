@@ -472,7 +472,8 @@ impl Model {
                     self.close(*conn, sim.now);
                     self.heartbeat_closes += 1;
                 }
-                Action::Metric(MetricEvent::UserRetired { tenant, user }) => {
+                Action::Metric(m) => {
+                    let MetricEvent::UserRetired { tenant, user } = &**m else { continue };
                     let key = (tenant.as_str().to_owned(), user.as_str().to_owned());
                     let (conns, since) = self.users.remove(&key).expect("retired user was held");
                     assert!(conns.is_empty(), "{key:?} retired with open connections");

@@ -31,7 +31,7 @@ pub fn settle(hub: &mut Hub, now: Instant) -> Vec<(StreamKey, Arc<str>)> {
     let mut appends = Vec::new();
     while let Some(action) = hub.poll_action() {
         let Action::Bus(op) = action else { continue };
-        match op {
+        match *op {
             BusOp::Subscribe { op, .. } => {
                 let top = StreamPos { epoch: EPOCH, seq: 0 };
                 hub.bus_reply(now, op, Ok(BusReply::Subscribed { top }));

@@ -758,6 +758,7 @@ impl Hub {
     /// The next thing to do, or `None` when the queue is empty. Drain until `None` after every
     /// call into the hub.
     #[must_use]
+    #[inline]
     pub fn poll_action(&mut self) -> Option<Action> {
         self.out.pop()
     }

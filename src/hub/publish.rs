@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::connection::{Connection, Connections};
 use crate::envelope::{Audience, Envelope, EventKind, Priority, Target};
 use crate::error::PublishError;
-use crate::flow::{Flow, Offer};
+use crate::flow::{Flow, Offer, TierTally};
 use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::ids::{ConnId, Role, RoomId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId};
@@ -91,26 +91,31 @@ fn fan_out<'a>(
     conns: &mut Connections,
     cfg: &Config,
     recipients: impl Iterator<Item = (&'a u32, u32)>,
-    admit: impl Fn(&Connections, u32) -> bool,
+    admit: impl Fn(&Connection, ConnId) -> bool,
     mark: impl Fn(&mut Connection, u32),
     frame: &Frame,
     priority: Priority,
     doomed: &mut Vec<u32>,
     result: &mut Published,
 ) {
+    let mut tally = TierTally::default();
     for (&idx, slot) in recipients {
-        if !admit(conns, idx) {
+        // One look-up per recipient, for its filter, the offer and the mark.
+        let id = conns.id_of(idx);
+        let conn = conns.get_mut(idx);
+        if !admit(conn, id) {
             continue;
         }
-        let offer = flow.offer(out, conns, idx, frame, priority, cfg);
+        let offer = flow.offer_to(out, id, conn, frame, priority, cfg, &mut tally);
         match offer {
             Offer::Overflow => doomed.push(idx),
             // Remember the highest seq sent on this stream (issue 10 item 5).
-            Offer::Delivered => mark(conns.get_mut(idx), slot),
+            Offer::Delivered => mark(conn, slot),
             Offer::Skipped | Offer::Held => {}
         }
         result.add(offer);
     }
+    flow.count_tiers(tally);
 }
 
 impl Hub {
@@ -321,22 +326,20 @@ impl Hub {
             Some(_) => std::slice::from_ref(&only_slot),
             None => u.conns.as_slice(),
         };
-        for &idx in recipients {
-            if only.is_none() && !self.conns.get(idx).wants(msg.thread, msg.run) {
-                continue;
-            }
-            if msg.except.is_some_and(|c| c == self.conns.id_of(idx)) {
-                continue;
-            }
-            let offer =
-                self.flow.offer(&mut self.out, &mut self.conns, idx, &frame, priority, &self.cfg);
-            match offer {
-                Offer::Overflow => self.doomed.push(idx),
-                Offer::Delivered => self.conns.get_mut(idx).mark_user_sent(),
-                Offer::Skipped | Offer::Held => {}
-            }
-            result.add(offer);
-        }
+        let (thread, run, except) = (msg.thread, msg.run, msg.except);
+        fan_out(
+            &mut self.flow,
+            &mut self.out,
+            &mut self.conns,
+            &self.cfg,
+            recipients.iter().map(|c| (c, 0)),
+            |c, id| (only.is_some() || c.wants(thread, run)) && except.is_none_or(|e| e != id),
+            |c, _| c.mark_user_sent(),
+            &frame,
+            priority,
+            &mut self.doomed,
+            &mut result,
+        );
         Ok(result)
     }
 
@@ -368,7 +371,7 @@ impl Hub {
             conns,
             cfg,
             members,
-            |cs, idx| except.is_none_or(|c| c != cs.id_of(idx)),
+            |_, id| except.is_none_or(|c| c != id),
             |c, slot| c.mark_room_sent(slot, pos.seq),
             &frame,
             msg.kind.priority(),
@@ -414,9 +417,8 @@ impl Hub {
             Published { position: Some((StreamName::Tenant, pos)), ..Published::none() };
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
         let except = msg.except;
-        let admit = |cs: &Connections, idx| {
-            audience_admits(cs.get(idx).roles(), role) && except.is_none_or(|c| c != cs.id_of(idx))
-        };
+        let admit =
+            |c: &Connection, id| audience_admits(c.roles(), role) && except.is_none_or(|e| e != id);
         fan_out(
             flow,
             out,
@@ -526,8 +528,7 @@ impl Hub {
             TrimKey::User(uidx) => {
                 let members = self.users.get(*uidx).conns.iter().map(|c| (c, 0));
                 let all = visible == Visible::from(Scope::All);
-                let admit =
-                    |cs: &Connections, idx| all || visible_to(cs.get(idx), cs.id_of(idx), &visible);
+                let admit = |c: &Connection, id| all || visible_to(c, id, &visible);
                 let mark = |c: &mut Connection, _| c.mark_user_sent();
                 fan_out(
                     flow,
@@ -557,7 +558,7 @@ impl Hub {
                     conns,
                     cfg,
                     members,
-                    |cs, idx| except.is_none_or(|c| c != cs.id_of(idx)),
+                    |_, id| except.is_none_or(|c| c != id),
                     mark,
                     frame,
                     priority,
@@ -569,8 +570,7 @@ impl Hub {
                 let Some(tenant) = self.tenants.get(t) else { return result };
                 let members = tenant.conns.iter().map(|c| (c, 0));
                 let all = visible == Visible::from(Scope::All);
-                let admit =
-                    |cs: &Connections, idx| all || visible_to(cs.get(idx), cs.id_of(idx), &visible);
+                let admit = |c: &Connection, id| all || visible_to(c, id, &visible);
                 let mark = |c: &mut Connection, _| c.mark_tenant_sent();
                 fan_out(
                     flow,

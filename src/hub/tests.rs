@@ -42,7 +42,10 @@ fn a_snapshot_due_with_a_connection_timer_sees_what_that_timer_did() {
     hub.tick(at);
     let snapshots: Vec<HubStats> = std::iter::from_fn(|| hub.poll_action())
         .filter_map(|a| match a {
-            Action::Metric(MetricEvent::Snapshot(s)) => Some(*s),
+            Action::Metric(m) => match *m {
+                MetricEvent::Snapshot(s) => Some(*s),
+                _ => None,
+            },
             _ => None,
         })
         .collect();

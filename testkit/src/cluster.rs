@@ -158,7 +158,7 @@ impl Cluster {
                 while let Some(action) = hub.poll_action() {
                     moved = true;
                     match action {
-                        Action::Bus(op) => self.bus.submit(now, i, op),
+                        Action::Bus(op) => self.bus.submit(now, i, *op),
                         other => out.push((i, other)),
                     }
                 }
@@ -266,7 +266,7 @@ mod tests {
     fn outcomes(out: &[(usize, Action)]) -> Vec<(usize, PublishOutcome)> {
         out.iter()
             .filter_map(|(n, a)| match a {
-                Action::Published { outcome, .. } => Some((*n, outcome.clone())),
+                Action::Published { outcome, .. } => Some((*n, (**outcome).clone())),
                 _ => None,
             })
             .collect()

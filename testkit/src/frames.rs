@@ -58,7 +58,7 @@ pub fn audit_events(actions: &[Action]) -> Vec<AuditEvent> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Audit(e) => Some(e.clone()),
+            Action::Audit(e) => Some((**e).clone()),
             _ => None,
         })
         .collect()
@@ -69,7 +69,7 @@ pub fn metrics(actions: &[Action]) -> Vec<MetricEvent> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Metric(m) => Some(m.clone()),
+            Action::Metric(m) => Some((**m).clone()),
             _ => None,
         })
         .collect()

@@ -291,7 +291,7 @@ impl Driver {
                 }
                 // The same numbers accumulate in `hub.stats()`, which /metrics reads.
                 Action::Metric(_) => {}
-                Action::Bus(op) => self.send_bus(now, op),
+                Action::Bus(op) => self.send_bus(now, *op),
                 Action::RefreshRequested(request) => {
                     let verdict = match &self.handle.cfg.refresh {
                         Some(verifier) => verifier.verify(&request),
@@ -300,7 +300,7 @@ impl Driver {
                     let verdict = verdict.as_ref().map(|at| *at).map_err(String::as_str);
                     let _ = self.hub.answer_refresh(now, request.conn, verdict);
                 }
-                Action::Published { op, outcome } => self.published(op, outcome),
+                Action::Published { op, outcome } => self.published(op, *outcome),
                 _ => {}
             }
         }

@@ -186,22 +186,25 @@ pub(super) fn normalize(a: &Action, start: Instant) -> String {
             e.tenant.as_ref().map(|t| t.as_str()),
             e.user.as_ref().map(|u| u.as_str()),
         ),
-        Action::Metric(MetricEvent::ConnectionOpened { conn, tenant, user, tier }) => {
-            o_opened(*conn, tenant.as_str(), user.as_str(), *tier)
-        }
-        Action::Metric(MetricEvent::ConnectionClosed { conn, tenant, user, lifetime, reason }) => {
-            o_closed(*conn, tenant.as_str(), user.as_str(), lifetime.as_millis() as Ms, *reason)
-        }
-        Action::Metric(MetricEvent::UserCreated { tenant, user }) => {
-            o_user_created(tenant.as_str(), user.as_str())
-        }
-        Action::Metric(MetricEvent::UserRetired { tenant, user }) => {
-            o_user_retired(tenant.as_str(), user.as_str())
-        }
-        Action::Metric(MetricEvent::LimitRejected { limit }) => o_limit(*limit),
-        Action::Metric(MetricEvent::BreakerChanged { tenant, user, state }) => {
-            o_breaker(tenant.as_str(), user.as_str(), &breaker_state(*state, start))
-        }
+        Action::Metric(m) => match &**m {
+            MetricEvent::ConnectionOpened { conn, tenant, user, tier } => {
+                o_opened(*conn, tenant.as_str(), user.as_str(), *tier)
+            }
+            MetricEvent::ConnectionClosed { conn, tenant, user, lifetime, reason } => {
+                o_closed(*conn, tenant.as_str(), user.as_str(), lifetime.as_millis() as Ms, *reason)
+            }
+            MetricEvent::UserCreated { tenant, user } => {
+                o_user_created(tenant.as_str(), user.as_str())
+            }
+            MetricEvent::UserRetired { tenant, user } => {
+                o_user_retired(tenant.as_str(), user.as_str())
+            }
+            MetricEvent::LimitRejected { limit } => o_limit(*limit),
+            MetricEvent::BreakerChanged { tenant, user, state } => {
+                o_breaker(tenant.as_str(), user.as_str(), &breaker_state(*state, start))
+            }
+            other => format!("unexpected {other:?}"),
+        },
         other => format!("unexpected {other:?}"),
     }
 }

@@ -134,18 +134,22 @@ impl Runner {
                 Action::Deliver { conn, .. }
                 | Action::Ping { conn }
                 | Action::Close { conn, .. } => Some(*conn),
-                Action::Metric(MetricEvent::ConnectionClosed { conn, .. }) => Some(*conn),
+                Action::Metric(m) => match &**m {
+                    MetricEvent::ConnectionClosed { conn, .. } => Some(*conn),
+                    _ => None,
+                },
                 _ => None,
             };
             if let Some(conn) = conn {
                 h.conn_order.entry(conn).or_insert(i);
             }
-            if let Action::Metric(MetricEvent::UserRetired { tenant, user }) = a {
+            let Action::Metric(metric) = a else { continue };
+            if let MetricEvent::UserRetired { tenant, user } = &**metric {
                 if let (Some(t), Some(u)) = (index_in(tenant.as_str()), index_in(user.as_str())) {
                     h.retired_order.entry((t, u)).or_insert(i);
                 }
             }
-            if let Action::Metric(MetricEvent::BreakerChanged { tenant, user, state }) = a {
+            if let MetricEvent::BreakerChanged { tenant, user, state } = &**metric {
                 if !matches!(state, BreakerState::Open { .. }) {
                     if let (Some(t), Some(u)) = (index_in(tenant.as_str()), index_in(user.as_str()))
                     {
