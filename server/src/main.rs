@@ -149,6 +149,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if let Err(e) = app::disable_transparent_huge_pages() {
+        eprintln!("switchboard: could not turn transparent huge pages off: {e}");
+    }
     let cli = Cli::parse();
     let dev_mode = cli.jwt_secret.is_none();
     // The secrets live in one wiped-on-drop buffer each; these are shared handles to them.
