@@ -18,7 +18,9 @@
 # The configurations: `solo` (switchboard without Redis: the baseline that cluster mode's added
 # latency is measured against), `sb1`, `sb2`, `sb3` (switchboard --redis, 1/2/3 nodes), `sio2`
 # (Socket.IO, @socket.io/redis-adapter, 2 nodes); `sio2s` (the redis streams adapter with
-# connectionStateRecovery) is not in the default list. PHASES replaces the four phases (for
+# connectionStateRecovery) is not in the default list. `sbN@NAME` runs N nodes of another
+# `switchboard` binary, named in ALT_BINS="NAME=PATH ..." (a build of another commit copied
+# aside), beside this tree's, so that a change and its baseline are measured in one run. PHASES replaces the four phases (for
 # example PHASES="user:1000" for many repetitions of the latency target alone), MONITOR=0 drops
 # the MONITOR phases.
 #
@@ -68,6 +70,7 @@ KILL_AFTER="${KILL_AFTER:-4}"
 REDIS_PORT="${REDIS_PORT:-}"
 BASE_PORT="${BASE_PORT:-18180}"
 PIN="${PIN:-auto}"
+ALT_BINS="${ALT_BINS:-}"
 
 for tool in node npm curl; do
   command -v "$tool" >/dev/null || { echo "bench-cluster: $tool is required" >&2; exit 1; }
@@ -148,10 +151,20 @@ echo "== redis-server on 127.0.0.1:$REDIS_PORT (pid $redis_pid)"
 redis_url="redis://127.0.0.1:$REDIS_PORT/"
 redis_version=$(redis-cli -p "$REDIS_PORT" info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p')
 
-# start_node KIND INDEX [ADAPTER]: kind solo | sb | sio; appends to pids and addrs.
+# The binary of configuration NAME in `sbN@NAME` (ALT_BINS), or this tree's.
+alt_bin() { # name
+  local entry
+  for entry in $ALT_BINS; do
+    if [ "${entry%%=*}" = "$1" ]; then echo "${entry#*=}"; return 0; fi
+  done
+  echo "bench-cluster: no binary named $1 in ALT_BINS" >&2
+  return 1
+}
+
+# start_node KIND INDEX [ADAPTER|BINARY]: kind solo | sb | sio; appends to pids and addrs.
 addrs=()
 start_node() {
-  local kind=$1 i=$2 adapter=${3:-redis}
+  local kind=$1 i=$2 adapter=${3:-redis} bin=${3:-$server_bin}
   local port=$((BASE_PORT + i)) log="$work/$kind-$i.log"
   case "$kind" in
     solo)
@@ -159,7 +172,7 @@ start_node() {
         --admin-key "$admin" >"$log" 2>&1 &
       ;;
     sb)
-      "${server_pin[@]}" "$server_bin" --redis "$redis_url" --node-id "n$i" \
+      "${server_pin[@]}" "$bin" --redis "$redis_url" --node-id "n$i" \
         --listen "127.0.0.1:$port" --jwt-secret "$secret" --admin-key "$admin" >"$log" 2>&1 &
       ;;
     sio)
@@ -190,6 +203,11 @@ start_config() {
   case "$name" in
     solo) start_node solo 0 ;;
     sb[0-9]) for i in $(seq "${name#sb}"); do start_node sb "$i"; done ;;
+    sb[0-9]@*)
+      local bin n=${name%%@*}
+      bin=$(alt_bin "${name#*@}") || exit 1
+      for i in $(seq "${n#sb}"); do start_node sb "$i" "$bin"; done
+      ;;
     sio[0-9]) for i in $(seq "${name#sio}"); do start_node sio "$i" redis; done ;;
     sio[0-9]s) for i in $(seq "${name:3:1}"); do start_node sio "$i" streams; done ;;
     *) echo "bench-cluster: unknown configuration $name" >&2; exit 1 ;;
@@ -390,16 +408,20 @@ if (configs.includes("solo")) {
     console.log(`- cluster mode adds ≤ 1 ms to p99 at ${lr} publishes/s, ${names[c]}: ${add >= 0 ? "+" : ""}${fmt(add, 2)} ms: ${verdict(Number.isFinite(add) ? add <= 1 : undefined)}`);
   }
 }
-if (hasRatio) {
+// switchboard ×2 against Socket.IO ×2, and so each other binary's ×2 (`sb2@NAME`) in the run.
+for (const sb of configs.filter((c) => c === ra || c.startsWith(`${ra}@`))) {
+  if (!configs.includes(rb)) break;
+  const who = sb === ra ? "" : ` (${sb})`;
   for (const target of ["tenant", "user"]) {
-    const a = pick(ra, target, 0, "delivered_per_cpu_s"), b = pick(rb, target, 0, "delivered_per_cpu_s");
-    const a2 = withRedis(ra, target, 0), b2 = withRedis(rb, target, 0);
-    console.log(`- delivered per server CPU-second ≥ 3× Socket.IO's, ${target} phase: ${ratio(a, b)} (${ratio(a2, b2)} with Redis's CPU): ${verdict(a / b >= 3)}`);
+    const a = pick(sb, target, 0, "delivered_per_cpu_s"), b = pick(rb, target, 0, "delivered_per_cpu_s");
+    if (!Number.isFinite(a) || !Number.isFinite(b)) continue;
+    const a2 = withRedis(sb, target, 0), b2 = withRedis(rb, target, 0);
+    console.log(`- delivered per server CPU-second ≥ 3× Socket.IO's, ${target} phase${who}: ${ratio(a, b)} (${ratio(a2, b2)} with Redis's CPU): ${verdict(a / b >= 3)}`);
   }
-  const a = pick(ra, "user", 0, "delivered_per_cpu_s", bt), b = pick(rb, "user", 0, "delivered_per_cpu_s", bt);
+  const a = pick(sb, "user", 0, "delivered_per_cpu_s", bt), b = pick(rb, "user", 0, "delivered_per_cpu_s", bt);
   if (Number.isFinite(a) && Number.isFinite(b)) {
-    const a2 = withRedis(ra, "user", 0, bt), b2 = withRedis(rb, "user", 0, bt);
-    console.log(`- delivered per server CPU-second ≥ 3× Socket.IO's, user phase, both offered batches of ${bt} (issue 16's like-for-like form): ${ratio(a, b)} (${ratio(a2, b2)} with Redis's CPU): ${verdict(a / b >= 3)}`);
+    const a2 = withRedis(sb, "user", 0, bt), b2 = withRedis(rb, "user", 0, bt);
+    console.log(`- delivered per server CPU-second ≥ 3× Socket.IO's, user phase, both offered batches of ${bt} (issue 16's like-for-like form)${who}: ${ratio(a, b)} (${ratio(a2, b2)} with Redis's CPU): ${verdict(a / b >= 3)}`);
   }
 }
 EOF

@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use switchboard::{
     Audience, ConnectError, Envelope, EventKind, Priority, PublishError, RawData, RawDataError,
-    StreamName, Target,
+    StreamPos, Target,
 };
 
 use crate::auth::{AuthError, Claims, KeyError, Keys, check_admin_key};
@@ -629,16 +629,18 @@ async fn publish(State(app): State<AppState>, request: Request) -> Response {
             }
         }))
         .await;
-        let results: Vec<serde_json::Value> = outcomes
-            .into_iter()
-            .map(|outcome| {
-                outcome.count(c);
-                let mut body = outcome.body;
-                body["status"] = json!(outcome.status.as_u16());
-                body
-            })
-            .collect();
-        return Json(json!({ "results": results })).into_response();
+        // The answer is written straight out: no tree of `Value`s per envelope.
+        let mut out = Vec::with_capacity(16 + outcomes.len() * 96);
+        out.extend_from_slice(b"{\"results\":[");
+        for (i, outcome) in outcomes.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            outcome.count(c);
+            outcome.write_json(&mut out, true);
+        }
+        out.extend_from_slice(b"]}");
+        return json_response(StatusCode::OK, out);
     }
     let request: PublishRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -649,6 +651,12 @@ async fn publish(State(app): State<AppState>, request: Request) -> Response {
     outcome.into_response()
 }
 
+/// A response with `body`, JSON text, as it is.
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+        .into_response()
+}
+
 /// The most envelopes one `POST /publish` batch may hold.
 pub const MAX_BATCH: usize = 100;
 
@@ -656,11 +664,30 @@ pub const MAX_BATCH: usize = 100;
 /// or as one entry of a batch's `results`).
 struct Outcome {
     status: StatusCode,
-    body: serde_json::Value,
+    answer: Answer,
     /// Seconds for `Retry-After` (the bus was down).
     retry_after: Option<u64>,
     /// Which `switchboard_http_publish_requests_total` outcome it counts as.
     counted: PublishCount,
+}
+
+/// The body of one envelope's answer, written as JSON by [`Outcome::write_json`] (keys in
+/// alphabetical order, as a `serde_json::Value` object would have them).
+enum Answer {
+    /// Accepted: where it went, and (on a single node) to whom.
+    Published {
+        /// The stream and position it took, if it was logged.
+        position: Option<(String, StreamPos)>,
+        /// Whether its idempotency key had been seen.
+        duplicate: bool,
+        /// Single node: delivered, skipped, closed, held. Clustered: `None` (delivery happens
+        /// on every node when the message comes back over the bus, so this node cannot count it).
+        counts: Option<[usize; 4]>,
+        /// Whether `exclude` named an open connection (`None`: no `exclude` given).
+        excluded: Option<bool>,
+    },
+    /// Refused or failed.
+    Error { code: &'static str, message: String },
 }
 
 #[derive(Clone, Copy)]
@@ -671,10 +698,10 @@ enum PublishCount {
 }
 
 impl Outcome {
-    fn refused(status: StatusCode, code: &str, message: String) -> Self {
+    fn refused(status: StatusCode, code: &'static str, message: String) -> Self {
         Outcome {
             status,
-            body: json!({ "error": code, "message": message }),
+            answer: Answer::Error { code, message },
             retry_after: None,
             counted: PublishCount::Rejected,
         }
@@ -689,13 +716,77 @@ impl Outcome {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Appends the answer's JSON object to `out`, with the `status` field a batch's entries
+    /// carry when `with_status`.
+    fn write_json(&self, out: &mut Vec<u8>, with_status: bool) {
+        use std::io::Write as _;
+        // Writing into a `Vec` cannot fail.
+        let status = self.status.as_u16();
+        match &self.answer {
+            Answer::Published { position, duplicate, counts, excluded } => {
+                out.push(b'{');
+                if let Some([delivered, _, closed, _]) = counts {
+                    let _ = write!(out, "\"closed\":{closed},\"delivered\":{delivered},");
+                }
+                let _ = write!(out, "\"duplicate\":{duplicate},");
+                write_opt(out, "epoch", position.as_ref().map(|p| p.1.epoch));
+                if let Some(excluded) = excluded {
+                    let _ = write!(out, ",\"excluded\":{excluded}");
+                }
+                if let Some([_, _, _, held]) = counts {
+                    let _ = write!(out, ",\"held\":{held}");
+                }
+                out.push(b',');
+                write_opt(out, "seq", position.as_ref().map(|p| p.1.seq));
+                if let Some([_, skipped, _, _]) = counts {
+                    let _ = write!(out, ",\"skipped\":{skipped}");
+                }
+                if with_status {
+                    let _ = write!(out, ",\"status\":{status}");
+                }
+                out.extend_from_slice(b",\"stream\":");
+                match position {
+                    Some((name, _)) => write_string(out, name),
+                    None => out.extend_from_slice(b"null"),
+                }
+                out.push(b'}');
+            }
+            Answer::Error { code, message } => {
+                out.extend_from_slice(b"{\"error\":");
+                write_string(out, code);
+                out.extend_from_slice(b",\"message\":");
+                write_string(out, message);
+                if with_status {
+                    let _ = write!(out, ",\"status\":{status}");
+                }
+                out.push(b'}');
+            }
+        }
+    }
+
     fn into_response(self) -> Response {
-        let mut res = (self.status, Json(self.body)).into_response();
+        let mut body = Vec::with_capacity(160);
+        self.write_json(&mut body, false);
+        let mut res = json_response(self.status, body);
         if let Some(secs) = self.retry_after {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }
+}
+
+/// Writes `"key":n`, or `"key":null`.
+fn write_opt(out: &mut Vec<u8>, key: &str, n: Option<u64>) {
+    use std::io::Write as _;
+    let _ = match n {
+        Some(n) => write!(out, "\"{key}\":{n}"),
+        None => write!(out, "\"{key}\":null"),
+    };
+}
+
+/// Writes `text` as a JSON string (serializing a `str` into a `Vec` cannot fail).
+fn write_string(out: &mut Vec<u8>, text: &str) {
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// Publishes one envelope of `POST /publish`.
@@ -715,8 +806,8 @@ async fn publish_one(app: &AppState, mut request: PublishRequest) -> Outcome {
         }
     };
     let mut outcome = publish_receipt(app, envelope).await;
-    if let (Some(excluded), StatusCode::OK) = (excluded, outcome.status) {
-        outcome.body["excluded"] = json!(excluded);
+    if let Answer::Published { excluded: slot, .. } = &mut outcome.answer {
+        *slot = excluded;
     }
     outcome
 }
@@ -724,29 +815,16 @@ async fn publish_one(app: &AppState, mut request: PublishRequest) -> Outcome {
 async fn publish_receipt(app: &AppState, envelope: Envelope) -> Outcome {
     match app.handle.publish_receipt(envelope).await {
         Ok(Receipt { published, duplicate }) => {
-            let (stream, epoch, seq) = match &published.position {
-                Some((name, pos)) => (Some(stream_name(name)), Some(pos.epoch), Some(pos.seq)),
-                None => (None, None, None),
-            };
-            // Clustered: delivery happens on every node when the message comes back over the
-            // bus, so this node cannot count it; the answer is the position the bus assigned.
-            let body = if published.op.is_some() {
-                json!({ "stream": stream, "epoch": epoch, "seq": seq, "duplicate": duplicate })
-            } else {
-                json!({
-                    "delivered": published.delivered,
-                    "skipped": published.skipped,
-                    "closed": published.closed,
-                    "held": published.held,
-                    "stream": stream,
-                    "epoch": epoch,
-                    "seq": seq,
-                    "duplicate": duplicate,
-                })
-            };
+            let position = published.position.as_ref().map(|(name, pos)| (name.to_string(), *pos));
+            let counts = published.op.is_none().then_some([
+                published.delivered,
+                published.skipped,
+                published.closed,
+                published.held,
+            ]);
             Outcome {
                 status: StatusCode::OK,
-                body,
+                answer: Answer::Published { position, duplicate, counts, excluded: None },
                 retry_after: None,
                 counted: PublishCount::Accepted,
             }
@@ -761,7 +839,7 @@ async fn publish_receipt(app: &AppState, envelope: Envelope) -> Outcome {
                 if retry { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
             Outcome {
                 status,
-                body: json!({ "error": "unavailable", "message": why }),
+                answer: Answer::Error { code: "unavailable", message: why },
                 retry_after: retry.then_some(RETRY_BUS_SECS),
                 counted: PublishCount::Unavailable,
             }
@@ -783,6 +861,37 @@ async fn publish_receipt(app: &AppState, envelope: Envelope) -> Outcome {
     }
 }
 
-fn stream_name(name: &StreamName) -> String {
-    name.to_string()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(outcome: &Outcome, with_status: bool) -> String {
+        let mut out = Vec::new();
+        outcome.write_json(&mut out, with_status);
+        String::from_utf8(out).expect("JSON is UTF-8")
+    }
+
+    #[test]
+    fn answers_are_written_as_serde_json_would_write_them() {
+        let pos = StreamPos { epoch: u64::MAX, seq: 7 };
+        let published = |counts, excluded| Outcome {
+            status: StatusCode::OK,
+            answer: Answer::Published {
+                position: Some(("u/a\"c".into(), pos)),
+                duplicate: true,
+                counts,
+                excluded,
+            },
+            retry_after: None,
+            counted: PublishCount::Accepted,
+        };
+        let solo = json!({"closed": 3, "delivered": 1, "duplicate": true, "epoch": u64::MAX, "excluded": false, "held": 4, "seq": 7, "skipped": 2, "status": 200, "stream": "u/a\"c"});
+        assert_eq!(written(&published(Some([1, 2, 3, 4]), Some(false)), true), solo.to_string());
+        let clustered = json!({"duplicate": true, "epoch": u64::MAX, "seq": 7, "stream": "u/a\"c"});
+        assert_eq!(written(&published(None, None), false), clustered.to_string());
+        let error =
+            Outcome::refused(StatusCode::BAD_REQUEST, "bad_request", "a \"quote\"\n".into());
+        let expected = json!({"error": "bad_request", "message": "a \"quote\"\n", "status": 400});
+        assert_eq!(written(&error, true), expected.to_string());
+    }
 }

@@ -85,7 +85,8 @@
 //! # }
 //! ```
 
-// One `unsafe` call in the crate: `getrlimit` in `listen::nofile_limit`.
+// Two `unsafe` calls in the crate: `getrlimit` in `listen::nofile_limit` and `prctl` in
+// `app::disable_transparent_huge_pages`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -21,8 +21,11 @@ use switchboard::{LeaseHolder, NodeId, StreamKey, StreamScope};
 /// names it uses).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StreamNames {
-    /// `<prefix>:{<kind><len>:<tenant>[<len>:<id>]}`.
+    /// `<prefix>:{<kind><len>:<tenant>[<len>:<id>]}`, then whatever the last
+    /// [`StreamNames::suffixed`] call appended.
     base: String,
+    /// The length of the base alone.
+    len: usize,
 }
 
 /// Appends `text` as `<len>:<text>`.
@@ -33,9 +36,6 @@ fn push_prefixed(out: &mut String, text: &str) {
 impl StreamNames {
     /// The names of `key` under `prefix`.
     pub(crate) fn of(prefix: &str, key: &StreamKey) -> Self {
-        let mut base = String::with_capacity(prefix.len() + 32);
-        base.push_str(prefix);
-        base.push_str(":{");
         let (kind, id) = match &key.scope {
             StreamScope::User(user) => ('u', Some(user.as_str())),
             StreamScope::Room(room) => ('r', Some(room.as_str())),
@@ -43,18 +43,42 @@ impl StreamNames {
             // A scope this driver does not know: named apart from every known kind.
             _ => ('x', None),
         };
+        // Room for a suffix ([`StreamNames::suffixed`]) without growing.
+        let ids = key.tenant.as_str().len() + id.map_or(0, str::len);
+        let mut base = String::with_capacity(prefix.len() + ids + 48);
+        base.push_str(prefix);
+        base.push_str(":{");
         base.push(kind);
         push_prefixed(&mut base, key.tenant.as_str());
         if let Some(id) = id {
             push_prefixed(&mut base, id);
         }
         base.push('}');
-        StreamNames { base }
+        let len = base.len();
+        StreamNames { base, len }
+    }
+
+    /// The name with `suffix` (`m`, `l`, `c`, …: see the methods below), built in this value's own
+    /// buffer and valid until the next call: for a caller that copies each name (a pipeline's
+    /// arguments) and would otherwise allocate a string per name.
+    pub(crate) fn suffixed(&mut self, suffix: &str) -> &str {
+        self.base.truncate(self.len);
+        self.base.push(':');
+        self.base.push_str(suffix);
+        &self.base
+    }
+
+    /// [`StreamNames::idempotency`] for `key`, built as [`StreamNames::suffixed`] builds.
+    pub(crate) fn idempotency_in_place(&mut self, key: &str) -> &str {
+        self.suffixed("i:");
+        push_prefixed(&mut self.base, key);
+        &self.base
     }
 
     fn name(&self, suffix: &str) -> String {
-        let mut name = String::with_capacity(self.base.len() + 1 + suffix.len());
-        name.push_str(&self.base);
+        let base = &self.base[..self.len];
+        let mut name = String::with_capacity(base.len() + 1 + suffix.len());
+        name.push_str(base);
         name.push(':');
         name.push_str(suffix);
         name
@@ -85,7 +109,9 @@ impl StreamNames {
         self.name("lease-order")
     }
 
-    /// The key remembering an idempotency key's first append.
+    /// The key remembering an idempotency key's first append (the driver builds it in place:
+    /// [`StreamNames::idempotency_in_place`]).
+    #[cfg(test)]
     pub(crate) fn idempotency(&self, key: &str) -> String {
         let mut name = self.name("i:");
         push_prefixed(&mut name, key);
@@ -155,6 +181,22 @@ pub(crate) fn probe_channel(prefix: &str, node: &NodeId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_built_in_place_are_the_allocated_names() {
+        let key = StreamKey::user("ac}me", "a:b}");
+        let n = StreamNames::of("sb", &key);
+        let mut m = n.clone();
+        // In the order the append plans them, with a key that holds the tag's closing brace.
+        assert_eq!(m.suffixed("m"), n.meta());
+        assert_eq!(m.suffixed("l"), n.log());
+        assert_eq!(m.idempotency_in_place("k}1"), n.idempotency("k}1"));
+        assert_eq!(m.suffixed("c"), n.channel());
+        assert_eq!(m.idempotency_in_place(""), n.idempotency(""));
+        // The allocating names still see the base alone after an in-place one.
+        assert_eq!(m.meta(), n.meta());
+        assert_ne!(n.meta(), n.log());
+    }
 
     #[test]
     fn ids_that_concatenate_alike_get_distinct_names() {

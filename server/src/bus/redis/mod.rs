@@ -309,19 +309,15 @@ impl Executor {
         let prefix = &self.cfg.prefix;
         match op {
             BusOp::Append { stream, payload, idempotency_key, keep, ttl, .. } => {
-                let n = StreamNames::of(prefix, stream);
-                let idem = match idempotency_key {
-                    Some(key) => n.idempotency(key),
-                    // Unused, but declared: a script names every key it could touch.
-                    None => n.idempotency(""),
-                };
-                pipe.cmd("EVALSHA")
-                    .arg(self.scripts.append.hash())
-                    .arg(3)
-                    .arg(n.meta())
-                    .arg(n.log())
-                    .arg(idem)
-                    .arg(n.channel())
+                // The names are written one after another into one buffer (once per publish:
+                // one allocation instead of five); the pipeline copies each argument.
+                let mut n = StreamNames::of(prefix, stream);
+                let cmd = pipe.cmd("EVALSHA").arg(self.scripts.append.hash()).arg(3);
+                cmd.arg(n.suffixed("m"));
+                cmd.arg(n.suffixed("l"));
+                // Unused without a key, but declared: a script names every key it could touch.
+                cmd.arg(n.idempotency_in_place(idempotency_key.as_deref().unwrap_or("")));
+                cmd.arg(n.suffixed("c"))
                     .arg(payload.as_bytes())
                     .arg(*keep)
                     .arg(millis(*ttl))

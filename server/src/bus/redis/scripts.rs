@@ -41,9 +41,11 @@ if not epoch then
   redis.call('DEL', KEYS[2])
 end
 local seq = num(redis.call('HINCRBY', KEYS[1], 's', 1))
-redis.call('RPUSH', KEYS[2], ARGV[2])
+local len = redis.call('RPUSH', KEYS[2], ARGV[2])
 local keep = math.max(tonumber(ARGV[3]), 1)
-redis.call('LTRIM', KEYS[2], -keep, -1)
+if len > keep then
+  redis.call('LTRIM', KEYS[2], -keep, -1)
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 if ARGV[5] == '1' then
