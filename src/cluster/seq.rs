@@ -74,6 +74,10 @@ impl Sequencer {
 
     /// A live message arrived at `pos`.
     pub(crate) fn arrive(&mut self, pos: StreamPos, payload: Arc<str>, max_held: u32) -> Arrival {
+        // No message is at seq 0: dropped before it could start a new epoch it does not carry.
+        if pos.seq == 0 {
+            return Arrival::Duplicate;
+        }
         let Some(top) = self.top else {
             // Before the top is known: hold, keeping one epoch (the newest seen).
             if self.pending_epoch.is_some_and(|e| e != pos.epoch) {

@@ -57,6 +57,17 @@ impl Hub {
             node.counters.untracked_messages += 1;
             return;
         };
+        // Epochs and seqs start at 1: a message at 0 is a driver's bug, and taking it would move
+        // the sequencer to an epoch no connection was told of.
+        if pos.epoch == 0 || pos.seq == 0 {
+            node.counters.mismatches += 1;
+            let user = match &stream.scope {
+                StreamScope::User(u) => Some(u.clone()),
+                _ => None,
+            };
+            self.out.audit(AuditKind::BusMismatch, None, Some(&stream.tenant), user.as_ref());
+            return;
+        }
         let text = payload;
         let payload: Arc<str> = Arc::from(payload);
         let mut arrival = tracked.seq.arrive(pos, payload.clone(), max_held);

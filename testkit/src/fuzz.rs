@@ -1039,6 +1039,33 @@ mod tests {
         assert!(bus.epochs_changed >= 1, "the room's stream moved to a new epoch: {bus:?}");
     }
 
+    /// Found by the cluster fuzz target: a driver handing the hub a live message at position
+    /// (0, 0) moved the stream's sequencer to epoch 0 without telling anyone, and the next top
+    /// check repaired the stream from seq 0, sending the connection its seq 1 again.
+    #[test]
+    fn a_bus_message_at_position_zero_is_dropped_and_nothing_is_sent_twice() {
+        let mut r = ClusterRunner::new(&knobs(3));
+        let steps = [
+            ClusterStep::Connect { node: 1, tenant: 1, user: 0 },
+            ClusterStep::Publish { node: 0, to: CTarget::User(1, 0), key: None },
+            ClusterStep::Message {
+                node: 1,
+                stream: CStream::User(1, 0),
+                pos: CPos::Raw(0, 0),
+                payload: Forged::Recorded(0),
+            },
+            ClusterStep::Advance(38_526),
+        ];
+        for (i, s) in steps.iter().enumerate() {
+            if let Err(e) = r.apply(s) {
+                panic!("step {i}: {e}");
+            }
+        }
+        let bus = r.c.hub_ref(1).expect("node 1").stats().bus;
+        assert_eq!(bus.mismatches, 1, "the message at (0, 0) is counted as the driver's bug");
+        assert_eq!(bus.epochs_changed, 0, "and moved no epoch: {bus:?}");
+    }
+
     #[test]
     fn random_cases_run_clean() {
         let mut rng = Rng::seeded(11);
