@@ -183,6 +183,9 @@ fn return_freed_memory() {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
+    // Listen for the stop signals before anything is served: a signal that came between the
+    // listener opening and a later registration would kill the process without the shutdown.
+    let stop = stop_signal()?;
     if !cli.transparent_huge_pages {
         if let Err(e) = app::disable_transparent_huge_pages() {
             eprintln!("switchboard: could not turn transparent huge pages off: {e}");
@@ -290,11 +293,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("{}", try_block(&base, &ws, dev_mode, cli.admin_key.is_none()));
 
-    tokio::signal::ctrl_c().await?;
+    stop.await;
     println!("\nshutting down: closing every connection with server_shutdown (4006)");
     running.shutdown().await;
     println!("bye");
     Ok(())
+}
+
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM (what a process manager or an orchestrator
+/// sends to stop a service). Both are registered when this is called, not when it is awaited.
+#[cfg(unix)]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+/// Resolves at the first Ctrl-C.
+#[cfg(not(unix))]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// A node id unique among the nodes of a cluster: host name, process id, random suffix.
@@ -357,7 +383,8 @@ fn try_block(base: &str, ws: &str, demo_tokens: bool, admin_exported: bool) -> S
     }
     lines.push(format!("  curl {base}/healthz"));
     lines.push(format!("  curl {base}/metrics"));
-    lines.push("\nCtrl-C closes every connection with code 4006 and exits.".to_owned());
+    lines
+        .push("\nCtrl-C (or SIGTERM) closes every connection with code 4006 and exits.".to_owned());
     lines.join("\n")
 }
 

@@ -397,6 +397,31 @@ impl Node {
         }
     }
 
+    /// Sends `signal` (SIGINT, SIGTERM) to the process.
+    pub fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("running");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: kill(2) with the pid of a child this test spawned and has not reaped.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits up to [`DEADLINE`] for the process to exit by itself: its exit status, or `None`
+    /// if it was still running (then it is killed).
+    pub fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let until = Instant::now() + DEADLINE;
+        while Instant::now() < until {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill_child(&mut child);
+        None
+    }
+
     /// Whether the process still runs (it has not exited by itself or been killed).
     pub fn running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
