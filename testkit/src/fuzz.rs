@@ -951,6 +951,26 @@ mod tests {
         }
     }
 
+    /// Two nodes, t0/u0 connected to node 0, and a publish to t1/u0 (nobody) made: mark 0 is
+    /// t1/u0's.
+    fn t0_u0_connected() -> (ClusterRunner, ConnId) {
+        let mut r = ClusterRunner::new(&knobs(2));
+        r.apply(&ClusterStep::Connect { node: 0, tenant: 0, user: 0 }).expect("clean");
+        r.apply(&ClusterStep::Publish { node: 0, to: CTarget::User(1, 0), key: None })
+            .expect("nobody of t1 is connected");
+        let id = r.conn(0, 0).expect("connected");
+        (r, id)
+    }
+
+    /// Applies `steps`, failing the test at the first check that does not hold.
+    fn run(r: &mut ClusterRunner, steps: &[ClusterStep]) {
+        for (i, s) in steps.iter().enumerate() {
+            if let Err(e) = r.apply(s) {
+                panic!("step {i}: {e}");
+            }
+        }
+    }
+
     #[test]
     fn a_publish_reaches_the_users_connections_on_every_node_and_nobody_else() {
         let mut r = ClusterRunner::new(&knobs(3));
@@ -969,11 +989,7 @@ mod tests {
 
     #[test]
     fn the_checks_catch_a_foreign_frame_a_repeat_and_a_frame_after_close() {
-        let mut r = ClusterRunner::new(&knobs(2));
-        r.apply(&ClusterStep::Connect { node: 0, tenant: 0, user: 0 }).expect("clean");
-        r.apply(&ClusterStep::Publish { node: 0, to: CTarget::User(1, 0), key: None })
-            .expect("nobody of t1 is connected");
-        let id = r.conn(0, 0).expect("connected");
+        let (mut r, id) = t0_u0_connected();
         let foreign =
             r#"{"type":"agent_started","stream":"u","epoch":5,"seq":1,"data":{"fz_mark":0}}"#;
         assert!(r.delivered(0, id, foreign).is_err(), "t1/u0's event to t0/u0");
@@ -989,11 +1005,7 @@ mod tests {
 
     #[test]
     fn a_history_page_may_repeat_live_seqs_but_not_carry_a_foreign_event() {
-        let mut r = ClusterRunner::new(&knobs(2));
-        r.apply(&ClusterStep::Connect { node: 0, tenant: 0, user: 0 }).expect("clean");
-        r.apply(&ClusterStep::Publish { node: 0, to: CTarget::User(1, 0), key: None })
-            .expect("nobody of t1 is connected");
-        let id = r.conn(0, 0).expect("connected");
+        let (mut r, id) = t0_u0_connected();
         let live = r#"{"type":"agent_started","stream":"u","epoch":5,"seq":1}"#;
         r.delivered(0, id, live).expect("first");
         let page = |m: &str| {
@@ -1030,11 +1042,7 @@ mod tests {
             ClusterStep::Publish { node: 0, to: room, key: None },
             ClusterStep::Publish { node: 0, to: room, key: None },
         ];
-        for (i, s) in steps.iter().enumerate() {
-            if let Err(e) = r.apply(s) {
-                panic!("step {i}: {e}");
-            }
-        }
+        run(&mut r, &steps);
         let bus = r.c.hub_ref(1).expect("node 1").stats().bus;
         assert!(bus.epochs_changed >= 1, "the room's stream moved to a new epoch: {bus:?}");
     }
@@ -1056,11 +1064,7 @@ mod tests {
             },
             ClusterStep::Advance(38_526),
         ];
-        for (i, s) in steps.iter().enumerate() {
-            if let Err(e) = r.apply(s) {
-                panic!("step {i}: {e}");
-            }
-        }
+        run(&mut r, &steps);
         let bus = r.c.hub_ref(1).expect("node 1").stats().bus;
         assert_eq!(bus.mismatches, 1, "the message at (0, 0) is counted as the driver's bug");
         assert_eq!(bus.epochs_changed, 0, "and moved no epoch: {bus:?}");
