@@ -34,9 +34,18 @@ async fn what_websocket_tasks_flush_is_settled_as_written_until_nothing_is_outst
         let f = alice.recv_event().await;
         assert_eq!((f["type"].as_str(), &f["data"]["n"]), (Some("note"), &json!(n)));
     }
-    let delivered = server.snapshot().await.hub.bytes_delivered - before.bytes_delivered;
-    assert!(delivered > 300 * 200, "{delivered} bytes handed over for 300 notes of 200+ bytes");
     // Every byte handed to the connection was flushed; the hub hears of all of it.
+    settled(&server, &before, 300).await;
+}
+
+/// Checks that `notes` notes (200+ bytes each) were handed over since `before`, then waits
+/// until the hub has heard that every byte it handed over was written.
+async fn settled(server: &Server, before: &switchboard::HubStats, notes: u64) {
+    let delivered = server.snapshot().await.hub.bytes_delivered - before.bytes_delivered;
+    assert!(
+        delivered > notes * 200,
+        "{delivered} bytes handed over for {notes} notes of 200+ bytes"
+    );
     server
         .until("written catches up with delivered", |s| {
             s.hub.bytes_written == s.hub.bytes_delivered
@@ -78,14 +87,7 @@ async fn what_an_sse_body_takes_is_settled_as_written_and_its_end_reports_the_co
     }
     read_until(&mut tcp, &mut seen, |s| s.contains(r#""n":99"#)).await;
     assert_eq!(seen.matches(r#""type":"note""#).count(), 100, "each note once");
-    let delivered = server.snapshot().await.hub.bytes_delivered - before.bytes_delivered;
-    assert!(delivered > 100 * 200, "{delivered} bytes handed over for 100 notes of 200+ bytes");
-    server
-        .until("written catches up with delivered", |s| {
-            s.hub.bytes_written == s.hub.bytes_delivered
-                && s.hub.bytes_written - before.bytes_written >= delivered
-        })
-        .await;
+    settled(&server, &before, 100).await;
 
     // The client goes away: the body's end reports the connection gone.
     drop(tcp);
