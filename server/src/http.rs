@@ -615,20 +615,37 @@ async fn publish(State(app): State<AppState>, request: Request) -> Response {
             let why = format!("a batch holds 1 to {MAX_BATCH} envelopes");
             return rejected(StatusCode::BAD_REQUEST, "bad_batch", why);
         }
-        // All at once: the hub takes them in this order (its queue is first come, first served),
-        // and in cluster mode their appends share pipelines instead of a round trip each.
-        let outcomes = futures_util::future::join_all(requests.into_iter().map(|request| {
-            let app = &app;
-            async move {
-                match serde_json::from_str::<PublishRequest>(request.get()) {
-                    Ok(request) => publish_one(app, request).await,
-                    Err(e) => {
-                        Outcome::refused(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
-                    }
+        // Parsed one by one (a bad entry is refused alone), then published as one command: the
+        // hub takes them in this order in one turn, so what they queue for one connection goes
+        // out in one write, and in cluster mode their appends share pipelines.
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(requests.len());
+        let mut prepared = Vec::with_capacity(requests.len());
+        for request in requests {
+            let parsed = serde_json::from_str::<PublishRequest>(request.get())
+                .map_err(|e| {
+                    Outcome::refused(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+                })
+                .and_then(prepare);
+            match parsed {
+                Ok(entry) => {
+                    prepared.push(entry);
+                    outcomes.push(None);
                 }
+                Err(refused) => outcomes.push(Some(refused)),
             }
-        }))
-        .await;
+        }
+        let excluded = resolve_excludes(&app, &mut prepared).await;
+        let envelopes = prepared.into_iter().map(|(envelope, _)| envelope).collect();
+        let mut results = app.handle.publish_batch(envelopes).await.into_iter().zip(excluded);
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|slot| {
+                slot.unwrap_or_else(|| {
+                    let (result, excluded) = results.next().expect("one answer per envelope");
+                    outcome(result, excluded)
+                })
+            })
+            .collect();
         // The answer is written straight out: no tree of `Value`s per envelope.
         let mut out = Vec::with_capacity(16 + outcomes.len() * 96);
         out.extend_from_slice(b"{\"results\":[");
@@ -789,31 +806,60 @@ fn write_string(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
-/// Publishes one envelope of `POST /publish`.
-async fn publish_one(app: &AppState, mut request: PublishRequest) -> Outcome {
+/// One envelope of `POST /publish` ready for the hub, with the connection its `exclude` names
+/// (as the client knows it), or the answer refusing it.
+fn prepare(mut request: PublishRequest) -> Result<(Envelope, Option<String>), Outcome> {
     let exclude = request.exclude.take();
-    let mut envelope = match request.envelope() {
-        Ok(env) => env,
-        Err(why) => return Outcome::refused(StatusCode::BAD_REQUEST, "bad_target", why.into()),
-    };
-    // Resolved on the hub: only an id of an open connection excludes anyone.
-    let excluded = match exclude {
-        None => None,
-        Some(wire) => {
-            envelope.exclude =
-                app.handle.with_hub(move |hub, _| hub.find_connection(&wire)).await.flatten();
-            Some(envelope.exclude.is_some())
-        }
-    };
-    let mut outcome = publish_receipt(app, envelope).await;
-    if let Answer::Published { excluded: slot, .. } = &mut outcome.answer {
-        *slot = excluded;
+    match request.envelope() {
+        Ok(envelope) => Ok((envelope, exclude)),
+        Err(why) => Err(Outcome::refused(StatusCode::BAD_REQUEST, "bad_target", why.into())),
     }
-    outcome
 }
 
-async fn publish_receipt(app: &AppState, envelope: Envelope) -> Outcome {
-    match app.handle.publish_receipt(envelope).await {
+/// Resolves the `exclude` of each prepared envelope on the hub (one call for all of them): only
+/// an id of an open connection excludes anyone. Returns, per envelope, whether it named one
+/// (`None`: no `exclude` given).
+async fn resolve_excludes(
+    app: &AppState,
+    prepared: &mut [(Envelope, Option<String>)],
+) -> Vec<Option<bool>> {
+    let wires: Vec<Option<String>> = prepared.iter_mut().map(|(_, wire)| wire.take()).collect();
+    if wires.iter().all(Option::is_none) {
+        return vec![None; prepared.len()];
+    }
+    let asked: Vec<bool> = wires.iter().map(Option::is_some).collect();
+    let found = app
+        .handle
+        .with_hub(move |hub, _| {
+            wires.iter().map(|w| w.as_deref().and_then(|w| hub.find_connection(w))).collect()
+        })
+        .await
+        .unwrap_or_else(|| vec![None; prepared.len()]);
+    prepared
+        .iter_mut()
+        .zip(found)
+        .zip(asked)
+        .map(|(((envelope, _), conn), asked)| {
+            envelope.exclude = conn;
+            asked.then_some(conn.is_some())
+        })
+        .collect()
+}
+
+/// Publishes one envelope of `POST /publish`.
+async fn publish_one(app: &AppState, request: PublishRequest) -> Outcome {
+    let mut prepared = match prepare(request) {
+        Ok(entry) => [entry],
+        Err(refused) => return refused,
+    };
+    let excluded = resolve_excludes(app, &mut prepared).await.pop().flatten();
+    let [(envelope, _)] = prepared;
+    outcome(app.handle.publish_receipt(envelope).await, excluded)
+}
+
+/// The answer to one envelope from what the hub (or the bus) made of it.
+fn outcome(result: Result<Receipt, PublishFailed>, excluded: Option<bool>) -> Outcome {
+    match result {
         Ok(Receipt { published, duplicate }) => {
             let position = published.position.as_ref().map(|(name, pos)| (name.to_string(), *pos));
             let counts = published.op.is_none().then_some([
@@ -824,7 +870,7 @@ async fn publish_receipt(app: &AppState, envelope: Envelope) -> Outcome {
             ]);
             Outcome {
                 status: StatusCode::OK,
-                answer: Answer::Published { position, duplicate, counts, excluded: None },
+                answer: Answer::Published { position, duplicate, counts, excluded },
                 retry_after: None,
                 counted: PublishCount::Accepted,
             }

@@ -394,6 +394,11 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
         d.outbox_overflows,
     )?;
     b.counter(
+        "flushes",
+        "Writes of text frames to connections (each carries one or more frames)",
+        d.flushes,
+    )?;
+    b.counter(
         "inbound_dropped",
         "Client messages dropped: the application was behind",
         d.inbound_dropped,

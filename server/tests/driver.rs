@@ -38,6 +38,29 @@ async fn what_websocket_tasks_flush_is_settled_as_written_until_nothing_is_outst
     settled(&server, &before, 300).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_publish_reaches_a_connection_in_one_write() {
+    let server = Server::start(|_| {}).await;
+    let (mut alice, _) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    let before = server.snapshot().await;
+    let batch = (0..20).map(|n| note("acme", "alice", n)).collect();
+    let answers = server.running.handle.publish_batch(batch).await;
+    assert_eq!(answers.len(), 20);
+    for (n, answer) in answers.iter().enumerate() {
+        let receipt = answer.as_ref().unwrap_or_else(|e| panic!("envelope {n}: {e:?}"));
+        assert_eq!(receipt.published.delivered, 1, "envelope {n}");
+    }
+    for n in 0..20 {
+        let f = alice.recv_event().await;
+        assert_eq!((f["type"].as_str(), &f["data"]["n"]), (Some("note"), &json!(n)));
+    }
+    settled(&server, &before.hub, 20).await;
+    // The hub took the batch in one turn and woke alice's task once, after the last push: the
+    // twenty frames went out in one flush, not one system call each.
+    let flushes = server.snapshot().await.driver.flushes - before.driver.flushes;
+    assert_eq!(flushes, 1, "20 frames in {flushes} writes");
+}
+
 /// Checks that `notes` notes (200+ bytes each) were handed over since `before`, then waits
 /// until the hub has heard that every byte it handed over was written.
 async fn settled(server: &Server, before: &switchboard::HubStats, notes: u64) {

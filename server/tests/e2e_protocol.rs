@@ -55,6 +55,27 @@ async fn a_publish_can_leave_the_sender_out_and_give_a_custom_kind_a_priority() 
     );
     assert_eq!(bob.recv_event().await["type"], "notice");
 
+    // In a batch each entry's `exclude` is its own, and an entry without one excludes nobody.
+    let batch = json!([
+        {"tenant": "acme", "user": "alice", "kind": "notice", "data": {"n": 1}},
+        {"tenant": "acme", "user": "alice", "kind": "notice", "data": {"n": 2}, "exclude": me},
+        {"tenant": "acme", "user": "alice", "kind": "notice", "data": {"n": 3}, "exclude": "9v9"},
+    ]);
+    let res = server.http("POST", "/publish", Some(ADMIN), &batch.to_string()).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let results = res.json()["results"].clone();
+    let answers: Vec<_> = (0..3)
+        .map(|i| (results[i]["excluded"].as_bool(), results[i]["delivered"].as_u64()))
+        .collect();
+    assert_eq!(answers, [(None, Some(2)), (Some(true), Some(1)), (Some(false), Some(2))]);
+    for n in [1, 3] {
+        assert_eq!(sender.recv_event().await["data"]["n"], n);
+    }
+    for n in [1, 2, 3] {
+        assert_eq!(other_tab.recv_event().await["data"]["n"], n);
+    }
+    sender.sync().await;
+
     // A droppable custom kind is published as such; the agent events' priorities are fixed.
     let low = json!({"tenant": "acme", "user": "bob", "kind": "upload_progress",
                      "priority": "low", "data": {"pct": 50}});

@@ -11,7 +11,7 @@ use switchboard::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::outbox::{Outbox, Receiver, Refused as Push};
+use super::outbox::{Outbox, Receiver, Refused as Push, Wakes};
 use super::{
     Accepted, AcceptedParts, Alive, Command, DriverStats, Handle, Out, Peer, PublishFailed,
     Receipt, Refused, Snapshot,
@@ -46,6 +46,8 @@ pub(super) struct Driver {
     bus: Option<Bus>,
     /// The connections whose flushed bytes are being settled (kept for its allocation).
     moved: Vec<ConnId>,
+    /// The connection tasks pushed to since the turn began, woken at its end.
+    waking: Wakes,
 }
 
 impl Driver {
@@ -69,6 +71,7 @@ impl Driver {
             live: Arc::default(),
             bus,
             moved: Vec::new(),
+            waking: Wakes::default(),
         }
     }
 
@@ -101,6 +104,7 @@ impl Driver {
                         bus_events = None;
                         self.hub.bus_down(Instant::now());
                         self.drain(Instant::now());
+                        self.waking.wake_all();
                         continue;
                     };
                     let now = Instant::now();
@@ -120,6 +124,7 @@ impl Driver {
             }
             // Whatever woke it, the bytes flushed meanwhile are settled once per turn.
             self.settle_written(Instant::now());
+            self.waking.wake_all();
         }
     }
 
@@ -155,23 +160,12 @@ impl Driver {
                 self.peers.remove(&conn);
                 let _ = self.hub.disconnect(now, conn, reason);
             }
-            Command::Publish { envelope, reply } => match self.hub.publish(now, envelope) {
-                // Clustered: answered when the bus says what became of the append.
-                Ok(published) if published.op.is_some() && self.bus.is_some() => {
-                    let op = published.op.expect("checked");
-                    let bus = self.bus.as_mut().expect("checked");
-                    bus.publishes.insert(op, (published, reply));
+            Command::Publish { envelope, reply } => self.publish(now, envelope, reply),
+            Command::PublishBatch(items) => {
+                for (envelope, reply) in items {
+                    self.publish(now, envelope, reply);
                 }
-                result => {
-                    let result = result
-                        .map(|published| {
-                            let duplicate = published.duplicate;
-                            Receipt { published, duplicate }
-                        })
-                        .map_err(PublishFailed::Hub);
-                    let _ = reply.send(result);
-                }
-            },
+            }
             Command::Snapshot { reply } => {
                 let mut driver = self.stats.clone();
                 driver.connections = self.peers.len();
@@ -188,6 +182,33 @@ impl Driver {
             Command::With(job) => job(&mut self.hub, now),
         }
         self.drain(now);
+    }
+
+    /// Publishes one envelope and answers it, or (clustered) keeps the answer for the bus's
+    /// reply. The caller drains.
+    fn publish(
+        &mut self,
+        now: Instant,
+        envelope: switchboard::Envelope,
+        reply: oneshot::Sender<Result<Receipt, PublishFailed>>,
+    ) {
+        match self.hub.publish(now, envelope) {
+            // Clustered: answered when the bus says what became of the append.
+            Ok(published) if published.op.is_some() && self.bus.is_some() => {
+                let op = published.op.expect("checked");
+                let bus = self.bus.as_mut().expect("checked");
+                bus.publishes.insert(op, (published, reply));
+            }
+            result => {
+                let result = result
+                    .map(|published| {
+                        let duplicate = published.duplicate;
+                        Receipt { published, duplicate }
+                    })
+                    .map_err(PublishFailed::Hub);
+                let _ = reply.send(result);
+            }
+        }
     }
 
     fn connect(
@@ -342,7 +363,8 @@ impl Driver {
     fn push(&mut self, now: Instant, conn: ConnId, out: Out) {
         let Some(peer) = self.peers.get(&conn) else { return };
         match peer.outbox.push(out, self.handle.cfg.outbox_frames) {
-            Ok(()) => {}
+            Ok(false) => {}
+            Ok(true) => self.waking.add(&peer.outbox),
             Err(Push::Full(Out::Ping)) => {} // it is behind; pings can wait
             Err(Push::Full(_)) => {
                 // Its `Close` action follows in this drain.
@@ -365,7 +387,8 @@ impl Driver {
         for &conn in &self.moved {
             // Gone or closed since: its budget no longer matters.
             let Some(peer) = self.peers.get(&conn) else { continue };
-            let bytes = peer.outbox.take_written();
+            let (bytes, flushes) = peer.outbox.take_written();
+            self.stats.flushes += flushes as u64;
             if bytes > 0 {
                 let _ = self.hub.written(now, conn, bytes);
             }

@@ -184,6 +184,8 @@ enum Command {
         envelope: Envelope,
         reply: oneshot::Sender<Result<Receipt, PublishFailed>>,
     },
+    /// Several publishes taken in one turn of the hub task, in order.
+    PublishBatch(Vec<(Envelope, oneshot::Sender<Result<Receipt, PublishFailed>>)>),
     Snapshot {
         reply: oneshot::Sender<Snapshot>,
     },
@@ -259,6 +261,10 @@ pub struct DriverStats {
     pub outbox_overflows: u64,
     /// Inbound messages dropped because the application's channel was full or gone.
     pub inbound_dropped: u64,
+    /// Writes of text frames to connections (WebSocket flushes, SSE chunks), as settled by the
+    /// hub task: `HubStats::deliveries` over this is how many frames one write carries. A
+    /// connection's last writes before it ends may not be counted.
+    pub flushes: u64,
     /// Open connections as the driver sees them.
     pub connections: usize,
     /// Connection tasks alive (admitted, open or closing): what [`DriverConfig::max_connections`]
@@ -543,6 +549,30 @@ impl Handle {
             return Err(PublishFailed::Stopped);
         }
         rx.await.unwrap_or(Err(PublishFailed::Stopped))
+    }
+
+    /// Publishes several envelopes in order, as one command: the hub takes them in one turn, so
+    /// what they queue for one connection is written with one flush. Each has its own answer, in
+    /// the order given.
+    pub async fn publish_batch(
+        &self,
+        envelopes: Vec<Envelope>,
+    ) -> Vec<Result<Receipt, PublishFailed>> {
+        let (items, answers): (Vec<_>, Vec<_>) = envelopes
+            .into_iter()
+            .map(|envelope| {
+                let (reply, rx) = oneshot::channel();
+                ((envelope, reply), rx)
+            })
+            .unzip();
+        if !self.send(Command::PublishBatch(items)).await {
+            return answers.iter().map(|_| Err(PublishFailed::Stopped)).collect();
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for rx in answers {
+            out.push(rx.await.unwrap_or(Err(PublishFailed::Stopped)));
+        }
+        out
     }
 
     /// Answers a client message that carried an `id` ([`Inbound::id`]) on the connection it came

@@ -27,6 +27,9 @@ pub(super) struct Outbox {
     waker: AtomicWaker,
     /// Text bytes flushed since the hub last took them ([`Outbox::take_written`]).
     written: AtomicUsize,
+    /// Flushes that wrote text since the hub last took them: with `written`, how many frames
+    /// each write carries.
+    flushes: AtomicUsize,
     /// The socket's read side woke the task since it last looked ([`Receiver::read_waker`]).
     read_woken: AtomicBool,
 }
@@ -66,10 +69,12 @@ impl Outbox {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Hub side: queues `out` unless `limit` frames are queued already or the task ended. Wakes
-    /// the connection's task only when the queue was empty (otherwise it is awake or waiting for
-    /// its socket, and comes back for the rest).
-    pub(super) fn push(&self, out: Out, limit: usize) -> Result<(), Refused> {
+    /// Hub side: queues `out` unless `limit` frames are queued already or the task ended.
+    /// Returns whether the queue was empty, i.e. whether the connection's task must be woken
+    /// ([`Outbox::wake_writer`]); otherwise it is awake or waiting for its socket, and comes back for
+    /// the rest. The wake is the caller's so that it can come after a run of pushes: the task
+    /// then writes them with one flush instead of one system call per frame.
+    pub(super) fn push(&self, out: Out, limit: usize) -> Result<bool, Refused> {
         let mut state = self.state();
         if state.ended {
             return Err(Refused::Ended);
@@ -79,11 +84,13 @@ impl Outbox {
         }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(out);
-        drop(state);
-        if was_empty {
-            self.waker.wake();
-        }
-        Ok(())
+        Ok(was_empty)
+    }
+
+    /// Hub side: wakes the connection's task to write what was pushed (not through the read
+    /// side's [`Wake`], which would also have the task poll its socket).
+    pub(super) fn wake_writer(&self) {
+        self.waker.wake();
     }
 
     /// Hub side: asks the connection's task to close with `reason` (after the queued frames,
@@ -99,9 +106,11 @@ impl Outbox {
         self.waker.wake();
     }
 
-    /// Hub side: the bytes flushed since the last call.
-    pub(super) fn take_written(&self) -> usize {
-        self.written.swap(0, Ordering::AcqRel)
+    /// Hub side: the bytes flushed since the last call, and in how many flushes.
+    pub(super) fn take_written(&self) -> (usize, usize) {
+        let bytes = self.written.swap(0, Ordering::AcqRel);
+        // Counted before the bytes were added (see `add_written`): the swap above sees it.
+        (bytes, self.flushes.swap(0, Ordering::Relaxed))
     }
 
     /// Connection side: the waker to wake when something arrives. Call before looking.
@@ -158,6 +167,7 @@ impl Outbox {
     /// Connection side: adds flushed text bytes. True if the hub had taken every earlier count,
     /// so the connection must be named to it again ([`Moved::push`]).
     pub(super) fn add_written(&self, bytes: usize) -> bool {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         self.written.fetch_add(bytes, Ordering::AcqRel) == 0
     }
 }
@@ -209,6 +219,35 @@ impl Drop for Receiver {
     }
 }
 
+/// The connection tasks the hub task pushed to and has yet to wake. Their wakes are deferred to
+/// the end of the hub task's turn ([`Wakes::wake_all`]) so that a burst for one connection, such
+/// as the messages of a batch publish or of one read from the bus, is written with one flush: a
+/// task woken at the first push may run on another core at once and write one frame per system
+/// call while the hub is still pushing the rest.
+#[derive(Debug, Default)]
+pub(super) struct Wakes(Vec<Arc<Outbox>>);
+
+impl Wakes {
+    /// How many tasks are gathered before they are woken in the middle of a turn: a large
+    /// fan-out gets its first writers going on the other cores while the hub goes on pushing.
+    pub(super) const BATCH: usize = 64;
+
+    /// Notes that `outbox` went from empty to not ([`Outbox::push`] returned `true`).
+    pub(super) fn add(&mut self, outbox: &Arc<Outbox>) {
+        self.0.push(outbox.clone());
+        if self.0.len() >= Self::BATCH {
+            self.wake_all();
+        }
+    }
+
+    /// Wakes every task noted since the last call.
+    pub(super) fn wake_all(&mut self) {
+        for outbox in self.0.drain(..) {
+            outbox.wake_writer();
+        }
+    }
+}
+
 /// The connections whose tasks flushed bytes the hub has not been told of, gathered for the hub
 /// task to settle with `Hub::written` once per turn of its loop instead of one command per flush.
 #[derive(Debug, Default)]
@@ -256,6 +295,62 @@ mod tests {
         assert!(matches!(outbox.push(Out::Ping, 2), Err(Refused::Ended)));
     }
 
+    /// A waker that counts its wakes.
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    fn counted() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        (count, waker)
+    }
+
+    #[test]
+    fn pushes_wake_each_task_once_at_the_end_of_the_turn() {
+        let (a_wakes, a_waker) = counted();
+        let (b_wakes, b_waker) = counted();
+        let (a, b) = (Arc::new(Outbox::default()), Arc::new(Outbox::default()));
+        a.register(&a_waker);
+        b.register(&b_waker);
+        let mut wakes = Wakes::default();
+        for _ in 0..10 {
+            for outbox in [&a, &b] {
+                if outbox.push(Out::Ping, 64).unwrap() {
+                    wakes.add(outbox);
+                }
+            }
+        }
+        let woken = |c: &Arc<Count>| c.0.load(Ordering::SeqCst);
+        assert_eq!((woken(&a_wakes), woken(&b_wakes)), (0, 0), "nobody woken mid-turn");
+        wakes.wake_all();
+        assert_eq!((woken(&a_wakes), woken(&b_wakes)), (1, 1), "each woken once for 10 frames");
+        wakes.wake_all();
+        assert_eq!((woken(&a_wakes), woken(&b_wakes)), (1, 1), "nothing new: no wake");
+    }
+
+    #[test]
+    fn a_large_fan_out_wakes_its_first_tasks_before_the_turn_ends() {
+        let outboxes: Vec<_> = (0..Wakes::BATCH + 1)
+            .map(|_| {
+                let (count, waker) = counted();
+                let outbox = Arc::new(Outbox::default());
+                outbox.register(&waker);
+                (outbox, count)
+            })
+            .collect();
+        let mut wakes = Wakes::default();
+        for (outbox, _) in &outboxes {
+            assert!(outbox.push(Out::Ping, 8).unwrap());
+            wakes.add(outbox);
+        }
+        let woken: Vec<usize> = outboxes.iter().map(|(_, c)| c.0.load(Ordering::SeqCst)).collect();
+        assert!(woken[..Wakes::BATCH].iter().all(|&n| n == 1), "the first batch is woken");
+        assert_eq!(woken[Wakes::BATCH], 0, "the rest waits for the end of the turn");
+    }
+
     #[test]
     fn a_close_wins_over_a_detach_and_keeps_its_first_reason() {
         let outbox = Outbox::default();
@@ -268,27 +363,20 @@ mod tests {
     }
 
     #[test]
-    fn written_bytes_name_the_connection_once_until_the_hub_takes_them() {
+    fn written_bytes_and_flushes_name_the_connection_once_until_the_hub_takes_them() {
         let outbox = Outbox::default();
         assert!(outbox.add_written(10), "first bytes: name it");
         assert!(!outbox.add_written(5), "already named");
-        assert_eq!(outbox.take_written(), 15);
-        assert_eq!(outbox.take_written(), 0);
+        assert_eq!(outbox.take_written(), (15, 2), "15 bytes in 2 flushes");
+        assert_eq!(outbox.take_written(), (0, 0));
         assert!(outbox.add_written(1), "taken: name it again");
     }
 
     #[test]
     fn the_read_waker_marks_the_read_side_and_wakes_the_task() {
-        use std::sync::atomic::AtomicUsize;
-        struct Count(AtomicUsize);
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let (count, waker) = counted();
         let rx = Receiver::new(Arc::new(Outbox::default()));
-        rx.register(&Waker::from(count.clone()));
+        rx.register(&waker);
         assert!(!rx.take_read_woken());
         rx.read_waker().wake_by_ref();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
@@ -311,24 +399,16 @@ mod tests {
     }
 
     #[test]
-    fn a_push_into_an_empty_queue_wakes_the_task_and_a_second_does_not() {
-        use std::sync::atomic::AtomicUsize;
-        use std::task::Wake;
-        struct Count(AtomicUsize);
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+    fn a_push_into_an_empty_queue_asks_for_a_wake_and_a_second_does_not() {
+        let (count, waker) = counted();
         let outbox = Outbox::default();
         outbox.register(&waker);
-        outbox.push(Out::Ping, 8).unwrap();
+        assert!(outbox.push(Out::Ping, 8).unwrap(), "was empty: the caller wakes");
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "the push itself never wakes");
+        outbox.wake_writer();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         outbox.register(&waker);
-        outbox.push(Out::Ping, 8).unwrap();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "not empty: no wake");
+        assert!(!outbox.push(Out::Ping, 8).unwrap(), "not empty: no wake needed");
         outbox.close(CloseReason::ServerShutdown);
         assert_eq!(count.0.load(Ordering::SeqCst), 2, "a close always wakes");
     }
