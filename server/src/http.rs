@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -26,7 +27,7 @@ use switchboard::{
 
 use crate::auth::{AuthError, Claims, KeyError, Keys, check_admin_key};
 use crate::bus::BusReader;
-use crate::driver::{Handle, PublishFailed, Receipt, Refused, SseSessions};
+use crate::driver::{Handle, PublishFailed, Receipt, Refused, SocketWriter, SseSessions};
 use crate::metrics;
 use crate::secret::AdminKey;
 
@@ -356,6 +357,7 @@ async fn websocket(
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    socket: Option<Extension<SocketWriter>>,
 ) -> Response {
     if !app.origin_allowed(&headers) {
         app.counters.origin_refused.fetch_add(1, Ordering::Relaxed);
@@ -378,7 +380,13 @@ async fn websocket(
     match app.handle.connect(identity.principal, identity.rooms).await {
         // A small read buffer, a size limit derived from the hub's `max_frame_bytes`, and the
         // connection's own task.
-        Ok(accepted) => app.handle.upgrade(upgrade, accepted),
+        Ok(mut accepted) => {
+            // Served by our own listener: the hub task may write frames to the socket itself.
+            if let Some(Extension(socket)) = socket {
+                accepted.write_directly(socket);
+            }
+            app.handle.upgrade(upgrade, accepted)
+        }
         Err(refused) => {
             app.counters.connect_refused.fetch_add(1, Ordering::Relaxed);
             refusal(refused)

@@ -223,8 +223,15 @@ async fn serve_one(
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-    let conn =
-        http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router)).with_upgrades();
+    // The socket is shared with the hub task, which writes a WebSocket's frames to it directly
+    // when it can (`Accepted::write_directly`): every request carries the hub's handle on it.
+    let (io, writer) = crate::driver::share(tcp);
+    let router = TowerToHyperService::new(router);
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request.extensions_mut().insert(writer.clone());
+        hyper::service::Service::call(&router, request)
+    });
+    let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

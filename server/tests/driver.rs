@@ -61,6 +61,62 @@ async fn a_batch_publish_reaches_a_connection_in_one_write() {
     assert_eq!(flushes, 1, "20 frames in {flushes} writes");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_the_hub_writes_itself_never_interleave_with_the_tasks_own_writes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // A reader with a small receive buffer: the hub task's direct writes fall short and hand
+    // over to the connection's task. The client's pings make the task's transport queue pongs
+    // between them. Every note must arrive whole and in order, and every ping be answered.
+    let server = Server::start(|_| {}).await;
+    let token = server.token("acme", "alice", &[], &[]);
+    let mut alice = server.ws_with(Some(&token), Some(4096)).await.unwrap();
+    assert_eq!(alice.recv().await["type"], "connected");
+    // Live once its first message is answered (until then the hub keeps what it publishes).
+    alice.send(json!({"type": "ping"})).await;
+    assert_eq!(alice.recv().await["type"], "pong");
+    let handle = server.running.handle.clone();
+    let publisher = tokio::spawn(async move {
+        for batch in 0..20u64 {
+            let notes = (0..15).map(|i| {
+                let env = note("acme", "alice", batch * 15 + i);
+                env.data(json!({ "n": batch * 15 + i, "pad": "y".repeat(2000) }))
+            });
+            for answer in handle.publish_batch(notes.collect()).await {
+                assert_eq!(answer.expect("published").published.delivered, 1);
+            }
+        }
+    });
+    let (mut next, mut pings, mut pongs) = (0u64, 0u32, 0u32);
+    tokio::time::timeout(WAIT, async {
+        while next < 300 || pongs < pings {
+            match alice.ws.next().await.expect("open").expect("readable") {
+                Message::Text(text) => {
+                    let f: serde_json::Value = serde_json::from_str(&text).expect("whole JSON");
+                    if f["type"] == "note" {
+                        assert_eq!(f["data"]["n"], next, "in order");
+                        assert_eq!(f["data"]["pad"].as_str().map(str::len), Some(2000));
+                        next += 1;
+                        if next % 7 == 0 {
+                            alice.ws.send(Message::Ping(vec![1, 2, 3].into())).await.unwrap();
+                            pings += 1;
+                        }
+                    }
+                }
+                Message::Pong(data) => {
+                    assert_eq!(&data[..], &[1, 2, 3]);
+                    pongs += 1;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("stuck at note {next}, {pongs} of {pings} pongs"));
+    publisher.await.unwrap();
+    assert_eq!((next, pongs), (300, pings));
+}
+
 /// Checks that `notes` notes (200+ bytes each) were handed over since `before`, then waits
 /// until the hub has heard that every byte it handed over was written.
 async fn settled(server: &Server, before: &switchboard::HubStats, notes: u64) {

@@ -12,7 +12,8 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use switchboard::{CloseReason, ConnId, DisconnectReason};
 use tokio::sync::mpsc;
 
-use super::outbox::{Moved, Receiver, Stop};
+use super::outbox::{Moved, Receiver, Rest, Stop};
+use super::socket::SocketWriter;
 use super::{Accepted, AcceptedParts, Command, Handle, Out};
 
 impl Handle {
@@ -36,6 +37,8 @@ impl Handle {
         let conn = parts.map(|AcceptedParts { outbox, _alive, .. }| {
             let conn = Conn {
                 id,
+                writer: outbox.socket(),
+                rest: None,
                 socket,
                 read_waker: outbox.read_waker(),
                 read_more: true,
@@ -93,10 +96,12 @@ impl Handle {
                         wait.await;
                     }
                 }
-                // Answered by tungstenite itself.
-                Event::Read(Ok(Message::Ping(_))) => {}
+                // Answered by tungstenite itself, which queued the pong: the hub task must not
+                // write to the socket until the task has flushed it.
+                Event::Read(Ok(Message::Ping(_))) => conn.outbox.busy(),
                 Event::Read(Ok(Message::Close(frame))) => {
                     // Send tungstenite's queued reply to the peer's close.
+                    conn.outbox.busy();
                     let flush = tokio::time::timeout(close_timeout, conn.socket.flush());
                     let _ = Box::pin(flush).await;
                     return (peer_closed(frame.as_ref()), None);
@@ -153,6 +158,11 @@ enum Event {
 struct Conn {
     id: ConnId,
     socket: WebSocket,
+    /// The same socket as the hub task writes to it, when it does ([`super::socket`]): the rest
+    /// of a frame it began is written through this, past tungstenite.
+    writer: Option<SocketWriter>,
+    /// The rest of a frame the hub task began, being written.
+    rest: Option<Box<Rest>>,
     outbox: Receiver,
     /// Where a flush names the connection for the hub task to settle its written bytes.
     moved: std::sync::Arc<Moved>,
@@ -202,6 +212,9 @@ impl Conn {
     /// Hands queued frames to the socket (up to `flush_bytes` unflushed) and flushes them, until
     /// the queue is empty or the socket is not ready. Ready only with why writing stopped.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if let Err(()) = std::task::ready!(self.poll_rest(cx)) {
+            return Poll::Ready(Event::WriteFailed);
+        }
         loop {
             while self.batch < self.flush_bytes {
                 match Pin::new(&mut self.socket).poll_ready(cx) {
@@ -224,7 +237,12 @@ impl Conn {
                 // again on a writable socket, so flush here (no syscall when there is none).
                 return match Pin::new(&mut self.socket).poll_flush(cx) {
                     Poll::Ready(Err(_)) => Poll::Ready(Event::WriteFailed),
-                    Poll::Ready(Ok(())) | Poll::Pending => Poll::Pending,
+                    Poll::Ready(Ok(())) => {
+                        // Everything written: the hub task may write to the socket itself.
+                        self.outbox.idle();
+                        Poll::Pending
+                    }
+                    Poll::Pending => Poll::Pending,
                 };
             }
             match std::task::ready!(Pin::new(&mut self.socket).poll_flush(cx)) {
@@ -242,10 +260,41 @@ impl Conn {
         }
     }
 
+    /// Writes the rest of a frame the hub task began, if there is one, straight to the socket:
+    /// nothing else may be written before it. Ready with `Err` if the socket failed.
+    fn poll_rest(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        if self.rest.is_none() {
+            self.rest = self.outbox.take_rest();
+        }
+        let (Some(rest), Some(writer)) = (&mut self.rest, &self.writer) else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            let (header, frame) = rest.remaining();
+            let buf = if header.is_empty() { frame } else { header };
+            match std::task::ready!(writer.poll_write(cx, buf)) {
+                Ok(0) | Err(_) => return Poll::Ready(Err(())),
+                Ok(n) if rest.advance(n) => break,
+                Ok(_) => {}
+            }
+        }
+        let bytes = self.rest.take().map_or(0, |rest| rest.frame_len());
+        if self.outbox.add_written(bytes) {
+            self.moved.push(self.id);
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Sends the frames queued before the close (unless the peer is a slow consumer: its queue
     /// is abandoned), then the close frame with the reason's code, within `timeout`.
     async fn send_close(&mut self, reason: CloseReason, timeout: Duration) {
+        self.outbox.busy();
         let _ = tokio::time::timeout(timeout, async {
+            // A frame the hub task began is finished first, whatever the reason: a frame cut
+            // short would garble everything after it.
+            if std::future::poll_fn(|cx| self.poll_rest(cx)).await.is_err() {
+                return Ok(());
+            }
             if reason != CloseReason::SlowConsumer {
                 while let Some(out) = self.outbox.pop() {
                     self.socket.feed(to_message(out).0).await?;
@@ -261,6 +310,7 @@ impl Conn {
     /// Closes the connection with a close frame the transport chose (the peer broke the
     /// protocol), abandoning whatever is queued, and lets the peer answer it.
     async fn refuse(&mut self, frame: CloseFrame, timeout: Duration) {
+        self.outbox.busy();
         let _ = tokio::time::timeout(timeout, self.socket.send(Message::Close(Some(frame)))).await;
         // Let the peer read the close frame and answer it (a stream that failed is already over
         // and returns `None` at once).
@@ -277,6 +327,8 @@ impl Conn {
     /// After our close frame (or a failed write): reads until the peer's close reply, the end of
     /// the stream, or `timeout`. Anything else it sends is dropped.
     async fn linger(&mut self, timeout: Duration) -> DisconnectReason {
+        // Reading may send tungstenite's reply to a close.
+        self.outbox.busy();
         let read = async {
             while let Some(msg) = self.socket.next().await {
                 match msg {

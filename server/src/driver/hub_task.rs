@@ -11,7 +11,7 @@ use switchboard::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::outbox::{Outbox, Receiver, Refused as Push, Wakes};
+use super::outbox::{Outbox, Pushed, Receiver, Refused as Push, Wakes};
 use super::{
     Accepted, AcceptedParts, Alive, Command, DriverStats, Handle, Out, Peer, PublishFailed,
     Receipt, Refused, Snapshot,
@@ -76,6 +76,7 @@ impl Driver {
     }
 
     pub(super) async fn run(mut self, mut bus_events: Option<mpsc::Receiver<BusEvent>>) {
+        self.waking.direct = self.handle.cfg.direct_writes;
         loop {
             let deadline = self.hub.poll_timeout();
             let timer = async {
@@ -104,7 +105,7 @@ impl Driver {
                         bus_events = None;
                         self.hub.bus_down(Instant::now());
                         self.drain(Instant::now());
-                        self.waking.wake_all();
+                        self.waking.flush_all();
                         continue;
                     };
                     let now = Instant::now();
@@ -123,8 +124,12 @@ impl Driver {
                 }
             }
             // Whatever woke it, the bytes flushed meanwhile are settled once per turn.
+            // Pushes of this turn go out first (directly, or by waking the connections' tasks),
+            // so that direct writes are settled in the same turn; what settling queues goes out
+            // at once too.
+            self.waking.flush_all();
             self.settle_written(Instant::now());
-            self.waking.wake_all();
+            self.waking.flush_all();
         }
     }
 
@@ -359,12 +364,13 @@ impl Driver {
         let _ = reply.send(result);
     }
 
-    /// Queues a frame or ping for a connection's task without waiting.
+    /// Writes a frame to a connection's socket, or queues it (or a ping) for the connection's
+    /// task, without waiting.
     fn push(&mut self, now: Instant, conn: ConnId, out: Out) {
         let Some(peer) = self.peers.get(&conn) else { return };
-        match peer.outbox.push(out, self.handle.cfg.outbox_frames) {
-            Ok(false) => {}
-            Ok(true) => self.waking.add(&peer.outbox),
+        match peer.outbox.push(out, self.handle.cfg.outbox_frames, self.waking.direct) {
+            Ok(Pushed::Queued { wake: false }) => {}
+            Ok(Pushed::Queued { wake: true }) => self.waking.add(conn, &peer.outbox),
             Err(Push::Full(Out::Ping)) => {} // it is behind; pings can wait
             Err(Push::Full(_)) => {
                 // Its `Close` action follows in this drain.
@@ -381,6 +387,7 @@ impl Driver {
     /// last turn: one `written` per connection that moved, not one command per flush.
     fn settle_written(&mut self, now: Instant) {
         self.handle.moved.take(&mut self.moved);
+        self.moved.append(&mut self.waking.written);
         if self.moved.is_empty() {
             return;
         }

@@ -34,6 +34,20 @@
 //!   connection by bytes (`max_unwritten_bytes`, released by `written`); the outbox's frame
 //!   count is a second fence, and overflowing it closes the connection as a slow consumer,
 //!   exactly as the hub would.
+//! - **Wakes wait for the end of the hub task's turn.** A push into an empty outbox notes the
+//!   connection; the turn's end (or every 64 connections, so that a large fan-out gets writers
+//!   going on the other cores) flushes them: a burst for one connection (a batch publish, one
+//!   read's worth of bus messages) goes out in one write instead of one system call per frame.
+//! - **Small turns are written by the hub task itself.** When a turn hands frames to fewer than
+//!   64 connections (a publish to one user or a small room) and a connection's task has nothing
+//!   of its own to write, the hub task writes that connection's frames straight to its socket
+//!   with one non-blocking `writev` ([`SocketWriter`], [`DriverConfig::direct_writes`]): no wake, no
+//!   poll, no copy into tungstenite's buffer. Whatever the socket does not take at once
+//!   (including the rest of a frame cut short) goes to the connection's task, which writes it
+//!   before anything else. The task clears the permission under the outbox's lock before it
+//!   writes anything itself (its queue, a pong tungstenite queued, a close), so two writers never
+//!   interleave; larger fan-outs always go through the tasks, which batch several publishes per
+//!   write when they fall behind.
 //! - **Connections report progress without a message per flush.** After flushing a batch of
 //!   text frames the connection's task adds the bytes to its outbox's counter and, if the hub
 //!   had taken the previous count, names itself in a shared "moved" list (waking the hub task if
@@ -67,8 +81,10 @@
 mod connection;
 mod hub_task;
 mod outbox;
+mod socket;
 mod sse;
 
+pub use socket::{SharedSocket, SocketWriter, share};
 pub use sse::{SseConn, SseSessions, decode_positions, encode_positions};
 
 use std::collections::BTreeMap;
@@ -113,6 +129,13 @@ pub struct DriverConfig {
     /// binary derives it from `RLIMIT_NOFILE` (see [`crate::listen::FdBudget`]); `None`: only the
     /// hub's `max_connections` applies.
     pub max_connections: Option<usize>,
+    /// Whether the hub task writes frames straight to the sockets it was given
+    /// ([`Accepted::write_directly`]) when a turn of its loop hands frames to few connections
+    /// (fewer than 64: a publish to one user or a small room) and their tasks have nothing else
+    /// to write, instead of waking each connection's task. Larger fan-outs always go through the
+    /// tasks, which run on every worker and write several publishes' frames together when they
+    /// fall behind.
+    pub direct_writes: bool,
 }
 
 impl Default for DriverConfig {
@@ -128,6 +151,7 @@ impl Default for DriverConfig {
             log_audits: false,
             max_connections: None,
             refresh: None,
+            direct_writes: true,
         }
     }
 }
@@ -376,6 +400,17 @@ impl Accepted {
     #[allow(dead_code)] // for applications that keep their own map of connections
     pub fn id(&self) -> ConnId {
         self.id
+    }
+
+    /// Lets the hub task write this connection's frames straight to its socket when the
+    /// connection's task has nothing else to write ([`DriverConfig::direct_writes`]),
+    /// instead of waking the task for each. `socket` must be the socket the WebSocket is served
+    /// on: the listener puts it into every request's extensions ([`crate::listen::serve`]).
+    /// Without it every frame goes through the connection's task.
+    pub fn write_directly(&mut self, socket: SocketWriter) {
+        if let Some(parts) = &self.parts {
+            parts.outbox.share_socket(socket);
+        }
     }
 }
 

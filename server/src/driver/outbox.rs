@@ -8,16 +8,18 @@
 //! frame count passed to [`Outbox::push`] is a second fence.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
-use switchboard::{CloseReason, ConnId};
+use switchboard::{CloseReason, ConnId, Frame};
 use tokio::sync::Notify;
 
 use super::Out;
+use super::socket::{self, SocketWriter};
 
 /// What the hub task queued for one connection.
 #[derive(Debug, Default)]
@@ -37,12 +39,65 @@ pub(super) struct Outbox {
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Out>,
+    /// The socket, when the hub task may write to it itself ([`super::socket`]).
+    socket: Option<SocketWriter>,
+    /// Whether it may now: the connection's task has nothing queued, half-written or in its
+    /// transport's buffer, so a frame written straight to the socket cannot land inside another.
+    /// The task sets it when it has flushed everything ([`Outbox::idle`]) and clears it before
+    /// it writes anything itself ([`Outbox::busy`]); the hub clears it when it queues.
+    direct: bool,
+    /// The rest of a frame the hub task began to write and the socket did not take whole: the
+    /// connection's task writes it before anything else. Boxed: it is rare, and every
+    /// connection's outbox would otherwise hold its size.
+    rest: Option<Box<Rest>>,
     /// The hub closed the connection with this reason.
     close: Option<CloseReason>,
     /// The hub let go of the connection (its peer entry was dropped).
     detached: bool,
     /// The connection's task ended: nothing more is queued.
     ended: bool,
+}
+
+/// The unwritten tail of a frame the hub task wrote in part ([`Outbox::push`]).
+#[derive(Debug)]
+pub(super) struct Rest {
+    /// The frame's header.
+    header: [u8; 10],
+    header_len: u8,
+    frame: Frame,
+    /// Bytes of header and frame already written.
+    sent: usize,
+}
+
+impl Rest {
+    /// What remains to be written, from `sent` on: of the header, then of the frame.
+    pub(super) fn remaining(&self) -> (&[u8], &[u8]) {
+        let header = &self.header[..usize::from(self.header_len)];
+        let frame = self.frame.as_str().as_bytes();
+        match self.sent.checked_sub(header.len()) {
+            Some(into_frame) => (&[], &frame[into_frame..]),
+            None => (&header[self.sent..], frame),
+        }
+    }
+
+    /// Notes `n` more bytes written; true once everything is.
+    pub(super) fn advance(&mut self, n: usize) -> bool {
+        self.sent += n;
+        self.sent >= usize::from(self.header_len) + self.frame.len()
+    }
+
+    /// The frame's length (what the hub counts as written once it is).
+    pub(super) fn frame_len(&self) -> usize {
+        self.frame.len()
+    }
+}
+
+/// What [`Outbox::push`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Pushed {
+    /// Queued. If `wake`, the queue was empty: call [`Outbox::flush`] after the run of pushes
+    /// (through [`Wakes`]); otherwise a flush or the task is already due, and takes this too.
+    Queued { wake: bool },
 }
 
 /// Why [`Outbox::push`] did not queue.
@@ -63,18 +118,83 @@ pub(super) enum Stop {
     Detached,
 }
 
+impl State {
+    /// Writes the queued frames to the socket while it takes them whole (up to
+    /// [`State::WRITE_FRAMES`] per `writev`): returns their text bytes. A frame the socket took
+    /// in part becomes the [`Rest`]; if anything is left, direct writes end until the task is
+    /// idle again.
+    fn write_direct(&mut self) -> usize {
+        let mut written = 0;
+        let Some(socket) = self.socket.clone() else { return 0 };
+        while !self.queue.is_empty() {
+            let mut headers = [[0u8; 10]; Self::WRITE_FRAMES];
+            let mut lens = [(0usize, 0usize); Self::WRITE_FRAMES];
+            let mut count = 0;
+            for (i, out) in self.queue.iter().take(Self::WRITE_FRAMES).enumerate() {
+                let Out::Text(frame) = out else { break };
+                lens[i] = (socket::text_header(frame.len(), &mut headers[i]), frame.len());
+                count = i + 1;
+            }
+            if count == 0 {
+                break;
+            }
+            let mut slices: [IoSlice<'_>; 2 * Self::WRITE_FRAMES] =
+                [IoSlice::new(&[]); 2 * Self::WRITE_FRAMES];
+            for (i, out) in self.queue.iter().take(count).enumerate() {
+                let Out::Text(frame) = out else { unreachable!("counted above") };
+                slices[2 * i] = IoSlice::new(&headers[i][..lens[i].0]);
+                slices[2 * i + 1] = IoSlice::new(frame.as_str().as_bytes());
+            }
+            let mut sent = match socket.try_write(&slices[..2 * count]) {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            let mut whole = 0;
+            for &(header_len, len) in &lens[..count] {
+                if sent < header_len + len {
+                    break;
+                }
+                sent -= header_len + len;
+                written += len;
+                whole += 1;
+            }
+            self.queue.drain(..whole);
+            if whole < count {
+                if sent > 0 {
+                    let Some(Out::Text(frame)) = self.queue.pop_front() else {
+                        unreachable!("a text frame was counted here")
+                    };
+                    let header_len = lens[whole].0 as u8;
+                    let rest = Rest { header: headers[whole], header_len, frame, sent };
+                    self.rest = Some(Box::new(rest));
+                }
+                break;
+            }
+        }
+        if !self.queue.is_empty() || self.rest.is_some() {
+            self.direct = false;
+        }
+        written
+    }
+
+    /// Frames one direct `writev` carries at most (two slices each).
+    const WRITE_FRAMES: usize = 32;
+}
+
 impl Outbox {
     fn state(&self) -> MutexGuard<'_, State> {
         // Nothing panics while holding it; a poisoned queue is still a valid queue.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Hub side: queues `out` unless `limit` frames are queued already or the task ended.
-    /// Returns whether the queue was empty, i.e. whether the connection's task must be woken
-    /// ([`Outbox::wake_writer`]); otherwise it is awake or waiting for its socket, and comes back for
-    /// the rest. The wake is the caller's so that it can come after a run of pushes: the task
-    /// then writes them with one flush instead of one system call per frame.
-    pub(super) fn push(&self, out: Out, limit: usize) -> Result<bool, Refused> {
+    /// Hub side: queues `out` for the connection, unless `limit` frames are queued already or
+    /// the task ended. While the socket is idle ([`State::direct`]) and `direct` allows, text
+    /// frames are held for the hub task to write straight to the socket at the end of its turn
+    /// ([`Outbox::flush`]), several in one `writev`; anything else ends that (a ping goes
+    /// through the task). `wake: true` asks the caller to call [`Outbox::flush`] once its run of
+    /// pushes is over, so that a burst goes out in one write rather than one system call per
+    /// frame.
+    pub(super) fn push(&self, out: Out, limit: usize, direct: bool) -> Result<Pushed, Refused> {
         let mut state = self.state();
         if state.ended {
             return Err(Refused::Ended);
@@ -82,9 +202,67 @@ impl Outbox {
         if state.queue.len() >= limit {
             return Err(Refused::Full(out));
         }
-        let was_empty = state.queue.is_empty();
+        let wake = state.queue.is_empty() && state.rest.is_none();
+        if !(direct && matches!(out, Out::Text(_))) {
+            state.direct = false;
+        }
         state.queue.push_back(out);
-        Ok(was_empty)
+        Ok(Pushed::Queued { wake })
+    }
+
+    /// Hub side, after a run of pushes: if `direct` and the socket is still the hub's to write
+    /// ([`State::direct`]), writes what was queued straight to it, as much as it takes at once,
+    /// and returns those text bytes (the frames'); whatever it did not take, and anything queued
+    /// otherwise, is the connection's task's, which is woken.
+    pub(super) fn flush(&self, direct: bool) -> usize {
+        let mut state = self.state();
+        let mut written = 0;
+        if state.direct && direct {
+            written = state.write_direct();
+        } else if !state.queue.is_empty() {
+            // The task's to write, then: it may pop them.
+            state.direct = false;
+        }
+        let more = !state.queue.is_empty() || state.rest.is_some();
+        drop(state);
+        if more {
+            self.wake_writer();
+        }
+        written
+    }
+    /// Gives the hub task the connection's socket to write to directly, once the connection's
+    /// task says it is idle ([`Outbox::idle`]).
+    pub(super) fn share_socket(&self, socket: SocketWriter) {
+        self.state().socket = Some(socket);
+    }
+
+    /// The socket the hub task may write to, if it was given one.
+    pub(super) fn socket(&self) -> Option<SocketWriter> {
+        self.state().socket.clone()
+    }
+
+    /// Connection side: the task wrote and flushed everything it had; if nothing is queued the
+    /// hub task may write to the socket directly until the task writes again.
+    pub(super) fn idle(&self) {
+        let mut state = self.state();
+        state.direct = state.socket.is_some()
+            && state.queue.is_empty()
+            && state.rest.is_none()
+            && state.close.is_none()
+            && !state.detached
+            && !state.ended;
+    }
+
+    /// Connection side: the task is about to write something of its own (a reply its transport
+    /// queued while reading, a close): no direct write may start until it is idle again.
+    pub(super) fn busy(&self) {
+        self.state().direct = false;
+    }
+
+    /// Connection side: the rest of a frame the hub task began, to be written before anything
+    /// else.
+    pub(super) fn take_rest(&self) -> Option<Box<Rest>> {
+        self.state().rest.take()
     }
 
     /// Hub side: wakes the connection's task to write what was pushed (not through the read
@@ -96,13 +274,19 @@ impl Outbox {
     /// Hub side: asks the connection's task to close with `reason` (after the queued frames,
     /// unless it is a slow consumer).
     pub(super) fn close(&self, reason: CloseReason) {
-        self.state().close.get_or_insert(reason);
+        let mut state = self.state();
+        state.close.get_or_insert(reason);
+        state.direct = false;
+        drop(state);
         self.waker.wake();
     }
 
     /// Hub side: the hub forgot the connection.
     pub(super) fn detach(&self) {
-        self.state().detached = true;
+        let mut state = self.state();
+        state.detached = true;
+        state.direct = false;
+        drop(state);
         self.waker.wake();
     }
 
@@ -131,6 +315,10 @@ impl Outbox {
     /// Connection side: the oldest queued frame or ping.
     pub(super) fn pop(&self) -> Option<Out> {
         let mut state = self.state();
+        if state.direct {
+            // Held for the hub task's direct write at the end of its turn.
+            return None;
+        }
         let out = state.queue.pop_front();
         // A burst's queue gives its memory back once drained.
         if out.is_none() && state.queue.capacity() > 64 {
@@ -161,7 +349,11 @@ impl Outbox {
     pub(super) fn end(&self) {
         let mut state = self.state();
         state.ended = true;
+        state.direct = false;
         state.queue = VecDeque::new();
+        state.rest = None;
+        // The socket closes once the task drops its own hold too.
+        state.socket = None;
     }
 
     /// Connection side: adds flushed text bytes. True if the hub had taken every earlier count,
@@ -219,31 +411,55 @@ impl Drop for Receiver {
     }
 }
 
-/// The connection tasks the hub task pushed to and has yet to wake. Their wakes are deferred to
-/// the end of the hub task's turn ([`Wakes::wake_all`]) so that a burst for one connection, such
-/// as the messages of a batch publish or of one read from the bus, is written with one flush: a
-/// task woken at the first push may run on another core at once and write one frame per system
-/// call while the hub is still pushing the rest.
+/// The connections the hub task pushed to and has yet to flush ([`Outbox::flush`]: a direct
+/// write, or a wake of the connection's task). Deferred to the end of the hub task's turn
+/// ([`Wakes::flush_all`]) so that a burst for one connection, such as the messages of a batch
+/// publish or of one read from the bus, is written with one system call: a task woken at the
+/// first push may run on another core at once and write one frame per call while the hub is
+/// still pushing the rest.
 #[derive(Debug, Default)]
-pub(super) struct Wakes(Vec<Arc<Outbox>>);
+pub(super) struct Wakes {
+    pending: Vec<(ConnId, Arc<Outbox>)>,
+    /// Connections the hub task wrote to directly whose bytes it has yet to settle.
+    pub(super) written: Vec<ConnId>,
+    /// Whether this turn already handed a batch over to the connections' tasks: a large
+    /// fan-out, whose every connection goes through its task.
+    spilled: bool,
+    /// Whether the hub task may write to sockets itself ([`super::DriverConfig::direct_writes`]).
+    pub(super) direct: bool,
+}
 
 impl Wakes {
-    /// How many tasks are gathered before they are woken in the middle of a turn: a large
-    /// fan-out gets its first writers going on the other cores while the hub goes on pushing.
+    /// How many connections are gathered before they are handed to their tasks in the middle of
+    /// a turn: a large fan-out gets its first writers going on the other cores while the hub
+    /// goes on pushing. A turn that reaches fewer connections is written by the hub task itself
+    /// where it can ([`Outbox::flush`]); a larger one is left to the tasks, which write each
+    /// connection's frames of several publishes together when they fall behind, where the hub
+    /// task would make a system call per publish.
     pub(super) const BATCH: usize = 64;
 
-    /// Notes that `outbox` went from empty to not ([`Outbox::push`] returned `true`).
-    pub(super) fn add(&mut self, outbox: &Arc<Outbox>) {
-        self.0.push(outbox.clone());
-        if self.0.len() >= Self::BATCH {
-            self.wake_all();
+    /// Notes that `outbox` went from empty to not ([`Pushed::Queued`] with `wake`).
+    pub(super) fn add(&mut self, conn: ConnId, outbox: &Arc<Outbox>) {
+        self.pending.push((conn, outbox.clone()));
+        if self.pending.len() >= Self::BATCH {
+            self.spilled = true;
+            self.flush(false);
         }
     }
 
-    /// Wakes every task noted since the last call.
-    pub(super) fn wake_all(&mut self) {
-        for outbox in self.0.drain(..) {
-            outbox.wake_writer();
+    /// The end of a turn: flushes every connection noted since the last call.
+    pub(super) fn flush_all(&mut self) {
+        let direct = self.direct && !std::mem::take(&mut self.spilled);
+        self.flush(direct);
+    }
+
+    fn flush(&mut self, direct: bool) {
+        for (conn, outbox) in self.pending.drain(..) {
+            // Counted as one flush, like a task's.
+            let bytes = outbox.flush(direct);
+            if bytes > 0 && outbox.add_written(bytes) {
+                self.written.push(conn);
+            }
         }
     }
 }
@@ -284,15 +500,15 @@ mod tests {
     #[test]
     fn push_is_bounded_by_frames_and_refused_once_the_task_ended() {
         let outbox = Outbox::default();
-        assert!(outbox.push(Out::Ping, 2).is_ok());
-        assert!(outbox.push(Out::Ping, 2).is_ok());
-        assert!(matches!(outbox.push(Out::Ping, 2), Err(Refused::Full(Out::Ping))));
+        assert!(outbox.push(Out::Ping, 2, false).is_ok());
+        assert!(outbox.push(Out::Ping, 2, false).is_ok());
+        assert!(matches!(outbox.push(Out::Ping, 2, false), Err(Refused::Full(Out::Ping))));
         assert!(matches!(outbox.pop(), Some(Out::Ping)));
-        assert!(outbox.push(Out::Ping, 2).is_ok(), "room again after a pop");
+        assert!(outbox.push(Out::Ping, 2, false).is_ok(), "room again after a pop");
         let outbox = Arc::new(outbox);
         drop(Receiver::new(outbox.clone()));
         assert!(outbox.pop().is_none(), "what was queued is dropped");
-        assert!(matches!(outbox.push(Out::Ping, 2), Err(Refused::Ended)));
+        assert!(matches!(outbox.push(Out::Ping, 2, false), Err(Refused::Ended)));
     }
 
     /// A waker that counts its wakes.
@@ -315,19 +531,19 @@ mod tests {
         let (a, b) = (Arc::new(Outbox::default()), Arc::new(Outbox::default()));
         a.register(&a_waker);
         b.register(&b_waker);
-        let mut wakes = Wakes::default();
+        let mut wakes = Wakes { direct: true, ..Wakes::default() };
         for _ in 0..10 {
-            for outbox in [&a, &b] {
-                if outbox.push(Out::Ping, 64).unwrap() {
-                    wakes.add(outbox);
+            for (i, outbox) in [&a, &b].into_iter().enumerate() {
+                if matches!(outbox.push(Out::Ping, 64, false), Ok(Pushed::Queued { wake: true })) {
+                    wakes.add(ConnId::from_raw(i as u32, 0), outbox);
                 }
             }
         }
         let woken = |c: &Arc<Count>| c.0.load(Ordering::SeqCst);
         assert_eq!((woken(&a_wakes), woken(&b_wakes)), (0, 0), "nobody woken mid-turn");
-        wakes.wake_all();
+        wakes.flush_all();
         assert_eq!((woken(&a_wakes), woken(&b_wakes)), (1, 1), "each woken once for 10 frames");
-        wakes.wake_all();
+        wakes.flush_all();
         assert_eq!((woken(&a_wakes), woken(&b_wakes)), (1, 1), "nothing new: no wake");
     }
 
@@ -342,9 +558,9 @@ mod tests {
             })
             .collect();
         let mut wakes = Wakes::default();
-        for (outbox, _) in &outboxes {
-            assert!(outbox.push(Out::Ping, 8).unwrap());
-            wakes.add(outbox);
+        for (i, (outbox, _)) in outboxes.iter().enumerate() {
+            assert_eq!(outbox.push(Out::Ping, 8, false).unwrap(), Pushed::Queued { wake: true });
+            wakes.add(ConnId::from_raw(i as u32, 0), outbox);
         }
         let woken: Vec<usize> = outboxes.iter().map(|(_, c)| c.0.load(Ordering::SeqCst)).collect();
         assert!(woken[..Wakes::BATCH].iter().all(|&n| n == 1), "the first batch is woken");
@@ -403,13 +619,154 @@ mod tests {
         let (count, waker) = counted();
         let outbox = Outbox::default();
         outbox.register(&waker);
-        assert!(outbox.push(Out::Ping, 8).unwrap(), "was empty: the caller wakes");
+        assert_eq!(outbox.push(Out::Ping, 8, false).unwrap(), Pushed::Queued { wake: true });
         assert_eq!(count.0.load(Ordering::SeqCst), 0, "the push itself never wakes");
-        outbox.wake_writer();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(outbox.flush(true), 0, "nothing for the hub to write itself");
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the flush wakes the task");
         outbox.register(&waker);
-        assert!(!outbox.push(Out::Ping, 8).unwrap(), "not empty: no wake needed");
+        assert_eq!(outbox.push(Out::Ping, 8, false).unwrap(), Pushed::Queued { wake: false });
         outbox.close(CloseReason::ServerShutdown);
         assert_eq!(count.0.load(Ordering::SeqCst), 2, "a close always wakes");
+    }
+
+    /// Frames of `sizes` bytes of data each, made by a hub (a frame is only ever the hub's).
+    fn frames(sizes: &[usize]) -> Vec<Frame> {
+        use switchboard::{Action, Config, Envelope, EventKind, Hub, Principal, Target};
+        let mut hub = Hub::new(Config::default()).unwrap();
+        let now = std::time::Instant::now();
+        let conn = hub.connect(now, Principal::new("acme", "alice")).unwrap();
+        while hub.poll_action().is_some() {}
+        let mut out = Vec::new();
+        for &size in sizes {
+            let target = Target::User { tenant: "acme".into(), user: "alice".into() };
+            let env = Envelope::new(target, EventKind::custom("note"))
+                .data(serde_json::json!({ "pad": "x".repeat(size) }));
+            hub.publish(now, env).unwrap();
+            while let Some(action) = hub.poll_action() {
+                if let Action::Deliver { frame, .. } = action {
+                    // Written at once: the hub holds back what a connection has not taken.
+                    hub.written(now, conn, frame.len()).unwrap();
+                    out.push(frame);
+                }
+            }
+        }
+        out
+    }
+
+    /// What a client reads of `frames` as WebSocket text frames from a server.
+    fn on_the_wire(frames: &[Frame]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for frame in frames {
+            let mut header = [0u8; 10];
+            let n = socket::text_header(frame.len(), &mut header);
+            wire.extend_from_slice(&header[..n]);
+            wire.extend_from_slice(frame.as_str().as_bytes());
+        }
+        wire
+    }
+
+    /// A connected pair on loopback: the server's end shared, the client's end to read.
+    async fn pair() -> (SocketWriter, tokio::net::TcpStream, socket::SharedSocket) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A small receive buffer: loopback's own would take megabytes before the sender waits.
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(64 * 1024).unwrap();
+        let client = client.connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (io, writer) = socket::share(accepted.unwrap().0);
+        (writer, client.unwrap(), io)
+    }
+
+    #[tokio::test]
+    async fn a_burst_for_an_idle_socket_is_written_by_the_hub_in_one_write() {
+        use tokio::io::AsyncReadExt;
+        let (writer, mut client, _io) = pair().await;
+        let outbox = Outbox::default();
+        let (woken, waker) = counted();
+        outbox.register(&waker);
+        outbox.share_socket(writer);
+        let burst = frames(&[10, 200, 70_000]);
+        // Before the task says it is idle, frames are the task's.
+        assert_eq!(
+            outbox.push(Out::Text(burst[0].clone()), 8, true).unwrap(),
+            Pushed::Queued { wake: true }
+        );
+        assert_eq!(outbox.flush(true), 0);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert!(outbox.pop().is_some());
+        outbox.idle();
+        for frame in &burst {
+            outbox.push(Out::Text(frame.clone()), 8, true).unwrap();
+        }
+        assert!(outbox.pop().is_none(), "held for the hub's write, not the task's");
+        let text: usize = burst.iter().map(Frame::len).sum();
+        assert_eq!(outbox.flush(true), text, "all three written by the hub");
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the task was not woken");
+        let want = on_the_wire(&burst);
+        let mut got = vec![0u8; want.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got == want, "the client reads the three frames whole and in order");
+        // A ping goes through the task, and ends direct writes until it is idle again.
+        outbox.push(Out::Ping, 8, true).unwrap();
+        outbox.push(Out::Text(burst[0].clone()), 8, true).unwrap();
+        assert_eq!(outbox.flush(true), 0);
+        assert!(matches!(outbox.pop(), Some(Out::Ping)));
+        assert!(matches!(outbox.pop(), Some(Out::Text(_))));
+    }
+
+    #[tokio::test]
+    async fn what_a_full_socket_does_not_take_is_finished_by_the_task_before_anything_else() {
+        use tokio::io::AsyncReadExt;
+        let (writer, mut client, _io) = pair().await;
+        let outbox = Outbox::default();
+        outbox.share_socket(writer.clone());
+        outbox.idle();
+        // Far more than loopback's buffers take at once.
+        let big = frames(&[900_000; 12]);
+        for frame in &big {
+            outbox.push(Out::Text(frame.clone()), 16, true).unwrap();
+        }
+        let direct = outbox.flush(true);
+        assert!(
+            direct < big.iter().map(Frame::len).sum::<usize>(),
+            "the socket filled up: {direct}"
+        );
+        assert_eq!(direct % big[0].len(), 0, "counted in whole frames: {direct}");
+        let reader = tokio::spawn(async move {
+            let want = on_the_wire(&frames(&[900_000; 12]));
+            let mut got = vec![0u8; want.len()];
+            client.read_exact(&mut got).await.unwrap();
+            got == want
+        });
+        // What the task does: the rest of the frame cut short first, then the queue in order.
+        let write = |buf: &[u8]| {
+            let writer = writer.clone();
+            let buf = buf.to_vec();
+            async move {
+                let mut at = 0;
+                while at < buf.len() {
+                    at +=
+                        std::future::poll_fn(|cx| writer.poll_write(cx, &buf[at..])).await.unwrap();
+                }
+            }
+        };
+        let rest = outbox.take_rest();
+        let cut = usize::from(rest.is_some());
+        if let Some(mut rest) = rest {
+            let (header, tail) = rest.remaining();
+            let pending = [header, tail].concat();
+            assert!(!rest.advance(pending.len() - 1), "one byte short is not done");
+            assert!(rest.advance(1));
+            write(&pending).await;
+        }
+        let mut queued = Vec::new();
+        while let Some(out) = outbox.pop() {
+            let Out::Text(frame) = out else { panic!("only frames were queued") };
+            queued.push(frame);
+        }
+        let whole = direct / big[0].len();
+        assert_eq!(whole + cut + queued.len(), 12, "every frame is written, cut or queued");
+        write(&on_the_wire(&queued)).await;
+        assert!(reader.await.unwrap(), "the client reads every frame whole and in order");
     }
 }
