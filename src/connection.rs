@@ -599,9 +599,10 @@ impl Connection {
     /// It leaves `room` (in epoch `epoch` of the room's stream) before its resume: remember what
     /// it was sent there (issue 10 item 5), for at most `cap` rooms; past that, the oldest is
     /// forgotten and a re-joined room counts as sent up to its re-join position. Nothing to do
-    /// after the resume, or if it is not a member.
-    pub(crate) fn remember_left(&mut self, room: &RoomId, epoch: u64, cap: u32) {
-        if self.resumed {
+    /// after the resume, unless `always` (cluster mode: a re-join checks what was sent against
+    /// a log that may have lost its tail, [`Connection::rejoined`]), or if it is not a member.
+    pub(crate) fn remember_left(&mut self, room: &RoomId, epoch: u64, cap: u32, always: bool) {
+        if self.resumed && !always {
             return;
         }
         let Some(m) = self.rooms.iter().find(|m| &m.room == room) else { return };

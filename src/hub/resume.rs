@@ -41,8 +41,9 @@ impl Hub {
         let was_held = c.end_hold();
         let uidx = c.user();
         let tenant_id = self.users.get(uidx).tenant.clone();
-        if positions.is_some() {
-            // The one resume: what was sent in rooms left before it is no longer needed.
+        if positions.is_some() && self.node.is_none() {
+            // The one resume: what was sent in rooms left before it is no longer needed (in
+            // cluster mode it is: a re-join compares it with a log that may have lost its tail).
             c.forget_left_rooms();
         }
         let ((user_base, user_sent), (tenant_base, tenant_sent)) =

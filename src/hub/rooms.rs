@@ -109,10 +109,12 @@ impl Hub {
         let idx = self.resolve(now, conn)?;
         let tenant_id = self.owner(idx).0;
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
-        // Remembered until the connection's one resume (issue 10 item 5).
+        // Remembered until the connection's one resume (issue 10 item 5); in cluster mode for
+        // its whole life, as a re-join must also notice a log that lost its tail meanwhile.
         if let Some(r) = tenant.rooms.get(&room) {
             let cap = self.cfg.max_rooms_per_connection;
-            self.conns.get_mut(idx).remember_left(&room, r.stream.epoch(), cap);
+            let clustered = self.node.is_some();
+            self.conns.get_mut(idx).remember_left(&room, r.stream.epoch(), cap, clustered);
         }
         if self.conns.get(idx).in_room(room.as_str()) {
             self.presence_left(now, idx, room.clone());

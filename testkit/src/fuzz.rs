@@ -1047,6 +1047,32 @@ mod tests {
         assert!(bus.epochs_changed >= 1, "the room's stream moved to a new epoch: {bus:?}");
     }
 
+    /// Found by the cluster fuzz target (a variant of the test above): after the connection's
+    /// resume, a room it left was no longer remembered (that memory served the resume only), so
+    /// its re-join after the log lost its tail could not notice that it had been sent more of
+    /// the epoch than the log now holds, and the next publish reused a seq it had.
+    #[test]
+    fn a_member_who_left_before_the_log_lost_its_tail_is_never_sent_a_seq_twice_on_rejoining() {
+        let knobs =
+            ClusterKnobs { seed: 864_691_128_258_833_920, retention_messages: 2, ..knobs(2) };
+        let mut r = ClusterRunner::new(&knobs);
+        let room = CTarget::Room(1, 0);
+        let steps = [
+            ClusterStep::Connect { node: 1, tenant: 1, user: 0 },
+            ClusterStep::Resume { node: 1, conn: 6, from: 15, back: 5 },
+            ClusterStep::Join { node: 1, conn: 4, room: 0 },
+            ClusterStep::Publish { node: 1, to: room, key: None },
+            ClusterStep::Publish { node: 0, to: room, key: None },
+            ClusterStep::Leave { node: 1, conn: 1, room: 0 },
+            ClusterStep::Fault(CFault::LoseTailEverywhere(1)),
+            ClusterStep::Join { node: 1, conn: 4, room: 0 },
+            ClusterStep::Publish { node: 0, to: room, key: None },
+        ];
+        run(&mut r, &steps);
+        let bus = r.c.hub_ref(1).expect("node 1").stats().bus;
+        assert!(bus.epochs_changed >= 1, "the room's stream moved to a new epoch: {bus:?}");
+    }
+
     /// Found by the cluster fuzz target: a driver handing the hub a live message at position
     /// (0, 0) moved the stream's sequencer to epoch 0 without telling anyone, and the next top
     /// check repaired the stream from seq 0, sending the connection its seq 1 again.
