@@ -91,7 +91,8 @@ impl Flow {
 
     /// Offers a live event frame under the connection's backpressure, to a connection record
     /// already looked up (`id` is its id): a fan-out looks each recipient up once, for its
-    /// filter, this offer and what it marks as sent. Inlined into the fan-out's loop: a call per
+    /// filter, this offer and what it marks as sent. A delivery is not counted in the hub's
+    /// stats here: the fan-out counts its deliveries at its end ([`Outbox::count_deliveries`]). Inlined into the fan-out's loop: a call per
     /// recipient cost about as much as the offer itself (callgrind, `room-1000`).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
@@ -124,7 +125,12 @@ impl Flow {
         // visit every recipient's user state (the user view sums its connections' meters).
         conn.count_delivered(self.clock);
         tally.0[tier_index(conn.tier())] += 1;
-        self.deliver_to(out, id, conn, frame);
+        if conn.skipped() > 0 {
+            self.notify_skipped(out, id, conn);
+        }
+        conn.queued(frame.len() as u64);
+        // Counted by the fan-out, once for all of its deliveries.
+        out.deliver_uncounted(id, frame);
         Offer::Delivered
     }
 
