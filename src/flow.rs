@@ -91,8 +91,9 @@ impl Flow {
 
     /// Offers a live event frame under the connection's backpressure, to a connection record
     /// already looked up (`id` is its id): a fan-out looks each recipient up once, for its
-    /// filter, this offer and what it marks as sent. A delivery is not counted in the hub's
-    /// stats here: the fan-out counts its deliveries at its end ([`Outbox::count_deliveries`]). Inlined into the fan-out's loop: a call per
+    /// filter, this offer and what it marks as sent. The offer is not counted in the hub's stats
+    /// here (deliveries, frames held back, thinking frames skipped): the fan-out counts them at
+    /// its end ([`Outbox::count_deliveries`], [`Outbox::count_offers`]). Inlined into the fan-out's loop: a call per
     /// recipient cost about as much as the offer itself (callgrind, `room-1000`).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
@@ -107,7 +108,6 @@ impl Flow {
         tally: &mut TierTally,
     ) -> Offer {
         if conn.is_held() {
-            out.stats.held_back += 1;
             return Offer::Held;
         }
         let after = conn.unwritten() + notice_len(conn.skipped()) + frame.len() as u64;
@@ -115,7 +115,6 @@ impl Flow {
         // everything gets even a thinking frame larger than the soft limit.
         if priority == Priority::Low && conn.unwritten() > 0 && after > cfg.max_inflight_bytes {
             conn.skip();
-            out.stats.thinking_skipped += 1;
             return Offer::Skipped;
         }
         if after > cfg.max_unwritten_bytes {

@@ -90,6 +90,13 @@ impl Outbox {
         self.stats.bytes_delivered += n * frame.len() as u64;
     }
 
+    /// Counts the live frames a fan-out held back for connections in their resume window and
+    /// the thinking frames it skipped for connections that are behind.
+    pub(crate) fn count_offers(&mut self, held: u64, skipped: u64) {
+        self.stats.held_back += held;
+        self.stats.thinking_skipped += skipped;
+    }
+
     /// Cluster mode: an operation for the driver to perform on the bus.
     pub(crate) fn bus(&mut self, op: BusOp) {
         self.queued.push(Action::Bus(Box::new(op)));

@@ -70,15 +70,6 @@ impl Published {
     pub fn undeliverable(&self) -> bool {
         self.delivered == 0 && self.held == 0
     }
-
-    fn add(&mut self, offer: Offer) {
-        match offer {
-            Offer::Delivered => self.delivered += 1,
-            Offer::Skipped => self.skipped += 1,
-            Offer::Overflow => self.closed += 1,
-            Offer::Held => self.held += 1,
-        }
-    }
 }
 
 /// An entry of a fan-out's recipient list: a connection slot (a user's or a tenant's list), or a
@@ -121,8 +112,10 @@ fn fan_out(
     result: &mut Published,
 ) {
     let mut tally = TierTally::default();
-    // Counted here and added once at the end: per recipient they cost about as much as the push.
-    let mut delivered = 0;
+    // Counted here and added once at the end: per recipient, counters in the outbox and the
+    // result cost about as much as the push, and kept the loop from holding its values in
+    // registers across it.
+    let (mut delivered, mut held, mut skipped) = (0, 0, 0);
     for recipient in recipients {
         // One look-up per recipient, for its filter, the offer and the mark.
         let (idx, id, slot) = recipient.resolve(conns);
@@ -139,13 +132,17 @@ fn fan_out(
             }
             Offer::Overflow => {
                 doomed.push(idx);
-                result.add(offer);
+                result.closed += 1;
             }
-            Offer::Skipped | Offer::Held => result.add(offer),
+            Offer::Held => held += 1,
+            Offer::Skipped => skipped += 1,
         }
     }
     result.delivered += delivered;
+    result.held += held;
+    result.skipped += skipped;
     out.count_deliveries(delivered as u64, frame);
+    out.count_offers(held as u64, skipped as u64);
     flow.count_tiers(tally);
 }
 
