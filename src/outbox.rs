@@ -2,7 +2,6 @@
 //! records its counter, so a count and the action (or metric) it stands for cannot drift apart.
 //! The queue is private: nothing else can push to it.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::action::{Action, AuditEvent, Inbound, MetricEvent};
@@ -17,17 +16,18 @@ use crate::stats::HubStats;
 /// The action queue and the hub's counters. The gauges of [`HubStats`] are not kept here: the
 /// hub derives them from its components when they are read.
 ///
-/// The queue is two buffers: actions are pushed onto `queued`, a `Vec`, and popped from `ready`,
-/// a `VecDeque` that takes over `queued`'s buffer (in O(1), without copying) when it runs out. A
-/// fan-out pushes one `Deliver` per recipient, and a `Vec` push is about half the instructions of
-/// a `VecDeque` push, which wraps its index around (callgrind, `room-1000`). Both buffers are
-/// kept: the second one holds what is pushed while actions are still waiting, so the queue's
-/// memory is at most twice its longest run between drains, and as before for a caller that
-/// drains after every call (see [`Outbox::refill`]).
+/// The queue is two `Vec`s: actions are pushed onto `queued` and popped from the end of `ready`,
+/// which holds them newest first. When `ready` runs out the two swap buffers and `ready` is
+/// reversed. A fan-out pushes and pops one `Deliver` per recipient, and a `Vec` push and pop plus
+/// the reversal cost fewer instructions than a `VecDeque`'s push and pop, which wrap their index
+/// around (callgrind, `room-1000`). Both buffers are kept: the second one holds what is pushed
+/// while actions are still waiting, so the queue's memory is at most twice its longest run
+/// between drains, and as before for a caller that drains after every call (see
+/// [`Outbox::pop`]).
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
-    /// What [`Outbox::pop`] takes from, oldest first.
-    ready: VecDeque<Action>,
+    /// What [`Outbox::pop`] takes from, oldest last.
+    ready: Vec<Action>,
     /// Everything pushed after `ready`'s actions, oldest first.
     queued: Vec<Action>,
     /// Counters that no action stands for (frames received, publishes, …) are bumped directly.
@@ -36,32 +36,31 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// The oldest queued action.
+    ///
+    /// When the queue is drained, `queued` keeps the larger buffer: a caller that drains after
+    /// every call then pushes into one buffer only, and the other stays as small as the actions
+    /// pushed while some were still waiting.
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<Action> {
-        match self.ready.pop_front() {
-            Some(action) => Some(action),
-            None => self.refill(),
+        if let Some(action) = self.ready.pop() {
+            return Some(action);
         }
-    }
-
-    /// `ready` ran out: it takes `queued`'s buffer and actions, and `queued` its empty buffer
-    /// (both conversions keep the allocation and copy nothing). Then the oldest action.
-    ///
-    /// When both are empty (the queue was drained), `queued` keeps the larger buffer: a caller
-    /// that drains after every call then pushes into one buffer only, and the other stays as
-    /// small as the actions pushed while some were still waiting.
-    #[inline(never)]
-    fn refill(&mut self) -> Option<Action> {
         if self.queued.is_empty() {
             if self.ready.capacity() > self.queued.capacity() {
-                let larger = Vec::from(std::mem::take(&mut self.ready));
-                self.ready = VecDeque::from(std::mem::replace(&mut self.queued, larger));
+                std::mem::swap(&mut self.ready, &mut self.queued);
             }
             return None;
         }
-        let spent = Vec::from(std::mem::take(&mut self.ready));
-        self.ready = VecDeque::from(std::mem::replace(&mut self.queued, spent));
-        self.ready.pop_front()
+        self.refill()
+    }
+
+    /// `ready` ran out and actions wait in `queued`: they become `ready`, oldest last, and
+    /// `queued` takes the empty buffer. Then the oldest action.
+    #[inline(never)]
+    fn refill(&mut self) -> Option<Action> {
+        std::mem::swap(&mut self.ready, &mut self.queued);
+        self.ready.reverse();
+        self.ready.pop()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
