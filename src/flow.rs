@@ -91,7 +91,9 @@ impl Flow {
 
     /// Offers a live event frame under the connection's backpressure, to a connection record
     /// already looked up (`id` is its id): a fan-out looks each recipient up once, for its
-    /// filter, this offer and what it marks as sent. Inlined into the fan-out's loop: a call per
+    /// filter, this offer and what it marks as sent. The offer is not counted in the hub's stats
+    /// here (deliveries, frames held back, thinking frames skipped): the fan-out counts them at
+    /// its end ([`Outbox::count_deliveries`], [`Outbox::count_offers`]). Inlined into the fan-out's loop: a call per
     /// recipient cost about as much as the offer itself (callgrind, `room-1000`).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
@@ -106,7 +108,6 @@ impl Flow {
         tally: &mut TierTally,
     ) -> Offer {
         if conn.is_held() {
-            out.stats.held_back += 1;
             return Offer::Held;
         }
         let after = conn.unwritten() + notice_len(conn.skipped()) + frame.len() as u64;
@@ -114,7 +115,6 @@ impl Flow {
         // everything gets even a thinking frame larger than the soft limit.
         if priority == Priority::Low && conn.unwritten() > 0 && after > cfg.max_inflight_bytes {
             conn.skip();
-            out.stats.thinking_skipped += 1;
             return Offer::Skipped;
         }
         if after > cfg.max_unwritten_bytes {
@@ -124,7 +124,12 @@ impl Flow {
         // visit every recipient's user state (the user view sums its connections' meters).
         conn.count_delivered(self.clock);
         tally.0[tier_index(conn.tier())] += 1;
-        self.deliver_to(out, id, conn, frame);
+        if conn.skipped() > 0 {
+            self.notify_skipped(out, id, conn);
+        }
+        conn.queued(frame.len() as u64);
+        // Counted by the fan-out, once for all of its deliveries.
+        out.deliver_uncounted(id, frame);
         Offer::Delivered
     }
 

@@ -90,7 +90,9 @@ impl Hub {
                     .get(m.pos() as usize)
                     .ok_or(format!("conn {idx}: bad room pos"))?;
                 ensure!(
-                    member.conn == idx && member.slot as usize == slot,
+                    member.conn == idx
+                        && member.id() == self.conns.id_of(idx)
+                        && member.slot as usize == slot,
                     "conn {idx}: room {} back-pointer broken",
                     m.room()
                 );

@@ -132,11 +132,23 @@ pub(crate) struct Room {
     pub(crate) idle: Option<TimerId>,
 }
 
-/// A room member: the connection and the position of this membership in its `rooms` list.
+/// A room member: the connection, its slot's generation (a membership ends before its
+/// connection closes, so this is the generation of the open connection: a fan-out builds each
+/// recipient's id from its member entry instead of looking the slot table up), and the position
+/// of this membership in its `rooms` list.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Member {
     pub(crate) conn: u32,
+    pub(crate) generation: u32,
     pub(crate) slot: u32,
+}
+
+impl Member {
+    /// The member's connection id.
+    #[inline]
+    pub(crate) fn id(&self) -> ConnId {
+        ConnId::new(self.conn, self.generation)
+    }
 }
 
 impl Tenant {
@@ -171,6 +183,7 @@ impl Tenant {
         room: &RoomId,
         new_stream: impl FnOnce() -> Stream,
     ) -> bool {
+        let generation = conns.id_of(idx).generation;
         let conn = conns.get_mut(idx);
         if conn.in_room(room.as_str()) {
             return false;
@@ -182,7 +195,7 @@ impl Tenant {
         });
         let base = r.stream.position().seq;
         let slot = conn.add_membership(room.clone(), r.members.len() as u32, base);
-        r.members.push(Member { conn: idx, slot });
+        r.members.push(Member { conn: idx, generation, slot });
         true
     }
 

@@ -16,7 +16,7 @@ use crate::kinds::{AuditKind, CloseReason, ClosedBy};
 use crate::outbox::Outbox;
 use crate::payload::{MAX_DATA_DEPTH, Payload, depth_within};
 use crate::protocol::{FrameWriter, Redactor};
-use crate::routing::Tenants;
+use crate::routing::{Member, Tenants};
 use crate::routing::{audience_admits, visible_to};
 use crate::stream::{Scope, Stream, TrimKey, Visible};
 use crate::user::Users;
@@ -70,27 +70,40 @@ impl Published {
     pub fn undeliverable(&self) -> bool {
         self.delivered == 0 && self.held == 0
     }
+}
 
-    fn add(&mut self, offer: Offer) {
-        match offer {
-            Offer::Delivered => self.delivered += 1,
-            Offer::Skipped => self.skipped += 1,
-            Offer::Overflow => self.closed += 1,
-            Offer::Held => self.held += 1,
-        }
+/// An entry of a fan-out's recipient list: a connection slot (a user's or a tenant's list), or a
+/// room member.
+trait Recipient {
+    /// The connection's slot, its id, and the slot of the membership for a room member (else 0).
+    fn resolve(&self, conns: &Connections) -> (u32, ConnId, u32);
+}
+
+impl Recipient for &u32 {
+    #[inline(always)]
+    fn resolve(&self, conns: &Connections) -> (u32, ConnId, u32) {
+        (**self, conns.id_of(**self), 0)
     }
 }
 
-/// Offers `frame` to each of `recipients` (connection slots, with the membership slot for rooms)
-/// that `admit` accepts, `mark`s those it was delivered to, and collects connections that
-/// overflowed into `doomed`.
+impl Recipient for &Member {
+    /// The id from the member entry: no look-up in the slot table.
+    #[inline(always)]
+    fn resolve(&self, _: &Connections) -> (u32, ConnId, u32) {
+        (self.conn, self.id(), self.slot)
+    }
+}
+
+/// Offers `frame` to each of `recipients` that `admit` accepts, `mark`s those it was delivered
+/// to (with the membership slot for rooms), and collects connections that overflowed into
+/// `doomed`.
 #[allow(clippy::too_many_arguments)]
-fn fan_out<'a>(
+fn fan_out(
     flow: &mut Flow,
     out: &mut Outbox,
     conns: &mut Connections,
     cfg: &Config,
-    recipients: impl Iterator<Item = (&'a u32, u32)>,
+    recipients: impl Iterator<Item = impl Recipient>,
     admit: impl Fn(&Connection, ConnId) -> bool,
     mark: impl Fn(&mut Connection, u32),
     frame: &Frame,
@@ -99,22 +112,37 @@ fn fan_out<'a>(
     result: &mut Published,
 ) {
     let mut tally = TierTally::default();
-    for (&idx, slot) in recipients {
+    // Counted here and added once at the end: per recipient, counters in the outbox and the
+    // result cost about as much as the push, and kept the loop from holding its values in
+    // registers across it.
+    let (mut delivered, mut held, mut skipped) = (0, 0, 0);
+    for recipient in recipients {
         // One look-up per recipient, for its filter, the offer and the mark.
-        let id = conns.id_of(idx);
+        let (idx, id, slot) = recipient.resolve(conns);
         let conn = conns.get_mut(idx);
         if !admit(conn, id) {
             continue;
         }
         let offer = flow.offer_to(out, id, conn, frame, priority, cfg, &mut tally);
         match offer {
-            Offer::Overflow => doomed.push(idx),
-            // Remember the highest seq sent on this stream (issue 10 item 5).
-            Offer::Delivered => mark(conn, slot),
-            Offer::Skipped | Offer::Held => {}
+            Offer::Delivered => {
+                // Remember the highest seq sent on this stream (issue 10 item 5).
+                mark(conn, slot);
+                delivered += 1;
+            }
+            Offer::Overflow => {
+                doomed.push(idx);
+                result.closed += 1;
+            }
+            Offer::Held => held += 1,
+            Offer::Skipped => skipped += 1,
         }
-        result.add(offer);
     }
+    result.delivered += delivered;
+    result.held += held;
+    result.skipped += skipped;
+    out.count_deliveries(delivered as u64, frame);
+    out.count_offers(held as u64, skipped as u64);
     flow.count_tiers(tally);
 }
 
@@ -332,7 +360,7 @@ impl Hub {
             &mut self.out,
             &mut self.conns,
             &self.cfg,
-            recipients.iter().map(|c| (c, 0)),
+            recipients.iter(),
             |c, id| (only.is_some() || c.wants(thread, run)) && except.is_none_or(|e| e != id),
             |c, _| c.mark_user_sent(),
             &frame,
@@ -362,7 +390,7 @@ impl Hub {
         let visible = Visible { scope: Scope::All, except: msg.except };
         self.buffers.keep(&mut r.stream, key, now, pos, &frame, visible, &self.cfg);
         let mut result = Published { position: Some((name, pos)), ..Published::none() };
-        let members = r.members.iter().map(|m| (&m.conn, m.slot));
+        let members = r.members.iter();
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
         let except = msg.except;
         fan_out(
@@ -424,7 +452,7 @@ impl Hub {
             out,
             conns,
             cfg,
-            t.conns.iter().map(|c| (c, 0)),
+            t.conns.iter(),
             admit,
             |c, _| c.mark_tenant_sent(),
             &frame,
@@ -526,7 +554,7 @@ impl Hub {
         let doomed = &mut self.doomed;
         match holder {
             TrimKey::User(uidx) => {
-                let members = self.users.get(*uidx).conns.iter().map(|c| (c, 0));
+                let members = self.users.get(*uidx).conns.iter();
                 let all = visible == Visible::from(Scope::All);
                 let admit = |c: &Connection, id| all || visible_to(c, id, &visible);
                 let mark = |c: &mut Connection, _| c.mark_user_sent();
@@ -548,7 +576,7 @@ impl Hub {
                 let Some(room) = self.tenants.get(t).and_then(|t| t.rooms.get(r)) else {
                     return result;
                 };
-                let members = room.members.iter().map(|m| (&m.conn, m.slot));
+                let members = room.members.iter();
                 let seq = pos.seq;
                 let mark = |c: &mut Connection, slot| c.mark_room_sent(slot, seq);
                 let except = visible.except;
@@ -568,7 +596,7 @@ impl Hub {
             }
             TrimKey::Tenant(t) => {
                 let Some(tenant) = self.tenants.get(t) else { return result };
-                let members = tenant.conns.iter().map(|c| (c, 0));
+                let members = tenant.conns.iter();
                 let all = visible == Visible::from(Scope::All);
                 let admit = |c: &Connection, id| all || visible_to(c, id, &visible);
                 let mark = |c: &mut Connection, _| c.mark_tenant_sent();
