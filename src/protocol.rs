@@ -33,6 +33,11 @@ impl Redactor {
     pub(crate) fn hides(&self, key: &str) -> bool {
         self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
     }
+
+    /// Whether it hides no key at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
 }
 
 struct Redacted<'a> {
@@ -284,7 +289,9 @@ impl FrameWriter {
         serde_json::to_writer(&mut self.buf, &frame).expect("in-memory JSON serialization");
         self.buf.pop(); // the closing brace
         self.buf.extend_from_slice(br#","data":"#);
-        write_redacted(&mut self.buf, raw, &|key| redactor.hides(key));
+        let hides = |key: &str| redactor.hides(key);
+        let hides: Option<&dyn Fn(&str) -> bool> = (!redactor.is_empty()).then_some(&hides);
+        write_redacted(&mut self.buf, raw, hides);
         self.buf.push(b'}');
         self.finish()
     }
