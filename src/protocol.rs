@@ -23,15 +23,33 @@ use crate::payload::{Payload, REDACTED, write_redacted};
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Redactor {
     keys: Box<[Box<str>]>,
+    /// One bit per key, [`Redactor::bit`]: a key whose bit is clear is hidden by no key, which
+    /// most keys of a payload are found to be without a comparison.
+    bits: u64,
 }
 
 impl Redactor {
     pub(crate) fn new(keys: &[String]) -> Self {
-        Self { keys: keys.iter().map(|k| Box::from(k.as_str())).collect() }
+        let bits = keys.iter().fold(0, |bits, k| bits | Self::bit(k));
+        Self { keys: keys.iter().map(|k| Box::from(k.as_str())).collect(), bits }
+    }
+
+    /// A bit of 64 from a key's length and its first and last bytes, ASCII case ignored (as the
+    /// comparison ignores it): keys equal but for ASCII case have the same bit.
+    fn bit(key: &str) -> u64 {
+        let b = key.as_bytes();
+        let (first, last) = match b {
+            [] => (0, 0),
+            [first, .., last] | [first @ last] => {
+                (first.to_ascii_lowercase(), last.to_ascii_lowercase())
+            }
+        };
+        let h = (b.len() as u64).wrapping_mul(31) ^ u64::from(first) ^ (u64::from(last) << 3);
+        1 << (h % 64)
     }
 
     pub(crate) fn hides(&self, key: &str) -> bool {
-        self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
+        self.bits & Self::bit(key) != 0 && self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
     }
 
     /// Whether it hides no key at all.
@@ -635,5 +653,30 @@ mod tests {
             })
         );
         assert!(!f.as_str().contains("hunter2"));
+    }
+
+    #[test]
+    fn the_key_filter_keeps_every_key_the_comparison_hides() {
+        let keys: Vec<String> =
+            ["password", "API_KEY", "t", "", "é", "x-Token"].map(String::from).to_vec();
+        let r = Redactor::new(&keys);
+        for probe in [
+            "PASSWORD",
+            "api_key",
+            "Api_Key",
+            "T",
+            "t",
+            "",
+            "É",
+            "é",
+            "x-token",
+            "passwor",
+            "tokens",
+            "a",
+            "password ",
+        ] {
+            let expect = keys.iter().any(|k| k.eq_ignore_ascii_case(probe));
+            assert_eq!(r.hides(probe), expect, "{probe:?}");
+        }
     }
 }
