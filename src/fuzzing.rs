@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 use crate::client_frame::{ClientFrame, Page, parse_client_frame};
 use crate::envelope::EventKind;
 use crate::ids::{RoomId, RunId, StreamName, StreamPos, ThreadId};
-use crate::payload::{MAX_DATA_DEPTH, Payload, RawData, RawDataError, depth_within};
+use crate::payload::{
+    MAX_DATA_DEPTH, Payload, RawData, RawDataError, depth_within, write_redacted, write_scanned,
+};
 use crate::protocol::{FrameWriter, Redactor};
 
 /// Parses `bytes` as a client frame; if it parses, serializes what was understood back to JSON,
@@ -160,6 +162,16 @@ pub fn raw_payload_round_trip(text: &str, redact: &[String]) -> Result<(), Strin
         (Err(e), Ok(_)) => return Err(format!("raw data refused JSON serde_json takes: {e}")),
     };
     let parsed = parsed.expect("checked");
+    // Compact text is copied from the keys validation noted: the same bytes as the full scan.
+    let hides = |k: &str| redact.iter().any(|h| h.eq_ignore_ascii_case(k));
+    let (mut copied, mut scanned) = (Vec::new(), Vec::new());
+    write_redacted(&mut copied, &raw, Some(&hides));
+    write_scanned(&mut scanned, &raw, &hides);
+    if copied != scanned {
+        let copied = String::from_utf8_lossy(&copied);
+        let scanned = String::from_utf8_lossy(&scanned);
+        return Err(format!("{text:?} copied as {copied}, scanned as {scanned}"));
+    }
     let frame = FrameWriter::default().event(
         &EventKind::ToolCompleted,
         &StreamName::User,

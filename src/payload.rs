@@ -47,7 +47,7 @@ impl Payload {
     pub fn is_null(&self) -> bool {
         match self {
             Payload::Json(v) => v.is_null(),
-            Payload::Raw(raw) => raw.0.trim_matches(is_ws) == "null",
+            Payload::Raw(raw) => raw.text.trim_matches(is_ws) == "null",
         }
     }
 }
@@ -78,8 +78,47 @@ impl From<RawData> for Payload {
 /// `"pass\u0077ord"` is `password`). Insignificant whitespace is dropped; everything else is
 /// kept as written: key order, number spelling, and duplicate keys (a parsed [`Value`] keeps only
 /// the last of those; here every copy is sent, and every copy of a redacted key is redacted).
+///
+/// Validation also notes whether the text is compact (no whitespace outside strings) and where
+/// its object keys are. Compact text is copied into the frame as it is, only the values of keys
+/// to redact replaced (found from the noted keys, without reading the rest of the text); other
+/// text is scanned byte by byte to drop its whitespace. The frame is the same either way.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RawData(Box<str>);
+pub struct RawData {
+    text: Box<str>,
+    /// `Some` when the text is compact: the span of every object key, in order (8 bytes per key).
+    /// `None`: it has whitespace to drop (or is over [`MAX_SPANNED`] bytes), so it is scanned.
+    keys: Option<Box<[KeySpan]>>,
+}
+
+/// The longest text whose keys are noted ([`KeySpan`] offsets are 31 bits).
+const MAX_SPANNED: usize = (1 << 31) - 1;
+
+/// Where an object key is in a compact text: the byte offsets of its opening and closing quotes,
+/// and (the closing offset's top bit) whether it has escapes, so must be unescaped to be compared.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct KeySpan {
+    open: u32,
+    close: u32,
+}
+
+impl KeySpan {
+    const ESCAPED: u32 = 1 << 31;
+
+    fn new(open: usize, close: usize, escaped: bool) -> Self {
+        debug_assert!(close <= MAX_SPANNED);
+        let flag = if escaped { Self::ESCAPED } else { 0 };
+        Self { open: open as u32, close: close as u32 | flag }
+    }
+
+    fn close(self) -> usize {
+        (self.close & !Self::ESCAPED) as usize
+    }
+
+    fn escaped(self) -> bool {
+        self.close & Self::ESCAPED != 0
+    }
+}
 
 impl RawData {
     /// Checks `text`: one JSON value (whitespace around it allowed), nesting at most
@@ -105,20 +144,28 @@ impl RawData {
         if scan.huge_number {
             return Err(RawDataError::Invalid("number out of range".into()));
         }
-        Ok(RawData(text))
+        Ok(RawData { text, keys: scan.keys.map(Vec::into_boxed_slice) })
     }
 
     /// The text as given.
     #[must_use]
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// Whether validation found the text compact: no whitespace outside strings (and at most
+    /// 2 GiB). Compact text is copied into frames as it is (keys to redact aside); other text is
+    /// scanned to drop its whitespace, which costs several times more per byte.
+    #[must_use]
+    pub fn is_compact(&self) -> bool {
+        self.keys.is_some()
     }
 }
 
 impl fmt::Debug for RawData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Like a Value's Debug, this shows the payload; the length keeps huge ones readable.
-        write!(f, "RawData({} bytes)", self.0.len())
+        write!(f, "RawData({} bytes)", self.text.len())
     }
 }
 
@@ -142,19 +189,33 @@ fn is_ws(c: char) -> bool {
 }
 
 /// What one pass over `text` finds: the deepest nesting of arrays and objects (brackets inside
-/// strings not counted), and whether a number is outside `f64`'s range.
+/// strings not counted), whether a number is outside `f64`'s range, and, if the text is compact
+/// (no whitespace outside strings), the span of every object key. Only meaningful for valid JSON.
 struct Scan {
     depth: usize,
     huge_number: bool,
+    keys: Option<Vec<KeySpan>>,
 }
 
 fn scan(text: &str) -> Scan {
     let b = text.as_bytes();
     let (mut depth, mut max, mut i) = (0usize, 0usize, 0usize);
     let mut huge_number = false;
+    let mut keys = (b.len() <= MAX_SPANNED).then(Vec::new);
     while i < b.len() {
         match b[i] {
-            b'"' => i = string_end(b, i),
+            b'"' => {
+                let (close, escaped) = string_close(b, i);
+                // In compact JSON a string is a key exactly when a colon follows it at once (a
+                // value string is followed by `,`, `}`, `]` or the end).
+                if let Some(keys) = &mut keys
+                    && b.get(close + 1) == Some(&b':')
+                {
+                    keys.push(KeySpan::new(i, close, escaped));
+                }
+                i = close;
+            }
+            b' ' | b'\t' | b'\n' | b'\r' => keys = None,
             b'{' | b'[' => {
                 depth += 1;
                 max = max.max(depth);
@@ -178,31 +239,81 @@ fn scan(text: &str) -> Scan {
         }
         i += 1;
     }
-    Scan { depth: max, huge_number }
+    Scan { depth: max, huge_number, keys }
 }
 
 /// The index of the quote that closes the string opened at `open` (or the last index if it is
 /// never closed, which validation then refuses).
 fn string_end(b: &[u8], open: usize) -> usize {
-    let mut i = open + 1;
+    string_close(b, open).0
+}
+
+/// [`string_end`], and whether the string has escapes.
+fn string_close(b: &[u8], open: usize) -> (usize, bool) {
+    let (mut i, mut escaped) = (open + 1, false);
     while i < b.len() {
         match b[i] {
-            b'\\' => i += 2,
-            b'"' => return i,
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            b'"' => return (i, escaped),
             _ => i += 1,
         }
     }
-    b.len().saturating_sub(1)
+    (b.len().saturating_sub(1), escaped)
 }
 
 /// The string redaction writes in place of a hidden key's value (on both paths).
 pub(crate) const REDACTED: &str = "[redacted]";
 
-/// Copies validated JSON `text` into `out` without insignificant whitespace, writing
-/// [`REDACTED`] (a JSON string) as the value of every object key for which `hides` is true (at any depth).
-/// One pass, no tree; keys with escapes are unescaped before `hides` sees them.
-pub(crate) fn write_redacted(out: &mut Vec<u8>, raw: &RawData, hides: &dyn Fn(&str) -> bool) {
-    let b = raw.0.as_bytes();
+/// Copies validated JSON `raw` into `out` without insignificant whitespace, writing
+/// [`REDACTED`] (a JSON string) as the value of every object key for which `hides` is true (at
+/// any depth; `None`: no key is hidden). Keys with escapes are unescaped before `hides` sees them.
+///
+/// Compact text (see [`RawData::is_compact`]) is copied in runs between the values of hidden keys,
+/// found from the keys validation noted; other text goes through [`write_scanned`]. Both write
+/// the same bytes.
+pub(crate) fn write_redacted(
+    out: &mut Vec<u8>,
+    raw: &RawData,
+    hides: Option<&dyn Fn(&str) -> bool>,
+) {
+    let Some(keys) = &raw.keys else {
+        return write_scanned(out, raw, hides.unwrap_or(&|_| false));
+    };
+    let b = raw.text.as_bytes();
+    let Some(hides) = hides else {
+        out.extend_from_slice(b);
+        return;
+    };
+    // Everything before `from` is written (or, inside a hidden value, skipped).
+    let mut from = 0;
+    for &key in keys {
+        let (open, close) = (key.open as usize, key.close());
+        if open < from {
+            continue; // inside a hidden value
+        }
+        let hidden = if key.escaped() {
+            key_hidden(&raw.text[open..=close], hides)
+        } else {
+            hides(&raw.text[open + 1..close])
+        };
+        if hidden {
+            // Through the key and its colon (compact: right after it), then the value skipped.
+            out.extend_from_slice(&b[from..close + 2]);
+            out.push(b'"');
+            out.extend_from_slice(REDACTED.as_bytes());
+            out.push(b'"');
+            from = skip_value(b, close + 2);
+        }
+    }
+    out.extend_from_slice(&b[from..]);
+}
+
+/// [`write_redacted`] by a scan of every byte: the one that drops whitespace.
+pub(crate) fn write_scanned(out: &mut Vec<u8>, raw: &RawData, hides: &dyn Fn(&str) -> bool) {
+    let b = raw.text.as_bytes();
     // Whether each open container is an object; validation bounds the depth.
     let mut objects = [false; MAX_DATA_DEPTH + 1];
     let mut depth = 0usize;
@@ -235,7 +346,7 @@ pub(crate) fn write_redacted(out: &mut Vec<u8>, raw: &RawData, hides: &dyn Fn(&s
             }
             b'"' => {
                 let end = string_end(b, i);
-                let span = &raw.0[i..=end];
+                let span = &raw.text[i..=end];
                 out.extend_from_slice(span.as_bytes());
                 i = end + 1;
                 if expect_key {
@@ -333,11 +444,35 @@ mod tests {
         std::mem::forget(deep); // dropping it recursively is serde_json's business
     }
 
+    /// `text` redacted by the scan, after checking that every path writes the same: the scan and
+    /// [`write_redacted`] on `text`, and the copy from noted keys on its compact form.
     fn redact(text: &str, keys: &[&str]) -> String {
+        let hides = |k: &str| keys.iter().any(|h| h.eq_ignore_ascii_case(k));
+        let write = |raw: &RawData, hides: Option<&dyn Fn(&str) -> bool>| {
+            let mut out = Vec::new();
+            write_redacted(&mut out, raw, hides);
+            String::from_utf8(out).expect("UTF-8 in, UTF-8 out")
+        };
         let raw = RawData::new(text).expect("valid");
-        let mut out = Vec::new();
-        write_redacted(&mut out, &raw, &|k| keys.iter().any(|h| h.eq_ignore_ascii_case(k)));
-        String::from_utf8(out).expect("UTF-8 in, UTF-8 out")
+        let mut scanned = Vec::new();
+        write_scanned(&mut scanned, &raw, &hides);
+        let scanned = String::from_utf8(scanned).expect("UTF-8 in, UTF-8 out");
+        assert_eq!(write(&raw, Some(&hides)), scanned);
+        let compact = RawData::new(write(&raw, None)).expect("compacted JSON is valid");
+        assert!(compact.is_compact(), "{compact:?} from {text}");
+        assert_eq!(write(&compact, None), compact.as_str(), "nothing hidden: a plain copy");
+        assert_eq!(write(&compact, Some(&hides)), scanned);
+        scanned
+    }
+
+    #[test]
+    fn compactness_is_found_by_validation() {
+        for text in [r#"{"a":[1,"b c",{"d":null}]}"#, r#""x y""#, "1", "[]", r#"{"\u0020":0}"#] {
+            assert!(RawData::new(text).unwrap().is_compact(), "{text}");
+        }
+        for text in [" 1", "1\n", r#"{"a": 1}"#, "[1,\t2]", "{\r}"] {
+            assert!(!RawData::new(text).unwrap().is_compact(), "{text:?}");
+        }
     }
 
     #[test]
@@ -395,5 +530,165 @@ mod tests {
         assert!(Payload::Raw(RawData::new(" null ").unwrap()).is_null());
         assert!(!Payload::Raw(RawData::new("0").unwrap()).is_null());
         assert!(Payload::default().is_null());
+    }
+
+    /// A JSON document as written: keys in order, duplicates allowed, scalars as their text.
+    #[derive(Clone, Debug)]
+    enum Doc {
+        Scalar(&'static str),
+        Str(String),
+        Array(Vec<Doc>),
+        Object(Vec<(String, Doc)>),
+    }
+
+    fn doc() -> impl proptest::strategy::Strategy<Value = Doc> {
+        use proptest::prelude::*;
+        const SCALARS: [&str; 10] =
+            ["null", "true", "false", "0", "-0", "12", "-1.5e3", "1E+2", "0.25", "-7"];
+        // Few names, so that hidden keys often nest inside hidden values.
+        const KEYS: [&str; 6] = ["a", "token", "Token", "api_key", "é", ""];
+        // Quotes, backslashes, a control character, multi-byte and astral characters, and
+        // brackets, commas and colons inside strings.
+        let text = "[ab \"\\\\\u{1}é€😀{}\\[\\],:]{0,6}";
+        let leaf = prop_oneof![
+            proptest::sample::select(&SCALARS[..]).prop_map(Doc::Scalar),
+            text.prop_map(Doc::Str),
+        ];
+        leaf.prop_recursive(5, 40, 5, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Doc::Array),
+                proptest::collection::vec(
+                    (proptest::sample::select(&KEYS[..]).prop_map(String::from), inner),
+                    0..5,
+                )
+                .prop_map(Doc::Object),
+            ]
+        })
+    }
+
+    /// Writes a [`Doc`] as JSON text: `choices` (cycled) decide where whitespace goes (only if
+    /// `spaced`) and which characters of strings are escaped although they need not be.
+    struct DocWriter<'a> {
+        spaced: bool,
+        choices: &'a [u8],
+        at: usize,
+        out: String,
+    }
+
+    impl DocWriter<'_> {
+        fn next(&mut self) -> u8 {
+            self.at += 1;
+            self.choices[self.at % self.choices.len()]
+        }
+
+        /// Whitespace if `spaced`; the choices are taken either way, so that a document written
+        /// both ways escapes the same characters.
+        fn ws(&mut self) {
+            for _ in 0..self.next() % 3 {
+                let c = [' ', '\t', '\n', '\r'][usize::from(self.next() % 4)];
+                if self.spaced {
+                    self.out.push(c);
+                }
+            }
+        }
+
+        fn string(&mut self, text: &str) {
+            self.out.push('"');
+            for c in text.chars() {
+                match (c, self.next() % 4) {
+                    ('"', _) => self.out.push_str("\\\""),
+                    ('\\', _) => self.out.push_str("\\\\"),
+                    (c, 0) | (c @ '\u{0}'..='\u{1f}', _) => {
+                        let mut units = [0u16; 2];
+                        for u in c.encode_utf16(&mut units) {
+                            self.out.push_str(&format!("\\u{u:04x}"));
+                        }
+                    }
+                    (c, _) => self.out.push(c),
+                }
+            }
+            self.out.push('"');
+        }
+
+        fn doc(&mut self, doc: &Doc) {
+            self.ws();
+            match doc {
+                Doc::Scalar(text) => self.out.push_str(text),
+                Doc::Str(text) => self.string(text),
+                Doc::Array(items) => {
+                    self.out.push('[');
+                    self.ws();
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            self.out.push(',');
+                        }
+                        self.doc(item);
+                    }
+                    self.out.push(']');
+                }
+                Doc::Object(entries) => {
+                    self.out.push('{');
+                    self.ws();
+                    for (i, (key, value)) in entries.iter().enumerate() {
+                        if i > 0 {
+                            self.out.push(',');
+                        }
+                        self.ws();
+                        self.string(key);
+                        self.ws();
+                        self.out.push(':');
+                        self.doc(value);
+                    }
+                    self.out.push('}');
+                }
+            }
+            self.ws();
+        }
+    }
+
+    fn write_doc(doc: &Doc, spaced: bool, choices: &[u8]) -> String {
+        let mut w = DocWriter { spaced, choices, at: 0, out: String::new() };
+        w.doc(doc);
+        w.out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            // PROPTEST_CASES raises the count, never lowers it.
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(0).max(2000),
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// The copy from noted keys writes what the scan writes, for any JSON (escapes, unicode,
+        /// duplicate keys, keys inside hidden values), with and without keys to hide; text with
+        /// whitespace is scanned and writes the same as its compact form.
+        #[test]
+        fn the_copy_of_compact_text_writes_what_the_scan_writes(
+            doc in doc(),
+            choices in proptest::collection::vec(proptest::num::u8::ANY, 1..64),
+            keys in proptest::sample::subsequence(vec!["token", "API_KEY", "a", "é"], 0..=4),
+        ) {
+            let hides = |k: &str| keys.iter().any(|h| h.eq_ignore_ascii_case(k));
+            let hides: &dyn Fn(&str) -> bool = &hides;
+            let compact = RawData::new(write_doc(&doc, false, &choices)).expect("a written document is valid JSON");
+            let spaced = RawData::new(write_doc(&doc, true, &choices)).expect("a written document is valid JSON");
+            proptest::prop_assert!(compact.is_compact());
+            // Both escape alike: they differ only if whitespace was written.
+            proptest::prop_assert_eq!(spaced.is_compact(), spaced.as_str() == compact.as_str());
+            for hides in [None, Some(hides)] {
+                let write = |raw: &RawData| {
+                    let mut out = Vec::new();
+                    write_redacted(&mut out, raw, hides);
+                    out
+                };
+                let mut scanned = Vec::new();
+                write_scanned(&mut scanned, &compact, hides.unwrap_or(&|_| false));
+                proptest::prop_assert_eq!(&write(&compact), &scanned);
+                proptest::prop_assert_eq!(&write(&spaced), &scanned);
+                if hides.is_none() {
+                    proptest::prop_assert_eq!(&scanned, compact.as_str().as_bytes());
+                }
+            }
+        }
     }
 }

@@ -23,15 +23,38 @@ use crate::payload::{Payload, REDACTED, write_redacted};
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Redactor {
     keys: Box<[Box<str>]>,
+    /// One bit per key, [`Redactor::bit`]: a key whose bit is clear is hidden by no key, which
+    /// most keys of a payload are found to be without a comparison.
+    bits: u64,
 }
 
 impl Redactor {
     pub(crate) fn new(keys: &[String]) -> Self {
-        Self { keys: keys.iter().map(|k| Box::from(k.as_str())).collect() }
+        let bits = keys.iter().fold(0, |bits, k| bits | Self::bit(k));
+        Self { keys: keys.iter().map(|k| Box::from(k.as_str())).collect(), bits }
+    }
+
+    /// A bit of 64 from a key's length and its first and last bytes, ASCII case ignored (as the
+    /// comparison ignores it): keys equal but for ASCII case have the same bit.
+    fn bit(key: &str) -> u64 {
+        let b = key.as_bytes();
+        let (first, last) = match b {
+            [] => (0, 0),
+            [first, .., last] | [first @ last] => {
+                (first.to_ascii_lowercase(), last.to_ascii_lowercase())
+            }
+        };
+        let h = (b.len() as u64).wrapping_mul(31) ^ u64::from(first) ^ (u64::from(last) << 3);
+        1 << (h % 64)
     }
 
     pub(crate) fn hides(&self, key: &str) -> bool {
-        self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
+        self.bits & Self::bit(key) != 0 && self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
+    }
+
+    /// Whether it hides no key at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 }
 
@@ -85,6 +108,8 @@ impl Serialize for WireStream<'_> {
     }
 }
 
+/// The event frame as serde writes it: the reference for [`FrameWriter::event`].
+#[cfg(test)]
 #[derive(Serialize)]
 struct EventFrame<'a> {
     #[serde(rename = "type")]
@@ -228,6 +253,11 @@ impl Serialize for Reports<'_> {
     }
 }
 
+/// Appends `v` as JSON (it cannot fail on the values frames hold: see [`FrameWriter::finish`]).
+fn json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) {
+    serde_json::to_writer(buf, v).expect("in-memory JSON serialization");
+}
+
 /// Builds frames into one reusable buffer, then copies the bytes once into the shared [`Frame`].
 #[derive(Debug, Default)]
 pub(crate) struct FrameWriter {
@@ -249,6 +279,9 @@ impl FrameWriter {
         self.finish()
     }
 
+    /// An event frame. Written by hand up to `data` (the fields serde would write, in its order
+    /// and escaping: see the tests), then `data` through the redacting serializer or, for raw
+    /// data, copied in (redacted on the way). No tree, no intermediate string.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn event(
         &mut self,
@@ -260,33 +293,69 @@ impl FrameWriter {
         data: &Payload,
         redactor: &Redactor,
     ) -> Frame {
-        let value = match data {
-            Payload::Json(value) if !value.is_null() => Some(Redacted { value, redactor }),
-            _ => None,
-        };
-        let mut frame = EventFrame {
+        let b = &mut self.buf;
+        b.clear();
+        b.extend_from_slice(br#"{"type":"#);
+        json(b, kind.as_str());
+        match stream {
+            StreamName::User => b.extend_from_slice(br#","stream":"u""#),
+            StreamName::Tenant => b.extend_from_slice(br#","stream":"t""#),
+            StreamName::Room(_) => {
+                b.extend_from_slice(br#","stream":"#);
+                json(b, &WireStream(stream));
+            }
+        }
+        b.extend_from_slice(br#","epoch":"#);
+        json(b, &pos.epoch);
+        b.extend_from_slice(br#","seq":"#);
+        json(b, &pos.seq);
+        if let Some(thread) = thread {
+            b.extend_from_slice(br#","thread_id":"#);
+            json(b, thread.as_str());
+        }
+        if let Some(run) = run {
+            b.extend_from_slice(br#","run_id":"#);
+            json(b, run.as_str());
+        }
+        // Absent when the envelope carries no data (`null`): the README calls `data` optional.
+        if !data.is_null() {
+            b.extend_from_slice(br#","data":"#);
+            match data {
+                Payload::Json(value) => json(b, &Redacted { value, redactor }),
+                Payload::Raw(raw) => {
+                    let hides = |key: &str| redactor.hides(key);
+                    let hides: Option<&dyn Fn(&str) -> bool> =
+                        (!redactor.is_empty()).then_some(&hides);
+                    write_redacted(b, raw, hides);
+                }
+            }
+        }
+        b.push(b'}');
+        self.finish()
+    }
+
+    /// The event frame through serde: the reference the hand-written one must match.
+    #[cfg(test)]
+    #[allow(clippy::too_many_arguments)]
+    fn event_by_serde(
+        &mut self,
+        kind: &EventKind,
+        stream: &StreamName,
+        pos: StreamPos,
+        thread: Option<&ThreadId>,
+        run: Option<&RunId>,
+        data: &Value,
+        redactor: &Redactor,
+    ) -> Frame {
+        self.write(&EventFrame {
             kind: kind.as_str(),
             stream: WireStream(stream),
             epoch: pos.epoch,
             seq: pos.seq,
             thread_id: thread.map(ThreadId::as_str),
             run_id: run.map(RunId::as_str),
-            data: value,
-        };
-        let Payload::Raw(raw) = data else { return self.write(&frame) };
-        if data.is_null() {
-            return self.write(&frame);
-        }
-        // `data` is the frame's last field: the frame without it, then the text copied in
-        // (redacted on the way), then the closing brace. No tree, no intermediate string.
-        frame.data = None;
-        self.buf.clear();
-        serde_json::to_writer(&mut self.buf, &frame).expect("in-memory JSON serialization");
-        self.buf.pop(); // the closing brace
-        self.buf.extend_from_slice(br#","data":"#);
-        write_redacted(&mut self.buf, raw, &|key| redactor.hides(key));
-        self.buf.push(b'}');
-        self.finish()
+            data: (!data.is_null()).then_some(Redacted { value: data, redactor }),
+        })
     }
 
     /// The `connected` frame, written by hand: it is built once per connection, and going through
@@ -301,9 +370,6 @@ impl FrameWriter {
         session_expires_in_ms: Option<u64>,
         streams: &[(StreamName, StreamPos)],
     ) -> Frame {
-        fn json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) {
-            serde_json::to_writer(buf, v).expect("in-memory JSON serialization");
-        }
         let b = &mut self.buf;
         b.clear();
         b.extend_from_slice(br#"{"type":"connected","conn_id":""#);
@@ -628,5 +694,57 @@ mod tests {
             })
         );
         assert!(!f.as_str().contains("hunter2"));
+    }
+
+    #[test]
+    fn the_key_filter_keeps_every_key_the_comparison_hides() {
+        let keys: Vec<String> =
+            ["password", "API_KEY", "t", "", "é", "x-Token"].map(String::from).to_vec();
+        let r = Redactor::new(&keys);
+        for probe in [
+            "PASSWORD",
+            "api_key",
+            "Api_Key",
+            "T",
+            "t",
+            "",
+            "É",
+            "é",
+            "x-token",
+            "passwor",
+            "tokens",
+            "a",
+            "password ",
+        ] {
+            let expect = keys.iter().any(|k| k.eq_ignore_ascii_case(probe));
+            assert_eq!(r.hides(probe), expect, "{probe:?}");
+        }
+    }
+
+    #[test]
+    fn the_hand_written_event_frame_is_the_serde_one() {
+        let mut w = FrameWriter::default();
+        let data = json!({"b": [1, {"api_key": "k"}], "a": "x\"y"});
+        let redactors = [redactor(), Redactor::default()];
+        for (kind, stream, thread, run) in [
+            (EventKind::ToolExecuting, StreamName::User, None, None),
+            (EventKind::custom("a\"b\\c\u{1}é".to_owned()), StreamName::Tenant, Some("t\"1"), None),
+            (EventKind::AgentThinking, StreamName::Room("r\"ö".into()), None, Some("run\n")),
+            (EventKind::AgentCompleted, StreamName::Room("lobby".into()), Some(""), Some("r")),
+        ] {
+            let (thread, run) = (thread.map(ThreadId::from), run.map(RunId::from));
+            for pos in [StreamPos { epoch: 1, seq: 0 }, StreamPos { epoch: u64::MAX, seq: 1 << 53 }]
+            {
+                for value in [&data, &Value::Null] {
+                    for r in &redactors {
+                        let payload = Payload::Json(value.clone());
+                        let (t, u) = (thread.as_ref(), run.as_ref());
+                        let by_hand = w.event(&kind, &stream, pos, t, u, &payload, r);
+                        let by_serde = w.event_by_serde(&kind, &stream, pos, t, u, value, r);
+                        assert_eq!(by_hand.as_str(), by_serde.as_str());
+                    }
+                }
+            }
+        }
     }
 }
