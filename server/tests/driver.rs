@@ -55,8 +55,9 @@ async fn a_batch_publish_reaches_a_connection_in_one_write() {
         assert_eq!((f["type"].as_str(), &f["data"]["n"]), (Some("note"), &json!(n)));
     }
     settled(&server, &before.hub, 20).await;
-    // The hub took the batch in one turn and woke alice's task once, after the last push: the
-    // twenty frames went out in one flush, not one system call each.
+    // The hub took the batch in one turn and flushed alice's outbox once, after the last push
+    // (here its own direct write; without one, a single wake of her task): the twenty frames
+    // went out in one write, not one system call each.
     let flushes = server.snapshot().await.driver.flushes - before.driver.flushes;
     assert_eq!(flushes, 1, "20 frames in {flushes} writes");
 }

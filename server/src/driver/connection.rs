@@ -238,8 +238,11 @@ impl Conn {
                 return match Pin::new(&mut self.socket).poll_flush(cx) {
                     Poll::Ready(Err(_)) => Poll::Ready(Event::WriteFailed),
                     Poll::Ready(Ok(())) => {
-                        // Everything written: the hub task may write to the socket itself.
-                        self.outbox.idle();
+                        // Everything written: the hub task may write to the socket itself (a
+                        // connection served without a shared socket skips the lock).
+                        if self.writer.is_some() {
+                            self.outbox.idle();
+                        }
                         Poll::Pending
                     }
                     Poll::Pending => Poll::Pending,

@@ -11,7 +11,7 @@ use switchboard::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::outbox::{Outbox, Pushed, Receiver, Refused as Push, Wakes};
+use super::outbox::{Outbox, Receiver, Refused as Push, Wakes};
 use super::{
     Accepted, AcceptedParts, Alive, Command, DriverStats, Handle, Out, Peer, PublishFailed,
     Receipt, Refused, Snapshot,
@@ -369,8 +369,8 @@ impl Driver {
     fn push(&mut self, now: Instant, conn: ConnId, out: Out) {
         let Some(peer) = self.peers.get(&conn) else { return };
         match peer.outbox.push(out, self.handle.cfg.outbox_frames, self.waking.direct) {
-            Ok(Pushed::Queued { wake: false }) => {}
-            Ok(Pushed::Queued { wake: true }) => self.waking.add(conn, &peer.outbox),
+            Ok(false) => {}
+            Ok(true) => self.waking.add(conn, &peer.outbox),
             Err(Push::Full(Out::Ping)) => {} // it is behind; pings can wait
             Err(Push::Full(_)) => {
                 // Its `Close` action follows in this drain.

@@ -3,7 +3,8 @@
 //! not been told of yet.
 //!
 //! It replaces a bounded channel and a one-shot slot per connection with one small allocation:
-//! a mutex around a queue (never held across an await, only for a push or a pop) and a waker.
+//! a mutex around a queue (never held across an await: held for a push, a pop, or the hub task's
+//! one non-blocking `writev` of a direct write, see [`State::direct`]) and a waker.
 //! The hub bounds what it queues by bytes (`max_unwritten_bytes`, released by `written`); the
 //! frame count passed to [`Outbox::push`] is a second fence.
 
@@ -92,14 +93,6 @@ impl Rest {
     }
 }
 
-/// What [`Outbox::push`] did.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Pushed {
-    /// Queued. If `wake`, the queue was empty: call [`Outbox::flush`] after the run of pushes
-    /// (through [`Wakes`]); otherwise a flush or the task is already due, and takes this too.
-    Queued { wake: bool },
-}
-
 /// Why [`Outbox::push`] did not queue.
 #[derive(Debug)]
 pub(super) enum Refused {
@@ -125,7 +118,8 @@ impl State {
     /// idle again.
     fn write_direct(&mut self) -> usize {
         let mut written = 0;
-        let Some(socket) = self.socket.clone() else { return 0 };
+        // Taken out for the loop (the queue changes under it) and put back: no reference count.
+        let Some(socket) = self.socket.take() else { return 0 };
         while !self.queue.is_empty() {
             let mut headers = [[0u8; 10]; Self::WRITE_FRAMES];
             let mut lens = [(0usize, 0usize); Self::WRITE_FRAMES];
@@ -171,6 +165,7 @@ impl State {
                 break;
             }
         }
+        self.socket = Some(socket);
         if !self.queue.is_empty() || self.rest.is_some() {
             self.direct = false;
         }
@@ -191,10 +186,11 @@ impl Outbox {
     /// the task ended. While the socket is idle ([`State::direct`]) and `direct` allows, text
     /// frames are held for the hub task to write straight to the socket at the end of its turn
     /// ([`Outbox::flush`]), several in one `writev`; anything else ends that (a ping goes
-    /// through the task). `wake: true` asks the caller to call [`Outbox::flush`] once its run of
-    /// pushes is over, so that a burst goes out in one write rather than one system call per
-    /// frame.
-    pub(super) fn push(&self, out: Out, limit: usize, direct: bool) -> Result<Pushed, Refused> {
+    /// through the task). `Ok(true)`: the queue was empty, so the caller must call
+    /// [`Outbox::flush`] once its run of pushes is over (through [`Wakes`]), and a burst goes
+    /// out in one write rather than one system call per frame; `Ok(false)`: a flush or the task
+    /// is already due, and takes this too.
+    pub(super) fn push(&self, out: Out, limit: usize, direct: bool) -> Result<bool, Refused> {
         let mut state = self.state();
         if state.ended {
             return Err(Refused::Ended);
@@ -207,7 +203,7 @@ impl Outbox {
             state.direct = false;
         }
         state.queue.push_back(out);
-        Ok(Pushed::Queued { wake })
+        Ok(wake)
     }
 
     /// Hub side, after a run of pushes: if `direct` and the socket is still the hub's to write
@@ -438,7 +434,7 @@ impl Wakes {
     /// task would make a system call per publish.
     pub(super) const BATCH: usize = 64;
 
-    /// Notes that `outbox` went from empty to not ([`Pushed::Queued`] with `wake`).
+    /// Notes that `outbox` went from empty to not ([`Outbox::push`] returned `true`).
     pub(super) fn add(&mut self, conn: ConnId, outbox: &Arc<Outbox>) {
         self.pending.push((conn, outbox.clone()));
         if self.pending.len() >= Self::BATCH {
@@ -534,7 +530,7 @@ mod tests {
         let mut wakes = Wakes { direct: true, ..Wakes::default() };
         for _ in 0..10 {
             for (i, outbox) in [&a, &b].into_iter().enumerate() {
-                if matches!(outbox.push(Out::Ping, 64, false), Ok(Pushed::Queued { wake: true })) {
+                if matches!(outbox.push(Out::Ping, 64, false), Ok(true)) {
                     wakes.add(ConnId::from_raw(i as u32, 0), outbox);
                 }
             }
@@ -559,7 +555,7 @@ mod tests {
             .collect();
         let mut wakes = Wakes::default();
         for (i, (outbox, _)) in outboxes.iter().enumerate() {
-            assert_eq!(outbox.push(Out::Ping, 8, false).unwrap(), Pushed::Queued { wake: true });
+            assert!(outbox.push(Out::Ping, 8, false).unwrap(), "was empty");
             wakes.add(ConnId::from_raw(i as u32, 0), outbox);
         }
         let woken: Vec<usize> = outboxes.iter().map(|(_, c)| c.0.load(Ordering::SeqCst)).collect();
@@ -619,12 +615,12 @@ mod tests {
         let (count, waker) = counted();
         let outbox = Outbox::default();
         outbox.register(&waker);
-        assert_eq!(outbox.push(Out::Ping, 8, false).unwrap(), Pushed::Queued { wake: true });
+        assert!(outbox.push(Out::Ping, 8, false).unwrap(), "was empty");
         assert_eq!(count.0.load(Ordering::SeqCst), 0, "the push itself never wakes");
         assert_eq!(outbox.flush(true), 0, "nothing for the hub to write itself");
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "the flush wakes the task");
         outbox.register(&waker);
-        assert_eq!(outbox.push(Out::Ping, 8, false).unwrap(), Pushed::Queued { wake: false });
+        assert!(!outbox.push(Out::Ping, 8, false).unwrap(), "not empty: nothing to flush");
         outbox.close(CloseReason::ServerShutdown);
         assert_eq!(count.0.load(Ordering::SeqCst), 2, "a close always wakes");
     }
@@ -687,10 +683,7 @@ mod tests {
         outbox.share_socket(writer);
         let burst = frames(&[10, 200, 70_000]);
         // Before the task says it is idle, frames are the task's.
-        assert_eq!(
-            outbox.push(Out::Text(burst[0].clone()), 8, true).unwrap(),
-            Pushed::Queued { wake: true }
-        );
+        assert!(outbox.push(Out::Text(burst[0].clone()), 8, true).unwrap(), "was empty");
         assert_eq!(outbox.flush(true), 0);
         assert_eq!(woken.0.load(Ordering::SeqCst), 1);
         assert!(outbox.pop().is_some());
