@@ -49,7 +49,8 @@ if [ -z "$page_url" ]; then cat "$log" >&2; echo "no demo token printed" >&2; ex
 echo "server $pid at $base"
 
 status=0
-node server/tests/browser/page.test.mjs "$page_url" || status=$?
+# Bounded: a page that never answers fails the run rather than hanging it.
+timeout --kill-after=10 300 node server/tests/browser/page.test.mjs "$page_url" || status=$?
 
 # Stop it the way Ctrl-C does and expect a clean exit.
 kill -INT "$pid"

@@ -146,6 +146,9 @@ export function closeAll(): void {
   for (const c of clients.splice(0)) c.close();
 }
 
+/** Every proxy a test started and did not close: closed after each test ([`serverPerFile`]). */
+const proxies = new Set<Proxy>();
+
 /**
  * One server for a test file: started before its first test (handed to `set`), shut down after
  * its last, every client closed after each test.
@@ -159,7 +162,11 @@ export function serverPerFile(set: (server: SwitchboardServer) => void): void {
   after(async () => {
     await server?.shutdown();
   });
-  afterEach(() => closeAll());
+  afterEach(async () => {
+    closeAll();
+    // A proxy left listening would keep the file's process alive after its last test.
+    await Promise.all([...proxies].map((p) => p.close()));
+  });
 }
 
 /** Resolves when `cond()` holds (polled), or rejects after `ms`. */
@@ -197,6 +204,7 @@ export class Proxy {
     server.listen(0, "127.0.0.1");
     await once(server, "listening");
     proxy = new Proxy(server, (server.address() as AddressInfo).port);
+    proxies.add(proxy);
     return proxy;
   }
 
@@ -270,9 +278,14 @@ export class Proxy {
     for (const f of this.held.splice(0)) f();
   }
 
+  /** Stops listening and cuts every connection; resolves once the listening socket is closed. */
   async close(): Promise<void> {
-    this.drop();
+    proxies.delete(this);
+    if (!this.server.listening) return;
+    const closed = once(this.server, "close");
     this.server.close();
+    this.drop();
+    await closed;
   }
 }
 
