@@ -551,14 +551,39 @@ impl Drop for Node {
     }
 }
 
-/// Starts nodes named `a`, `b`, ... over one Redis.
+/// Starts nodes named `a`, `b`, ... over one Redis, and waits until each one's bus link is up
+/// (its first probe went round), so that a test's first steps do not race a node's start.
 pub fn nodes(n: usize, redis: &Redis, opts: &NodeOpts) -> Vec<Node> {
-    (0..n)
+    let nodes: Vec<Node> = (0..n)
         .map(|i| {
             let name = char::from(b'a' + u8::try_from(i).unwrap()).to_string();
             Node::start(&name, Some(redis), opts)
         })
-        .collect()
+        .collect();
+    for node in &nodes {
+        node.wait_bus_up();
+    }
+    nodes
+}
+
+impl Node {
+    /// Polls `/metrics` (blocking: it runs before a test's clients exist) until
+    /// `switchboard_bus_up` is 1, or fails the test after [`DEADLINE`].
+    pub fn wait_bus_up(&self) {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let mut body = String::new();
+            if let Ok(mut s) = TcpStream::connect(self.addr) {
+                let req = "GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n";
+                let _ = s.write_all(req.as_bytes()).and_then(|()| s.read_to_string(&mut body));
+            }
+            if body.lines().any(|l| l == "switchboard_bus_up 1") {
+                return;
+            }
+            assert!(Instant::now() < until, "node {}: bus not up:\n{}", self.name, self.log_tail());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
