@@ -85,8 +85,9 @@
 //! # }
 //! ```
 
-// Two `unsafe` calls in the crate: `getrlimit` in `listen::nofile_limit` and `prctl` in
-// `app::disable_transparent_huge_pages`.
+// The crate's `unsafe`, each allowed where it is: `getrlimit` in `listen::nofile_limit`, `prctl` in
+// `app::disable_transparent_huge_pages`, `shutdown(2)` and the read into a buffer's
+// uninitialized tail in `driver::socket`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
