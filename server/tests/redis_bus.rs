@@ -11,7 +11,7 @@ use switchboard::{
     BusEntry, BusFailure, BusOp, BusReply, LeaseHolder, NodeId, OpId, PresenceHeld, StreamKey,
     StreamPos, UserId,
 };
-use switchboard_server::bus::redis::{self, RedisConfig};
+use switchboard_server::bus::redis::{self, RedisConfig, RedisStartError};
 use switchboard_server::bus::{BusEvent, BusLink, BusReader};
 
 mod procs;
@@ -268,6 +268,49 @@ async fn signals_reach_subscribers_unlogged() {
         other => panic!("{other:?}"),
     }
     assert_eq!(bus.fetch(&tenant, 0, 10).await.1, Vec::<u64>::new(), "not in the log");
+}
+
+#[tokio::test]
+async fn the_urls_credentials_open_the_subscription_and_a_wrong_password_keeps_the_link_down() {
+    let redis = Redis::start();
+    let mut admin = admin(&redis).await;
+    let acl = ["SETUSER", "bob", "on", ">s3cret", "~*", "&*", "+@all"];
+    let _: () = ::redis::cmd("ACL").arg(&acl).query_async(&mut admin).await.unwrap();
+    // From now on nobody gets in without a password (this connection is in already).
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("other")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let with =
+        |credentials: &str| redis.url().replace("redis://", &format!("redis://{credentials}@"));
+    let mut cfg = config(&redis, "n1");
+    cfg.url = with("bob:s3cret");
+    let mut bus = Link::start(cfg);
+    let alice = StreamKey::user("acme", "alice");
+    bus.subscribe(&alice).await;
+    let pos = appended(bus.append(&alice, "through AUTH", None).await);
+    match bus.live().await {
+        BusEvent::Message { pos: got, payload, .. } => {
+            assert_eq!((got, &*payload), (pos, "through AUTH"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut cfg = config(&redis, "n2");
+    cfg.url = with("bob:wrong");
+    let mut refused = Link::start(cfg);
+    assert!(matches!(refused.event().await, BusEvent::Down), "the link never came up");
+    let reply = refused.call(|op| BusOp::Subscribe { op, stream: alice.clone() }).await;
+    assert_eq!(reply, Err(BusFailure::Retryable));
+}
+
+#[test]
+fn a_url_other_than_tcp_is_refused_at_start() {
+    // The pub/sub connection speaks TCP only; a Unix socket would leave the link down for good.
+    let cfg = RedisConfig::new("redis+unix:///tmp/redis.sock", NodeId::new("n1"));
+    assert!(matches!(redis::start(cfg), Err(RedisStartError::Unsupported)));
 }
 
 /// A lease of `holder` in `user`'s set of two places.

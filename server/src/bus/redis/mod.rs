@@ -17,12 +17,14 @@
 //!   given), after the rest of its batch. A script Redis no longer knows (`NOSCRIPT`: it
 //!   restarted) is loaded and that operation retried once — safe, since a script that was not
 //!   found did not run.
-//! - **the subscriber** owns the pub/sub connection: it subscribes in batches (one `SUBSCRIBE`
-//!   for every request waiting), reads each new stream's top after its subscription is
-//!   confirmed, restores every subscription after a reconnect before it reports the link up,
-//!   and probes the link: every [`RedisConfig::probe_interval`] it publishes on a channel only it
-//!   listens to, and a probe that does not come back within [`RedisConfig::probe_timeout`] means
-//!   the connection is deaf (open, but not delivering) — reported as down, then reconnected.
+//! - **the subscriber** owns the pub/sub connection, a plain TCP socket it reads itself
+//!   (`resp`: pushes are parsed in place from one buffer, not built into `redis::Value`s): it
+//!   subscribes in batches (one `SUBSCRIBE` for every request waiting), reads each new stream's
+//!   top after its subscription is confirmed, restores every subscription after a reconnect
+//!   before it reports the link up, and probes the link: every [`RedisConfig::probe_interval`] it
+//!   publishes on a channel only it listens to, and a probe that does not come back within
+//!   [`RedisConfig::probe_timeout`] means the connection is deaf (open, but not delivering) —
+//!   reported as down, then reconnected.
 //! - **the heartbeat** records this node in a registry every [`RedisConfig::heartbeat_interval`]
 //!   and reads which nodes have been silent longer than [`RedisConfig::node_timeout`]: their
 //!   leases are removed by the next lease or renewal on each user's set (the scripts take the
@@ -39,6 +41,7 @@
 mod keys;
 mod pubsub;
 mod reads;
+mod resp;
 mod scripts;
 
 use std::collections::BTreeMap;
@@ -123,6 +126,9 @@ pub enum RedisStartError {
     /// The URL is not a Redis URL.
     #[error("invalid Redis URL: {0}")]
     Url(#[source] redis::RedisError),
+    /// The URL is not `redis://host:port` (a Unix socket): the pub/sub connection speaks TCP only.
+    #[error("unsupported Redis URL: only redis://[user:password@]host:port[/db] is supported")]
+    Unsupported,
 }
 
 /// The nodes found dead, as lease-member prefixes, shared by the heartbeat and the executor.
@@ -133,12 +139,14 @@ type DeadNodes = Arc<Mutex<Arc<Vec<String>>>>;
 /// [`BusEvent::Down`] and keeps trying.
 pub fn start(cfg: RedisConfig) -> Result<BusLink, RedisStartError> {
     let client = redis::Client::open(cfg.url.as_str()).map_err(RedisStartError::Url)?;
+    let endpoint =
+        resp::Endpoint::of(client.get_connection_info()).ok_or(RedisStartError::Unsupported)?;
     let manager_cfg = ConnectionManagerConfig::new()
         .set_response_timeout(Some(cfg.response_timeout))
         .set_connection_timeout(Some(cfg.connect_timeout))
         .set_number_of_retries(1)
         .set_max_delay(cfg.max_backoff);
-    let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)
+    let conn = ConnectionManager::new_lazy_with_config(client, manager_cfg)
         .map_err(RedisStartError::Url)?;
     let (ops_tx, ops_rx) = mpsc::channel(cfg.ops_queue);
     let (events_tx, events_rx) = mpsc::channel(cfg.events_queue);
@@ -171,7 +179,7 @@ pub fn start(cfg: RedisConfig) -> Result<BusLink, RedisStartError> {
     );
     tokio::spawn(
         pubsub::Subscriber::new(
-            client,
+            endpoint,
             conn.clone(),
             cfg.clone(),
             events_tx.clone(),
