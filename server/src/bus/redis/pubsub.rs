@@ -228,14 +228,7 @@ impl Subscriber {
                 conn.fill().await?;
             }
         };
-        match tokio::time::timeout(self.cfg.response_timeout, confirm).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                note(&e);
-                false
-            }
-            Err(_) => false,
-        }
+        within(self.cfg.response_timeout, confirm).await
     }
 
     /// Publishes a probe and waits for it (the first one of a session).
@@ -250,14 +243,7 @@ impl Subscriber {
                 conn.fill().await?;
             }
         };
-        match tokio::time::timeout(self.cfg.probe_timeout, back).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                note(&e);
-                false
-            }
-            Err(_) => false,
-        }
+        within(self.cfg.probe_timeout, back).await
     }
 
     fn send_probe(&self, probe: &mut Probe) {
@@ -408,6 +394,22 @@ async fn answer(
             Err(_) => Err(BusFailure::Retryable),
         };
         reply(&events, &metrics, op, at, outcome).await;
+    }
+}
+
+/// Awaits `exchange` for at most `limit`: whether it succeeded. A failure is noted in the log;
+/// a timeout is not (it is the caller's to count).
+async fn within(
+    limit: Duration,
+    exchange: impl std::future::Future<Output = Result<(), Failure>>,
+) -> bool {
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            note(&e);
+            false
+        }
+        Err(_) => false,
     }
 }
 
