@@ -44,6 +44,7 @@
 #   CLIENTS=2000 DURATION=3 scripts/bench-cluster.sh # a quick look
 #   CONFIGS="solo sb2 sio2" RECOVERY=0 scripts/bench-cluster.sh
 #   RAW=results.txt scripts/bench-cluster.sh         # keep the loadgen's RESULT lines
+#   SB_ARGS="--lease-ttl-secs 600" scripts/bench-cluster.sh   # more arguments for switchboard's nodes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -172,8 +173,9 @@ start_node() {
         --admin-key "$admin" >"$log" 2>&1 &
       ;;
     sb)
+      # shellcheck disable=SC2086 # SB_ARGS: extra arguments for switchboard's nodes, split on spaces
       "${server_pin[@]}" "$bin" --redis "$redis_url" --node-id "n$i" \
-        --listen "127.0.0.1:$port" --jwt-secret "$secret" --admin-key "$admin" >"$log" 2>&1 &
+        --listen "127.0.0.1:$port" --jwt-secret "$secret" --admin-key "$admin" ${SB_ARGS:-} >"$log" 2>&1 &
       ;;
     sio)
       "${server_pin[@]}" node benches/peers/socketio/server.js --listen "127.0.0.1:$port" \
