@@ -166,8 +166,9 @@
 //!   a grace running), with their metadata, expiring `ClusterConfig::presence_ttl` (15 s) after its
 //!   last write. Its changes go out once per flush (at most 256 users per write), each write
 //!   publishing an unsequenced signal on the scope's channel with the changes and a digest of the
-//!   node's whole set; every third of the ttl the node refreshes all its sets in one batch
-//!   (`PresenceRefresh`, one script per scope in one pipeline on Redis).
+//!   node's whole set; every third of the ttl the node refreshes each of its sets
+//!   (`PresenceRefresh`, one script per scope on Redis), the scopes spread over the period in 32
+//!   slices so that the refresh never reaches the engine as one burst.
 //! - A node with connections in a scope keeps a view of the other nodes' sets there: it reads the
 //!   scope from the bus when the scope gets its first connection here (that connection's snapshot
 //!   waits for the read, so it names the users of every node), then follows the signals. Each node
@@ -373,8 +374,9 @@
 //! - The per-user connection quota of each tier holds **across the cluster**: each connection takes
 //!   a lease (granted, refused → close 4008 `user_limit`, or granted by evicting the user's oldest
 //!   connection, which its node closes with `replaced` — told through the user's channel when it is
-//!   elsewhere). Leases are renewed every third of `lease_ttl` (30 s), at once when the bus is back,
-//!   and released on close; a lease the engine lost is added back only if the user's set has room,
+//!   elsewhere). Each lease is renewed every third of `lease_ttl` (30 s) — the users spread over
+//!   that period in 32 slices, since one burst of renewal scripts delays every node's publishes
+//!   behind it — all at once when the bus is back, and released on close; a lease the engine lost is added back only if the user's set has room,
 //!   so after an engine restart a connection may be closed (4008) rather than the quota exceeded. Rate
 //!   buckets, the reconnect breaker and the hub-wide and tenant connection limits stay per node.
 //! - `Target::Connection` is node-local: a connection id names a connection of its own node only

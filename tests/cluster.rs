@@ -475,6 +475,28 @@ fn a_dead_nodes_leases_expire_and_live_ones_are_renewed() {
 }
 
 #[test]
+fn lease_renewals_are_spread_over_the_period_in_small_slices() {
+    // Renewed in one go, 320 leases reach the engine as one burst of scripts every period.
+    let mut net = Net::new(1, |_| {});
+    let users = 320;
+    for u in 0..users {
+        net.connect(0, "acme", &format!("u{u}"));
+    }
+    let before = net.bus().stats().leases_renewed;
+    // The default lease ttl is 30 s: one renewal period is 10 s.
+    net.advance(Duration::from_secs(10));
+    let stats = net.bus().stats();
+    assert_eq!(stats.leases_renewed - before, users, "each lease once per period");
+    assert!(stats.largest_renewal <= 2 * users / 32, "a slice, not all: {}", stats.largest_renewal);
+    // And so on, period after period; every lease lives.
+    net.advance(Duration::from_secs(60));
+    assert_eq!(net.bus().stats().leases_renewed - before, 7 * users);
+    for u in 0..users {
+        assert_eq!(net.c.bus.leases(&StreamKey::user("acme", format!("u{u}")), net.now()), 1);
+    }
+}
+
+#[test]
 fn a_resume_waiting_for_the_bus_outlives_its_resume_window_without_spinning() {
     // Found by the `cluster` fuzzer: the expired window kept the connection's timer due.
     let mut net = Net::new(2, |c| c.resume_window = Duration::from_millis(800));

@@ -33,6 +33,7 @@ mod payload;
 pub(crate) mod presence;
 mod seq;
 mod signal;
+pub(crate) mod sweep;
 
 pub(crate) use node::{Node, Pending, Tracked};
 pub(crate) use payload::{Decoded, Visibility, encode};
@@ -111,13 +112,15 @@ pub struct ClusterConfig {
     /// `recovered: false` for the streams that need the log.
     pub resume_wait: Duration,
     /// How long a connection's lease (its place in the user's cluster-wide connection quota)
-    /// lives without a renewal. The node renews its leases every third of it, in batches; the
-    /// leases of a node that died expire after at most this long.
+    /// lives without a renewal. The node renews each of its leases every third of it, the users
+    /// spread over that period in small slices (not one burst); the leases of a node that died
+    /// expire after at most this long.
     pub lease_ttl: Duration,
     /// Presence (with [`Config::presence`](crate::Config::presence)): how long this node's
-    /// entries on the bus live without a refresh. The node refreshes them every third of it, in
-    /// one batch; the users of a node that died (or lost the bus) leave the other nodes'
-    /// presence at most this long after its last refresh, plus one `flush_interval`.
+    /// entries on the bus live without a refresh. The node refreshes each scope's entries every
+    /// third of it, the scopes spread over that period in small slices; the users of a node that
+    /// died (or lost the bus) leave the other nodes' presence at most this long after its last
+    /// refresh, plus one `flush_interval`.
     pub presence_ttl: Duration,
 }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
+use super::sweep::Sweep;
 use super::{BusFailure, ClusterConfig, OpId, Sequencer, StreamKey};
 use crate::ids::ConnId;
 use crate::stats::BusStats;
@@ -64,13 +65,14 @@ pub(crate) struct Node {
     jitter: u64,
     /// Connections whose lease is being taken (they wait before `connected`).
     pub(crate) leasing: hashbrown::HashSet<ConnId>,
-    /// The next renewal of the node's leases, once it holds any.
-    pub(crate) renew_at: Option<Instant>,
+    /// The renewal of the node's leases (a slice of them every step), armed once it holds any.
+    pub(crate) renew: Sweep,
     pub(crate) counters: BusStats,
 }
 
 impl Node {
     pub(crate) fn new(cfg: ClusterConfig, seed: u64) -> Self {
+        let renew = Sweep::new(cfg.lease_ttl / 3);
         Self {
             cfg,
             generation: 0,
@@ -82,7 +84,7 @@ impl Node {
             top_check: None,
             jitter: seed | 1,
             leasing: hashbrown::HashSet::new(),
-            renew_at: None,
+            renew,
             counters: BusStats::default(),
         }
     }
@@ -164,9 +166,10 @@ impl Node {
         self.generation = self.generation.wrapping_add(1);
     }
 
-    /// When the next operation times out, the next top check or the next lease renewal is due.
+    /// When the next operation times out, the next top check or the next step of the lease
+    /// renewal is due.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        [self.deadlines.peek(), self.top_check, self.renew_at].into_iter().flatten().min()
+        [self.deadlines.peek(), self.top_check, self.renew.deadline()].into_iter().flatten().min()
     }
 
     /// Arms the next top check after `now` (±50 % jitter), if configured and not armed.

@@ -9,8 +9,10 @@
 //!   [`CHUNK`] users per operation); the node's first write to a scope, and the first after a
 //!   write failed, replaces the set. Each write publishes a signal on the scope's channel with
 //!   the changes and a [`Digest`] of the node's whole set after them.
-//! - Every third of `presence_ttl` the node refreshes all its sets in one `PresenceRefresh`; each
-//!   refreshed scope publishes a signal without changes, with the digest.
+//! - Every third of `presence_ttl` the node refreshes each of its sets (`PresenceRefresh`, the
+//!   scopes spread over the period in [`sweep::STEPS`](super::sweep::STEPS) steps so that they do
+//!   not reach the engine as one burst); each refreshed scope publishes a signal without
+//!   changes, with the digest.
 //! - A node with connections in a scope keeps a view of the other nodes' sets there: read from
 //!   the bus when the scope gets its first local connection (that connection's snapshot waits for
 //!   the read), then kept by the signals. Every signal re-arms its sender's expiry (its `ttl`
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 
 pub(crate) use super::signal::{Digest, Signal, scope_of, stream_of};
+use super::sweep::{Step, Sweep};
 use super::{NodeId, OpId, PresenceEntry, PresenceHeld};
 use crate::ids::UserId;
 use crate::presence::ScopeKey;
@@ -116,9 +119,9 @@ pub(crate) struct ClusterPresence {
     /// The other nodes' sets' expiries.
     expiry: TimerQueue<(ScopeKey, NodeId)>,
     own: HashMap<ScopeKey, Own>,
-    /// The next refresh of the own sets (and read of stale views), while there are any.
-    refresh_at: Option<Instant>,
-    period: Duration,
+    /// The refresh of the own sets (and read of stale views), a slice of the scopes each step,
+    /// armed while there are any.
+    refresh: Sweep,
 }
 
 impl ClusterPresence {
@@ -128,34 +131,26 @@ impl ClusterPresence {
             views: HashMap::new(),
             expiry: TimerQueue::new(),
             own: HashMap::new(),
-            refresh_at: None,
-            period: ttl / 3,
+            refresh: Sweep::new(ttl / 3),
         }
     }
 
     fn arm(&mut self, now: Instant) {
-        if self.refresh_at.is_none() {
-            self.refresh_at = now.checked_add(self.period);
-        }
+        self.refresh.arm(now);
     }
 
     /// The next deadline: a set's expiry (only while the bus is up: a node that cannot hear
     /// the others keeps what it knew), or the next refresh.
     pub(crate) fn poll_timeout(&self, up: bool) -> Option<Instant> {
         let expiry = if up { self.expiry.peek() } else { None };
-        [expiry, self.refresh_at].into_iter().flatten().min()
+        [expiry, self.refresh.deadline()].into_iter().flatten().min()
     }
 
-    /// Whether the refresh is due (re-arming it while there is anything to refresh or read).
-    pub(crate) fn refresh_due(&mut self, now: Instant) -> bool {
-        if self.refresh_at.is_none_or(|at| at > now) {
-            return false;
-        }
-        self.refresh_at = None;
-        if !self.own.is_empty() || !self.views.is_empty() {
-            self.arm(now);
-        }
-        true
+    /// The refresh's step due at `now`, if any (re-arming it while there is anything to refresh
+    /// or read).
+    pub(crate) fn refresh_due(&mut self, now: Instant) -> Option<Step> {
+        let rearm = !self.own.is_empty() || !self.views.is_empty();
+        self.refresh.due(now, rearm)
     }
 
     /// Other nodes' entries held, in all scopes.
@@ -215,12 +210,13 @@ impl ClusterPresence {
         }
     }
 
-    /// The views no read has confirmed since they opened or disagreed, sorted.
-    pub(crate) fn stale(&self) -> Vec<ScopeKey> {
+    /// The views no read has confirmed since they opened or disagreed, sorted (those that fall
+    /// to `step`; all: `None`).
+    pub(crate) fn stale(&self, step: Option<Step>) -> Vec<ScopeKey> {
         let mut keys: Vec<ScopeKey> = self
             .views
             .iter()
-            .filter(|(_, v)| matches!(v.sync, Sync::Stale))
+            .filter(|(k, v)| matches!(v.sync, Sync::Stale) && step.is_none_or(|s| s.holds(k)))
             .map(|(k, _)| k.clone())
             .collect();
         keys.sort_unstable();
@@ -423,11 +419,17 @@ impl ClusterPresence {
     }
 
     /// For the refresh: the scopes whose sets are refreshed (with their digests), and those
-    /// that must be written again, both sorted.
-    pub(crate) fn refresh_lists(&self) -> (Vec<(ScopeKey, Digest)>, Vec<ScopeKey>) {
+    /// that must be written again, both sorted (those that fall to `step`; all: `None`).
+    pub(crate) fn refresh_lists(
+        &self,
+        step: Option<Step>,
+    ) -> (Vec<(ScopeKey, Digest)>, Vec<ScopeKey>) {
         let mut refresh: Vec<(ScopeKey, Digest)> = Vec::new();
         let mut rewrite: Vec<ScopeKey> = Vec::new();
         for (key, own) in &self.own {
+            if step.is_some_and(|s| !s.holds(key)) {
+                continue;
+            }
             if own.rewrite {
                 rewrite.push(key.clone());
             } else if own.digest.count > 0 {
@@ -662,11 +664,11 @@ mod tests {
         assert!(!p.must_replace(&key()));
         let d = p.own_write(t0, &key(), false, &[], &["a".into()]);
         assert_eq!(d, Digest::of(["b"]));
-        assert_eq!(p.refresh_lists(), (vec![(key(), d)], vec![]));
+        assert_eq!(p.refresh_lists(None), (vec![(key(), d)], vec![]));
         p.rewrite(t0, &key());
-        assert_eq!(p.refresh_lists(), (vec![], vec![key()]));
+        assert_eq!(p.refresh_lists(None), (vec![], vec![key()]));
         assert!(p.must_replace(&key()));
         p.own_write(t0, &key(), true, &[], &[]);
-        assert_eq!(p.refresh_lists(), (vec![], vec![]), "an empty set is not refreshed");
+        assert_eq!(p.refresh_lists(None), (vec![], vec![]), "an empty set is not refreshed");
     }
 }

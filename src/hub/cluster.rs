@@ -152,8 +152,8 @@ impl Hub {
         }
         self.check_tops(now, confirmed);
         // Before any new lease: an engine that restarted empty lost every lease.
-        if self.node.as_deref().is_some_and(|n| n.renew_at.is_some()) {
-            self.renew_leases(now);
+        if self.node.as_deref().is_some_and(|n| n.renew.is_armed()) {
+            self.renew_leases(now, None);
         }
         self.resume_bus_back(now);
         self.presence_bus_up(now);
@@ -181,10 +181,11 @@ impl Hub {
             }
         }
         let node = self.node.as_deref_mut().expect("clustered");
-        if node.renew_at.is_some_and(|at| at <= now) {
-            node.renew_at = now.checked_add(node.cfg.lease_ttl / 3);
-            if node.is_up() {
-                self.renew_leases(now);
+        let up = node.is_up();
+        if let Some(step) = node.renew.due(now, true) {
+            let slots = node.renew.slots(step, self.users.slab.capacity());
+            if up {
+                self.renew_leases(now, Some(slots));
             }
         }
         self.resume_deadlines(now);

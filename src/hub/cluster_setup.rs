@@ -239,9 +239,7 @@ impl Hub {
         match reply {
             Ok(BusReply::Leased { granted: true, evicted }) => {
                 let node = self.node().expect("clustered");
-                if node.renew_at.is_none() {
-                    node.renew_at = now.checked_add(node.cfg.lease_ttl / 3);
-                }
+                node.renew.arm(now);
                 if let Some(holder) = evicted {
                     self.evict(now, &tenant, &user, holder);
                 }
@@ -356,11 +354,16 @@ impl Hub {
         }
     }
 
-    /// Renews every lease of the node, in batches.
-    pub(super) fn renew_leases(&mut self, now: Instant) {
+    /// Renews the leases of the users in these slots (all of them: `None`), in batches.
+    pub(super) fn renew_leases(&mut self, now: Instant, slots: Option<std::ops::Range<usize>>) {
         let ttl = self.node.as_deref().expect("clustered").cfg.lease_ttl;
         let mut leases: Vec<(StreamKey, crate::cluster::LeaseHolder, u32)> = Vec::new();
-        for (_, state) in self.users.iter() {
+        let slab = &self.users.slab;
+        let users: Box<dyn Iterator<Item = &crate::user::UserState>> = match slots {
+            Some(slots) => Box::new(slots.filter_map(|s| slab.get(s))),
+            None => Box::new(slab.iter().map(|(_, state)| state)),
+        };
+        for state in users {
             for &idx in &state.conns {
                 let id = self.conns.id_of(idx);
                 if self.lease_pending(id) {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::action::MetricEvent;
 use crate::cluster::presence::{CHUNK, Outcome, Signal, scope_of, stream_of};
+use crate::cluster::sweep::Step;
 use crate::cluster::{BusFailure, BusOp, BusReply, Pending, PresenceEntry, StreamKey};
 use crate::hub::Hub;
 use crate::ids::UserId;
@@ -128,8 +129,10 @@ impl Hub {
                 self.presence_outcome(now, &key, out);
             }
         }
-        if self.remote.refresh_due(now) && self.node.as_deref().is_some_and(|n| n.is_up()) {
-            self.presence_refresh(now);
+        if let Some(step) = self.remote.refresh_due(now)
+            && self.node.as_deref().is_some_and(|n| n.is_up())
+        {
+            self.presence_refresh(now, Some(step));
         }
     }
 
@@ -139,12 +142,13 @@ impl Hub {
         [self.presence.poll_timeout(), self.remote.poll_timeout(up)].into_iter().flatten().min()
     }
 
-    /// Refreshes every set this node holds on the bus in one batch, writes again those that
-    /// must be, and reads the views no read has confirmed.
-    fn presence_refresh(&mut self, now: Instant) {
+    /// One step of the refresh (all of it: `None`): refreshes the sets this node holds on the
+    /// bus in the step's scopes, writes again those that must be, and reads the views no read
+    /// has confirmed.
+    fn presence_refresh(&mut self, now: Instant, step: Option<Step>) {
         let node = self.node.as_deref().expect("clustered");
         let (me, ttl) = (node.cfg.node.clone(), node.cfg.presence_ttl);
-        let (refresh, rewrite) = self.remote.refresh_lists();
+        let (refresh, rewrite) = self.remote.refresh_lists(step);
         for batch in refresh.chunks(REFRESH_BATCH) {
             let scopes: Vec<(StreamKey, std::sync::Arc<str>)> = batch
                 .iter()
@@ -163,7 +167,7 @@ impl Hub {
         for key in rewrite {
             self.presence_rewrite(now, &key);
         }
-        for key in self.remote.stale() {
+        for key in self.remote.stale(step) {
             self.presence_read(now, &key);
         }
     }
@@ -288,7 +292,7 @@ impl Hub {
             return;
         }
         let keys = self.remote.bus_back(now);
-        self.presence_refresh(now);
+        self.presence_refresh(now, None);
         for key in keys {
             self.presence_read(now, &key);
         }

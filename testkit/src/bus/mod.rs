@@ -164,6 +164,10 @@ pub struct BusStats {
     pub presence_writes: u64,
     /// Presence reads.
     pub presence_reads: u64,
+    /// Leases renewed (one per lease in a `Renew`).
+    pub leases_renewed: u64,
+    /// The most leases one `Renew` carried: how large a renewal burst reached the engine.
+    pub largest_renewal: u64,
 }
 
 struct Stream {
@@ -413,6 +417,9 @@ impl ModelBus {
                 BusReply::Presence { held, truncated }
             }
             BusOp::Renew { leases, ttl, .. } => {
+                let n = leases.len() as u64;
+                self.stats.leases_renewed += n;
+                self.stats.largest_renewal = self.stats.largest_renewal.max(n);
                 let mut refused = Vec::new();
                 for (user, holder, limit) in leases {
                     let set = self.leases.entry(user).or_default();
