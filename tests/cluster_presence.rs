@@ -353,6 +353,36 @@ fn the_engine_restarting_empty_loses_nobody_and_the_sets_are_written_again() {
 }
 
 #[test]
+fn the_refresh_spreads_the_scopes_over_its_period_instead_of_one_burst() {
+    let mut n = Net::new(1, 10_000);
+    let rooms = 64;
+    for r in 0..rooms {
+        let now = n.c.now;
+        let hub = n.c.hub(0).expect("alive");
+        let conn = hub.connect(now, Principal::new("acme", format!("u{r}"))).unwrap();
+        hub.join(now, conn, format!("room-{r}").as_str()).expect("joined");
+    }
+    n.advance(Duration::from_secs(1));
+    // Each scope is refreshed once per period (a third of the ttl), a few at a time.
+    let period = TTL / 3;
+    let slice = period / 32;
+    let start = n.c.bus.stats().presence_writes;
+    let (mut last, mut largest) = (start, 0);
+    for _ in 0..32 {
+        n.c.advance(slice);
+        let writes = n.c.bus.stats().presence_writes;
+        largest = largest.max(writes - last);
+        last = writes;
+    }
+    assert_eq!(last - start, rooms, "every room's set once in a period");
+    assert!(largest <= rooms / 4, "no step refreshes more than a slice: {largest}");
+    for r in 0..rooms {
+        let room = StreamKey::room("acme", format!("room-{r}"));
+        assert_eq!(n.c.bus.presence_nodes(&room, n.c.now).len(), 1, "room-{r}'s set lives");
+    }
+}
+
+#[test]
 fn a_long_bus_outage_freezes_the_picture_and_the_truth_comes_back_with_the_bus() {
     let mut n = Net::new(2, 10_000);
     let watcher = n.enter(0, "watcher");

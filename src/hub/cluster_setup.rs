@@ -361,7 +361,7 @@ impl Hub {
         let slab = &self.users.slab;
         let users: Box<dyn Iterator<Item = &crate::user::UserState>> = match slots {
             Some(slots) => Box::new(slots.filter_map(|s| slab.get(s))),
-            None => Box::new(slab.iter().map(|(_, state)| state)),
+            None => Box::new(self.users.iter().map(|(_, state)| state)),
         };
         for state in users {
             for &idx in &state.conns {
