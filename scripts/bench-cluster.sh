@@ -270,6 +270,8 @@ run_recovery() { # name (sb, sio-redis, sio-streams)
   return "$status"
 }
 
+. scripts/bench-lib.sh
+jitter_before=$(bench_host_jitter)
 read -ra cfgs <<<"$CONFIGS"
 # A run that fails is reported and left out of the table; the others still run.
 failures=()
@@ -291,6 +293,7 @@ fi
 echo
 echo "== $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(date -u +%Y-%m-%d), commit $commit, redis $redis_version, pinned: $([ "$PIN" = 1 ] && echo 'servers and Redis CPU 0, loadgen CPU 1' || echo no)"
 echo "== $CLIENTS clients, $CONNS_PER_USER per user, $TENANTS tenants; ${WARMUP}s warm-up + ${DURATION}s per phase; median of $REPS"
+echo "== host timer jitter (a 1 ms sleep wakes late by p50/p99 µs): $jitter_before before the runs, $(bench_host_jitter) after"
 echo
 CONFIGS="$CONFIGS" CLIENTS="$CLIENTS" BATCH="$BATCH" TENANT_RATE="$TENANT_RATE" LAT_RATE="$LAT_RATE" \
   MONITOR_RATE="$MONITOR_RATE" node - "$raw" <<'EOF'
