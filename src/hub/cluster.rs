@@ -182,7 +182,8 @@ impl Hub {
         }
         let node = self.node.as_deref_mut().expect("clustered");
         let up = node.is_up();
-        if let Some(step) = node.renew.due(now, true) {
+        // With no user left there is nothing to renew: the sweep stops until the next lease.
+        if let Some(step) = node.renew.due(now, !self.users.slab.is_empty()) {
             let slots = node.renew.slots(step, self.users.slab.capacity());
             if up {
                 self.renew_leases(now, Some(slots));
