@@ -88,9 +88,9 @@ struct LeftRoom {
 ///
 /// Laid out in declaration order (`repr(C)`), hot fields first: what a fan-out reads and writes
 /// for each recipient (backpressure, meter, hold, what was sent, the filters) sits in the first
-/// 72 bytes, so that a recipient costs one or two cache lines of its record rather than the
+/// 80 bytes, so that a recipient costs one or two cache lines of its record rather than the
 /// three or four that the compiler's order (by alignment) spread them over. The order also
-/// leaves no padding (232 bytes either way).
+/// leaves no padding (232 bytes).
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Connection {
@@ -112,14 +112,15 @@ pub(crate) struct Connection {
     tenant_sent: bool,
     /// Index of the user's state in the hub's user slab.
     user: u32,
+    /// Position in the tenant's connection list (cold, here to fill the 4 bytes before
+    /// `threads`).
+    tenant_pos: u32,
     /// `None`: all of the user's events. `Some(..)`: the threads and runs it subscribed to (see
     /// `narrowing.rs`; never empty: unsubscribing the last widens the filter back to `None`).
     /// Boxed: most connections never narrow, and this keeps them a pointer smaller.
     threads: Option<Box<Narrowing>>,
     roles: Roles,
     // --- Cold: connect, close, timers, control frames, resume.
-    /// Position in the tenant's connection list.
-    tenant_pos: u32,
     refresh_sent: bool,
     /// Whether the client already sent `resume`.
     resumed: bool,
@@ -129,6 +130,10 @@ pub(crate) struct Connection {
     /// Cluster mode: its `resume` waits for the log; the fetch's answer ends the hold, not the
     /// resume window.
     resuming: bool,
+    /// The connection's one timer (in [`Connections`]' queue), armed at or before its next
+    /// deadline; `None` while it has no deadline the clock can represent (see
+    /// [`Connection::next_deadline`]). Here to fill the 4 bytes before `labels`.
+    timer: Option<TimerId>,
     /// The principal's labels: shown, never routed on.
     labels: Labels,
     /// Round-trip times of its pongs (see `rtt.rs`).
@@ -142,10 +147,6 @@ pub(crate) struct Connection {
     tenant_base: u64,
     /// Rooms left before the resume; allocated by the first such leave.
     left_rooms: Option<Box<LeftRooms>>,
-    /// The connection's one timer (in [`Connections`]' queue), armed at or before its next
-    /// deadline; `None` while it has no deadline the clock can represent (see
-    /// [`Connection::next_deadline`]).
-    timer: Option<TimerId>,
     opened_at: Instant,
     /// Last inbound frame or pong.
     last_seen: Instant,

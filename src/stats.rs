@@ -414,12 +414,17 @@ impl MeterClock {
 }
 
 /// An exponentially weighted moving average over one-second buckets: events are counted into
-/// the current bucket and folded into the average when the bucket changes. 12 bytes, no timer.
+/// the current bucket and folded into the average when the bucket changes. 16 bytes, no timer.
+///
+/// The count is 64 bits so that it cannot overflow (2^64 events in one bucket cannot happen,
+/// even with a caller's clock that stands still), and an add needs no saturation: a fan-out adds
+/// to every recipient's meter, and the saturating add of a 32-bit count cost 4 more instructions
+/// per recipient (callgrind, `room-1000`).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Meter {
     avg: f32,
-    count: u32,
     bucket: u32,
+    count: u64,
 }
 
 impl Meter {
@@ -429,7 +434,7 @@ impl Meter {
         if clock.bucket != self.bucket {
             self.roll(clock);
         }
-        self.count = self.count.saturating_add(n);
+        self.count += u64::from(n);
     }
 
     #[inline(never)]
@@ -452,7 +457,7 @@ impl Meter {
         self.roll(clock);
         other.roll(clock);
         self.avg += other.avg;
-        self.count = self.count.saturating_add(other.count);
+        self.count += other.count;
     }
 
     pub(crate) fn per_minute(mut self, clock: MeterClock) -> f64 {

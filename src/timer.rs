@@ -7,13 +7,26 @@
 //! `tick` pops only what is due, and the next deadline is the heap's root, read in O(1). Timers
 //! due at the same instant come out in no promised order.
 
+use std::num::NonZeroU32;
 use std::time::Instant;
 
 use slab::Slab;
 
-/// Handle to an armed timer.
+/// Handle to an armed timer: its entry's index plus one, so that an `Option<TimerId>` (a
+/// connection's timer, say) takes 4 bytes rather than 8.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TimerId(u32);
+pub(crate) struct TimerId(NonZeroU32);
+
+impl TimerId {
+    fn new(index: usize) -> Self {
+        let id = u32::try_from(index + 1).ok().and_then(NonZeroU32::new);
+        Self(id.expect("fewer than 2^32 - 1 armed timers"))
+    }
+
+    fn index(self) -> usize {
+        self.0.get() as usize - 1
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct HeapEntry {
@@ -45,20 +58,21 @@ impl<K> TimerQueue<K> {
     /// Arms a timer for `key` at `at`.
     pub(crate) fn insert(&mut self, at: Instant, key: K) -> TimerId {
         let pos = self.heap.len() as u32;
-        let id = self.entries.insert(Entry { key, pos }) as u32;
-        self.heap.push(HeapEntry { at, id });
+        let index = self.entries.insert(Entry { key, pos });
+        let id = TimerId::new(index);
+        self.heap.push(HeapEntry { at, id: index as u32 });
         self.sift_up(pos as usize);
-        TimerId(id)
+        id
     }
 
     /// When `id` fires.
     pub(crate) fn deadline(&self, id: TimerId) -> Instant {
-        self.heap[self.entries[id.0 as usize].pos as usize].at
+        self.heap[self.entries[id.index()].pos as usize].at
     }
 
     /// Moves an armed timer to `at`.
     pub(crate) fn reschedule(&mut self, id: TimerId, at: Instant) {
-        let pos = self.entries[id.0 as usize].pos as usize;
+        let pos = self.entries[id.index()].pos as usize;
         let old = self.heap[pos].at;
         self.heap[pos].at = at;
         if at < old {
@@ -70,7 +84,7 @@ impl<K> TimerQueue<K> {
 
     /// Disarms a timer.
     pub(crate) fn cancel(&mut self, id: TimerId) -> K {
-        let entry = self.entries.remove(id.0 as usize);
+        let entry = self.entries.remove(id.index());
         self.remove_at(entry.pos as usize);
         entry.key
     }

@@ -112,6 +112,7 @@ fn fan_out(
     result: &mut Published,
 ) {
     let mut tally = TierTally::default();
+    let lane = flow.lane(frame, priority, cfg);
     // Counted here and added once at the end: per recipient, counters in the outbox and the
     // result cost about as much as the push, and kept the loop from holding its values in
     // registers across it.
@@ -121,6 +122,13 @@ fn fan_out(
         let (idx, id, slot) = recipient.resolve(conns);
         let conn = conns.get_mut(idx);
         if !admit(conn, id) {
+            continue;
+        }
+        if lane.takes(conn) {
+            lane.deliver(out, id, conn, frame, &mut tally);
+            // Remember the highest seq sent on this stream (issue 10 item 5).
+            mark(conn, slot);
+            delivered += 1;
             continue;
         }
         let offer = flow.offer_to(out, id, conn, frame, priority, cfg, &mut tally);
