@@ -274,13 +274,19 @@ pub(crate) const REDACTED: &str = "[redacted]";
 /// Compact text (see [`RawData::is_compact`]) is copied in runs between the values of hidden keys,
 /// found from the keys validation noted; other text goes through [`write_scanned`]. Both write
 /// the same bytes.
-pub(crate) fn write_redacted(
+///
+/// Generic over `hides` so that a caller's test (the redactor's filter, above all) is inlined
+/// into the loop over the keys rather than called through a pointer for each key.
+pub(crate) fn write_redacted<H: Fn(&str) -> bool + ?Sized>(
     out: &mut Vec<u8>,
     raw: &RawData,
-    hides: Option<&dyn Fn(&str) -> bool>,
+    hides: Option<&H>,
 ) {
     let Some(keys) = &raw.keys else {
-        return write_scanned(out, raw, hides.unwrap_or(&|_| false));
+        return match hides {
+            Some(hides) => write_scanned(out, raw, &|k| hides(k)),
+            None => write_scanned(out, raw, &|_| false),
+        };
     };
     let b = raw.text.as_bytes();
     let Some(hides) = hides else {
@@ -295,7 +301,7 @@ pub(crate) fn write_redacted(
             continue; // inside a hidden value
         }
         let hidden = if key.escaped() {
-            key_hidden(&raw.text[open..=close], hides)
+            key_hidden(&raw.text[open..=close], &|k| hides(k))
         } else {
             hides(&raw.text[open + 1..close])
         };

@@ -48,6 +48,7 @@ impl Redactor {
         1 << (h % 64)
     }
 
+    #[inline]
     pub(crate) fn hides(&self, key: &str) -> bool {
         self.bits & Self::bit(key) != 0 && self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
     }
@@ -324,9 +325,7 @@ impl FrameWriter {
                 Payload::Json(value) => json(b, &Redacted { value, redactor }),
                 Payload::Raw(raw) => {
                     let hides = |key: &str| redactor.hides(key);
-                    let hides: Option<&dyn Fn(&str) -> bool> =
-                        (!redactor.is_empty()).then_some(&hides);
-                    write_redacted(b, raw, hides);
+                    write_redacted(b, raw, (!redactor.is_empty()).then_some(&hides));
                 }
             }
         }
