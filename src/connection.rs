@@ -13,7 +13,7 @@ use crate::labels::Labels;
 use crate::limits::{Bucket, Rate};
 use crate::narrowing::Narrowing;
 pub(crate) use crate::narrowing::TooManySubscriptions as TooManyThreads;
-use crate::stats::{Meter, MeterClock};
+use crate::stats::{DeliveryMeter, MeterClock};
 use crate::timer::{TimerId, TimerQueue};
 
 mod lifetime;
@@ -99,7 +99,7 @@ pub(crate) struct Connection {
     unwritten: u64,
     rooms: Vec<Membership>,
     /// Live event frames delivered (folded into the user's meter when the connection closes).
-    delivered: Meter,
+    delivered: DeliveryMeter,
     /// `agent_thinking` frames skipped since the last delivery (reported by a `skipped` frame).
     skipped: u32,
     /// Waiting for the client's first frame (within `resume_window`) before going live.
@@ -215,7 +215,7 @@ impl Connection {
             control: Bucket::full(now),
             violations: Bucket::full(now),
             unwritten: 0,
-            delivered: Meter::default(),
+            delivered: DeliveryMeter::default(),
             skipped: 0,
             held,
             resumed: false,
@@ -426,11 +426,11 @@ impl Connection {
     /// One more live event frame delivered.
     #[inline]
     pub(crate) fn count_delivered(&mut self, clock: MeterClock) {
-        self.delivered.add(clock, 1);
+        self.delivered.add_one(clock);
     }
 
     /// Its live event frames delivered (the user's meter absorbs them on close).
-    pub(crate) fn delivered(&self) -> Meter {
+    pub(crate) fn delivered(&self) -> DeliveryMeter {
         self.delivered
     }
 

@@ -144,7 +144,7 @@ impl Flow {
         }
         conn.queued(frame.len() as u64);
         // Counted by the fan-out, once for all of its deliveries.
-        out.deliver_uncounted(id, frame);
+        out.deliver_in_run(id, frame);
         Offer::Delivered
     }
 
@@ -207,7 +207,7 @@ impl Lane {
         conn.count_delivered(self.clock);
         tally.0[tier_index(conn.tier())] += 1;
         conn.queued(self.len);
-        out.deliver_uncounted(id, frame);
+        out.deliver_in_run(id, frame);
     }
 }
 
@@ -304,9 +304,12 @@ mod tests {
                             taken += 1;
                             let id = ConnId::new(0, 1);
                             let (mut out, mut tally) = (Outbox::default(), TierTally::default());
+                            out.open_run(&frame);
                             lane.deliver(&mut out, id, &mut fast, &frame, &mut tally);
+                            out.close_run();
                             let mut full = conn(unwritten, skipped, held);
                             let (mut out2, mut tally2) = (Outbox::default(), TierTally::default());
+                            out2.open_run(&frame);
                             let offer = flow.offer_to(
                                 &mut out2,
                                 id,
@@ -316,6 +319,7 @@ mod tests {
                                 &cfg,
                                 &mut tally2,
                             );
+                            out2.close_run();
                             let case = (inflight, unwritten_max, len, priority, unwritten, skipped);
                             assert_eq!(offer, Offer::Delivered, "{case:?}");
                             assert_eq!(fast.unwritten(), full.unwritten(), "{case:?}");

@@ -18,20 +18,49 @@ use crate::stats::HubStats;
 ///
 /// The queue is two `Vec`s: actions are pushed onto `queued` and popped from the end of `ready`,
 /// which holds them newest first. When `ready` runs out the two swap buffers and `ready` is
-/// reversed. A fan-out pushes and pops one `Deliver` per recipient, and a `Vec` push and pop plus
-/// the reversal cost fewer instructions than a `VecDeque`'s push and pop, which wrap their index
-/// around (callgrind, `room-1000`). Both buffers are kept: the second one holds what is pushed
-/// while actions are still waiting, so the queue's memory is at most twice its longest run
-/// between drains, and as before for a caller that drains after every call (see
+/// reversed. A fan-out pushes and pops one `Deliver` per recipient, and a `Vec` push and pop
+/// plus the reversal cost fewer instructions than a `VecDeque`'s push and pop, which wrap their
+/// index around (callgrind, `room-1000`). Both buffers are kept: the second one holds what is
+/// pushed while actions are still waiting, so the queue's memory is at most twice its longest
+/// run between drains, and as before for a caller that drains after every call (see
 /// [`Outbox::pop`]).
+///
+/// A fan-out queues its recipients as a run instead: their ids go onto `ids` (8 bytes each, no
+/// reference count) and one [`Run`] with the shared frame, in `runs`, notes where among the
+/// queued actions they go. When `ready` runs out, each run's `Deliver`s are built in place there
+/// from its ids and clones of its frame, in one tight loop. What the caller pops is the same
+/// sequence of actions; per recipient this costs about 10 instructions fewer than building each
+/// `Deliver` in the fan-out's loop, where the offer's checks keep the registers busy (callgrind,
+/// `room-1000`). Other actions are queued as before (no run: the refill is the swap and the
+/// reversal).
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     /// What [`Outbox::pop`] takes from, oldest last.
     ready: Vec<Action>,
-    /// Everything pushed after `ready`'s actions, oldest first.
+    /// Everything pushed after `ready`'s actions, oldest first, less the runs.
     queued: Vec<Action>,
+    /// The fan-out runs queued with `queued`'s actions, oldest first.
+    runs: Vec<Run>,
+    /// The recipients of `runs`, in order, then those of the fan-out in progress; cleared when
+    /// the runs move into `ready`.
+    ids: Vec<ConnId>,
+    /// The frame of the fan-out in progress ([`Outbox::open_run`]).
+    open: Option<Frame>,
+    /// The end of `runs`' recipients in `ids`: those past it belong to the fan-out in progress.
+    sealed: usize,
+    /// Where the recipients of the fan-out in progress start in `ids`.
+    opened: usize,
     /// Counters that no action stands for (frames received, publishes, …) are bumped directly.
     pub(crate) stats: HubStats,
+}
+
+/// Deliveries of `frame` to the connections `ids[start..end]`, queued before `queued[at]`.
+#[derive(Debug)]
+struct Run {
+    at: usize,
+    frame: Frame,
+    start: usize,
+    end: usize,
 }
 
 impl Outbox {
@@ -45,7 +74,7 @@ impl Outbox {
         if let Some(action) = self.ready.pop() {
             return Some(action);
         }
-        if self.queued.is_empty() {
+        if self.queued.is_empty() && self.runs.is_empty() {
             if self.ready.capacity() > self.queued.capacity() {
                 std::mem::swap(&mut self.ready, &mut self.queued);
             }
@@ -54,17 +83,84 @@ impl Outbox {
         self.refill()
     }
 
-    /// `ready` ran out and actions wait in `queued`: they become `ready`, oldest last, and
-    /// `queued` takes the empty buffer. Then the oldest action.
+    /// `ready` ran out and actions wait in `queued` or `runs`: they become `ready`, oldest last.
+    /// Without runs the two swap buffers (`queued` takes the empty one). Then the oldest action.
     #[inline(never)]
     fn refill(&mut self) -> Option<Action> {
-        std::mem::swap(&mut self.ready, &mut self.queued);
-        self.ready.reverse();
+        if self.runs.is_empty() {
+            std::mem::swap(&mut self.ready, &mut self.queued);
+            self.ready.reverse();
+        } else {
+            self.expand_runs();
+        }
         self.ready.pop()
     }
 
+    /// [`Outbox::refill`] with runs: `queued`'s actions and the runs' `Deliver`s are moved or
+    /// built into the empty `ready`, newest first, and the runs' ids go.
+    fn expand_runs(&mut self) {
+        debug_assert!(self.ready.is_empty());
+        debug_assert!(self.open.is_none() && self.ids.len() == self.sealed);
+        let (ready, queued, ids) = (&mut self.ready, &mut self.queued, &self.ids);
+        ready.reserve(queued.len() + ids.len());
+        // From the last run back: the actions queued after it, then its recipients.
+        while let Some(Run { at, frame, start, end }) = self.runs.pop() {
+            while queued.len() > at {
+                ready.extend(queued.pop());
+            }
+            let deliver = |&conn| Action::Deliver { conn, frame: frame.clone() };
+            ready.extend(ids[start..end].iter().rev().map(deliver));
+        }
+        while let Some(action) = queued.pop() {
+            ready.push(action);
+        }
+        self.ids.clear();
+        self.sealed = 0;
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.queued.is_empty()
+        self.ready.is_empty() && self.queued.is_empty() && self.ids.is_empty()
+    }
+
+    /// Where to push an action: after the recipients of the fan-out in progress queued so far.
+    /// (The action is built after this check, not moved across it: a 32-byte `Action` kept
+    /// across the call to `seal` was copied piece by piece, about 30 instructions per push.)
+    #[inline]
+    fn queue(&mut self) -> &mut Vec<Action> {
+        if self.ids.len() > self.sealed {
+            self.seal();
+        }
+        &mut self.queued
+    }
+
+    /// Queues the recipients of the fan-out in progress pushed since its last run as a run.
+    #[cold]
+    #[inline(never)]
+    fn seal(&mut self) {
+        let frame = self.open.clone().expect("recipients are queued during a fan-out");
+        let (start, end) = (self.sealed, self.ids.len());
+        self.runs.push(Run { at: self.queued.len(), frame, start, end });
+        self.sealed = end;
+    }
+
+    /// A fan-out of `frame` begins: its recipients are queued with [`Outbox::deliver_in_run`]
+    /// until [`Outbox::close_run`].
+    pub(crate) fn open_run(&mut self, frame: &Frame) {
+        debug_assert!(self.open.is_none(), "one fan-out at a time");
+        self.open = Some(frame.clone());
+        self.opened = self.ids.len();
+    }
+
+    /// The fan-out ends: its recipients not queued yet are queued as a run. Returns how many
+    /// recipients it queued in all (its deliveries).
+    pub(crate) fn close_run(&mut self) -> usize {
+        let frame = self.open.take().expect("a fan-out is in progress");
+        let (start, end) = (self.sealed, self.ids.len());
+        if end > start {
+            self.runs.push(Run { at: self.queued.len(), frame, start, end });
+            self.sealed = end;
+        }
+        end - self.opened
     }
 
     /// A frame for a connection (its backpressure already checked: see `flow`).
@@ -72,18 +168,20 @@ impl Outbox {
     pub(crate) fn deliver(&mut self, conn: ConnId, frame: &Frame) {
         self.stats.deliveries += 1;
         self.stats.bytes_delivered += frame.len() as u64;
-        self.queued.push(Action::Deliver { conn, frame: frame.clone() });
+        self.queue().push(Action::Deliver { conn, frame: frame.clone() });
     }
 
-    /// A live event frame for one recipient of a fan-out, which counts all of its deliveries at
-    /// once with [`Outbox::count_deliveries`] (a counter update per recipient cost as much as
-    /// the push; callgrind, `room-1000`).
+    /// The live event frame of the fan-out in progress (`frame`, [`Outbox::open_run`]) for one
+    /// of its recipients: queued in its run. The fan-out counts all of its deliveries at once
+    /// with [`Outbox::count_deliveries`] (a counter update per recipient cost as much as the
+    /// push; callgrind, `room-1000`).
     #[inline]
-    pub(crate) fn deliver_uncounted(&mut self, conn: ConnId, frame: &Frame) {
-        self.queued.push(Action::Deliver { conn, frame: frame.clone() });
+    pub(crate) fn deliver_in_run(&mut self, conn: ConnId, frame: &Frame) {
+        debug_assert!(self.open.as_ref().is_some_and(|f| Frame::ptr_eq(f, frame)));
+        self.ids.push(conn);
     }
 
-    /// Counts `n` deliveries of `frame` queued with [`Outbox::deliver_uncounted`].
+    /// Counts `n` deliveries of `frame` queued with [`Outbox::deliver_in_run`].
     pub(crate) fn count_deliveries(&mut self, n: u64, frame: &Frame) {
         self.stats.deliveries += n;
         self.stats.bytes_delivered += n * frame.len() as u64;
@@ -98,7 +196,7 @@ impl Outbox {
 
     /// Cluster mode: an operation for the driver to perform on the bus.
     pub(crate) fn bus(&mut self, op: BusOp) {
-        self.queued.push(Action::Bus(Box::new(op)));
+        self.queue().push(Action::Bus(Box::new(op)));
     }
 
     /// Cluster mode: what became of a publish.
@@ -106,19 +204,19 @@ impl Outbox {
         if matches!(outcome, PublishOutcome::Failed { .. }) {
             self.stats.publishes_failed += 1;
         }
-        self.queued.push(Action::Published { op, outcome: Box::new(outcome) });
+        self.queue().push(Action::Published { op, outcome: Box::new(outcome) });
     }
 
     /// A transport ping.
     pub(crate) fn ping(&mut self, conn: ConnId) {
         self.stats.pings_sent += 1;
-        self.queued.push(Action::Ping { conn });
+        self.queue().push(Action::Ping { conn });
     }
 
     /// A client message for the application.
     pub(crate) fn inbound(&mut self, inbound: Inbound) {
         self.stats.inbound_messages += 1;
-        self.queued.push(Action::Inbound(Box::new(inbound)));
+        self.queue().push(Action::Inbound(Box::new(inbound)));
     }
 
     /// A security-relevant event that names no connection's labels.
@@ -142,7 +240,7 @@ impl Outbox {
         labels: &Labels,
     ) {
         self.stats.security_violations += 1;
-        self.queued.push(Action::Audit(Box::new(AuditEvent {
+        self.queue().push(Action::Audit(Box::new(AuditEvent {
             kind,
             conn,
             tenant: tenant.cloned(),
@@ -153,12 +251,12 @@ impl Outbox {
 
     /// An action with no counter of its own.
     pub(crate) fn push_action(&mut self, action: Action) {
-        self.queued.push(action);
+        self.queue().push(action);
     }
 
     /// A metric event on its own (a limit with no user to name, say).
     pub(crate) fn push_metric(&mut self, event: MetricEvent) {
-        self.queued.push(Action::Metric(Box::new(event)));
+        self.queue().push(Action::Metric(Box::new(event)));
     }
 
     /// A limit refused something: counted, pushed as a metric, audited as `audit` with the labels
@@ -198,7 +296,7 @@ impl Outbox {
         by: ClosedBy,
     ) {
         if let ClosedBy::Hub(reason) = by {
-            self.queued.push(Action::Close { conn, reason });
+            self.queue().push(Action::Close { conn, reason });
         }
         let stats = &mut self.stats;
         stats.connections_closed += 1;
@@ -251,6 +349,7 @@ impl Outbox {
 mod tests {
     use super::Outbox;
     use crate::action::Action;
+    use crate::frame::Frame;
     use crate::ids::ConnId;
 
     fn ping(n: u32) -> Action {
@@ -285,6 +384,53 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    /// Fan-out runs (with actions pushed in the middle of one, as a `skipped` notice is) and
+    /// other actions, drained partially across refills: the actions come out in the order
+    /// they were queued, each run's `Deliver`s sharing its frame.
+    #[test]
+    fn runs_and_actions_come_out_in_the_order_they_went_in() {
+        let mut out = Outbox::default();
+        let mut expected = std::collections::VecDeque::new();
+        let mut next_id = 0;
+        for round in 0..60u32 {
+            for _ in 0..round % 3 {
+                out.push_action(ping(next_id));
+                expected.push_back(ping(next_id));
+                next_id += 1;
+            }
+            let frame = Frame::new(&format!("frame {round}"));
+            out.open_run(&frame);
+            for k in 0..(round % 5) * 2 {
+                if k % 3 == 2 {
+                    out.push_action(ping(next_id));
+                    expected.push_back(ping(next_id));
+                    next_id += 1;
+                }
+                let conn = ConnId::new(next_id, 7);
+                next_id += 1;
+                out.deliver_in_run(conn, &frame);
+                expected.push_back(Action::Deliver { conn, frame: frame.clone() });
+            }
+            assert_eq!(out.close_run(), (round % 5 * 2) as usize, "its recipients");
+            for _ in 0..round % 7 {
+                let Some(action) = out.pop() else { break };
+                let want = expected.pop_front().unwrap();
+                if let (Action::Deliver { frame: a, .. }, Action::Deliver { frame: b, .. }) =
+                    (&action, &want)
+                {
+                    assert!(Frame::ptr_eq(a, b));
+                }
+                assert_eq!(action, want);
+            }
+        }
+        assert!(!out.is_empty());
+        while let Some(action) = out.pop() {
+            assert_eq!(action, expected.pop_front().unwrap());
+        }
+        assert!(expected.is_empty() && out.is_empty());
+        assert!(out.ids.is_empty() && out.ready.is_empty(), "a drained queue holds no frame");
+    }
+
     #[test]
     fn a_drained_queue_pushes_into_its_larger_buffer() {
         let mut out = Outbox::default();
@@ -296,5 +442,27 @@ mod tests {
         while out.pop().is_some() {}
         assert!(out.queued.capacity() >= 100, "the larger buffer takes the next pushes");
         assert!(out.ready.capacity() < 100);
+    }
+
+    /// A caller that always leaves an action in the queue still gets the recipients' ids and
+    /// the queue's buffers back: they do not grow with the number of fan-outs.
+    #[test]
+    fn a_queue_that_is_never_empty_does_not_grow() {
+        let mut out = Outbox::default();
+        out.push_action(ping(0));
+        for round in 0..1000u32 {
+            let frame = Frame::new("f");
+            out.open_run(&frame);
+            for k in 0..10 {
+                out.deliver_in_run(ConnId::new(k, 1), &frame);
+            }
+            out.close_run();
+            for _ in 0..10 {
+                assert!(out.pop().is_some(), "round {round}");
+            }
+            assert!(!out.is_empty());
+        }
+        assert!(out.ids.capacity() <= 64 && out.ready.capacity() <= 64);
+        assert!(out.queued.capacity() <= 64);
     }
 }

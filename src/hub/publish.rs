@@ -113,10 +113,11 @@ fn fan_out(
 ) {
     let mut tally = TierTally::default();
     let lane = flow.lane(frame, priority, cfg);
+    out.open_run(frame);
     // Counted here and added once at the end: per recipient, counters in the outbox and the
     // result cost about as much as the push, and kept the loop from holding its values in
-    // registers across it.
-    let (mut delivered, mut held, mut skipped) = (0, 0, 0);
+    // registers across it. Deliveries are the recipients queued in the run.
+    let (mut held, mut skipped) = (0, 0);
     for recipient in recipients {
         // One look-up per recipient, for its filter, the offer and the mark.
         let (idx, id, slot) = recipient.resolve(conns);
@@ -128,7 +129,6 @@ fn fan_out(
             lane.deliver(out, id, conn, frame, &mut tally);
             // Remember the highest seq sent on this stream (issue 10 item 5).
             mark(conn, slot);
-            delivered += 1;
             continue;
         }
         let offer = flow.offer_to(out, id, conn, frame, priority, cfg, &mut tally);
@@ -136,7 +136,6 @@ fn fan_out(
             Offer::Delivered => {
                 // Remember the highest seq sent on this stream (issue 10 item 5).
                 mark(conn, slot);
-                delivered += 1;
             }
             Offer::Overflow => {
                 doomed.push(idx);
@@ -146,6 +145,7 @@ fn fan_out(
             Offer::Skipped => skipped += 1,
         }
     }
+    let delivered = out.close_run();
     result.delivered += delivered;
     result.held += held;
     result.skipped += skipped;
