@@ -23,6 +23,18 @@
 #   scripts/bench-cores.sh                       # defaults: 2,000 clients, tenant:0, 3 alternations
 #   REPS=5 CLIENTS=4000 PERF=1 scripts/bench-cores.sh
 #   TENANTS=1 PHASE=tenant:0:b10 scripts/bench-cores.sh   # 10 publishes per request to one tenant
+#   DEFER=1 REPS=5 scripts/bench-cores.sh        # the clients' reads deferred (below)
+#
+# DEFER=1 takes the load generator's receive path out of the window: each run is BURSTS `:defer`
+# bursts of the phase (the first a warm-up, not counted). In a burst the clients stop reading, the
+# load generator publishes DEFER_DELIVERIES deliveries' worth as fast as the server answers, and
+# the window lasts until the server's /metrics say it wrote every frame it was handed; the
+# kernel's socket buffers (RCVBUF bytes a client, set before connecting) hold them meanwhile.
+# Then the clients read and count every delivery (any missing fails the run). The server pays
+# for its writes in full, including the loopback receive work the kernel does in the writer's
+# context; what the window leaves out is the load generator's reads, which on another host would
+# not be on these cores. No per-thread sampling in this mode; with PERF=1 the profiled run records
+# the server over all its bursts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
@@ -40,6 +52,10 @@ PERF_SECS="${PERF_SECS:-3}"
 # The load generator's runtime threads in both modes (empty: one per CPU it may run on).
 LOADGEN_THREADS="${LOADGEN_THREADS:-}"
 LATENCY_EVERY="${LATENCY_EVERY:-16}"
+DEFER="${DEFER:-0}"
+BURSTS="${BURSTS:-3}"
+DEFER_DELIVERIES="${DEFER_DELIVERIES:-400000}"
+RCVBUF="${RCVBUF:-1048576}"
 
 for tool in taskset curl ss node; do
   command -v "$tool" >/dev/null || { echo "bench-cores: $tool is required" >&2; exit 1; }
@@ -101,6 +117,12 @@ run_one() { # mode rep [profile]
   if [ "$profile" = 1 ]; then bin=$fp_bin; fi
   if [ "$mode" = pinned ]; then server_pin=(taskset -c 0); loadgen_pin=(taskset -c 1); fi
   if [ -n "$LOADGEN_THREADS" ]; then threads=(--threads "$LOADGEN_THREADS"); fi
+  local phases=(--phase "$PHASE") defer_args=()
+  if [ "$DEFER" = 1 ]; then
+    phases=()
+    for _ in $(seq "$BURSTS"); do phases+=(--phase "$PHASE:defer"); done
+    defer_args=(--window "$DEFER_DELIVERIES" --rcvbuf "$RCVBUF")
+  fi
   bench_require_free_ports bench-cores "$PORT"
   "${server_pin[@]}" "$bin" --listen "127.0.0.1:$PORT" --jwt-secret "$secret" \
     --admin-key "$admin" >"$work/server.log" 2>&1 &
@@ -109,8 +131,40 @@ run_one() { # mode rep [profile]
   "${loadgen_pin[@]}" "$loadgen_bin" --server switchboard --addr "127.0.0.1:$PORT" --pid "$pid" \
     --jwt-secret "$secret" --admin-key "$admin" --clients "$CLIENTS" --tenants "$TENANTS" \
     --publishers "$PUBLISHERS" --warmup "$WARMUP" --duration "$DURATION" --settle 1 \
-    --label "$mode" --phase "$PHASE" --latency-every "$LATENCY_EVERY" "${threads[@]}" >"$work/out.txt" 2>"$work/err.txt" &
+    --label "$mode" "${phases[@]}" "${defer_args[@]}" --latency-every "$LATENCY_EVERY" "${threads[@]}" >"$work/out.txt" 2>"$work/err.txt" &
   local lg=$!
+  if [ "$DEFER" = 1 ]; then
+    local perf_pid=""
+    if [ "$profile" = 1 ]; then
+      # The whole run once the clients are live: the server is busy only in the bursts (the
+      # clients' reads after each burst cost it next to nothing), so these are the bursts' samples.
+      for _ in $(seq 600); do [ -s "$work/out.txt" ] && break; sleep 0.1; done
+      perf record -q -F 499 -g -p "$pid" -o "$work/perf.data" >/dev/null 2>&1 &
+      perf_pid=$!
+    fi
+    wait "$lg" || { echo "bench-cores: the load generator failed:" >&2; cat "$work/err.txt" >&2; exit 1; }
+    local extra=""
+    if [ -n "$perf_pid" ]; then
+      kill -INT "$perf_pid" 2>/dev/null || true
+      wait "$perf_pid" 2>/dev/null || true
+      extra=$(perf script -i "$work/perf.data" -F comm,ip,sym 2>/dev/null |
+        awk 'BEGIN{RS=""} {n++} /hub_task/ {h++} END {printf "perf_samples=%d hub_task_samples=%d", n, h}')
+      mode=profiled
+    fi
+    kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+    pid=""
+    if grep -q 'missing after the drain' "$work/out.txt" && ! grep -q ' 0 deliveries missing after the drain, 0 connections dropped' "$work/out.txt"; then
+      echo "bench-cores: deliveries went missing or connections were dropped in a deferred burst:" >&2
+      cat "$work/out.txt" "$work/err.txt" >&2; exit 1
+    fi
+    # The first burst warms up; the others are rows.
+    # (threads_pct: the server's CPU over the burst, which the profiled line of the report reads.)
+    grep '^RESULT' "$work/out.txt" | tail -n +2 |
+      sed -E "s/server_cpu_pct=([0-9.]+)/& threads_pct=\\1/; s/\$/ mode=$mode $extra/" | tee -a "$work/raw.txt" |
+      tr ' ' '\n' | grep -E '^(mode|delivered_per_s|server_cpu_pct|loadgen_cpu_pct|measured_s)=' | tr '\n' ' '
+    echo
+    return
+  fi
   # The window opens WARMUP seconds after the phase starts; the phase starts once every client
   # is live and `--settle` has passed: wait for the loadgen's first line, then the warm-up.
   for _ in $(seq 600); do [ -s "$work/out.txt" ] && break; sleep 0.1; done
@@ -155,6 +209,9 @@ if [ "$PERF" = 1 ]; then run_one unpinned profile 1; fi
 
 echo
 echo "== $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD)"
+if [ "$DEFER" = 1 ]; then
+  echo "== deferred reads: $((BURSTS - 1)) bursts of $DEFER_DELIVERIES deliveries a run after one warm-up, RCVBUF $RCVBUF; the clients read after each burst"
+fi
 echo "== $CLIENTS clients, $TENANTS tenants, phase $PHASE, ${WARMUP}s warm-up + ${DURATION}s, median of $REPS; load average at the start: $load0, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 node - "$work/raw.txt" <<'EOF'
 const fs = require("node:fs");

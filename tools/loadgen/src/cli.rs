@@ -36,12 +36,21 @@ pub(crate) struct PhaseSpec {
     /// batch (a JSON array answered with one result per envelope), the same on both servers;
     /// the rate still counts envelopes.
     pub(crate) batch: u64,
+    /// `…:defer`: the clients stop reading while the phase publishes, so that the kernel's
+    /// socket buffers take the deliveries and the load generator's receive path is off the
+    /// machine's CPUs for the window (see `run::deferred`). Only with rate 0; the phase
+    /// publishes `--window` deliveries' worth once, then the clients read and count them.
+    pub(crate) defer: bool,
 }
 
 impl FromStr for PhaseSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        let (s, defer) = match s.strip_suffix(":defer") {
+            Some(rest) => (rest, true),
+            None => (s, false),
+        };
         let (s, monitor) = match s.strip_suffix(":monitor") {
             Some(rest) => (rest, true),
             None => (s, false),
@@ -66,7 +75,12 @@ impl FromStr for PhaseSpec {
         if !(rate >= 0.0 && rate.is_finite()) {
             return Err(format!("bad rate `{rate}`"));
         }
-        Ok(PhaseSpec { target, rate, monitor, batch })
+        if defer && rate != 0.0 {
+            return Err(
+                "`:defer` publishes as fast as the server takes it: the rate must be 0".into()
+            );
+        }
+        Ok(PhaseSpec { target, rate, monitor, batch, defer })
     }
 }
 
@@ -116,13 +130,19 @@ pub(crate) struct Cli {
     /// A phase, `user:RATE` or `tenant:RATE` (publishes per second, 0 = as fast as delivered),
     /// with `:bN` appended for N envelopes per request (a batch, 1 to 100), and `:monitor` to
     /// count Redis round trips with MONITOR (`--redis-addr`); repeat for several, run in order
-    /// on the same connections.
+    /// on the same connections. `:defer` last (rate 0 only): the clients do not read while it
+    /// publishes `--window` deliveries' worth, and the server's write rate is measured from its
+    /// `/metrics` (the kernel's socket buffers hold what it wrote; see `--rcvbuf`).
     #[arg(long = "phase", default_value = "tenant:0")]
     pub(crate) phases: Vec<PhaseSpec>,
     /// With rate 0: deliveries that may be outstanding (default: 16 publishes' worth, at least
     /// 16,384).
     #[arg(long)]
     pub(crate) window: Option<u64>,
+    /// Each client's socket receive buffer in bytes (`SO_RCVBUF`, before it connects; the
+    /// kernel caps it at `net.core.rmem_max`). For `:defer` phases, whose deliveries wait in it.
+    #[arg(long)]
+    pub(crate) rcvbuf: Option<usize>,
     /// Concurrent keep-alive HTTP connections that publish.
     #[arg(long, default_value_t = 16)]
     pub(crate) publishers: usize,
@@ -200,6 +220,17 @@ mod tests {
         assert!(!p.monitor && p.rate == 0.0 && p.target == TargetKind::Tenant);
         assert!("user:fast".parse::<PhaseSpec>().is_err());
         assert!("room:1".parse::<PhaseSpec>().is_err());
+    }
+
+    #[test]
+    fn defer_goes_last_and_only_with_rate_zero() {
+        let p: PhaseSpec = "tenant:0:b10:defer".parse().unwrap();
+        assert!(p.defer && p.batch == 10 && p.rate == 0.0 && !p.monitor);
+        let p: PhaseSpec = "tenant:0".parse().unwrap();
+        assert!(!p.defer);
+        assert!("tenant:100:defer".parse::<PhaseSpec>().is_err());
+        // Not a batch size: `:defer` is taken off before `:bN` is read.
+        assert!("tenant:0:defer:b10".parse::<PhaseSpec>().is_err());
     }
 
     #[test]

@@ -26,9 +26,12 @@ pub(crate) async fn client(
     let addr = ctx.addrs[index as usize % ctx.addrs.len()];
     let bind = (!ctx.binds.is_empty()).then(|| ctx.binds[index as usize % ctx.binds.len()]);
     let mut ws = match ctx.kind {
-        ServerKind::Switchboard => Ws::open(addr, bind, "/ws", Some(token), index).await?,
+        ServerKind::Switchboard => {
+            Ws::open(addr, bind, "/ws", Some(token), index, ctx.rcvbuf).await?
+        }
         ServerKind::Socketio => {
-            Ws::open(addr, bind, "/socket.io/?EIO=4&transport=websocket", None, index).await?
+            let path = "/socket.io/?EIO=4&transport=websocket";
+            Ws::open(addr, bind, path, None, index, ctx.rcvbuf).await?
         }
     };
     let connect_packet = format!(r#"40{{"token":"{token}"}}"#);
@@ -38,6 +41,8 @@ pub(crate) async fn client(
     // `--latency-every N`: of a live client's events, every N-th is parsed for its `ts` (the
     // clients start at different offsets); the others are only counted.
     let mut sample = Sampler::new(ctx.latency_every, index);
+    // A `:defer` phase stops the reads for its burst; the kernel holds what arrives meanwhile.
+    let mut reading = ctx.reading.subscribe();
     loop {
         // Every complete frame in the buffer.
         let mut events = 0u64;
@@ -146,8 +151,15 @@ pub(crate) async fn client(
                 None => std::future::pending().await,
             }
         };
+        let may_read = *reading.borrow_and_update();
+        if may_read {
+            ws.unpark()?;
+            ws.flush().await?;
+        } else {
+            ws.park()?;
+        }
         tokio::select! {
-            n = ws.read_more() => {
+            n = ws.read_more(), if may_read => {
                 if n? == 0 {
                     if phase == Phase::Closing {
                         return Ok(());
@@ -156,6 +168,8 @@ pub(crate) async fn client(
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
             }
+            // Either way round: a pause drops the read in progress (one `read`, cancel-safe).
+            Ok(()) = reading.changed() => {}
             () = &mut stop_signal, if !stopping => stopping = true,
             () = deadline => return Ok(()),
         }

@@ -65,6 +65,7 @@ pub(crate) async fn connect_clients(cli: &Cli) -> Result<Connected, Box<dyn std:
         .map_or(0, |d| d.as_micros() as u64);
     let mut ctx = Ctx::new(cli.server, cli.addrs.clone(), cli.binds.clone(), t0, t0_unix_us);
     ctx.latency_every = cli.latency_every;
+    ctx.rcvbuf = cli.rcvbuf.map(|b| b.min(u32::MAX as usize) as u32);
     let ctx = Arc::new(ctx);
 
     let rss_before = sum_rss(&cli.pids);

@@ -5,6 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Instant;
 
+use tokio::sync::watch;
+
 use crate::cli::ServerKind;
 use crate::hist::Hist;
 
@@ -43,6 +45,10 @@ pub(crate) struct Ctx {
     pub(crate) dropped: AtomicUsize,
     /// `--latency-every`: a client parses the `ts` of one event in this many.
     pub(crate) latency_every: u64,
+    /// `--rcvbuf`: each client's socket receive buffer.
+    pub(crate) rcvbuf: Option<u32>,
+    /// Whether the clients read their sockets (false during a `:defer` phase's burst).
+    pub(crate) reading: watch::Sender<bool>,
     /// The first failure of any task, for the report.
     pub(crate) first_error: std::sync::Mutex<Option<String>>,
 }
@@ -74,6 +80,8 @@ impl Ctx {
             finished: AtomicUsize::new(0),
             dropped: AtomicUsize::new(0),
             latency_every: 1,
+            rcvbuf: None,
+            reading: watch::Sender::new(true),
             first_error: std::sync::Mutex::new(None),
         }
     }

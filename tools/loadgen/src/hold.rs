@@ -24,11 +24,22 @@ use crate::cli::Cli;
 use crate::connect::{close_clients, connect_clients};
 use crate::hist::Hist;
 
-/// Connects to `addr` from `source` (port chosen by the kernel at connect time).
-pub(crate) async fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+/// Connects to `addr`, from `source` if given (port chosen by the kernel at connect time), with a receive buffer of `rcvbuf` bytes if given
+/// (set before connecting, so that the window the handshake offers can use it).
+pub(crate) async fn connect_with(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    rcvbuf: Option<u32>,
+) -> std::io::Result<TcpStream> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(bytes) = rcvbuf {
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    let Some(source) = source else {
+        return socket.connect(addr).await;
     };
     if source.is_ipv4() {
         // IP_BIND_ADDRESS_NO_PORT: the port is picked at connect, per destination, so that one
@@ -141,11 +152,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connect_from_binds_the_source_address() {
+    async fn connect_with_binds_the_source_address() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let source: IpAddr = "127.0.0.3".parse().unwrap();
-        let (stream, accepted) = tokio::join!(connect_from(source, addr), listener.accept());
+        let (stream, accepted) =
+            tokio::join!(connect_with(addr, Some(source), None), listener.accept());
         assert_eq!(stream.unwrap().local_addr().unwrap().ip(), source);
         assert_eq!(accepted.unwrap().1.ip(), source);
     }

@@ -37,6 +37,9 @@ pub(crate) struct Plan {
     pub(crate) publishers: usize,
     /// Closed loop: deliveries that may be outstanding.
     pub(crate) window: u64,
+    /// A `:defer` burst: publish until `window` is full, then stop (nothing is read meanwhile,
+    /// so the window would never open again).
+    pub(crate) burst: bool,
     /// The payload's padding.
     pub(crate) pad: String,
     /// The publish endpoint's key.
@@ -97,7 +100,7 @@ pub(crate) async fn publisher(ctx: Arc<Ctx>, plan: Arc<Plan>, index: usize) -> P
             while ctx.expected.load(Relaxed).saturating_sub(ctx.received.load(Relaxed)) + fanout
                 > plan.window
             {
-                if Instant::now() >= plan.to {
+                if plan.burst || Instant::now() >= plan.to {
                     return stats;
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -238,6 +241,29 @@ impl HttpConn {
         );
         self.request.extend_from_slice(body.as_bytes());
         self.stream.write_all(&self.request).await?;
+        self.response().await
+    }
+
+    /// `GET path` with a bearer key: the status and the body.
+    pub(crate) async fn get(
+        &mut self,
+        addr: &SocketAddr,
+        path: &str,
+        bearer: &str,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        self.request.clear();
+        let _ = std::io::Write::write_fmt(
+            &mut self.request,
+            format_args!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\n\r\n"
+            ),
+        );
+        self.stream.write_all(&self.request).await?;
+        self.response().await
+    }
+
+    /// The answer to the request just written: its status and body.
+    async fn response(&mut self) -> std::io::Result<(u16, Vec<u8>)> {
         // Head.
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {

@@ -442,9 +442,10 @@ async fn connection(
     };
     let opened = async {
         match shared.kind {
-            ServerKind::Switchboard => Ws::open(addr, None, "/ws", Some(token), index).await,
+            ServerKind::Switchboard => Ws::open(addr, None, "/ws", Some(token), index, None).await,
             ServerKind::Socketio => {
-                Ws::open(addr, None, "/socket.io/?EIO=4&transport=websocket", None, index).await
+                Ws::open(addr, None, "/socket.io/?EIO=4&transport=websocket", None, index, None)
+                    .await
             }
         }
     };

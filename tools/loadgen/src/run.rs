@@ -1,16 +1,18 @@
 //! The phase run: connect once, then each `--phase` (warm-up, window, drain) and its report.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use crate::bytes::invalid;
 use crate::cli::{Cli, PhaseSpec, TargetKind};
 use crate::connect::{close_clients, connect_clients};
 use crate::ctx::{Ctx, Layout};
 use crate::hist::Hist;
 use crate::procfs::{clock_ticks_per_sec, proc_cpu_ticks, sum_cpu, sum_rss};
-use crate::publish::{Plan, PublishStats, publisher};
+use crate::publish::{HttpConn, Plan, PublishStats, publisher};
 use crate::redis::{Monitored, RedisCount, redis_count, redis_monitor, redis_snapshot};
 
 /// Connects the clients, runs every `--phase` on them in turn, prints each one's summary and
@@ -57,7 +59,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 format!("as fast as delivered, at most {} deliveries outstanding", r.window)
             }
         );
-        let secs = cli.duration;
+        let secs = r.secs;
         let s = &r.stats;
         println!(
             "  publishes          {} sent, {} in the window ({:.0}/s), {} errors, {} with another recipient count",
@@ -118,6 +120,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         kv("fanout", fanout.to_string());
         kv("publish_per_s", format!("{:.0}", s.in_window as f64 / secs));
         kv("delivered_per_s", format!("{:.0}", r.delivered_per_s));
+        kv("measured_s", format!("{secs:.3}"));
         kv("p1_us", r.p1.to_string());
         kv("p50_us", r.p50.to_string());
         kv("p99_us", r.p99.to_string());
@@ -167,6 +170,8 @@ pub(crate) fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 
 /// What one phase measured.
 pub(crate) struct PhaseResult {
+    /// Seconds measured: `--duration`, or a `:defer` burst's length.
+    secs: f64,
     fanout: u64,
     window: u64,
     stats: PublishStats,
@@ -197,6 +202,9 @@ pub(crate) async fn phase(
     layout: &Arc<Layout>,
     spec: PhaseSpec,
 ) -> PhaseResult {
+    if spec.defer {
+        return deferred(cli, ctx, layout, spec).await;
+    }
     ctx.hist.reset();
     ctx.in_window.store(0, Relaxed);
     let warmup = Duration::from_secs_f64(cli.warmup);
@@ -218,6 +226,7 @@ pub(crate) async fn phase(
         next: AtomicU64::new(0),
         publishers: cli.publishers,
         window,
+        burst: false,
         pad: "x".repeat(cli.payload_bytes),
         admin_key: cli.admin_key.clone(),
         publish_via: cli.publish_via,
@@ -299,6 +308,7 @@ pub(crate) async fn phase(
         _ => None,
     };
     PhaseResult {
+        secs,
         fanout,
         window,
         stats,
@@ -316,5 +326,189 @@ pub(crate) async fn phase(
         redis,
         redis_cpu: cpu_pct(cpu_from.2, cpu_to.2),
         monitor,
+    }
+}
+
+/// The sums over every node of the `/metrics` counters a `:defer` phase reads.
+#[derive(Clone, Copy, Debug, Default)]
+struct Written {
+    /// Frames handed to connections (`switchboard_deliveries_total`).
+    deliveries: u64,
+    /// Their bytes (`switchboard_delivered_bytes_total`).
+    handed: u64,
+    /// Bytes the transport confirmed written (`switchboard_written_bytes_total`).
+    written: u64,
+}
+
+/// Reads [`Written`] from every node's `/metrics`.
+async fn scrape(
+    conns: &mut [Option<HttpConn>],
+    addrs: &[SocketAddr],
+    key: &str,
+) -> std::io::Result<Written> {
+    let mut sum = Written::default();
+    for (conn, addr) in conns.iter_mut().zip(addrs) {
+        if conn.is_none() {
+            *conn = Some(HttpConn::connect(*addr).await?);
+        }
+        let c = conn.as_mut().expect("connected above");
+        let (status, body) = match c.get(addr, "/metrics", key).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                *conn = None;
+                return Err(e);
+            }
+        };
+        if status != 200 {
+            return Err(invalid(format!("/metrics answered {status}")));
+        }
+        let value = |name: &str| -> std::io::Result<u64> {
+            let text = std::str::from_utf8(&body).map_err(invalid)?;
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+                .map(|v| v as u64)
+                .ok_or_else(|| invalid(format!("/metrics has no {name}")))
+        };
+        sum.deliveries += value("switchboard_deliveries_total")?;
+        sum.handed += value("switchboard_delivered_bytes_total")?;
+        sum.written += value("switchboard_written_bytes_total")?;
+    }
+    Ok(sum)
+}
+
+/// A `:defer` phase: the server's delivery rate with the clients' receive path out of the
+/// window (issue 16 item 4, on a machine where the load generator shares the server's cores).
+///
+/// The clients stop reading; the publishers send `--window` deliveries' worth as fast as the
+/// server answers and stop; the window runs from the first publish until the server's
+/// `/metrics` say that every frame it was handed was written (`written_bytes` caught up with
+/// `delivered_bytes`, polled every 5 ms once the publishes are answered). The kernel's socket
+/// buffers (`--rcvbuf`) hold those frames meanwhile. Then the clients read again, and every
+/// delivery must arrive (`missing` counts those that did not). The server's CPU over the window
+/// is its cost for writing them, including the loopback receive work the kernel does in the
+/// writer's context; the load generator's own reads happen after the window.
+async fn deferred(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSpec) -> PhaseResult {
+    ctx.hist.reset();
+    ctx.in_window.store(0, Relaxed);
+    // No latency is recorded: the events are read after the window, on purpose.
+    ctx.window_from.store(u64::MAX, Relaxed);
+    ctx.window_to.store(u64::MAX, Relaxed);
+    let fanout = match spec.target {
+        TargetKind::User => layout.user_conns.iter().copied().max().unwrap_or(1),
+        TargetKind::Tenant => layout.tenant_conns.iter().copied().max().unwrap_or(1),
+    };
+    let total = cli.window.unwrap_or(200 * cli.clients as u64).max(fanout);
+    let mut conns: Vec<Option<HttpConn>> = cli.addrs.iter().map(|_| None).collect();
+    let fail = |ctx: &Ctx, why: String| {
+        eprintln!("loadgen: {why}");
+        ctx.fail(why);
+    };
+    let before = match scrape(&mut conns, &cli.addrs, &cli.admin_key).await {
+        Ok(w) => w,
+        Err(e) => {
+            fail(ctx, format!(":defer needs the server's /metrics: {e}"));
+            Written::default()
+        }
+    };
+    ctx.reading.send_replace(false);
+    // The clients' reads in progress are dropped when they see the pause.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let received_before = ctx.received.load(Relaxed);
+    let start = Instant::now();
+    let limit = start + Duration::from_secs_f64(cli.duration.max(1.0) + 30.0);
+    let cpu_from = (sum_cpu(&cli.pids), proc_cpu_ticks(std::process::id()));
+    let plan = Arc::new(Plan {
+        spec,
+        layout: layout.clone(),
+        next: AtomicU64::new(0),
+        publishers: cli.publishers,
+        window: total,
+        burst: true,
+        pad: "x".repeat(cli.payload_bytes),
+        admin_key: cli.admin_key.clone(),
+        publish_via: cli.publish_via,
+        batch: spec.batch,
+        user_offset: cli.user_offset,
+        start,
+        from: start,
+        to: limit,
+    });
+    let publishers: Vec<_> = (0..cli.publishers)
+        .map(|i| tokio::spawn(publisher(ctx.clone(), plan.clone(), i)))
+        .collect();
+    let mut stats = PublishStats::default();
+    for p in publishers {
+        if let Ok(s) = p.await {
+            stats.sent += s.sent;
+            stats.in_window += s.in_window;
+            stats.errors += s.errors;
+            stats.mismatched += s.mismatched;
+        }
+    }
+    let published = ctx.expected.load(Relaxed).saturating_sub(received_before);
+    let mut last = before;
+    let mut done = false;
+    while Instant::now() < limit {
+        match scrape(&mut conns, &cli.addrs, &cli.admin_key).await {
+            Ok(w) => {
+                last = w;
+                let handed = w.deliveries - before.deliveries;
+                if handed >= published && w.written - before.written >= w.handed - before.handed {
+                    done = true;
+                    break;
+                }
+            }
+            Err(e) => fail(ctx, format!("reading /metrics: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let end = Instant::now();
+    let cpu_to = (sum_cpu(&cli.pids), proc_cpu_ticks(std::process::id()));
+    if !done {
+        fail(
+            ctx,
+            format!(
+                ":defer: the server had not written every frame after {:.0} s (socket buffers too small? see --rcvbuf)",
+                (end - start).as_secs_f64()
+            ),
+        );
+    }
+    ctx.reading.send_replace(true);
+    let drain_deadline = Instant::now() + Duration::from_secs(30);
+    while ctx.received.load(Relaxed) < ctx.expected.load(Relaxed) && Instant::now() < drain_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let missing = ctx.expected.load(Relaxed).saturating_sub(ctx.received.load(Relaxed));
+    ctx.received.fetch_add(missing, Relaxed);
+
+    let secs = (end - start).as_secs_f64();
+    let measured = last.deliveries - before.deliveries;
+    let delivered_per_s = measured as f64 / secs;
+    let tick = clock_ticks_per_sec();
+    let cpu_pct = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / tick / secs * 100.0),
+        _ => None,
+    };
+    let server_cpu = cpu_pct(cpu_from.0, cpu_to.0);
+    PhaseResult {
+        secs,
+        fanout,
+        window: total,
+        stats,
+        measured,
+        delivered_per_s,
+        p1: 0,
+        p50: 0,
+        p99: 0,
+        p999: 0,
+        max: 0,
+        server_cpu,
+        loadgen_cpu: cpu_pct(cpu_from.1, cpu_to.1),
+        per_cpu_s: server_cpu.filter(|c| *c > 0.0).map(|c| delivered_per_s / (c / 100.0)),
+        missing,
+        redis: None,
+        redis_cpu: None,
+        monitor: None,
     }
 }

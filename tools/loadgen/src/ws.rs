@@ -22,7 +22,11 @@ pub(crate) enum Phase {
 
 /// One client's connection: a read buffer parsed in place and a small write buffer.
 pub(crate) struct Ws {
-    stream: TcpStream,
+    /// The socket, registered with the runtime (`None` while parked).
+    stream: Option<TcpStream>,
+    /// The socket while parked: out of the runtime's epoll set, so that what arrives meanwhile
+    /// costs this process nothing until it reads again.
+    parked: Option<std::net::TcpStream>,
     /// Bytes read; the unparsed ones are `start..end`.
     pub(crate) buf: Vec<u8>,
     start: usize,
@@ -43,10 +47,11 @@ impl Ws {
         path: &str,
         bearer: Option<&str>,
         seed: u64,
+        rcvbuf: Option<u32>,
     ) -> std::io::Result<Ws> {
-        let mut stream = match bind {
-            Some(source) => crate::hold::connect_from(source, addr).await?,
-            None => TcpStream::connect(addr).await?,
+        let mut stream = match (bind, rcvbuf) {
+            (None, None) => TcpStream::connect(addr).await?,
+            _ => crate::hold::connect_with(addr, bind, rcvbuf).await?,
         };
         stream.set_nodelay(true)?;
         let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
@@ -55,7 +60,8 @@ impl Ws {
         );
         stream.write_all(request.as_bytes()).await?;
         let mut ws = Ws {
-            stream,
+            stream: Some(stream),
+            parked: None,
             buf: vec![0; 8192],
             start: 0,
             end: 0,
@@ -93,7 +99,8 @@ impl Ws {
                 self.buf.resize(self.buf.len() * 2, 0);
             }
         }
-        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        let stream = self.stream.as_mut().ok_or_else(|| invalid("reading a parked socket"))?;
+        let n = stream.read(&mut self.buf[self.end..]).await?;
         self.end += n;
         Ok(n)
     }
@@ -170,12 +177,83 @@ impl Ws {
         self.out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     }
 
-    /// Writes every queued frame.
+    /// Writes every queued frame (none while parked: they wait for [`Ws::unpark`]).
     pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+        if let Some(stream) = self.stream.as_mut()
+            && !self.out.is_empty()
+        {
+            stream.write_all(&self.out).await?;
             self.out.clear();
         }
         Ok(())
+    }
+
+    /// Takes the socket out of the runtime's epoll set (a `:defer` burst): the kernel keeps
+    /// taking what arrives, and no readiness event reaches this process.
+    pub(crate) fn park(&mut self) -> std::io::Result<()> {
+        if let Some(stream) = self.stream.take() {
+            self.parked = Some(stream.into_std()?);
+        }
+        Ok(())
+    }
+
+    /// Registers a parked socket again.
+    pub(crate) fn unpark(&mut self) -> std::io::Result<()> {
+        if let Some(stream) = self.parked.take() {
+            self.stream = Some(TcpStream::from_std(stream)?);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A peer that answers the upgrade, then sends one text frame when told to.
+    async fn upgraded() -> (Ws, tokio::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = async {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").await.unwrap();
+            s
+        };
+        let (ws, peer) = tokio::join!(Ws::open(addr, None, "/ws", None, 1, Some(65_536)), peer);
+        (ws.unwrap(), peer)
+    }
+
+    #[tokio::test]
+    async fn a_parked_socket_keeps_what_arrives_and_what_is_queued_until_unparked() {
+        let (mut ws, mut peer) = upgraded().await;
+        ws.park().unwrap();
+        assert!(ws.read_more().await.is_err(), "a parked socket is not read");
+        peer.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();
+        ws.queue(0x1, b"yo");
+        ws.flush().await.unwrap();
+        // Nothing left while parked: the peer has nothing to read.
+        let mut buf = [0u8; 16];
+        let early = tokio::time::timeout(Duration::from_millis(50), peer.read(&mut buf)).await;
+        assert!(early.is_err(), "a parked socket wrote {early:?}");
+
+        ws.unpark().unwrap();
+        assert_eq!(ws.read_more().await.unwrap(), 4);
+        let (fin, opcode, range) = ws.next_frame().unwrap().expect("a whole frame");
+        assert!(fin);
+        assert_eq!(opcode, 0x1);
+        assert_eq!(&ws.buf[range], b"hi");
+        ws.flush().await.unwrap();
+        let n = peer.read(&mut buf).await.unwrap();
+        // A masked client frame: FIN+text, MASK bit with length 2, 4 mask bytes, 2 bytes.
+        assert_eq!((n, buf[0], buf[1]), (8, 0x81, 0x80 | 2));
     }
 }
