@@ -45,6 +45,7 @@
 #   CONFIGS="solo sb2 sio2" RECOVERY=0 scripts/bench-cluster.sh
 #   RAW=results.txt scripts/bench-cluster.sh         # keep the loadgen's RESULT lines
 #   SB_ARGS="--lease-ttl-secs 600" scripts/bench-cluster.sh   # more arguments for switchboard's nodes
+#   QUIET_IDLE=1 PIN=0 PHASES="user:1000" scripts/bench-cluster.sh   # idle CPUs poll (bench-lib.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -271,6 +272,7 @@ run_recovery() { # name (sb, sio-redis, sio-streams)
 }
 
 . scripts/bench-lib.sh
+bench_quiet_idle
 jitter_before=$(bench_host_jitter)
 read -ra cfgs <<<"$CONFIGS"
 # A run that fails is reported and left out of the table; the others still run.

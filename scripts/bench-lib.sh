@@ -6,6 +6,7 @@
 #   bench_wait_for bench-e2e "$pid" 18080 /healthz || exit 1  # fails unless $pid answers
 #   bench_listener_pids 18080                           # the PIDs holding a listening socket
 #   bench_host_jitter                                   # "p50/p99" µs a 1 ms sleep wakes late
+#   bench_quiet_idle                                    # QUIET_IDLE=1: idle CPUs poll (PM QoS)
 
 # The PIDs of the processes with a socket listening on TCP port $1 (any address), one a line;
 # empty when nobody listens. Needs `ss` (iproute2), which names the owner of sockets this user
@@ -78,4 +79,21 @@ for _ in range(2000):
 d.sort()
 print(f"{d[len(d) // 2]:.0f}/{d[len(d) * 99 // 100]:.0f}")
 PY
+}
+
+# With QUIET_IDLE=1: asks the kernel for a zero wake-up latency (a PM QoS request on
+# /dev/cpu_dma_latency, held on file descriptor 9 until the script exits, as cyclictest does), so
+# that an idle CPU polls instead of halting. On a VM whose idle vCPUs halt, waking one costs a trip
+# through the hypervisor, and a message that crosses several processes pays it at every hop: this
+# takes the host's wake-up latency out of latency figures, for every configuration alike. It burns
+# the idle CPU time of the machine while the script runs. Prints what it did (or could not do).
+bench_quiet_idle() {
+  [ "${QUIET_IDLE:-0}" = 1 ] || return 0
+  if [ -w /dev/cpu_dma_latency ]; then
+    exec 9>/dev/cpu_dma_latency
+    printf '\0\0\0\0' >&9
+    echo "== QUIET_IDLE: idle CPUs poll while this runs (PM QoS wake-up latency 0 µs)"
+  else
+    echo "== QUIET_IDLE: /dev/cpu_dma_latency is not writable here (needs root): idle CPUs may halt"
+  fi
 }
