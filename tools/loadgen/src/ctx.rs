@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::cli::ServerKind;
+use crate::cli::{ServerKind, TargetKind};
 use crate::hist::Hist;
 
 /// What every task shares.
@@ -111,4 +111,15 @@ pub(crate) struct Layout {
     pub(crate) user_conns: Vec<u64>,
     /// Connections of each tenant.
     pub(crate) tenant_conns: Vec<u64>,
+}
+
+impl Layout {
+    /// The most recipients one publish to `target` has.
+    pub(crate) fn max_fanout(&self, target: TargetKind) -> u64 {
+        let conns = match target {
+            TargetKind::User => &self.user_conns,
+            TargetKind::Tenant => &self.tenant_conns,
+        };
+        conns.iter().copied().max().unwrap_or(1)
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::bytes::invalid;
-use crate::cli::{Cli, PhaseSpec, TargetKind};
+use crate::cli::{Cli, PhaseSpec};
 use crate::connect::{close_clients, connect_clients};
 use crate::ctx::{Ctx, Layout};
 use crate::hist::Hist;
@@ -55,6 +55,8 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             spec.target,
             if spec.rate > 0.0 {
                 format!("{} publishes/s offered", spec.rate)
+            } else if spec.defer {
+                format!("reads deferred, {} deliveries' worth published at once", r.window)
             } else {
                 format!("as fast as delivered, at most {} deliveries outstanding", r.window)
             }
@@ -215,10 +217,7 @@ pub(crate) async fn phase(
     let us = |t: Instant| ctx.us_at(t);
     ctx.window_from.store(us(from), Relaxed);
     ctx.window_to.store(us(to), Relaxed);
-    let fanout = match spec.target {
-        TargetKind::User => layout.user_conns.iter().copied().max().unwrap_or(1),
-        TargetKind::Tenant => layout.tenant_conns.iter().copied().max().unwrap_or(1),
-    };
+    let fanout = layout.max_fanout(spec.target);
     let window = cli.window.unwrap_or((16 * fanout).max(16_384)).max(fanout);
     let plan = Arc::new(Plan {
         spec,
@@ -260,34 +259,15 @@ pub(crate) async fn phase(
     );
     let redis_to = redis_snapshot(cli.redis_addr).await;
 
-    let mut stats = PublishStats::default();
-    for p in publishers {
-        if let Ok(s) = p.await {
-            stats.sent += s.sent;
-            stats.in_window += s.in_window;
-            stats.errors += s.errors;
-            stats.mismatched += s.mismatched;
-        }
-    }
+    let stats = join_publishers(publishers).await;
     // Let what is in flight arrive.
-    let drain_deadline = Instant::now() + Duration::from_secs(20);
-    while ctx.received.load(Relaxed) < ctx.expected.load(Relaxed) && Instant::now() < drain_deadline
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let missing = ctx.expected.load(Relaxed).saturating_sub(ctx.received.load(Relaxed));
-    // Count what never came as received, so that the next phase's window starts even.
-    ctx.received.fetch_add(missing, Relaxed);
+    let missing = drain(ctx, Duration::from_secs(20)).await;
 
     let counts = ctx.hist.counts();
     let measured = ctx.in_window.load(Relaxed);
     let secs = duration.as_secs_f64();
     let delivered_per_s = measured as f64 / secs;
-    let tick = clock_ticks_per_sec();
-    let cpu_pct = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / tick / secs * 100.0),
-        _ => None,
-    };
+    let cpu_pct = |a, b| cpu_pct(a, b, secs);
     let server_cpu = cpu_pct(cpu_from.0, cpu_to.0);
     let monitor = match monitor {
         Some(task) => match task.await {
@@ -326,6 +306,42 @@ pub(crate) async fn phase(
         redis,
         redis_cpu: cpu_pct(cpu_from.2, cpu_to.2),
         monitor,
+    }
+}
+
+/// Waits for every publish's spawned publisher and sums what they did.
+async fn join_publishers(publishers: Vec<tokio::task::JoinHandle<PublishStats>>) -> PublishStats {
+    let mut stats = PublishStats::default();
+    for p in publishers {
+        if let Ok(s) = p.await {
+            stats.sent += s.sent;
+            stats.in_window += s.in_window;
+            stats.errors += s.errors;
+            stats.mismatched += s.mismatched;
+        }
+    }
+    stats
+}
+
+/// Waits (at most `timeout`) for every delivery expected so far and returns how many did not
+/// come. Those are counted as received, so that the next phase's window starts even.
+async fn drain(ctx: &Ctx, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    while ctx.received.load(Relaxed) < ctx.expected.load(Relaxed) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let missing = ctx.expected.load(Relaxed).saturating_sub(ctx.received.load(Relaxed));
+    ctx.received.fetch_add(missing, Relaxed);
+    missing
+}
+
+/// CPU ticks `a` then `b` over `secs`, in % of one core.
+fn cpu_pct(a: Option<u64>, b: Option<u64>, secs: f64) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            Some(b.saturating_sub(a) as f64 / clock_ticks_per_sec() / secs * 100.0)
+        }
+        _ => None,
     }
 }
 
@@ -393,10 +409,7 @@ async fn deferred(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSp
     // No latency is recorded: the events are read after the window, on purpose.
     ctx.window_from.store(u64::MAX, Relaxed);
     ctx.window_to.store(u64::MAX, Relaxed);
-    let fanout = match spec.target {
-        TargetKind::User => layout.user_conns.iter().copied().max().unwrap_or(1),
-        TargetKind::Tenant => layout.tenant_conns.iter().copied().max().unwrap_or(1),
-    };
+    let fanout = layout.max_fanout(spec.target);
     let total = cli.window.unwrap_or(200 * cli.clients as u64).max(fanout);
     let mut conns: Vec<Option<HttpConn>> = cli.addrs.iter().map(|_| None).collect();
     let fail = |ctx: &Ctx, why: String| {
@@ -436,15 +449,7 @@ async fn deferred(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSp
     let publishers: Vec<_> = (0..cli.publishers)
         .map(|i| tokio::spawn(publisher(ctx.clone(), plan.clone(), i)))
         .collect();
-    let mut stats = PublishStats::default();
-    for p in publishers {
-        if let Ok(s) = p.await {
-            stats.sent += s.sent;
-            stats.in_window += s.in_window;
-            stats.errors += s.errors;
-            stats.mismatched += s.mismatched;
-        }
-    }
+    let stats = join_publishers(publishers).await;
     let published = ctx.expected.load(Relaxed).saturating_sub(received_before);
     let mut last = before;
     let mut done = false;
@@ -474,22 +479,12 @@ async fn deferred(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSp
         );
     }
     ctx.reading.send_replace(true);
-    let drain_deadline = Instant::now() + Duration::from_secs(30);
-    while ctx.received.load(Relaxed) < ctx.expected.load(Relaxed) && Instant::now() < drain_deadline
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let missing = ctx.expected.load(Relaxed).saturating_sub(ctx.received.load(Relaxed));
-    ctx.received.fetch_add(missing, Relaxed);
+    let missing = drain(ctx, Duration::from_secs(30)).await;
 
     let secs = (end - start).as_secs_f64();
     let measured = last.deliveries - before.deliveries;
     let delivered_per_s = measured as f64 / secs;
-    let tick = clock_ticks_per_sec();
-    let cpu_pct = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / tick / secs * 100.0),
-        _ => None,
-    };
+    let cpu_pct = |a, b| cpu_pct(a, b, secs);
     let server_cpu = cpu_pct(cpu_from.0, cpu_to.0);
     PhaseResult {
         secs,
