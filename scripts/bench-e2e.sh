@@ -28,9 +28,11 @@
 #   PHASES="tenant:10" TENANTS=1 PIN=0 scripts/bench-e2e.sh  # only the latency of a 10,000 fan-out
 # PHASES replaces the five phases (space-separated loadgen phases); rows of phases not run show -.
 #   SB_BIN=/tmp/switchboard-abc123 scripts/bench-e2e.sh  # measure another build of the server
+#   QUIET_IDLE=1 scripts/bench-e2e.sh             # idle CPUs poll instead of halting (bench-lib.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
+bench_quiet_idle
 
 CLIENTS="${CLIENTS:-10000}"
 CONNS_PER_USER="${CONNS_PER_USER:-2}"
