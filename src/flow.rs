@@ -194,20 +194,14 @@ impl Lane {
         !conn.is_held() && conn.skipped() == 0 && conn.unwritten() < self.bound
     }
 
-    /// Delivers the frame to `conn` (which [`Lane::takes`] it), as [`Flow::offer_to`] would.
+    /// Delivers the frame to `conn` (which [`Lane::takes`] it), as [`Flow::offer_to`] would,
+    /// except for queuing it: the caller writes the recipient into its run's slots
+    /// ([`Outbox::run_slots`]).
     #[inline(always)]
-    pub(crate) fn deliver(
-        &self,
-        out: &mut Outbox,
-        id: ConnId,
-        conn: &mut Connection,
-        frame: &Frame,
-        tally: &mut TierTally,
-    ) {
+    pub(crate) fn deliver(&self, conn: &mut Connection, tally: &mut TierTally) {
         conn.count_delivered(self.clock);
         tally.0[tier_index(conn.tier())] += 1;
         conn.queued(self.len);
-        out.deliver_in_run(id, frame);
     }
 }
 
@@ -304,12 +298,15 @@ mod tests {
                             taken += 1;
                             let id = ConnId::new(0, 1);
                             let (mut out, mut tally) = (Outbox::default(), TierTally::default());
-                            out.open_run(&frame);
-                            lane.deliver(&mut out, id, &mut fast, &frame, &mut tally);
+                            out.open_run(&frame, 1);
+                            lane.deliver(&mut fast, &mut tally);
+                            let (slots, filled) = out.run_slots();
+                            slots[filled] = id;
+                            out.fill_to(filled + 1);
                             out.close_run();
                             let mut full = conn(unwritten, skipped, held);
                             let (mut out2, mut tally2) = (Outbox::default(), TierTally::default());
-                            out2.open_run(&frame);
+                            out2.open_run(&frame, 1);
                             let offer = flow.offer_to(
                                 &mut out2,
                                 id,

@@ -36,13 +36,16 @@ impl Redactor {
 
     /// A bit of 64 from a key's length and its first and last bytes, ASCII case ignored (as the
     /// comparison ignores it): keys equal but for ASCII case have the same bit.
+    ///
+    /// `| 0x20` stands for the lowercase: it lowercases ASCII letters and maps a few other bytes
+    /// onto others (`@` onto `` ` ``, say), which only makes more keys share a bit. It costs
+    /// fewer instructions than `to_ascii_lowercase` (its range check), and this runs for every
+    /// key of a payload (callgrind, `publish-1-raw`).
     fn bit(key: &str) -> u64 {
         let b = key.as_bytes();
         let (first, last) = match b {
             [] => (0, 0),
-            [first, .., last] | [first @ last] => {
-                (first.to_ascii_lowercase(), last.to_ascii_lowercase())
-            }
+            [first, .., last] | [first @ last] => (first | 0x20, last | 0x20),
         };
         let h = (b.len() as u64).wrapping_mul(31) ^ u64::from(first) ^ (u64::from(last) << 3);
         1 << (h % 64)
@@ -714,6 +717,10 @@ mod tests {
             "tokens",
             "a",
             "password ",
+            "@",
+            "`",
+            "x-tokeN",
+            "X-TOKEN",
         ] {
             let expect = keys.iter().any(|k| k.eq_ignore_ascii_case(probe));
             assert_eq!(r.hides(probe), expect, "{probe:?}");

@@ -103,7 +103,7 @@ fn fan_out(
     out: &mut Outbox,
     conns: &mut Connections,
     cfg: &Config,
-    recipients: impl Iterator<Item = impl Recipient>,
+    recipients: impl ExactSizeIterator<Item = impl Recipient>,
     admit: impl Fn(&Connection, ConnId) -> bool,
     mark: impl Fn(&mut Connection, u32),
     frame: &Frame,
@@ -113,7 +113,10 @@ fn fan_out(
 ) {
     let mut tally = TierTally::default();
     let lane = flow.lane(frame, priority, cfg);
-    out.open_run(frame);
+    out.open_run(frame, recipients.len());
+    // The lane writes its recipients into the run's slots (see `Outbox::open_run`), `filled`
+    // kept here; the full offer queues through the outbox, told first how far they go.
+    let (mut slots, mut filled) = out.run_slots();
     // Counted here and added once at the end: per recipient, counters in the outbox and the
     // result cost about as much as the push, and kept the loop from holding its values in
     // registers across it. Deliveries are the recipients queued in the run.
@@ -126,12 +129,16 @@ fn fan_out(
             continue;
         }
         if lane.takes(conn) {
-            lane.deliver(out, id, conn, frame, &mut tally);
+            lane.deliver(conn, &mut tally);
+            slots[filled] = id;
+            filled += 1;
             // Remember the highest seq sent on this stream (issue 10 item 5).
             mark(conn, slot);
             continue;
         }
+        out.fill_to(filled);
         let offer = flow.offer_to(out, id, conn, frame, priority, cfg, &mut tally);
+        (slots, filled) = out.run_slots();
         match offer {
             Offer::Delivered => {
                 // Remember the highest seq sent on this stream (issue 10 item 5).
@@ -145,6 +152,7 @@ fn fan_out(
             Offer::Skipped => skipped += 1,
         }
     }
+    out.fill_to(filled);
     let delivered = out.close_run();
     result.delivered += delivered;
     result.held += held;
