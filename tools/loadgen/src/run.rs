@@ -219,25 +219,7 @@ pub(crate) async fn phase(
     ctx.window_to.store(us(to), Relaxed);
     let fanout = layout.max_fanout(spec.target);
     let window = cli.window.unwrap_or((16 * fanout).max(16_384)).max(fanout);
-    let plan = Arc::new(Plan {
-        spec,
-        layout: layout.clone(),
-        next: AtomicU64::new(0),
-        publishers: cli.publishers,
-        window,
-        burst: false,
-        pad: "x".repeat(cli.payload_bytes),
-        admin_key: cli.admin_key.clone(),
-        publish_via: cli.publish_via,
-        batch: spec.batch,
-        user_offset: cli.user_offset,
-        start,
-        from,
-        to,
-    });
-    let publishers: Vec<_> = (0..cli.publishers)
-        .map(|i| tokio::spawn(publisher(ctx.clone(), plan.clone(), i)))
-        .collect();
+    let publishers = spawn_publishers(cli, ctx, layout, spec, window, false, [start, from, to]);
 
     // CPU over the window.
     tokio::time::sleep_until(from.into()).await;
@@ -307,6 +289,36 @@ pub(crate) async fn phase(
         redis_cpu: cpu_pct(cpu_from.2, cpu_to.2),
         monitor,
     }
+}
+
+/// Starts `--publishers` publishers of one phase; `times`: publishing starts, the window
+/// opens, the window closes.
+fn spawn_publishers(
+    cli: &Cli,
+    ctx: &Arc<Ctx>,
+    layout: &Arc<Layout>,
+    spec: PhaseSpec,
+    window: u64,
+    burst: bool,
+    [start, from, to]: [Instant; 3],
+) -> Vec<tokio::task::JoinHandle<PublishStats>> {
+    let plan = Arc::new(Plan {
+        spec,
+        layout: layout.clone(),
+        next: AtomicU64::new(0),
+        publishers: cli.publishers,
+        window,
+        burst,
+        pad: "x".repeat(cli.payload_bytes),
+        admin_key: cli.admin_key.clone(),
+        publish_via: cli.publish_via,
+        batch: spec.batch,
+        user_offset: cli.user_offset,
+        start,
+        from,
+        to,
+    });
+    (0..cli.publishers).map(|i| tokio::spawn(publisher(ctx.clone(), plan.clone(), i))).collect()
 }
 
 /// Waits for every publish's spawned publisher and sums what they did.
@@ -430,25 +442,7 @@ async fn deferred(cli: &Cli, ctx: &Arc<Ctx>, layout: &Arc<Layout>, spec: PhaseSp
     let start = Instant::now();
     let limit = start + Duration::from_secs_f64(cli.duration.max(1.0) + 30.0);
     let cpu_from = (sum_cpu(&cli.pids), proc_cpu_ticks(std::process::id()));
-    let plan = Arc::new(Plan {
-        spec,
-        layout: layout.clone(),
-        next: AtomicU64::new(0),
-        publishers: cli.publishers,
-        window: total,
-        burst: true,
-        pad: "x".repeat(cli.payload_bytes),
-        admin_key: cli.admin_key.clone(),
-        publish_via: cli.publish_via,
-        batch: spec.batch,
-        user_offset: cli.user_offset,
-        start,
-        from: start,
-        to: limit,
-    });
-    let publishers: Vec<_> = (0..cli.publishers)
-        .map(|i| tokio::spawn(publisher(ctx.clone(), plan.clone(), i)))
-        .collect();
+    let publishers = spawn_publishers(cli, ctx, layout, spec, total, true, [start, start, limit]);
     let stats = join_publishers(publishers).await;
     let published = ctx.expected.load(Relaxed).saturating_sub(received_before);
     let mut last = before;
