@@ -18,7 +18,9 @@
 # The configurations: `solo` (switchboard without Redis: the baseline that cluster mode's added
 # latency is measured against), `sb1`, `sb2`, `sb3` (switchboard --redis, 1/2/3 nodes), `sio2`
 # (Socket.IO, @socket.io/redis-adapter, 2 nodes); `sio2s` (the redis streams adapter with
-# connectionStateRecovery) is not in the default list. `sbN@NAME` runs N nodes of another
+# connectionStateRecovery) is not in the default list. `hop` (not in the default list either, and
+# only with PHASES="user:LAT_RATE") is `solo` with tools/loadgen's `redis-hop` beside it: one bare
+# Redis pub/sub hop at LAT_RATE/s, timed under the same load, the least cluster mode could add. `sbN@NAME` runs N nodes of another
 # `switchboard` binary, named in ALT_BINS="NAME=PATH ..." (a build of another commit copied
 # aside), beside this tree's, so that a change and its baseline are measured in one run. PHASES replaces the four phases (for
 # example PHASES="user:1000" for many repetitions of the latency target alone), MONITOR=0 drops
@@ -91,6 +93,12 @@ server_bin="$target_dir/release/switchboard"
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if ! git diff --quiet HEAD 2>/dev/null; then commit="$commit+changes"; fi
 loadgen_bin="$target_dir/release/loadgen"
+hop_bin="$target_dir/release/redis-hop"
+HOP_LEAD="${HOP_LEAD:-3}"
+if [[ " $CONFIGS " == *" hop "* ]] && [ "$(echo $PHASES)" != "user:$LAT_RATE" ]; then
+  echo "bench-cluster: the hop configuration times its probe against one phase: PHASES=\"user:$LAT_RATE\"" >&2
+  exit 1
+fi
 if ! "$server_bin" --help 2>/dev/null | grep -q -- '--redis'; then
   echo "bench-cluster: this switchboard has no --redis (cluster mode): only solo and Socket.IO run" >&2
   CONFIGS=$(echo "$CONFIGS" | tr ' ' '\n' | grep -v '^sb' | tr '\n' ' ')
@@ -204,7 +212,7 @@ start_config() {
   addrs=()
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
   case "$name" in
-    solo) start_node solo 0 ;;
+    solo | hop) start_node solo 0 ;;
     sb[0-9]) for i in $(seq "${name#sb}"); do start_node sb "$i"; done ;;
     sb[0-9]@*)
       local bin n=${name%%@*}
@@ -235,6 +243,15 @@ run_load() { # name rep
   local pid_args=() addr_list
   for p in "${pids[@]}"; do pid_args+=(--pid "$p"); done
   addr_list=$(IFS=,; echo "${addrs[*]}")
+  local hop_pid=""
+  if [ "$name" = hop ]; then
+    # Its window starts after the clients' connects (HOP_LEAD s) and the warm-up, and ends
+    # before the loadgen's does, so it is timed under the load throughout.
+    "${loadgen_pin[@]}" "$hop_bin" --addr "127.0.0.1:$REDIS_PORT" --rate "$LAT_RATE" \
+      --payload-bytes "$PAYLOAD_BYTES" --warmup $((WARMUP + HOP_LEAD)) \
+      --duration $((DURATION > HOP_LEAD ? DURATION - HOP_LEAD : 1)) >"$work/hop.txt" 2>&1 &
+    hop_pid=$!
+  fi
   "${loadgen_pin[@]}" "$loadgen_bin" --server "$(server_of "$name")" --addr "$addr_list" \
     "${pid_args[@]}" "${redis_args[@]}" \
     --jwt-secret "$secret" --admin-key "$admin" --clients "$CLIENTS" \
@@ -243,6 +260,11 @@ run_load() { # name rep
     "${phase_args[@]}" "${monitor_phases[@]}" \
     | tee "$work/out.txt" | sed 's/^/   /' | grep -v '^   RESULT' || status=$?
   grep '^RESULT' "$work/out.txt" >>"$raw" || true
+  if [ -n "$hop_pid" ]; then
+    wait "$hop_pid" || status=$?
+    sed 's/^/   /' "$work/hop.txt"
+    sed -n "s/^HOP /RESULT mode=hop label=hop /p" "$work/hop.txt" >>"$raw"
+  fi
   stop_nodes
   return "$status"
 }
@@ -302,12 +324,14 @@ CONFIGS="$CONFIGS" CLIENTS="$CLIENTS" BATCH="$BATCH" TENANT_RATE="$TENANT_RATE" 
 const fs = require("node:fs");
 const all = fs.readFileSync(process.argv[2], "utf8").trim().split("\n").filter(Boolean).map((line) =>
   Object.fromEntries(line.split(" ").slice(1).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)])));
-const rows = all.filter((r) => r.mode !== "recovery");
+const rows = all.filter((r) => r.mode !== "recovery" && r.mode !== "hop");
+const hops = all.filter((r) => r.mode === "hop");
 const recov = all.filter((r) => r.mode === "recovery");
 const configs = process.env.CONFIGS.trim().split(/\s+/).filter(Boolean);
 const names = {
   solo: "switchboard, no Redis", sb1: "switchboard ×1", sb2: "switchboard ×2",
   sb3: "switchboard ×3", sio2: "Socket.IO ×2", sio2s: "Socket.IO ×2, streams adapter",
+  hop: "no Redis + a bare Redis hop beside",
 };
 const median = (xs) => {
   const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
@@ -359,6 +383,10 @@ row("  the same with Redis's CPU added, user phase", (c) => withRedis(c, "user",
 row(`  the same with Redis's CPU added, user phase, ${bt} per request`, (c) => withRedis(c, "user", 0, bt));
 row(`p50 latency ms, one user at ${lr} publishes/s`, (c) => pick(c, "user", lr, "p50_us") / 1000, 2);
 row(`p99 latency ms, one user at ${lr} publishes/s`, (c) => pick(c, "user", lr, "p99_us") / 1000, 2);
+if (hops.length) {
+  row(`  a bare Redis pub/sub hop beside it (redis-hop at ${lr}/s), p50 ms`, (c) => c === "hop" ? median(hops.map((r) => Number(r.p50_us))) / 1000 : NaN, 2);
+  row(`  a bare Redis pub/sub hop beside it (redis-hop at ${lr}/s), p99 ms`, (c) => c === "hop" ? median(hops.map((r) => Number(r.p99_us))) / 1000 : NaN, 2);
+}
 row(`p50 latency ms, tenant broadcast at ${tr} publishes/s`, (c) => pick(c, "tenant", tr, "p50_us") / 1000, 2);
 row(`p99 latency ms, tenant broadcast at ${tr} publishes/s`, (c) => pick(c, "tenant", tr, "p99_us") / 1000, 2);
 row(`server memory per connection, bytes (nodes' RSS, ${process.env.CLIENTS} live clients)`, (c) => pick(c, "tenant", 0, "mem_per_conn"));
@@ -413,6 +441,11 @@ if (configs.includes("solo")) {
   for (const c of sbCfgs) {
     const add = (pick(c, "user", lr, "p99_us") - base) / 1000;
     console.log(`- cluster mode adds ≤ 1 ms to p99 at ${lr} publishes/s, ${names[c]}: ${add >= 0 ? "+" : ""}${fmt(add, 2)} ms: ${verdict(Number.isFinite(add) ? add <= 1 : undefined)}`);
+  }
+  if (hops.length) {
+    const hopP99 = median(hops.map((r) => Number(r.p99_us))) / 1000;
+    const hopSolo = pick("hop", "user", lr, "p99_us") / 1000;
+    console.log(`  for scale: one bare Redis pub/sub hop beside the solo load has a p99 of ${fmt(hopP99, 2)} ms (that run's own p99 ${fmt(hopSolo, 2)} ms against ${fmt(base / 1000, 2)} ms without the probe)`);
   }
 }
 // switchboard ×2 against Socket.IO ×2, and so each other binary's ×2 (`sb2@NAME`) in the run.
