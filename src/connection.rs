@@ -22,6 +22,12 @@ mod rtt;
 pub use rtt::RoundTrip;
 use rtt::Rtt;
 
+/// The top bit of a connection's `unwritten` count: set while the connection is held or owes a
+/// `skipped` notice, the connections a fan-out's fast lane leaves to the full offer. The lane's
+/// bound is below it, so one comparison of the count covers all three checks (callgrind,
+/// `room-1000`: 4 instructions fewer per recipient than testing `held` and `skipped` apart).
+pub(crate) const OFF_LANE: u64 = 1 << 63;
+
 /// One room membership, with the member's position in the room's member list so that leaving is
 /// O(1) (see `routing::Room`).
 #[derive(Debug)]
@@ -95,7 +101,8 @@ struct LeftRoom {
 #[repr(C)]
 pub(crate) struct Connection {
     // --- Hot: read or written per recipient of a fan-out.
-    /// Bytes handed out in `Deliver` and not yet confirmed by `written`.
+    /// Bytes handed out in `Deliver` and not yet confirmed by `written`, with [`OFF_LANE`] set
+    /// while it is `held` or owes a `skipped` notice (read with [`Connection::unwritten`]).
     unwritten: u64,
     rooms: Vec<Membership>,
     /// Live event frames delivered (folded into the user's meter when the connection closes).
@@ -214,7 +221,7 @@ impl Connection {
             rooms: Vec::new(),
             control: Bucket::full(now),
             violations: Bucket::full(now),
-            unwritten: 0,
+            unwritten: if held { OFF_LANE } else { 0 },
             delivered: DeliveryMeter::default(),
             skipped: 0,
             held,
@@ -391,10 +398,19 @@ impl Connection {
     /// Bytes handed out and not yet confirmed written.
     #[inline]
     pub(crate) fn unwritten(&self) -> u64 {
+        self.unwritten & !OFF_LANE
+    }
+
+    /// Its unwritten bytes while it is live and owes no `skipped` notice, else [`OFF_LANE`] or
+    /// more: a fan-out's fast lane tells both apart from how much it has unwritten with one
+    /// comparison ([`Lane::takes`](crate::flow::Lane::takes)).
+    #[inline]
+    pub(crate) fn lane_load(&self) -> u64 {
         self.unwritten
     }
 
-    /// `bytes` more were handed out to the transport.
+    /// `bytes` more were handed out to the transport. (The count stays below [`OFF_LANE`]: it
+    /// would take 8 EiB handed out and not written to reach it.)
     #[inline]
     pub(crate) fn queued(&mut self, bytes: u64) {
         self.unwritten += bytes;
@@ -402,7 +418,16 @@ impl Connection {
 
     /// The transport confirmed `bytes` written.
     pub(crate) fn written(&mut self, bytes: u64) {
-        self.unwritten = self.unwritten.saturating_sub(bytes);
+        let flag = self.unwritten & OFF_LANE;
+        self.unwritten = (self.unwritten & !OFF_LANE).saturating_sub(bytes) | flag;
+    }
+
+    /// Sets [`OFF_LANE`] in `unwritten` from `held` and `skipped`: called by everything that
+    /// changes either.
+    #[inline]
+    fn relane(&mut self) {
+        let off = if self.held || self.skipped > 0 { OFF_LANE } else { 0 };
+        self.unwritten = (self.unwritten & !OFF_LANE) | off;
     }
 
     /// Frames skipped since the last delivery.
@@ -415,12 +440,15 @@ impl Connection {
     #[inline]
     pub(crate) fn skip(&mut self) {
         self.skipped = self.skipped.saturating_add(1);
+        self.relane();
     }
 
     /// The skips to report now (the `skipped` notice goes out), leaving none.
     #[inline]
     pub(crate) fn take_skipped(&mut self) -> u32 {
-        std::mem::take(&mut self.skipped)
+        let skipped = std::mem::take(&mut self.skipped);
+        self.relane();
+        skipped
     }
 
     /// One more live event frame delivered.
@@ -446,6 +474,7 @@ impl Connection {
     pub(crate) fn await_streams(&mut self) {
         self.awaiting = true;
         self.held = true;
+        self.relane();
     }
 
     /// Whether it waits for its streams (see [`Connection::await_streams`]).
@@ -465,6 +494,7 @@ impl Connection {
     pub(crate) fn streams_ready(&mut self, user_base: u64, tenant_base: u64, held: bool) {
         self.awaiting = false;
         self.held = held;
+        self.relane();
         self.user_base = user_base;
         self.tenant_base = tenant_base;
     }
@@ -484,7 +514,9 @@ impl Connection {
 
     /// Ends the hold. Returns whether it was held.
     pub(crate) fn end_hold(&mut self) -> bool {
-        std::mem::replace(&mut self.held, false)
+        let was = std::mem::replace(&mut self.held, false);
+        self.relane();
+        was
     }
 
     /// Takes the connection's one `resume`: false if it already had it.
