@@ -73,39 +73,39 @@ impl Published {
 }
 
 /// An entry of a fan-out's recipient list: a connection slot (a user's or a tenant's list), or a
-/// room member.
+/// room member (which holds the room's mark of what was sent, `Member::sent`).
 trait Recipient {
-    /// The connection's slot, its id, and the slot of the membership for a room member (else 0).
-    fn resolve(&self, conns: &Connections) -> (u32, ConnId, u32);
+    /// The connection's slot and its id.
+    fn resolve(&self, conns: &Connections) -> (u32, ConnId);
 }
 
 impl Recipient for &u32 {
     #[inline(always)]
-    fn resolve(&self, conns: &Connections) -> (u32, ConnId, u32) {
-        (**self, conns.id_of(**self), 0)
+    fn resolve(&self, conns: &Connections) -> (u32, ConnId) {
+        (**self, conns.id_of(**self))
     }
 }
 
-impl Recipient for &Member {
+impl Recipient for &mut Member {
     /// The id from the member entry: no look-up in the slot table.
     #[inline(always)]
-    fn resolve(&self, _: &Connections) -> (u32, ConnId, u32) {
-        (self.conn, self.id(), self.slot)
+    fn resolve(&self, _: &Connections) -> (u32, ConnId) {
+        (self.conn, self.id())
     }
 }
 
 /// Offers `frame` to each of `recipients` that `admit` accepts, `mark`s those it was delivered
-/// to (with the membership slot for rooms), and collects connections that overflowed into
-/// `doomed`.
+/// to (the connection, and the recipient entry: a room's mark is on its member entry), and
+/// collects connections that overflowed into `doomed`.
 #[allow(clippy::too_many_arguments)]
-fn fan_out(
+fn fan_out<R: Recipient>(
     flow: &mut Flow,
     out: &mut Outbox,
     conns: &mut Connections,
     cfg: &Config,
-    recipients: impl ExactSizeIterator<Item = impl Recipient>,
+    recipients: impl ExactSizeIterator<Item = R>,
     admit: impl Fn(&Connection, ConnId) -> bool,
-    mark: impl Fn(&mut Connection, u32),
+    mark: impl Fn(&mut Connection, &mut R),
     frame: &Frame,
     priority: Priority,
     doomed: &mut Vec<u32>,
@@ -121,9 +121,9 @@ fn fan_out(
     // result cost about as much as the push, and kept the loop from holding its values in
     // registers across it. Deliveries are the recipients queued in the run.
     let (mut held, mut skipped) = (0, 0);
-    for recipient in recipients {
+    for mut recipient in recipients {
         // One look-up per recipient, for its filter, the offer and the mark.
-        let (idx, id, slot) = recipient.resolve(conns);
+        let (idx, id) = recipient.resolve(conns);
         let conn = conns.get_mut(idx);
         if !admit(conn, id) {
             continue;
@@ -133,7 +133,7 @@ fn fan_out(
             slots[filled] = id;
             filled += 1;
             // Remember the highest seq sent on this stream (issue 10 item 5).
-            mark(conn, slot);
+            mark(conn, &mut recipient);
             continue;
         }
         out.fill_to(filled);
@@ -142,7 +142,7 @@ fn fan_out(
         match offer {
             Offer::Delivered => {
                 // Remember the highest seq sent on this stream (issue 10 item 5).
-                mark(conn, slot);
+                mark(conn, &mut recipient);
             }
             Offer::Overflow => {
                 doomed.push(idx);
@@ -406,7 +406,7 @@ impl Hub {
         let visible = Visible { scope: Scope::All, except: msg.except };
         self.buffers.keep(&mut r.stream, key, now, pos, &frame, visible, &self.cfg);
         let mut result = Published { position: Some((name, pos)), ..Published::none() };
-        let members = r.members.iter();
+        let members = r.members.iter_mut();
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
         let except = msg.except;
         fan_out(
@@ -416,7 +416,7 @@ impl Hub {
             cfg,
             members,
             |_, id| except.is_none_or(|c| c != id),
-            |c, slot| c.mark_room_sent(slot, pos.seq),
+            |_, m| m.sent = pos.seq,
             &frame,
             msg.kind.priority(),
             &mut self.doomed,
@@ -573,7 +573,7 @@ impl Hub {
                 let members = self.users.get(*uidx).conns.iter();
                 let all = visible == Visible::from(Scope::All);
                 let admit = |c: &Connection, id| all || visible_to(c, id, &visible);
-                let mark = |c: &mut Connection, _| c.mark_user_sent();
+                let mark = |c: &mut Connection, _: &mut &u32| c.mark_user_sent();
                 fan_out(
                     flow,
                     out,
@@ -589,12 +589,12 @@ impl Hub {
                 );
             }
             TrimKey::Room(t, r) => {
-                let Some(room) = self.tenants.get(t).and_then(|t| t.rooms.get(r)) else {
+                let Some(room) = self.tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r)) else {
                     return result;
                 };
-                let members = room.members.iter();
+                let members = room.members.iter_mut();
                 let seq = pos.seq;
-                let mark = |c: &mut Connection, slot| c.mark_room_sent(slot, seq);
+                let mark = |_: &mut Connection, m: &mut &mut Member| m.sent = seq;
                 let except = visible.except;
                 fan_out(
                     flow,
@@ -615,7 +615,7 @@ impl Hub {
                 let members = tenant.conns.iter();
                 let all = visible == Visible::from(Scope::All);
                 let admit = |c: &Connection, id| all || visible_to(c, id, &visible);
-                let mark = |c: &mut Connection, _| c.mark_tenant_sent();
+                let mark = |c: &mut Connection, _: &mut &u32| c.mark_tenant_sent();
                 fan_out(
                     flow,
                     out,
