@@ -398,7 +398,7 @@ impl Connection {
 
     /// Its unwritten bytes while it is live and owes no `skipped` notice, else [`OFF_LANE`] or
     /// more: a fan-out's fast lane tells both apart from how much it has unwritten with one
-    /// comparison ([`Lane::takes`](crate::flow::Lane::takes)).
+    /// comparison (the fast lane's test, `flow::Lane::takes`).
     #[inline]
     pub(crate) fn lane_load(&self) -> u64 {
         self.unwritten
