@@ -79,14 +79,14 @@ trait Recipient {
     fn resolve(&self, conns: &Connections) -> (u32, ConnId);
 }
 
-impl Recipient for &u32 {
+impl Recipient for u32 {
     #[inline(always)]
     fn resolve(&self, conns: &Connections) -> (u32, ConnId) {
-        (**self, conns.id_of(**self))
+        (*self, conns.id_of(*self))
     }
 }
 
-impl Recipient for &mut Member {
+impl Recipient for Member {
     /// The id from the member entry: no look-up in the slot table.
     #[inline(always)]
     fn resolve(&self, _: &Connections) -> (u32, ConnId) {
@@ -97,13 +97,19 @@ impl Recipient for &mut Member {
 /// Offers `frame` to each of `recipients` that `admit` accepts, `mark`s those it was delivered
 /// to (the connection, and the recipient entry: a room's mark is on its member entry), and
 /// collects connections that overflowed into `doomed`.
+///
+/// Two loops: the first runs while every recipient takes the frame through the fast lane (the
+/// common case: all of them), the `i`-th into the run's `i`-th free slot, so that one index
+/// walks both lists with no bounds checks and no count of slots filled; the second takes over
+/// at the first recipient that does not, and goes through the full offer where it must
+/// (callgrind, `room-1000`: 5 instructions fewer per recipient than the second loop alone).
 #[allow(clippy::too_many_arguments)]
 fn fan_out<R: Recipient>(
     flow: &mut Flow,
     out: &mut Outbox,
     conns: &mut Connections,
     cfg: &Config,
-    recipients: impl ExactSizeIterator<Item = R>,
+    recipients: &mut [R],
     admit: impl Fn(&Connection, ConnId) -> bool,
     mark: impl Fn(&mut Connection, &mut R),
     frame: &Frame,
@@ -113,16 +119,33 @@ fn fan_out<R: Recipient>(
 ) {
     let mut tally = TierTally::default();
     let lane = flow.lane(frame, priority, cfg);
-    out.open_run(frame, recipients.len());
+    let n = recipients.len();
+    out.open_run(frame, n);
     // The lane writes its recipients into the run's slots (see `Outbox::open_run`), `filled`
     // kept here; the full offer queues through the outbox, told first how far they go.
-    let (mut slots, mut filled) = out.run_slots();
+    let (mut slots, filled) = out.run_slots();
+    let free = &mut slots[filled..filled + n];
+    let mut i = 0;
+    while i < n {
+        let recipient = &mut recipients[i];
+        // One look-up per recipient, for its filter, the offer and the mark.
+        let (idx, id) = recipient.resolve(conns);
+        let conn = conns.get_mut(idx);
+        if !(admit(conn, id) && lane.takes(conn)) {
+            break;
+        }
+        lane.deliver(conn, &mut tally);
+        free[i] = id;
+        // Remember the highest seq sent on this stream (issue 10 item 5).
+        mark(conn, recipient);
+        i += 1;
+    }
+    let mut filled = filled + i;
     // Counted here and added once at the end: per recipient, counters in the outbox and the
     // result cost about as much as the push, and kept the loop from holding its values in
     // registers across it. Deliveries are the recipients queued in the run.
     let (mut held, mut skipped) = (0, 0);
-    for mut recipient in recipients {
-        // One look-up per recipient, for its filter, the offer and the mark.
+    for recipient in &mut recipients[i..] {
         let (idx, id) = recipient.resolve(conns);
         let conn = conns.get_mut(idx);
         if !admit(conn, id) {
@@ -132,18 +155,14 @@ fn fan_out<R: Recipient>(
             lane.deliver(conn, &mut tally);
             slots[filled] = id;
             filled += 1;
-            // Remember the highest seq sent on this stream (issue 10 item 5).
-            mark(conn, &mut recipient);
+            mark(conn, recipient);
             continue;
         }
         out.fill_to(filled);
         let offer = flow.offer_to(out, id, conn, frame, priority, cfg, &mut tally);
         (slots, filled) = out.run_slots();
         match offer {
-            Offer::Delivered => {
-                // Remember the highest seq sent on this stream (issue 10 item 5).
-                mark(conn, &mut recipient);
-            }
+            Offer::Delivered => mark(conn, recipient),
             Offer::Overflow => {
                 doomed.push(idx);
                 result.closed += 1;
@@ -365,10 +384,10 @@ impl Hub {
         self.buffers.keep(&mut u.stream, key, now, pos, &frame, visible, &self.cfg);
         let mut result = Published { position: Some((StreamName::User, pos)), ..Published::none() };
         let priority = msg.kind.priority();
-        let only_slot = only.unwrap_or_default();
+        let mut only_slot = only.unwrap_or_default();
         let recipients = match only {
-            Some(_) => std::slice::from_ref(&only_slot),
-            None => u.conns.as_slice(),
+            Some(_) => std::slice::from_mut(&mut only_slot),
+            None => u.conns.as_mut_slice(),
         };
         let (thread, run, except) = (msg.thread, msg.run, msg.except);
         fan_out(
@@ -376,7 +395,7 @@ impl Hub {
             &mut self.out,
             &mut self.conns,
             &self.cfg,
-            recipients.iter(),
+            recipients,
             |c, id| (only.is_some() || c.wants(thread, run)) && except.is_none_or(|e| e != id),
             |c, _| c.mark_user_sent(),
             &frame,
@@ -406,7 +425,7 @@ impl Hub {
         let visible = Visible { scope: Scope::All, except: msg.except };
         self.buffers.keep(&mut r.stream, key, now, pos, &frame, visible, &self.cfg);
         let mut result = Published { position: Some((name, pos)), ..Published::none() };
-        let members = r.members.iter_mut();
+        let members = &mut r.members;
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
         let except = msg.except;
         fan_out(
@@ -468,7 +487,7 @@ impl Hub {
             out,
             conns,
             cfg,
-            t.conns.iter(),
+            &mut t.conns,
             admit,
             |c, _| c.mark_tenant_sent(),
             &frame,
@@ -570,10 +589,10 @@ impl Hub {
         let doomed = &mut self.doomed;
         match holder {
             TrimKey::User(uidx) => {
-                let members = self.users.get(*uidx).conns.iter();
+                let members = &mut self.users.get_mut(*uidx).conns;
                 let all = visible == Visible::from(Scope::All);
                 let admit = |c: &Connection, id| all || visible_to(c, id, &visible);
-                let mark = |c: &mut Connection, _: &mut &u32| c.mark_user_sent();
+                let mark = |c: &mut Connection, _: &mut u32| c.mark_user_sent();
                 fan_out(
                     flow,
                     out,
@@ -592,9 +611,9 @@ impl Hub {
                 let Some(room) = self.tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r)) else {
                     return result;
                 };
-                let members = room.members.iter_mut();
+                let members = &mut room.members;
                 let seq = pos.seq;
-                let mark = |_: &mut Connection, m: &mut &mut Member| m.sent = seq;
+                let mark = |_: &mut Connection, m: &mut Member| m.sent = seq;
                 let except = visible.except;
                 fan_out(
                     flow,
@@ -611,11 +630,11 @@ impl Hub {
                 );
             }
             TrimKey::Tenant(t) => {
-                let Some(tenant) = self.tenants.get(t) else { return result };
-                let members = tenant.conns.iter();
+                let Some(tenant) = self.tenants.get_mut(t) else { return result };
+                let members = &mut tenant.conns;
                 let all = visible == Visible::from(Scope::All);
                 let admit = |c: &Connection, id| all || visible_to(c, id, &visible);
-                let mark = |c: &mut Connection, _: &mut &u32| c.mark_tenant_sent();
+                let mark = |c: &mut Connection, _: &mut u32| c.mark_tenant_sent();
                 fan_out(
                     flow,
                     out,
