@@ -529,7 +529,8 @@ mod tests {
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
                     // Mostly plain bytes, so that quotes and escapes fall anywhere in a word.
-                    let pick = if seed % 4 == 0 { (seed >> 8) as usize % alphabet.len() } else { 0 };
+                    let pick =
+                        if seed % 4 == 0 { (seed >> 8) as usize % alphabet.len() } else { 0 };
                     text.push(alphabet[pick]);
                 }
                 assert_eq!(string_close(&text, 0), bytewise(&text, 0), "{text:?}");

@@ -750,8 +750,26 @@ mod tests {
         let keys: Vec<String> =
             ["password", "API_KEY", "t", "", "é", "x-Token"].map(String::from).to_vec();
         let probes = [
-            "PASSWORD", "api_key", "Api_Key", "T", "t", "", "É", "é", "x-token", "passwor",
-            "tokens", "a", "password ", "@", "`", "x-tokeN", "X-TOKEN", "\"", "ab", "tt",
+            "PASSWORD",
+            "api_key",
+            "Api_Key",
+            "T",
+            "t",
+            "",
+            "É",
+            "é",
+            "x-token",
+            "passwor",
+            "tokens",
+            "a",
+            "password ",
+            "@",
+            "`",
+            "x-tokeN",
+            "X-TOKEN",
+            "\"",
+            "ab",
+            "tt",
         ];
         let entries: Vec<String> = probes
             .iter()
@@ -772,7 +790,10 @@ mod tests {
         // Each hidden probe's value (its inner copy goes with it), and the escaped `password`.
         assert_eq!(written.matches(REDACTED).count(), hidden + 1, "{written}");
         let out: Value = serde_json::from_str(&written).unwrap();
-        assert_eq!((&out["k"], &out["a"]["n"], &out["ab"]["n"]), (&json!("t"), &json!(11), &json!(18)));
+        assert_eq!(
+            (&out["k"], &out["a"]["n"], &out["ab"]["n"]),
+            (&json!("t"), &json!(11), &json!(18))
+        );
     }
 
     #[test]
