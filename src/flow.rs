@@ -5,7 +5,7 @@
 //! It owns the frame writer and the per-tier traffic meters.
 
 use crate::config::{Config, Tier};
-use crate::connection::{Connection, Connections};
+use crate::connection::{Connection, Connections, OFF_LANE};
 use crate::envelope::Priority;
 use crate::frame::Frame;
 use crate::ids::ConnId;
@@ -95,8 +95,11 @@ impl Flow {
         // The most a connection may have unwritten for the frame to fit: under the hard limit,
         // and for a thinking frame under the soft limit too (a connection with nothing
         // unwritten gets it even when it does not fit there, but through the full offer).
+        // Below `OFF_LANE`, so that the lane's one comparison also excludes the connections held
+        // or owing a notice, and that a count it takes does not reach that bit when the frame is
+        // added (whatever the limit: a count past it goes through the full offer).
         let room = |limit: u64| limit.checked_sub(len).map_or(0, |l| l.saturating_add(1));
-        let mut bound = room(cfg.max_unwritten_bytes);
+        let mut bound = room(cfg.max_unwritten_bytes.min(OFF_LANE - 1));
         if priority == Priority::Low {
             bound = bound.min(room(cfg.max_inflight_bytes));
         }
@@ -191,7 +194,8 @@ impl Lane {
     /// it, with no `skipped` notice before it.
     #[inline(always)]
     pub(crate) fn takes(&self, conn: &Connection) -> bool {
-        !conn.is_held() && conn.skipped() == 0 && conn.unwritten() < self.bound
+        // `lane_load` is `OFF_LANE` or more when it is held or owes a notice (see there).
+        conn.lane_load() < self.bound
     }
 
     /// Delivers the frame to `conn` (which [`Lane::takes`] it), as [`Flow::offer_to`] would,
@@ -331,6 +335,48 @@ mod tests {
         let cfg = Config::default();
         let lane = Flow::new(clock).lane(&Frame::new("{}"), Priority::Low, &cfg);
         assert!(lane.takes(&conn(0, 0, false)) && taken > 100, "{taken}");
+    }
+
+    /// Held connections and those owing a `skipped` notice stay out of the lane whatever the
+    /// limits (its one comparison reads them from the count's top bit), the bit follows both as
+    /// they change, and the count itself never shows it.
+    #[test]
+    fn the_lane_leaves_held_and_skipped_connections_to_the_offer() {
+        let clock = MeterClock::new(std::time::Duration::ZERO, std::time::Duration::from_secs(60));
+        let cfg = Config {
+            max_unwritten_bytes: u64::MAX,
+            max_inflight_bytes: u64::MAX,
+            ..Config::default()
+        };
+        for priority in [Priority::Low, Priority::Critical] {
+            let lane = Flow::new(clock).lane(&Frame::new("{}"), priority, &cfg);
+            let mut c = conn(100, 0, true);
+            assert!(!lane.takes(&c), "held");
+            assert_eq!(c.unwritten(), 100);
+            c.written(30);
+            assert_eq!(c.unwritten(), 70);
+            assert!(!lane.takes(&c), "still held");
+            assert!(c.end_hold());
+            assert!(lane.takes(&c), "live");
+            c.skip();
+            c.skip();
+            assert!(!lane.takes(&c), "owes a notice");
+            c.queued(5);
+            assert_eq!(c.unwritten(), 75);
+            c.written(1000);
+            assert_eq!(c.unwritten(), 0);
+            assert!(!lane.takes(&c), "still owes a notice");
+            assert_eq!(c.take_skipped(), 2);
+            assert!(lane.takes(&c), "notice taken");
+            c.await_streams();
+            assert!(!lane.takes(&c), "awaiting its streams");
+            c.streams_ready(0, 0, true);
+            assert!(!lane.takes(&c), "in its resume window");
+            c.streams_ready(0, 0, false);
+            assert!(lane.takes(&c) && c.unwritten() == 0);
+            c.queued(1 << 40);
+            assert!(lane.takes(&c) && c.unwritten() == 1 << 40);
+        }
     }
 
     #[test]

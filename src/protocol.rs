@@ -13,7 +13,7 @@ use crate::envelope::EventKind;
 use crate::error::PeerError;
 use crate::frame::Frame;
 use crate::ids::{ConnId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId};
-use crate::payload::{Payload, REDACTED, write_redacted};
+use crate::payload::{KeyTest, Payload, REDACTED, key_bit, write_redacted};
 
 // ---------------------------------------------------------------------------------------------
 // Redaction
@@ -34,26 +34,26 @@ impl Redactor {
         Self { keys: keys.iter().map(|k| Box::from(k.as_str())).collect(), bits }
     }
 
-    /// A bit of 64 from a key's length and its first and last bytes, ASCII case ignored (as the
-    /// comparison ignores it): keys equal but for ASCII case have the same bit.
-    ///
-    /// `| 0x20` stands for the lowercase: it lowercases ASCII letters and maps a few other bytes
-    /// onto others (`@` onto `` ` ``, say), which only makes more keys share a bit. It costs
-    /// fewer instructions than `to_ascii_lowercase` (its range check), and this runs for every
-    /// key of a payload (callgrind, `publish-1-raw`).
+    /// A key's bit of 64 ([`key_bit`]: from its length and its first and last bytes, ASCII case
+    /// ignored, as the comparison ignores it).
     fn bit(key: &str) -> u64 {
         let b = key.as_bytes();
         let (first, last) = match b {
-            [] => (0, 0),
-            [first, .., last] | [first @ last] => (first | 0x20, last | 0x20),
+            [] => (b'"', b'"'),
+            [first, .., last] | [first @ last] => (*first, *last),
         };
-        let h = (b.len() as u64).wrapping_mul(31) ^ u64::from(first) ^ (u64::from(last) << 3);
-        1 << (h % 64)
+        key_bit(b.len(), first, last)
     }
 
     #[inline]
     pub(crate) fn hides(&self, key: &str) -> bool {
-        self.bits & Self::bit(key) != 0 && self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
+        self.bits & Self::bit(key) != 0 && self.compares_equal(key)
+    }
+
+    /// The comparison that decides, once the filter let `key` through.
+    #[inline]
+    fn compares_equal(&self, key: &str) -> bool {
+        self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
     }
 
     /// Whether it hides no key at all.
@@ -94,6 +94,23 @@ impl Serialize for Redacted<'_> {
             }
             scalar => scalar.serialize(s),
         }
+    }
+}
+
+/// The raw-data copy filters each key with the redactor's bits before comparing it (the
+/// comparison runs for the keys whose bit is set only).
+impl KeyTest for Redactor {
+    #[inline]
+    fn filter(&self) -> u64 {
+        self.bits
+    }
+
+    /// The comparison alone: `write_redacted` asks for keys that passed its filter, and for
+    /// the (rare) keys with escapes, whose unescaped form the filter skipped; the filter only
+    /// spares comparisons, so the result is the same.
+    #[inline]
+    fn hides(&self, key: &str) -> bool {
+        self.compares_equal(key)
     }
 }
 
@@ -327,8 +344,7 @@ impl FrameWriter {
             match data {
                 Payload::Json(value) => json(b, &Redacted { value, redactor }),
                 Payload::Raw(raw) => {
-                    let hides = |key: &str| redactor.hides(key);
-                    write_redacted(b, raw, (!redactor.is_empty()).then_some(&hides));
+                    write_redacted(b, raw, (!redactor.is_empty()).then_some(redactor));
                 }
             }
         }
@@ -725,6 +741,61 @@ mod tests {
             let expect = keys.iter().any(|k| k.eq_ignore_ascii_case(probe));
             assert_eq!(r.hides(probe), expect, "{probe:?}");
         }
+    }
+
+    /// The raw-data copy filters each key by the bytes around it in the text (an empty key's
+    /// bit from its quotes): it hides exactly the keys the comparison hides, of every length, in
+    /// any case, escaped or not, nested or not.
+    #[test]
+    fn the_raw_copy_hides_what_the_comparison_hides() {
+        use crate::payload::RawData;
+        let keys: Vec<String> =
+            ["password", "API_KEY", "t", "", "é", "x-Token"].map(String::from).to_vec();
+        let probes = [
+            "PASSWORD",
+            "api_key",
+            "Api_Key",
+            "T",
+            "t",
+            "",
+            "É",
+            "é",
+            "x-token",
+            "passwor",
+            "tokens",
+            "a",
+            "password ",
+            "@",
+            "`",
+            "x-tokeN",
+            "X-TOKEN",
+            "\"",
+            "ab",
+            "tt",
+        ];
+        let entries: Vec<String> = probes
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{}:{{\"n\":{i},{}:[{i}]}}", json!(k), json!(k)))
+            .collect();
+        let text = format!(r#"{{{},"pass\u0077ord":"x","k":"\u0074"}}"#, entries.join(","));
+        let raw = RawData::new(text.as_str()).unwrap();
+        assert!(raw.is_compact());
+        let compare = |k: &str| keys.iter().any(|h| h.eq_ignore_ascii_case(k));
+        let (mut by_filter, mut by_comparison) = (Vec::new(), Vec::new());
+        write_redacted(&mut by_filter, &raw, Some(&Redactor::new(&keys)));
+        write_redacted(&mut by_comparison, &raw, Some(&compare));
+        let written = String::from_utf8(by_filter).unwrap();
+        assert_eq!(written, String::from_utf8(by_comparison).unwrap());
+        let hidden = probes.iter().filter(|k| compare(k)).count();
+        assert!(hidden >= 10, "{hidden}");
+        // Each hidden probe's value (its inner copy goes with it), and the escaped `password`.
+        assert_eq!(written.matches(REDACTED).count(), hidden + 1, "{written}");
+        let out: Value = serde_json::from_str(&written).unwrap();
+        assert_eq!(
+            (&out["k"], &out["a"]["n"], &out["ab"]["n"]),
+            (&json!("t"), &json!(11), &json!(18))
+        );
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl Hub {
             // than the log now holds, the log lost its tail while this node was not following
             // the stream: its seqs would be handed out again, so the stream moves to a new epoch
             // (the members get `resync`), as when a following node sees the top go back.
-            if self.conns.get_mut(idx).rejoined(room, pos) {
+            if self.rejoined(idx, &key.tenant, room, pos) {
                 self.rotate(now, &key);
             }
             let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);
@@ -170,6 +170,14 @@ impl Hub {
         let name = key.name();
         for idx in self.recipients(&holder) {
             self.conns.get_mut(idx).restart_stream(&name);
+        }
+        // A room's marks are on its member entries.
+        if let TrimKey::Room(t, r) = &holder
+            && let Some(room) = self.tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r))
+        {
+            for m in &mut room.members {
+                m.sent = 0;
+            }
         }
     }
 }

@@ -73,39 +73,45 @@ impl Published {
 }
 
 /// An entry of a fan-out's recipient list: a connection slot (a user's or a tenant's list), or a
-/// room member.
+/// room member (which holds the room's mark of what was sent, `Member::sent`).
 trait Recipient {
-    /// The connection's slot, its id, and the slot of the membership for a room member (else 0).
-    fn resolve(&self, conns: &Connections) -> (u32, ConnId, u32);
+    /// The connection's slot and its id.
+    fn resolve(&self, conns: &Connections) -> (u32, ConnId);
 }
 
-impl Recipient for &u32 {
+impl Recipient for u32 {
     #[inline(always)]
-    fn resolve(&self, conns: &Connections) -> (u32, ConnId, u32) {
-        (**self, conns.id_of(**self), 0)
+    fn resolve(&self, conns: &Connections) -> (u32, ConnId) {
+        (*self, conns.id_of(*self))
     }
 }
 
-impl Recipient for &Member {
+impl Recipient for Member {
     /// The id from the member entry: no look-up in the slot table.
     #[inline(always)]
-    fn resolve(&self, _: &Connections) -> (u32, ConnId, u32) {
-        (self.conn, self.id(), self.slot)
+    fn resolve(&self, _: &Connections) -> (u32, ConnId) {
+        (self.conn, self.id())
     }
 }
 
 /// Offers `frame` to each of `recipients` that `admit` accepts, `mark`s those it was delivered
-/// to (with the membership slot for rooms), and collects connections that overflowed into
-/// `doomed`.
+/// to (the connection, and the recipient entry: a room's mark is on its member entry), and
+/// collects connections that overflowed into `doomed`.
+///
+/// Two loops: the first runs while every recipient takes the frame through the fast lane (the
+/// common case: all of them), the `i`-th into the run's `i`-th free slot, so that one index
+/// walks both lists with no bounds checks and no count of slots filled; the second takes over
+/// at the first recipient that does not, and goes through the full offer where it must
+/// (callgrind, `room-1000`: 5 instructions fewer per recipient than the second loop alone).
 #[allow(clippy::too_many_arguments)]
-fn fan_out(
+fn fan_out<R: Recipient>(
     flow: &mut Flow,
     out: &mut Outbox,
     conns: &mut Connections,
     cfg: &Config,
-    recipients: impl ExactSizeIterator<Item = impl Recipient>,
+    recipients: &mut [R],
     admit: impl Fn(&Connection, ConnId) -> bool,
-    mark: impl Fn(&mut Connection, u32),
+    mark: impl Fn(&mut Connection, &mut R),
     frame: &Frame,
     priority: Priority,
     doomed: &mut Vec<u32>,
@@ -113,17 +119,34 @@ fn fan_out(
 ) {
     let mut tally = TierTally::default();
     let lane = flow.lane(frame, priority, cfg);
-    out.open_run(frame, recipients.len());
+    let n = recipients.len();
+    out.open_run(frame, n);
     // The lane writes its recipients into the run's slots (see `Outbox::open_run`), `filled`
     // kept here; the full offer queues through the outbox, told first how far they go.
-    let (mut slots, mut filled) = out.run_slots();
+    let (mut slots, filled) = out.run_slots();
+    let free = &mut slots[filled..filled + n];
+    let mut i = 0;
+    while i < n {
+        let recipient = &mut recipients[i];
+        // One look-up per recipient, for its filter, the offer and the mark.
+        let (idx, id) = recipient.resolve(conns);
+        let conn = conns.get_mut(idx);
+        if !(admit(conn, id) && lane.takes(conn)) {
+            break;
+        }
+        lane.deliver(conn, &mut tally);
+        free[i] = id;
+        // Remember the highest seq sent on this stream (issue 10 item 5).
+        mark(conn, recipient);
+        i += 1;
+    }
+    let mut filled = filled + i;
     // Counted here and added once at the end: per recipient, counters in the outbox and the
     // result cost about as much as the push, and kept the loop from holding its values in
     // registers across it. Deliveries are the recipients queued in the run.
     let (mut held, mut skipped) = (0, 0);
-    for recipient in recipients {
-        // One look-up per recipient, for its filter, the offer and the mark.
-        let (idx, id, slot) = recipient.resolve(conns);
+    for recipient in &mut recipients[i..] {
+        let (idx, id) = recipient.resolve(conns);
         let conn = conns.get_mut(idx);
         if !admit(conn, id) {
             continue;
@@ -132,18 +155,14 @@ fn fan_out(
             lane.deliver(conn, &mut tally);
             slots[filled] = id;
             filled += 1;
-            // Remember the highest seq sent on this stream (issue 10 item 5).
-            mark(conn, slot);
+            mark(conn, recipient);
             continue;
         }
         out.fill_to(filled);
         let offer = flow.offer_to(out, id, conn, frame, priority, cfg, &mut tally);
         (slots, filled) = out.run_slots();
         match offer {
-            Offer::Delivered => {
-                // Remember the highest seq sent on this stream (issue 10 item 5).
-                mark(conn, slot);
-            }
+            Offer::Delivered => mark(conn, recipient),
             Offer::Overflow => {
                 doomed.push(idx);
                 result.closed += 1;
@@ -365,10 +384,10 @@ impl Hub {
         self.buffers.keep(&mut u.stream, key, now, pos, &frame, visible, &self.cfg);
         let mut result = Published { position: Some((StreamName::User, pos)), ..Published::none() };
         let priority = msg.kind.priority();
-        let only_slot = only.unwrap_or_default();
+        let mut only_slot = only.unwrap_or_default();
         let recipients = match only {
-            Some(_) => std::slice::from_ref(&only_slot),
-            None => u.conns.as_slice(),
+            Some(_) => std::slice::from_mut(&mut only_slot),
+            None => u.conns.as_mut_slice(),
         };
         let (thread, run, except) = (msg.thread, msg.run, msg.except);
         fan_out(
@@ -376,7 +395,7 @@ impl Hub {
             &mut self.out,
             &mut self.conns,
             &self.cfg,
-            recipients.iter(),
+            recipients,
             |c, id| (only.is_some() || c.wants(thread, run)) && except.is_none_or(|e| e != id),
             |c, _| c.mark_user_sent(),
             &frame,
@@ -406,7 +425,7 @@ impl Hub {
         let visible = Visible { scope: Scope::All, except: msg.except };
         self.buffers.keep(&mut r.stream, key, now, pos, &frame, visible, &self.cfg);
         let mut result = Published { position: Some((name, pos)), ..Published::none() };
-        let members = r.members.iter();
+        let members = &mut r.members;
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
         let except = msg.except;
         fan_out(
@@ -416,7 +435,7 @@ impl Hub {
             cfg,
             members,
             |_, id| except.is_none_or(|c| c != id),
-            |c, slot| c.mark_room_sent(slot, pos.seq),
+            |_, m| m.sent = pos.seq,
             &frame,
             msg.kind.priority(),
             &mut self.doomed,
@@ -468,7 +487,7 @@ impl Hub {
             out,
             conns,
             cfg,
-            t.conns.iter(),
+            &mut t.conns,
             admit,
             |c, _| c.mark_tenant_sent(),
             &frame,
@@ -570,10 +589,10 @@ impl Hub {
         let doomed = &mut self.doomed;
         match holder {
             TrimKey::User(uidx) => {
-                let members = self.users.get(*uidx).conns.iter();
+                let members = &mut self.users.get_mut(*uidx).conns;
                 let all = visible == Visible::from(Scope::All);
                 let admit = |c: &Connection, id| all || visible_to(c, id, &visible);
-                let mark = |c: &mut Connection, _| c.mark_user_sent();
+                let mark = |c: &mut Connection, _: &mut u32| c.mark_user_sent();
                 fan_out(
                     flow,
                     out,
@@ -589,12 +608,12 @@ impl Hub {
                 );
             }
             TrimKey::Room(t, r) => {
-                let Some(room) = self.tenants.get(t).and_then(|t| t.rooms.get(r)) else {
+                let Some(room) = self.tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r)) else {
                     return result;
                 };
-                let members = room.members.iter();
+                let members = &mut room.members;
                 let seq = pos.seq;
-                let mark = |c: &mut Connection, slot| c.mark_room_sent(slot, seq);
+                let mark = |_: &mut Connection, m: &mut Member| m.sent = seq;
                 let except = visible.except;
                 fan_out(
                     flow,
@@ -611,11 +630,11 @@ impl Hub {
                 );
             }
             TrimKey::Tenant(t) => {
-                let Some(tenant) = self.tenants.get(t) else { return result };
-                let members = tenant.conns.iter();
+                let Some(tenant) = self.tenants.get_mut(t) else { return result };
+                let members = &mut tenant.conns;
                 let all = visible == Visible::from(Scope::All);
                 let admit = |c: &Connection, id| all || visible_to(c, id, &visible);
-                let mark = |c: &mut Connection, _| c.mark_tenant_sent();
+                let mark = |c: &mut Connection, _: &mut u32| c.mark_tenant_sent();
                 fan_out(
                     flow,
                     out,

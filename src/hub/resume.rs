@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use crate::connection::Connections;
+use crate::connection::{Connections, Membership};
 use crate::flow::{Flow, notice_len, resumed_bound};
 use crate::hub::Hub;
 use crate::ids::{StreamName, StreamPos};
@@ -54,11 +54,16 @@ impl Hub {
         ];
         // A room not announced yet (cluster mode: its stream is still being set up) has nothing
         // to replay; its position comes with its `joined` frame.
+        // What it was sent of each room is on its member entry there.
+        let tenant = self.tenants.get(&tenant_id).expect("connection's tenant exists");
+        let sent = |m: &Membership| {
+            tenant.rooms.get(m.room()).map_or(0, |r| r.members[m.pos() as usize].sent)
+        };
         let rooms: Vec<(StreamName, u64, u64)> = c
             .memberships()
             .iter()
             .filter(|m| m.is_announced())
-            .map(|m| (StreamName::Room(m.room().clone()), m.base(), m.sent()))
+            .map(|m| (StreamName::Room(m.room().clone()), m.base(), sent(m)))
             .collect();
         let pending_rooms: Vec<String> = c
             .memberships()
@@ -78,6 +83,7 @@ impl Hub {
             extra: &extra,
             reports: Vec::new(),
             replayed: 0,
+            top: 0,
             lost: false,
             budget,
         };
@@ -93,7 +99,16 @@ impl Hub {
             // Apply the age bound first, so nothing older than `max_age` is ever replayed.
             self.buffers.trim(stream, now, &self.cfg);
             let (flow, out, conns) = (&mut self.flow, &mut self.out, &mut self.conns);
+            replay.top = 0;
             replay.stream(flow, out, conns, &name, stream, (base, sent));
+            // A room's mark is on the member entry (the connection marked the user's and the
+            // tenant's streams itself).
+            if let StreamName::Room(room) = &name
+                && replay.top > 0
+                && let Some(m) = tenant.member_mut(&self.conns, idx, room)
+            {
+                m.sent = m.sent.max(replay.top);
+            }
         }
         let Replay { reports, replayed, lost, .. } = replay;
         self.out.stats.replayed += u64::from(replayed);
@@ -144,6 +159,8 @@ struct Replay<'p> {
     /// Only for a `resume`: one report per stream the client named that the connection has.
     reports: Vec<(String, StreamReport)>,
     replayed: u32,
+    /// The highest seq replayed of the stream in progress (0: none yet).
+    top: u64,
     lost: bool,
     /// Bytes the replay may still hand the connection under `max_unwritten_bytes`.
     budget: u64,
@@ -259,7 +276,8 @@ impl Replay<'_> {
         for entry in entries {
             if visible_to(conns.get(self.idx), id, &entry.visible) {
                 flow.deliver(out, conns, self.idx, &entry.frame);
-                conns.get_mut(self.idx).mark_replayed(name, entry.seq);
+                conns.get_mut(self.idx).mark_replayed(name);
+                self.top = self.top.max(entry.seq);
                 n += 1;
             }
         }

@@ -11,6 +11,25 @@ use crate::kinds::{AuditKind, LimitKind};
 use crate::stream::Stream;
 
 impl Hub {
+    /// Connection `idx` (of `tenant`) joined `room` again, whose stream's top is `pos`: what it
+    /// was sent there before it left is marked on its member entry again
+    /// ([`Connection::rejoined`](crate::connection::Connection::rejoined)). True if that is
+    /// later than `pos` in its epoch (the log lost its tail since, in cluster mode).
+    pub(crate) fn rejoined(
+        &mut self,
+        idx: u32,
+        tenant: &TenantId,
+        room: &RoomId,
+        pos: StreamPos,
+    ) -> bool {
+        let Some(sent) = self.conns.get_mut(idx).rejoined(room, pos) else { return false };
+        let tenant = self.tenants.get_mut(tenant).expect("connection's tenant exists");
+        if let Some(m) = tenant.member_mut(&self.conns, idx, room) {
+            m.sent = sent;
+        }
+        sent > pos.seq
+    }
+
     /// Puts a connection into a room of its own tenant. Returns `false` if it was already there.
     /// Live delivery of the room's stream starts at its current position.
     ///
@@ -79,7 +98,7 @@ impl Hub {
             // sends the room's seqs out of order (issue 10 item 5).
             // (A room's stream never goes back on one node; in cluster mode, see
             // `announce_room`.)
-            if self.conns.get_mut(idx).rejoined(&room, pos) && self.node.is_some() {
+            if self.rejoined(idx, &key.tenant, &room, pos) && self.node.is_some() {
                 self.rotate(now, &key);
             }
             let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);
@@ -111,10 +130,11 @@ impl Hub {
         let tenant = self.tenants.get_mut(&tenant_id).expect("connection's tenant exists");
         // Remembered until the connection's one resume (issue 10 item 5); in cluster mode for
         // its whole life, as a re-join must also notice a log that lost its tail meanwhile.
-        if let Some(r) = tenant.rooms.get(&room) {
+        if let Some(epoch) = tenant.rooms.get(&room).map(|r| r.stream.epoch()) {
             let cap = self.cfg.max_rooms_per_connection;
             let clustered = self.node.is_some();
-            self.conns.get_mut(idx).remember_left(&room, r.stream.epoch(), cap, clustered);
+            let sent = tenant.member_mut(&self.conns, idx, &room).map_or(0, |m| m.sent);
+            self.conns.get_mut(idx).remember_left(&room, epoch, sent, cap, clustered);
         }
         if self.conns.get(idx).in_room(room.as_str()) {
             self.presence_left(now, idx, room.clone());

@@ -54,3 +54,69 @@ fn a_snapshot_due_with_a_connection_timer_sees_what_that_timer_did() {
     assert_eq!(snapshots[0].closed_by.heartbeat_timeout, 1);
     assert_eq!(hub.next_timeout(), Some((at + interval + timeout, WakeReason::Snapshot)));
 }
+
+/// A room fan-out where some members cannot take the frame through the fast lane (behind for a
+/// thinking frame, then owing a `skipped` notice): the first loop stops at the first of them and
+/// the second carries on, so every member still gets its frames in member order, each notice
+/// right before its frame, and the members the lane took share the one frame.
+#[test]
+fn a_room_fan_out_past_members_off_the_lane_keeps_member_order() {
+    use crate::envelope::{Envelope, EventKind, Target};
+    let cfg = Config { max_inflight_bytes: 5_000, ..Config::default() };
+    let mut hub = Hub::new(cfg).expect("valid config");
+    let now = Instant::now();
+    let members: Vec<ConnId> = (0..8)
+        .map(|i| {
+            let id = hub.connect(now, Principal::new("acme", format!("m{i}").as_str())).unwrap();
+            assert!(hub.join(now, id, "lobby").unwrap());
+            id
+        })
+        .collect();
+    while hub.poll_action().is_some() {}
+    let room = || Target::Room { tenant: "acme".into(), room: "lobby".into() };
+    let drain = |hub: &mut Hub| {
+        std::iter::from_fn(|| hub.poll_action())
+            .filter_map(|a| match a {
+                Action::Deliver { conn, frame } => Some((conn, frame)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // Members 2 and 5 are left with more than `max_inflight_bytes` unwritten; the others
+    // confirm theirs.
+    let big = Envelope::new(room(), EventKind::AgentStarted)
+        .data(serde_json::json!({ "pad": "x".repeat(6_000) }));
+    let published = hub.publish(now, big).unwrap();
+    assert_eq!(published.delivered, 8);
+    drain(&mut hub);
+    let behind = [members[2], members[5]];
+    for &id in members.iter().filter(|id| !behind.contains(id)) {
+        hub.written(now, id, usize::MAX >> 1).unwrap();
+    }
+    // A thinking frame: skipped for the two behind, the others (through the lane) in member
+    // order.
+    let thinking = hub.publish(now, Envelope::new(room(), EventKind::AgentThinking)).unwrap();
+    assert_eq!((thinking.delivered, thinking.skipped), (6, 2));
+    let got = drain(&mut hub);
+    let took: Vec<ConnId> = got.iter().map(|(c, _)| *c).collect();
+    let live: Vec<ConnId> = members.iter().copied().filter(|id| !behind.contains(id)).collect();
+    assert_eq!(took, live);
+    assert!(got.iter().all(|(_, f)| Frame::ptr_eq(f, &got[0].1)));
+    // A critical frame: every member, the two behind after their `skipped` notice.
+    let completed = hub.publish(now, Envelope::new(room(), EventKind::AgentCompleted)).unwrap();
+    assert_eq!(completed.delivered, 8);
+    let got = drain(&mut hub);
+    let mut expected = Vec::new();
+    for &id in &members {
+        if behind.contains(&id) {
+            expected.push((id, true));
+        }
+        expected.push((id, false));
+    }
+    let seen: Vec<(ConnId, bool)> =
+        got.iter().map(|(c, f)| (*c, f.as_str().contains(r#""type":"skipped""#))).collect();
+    assert_eq!(seen, expected);
+    let event = got.iter().find(|(_, f)| !f.as_str().contains("skipped")).unwrap();
+    let events = got.iter().filter(|(_, f)| Frame::ptr_eq(f, &event.1)).count();
+    assert_eq!(events, 8);
+}
