@@ -714,30 +714,38 @@ mod tests {
         assert!(!f.as_str().contains("hunter2"));
     }
 
+    /// Hidden keys of every length and case, with an empty one and a non-ASCII one.
+    fn filter_keys() -> Vec<String> {
+        ["password", "API_KEY", "t", "", "é", "x-Token"].map(String::from).to_vec()
+    }
+
+    /// Keys to test against [`filter_keys`]: equal but for case, prefixes, near misses, and the
+    /// characters either side of the filter's case bit (`@`, `` ` ``).
+    const FILTER_PROBES: [&str; 17] = [
+        "PASSWORD",
+        "api_key",
+        "Api_Key",
+        "T",
+        "t",
+        "",
+        "É",
+        "é",
+        "x-token",
+        "passwor",
+        "tokens",
+        "a",
+        "password ",
+        "@",
+        "`",
+        "x-tokeN",
+        "X-TOKEN",
+    ];
+
     #[test]
     fn the_key_filter_keeps_every_key_the_comparison_hides() {
-        let keys: Vec<String> =
-            ["password", "API_KEY", "t", "", "é", "x-Token"].map(String::from).to_vec();
+        let keys = filter_keys();
         let r = Redactor::new(&keys);
-        for probe in [
-            "PASSWORD",
-            "api_key",
-            "Api_Key",
-            "T",
-            "t",
-            "",
-            "É",
-            "é",
-            "x-token",
-            "passwor",
-            "tokens",
-            "a",
-            "password ",
-            "@",
-            "`",
-            "x-tokeN",
-            "X-TOKEN",
-        ] {
+        for probe in FILTER_PROBES {
             let expect = keys.iter().any(|k| k.eq_ignore_ascii_case(probe));
             assert_eq!(r.hides(probe), expect, "{probe:?}");
         }
@@ -749,30 +757,8 @@ mod tests {
     #[test]
     fn the_raw_copy_hides_what_the_comparison_hides() {
         use crate::payload::RawData;
-        let keys: Vec<String> =
-            ["password", "API_KEY", "t", "", "é", "x-Token"].map(String::from).to_vec();
-        let probes = [
-            "PASSWORD",
-            "api_key",
-            "Api_Key",
-            "T",
-            "t",
-            "",
-            "É",
-            "é",
-            "x-token",
-            "passwor",
-            "tokens",
-            "a",
-            "password ",
-            "@",
-            "`",
-            "x-tokeN",
-            "X-TOKEN",
-            "\"",
-            "ab",
-            "tt",
-        ];
+        let keys = filter_keys();
+        let probes: Vec<&str> = FILTER_PROBES.into_iter().chain(["\"", "ab", "tt"]).collect();
         let entries: Vec<String> = probes
             .iter()
             .enumerate()
