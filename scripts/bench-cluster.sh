@@ -20,7 +20,8 @@
 # (Socket.IO, @socket.io/redis-adapter, 2 nodes); `sio2s` (the redis streams adapter with
 # connectionStateRecovery) is not in the default list. `hop` (not in the default list either, and
 # only with PHASES="user:LAT_RATE") is `solo` with tools/loadgen's `redis-hop` beside it: one bare
-# Redis pub/sub hop at LAT_RATE/s, timed under the same load, the least cluster mode could add. `sbN@NAME` runs N nodes of another
+# Redis pub/sub hop at LAT_RATE/s, timed under the same load, the least cluster mode could add;
+# its window starts HOP_LEAD (3) seconds after the loadgen, once the clients are connected. `sbN@NAME` runs N nodes of another
 # `switchboard` binary, named in ALT_BINS="NAME=PATH ..." (a build of another commit copied
 # aside), beside this tree's, so that a change and its baseline are measured in one run. PHASES replaces the four phases (for
 # example PHASES="user:1000" for many repetitions of the latency target alone), MONITOR=0 drops
