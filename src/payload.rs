@@ -47,7 +47,7 @@ impl Payload {
     pub fn is_null(&self) -> bool {
         match self {
             Payload::Json(v) => v.is_null(),
-            Payload::Raw(raw) => raw.text.trim_matches(is_ws) == "null",
+            Payload::Raw(raw) => raw.null,
         }
     }
 }
@@ -89,34 +89,78 @@ pub struct RawData {
     /// `Some` when the text is compact: the span of every object key, in order (8 bytes per key).
     /// `None`: it has whitespace to drop (or is over [`MAX_SPANNED`] bytes), so it is scanned.
     keys: Option<Box<[KeySpan]>>,
+    /// The union of the noted keys' [`key_bit`]s ([`ESCAPED_BIT`] for a key with escapes, whose
+    /// bit the raw bytes do not give): a redactor whose bits miss it hides none of them, and the
+    /// text is copied whole without a look at its keys.
+    bits: u64,
+    /// Whether the text is `null` (no data), decided once here rather than at each publish.
+    null: bool,
 }
 
-/// The longest text whose keys are noted ([`KeySpan`] offsets are 31 bits).
-const MAX_SPANNED: usize = (1 << 31) - 1;
+/// The longest text whose keys are noted: [`KeySpan`] offsets are 24 bits, so that a key's
+/// [`key_bit`], its length and its value's end fit beside them in 8 bytes (a longer text is
+/// scanned, as one with whitespace is).
+const MAX_SPANNED: usize = (1 << 24) - 1;
 
-/// Where an object key is in a compact text: the byte offsets of its opening and closing quotes,
-/// and (the closing offset's top bit) whether it has escapes, so must be unescaped to be compared.
+/// What validation notes of an object key in a compact text, in 8 bytes (a larger entry made
+/// freeing a payload dearer than the copy it spares; callgrind, `publish-1-raw`):
+///
+/// - `at`: the byte offset of its opening quote (bits 0–23), its [`key_bit`] as a bit number
+///   (bits 24–29), and whether it has escapes, so must be unescaped to be compared (bit 30);
+/// - `ends`: where its value ends if that value is a string or a number (bits 0–23; 0 if not
+///   noted: a hidden object's end is found when it is hidden), and the key's length inside its
+///   quotes (bits 24–31; [`KeySpan::LONG`] if it is that long or longer: its closing quote is
+///   then found in the text).
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct KeySpan {
-    open: u32,
-    close: u32,
+    at: u32,
+    ends: u32,
 }
 
 impl KeySpan {
-    const ESCAPED: u32 = 1 << 31;
+    const OFFSET: u32 = (1 << 24) - 1;
+    const ESCAPED: u32 = 1 << 30;
+    const LONG: u32 = 255;
 
-    fn new(open: usize, close: usize, escaped: bool) -> Self {
+    fn new(open: usize, close: usize, escaped: bool, bit: u64) -> Self {
         debug_assert!(close <= MAX_SPANNED);
         let flag = if escaped { Self::ESCAPED } else { 0 };
-        Self { open: open as u32, close: close as u32 | flag }
+        let len = (close - open - 1).min(Self::LONG as usize) as u32;
+        Self { at: open as u32 | bit.trailing_zeros() << 24 | flag, ends: len << 24 }
     }
 
-    fn close(self) -> usize {
-        (self.close & !Self::ESCAPED) as usize
+    fn open(self) -> usize {
+        (self.at & Self::OFFSET) as usize
+    }
+
+    /// The offset of its closing quote in `b`, the text it was noted in.
+    fn close(self, b: &[u8]) -> usize {
+        match self.ends >> 24 {
+            Self::LONG => string_end(b, self.open()),
+            len => self.open() + 1 + len as usize,
+        }
+    }
+
+    /// The key's [`key_bit`] as validation noted it ([`ESCAPED_BIT`] if the key has escapes).
+    fn bit(self) -> u64 {
+        1 << ((self.at >> 24) & 63)
     }
 
     fn escaped(self) -> bool {
-        self.close & Self::ESCAPED != 0
+        self.at & Self::ESCAPED != 0
+    }
+
+    /// Where the key's value ends, if noted.
+    fn value_end(self) -> Option<usize> {
+        match self.ends & Self::OFFSET {
+            0 => None,
+            end => Some(end as usize),
+        }
+    }
+
+    fn set_value_end(&mut self, end: usize) {
+        debug_assert!(end <= MAX_SPANNED);
+        self.ends = (self.ends & !Self::OFFSET) | end as u32;
     }
 }
 
@@ -144,7 +188,8 @@ impl RawData {
         if scan.huge_number {
             return Err(RawDataError::Invalid("number out of range".into()));
         }
-        Ok(RawData { text, keys: scan.keys.map(Vec::into_boxed_slice) })
+        let null = text.trim_matches(is_ws) == "null";
+        Ok(RawData { text, keys: scan.keys.map(Vec::into_boxed_slice), bits: scan.bits, null })
     }
 
     /// The text as given.
@@ -154,7 +199,7 @@ impl RawData {
     }
 
     /// Whether validation found the text compact: no whitespace outside strings (and at most
-    /// 2 GiB). Compact text is copied into frames as it is (keys to redact aside); other text is
+    /// 64 MiB). Compact text is copied into frames as it is (keys to redact aside); other text is
     /// scanned to drop its whitespace, which costs several times more per byte.
     #[must_use]
     pub fn is_compact(&self) -> bool {
@@ -190,28 +235,46 @@ fn is_ws(c: char) -> bool {
 
 /// What one pass over `text` finds: the deepest nesting of arrays and objects (brackets inside
 /// strings not counted), whether a number is outside `f64`'s range, and, if the text is compact
-/// (no whitespace outside strings), the span of every object key. Only meaningful for valid JSON.
+/// (no whitespace outside strings), the span of every object key and the union of their
+/// [`key_bit`]s. Only meaningful for valid JSON.
 struct Scan {
     depth: usize,
     huge_number: bool,
     keys: Option<Vec<KeySpan>>,
+    bits: u64,
 }
 
 fn scan(text: &str) -> Scan {
     let b = text.as_bytes();
     let (mut depth, mut max, mut i) = (0usize, 0usize, 0usize);
-    let mut huge_number = false;
-    let mut keys = (b.len() <= MAX_SPANNED).then(Vec::new);
+    let (mut huge_number, mut bits) = (false, 0u64);
+    let mut keys = (b.len() <= MAX_SPANNED).then(Vec::<KeySpan>::new);
     while i < b.len() {
         match b[i] {
             b'"' => {
                 let (close, escaped) = string_close(b, i);
                 // In compact JSON a string is a key exactly when a colon follows it at once (a
-                // value string is followed by `,`, `}`, `]` or the end).
+                // value string is followed by `,`, `}`, `]` or the end), and a string right
+                // after a colon is the value of the key noted last.
                 if let Some(keys) = &mut keys
+                    && i > 0
+                    && b[i - 1] == b':'
+                    && let Some(key) = keys.last_mut()
+                {
+                    key.set_value_end(close + 1);
+                } else if let Some(keys) = &mut keys
                     && b.get(close + 1) == Some(&b':')
                 {
-                    keys.push(KeySpan::new(i, close, escaped));
+                    // From the bytes inside the quotes (the quotes themselves for an empty key,
+                    // as `key_bit` takes them). A key with escapes is compared unescaped, so it
+                    // must reach the comparison whatever the redactor's bits: its own bit.
+                    let bit = if escaped {
+                        ESCAPED_BIT
+                    } else {
+                        key_bit(close - i - 1, b[i + 1], b[close - 1])
+                    };
+                    bits |= bit;
+                    keys.push(KeySpan::new(i, close, escaped, bit));
                 }
                 i = close;
             }
@@ -233,13 +296,20 @@ fn scan(text: &str) -> Scan {
                 {
                     huge_number = true;
                 }
+                if let Some(keys) = &mut keys
+                    && i > 0
+                    && b[i - 1] == b':'
+                    && let Some(key) = keys.last_mut()
+                {
+                    key.set_value_end(end);
+                }
                 i = end - 1;
             }
             _ => {}
         }
         i += 1;
     }
-    Scan { depth: max, huge_number, keys }
+    Scan { depth: max, huge_number, keys, bits }
 }
 
 /// The index of the quote that closes the string opened at `open` (or the last index if it is
@@ -299,6 +369,13 @@ pub(crate) trait KeyTest {
 
     /// Whether the value of the (unescaped) key `key` is hidden.
     fn hides(&self, key: &str) -> bool;
+
+    /// [`KeyTest::hides`] for a key without escapes whose [`key_bit`] is `bit` (passed the
+    /// filter): a test that keeps its keys' bits compares only the keys of that bit.
+    fn hides_noted(&self, bit: u64, key: &str) -> bool {
+        let _ = bit;
+        self.hides(key)
+    }
 }
 
 impl<F: Fn(&str) -> bool + ?Sized> KeyTest for F {
@@ -307,9 +384,10 @@ impl<F: Fn(&str) -> bool + ?Sized> KeyTest for F {
     }
 }
 
-/// One bit of 64 for a key of `len` bytes whose first and last bytes are `first` and `last`
-/// (for an empty key: two quotes, `"`, which is what is around it in JSON text), ASCII case
-/// ignored: keys equal but for ASCII case have the same bit.
+/// One bit of the low 63 for a key of `len` bytes whose first and last bytes are `first` and
+/// `last` (for an empty key: two quotes, `"`, which is what is around it in JSON text), ASCII
+/// case ignored: keys equal but for ASCII case have the same bit. The top bit is
+/// [`ESCAPED_BIT`], which no key's bit is.
 ///
 /// `| 0x20` stands for the lowercase: it lowercases ASCII letters and maps a few other bytes
 /// onto others (`@` onto `` ` ``, say), which only makes more keys share a bit. It costs
@@ -319,11 +397,26 @@ impl<F: Fn(&str) -> bool + ?Sized> KeyTest for F {
 pub(crate) fn key_bit(len: usize, first: u8, last: u8) -> u64 {
     let (first, last) = (first | 0x20, last | 0x20);
     let h = (len as u64).wrapping_mul(31) ^ u64::from(first) ^ (u64::from(last) << 3);
-    1 << (h % 64)
+    1 << (h % 63)
 }
+
+/// [`key_bit`] of an (unescaped) key.
+pub(crate) fn key_bit_of(key: &str) -> u64 {
+    match key.as_bytes() {
+        [] => key_bit(0, b'"', b'"'),
+        b @ ([first, .., last] | [first @ last]) => key_bit(b.len(), *first, *last),
+    }
+}
+
+/// The bit [`RawData`] notes for a key with escapes (whose bytes do not give its [`key_bit`]):
+/// [`write_redacted`] adds it to any filter, so that such keys are always compared.
+const ESCAPED_BIT: u64 = 1 << 63;
 
 /// The string redaction writes in place of a hidden key's value (on both paths).
 pub(crate) const REDACTED: &str = "[redacted]";
+
+/// [`REDACTED`] as the JSON string the raw path writes (one copy rather than three).
+const REDACTED_JSON: &[u8] = b"\"[redacted]\"";
 
 /// Copies validated JSON `raw` into `out` without insignificant whitespace, writing
 /// [`REDACTED`] (a JSON string) as the value of every object key for which `hides` is true (at
@@ -351,31 +444,35 @@ pub(crate) fn write_redacted<H: KeyTest + ?Sized>(
         out.extend_from_slice(b);
         return;
     };
-    let filter = hides.filter();
+    let filter = hides.filter() | ESCAPED_BIT;
+    if filter & raw.bits == 0 {
+        // No key's bit is the filter's: nothing to hide (most payloads, for a redactor).
+        out.extend_from_slice(b);
+        return;
+    }
     // Everything before `from` is written (or, inside a hidden value, skipped).
     let mut from = 0;
     for &key in keys {
-        let (open, close) = (key.open as usize, key.close());
+        // The bit validation noted: most keys fail the filter with no look at the text
+        // (callgrind, `publish-1-raw`).
+        if filter & key.bit() == 0 {
+            continue;
+        }
+        let (open, close) = (key.open(), key.close(b));
         if open < from {
             continue; // inside a hidden value
         }
         let hidden = if key.escaped() {
             key_hidden(&raw.text[open..=close], &|k| hides.hides(k))
         } else {
-            // The filter's bit from the bytes inside the quotes (the quotes themselves for an
-            // empty key, as `key_bit` takes them), read without making a `str` of the key: its
-            // boundary checks cost more than the filter, which most keys fail (callgrind,
-            // `publish-1-raw`).
-            let bit = key_bit(close - open - 1, b[open + 1], b[close - 1]);
-            filter & bit != 0 && hides.hides(&raw.text[open + 1..close])
+            hides.hides_noted(key.bit(), &raw.text[open + 1..close])
         };
         if hidden {
-            // Through the key and its colon (compact: right after it), then the value skipped.
+            // Through the key and its colon (compact: right after it), then the value skipped
+            // (its end noted by validation if it is a string or a number).
             out.extend_from_slice(&b[from..close + 2]);
-            out.push(b'"');
-            out.extend_from_slice(REDACTED.as_bytes());
-            out.push(b'"');
-            from = skip_value(b, close + 2);
+            out.extend_from_slice(REDACTED_JSON);
+            from = key.value_end().unwrap_or_else(|| skip_value(b, close + 2));
         }
     }
     out.extend_from_slice(&b[from..]);
@@ -575,7 +672,74 @@ mod tests {
         assert!(compact.is_compact(), "{compact:?} from {text}");
         assert_eq!(write(&compact, None), compact.as_str(), "nothing hidden: a plain copy");
         assert_eq!(write(&compact, Some(&hides)), scanned);
+        for raw in [&raw, &compact] {
+            let mut out = Vec::new();
+            write_redacted(&mut out, raw, Some(&Bits::new(keys)));
+            assert_eq!(String::from_utf8(out).expect("UTF-8"), scanned, "{text}");
+        }
         scanned
+    }
+
+    /// A key test that filters by bits as the hub's redactor does (which lives in `protocol`),
+    /// and checks that every bit validation noted is the key's own.
+    struct Bits<'a>(&'a [&'a str], u64);
+
+    impl<'a> Bits<'a> {
+        fn new(keys: &'a [&'a str]) -> Self {
+            Self(keys, keys.iter().fold(0, |bits, k| bits | key_bit_of(k)))
+        }
+    }
+
+    impl KeyTest for Bits<'_> {
+        fn filter(&self) -> u64 {
+            self.1
+        }
+
+        fn hides(&self, key: &str) -> bool {
+            self.0.iter().any(|h| h.eq_ignore_ascii_case(key))
+        }
+
+        fn hides_noted(&self, bit: u64, key: &str) -> bool {
+            assert_eq!(bit, key_bit_of(key), "the noted bit of {key:?}");
+            self.hides(key)
+        }
+    }
+
+    /// Keys of any length (past the 254 bytes a key's noted length holds) and values of every
+    /// kind (whose end validation notes, or not) are hidden alike; a key no bit of the redactor
+    /// matches leaves the text as it is.
+    #[test]
+    fn long_keys_and_every_kind_of_value_are_redacted() {
+        assert_eq!(REDACTED_JSON, format!("\"{REDACTED}\"").as_bytes());
+        let values = [r#""s""#, "-12.5e3", "true", "null", r#"{"x":[1,{"y":"}"}]}"#, "[[],{}]"];
+        for len in [1, 7, 253, 254, 255, 256, 1000] {
+            let key = "k".repeat(len);
+            let entries: Vec<String> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| format!(r#""{key}":{v},"n{i}":{i}"#))
+                .collect();
+            let text = format!("{{{},\"{key}\":{{\"{key}\":1}}}}", entries.join(","));
+            let out = redact(&text, &[key.as_str()]);
+            let parsed: Value = serde_json::from_str(&out).expect("valid");
+            assert_eq!(out.matches(REDACTED).count(), values.len() + 1, "{len}");
+            for i in 0..values.len() {
+                assert_eq!(parsed[format!("n{i}")], serde_json::json!(i), "{len}");
+            }
+            assert_eq!(redact(&text, &["absent"]), text, "nothing hidden: {len}");
+        }
+    }
+
+    /// Text longer than a key's noted offset can hold is scanned instead (and still redacted).
+    #[test]
+    fn text_past_the_noted_length_is_scanned() {
+        let text = format!(r#"{{"pad":"{}","token":"secret"}}"#, "x".repeat(MAX_SPANNED));
+        let raw = RawData::new(text).expect("valid");
+        assert!(!raw.is_compact());
+        let mut out = Vec::new();
+        write_redacted(&mut out, &raw, Some(&|k: &str| k == "token"));
+        assert!(out.ends_with(br#","token":"[redacted]"}"#));
+        assert_eq!(out.len(), raw.as_str().len() + REDACTED.len() - "secret".len());
     }
 
     #[test]
@@ -788,6 +952,7 @@ mod tests {
             proptest::prop_assert!(compact.is_compact());
             // Both escape alike: they differ only if whitespace was written.
             proptest::prop_assert_eq!(spaced.is_compact(), spaced.as_str() == compact.as_str());
+            let redactor = Bits::new(&keys);
             for hides in [None, Some(hides)] {
                 let write = |raw: &RawData| {
                     let mut out = Vec::new();
@@ -798,6 +963,12 @@ mod tests {
                 write_scanned(&mut scanned, &compact, hides.unwrap_or(&|_| false));
                 proptest::prop_assert_eq!(&write(&compact), &scanned);
                 proptest::prop_assert_eq!(&write(&spaced), &scanned);
+                if hides.is_some() {
+                    // Filtered by the bits validation noted, as the hub's redactor does.
+                    let mut by_bits = Vec::new();
+                    write_redacted(&mut by_bits, &compact, Some(&redactor));
+                    proptest::prop_assert_eq!(&by_bits, &scanned);
+                }
                 if hides.is_none() {
                     proptest::prop_assert_eq!(&scanned, compact.as_str().as_bytes());
                 }

@@ -13,7 +13,7 @@ use crate::envelope::EventKind;
 use crate::error::PeerError;
 use crate::frame::Frame;
 use crate::ids::{ConnId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId};
-use crate::payload::{KeyTest, Payload, REDACTED, key_bit, write_redacted};
+use crate::payload::{KeyTest, Payload, REDACTED, key_bit_of, write_redacted};
 
 // ---------------------------------------------------------------------------------------------
 // Redaction
@@ -22,7 +22,8 @@ use crate::payload::{KeyTest, Payload, REDACTED, key_bit, write_redacted};
 /// the payload.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Redactor {
-    keys: Box<[Box<str>]>,
+    /// Each key with its [`Redactor::bit`].
+    keys: Box<[(u64, Box<str>)]>,
     /// One bit per key, [`Redactor::bit`]: a key whose bit is clear is hidden by no key, which
     /// most keys of a payload are found to be without a comparison.
     bits: u64,
@@ -31,18 +32,13 @@ pub(crate) struct Redactor {
 impl Redactor {
     pub(crate) fn new(keys: &[String]) -> Self {
         let bits = keys.iter().fold(0, |bits, k| bits | Self::bit(k));
-        Self { keys: keys.iter().map(|k| Box::from(k.as_str())).collect(), bits }
+        Self { keys: keys.iter().map(|k| (Self::bit(k), Box::from(k.as_str()))).collect(), bits }
     }
 
     /// A key's bit of 64 ([`key_bit`]: from its length and its first and last bytes, ASCII case
     /// ignored, as the comparison ignores it).
     fn bit(key: &str) -> u64 {
-        let b = key.as_bytes();
-        let (first, last) = match b {
-            [] => (b'"', b'"'),
-            [first, .., last] | [first @ last] => (*first, *last),
-        };
-        key_bit(b.len(), first, last)
+        key_bit_of(key)
     }
 
     #[inline]
@@ -53,7 +49,14 @@ impl Redactor {
     /// The comparison that decides, once the filter let `key` through.
     #[inline]
     fn compares_equal(&self, key: &str) -> bool {
-        self.keys.iter().any(|k| k.eq_ignore_ascii_case(key))
+        self.keys.iter().any(|(_, k)| k.eq_ignore_ascii_case(key))
+    }
+
+    /// [`Redactor::compares_equal`] for a key whose bit is known: only the keys of that bit are
+    /// compared (most payload keys that pass the filter match no key, and fail here at once).
+    #[inline]
+    fn compares_noted(&self, bit: u64, key: &str) -> bool {
+        self.keys.iter().any(|(b, k)| *b == bit && k.eq_ignore_ascii_case(key))
     }
 
     /// Whether it hides no key at all.
@@ -111,6 +114,11 @@ impl KeyTest for Redactor {
     #[inline]
     fn hides(&self, key: &str) -> bool {
         self.compares_equal(key)
+    }
+
+    #[inline]
+    fn hides_noted(&self, bit: u64, key: &str) -> bool {
+        self.compares_noted(bit, key)
     }
 }
 
