@@ -22,8 +22,7 @@ use crate::payload::{KeyTest, Payload, REDACTED, key_bit_of, write_redacted};
 /// the payload.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Redactor {
-    /// Each key with its [`Redactor::bit`].
-    keys: Box<[(u64, Box<str>)]>,
+    keys: Box<[HiddenKey]>,
     /// One bit per key, [`Redactor::bit`]: a key whose bit is clear is hidden by no key, which
     /// most keys of a payload are found to be without a comparison.
     bits: u64,
@@ -32,7 +31,7 @@ pub(crate) struct Redactor {
 impl Redactor {
     pub(crate) fn new(keys: &[String]) -> Self {
         let bits = keys.iter().fold(0, |bits, k| bits | Self::bit(k));
-        Self { keys: keys.iter().map(|k| (Self::bit(k), Box::from(k.as_str()))).collect(), bits }
+        Self { keys: keys.iter().map(|k| HiddenKey::new(k)).collect(), bits }
     }
 
     /// A key's bit of 64 ([`key_bit`]: from its length and its first and last bytes, ASCII case
@@ -43,25 +42,77 @@ impl Redactor {
 
     #[inline]
     pub(crate) fn hides(&self, key: &str) -> bool {
-        self.bits & Self::bit(key) != 0 && self.compares_equal(key)
+        let bit = Self::bit(key);
+        self.bits & bit != 0 && self.compares_noted(bit, key)
     }
 
     /// The comparison that decides, once the filter let `key` through.
     #[inline]
     fn compares_equal(&self, key: &str) -> bool {
-        self.keys.iter().any(|(_, k)| k.eq_ignore_ascii_case(key))
+        self.keys.iter().any(|k| k.matches(key.as_bytes()))
     }
 
     /// [`Redactor::compares_equal`] for a key whose bit is known: only the keys of that bit are
     /// compared (most payload keys that pass the filter match no key, and fail here at once).
     #[inline]
     fn compares_noted(&self, bit: u64, key: &str) -> bool {
-        self.keys.iter().any(|(b, k)| *b == bit && k.eq_ignore_ascii_case(key))
+        self.keys.iter().any(|k| k.bit == bit && k.matches(key.as_bytes()))
     }
 
     /// Whether it hides no key at all.
     pub(crate) fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+}
+
+/// A key to hide, kept for a comparison eight bytes at a time: per byte, the key's byte
+/// lowercased, and 0x20 where that is an ASCII letter. A byte of a payload's key matches when,
+/// with those bits set, it equals the lowercased byte: the letter in either case, any other byte
+/// exactly (what `eq_ignore_ascii_case` decides, at about a fifth of its instructions for a
+/// short key; callgrind, `publish-1-raw`).
+#[derive(Debug, Clone)]
+struct HiddenKey {
+    /// Its [`Redactor::bit`].
+    bit: u64,
+    len: usize,
+    /// (lowercased bytes, letter bits) per eight bytes, the last word padded with zeros.
+    words: Box<[(u64, u64)]>,
+}
+
+impl HiddenKey {
+    fn new(key: &str) -> Self {
+        let lower = key.to_ascii_lowercase();
+        let case: Vec<u8> =
+            lower.bytes().map(|c| if c.is_ascii_lowercase() { 0x20 } else { 0 }).collect();
+        let words = lower
+            .as_bytes()
+            .chunks(8)
+            .zip(case.chunks(8))
+            .map(|(l, c)| (word(l), word(c)))
+            .collect();
+        Self { bit: Redactor::bit(key), len: key.len(), words }
+    }
+
+    #[inline]
+    fn matches(&self, key: &[u8]) -> bool {
+        key.len() == self.len
+            && key
+                .chunks(8)
+                .zip(&self.words)
+                .all(|(chunk, &(lower, case))| word(chunk) | case == lower)
+    }
+}
+
+/// Up to eight bytes as a little-endian word, padded with zeros.
+#[inline]
+fn word(bytes: &[u8]) -> u64 {
+    match <[u8; 8]>::try_from(bytes) {
+        Ok(full) => u64::from_le_bytes(full),
+        Err(_) => {
+            let mut w = [0u8; 8];
+            w[..bytes.len()].copy_from_slice(bytes);
+            u64::from_le_bytes(w)
+        }
     }
 }
 
@@ -748,6 +799,34 @@ mod tests {
         "x-tokeN",
         "X-TOKEN",
     ];
+
+    /// The word-at-a-time comparison decides as `eq_ignore_ascii_case`: every ASCII byte of a
+    /// hidden key against every byte of a payload's key, in keys that end inside, at and just
+    /// past a word.
+    #[test]
+    fn a_hidden_key_compares_as_eq_ignore_ascii_case() {
+        let mut compared = 0;
+        for len in [1, 7, 8, 9, 16, 17] {
+            for h in 0u8..128 {
+                let mut hidden = vec![b'k'; len];
+                hidden[len / 2] = h;
+                let hidden = String::from_utf8(hidden).unwrap();
+                let key = HiddenKey::new(&hidden);
+                for p in 0u8..=255 {
+                    let mut probe = hidden.clone().into_bytes();
+                    probe[len / 2] = p;
+                    assert_eq!(
+                        key.matches(&probe),
+                        hidden.as_bytes().eq_ignore_ascii_case(&probe),
+                        "{hidden:?} against {probe:?}"
+                    );
+                    compared += 1;
+                }
+                assert!(!key.matches(&hidden.as_bytes()[1..]), "a shorter key");
+            }
+        }
+        assert_eq!(compared, 6 * 128 * 256);
+    }
 
     #[test]
     fn the_key_filter_keeps_every_key_the_comparison_hides() {
