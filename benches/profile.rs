@@ -16,7 +16,8 @@
 //! Workloads: `churn`, `publish-1`, `publish-1-noredact`, `publish-3`, `room-<n>`, `tenant-<n>`,
 //! `tick-<n>`, `sweep-<k>-of-<n>`, `resume-1000`, `floor-<n>`; without a baseline side:
 //! `publish-1-raw` and `publish-1-raw-noredact` (the data as JSON text, [`RawData`]) and
-//! `floor-publish-1` (see [`floor_publish_1`]).
+//! `floor-publish-1` (see [`floor_publish_1`]), and `raw-new`: [`RawData::new`] on the same
+//! payload, the validation the server runs on each body before `publish-1-raw`.
 //!
 //! `floor-<n>` is no hub at all: the least any fan-out to `n` recipients does, to compare the cost
 //! of a further recipient with (issue 16 item 5). Per recipient it pushes the recipient's id and
@@ -379,6 +380,15 @@ fn main() {
         ["floor", "publish", "1"] => {
             assert!(!baseline, "the floor has no baseline");
             floor_publish_1(n);
+        }
+        ["raw", "new"] => {
+            // What `POST /publish` runs on each body before the hub sees it: the validation
+            // that notes what `publish-1-raw` later reads (the text copied in and freed too).
+            assert!(!baseline, "validation has no baseline");
+            let text = payload().to_string();
+            region(n, &mut || {
+                black_box(RawData::new(black_box(text.as_str())).unwrap());
+            });
         }
         [kind @ ("room" | "tenant"), members] => {
             let room = *kind == "room";

@@ -29,6 +29,8 @@
 # PHASES replaces the five phases (space-separated loadgen phases); rows of phases not run show -.
 #   SB_BIN=/tmp/switchboard-abc123 scripts/bench-e2e.sh  # measure another build of the server
 #   QUIET_IDLE=1 scripts/bench-e2e.sh             # idle CPUs poll instead of halting (bench-lib.sh)
+#   RPS=2 scripts/bench-e2e.sh                    # the readers' receive path on CPU 1, not the
+#                                                 # server's (as on another host; bench-lib.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
@@ -96,8 +98,10 @@ pid=""
 cleanup() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
   rm -rf "$work"
+  bench_rps_restore
 }
 trap cleanup EXIT
+bench_rps
 
 start_server() { # kind port
   local kind=$1 port=$2
@@ -154,7 +158,7 @@ for rep in $(seq "$REPS"); do
 done
 
 echo
-echo "== $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(date -u +%Y-%m-%d), pinned: $([ "$PIN" = 1 ] && echo 'server CPU 0, loadgen CPU 1' || echo no)"
+echo "== $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')), $(date -u +%Y-%m-%d), pinned: $([ "$PIN" = 1 ] && echo 'server CPU 0, loadgen CPU 1' || echo no)$([ -n "${RPS:-}" ] && echo ", loopback receive on CPU mask $RPS (RPS)")"
 echo "== $CLIENTS clients, $CONNS_PER_USER per user, $TENANTS tenants; ${WARMUP}s warm-up + ${DURATION}s per phase; median of $REPS"
 echo
 CLIENTS="$CLIENTS" TENANT_RATE="$TENANT_RATE" USER_RATE="$USER_RATE" BATCH="$BATCH" node - "$raw" <<'EOF'

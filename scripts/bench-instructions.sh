@@ -44,6 +44,7 @@ all=(
     "publish-1-raw 20000 - Hub::written -"
     "publish-1-raw-noredact 20000 - Hub::written -"
     "floor-publish-1 20000 - - -"
+    "raw-new 20000 - - -"
 )
 
 # Cluster mode: bus workload, the local workload it is compared with, steps (both), function to

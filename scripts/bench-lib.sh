@@ -97,3 +97,26 @@ bench_quiet_idle() {
     echo "== QUIET_IDLE: /dev/cpu_dma_latency is not writable here (needs root): idle CPUs may halt"
   fi
 }
+
+# RPS=<hex CPU mask>: the loopback's receive processing (the readers' TCP path and their
+# wake-up, which loopback otherwise runs in the sender's softirq, charged to the server) is
+# steered to those CPUs by Receive Packet Steering, as a separate host's network stack would
+# take it. Pinned, RPS=2 puts it on the load generator's CPU 1. The previous mask is put back
+# by bench_rps_restore (call it from the script's EXIT trap). Needs root; says so otherwise.
+bench_rps_file=/sys/class/net/lo/queues/rx-0/rps_cpus
+bench_rps_saved=""
+bench_rps() {
+  [ -n "${RPS:-}" ] || return 0
+  if [ ! -w "$bench_rps_file" ]; then
+    echo "bench: RPS=$RPS asked for, but $bench_rps_file is not writable here (needs root)" >&2
+    exit 1
+  fi
+  bench_rps_saved=$(cat "$bench_rps_file")
+  echo "$RPS" >"$bench_rps_file"
+  echo "== RPS: loopback receive processing on CPU mask $(cat "$bench_rps_file") (was $bench_rps_saved)"
+}
+bench_rps_restore() {
+  [ -n "$bench_rps_saved" ] || return 0
+  echo "$bench_rps_saved" >"$bench_rps_file" 2>/dev/null || true
+  bench_rps_saved=""
+}
