@@ -419,11 +419,12 @@ pub(crate) trait KeyTest {
     /// Whether the value of the (unescaped) key `key` is hidden.
     fn hides(&self, key: &str) -> bool;
 
-    /// [`KeyTest::hides`] for a key without escapes whose [`key_bit`] is `bit` (passed the
-    /// filter): a test that keeps its keys' bits compares only the keys of that bit.
-    fn hides_noted(&self, bit: u64, key: &str) -> bool {
+    /// [`KeyTest::hides`] for a key without escapes (so its bytes are its text: valid UTF-8)
+    /// whose [`key_bit`] is `bit` (passed the filter): a test that keeps its keys' bits
+    /// compares only the keys of that bit, and need not make a `str` of the key.
+    fn hides_noted(&self, bit: u64, key: &[u8]) -> bool {
         let _ = bit;
-        self.hides(key)
+        std::str::from_utf8(key).is_ok_and(|key| self.hides(key))
     }
 }
 
@@ -517,7 +518,7 @@ pub(crate) fn write_redacted<H: KeyTest + ?Sized>(
         let hidden = if key.escaped() {
             key_hidden(&raw.text[open..=close], &|k| hides.hides(k))
         } else {
-            hides.hides_noted(key.bit(), &raw.text[open + 1..close])
+            hides.hides_noted(key.bit(), &b[open + 1..close])
         };
         if hidden {
             // Through the key and its colon (compact: right after it), then the value skipped
@@ -751,7 +752,8 @@ mod tests {
             self.0.iter().any(|h| h.eq_ignore_ascii_case(key))
         }
 
-        fn hides_noted(&self, bit: u64, key: &str) -> bool {
+        fn hides_noted(&self, bit: u64, key: &[u8]) -> bool {
+            let key = std::str::from_utf8(key).expect("a key without escapes is its text");
             assert_eq!(bit, key_bit_of(key), "the noted bit of {key:?}");
             self.hides(key)
         }

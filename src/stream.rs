@@ -178,12 +178,18 @@ impl Stream {
 
     /// Drops what exceeds the count, byte and age bounds (oldest first).
     pub(crate) fn trim(&mut self, now: Instant, limits: &Retention) {
+        // Older than `max_age` is kept before this instant (`None`: nothing is that old yet).
+        // Subtracted once and compared with each message's instant, which costs fewer
+        // instructions than the age of each (callgrind, `publish-1-raw`).
+        let mut cutoff = None;
         while let Some(front) = self.buf.front() {
             // The count and byte bounds first: they are cheaper than the age's clock arithmetic,
             // which a full buffer (the usual state) then skips for the message it drops.
             if self.buf.len() > limits.max_messages
                 || self.bytes > limits.max_bytes
-                || now.saturating_duration_since(front.at) > limits.max_age
+                || cutoff
+                    .get_or_insert_with(|| now.checked_sub(limits.max_age))
+                    .is_some_and(|c| front.at < c)
             {
                 self.bytes -= front.frame.len();
                 self.buf.pop_front();

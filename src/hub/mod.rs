@@ -148,6 +148,10 @@ pub struct Hub {
     /// The first `now` seen (the meters count seconds from it) and the latest.
     origin: Option<Instant>,
     pub(crate) last_now: Option<Instant>,
+    /// When the meters' current one-second bucket ends: until then a call's clock is the last
+    /// one's, and finding it costs a comparison rather than a subtraction of instants
+    /// (`None` before the first call, or past the end of the clock's range: computed each call).
+    bucket_ends: Option<Instant>,
     pub(crate) conns: Connections,
     pub(crate) users: Users,
     /// The reconnect breakers, by `(tenant, user)`: they outlive the users' states.
@@ -213,6 +217,7 @@ impl Hub {
             cfg,
             origin: None,
             last_now: None,
+            bucket_ends: None,
             conns: Connections::new(),
             users: Users::new(),
             breakers: Breakers::new(),
@@ -234,7 +239,11 @@ impl Hub {
         let now = self.last_now.map_or(now, |last| last.max(now));
         self.last_now = Some(now);
         let origin = *self.origin.get_or_insert(now);
-        self.flow.clock = self.flow.clock.at(now - origin);
+        if self.bucket_ends.is_none_or(|end| now >= end) {
+            let elapsed = now - origin;
+            self.flow.clock = self.flow.clock.at(elapsed);
+            self.bucket_ends = origin.checked_add(Duration::from_secs(elapsed.as_secs() + 1));
+        }
         self.snapshot.start(now, self.cfg.snapshot_interval);
         now
     }

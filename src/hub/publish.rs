@@ -233,7 +233,8 @@ impl Hub {
                 });
             }
         }
-        let result = self.publish_local(now, envelope)?;
+        // By reference: moving the envelope (about 200 bytes) was a `memcpy` per publish.
+        let result = self.publish_local(now, &envelope)?;
         if let (Some((key, stream)), Some(position)) = (idempotent, &result.position) {
             self.idempotency.record(now, stream, key, position.clone(), max_age, max_keys);
         }
@@ -244,17 +245,17 @@ impl Hub {
     fn publish_local(
         &mut self,
         now: Instant,
-        envelope: Envelope,
+        envelope: &Envelope,
     ) -> Result<Published, PublishError> {
         let Envelope { target, kind, thread, run, data, exclude, .. } = envelope;
         let msg = Message {
-            kind: &kind,
+            kind,
             thread: thread.as_ref(),
             run: run.as_ref(),
-            data: &data,
-            except: exclude,
+            data,
+            except: *exclude,
         };
-        let result = match &target {
+        let result = match target {
             Target::User { tenant, user } => self.publish_user(now, tenant, user, None, &msg)?,
             Target::Thread { tenant, user, thread: target_thread } => {
                 if thread.as_ref().is_some_and(|t| t != target_thread) {
