@@ -240,15 +240,15 @@ fn bus_messages(p: &mut Pair, n: usize, target: Target, ids: &[ConnId]) {
 
 /// `floor-publish-1`: serialize + route, the least a publish of raw JSON data to a user with one
 /// connection (among 10,000 other users) does. Route: find the user's connections in a map by
-/// tenant, then user. Serialize: the event's fields through serde (as the hub writes its
-/// frames), then the data text copied in, into one shared `Arc<str>`. Then, as `floor-<n>`, push
-/// (id, frame) and take it out and drop it. No validation, redaction, stream or recovery buffer.
+/// tenant, then user. Serialize: the event's fields through serde, then the data text copied
+/// in, into one shared `Arc<str>`: the very bytes of the hub's frame (checked against a frame of
+/// the hub without redaction, epoch included). Then, as `floor-<n>`, push (id, frame) and take it
+/// out and drop it. No validation, redaction, stream or recovery buffer.
 fn floor_publish_1(n: usize) {
     #[derive(serde::Serialize)]
     struct Head<'a> {
         #[serde(rename = "type")]
         ty: &'a str,
-        kind: &'a str,
         stream: &'a str,
         epoch: u64,
         seq: u64,
@@ -264,25 +264,39 @@ fn floor_publish_1(n: usize) {
     }
     users.insert("alice".to_owned(), vec![p.connect(p.now, "alice").0]);
     let data = payload().to_string();
-    let (mut buf, mut seq) = (Vec::<u8>::new(), 0u64);
-    let mut queue: Vec<(ConnId, Arc<str>)> = Vec::new();
-    region(n, &mut || {
-        let conns = &routes[black_box(TENANT)][black_box("alice")];
-        seq += 1;
-        let head = Head {
-            ty: "event",
-            kind: "tool_executing",
-            stream: "u",
-            epoch: 7,
-            seq,
-            run_id: "run-42",
-        };
+    // The hub's frame for the same event (redaction off, so that the data is copied as is), and
+    // the epoch of its user stream, which the floor writes too.
+    let mut sample = Pair::new(false, 3);
+    let one = sample.connect(sample.now, "alice").0;
+    let raw = RawData::new(data.as_str()).unwrap();
+    let target = Target::User { tenant: TENANT.into(), user: "alice".into() };
+    sample.hub.publish(sample.now, envelope(target).raw_data(raw)).unwrap();
+    let expect = std::iter::from_fn(|| sample.hub.poll_action())
+        .find_map(|a| match a {
+            Action::Deliver { conn, frame } if conn == one => Some(frame.as_str().to_owned()),
+            _ => None,
+        })
+        .expect("the sample publish reaches alice");
+    let epoch = serde_json::from_str::<serde_json::Value>(&expect).unwrap()["epoch"]
+        .as_u64()
+        .expect("an epoch");
+    let write = |buf: &mut Vec<u8>, seq: u64| {
+        let head = Head { ty: "tool_executing", stream: "u", epoch, seq, run_id: "run-42" };
         buf.clear();
-        serde_json::to_writer(&mut buf, &head).unwrap();
+        serde_json::to_writer(&mut *buf, &head).unwrap();
         buf.pop();
         buf.extend_from_slice(br#","data":"#);
         buf.extend_from_slice(data.as_bytes());
         buf.push(b'}');
+    };
+    let (mut buf, mut seq) = (Vec::<u8>::new(), 0u64);
+    write(&mut buf, 1);
+    assert_eq!(std::str::from_utf8(&buf).unwrap(), expect, "the floor writes the hub's frame");
+    let mut queue: Vec<(ConnId, Arc<str>)> = Vec::new();
+    region(n, &mut || {
+        let conns = &routes[black_box(TENANT)][black_box("alice")];
+        seq += 1;
+        write(&mut buf, seq);
         let frame: Arc<str> = Arc::from(std::str::from_utf8(&buf).unwrap());
         for &id in conns {
             queue.push((id, Arc::clone(&frame)));

@@ -248,13 +248,8 @@ impl Hub {
         envelope: &Envelope,
     ) -> Result<Published, PublishError> {
         let Envelope { target, kind, thread, run, data, exclude, .. } = envelope;
-        let msg = Message {
-            kind,
-            thread: thread.as_ref(),
-            run: run.as_ref(),
-            data,
-            except: *exclude,
-        };
+        let msg =
+            Message { kind, thread: thread.as_ref(), run: run.as_ref(), data, except: *exclude };
         let result = match target {
             Target::User { tenant, user } => self.publish_user(now, tenant, user, None, &msg)?,
             Target::Thread { tenant, user, thread: target_thread } => {
