@@ -9,7 +9,8 @@ use crate::ids::{RoomId, RunId, StreamName, StreamPos, ThreadId};
 use crate::payload::{
     MAX_DATA_DEPTH, Payload, RawData, RawDataError, depth_within, write_redacted, write_scanned,
 };
-use crate::protocol::{FrameWriter, Redactor};
+use crate::protocol::FrameWriter;
+use crate::redact::Redactor;
 
 /// Parses `bytes` as a client frame; if it parses, serializes what was understood back to JSON,
 /// parses that again and checks both readings agree. `Err` describes a disagreement.

@@ -317,6 +317,7 @@ mod outbox;
 mod payload;
 mod presence;
 mod protocol;
+mod redact;
 mod retention;
 mod routing;
 mod stats;

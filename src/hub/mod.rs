@@ -33,7 +33,7 @@ use crate::labels::Labels;
 use crate::limits::Bucket;
 use crate::outbox::Outbox;
 use crate::presence::PresenceMeta;
-use crate::protocol::Redactor;
+use crate::redact::Redactor;
 use crate::routing::{Tenant, Tenants};
 use crate::stats::{HubStats, MeterClock, Meters, Rates, SnapshotTimer};
 use crate::stream::{Buffers, Epochs, Stream, TrimKey};

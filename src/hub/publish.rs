@@ -15,7 +15,8 @@ use crate::ids::{ConnId, Role, RoomId, RunId, StreamName, StreamPos, TenantId, T
 use crate::kinds::{AuditKind, CloseReason, ClosedBy};
 use crate::outbox::Outbox;
 use crate::payload::{MAX_DATA_DEPTH, Payload, depth_within};
-use crate::protocol::{FrameWriter, Redactor};
+use crate::protocol::FrameWriter;
+use crate::redact::Redactor;
 use crate::routing::{Member, Tenants};
 use crate::routing::{audience_admits, visible_to};
 use crate::stream::{Scope, Stream, TrimKey, Visible};
