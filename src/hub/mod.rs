@@ -242,7 +242,8 @@ impl Hub {
         if self.bucket_ends.is_none_or(|end| now >= end) {
             let elapsed = now - origin;
             self.flow.clock = self.flow.clock.at(elapsed);
-            self.bucket_ends = origin.checked_add(Duration::from_secs(elapsed.as_secs() + 1));
+            self.bucket_ends =
+                origin.checked_add(Duration::from_secs(elapsed.as_secs().saturating_add(1)));
         }
         self.snapshot.start(now, self.cfg.snapshot_interval);
         now

@@ -120,3 +120,25 @@ fn a_room_fan_out_past_members_off_the_lane_keeps_member_order() {
     let events = got.iter().filter(|(_, f)| Frame::ptr_eq(f, &event.1)).count();
     assert_eq!(events, 8);
 }
+
+/// The meters' one-second bucket is recomputed only when a call's time reaches the end of the
+/// current one, and is then what counting from the first call gives: whole seconds elapsed.
+#[test]
+fn the_meter_clock_counts_whole_seconds_from_the_first_call() {
+    let mut hub = Hub::new(Config::default()).expect("default config");
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    for (at, bucket) in [
+        (ms(0), 0),
+        (ms(999), 0),
+        (ms(1000), 1),
+        (ms(1001), 1),
+        (ms(500), 1), // earlier than the last call: the clock does not go back
+        (ms(2999), 2),
+        (ms(3000), 3),
+        (ms(60_250), 60),
+    ] {
+        hub.clock(t0 + at);
+        assert_eq!(hub.flow.clock.bucket, bucket, "at {at:?}");
+    }
+}
