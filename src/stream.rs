@@ -178,9 +178,10 @@ impl Stream {
 
     /// Drops what exceeds the count, byte and age bounds (oldest first).
     pub(crate) fn trim(&mut self, now: Instant, limits: &Retention) {
-        // Older than `max_age` is kept before this instant (`None`: nothing is that old yet).
-        // Subtracted once and compared with each message's instant, which costs fewer
-        // instructions than the age of each (callgrind, `publish-1-raw`).
+        // A message kept before `now - max_age` is too old. That instant is subtracted once, on
+        // the first look at the age (`Some(None)`: the clock cannot go back that far, so nothing
+        // is), and compared with each message's: fewer instructions than taking the age of each
+        // (callgrind, `publish-1-raw`).
         let mut cutoff = None;
         while let Some(front) = self.buf.front() {
             // The count and byte bounds first: they are cheaper than the age's clock arithmetic,
