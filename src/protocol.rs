@@ -13,7 +13,7 @@ use crate::envelope::EventKind;
 use crate::error::PeerError;
 use crate::frame::Frame;
 use crate::ids::{ConnId, RunId, StreamName, StreamPos, TenantId, ThreadId, UserId};
-use crate::payload::{Payload, write_redacted};
+use crate::payload::{Payload, byte_below, quote_or_backslash, write_redacted};
 use crate::redact::{Redacted, Redactor};
 
 // ---------------------------------------------------------------------------------------------
@@ -545,18 +545,10 @@ fn json_str(buf: &mut Vec<u8>, text: &str) {
 /// a quote or a backslash; everything else, UTF-8 included, is written as it is).
 #[inline]
 fn needs_escape(bytes: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Exact as a yes or no: some byte is below `n` (n ≤ 128) / is zero.
-    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0;
-    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS != 0;
     let mut words = bytes.chunks_exact(8);
     for chunk in &mut words {
         let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        if below(w, 0x20)
-            || zero(w ^ (ONES * u64::from(b'"')))
-            || zero(w ^ (ONES * u64::from(b'\\')))
-        {
+        if byte_below(w, 0x20) | quote_or_backslash(w) != 0 {
             return true;
         }
     }
@@ -687,6 +679,16 @@ mod tests {
                     checked += 1;
                 }
             }
+        }
+        // `event` copies a built-in kind's name without this check: none may need an escape.
+        for kind in [
+            EventKind::AgentStarted,
+            EventKind::AgentThinking,
+            EventKind::ToolExecuting,
+            EventKind::ToolCompleted,
+            EventKind::AgentCompleted,
+        ] {
+            assert!(!needs_escape(kind.as_str().as_bytes()), "{}", kind.as_str());
         }
         let mut empty = Vec::new();
         json_str(&mut empty, "");

@@ -13,7 +13,7 @@ mod scan;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use copy::write_scanned;
 pub(crate) use copy::{KeyTest, REDACTED, write_redacted};
-pub(crate) use scan::key_bit_of;
+pub(crate) use scan::{byte_below, key_bit_of, quote_or_backslash};
 
 use scan::{KeySpan, scan};
 

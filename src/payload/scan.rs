@@ -234,13 +234,26 @@ fn string_close(b: &[u8], open: usize) -> (usize, bool) {
 
 /// The high bit of each byte of `word` (little-endian) that may be a quote or a backslash: the
 /// lowest one set is the first such byte (a byte above a match may be flagged falsely, never
-/// one below), 0 if there is none.
+/// one below), 0 if there is none. The frame writer's escape check uses it too.
 #[inline]
-fn quote_or_backslash(word: u64) -> u64 {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+pub(crate) fn quote_or_backslash(word: u64) -> u64 {
     zero_byte(word ^ (ONES * u64::from(b'"'))) | zero_byte(word ^ (ONES * u64::from(b'\\')))
+}
+
+/// The high bit of each byte of `word` that may be a byte below `n` (n ≤ 128), as
+/// [`quote_or_backslash`] flags its bytes: 0 exactly when there is none.
+#[inline]
+pub(crate) fn byte_below(word: u64, n: u8) -> u64 {
+    word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS
+}
+
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// The high bit of each byte of `v` that may be zero (0 exactly when none is).
+#[inline]
+fn zero_byte(v: u64) -> u64 {
+    v.wrapping_sub(ONES) & !v & HIGHS
 }
 
 /// One bit of the low 63 for a key of `len` bytes whose first and last bytes are `first` and
