@@ -165,12 +165,10 @@ pub fn raw_payload_round_trip(text: &str, redact: &[String]) -> Result<(), Strin
     let parsed = parsed.expect("checked");
     // Compact text is copied from the keys validation noted: the same bytes as the full scan.
     let hides = |k: &str| redact.iter().any(|h| h.eq_ignore_ascii_case(k));
-    let (mut copied, mut scanned) = (Vec::new(), Vec::new());
+    let (mut copied, mut scanned) = (String::new(), String::new());
     write_redacted(&mut copied, &raw, Some(&hides));
     write_scanned(&mut scanned, &raw, &hides);
     if copied != scanned {
-        let copied = String::from_utf8_lossy(&copied);
-        let scanned = String::from_utf8_lossy(&scanned);
         return Err(format!("{text:?} copied as {copied}, scanned as {scanned}"));
     }
     let frame = FrameWriter::default().event(

@@ -181,10 +181,15 @@ fn json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) {
     serde_json::to_writer(buf, v).expect("in-memory JSON serialization");
 }
 
-/// Builds frames into one reusable buffer, then copies the bytes once into the shared [`Frame`].
+/// Builds frames into reusable buffers, then copies the text once into the shared [`Frame`].
 #[derive(Debug, Default)]
 pub(crate) struct FrameWriter {
+    /// The frame as serde_json and the hand-written parts write it: bytes, checked once.
     buf: Vec<u8>,
+    /// Event frames: built from `str` pieces, so only what serde writes (the numbers, data that
+    /// is a `Value`) passes through `buf` and is checked. Checking the whole frame was a tenth of
+    /// a publish to one connection (callgrind, `publish-1-raw`).
+    text: String,
 }
 
 impl FrameWriter {
@@ -216,52 +221,60 @@ impl FrameWriter {
         data: &Payload,
         redactor: &Redactor,
     ) -> Frame {
-        let b = &mut self.buf;
+        let (b, bytes) = (&mut self.text, &mut self.buf);
         b.clear();
         match kind {
             EventKind::Custom(name) | EventKind::CustomDroppable(name) => {
-                b.extend_from_slice(br#"{"type":"#);
+                b.push_str(r#"{"type":"#);
                 json_str(b, name);
             }
             // The built-in names are lowercase ASCII letters and `_`: nothing to escape.
             _ => {
-                b.extend_from_slice(br#"{"type":""#);
-                b.extend_from_slice(kind.as_str().as_bytes());
-                b.push(b'"');
+                b.push_str(r#"{"type":""#);
+                b.push_str(kind.as_str());
+                b.push('"');
             }
         }
         match stream {
-            StreamName::User => b.extend_from_slice(br#","stream":"u""#),
-            StreamName::Tenant => b.extend_from_slice(br#","stream":"t""#),
-            StreamName::Room(_) => {
-                b.extend_from_slice(br#","stream":"#);
-                json(b, &WireStream(stream));
+            StreamName::User => b.push_str(r#","stream":"u""#),
+            StreamName::Tenant => b.push_str(r#","stream":"t""#),
+            StreamName::Room(room) => {
+                b.push_str(r#","stream":"r:"#);
+                json_str_inner(b, room.as_str());
+                b.push('"');
             }
         }
-        b.extend_from_slice(br#","epoch":"#);
-        json(b, &pos.epoch);
-        b.extend_from_slice(br#","seq":"#);
-        json(b, &pos.seq);
+        // The numbers through serde_json (itoa), then checked as one piece.
+        bytes.clear();
+        bytes.extend_from_slice(br#","epoch":"#);
+        json(bytes, &pos.epoch);
+        bytes.extend_from_slice(br#","seq":"#);
+        json(bytes, &pos.seq);
+        b.push_str(std::str::from_utf8(bytes).expect("numbers are ASCII"));
         if let Some(thread) = thread {
-            b.extend_from_slice(br#","thread_id":"#);
+            b.push_str(r#","thread_id":"#);
             json_str(b, thread.as_str());
         }
         if let Some(run) = run {
-            b.extend_from_slice(br#","run_id":"#);
+            b.push_str(r#","run_id":"#);
             json_str(b, run.as_str());
         }
         // Absent when the envelope carries no data (`null`): the README calls `data` optional.
         if !data.is_null() {
-            b.extend_from_slice(br#","data":"#);
+            b.push_str(r#","data":"#);
             match data {
-                Payload::Json(value) => json(b, &Redacted { value, redactor }),
+                Payload::Json(value) => {
+                    bytes.clear();
+                    json(bytes, &Redacted { value, redactor });
+                    b.push_str(std::str::from_utf8(bytes).expect("serde_json writes UTF-8"));
+                }
                 Payload::Raw(raw) => {
                     write_redacted(b, raw, (!redactor.is_empty()).then_some(redactor));
                 }
             }
         }
-        b.push(b'}');
-        self.finish()
+        b.push('}');
+        Frame::new(b)
     }
 
     /// The event frame through serde: the reference the hand-written one must match.
@@ -525,38 +538,75 @@ impl FrameWriter {
 /// `more` and the longest reason.
 pub(crate) const HISTORY_OVERHEAD: u64 = 200;
 
-/// Appends `text` as a JSON string.
-/// `text` as a JSON string, byte for byte as serde_json writes it. Most strings of a frame (kinds,
-/// ids, names) need no escape: eight bytes at a time finds that out, and they are copied between
-/// quotes in one go. serde_json's writer looks up each byte in a table, about 14 instructions a
-/// byte (callgrind, `publish-1-raw`); the others go through it.
-fn json_str(buf: &mut Vec<u8>, text: &str) {
+/// Where hand-written frames are built: bytes (checked once at the end) or text (never checked).
+trait Out {
+    fn put(&mut self, text: &str);
+}
+
+impl Out for Vec<u8> {
+    #[inline]
+    fn put(&mut self, text: &str) {
+        self.extend_from_slice(text.as_bytes());
+    }
+}
+
+impl Out for String {
+    #[inline]
+    fn put(&mut self, text: &str) {
+        self.push_str(text);
+    }
+}
+
+/// Appends `text` as a JSON string, byte for byte as serde_json writes it. Most strings of a
+/// frame (kinds, ids, names) need no escape: eight bytes at a time finds that out, and they are
+/// copied between quotes in one go. serde_json's writer looks up each byte in a table, about 14
+/// instructions a byte (callgrind, `publish-1-raw`); the others go through it.
+#[inline]
+fn json_str(out: &mut impl Out, text: &str) {
+    out.put("\"");
+    json_str_inner(out, text);
+    out.put("\"");
+}
+
+/// [`json_str`] without the quotes.
+#[inline]
+fn json_str_inner(out: &mut impl Out, text: &str) {
     if needs_escape(text.as_bytes()) {
-        serde_json::to_writer(&mut *buf, text).expect("in-memory JSON serialization");
+        let quoted = serde_json::to_string(text).expect("in-memory JSON serialization");
+        out.put(&quoted[1..quoted.len() - 1]);
     } else {
-        buf.reserve(text.len() + 2);
-        buf.push(b'"');
-        buf.extend_from_slice(text.as_bytes());
-        buf.push(b'"');
+        out.put(text);
     }
 }
 
 /// Whether a JSON string of `bytes` needs an escape (serde_json's rule: a control character,
 /// a quote or a backslash; everything else, UTF-8 included, is written as it is).
+/// Eight bytes at a time; a tail is read as the last eight bytes (or two overlapping halves of a
+/// string of four to seven), so no byte is looked at alone unless the string is shorter.
 #[inline]
 fn needs_escape(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    for chunk in &mut words {
-        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        if byte_below(w, 0x20) | quote_or_backslash(w) != 0 {
-            return true;
+    let flagged = |w: u64| byte_below(w, 0x20) | quote_or_backslash(w) != 0;
+    let n = bytes.len();
+    if n >= 8 {
+        let mut words = bytes.chunks_exact(8);
+        for chunk in &mut words {
+            if flagged(u64::from_le_bytes(chunk.try_into().expect("eight bytes"))) {
+                return true;
+            }
         }
+        let last = bytes[n - 8..].try_into().expect("eight bytes");
+        !words.remainder().is_empty() && flagged(u64::from_le_bytes(last))
+    } else if n >= 4 {
+        let low = u32::from_le_bytes(bytes[..4].try_into().expect("four bytes"));
+        let high = u32::from_le_bytes(bytes[n - 4..].try_into().expect("four bytes"));
+        flagged(u64::from(low) | u64::from(high) << 32)
+    } else {
+        bytes.iter().any(|&c| ESCAPED[usize::from(c)])
     }
-    words.remainder().iter().any(|&c| ESCAPED[usize::from(c)])
 }
 
-/// The bytes a JSON string escapes (serde_json's rule), looked up one at a time for the last
-/// bytes of a string (fewer instructions than three comparisons).
+/// The bytes a JSON string escapes (serde_json's rule), looked up one at a time in a string of
+/// fewer than four bytes (fewer instructions than three comparisons).
 static ESCAPED: [bool; 256] = {
     let mut table = [false; 256];
     let mut c = 0;
@@ -670,12 +720,14 @@ mod tests {
         let mut checked = 0;
         let chars = (0u8..128).map(char::from).chain(['é', '€', '😀', '\u{7f}', '\u{2028}']);
         for c in chars {
-            for len in [1, 7, 8, 9, 15, 16, 17] {
+            for len in [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17] {
                 for at in 0..len {
                     let text: String = (0..len).map(|i| if i == at { c } else { 'a' }).collect();
-                    let mut ours = Vec::new();
+                    let (mut ours, mut bytes) = (String::new(), Vec::new());
                     json_str(&mut ours, &text);
-                    assert_eq!(ours, serde_json::to_vec(&text).unwrap(), "{text:?}");
+                    json_str(&mut bytes, &text);
+                    assert_eq!(ours, serde_json::to_string(&text).unwrap(), "{text:?}");
+                    assert_eq!(bytes, ours.as_bytes(), "{text:?}");
                     checked += 1;
                 }
             }
@@ -693,7 +745,7 @@ mod tests {
         let mut empty = Vec::new();
         json_str(&mut empty, "");
         assert_eq!(empty, br#""""#);
-        assert_eq!(checked, 133 * 73);
+        assert_eq!(checked, 133 * 87);
     }
 
     #[test]

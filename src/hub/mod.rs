@@ -235,6 +235,7 @@ impl Hub {
     }
 
     /// Time never goes backwards inside the hub: an earlier `now` is taken as the last one seen.
+    #[inline]
     pub(crate) fn clock(&mut self, now: Instant) -> Instant {
         let now = self.last_now.map_or(now, |last| last.max(now));
         self.last_now = Some(now);

@@ -35,7 +35,7 @@ impl<F: Fn(&str) -> bool + ?Sized> KeyTest for F {
 pub(crate) const REDACTED: &str = "[redacted]";
 
 /// [`REDACTED`] as the JSON string the raw path writes (one copy rather than three).
-const REDACTED_JSON: &[u8] = b"\"[redacted]\"";
+const REDACTED_JSON: &str = "\"[redacted]\"";
 
 /// Copies validated JSON `raw` into `out` without insignificant whitespace, writing
 /// [`REDACTED`] (a JSON string) as the value of every object key for which `hides` is true (at
@@ -48,7 +48,7 @@ const REDACTED_JSON: &[u8] = b"\"[redacted]\"";
 /// Generic over `hides` so that a caller's test (the redactor's filter, above all) is inlined
 /// into the loop over the keys rather than called through a pointer for each key.
 pub(crate) fn write_redacted<H: KeyTest + ?Sized>(
-    out: &mut Vec<u8>,
+    out: &mut String,
     raw: &RawData,
     hides: Option<&H>,
 ) {
@@ -58,15 +58,15 @@ pub(crate) fn write_redacted<H: KeyTest + ?Sized>(
             None => write_scanned(out, raw, &|_| false),
         };
     };
-    let b = raw.text.as_bytes();
+    let (text, b) = (&*raw.text, raw.text.as_bytes());
     let Some(hides) = hides else {
-        out.extend_from_slice(b);
+        out.push_str(text);
         return;
     };
     let filter = hides.filter() | ESCAPED_BIT;
     if filter & raw.bits == 0 {
         // No key's bit is the filter's: nothing to hide (most payloads, for a redactor).
-        out.extend_from_slice(b);
+        out.push_str(text);
         return;
     }
     // Everything before `from` is written (or, inside a hidden value, skipped).
@@ -88,17 +88,18 @@ pub(crate) fn write_redacted<H: KeyTest + ?Sized>(
         };
         if hidden {
             // Through the key and its colon (compact: right after it), then the value skipped
-            // (its end noted by validation if it is a string or a number).
-            out.extend_from_slice(&b[from..close + 2]);
-            out.extend_from_slice(REDACTED_JSON);
+            // (its end noted by validation if it is a string or a number). Every cut is next to
+            // an ASCII delimiter, so on a character boundary.
+            out.push_str(&text[from..close + 2]);
+            out.push_str(REDACTED_JSON);
             from = key.value_end().unwrap_or_else(|| skip_value(b, close + 2));
         }
     }
-    out.extend_from_slice(&b[from..]);
+    out.push_str(&text[from..]);
 }
 
 /// [`write_redacted`] by a scan of every byte: the one that drops whitespace.
-pub(crate) fn write_scanned(out: &mut Vec<u8>, raw: &RawData, hides: &dyn Fn(&str) -> bool) {
+pub(crate) fn write_scanned(out: &mut String, raw: &RawData, hides: &dyn Fn(&str) -> bool) {
     let b = raw.text.as_bytes();
     // Whether each open container is an object; validation bounds the depth.
     let mut objects = [false; MAX_DATA_DEPTH + 1];
@@ -112,39 +113,37 @@ pub(crate) fn write_scanned(out: &mut Vec<u8>, raw: &RawData, hides: &dyn Fn(&st
                 depth += 1;
                 objects[depth] = c == b'{';
                 expect_key = c == b'{';
-                out.push(c);
+                out.push(char::from(c));
                 i += 1;
             }
             c @ (b'}' | b']') => {
                 depth = depth.saturating_sub(1);
                 expect_key = false;
-                out.push(c);
+                out.push(char::from(c));
                 i += 1;
             }
             b',' => {
                 expect_key = objects[depth];
-                out.push(b',');
+                out.push(',');
                 i += 1;
             }
             b':' => {
-                out.push(b':');
+                out.push(':');
                 i += 1;
             }
             b'"' => {
                 let end = string_end(b, i);
                 let span = &raw.text[i..=end];
-                out.extend_from_slice(span.as_bytes());
+                out.push_str(span);
                 i = end + 1;
                 if expect_key {
                     expect_key = false;
                     if key_hidden(span, hides) {
                         // The colon, then the value skipped whole.
                         i = skip_ws(b, i);
-                        out.push(b':');
+                        out.push(':');
                         i = skip_value(b, skip_ws(b, i + 1));
-                        out.push(b'"');
-                        out.extend_from_slice(REDACTED.as_bytes());
-                        out.push(b'"');
+                        out.push_str(REDACTED_JSON);
                     }
                 }
             }
@@ -156,7 +155,7 @@ pub(crate) fn write_scanned(out: &mut Vec<u8>, raw: &RawData, hides: &dyn Fn(&st
                 {
                     i += 1;
                 }
-                out.extend_from_slice(&b[start..i]);
+                out.push_str(&raw.text[start..i]);
             }
         }
     }
@@ -222,23 +221,22 @@ mod tests {
     fn redact(text: &str, keys: &[&str]) -> String {
         let hides = |k: &str| keys.iter().any(|h| h.eq_ignore_ascii_case(k));
         let write = |raw: &RawData, hides: Option<&dyn Fn(&str) -> bool>| {
-            let mut out = Vec::new();
+            let mut out = String::new();
             write_redacted(&mut out, raw, hides);
-            String::from_utf8(out).expect("UTF-8 in, UTF-8 out")
+            out
         };
         let raw = RawData::new(text).expect("valid");
-        let mut scanned = Vec::new();
+        let mut scanned = String::new();
         write_scanned(&mut scanned, &raw, &hides);
-        let scanned = String::from_utf8(scanned).expect("UTF-8 in, UTF-8 out");
         assert_eq!(write(&raw, Some(&hides)), scanned);
         let compact = RawData::new(write(&raw, None)).expect("compacted JSON is valid");
         assert!(compact.is_compact(), "{compact:?} from {text}");
         assert_eq!(write(&compact, None), compact.as_str(), "nothing hidden: a plain copy");
         assert_eq!(write(&compact, Some(&hides)), scanned);
         for raw in [&raw, &compact] {
-            let mut out = Vec::new();
+            let mut out = String::new();
             write_redacted(&mut out, raw, Some(&Bits::new(keys)));
-            assert_eq!(String::from_utf8(out).expect("UTF-8"), scanned, "{text}");
+            assert_eq!(out, scanned, "{text}");
         }
         scanned
     }
@@ -274,7 +272,7 @@ mod tests {
     /// matches leaves the text as it is.
     #[test]
     fn long_keys_and_every_kind_of_value_are_redacted() {
-        assert_eq!(REDACTED_JSON, format!("\"{REDACTED}\"").as_bytes());
+        assert_eq!(REDACTED_JSON, format!("\"{REDACTED}\""));
         let values = [r#""s""#, "-12.5e3", "true", "null", r#"{"x":[1,{"y":"}"}]}"#, "[[],{}]"];
         for len in [1, 7, 253, 254, 255, 256, 1000] {
             let key = "k".repeat(len);
@@ -316,9 +314,9 @@ mod tests {
         let text = format!(r#"{{"pad":"{}","token":"secret"}}"#, "x".repeat(MAX_SPANNED));
         let raw = RawData::new(text).expect("valid");
         assert!(!raw.is_compact());
-        let mut out = Vec::new();
+        let mut out = String::new();
         write_redacted(&mut out, &raw, Some(&|k: &str| k == "token"));
-        assert!(out.ends_with(br#","token":"[redacted]"}"#));
+        assert!(out.ends_with(r#","token":"[redacted]"}"#));
         assert_eq!(out.len(), raw.as_str().len() + REDACTED.len() - "secret".len());
     }
 
@@ -494,22 +492,22 @@ mod tests {
             let redactor = Bits::new(&keys);
             for hides in [None, Some(hides)] {
                 let write = |raw: &RawData| {
-                    let mut out = Vec::new();
+                    let mut out = String::new();
                     write_redacted(&mut out, raw, hides);
                     out
                 };
-                let mut scanned = Vec::new();
+                let mut scanned = String::new();
                 write_scanned(&mut scanned, &compact, hides.unwrap_or(&|_| false));
                 proptest::prop_assert_eq!(&write(&compact), &scanned);
                 proptest::prop_assert_eq!(&write(&spaced), &scanned);
                 if hides.is_some() {
                     // Filtered by the bits validation noted, as the hub's redactor does.
-                    let mut by_bits = Vec::new();
+                    let mut by_bits = String::new();
                     write_redacted(&mut by_bits, &compact, Some(&redactor));
                     proptest::prop_assert_eq!(&by_bits, &scanned);
                 }
                 if hides.is_none() {
-                    proptest::prop_assert_eq!(&scanned, compact.as_str().as_bytes());
+                    proptest::prop_assert_eq!(scanned.as_str(), compact.as_str());
                 }
             }
         }
