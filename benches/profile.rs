@@ -16,7 +16,7 @@
 //! Workloads: `churn`, `publish-1`, `publish-1-noredact`, `publish-3`, `room-<n>`, `tenant-<n>`,
 //! `tick-<n>`, `sweep-<k>-of-<n>`, `resume-1000`, `floor-<n>`; without a baseline side:
 //! `publish-1-raw` and `publish-1-raw-noredact` (the data as JSON text, [`RawData`]) and
-//! `floor-publish-1` (see [`floor_publish_1`]), and `raw-new`: [`RawData::new`] on the same
+//! `floor-publish-1` and `floor-publish-1-text` (see [`floor_publish_1`]), and `raw-new`: [`RawData::new`] on the same
 //! payload, the validation the server runs on each body before `publish-1-raw`.
 //!
 //! `floor-<n>` is no hub at all: the least any fan-out to `n` recipients does, to compare the cost
@@ -244,7 +244,12 @@ fn bus_messages(p: &mut Pair, n: usize, target: Target, ids: &[ConnId]) {
 /// in, into one shared `Arc<str>`: the very bytes of the hub's frame (checked against a frame of
 /// the hub without redaction, epoch included). Then, as `floor-<n>`, push (id, frame) and take it
 /// out and drop it. No validation, redaction, stream or recovery buffer.
-fn floor_publish_1(n: usize) {
+///
+/// `floor-publish-1-text` (`by_hand`): the same, but the frame written by hand as text, as the
+/// hub writes it: the field names and this event's strings copied in as they are (no escape
+/// check: they are known to need none), only the two numbers through serde_json into bytes and
+/// checked as UTF-8. The least serializing can cost, not what serde costs.
+fn floor_publish_1(n: usize, by_hand: bool) {
     #[derive(serde::Serialize)]
     struct Head<'a> {
         #[serde(rename = "type")]
@@ -280,24 +285,41 @@ fn floor_publish_1(n: usize) {
     let epoch = serde_json::from_str::<serde_json::Value>(&expect).unwrap()["epoch"]
         .as_u64()
         .expect("an epoch");
-    let write = |buf: &mut Vec<u8>, seq: u64| {
-        let head = Head { ty: "tool_executing", stream: "u", epoch, seq, run_id: "run-42" };
-        buf.clear();
-        serde_json::to_writer(&mut *buf, &head).unwrap();
-        buf.pop();
-        buf.extend_from_slice(br#","data":"#);
-        buf.extend_from_slice(data.as_bytes());
-        buf.push(b'}');
+    let write = |buf: &mut Vec<u8>, text: &mut String, seq: u64| {
+        if by_hand {
+            text.clear();
+            text.push_str(r#"{"type":"tool_executing","stream":"u""#);
+            buf.clear();
+            buf.extend_from_slice(br#","epoch":"#);
+            serde_json::to_writer(&mut *buf, &epoch).unwrap();
+            buf.extend_from_slice(br#","seq":"#);
+            serde_json::to_writer(&mut *buf, &seq).unwrap();
+            text.push_str(std::str::from_utf8(buf).unwrap());
+            text.push_str(r#","run_id":"run-42","data":"#);
+            text.push_str(&data);
+            text.push('}');
+        } else {
+            let head = Head { ty: "tool_executing", stream: "u", epoch, seq, run_id: "run-42" };
+            buf.clear();
+            serde_json::to_writer(&mut *buf, &head).unwrap();
+            buf.pop();
+            buf.extend_from_slice(br#","data":"#);
+            buf.extend_from_slice(data.as_bytes());
+            buf.push(b'}');
+        }
     };
-    let (mut buf, mut seq) = (Vec::<u8>::new(), 0u64);
-    write(&mut buf, 1);
-    assert_eq!(std::str::from_utf8(&buf).unwrap(), expect, "the floor writes the hub's frame");
+    let (mut buf, mut text, mut seq) = (Vec::<u8>::new(), String::new(), 0u64);
+    let frame_of = |buf: &[u8], text: &str| -> Arc<str> {
+        if by_hand { Arc::from(text) } else { Arc::from(std::str::from_utf8(buf).unwrap()) }
+    };
+    write(&mut buf, &mut text, 1);
+    assert_eq!(&*frame_of(&buf, &text), expect, "the floor writes the hub's frame");
     let mut queue: Vec<(ConnId, Arc<str>)> = Vec::new();
     region(n, &mut || {
         let conns = &routes[black_box(TENANT)][black_box("alice")];
         seq += 1;
-        write(&mut buf, seq);
-        let frame: Arc<str> = Arc::from(std::str::from_utf8(&buf).unwrap());
+        write(&mut buf, &mut text, seq);
+        let frame = frame_of(&buf, &text);
         for &id in conns {
             queue.push((id, Arc::clone(&frame)));
         }
@@ -391,9 +413,9 @@ fn main() {
             let to = To::User { tenant: TENANT, user: "alice" };
             publish(&mut p, baseline, n, env, to, &ids);
         }
-        ["floor", "publish", "1"] => {
+        ["floor", "publish", "1", rest @ ..] => {
             assert!(!baseline, "the floor has no baseline");
-            floor_publish_1(n);
+            floor_publish_1(n, rest == ["text"]);
         }
         ["raw", "new"] => {
             // What `POST /publish` runs on each body before the hub sees it: the validation

@@ -25,7 +25,8 @@ mkdir -p "$out"
 # workload, steps for switchboard, steps for the baseline ("-": it has none), function to
 # subtract (each side). `floor-<n>` is the least a fan-out to n recipients can do, and
 # `floor-publish-1` the least a publish of raw data to one connection can do (serialize + route;
-# see benches/profile.rs): each is compared with the hub's workload in a table of its own.
+# `floor-publish-1-text` the same frame written by hand; see benches/profile.rs): each is
+# compared with the hub's workload in a table of its own.
 all=(
     "churn 20000 20000 - -"
     "publish-1 20000 20000 Hub::written -"
@@ -44,6 +45,7 @@ all=(
     "publish-1-raw 20000 - Hub::written -"
     "publish-1-raw-noredact 20000 - Hub::written -"
     "floor-publish-1 20000 - - -"
+    "floor-publish-1-text 20000 - - -"
     "raw-new 20000 - - -"
 )
 
@@ -165,17 +167,19 @@ if [ -n "${counted[room-10 20000]:-}" ] && [ -n "${counted[room-1000 2000]:-}" ]
     }'
 fi
 
-# A publish of raw data to one connection against serialize + route, when counted above.
-if [ -n "${counted[floor-publish-1 20000]:-}" ]; then
-    echo "| publish to one connection, raw data | switchboard Ir/step | serialize + route Ir/step | ÷ |"
+# A publish of raw data to one connection against serialize + route (the event through serde),
+# and against the same frame written by hand (`floor-publish-1-text`), when counted above.
+for floor in floor-publish-1 floor-publish-1-text; do
+    [ -n "${counted[$floor 20000]:-}" ] || continue
+    echo "| publish to one connection, raw data | switchboard Ir/step | $floor Ir/step | ÷ |"
     echo "|---|---:|---:|---:|"
     for w in publish-1-raw-noredact publish-1-raw; do
         [ -n "${counted[$w 20000]:-}" ] || continue
-        awk -v w="$w" -v a="${counted[$w 20000]}" -v b="${counted[floor-publish-1 20000]}" \
+        awk -v w="$w" -v a="${counted[$w 20000]}" -v b="${counted[$floor 20000]}" \
             'BEGIN {printf "| %s | %d | %d | %.2f× |\n", w, a, b, a / b}'
     done
     echo
-fi
+done
 
 rows=()
 for line in "${cluster[@]}"; do
