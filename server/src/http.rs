@@ -543,7 +543,9 @@ impl PublishRequest {
         let mut env = Envelope::new(target, kind);
         if let Some(data) = self.data {
             // serde_json has checked the syntax; this checks the depth (the request's own object
-            // is one level, so serde_json's limit already leaves `data` within the hub's).
+            // is one level, so serde_json's limit already leaves `data` within the hub's), and
+            // what a raw value lets through but no reader takes back: numbers beyond `f64`, `\u`
+            // escapes of half a surrogate pair.
             let raw = RawData::new(Box::<str>::from(data)).map_err(|e| match e {
                 RawDataError::TooDeep { .. } => "`data` nests too deeply",
                 _ => "`data` is not valid JSON",

@@ -133,6 +133,12 @@ impl RawData {
         if scan.huge_number {
             return Err(RawDataError::Invalid("number out of range".into()));
         }
+        // Likewise a `\u` escape of half a surrogate pair: validation of ignored values takes it,
+        // but it is no character, and a reader that parses strings (serde_json, for one) refuses
+        // the whole frame.
+        if scan.lone_surrogate {
+            return Err(RawDataError::Invalid("lone surrogate in a \\u escape".into()));
+        }
         let null = text.trim_matches(is_ws) == "null";
         Ok(RawData { text, keys: scan.keys, bits: scan.bits, null })
     }
@@ -229,6 +235,43 @@ mod tests {
         assert!(RawData::new(ok).is_ok());
         // Brackets inside strings are not nesting.
         assert!(RawData::new(format!("\"{}\"", "[".repeat(1000))).is_ok());
+    }
+
+    /// A `\u` escape of half a surrogate pair is no character: serde_json's validation of ignored
+    /// values takes it, but its reading of a string (so of the frame) refuses it. Raw data is
+    /// refused exactly when serde_json refuses the text as a `Value`, for each placement of the
+    /// halves; the error says why.
+    #[test]
+    fn a_lone_surrogate_escape_is_refused_as_serde_json_refuses_it() {
+        let strings = [
+            (r#"\ud800"#, false),
+            (r#"\udc00"#, false),
+            (r#"\ud800\u0041"#, false),
+            (r#"\ud800\\"#, false),
+            (r#"\ud800\ud800"#, false),
+            (r#"\ud800\udc00\udc00"#, false),
+            (r#"\ud800x\udc00"#, false),
+            (r#"\ud800\n"#, false),
+            (r#"\\\ud800"#, false),
+            (r#"\udbff\udfff"#, true),
+            (r#"\ud800\udc00"#, true),
+            (r#"\uD83D\uDE00 and \ud83d\ude00"#, true),
+            (r#"a\\ud800"#, true),
+            (r#"\ud7ff\ue000"#, true),
+        ];
+        for (inner, ok) in strings {
+            for text in [format!(r#""{inner}""#), format!(r#"{{"k":["{inner}"],"{inner}":1}}"#)] {
+                assert_eq!(serde_json::from_str::<Value>(&text).is_ok(), ok, "{text}");
+                match RawData::new(text.as_str()) {
+                    Ok(_) => assert!(ok, "{text} was taken"),
+                    Err(RawDataError::Invalid(why)) => {
+                        assert!(!ok, "{text} was refused: {why}");
+                        assert!(why.contains("surrogate"), "{why}");
+                    }
+                    Err(e) => panic!("{text}: {e:?}"),
+                }
+            }
+        }
     }
 
     #[test]
