@@ -27,8 +27,11 @@ for t in "${targets[@]}"; do
   cp corpus/"$t"/seed-* "$work"/
   log="$work.log"
   status=0
+  # A target's dictionary (fuzz/<target>.dict), if it has one: tokens its input treats specially.
+  dict=()
+  [ -f "$t.dict" ] && dict=(-dict="$t.dict")
   cargo fuzz run --sanitizer none "$t" "$work" -- -max_total_time="$seconds" -print_final_stats=1 \
-    >"$log" 2>&1 || status=$?
+    "${dict[@]}" >"$log" 2>&1 || status=$?
   grep -E "^(Done|stat::number_of_executed_units)|panicked|Crash|ERROR|SUMMARY" "$log" || true
   if [ "$status" -ne 0 ]; then tail -40 "$log" >&2; fi
   rm -rf "$work" "$log"
