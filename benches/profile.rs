@@ -15,9 +15,10 @@
 //!
 //! Workloads: `churn`, `publish-1`, `publish-1-noredact`, `publish-3`, `room-<n>`, `tenant-<n>`,
 //! `tick-<n>`, `sweep-<k>-of-<n>`, `resume-1000`, `floor-<n>`; without a baseline side:
-//! `publish-1-raw` and `publish-1-raw-noredact` (the data as JSON text, [`RawData`]) and
-//! `floor-publish-1` and `floor-publish-1-text` (see [`floor_publish_1`]), and `raw-new`: [`RawData::new`] on the same
-//! payload, the validation the server runs on each body before `publish-1-raw`.
+//! `publish-1-raw` and `publish-1-raw-noredact` (the data as JSON text, [`RawData`]),
+//! `floor-publish-1` and `floor-publish-1-text` (see [`floor_publish_1`]), and `raw-new`:
+//! [`RawData::new`] on the same payload, the validation the server runs on each body before
+//! `publish-1-raw`.
 //!
 //! `floor-<n>` is no hub at all: the least any fan-out to `n` recipients does, to compare the cost
 //! of a further recipient with (issue 16 item 5). Per recipient it pushes the recipient's id and
