@@ -399,6 +399,11 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
         d.flushes,
     )?;
     b.counter(
+        "writer_batches",
+        "Batches of a large fan-out (up to 64 connections) written by writer tasks",
+        d.writer_batches,
+    )?;
+    b.counter(
         "inbound_dropped",
         "Client messages dropped: the application was behind",
         d.inbound_dropped,

@@ -118,6 +118,70 @@ async fn frames_the_hub_writes_itself_never_interleave_with_the_tasks_own_writes
     assert_eq!((next, pongs), (300, pings));
 }
 
+/// A broadcast to more connections than the hub task writes itself (64) goes to writer tasks in
+/// batches, which write straight to the sockets. Every connection gets every frame whole and in
+/// order, including one whose small receive buffer makes the writers' writes fall short (its rest
+/// goes through its own task), and the hub hears of every byte written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_broadcast_is_written_by_writer_tasks_whole_in_order_and_settled() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const CLIENTS: usize = 150;
+    const NOTES: u64 = 40;
+    let server = Server::start(|_| {}).await;
+    let mut readers = Vec::new();
+    for i in 0..CLIENTS {
+        let (client, _) = server.live(&server.token("acme", &format!("u{i}"), &[], &[])).await;
+        readers.push(client);
+    }
+    let token = server.token("acme", "small", &[], &[]);
+    let mut small = server.ws_with(Some(&token), Some(4096)).await.unwrap();
+    assert_eq!(small.recv().await["type"], "connected");
+    small.send(json!({"type": "ping"})).await;
+    assert_eq!(small.recv().await["type"], "pong");
+    readers.push(small);
+    let before = server.snapshot().await;
+    // Every reader reads as it goes, each at its own pace.
+    let reading: Vec<_> = readers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            tokio::spawn(async move {
+                let mut next = 0u64;
+                while next < NOTES {
+                    let msg = tokio::time::timeout(WAIT, client.ws.next()).await;
+                    let msg = msg.unwrap_or_else(|_| panic!("reader {i} stuck at note {next}"));
+                    let Message::Text(text) = msg.expect("open").expect("readable") else {
+                        continue;
+                    };
+                    let f: serde_json::Value = serde_json::from_str(&text).expect("whole JSON");
+                    assert_eq!((f["type"].as_str(), &f["data"]["n"]), (Some("note"), &json!(next)));
+                    assert_eq!(f["data"]["pad"].as_str().map(str::len), Some(3000));
+                    next += 1;
+                }
+            })
+        })
+        .collect();
+    for batch in 0..NOTES / 4 {
+        let notes = (0..4).map(|i| {
+            let n = batch * 4 + i;
+            Envelope::new(Target::tenant("acme"), EventKind::custom("note"))
+                .data(json!({ "n": n, "pad": "z".repeat(3000) }))
+        });
+        for answer in server.running.handle.publish_batch(notes.collect()).await {
+            assert_eq!(answer.expect("published").published.delivered, CLIENTS + 1);
+        }
+    }
+    for reader in reading {
+        reader.await.expect("every reader got every note");
+    }
+    let after = server.snapshot().await;
+    let batches = after.driver.writer_batches - before.driver.writer_batches;
+    // 151 connections: at least two full batches of 64 per turn that reached them all.
+    assert!(batches >= 2, "{batches} batches went to writer tasks");
+    settled(&server, &before.hub, NOTES * (CLIENTS as u64 + 1)).await;
+}
+
 /// Checks that `notes` notes (200+ bytes each) were handed over since `before`, then waits
 /// until the hub has heard that every byte it handed over was written.
 async fn settled(server: &Server, before: &switchboard::HubStats, notes: u64) {

@@ -11,7 +11,7 @@ use switchboard::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::outbox::{Outbox, Receiver, Refused as Push, Wakes};
+use super::outbox::{Outbox, Receiver, Refused as Push, Wakes, Writers};
 use super::{
     Accepted, AcceptedParts, Alive, Command, DriverStats, Handle, Out, Peer, PublishFailed,
     Receipt, Refused, Snapshot,
@@ -77,6 +77,8 @@ impl Driver {
 
     pub(super) async fn run(mut self, mut bus_events: Option<mpsc::Receiver<BusEvent>>) {
         self.waking.direct = self.handle.cfg.direct_writes;
+        // A large fan-out's batches are written by writer tasks where direct writes are allowed.
+        self.waking.writers = self.waking.direct.then(|| Writers::new(self.handle.moved.clone()));
         loop {
             let deadline = self.hub.poll_timeout();
             let timer = async {
@@ -175,6 +177,7 @@ impl Driver {
                 let mut driver = self.stats.clone();
                 driver.connections = self.peers.len();
                 driver.sockets = self.live.load(Ordering::Relaxed);
+                driver.writer_batches = self.waking.writer_batches;
                 self.handle.listener.read_into(&mut driver);
                 let tiers = Tier::ALL.iter().map(|&t| (t, self.hub.tier_rates(t))).collect();
                 let bus = self.bus.as_ref().map(|b| b.metrics.clone());

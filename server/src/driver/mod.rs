@@ -46,8 +46,16 @@
 //!   (including the rest of a frame cut short) goes to the connection's task, which writes it
 //!   before anything else. The task clears the permission under the outbox's lock before it
 //!   writes anything itself (its queue, a pong tungstenite queued, a close), so two writers never
-//!   interleave; larger fan-outs always go through the tasks, which batch several publishes per
-//!   write when they fall behind.
+//!   interleave.
+//! - **Large fan-outs are written by writer tasks.** A turn that reaches 64 connections hands
+//!   them over in batches of 64 as it goes, each to a short-lived writer task that makes the
+//!   same direct writes for its batch and then names the connections it wrote to in the
+//!   "moved" list with one lock. The writer tasks run on whichever worker is free, so a
+//!   10,000-connection broadcast is written on every core while the hub is still pushing, and
+//!   no connection's task is woken or polled for it. The same rules hold as for the hub task's
+//!   own direct writes: a connection whose task is busy, or whose socket does not take a frame
+//!   whole, is handed to its task; one that falls behind has several publishes' frames in its
+//!   queue, and the next write takes up to 32 of them at once.
 //! - **Connections report progress without a message per flush.** After flushing a batch of
 //!   text frames the connection's task adds the bytes to its outbox's counter and, if the hub
 //!   had taken the previous count, names itself in a shared "moved" list (waking the hub task if
@@ -129,12 +137,12 @@ pub struct DriverConfig {
     /// binary derives it from `RLIMIT_NOFILE` (see [`crate::listen::FdBudget`]); `None`: only the
     /// hub's `max_connections` applies.
     pub max_connections: Option<usize>,
-    /// Whether the hub task writes frames straight to the sockets it was given
-    /// ([`Accepted::write_directly`]) when a turn of its loop hands frames to few connections
-    /// (fewer than 64: a publish to one user or a small room) and their tasks have nothing else
-    /// to write, instead of waking each connection's task. Larger fan-outs always go through the
-    /// tasks, which run on every worker and write several publishes' frames together when they
-    /// fall behind.
+    /// Whether frames are written straight to the sockets the driver was given
+    /// ([`Accepted::write_directly`]) when the connection's task has nothing else to write,
+    /// instead of waking each connection's task: by the hub task when a turn of its loop hands
+    /// frames to fewer than 64 connections (a publish to one user or a small room), by writer
+    /// tasks in batches of 64 for a larger fan-out. Off: every frame goes through its
+    /// connection's task.
     pub direct_writes: bool,
 }
 
@@ -289,6 +297,9 @@ pub struct DriverStats {
     /// hub task: `HubStats::deliveries` over this is how many frames one write carries. A
     /// connection's last writes before it ends may not be counted.
     pub flushes: u64,
+    /// Batches of a large fan-out (up to 64 connections each) handed to writer tasks, which
+    /// write them straight to the sockets on whichever worker is free.
+    pub writer_batches: u64,
     /// Open connections as the driver sees them.
     pub connections: usize,
     /// Connection tasks alive (admitted, open or closing): what [`DriverConfig::max_connections`]

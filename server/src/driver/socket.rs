@@ -1,6 +1,7 @@
-//! A connection's TCP socket, shared by the two tasks that write to it: the connection's own
-//! task (through hyper, then tungstenite, which also read it) and the hub task, which writes a
-//! frame straight to it when nothing else is being written ([`super::outbox`] decides when).
+//! A connection's TCP socket, shared by the tasks that write to it: the connection's own task
+//! (through hyper, then tungstenite, which also read it) and the hub task, or a writer task of a
+//! large fan-out, which write a frame straight to it when nothing else is being written
+//! ([`super::outbox`] decides when, under the outbox's lock).
 //!
 //! A direct write saves, per frame, the wake of the connection's task, its poll, the outbox's
 //! hand-over and tungstenite's copy into its write buffer: the hub task encodes the frame's
