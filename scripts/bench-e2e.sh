@@ -31,6 +31,8 @@
 #   QUIET_IDLE=1 scripts/bench-e2e.sh             # idle CPUs poll instead of halting (bench-lib.sh)
 #   RPS=2 scripts/bench-e2e.sh                    # the readers' receive path on CPU 1, not the
 #                                                 # server's (as on another host; bench-lib.sh)
+#   LOADGEN_ARGS="--threads 1" scripts/bench-e2e.sh  # more load generator flags, for both servers
+#   KINDS=switchboard scripts/bench-e2e.sh        # one server only (a quick look; no ratios)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
@@ -50,6 +52,8 @@ PAYLOAD_BYTES="${PAYLOAD_BYTES:-64}"
 SB_PORT="${SB_PORT:-18080}"
 SIO_PORT="${SIO_PORT:-18081}"
 PIN="${PIN:-auto}"
+KINDS="${KINDS:-switchboard socketio}"
+read -r -a extra_loadgen_args <<<"${LOADGEN_ARGS:-}"
 PHASES="${PHASES:-tenant:0 user:0 user:0:b$BATCH tenant:$TENANT_RATE user:$USER_RATE}"
 phase_args=()
 for p in $PHASES; do phase_args+=(--phase "$p"); done
@@ -144,7 +148,7 @@ run_one() { # kind port rep
     --jwt-secret "$secret" --admin-key "$admin" --clients "$CLIENTS" \
     --conns-per-user "$CONNS_PER_USER" --tenants "$TENANTS" --publishers "$PUBLISHERS" \
     --payload-bytes "$PAYLOAD_BYTES" --warmup "$WARMUP" --duration "$DURATION" --label "$rep" \
-    "${phase_args[@]}" \
+    "${phase_args[@]}" ${extra_loadgen_args[@]+"${extra_loadgen_args[@]}"} \
     | tee "$work/out.txt" | sed 's/^/   /' | grep -v '^   RESULT'
   grep '^RESULT' "$work/out.txt" >>"$raw"
   stop_server
@@ -153,6 +157,7 @@ run_one() { # kind port rep
 for rep in $(seq "$REPS"); do
   if [ $((rep % 2)) = 1 ]; then order="switchboard socketio"; else order="socketio switchboard"; fi
   for kind in $order; do
+    case " $KINDS " in *" $kind "*) ;; *) continue ;; esac
     if [ "$kind" = switchboard ]; then run_one "$kind" "$SB_PORT" "$rep"; else run_one "$kind" "$SIO_PORT" "$rep"; fi
   done
 done
