@@ -624,6 +624,18 @@ mod tests {
         (count, waker)
     }
 
+    /// `n` outboxes, each with a registered waker that counts its wakes.
+    fn watched_outboxes(n: usize) -> Vec<(Arc<Outbox>, Arc<Count>)> {
+        (0..n)
+            .map(|_| {
+                let (count, waker) = counted();
+                let outbox = Arc::new(Outbox::default());
+                outbox.register(&waker);
+                (outbox, count)
+            })
+            .collect()
+    }
+
     #[test]
     fn pushes_wake_each_task_once_at_the_end_of_the_turn() {
         let (a_wakes, a_waker) = counted();
@@ -650,14 +662,7 @@ mod tests {
     #[tokio::test]
     async fn a_writer_task_wakes_the_tasks_of_connections_it_may_not_write_to() {
         // No socket shared with the hub: the writer task cannot write, so it wakes each task.
-        let outboxes: Vec<_> = (0..Wakes::BATCH + 1)
-            .map(|_| {
-                let (count, waker) = counted();
-                let outbox = Arc::new(Outbox::default());
-                outbox.register(&waker);
-                (outbox, count)
-            })
-            .collect();
+        let outboxes = watched_outboxes(Wakes::BATCH + 1);
         let moved = Arc::new(Moved::default());
         let writers = Some(Writers::new(moved.clone()));
         let mut wakes = Wakes { direct: true, writers, ..Wakes::default() };
@@ -693,14 +698,7 @@ mod tests {
 
     #[test]
     fn a_large_fan_out_wakes_its_first_tasks_before_the_turn_ends() {
-        let outboxes: Vec<_> = (0..Wakes::BATCH + 1)
-            .map(|_| {
-                let (count, waker) = counted();
-                let outbox = Arc::new(Outbox::default());
-                outbox.register(&waker);
-                (outbox, count)
-            })
-            .collect();
+        let outboxes = watched_outboxes(Wakes::BATCH + 1);
         let mut wakes = Wakes::default();
         for (i, (outbox, _)) in outboxes.iter().enumerate() {
             assert!(outbox.push(Out::Ping, 8, false).unwrap(), "was empty");
