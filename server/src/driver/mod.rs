@@ -41,12 +41,12 @@
 //! - **Small turns are written by the hub task itself.** When a turn hands frames to fewer than
 //!   64 connections (a publish to one user or a small room) and a connection's task has nothing
 //!   of its own to write, the hub task writes that connection's frames straight to its socket
-//!   with one non-blocking `writev` ([`SocketWriter`], [`DriverConfig::direct_writes`]): no wake, no
-//!   poll, no copy into tungstenite's buffer. Whatever the socket does not take at once
-//!   (including the rest of a frame cut short) goes to the connection's task, which writes it
-//!   before anything else. The task clears the permission under the outbox's lock before it
-//!   writes anything itself (its queue, a pong tungstenite queued, a close), so two writers never
-//!   interleave.
+//!   with one non-blocking write (a `send`, or a `writev` over 512 bytes; [`SocketWriter`],
+//!   [`DriverConfig::direct_writes`]): no wake, no poll, no copy into tungstenite's buffer.
+//!   Whatever the socket does not take at once (including the rest of a frame cut short) goes to
+//!   the connection's task, which writes it before anything else. The task clears the
+//!   permission under the outbox's lock before it writes anything itself (its queue, a pong
+//!   tungstenite queued, a close), so two writers never interleave.
 //! - **Large fan-outs are written by writer tasks.** A turn that reaches 64 connections hands
 //!   them over in batches of 64 as it goes, each to a short-lived writer task that makes the
 //!   same direct writes for its batch and then names the connections it wrote to in the
@@ -55,7 +55,10 @@
 //!   no connection's task is woken or polled for it. The same rules hold as for the hub task's
 //!   own direct writes: a connection whose task is busy, or whose socket does not take a frame
 //!   whole, is handed to its task; one that falls behind has several publishes' frames in its
-//!   queue, and the next write takes up to 32 of them at once.
+//!   queue, and the next write takes up to 32 of them at once. A large fan-out that begins
+//!   within 20 ms of the previous one wakes the connections' tasks instead: a saturated hub
+//!   starts one every few milliseconds, and tasks, which run later, gather more publishes'
+//!   frames per system call than writer tasks would.
 //! - **Connections report progress without a message per flush.** After flushing a batch of
 //!   text frames the connection's task adds the bytes to its outbox's counter and, if the hub
 //!   had taken the previous count, names itself in a shared "moved" list (waking the hub task if

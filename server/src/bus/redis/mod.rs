@@ -5,7 +5,7 @@
 //! - **the executor** takes operations in arrival order and sends each batch of them (up to
 //!   [`RedisConfig::batch`]) to Redis as one pipeline on a multiplexed connection, so a publish
 //!   costs one Redis round trip whatever its fan-out, and appends to a stream are applied in the
-//!   order the hub issued them. Every stream operation is one Lua script ([`scripts`]): append
+//!   order the hub issued them. Every stream operation is one Lua script (module `scripts`): append
 //!   (epoch if absent, next seq, log push, trim, expiries, idempotency key, publish), fetch (top
 //!   and range), rotate, lease and renew; tops are a batch of `HMGET`s. Presence is three
 //!   scripts: an update writes one node's set in a scope (a hash that expires as a whole, listed
@@ -34,9 +34,9 @@
 //!   `reader`): one query at a time on the same multiplexed connection, never through the hub
 //!   task.
 //!
-//! Key names: [`keys`]. Every wait on Redis is bounded ([`RedisConfig::response_timeout`],
-//! [`RedisConfig::connect_timeout`]); the redis crate's own defaults are shorter than a slow
-//! script needs.
+//! Key names: the private module `keys`. Every wait on Redis is bounded
+//! ([`RedisConfig::response_timeout`], [`RedisConfig::connect_timeout`]); the redis crate's own
+//! defaults are shorter than a slow script needs.
 
 mod keys;
 mod pubsub;
