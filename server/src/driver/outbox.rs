@@ -562,23 +562,21 @@ pub(super) struct Moved {
 impl Moved {
     /// Names a connection whose written count went from zero to more.
     pub(super) fn push(&self, conn: ConnId) {
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        let was_empty = conns.is_empty();
-        conns.push(conn);
-        drop(conns);
-        if was_empty {
-            self.notify.notify_one();
-        }
+        self.add(|list| list.push(conn));
     }
 
     /// Names every connection in `conns` (left empty), with one lock.
     pub(super) fn push_all(&self, conns: &mut Vec<ConnId>) {
-        if conns.is_empty() {
-            return;
+        if !conns.is_empty() {
+            self.add(|list| list.append(conns));
         }
+    }
+
+    /// Adds to the list under its lock, and wakes the hub task if it was empty.
+    fn add(&self, add: impl FnOnce(&mut Vec<ConnId>)) {
         let mut list = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         let was_empty = list.is_empty();
-        list.append(conns);
+        add(&mut list);
         drop(list);
         if was_empty {
             self.notify.notify_one();
