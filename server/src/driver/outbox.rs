@@ -4,7 +4,7 @@
 //!
 //! It replaces a bounded channel and a one-shot slot per connection with one small allocation:
 //! a mutex around a queue (never held across an await: held for a push, a pop, or the one
-//! non-blocking `writev` of a direct write by the hub task or a writer task, see
+//! non-blocking system call of a direct write by the hub task or a writer task, see
 //! [`State::direct`]) and a waker.
 //! The hub bounds what it queues by bytes (`max_unwritten_bytes`, released by `written`); the
 //! frame count passed to [`Outbox::push`] is a second fence.
@@ -115,7 +115,7 @@ pub(super) enum Stop {
 
 impl State {
     /// Writes the queued frames to the socket while it takes them whole (up to
-    /// [`State::WRITE_FRAMES`] per `writev`): returns their text bytes. A frame the socket took
+    /// [`State::WRITE_FRAMES`] per write): returns their text bytes. A frame the socket took
     /// in part becomes the [`Rest`]; if anything is left, direct writes end until the task is
     /// idle again.
     fn write_direct(&mut self) -> usize {
@@ -174,7 +174,7 @@ impl State {
         written
     }
 
-    /// Frames one direct `writev` carries at most (two slices each).
+    /// Frames one direct write carries at most (two slices each).
     const WRITE_FRAMES: usize = 32;
 }
 
@@ -187,7 +187,7 @@ impl Outbox {
     /// Hub side: queues `out` for the connection, unless `limit` frames are queued already or
     /// the task ended. While the socket is idle ([`State::direct`]) and `direct` allows, text
     /// frames are held for the hub task to write straight to the socket at the end of its turn
-    /// ([`Outbox::flush`]), several in one `writev`; anything else ends that (a ping goes
+    /// ([`Outbox::flush`]), several in one write; anything else ends that (a ping goes
     /// through the task). `Ok(true)`: the queue was empty, so the caller must call
     /// [`Outbox::flush`] once its run of pushes is over (through [`Wakes`]), and a burst goes
     /// out in one write rather than one system call per frame; `Ok(false)`: a flush or the task
@@ -425,8 +425,8 @@ impl Drop for Receiver {
 /// wake the connections' tasks instead. A task runs later than a writer task that writes 64
 /// connections in one poll, so it finds more publishes' frames queued and writes them with one
 /// system call: on a pinned server saturated with tenant broadcasts (fan-out 1,000), writer
-/// tasks for every fan-out made 1.75 frames per write against the tasks' 2.8, and 25% fewer
-/// deliveries per second.
+/// tasks for every fan-out made 1.75 frames per write against the tasks' 2.8, and delivered
+/// 150,700 a second against 194,500 (docs/benchmarks/fanout-latency.md, *Session 15*).
 #[derive(Debug, Default)]
 pub(super) struct Wakes {
     pending: Vec<(ConnId, Arc<Outbox>)>,
@@ -537,7 +537,7 @@ impl Wakes {
 /// one lock for the batch.
 ///
 /// For a large fan-out this replaces, per connection, the wake and poll of its task and the copy
-/// into tungstenite's buffer with one `writev`, and it runs on whichever worker is free: a
+/// into tungstenite's buffer with one system call, and it runs on whichever worker is free: a
 /// 10,000-connection broadcast is written on every core while the hub is still pushing.
 fn write_batch(batch: Vec<(ConnId, Arc<Outbox>)>, moved: &Moved) {
     let mut named = Vec::new();

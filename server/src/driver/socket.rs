@@ -5,7 +5,7 @@
 //!
 //! A direct write saves, per frame, the wake of the connection's task, its poll, the outbox's
 //! hand-over and tungstenite's copy into its write buffer: the hub task encodes the frame's
-//! two-to-ten-byte header and hands header and frame to one non-blocking `writev`. Only what the
+//! two-to-ten-byte header and hands header and frame to one non-blocking write. Only what the
 //! socket does not take at once goes through the connection's task.
 //!
 //! The socket stays open while either holds it: its descriptor cannot be closed and reused by
