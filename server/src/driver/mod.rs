@@ -41,8 +41,9 @@
 //! - **Small turns are written by the hub task itself.** When a turn hands frames to fewer than
 //!   64 connections (a publish to one user or a small room) and a connection's task has nothing
 //!   of its own to write, the hub task writes that connection's frames straight to its socket
-//!   with one non-blocking write (a `send`, or a `writev` over 512 bytes; [`SocketWriter`],
-//!   [`DriverConfig::direct_writes`]): no wake, no poll, no copy into tungstenite's buffer.
+//!   with one non-blocking write (a `send(2)` on the descriptor, not through tokio's readiness
+//!   check, or a `writev` over 512 bytes; [`SocketWriter`], [`DriverConfig::direct_writes`]): no
+//!   wake, no poll, no copy into tungstenite's buffer.
 //!   Whatever the socket does not take at once (including the rest of a frame cut short) goes to
 //!   the connection's task, which writes it before anything else. The task clears the
 //!   permission under the outbox's lock before it writes anything itself (its queue, a pong
