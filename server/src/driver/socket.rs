@@ -52,7 +52,7 @@ impl SocketWriter {
             gathered[at..at + buf.len()].copy_from_slice(buf);
             at += buf.len();
         }
-        self.send(&gathered[..at])
+        send(&self.0, &gathered[..at])
     }
 
     /// The most bytes [`SocketWriter::try_write`] gathers into one buffer.
@@ -61,44 +61,6 @@ impl SocketWriter {
     /// Writes `buf` once the socket is writable (for the rest of a frame the hub task began).
     pub(super) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         poll_write(&self.0, cx, buf)
-    }
-
-    /// Sends `buf` now if the socket takes it, without waiting: one `send(2)`, not through
-    /// tokio's readiness check, whose load of the socket's readiness word (a cold cache line per
-    /// connection in a fan-out) was about 3% of the server's CPU under single-user publishes
-    /// (perf). A socket that is full answers `WouldBlock` from the kernel instead; the
-    /// connection's task, which then takes over, learns it from its own write and waits for
-    /// tokio's readiness as before.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    #[allow(unsafe_code)] // one FFI call on a descriptor this writer keeps open
-    fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        use std::os::fd::AsRawFd;
-        let fd = self.0.as_raw_fd();
-        loop {
-            // SAFETY: `fd` is the socket's descriptor, open while `self` holds the socket, and `buf` is
-            // valid for `buf.len()` bytes of reading. `MSG_NOSIGNAL`: a reset peer is an `EPIPE`
-            // error, not a signal.
-            let sent = unsafe {
-                libc::send(
-                    fd,
-                    buf.as_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                )
-            };
-            if let Ok(sent) = usize::try_from(sent) {
-                return Ok(sent);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
     }
 }
 
@@ -120,7 +82,45 @@ pub(super) fn text_header(len: usize, out: &mut [u8; 10]) -> usize {
     }
 }
 
+/// Sends `buf` now if the socket takes it, without waiting: one `send(2)`, not through tokio's
+/// readiness check, whose load of the socket's readiness word (a cold cache line per connection
+/// in a fan-out) was about 3% of the server's CPU under single-user publishes (perf). A socket
+/// that is full answers `WouldBlock` from the kernel instead, and the writer then waits on
+/// tokio's readiness ([`poll_write`]).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(unsafe_code)] // one FFI call on a descriptor the caller keeps open
+fn send(tcp: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    loop {
+        // SAFETY: `fd` is the descriptor of `tcp`, which is borrowed and so open, and `buf` is
+        // valid for `buf.len()` bytes of reading. `MSG_NOSIGNAL`: a reset peer is an `EPIPE`
+        // error, not a signal.
+        let sent = unsafe {
+            libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+        };
+        if let Ok(sent) = usize::try_from(sent) {
+            return Ok(sent);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn send(tcp: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    tcp.try_write(buf)
+}
+
+/// Writes `buf` once the socket takes some of it: first straight away ([`send`]), and only if
+/// the socket is full through tokio's readiness, which registers the task to be woken.
 fn poll_write(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    match send(tcp, buf) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        result => return Poll::Ready(result),
+    }
     loop {
         ready!(tcp.poll_write_ready(cx))?;
         match tcp.try_write(buf) {
