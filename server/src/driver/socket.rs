@@ -229,6 +229,15 @@ fn shutdown_write(_: &TcpStream) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A connected pair over loopback: the peer's end, and ours shared as the driver shares it.
+    async fn connected() -> (TcpStream, SharedSocket, SocketWriter) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (socket, writer) = share(tcp);
+        (peer, socket, writer)
+    }
+
     #[test]
     fn text_headers_take_the_shortest_length_encoding() {
         let mut h = [0u8; 10];
@@ -245,10 +254,7 @@ mod tests {
     #[tokio::test]
     async fn direct_writes_send_every_slice_in_order_gathered_or_not() {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (tcp, _) = listener.accept().await.unwrap();
-        let (_socket, writer) = share(tcp);
+        let (mut peer, _socket, writer) = connected().await;
         let parts: Vec<Vec<u8>> = [2usize, 0, 300, 10, 199, 1, 700, 3]
             .iter()
             .enumerate()
@@ -275,10 +281,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_socket_answers_would_block_and_the_rest_is_written_when_it_drains() {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (tcp, _) = listener.accept().await.unwrap();
-        let (_socket, writer) = share(tcp);
+        let (mut peer, _socket, writer) = connected().await;
         let frame: Vec<u8> = (0..400u32).map(|i| (i % 253) as u8).collect();
         let mut sent: Vec<u8> = Vec::new();
         let refused = loop {
@@ -315,10 +318,7 @@ mod tests {
     #[tokio::test]
     async fn reads_fill_uninitialized_capacity_with_exactly_what_arrived() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (tcp, _) = listener.accept().await.unwrap();
-        let (mut socket, _writer) = share(tcp);
+        let (mut peer, mut socket, _writer) = connected().await;
         let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let writing = tokio::spawn(async move {
             peer.write_all(&sent).await.unwrap();
