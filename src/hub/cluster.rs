@@ -295,6 +295,21 @@ impl Hub {
                 };
                 self.out.published(op, outcome);
             }
+            // Only the stream's current subscription counts: one the node dropped (its last
+            // holder left) and made anew may answer with a top from before messages the new one
+            // has delivered since, and taking it would deliver their seqs again.
+            Pending::Subscribe { stream }
+                if self
+                    .node()
+                    .and_then(|n| n.streams.get(&stream))
+                    .is_none_or(|t| t.subscribing != Some(op)) =>
+            {
+                // (An outage fails every subscription in flight after forgetting which was
+                // current: that is no late reply.)
+                if !matches!(reply, Err(BusFailure::Down)) {
+                    self.node().expect("clustered").counters.late_replies += 1;
+                }
+            }
             Pending::Subscribe { stream } => match reply {
                 Ok(BusReply::Subscribed { top }) => self.confirmed(now, &stream, top),
                 _ => {

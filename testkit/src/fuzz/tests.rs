@@ -135,6 +135,40 @@ fn a_member_who_left_before_the_log_lost_its_tail_is_never_sent_a_seq_twice_on_r
     assert!(bus.epochs_changed >= 1, "the room's stream moved to a new epoch: {bus:?}");
 }
 
+/// Found by the cluster fuzz target in CI (a variant of the two tests above, with the bus
+/// slow): the room's first subscription was still unanswered when its member left, so node 1
+/// dropped it and, on the re-join, subscribed anew. The first one's answer (top 0) was taken as
+/// the new one's; seqs 1 and 2 were delivered; then the new one's answer (top 1, the log having
+/// lost its tail) moved the stream back, and the next publish's seq 2 went out a second time.
+#[test]
+fn a_member_who_left_while_its_seqs_were_in_flight_is_never_sent_one_twice_on_rejoining() {
+    let knobs = ClusterKnobs {
+        seed: 6_459_653_843_950_826_496,
+        max_held: 4,
+        retention_messages: 3,
+        ..knobs(2)
+    };
+    let mut r = ClusterRunner::new(&knobs);
+    let room = CTarget::Room(1, 0);
+    let steps = [
+        ClusterStep::Connect { node: 1, tenant: 1, user: 1 },
+        ClusterStep::Fault(CFault::Latency(None, 525)),
+        ClusterStep::Resume { node: 1, conn: 6, from: 15, back: 5 },
+        ClusterStep::Join { node: 1, conn: 4, room: 0 },
+        ClusterStep::Publish { node: 1, to: room, key: None },
+        ClusterStep::Publish { node: 0, to: room, key: None },
+        ClusterStep::Leave { node: 1, conn: 1, room: 0 },
+        ClusterStep::Fault(CFault::LoseTailEverywhere(1)),
+        ClusterStep::Join { node: 1, conn: 4, room: 0 },
+        ClusterStep::Publish { node: 1, to: room, key: None },
+        ClusterStep::Disconnect { node: 0, conn: 4 },
+        ClusterStep::Advance(174_629),
+    ];
+    run(&mut r, &steps);
+    let bus = r.c.hub_ref(1).expect("node 1").stats().bus;
+    assert!(bus.late_replies >= 1, "the dropped subscription's answer was ignored: {bus:?}");
+}
+
 /// Found by the cluster fuzz target: a driver handing the hub a live message at position
 /// (0, 0) moved the stream's sequencer to epoch 0 without telling anyone, and the next top
 /// check repaired the stream from seq 0, sending the connection its seq 1 again.
