@@ -66,7 +66,11 @@ fn bus_families(
         ("bus_ops", "Bus operations the hub issued", h.ops),
         ("bus_op_failures", "Bus operations that failed (as the hub saw them)", h.op_failures),
         ("bus_op_timeouts", "Bus operations without a reply within op_timeout", h.op_timeouts),
-        ("bus_late_replies", "Bus replies that came after their deadline", h.late_replies),
+        (
+            "bus_late_replies",
+            "Bus replies ignored: after their deadline, from before an outage, or for a superseded subscription",
+            h.late_replies,
+        ),
         (
             "bus_untracked_messages",
             "Bus messages on streams this node no longer tracks",

@@ -109,7 +109,10 @@ impl Hub {
             // than the log now holds, the log lost its tail while this node was not following
             // the stream: its seqs would be handed out again, so the stream moves to a new epoch
             // (the members get `resync`), as when a following node sees the top go back.
-            if self.rejoined(idx, &key.tenant, room, pos) {
+            // Until the new epoch comes, the old one's messages up to what it was sent are
+            // taken as already delivered: they reuse its seqs.
+            if let Some(sent) = self.rejoined(idx, &key.tenant, room, pos) {
+                self.skip_sent(&key, StreamPos { epoch: pos.epoch, seq: sent });
                 self.rotate(now, &key);
             }
             let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);

@@ -13,21 +13,21 @@ use crate::stream::Stream;
 impl Hub {
     /// Connection `idx` (of `tenant`) joined `room` again, whose stream's top is `pos`: what it
     /// was sent there before it left is marked on its member entry again
-    /// ([`Connection::rejoined`](crate::connection::Connection::rejoined)). True if that is
-    /// later than `pos` in its epoch (the log lost its tail since, in cluster mode).
+    /// ([`Connection::rejoined`](crate::connection::Connection::rejoined)). Returns that seq if
+    /// it is later than `pos` in its epoch (the log lost its tail since, in cluster mode).
     pub(crate) fn rejoined(
         &mut self,
         idx: u32,
         tenant: &TenantId,
         room: &RoomId,
         pos: StreamPos,
-    ) -> bool {
-        let Some(sent) = self.conns.get_mut(idx).rejoined(room, pos) else { return false };
+    ) -> Option<u64> {
+        let sent = self.conns.get_mut(idx).rejoined(room, pos)?;
         let tenant = self.tenants.get_mut(tenant).expect("connection's tenant exists");
         if let Some(m) = tenant.member_mut(&self.conns, idx, room) {
             m.sent = sent;
         }
-        sent > pos.seq
+        (sent > pos.seq).then_some(sent)
     }
 
     /// Puts a connection into a room of its own tenant. Returns `false` if it was already there.
@@ -98,7 +98,7 @@ impl Hub {
             // sends the room's seqs out of order (issue 10 item 5).
             // (A room's stream never goes back on one node; in cluster mode, see
             // `announce_room`.)
-            if self.rejoined(idx, &key.tenant, &room, pos) && self.node.is_some() {
+            if self.rejoined(idx, &key.tenant, &room, pos).is_some() && self.node.is_some() {
                 self.rotate(now, &key);
             }
             let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);

@@ -169,6 +169,42 @@ fn a_member_who_left_while_its_seqs_were_in_flight_is_never_sent_one_twice_on_re
     assert!(bus.late_replies >= 1, "the dropped subscription's answer was ignored: {bus:?}");
 }
 
+/// Found by the cluster fuzz target right after the fix above: a member was sent seqs 1 and 2
+/// of a room, left, and joined again after the log lost its tail. The re-join noticed it (the
+/// log's top, 1, below what the member was sent) and asked for a new epoch, but the next
+/// publish's seq 2 in the old epoch arrived before the rotation was done and went out again:
+/// the node's sequencer knew only the log's top. It now moves past what the member was sent.
+#[test]
+fn a_member_back_in_a_room_before_the_old_subscription_ended_is_never_sent_a_seq_twice() {
+    let knobs = ClusterKnobs {
+        seed: 6_459_653_843_950_826_496,
+        max_held: 4,
+        retention_messages: 3,
+        ..knobs(2)
+    };
+    let mut r = ClusterRunner::new(&knobs);
+    let room = CTarget::Room(1, 0);
+    let steps = [
+        ClusterStep::Connect { node: 1, tenant: 1, user: 1 },
+        ClusterStep::Fault(CFault::Latency(None, 2605)),
+        ClusterStep::Publish { node: 0, to: room, key: None },
+        ClusterStep::Join { node: 0, conn: 1, room: 0 },
+        ClusterStep::Join { node: 1, conn: 4, room: 0 },
+        ClusterStep::Publish { node: 1, to: room, key: None },
+        ClusterStep::Advance(104_291),
+        ClusterStep::Leave { node: 0, conn: 5, room: 0 },
+        ClusterStep::Leave { node: 1, conn: 3, room: 0 },
+        ClusterStep::Fault(CFault::LoseTailEverywhere(1)),
+        ClusterStep::Join { node: 1, conn: 4, room: 0 },
+        ClusterStep::Publish { node: 1, to: room, key: None },
+        ClusterStep::Advance(3_293),
+        ClusterStep::Connect { node: 0, tenant: 0, user: 0 },
+    ];
+    run(&mut r, &steps);
+    let bus = r.c.hub_ref(1).expect("node 1").stats().bus;
+    assert!(bus.duplicates_dropped >= 1, "the reused seq 2 was dropped: {bus:?}");
+}
+
 /// Found by the cluster fuzz target: a driver handing the hub a live message at position
 /// (0, 0) moved the stream's sequencer to epoch 0 without telling anyone, and the next top
 /// check repaired the stream from seq 0, sending the connection its seq 1 again.
