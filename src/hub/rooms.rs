@@ -98,8 +98,11 @@ impl Hub {
             // sends the room's seqs out of order (issue 10 item 5).
             // (A room's stream never goes back on one node; in cluster mode, see
             // `announce_room`.)
-            if self.rejoined(idx, &key.tenant, &room, pos).is_some() && self.node.is_some() {
-                self.rotate(now, &key);
+            if let Some(sent) = self.rejoined(idx, &key.tenant, &room, pos) {
+                if self.node.is_some() {
+                    self.skip_sent(&key, StreamPos { epoch: pos.epoch, seq: sent });
+                    self.rotate(now, &key);
+                }
             }
             let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);
             self.control_or_close(now, idx, &frame);
