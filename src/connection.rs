@@ -633,6 +633,11 @@ impl Connection {
             return;
         }
         let Some(m) = self.rooms.iter().find(|m| &m.room == room) else { return };
+        // Left before it was announced (cluster mode: the room's stream was not set up yet), it
+        // was sent nothing of the room: what an earlier membership was sent still counts.
+        if !m.is_announced() {
+            return;
+        }
         let left = LeftRoom { room: m.room.clone(), epoch, sent };
         let memory = self.left_rooms.get_or_insert_with(Box::default);
         memory.rooms.retain(|l| &l.room != room);

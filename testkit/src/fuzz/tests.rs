@@ -199,6 +199,40 @@ fn a_member_back_in_a_room_whose_new_epoch_is_on_its_way_is_never_sent_a_seq_twi
     assert!(bus.duplicates_dropped >= 1, "the reused seq 2 was dropped: {bus:?}");
 }
 
+/// Found by the cluster fuzz target in CI after the two fixes above: the member joined again
+/// after the log lost its tail, left before that membership was announced (the room's stream
+/// not set up yet), and joined a third time. Leaving the unannounced membership replaced what
+/// the first one had been sent (seq 2) with nothing, so the third join found nothing later
+/// than the shorter log, and the next publish's seq 2 went out again.
+#[test]
+fn a_member_who_leaves_before_its_rejoin_is_announced_is_never_sent_a_seq_twice() {
+    let knobs = ClusterKnobs { seed: 44_889_088, retention_messages: 3, ..knobs(2) };
+    let mut r = ClusterRunner::new(&knobs);
+    let room = CTarget::Room(1, 0);
+    let steps = [
+        ClusterStep::Connect { node: 1, tenant: 1, user: 1 },
+        ClusterStep::Fault(CFault::Latency(None, 2373)),
+        ClusterStep::Connect { node: 0, tenant: 0, user: 0 },
+        ClusterStep::Publish { node: 0, to: room, key: None },
+        ClusterStep::Advance(941),
+        ClusterStep::Join { node: 1, conn: 4, room: 0 },
+        ClusterStep::Publish { node: 1, to: room, key: None },
+        ClusterStep::Advance(104_291),
+        ClusterStep::Leave { node: 0, conn: 5, room: 0 },
+        ClusterStep::Leave { node: 1, conn: 4, room: 0 },
+        ClusterStep::Fault(CFault::LoseTailEverywhere(1)),
+        ClusterStep::Join { node: 1, conn: 4, room: 0 },
+        ClusterStep::Leave { node: 1, conn: 4, room: 0 },
+        ClusterStep::Join { node: 1, conn: 6, room: 0 },
+        ClusterStep::Publish { node: 1, to: room, key: None },
+        ClusterStep::Advance(3_293),
+        ClusterStep::Join { node: 0, conn: 6, room: 0 },
+    ];
+    run(&mut r, &steps);
+    let bus = r.c.hub_ref(1).expect("node 1").stats().bus;
+    assert!(bus.duplicates_dropped >= 1, "the reused seq 2 was dropped: {bus:?}");
+}
+
 /// Found by the cluster fuzz target: a driver handing the hub a live message at position
 /// (0, 0) moved the stream's sequencer to epoch 0 without telling anyone, and the next top
 /// check repaired the stream from seq 0, sending the connection its seq 1 again.
