@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::config::{Config, Tier};
-use crate::ids::{ConnId, Roles, RoomId, RunId, StreamName, StreamPos, ThreadId};
+use crate::ids::{ConnId, Roles, RoomId, RunId, StreamName, ThreadId};
 use crate::kinds::CloseReason;
 use crate::labels::Labels;
 use crate::limits::{Bucket, Rate};
@@ -16,6 +16,7 @@ pub(crate) use crate::narrowing::TooManySubscriptions as TooManyThreads;
 use crate::stats::{DeliveryMeter, MeterClock};
 use crate::timer::{TimerId, TimerQueue};
 
+mod left_rooms;
 mod lifetime;
 mod rtt;
 
@@ -73,15 +74,6 @@ impl Membership {
     pub(crate) fn is_announced(&self) -> bool {
         self.announced
     }
-}
-
-/// A room the connection left before its one `resume`: the highest seq it was sent there, so that
-/// a re-join and a resume never send that stream's seqs out of order (issue 10 item 5).
-#[derive(Debug)]
-struct LeftRoom {
-    room: RoomId,
-    epoch: u64,
-    sent: u64,
 }
 
 /// An open connection. Its binding to one user's state (and so to one `(tenant, user)`) is set at
@@ -148,7 +140,7 @@ pub(crate) struct Connection {
     user_base: u64,
     tenant_base: u64,
     /// Rooms left before the resume; allocated by the first such leave.
-    left_rooms: Option<Box<LeftRooms>>,
+    left_rooms: Option<Box<left_rooms::LeftRooms>>,
     opened_at: Instant,
     /// Last inbound frame or pong.
     last_seen: Instant,
@@ -160,15 +152,6 @@ pub(crate) struct Connection {
     /// measures the round trip.
     ping_sent: Option<Instant>,
     expires_at: Option<Instant>,
-}
-
-/// The rooms a connection left before its resume (at most `max_rooms_per_connection`, newest
-/// last), and whether that memory overflowed: a re-joined room then counts as sent up to its
-/// re-join position.
-#[derive(Debug, Default)]
-struct LeftRooms {
-    rooms: Vec<LeftRoom>,
-    forgotten: bool,
 }
 
 /// What a connection's timer found due. A close excludes everything else.
@@ -524,11 +507,6 @@ impl Connection {
         true
     }
 
-    /// A resume is being answered: forget the rooms left before it.
-    pub(crate) fn forget_left_rooms(&mut self) {
-        self.left_rooms = None;
-    }
-
     /// The user stream's base and the highest seq sent on it (0: none). Anything sent on it is
     /// past the base.
     pub(crate) fn user_stream(&self) -> (u64, u64) {
@@ -614,64 +592,6 @@ impl Connection {
     /// Its membership in `slot` now sits at `pos` in the room's member list.
     pub(crate) fn set_member_pos(&mut self, slot: u32, pos: u32) {
         self.rooms[slot as usize].pos = pos;
-    }
-
-    /// It leaves `room` (in epoch `epoch` of the room's stream) before its resume: remember what
-    /// it was sent there, `sent` (its member entry's mark; issue 10 item 5), for at most `cap` rooms; past that, the oldest is
-    /// forgotten and a re-joined room counts as sent up to its re-join position. Nothing to do
-    /// after the resume, unless `always` (cluster mode: a re-join checks what was sent against
-    /// a log that may have lost its tail, [`Connection::rejoined`]), or if it is not a member.
-    pub(crate) fn remember_left(
-        &mut self,
-        room: &RoomId,
-        epoch: u64,
-        sent: u64,
-        cap: u32,
-        always: bool,
-    ) {
-        if self.resumed && !always {
-            return;
-        }
-        let Some(m) = self.rooms.iter().find(|m| &m.room == room) else { return };
-        // Left before it was announced (cluster mode: the room's stream was not set up yet), it
-        // was sent nothing of the room: what an earlier membership was sent still counts.
-        if !m.is_announced() {
-            return;
-        }
-        let left = LeftRoom { room: m.room.clone(), epoch, sent };
-        let memory = self.left_rooms.get_or_insert_with(Box::default);
-        memory.rooms.retain(|l| &l.room != room);
-        if memory.rooms.len() >= cap as usize {
-            memory.rooms.remove(0);
-            memory.forgotten = true;
-        }
-        memory.rooms.push(left);
-    }
-
-    /// It joined `room` again, whose stream is in epoch `epoch` (in cluster mode, known only once
-    /// the bus confirmed the stream): what it was sent there before it left counts again, so that
-    /// a resume never sends the room's seqs out of order (issue 10 item 5). Nothing to do if it
-    /// is not a member.
-    ///
-    /// Returns what counts as sent there now, for its member entry (`routing::Member::sent`);
-    /// `None` if it is not a member. Later than the stream's top `pos` in this epoch: the log
-    /// lost its tail since (cluster mode), and the seqs it had would be handed out again.
-    pub(crate) fn rejoined(&mut self, room: &RoomId, pos: StreamPos) -> Option<u64> {
-        let epoch = pos.epoch;
-        let (remembered, forgotten) = match self.left_rooms.as_deref_mut() {
-            Some(left) => {
-                let i = left.rooms.iter().position(|l| &l.room == room);
-                (i.map(|i| left.rooms.remove(i)), left.forgotten)
-            }
-            None => (None, false),
-        };
-        let m = self.rooms.iter().find(|m| &m.room == room)?;
-        Some(match remembered {
-            Some(left) if left.epoch == epoch => left.sent,
-            Some(_) => 0,
-            None if forgotten => m.base,
-            None => 0,
-        })
     }
 
     // --- Timer
