@@ -34,7 +34,8 @@ impl Connection {
     /// rooms; past that, the oldest is forgotten and a re-joined room counts as sent up to its
     /// re-join position. Nothing to do after the resume, unless `always` (cluster mode: a re-join
     /// checks what was sent against a log that may have lost its tail,
-    /// [`Connection::rejoined`]), or if it is not a member.
+    /// [`Connection::rejoined`]), if it is not a member, or if the membership was never announced
+    /// (cluster mode: it was sent nothing of the room, and an earlier membership's memory stays).
     pub(crate) fn remember_left(
         &mut self,
         room: &RoomId,

@@ -519,16 +519,18 @@ impl Hub {
         reused
     }
 
-    /// A member was sent the stream up to `sent` (same epoch) before the log lost its tail: the
-    /// sequencer and the local stream move past it, so that messages reusing those seqs are
-    /// dropped as duplicates instead of being delivered a second time.
-    pub(super) fn skip_sent(&mut self, key: &StreamKey, sent: StreamPos) {
-        let Some(t) = self.node().and_then(|n| n.streams.get_mut(key)) else { return };
-        if t.seq.top().is_none_or(|top| top.epoch != sent.epoch || top.seq >= sent.seq) {
-            return;
+    /// A re-joined member was sent the stream up to `sent` (same epoch) before the log lost its
+    /// tail: the stream moves to a new epoch ([`Hub::rotate`]), and until it comes the sequencer
+    /// and the local stream move past `sent`, so that messages reusing those seqs are dropped as
+    /// duplicates instead of being delivered a second time.
+    pub(super) fn rotate_past(&mut self, now: Instant, key: &StreamKey, sent: StreamPos) {
+        if let Some(t) = self.node().and_then(|n| n.streams.get_mut(key)) {
+            if t.seq.top().is_some_and(|top| top.epoch == sent.epoch && top.seq < sent.seq) {
+                t.seq.skip_to(sent.seq);
+                self.advance_local(key, sent);
+            }
         }
-        t.seq.skip_to(sent.seq);
-        self.advance_local(key, sent);
+        self.rotate(now, key);
     }
 
     /// Moves the local stream past `pos` without a message (one that could not be delivered).

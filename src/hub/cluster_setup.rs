@@ -112,8 +112,7 @@ impl Hub {
             // Until the new epoch comes, the old one's messages up to what it was sent are
             // taken as already delivered: they reuse its seqs.
             if let Some(sent) = self.rejoined(idx, &key.tenant, room, pos) {
-                self.skip_sent(&key, StreamPos { epoch: pos.epoch, seq: sent });
-                self.rotate(now, &key);
+                self.rotate_past(now, &key, StreamPos { epoch: pos.epoch, seq: sent });
             }
             let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);
             self.control_or_close(now, idx, &frame);

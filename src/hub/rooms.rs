@@ -100,8 +100,7 @@ impl Hub {
             // `announce_room`.)
             if let Some(sent) = self.rejoined(idx, &key.tenant, &room, pos) {
                 if self.node.is_some() {
-                    self.skip_sent(&key, StreamPos { epoch: pos.epoch, seq: sent });
-                    self.rotate(now, &key);
+                    self.rotate_past(now, &key, StreamPos { epoch: pos.epoch, seq: sent });
                 }
             }
             let frame = self.flow.writer.joined(&StreamName::Room(room.clone()), pos);
