@@ -395,6 +395,7 @@
 //! | the bus is back (`bus_up`) | a new generation of operation ids (late replies from before are ignored); the top of every stream the node holds is read and gaps are fetched; interrupted subscriptions are made again; waiting resumes fetch |
 //! | an operation gets no reply within `op_timeout` (3 s) | it fails as retryable; a reply that comes later is ignored and counted (`bus.late_replies`) |
 //! | a stream's last local holder leaves and a new one comes while its subscription is still unanswered | the node subscribes anew, and only the new subscription's answer sets the stream's position: the old one's (which may predate messages delivered since) is ignored and counted (`bus.late_replies`) |
+//! | a repair (the fetch filling a gap) is answered after its stream started over (a new epoch arrived, or the stream was dropped and followed anew) | only the stream's current repair settles: the earlier answer describes a log the stream has left (taking it would move the stream back to the old epoch and send its seqs again), so it is ignored and counted (`bus.late_replies`) |
 //! | a live message is lost | the next one shows the gap and the log fills it (`bus.gaps_repaired`); a lost last one is found by the top check |
 //! | the log no longer covers a gap | `resync` (`gap_too_old`) to the stream's connections, then delivery goes on (`bus.gaps_lost`) |
 //! | the engine restarted empty, or a stream expired | the next message or top check shows another epoch: the stream starts over, `resync` (`epoch_changed`) |

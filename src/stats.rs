@@ -77,8 +77,9 @@ pub struct BusStats {
     pub op_failures: u64,
     /// Operations whose deadline passed without a reply.
     pub op_timeouts: u64,
-    /// Replies to operations not in flight (late, or from before an outage), or to a
-    /// subscription the node has since dropped and made anew: ignored.
+    /// Replies to operations not in flight (late, or from before an outage), to a subscription
+    /// the node has since dropped and made anew, or to a repair of a stream that has since
+    /// started over: ignored.
     pub late_replies: u64,
     /// Live messages on streams the node does not follow (a subscription that timed out but was
     /// made, or an unsubscribe not yet effective): ignored.

@@ -68,7 +68,7 @@ fn bus_families(
         ("bus_op_timeouts", "Bus operations without a reply within op_timeout", h.op_timeouts),
         (
             "bus_late_replies",
-            "Bus replies ignored: after their deadline, from before an outage, or for a superseded subscription",
+            "Bus replies ignored: after their deadline, from before an outage, or for a superseded subscription or repair",
             h.late_replies,
         ),
         (

@@ -321,21 +321,30 @@ impl Hub {
                     }
                 }
             },
-            Pending::Repair { stream } => match reply {
-                Ok(BusReply::Fetched { top, entries }) => {
-                    let Some(t) = self.node().and_then(|n| n.streams.get_mut(&stream)) else {
-                        return;
-                    };
-                    let fetched =
-                        t.seq.fetched(top, entries.into_iter().map(|e| (e.seq, e.payload)));
-                    self.after_fetch(now, &stream, top, fetched);
+            // Likewise only the stream's current repair: one asked before the stream started
+            // over (a new epoch, or dropped and followed anew) describes a log the stream has
+            // left, and taking it would move the stream back to it.
+            Pending::Repair { stream }
+                if self
+                    .node()
+                    .and_then(|n| n.streams.get(&stream))
+                    .is_none_or(|t| t.seq.repair != Some(op)) =>
+            {
+                if !matches!(reply, Err(BusFailure::Down)) {
+                    self.node().expect("clustered").counters.late_replies += 1;
                 }
-                _ => {
-                    if let Some(t) = self.node().and_then(|n| n.streams.get_mut(&stream)) {
-                        t.seq.repair = None;
+            }
+            Pending::Repair { stream } => {
+                let t = self.node().and_then(|n| n.streams.get_mut(&stream)).expect("checked");
+                match reply {
+                    Ok(BusReply::Fetched { top, entries }) => {
+                        let fetched =
+                            t.seq.fetched(top, entries.into_iter().map(|e| (e.seq, e.payload)));
+                        self.after_fetch(now, &stream, top, fetched);
                     }
+                    _ => t.seq.repair = None,
                 }
-            },
+            }
             Pending::Resume { conn, stream } => self.resume_fetched(now, conn, &stream, reply),
             Pending::History { conn, stream } => self.history_fetched(now, conn, &stream, reply),
             Pending::Tops { streams } => {
