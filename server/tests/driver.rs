@@ -159,6 +159,9 @@ async fn a_large_broadcast_is_written_by_writer_tasks_whole_in_order_and_settled
                     assert_eq!(f["data"]["pad"].as_str().map(str::len), Some(3000));
                     next += 1;
                 }
+                // Kept open until the hub has settled: a connection gone meanwhile takes
+                // whatever a writer task names after its `Gone` out of the count.
+                client
             })
         })
         .collect();
@@ -172,14 +175,16 @@ async fn a_large_broadcast_is_written_by_writer_tasks_whole_in_order_and_settled
             assert_eq!(answer.expect("published").published.delivered, CLIENTS + 1);
         }
     }
+    let mut clients = Vec::new();
     for reader in reading {
-        reader.await.expect("every reader got every note");
+        clients.push(reader.await.expect("every reader got every note"));
     }
     let after = server.snapshot().await;
     let batches = after.driver.writer_batches - before.driver.writer_batches;
     // 151 connections: at least two full batches of 64 per turn that reached them all.
     assert!(batches >= 2, "{batches} batches went to writer tasks");
     settled(&server, &before.hub, NOTES * (CLIENTS as u64 + 1)).await;
+    drop(clients);
 }
 
 /// Checks that `notes` notes (200+ bytes each) were handed over since `before`, then waits

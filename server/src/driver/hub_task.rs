@@ -164,7 +164,11 @@ impl Driver {
                 let _ = self.hub.pong(now, conn);
             }
             Command::Gone { conn, reason } => {
-                self.peers.remove(&conn);
+                if let Some(peer) = self.peers.remove(&conn) {
+                    // Its last flushes may be named for this turn's settling, which would no
+                    // longer find it: count them while the hub still knows the connection.
+                    settle(&mut self.hub, &mut self.stats, now, conn, &peer.outbox);
+                }
                 let _ = self.hub.disconnect(now, conn, reason);
             }
             Command::Publish { envelope, reply } => self.publish(now, envelope, reply),
@@ -395,15 +399,21 @@ impl Driver {
             return;
         }
         for &conn in &self.moved {
-            // Gone or closed since: its budget no longer matters.
-            let Some(peer) = self.peers.get(&conn) else { continue };
-            let (bytes, flushes) = peer.outbox.take_written();
-            self.stats.flushes += flushes as u64;
-            if bytes > 0 {
-                let _ = self.hub.written(now, conn, bytes);
+            // Gone (settled then) or closed by the hub since: its budget no longer matters.
+            if let Some(peer) = self.peers.get(&conn) {
+                settle(&mut self.hub, &mut self.stats, now, conn, &peer.outbox);
             }
         }
         self.drain(now);
+    }
+}
+
+/// Tells the hub what `conn` flushed since it was last told.
+fn settle(hub: &mut Hub, stats: &mut DriverStats, now: Instant, conn: ConnId, outbox: &Outbox) {
+    let (bytes, flushes) = outbox.take_written();
+    stats.flushes += flushes as u64;
+    if bytes > 0 {
+        let _ = hub.written(now, conn, bytes);
     }
 }
 
@@ -466,6 +476,44 @@ impl RoomRefusals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::Out;
+    use switchboard::DisconnectReason;
+
+    /// A connection whose socket ends right after a flush sends `Gone` while it is still named
+    /// for the hub task's settling: the hub hears of those bytes before it forgets it, so its
+    /// `bytes_written` matches what was written.
+    #[tokio::test]
+    async fn a_connection_gone_right_after_a_flush_has_its_last_bytes_settled() {
+        let hub = Hub::new(switchboard::Config::default()).expect("valid");
+        let (tx, rx) = mpsc::channel(8);
+        let (inbound, _inbound) = mpsc::channel(8);
+        let cfg = Arc::new(super::super::DriverConfig::default());
+        let handle = Handle {
+            tx,
+            moved: Arc::default(),
+            cfg,
+            listener: Arc::default(),
+            max_message: 1 << 16,
+        };
+        let mut driver = Driver::new(hub, rx, handle.clone(), inbound, None);
+        let (reply, answer) = oneshot::channel();
+        let principal = switchboard::Principal::new("acme", "alice");
+        driver.handle(Command::Connect { principal, rooms: Vec::new(), reply });
+        driver.drain(Instant::now());
+        let accepted = answer.await.expect("answered").expect("admitted");
+        let outbox = &accepted.parts.as_ref().expect("unused").outbox;
+        // The connection's task writes its `connected` frame and names itself for settling...
+        let Some(Out::Text(frame)) = outbox.pop() else { panic!("the connected frame") };
+        assert!(outbox.add_written(frame.len()), "the first count names the connection");
+        handle.moved.push(accepted.id());
+        // ...then its socket ends, before the hub task's turn settles what was named.
+        let gone = Command::Gone { conn: accepted.id(), reason: DisconnectReason::Clean };
+        driver.handle(gone);
+        driver.settle_written(Instant::now());
+        let stats = driver.hub.stats();
+        assert_eq!(stats.bytes_written, frame.len() as u64, "{stats:?}");
+        assert_eq!(stats.bytes_written, stats.bytes_delivered);
+    }
 
     #[test]
     fn many_refused_rooms_make_one_line_with_the_count_the_reason_and_the_first_names() {

@@ -64,9 +64,10 @@
 //!   text frames the connection's task adds the bytes to its outbox's counter and, if the hub
 //!   had taken the previous count, names itself in a shared "moved" list (waking the hub task if
 //!   the list was empty). Once per turn of its loop the hub task settles every connection named
-//!   there with one `written` each. That is what lets the hub skip `agent_thinking` for a
-//!   connection that is behind and close one that cannot keep up, while everyone else goes on
-//!   receiving.
+//!   there with one `written` each (a connection whose socket ended first is settled when its
+//!   end is reported, so `bytes_written` misses none of its last flushes). That is what lets
+//!   the hub skip `agent_thinking` for a connection that is behind and close one that cannot
+//!   keep up, while everyone else goes on receiving.
 //! - **Transport mapping.** `Ping` → WebSocket ping; a pong → [`Hub::pong`]; `Close { reason }` →
 //!   a close frame with `reason.code()` and `reason.as_str()` (frames queued before it are sent
 //!   first, except for `SlowConsumer`, whose queue is abandoned); a client close frame with
