@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchboard::{
-    Action, AuditKind, BusEntry, BusFailure, ClusterConfig, Config, ConnId, ConnectError, Envelope,
+    Action, AuditKind, BusFailure, ClusterConfig, Config, ConnId, ConnectError, Envelope,
     EventKind, Hub, Principal, PublishError, PublishOutcome, Retention, StreamKey, StreamPos,
     Target,
 };
@@ -738,105 +738,4 @@ fn a_kick_reaches_the_users_connections_on_every_node() {
             .get(switchboard::ClosedBy::Hub(switchboard::CloseReason::Kicked)),
         1
     );
-}
-
-/// One node driven by hand, so that a reply can be held back while later messages arrive.
-struct Manual {
-    hub: Hub,
-    now: Instant,
-    /// Appended payloads, in publish order.
-    appended: Vec<String>,
-    /// Fetches asked for and not answered yet.
-    fetches: Vec<switchboard::OpId>,
-    frames: Vec<Value>,
-}
-
-impl Manual {
-    fn new() -> Self {
-        let hub = Hub::new(config("n0", |_| {})).expect("valid");
-        Self {
-            hub,
-            now: Instant::now(),
-            appended: Vec::new(),
-            fetches: Vec::new(),
-            frames: Vec::new(),
-        }
-    }
-
-    /// Answers subscriptions at `top`, records appends and fetches, and keeps the frames.
-    fn drain(&mut self, top: StreamPos) {
-        while let Some(action) = self.hub.poll_action() {
-            match action {
-                Action::Deliver { frame, .. } => self.frames.push(parse(frame.as_str())),
-                Action::Bus(op) => match *op {
-                    switchboard::BusOp::Subscribe { op, .. } => self.hub.bus_reply(
-                        self.now,
-                        op,
-                        Ok(switchboard::BusReply::Subscribed { top }),
-                    ),
-                    switchboard::BusOp::Append { payload, .. } => {
-                        self.appended.push(payload.to_string())
-                    }
-                    switchboard::BusOp::Fetch { op, .. } => self.fetches.push(op),
-                    switchboard::BusOp::Lease { op, .. } => {
-                        let granted =
-                            switchboard::BusReply::Leased { granted: true, evicted: None };
-                        self.hub.bus_reply(self.now, op, Ok(granted))
-                    }
-                    _ => {}
-                },
-                _ => {}
-            }
-        }
-    }
-
-    fn arrive(&mut self, key: &StreamKey, epoch: u64, seq: u64) {
-        let payload = self.appended[seq as usize - 1].clone();
-        self.hub.bus_message(self.now, key, StreamPos { epoch, seq }, &payload);
-        self.drain(StreamPos { epoch, seq: 0 });
-    }
-
-    fn of_type(&self, kind: &str) -> Vec<&Value> {
-        self.frames.iter().filter(|f| f["type"] == kind).collect()
-    }
-}
-
-#[test]
-fn a_repair_answered_after_the_stream_moved_to_a_new_epoch_is_ignored() {
-    let mut m = Manual::new();
-    let top = StreamPos { epoch: 5, seq: 0 };
-    m.hub.connect(m.now, Principal::new("acme", "alice")).expect("admitted");
-    m.drain(top);
-    for n in 1..=3 {
-        m.hub.publish(m.now, note("acme", "alice", n)).expect("accepted");
-    }
-    m.drain(top);
-    let key = StreamKey::user("acme", "alice");
-    // Seq 1 of epoch 5 is lost on the way: seq 2 waits while the log is read.
-    m.arrive(&key, 5, 2);
-    assert_eq!(m.fetches.len(), 1, "a repair is in flight");
-    // Before it is answered the stream moves to epoch 6, whose first two seqs are delivered.
-    m.arrive(&key, 6, 1);
-    m.arrive(&key, 6, 2);
-    let resyncs = m.of_type("resync").len();
-    assert_eq!(resyncs, 1, "told once that the epoch changed: {:?}", m.frames);
-    // The repair's answer describes epoch 5: it must not move the stream back to it.
-    let entries = (1..=2)
-        .map(|seq| BusEntry { seq, payload: m.appended[seq as usize - 1].as_str().into() })
-        .collect();
-    let fetched = switchboard::BusReply::Fetched { top: StreamPos { epoch: 5, seq: 2 }, entries };
-    let op = m.fetches.remove(0);
-    m.hub.bus_reply(m.now, op, Ok(fetched));
-    m.drain(StreamPos { epoch: 6, seq: 0 });
-    assert_eq!(m.of_type("resync").len(), resyncs, "no second epoch change: {:?}", m.frames);
-    assert_eq!(m.hub.stats().bus.late_replies, 1, "the stale answer is counted");
-    m.arrive(&key, 6, 3);
-    let epoch6: Vec<u64> = m
-        .of_type("note")
-        .iter()
-        .filter(|f| f["epoch"] == 6)
-        .map(|f| f["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(epoch6, [1, 2, 3], "each seq of epoch 6 once, in order: {:?}", m.frames);
-    assert!(m.fetches.is_empty(), "nothing to repair: {:?}", m.fetches);
 }

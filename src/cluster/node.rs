@@ -8,7 +8,7 @@ use hashbrown::HashMap;
 
 use super::sweep::Sweep;
 use super::{BusFailure, ClusterConfig, OpId, Sequencer, StreamKey};
-use crate::ids::ConnId;
+use crate::ids::{ConnId, StreamPos};
 use crate::stats::BusStats;
 use crate::timer::{TimerId, TimerQueue};
 
@@ -19,16 +19,17 @@ pub(crate) enum Pending {
     Publish { stream: StreamKey },
     /// A subscription; connections wait for it.
     Subscribe { stream: StreamKey },
-    /// A fetch filling a gap in live delivery.
-    Repair { stream: StreamKey },
+    /// A fetch filling a gap in live delivery, read after `after` (the seq delivered last when
+    /// it was asked).
+    Repair { stream: StreamKey, after: u64 },
     /// A fetch for one connection's resume.
     Resume { conn: ConnId, stream: StreamKey },
     /// A fetch for one connection's `history` request.
     History { conn: ConnId, stream: StreamKey },
-    /// A top check of these streams.
-    Tops { streams: Vec<StreamKey> },
+    /// A top check of these streams, each with its position when the check was asked.
+    Tops { streams: Vec<(StreamKey, StreamPos)> },
     /// A rotation to a new epoch after the log lost its tail.
-    Rotate { stream: StreamKey },
+    Rotate { stream: StreamKey, epoch: u64 },
     /// A connection's lease in its user's cluster-wide quota.
     Lease { conn: ConnId, user: StreamKey },
     /// The periodic renewal of the node's leases.
@@ -221,15 +222,18 @@ mod tests {
         let t0 = Instant::now();
         let s = StreamKey::tenant("acme");
         let a = n.issue(t0, Pending::Subscribe { stream: s.clone() }).expect("room");
-        let b = n.issue(t0, Pending::Repair { stream: s.clone() }).expect("room");
-        assert_eq!(n.issue(t0, Pending::Repair { stream: s.clone() }), Err(BusFailure::Overloaded));
+        let b = n.issue(t0, Pending::Repair { stream: s.clone(), after: 0 }).expect("room");
+        assert_eq!(
+            n.issue(t0, Pending::Repair { stream: s.clone(), after: 0 }),
+            Err(BusFailure::Overloaded)
+        );
         assert_eq!(n.complete(a), Some(Pending::Subscribe { stream: s.clone() }));
         assert_eq!(n.complete(a), None, "a second reply is late");
         assert_eq!(n.counters.late_replies, 1);
         let deadline = t0 + n.cfg.op_timeout;
         assert_eq!(n.poll_timeout(), Some(deadline));
         assert!(n.pop_expired(deadline - Duration::from_millis(1)).is_none());
-        assert_eq!(n.pop_expired(deadline), Some((b, Pending::Repair { stream: s })));
+        assert_eq!(n.pop_expired(deadline), Some((b, Pending::Repair { stream: s, after: 0 })));
         assert_eq!(n.complete(b), None, "a reply after the deadline is ignored");
     }
 

@@ -131,12 +131,14 @@ impl Sequencer {
         (first > top.seq + 1 && self.repair.is_none()).then_some(top.seq)
     }
 
-    /// Entries fetched from the log after `top` arrived (with the log's top `log_top`). Returns
-    /// the seqs that are lost for good (the log no longer holds them) as `(after, upto)`, or a
-    /// new epoch if the log's is not ours.
+    /// Entries fetched from the log after `read_after` (the seq delivered last when the fetch
+    /// was asked) arrived, with the log's top `log_top`. Returns the seqs that are lost for good
+    /// (the log no longer holds them) as `(after, upto)`, or a new epoch if the log's is not
+    /// ours.
     pub(crate) fn fetched(
         &mut self,
         log_top: StreamPos,
+        read_after: u64,
         entries: impl IntoIterator<Item = (u64, Arc<str>)>,
     ) -> Fetched {
         self.repair = None;
@@ -151,8 +153,10 @@ impl Sequencer {
         if top.epoch == 0 && top.seq == 0 {
             self.top = Some(StreamPos { epoch: log_top.epoch, seq: 0 });
         }
-        if log_top.seq < top.seq {
-            // The log went backwards in the same epoch: a failover lost its tail.
+        if log_top.seq < read_after {
+            // The log went backwards in the same epoch: a failover lost its tail. (Only what was
+            // delivered before the read shows it: seqs delivered live since, while the answer
+            // was on its way, may have been appended after it.)
             return Fetched::Backwards { log_top };
         }
         for (seq, payload) in entries {
@@ -255,7 +259,7 @@ mod tests {
         assert!(drain(&mut s).is_empty());
         assert_eq!(s.gap(), Some(1));
         let entries = [(2, msg(2)), (3, msg(3)), (4, msg(4))];
-        assert_eq!(s.fetched(p(9, 4), entries), Fetched::Repaired);
+        assert_eq!(s.fetched(p(9, 4), 1, entries), Fetched::Repaired);
         assert_eq!(drain(&mut s), [2, 3, 4]);
     }
 
@@ -265,7 +269,7 @@ mod tests {
         s.confirmed(p(9, 5));
         s.arrive(p(9, 9), msg(9), 10);
         assert_eq!(
-            s.fetched(p(9, 9), [(8, msg(8)), (9, msg(9))]),
+            s.fetched(p(9, 9), 5, [(8, msg(8)), (9, msg(9))]),
             Fetched::Lost { after: 5, upto: 7 }
         );
         s.skip_to(7);
@@ -313,6 +317,12 @@ mod tests {
         let mut s = Sequencer::new();
         s.confirmed(p(9, 8));
         s.arrive(p(9, 12), msg(12), 10);
-        assert_eq!(s.fetched(p(9, 6), []), Fetched::Backwards { log_top: p(9, 6) });
+        assert_eq!(s.fetched(p(9, 6), 8, []), Fetched::Backwards { log_top: p(9, 6) });
+        // Below seqs delivered after the read, but not below what was delivered before it: the
+        // log had not taken those yet.
+        let mut s = Sequencer::new();
+        s.confirmed(p(9, 8));
+        assert_eq!(s.fetched(p(9, 6), 6, []), Fetched::Repaired);
+        assert_eq!(s.top(), Some(p(9, 8)), "not moved back");
     }
 }

@@ -246,11 +246,20 @@ impl Hub {
         }
     }
 
-    /// Reads the tops of `keys` in batches, to find messages the live channel lost.
+    /// Reads the tops of `keys` (streams with a known top) in batches, to find messages the
+    /// live channel lost.
     fn check_tops(&mut self, now: Instant, keys: Vec<StreamKey>) {
-        for batch in keys.chunks(256) {
-            let streams = batch.to_vec();
-            let pending = Pending::Tops { streams: streams.clone() };
+        let Some(node) = self.node.as_deref() else { return };
+        let asked: Vec<(StreamKey, StreamPos)> = keys
+            .into_iter()
+            .filter_map(|k| {
+                let top = node.streams.get(&k)?.seq.top()?;
+                Some((k, top))
+            })
+            .collect();
+        for batch in asked.chunks(256) {
+            let streams = batch.iter().map(|(k, _)| k.clone()).collect();
+            let pending = Pending::Tops { streams: batch.to_vec() };
             if self.issue(now, pending, |op| BusOp::Tops { op, streams }).is_err() {
                 break;
             }
@@ -268,7 +277,7 @@ impl Hub {
             _ => return,
         };
         let stream = key.clone();
-        let pending = Pending::Repair { stream: key.clone() };
+        let pending = Pending::Repair { stream: key.clone(), after };
         if let Ok(op) = self.issue(now, pending, |op| BusOp::Fetch { op, stream, after, limit }) {
             let node = self.node.as_deref_mut().expect("clustered");
             if let Some(t) = node.streams.get_mut(key) {
@@ -324,7 +333,7 @@ impl Hub {
             // Likewise only the stream's current repair: one asked before the stream started
             // over (a new epoch, or dropped and followed anew) describes a log the stream has
             // left, and taking it would move the stream back to it.
-            Pending::Repair { stream }
+            Pending::Repair { stream, .. }
                 if self
                     .node()
                     .and_then(|n| n.streams.get(&stream))
@@ -334,12 +343,12 @@ impl Hub {
                     self.node().expect("clustered").counters.late_replies += 1;
                 }
             }
-            Pending::Repair { stream } => {
+            Pending::Repair { stream, after } => {
                 let t = self.node().and_then(|n| n.streams.get_mut(&stream)).expect("checked");
                 match reply {
                     Ok(BusReply::Fetched { top, entries }) => {
-                        let fetched =
-                            t.seq.fetched(top, entries.into_iter().map(|e| (e.seq, e.payload)));
+                        let entries = entries.into_iter().map(|e| (e.seq, e.payload));
+                        let fetched = t.seq.fetched(top, after, entries);
                         self.after_fetch(now, &stream, top, fetched);
                     }
                     _ => t.seq.repair = None,
@@ -349,12 +358,16 @@ impl Hub {
             Pending::History { conn, stream } => self.history_fetched(now, conn, &stream, reply),
             Pending::Tops { streams } => {
                 let Ok(BusReply::Tops(tops)) = reply else { return };
-                for (key, top) in streams.iter().zip(tops) {
-                    self.top_seen(now, key, top);
+                for ((key, asked), top) in streams.iter().zip(tops) {
+                    self.top_seen(now, key, *asked, top);
                 }
             }
-            Pending::Rotate { stream } => {
-                if let Ok(BusReply::Rotated { top }) = reply {
+            Pending::Rotate { stream, epoch } => {
+                let Ok(BusReply::Rotated { top }) = reply else { return };
+                let t = self.node().and_then(|n| n.streams.get(&stream));
+                // Moved on since it was asked (the new epoch's messages came first, or another
+                // node's rotation): restarting now would send the new epoch's seqs again.
+                if t.and_then(|t| t.seq.top()).is_some_and(|local| local.epoch == epoch) {
                     self.restart_stream(now, &stream, top.epoch);
                     if top.seq > 0 {
                         self.repair(now, &stream);
@@ -402,14 +415,21 @@ impl Hub {
         }
     }
 
-    /// A top check's answer for one stream.
-    fn top_seen(&mut self, now: Instant, key: &StreamKey, top: StreamPos) {
+    /// A top check's answer `top` for one stream, which was at `asked` when the check was asked.
+    fn top_seen(&mut self, now: Instant, key: &StreamKey, asked: StreamPos, top: StreamPos) {
         let Some(t) = self.node().and_then(|n| n.streams.get(key)) else { return };
         let Some(local) = t.seq.top() else { return };
+        if local.epoch != asked.epoch {
+            // The stream started over since (a new epoch): the answer describes a log it has
+            // left, and taking it would move the stream back there.
+            return;
+        }
         if top.epoch == local.epoch || (local.epoch == 0 && local.seq == 0) {
             if top.seq > local.seq {
                 self.repair(now, key);
-            } else if top.seq < local.seq {
+            } else if top.seq < asked.seq {
+                // Below what was delivered before the log was read: a failover lost its tail.
+                // (Seqs delivered since may have been appended after the read: no sign.)
                 self.rotate(now, key);
             }
         } else if top.epoch == 0 && top.seq == 0 {
@@ -431,7 +451,7 @@ impl Hub {
             return;
         };
         let stream = key.clone();
-        let pending = Pending::Rotate { stream: key.clone() };
+        let pending = Pending::Rotate { stream: key.clone(), epoch: epoch.epoch };
         let _ = self.issue(now, pending, |op| BusOp::Rotate { op, stream, epoch: epoch.epoch });
     }
 
