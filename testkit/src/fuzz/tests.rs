@@ -60,6 +60,9 @@ fn the_checks_catch_a_foreign_frame_a_repeat_and_a_frame_after_close() {
     let own = r#"{"type":"agent_started","stream":"u","epoch":5,"seq":3}"#;
     r.delivered(0, id, own).expect("unmarked, first");
     assert!(r.delivered(0, id, own).is_err(), "a repeated seq");
+    let resync = r#"{"type":"resync","stream":"u","epoch":5,"seq":3,"reason":"epoch_changed"}"#;
+    r.delivered(0, id, resync).expect("a resync");
+    assert!(r.delivered(0, id, own).is_err(), "a resync takes no stream back to a seen seq");
     r.delivered(0, id, r#"{"type":"resumed","recovered":true,"streams":{}}"#).expect("ok");
     r.delivered(0, id, own).expect("after resumed the positions start over");
     assert!(r.delivered(0, id, "{not json").is_err());
