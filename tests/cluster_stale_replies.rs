@@ -119,6 +119,12 @@ impl Manual {
         self.drain();
     }
 
+    /// The log's entries for `seqs`, as a fetch answers them.
+    fn entries(&self, seqs: std::ops::RangeInclusive<u64>) -> Vec<BusEntry> {
+        let payload = |seq: u64| self.appended[seq as usize - 1].as_str().into();
+        seqs.map(|seq| BusEntry { seq, payload: payload(seq) }).collect()
+    }
+
     fn of_type(&self, kind: &str) -> Vec<&Value> {
         self.frames.iter().filter(|f| f["type"] == kind).collect()
     }
@@ -142,9 +148,7 @@ fn a_repair_answered_after_the_stream_moved_to_a_new_epoch_is_ignored() {
     let resyncs = m.of_type("resync").len();
     assert_eq!(resyncs, 1, "told once that the epoch changed: {:?}", m.frames);
     // The repair's answer describes epoch 5: it must not move the stream back to it.
-    let entries = (1..=2)
-        .map(|seq| BusEntry { seq, payload: m.appended[seq as usize - 1].as_str().into() })
-        .collect();
+    let entries = m.entries(1..=2);
     let op = m.fetches.remove(0);
     m.answer(op, BusReply::Fetched { top: StreamPos { epoch: 5, seq: 2 }, entries });
     assert_eq!(m.of_type("resync").len(), resyncs, "no second epoch change: {:?}", m.frames);
@@ -231,9 +235,7 @@ fn a_repair_read_before_later_messages_arrived_is_no_sign_the_log_went_backwards
     m.arrive(5, 4);
     assert_eq!(m.seqs(5), [1, 2, 3, 4]);
     let ops_before = m.hub.stats().bus.ops;
-    let entries = (2..=3)
-        .map(|seq| BusEntry { seq, payload: m.appended[seq as usize - 1].as_str().into() })
-        .collect();
+    let entries = m.entries(2..=3);
     m.answer(op, BusReply::Fetched { top: StreamPos { epoch: 5, seq: 3 }, entries });
     assert_eq!(m.hub.stats().bus.ops, ops_before, "no rotation asked for");
     assert!(m.of_type("resync").is_empty(), "{:?}", m.frames);

@@ -170,11 +170,7 @@ impl Hub {
         }
         let node = self.node.as_deref_mut().expect("clustered");
         if node.top_check_due(now) {
-            let keys: Vec<StreamKey> = node
-                .stream_keys()
-                .into_iter()
-                .filter(|k| node.streams[k].seq.top().is_some())
-                .collect();
+            let keys = node.stream_keys();
             node.arm_top_check(now);
             if node.is_up() {
                 self.check_tops(now, keys);
@@ -246,7 +242,7 @@ impl Hub {
         }
     }
 
-    /// Reads the tops of `keys` (streams with a known top) in batches, to find messages the
+    /// Reads the tops of those of `keys` whose top is known, in batches, to find messages the
     /// live channel lost.
     fn check_tops(&mut self, now: Instant, keys: Vec<StreamKey>) {
         let Some(node) = self.node.as_deref() else { return };
