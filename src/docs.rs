@@ -402,6 +402,7 @@
 //! | a failover lost the tail of a log (its top, as a repair or top check read it, went below what had been delivered before that read, same epoch) | the stream is rotated to a new epoch so that no position is handed out twice; `resync` (`epoch_changed`) |
 //! | a repair or top check is answered after seqs appended later arrived live (replies and live messages travel apart) | no sign of a lost tail: only what was delivered before the log was read is compared with its top, so a late answer never rotates a healthy stream |
 //! | a top check or rotation is answered after its stream moved to another epoch (the new epoch's messages came first) | the answer is not applied: taking it would move the stream back to the epoch it left, or start the new one over and send its seqs again |
+//! | a message of the epoch a stream left arrives after whatever moved it on (a rotation's answer, a newer epoch's messages) | dropped and counted (`bus.duplicates_dropped`): epochs are never reused, so it is late, not the start of another epoch; taking it would move the stream back |
 //! | a node dies | its clients reconnect to other nodes and `resume` there from the log; its leases expire within `lease_ttl` (until then they count against the users' quotas); its users leave the others' presence within `presence_ttl + flush_interval` unless they reconnected elsewhere first |
 //! | a message names another stream, or is malformed | dropped, audited `bus_mismatch`, counted (`bus.mismatches`) |
 //!

@@ -84,7 +84,8 @@ pub struct BusStats {
     /// Live messages on streams the node does not follow (a subscription that timed out but was
     /// made, or an unsubscribe not yet effective): ignored.
     pub untracked_messages: u64,
-    /// Live messages dropped because they were already delivered.
+    /// Live messages dropped because they were already delivered, or belong to an epoch the
+    /// stream has left (late, after whatever moved it on).
     pub duplicates_dropped: u64,
     /// Gaps in live delivery filled from the log.
     pub gaps_repaired: u64,

@@ -241,3 +241,23 @@ fn a_repair_read_before_later_messages_arrived_is_no_sign_the_log_went_backwards
     assert!(m.of_type("resync").is_empty(), "{:?}", m.frames);
     assert_eq!(m.seqs(5), [1, 2, 3, 4], "nothing sent twice");
 }
+
+#[test]
+fn a_message_of_the_epoch_a_rotation_replaced_arriving_late_is_dropped() {
+    let mut m = Manual::new(5);
+    m.arrive(5, 1);
+    m.arrive(5, 2);
+    let check = m.until_top_check();
+    m.answer_tops(check, StreamPos { epoch: 5, seq: 1 });
+    let rotation = m.rotations.pop().expect("a rotation is asked for");
+    m.answer(rotation, BusReply::Rotated { top: StreamPos { epoch: 6, seq: 0 } });
+    assert_eq!(m.of_type("resync").len(), 1, "told of epoch 6: {:?}", m.frames);
+    // A message appended in epoch 5 before the rotation comes on the live channel after its
+    // answer (they travel on different connections).
+    m.arrive(5, 3);
+    assert_eq!(m.of_type("resync").len(), 1, "not taken back to epoch 5: {:?}", m.frames);
+    assert!(m.fetches.is_empty(), "nothing fetched for epoch 5: {:?}", m.fetches);
+    assert_eq!(m.hub.stats().bus.duplicates_dropped, 1, "dropped and counted");
+    m.arrive(6, 1);
+    assert_eq!(m.seqs(6), [1], "{:?}", m.frames);
+}

@@ -76,7 +76,11 @@ fn bus_families(
             "Bus messages on streams this node no longer tracks",
             h.untracked_messages,
         ),
-        ("bus_duplicates_dropped", "Bus messages dropped as duplicates", h.duplicates_dropped),
+        (
+            "bus_duplicates_dropped",
+            "Bus messages dropped as duplicates or as late messages of an epoch the stream left",
+            h.duplicates_dropped,
+        ),
         ("bus_gaps_repaired", "Gaps in a stream filled from the log", h.gaps_repaired),
         (
             "bus_gaps_lost",

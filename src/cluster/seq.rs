@@ -15,6 +15,10 @@ pub(crate) enum Arrival {
     Kept,
     /// At or below the last delivered seq: already delivered, dropped.
     Duplicate,
+    /// Of the epoch the stream last left: a message that was on its way when the stream moved
+    /// on (its live channel is slower than the reply that moved it), dropped. Taking it for a
+    /// new epoch would move the stream back.
+    Left,
     /// The stream has a new epoch: what was delivered before belongs to another incarnation. The
     /// hub resets its local stream and tells the connections (`resync`); the message is kept.
     NewEpoch {
@@ -39,12 +43,15 @@ pub(crate) struct Sequencer {
     pending_epoch: Option<u64>,
     /// The fetch in flight repairing the gap after `top`.
     pub(crate) repair: Option<OpId>,
+    /// The epoch the stream last left (a new epoch arrived, or it started over): epochs are
+    /// never reused, so a message of it is late, not the start of another.
+    left: Option<u64>,
 }
 
 impl Sequencer {
     /// A stream whose subscription is not confirmed yet.
     pub(crate) fn new() -> Self {
-        Self { top: None, held: BTreeMap::new(), pending_epoch: None, repair: None }
+        Self { top: None, held: BTreeMap::new(), pending_epoch: None, repair: None, left: None }
     }
 
     /// The last position delivered, once known.
@@ -90,9 +97,13 @@ impl Sequencer {
             self.held.insert(pos.seq, payload);
             return Arrival::Kept;
         };
+        if pos.epoch != top.epoch && self.left == Some(pos.epoch) {
+            return Arrival::Left;
+        }
         let mut outcome = Arrival::Kept;
         // A stream with nothing yet adopts the first epoch it sees.
         if pos.epoch != top.epoch && !(top.seq == 0 && top.epoch == 0) {
+            self.left = Some(top.epoch);
             self.held.clear();
             self.repair = None;
             outcome = Arrival::NewEpoch { old: top.epoch };
@@ -197,6 +208,9 @@ impl Sequencer {
 
     /// Starts the stream over in `epoch` at seq 0 (after a rotation or a new epoch).
     pub(crate) fn restart(&mut self, epoch: u64) {
+        if let Some(top) = self.top.filter(|top| top.epoch != epoch) {
+            self.left = Some(top.epoch);
+        }
         self.top = Some(StreamPos { epoch, seq: 0 });
         self.held.clear();
         self.repair = None;
@@ -293,6 +307,11 @@ mod tests {
         assert_eq!(s.arrive(p(11, 1), msg(1), 10), Arrival::NewEpoch { old: 9 });
         assert_eq!(drain(&mut s), [1]);
         assert_eq!(s.top(), Some(p(11, 1)));
+        // A late message of the epoch it left is no new start; nor after a restart.
+        assert_eq!(s.arrive(p(9, 6), msg(6), 10), Arrival::Left);
+        s.restart(12);
+        assert_eq!(s.arrive(p(11, 2), msg(2), 10), Arrival::Left);
+        assert_eq!(s.top(), Some(p(12, 0)));
         // An empty stream adopts the first epoch without a reset.
         let mut s = Sequencer::new();
         s.confirmed(p(0, 0));

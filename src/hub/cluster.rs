@@ -88,6 +88,7 @@ impl Hub {
                     self.rotate(now, stream);
                 }
             }
+            Arrival::Left => self.node().expect("clustered").counters.duplicates_dropped += 1,
             Arrival::NewEpoch { .. } => {
                 // The sequencer already started over and holds this message.
                 self.restart_local(now, stream, pos.epoch);
