@@ -261,3 +261,18 @@ fn a_message_of_the_epoch_a_rotation_replaced_arriving_late_is_dropped() {
     m.arrive(6, 1);
     assert_eq!(m.seqs(6), [1], "{:?}", m.frames);
 }
+
+#[test]
+fn a_malformed_message_at_another_epoch_is_dropped_before_it_moves_the_stream() {
+    let mut m = Manual::new(5);
+    m.arrive(5, 1);
+    let key = m.key.clone();
+    // A driver bug: garbage at an epoch the stream has never had.
+    m.hub.bus_message(m.now, &key, StreamPos { epoch: 9, seq: 4 }, "{not a payload");
+    m.drain();
+    assert!(m.of_type("resync").is_empty(), "the stream stays in epoch 5: {:?}", m.frames);
+    assert!(m.fetches.is_empty(), "nothing to fetch: {:?}", m.fetches);
+    assert_eq!(m.hub.stats().bus.mismatches, 1, "audited as the driver's bug");
+    m.arrive(5, 2);
+    assert_eq!(m.seqs(5), [1, 2], "{:?}", m.frames);
+}

@@ -45,9 +45,11 @@ impl Hub {
 
     /// Cluster mode: a message arrived on a stream's live channel at `pos`.
     ///
-    /// It is checked against the stream it arrived on before anything else: a payload that names
-    /// another stream, or is malformed, is dropped and audited ([`AuditKind::BusMismatch`]). A
-    /// duplicate is dropped; a message after a gap is held while the gap is fetched from the log.
+    /// It is checked against the stream it arrived on: a payload that names another stream, or
+    /// is malformed, is dropped and audited ([`AuditKind::BusMismatch`]); at once if it would
+    /// start a new epoch, else at its turn (its seq is consumed: the stream moves on without
+    /// it). A duplicate, or a late message of an epoch the stream has left, is dropped; a
+    /// message after a gap is held while the gap is fetched from the log.
     /// Ignored outside cluster mode and for streams this node is not subscribed to.
     pub fn bus_message(&mut self, now: Instant, stream: &StreamKey, pos: StreamPos, payload: &str) {
         let now = self.clock(now);
@@ -58,14 +60,15 @@ impl Hub {
             return;
         };
         // Epochs and seqs start at 1: a message at 0 is a driver's bug, and taking it would move
-        // the sequencer to an epoch no connection was told of.
-        if pos.epoch == 0 || pos.seq == 0 {
-            node.counters.mismatches += 1;
-            let user = match &stream.scope {
-                StreamScope::User(u) => Some(u.clone()),
-                _ => None,
-            };
-            self.out.audit(AuditKind::BusMismatch, None, Some(&stream.tenant), user.as_ref());
+        // the sequencer to an epoch no connection was told of. So would one at another epoch
+        // that is not a message of this stream (checked here only for a new epoch: within one,
+        // delivery checks it and the stream moves past its seq).
+        let new_epoch = tracked.seq.top().is_some_and(|top| top.epoch != pos.epoch);
+        if pos.epoch == 0
+            || pos.seq == 0
+            || (new_epoch && Decoded::parse(stream, payload).is_none())
+        {
+            self.bus_mismatch(stream);
             return;
         }
         let text = payload;
@@ -505,12 +508,7 @@ impl Hub {
     /// single node would have sent, kept in the local buffer and fanned out.
     fn deliver_remote(&mut self, now: Instant, key: &StreamKey, pos: StreamPos, payload: &str) {
         let Some(decoded) = Decoded::parse(key, payload) else {
-            self.node().expect("clustered").counters.mismatches += 1;
-            let user = match &key.scope {
-                StreamScope::User(u) => Some(u.clone()),
-                _ => None,
-            };
-            self.out.audit(AuditKind::BusMismatch, None, Some(&key.tenant), user.as_ref());
+            self.bus_mismatch(key);
             // Its seq is consumed: the stream moves on without it.
             self.advance_local(key, pos);
             return;
@@ -523,6 +521,16 @@ impl Hub {
         self.render_buf = text;
         let Some(holder) = self.holder(key) else { return };
         let _published = self.deliver_at(now, &holder, pos, &frame, visible, low);
+    }
+
+    /// A live message that is not one of `key`'s (or at no position): counted and audited.
+    fn bus_mismatch(&mut self, key: &StreamKey) {
+        self.node().expect("clustered").counters.mismatches += 1;
+        let user = match &key.scope {
+            StreamScope::User(u) => Some(u.clone()),
+            _ => None,
+        };
+        self.out.audit(AuditKind::BusMismatch, None, Some(&key.tenant), user.as_ref());
     }
 
     /// Whether a message at an already delivered position is another message than the one
