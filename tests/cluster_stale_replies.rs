@@ -19,8 +19,8 @@ struct Manual {
     now: Instant,
     /// Appended payloads, in publish order.
     appended: Vec<String>,
-    /// Fetches asked for and not answered yet.
-    fetches: Vec<OpId>,
+    /// Fetches asked for and not answered yet, with the seq each reads after.
+    fetches: Vec<(OpId, u64)>,
     /// Top checks asked for and not answered yet, with the streams they read.
     tops: Vec<(OpId, Vec<StreamKey>)>,
     /// Rotations asked for and not answered yet.
@@ -73,7 +73,7 @@ impl Manual {
                         self.hub.bus_reply(self.now, op, Ok(BusReply::Subscribed { top }))
                     }
                     BusOp::Append { payload, .. } => self.appended.push(payload.to_string()),
-                    BusOp::Fetch { op, .. } => self.fetches.push(op),
+                    BusOp::Fetch { op, after, .. } => self.fetches.push((op, after)),
                     BusOp::Tops { op, streams } => self.tops.push((op, streams)),
                     BusOp::Rotate { op, .. } => self.rotations.push(op),
                     BusOp::Lease { op, .. } => {
@@ -149,7 +149,7 @@ fn a_repair_answered_after_the_stream_moved_to_a_new_epoch_is_ignored() {
     assert_eq!(resyncs, 1, "told once that the epoch changed: {:?}", m.frames);
     // The repair's answer describes epoch 5: it must not move the stream back to it.
     let entries = m.entries(1..=2);
-    let op = m.fetches.remove(0);
+    let (op, _) = m.fetches.remove(0);
     m.answer(op, BusReply::Fetched { top: StreamPos { epoch: 5, seq: 2 }, entries });
     assert_eq!(m.of_type("resync").len(), resyncs, "no second epoch change: {:?}", m.frames);
     assert_eq!(m.hub.stats().bus.late_replies, 1, "the stale answer is counted");
@@ -229,7 +229,7 @@ fn a_repair_read_before_later_messages_arrived_is_no_sign_the_log_went_backwards
     m.arrive(5, 1);
     // Seq 2 is late: 3 waits while the log is read, at (5, 3).
     m.arrive(5, 3);
-    let op = m.fetches.pop().expect("a repair is in flight");
+    let (op, _) = m.fetches.pop().expect("a repair is in flight");
     // Then 2 arrives after all, and 4, appended after the read.
     m.arrive(5, 2);
     m.arrive(5, 4);
@@ -275,4 +275,45 @@ fn a_malformed_message_at_another_epoch_is_dropped_before_it_moves_the_stream() 
     assert_eq!(m.hub.stats().bus.mismatches, 1, "audited as the driver's bug");
     m.arrive(5, 2);
     assert_eq!(m.seqs(5), [1, 2], "{:?}", m.frames);
+}
+
+#[test]
+fn a_stream_taken_back_to_the_epoch_it_left_goes_on_from_what_it_delivered_there() {
+    let mut m = Manual::new(5);
+    m.arrive(5, 1);
+    m.arrive(5, 2);
+    // Another node's rotation started epoch 6 and its first message arrives; then a failover
+    // loses the rotation (replication is asynchronous), and the log is back in epoch 5 at 2.
+    m.arrive(6, 1);
+    assert_eq!(m.seqs(6), [1], "{:?}", m.frames);
+    let check = m.until_top_check();
+    m.answer_tops(check, StreamPos { epoch: 5, seq: 2 });
+    let resync = *m.of_type("resync").last().expect("told of the move back");
+    assert_eq!((&resync["epoch"], &resync["seq"]), (&json!(5), &json!(2)), "{resync}");
+    // Whatever the node asks of the log now, it is answered as the log is: seqs 1 and 2.
+    while let Some((op, after)) = m.fetches.pop() {
+        let entries = m.entries(after.min(2) + 1..=2);
+        m.answer(op, BusReply::Fetched { top: StreamPos { epoch: 5, seq: 2 }, entries });
+    }
+    assert_eq!(m.seqs(5), [1, 2], "seqs 1 and 2 of epoch 5 are not sent again: {:?}", m.frames);
+    assert!(m.rotations.is_empty(), "the log kept what was delivered: {:?}", m.rotations);
+    m.arrive(5, 3);
+    assert_eq!(m.seqs(5), [1, 2, 3], "{:?}", m.frames);
+}
+
+#[test]
+fn a_stream_taken_back_to_the_epoch_it_left_below_what_it_delivered_there_rotates() {
+    let mut m = Manual::new(5);
+    m.arrive(5, 1);
+    m.arrive(5, 2);
+    m.arrive(6, 1);
+    // The failover also lost seq 2 of epoch 5: the position would be handed out again.
+    let check = m.until_top_check();
+    m.answer_tops(check, StreamPos { epoch: 5, seq: 1 });
+    while let Some((op, after)) = m.fetches.pop() {
+        let entries = m.entries(after.min(1) + 1..=1);
+        m.answer(op, BusReply::Fetched { top: StreamPos { epoch: 5, seq: 1 }, entries });
+    }
+    assert_eq!(m.seqs(5), [1, 2], "nothing of epoch 5 sent again: {:?}", m.frames);
+    assert_eq!(m.rotations.len(), 1, "a rotation is asked for");
 }

@@ -43,9 +43,11 @@ pub(crate) struct Sequencer {
     pending_epoch: Option<u64>,
     /// The fetch in flight repairing the gap after `top`.
     pub(crate) repair: Option<OpId>,
-    /// The epoch the stream last left (a new epoch arrived, or it started over): epochs are
-    /// never reused, so a message of it is late, not the start of another.
-    left: Option<u64>,
+    /// Where the stream was when it last left its epoch (a new epoch arrived, or it started
+    /// over): epochs are never reused, so a message of it is late, not the start of another; and
+    /// a stream taken back to it (the log says so, after a failover lost the newer epoch) goes
+    /// on from there ([`Sequencer::restart`]).
+    left: Option<StreamPos>,
 }
 
 impl Sequencer {
@@ -97,13 +99,13 @@ impl Sequencer {
             self.held.insert(pos.seq, payload);
             return Arrival::Kept;
         };
-        if pos.epoch != top.epoch && self.left == Some(pos.epoch) {
+        if pos.epoch != top.epoch && self.left.is_some_and(|left| left.epoch == pos.epoch) {
             return Arrival::Left;
         }
         let mut outcome = Arrival::Kept;
         // A stream with nothing yet adopts the first epoch it sees.
         if pos.epoch != top.epoch && !(top.seq == 0 && top.epoch == 0) {
-            self.left = Some(top.epoch);
+            self.left = Some(top);
             self.held.clear();
             self.repair = None;
             outcome = Arrival::NewEpoch { old: top.epoch };
@@ -206,15 +208,22 @@ impl Sequencer {
         })
     }
 
-    /// Starts the stream over in `epoch` at seq 0 (after a rotation or a new epoch).
-    pub(crate) fn restart(&mut self, epoch: u64) {
+    /// Starts the stream over in `epoch` (after a rotation or a new epoch): at seq 0, or, if
+    /// that is the epoch it last left, where it was there (what it delivered of that epoch is
+    /// the log's, and is not delivered again). Returns where it starts.
+    pub(crate) fn restart(&mut self, epoch: u64) -> StreamPos {
+        let start = match (self.left, self.top) {
+            (Some(left), Some(top)) if left.epoch == epoch && top.epoch != epoch => left,
+            _ => StreamPos { epoch, seq: 0 },
+        };
         if let Some(top) = self.top.filter(|top| top.epoch != epoch) {
-            self.left = Some(top.epoch);
+            self.left = Some(top);
         }
-        self.top = Some(StreamPos { epoch, seq: 0 });
+        self.top = Some(start);
         self.held.clear();
         self.repair = None;
         self.pending_epoch = None;
+        start
     }
 }
 
@@ -309,9 +318,15 @@ mod tests {
         assert_eq!(s.top(), Some(p(11, 1)));
         // A late message of the epoch it left is no new start; nor after a restart.
         assert_eq!(s.arrive(p(9, 6), msg(6), 10), Arrival::Left);
-        s.restart(12);
+        assert_eq!(s.restart(12), p(12, 0));
         assert_eq!(s.arrive(p(11, 2), msg(2), 10), Arrival::Left);
         assert_eq!(s.top(), Some(p(12, 0)));
+        // Taken back to the epoch it left, it goes on from where it was there.
+        assert_eq!(s.restart(11), p(11, 1));
+        assert_eq!(s.arrive(p(11, 1), msg(1), 10), Arrival::Duplicate);
+        assert_eq!(s.arrive(p(12, 1), msg(1), 10), Arrival::Left);
+        // Any other epoch starts at 0.
+        assert_eq!(s.restart(13), p(13, 0));
         // An empty stream adopts the first epoch without a reset.
         let mut s = Sequencer::new();
         s.confirmed(p(0, 0));

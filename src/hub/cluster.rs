@@ -94,7 +94,7 @@ impl Hub {
             Arrival::Left => self.node().expect("clustered").counters.duplicates_dropped += 1,
             Arrival::NewEpoch { .. } => {
                 // The sequencer already started over and holds this message.
-                self.restart_local(now, stream, pos.epoch);
+                self.restart_local(now, stream, StreamPos { epoch: pos.epoch, seq: 0 });
                 self.drain_stream(now, stream);
             }
             Arrival::Kept | Arrival::Overflow => self.drain_stream(now, stream),
@@ -368,10 +368,7 @@ impl Hub {
                 // Moved on since it was asked (the new epoch's messages came first, or another
                 // node's rotation): restarting now would send the new epoch's seqs again.
                 if t.and_then(|t| t.seq.top()).is_some_and(|local| local.epoch == epoch) {
-                    self.restart_stream(now, &stream, top.epoch);
-                    if top.seq > 0 {
-                        self.repair(now, &stream);
-                    }
+                    self.restart_at(now, &stream, top);
                 }
             }
             Pending::Lease { conn, user } => self.leased(now, conn, user, reply),
@@ -399,12 +396,7 @@ impl Hub {
                 self.resync(now, key, Resync::GapTooOld, Some((after, upto)));
                 self.drain_stream(now, key);
             }
-            Fetched::NewEpoch { epoch } => {
-                self.restart_stream(now, key, epoch);
-                if top.seq > 0 {
-                    self.repair(now, key);
-                }
-            }
+            Fetched::NewEpoch { epoch } => self.restart_at(now, key, StreamPos { epoch, ..top }),
             Fetched::Gone => {
                 // The engine forgot the stream: the next append starts a new epoch, which the
                 // sequencer adopts; tell the connections now.
@@ -436,10 +428,21 @@ impl Hub {
             // Expired or restarted empty: nothing to repair; a new epoch comes with the next
             // append.
         } else {
-            self.restart_stream(now, key, top.epoch);
-            if top.seq > 0 {
-                self.repair(now, key);
-            }
+            self.restart_at(now, key, top);
+        }
+    }
+
+    /// The log is in another epoch than the stream, at `top`: the stream starts over there
+    /// ([`Hub::restart_stream`]), then reads what the log holds past its start, or, if the log
+    /// is below what the stream delivered there before (it is the epoch the stream left, and a
+    /// failover lost that epoch's tail), moves to a new epoch so that no position is handed
+    /// out twice.
+    fn restart_at(&mut self, now: Instant, key: &StreamKey, top: StreamPos) {
+        let start = self.restart_stream(now, key, top.epoch);
+        if top.seq > start.seq {
+            self.repair(now, key);
+        } else if top.seq < start.seq {
+            self.rotate(now, key);
         }
     }
 
@@ -595,24 +598,27 @@ impl Hub {
 
     /// The stream starts over in `epoch` (0: unknown until the next message): the local buffer
     /// is dropped, the connections' positions on it reset, and each is told with a `resync`.
-    fn restart_stream(&mut self, now: Instant, key: &StreamKey, epoch: u64) {
-        if let Some(t) = self.node().and_then(|n| n.streams.get_mut(key)) {
-            t.seq.restart(epoch);
-        }
-        self.restart_local(now, key, epoch);
+    fn restart_stream(&mut self, now: Instant, key: &StreamKey, epoch: u64) -> StreamPos {
+        let start = match self.node().and_then(|n| n.streams.get_mut(key)) {
+            Some(t) => t.seq.restart(epoch),
+            None => StreamPos { epoch, seq: 0 },
+        };
+        self.restart_local(now, key, start);
+        start
     }
 
-    /// [`Hub::restart_stream`] for the local side only (the sequencer already started over).
-    fn restart_local(&mut self, now: Instant, key: &StreamKey, epoch: u64) {
+    /// [`Hub::restart_stream`] for the local side only (the sequencer already started over, at
+    /// `start`).
+    fn restart_local(&mut self, now: Instant, key: &StreamKey, start: StreamPos) {
         self.node().expect("clustered").counters.epochs_changed += 1;
         if let Some(holder) = self.holder(key) {
             let (users, tenants) = (&mut self.users, &mut self.tenants);
             if let Some(stream) = stream_of(users, tenants, &holder) {
                 self.buffers.dropped(stream);
-                *stream = Stream::at(StreamPos { epoch, seq: 0 });
+                *stream = Stream::at(start);
             }
         }
-        self.reset_positions(key);
+        self.reset_positions(key, start.seq);
         self.resync(now, key, Resync::EpochChanged, None);
     }
 

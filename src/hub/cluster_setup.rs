@@ -166,8 +166,11 @@ impl Hub {
         }
     }
 
-    /// The stream started over: nothing was sent on it to any of its connections yet.
-    pub(super) fn reset_positions(&mut self, key: &StreamKey) {
+    /// The stream started over: nothing was sent on it to any of its connections yet, or, if it
+    /// went back to an epoch it had left ([`Hub::restart_stream`]), nothing after `start` (a
+    /// room member counts as sent up to it, so that a re-join finds that epoch's log below what
+    /// it may have been sent there, [`Hub::rotate_past`]).
+    pub(super) fn reset_positions(&mut self, key: &StreamKey, start: u64) {
         let Some(holder) = self.holder(key) else { return };
         let name = key.name();
         for idx in self.recipients(&holder) {
@@ -178,7 +181,7 @@ impl Hub {
             && let Some(room) = self.tenants.get_mut(t).and_then(|t| t.rooms.get_mut(r))
         {
             for m in &mut room.members {
-                m.sent = 0;
+                m.sent = start;
             }
         }
     }

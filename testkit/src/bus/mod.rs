@@ -27,7 +27,9 @@
 //!   subscriptions survive, restored by the drivers); wrap it in `go_down`/`come_up` for a restart
 //!   the nodes notice;
 //! - [`ModelBus::lose_tail`] / [`ModelBus::lose_tail_everywhere`]: a failover to an asynchronous
-//!   replica that missed the last `n` appends of a stream;
+//!   replica that missed the last `n` writes of a stream: its appends, and before them the
+//!   rotation that started its epoch, if one did (the stream is then back in the epoch it had
+//!   before, with that epoch's log);
 //! - [`ModelBus::crash_node`]: a node died; its subscriptions and queued events are gone (its
 //!   leases and presence sets stay until they expire, as a dead node's do);
 //! - [`ModelBus::set_signal_loss`]: each signal to a node is lost with a probability (a driver
@@ -153,6 +155,9 @@ pub struct BusStats {
     pub streams_expired: u64,
     /// Streams rotated to a new epoch.
     pub rotations: u64,
+    /// Rotations a failover lost: the stream went back to the epoch before
+    /// ([`ModelBus::lose_tail`]).
+    pub rotations_lost: u64,
     /// Signals lost ([`ModelBus::set_signal_loss`]).
     pub signals_lost: u64,
     /// Signals queued for a node (one per subscriber per signal).
@@ -178,11 +183,36 @@ struct Stream {
     expires_at: Instant,
     keys: BTreeMap<Arc<str>, (StreamPos, Instant)>,
     key_expiry: BTreeSet<(Instant, Arc<str>)>,
+    /// The epoch a rotation ended to start this one: what a failover that loses the rotation
+    /// brings back ([`ModelBus::lose_tail`]).
+    rotated_from: Option<Box<EndedEpoch>>,
+}
+
+/// An epoch as a rotation left it.
+struct EndedEpoch {
+    epoch: u64,
+    seq: u64,
+    log: VecDeque<(LogEntry, usize)>,
 }
 
 impl Stream {
     fn top(&self) -> StreamPos {
         StreamPos { epoch: self.epoch, seq: self.seq }
+    }
+
+    /// Forgets the idempotency keys of the appends after `pos` in its epoch (a failover lost them).
+    fn forget_keys_after(&mut self, pos: StreamPos) {
+        let gone: Vec<Arc<str>> = self
+            .keys
+            .iter()
+            .filter(|(_, (at, _))| at.epoch == pos.epoch && at.seq > pos.seq)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            if let Some((_, exp)) = self.keys.remove(&k) {
+                self.key_expiry.remove(&(exp, k));
+            }
+        }
     }
 }
 
@@ -366,9 +396,11 @@ impl ModelBus {
                 if rotate {
                     let fresh = self.fresh_epoch();
                     let s = self.streams.get_mut(&stream).expect("checked above");
+                    let log = std::mem::take(&mut s.log);
+                    let ended: Vec<usize> = log.iter().map(|(_, i)| *i).collect();
+                    s.rotated_from = Some(Box::new(EndedEpoch { epoch: s.epoch, seq: s.seq, log }));
                     s.epoch = fresh;
                     s.seq = 0;
-                    let ended: Vec<usize> = s.log.drain(..).map(|(_, i)| i).collect();
                     self.end(&stream, ended, now, EndKind::Rotated);
                     self.stats.rotations += 1;
                 }
@@ -479,6 +511,7 @@ impl ModelBus {
                     expires_at: now,
                     keys: BTreeMap::new(),
                     key_expiry: BTreeSet::new(),
+                    rotated_from: None,
                 },
             );
         }
@@ -743,16 +776,37 @@ impl ModelBus {
         self.presence.clear();
     }
 
-    /// A failover lost the last `n` appends of `stream`: its seq goes back by `n` in the same
+    /// A failover lost the last `n` writes of `stream`: its seq goes back by `n` in the same
     /// epoch, the entries (and idempotency keys) after it are gone. If that leaves nothing of the
-    /// epoch (`n >= seq`), the stream is gone entirely, as the appends that created it were lost.
+    /// epoch, the appends that created the stream were lost, and it is gone entirely; or, if a
+    /// rotation started the epoch, that rotation is the next write lost: the stream is back in
+    /// the epoch it ended, with that epoch's log, and loses what is left of `n` from there.
     pub fn lose_tail(&mut self, stream: &StreamKey, n: u64) {
         if n == 0 {
             return;
         }
         // A stream exists only after an append, which set the clock.
         let (Some(now), Some(s)) = (self.now, self.streams.get_mut(stream)) else { return };
-        if n >= s.seq {
+        if let Some(from) = s.rotated_from.take_if(|_| n > s.seq) {
+            let EndedEpoch { epoch, seq, log } = *from;
+            let rest = n - s.seq - 1;
+            let lost = std::mem::replace(&mut s.log, log).into_iter().map(|(_, i)| i).collect();
+            s.forget_keys_after(StreamPos { epoch: s.epoch, seq: 0 });
+            (s.epoch, s.seq) = (epoch, seq);
+            self.stats.rotations_lost += 1;
+            let back: Vec<usize> = s.log.iter().map(|(_, i)| *i).collect();
+            self.end(stream, lost, now, EndKind::TailLost);
+            if let Some(h) = self.history.get_mut(stream) {
+                for i in back {
+                    if let Some(rec) = h.get_mut(i) {
+                        rec.ended = None;
+                    }
+                }
+            }
+            self.lose_tail(stream, rest);
+            return;
+        }
+        if n >= s.seq && s.rotated_from.is_none() {
             self.remove_stream(stream, now, EndKind::TailLost);
             return;
         }
@@ -765,17 +819,7 @@ impl ModelBus {
                 lost.push(i);
             }
         }
-        let gone: Vec<Arc<str>> = s
-            .keys
-            .iter()
-            .filter(|(_, (pos, _))| pos.epoch == epoch && pos.seq > keep_seq)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            if let Some((_, exp)) = s.keys.remove(&k) {
-                s.key_expiry.remove(&(exp, k));
-            }
-        }
+        s.forget_keys_after(StreamPos { epoch, seq: keep_seq });
         self.end(stream, lost, now, EndKind::TailLost);
     }
 

@@ -113,6 +113,34 @@ fn a_member_back_in_a_room_whose_log_lost_its_tail_meanwhile_is_never_sent_a_seq
     assert!(bus.epochs_changed >= 1, "the room's stream moved to a new epoch: {bus:?}");
 }
 
+/// A failover loses a rotation: the log is back in the epoch the node's stream left, where the
+/// node had delivered more than the log now holds. Going back there from seq 0 (and reading the
+/// log from there) would have sent the user seq 1 of that epoch a second time.
+#[test]
+fn a_stream_a_failover_takes_back_to_the_epoch_it_left_never_sends_a_seq_of_it_twice() {
+    let mut r = ClusterRunner::new(&knobs(2));
+    let user = CTarget::User(0, 0);
+    let stream = CStream::User(0, 0);
+    let steps = [
+        ClusterStep::Connect { node: 0, tenant: 0, user: 0 },
+        ClusterStep::Publish { node: 1, to: user, key: None },
+        ClusterStep::Publish { node: 1, to: user, key: None },
+        // The log loses seq 2, which was delivered: the top check finds it and rotates.
+        ClusterStep::Fault(CFault::LoseTail(stream, 1)),
+        ClusterStep::Advance(31_000),
+        ClusterStep::Publish { node: 1, to: user, key: None },
+        // Then a failover loses that publish and the rotation: the log is back at seq 1 of the
+        // first epoch, below the seq 2 delivered there.
+        ClusterStep::Fault(CFault::LoseTail(stream, 2)),
+        ClusterStep::Advance(31_000),
+        ClusterStep::Publish { node: 1, to: user, key: None },
+    ];
+    run(&mut r, &steps);
+    assert_eq!(r.c.bus.stats().rotations_lost, 1, "the failover took the rotation back");
+    let bus = r.c.hub_ref(0).expect("node 0").stats().bus;
+    assert!(bus.epochs_changed >= 3, "rotated, taken back, rotated again: {bus:?}");
+}
+
 /// Found by the cluster fuzz target (a variant of the test above): after the connection's
 /// resume, a room it left was no longer remembered (that memory served the resume only), so
 /// its re-join after the log lost its tail could not notice that it had been sent more of
