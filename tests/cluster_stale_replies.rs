@@ -256,8 +256,12 @@ fn a_message_of_the_epoch_a_rotation_replaced_arriving_late_is_dropped() {
     // answer (they travel on different connections).
     m.arrive(5, 3);
     assert_eq!(m.of_type("resync").len(), 1, "not taken back to epoch 5: {:?}", m.frames);
-    assert!(m.fetches.is_empty(), "nothing fetched for epoch 5: {:?}", m.fetches);
     assert_eq!(m.hub.stats().bus.duplicates_dropped, 1, "dropped and counted");
+    // It is past what was delivered of epoch 5, so the log is read once; it is in epoch 6.
+    let (op, _) = m.fetches.pop().expect("one read of the log");
+    m.answer(op, BusReply::Fetched { top: StreamPos { epoch: 6, seq: 0 }, entries: Vec::new() });
+    assert!(m.fetches.is_empty(), "{:?}", m.fetches);
+    assert_eq!(m.of_type("resync").len(), 1, "still in epoch 6: {:?}", m.frames);
     m.arrive(6, 1);
     assert_eq!(m.seqs(6), [1], "{:?}", m.frames);
 }
@@ -316,4 +320,28 @@ fn a_stream_taken_back_to_the_epoch_it_left_below_what_it_delivered_there_rotate
     }
     assert_eq!(m.seqs(5), [1, 2], "nothing of epoch 5 sent again: {:?}", m.frames);
     assert_eq!(m.rotations.len(), 1, "a rotation is asked for");
+}
+
+#[test]
+fn a_message_of_the_epoch_a_lost_rotation_left_past_what_was_delivered_there_is_fetched_at_once() {
+    let mut m = Manual::new(5);
+    m.arrive(5, 1);
+    m.arrive(6, 1);
+    // A failover lost epoch 6: the next publish is appended as seq 2 of epoch 5. It is dropped
+    // (epoch 5 is the one the stream left), but it is past what was delivered there: the log
+    // is read at once rather than at the next top check.
+    m.arrive(5, 2);
+    let (op, after) = m.fetches.pop().expect("the log is read");
+    let log_top = StreamPos { epoch: 5, seq: 2 };
+    m.answer(op, BusReply::Fetched { top: log_top, entries: m.entries(after + 1..=2) });
+    while let Some((op, after)) = m.fetches.pop() {
+        m.answer(op, BusReply::Fetched { top: log_top, entries: m.entries(after + 1..=2) });
+    }
+    assert_eq!(m.seqs(5), [1, 2], "seq 2 of epoch 5 delivered, seq 1 not again: {:?}", m.frames);
+    // A message of the left epoch at or below what was delivered there is only late.
+    let ops = m.hub.stats().bus.ops;
+    m.arrive(6, 1);
+    m.arrive(5, 1);
+    assert!(m.fetches.is_empty(), "no read for a late message: {:?}", m.fetches);
+    assert_eq!(m.hub.stats().bus.ops, ops, "{:?}", m.frames);
 }

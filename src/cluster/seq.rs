@@ -18,7 +18,11 @@ pub(crate) enum Arrival {
     /// Of the epoch the stream last left: a message that was on its way when the stream moved
     /// on (its live channel is slower than the reply that moved it), dropped. Taking it for a
     /// new epoch would move the stream back.
-    Left,
+    Left {
+        /// It is past what the stream delivered of that epoch: the log may be back in it (a
+        /// failover lost the newer epoch), which only reading the log tells.
+        past: bool,
+    },
     /// The stream has a new epoch: what was delivered before belongs to another incarnation. The
     /// hub resets its local stream and tells the connections (`resync`); the message is kept.
     NewEpoch {
@@ -99,8 +103,8 @@ impl Sequencer {
             self.held.insert(pos.seq, payload);
             return Arrival::Kept;
         };
-        if pos.epoch != top.epoch && self.left.is_some_and(|left| left.epoch == pos.epoch) {
-            return Arrival::Left;
+        if let Some(left) = self.left.filter(|l| l.epoch == pos.epoch && pos.epoch != top.epoch) {
+            return Arrival::Left { past: pos.seq > left.seq };
         }
         let mut outcome = Arrival::Kept;
         // A stream with nothing yet adopts the first epoch it sees.
@@ -317,14 +321,15 @@ mod tests {
         assert_eq!(drain(&mut s), [1]);
         assert_eq!(s.top(), Some(p(11, 1)));
         // A late message of the epoch it left is no new start; nor after a restart.
-        assert_eq!(s.arrive(p(9, 6), msg(6), 10), Arrival::Left);
+        assert_eq!(s.arrive(p(9, 6), msg(6), 10), Arrival::Left { past: true });
+        assert_eq!(s.arrive(p(9, 5), msg(5), 10), Arrival::Left { past: false });
         assert_eq!(s.restart(12), p(12, 0));
-        assert_eq!(s.arrive(p(11, 2), msg(2), 10), Arrival::Left);
+        assert_eq!(s.arrive(p(11, 2), msg(2), 10), Arrival::Left { past: true });
         assert_eq!(s.top(), Some(p(12, 0)));
         // Taken back to the epoch it left, it goes on from where it was there.
         assert_eq!(s.restart(11), p(11, 1));
         assert_eq!(s.arrive(p(11, 1), msg(1), 10), Arrival::Duplicate);
-        assert_eq!(s.arrive(p(12, 1), msg(1), 10), Arrival::Left);
+        assert_eq!(s.arrive(p(12, 1), msg(1), 10), Arrival::Left { past: true });
         // Any other epoch starts at 0.
         assert_eq!(s.restart(13), p(13, 0));
         // An empty stream adopts the first epoch without a reset.

@@ -91,7 +91,13 @@ impl Hub {
                     self.rotate(now, stream);
                 }
             }
-            Arrival::Left => self.node().expect("clustered").counters.duplicates_dropped += 1,
+            Arrival::Left { past } => {
+                self.node().expect("clustered").counters.duplicates_dropped += 1;
+                if past {
+                    // Appended after the stream left that epoch, or the log is back in it.
+                    self.repair(now, stream);
+                }
+            }
             Arrival::NewEpoch { .. } => {
                 // The sequencer already started over and holds this message.
                 self.restart_local(now, stream, StreamPos { epoch: pos.epoch, seq: 0 });
