@@ -188,7 +188,9 @@ impl Sequencer {
                 // Nothing came back although the log is ahead: it no longer holds them.
                 Fetched::Lost { after: top.seq, upto: log_top.seq }
             }
-            _ => Fetched::Repaired,
+            Some(_) => Fetched::Repaired,
+            // Nothing held, the log no further: there was no gap.
+            None => Fetched::Current,
         }
     }
 
@@ -236,6 +238,8 @@ impl Sequencer {
 pub(crate) enum Fetched {
     /// The gap is filled: pop the ready messages.
     Repaired,
+    /// The log holds nothing past what was delivered: there was nothing to repair.
+    Current,
     /// Seqs `(after, upto]` are no longer in the log: tell the connections, then
     /// [`Sequencer::skip_to`] `upto`.
     Lost { after: u64, upto: u64 },
@@ -361,7 +365,7 @@ mod tests {
         // log had not taken those yet.
         let mut s = Sequencer::new();
         s.confirmed(p(9, 8));
-        assert_eq!(s.fetched(p(9, 6), 6, []), Fetched::Repaired);
+        assert_eq!(s.fetched(p(9, 6), 6, []), Fetched::Current);
         assert_eq!(s.top(), Some(p(9, 8)), "not moved back");
     }
 }

@@ -409,7 +409,7 @@ impl Hub {
                 self.restart_stream(now, key, 0);
             }
             Fetched::Backwards { .. } => self.rotate(now, key),
-            Fetched::Stale => {}
+            Fetched::Current | Fetched::Stale => {}
         }
     }
 
