@@ -402,7 +402,8 @@ impl Hub {
                 self.resync(now, key, Resync::GapTooOld, Some((after, upto)));
                 self.drain_stream(now, key);
             }
-            Fetched::NewEpoch { epoch } => self.restart_at(now, key, StreamPos { epoch, ..top }),
+            // (`top` is the log's, in that epoch.)
+            Fetched::NewEpoch { .. } => self.restart_at(now, key, top),
             Fetched::Gone => {
                 // The engine forgot the stream: the next append starts a new epoch, which the
                 // sequencer adopts; tell the connections now.
@@ -602,8 +603,10 @@ impl Hub {
         }
     }
 
-    /// The stream starts over in `epoch` (0: unknown until the next message): the local buffer
-    /// is dropped, the connections' positions on it reset, and each is told with a `resync`.
+    /// The stream starts over in `epoch` (0: unknown until the next message), at seq 0 or, if it
+    /// is the epoch the stream left, where it was there ([`Sequencer::restart`]): the local
+    /// buffer is dropped, the connections' positions on it reset, and each is told with a
+    /// `resync` at the start. Returns the start.
     fn restart_stream(&mut self, now: Instant, key: &StreamKey, epoch: u64) -> StreamPos {
         let start = match self.node().and_then(|n| n.streams.get_mut(key)) {
             Some(t) => t.seq.restart(epoch),
