@@ -32,10 +32,13 @@ test("after the network drops, the client resumes and gets exactly what it misse
   await c.connect();
   for (let n = 1; n <= 3; n++) await server.publish(notice("resume-1", n));
   await until(() => got.length === 3, "three live events");
+  // Its reconnect (whose backoff may draw 0 ms) waits at the proxy until all three are published.
+  proxy.holdNew();
   proxy.drop();
   await until(() => c.state !== "open", "the client to notice the drop");
   // Published while the client is away: the server buffers them for the user.
   for (let n = 4; n <= 6; n++) await server.publish(notice("resume-1", n));
+  proxy.releaseNew();
   await until(() => resumed === 1 && got.length === 6, "the resume");
   for (let n = 7; n <= 8; n++) await server.publish(notice("resume-1", n));
   await until(() => got.length === 8, "live events after the resume");

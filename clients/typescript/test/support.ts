@@ -182,7 +182,8 @@ export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * A TCP proxy in front of a server. `drop()` cuts every connection (the client sees 1006, the
- * server a transport error); `pause()` holds the server's bytes back; `duplicateEvents` makes the
+ * server a transport error); `pause()` holds the server's bytes back; `holdNew()` keeps new
+ * connections waiting, unanswered, until `releaseNew()`; `duplicateEvents` makes the
  * proxy send every event frame of the server twice (server frames are unmasked, so the proxy
  * can read them: a WebSocket text frame is 2 bytes of header, an extended length, the payload).
  */
@@ -192,6 +193,8 @@ export class Proxy {
   paused = false;
   connections = 0;
   private held: (() => void)[] = [];
+  /** Connections accepted while new ones are held, and their target: `null` when not holding. */
+  private waiting: [Socket, number][] | null = null;
 
   private constructor(
     readonly server: Server,
@@ -213,6 +216,8 @@ export class Proxy {
   }
 
   private accept(down: Socket, target: number): void {
+    // Held: nothing is read from it (a socket without a `data` listener buffers) until released.
+    if (this.waiting) return void this.waiting.push([down, target]);
     this.connections += 1;
     const up = connect(target, "127.0.0.1");
     const pair: [Socket, Socket] = [down, up];
@@ -273,6 +278,20 @@ export class Proxy {
     this.paused = true;
   }
 
+  /** New connections wait, unanswered, until `releaseNew()`. */
+  holdNew(): void {
+    this.waiting ??= [];
+  }
+
+  /** Lets the held connections through to the server, and any new one from now on. */
+  releaseNew(): void {
+    const waiting = this.waiting ?? [];
+    this.waiting = null;
+    for (const [down, target] of waiting) {
+      if (!down.destroyed) this.accept(down, target);
+    }
+  }
+
   resume(): void {
     this.paused = false;
     for (const f of this.held.splice(0)) f();
@@ -285,6 +304,8 @@ export class Proxy {
     const closed = once(this.server, "close");
     this.server.close();
     this.drop();
+    for (const [down] of this.waiting ?? []) down.destroy();
+    this.waiting = null;
     await closed;
   }
 }
