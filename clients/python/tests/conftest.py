@@ -80,13 +80,16 @@ def token(user: str, tenant: str = "acme", ttl: int = 3600, rooms: list[str] | N
 class Proxy:
     """Forwards 127.0.0.1:port to the server. ``drop()`` cuts every connection; with
     ``cut_first_answer`` the first answer the server sends is swallowed and that connection cut
-    (the request was handled, the caller never hears of it)."""
+    (the request was handled, the caller never hears of it); ``hold_new()`` keeps new
+    connections waiting, unanswered, until ``release_new()``."""
 
     def __init__(self, target: int):
         self.target = target
         self.cut_first_answer = False
         self.writers: list[asyncio.StreamWriter] = []
         self.connections = 0
+        self.gate: asyncio.Event | None = None
+        self.closed = False
 
     async def start(self) -> "Proxy":
         self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -96,6 +99,11 @@ class Proxy:
         return self
 
     async def _accept(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.closed:
+            down_w.transport.abort()
+            return
         self.connections += 1
         up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target)
         self.writers += [down_w, up_w]
@@ -121,7 +129,19 @@ class Proxy:
             w.transport.abort()
         self.writers.clear()
 
+    def hold_new(self) -> None:
+        """New connections wait, unanswered, until ``release_new()``."""
+        self.gate = self.gate or asyncio.Event()
+
+    def release_new(self) -> None:
+        """Lets the held connections through to the server, and any new one from now on."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.set()
+
     async def close(self) -> None:
+        self.closed = True
+        self.release_new()
         self.drop()
         self.server.close()
 

@@ -19,9 +19,12 @@ async def test_after_a_dropped_connection_the_consumer_gets_exactly_what_it_miss
         for n in (1, 2):
             await pub.to_user("acme", "py-resume", "notice", {"n": n})
         first = await take(c, 2)
+        # Its reconnect (the backoff may draw 0 s) waits at the proxy until all three are published.
+        proxy.hold_new()
         proxy.drop()
         for n in (3, 4, 5):
             await pub.to_user("acme", "py-resume", "notice", {"n": n})
+        proxy.release_new()
         rest = await take(c, 3)
         await pub.to_user("acme", "py-resume", "notice", {"n": 6})
         rest += await take(c, 1)
