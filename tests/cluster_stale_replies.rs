@@ -125,6 +125,19 @@ impl Manual {
         seqs.map(|seq| BusEntry { seq, payload: payload(seq) }).collect()
     }
 
+    /// Seq 3 of epoch 6 arrives after seqs 1 and 2: each was sent once, in order, and nothing is
+    /// left to read from the log.
+    fn epoch_6_goes_on(&mut self) {
+        self.arrive(6, 3);
+        assert_eq!(
+            self.seqs(6),
+            [1, 2, 3],
+            "each seq of epoch 6 once, in order: {:?}",
+            self.frames
+        );
+        assert!(self.fetches.is_empty(), "nothing to read from the log: {:?}", self.fetches);
+    }
+
     fn of_type(&self, kind: &str) -> Vec<&Value> {
         self.frames.iter().filter(|f| f["type"] == kind).collect()
     }
@@ -153,9 +166,7 @@ fn a_repair_answered_after_the_stream_moved_to_a_new_epoch_is_ignored() {
     m.answer(op, BusReply::Fetched { top: StreamPos { epoch: 5, seq: 2 }, entries });
     assert_eq!(m.of_type("resync").len(), resyncs, "no second epoch change: {:?}", m.frames);
     assert_eq!(m.hub.stats().bus.late_replies, 1, "the stale answer is counted");
-    m.arrive(6, 3);
-    assert_eq!(m.seqs(6), [1, 2, 3], "each seq of epoch 6 once, in order: {:?}", m.frames);
-    assert!(m.fetches.is_empty(), "nothing to repair: {:?}", m.fetches);
+    m.epoch_6_goes_on();
 }
 
 #[test]
@@ -169,9 +180,7 @@ fn a_top_check_answered_after_the_stream_moved_to_a_new_epoch_is_ignored() {
     let resyncs = m.of_type("resync").len();
     m.answer_tops(check, StreamPos { epoch: 5, seq: 1 });
     assert_eq!(m.of_type("resync").len(), resyncs, "not moved back to epoch 5: {:?}", m.frames);
-    m.arrive(6, 3);
-    assert_eq!(m.seqs(6), [1, 2, 3], "each seq of epoch 6 once, in order: {:?}", m.frames);
-    assert!(m.fetches.is_empty(), "nothing to repair: {:?}", m.fetches);
+    m.epoch_6_goes_on();
 }
 
 #[test]
@@ -218,9 +227,7 @@ fn a_rotation_answered_after_the_new_epoch_arrived_does_not_start_it_over_again(
     assert_eq!(resyncs, 1, "{:?}", m.frames);
     m.answer(rotation, BusReply::Rotated { top: StreamPos { epoch: 6, seq: 2 } });
     assert_eq!(m.of_type("resync").len(), resyncs, "not started over again: {:?}", m.frames);
-    assert!(m.fetches.is_empty(), "nothing to fetch again: {:?}", m.fetches);
-    m.arrive(6, 3);
-    assert_eq!(m.seqs(6), [1, 2, 3], "each seq of epoch 6 once, in order: {:?}", m.frames);
+    m.epoch_6_goes_on();
 }
 
 #[test]
