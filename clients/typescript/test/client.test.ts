@@ -240,12 +240,17 @@ test("a thread subscription narrows delivery and is restored after a reconnect",
   await pub("t2", 1);
   await pub("t1", 2);
   await until(() => got.length === 1, "the t1 event");
+  proxy.holdNew(); // the reconnect waits until both are published (its backoff may draw 0 ms)
   proxy.drop();
   await until(() => c.state !== "open", "the drop");
   await pub("t2", 3);
   await pub("t1", 4);
+  proxy.releaseNew();
   await until(() => got.length === 2, "the replayed t1 event");
-  assert.deepEqual(got.map((e) => [e.thread_id, (e.data as { n: number }).n]), [["t1", 2], ["t1", 4]]);
+  assert.deepEqual(got.map((e) => [e.thread_id, (e.data as { n: number }).n, e.replayed]), [
+    ["t1", 2, false],
+    ["t1", 4, true],
+  ]);
   const first = await t1.next();
   assert.equal(first.value?.thread_id, "t1");
   await t1.return();

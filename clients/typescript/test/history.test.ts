@@ -107,10 +107,12 @@ test("a run's iterator subscribes by run_id: the server narrows delivery, across
   await pub("runs-1", 2, { run: "r1" });
   await pub("runs-1", 3); // names no run or thread: a user-wide notice still comes
   await until(() => got.length === 2, "r1's event and the notice");
+  proxy.holdNew(); // the reconnect waits until both are published, so 5 is always replayed
   proxy.drop();
   await until(() => c.stats.reconnects === 1, "the drop");
   await pub("runs-1", 4, { run: "r2" });
   await pub("runs-1", 5, { run: "r1" });
+  proxy.releaseNew();
   await until(() => got.length === 3 && c.state === "open", "the replay");
   await sleep(100);
   // The other run's events never reached the client: the server filtered them, live and replayed.
@@ -155,13 +157,18 @@ test("SSE mode keeps run subscriptions across reconnects (sent as ?runs=)", asyn
   await pub("sse-runs", 1, { run: "r2" });
   await pub("sse-runs", 2, { run: "r1" });
   await until(() => got.length === 1, "r1's event");
+  proxy.holdNew();
   proxy.drop();
   await until(() => c.stats.reconnects === 1, "the drop");
   await pub("sse-runs", 3, { run: "r2" });
   await pub("sse-runs", 4, { run: "r1" });
+  proxy.releaseNew();
   await until(() => got.length === 2 && c.state === "open", "the replay over SSE");
   await sleep(100);
-  assert.deepEqual(got.map((e) => [e.run_id, (e.data as { n: number }).n]), [["r1", 2], ["r1", 4]]);
+  assert.deepEqual(got.map((e) => [e.run_id, (e.data as { n: number }).n, e.replayed]), [
+    ["r1", 2, false],
+    ["r1", 4, true],
+  ]);
   const page = await c.history({ run: "r1" });
   assert.deepEqual(ns(page.events), [2, 4], "history over SSE too");
   await r.return();

@@ -25,9 +25,13 @@ test("SSE mode: events, a reply by POST, and an exact resume after the network d
   assert.equal(reply.accepted, true);
   await until(() => got.some((e) => e.kind === "agent_completed"), "the run over SSE");
   const before = got.length;
+  // The reconnect (whose backoff may draw 0 ms) waits at the proxy until the three are published:
+  // otherwise the state can be "open" again before the wait below first looks.
+  proxy.holdNew();
   proxy.drop();
   await until(() => c.state !== "open", "the drop");
   for (let n = 1; n <= 3; n++) await server.publish(notice("sse-a", n));
+  proxy.releaseNew();
   await until(() => got.length === before + 3 && c.state === "open", "the resume over SSE");
   await server.publish(notice("sse-a", 4));
   await until(() => got.length === before + 4, "live after the resume");
@@ -50,13 +54,18 @@ test("SSE mode keeps thread subscriptions across reconnects (sent as ?threads=)"
   await server.publish(notice("sse-t", 1, { thread: "t2" }));
   await server.publish(notice("sse-t", 2, { thread: "t1" }));
   await until(() => got.length === 1, "the t1 event");
+  proxy.holdNew(); // as above: the reconnect waits until both are published
   proxy.drop();
   await until(() => c.state !== "open", "the drop");
   await server.publish(notice("sse-t", 3, { thread: "t2" }));
   await server.publish(notice("sse-t", 4, { thread: "t1" }));
+  proxy.releaseNew();
   await until(() => got.length === 2, "the replayed t1 event");
   await sleep(100);
-  assert.deepEqual(got.map((e) => [e.thread_id, (e.data as { n: number }).n]), [["t1", 2], ["t1", 4]]);
+  assert.deepEqual(got.map((e) => [e.thread_id, (e.data as { n: number }).n, e.replayed]), [
+    ["t1", 2, false],
+    ["t1", 4, true],
+  ]);
   await proxy.close();
 });
 
