@@ -221,11 +221,10 @@ pub fn refresh_verifier(keys: Keys) -> driver::RefreshVerifier {
         if p.tenant != request.tenant || p.user != request.user {
             return Err("the token names another tenant or user".into());
         }
-        match (p.expires_at, request.expires_at) {
-            (Some(new), Some(old)) if new <= old => {
-                Err("the token does not extend the session".into())
-            }
-            (new, _) => Ok(new),
+        if auth::extends_session(p.expires_at, request.expires_at) {
+            Ok(p.expires_at)
+        } else {
+            Err("the token does not extend the session".into())
         }
     })
 }

@@ -307,7 +307,8 @@ impl Keys {
         if claims.nbf.is_some_and(|nbf| nbf > now_unix) {
             return Err(AuthError::NotYetValid);
         }
-        let remaining = Duration::from_secs(claims.exp - now_unix);
+        let (wall, now) = (SystemTime::now(), Instant::now());
+        let remaining = time_left(claims.exp, wall);
         if remaining > self.max_session {
             return Err(AuthError::Invalid("`exp` beyond the maximum session length"));
         }
@@ -337,7 +338,7 @@ impl Keys {
         if claims.rooms.iter().any(|r| r.is_empty() || too_long(r)) {
             return Err(AuthError::Invalid("empty or too long room name"));
         }
-        let expires_at = Instant::now()
+        let expires_at = now
             .checked_add(remaining)
             .ok_or(AuthError::Invalid("`exp` beyond the maximum session length"))?;
         let labels = claims.connection_labels()?;
@@ -357,6 +358,29 @@ impl Keys {
         }
         let rooms = claims.rooms.into_iter().map(RoomId::from).collect();
         Ok((signed, Identity { principal, rooms }))
+    }
+}
+
+/// How long until `exp` (seconds since the Unix epoch) by the wall clock `wall`, to the
+/// nanosecond: cut to whole seconds, one token's session end would move by up to a second
+/// between two verifications, and a refresh with the same token could pass for a later one.
+fn time_left(exp: u64, wall: SystemTime) -> Duration {
+    let end = UNIX_EPOCH.checked_add(Duration::from_secs(exp));
+    end.and_then(|end| end.duration_since(wall).ok()).unwrap_or(Duration::ZERO)
+}
+
+/// Two verifications of one token give session ends this close (the wall and monotonic clocks
+/// are read a moment apart each time); a token that really ends later does so by at least a
+/// second, `exp` being whole seconds.
+const SAME_END: Duration = Duration::from_millis(500);
+
+/// Whether a refresh token's session end (`new`, from [`Keys::verify`]) is later than the
+/// session's current one (`old`), and not the same `exp` again. `None`: never ends.
+pub fn extends_session(new: Option<Instant>, old: Option<Instant>) -> bool {
+    match (new, old) {
+        (_, None) => new.is_none(),
+        (None, Some(_)) => true,
+        (Some(new), Some(old)) => old.checked_add(SAME_END).is_some_and(|old| new > old),
     }
 }
 
@@ -421,4 +445,36 @@ pub fn demo_tokens(keys: &Keys, ttl: Duration) -> Vec<(DemoUser, String)> {
             (d.clone(), keys.sign(&claims))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_token_verified_at_any_fraction_of_a_second_never_passes_for_a_later_one() {
+        let exp = 2_000_000_000;
+        let now = Instant::now();
+        // The same token at the start and at the end of a wall-clock second, and the monotonic
+        // clock having moved exactly as much: the two session ends agree to the nanosecond.
+        let early = UNIX_EPOCH + Duration::from_secs(exp - 100) + Duration::from_millis(1);
+        let late = early + Duration::from_millis(998);
+        let first = now + time_left(exp, early);
+        let again = now + Duration::from_millis(998) + time_left(exp, late);
+        assert_eq!(first, again);
+        // With a few microseconds between the two clock readings either way, still not later.
+        let jitter = Duration::from_micros(50);
+        assert!(!extends_session(Some(again + jitter), Some(first)));
+        assert!(!extends_session(Some(again - jitter), Some(first)));
+        // A token whose `exp` is one second later extends it; an earlier one does not.
+        let later = now + time_left(exp + 1, early);
+        assert!(extends_session(Some(later), Some(first)));
+        assert!(!extends_session(Some(now + time_left(exp - 1, early)), Some(first)));
+        // Past `exp`: nothing left, never a negative or wrapped duration.
+        assert_eq!(time_left(exp, UNIX_EPOCH + Duration::from_secs(exp + 5)), Duration::ZERO);
+        // A session that never ends is extended only by another that never ends.
+        assert!(!extends_session(Some(later), None));
+        assert!(extends_session(None, None));
+        assert!(extends_session(None, Some(first)));
+    }
 }

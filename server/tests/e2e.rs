@@ -781,7 +781,8 @@ async fn a_message_with_an_id_is_acknowledged_before_its_run_starts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_refreshes_its_session_with_a_new_token_and_only_its_own() {
     let server = Server::start(|_| {}).await;
-    let (mut alice, connected) = server.live(&server.token("acme", "alice", &[], &[])).await;
+    let opened_with = server.token("acme", "alice", &[], &[]);
+    let (mut alice, connected) = server.live(&opened_with).await;
     let before = connected["session_expires_in_ms"].as_u64().unwrap();
     let longer = server.keys.sign(&Claims::new("acme", "alice", Duration::from_secs(7200)));
     alice.send(json!({"type": "refresh", "token": longer})).await;
@@ -790,18 +791,27 @@ async fn a_client_refreshes_its_session_with_a_new_token_and_only_its_own() {
     let after = refreshed["session_expires_in_ms"].as_u64().unwrap();
     assert!(after > before + 3_000_000, "{before} -> {after}");
 
-    // Another user's token, a token that does not extend the session, garbage: refused, audited.
+    // Another user's token, a token that does not extend the session (the same one again
+    // included: its `exp` is whole seconds, the session's end is not), garbage: refused, audited.
     let bob = server.keys.sign(&Claims::new("acme", "bob", Duration::from_secs(9000)));
     let shorter = server.keys.sign(&Claims::new("acme", "alice", Duration::from_secs(600)));
-    for (token, why) in [(bob, "another"), (shorter, "extend"), ("x.y.z".to_owned(), "invalid")] {
+    let refusals = [
+        (bob, "another"),
+        (shorter, "extend"),
+        (longer, "extend"),
+        (opened_with, "extend"),
+        ("x.y.z".to_owned(), "invalid"),
+    ];
+    let refused_count = refusals.len() as u64;
+    for (token, why) in refusals {
         alice.send(json!({"type": "refresh", "token": token})).await;
         let refused = alice.recv_event().await;
         assert_eq!(refused["code"], "refresh_refused", "{refused}");
         assert!(refused["message"].as_str().unwrap().contains(why), "{refused}");
     }
     let s = server.snapshot().await;
-    assert_eq!((s.hub.sessions_refreshed, s.hub.refreshes_refused), (1, 3));
-    assert_eq!(s.driver.audits.get("refresh_refused"), Some(&3));
+    assert_eq!((s.hub.sessions_refreshed, s.hub.refreshes_refused), (1, refused_count));
+    assert_eq!(s.driver.audits.get("refresh_refused"), Some(&refused_count));
     alice.sync().await;
 }
 
