@@ -49,7 +49,10 @@ pub struct TierQuota {
     /// (a reconnect within `user_retention` does not refill it; a retired user's returns full).
     /// Each frame is charged at the rate of the tier of the connection it arrived on.
     pub messages_per_minute: u32,
-    /// Token bucket capacity: how many `message` frames one user may send back to back.
+    /// Token bucket capacity: how many `message` frames one user may send back to back. The
+    /// default is a minute's worth (`messages_per_minute`), so that a user who sends no more than
+    /// that many in any 60 seconds is never refused, however it spaces them; the bucket then
+    /// refills at the sustained rate.
     pub message_burst: u32,
     /// The longest a connection of this tier stays open (default: no cap). At the cap it is
     /// closed with [`CloseReason::MaxLifetime`](crate::CloseReason::MaxLifetime) (code 4009,
@@ -106,10 +109,10 @@ impl Default for TierQuotas {
             max_connection_lifetime: None,
         };
         Self {
-            free: q(3, 30, 10),
-            early: q(10, 100, 20),
-            mid: q(15, 200, 40),
-            enterprise: q(25, 500, 100),
+            free: q(3, 30, 30),
+            early: q(10, 100, 100),
+            mid: q(15, 200, 200),
+            enterprise: q(25, 500, 500),
         }
     }
 }

@@ -362,10 +362,10 @@ fn thread_subscription_limit() {
 fn message_rate_of_every_tier_admits_the_burst_then_the_sustained_rate() {
     // (tier, burst, sustained interval) from the default quotas: 30/100/200/500 per minute.
     let table = [
-        (Tier::Free, 10, ms(2000)),
-        (Tier::Early, 20, ms(600)),
-        (Tier::Mid, 40, ms(300)),
-        (Tier::Enterprise, 100, ms(120)),
+        (Tier::Free, 30, ms(2000)),
+        (Tier::Early, 100, ms(600)),
+        (Tier::Mid, 200, ms(300)),
+        (Tier::Enterprise, 500, ms(120)),
     ];
     for (tier, burst, interval) in table {
         let mut sim = Sim::new(quiet());
@@ -425,7 +425,7 @@ fn message_rate_is_per_user_and_control_rate_per_connection() {
     let a = sim.connect("acme", "alice");
     let b = sim.connect("acme", "alice");
     let bob = sim.connect("acme", "bob");
-    for _ in 0..10 {
+    for _ in 0..sim.hub.config().tiers.free.message_burst {
         sim.hub.receive(sim.now, a, MESSAGE).unwrap();
     }
     assert!(sim.hub.receive(sim.now, a, MESSAGE).is_err());
@@ -528,7 +528,7 @@ fn repeated_protocol_violations_close_the_connection() {
 fn every_kind_of_violation_spends_the_same_allowance() {
     let mut sim = Sim::new(Config { max_frame_bytes: 100, ..quiet() });
     let id = sim.connect("acme", "alice");
-    for _ in 0..10 {
+    for _ in 0..sim.hub.config().tiers.free.message_burst {
         sim.hub.receive(sim.now, id, MESSAGE).unwrap();
     }
     sim.drain();
@@ -537,7 +537,7 @@ fn every_kind_of_violation_spends_the_same_allowance() {
         br#"{"no":"type"}"#,
         br#"{"type":"launch"}"#,
         &[b' '; 101],
-        MESSAGE, // rate-limited: the burst of 10 is spent
+        MESSAGE, // rate-limited: the burst is spent
     ];
     for frame in bad {
         assert!(sim.hub.receive(sim.now, id, frame).is_err());
