@@ -56,7 +56,8 @@ pub struct Settings {
 /// a short resume window (so a reconnecting client's `resume` is answered before live events,
 /// which keeps every stream exactly in order), rooms kept as long as users (so that the only
 /// member of a room can drop off and resume it), a seed that differs per process (so stream
-/// epochs differ across restarts), and presence for tenants and rooms.
+/// epochs differ across restarts), and presence for rooms (tenants too with
+/// `--tenant-presence`).
 pub fn default_hub_config() -> Config {
     let defaults = Config::default();
     Config {
@@ -64,7 +65,8 @@ pub fn default_hub_config() -> Config {
         room_retention: defaults.user_retention,
         seed: auth::random_u64(),
         // Who is online in each room (the page shows the lobby's); a tenant's presence is one
-        // setting away (`tenant: true`). Cluster-wide in cluster mode.
+        // setting away (`tenant: true`, the binary's `--tenant-presence`). Cluster-wide in
+        // cluster mode.
         presence: Some(rooms_presence()),
         ..defaults
     }

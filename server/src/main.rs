@@ -65,6 +65,10 @@ struct Cli {
     /// Log every audit event to stderr.
     #[arg(long, env = "SWITCHBOARD_LOG_AUDITS")]
     log_audits: bool,
+    /// Presence for whole tenants too, not only rooms: every connection gets its tenant's
+    /// `presence` snapshot after `connected`, then `presence_diff` batches.
+    #[arg(long, env = "SWITCHBOARD_TENANT_PRESENCE")]
+    tenant_presence: bool,
     /// A browser origin allowed to open /ws (`https://app.example.com`); repeat it or give a
     /// comma-separated list. Without one any origin may connect. Recommended wherever a browser
     /// sends credentials by itself (cookies).
@@ -213,6 +217,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     settings.hub.resume_window = Duration::from_millis(cli.resume_window_ms);
     settings.agent_pace = Duration::from_millis(cli.agent_pace_ms);
     settings.driver.log_audits = cli.log_audits;
+    if let (true, Some(presence)) = (cli.tenant_presence, settings.hub.presence.as_mut()) {
+        presence.tenant = true;
+    }
     settings.allowed_origins = cli.allowed_origins.clone();
     settings.metrics_require_admin = cli.metrics_require_admin;
     settings.apply_budget(FdBudget::of_process(cli.fd_reserve));
