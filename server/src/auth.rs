@@ -364,9 +364,13 @@ impl Keys {
 /// How long until `exp` (seconds since the Unix epoch) by the wall clock `wall`, to the
 /// nanosecond: cut to whole seconds, one token's session end would move by up to a second
 /// between two verifications, and a refresh with the same token could pass for a later one.
+/// An `exp` past what the clock can represent is `Duration::MAX` (so refused as too far off), one
+/// already past is zero.
 fn time_left(exp: u64, wall: SystemTime) -> Duration {
-    let end = UNIX_EPOCH.checked_add(Duration::from_secs(exp));
-    end.and_then(|end| end.duration_since(wall).ok()).unwrap_or(Duration::ZERO)
+    match UNIX_EPOCH.checked_add(Duration::from_secs(exp)) {
+        Some(end) => end.duration_since(wall).unwrap_or(Duration::ZERO),
+        None => Duration::MAX,
+    }
 }
 
 /// Two verifications of one token give session ends this close (the wall and monotonic clocks
@@ -470,8 +474,10 @@ mod tests {
         let later = now + time_left(exp + 1, early);
         assert!(extends_session(Some(later), Some(first)));
         assert!(!extends_session(Some(now + time_left(exp - 1, early)), Some(first)));
-        // Past `exp`: nothing left, never a negative or wrapped duration.
+        // Past `exp`: nothing left, never a negative or wrapped duration; beyond the clock's
+        // range: as far off as can be (refused as longer than any session).
         assert_eq!(time_left(exp, UNIX_EPOCH + Duration::from_secs(exp + 5)), Duration::ZERO);
+        assert_eq!(time_left(u64::MAX, early), Duration::MAX);
         // A session that never ends is extended only by another that never ends.
         assert!(!extends_session(Some(later), None));
         assert!(extends_session(None, None));
