@@ -187,6 +187,35 @@ impl ClientFrame<'_> {
     }
 }
 
+/// The `id` an `error` frame refusing `frame` carries: the one the frame named, if it is a JSON
+/// object whose `id` (named once) is a valid client id (1 to `max_id` bytes), whatever its type
+/// and whatever else is wrong with it; so a client can fail a refused request at once. Read again
+/// only on that error path, and never for a frame over the size limit.
+pub(crate) fn echo_id(frame: &[u8], max_id: usize) -> Option<Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow, default)]
+        id: Loose<'a>,
+    }
+    let only: IdOnly<'_> = serde_json::from_slice(frame).ok()?;
+    client_id(only.id, max_id).ok().flatten()
+}
+
+/// [`echo_id`] for a frame that parsed: the id it kept (a `message`'s, a `history` request's),
+/// without reading it again; other types keep none, so their bytes are read for it.
+pub(crate) fn frame_id<'a>(
+    parsed: &'a ClientFrame<'_>,
+    frame: &'a [u8],
+    max_id: usize,
+) -> Option<Cow<'a, str>> {
+    match parsed {
+        ClientFrame::Message { id, .. } | ClientFrame::History(History { id, .. }) => {
+            id.as_deref().map(Cow::Borrowed)
+        }
+        _ => echo_id(frame, max_id),
+    }
+}
+
 /// A client-chosen id (`message`'s, `history`'s): absent, or 1 to `max_id` bytes.
 fn client_id(id: Loose<'_>, max_id: usize) -> Result<Option<Cow<'_, str>>, PeerError> {
     match id {

@@ -210,7 +210,7 @@
 //! | connections in total | 100,000 | `ConnectError::TooManyConnections` |
 //! | connections per tenant | none | `ConnectError::TenantLimit` |
 //! | connections per user, by tier | free 3 / early 10 / mid 15 / enterprise 25 | `ConnectError::UserLimit`, or with `EvictOldest` the oldest is closed `replaced` |
-//! | `message` frames per user (shared by its connections, kept across a reconnect within retention), by tier | 30 / 100 / 200 / 500 per minute (bursts 10 / 20 / 40 / 100) | `error` frame `rate_limited` (never a violation, never a close) |
+//! | `message` frames per user (shared by its connections, kept across a reconnect within retention), by tier | 30 / 100 / 200 / 500 per minute, a minute's worth back to back (a user within the rate over any 60 s is never refused) | `error` frame `rate_limited` (never a violation, never a close) |
 //! | control frames per connection | 600 per minute, burst 60 | `error` frame `rate_limited` (never a violation, never a close) |
 //! | inbound frame size | 64 KiB | `error` frame `frame_too_large` |
 //! | rooms per connection | 128 | `RoomError::TooManyRooms` |
@@ -265,7 +265,7 @@
 //! | `skipped` | `count` | before the next frame, when `agent_thinking` frames (or droppable custom kinds') were skipped for backpressure |
 //! | `joined` | `stream` (`"r:<room>"`), `epoch`, `seq` | the server put the connection into a room; live delivery of it starts after `seq` |
 //! | `left` | `stream` | the server took the connection out of a room |
-//! | `error` | `code`, `message` | a client frame was refused |
+//! | `error` | `code`, `message`, and `id` when the refused frame carried a valid one (a JSON object whose `id` is a string of 1 to `max_client_id_bytes`; a frame over the size limit is not read for it) | a client frame was refused; with the `id`, a client fails that request (`message`, `history`) at once |
 //! | `pong` | | answer to a client `ping` |
 //! | `reply` | `id` (the client message's), and `data` (redacted like an event's; absent when `null`) or `error`: `{code, message}` | the application answered a `message` that carried an `id` (`Hub::reply`), to that connection only |
 //! | `history` | `id` (the request's, if it had one), `stream`, `epoch` and `seq` (the stream's position now), `available_from` (the oldest seq still held), `more` (more messages it may see lie beyond this page: ask again with `before` the first seq, or `after` the last), optional `reason` (`epoch_mismatch`: the request's `epoch` is not the stream's, nothing returned; `log_unavailable`: cluster mode, the log could not be read, only the node's buffer answered; `too_large`: the next message does not fit in what the connection may still be handed), `messages`: the event frames exactly as delivered live, oldest first | answers a `history` request. Bounded by `limit` and by `max_unwritten_bytes` less what the connection has unwritten. A single node answers from the recovery buffer (`retention`); in cluster mode the buffer is a cache in front of the Redis log, which is read when the buffer does not reach the page's window (the `fetch_limit` seqs before the page's end, or after `after`); one request per connection may wait for the log (`error` `history_busy` otherwise) |

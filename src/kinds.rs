@@ -210,6 +210,28 @@ impl AuditKind {
         AuditKind::RefreshRefused,
     ];
 
+    /// Whether it is a security violation: a client or caller doing what it must not (another
+    /// user's or a foreign stream, a stale id, a malformed or oversized frame, a close for
+    /// repeated violations, a refused global broadcast). Limits, rate limits, breakers, refused
+    /// refreshes and allowed global broadcasts are audited but are load or policy, not attacks;
+    /// a bus mismatch is a driver fault. [`HubStats::security_violations`] counts these only,
+    /// [`HubStats::audit_events`] every kind.
+    ///
+    /// [`HubStats::security_violations`]: crate::HubStats::security_violations
+    /// [`HubStats::audit_events`]: crate::HubStats::audit_events
+    #[must_use]
+    pub fn is_security_violation(self) -> bool {
+        matches!(
+            self,
+            AuditKind::ForeignStream
+                | AuditKind::StaleConnId
+                | AuditKind::MalformedFrame
+                | AuditKind::OversizedFrame
+                | AuditKind::ViolationClose
+                | AuditKind::GlobalBroadcastDenied
+        )
+    }
+
     /// A short snake_case name, for logs and metric labels. A limit hit is `limit_` followed by
     /// the limit's name ([`LimitKind::as_str`]).
     #[must_use]

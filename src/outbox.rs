@@ -286,7 +286,8 @@ impl Outbox {
         user: Option<&UserId>,
         labels: &Labels,
     ) {
-        self.stats.security_violations += 1;
+        self.stats.audit_events += 1;
+        self.stats.security_violations += u64::from(kind.is_security_violation());
         self.queue().push(Action::Audit(Box::new(AuditEvent {
             kind,
             conn,

@@ -101,6 +101,10 @@ enum ControlFrame<'a> {
     Error {
         code: &'a str,
         message: String,
+        /// The refused frame's own `id` (a `message`'s or a `history` request's), so that the
+        /// client can fail that request at once instead of waiting for its timeout.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
     },
     Pong,
     Skipped {
@@ -386,8 +390,8 @@ impl FrameWriter {
         self.write(&ControlFrame::RefreshRequired { expires_in_ms })
     }
 
-    pub(crate) fn error(&mut self, err: &PeerError) -> Frame {
-        self.write(&ControlFrame::Error { code: err.code(), message: err.to_string() })
+    pub(crate) fn error(&mut self, err: &PeerError, id: Option<&str>) -> Frame {
+        self.write(&ControlFrame::Error { code: err.code(), message: err.to_string(), id })
     }
 
     pub(crate) fn pong(&mut self) -> Frame {

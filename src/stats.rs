@@ -244,8 +244,13 @@ pub struct HubStats {
     pub bus: BusStats,
     /// Limit rejections, by limit.
     pub limit_rejections: LimitCounts,
-    /// Audit events emitted (security violations and audited uses).
+    /// Audit events emitted that are security violations
+    /// ([`AuditKind::is_security_violation`](crate::AuditKind::is_security_violation)): expected
+    /// to stay at zero, and alerted on when it does not.
     pub security_violations: u64,
+    /// Audit events emitted, of every kind (violations, limit hits, floods, breakers, refused
+    /// refreshes, allowed global broadcasts).
+    pub audit_events: u64,
     /// Stale connection ids refused.
     pub stale_ids_refused: u64,
     /// Envelopes accepted by `publish`.

@@ -128,8 +128,9 @@ fn single_node_samples() -> Vec<Value> {
     let a = sim.drain();
     seen.take(&a);
 
-    // A malformed frame is answered with an error frame.
-    let _ = sim.hub.receive(sim.now, alice, b"{not json");
+    // A refused frame is answered with an error frame, naming the frame's id when it had one.
+    let refused = br#"{"type":"message","id":"q1","thread_id":7}"#;
+    let _ = sim.hub.receive(sim.now, alice, refused);
     let a = sim.drain();
     seen.take(&a);
 

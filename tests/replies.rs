@@ -103,3 +103,41 @@ fn a_message_id_must_be_a_short_string() {
     sim.hub.receive(sim.now, alice, br#"{"type":"message","data":{}}"#).unwrap();
     assert_eq!(inbound(&sim.drain())[0].id, None);
 }
+
+#[test]
+fn a_refused_message_or_history_request_is_answered_with_its_id() {
+    let mut sim = Sim::new(quiet());
+    let alice = sim.connect("acme", "alice");
+    let refused = |sim: &mut Sim, frame: &str| {
+        assert!(sim.hub.receive(sim.now, alice, frame.as_bytes()).is_err(), "{frame}");
+        let frames = frames_for(&sim.drain(), alice);
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0]["type"], "error");
+        (frames[0]["code"].clone(), frames[0].get("id").cloned())
+    };
+    // Invalid: the id is read back from the frame that failed validation.
+    let bad_thread = r#"{"type":"message","id":"m-1","thread_id":5,"data":{}}"#;
+    assert_eq!(refused(&mut sim, bad_thread), (json!("invalid_field"), Some(json!("m-1"))));
+    // An id that is itself invalid is not echoed; nor is one of a frame with no id at all.
+    let bad_id = r#"{"type":"message","id":"","data":{}}"#;
+    assert_eq!(refused(&mut sim, bad_id), (json!("invalid_field"), None));
+    assert_eq!(refused(&mut sim, r#"{"type":"nope","id":"m-2"}"#).1, Some(json!("m-2")));
+    assert_eq!(refused(&mut sim, r#"{"type":"message","thread_id":5}"#).1, None);
+    // A history request for a stream the connection does not have.
+    let foreign = r#"{"type":"history","stream":"r:lobby","id":"h-1"}"#;
+    assert_eq!(refused(&mut sim, foreign), (json!("unknown_stream"), Some(json!("h-1"))));
+
+    // Over the message rate: the refused message's id comes back with `rate_limited`.
+    let burst = sim.hub.config().tiers.get(switchboard::Tier::Free).message_burst;
+    for n in 0..burst {
+        let msg = format!(r#"{{"type":"message","id":"ok-{n}","data":{{}}}}"#);
+        sim.hub.receive(sim.now, alice, msg.as_bytes()).unwrap();
+    }
+    sim.drain();
+    let over = r#"{"type":"message","id":"m-3","data":{}}"#;
+    assert_eq!(refused(&mut sim, over), (json!("rate_limited"), Some(json!("m-3"))));
+    // A refused frame too large to read again carries no id.
+    let max = sim.hub.config().max_frame_bytes;
+    let big = format!(r#"{{"type":"message","id":"m-4","data":"{}"}}"#, "x".repeat(max));
+    assert_eq!(refused(&mut sim, &big), (json!("frame_too_large"), None));
+}

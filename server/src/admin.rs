@@ -226,6 +226,7 @@ async fn stats(State(app): State<AppState>, headers: HeaderMap) -> Response {
             "buffered_messages": s.buffered_messages,
             "buffered_bytes": s.buffered_bytes,
             "security_violations": s.security_violations,
+            "audit_events": s.audit_events,
             "kicked": s.closed_by.get(switchboard::ClosedBy::Hub(CloseReason::Kicked)),
         }))
         .into_response()

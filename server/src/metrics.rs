@@ -18,10 +18,11 @@
 //! its series from the first scrape on.
 //!
 //! Counters are named `…_total`, and their `# TYPE` line names them with that suffix, as 0.0.4
-//! wants. `switchboard_security_violations_total` counts the audit kinds in [`SECURITY_AUDITS`]
-//! only: a client or caller doing something it must not (another user's stream, a stale id, a
-//! malformed or oversized frame, a close for repeated violations, a refused global broadcast);
-//! limits, rate limits and breakers are load, not attacks, and are counted in
+//! wants. `switchboard_security_violations_total` counts the audit kinds that are security
+//! violations ([`AuditKind::is_security_violation`]) only: a client or caller doing something it
+//! must not (another user's stream, a stale id, a malformed or oversized frame, a close for
+//! repeated violations, a refused global broadcast); limits, rate limits and breakers are load,
+//! not attacks, and are counted in
 //! `switchboard_audit_events_total` and `…_limit_rejections_total`. The per-tier rates are the
 //! hub's exponential moving averages, exposed as gauges named `…_per_minute_moving_avg`; the hub
 //! keeps no per-tier counters, so `rate()` goes over the untiered
@@ -42,17 +43,6 @@ use crate::http::HttpCounters;
 
 /// The content type of `/metrics`: the Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The audit kinds that count as security violations: a client or caller doing something it
-/// must not. Limits, rate limits and the breaker are load, not attacks.
-pub const SECURITY_AUDITS: &[AuditKind] = &[
-    AuditKind::ForeignStream,
-    AuditKind::StaleConnId,
-    AuditKind::MalformedFrame,
-    AuditKind::OversizedFrame,
-    AuditKind::ViolationClose,
-    AuditKind::GlobalBroadcastDenied,
-];
 
 /// Cluster mode's families: the hub's view of the bus and the driver's.
 fn bus_families(
@@ -317,7 +307,11 @@ pub fn render(snapshot: &Snapshot, http: &HttpCounters) -> prometheus::Result<St
         "Audit events that are security violations (foreign streams, stale ids, malformed or \
          oversized frames, violation closes, refused global broadcasts); not limits or rate \
          limits",
-        SECURITY_AUDITS.iter().map(|k| audit(k.as_str())).sum(),
+        AuditKind::ALL
+            .iter()
+            .filter(|k| k.is_security_violation())
+            .map(|k| audit(k.as_str()))
+            .sum(),
     )?;
     b.counter("stale_ids_refused", "Stale connection ids refused", s.stale_ids_refused)?;
     let known = |name: &str| AuditKind::ALL.iter().any(|k| k.as_str() == name);

@@ -115,7 +115,7 @@ impl Hub {
         let Lookup::Live(idx) = self.conns.lookup(id, now, self.cfg.tombstone_ttl) else { return };
         // It may have left the room meanwhile: then it is told so.
         let Some((holder, name, _)) = self.visible_stream(idx, &request.stream) else {
-            let frame = self.flow.writer.error(&PeerError::UnknownStream);
+            let frame = self.flow.writer.error(&PeerError::UnknownStream, request.id.as_deref());
             self.control_or_close(now, idx, &frame);
             return;
         };

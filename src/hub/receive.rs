@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::action::{Action, RefreshRequest};
 use crate::action::{Inbound, Origin};
-use crate::client_frame::{ClientFrame, parse_client_frame};
+use crate::client_frame::{ClientFrame, echo_id, frame_id, parse_client_frame};
 use crate::envelope::Reply;
 use crate::error::{PeerError, ReceiveError};
 use crate::error::{RefreshError, ReplyError};
@@ -54,14 +54,18 @@ impl Hub {
             let err =
                 PeerError::FrameTooLarge { size: frame.len(), limit: self.cfg.max_frame_bytes };
             let limit = LimitKind::FrameSize;
-            return Err(self.peer_error(now, idx, err, Some(limit), AuditKind::OversizedFrame));
+            // Not parsed for its id: a frame this large is not read twice.
+            let audit = AuditKind::OversizedFrame;
+            return Err(self.peer_error(now, idx, err, Some(limit), audit, None));
         }
         let max_positions = 2 + self.cfg.max_rooms_per_connection as usize;
         let (max_id, max_history) = (self.cfg.max_client_id_bytes, self.cfg.max_history_messages);
         let parsed = match parse_client_frame(frame, max_id, max_positions, max_history) {
             Ok(f) => f,
             Err(err) => {
-                return Err(self.peer_error(now, idx, err, None, AuditKind::MalformedFrame));
+                let id = echo_id(frame, max_id);
+                let audit = AuditKind::MalformedFrame;
+                return Err(self.peer_error(now, idx, err, None, audit, id.as_deref()));
             }
         };
         let c = self.conns.get_mut(idx);
@@ -80,24 +84,16 @@ impl Hub {
         };
         if !bucket.try_take(now, rate) {
             // Answered, never a violation.
-            return Err(self.refuse(
-                now,
-                idx,
-                PeerError::RateLimited,
-                Some(limit),
-                AuditKind::Flood,
-            ));
+            let (err, audit) = (PeerError::RateLimited, AuditKind::Flood);
+            let id = frame_id(&parsed, frame, max_id);
+            return Err(self.refuse(now, idx, err, Some(limit), audit, id.as_deref()));
         }
         let c = self.conns.get_mut(idx);
         if let ClientFrame::Resume { positions } = &parsed {
             if !c.claim_resume() {
-                return Err(self.peer_error(
-                    now,
-                    idx,
-                    PeerError::AlreadyResumed,
-                    None,
-                    AuditKind::MalformedFrame,
-                ));
+                let (err, audit) = (PeerError::AlreadyResumed, AuditKind::MalformedFrame);
+                let id = echo_id(frame, max_id);
+                return Err(self.peer_error(now, idx, err, None, audit, id.as_deref()));
             }
             if self.node.is_some() {
                 if self.conns.get(idx).is_awaiting() {
@@ -135,13 +131,8 @@ impl Hub {
                 if !(thread_ok && run_ok) {
                     let err = PeerError::TooManySubscriptions { limit: max };
                     let limit = LimitKind::ThreadSubscriptions;
-                    return Err(self.peer_error(
-                        now,
-                        idx,
-                        err,
-                        Some(limit),
-                        AuditKind::LimitHit(limit),
-                    ));
+                    let (audit, id) = (AuditKind::LimitHit(limit), echo_id(frame, max_id));
+                    return Err(self.peer_error(now, idx, err, Some(limit), audit, id.as_deref()));
                 }
             }
             ClientFrame::Unsubscribe { thread: None, run: None } => c.widen(),
@@ -184,19 +175,16 @@ impl Hub {
                 // Presence is off there: answered, neither audited nor a violation.
                 Requested::Off => {
                     self.out.stats.protocol_errors += 1;
-                    let frame = self.flow.writer.error(&PeerError::NoPresence);
+                    let id = echo_id(frame, max_id);
+                    let frame = self.flow.writer.error(&PeerError::NoPresence, id.as_deref());
                     self.control_or_close(now, idx, &frame);
                     return Err(ReceiveError::Peer(PeerError::NoPresence));
                 }
                 // Asking who is in a room it is not in: audited like reading a foreign stream.
                 Requested::NotMember => {
-                    return Err(self.refuse(
-                        now,
-                        idx,
-                        PeerError::NoPresence,
-                        None,
-                        AuditKind::ForeignStream,
-                    ));
+                    let (err, audit) = (PeerError::NoPresence, AuditKind::ForeignStream);
+                    let id = echo_id(frame, max_id);
+                    return Err(self.refuse(now, idx, err, None, audit, id.as_deref()));
                 }
             },
             ClientFrame::History(request) => {
@@ -206,7 +194,7 @@ impl Hub {
                         _ => AuditKind::MalformedFrame,
                     };
                     // Answered, not a violation: a client may ask about a room it just left.
-                    return Err(self.refuse(now, idx, err, None, audit));
+                    return Err(self.refuse(now, idx, err, None, audit, request.id.as_deref()));
                 }
             }
             ClientFrame::Resume { .. } => unreachable!("handled above"),
@@ -304,8 +292,8 @@ impl Hub {
         while !why.is_char_boundary(end) {
             end -= 1;
         }
-        let frame =
-            self.flow.writer.error(&PeerError::RefreshRefused { why: why[..end].to_owned() });
+        let err = PeerError::RefreshRefused { why: why[..end].to_owned() };
+        let frame = self.flow.writer.error(&err, None);
         self.control_or_close(now, idx, &frame);
     }
 
@@ -318,8 +306,9 @@ impl Hub {
         err: PeerError,
         limit: Option<LimitKind>,
         audit: AuditKind,
+        id: Option<&str>,
     ) -> ReceiveError {
-        let err = self.refuse(now, idx, err, limit, audit);
+        let err = self.refuse(now, idx, err, limit, audit, id);
         if !self.conns.contains(idx) {
             return err;
         }
@@ -331,8 +320,10 @@ impl Hub {
         err
     }
 
-    /// Refuses a frame: count it, audit it, and tell the client with an `error` frame (or close
-    /// the connection as a slow consumer if it cannot take one).
+    /// Refuses a frame: count it, audit it, and tell the client with an `error` frame carrying
+    /// the frame's `id` if it had one (or close the connection as a slow consumer if it cannot
+    /// take one).
+    #[allow(clippy::too_many_arguments)]
     fn refuse(
         &mut self,
         now: Instant,
@@ -340,13 +331,14 @@ impl Hub {
         err: PeerError,
         limit: Option<LimitKind>,
         audit: AuditKind,
+        id: Option<&str>,
     ) -> ReceiveError {
         self.out.stats.protocol_errors += 1;
         match limit {
             Some(limit) => self.limit_conn(limit, audit, idx),
             None => self.audit_conn(audit, idx),
         }
-        let frame = self.flow.writer.error(&err);
+        let frame = self.flow.writer.error(&err, id);
         self.control_or_close(now, idx, &frame);
         ReceiveError::Peer(err)
     }

@@ -191,6 +191,23 @@ pub fn decode(bytes: &[u8], max_client_id_bytes: usize) -> Decoded {
     }
 }
 
+/// The `id` an `error` frame refusing `bytes` carries (README "Wire protocol"): the frame's own
+/// when it is a JSON object naming `id` once, as a string of 1 to `max_client_id_bytes` bytes;
+/// whatever the frame's type, and whatever else is wrong with it. (The caller leaves out frames
+/// over the size limit, which are not read for it.)
+#[must_use]
+pub fn echo_id(bytes: &[u8], max_client_id_bytes: usize) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOf {
+        #[serde(default, deserialize_with = "field")]
+        id: Field,
+    }
+    match serde_json::from_slice::<IdOf>(bytes).ok()?.id {
+        Field::Str(id) if !id.is_empty() && id.len() <= max_client_id_bytes => Some(id),
+        _ => None,
+    }
+}
+
 /// A thread name of the model's domain (`th<k>`, spelled as [`thread_name`] spells it).
 fn thread_index(name: &str) -> Option<usize> {
     let k: usize = name.strip_prefix("th")?.parse().ok()?;

@@ -65,11 +65,13 @@ def server():
     s.stop()
 
 
-def token(user: str, tenant: str = "acme", ttl: int = 3600, rooms: list[str] | None = None) -> str:
+def token(
+    user: str, tenant: str = "acme", ttl: int = 3600, rooms: list[str] | None = None, tier: str = "enterprise",
+) -> str:
     def b64(b: bytes) -> str:
         return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
-    claims = {"sub": user, "tenant": tenant, "tier": "enterprise", "roles": ["member"],
+    claims = {"sub": user, "tenant": tenant, "tier": tier, "roles": ["member"],
               "rooms": rooms or [], "exp": int(time.time()) + ttl}
     head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     body = b64(json.dumps(claims).encode())

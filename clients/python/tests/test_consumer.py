@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from conftest import ADMIN, Server, free_port, token
-from switchboard_client import Backoff, Consumer, ConsumerStopped, Publisher
+from switchboard_client import Backoff, Consumer, ConsumerStopped, Publisher, ReplyFailed
 
 
 async def take(c: Consumer, n: int) -> list:
@@ -95,6 +95,27 @@ async def test_a_request_gets_the_applications_reply_then_the_run(server):
         events = await take(c, 7)
         assert {e.run_id for e in events} == {reply["run_id"]}
         assert [e.kind for e in events][0] == "agent_started" and events[-1].kind == "agent_completed"
+
+
+async def test_a_refused_request_fails_at_once_and_other_refusals_reach_on_error(server):
+    stray = []
+    async with Consumer(server.ws, token("py-flood", tier="free"), on_error=stray.append) as c:
+        # More requests at once than the free tier's burst (30): those over it are refused, with their ids.
+        # The timeout is far off: a refusal that waited for it would raise ReplyTimeout instead.
+        asked = [c.request({"text": f"q{n}"}, timeout=50) for n in range(60)]
+        results = await asyncio.gather(*asked, return_exceptions=True)
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert 0 < len(refused) < 60, results
+        assert all(isinstance(r, ReplyFailed) and r.code == "rate_limited" for r in refused), refused
+        assert stray == [] and c.stats["server_errors"] == 0
+        # A refusal that answers no request goes to on_error: a plain message, still over the rate.
+        await c.send({"text": "no id"})
+        for _ in range(200):
+            if stray:
+                break
+            await asyncio.sleep(0.01)
+        assert [(e.code, e.id) for e in stray] == [("rate_limited", None)]
+        assert c.stats["server_errors"] == 1
 
 
 async def test_a_failing_token_provider_is_retried_with_backoff(server):

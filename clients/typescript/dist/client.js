@@ -538,10 +538,27 @@ export class Client {
             this.#endHistory(h, null, historyPage(f));
         }
         else {
-            if (!HISTORY_REFUSALS.has(f.code) && this.#pongs >= h.ping)
+            // A refusal with an id is this request's only if it names it. One without (an older
+            // server) is if only history requests get its code, or if it came before the pong that
+            // answers the ping sent after the request.
+            const mine = f.id !== undefined ? f.id === h.frame.id : HISTORY_REFUSALS.has(f.code) || this.#pongs < h.ping;
+            if (!mine)
                 return false;
             this.#endHistory(h, new HistoryError(f.code, f.message));
         }
+        return true;
+    }
+    /** Ends the pending `request` `id` with its answer; false if none waits under that id. */
+    #answer(id, error, data) {
+        const p = this.#pending.get(id);
+        if (!p)
+            return false;
+        this.#pending.delete(id);
+        clearTimeout(p.timer);
+        if (error)
+            p.reject(new ReplyError(error.code, error.message));
+        else
+            p.resolve(data);
         return true;
     }
     #failPending(err) {
@@ -587,21 +604,14 @@ export class Client {
                 return;
             case "refresh_required":
                 return void this.#refresh();
-            case "reply": {
-                const p = this.#pending.get(f.id);
-                if (!p)
-                    return;
-                this.#pending.delete(f.id);
-                clearTimeout(p.timer);
-                if (f.error)
-                    p.reject(new ReplyError(f.error.code, f.error.message));
-                else
-                    p.resolve(f.data);
-                return;
-            }
+            case "reply":
+                return void this.#answer(f.id, f.error, f.data);
             case "history":
                 return void this.#historyAnswered(f);
             case "error":
+                // A refused `request` (it carries the request's id) fails at once, not at its timeout.
+                if (f.id !== undefined && this.#answer(f.id, f, undefined))
+                    return;
                 if (!this.#historyAnswered(f))
                     this.#emit("serverError", f);
                 return;

@@ -68,6 +68,8 @@ export interface ErrorFrame {
     type: "error";
     code: string;
     message: string;
+    /** The refused frame's `id` (a `request`'s or a `history` request's), when it had one. */
+    id?: string;
 }
 export interface PongFrame {
     type: "pong";

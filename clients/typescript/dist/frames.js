@@ -48,7 +48,7 @@ const REQUIRED = {
     skipped: { count: num },
     joined: { stream: str, epoch: num, seq: num },
     left: { stream: str },
-    error: { code: str, message: str },
+    error: { code: str, message: str, id: (v) => v === undefined || str(v) },
     pong: {},
     reply: { id: str },
     history: {

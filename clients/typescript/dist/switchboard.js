@@ -74,7 +74,7 @@ var REQUIRED = {
   skipped: { count: num },
   joined: { stream: str, epoch: num, seq: num },
   left: { stream: str },
-  error: { code: str, message: str },
+  error: { code: str, message: str, id: (v) => v === void 0 || str(v) },
   pong: {},
   reply: { id: str },
   history: {
@@ -812,9 +812,20 @@ var Client = class {
       if (f.id !== h.frame.id) return false;
       this.#endHistory(h, null, historyPage(f));
     } else {
-      if (!HISTORY_REFUSALS.has(f.code) && this.#pongs >= h.ping) return false;
+      const mine = f.id !== void 0 ? f.id === h.frame.id : HISTORY_REFUSALS.has(f.code) || this.#pongs < h.ping;
+      if (!mine) return false;
       this.#endHistory(h, new HistoryError(f.code, f.message));
     }
+    return true;
+  }
+  /** Ends the pending `request` `id` with its answer; false if none waits under that id. */
+  #answer(id, error, data) {
+    const p = this.#pending.get(id);
+    if (!p) return false;
+    this.#pending.delete(id);
+    clearTimeout(p.timer);
+    if (error) p.reject(new ReplyError(error.code, error.message));
+    else p.resolve(data);
     return true;
   }
   #failPending(err) {
@@ -858,18 +869,12 @@ var Client = class {
         return;
       case "refresh_required":
         return void this.#refresh();
-      case "reply": {
-        const p = this.#pending.get(f.id);
-        if (!p) return;
-        this.#pending.delete(f.id);
-        clearTimeout(p.timer);
-        if (f.error) p.reject(new ReplyError(f.error.code, f.error.message));
-        else p.resolve(f.data);
-        return;
-      }
+      case "reply":
+        return void this.#answer(f.id, f.error, f.data);
       case "history":
         return void this.#historyAnswered(f);
       case "error":
+        if (f.id !== void 0 && this.#answer(f.id, f, void 0)) return;
         if (!this.#historyAnswered(f)) this.#emit("serverError", f);
         return;
       case "pong":

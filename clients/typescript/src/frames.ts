@@ -89,6 +89,8 @@ export interface ErrorFrame {
   type: "error";
   code: string;
   message: string;
+  /** The refused frame's `id` (a `request`'s or a `history` request's), when it had one. */
+  id?: string;
 }
 export interface PongFrame {
   type: "pong";
@@ -230,7 +232,7 @@ const REQUIRED: Record<ControlFrame["type"], Record<string, (v: unknown) => bool
   skipped: { count: num },
   joined: { stream: str, epoch: num, seq: num },
   left: { stream: str },
-  error: { code: str, message: str },
+  error: { code: str, message: str, id: (v) => v === undefined || str(v) },
   pong: {},
   reply: { id: str },
   history: {

@@ -173,7 +173,8 @@ test("a token provider refreshes the session before it ends, and re-authenticate
     token: (reason) => {
       reasons.push(reason);
       // The first refresh hands over another user's token: refused, the session ends (4001).
-      if (reason === "refresh" && refuse) return token("intruder", { ttlSecs: 3600 });
+      // The next one a token that ends later (one of 3 s again would not extend the session).
+      if (reason === "refresh") return token(refuse ? "intruder" : "session-1", { ttlSecs: 3600 });
       return token("session-1", { ttlSecs: 3 });
     },
     backoff: { baseMs: 50, maxMs: 100 },
@@ -182,6 +183,9 @@ test("a token provider refreshes the session before it ends, and re-authenticate
   c.on("serverError", (e) => errors.push(e.code));
   const codes: number[] = [];
   c.on("reconnecting", (r) => codes.push(r.code));
+  // Listening from the start: the accepted refresh may come before the waits below end.
+  let refreshed = 0;
+  c.on("frame", (f) => void (f.type === "refreshed" && refreshed++));
   await c.connect();
   await until(() => errors.includes("refresh_refused"), "the refused refresh");
   refuse = false;
@@ -189,8 +193,8 @@ test("a token provider refreshes the session before it ends, and re-authenticate
   await until(() => c.state === "open" && c.stats.connects === 2, "a new connection with a fresh token");
   assert.deepEqual(reasons.slice(0, 3), ["connect", "refresh", "expired"]);
   // The new session gets `refresh_required` too; this time the refresh is accepted.
-  const refreshed = new Promise<void>((ok) => c.on("frame", (f) => f.type === "refreshed" && ok()));
-  await refreshed;
+  await until(() => refreshed === 1, "the accepted refresh");
+  assert.equal(c.stats.connects, 2, "the refreshed session goes on");
   c.close();
 });
 
@@ -226,6 +230,22 @@ test("a request gets the application's reply; a reply that does not come times o
   await assert.rejects(c.request({ text: "again" }, { timeoutMs: 200 }), (e: ReplyError) => e.code === "timeout");
   proxy.resume();
   await proxy.close();
+});
+
+test("a request the server refuses fails at once with the server's code", async () => {
+  const c = client({ url: server.ws, token: token("asker-flood", { tier: "free" }) });
+  await c.connect();
+  const stray: string[] = [];
+  c.on("serverError", (e) => stray.push(e.code));
+  // More messages at once than the free tier's burst (30): those over it are refused, with their ids.
+  // The timeout is far off: a refusal that waited for it would fail with "timeout" instead.
+  const asked = Array.from({ length: 60 }, (_, n) => c.request({ text: `q${n}` }, { timeoutMs: 50_000 }));
+  const settled = await Promise.allSettled(asked);
+  const refused = settled.flatMap((r) => (r.status === "rejected" ? [(r.reason as ReplyError).code] : []));
+  assert.ok(refused.length > 0 && refused.length < 60, `${refused.length} refused`);
+  assert.deepEqual(new Set(refused), new Set(["rate_limited"]));
+  assert.deepEqual(stray, [], "a refusal answers its request, it is not a stray server error");
+  assert.equal(c.state, "open");
 });
 
 test("a thread subscription narrows delivery and is restored after a reconnect", async () => {

@@ -54,8 +54,9 @@ export const samples = [
     "user": "alice"
   } satisfies WireFrameOf<"connected">,
   {
-    "code": "malformed",
-    "message": "malformed frame at line 1, column 2",
+    "code": "invalid_field",
+    "id": "q1",
+    "message": "frame field `thread_id` is missing or invalid",
     "type": "error"
   } satisfies WireFrameOf<"error">,
   {

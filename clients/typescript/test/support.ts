@@ -118,12 +118,12 @@ const b64 = (v: string | Buffer) => Buffer.from(v).toString("base64url");
 /** An HS256 token for `user` of `tenant`, valid for `ttlSecs`. */
 export function token(
   user: string,
-  opts: { tenant?: string; ttlSecs?: number; rooms?: string[]; name?: string; secret?: string } = {},
+  opts: { tenant?: string; ttlSecs?: number; rooms?: string[]; name?: string; secret?: string; tier?: string } = {},
 ): string {
   const claims = {
     sub: user,
     tenant: opts.tenant ?? "acme",
-    tier: "enterprise",
+    tier: opts.tier ?? "enterprise",
     roles: ["member"],
     rooms: opts.rooms ?? [],
     exp: Math.floor(Date.now() / 1000) + (opts.ttlSecs ?? 3600),

@@ -258,8 +258,9 @@ impl Model {
         Ok(true)
     }
 
-    /// A client frame of `size` bytes (`positions`: a `resume`'s, as sent); `Err(Ok(e))` is a
-    /// peer error.
+    /// A client frame of `size` bytes (`positions`: a `resume`'s, as sent; `echo`: the id an
+    /// `error` refusing it carries); `Err(Ok(e))` is a peer error.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn receive(
         &mut self,
         id: ConnId,
@@ -267,6 +268,7 @@ impl Model {
         size: usize,
         positions: Option<&[(String, u64, u64)]>,
         refused: Option<PeerError>,
+        echo: Option<String>,
     ) -> Result<(), Result<PeerError, ConnError>> {
         self.lookup(id).map_err(Err)?;
         let now = self.clock;
@@ -275,6 +277,8 @@ impl Model {
         c.last_act = now;
         c.ping_at = None;
         let limit = self.cfg.max_frame_bytes;
+        // A frame over the limit is not read for its id.
+        self.echo = if size > limit { None } else { echo };
         if size > limit {
             let err = PeerError::FrameTooLarge { size, limit };
             let limit = Some(LimitKind::FrameSize);
@@ -411,7 +415,8 @@ impl Model {
             self.emit(o_limit(limit));
         }
         self.emit(o_audit(audit, Some(id), Some(&tn), Some(&un)));
-        let _still_open = self.control(id, &f_error(&err));
+        let frame = f_error(&err, self.echo.take().as_deref());
+        let _still_open = self.control(id, &frame);
         err
     }
 

@@ -363,6 +363,7 @@ struct Counters {
     refused_expired: u64,
     limits: HashMap<LimitKind, u64>,
     security: u64,
+    audits: u64,
     stale: u64,
     publishes: u64,
     undeliverable: u64,
@@ -435,6 +436,8 @@ struct Model {
     c: Counters,
     /// The outputs the current operation must produce.
     out: Vec<String>,
+    /// The `id` an `error` frame refusing the frame being received carries (`raw::echo_id`).
+    echo: Option<String>,
     hints: Hints,
 }
 
@@ -455,6 +458,7 @@ impl Model {
             next_ord: 0,
             c: Counters::default(),
             out: Vec::new(),
+            echo: None,
             hints: Hints::default(),
         }
     }
@@ -539,8 +543,18 @@ impl Model {
     }
 
     fn emit(&mut self, s: String) {
-        if s.starts_with("audit ") {
-            self.c.security += 1;
+        if let Some(kind) = s.strip_prefix("audit ") {
+            self.c.audits += 1;
+            // The README's list of security violations, by the names `o_audit` writes.
+            const VIOLATIONS: [&str; 6] = [
+                "ForeignStream ",
+                "StaleConnId ",
+                "MalformedFrame ",
+                "OversizedFrame ",
+                "ViolationClose ",
+                "GlobalBroadcastDenied ",
+            ];
+            self.c.security += u64::from(VIOLATIONS.iter().any(|v| kind.starts_with(v)));
         }
         self.out.push(s);
     }

@@ -30,8 +30,10 @@ pub(super) fn f_connected(
 pub(super) fn f_pong() -> String {
     r#"{"type":"pong"}"#.to_owned()
 }
-pub(super) fn f_error(e: &PeerError) -> String {
-    format!(r#"{{"type":"error","code":{},"message":{}}}"#, js(e.code()), js(&e.to_string()))
+/// An `error` frame, with the refused frame's `id` when it had a valid one.
+pub(super) fn f_error(e: &PeerError, id: Option<&str>) -> String {
+    let id = id.map_or(String::new(), |id| format!(r#","id":{}"#, js(id)));
+    format!(r#"{{"type":"error","code":{},"message":{}{id}}}"#, js(e.code()), js(&e.to_string()))
 }
 pub(super) fn f_refresh(expires_in: Ms) -> String {
     format!(r#"{{"type":"refresh_required","expires_in_ms":{expires_in}}}"#)

@@ -26,7 +26,7 @@ from .backoff import Backoff
 from .errors import ConsumerStopped, HistoryFailed, QueueOverflow, ReplyFailed, ReplyTimeout
 from .frames import (
     Connected, Error, Event, Frame, FrameError, History, Joined, Left, Pong, Presence, PresenceDiff,
-    RefreshRequired, Reply, Resumed, Resync, Position, decode_frame,
+    RefreshRequired, Reply, Resumed, Resync, Position, Skipped, decode_frame,
 )
 from .subscription import Subscription
 
@@ -91,6 +91,7 @@ class Consumer:
         runs: tuple[str, ...] = (),
         presence: bool = True,
         on_resync: Optional[Callable[[ResyncReport], Any]] = None,
+        on_error: Optional[Callable[[Error], Any]] = None,
         max_queue: int = 10_000,
         rng: Optional[random.Random] = None,
     ):
@@ -113,6 +114,9 @@ class Consumer:
         self._pongs = 0
         self._pong_waiters: list[tuple[int, asyncio.Future]] = []
         self.on_resync = on_resync
+        #: Called with each ``error`` frame that answers no request of this consumer (a refused
+        #: ``send``, ``subscribe`` or ``presence`` request, for example); counted in ``stats``.
+        self.on_error = on_error
         self._queue: asyncio.Queue[Union[Item, BaseException]] = asyncio.Queue(max_queue + 1)
         self._max_queue = max_queue
         self._rng = rng or random.Random()
@@ -124,7 +128,10 @@ class Consumer:
         self._live = asyncio.Event()
         #: The current (or last) ``connected`` frame.
         self.connection: Optional[Connected] = None
-        self.stats = {"connects": 0, "reconnects": 0, "duplicates": 0, "replayed": 0, "events": 0}
+        self.stats = {
+            "connects": 0, "reconnects": 0, "duplicates": 0, "replayed": 0, "events": 0,
+            "skipped": 0, "server_errors": 0,
+        }
         #: Every reconnect's (attempt, delay in s, close code).
         self.reconnects: list[tuple[int, float, int]] = []
         self.resyncs: list[ResyncReport] = []
@@ -350,7 +357,13 @@ class Consumer:
                 return False
             fut.set_result(f)
         else:
-            if f.code not in HISTORY_REFUSALS and self._pongs >= ping:
+            # With an id, only a refusal naming this request is its own. Without (an older
+            # server): one whose code only history requests get, or one before the pong that
+            # answers the ping sent after the request.
+            if f.id is not None:
+                if f.id != rid:
+                    return False
+            elif f.code not in HISTORY_REFUSALS and self._pongs >= ping:
                 return False
             fut.set_exception(HistoryFailed(f.code, f.message))
         return True
@@ -529,8 +542,20 @@ class Consumer:
                     fut.set_exception(ReplyFailed(f.error.code, f.error.message))
                 else:
                     fut.set_result(f.data)
-        elif isinstance(f, (History, Error)):
+        elif isinstance(f, Error):
+            # A refused request (the frame carries its id) fails at once, not at its timeout.
+            fut = self._pending.get(f.id) if f.id is not None else None
+            if fut is not None:
+                if not fut.done():
+                    fut.set_exception(ReplyFailed(f.code, f.message))
+            elif not self._history_answered(f):
+                self.stats["server_errors"] += 1
+                if self.on_error is not None:
+                    self.on_error(f)
+        elif isinstance(f, History):
             self._history_answered(f)
+        elif isinstance(f, Skipped):
+            self.stats["skipped"] += f.count
         elif isinstance(f, Pong):
             self._pongs += 1
             for n, fut in [w for w in self._pong_waiters if w[0] <= self._pongs]:

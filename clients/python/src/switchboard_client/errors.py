@@ -66,7 +66,8 @@ class ReplyTimeout(SwitchboardError):
 
 
 class ReplyFailed(SwitchboardError):
-    """The application answered a request with an error."""
+    """The application answered a request with an error, or the server refused the request
+    (``code`` the server's: ``rate_limited``, ``invalid_field``, ...)."""
 
     def __init__(self, code: str, message: str):
         super().__init__(f"{code}: {message}")

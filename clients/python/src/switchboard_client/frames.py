@@ -96,6 +96,8 @@ class Left:
 class Error:
     code: str
     message: str
+    #: The refused frame's ``id`` (a ``request``'s or a ``history`` request's), when it had one.
+    id: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -304,7 +304,7 @@ impl Runner {
         let active_users = m.users.values().filter(|u| !u.conns.is_empty()).count() as u64;
         let (buffered_messages, buffered_bytes) = m.buffered();
         let idle_rooms = m.idle_rooms() as u64;
-        let pairs: [(&str, u64, u64); 39] = [
+        let pairs: [(&str, u64, u64); 40] = [
             ("connections_active", s.connections_active, m.live.len() as u64),
             ("connections_opened", s.connections_opened, c.opened),
             ("connections_closed", s.connections_closed, c.closed),
@@ -318,6 +318,7 @@ impl Runner {
             ("rooms_idle", s.rooms_idle, idle_rooms),
             ("connects_refused_expired", s.connects_refused_expired, c.refused_expired),
             ("security_violations", s.security_violations, c.security),
+            ("audit_events", s.audit_events, c.audits),
             ("stale_ids_refused", s.stale_ids_refused, c.stale),
             ("publishes", s.publishes, c.publishes),
             ("undeliverable", s.undeliverable, c.undeliverable),

@@ -457,8 +457,9 @@ impl Runner {
                         refused = Some(e.clone());
                     }
                 }
+                let echo = crate::raw::echo_id(&bytes, self.model.cfg.max_client_id_bytes);
                 let want =
-                    self.model.receive(id, frame, bytes.len(), positions.as_deref(), refused);
+                    self.model.receive(id, frame, bytes.len(), positions.as_deref(), refused, echo);
                 let peer_error = matches!(got, Err(ReceiveError::Peer(_)));
                 match (&got, &want) {
                     (Ok(()), Ok(())) => {}
