@@ -88,6 +88,26 @@ async def test_a_refused_token_stops_at_the_handshake(server):
     assert e.value.code == 401
 
 
+async def test_a_provider_is_asked_once_more_after_a_refused_token(server):
+    bad = token("py-renew")[:-4] + "AAAA"
+    calls = []
+
+    def renewing(reason: str) -> str:
+        calls.append(reason)
+        return bad if reason == "connect" else token("py-renew")
+
+    async with Consumer(server.ws, renewing) as c:
+        assert c.connection is not None and c.connection.user == "py-renew"
+        assert calls == ["connect", "rejected"]
+
+    # A provider that has nothing better: asked once, then the consumer stops with the 401.
+    stuck = []
+    with pytest.raises(ConsumerStopped) as e:
+        async with Consumer(server.ws, lambda reason: stuck.append(reason) or bad):
+            pass
+    assert e.value.code == 401 and stuck == ["connect", "rejected"]
+
+
 async def test_a_request_gets_the_applications_reply_then_the_run(server):
     async with Consumer(server.ws, token("py-asker"), threads=("t9",)) as c:
         reply = await c.request({"text": "hi"}, thread="t9")

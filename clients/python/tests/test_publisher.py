@@ -32,6 +32,28 @@ async def test_publish_to_every_target_returns_positions_and_reaches_the_consume
         assert [(e.stream, e.thread_id, e.run_id) for e in events[:3]] == [("u", None, None), ("u", "t1", "r1"), ("u", None, "r1")]
 
 
+async def test_exclude_leaves_out_the_senders_connection_and_priority_reaches_the_server(server):
+    t = token("py-excl")
+    async with Publisher(server.http, ADMIN) as pub, Consumer(server.ws, t) as sender, Consumer(server.ws, t) as other:
+        for c in (sender, other):
+            for _ in range(200):
+                if c.connection is not None:
+                    break
+                await asyncio.sleep(0.01)
+        env = Envelope("acme", "notice", {"n": 1}, user="py-excl", exclude=sender.connection.conn_id)
+        got = await pub.publish(env)
+        assert got.excluded is True and got.delivered + got.held == 1, got
+        event = await asyncio.wait_for(other.__anext__(), 10)
+        assert event.data == {"n": 1}
+        # The agent kinds' priorities are fixed: naming another one is refused, typed.
+        with pytest.raises(BadRequest):
+            await pub.publish(Envelope("acme", "agent_started", user="py-excl", priority="low"))
+        low = await pub.publish(Envelope("acme", "progress", {"n": 2}, user="py-excl", priority="low"))
+        assert (low.seq, low.skipped) == (2, 0), low
+        assert (await asyncio.wait_for(other.__anext__(), 10)).data == {"n": 2}
+        assert (await asyncio.wait_for(sender.__anext__(), 10)).data == {"n": 2}, "excluded from 1 only"
+
+
 async def test_a_batch_answers_each_envelope_in_order(server):
     # A user the server has never seen has no stream: the consumer makes one.
     async with Publisher(server.http, ADMIN) as pub, Consumer(server.ws, token("py-batch")) as c:

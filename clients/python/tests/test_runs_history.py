@@ -149,6 +149,23 @@ async def test_presence_frames_come_out_of_the_iterator_and_are_kept(server):
                 diff = await next_of(a)
             state = a.presence["r:py-hall"]
             assert set(state.members) == {"py-pres-a", "py-pres-b"} and state.count == 2
+            # Asked again: a fresh snapshot, with both.
+            await a.request_presence("r:py-hall")
+            snap = await next_of(a)
+            while not isinstance(snap, Presence):
+                snap = await next_of(a)
+            assert snap.scope == "r:py-hall" and {m.user for m in snap.members} == {"py-pres-a", "py-pres-b"}
+
+
+async def test_presence_asked_where_there_is_none_is_refused_to_on_error(server):
+    refused = []
+    async with Consumer(server.ws, token("py-pres-c"), on_error=refused.append) as c:
+        await c.request_presence("t")  # the server runs room presence only
+        for _ in range(200):
+            if refused:
+                break
+            await asyncio.sleep(0.01)
+        assert [e.code for e in refused] == ["no_presence"] and c.stats["server_errors"] == 1
 
 
 async def test_a_history_request_waiting_for_a_connection_ends_when_the_consumer_stops(server, proxy):

@@ -73,10 +73,10 @@ class Consumer:
     """Consumes a user's events from a switchboard server.
 
     ``token`` is a token or a function ``reason -> token`` (``"connect"``, ``"refresh"``,
-    ``"expired"``; it may be async). Iterate with ``async for item in consumer``: events, and
-    ``Presence`` / ``PresenceDiff`` frames unless ``presence=False`` (``presence`` keeps each
-    scope's members either way); use as ``async with Consumer(...) as c:`` (or call
-    :meth:`start` and :meth:`close`). ``thread(id)`` and ``run(id)`` iterate one thread's or run's
+    ``"expired"``, ``"rejected"``; it may be async). Iterate with ``async for item in
+    consumer``: events, and ``Presence`` / ``PresenceDiff`` frames unless ``presence=False``
+    (``presence`` keeps each scope's members either way); use as ``async with Consumer(...) as
+    c:`` (or call :meth:`start` and :meth:`close`). ``thread(id)`` and ``run(id)`` iterate one thread's or run's
     events; ``history(...)`` asks for a page of history.
     """
 
@@ -125,6 +125,7 @@ class Consumer:
         self._pending: dict[str, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._resuming = False
+        self._rejected_once = False
         self._live = asyncio.Event()
         #: The current (or last) ``connected`` frame.
         self.connection: Optional[Connected] = None
@@ -193,6 +194,13 @@ class Consumer:
             raise ReplyTimeout(f"no reply within {timeout} s") from None
         finally:
             self._pending.pop(rid, None)
+
+    async def request_presence(self, scope: str) -> None:
+        """Asks for a fresh ``presence`` snapshot of a scope the connection is in (``"t"`` or
+        ``"r:<room>"``); it arrives like any other (kept in ``presence``, and yielded unless
+        ``presence=False``). A scope without presence, or a room the connection is not in, gets
+        an ``error`` ``no_presence`` (to ``on_error``)."""
+        await self._send({"type": "presence", "scope": scope})
 
     async def subscribe(self, thread: Optional[str] = None, run: Optional[str] = None) -> None:
         """Narrows the connection to a thread and/or an agent run (plus the user's events that name
@@ -454,6 +462,15 @@ class Consumer:
                     code = ws.close_code or 1006
             except InvalidStatus as e:
                 status = e.response.status_code
+                if status == 401 and not isinstance(self._token_source, str) and not self._rejected_once:
+                    # A provider may have a better token (the old one expired): ask it once.
+                    self._rejected_once = True
+                    try:
+                        fresh = await self._get_token("rejected")
+                    except Exception:
+                        fresh = token
+                    if fresh != token:
+                        continue
                 if status in (401, 403):
                     raise self._stop(status, "token refused" if status == 401 else "origin refused") from None
                 try:
@@ -490,6 +507,11 @@ class Consumer:
         except FrameError:
             return
         if isinstance(f, Connected):
+            self._rejected_once = False
+            # Positions saved for another user (the provider's token named someone else) must
+            # not be resumed: they are another user's streams.
+            if self.connection is not None and (self.connection.tenant, self.connection.user) != (f.tenant, f.user):
+                self.positions.clear()
             self.connection = f
             self.stats["connects"] += 1
             resume = bool(self.positions)

@@ -41,13 +41,19 @@ class Envelope:
     room: Optional[str] = None
     role: Optional[str] = None
     run: Optional[str] = None
+    #: A custom kind's priority: ``"critical"`` (the server's default) or ``"low"`` (skipped for a
+    #: connection that is behind, like ``agent_thinking``). The agent kinds' priorities are fixed.
+    priority: Optional[str] = None
+    #: A connection id (its client's ``connected.conn_id``) left out of the recipients, such as
+    #: the sender's own; ``Published.excluded`` says whether it named an open connection.
+    exclude: Optional[str] = None
     #: Generated when the envelope is made; the same for every retry of it.
     idempotency_key: str = field(default_factory=_new_key)
 
     def body(self) -> dict:
         """The ``POST /publish`` body."""
         out: dict[str, Any] = {"tenant": self.tenant, "kind": self.kind, "idempotency_key": self.idempotency_key}
-        for name in ("user", "thread", "room", "role", "run"):
+        for name in ("user", "thread", "room", "role", "run", "priority", "exclude"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -64,9 +70,15 @@ class Published:
     epoch: Optional[int]
     seq: Optional[int]
     duplicate: bool
-    #: Single node only (cluster mode delivers on every node and cannot count here).
+    #: Single node only (cluster mode delivers on every node and cannot count here): connections
+    #: it was written to, held back for a resume window, skipped as behind (low priority), or
+    #: closed as slow consumers by it.
     delivered: Optional[int] = None
     held: Optional[int] = None
+    skipped: Optional[int] = None
+    closed: Optional[int] = None
+    #: With ``exclude``: whether it named an open connection of the node that took the request.
+    excluded: Optional[bool] = None
 
     @classmethod
     def from_body(cls, body: dict) -> "Published":
@@ -77,6 +89,9 @@ class Published:
             duplicate=bool(body.get("duplicate", False)),
             delivered=body.get("delivered"),
             held=body.get("held"),
+            skipped=body.get("skipped"),
+            closed=body.get("closed"),
+            excluded=body.get("excluded"),
         )
 
 
