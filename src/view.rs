@@ -89,6 +89,15 @@ impl<'a> UserView<'a> {
     pub fn created_at(&self) -> Instant {
         self.state.created_at
     }
+
+    /// The user's last sign of life: the latest inbound frame, pong or opening of any of its
+    /// connections; for a detached user, when its last connection closed.
+    #[must_use]
+    pub fn last_activity(&self) -> Instant {
+        let conns = self.state.conns.iter().map(|&c| self.conns.get(c).last_seen());
+        let detached = self.state.retire.map(|(_, since)| since);
+        conns.chain(detached).max().unwrap_or(self.state.created_at)
+    }
 }
 
 /// An open connection, as of now.

@@ -585,12 +585,17 @@ fn a_user_detaches_after_its_last_connection_and_retires_after_retention() {
     let b = sim.connect("acme", "alice");
     assert_eq!(sim.hub.user("acme", "alice").unwrap().phase(), UserPhase::Active);
 
-    sim.now += secs(2);
+    assert_eq!(sim.hub.user("acme", "alice").unwrap().last_activity(), t0, "the openings");
+
+    sim.now += secs(1);
+    sim.hub.receive(sim.now, b, br#"{"type":"ping"}"#).unwrap();
+    sim.now += secs(1);
     sim.hub.disconnect(sim.now, a, DisconnectReason::Clean).unwrap();
     sim.drain();
     let view = sim.hub.user("acme", "alice").unwrap();
     assert_eq!(view.phase(), UserPhase::Active);
     assert_eq!(view.connections().collect::<Vec<_>>(), vec![b]);
+    assert_eq!(view.last_activity(), t0 + secs(1), "b's ping; a's close is not activity");
 
     sim.now += secs(3); // t0 + 5
     sim.hub.disconnect(sim.now, b, DisconnectReason::Clean).unwrap();
@@ -603,6 +608,7 @@ fn a_user_detaches_after_its_last_connection_and_retires_after_retention() {
     );
     assert_eq!(view.connection_count(), 0);
     assert_eq!(view.created_at(), t0);
+    assert_eq!(view.last_activity(), t0 + secs(5), "detached: when its last connection closed");
     let s = sim.hub.stats();
     assert_eq!((s.users_active, s.users_detached, s.users_retired, s.tenants), (0, 1, 0, 1));
     assert_eq!(sim.hub.poll_timeout(), Some(t0 + secs(125)));

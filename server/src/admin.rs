@@ -173,7 +173,7 @@ fn conn_json(now: Instant, c: &ConnView<'_>) -> Value {
     })
 }
 
-fn user_json(u: &UserView<'_>) -> Value {
+fn user_json(u: &UserView<'_>, now: Instant) -> Value {
     let pos = u.stream_position();
     let (messages, bytes) = u.buffered();
     json!({
@@ -183,6 +183,8 @@ fn user_json(u: &UserView<'_>) -> Value {
             _ => "detached",
         },
         "connections": u.connection_count(),
+        "age_ms": ms_since(now, u.created_at()),
+        "last_activity_ms_ago": ms_since(now, u.last_activity()),
         "stream": {"epoch": pos.epoch, "seq": pos.seq},
         "buffered": {"messages": messages, "bytes": bytes},
         "breaker": match u.breaker() {
@@ -241,9 +243,9 @@ async fn users(
     Path(tenant): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    listing(&app, &headers, q, "user", move |hub, _, after, limit| {
+    listing(&app, &headers, q, "user", move |hub, now, after, limit| {
         let items = hub.tenant_users(&TenantId::from(tenant), after, limit);
-        Some(items.iter().map(user_json).collect())
+        Some(items.iter().map(|u| user_json(u, now)).collect())
     })
     .await
 }
@@ -256,7 +258,7 @@ async fn user(
 ) -> Response {
     on_hub(&app, &headers, move |hub, now| {
         let Some(u) = hub.user(&tenant, &user) else { return not_found("user") };
-        let mut body = user_json(&u);
+        let mut body = user_json(&u, now);
         let conns: Vec<Value> = u
             .connections()
             .filter_map(|id| hub.connection(id))

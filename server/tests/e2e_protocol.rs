@@ -246,6 +246,9 @@ async fn an_operator_lists_inspects_moves_and_kicks_through_the_admin_api() {
     // One user with its connections' views.
     let (_, user) = admin(&server, "GET", "/admin/tenants/acme/users/alice").await;
     assert_eq!((user["connections"].as_u64(), user["phase"].as_str()), (Some(2), Some("active")));
+    // Its age and last sign of life: both in the past, the activity no older than the state.
+    let (age, idle) = (user["age_ms"].as_u64().unwrap(), user["last_activity_ms_ago"].as_u64());
+    assert!(idle.is_some_and(|idle| idle <= age), "{user}");
     let views = user["connection_views"].as_array().unwrap();
     let first = views.iter().find(|v| v["conn_id"] == alice_id.as_str()).unwrap();
     assert_eq!(first["runs"], json!(["r-1"]));
