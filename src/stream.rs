@@ -224,6 +224,12 @@ impl Stream {
         self.epoch
     }
 
+    /// Whether the newest message kept is `seq` (a publish's, just kept: not dropped at once by
+    /// the stream's bounds or the hub-wide cap).
+    pub(crate) fn keeps_newest(&self, seq: u64) -> bool {
+        self.buf.back().is_some_and(|b| b.seq == seq)
+    }
+
     /// Buffered messages and their frame bytes.
     pub(crate) fn buffered(&self) -> (usize, usize) {
         (self.buf.len(), self.bytes)

@@ -641,3 +641,41 @@ fn without_room_retention_an_emptied_room_is_dropped_at_once() {
     assert_eq!((sim.hub.stats().rooms, sim.hub.stats().rooms_idle), (0, 0));
     assert_ne!(join_at(&mut sim, a, "lobby").0, epoch);
 }
+
+#[test]
+fn published_says_whether_the_message_was_kept_for_a_resume() {
+    let mut sim = Sim::new(Config { max_buffered_bytes: 6_000, ..quiet() });
+    let note = |target: Target| Envelope::new(target, EventKind::custom("notice"));
+    let padded = |target: Target, n: usize| note(target).data(json!({ "pad": "p".repeat(n) }));
+    let alice = sim.connect("acme", "alice");
+    let live = sim.hub.publish(sim.now, note(user_target("acme", "alice"))).unwrap();
+    assert_eq!((live.delivered, live.buffered), (1, true));
+    // Detached: nobody to deliver to, kept for its next connection.
+    sim.hub.disconnect(sim.now, alice, DisconnectReason::Clean).unwrap();
+    let away = sim.hub.publish(sim.now, note(user_target("acme", "alice"))).unwrap();
+    assert_eq!((away.delivered, away.buffered, away.undeliverable()), (0, true, true));
+    // A user the hub does not hold has no stream; a duplicate publishes nothing.
+    let nobody = sim.hub.publish(sim.now, note(user_target("acme", "nobody"))).unwrap();
+    assert_eq!((nobody.position, nobody.buffered), (None, false));
+    let keyed = || note(user_target("acme", "alice")).idempotency_key("k1");
+    assert!(sim.hub.publish(sim.now, keyed()).unwrap().buffered);
+    let again = sim.hub.publish(sim.now, keyed()).unwrap();
+    assert_eq!((again.duplicate, again.buffered), (true, false));
+    // Larger than the hub-wide cap: delivered to whom it can be, never kept.
+    let bob = sim.connect("acme", "bob");
+    let big = sim.hub.publish(sim.now, padded(user_target("acme", "bob"), 7_000)).unwrap();
+    assert_eq!((big.delivered, big.buffered), (1, false));
+    sim.drain();
+    // Over the cap's watermark, detached users are evicted whole, oldest first: alice, then
+    // carol, and the message just published to carol with her.
+    let carol = sim.connect("acme", "carol");
+    sim.hub.disconnect(sim.now, carol, DisconnectReason::Clean).unwrap();
+    let evicted = sim.hub.publish(sim.now, padded(user_target("acme", "carol"), 5_500)).unwrap();
+    assert!(evicted.position.is_some());
+    assert!(sim.hub.user("acme", "alice").is_none() && sim.hub.user("acme", "carol").is_none());
+    assert!(!evicted.buffered);
+    // bob is live, so never evicted: kept even under the same pressure (the rest is shed).
+    let kept = sim.hub.publish(sim.now, padded(user_target("acme", "bob"), 5_500)).unwrap();
+    assert_eq!((kept.delivered, kept.buffered), (1, true));
+    assert!(sim.hub.connection(bob).is_some());
+}

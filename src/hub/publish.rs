@@ -34,6 +34,11 @@ pub struct Published {
     pub closed: usize,
     /// Connections still in their resume window: they get it from the buffer when they go live.
     pub held: usize,
+    /// The message was kept in its stream's recovery buffer (for `Everyone`, in every tenant's):
+    /// a connection that resumes from before it, or a detached user's next one, gets it. False
+    /// when there was no stream, when it was a duplicate, in cluster mode (the log keeps it), and
+    /// when it could not be kept (larger than the hub-wide cap, or retention of zero).
+    pub buffered: bool,
     /// The stream the message went into and its position there; `None` when there was no such
     /// stream (a user the hub does not hold, a room without members, a tenant without state) or
     /// when it went into several (`Everyone`: one message per tenant).
@@ -54,6 +59,7 @@ impl Published {
             skipped: 0,
             closed: 0,
             held: 0,
+            buffered: false,
             position: None,
             op: None,
             duplicate: false,
@@ -251,7 +257,9 @@ impl Hub {
         let Envelope { target, kind, thread, run, data, exclude, .. } = envelope;
         let msg =
             Message { kind, thread: thread.as_ref(), run: run.as_ref(), data, except: *exclude };
-        let result = match target {
+        // A connection's user, for the check below (the connection may close meanwhile).
+        let mut owner = None;
+        let mut result = match target {
             Target::User { tenant, user } => self.publish_user(now, tenant, user, None, &msg)?,
             Target::Thread { tenant, user, thread: target_thread } => {
                 if thread.as_ref().is_some_and(|t| t != target_thread) {
@@ -270,7 +278,9 @@ impl Hub {
             Target::Connection(id) => {
                 let idx = self.resolve(now, *id)?;
                 let (tenant, user) = self.owner(idx);
-                self.publish_user(now, &tenant, &user, Some(idx), &msg)?
+                let published = self.publish_user(now, &tenant, &user, Some(idx), &msg)?;
+                owner = Some((tenant, user));
+                published
             }
             Target::Room { tenant, room } => self.publish_room(now, tenant, room, &msg)?,
             Target::Tenant { tenant, audience } => {
@@ -296,13 +306,14 @@ impl Hub {
                 for tenant in &tenants {
                     frames.push(self.tenant_frame(tenant, &msg)?);
                 }
-                let mut total = Published::none();
+                let mut total = Published { buffered: !tenants.is_empty(), ..Published::none() };
                 for (tenant, frame) in tenants.iter().zip(frames) {
                     let r = self.publish_tenant(now, tenant, None, &msg, frame);
                     total.delivered += r.delivered;
                     total.skipped += r.skipped;
                     total.closed += r.closed;
                     total.held += r.held;
+                    total.buffered &= r.buffered;
                 }
                 total
             }
@@ -314,10 +325,37 @@ impl Hub {
         self.close_doomed(now);
         // Make room under the hub-wide buffer cap at the expense of users who left, before a
         // live stream has to shed.
+        let kept = self.buffers.totals().0;
         let watermark = self.cfg.max_buffered_bytes - self.cfg.max_buffered_bytes / 8;
         while self.buffers.totals().1 > watermark && self.evict_detached() {}
         self.shed_to_cap();
+        // Whatever was dropped may have been this message (a detached user evicted whole).
+        if let (true, Some((_, pos))) = (self.buffers.totals().0 < kept, &result.position) {
+            result.buffered &= self.still_kept(target, owner.as_ref(), pos.seq);
+        }
         Ok(result)
+    }
+
+    /// Whether the stream `target` published into still keeps `seq` as its newest message.
+    /// `owner`: a connection target's user. `Everyone`: tenant streams shed their oldest first,
+    /// so the message just published outlasts the rest.
+    fn still_kept(&self, target: &Target, owner: Option<&(TenantId, UserId)>, seq: u64) -> bool {
+        let user = |tenant: &TenantId, user: &UserId| {
+            let idx = self.users.find(tenant.as_str(), user.as_str())?;
+            Some(&self.users.get(idx).stream)
+        };
+        let stream = match target {
+            Target::User { tenant, user: u }
+            | Target::Thread { tenant, user: u, .. }
+            | Target::Run { tenant, user: u, .. } => user(tenant, u),
+            Target::Connection(_) => owner.and_then(|(t, u)| user(t, u)),
+            Target::Room { tenant, room } => {
+                self.tenants.get(tenant).and_then(|t| t.rooms.get(room)).map(|r| &r.stream)
+            }
+            Target::Tenant { tenant, .. } => self.tenants.get(tenant).map(|t| &t.stream),
+            Target::Everyone => return true,
+        };
+        stream.is_some_and(|s| s.keeps_newest(seq))
     }
 
     /// Enforces `max_buffered_bytes` as a hard cap: sheds the oldest buffered messages across all
@@ -379,7 +417,11 @@ impl Hub {
         let key = || TrimKey::User(uidx);
         let visible = Visible { scope, except: msg.except };
         self.buffers.keep(&mut u.stream, key, now, pos, &frame, visible, &self.cfg);
-        let mut result = Published { position: Some((StreamName::User, pos)), ..Published::none() };
+        let mut result = Published {
+            position: Some((StreamName::User, pos)),
+            buffered: u.stream.keeps_newest(pos.seq),
+            ..Published::none()
+        };
         let priority = msg.kind.priority();
         let mut only_slot = only.unwrap_or_default();
         let recipients = match only {
@@ -421,7 +463,8 @@ impl Hub {
         let key = || TrimKey::Room(tenant.clone(), room.clone());
         let visible = Visible { scope: Scope::All, except: msg.except };
         self.buffers.keep(&mut r.stream, key, now, pos, &frame, visible, &self.cfg);
-        let mut result = Published { position: Some((name, pos)), ..Published::none() };
+        let buffered = r.stream.keeps_newest(pos.seq);
+        let mut result = Published { position: Some((name, pos)), buffered, ..Published::none() };
         let members = &mut r.members;
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
         let except = msg.except;
@@ -473,8 +516,11 @@ impl Hub {
         let key = || TrimKey::Tenant(tenant.clone());
         let visible = Visible { scope, except: msg.except };
         self.buffers.keep(&mut t.stream, key, now, pos, &frame, visible, &self.cfg);
-        let mut result =
-            Published { position: Some((StreamName::Tenant, pos)), ..Published::none() };
+        let mut result = Published {
+            position: Some((StreamName::Tenant, pos)),
+            buffered: t.stream.keeps_newest(pos.seq),
+            ..Published::none()
+        };
         let (flow, out, conns, cfg) = (&mut self.flow, &mut self.out, &mut self.conns, &self.cfg);
         let except = msg.except;
         let admit =

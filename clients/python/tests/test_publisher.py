@@ -15,7 +15,7 @@ from switchboard_client import (
 async def test_publish_to_every_target_returns_positions_and_reaches_the_consumer(server):
     async with Publisher(server.http, ADMIN) as pub, Consumer(server.ws, token("py-pub-1", rooms=["den"]), presence=False) as c:
         got = await pub.to_user("acme", "py-pub-1", "notice", {"n": 1})
-        assert (got.stream, got.seq, got.duplicate) == ("u", 1, False)
+        assert (got.stream, got.seq, got.duplicate, got.buffered) == ("u", 1, False, True)
         # Delivered, or held while the consumer's first frame is still on its way (it then
         # arrives when the connection goes live).
         assert got.delivered + got.held == 1, got

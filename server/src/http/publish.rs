@@ -145,9 +145,10 @@ enum Answer {
         position: Option<(String, StreamPos)>,
         /// Whether its idempotency key had been seen.
         duplicate: bool,
-        /// Single node: delivered, skipped, closed, held. Clustered: `None` (delivery happens
-        /// on every node when the message comes back over the bus, so this node cannot count it).
-        counts: Option<[usize; 4]>,
+        /// Single node: delivered, skipped, closed, held, and whether it was buffered. Clustered:
+        /// `None` (delivery happens on every node when the message comes back over the bus, so
+        /// this node cannot count it).
+        counts: Option<([usize; 4], bool)>,
         /// Whether `exclude` named an open connection (`None`: no `exclude` given).
         excluded: Option<bool>,
     },
@@ -190,20 +191,23 @@ impl Outcome {
         match &self.answer {
             Answer::Published { position, duplicate, counts, excluded } => {
                 out.push(b'{');
-                if let Some([delivered, _, closed, _]) = counts {
-                    let _ = write!(out, "\"closed\":{closed},\"delivered\":{delivered},");
+                if let Some(([delivered, _, closed, _], buffered)) = counts {
+                    let _ = write!(
+                        out,
+                        "\"buffered\":{buffered},\"closed\":{closed},\"delivered\":{delivered},"
+                    );
                 }
                 let _ = write!(out, "\"duplicate\":{duplicate},");
                 write_opt(out, "epoch", position.as_ref().map(|p| p.1.epoch));
                 if let Some(excluded) = excluded {
                     let _ = write!(out, ",\"excluded\":{excluded}");
                 }
-                if let Some([_, _, _, held]) = counts {
+                if let Some(([_, _, _, held], _)) = counts {
                     let _ = write!(out, ",\"held\":{held}");
                 }
                 out.push(b',');
                 write_opt(out, "seq", position.as_ref().map(|p| p.1.seq));
-                if let Some([_, skipped, _, _]) = counts {
+                if let Some(([_, skipped, _, _], _)) = counts {
                     let _ = write!(out, ",\"skipped\":{skipped}");
                 }
                 if with_status {
@@ -310,12 +314,10 @@ fn outcome(result: Result<Receipt, PublishFailed>, excluded: Option<bool>) -> Ou
     match result {
         Ok(Receipt { published, duplicate }) => {
             let position = published.position.as_ref().map(|(name, pos)| (name.to_string(), *pos));
-            let counts = published.op.is_none().then_some([
-                published.delivered,
-                published.skipped,
-                published.closed,
-                published.held,
-            ]);
+            let counts = published.op.is_none().then_some((
+                [published.delivered, published.skipped, published.closed, published.held],
+                published.buffered,
+            ));
             Outcome {
                 status: StatusCode::OK,
                 answer: Answer::Published { position, duplicate, counts, excluded },
@@ -379,8 +381,9 @@ mod tests {
             retry_after: None,
             counted: PublishCount::Accepted,
         };
-        let solo = json!({"closed": 3, "delivered": 1, "duplicate": true, "epoch": u64::MAX, "excluded": false, "held": 4, "seq": 7, "skipped": 2, "status": 200, "stream": "u/a\"c"});
-        assert_eq!(written(&published(Some([1, 2, 3, 4]), Some(false)), true), solo.to_string());
+        let solo = json!({"buffered": true, "closed": 3, "delivered": 1, "duplicate": true, "epoch": u64::MAX, "excluded": false, "held": 4, "seq": 7, "skipped": 2, "status": 200, "stream": "u/a\"c"});
+        let counts = Some(([1, 2, 3, 4], true));
+        assert_eq!(written(&published(counts, Some(false)), true), solo.to_string());
         let clustered = json!({"duplicate": true, "epoch": u64::MAX, "seq": 7, "stream": "u/a\"c"});
         assert_eq!(written(&published(None, None), false), clustered.to_string());
         let error =

@@ -79,6 +79,9 @@ class Published:
     closed: Optional[int] = None
     #: With ``exclude``: whether it named an open connection of the node that took the request.
     excluded: Optional[bool] = None
+    #: Single node: kept in its stream's recovery buffer (a user with no connection now gets it
+    #: on its next one).
+    buffered: Optional[bool] = None
 
     @classmethod
     def from_body(cls, body: dict) -> "Published":
@@ -92,6 +95,7 @@ class Published:
             skipped=body.get("skipped"),
             closed=body.get("closed"),
             excluded=body.get("excluded"),
+            buffered=body.get("buffered"),
         )
 
 
