@@ -54,6 +54,23 @@ async def test_exclude_leaves_out_the_senders_connection_and_priority_reaches_th
         assert (await asyncio.wait_for(sender.__anext__(), 10)).data == {"n": 2}, "excluded from 1 only"
 
 
+async def test_batching_sends_concurrent_publishes_together_in_call_order(server):
+    async with Publisher(server.http, ADMIN, batching=True) as pub, Consumer(server.ws, token("py-coalesce")) as c:
+        calls = [pub.to_user("acme", "py-coalesce", "notice", {"n": n}) for n in range(50)]
+        calls.insert(7, pub.publish(Envelope("acme", "notice", user="py-coalesce", room="both")))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        # The invalid one raised for its caller only; the others went in call order.
+        assert isinstance(results.pop(7), BadRequest)
+        assert [r.seq for r in results] == list(range(1, 51)), results
+        assert pub.requests <= 2, pub.requests
+        got = [await asyncio.wait_for(c.__anext__(), 10) for _ in range(50)]
+        assert [e.data["n"] for e in got] == list(range(50))
+        # Alone, a publish goes at once, in a request of its own.
+        before = pub.requests
+        assert (await pub.to_user("acme", "py-coalesce", "notice", {"n": 50})).seq == 51
+        assert pub.requests == before + 1
+
+
 async def test_a_batch_answers_each_envelope_in_order(server):
     # A user the server has never seen has no stream: the consumer makes one.
     async with Publisher(server.http, ADMIN) as pub, Consumer(server.ws, token("py-batch")) as c:

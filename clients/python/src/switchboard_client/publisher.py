@@ -109,7 +109,10 @@ def _retry_after(headers: httpx.Headers) -> Optional[float]:
 class Publisher:
     """Publishes events to a switchboard server with its admin key.
 
-    Use as ``async with Publisher(url, key) as pub:`` (or call :meth:`aclose`).
+    Use as ``async with Publisher(url, key) as pub:`` (or call :meth:`aclose`). With
+    ``batching=True``, concurrent publishes share requests: the first goes at once, and those
+    made while it is in flight go together in the next one (a backend streaming many small
+    events from many tasks then makes a request per round trip, not per event).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class Publisher:
         timeout: float = 10.0,
         rng: Optional[random.Random] = None,
         transport: Optional[httpx.AsyncBaseTransport] = None,
+        batching: bool = False,
     ):
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
@@ -134,6 +138,10 @@ class Publisher:
         self._rng = rng or random.Random()
         #: Requests sent, retries included (for tests and metrics).
         self.requests = 0
+        #: With ``batching``: publishes waiting for the request in flight to end, in call order.
+        self._batching = batching
+        self._waiting: list[tuple[Envelope, asyncio.Future]] = []
+        self._sender: Optional[asyncio.Task] = None
 
     async def __aenter__(self) -> "Publisher":
         return self
@@ -142,6 +150,9 @@ class Publisher:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Sends what is still waiting (with ``batching``), then closes the HTTP client."""
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
         await self._http.aclose()
 
     async def _wait(self, attempt: int, retry_after: Optional[float]) -> None:
@@ -161,7 +172,46 @@ class Publisher:
         raise AssertionError("unreachable")
 
     async def publish(self, envelope: Envelope) -> Published:
-        """Publishes one envelope; raises a :class:`PublishError` subclass if refused."""
+        """Publishes one envelope; raises a :class:`PublishError` subclass if refused.
+
+        With ``batching=True`` (see the class), publishes made while a request is in flight wait
+        for it to end and then go together, up to :data:`MAX_BATCH` per request, in call order;
+        each call still returns its own :class:`Published` or raises its own error. A publish
+        whose caller is cancelled while it waits is still sent."""
+        if not self._batching:
+            return await self._publish_one(envelope)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiting.append((envelope, fut))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.ensure_future(self._send_waiting())
+        return await fut
+
+    async def _send_waiting(self) -> None:
+        """Sends the waiting publishes, a batch at a time, until none is left. One request at a
+        time keeps them in call order on the server."""
+        while self._waiting:
+            take, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            results: list[Union[Published, BaseException]]
+            try:
+                if len(take) == 1:
+                    try:
+                        results = [await self._publish_one(take[0][0])]
+                    except PublishError as e:
+                        results = [e]
+                else:
+                    results = list(await self.publish_batch([env for env, _ in take]))
+            except BaseException as e:  # the whole request failed: every caller in it hears so
+                results = [e] * len(take)
+            for (_, fut), result in zip(take, results):
+                if fut.done():
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+
+    async def _publish_one(self, envelope: Envelope) -> Published:
+        """One envelope in its own request, retried where safe."""
         for attempt in range(self.max_attempts):
             res = await self._post(envelope.body())
             body = res.json()
