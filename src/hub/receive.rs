@@ -23,7 +23,8 @@ impl Hub {
     /// set first, so that the replay honours them).
     ///
     /// A frame that is oversized, malformed, unknown, over a rate or over a limit gets an `error`
-    /// frame and `Err(ReceiveError::Peer(..))`. Each of those but a rate overrun is a violation:
+    /// frame (naming the frame's `id` when it had a valid one, so the client can fail that
+    /// request at once) and `Err(ReceiveError::Peer(..))`. Each of those but a rate overrun is a violation:
     /// the `max_violations`-th in a row also closes the connection with
     /// [`CloseReason::ProtocolViolation`]. A rate overrun (`rate_limited`) never closes it: an
     /// honest client that bursts is told to slow down, not to go away (a client that floods and
