@@ -33,7 +33,7 @@ async def test_after_a_dropped_connection_the_consumer_gets_exactly_what_it_miss
         assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6]
         assert [e.replayed for e in events] == [False, False, True, True, True, False]
         assert proxy.connections == 2 and c.stats["reconnects"] == 1
-        assert c.resyncs == []
+        assert list(c.resyncs) == []
 
 
 async def test_a_restarted_server_is_a_resync_not_a_silent_gap(server):

@@ -15,6 +15,7 @@ import inspect
 import itertools
 import json
 import random
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Union
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -34,6 +35,9 @@ from .subscription import Subscription
 # Every other code (4009 max_lifetime among them) reconnects and resumes.
 STOP_CODES = {4002: "replaced", 4004: "protocol_violation", 4005: "kicked", 4008: "user_limit"}
 SESSION_EXPIRED = 4001
+
+#: How many reconnects and resync reports a consumer keeps for inspection.
+HISTORY_KEPT = 100
 
 TokenSource = Union[str, Callable[[str], Union[str, Awaitable[str]]]]
 
@@ -133,9 +137,11 @@ class Consumer:
             "connects": 0, "reconnects": 0, "duplicates": 0, "replayed": 0, "events": 0,
             "skipped": 0, "server_errors": 0,
         }
-        #: Every reconnect's (attempt, delay in s, close code).
-        self.reconnects: list[tuple[int, float, int]] = []
-        self.resyncs: list[ResyncReport] = []
+        #: The last reconnects' (attempt, delay in s, close code), and the last resync reports,
+        #: at most :data:`HISTORY_KEPT` of each: a consumer that lives for months stays bounded
+        #: (``stats`` counts them all).
+        self.reconnects: deque[tuple[int, float, int]] = deque(maxlen=HISTORY_KEPT)
+        self.resyncs: deque[ResyncReport] = deque(maxlen=HISTORY_KEPT)
 
     async def __aenter__(self) -> "Consumer":
         await self.start()
