@@ -138,6 +138,23 @@ async def test_a_refused_request_fails_at_once_and_other_refusals_reach_on_error
         assert c.stats["server_errors"] == 1
 
 
+async def test_a_callback_that_raises_does_not_end_the_consumer(server, caplog):
+    def broken(_):
+        raise RuntimeError("the application's bug")
+
+    async with Publisher(server.http, ADMIN) as pub, Consumer(server.ws, token("py-broken"), on_error=broken) as c:
+        await c.request_presence("t")  # refused: on_error raises
+        for _ in range(200):
+            if c.stats["server_errors"]:
+                break
+            await asyncio.sleep(0.01)
+        assert c.stats["server_errors"] == 1
+        await pub.to_user("acme", "py-broken", "notice", {"n": 1})
+        assert (await take(c, 1))[0].data == {"n": 1}
+        assert c.stats["connects"] == 1, "the same connection went on"
+        assert "a callback raised" in caplog.text
+
+
 async def test_a_failing_token_provider_is_retried_with_backoff(server):
     calls = []
 

@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import itertools
 import json
+import logging
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from .subscription import Subscription
 # Every other code (4009 max_lifetime among them) reconnects and resumes.
 STOP_CODES = {4002: "replaced", 4004: "protocol_violation", 4005: "kicked", 4008: "user_limit"}
 SESSION_EXPIRED = 4001
+
+log = logging.getLogger("switchboard_client")
 
 #: How many reconnects and resync reports a consumer keeps for inspection.
 HISTORY_KEPT = 100
@@ -578,8 +581,7 @@ class Consumer:
                     fut.set_exception(ReplyFailed(f.code, f.message))
             elif not self._history_answered(f):
                 self.stats["server_errors"] += 1
-                if self.on_error is not None:
-                    self.on_error(f)
+                self._call(self.on_error, f)
         elif isinstance(f, History):
             self._history_answered(f)
         elif isinstance(f, Skipped):
@@ -610,8 +612,17 @@ class Consumer:
         self.positions[stream] = position
         report = ResyncReport(stream, position, reason)
         self.resyncs.append(report)
-        if self.on_resync is not None:
-            self.on_resync(report)
+        self._call(self.on_resync, report)
+
+    @staticmethod
+    def _call(callback: Optional[Callable[[Any], Any]], arg: Any) -> None:
+        """Calls an application callback; its bug is logged, and never ends the connection."""
+        if callback is None:
+            return
+        try:
+            callback(arg)
+        except Exception:
+            log.exception("switchboard_client: a callback raised; the consumer goes on")
 
 
 def _history_request(
