@@ -155,6 +155,27 @@ async def test_a_callback_that_raises_does_not_end_the_consumer(server, caplog):
         assert "a callback raised" in caplog.text
 
 
+async def test_a_provider_failing_to_refresh_is_renewed_at_expiry(server):
+    calls = []
+
+    async def provider(reason: str) -> str:
+        calls.append(reason)
+        if reason == "refresh":
+            raise RuntimeError("the token service is down")
+        # 3 s sessions at first (refresh_required comes at once: the grace is 60 s), then long.
+        return token("py-refresh-down", ttl=3 if reason == "connect" else 3600)
+
+    async with Publisher(server.http, ADMIN) as pub, Consumer(server.ws, provider, backoff=Backoff(base=0.02, max=0.05)) as c:
+        for _ in range(800):
+            if c.stats["connects"] == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert calls[:3] == ["connect", "refresh", "expired"], calls
+        assert c.reconnects[0][2] == 4001
+        await pub.to_user("acme", "py-refresh-down", "notice", {"n": 1})
+        assert (await take(c, 1))[0].data == {"n": 1}
+
+
 async def test_a_failing_token_provider_is_retried_with_backoff(server):
     calls = []
 

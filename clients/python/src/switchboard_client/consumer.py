@@ -133,6 +133,7 @@ class Consumer:
         self._ids = itertools.count(1)
         self._resuming = False
         self._rejected_once = False
+        self._refresh_task: Optional[asyncio.Task] = None
         self._live = asyncio.Event()
         #: The current (or last) ``connected`` frame.
         self.connection: Optional[Connected] = None
@@ -564,8 +565,8 @@ class Consumer:
             self._resync(f.stream, Position(f.epoch, f.seq), f.reason)
         elif isinstance(f, RefreshRequired):
             if not isinstance(self._token_source, str):
-                token = await self._get_token("refresh")
-                await ws.send(json.dumps({"type": "refresh", "token": token}))
+                # Beside the frame loop: the provider may take a network round trip.
+                self._refresh_task = asyncio.ensure_future(self._refresh(ws))
         elif isinstance(f, Reply):
             fut = self._pending.get(f.id)
             if fut is not None and not fut.done():
@@ -613,6 +614,15 @@ class Consumer:
         report = ResyncReport(stream, position, reason)
         self.resyncs.append(report)
         self._call(self.on_resync, report)
+
+    async def _refresh(self, ws: ClientConnection) -> None:
+        """Sends a ``refresh`` with the provider's new token. If the provider fails (or the
+        connection is gone), the session expires (4001) and the consumer re-authenticates."""
+        try:
+            token = await self._get_token("refresh")
+            await ws.send(json.dumps({"type": "refresh", "token": token}))
+        except Exception:
+            log.warning("switchboard_client: no refreshed token; the session will be renewed at expiry")
 
     @staticmethod
     def _call(callback: Optional[Callable[[Any], Any]], arg: Any) -> None:
