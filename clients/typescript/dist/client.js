@@ -8,6 +8,20 @@ import { decodeFrame, } from "./frames.js";
 import { HISTORY_REFUSALS, HistoryError, historyPage, historyRequest, } from "./history.js";
 import { encodeEventId, SseSocket } from "./sse.js";
 import { EventStream } from "./stream.js";
+/**
+ * Calls the application's code (a listener, `onResync`): its bug must not break the connection
+ * or leave a frame half handled, so it is surfaced asynchronously instead.
+ */
+function guarded(call) {
+    try {
+        call();
+    }
+    catch (err) {
+        queueMicrotask(() => {
+            throw err;
+        });
+    }
+}
 /** A reply that carried an error, or a request that got none. */
 export class ReplyError extends Error {
     code;
@@ -80,17 +94,8 @@ export class Client {
         return () => void set.delete(fn);
     }
     #emit(name, v) {
-        for (const fn of this.#listeners.get(name) ?? []) {
-            try {
-                fn(v);
-            }
-            catch (err) {
-                // A listener's bug must not break the connection; surface it asynchronously.
-                queueMicrotask(() => {
-                    throw err;
-                });
-            }
-        }
+        for (const fn of this.#listeners.get(name) ?? [])
+            guarded(() => fn(v));
     }
     /**
      * Connects (once; later calls wait for the same connection). Resolves when the connection is
@@ -698,7 +703,7 @@ export class Client {
     #resync(stream, position, reason) {
         this.#setPos(stream, position);
         const r = { stream, position, reason };
-        this.#opts.onResync?.(r);
+        guarded(() => this.#opts.onResync?.(r));
         this.#emit("resync", r);
     }
     #onPresence(f) {

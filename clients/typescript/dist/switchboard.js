@@ -359,6 +359,15 @@ var EventStream = class {
 };
 
 // src/client.ts
+function guarded(call) {
+  try {
+    call();
+  } catch (err) {
+    queueMicrotask(() => {
+      throw err;
+    });
+  }
+}
 var ReplyError = class extends Error {
   constructor(code, message) {
     super(message);
@@ -426,15 +435,7 @@ var Client = class {
     return () => void set.delete(fn);
   }
   #emit(name, v) {
-    for (const fn of this.#listeners.get(name) ?? []) {
-      try {
-        fn(v);
-      } catch (err) {
-        queueMicrotask(() => {
-          throw err;
-        });
-      }
-    }
+    for (const fn of this.#listeners.get(name) ?? []) guarded(() => fn(v));
   }
   /**
    * Connects (once; later calls wait for the same connection). Resolves when the connection is
@@ -945,7 +946,7 @@ var Client = class {
   #resync(stream, position, reason) {
     this.#setPos(stream, position);
     const r = { stream, position, reason };
-    this.#opts.onResync?.(r);
+    guarded(() => this.#opts.onResync?.(r));
     this.#emit("resync", r);
   }
   #onPresence(f) {

@@ -42,6 +42,20 @@ import type {
   WebSocketLike,
 } from "./types.js";
 
+/**
+ * Calls the application's code (a listener, `onResync`): its bug must not break the connection
+ * or leave a frame half handled, so it is surfaced asynchronously instead.
+ */
+function guarded(call: () => void): void {
+  try {
+    call();
+  } catch (err) {
+    queueMicrotask(() => {
+      throw err;
+    });
+  }
+}
+
 /** A reply that carried an error, or a request that got none. */
 export class ReplyError extends Error {
   override name = "ReplyError";
@@ -140,16 +154,7 @@ export class Client {
   }
 
   #emit<K extends keyof ClientEvents>(name: K, v: ClientEvents[K]): void {
-    for (const fn of this.#listeners.get(name) ?? []) {
-      try {
-        (fn as (v: ClientEvents[K]) => void)(v);
-      } catch (err) {
-        // A listener's bug must not break the connection; surface it asynchronously.
-        queueMicrotask(() => {
-          throw err;
-        });
-      }
-    }
+    for (const fn of this.#listeners.get(name) ?? []) guarded(() => (fn as (v: ClientEvents[K]) => void)(v));
   }
 
   /**
@@ -725,7 +730,7 @@ export class Client {
   #resync(stream: string, position: Position, reason: string): void {
     this.#setPos(stream, position);
     const r = { stream, position, reason };
-    this.#opts.onResync?.(r);
+    guarded(() => this.#opts.onResync?.(r));
     this.#emit("resync", r);
   }
 

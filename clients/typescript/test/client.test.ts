@@ -90,6 +90,46 @@ test("positions survive in storage: a new client resumes where the last one stop
   assert.equal(resync, 0, "nothing of store-1 was resumed");
 });
 
+test("an onResync that throws neither breaks the connection nor leaves the resume half done", async () => {
+  // Positions of an epoch the server never had: the resume reports the stream lost.
+  const saved = { identity: { tenant: "acme", user: "resync-bug" }, positions: { u: { epoch: 1, seq: 5 } } };
+  const storage = { getItem: () => JSON.stringify(saved), setItem: () => {}, removeItem: () => {} };
+  // The client surfaces a callback's error asynchronously (an uncaught exception); this test
+  // catches it where it is thrown, on the microtask queue.
+  const surfaced: unknown[] = [];
+  const original = globalThis.queueMicrotask;
+  globalThis.queueMicrotask = (cb) =>
+    original(() => {
+      try {
+        cb();
+      } catch (err) {
+        surfaced.push(err);
+      }
+    });
+  try {
+    const c = client({
+      url: server.ws,
+      token: token("resync-bug"),
+      storage,
+      onResync: () => {
+        throw new Error("the application's bug");
+      },
+    });
+    const resyncs: string[] = [];
+    c.on("resync", (r) => resyncs.push(r.reason));
+    await c.connect(); // resolves after `resumed`: the resume was finished
+    assert.deepEqual(resyncs, ["epoch_mismatch"]);
+    await until(() => surfaced.length === 1, "the callback's error, surfaced");
+    const got = collect(c);
+    await server.publish(notice("resync-bug", 1));
+    await until(() => got.length === 1, "a live event after the resync");
+    assert.equal(c.state, "open");
+    c.close();
+  } finally {
+    globalThis.queueMicrotask = original;
+  }
+});
+
 test("reconnect delays are full-jitter draws within the documented bounds", async () => {
   const port = await freePort(); // nobody listens there
   const backoff = { baseMs: 20, maxMs: 160 };
