@@ -14,9 +14,9 @@ struct LeftRoom {
     sent: u64,
 }
 
-/// The rooms a connection left before its resume (at most `max_rooms_per_connection`, newest
-/// last), and whether that memory overflowed: a re-joined room then counts as sent up to its
-/// re-join position.
+/// The rooms a connection left before its resume (at most two epochs per room, and twice
+/// `max_rooms_per_connection` entries in all, newest last), and whether that memory overflowed:
+/// a re-joined room then counts as sent up to its re-join position.
 #[derive(Debug, Default)]
 pub(super) struct LeftRooms {
     rooms: Vec<LeftRoom>,
@@ -53,14 +53,23 @@ impl Connection {
         if !m.is_announced() {
             return;
         }
-        let left = LeftRoom { room: m.room.clone(), epoch, sent };
         let memory = self.left_rooms.get_or_insert_with(Box::default);
-        memory.rooms.retain(|l| &l.room != room);
-        if memory.rooms.len() >= cap as usize {
+        // What it was sent in one epoch only grows (a re-join marks it on the member entry, but
+        // a stream taken back to an epoch may have marked less).
+        let kept = memory.rooms.iter().position(|l| &l.room == room && l.epoch == epoch);
+        let sent = kept.map_or(sent, |i| memory.rooms.remove(i).sent.max(sent));
+        // The room's other epoch stays remembered (the newest one): a failover that loses the
+        // rotation which started this epoch takes the log back to that one, where what was sent
+        // still counts (the node forgets the stream once nobody is in the room).
+        while memory.rooms.iter().filter(|l| &l.room == room).count() > 1 {
+            let oldest = memory.rooms.iter().position(|l| &l.room == room).expect("counted");
+            memory.rooms.remove(oldest);
+        }
+        if memory.rooms.len() >= 2 * cap as usize {
             memory.rooms.remove(0);
             memory.forgotten = true;
         }
-        memory.rooms.push(left);
+        memory.rooms.push(LeftRoom { room: m.room.clone(), epoch, sent });
     }
 
     /// It joined `room` again, whose stream is in epoch `epoch` (in cluster mode, known only once
@@ -71,20 +80,16 @@ impl Connection {
     /// Returns what counts as sent there now, for its member entry (`routing::Member::sent`);
     /// `None` if it is not a member. Later than the stream's top `pos` in this epoch: the log
     /// lost its tail since (cluster mode), and the seqs it had would be handed out again.
-    pub(crate) fn rejoined(&mut self, room: &RoomId, pos: StreamPos) -> Option<u64> {
-        let epoch = pos.epoch;
-        let (remembered, forgotten) = match self.left_rooms.as_deref_mut() {
-            Some(left) => {
-                let i = left.rooms.iter().position(|l| &l.room == room);
-                (i.map(|i| left.rooms.remove(i)), left.forgotten)
-            }
-            None => (None, false),
-        };
+    pub(crate) fn rejoined(&self, room: &RoomId, pos: StreamPos) -> Option<u64> {
         let m = self.rooms.iter().find(|m| &m.room == room)?;
-        Some(match remembered {
-            Some(left) if left.epoch == epoch => left.sent,
-            Some(_) => 0,
-            None if forgotten => m.base,
+        // Kept, not taken: the member entry may move to another epoch and lose this one's mark,
+        // and a failover may bring the stream back to it (`remember_left`).
+        let Some(left) = self.left_rooms.as_deref() else { return Some(0) };
+        let mut remembered = left.rooms.iter().filter(|l| &l.room == room).peekable();
+        let known = remembered.peek().is_some();
+        Some(match remembered.find(|l| l.epoch == pos.epoch) {
+            Some(l) => l.sent,
+            None if !known && left.forgotten => m.base,
             None => 0,
         })
     }
