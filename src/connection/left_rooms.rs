@@ -58,14 +58,17 @@ impl Connection {
         // a stream taken back to an epoch may have marked less).
         let kept = memory.rooms.iter().position(|l| &l.room == room && l.epoch == epoch);
         let sent = kept.map_or(sent, |i| memory.rooms.remove(i).sent.max(sent));
-        // The room's other epoch stays remembered (the newest one): a failover that loses the
-        // rotation which started this epoch takes the log back to that one, where what was sent
-        // still counts (the node forgets the stream once nobody is in the room).
-        while memory.rooms.iter().filter(|l| &l.room == room).count() > 1 {
+        // Cluster mode: the room's other epoch stays remembered (the newest one). A failover
+        // that loses the rotation which started this epoch takes the log back to that one, where
+        // what was sent still counts (the node forgets the stream once nobody is in the room).
+        // A single node's epochs never go back: one entry per room.
+        let others = if always { 1 } else { 0 };
+        while memory.rooms.iter().filter(|l| &l.room == room).count() > others {
             let oldest = memory.rooms.iter().position(|l| &l.room == room).expect("counted");
             memory.rooms.remove(oldest);
         }
-        if memory.rooms.len() >= 2 * cap as usize {
+        let room_cap = if always { 2 * cap as usize } else { cap as usize };
+        if memory.rooms.len() >= room_cap {
             memory.rooms.remove(0);
             memory.forgotten = true;
         }
@@ -80,16 +83,22 @@ impl Connection {
     /// Returns what counts as sent there now, for its member entry (`routing::Member::sent`);
     /// `None` if it is not a member. Later than the stream's top `pos` in this epoch: the log
     /// lost its tail since (cluster mode), and the seqs it had would be handed out again.
-    pub(crate) fn rejoined(&self, room: &RoomId, pos: StreamPos) -> Option<u64> {
-        let m = self.rooms.iter().find(|m| &m.room == room)?;
-        // Kept, not taken: the member entry may move to another epoch and lose this one's mark,
-        // and a failover may bring the stream back to it (`remember_left`).
-        let Some(left) = self.left_rooms.as_deref() else { return Some(0) };
-        let mut remembered = left.rooms.iter().filter(|l| &l.room == room).peekable();
-        let known = remembered.peek().is_some();
-        Some(match remembered.find(|l| l.epoch == pos.epoch) {
-            Some(l) => l.sent,
-            None if !known && left.forgotten => m.base,
+    ///
+    /// A single node takes the memory (the member entry carries it on). In cluster mode
+    /// (`keep`) it stays: the member entry may move to another epoch and lose this one's mark,
+    /// and a failover may bring the stream back to it ([`Connection::remember_left`]).
+    pub(crate) fn rejoined(&mut self, room: &RoomId, pos: StreamPos, keep: bool) -> Option<u64> {
+        let base = self.rooms.iter().find(|m| &m.room == room)?.base;
+        let Some(left) = self.left_rooms.as_deref_mut() else { return Some(0) };
+        let known = left.rooms.iter().any(|l| &l.room == room);
+        let at = left.rooms.iter().position(|l| &l.room == room && l.epoch == pos.epoch);
+        let sent = at.map(|i| if keep { left.rooms[i].sent } else { left.rooms.remove(i).sent });
+        if !keep {
+            left.rooms.retain(|l| &l.room != room);
+        }
+        Some(match sent {
+            Some(sent) => sent,
+            None if !known && left.forgotten => base,
             None => 0,
         })
     }

@@ -22,7 +22,8 @@ impl Hub {
         room: &RoomId,
         pos: StreamPos,
     ) -> Option<u64> {
-        let sent = self.conns.get_mut(idx).rejoined(room, pos)?;
+        let keep = self.node.is_some();
+        let sent = self.conns.get_mut(idx).rejoined(room, pos, keep)?;
         let tenant = self.tenants.get_mut(tenant).expect("connection's tenant exists");
         if let Some(m) = tenant.member_mut(&self.conns, idx, room) {
             m.sent = sent;
