@@ -14,9 +14,10 @@ struct LeftRoom {
     sent: u64,
 }
 
-/// The rooms a connection left before its resume (at most two epochs per room, and twice
-/// `max_rooms_per_connection` entries in all, newest last), and whether that memory overflowed:
-/// a re-joined room then counts as sent up to its re-join position.
+/// The rooms a connection left before its resume (a single node: one entry per room, at most
+/// `max_rooms_per_connection`; cluster mode: the room's last two epochs, at most twice that),
+/// newest last, and whether that memory overflowed: a re-joined room then counts as sent up to
+/// its re-join position.
 #[derive(Debug, Default)]
 pub(super) struct LeftRooms {
     rooms: Vec<LeftRoom>,
@@ -31,8 +32,9 @@ impl Connection {
 
     /// It leaves `room` (in epoch `epoch` of the room's stream) before its resume: remember what
     /// it was sent there, `sent` (its member entry's mark; issue 10 item 5), for at most `cap`
-    /// rooms; past that, the oldest is forgotten and a re-joined room counts as sent up to its
-    /// re-join position. Nothing to do after the resume, unless `always` (cluster mode: a re-join
+    /// rooms (cluster mode: `2 * cap` entries, two epochs per room, see below); past that, the
+    /// oldest is forgotten and a re-joined room counts as sent up to its re-join position.
+    /// Nothing to do after the resume, unless `always` (cluster mode: a re-join
     /// checks what was sent against a log that may have lost its tail,
     /// [`Connection::rejoined`]), if it is not a member, or if the membership was never announced
     /// (cluster mode: it was sent nothing of the room, and an earlier membership's memory stays).

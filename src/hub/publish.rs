@@ -37,7 +37,8 @@ pub struct Published {
     /// The message was kept in its stream's recovery buffer (for `Everyone`, in every tenant's):
     /// a connection that resumes from before it, or a detached user's next one, gets it. False
     /// when there was no stream, when it was a duplicate, in cluster mode (the log keeps it), and
-    /// when it could not be kept (larger than the hub-wide cap, or retention of zero).
+    /// when it could not be kept (larger than `Retention::max_bytes` or the hub-wide cap, or
+    /// shed or evicted with a detached user by the same call's cap enforcement).
     pub buffered: bool,
     /// The stream the message went into and its position there; `None` when there was no such
     /// stream (a user the hub does not hold, a room without members, a tenant without state) or
